@@ -1,0 +1,161 @@
+//! Block I/O latency: keys, in-flight records and the kernel layouts the agent resolves
+//! at load time (DESIGN.md: never hard-code kernel struct offsets).
+
+/// Operation classes nodepulse reports for block requests.
+pub mod op {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const FLUSH: u32 = 2;
+    pub const DISCARD: u32 = 3;
+    pub const OTHER: u32 = 4;
+    pub const COUNT: usize = 5;
+}
+
+/// `REQ_OP_MASK` from `include/linux/blk_types.h`: the low 8 bits of `cmd_flags`.
+pub const REQ_OP_MASK: u32 = 0xff;
+
+/// Maps a kernel `REQ_OP_*` value to an [`op`] class. Secure erase counts as discard and
+/// write-zeroes as write, as `/sys/block/*/stat` does.
+#[inline(always)]
+pub fn op_from_req_op(req_op: u32) -> u32 {
+    match req_op & REQ_OP_MASK {
+        0 => op::READ,
+        1 | 9 => op::WRITE, // REQ_OP_WRITE, REQ_OP_WRITE_ZEROES
+        2 => op::FLUSH,
+        3 | 5 => op::DISCARD, // REQ_OP_DISCARD, REQ_OP_SECURE_ERASE
+        _ => op::OTHER,
+    }
+}
+
+/// Maps the first characters of a tracepoint's `rwbs` string (see `blk_fill_rwbs`) to an
+/// [`op`] class. A leading `F` is a pre-flush flag unless nothing but flags follows it.
+#[inline(always)]
+pub fn op_from_rwbs(c0: u8, c1: u8) -> u32 {
+    let c = if c0 == b'F' {
+        match c1 {
+            b'W' | b'R' | b'D' | b'N' => c1,
+            _ => b'F',
+        }
+    } else {
+        c0
+    };
+    match c {
+        b'R' => op::READ,
+        b'W' => op::WRITE,
+        b'F' => op::FLUSH,
+        b'D' => op::DISCARD,
+        _ => op::OTHER,
+    }
+}
+
+/// Key of a block latency histogram: whole-disk device number in the kernel's encoding
+/// (`major << 20 | minor`, as the block tracepoints report it) and [`op`] class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockKey {
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// One slot of the direct-mapped in-flight table: a request seen at issue, waiting for
+/// its completion. `id` is the request pointer (BTF and raw tracepoints) or the start
+/// sector (classic tracepoints, where `dev` disambiguates); 0 means empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InflightSlot {
+    pub id: u64,
+    pub issued_ns: u64,
+    pub dev: u32,
+    pub op: u32,
+}
+
+/// log2 of the in-flight table's size. 65 536 slots (1.5 MiB) keep collisions rare
+/// while thousands of requests are in flight; a collision loses one sample and is counted.
+pub const INFLIGHT_SLOTS_LOG2: u32 = 16;
+pub const INFLIGHT_SLOTS: u32 = 1 << INFLIGHT_SLOTS_LOG2;
+
+/// Slot of a request identity: Fibonacci hashing spreads the regularly spaced request
+/// pointers of a tag set over the whole table with one multiply.
+#[inline(always)]
+pub fn inflight_slot(id: u64, dev: u32) -> u32 {
+    let mixed = (id ^ ((dev as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> (64 - INFLIGHT_SLOTS_LOG2)) as u32
+}
+
+/// Offsets inside `struct request` and friends, resolved from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestLayout {
+    /// `struct request`.`q`
+    pub rq_q: u32,
+    /// `struct request`.`cmd_flags`
+    pub rq_cmd_flags: u32,
+    /// `struct request_queue`.`disk`
+    pub q_disk: u32,
+    /// `struct gendisk`.`major`
+    pub disk_major: u32,
+    /// `struct gendisk`.`first_minor`
+    pub disk_first_minor: u32,
+    /// `struct request`.`state` (`enum mq_rq_state`: 0 idle, 1 in flight, 2 complete)
+    pub rq_state: u32,
+    /// `struct request`.`start_time_ns`: allocation time, ktime, 0 when not recorded
+    pub rq_start_time_ns: u32,
+    pub _pad: u32,
+}
+
+/// `MQ_RQ_IDLE`: the request never reached `blk_mq_start_request()`.
+pub const MQ_RQ_IDLE: u32 = 0;
+
+/// Offsets of the fields nodepulse reads from the classic `block:block_rq_issue` and
+/// `block:block_rq_complete` records, parsed from their tracefs `format` files.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointLayout {
+    pub dev: u32,
+    pub sector: u32,
+    pub rwbs: u32,
+    pub _pad: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rwbs_strings_map_to_operations() {
+        let op = |s: &[u8]| op_from_rwbs(s[0], *s.get(1).unwrap_or(&0));
+        assert_eq!(op(b"R"), op::READ);
+        assert_eq!(op(b"RA"), op::READ);
+        assert_eq!(op(b"WS"), op::WRITE);
+        assert_eq!(op(b"FWS"), op::WRITE); // write with pre-flush
+        assert_eq!(op(b"F"), op::FLUSH);
+        assert_eq!(op(b"FF"), op::FLUSH);
+        assert_eq!(op(b"D"), op::DISCARD);
+        assert_eq!(op(b"DE"), op::DISCARD);
+        assert_eq!(op(b"N"), op::OTHER);
+    }
+
+    #[test]
+    fn request_ops_map_to_operations() {
+        assert_eq!(op_from_req_op(0), op::READ);
+        assert_eq!(op_from_req_op(1 | 1 << 11), op::WRITE); // flags above the op bits
+        assert_eq!(op_from_req_op(2), op::FLUSH);
+        assert_eq!(op_from_req_op(3), op::DISCARD);
+        assert_eq!(op_from_req_op(9), op::WRITE);
+        assert_eq!(op_from_req_op(34), op::OTHER);
+    }
+
+    #[test]
+    fn slots_stay_in_the_table_and_spread() {
+        let mut seen = [false; 64];
+        for i in 0..4096u64 {
+            let s = inflight_slot(0xffff_8880_1234_0000 + i * 384, 0);
+            assert!(s < INFLIGHT_SLOTS);
+            seen[(s >> (super::INFLIGHT_SLOTS_LOG2 - 6)) as usize] = true;
+        }
+        assert!(
+            seen.iter().all(|&b| b),
+            "regularly spaced pointers must cover the table"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! Indices into the per-CPU `PROBE_COUNTERS` array: events the kernel programs could not
+//! record as samples. The agent reports their deltas as self-metrics.
+
+/// A completion without a matching issue record: in flight before attach, or evicted.
+pub const BLOCK_UNMATCHED: u32 = 0;
+/// An issue that overwrote another in-flight request's slot (that request is lost).
+pub const BLOCK_SLOT_COLLISION: u32 = 1;
+/// A sample dropped because the histogram map was full (too many devices × operations).
+pub const BLOCK_SERIES_FULL: u32 = 2;
+
+/// Size of the counters array; room for the other probe families.
+pub const COUNT: u32 = 16;
+
+/// Human-readable names, indexed like the counters.
+pub const NAMES: [(u32, &str); 3] = [
+    (BLOCK_UNMATCHED, "block_unmatched_completions"),
+    (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
+    (BLOCK_SERIES_FULL, "block_series_map_full"),
+];

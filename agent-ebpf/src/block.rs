@@ -1,0 +1,314 @@
+//! Block I/O latency: issue → completion of each request, per device and operation.
+//!
+//! Hooks (checked against Linux 6.1 – 6.18):
+//! - `block_rq_issue(struct request *rq)`, fired by `blk_mq_start_request()` when the
+//!   driver takes the request;
+//! - `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`,
+//!   fired by `blk_update_request()` and `blk_complete_request()`.
+//!
+//! Five program variants share one body, tried in this order: BTF tracepoints (cheapest
+//! dispatch), raw tracepoints (no BTF needed to attach), classic tracepoints (keyed by
+//! device and sector because the record carries no request pointer), fentry and kprobe
+//! on the functions that fire those tracepoints.
+//!
+//! Instead of a hash map keyed by request, issue writes into a direct-mapped array slot
+//! chosen by hashing the request pointer, and completion reads and clears it. Array
+//! lookups are inlined by the verifier, so the hot path has no hashing helper and no
+//! delete. A completion whose slot does not hold its request (in flight before attach,
+//! or evicted by a colliding request) is counted, never turned into a latency.
+
+use agent_common::{
+    block::{
+        BlockKey, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, RequestLayout, TracepointLayout,
+        inflight_slot, op_from_req_op, op_from_rwbs,
+    },
+    counters,
+    hist::Histogram,
+    names::BLOCK_LATENCY_MAX_SERIES,
+};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
+    maps::{Array, PerCpuHashMap},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
+    },
+};
+
+use crate::shared::{count, record};
+
+/// Latency histograms per (device, operation). Not preallocated: a series costs
+/// memory on every CPU, so only devices that do I/O should pay for it.
+#[map(name = "BLOCK_LATENCY")]
+static BLOCK_LATENCY: PerCpuHashMap<BlockKey, Histogram> =
+    PerCpuHashMap::with_max_entries(BLOCK_LATENCY_MAX_SERIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "BLOCK_INFLIGHT")]
+static BLOCK_INFLIGHT: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
+
+/// Field offsets resolved by the agent from the running kernel's BTF before load.
+#[unsafe(no_mangle)]
+static REQUEST_LAYOUT: RequestLayout = RequestLayout {
+    rq_q: 0,
+    rq_cmd_flags: 0,
+    q_disk: 0,
+    disk_major: 0,
+    disk_first_minor: 0,
+    rq_state: 0,
+    rq_start_time_ns: 0,
+    _pad: 0,
+};
+
+/// Record offsets parsed by the agent from the tracepoints' tracefs `format` files.
+#[unsafe(no_mangle)]
+static TP_ISSUE_LAYOUT: TracepointLayout = TracepointLayout {
+    dev: 0,
+    sector: 0,
+    rwbs: 0,
+    _pad: 0,
+};
+#[unsafe(no_mangle)]
+static TP_COMPLETE_LAYOUT: TracepointLayout = TracepointLayout {
+    dev: 0,
+    sector: 0,
+    rwbs: 0,
+    _pad: 0,
+};
+
+/// How fields of kernel structs are read. BTF-typed pointers (tp_btf, fentry) can be
+/// dereferenced directly: the verifier checks each load against the kernel's BTF and
+/// turns it into a fault-tolerant load, far cheaper than a helper call. Other program
+/// types see plain numbers and must use `bpf_probe_read_kernel`.
+trait KernelRead {
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T>;
+}
+
+struct DirectRead;
+impl KernelRead for DirectRead {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        // The offset comes from a read-only global, so the verifier sees a constant.
+        Some(unsafe { *((base as *const u8).add(offset as usize) as *const T) })
+    }
+}
+
+struct ProbeRead;
+impl KernelRead for ProbeRead {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+    }
+}
+
+/// Whole-disk device number (`MKDEV(disk->major, disk->first_minor)`) and operation
+/// class of a request, the same device the block tracepoints report.
+#[inline(always)]
+fn request_dev_op<R: KernelRead>(rq: u64) -> Option<(u32, u32)> {
+    let l = unsafe { core::ptr::read_volatile(&REQUEST_LAYOUT) };
+    let cmd_flags: u32 = R::read(rq, l.rq_cmd_flags)?;
+    let q: u64 = R::read(rq, l.rq_q)?;
+    let disk: u64 = R::read(q, l.q_disk)?;
+    let dev = if disk == 0 {
+        0
+    } else {
+        let major: u32 = R::read(disk, l.disk_major)?;
+        let minor: u32 = R::read(disk, l.disk_first_minor)?;
+        (major << 20) | (minor & 0xf_ffff)
+    };
+    Some((dev, op_from_req_op(cmd_flags)))
+}
+
+#[inline(always)]
+fn on_issue(index: u32, id: u64, dev: u32, op: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(slot) = BLOCK_INFLIGHT.get_ptr_mut(index) else {
+        return;
+    };
+    let slot = unsafe { &mut *slot };
+    // The same request issued again (a requeue) simply restarts its clock.
+    if slot.id != 0 && (slot.id != id || slot.dev != dev) {
+        count(counters::BLOCK_SLOT_COLLISION);
+    }
+    slot.issued_ns = now;
+    slot.dev = dev;
+    slot.op = op;
+    slot.id = id;
+}
+
+/// `dev` is `None` when the id alone identifies the request (a request pointer).
+/// Returns false when the slot did not hold this request.
+#[inline(always)]
+fn on_complete(index: u32, id: u64, dev: Option<u32>, now: u64) -> bool {
+    let Some(slot) = BLOCK_INFLIGHT.get_ptr_mut(index) else {
+        return false;
+    };
+    let slot = unsafe { &mut *slot };
+    let issued = slot.issued_ns;
+    if slot.id != id || dev.is_some_and(|d| d != slot.dev) || issued == 0 || now < issued {
+        return false;
+    }
+    let key = BlockKey {
+        dev: slot.dev,
+        op: slot.op,
+    };
+    // Clear both: an empty slot must never match a later completion (sector 0 is a
+    // valid id for classic tracepoints).
+    slot.id = 0;
+    slot.issued_ns = 0;
+    record_latency(&key, now - issued);
+    true
+}
+
+#[inline(always)]
+fn record_latency(key: &BlockKey, ns: u64) {
+    if !record(&BLOCK_LATENCY, key, ns) {
+        count(counters::BLOCK_SERIES_FULL);
+    }
+}
+
+// Requests are found by pointer alone: completion does not read the device again.
+#[inline(always)]
+fn issue_request<R: KernelRead>(rq: u64, id: u64) {
+    if let Some((dev, op)) = request_dev_op::<R>(rq) {
+        on_issue(inflight_slot(id, 0), id, dev, op);
+    }
+}
+
+#[inline(always)]
+fn complete_request<R: KernelRead>(rq: u64, id: u64) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !on_complete(inflight_slot(id, 0), id, None, now) {
+        complete_unissued::<R>(rq, now);
+    }
+}
+
+/// A completion with no issue record. Requests that never reached the driver — a
+/// data-less pre-flush write finished by the flush machinery, a request failed before
+/// dispatch — are still accounted by the kernel as completed, so they are measured
+/// from allocation (`start_time_ns`), their whole life. Requests that did reach the
+/// driver (in flight before attach, or evicted from the table) are only counted.
+#[inline(always)]
+fn complete_unissued<R: KernelRead>(rq: u64, now: u64) {
+    let l = unsafe { core::ptr::read_volatile(&REQUEST_LAYOUT) };
+    let state: u32 = R::read(rq, l.rq_state).unwrap_or(u32::MAX);
+    let started: u64 = R::read(rq, l.rq_start_time_ns).unwrap_or(0);
+    if state != MQ_RQ_IDLE || started == 0 || now < started {
+        count(counters::BLOCK_UNMATCHED);
+        return;
+    }
+    match request_dev_op::<R>(rq) {
+        Some((dev, op)) => record_latency(&BlockKey { dev, op }, now - started),
+        None => count(counters::BLOCK_UNMATCHED),
+    }
+}
+
+/// A BTF-typed request pointer as a plain number the verifier lets us hash. It forbids
+/// arithmetic on trusted pointers except pointer − pointer, which (with CAP_PERFMON)
+/// yields a scalar; subtracting the address of a map keeps the identity unique and
+/// stable for the program's lifetime. black_box stops LLVM from folding the subtraction
+/// into the hash multiply.
+#[inline(always)]
+fn btf_request_id(rq: *const u8) -> u64 {
+    let base = &BLOCK_INFLIGHT as *const _ as *const u8;
+    core::hint::black_box((rq as u64).wrapping_sub(base as u64))
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue_btf(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    issue_request::<DirectRead>(rq as u64, btf_request_id(rq));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    complete_request::<DirectRead>(rq as u64, btf_request_id(rq));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_rq_issue")]
+pub fn block_rq_issue_raw(ctx: RawTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    issue_request::<ProbeRead>(rq as u64, rq as u64);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_rq_complete")]
+pub fn block_rq_complete_raw(ctx: RawTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    complete_request::<ProbeRead>(rq as u64, rq as u64);
+    0
+}
+
+/// Device, start sector and operation from a classic `block_rq_*` record.
+#[inline(always)]
+fn tracepoint_fields(ctx: &TracePointContext, l: &TracepointLayout) -> Option<(u32, u64, u32)> {
+    unsafe {
+        let dev: u32 = ctx.read_at(l.dev as usize).ok()?;
+        let sector: u64 = ctx.read_at(l.sector as usize).ok()?;
+        let rwbs: [u8; 2] = ctx.read_at(l.rwbs as usize).ok()?;
+        Some((dev, sector, op_from_rwbs(rwbs[0], rwbs[1])))
+    }
+}
+
+#[tracepoint(category = "block", name = "block_rq_issue")]
+pub fn block_rq_issue_tp(ctx: TracePointContext) -> i32 {
+    let l = unsafe { core::ptr::read_volatile(&TP_ISSUE_LAYOUT) };
+    if let Some((dev, sector, op)) = tracepoint_fields(&ctx, &l) {
+        // Sector 0 with a device is still a valid identity (flushes all use it: two
+        // concurrent flushes on one device share a slot, as in every sector-keyed tool).
+        on_issue(inflight_slot(sector, dev), sector, dev, op);
+    }
+    0
+}
+
+#[tracepoint(category = "block", name = "block_rq_complete")]
+pub fn block_rq_complete_tp(ctx: TracePointContext) -> i32 {
+    let l = unsafe { core::ptr::read_volatile(&TP_COMPLETE_LAYOUT) };
+    if let Some((dev, sector, _)) = tracepoint_fields(&ctx, &l) {
+        let now = unsafe { bpf_ktime_get_ns() };
+        if !on_complete(inflight_slot(sector, dev), sector, Some(dev), now) {
+            // No request pointer here to tell a never-issued request from one in
+            // flight before attach: both are only counted.
+            count(counters::BLOCK_UNMATCHED);
+        }
+    }
+    0
+}
+
+// Function hooks, for kernels whose block tracepoints cannot be used. Completion is
+// hooked at `blk_update_request()`, which fires `block_rq_complete` itself; batched
+// completions (`blk_complete_request()`, static and usually inlined) are missed and
+// show up as unmatched requests.
+
+#[fentry(function = "blk_mq_start_request")]
+pub fn block_rq_issue_fentry(ctx: FEntryContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    issue_request::<DirectRead>(rq as u64, btf_request_id(rq));
+    0
+}
+
+#[fentry(function = "blk_update_request")]
+pub fn block_rq_complete_fentry(ctx: FEntryContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    complete_request::<DirectRead>(rq as u64, btf_request_id(rq));
+    0
+}
+
+#[kprobe]
+pub fn block_rq_issue_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(rq) = ctx.arg::<*const u8>(0) {
+        issue_request::<ProbeRead>(rq as u64, rq as u64);
+    }
+    0
+}
+
+#[kprobe]
+pub fn block_rq_complete_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(rq) = ctx.arg::<*const u8>(0) {
+        complete_request::<ProbeRead>(rq as u64, rq as u64);
+    }
+    0
+}

@@ -1,0 +1,18 @@
+//! nodepulse's kernel programs. Each probe family has its own module; what they share
+//! (histogram recording, drop counters) lives in `shared`.
+#![no_std]
+#![no_main]
+
+mod block;
+mod shared;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible: `bpf_probe_read_kernel` and BTF tracepoints require it.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

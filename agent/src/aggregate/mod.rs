@@ -1,0 +1,7 @@
+//! Turning cumulative kernel readings into per-interval series.
+
+pub mod histogram;
+pub mod series;
+
+pub use histogram::ExpHistogram;
+pub use series::{Delta, IntervalSeries, SeriesKey, counter_delta};

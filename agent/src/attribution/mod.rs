@@ -1,0 +1,3 @@
+//! Giving kernel identifiers the names operators know.
+
+pub mod devices;

@@ -1,0 +1,221 @@
+//! `nodepulse check`: what this node supports and what is missing, in plain words, with
+//! an exit code scripts can use (0 ready, 1 something an enabled probe needs is missing).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    kernel::{self, Capability, tracefs},
+    probes::{
+        AttachKind, Loaded,
+        attach::{attach_first, unload},
+        block, stats,
+    },
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Ok,
+    /// Works, with less than the best (a fallback, an optional feature missing).
+    Warn,
+    /// Something an enabled probe needs is missing.
+    Fail,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    pub what: String,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+/// Per attach kind: whether the probe's programs load and attach here.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeCheck {
+    pub probe: &'static str,
+    pub enabled: bool,
+    /// The kind `nodepulse run` would use.
+    pub chosen: Option<AttachKind>,
+    pub kinds: Vec<(AttachKind, Result<(), String>)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    pub items: Vec<Item>,
+    pub probes: Vec<ProbeCheck>,
+}
+
+impl CheckReport {
+    pub fn exit_code(&self) -> i32 {
+        let failed = self.items.iter().any(|i| i.verdict == Verdict::Fail)
+            || self.probes.iter().any(|p| p.enabled && p.chosen.is_none());
+        i32::from(failed)
+    }
+
+    pub fn render(&self) -> String {
+        let mut t = String::new();
+        for i in &self.items {
+            let mark = match i.verdict {
+                Verdict::Ok => "ok  ",
+                Verdict::Warn => "warn",
+                Verdict::Fail => "FAIL",
+            };
+            let _ = writeln!(t, "[{mark}] {:<12} {}", i.what, i.detail);
+        }
+        for p in &self.probes {
+            if !p.enabled {
+                let _ = writeln!(
+                    t,
+                    "[ok  ] probe {:<6} disabled in the configuration",
+                    p.probe
+                );
+                continue;
+            }
+            match p.chosen {
+                Some(kind) => {
+                    let _ = writeln!(t, "[ok  ] probe {:<6} attaches via {kind}", p.probe);
+                }
+                None => {
+                    let _ = writeln!(t, "[FAIL] probe {:<6} cannot attach by any method", p.probe);
+                }
+            }
+            for (kind, result) in &p.kinds {
+                let line = match result {
+                    Ok(()) => "works".to_owned(),
+                    Err(e) => format!("no: {e}"),
+                };
+                let _ = writeln!(t, "         {:<15} {line}", kind.as_str());
+            }
+        }
+        let verdict = match self.exit_code() {
+            0 => "ready: every enabled probe can attach",
+            _ => "NOT ready: see FAIL lines above",
+        };
+        let _ = writeln!(t, "{verdict}");
+        t
+    }
+}
+
+pub fn run(config: &Config) -> CheckReport {
+    let mut items = vec![Item {
+        what: "kernel".into(),
+        verdict: Verdict::Ok,
+        detail: kernel::release(),
+    }];
+    items.push(if kernel::btf_present() {
+        Item {
+            what: "BTF".into(),
+            verdict: Verdict::Ok,
+            detail: format!("{} present", kernel::btf::VMLINUX_BTF),
+        }
+    } else {
+        Item {
+            what: "BTF".into(),
+            verdict: Verdict::Warn,
+            detail: "no /sys/kernel/btf/vmlinux: tp_btf, raw tracepoint and fentry programs \
+                     cannot find kernel struct offsets; only classic tracepoints will work"
+                .into(),
+        }
+    });
+    items.push(match tracefs::find() {
+        Some(p) => Item {
+            what: "tracefs".into(),
+            verdict: Verdict::Ok,
+            detail: format!("mounted at {}", p.display()),
+        },
+        None => Item {
+            what: "tracefs".into(),
+            verdict: Verdict::Ok,
+            detail: "not mounted; only classic tracepoints need it and nodepulse mounts it \
+                     then (needs CAP_SYS_ADMIN)"
+                .into(),
+        },
+    });
+    items.push(Item {
+        what: "bpffs".into(),
+        verdict: Verdict::Ok,
+        detail: if kernel::bpffs_mounted() {
+            "mounted (nodepulse pins nothing there)".into()
+        } else {
+            "not mounted; not needed, nodepulse pins nothing".into()
+        },
+    });
+    let caps = kernel::effective_capabilities();
+    for cap in Capability::ALL {
+        let has = kernel::has_capability(caps, cap);
+        items.push(Item {
+            what: cap.name().into(),
+            verdict: match (has, cap.required()) {
+                (true, _) => Verdict::Ok,
+                (false, true) => Verdict::Fail,
+                (false, false) => Verdict::Warn,
+            },
+            detail: format!(
+                "{} — to {}",
+                if has { "held" } else { "MISSING" },
+                cap.why()
+            ),
+        });
+    }
+
+    let mut probes = Vec::new();
+    match Loaded::load(&config.probes) {
+        Err(e) => items.push(Item {
+            what: "load".into(),
+            verdict: Verdict::Fail,
+            detail: e.to_string(),
+        }),
+        Ok(mut loaded) => {
+            let bpf_stats = stats::BpfStats::enable();
+            items.push(Item {
+                what: "BPF stats".into(),
+                verdict: if bpf_stats.unavailable.is_none() {
+                    Verdict::Ok
+                } else {
+                    Verdict::Warn
+                },
+                detail: bpf_stats
+                    .unavailable
+                    .clone()
+                    .unwrap_or_else(|| "per-program run time and count available".into()),
+            });
+            probes.push(check_block(&mut loaded, config));
+        }
+    }
+    CheckReport { items, probes }
+}
+
+/// Tries every kind of the chain on its own, then detaches.
+fn check_block(loaded: &mut Loaded, config: &Config) -> ProbeCheck {
+    let cfg = &config.probes.block;
+    let mut kinds = Vec::new();
+    for kind in AttachKind::CHAIN {
+        let variants = loaded.block_layouts.variants(Some(kind));
+        let attached = attach_first(&mut loaded.ebpf, loaded.btf.as_ref(), &variants);
+        for program in &attached.programs {
+            unload(&mut loaded.ebpf, program);
+        }
+        let result = match attached.kind {
+            Some(_) => Ok(()),
+            None => Err(attached
+                .failures
+                .first()
+                .map_or_else(|| "not offered".into(), |f| f.error.clone())),
+        };
+        kinds.push((kind, result));
+    }
+    let allowed = |k: AttachKind| cfg.attach.kind().is_none_or(|only| only == k);
+    let chosen = kinds
+        .iter()
+        .find(|(k, r)| r.is_ok() && allowed(*k))
+        .map(|(k, _)| *k);
+    ProbeCheck {
+        probe: block::NAME,
+        enabled: cfg.enabled,
+        chosen,
+        kinds,
+    }
+}

@@ -1,0 +1,195 @@
+//! Command line: `nodepulse run` and `nodepulse check`.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    check,
+    config::{self, Config, ConsoleFormat, LogFormat, LogLevel, Overrides},
+    export::{Exporter, console::Console},
+    pipeline::{Pipeline, Shutdown},
+    probes::Probes,
+};
+
+/// Exit code for an invalid configuration or command line (as clap uses for usage).
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nodepulse",
+    version,
+    about = "eBPF node performance agent: where latency and queueing come from, per node",
+    long_about = "nodepulse measures latency where it happens — in the kernel — and reports \
+                  distributions per device every interval, with its own cost beside them.\n\n\
+                  It needs root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN for BPF run-time \
+                  stats). Start with `nodepulse check`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the probes and report every interval until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Tell what this node supports and what is missing; exit 0 when every enabled
+    /// probe can attach, 1 when not, 2 when the configuration is invalid.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// TOML configuration file (every key and its default: deploy/nodepulse.toml).
+    #[arg(short, long, env = "NODEPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log level (overrides [log] level).
+    #[arg(long, value_enum)]
+    pub log_level: Option<LogLevel>,
+    /// Log format on standard error (overrides [log] format).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Where sysfs is mounted (overrides [agent] sys_root).
+    #[arg(long)]
+    pub sys_root: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Report interval, e.g. 10s or 1m (overrides [agent] interval; 1s to 1h).
+    #[arg(short, long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+    /// Console format (overrides [console] format).
+    #[arg(short, long, value_enum)]
+    pub format: Option<ConsoleFormat>,
+    /// Stop after this many reports (0: run until SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    pub reports: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    config::parse_duration(text).and_then(config::check_interval)
+}
+
+impl ConfigArgs {
+    fn load(&self, run: Option<&RunArgs>) -> Result<Config, config::ConfigError> {
+        let overrides = Overrides {
+            interval: run.and_then(|r| r.interval),
+            console_format: run.and_then(|r| r.format),
+            log_level: self.log_level,
+            log_format: self.log_format,
+            sys_root: self.sys_root.clone(),
+        };
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log.level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(args),
+    }
+}
+
+fn config_error(e: config::ConfigError) -> ExitCode {
+    eprintln!("nodepulse: {e}");
+    eprintln!("nothing was attached; fix the configuration and start again");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match args.config.load(Some(&args)) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nodepulse: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run_agent(config, args.reports))
+}
+
+async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
+    let shutdown = match Shutdown::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nodepulse: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "nodepulse starting: {config}"
+    );
+    let probes = match Probes::start(&config.probes, config.agent.sys_root.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("nodepulse: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
+    if config.console.enabled {
+        exporters.push(Box::new(Console::new(
+            std::io::stdout(),
+            config.console.format,
+        )));
+    }
+    tracing::info!(
+        "first report in {}",
+        humantime::format_duration(config.agent.interval)
+    );
+    Pipeline::new(probes, exporters)
+        .run(config.agent.interval, max_reports, shutdown)
+        .await;
+    ExitCode::SUCCESS
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let config = match args.config.load(None) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    init_logging(&config);
+    let report = check::run(&config);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("nodepulse: {e}"),
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    ExitCode::from(report.exit_code() as u8)
+}

@@ -1,0 +1,435 @@
+//! The TOML configuration: every key has a documented default (see
+//! `deploy/nodepulse.toml`), unknown keys are rejected, and each invalid value gets a
+//! message naming its key. Command-line flags override the file.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer};
+use thiserror::Error;
+
+use crate::probes::AttachKind;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid{location}: {message}")]
+    Parse {
+        path: String,
+        location: String,
+        message: String,
+    },
+    #[error("config key `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub log: LogConfig,
+    pub console: ConsoleConfig,
+    pub probes: ProbesConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// How often maps are read and a report is produced.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Where sysfs is; a container reads the host's through a mount.
+    pub sys_root: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            sys_root: PathBuf::from("/sys"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsoleFormat {
+    /// A compact table with a small text histogram per series.
+    #[default]
+    Table,
+    /// One JSON object per interval with every series and its buckets.
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    pub format: ConsoleFormat,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            format: ConsoleFormat::Table,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    pub block: ProbeConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    pub attach: AttachMode,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            attach: AttachMode::Auto,
+        }
+    }
+}
+
+/// `auto` walks the fallback chain; naming a kind uses only that one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    TpBtf,
+    RawTracepoint,
+    Tracepoint,
+    Fentry,
+    Kprobe,
+}
+
+impl AttachMode {
+    pub fn kind(self) -> Option<AttachKind> {
+        match self {
+            AttachMode::Auto => None,
+            AttachMode::TpBtf => Some(AttachKind::TpBtf),
+            AttachMode::RawTracepoint => Some(AttachKind::RawTracepoint),
+            AttachMode::Tracepoint => Some(AttachKind::Tracepoint),
+            AttachMode::Fentry => Some(AttachKind::Fentry),
+            AttachMode::Kprobe => Some(AttachKind::Kprobe),
+        }
+    }
+}
+
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses `10s`, `500ms`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration \"{text}\" ({e}); write it like \"10s\" or \"1m\""))
+}
+
+/// Checks an interval (from the file or `--interval`).
+pub fn check_interval(interval: Duration) -> Result<Duration, String> {
+    if interval < MIN_INTERVAL || interval > MAX_INTERVAL {
+        return Err(format!(
+            "must be between 1s and 1h, got {}",
+            humantime::format_duration(interval)
+        ));
+    }
+    Ok(interval)
+}
+
+/// Command-line flags that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub interval: Option<Duration>,
+    pub console_format: Option<ConsoleFormat>,
+    pub log_level: Option<LogLevel>,
+    pub log_format: Option<LogFormat>,
+    pub sys_root: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads `path` (or the defaults when `None`), applies the flags and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::parse(&text, &path.display().to_string())?
+            }
+            None => Self::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            location: e.span().map(|s| locate(text, s.start)).unwrap_or_default(),
+            message: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = o.interval {
+            self.agent.interval = v;
+        }
+        if let Some(v) = o.console_format {
+            self.console.format = v;
+        }
+        if let Some(v) = o.log_level {
+            self.log.level = v;
+        }
+        if let Some(v) = o.log_format {
+            self.log.format = v;
+        }
+        if let Some(v) = &o.sys_root {
+            self.agent.sys_root = v.clone();
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_interval(self.agent.interval).map_err(|problem| ConfigError::Invalid {
+            key: "agent.interval",
+            problem,
+        })?;
+        if !self.agent.sys_root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "agent.sys_root",
+                problem: format!(
+                    "must be an absolute path, got \"{}\"",
+                    self.agent.sys_root.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// " at line L, column C (in [table])" for a byte offset of the text.
+fn locate(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|t| format!(" (in {t})"))
+        .unwrap_or_default();
+    format!(" at line {line}, column {column}{table}")
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "interval {}, console {:?}, block probe {}",
+            humantime::format_duration(self.agent.interval),
+            self.console.format,
+            if self.probes.block.enabled {
+                "on"
+            } else {
+                "off"
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_example_file_documents_the_defaults() {
+        let example = include_str!("../../deploy/nodepulse.toml");
+        assert_eq!(
+            Config::parse(example, "example").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("", "t").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table_and_line() {
+        let e = err("[agent]\nintervl = \"5s\"\n");
+        assert!(e.contains("unknown field `intervl`"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("(in [agent])"), "{e}");
+        assert!(e.contains("expected `interval`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_table_is_rejected() {
+        let e = err("[agnet]\n");
+        assert!(e.contains("unknown field `agnet`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_probe_key_is_rejected() {
+        let e = err("[probes.block]\nenable = true\n");
+        assert!(e.contains("unknown field `enable`"), "{e}");
+        assert!(e.contains("(in [probes.block])"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_says_how_to_write_one() {
+        let e = err("[agent]\ninterval = \"10 parsecs\"\n");
+        assert!(e.contains("invalid duration \"10 parsecs\""), "{e}");
+        assert!(e.contains("like \"10s\""), "{e}");
+    }
+
+    #[test]
+    fn duration_must_be_a_string() {
+        let e = err("[agent]\ninterval = 10\n");
+        assert!(e.contains("invalid type: integer"), "{e}");
+    }
+
+    #[test]
+    fn interval_out_of_range() {
+        let e = err("[agent]\ninterval = \"0s\"\n");
+        assert_eq!(
+            e,
+            "config key `agent.interval` must be between 1s and 1h, got 0s"
+        );
+        let e = err("[agent]\ninterval = \"2h\"\n");
+        assert!(e.contains("got 2h"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_values_list_the_choices() {
+        let e = err("[console]\nformat = \"tabel\"\n");
+        assert!(e.contains("unknown variant `tabel`"), "{e}");
+        assert!(e.contains("`table`"), "{e}");
+        let e = err("[probes.block]\nattach = \"uprobe\"\n");
+        assert!(e.contains("unknown variant `uprobe`"), "{e}");
+        assert!(e.contains("`tp_btf`"), "{e}");
+        let e = err("[log]\nlevel = \"loud\"\n");
+        assert!(e.contains("unknown variant `loud`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_for_bool() {
+        let e = err("[console]\nenabled = \"yes\"\n");
+        assert!(
+            e.contains("invalid type: string \"yes\", expected a boolean"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn relative_sys_root_is_rejected() {
+        let e = err("[agent]\nsys_root = \"host/sys\"\n");
+        assert!(
+            e.starts_with("config key `agent.sys_root` must be an absolute path"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[agent]\ninterval = \"30s\"\n[console]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            &Overrides {
+                interval: Some(Duration::from_secs(2)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.agent.interval, Duration::from_secs(2));
+        assert_eq!(c.console.format, ConsoleFormat::Json);
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let e = Config::load(
+            Some(Path::new("/nonexistent/np.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("cannot read config file /nonexistent/np.toml"),
+            "{e}"
+        );
+    }
+}

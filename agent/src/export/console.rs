@@ -1,0 +1,295 @@
+//! The console exporter: a compact table for people, or JSON lines for scripts.
+
+use std::io::Write;
+
+use super::Exporter;
+use crate::{
+    aggregate::histogram::{bucket_lower, bucket_upper},
+    config::ConsoleFormat,
+    report::{ProbeState, QUANTILES, Report, SeriesReport},
+};
+
+pub struct Console<W: Write> {
+    out: W,
+    format: ConsoleFormat,
+}
+
+impl<W: Write> Console<W> {
+    pub fn new(out: W, format: ConsoleFormat) -> Self {
+        Self { out, format }
+    }
+}
+
+impl<W: Write> Exporter for Console<W> {
+    fn name(&self) -> &'static str {
+        "console"
+    }
+
+    fn export(&mut self, report: &Report) -> std::io::Result<()> {
+        match self.format {
+            ConsoleFormat::Json => {
+                serde_json::to_writer(&mut self.out, report)?;
+                writeln!(self.out)?;
+            }
+            ConsoleFormat::Table => self.out.write_all(render_table(report).as_bytes())?,
+        }
+        self.out.flush()
+    }
+}
+
+/// `850ns`, `38.1µs`, `1.20ms`, `2.50s`.
+pub fn format_ns(ns: f64) -> String {
+    let (v, unit) = if ns < 1e3 {
+        (ns, "ns")
+    } else if ns < 1e6 {
+        (ns / 1e3, "µs")
+    } else if ns < 1e9 {
+        (ns / 1e6, "ms")
+    } else {
+        (ns / 1e9, "s")
+    };
+    if v >= 100.0 || unit == "ns" {
+        format!("{v:.0}{unit}")
+    } else if v >= 10.0 {
+        format!("{v:.1}{unit}")
+    } else {
+        format!("{v:.2}{unit}")
+    }
+}
+
+fn format_bytes(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// One character per power of two between the lowest and highest populated buckets,
+/// with the range's bounds: `16µs ▁▂▅█▆▃▁ 2.1ms`.
+pub fn sparkline(s: &SeriesReport) -> String {
+    let h = s.delta_histogram();
+    let per_octave = agent_common::hist::SUB_BUCKETS as i32;
+    let octaves: Vec<(i32, u64)> = {
+        let mut v: Vec<(i32, u64)> = Vec::new();
+        for (index, count) in h.buckets() {
+            let octave = index.div_euclid(per_octave);
+            match v.last_mut() {
+                Some((o, c)) if *o == octave => *c += count,
+                _ => v.push((octave, count)),
+            }
+        }
+        v
+    };
+    let (Some(&(first, _)), Some(&(last, _))) = (octaves.first(), octaves.last()) else {
+        return String::new();
+    };
+    let max = octaves.iter().map(|&(_, c)| c).max().unwrap_or(1).max(1);
+    let bars: String = (first..=last)
+        .map(|o| {
+            let c = octaves
+                .iter()
+                .find(|&&(oo, _)| oo == o)
+                .map_or(0, |&(_, c)| c);
+            if c == 0 {
+                ' '
+            } else {
+                BARS[((c * 7).div_ceil(max)).min(7) as usize]
+            }
+        })
+        .collect();
+    format!(
+        "{} {bars} {}",
+        format_ns(bucket_lower(first * per_octave)),
+        format_ns(bucket_upper(last * per_octave + per_octave - 1))
+    )
+}
+
+pub fn render_table(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "── nodepulse · {} · {} · interval {:.1}s ──",
+        r.node, r.time, r.interval_s
+    );
+    let mut families: Vec<&str> = r.series.iter().map(|s| s.family).collect();
+    families.dedup();
+    if r.series.iter().all(|s| s.count == 0) {
+        let _ = writeln!(t, "no samples this interval");
+    }
+    for family in families {
+        let rows: Vec<&SeriesReport> = r
+            .series
+            .iter()
+            .filter(|s| s.family == family && s.count > 0)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(t, "{family} (per device and operation)");
+        let _ = write!(t, "  {:<10} {:<7} {:>9} ", "DEVICE", "OP", "IO/s");
+        for (_, name) in QUANTILES {
+            let _ = write!(t, "{name:>8} ");
+        }
+        let _ = writeln!(t, "{:>8}  DISTRIBUTION", "MEAN");
+        for s in rows {
+            let label = |k: &str| s.labels.get(k).map_or("-", String::as_str);
+            let _ = write!(
+                t,
+                "  {:<10} {:<7} {:>9.1} ",
+                label("device"),
+                label("op"),
+                s.rate_per_s
+            );
+            for (_, name) in QUANTILES {
+                let q = s.quantiles_ns.get(name).copied().flatten();
+                let _ = write!(t, "{:>8} ", q.map_or("-".into(), format_ns));
+            }
+            let mean = s.mean_ns.map_or("-".into(), format_ns);
+            let _ = writeln!(t, "{mean:>8}  {}", sparkline(s));
+        }
+    }
+    let _ = writeln!(t, "probes");
+    for p in &r.probes {
+        let state = match (&p.state, p.attach) {
+            (ProbeState::Up, Some(kind)) => format!("up via {kind}"),
+            (ProbeState::Up, None) => "up".into(),
+            (ProbeState::Down, _) => "DOWN".into(),
+            (ProbeState::Disabled, _) => "disabled".into(),
+        };
+        let _ = write!(t, "  {:<8} {:<18}", p.probe, state);
+        let costs: Vec<String> = p
+            .programs
+            .iter()
+            .map(|c| match c.ns_per_event {
+                Some(ns) => format!("{} {} ev {:.0} ns/ev", c.program, c.events, ns),
+                None => format!("{} {} ev", c.program, c.events),
+            })
+            .collect();
+        let _ = writeln!(t, "{}", costs.join(" · "));
+        if p.state == ProbeState::Down || p.attach.is_none() {
+            for e in &p.errors {
+                let _ = writeln!(t, "    {e}");
+            }
+        }
+    }
+    let dropped: Vec<String> = r
+        .agent
+        .dropped
+        .iter()
+        .filter(|&(_, &n)| n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let _ = writeln!(
+        t,
+        "agent    cpu {:.2}% · rss {} · dropped: {}",
+        r.agent.cpu_percent,
+        format_bytes(r.agent.rss_bytes),
+        if dropped.is_empty() {
+            "none".into()
+        } else {
+            dropped.join(", ")
+        }
+    );
+    if let Some(why) = &r.agent.bpf_stats_unavailable {
+        let _ = writeln!(t, "  (no per-program cost: {why})");
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        aggregate::{ExpHistogram, IntervalSeries, SeriesKey},
+        probes::AttachKind,
+        report::{AgentReport, ProbeReport, ProgramCost},
+        selfmon::Usage,
+    };
+
+    fn report() -> Report {
+        let mut dense = vec![0u64; 200];
+        dense[130] = 90; // ~ 80 µs
+        dense[170] = 10; // ~ 2.6 ms
+        let h = ExpHistogram::from_dense(9_000_000, 0, &dense);
+        let key = SeriesKey::new(
+            "block.io.latency",
+            [
+                ("device", "loop7".to_owned()),
+                ("dev", "7:7".to_owned()),
+                ("op", "read".to_owned()),
+            ],
+        );
+        let s = IntervalSeries {
+            key,
+            delta: h.clone(),
+            cumulative: h,
+        };
+        Report {
+            time: "2026-11-26T23:59:10Z".into(),
+            interval_s: 10.0,
+            node: "vm".into(),
+            series: vec![SeriesReport::new(&s, 10.0)],
+            probes: vec![ProbeReport {
+                probe: "block",
+                state: ProbeState::Up,
+                attach: Some(AttachKind::TpBtf),
+                errors: vec![],
+                programs: vec![ProgramCost {
+                    program: "block_rq_issue_btf",
+                    events: 100,
+                    run_time_ns: 4000,
+                    ns_per_event: Some(40.0),
+                }],
+            }],
+            agent: AgentReport::new(
+                Usage {
+                    cpu_percent: 0.25,
+                    rss_bytes: 10 << 20,
+                },
+                BTreeMap::from([("block_unmatched_completions", 3)]),
+                None,
+            ),
+        }
+    }
+
+    #[test]
+    fn table_shows_series_quantiles_histogram_and_cost() {
+        let t = render_table(&report());
+        assert!(t.contains("loop7"), "{t}");
+        assert!(t.contains("read"), "{t}");
+        assert!(t.contains("10.0 "), "{t}"); // 100 samples over 10 s
+        assert!(t.contains("up via tp_btf"), "{t}");
+        assert!(t.contains("40 ns/ev"), "{t}");
+        assert!(t.contains("block_unmatched_completions 3"), "{t}");
+        assert!(t.contains("█"), "{t}");
+        assert!(t.contains("10.0 MiB"), "{t}");
+    }
+
+    #[test]
+    fn json_is_one_line_with_buckets() {
+        let mut out = Vec::new();
+        Console::new(&mut out, ConsoleFormat::Json)
+            .export(&report())
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let s = &v["series"][0];
+        assert_eq!(s["count"], 100);
+        assert_eq!(s["labels"]["device"], "loop7");
+        assert_eq!(s["histogram"]["scale"], 3);
+        let counts = s["histogram"]["counts"].as_array().unwrap();
+        assert_eq!(counts.iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 100);
+        assert!(s["quantiles_ns"]["p99"].as_f64().unwrap() > 1e6);
+    }
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(format_ns(850.0), "850ns");
+        assert_eq!(format_ns(38_100.0), "38.1µs");
+        assert_eq!(format_ns(1_200_000.0), "1.20ms");
+        assert_eq!(format_ns(2_500_000_000.0), "2.50s");
+    }
+}

@@ -1,0 +1,11 @@
+//! Where reports go. The console is the default; each exporter gets every report.
+
+pub mod console;
+
+use crate::report::Report;
+
+pub trait Exporter {
+    fn name(&self) -> &'static str;
+    /// Must not block the collection loop for long: slow sinks queue and drop.
+    fn export(&mut self, report: &Report) -> std::io::Result<()>;
+}

@@ -1,0 +1,306 @@
+//! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`): just enough to find
+//! the byte offset of a struct member, so probes never hard-code kernel struct layouts.
+//! Format: Documentation/bpf/btf.rst.
+
+use std::{collections::HashMap, path::Path};
+
+use thiserror::Error;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error("cannot read BTF from {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    #[error("struct {0} not found in kernel BTF")]
+    NoStruct(String),
+    #[error("member {member} not found in struct {strukt} in kernel BTF")]
+    NoMember { strukt: String, member: String },
+    #[error("member {0} is a bitfield; nodepulse reads whole bytes only")]
+    Bitfield(String),
+}
+
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+#[derive(Clone, Debug)]
+struct Member {
+    name: u32,
+    type_id: u32,
+    bit_offset: u32,
+    bitfield: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Type {
+    name: u32,
+    kind: u32,
+    /// Referenced type for modifiers and typedefs.
+    type_id: u32,
+    members: Vec<Member>,
+}
+
+/// The parsed type table, with composite types indexed by name.
+pub struct Btf {
+    strings: Vec<u8>,
+    types: Vec<Type>, // index = type id - 1
+    structs: HashMap<String, u32>,
+}
+
+fn u32_at(data: &[u8], off: usize) -> Result<u32, BtfError> {
+    data.get(off..off + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = hdr_len + u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = hdr_len + u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let types_data = data
+            .get(type_off..type_off + type_len)
+            .ok_or(BtfError::Malformed("type section out of bounds"))?;
+        let strings = data
+            .get(str_off..str_off + str_len)
+            .ok_or(BtfError::Malformed("string section out of bounds"))?
+            .to_vec();
+
+        let mut types = Vec::new();
+        let mut pos = 0;
+        while pos < types_data.len() {
+            let name = u32_at(types_data, pos)?;
+            let info = u32_at(types_data, pos + 4)?;
+            let size_or_type = u32_at(types_data, pos + 8)?;
+            pos += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let mut members = Vec::new();
+            // Bytes of kind-specific data after the common header.
+            let extra = match kind {
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
+                KIND_STRUCT | KIND_UNION => {
+                    for m in 0..vlen {
+                        let at = pos + m * 12;
+                        let offset = u32_at(types_data, at + 8)?;
+                        members.push(Member {
+                            name: u32_at(types_data, at)?,
+                            type_id: u32_at(types_data, at + 4)?,
+                            bit_offset: if kind_flag {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
+                            bitfield: kind_flag && offset >> 24 != 0,
+                        });
+                    }
+                    vlen * 12
+                }
+                6 | 13 => vlen * 8,   // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12, // DATASEC, ENUM64
+                _ => 0,               // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
+            };
+            pos += extra;
+            types.push(Type {
+                name,
+                kind,
+                type_id: size_or_type,
+                members,
+            });
+        }
+
+        let mut btf = Self {
+            strings,
+            types,
+            structs: HashMap::new(),
+        };
+        for (i, t) in btf.types.iter().enumerate() {
+            if matches!(t.kind, KIND_STRUCT | KIND_UNION) && t.name != 0 && !t.members.is_empty() {
+                let name = btf.string(t.name).to_owned();
+                btf.structs.entry(name).or_insert(i as u32 + 1);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn string(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    fn ty(&self, id: u32) -> Option<&Type> {
+        id.checked_sub(1).and_then(|i| self.types.get(i as usize))
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.ty(id) {
+                Some(t)
+                    if matches!(
+                        t.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = t.type_id
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Finds `name` among the members of composite type `id`, descending into anonymous
+    /// structs and unions. Returns (bit offset, member type id, is bitfield).
+    fn find_member(&self, id: u32, name: &str) -> Option<(u32, u32, bool)> {
+        let t = self.ty(self.resolve(id))?;
+        for m in &t.members {
+            if m.name != 0 && self.string(m.name) == name {
+                return Some((m.bit_offset, m.type_id, m.bitfield));
+            }
+        }
+        for m in t.members.iter().filter(|m| m.name == 0) {
+            if let Some((off, ty, bf)) = self.find_member(m.type_id, name) {
+                return Some((m.bit_offset + off, ty, bf));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of a member path inside a struct, e.g.
+    /// `member_offset("task_struct", "sched_info.last_queued")`. Nested names are
+    /// followed through embedded structs (not through pointers).
+    pub fn member_offset(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        let mut id = *self
+            .structs
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let mut bits = 0;
+        for part in path.split('.') {
+            let (off, ty, bitfield) =
+                self.find_member(id, part)
+                    .ok_or_else(|| BtfError::NoMember {
+                        strukt: strukt.to_owned(),
+                        member: path.to_owned(),
+                    })?;
+            if bitfield || off % 8 != 0 {
+                return Err(BtfError::Bitfield(format!("{strukt}.{path}")));
+            }
+            bits += off;
+            id = ty;
+        }
+        Ok(bits / 8)
+    }
+
+    pub fn has_struct(&self, strukt: &str) -> bool {
+        self.structs.contains_key(strukt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tiny BTF blob: `struct inner { int a; int b; }` and
+    /// `struct outer { long x; union { int u; struct inner in; }; }`.
+    fn sample() -> Vec<u8> {
+        let strings = b"\0int\0a\0b\0inner\0outer\0x\0u\0in\0long\0".to_vec();
+        let s = |name: &str| {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .map(|p| p as u32 + 1)
+                .unwrap()
+        };
+        let mut t = Vec::new();
+        let mut push = |words: &[u32]| words.iter().for_each(|w| t.extend(w.to_le_bytes()));
+        push(&[s("int"), 1 << 24, 4, 32]); // 1: int
+        push(&[s("long"), 1 << 24, 8, 64]); // 2: long
+        push(&[s("inner"), (KIND_STRUCT << 24) | 2, 8]); // 3: struct inner
+        push(&[s("a"), 1, 0, s("b"), 1, 32]);
+        push(&[0, (KIND_UNION << 24) | 2, 8]); // 4: anonymous union
+        push(&[s("u"), 1, 0, s("in"), 3, 0]);
+        push(&[s("outer"), (KIND_STRUCT << 24) | 2, 16]); // 5: struct outer
+        push(&[s("x"), 2, 0, 0, 4, 64]);
+        let mut data = vec![0x9f, 0xeb, 1, 0];
+        data.extend(24u32.to_le_bytes());
+        data.extend(0u32.to_le_bytes());
+        data.extend((t.len() as u32).to_le_bytes());
+        data.extend((t.len() as u32).to_le_bytes());
+        data.extend((strings.len() as u32).to_le_bytes());
+        data.extend(&t);
+        data.extend(&strings);
+        data
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions_and_nested_structs() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.member_offset("outer", "x").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "u").unwrap(), 8);
+        assert_eq!(btf.member_offset("outer", "in.b").unwrap(), 12);
+        assert_eq!(btf.member_offset("inner", "b").unwrap(), 4);
+    }
+
+    #[test]
+    fn missing_names_are_reported() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert!(matches!(
+            btf.member_offset("nope", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
+        let err = btf.member_offset("outer", "in.zz").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "member in.zz not found in struct outer in kernel BTF"
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(b"not btf at all, clearly").is_err());
+    }
+
+    #[test]
+    fn reads_the_running_kernels_request_layout() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("SKIPPED: {VMLINUX_BTF} absent on this machine");
+            return;
+        }
+        let btf = Btf::from_sys_fs().unwrap();
+        // `q` is near the start of struct request on every kernel since blk-mq.
+        assert!(btf.member_offset("request", "q").unwrap() < 64);
+        assert!(btf.member_offset("gendisk", "first_minor").unwrap() > 0);
+    }
+}

@@ -1,0 +1,15 @@
+//! nodepulse: an eBPF node performance agent. Kernel probes measure latency where it
+//! happens; this library loads them, aggregates what they record each interval, and
+//! exports reports. See DESIGN.md for the architecture.
+
+pub mod aggregate;
+pub mod attribution;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod export;
+pub mod kernel;
+pub mod pipeline;
+pub mod probes;
+pub mod report;
+pub mod selfmon;

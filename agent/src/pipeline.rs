@@ -1,0 +1,172 @@
+//! The collection loop: one task owns all state; every interval it reads the kernel,
+//! turns cumulative readings into interval deltas, builds a report and hands it to the
+//! exporters.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::{
+    aggregate::{Delta, counter_delta},
+    export::Exporter,
+    kernel,
+    probes::{Probes, stats::ProgramRunStats},
+    report::{AgentReport, ProbeReport, ProgramCost, Report, SeriesReport},
+    selfmon::{self, ProcessSample},
+};
+
+pub struct Pipeline {
+    probes: Probes,
+    exporters: Vec<Box<dyn Exporter>>,
+    node: String,
+    delta: Delta,
+    previous_programs: HashMap<&'static str, ProgramRunStats>,
+    previous_drops: HashMap<&'static str, u64>,
+    previous_process: ProcessSample,
+}
+
+impl Pipeline {
+    pub fn new(probes: Probes, exporters: Vec<Box<dyn Exporter>>) -> Self {
+        Self {
+            probes,
+            exporters,
+            node: kernel::hostname(),
+            delta: Delta::default(),
+            previous_programs: HashMap::new(),
+            previous_drops: HashMap::new(),
+            previous_process: selfmon::sample(),
+        }
+    }
+
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// Reads everything once and builds the report for the interval since the last call.
+    pub fn collect(&mut self) -> Report {
+        let collection = self.probes.collect();
+        for (probe, error) in &collection.errors {
+            tracing::warn!(probe, "cannot read probe maps: {error}");
+        }
+        let process = selfmon::sample();
+        let interval_s = process
+            .at
+            .duration_since(self.previous_process.at)
+            .as_secs_f64();
+        let usage = selfmon::usage_between(&self.previous_process, &process);
+        self.previous_process = process;
+
+        let series = self.delta.update(
+            collection
+                .readings
+                .into_iter()
+                .map(|r| (r.key, r.hist))
+                .collect(),
+        );
+        let series = series
+            .iter()
+            .map(|s| SeriesReport::new(s, interval_s))
+            .collect();
+
+        let mut costs: BTreeMap<&'static str, Vec<ProgramCost>> = BTreeMap::new();
+        for now in collection.programs {
+            let before = self.previous_programs.get(now.program);
+            let events = counter_delta(now.run_count, before.map_or(0, |b| b.run_count));
+            let run_time_ns = counter_delta(now.run_time_ns, before.map_or(0, |b| b.run_time_ns));
+            let stats_on = self.probes.bpf_stats().unavailable.is_none();
+            costs.entry(now.probe).or_default().push(ProgramCost {
+                program: now.program,
+                events,
+                run_time_ns,
+                ns_per_event: (stats_on && events > 0).then(|| run_time_ns as f64 / events as f64),
+            });
+            self.previous_programs.insert(now.program, now);
+        }
+        let probes = self
+            .probes
+            .statuses()
+            .iter()
+            .map(|st| ProbeReport::new(st, costs.remove(st.probe).unwrap_or_default()))
+            .collect();
+
+        let dropped = collection
+            .drops
+            .into_iter()
+            .map(|(name, total)| {
+                let before = self.previous_drops.insert(name, total).unwrap_or(0);
+                (name, counter_delta(total, before))
+            })
+            .collect();
+
+        Report {
+            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            interval_s,
+            node: self.node.clone(),
+            series,
+            probes,
+            agent: AgentReport::new(usage, dropped, self.probes.bpf_stats().unavailable.clone()),
+        }
+    }
+
+    fn export(&mut self, report: &Report) {
+        for e in &mut self.exporters {
+            if let Err(err) = e.export(report) {
+                tracing::warn!(exporter = e.name(), "export failed: {err}");
+            }
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM, or after `max_reports` reports when non-zero.
+    /// Returning drops the probes, which detaches every program.
+    pub async fn run(mut self, interval: Duration, max_reports: u64, mut shutdown: Shutdown) {
+        let start = Instant::now();
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::from_std(start + interval), interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reports = 0u64;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let report = self.collect();
+                    self.export(&report);
+                    reports += 1;
+                    if max_reports != 0 && reports >= max_reports {
+                        break;
+                    }
+                }
+                name = shutdown.requested() => { tracing::info!("{name}: detaching"); break; }
+            }
+        }
+        drop(self);
+        tracing::info!("probes detached, exiting");
+    }
+}
+
+/// SIGTERM and SIGINT, caught from startup on so that a signal that arrives while the
+/// probes attach still ends in a clean detach.
+pub struct Shutdown {
+    sigterm: Signal,
+    sigint: Signal,
+}
+
+impl Shutdown {
+    /// Must be called inside the tokio runtime.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            sigterm: signal(SignalKind::terminate())?,
+            sigint: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves with the signal's name once one has arrived (also if it arrived before
+    /// this was first awaited).
+    pub async fn requested(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.sigterm.recv() => "SIGTERM",
+            _ = self.sigint.recv() => "SIGINT",
+        }
+    }
+}

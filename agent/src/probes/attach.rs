@@ -1,0 +1,244 @@
+//! The attach fallback chain: BTF tracepoint → raw tracepoint → classic tracepoint →
+//! fentry → kprobe. A probe family lists its variants; the first whose programs all load
+//! and attach wins, and every failed attempt is kept with its reason.
+
+use std::{fmt, path::Path};
+
+use aya::{
+    Btf, Ebpf,
+    programs::{BtfTracePoint, FEntry, KProbe, Program, RawTracePoint, TracePoint},
+};
+use serde::{Deserialize, Serialize};
+
+/// How a program is hooked into the kernel, cheapest dispatch first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachKind {
+    TpBtf,
+    RawTracepoint,
+    Tracepoint,
+    Fentry,
+    Kprobe,
+}
+
+impl AttachKind {
+    pub const CHAIN: [AttachKind; 5] = [
+        AttachKind::TpBtf,
+        AttachKind::RawTracepoint,
+        AttachKind::Tracepoint,
+        AttachKind::Fentry,
+        AttachKind::Kprobe,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachKind::TpBtf => "tp_btf",
+            AttachKind::RawTracepoint => "raw_tracepoint",
+            AttachKind::Tracepoint => "tracepoint",
+            AttachKind::Fentry => "fentry",
+            AttachKind::Kprobe => "kprobe",
+        }
+    }
+}
+
+impl fmt::Display for AttachKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one program goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Hook {
+    /// BTF tracepoint name, e.g. `block_rq_issue`.
+    TpBtf(&'static str),
+    /// Raw tracepoint name.
+    Raw(&'static str),
+    /// Classic tracepoint category and name.
+    Tracepoint(&'static str, &'static str),
+    /// Kernel function for fentry.
+    Fentry(&'static str),
+    /// Kernel function for kprobe.
+    Kprobe(&'static str),
+}
+
+/// A program of the eBPF object and its hook.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    pub program: &'static str,
+    pub hook: Hook,
+}
+
+/// One way of attaching a probe family: all its programs, attached in order (the
+/// completion side first, so that every recorded start has its end observed).
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub kind: AttachKind,
+    pub programs: Vec<ProgramSpec>,
+    /// Why this variant cannot be used here, found before trying (missing layout, …).
+    pub unavailable: Option<String>,
+}
+
+/// A failed attempt, kept for `check`, logs and self-metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    pub kind: AttachKind,
+    pub error: String,
+}
+
+/// Outcome of walking the chain.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attached {
+    pub kind: Option<AttachKind>,
+    /// Programs attached, by name, for BPF run-time stats.
+    pub programs: Vec<&'static str>,
+    pub failures: Vec<Attempt>,
+}
+
+/// Tries `variants` in order and keeps the first that attaches completely; a partially
+/// attached variant is unloaded before the next is tried.
+pub fn attach_first(ebpf: &mut Ebpf, btf: Option<&Btf>, variants: &[Variant]) -> Attached {
+    let mut failures = Vec::new();
+    for variant in variants {
+        if let Some(why) = &variant.unavailable {
+            failures.push(Attempt {
+                kind: variant.kind,
+                error: why.clone(),
+            });
+            continue;
+        }
+        let mut loaded = Vec::new();
+        let result = variant.programs.iter().try_for_each(|spec| {
+            loaded.push(spec.program);
+            attach_one(ebpf, btf, spec)
+        });
+        match result {
+            Ok(()) => {
+                return Attached {
+                    kind: Some(variant.kind),
+                    programs: loaded,
+                    failures,
+                };
+            }
+            Err(error) => {
+                for name in loaded {
+                    unload(ebpf, name);
+                }
+                failures.push(Attempt {
+                    kind: variant.kind,
+                    error: explain(variant.kind, error),
+                });
+            }
+        }
+    }
+    Attached {
+        kind: None,
+        programs: Vec::new(),
+        failures,
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Result<(), String> {
+    let name = spec.program;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} is missing from the eBPF object (build bug)"))?;
+    let need_btf = || btf.ok_or_else(|| "kernel BTF is not available".to_owned());
+    let e = |e: aya::programs::ProgramError| format!("{name}: {}", error_chain(&e));
+    match spec.hook {
+        Hook::TpBtf(tp) => {
+            let p: &mut BtfTracePoint = program.try_into().map_err(e)?;
+            p.load(tp, need_btf()?).map_err(e)?;
+            p.attach().map_err(e)?;
+        }
+        Hook::Raw(tp) => {
+            let p: &mut RawTracePoint = program.try_into().map_err(e)?;
+            p.load().map_err(e)?;
+            p.attach(tp).map_err(e)?;
+        }
+        Hook::Tracepoint(category, tp) => {
+            let p: &mut TracePoint = program.try_into().map_err(e)?;
+            p.load().map_err(e)?;
+            p.attach(category, tp).map_err(e)?;
+        }
+        Hook::Fentry(func) => {
+            let p: &mut FEntry = program.try_into().map_err(e)?;
+            p.load(func, need_btf()?).map_err(e)?;
+            p.attach().map_err(e)?;
+        }
+        Hook::Kprobe(func) => {
+            let p: &mut KProbe = program.try_into().map_err(e)?;
+            p.load().map_err(e)?;
+            p.attach(func, 0).map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Unloading detaches too. Errors are ignored: the program may never have loaded.
+pub fn unload(ebpf: &mut Ebpf, name: &str) {
+    let Some(program) = ebpf.program_mut(name) else {
+        return;
+    };
+    let _ = match program {
+        Program::BtfTracePoint(p) => p.unload(),
+        Program::RawTracePoint(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        _ => Ok(()),
+    };
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        source = inner.source();
+    }
+    // Verifier logs run to hundreds of lines; keep the tail, which names the problem.
+    if s.len() > 600 {
+        let cut = s.len() - 500;
+        let cut = (cut..s.len())
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(cut);
+        s = format!("{} … {}", &s[..80.min(cut)], &s[cut..]);
+    }
+    s
+}
+
+/// Adds the likely cause and fix to common failures.
+fn explain(kind: AttachKind, error: String) -> String {
+    use crate::kernel::{self, Capability};
+    let caps = kernel::effective_capabilities();
+    let privileged = [Capability::Bpf, Capability::Perfmon]
+        .iter()
+        .all(|&c| kernel::has_capability(caps, c));
+    let refused = error.contains("Operation not permitted");
+    let hint = if refused && !privileged {
+        Some("needs CAP_BPF and CAP_PERFMON (or root)")
+    } else if refused && matches!(kind, AttachKind::Fentry) {
+        Some(
+            "the kernel refused it although CAP_BPF and CAP_PERFMON are held: fentry needs \
+             ftrace direct calls (CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS) and a traceable \
+             function",
+        )
+    } else if kind == AttachKind::Kprobe
+        && !Path::new("/sys/bus/event_source/devices/kprobe").exists()
+    {
+        Some("kprobes are not available in this kernel (CONFIG_KPROBES is unset)")
+    } else if kind == AttachKind::Tracepoint && crate::kernel::tracefs::find().is_none() {
+        Some("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => format!("{h} ({error})"),
+        None => error,
+    }
+}

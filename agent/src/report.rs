@@ -1,0 +1,171 @@
+//! What one interval produced, in the shape exporters consume: series with their delta
+//! buckets and quantiles, each probe's state and cost, and the agent's own usage.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{
+    aggregate::{ExpHistogram, IntervalSeries},
+    probes::{AttachKind, ProbeStatus},
+    selfmon::Usage,
+};
+
+/// Quantiles reported for every latency series.
+pub const QUANTILES: [(f64, &str); 4] =
+    [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p99.9")];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// End of the interval, RFC 3339.
+    pub time: String,
+    /// Measured length of the interval in seconds.
+    pub interval_s: f64,
+    pub node: String,
+    pub series: Vec<SeriesReport>,
+    pub probes: Vec<ProbeReport>,
+    pub agent: AgentReport,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SeriesReport {
+    pub family: &'static str,
+    pub labels: BTreeMap<&'static str, String>,
+    pub unit: &'static str,
+    /// Samples in this interval, and per second.
+    pub count: u64,
+    pub rate_per_s: f64,
+    pub sum_ns: u64,
+    pub mean_ns: Option<f64>,
+    /// p50, p90, p99, p99.9 in ns (null when the interval had no samples).
+    pub quantiles_ns: BTreeMap<&'static str, Option<f64>>,
+    /// The interval's histogram: OTLP exponential buckets at `scale`.
+    pub histogram: HistogramReport,
+    /// Samples since the agent started.
+    pub cumulative_count: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HistogramReport {
+    pub scale: i32,
+    pub zero_count: u64,
+    /// OTLP index of `counts[0]`; bucket i holds values in (base^i, base^(i+1)] ns.
+    pub offset: i32,
+    pub counts: Vec<u64>,
+}
+
+impl SeriesReport {
+    pub fn new(s: &IntervalSeries, interval_s: f64) -> Self {
+        let d: &ExpHistogram = &s.delta;
+        let count = d.count();
+        Self {
+            family: s.key.family,
+            labels: s.key.labels.iter().cloned().collect(),
+            unit: "ns",
+            count,
+            rate_per_s: if interval_s > 0.0 {
+                count as f64 / interval_s
+            } else {
+                0.0
+            },
+            sum_ns: d.sum,
+            mean_ns: d.mean(),
+            quantiles_ns: QUANTILES
+                .iter()
+                .map(|&(q, name)| (name, d.quantile(q)))
+                .collect(),
+            histogram: HistogramReport {
+                scale: agent_common::hist::SCALE,
+                zero_count: d.zero_count,
+                offset: d.offset,
+                counts: d.counts.clone(),
+            },
+            cumulative_count: s.cumulative.count(),
+        }
+    }
+
+    pub fn delta_histogram(&self) -> ExpHistogram {
+        ExpHistogram {
+            sum: self.sum_ns,
+            zero_count: self.histogram.zero_count,
+            offset: self.histogram.offset,
+            counts: self.histogram.counts.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeState {
+    Up,
+    Down,
+    Disabled,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeReport {
+    pub probe: &'static str,
+    pub state: ProbeState,
+    pub attach: Option<AttachKind>,
+    /// Why earlier kinds in the chain (or all of them) failed.
+    pub errors: Vec<String>,
+    pub programs: Vec<ProgramCost>,
+}
+
+impl ProbeReport {
+    pub fn new(status: &ProbeStatus, programs: Vec<ProgramCost>) -> Self {
+        let (state, attach, errors) = match &status.attached {
+            None => (ProbeState::Disabled, None, Vec::new()),
+            Some(a) => (
+                if a.kind.is_some() {
+                    ProbeState::Up
+                } else {
+                    ProbeState::Down
+                },
+                a.kind,
+                a.failures
+                    .iter()
+                    .map(|f| format!("{}: {}", f.kind, f.error))
+                    .collect(),
+            ),
+        };
+        Self {
+            probe: status.probe,
+            state,
+            attach,
+            errors,
+            programs,
+        }
+    }
+}
+
+/// One kernel program's cost over the interval, from BPF run-time stats.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramCost {
+    pub program: &'static str,
+    pub events: u64,
+    pub run_time_ns: u64,
+    /// Mean kernel time per event (excludes the tracepoint dispatch itself).
+    pub ns_per_event: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentReport {
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    /// Events the kernel programs could not record this interval, by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Set when kernel BPF stats are unavailable (then `programs` carry no cost).
+    pub bpf_stats_unavailable: Option<String>,
+}
+
+impl AgentReport {
+    pub fn new(usage: Usage, dropped: BTreeMap<&'static str, u64>, bpf: Option<String>) -> Self {
+        Self {
+            cpu_percent: usage.cpu_percent,
+            rss_bytes: usage.rss_bytes,
+            dropped,
+            bpf_stats_unavailable: bpf,
+        }
+    }
+}

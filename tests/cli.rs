@@ -1,0 +1,206 @@
+//! The `nodepulse` binary as an operator meets it: configuration errors, `check`, and
+//! the console formats.
+
+mod common;
+
+use common::{LoopDevice, RunningAgent, nodepulse};
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+/// Invalid configuration: exit code 2, a message naming the key, nothing attached.
+#[test]
+fn invalid_config_exits_2_naming_the_key_before_attaching() {
+    let cases = [
+        ("[agent]\nintervall = \"5s\"\n", "unknown field `intervall`"),
+        (
+            "[agent]\ninterval = \"0s\"\n",
+            "config key `agent.interval` must be between 1s and 1h",
+        ),
+        ("[console]\nformat = \"xml\"\n", "unknown variant `xml`"),
+        (
+            "[probes.block]\nattach = \"uprobe\"\n",
+            "unknown variant `uprobe`",
+        ),
+        ("[probes.blok]\n", "unknown field `blok`"),
+    ];
+    for (text, expected) in cases {
+        let config = write_config(text);
+        let out = nodepulse()
+            .arg("run")
+            .arg("--config")
+            .arg(config.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {stderr}");
+        assert!(stderr.contains(expected), "{text:?}: {stderr}");
+        assert!(stderr.contains("nothing was attached"), "{stderr}");
+        assert!(!stderr.contains("probe attached"), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn invalid_flag_values_exit_2() {
+    for args in [
+        &["run", "--interval", "0s"][..],
+        &["run", "--format", "xml"],
+        &["run", "--interval", "soon"],
+    ] {
+        let out = nodepulse().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--interval") || stderr.contains("--format"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    let out = nodepulse()
+        .args(["check", "--config", "/nonexistent/nodepulse.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn help_explains_run_and_check() {
+    let out = nodepulse().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("run") && text.contains("check"), "{text}");
+    let out = nodepulse().args(["run", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--interval",
+        "--format",
+        "--log-level",
+        "--reports",
+    ] {
+        assert!(text.contains(flag), "run --help lacks {flag}");
+    }
+}
+
+/// `check` on this kernel: BTF present, the block probe attaches, exit 0; its JSON
+/// names every kind of the chain.
+#[test]
+fn check_reports_what_this_node_supports() {
+    require_root!();
+    let out = nodepulse().arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("probe block  attaches via"), "{text}");
+    let out = nodepulse().args(["check", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = v["probes"][0]["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["tp_btf", "raw_tracepoint", "tracepoint", "fentry", "kprobe"]
+    );
+}
+
+/// A probe that cannot attach is reported with its reason; the agent keeps running and
+/// reporting (its own cost and state) instead of exiting.
+#[test]
+fn a_probe_that_cannot_attach_is_reported_and_the_agent_keeps_running() {
+    require_root!();
+    // Pick a kind this kernel cannot do, as `check` reports it.
+    let out = nodepulse().args(["check", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failing = v["probes"][0]["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k[1].get("Err").is_some())
+        .map(|k| k[0].as_str().unwrap().to_owned());
+    let Some(kind) = failing else {
+        eprintln!("SKIPPED: every attach kind works on this kernel");
+        return;
+    };
+    let config = write_config(&format!("[probes.block]\nattach = \"{kind}\"\n"));
+    let out = nodepulse()
+        .args([
+            "run",
+            "--interval",
+            "1s",
+            "--reports",
+            "2",
+            "--format",
+            "json",
+            "--config",
+        ])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("cannot attach"), "{stderr}");
+    assert!(
+        stderr.contains("could not attach by any method"),
+        "{stderr}"
+    );
+    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 2, "the agent kept reporting");
+    let probe = &reports[1]["probes"][0];
+    assert_eq!(probe["state"], "down");
+    assert!(
+        probe["errors"][0].as_str().unwrap().starts_with(&kind),
+        "{probe}"
+    );
+    assert!(reports[1]["agent"]["rss_bytes"].as_u64().unwrap() > 0);
+}
+
+/// JSON lines: one object per interval holding the loop device's series with buckets
+/// that add up to its count; the table shows the device and a histogram.
+#[test]
+fn console_formats_show_the_device() {
+    require_root!();
+    let lo = LoopDevice::new(64);
+    for (format, check) in [("json", true), ("table", false)] {
+        let agent =
+            RunningAgent::start(&["--interval", "1s", "--reports", "2", "--format", format]);
+        lo.dd_read(2000, "4k");
+        let (text, _) = agent.finish();
+        if check {
+            let mut found = false;
+            for line in text.lines() {
+                let r: serde_json::Value = serde_json::from_str(line).unwrap();
+                for s in r["series"].as_array().unwrap() {
+                    if s["labels"]["device"] == lo.name.as_str() && s["labels"]["op"] == "read" {
+                        let h = &s["histogram"];
+                        let total: u64 = h["counts"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|c| c.as_u64().unwrap())
+                            .sum::<u64>()
+                            + h["zero_count"].as_u64().unwrap();
+                        assert_eq!(total, s["count"].as_u64().unwrap());
+                        found |= total > 0;
+                    }
+                }
+            }
+            assert!(found, "no read series for {} in {text}", lo.name);
+        } else {
+            assert!(text.contains(&lo.name), "{text}");
+            assert!(text.contains("p99.9"), "{text}");
+            assert!(text.contains("ns/ev"), "{text}");
+        }
+    }
+}

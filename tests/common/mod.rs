@@ -1,0 +1,316 @@
+//! Helpers for integration tests against the real kernel: root checks, loop devices
+//! that clean up after themselves, workloads that are killed when the test ends.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use nodepulse::{
+    aggregate::ExpHistogram,
+    config::{AttachMode, ProbesConfig},
+    probes::Probes,
+};
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips the calling test with a visible message when not root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            // Written to the real stderr: libtest would hide an eprintln! of a test
+            // that passes, and a skip must be visible.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {}:{}: needs root to load eBPF programs (run `sudo -E cargo xtask test`)",
+                file!(),
+                line!()
+            );
+            return;
+        }
+    };
+}
+
+/// Fails with the fix when a workload tool is missing.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "{tool} is not installed: run `cargo xtask setup`");
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Completed requests per operation, from `/sys/block/<dev>/stat`
+/// (Documentation/block/stat.rst).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskStat {
+    pub read: u64,
+    pub write: u64,
+    pub discard: u64,
+    pub flush: u64,
+}
+
+impl DiskStat {
+    pub fn get(&self, op: &str) -> u64 {
+        match op {
+            "read" => self.read,
+            "write" => self.write,
+            "discard" => self.discard,
+            "flush" => self.flush,
+            _ => 0,
+        }
+    }
+}
+
+/// A loop device over a sparse file with direct I/O, detached and deleted on drop
+/// (also when the test panics).
+pub struct LoopDevice {
+    pub path: PathBuf,
+    pub name: String,
+    /// `major:minor`.
+    pub number: String,
+    backing: PathBuf,
+}
+
+impl LoopDevice {
+    pub fn new(size_mib: u64) -> Self {
+        // Under the target directory: it is on a disk that supports O_DIRECT (tmpfs
+        // does not).
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let backing = tempfile::Builder::new()
+            .prefix("nodepulse-loop-")
+            .tempfile_in(dir)
+            .expect("backing file")
+            .into_temp_path()
+            .keep()
+            .expect("keep backing file");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .unwrap();
+        f.set_len(size_mib << 20).unwrap();
+        let path = run(Command::new("losetup")
+            .args(["--direct-io=on", "-f", "--show"])
+            .arg(&backing));
+        let path = PathBuf::from(path.trim());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let number = std::fs::read_to_string(format!("/sys/block/{name}/dev"))
+            .expect("loop device in sysfs")
+            .trim()
+            .to_owned();
+        Self {
+            path,
+            name,
+            number,
+            backing,
+        }
+    }
+
+    pub fn stat(&self) -> DiskStat {
+        let text = std::fs::read_to_string(format!("/sys/block/{}/stat", self.name)).unwrap();
+        let f: Vec<u64> = text
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        DiskStat {
+            read: f[0],
+            write: f[4],
+            discard: f.get(11).copied().unwrap_or(0),
+            flush: f.get(15).copied().unwrap_or(0),
+        }
+    }
+
+    /// `count` direct reads of `bs` bytes with dd: one request each.
+    pub fn dd_read(&self, count: u32, bs: &str) {
+        run(Command::new("dd")
+            .arg(format!("if={}", self.path.display()))
+            .args(["of=/dev/null", "iflag=direct", "status=none"])
+            .arg(format!("bs={bs}"))
+            .arg(format!("count={count}")));
+    }
+
+    /// `count` direct writes; with `fsync`, dd ends with an fsync, which flushes.
+    pub fn dd_write(&self, count: u32, bs: &str, fsync: bool) {
+        let mut cmd = Command::new("dd");
+        cmd.arg(format!("of={}", self.path.display()))
+            .args(["if=/dev/zero", "oflag=direct", "status=none"])
+            .arg(format!("bs={bs}"))
+            .arg(format!("count={count}"));
+        if fsync {
+            cmd.arg("conv=fsync");
+        }
+        run(&mut cmd);
+    }
+
+    /// Starts fio against this device; killed when the guard drops.
+    pub fn fio(&self, args: &[&str]) -> Workload {
+        require_tool("fio");
+        let child = Command::new("fio")
+            .args([
+                "--name=np",
+                "--ioengine=libaio",
+                "--direct=1",
+                "--output-format=json",
+            ])
+            .arg(format!("--filename={}", self.path.display()))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start fio");
+        Workload(Some(child))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+/// A child process killed (by PID) when the test ends, whatever the outcome.
+pub struct Workload(pub Option<Child>);
+
+impl Workload {
+    /// Waits for a normal exit and returns stdout.
+    pub fn finish(mut self) -> String {
+        let child = self.0.take().expect("running");
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "workload failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn start_probes(attach: AttachMode) -> Probes {
+    let mut config = ProbesConfig::default();
+    config.block.attach = attach;
+    let probes = Probes::start(&config, PathBuf::from("/sys")).expect("load the eBPF object");
+    let status = &probes.statuses()[0];
+    assert!(
+        status.is_up(),
+        "block probe must attach via {attach:?} on this kernel: {status:?}"
+    );
+    probes
+}
+
+/// Cumulative histograms per operation for one device (`major:minor`), and the
+/// probes' drop counters.
+pub struct BlockSnapshot {
+    pub hists: BTreeMap<String, ExpHistogram>,
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+impl BlockSnapshot {
+    pub fn take(probes: &mut Probes, number: &str) -> Self {
+        let c = probes.collect();
+        Self {
+            hists: c
+                .readings
+                .into_iter()
+                .filter(|r| r.key.label("dev") == Some(number))
+                .map(|r| (r.key.label("op").unwrap().to_owned(), r.hist))
+                .collect(),
+            drops: c.drops.into_iter().collect(),
+        }
+    }
+
+    /// Samples of `op` recorded since `earlier`.
+    pub fn since(&self, earlier: &Self, op: &str) -> ExpHistogram {
+        let empty = ExpHistogram::default();
+        let now = self.hists.get(op).unwrap_or(&empty);
+        now.since(earlier.hists.get(op).unwrap_or(&empty))
+    }
+
+    pub fn drops_since(&self, earlier: &Self, name: &str) -> u64 {
+        self.drops[name] - earlier.drops[name]
+    }
+}
+
+pub fn nodepulse() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nodepulse"))
+}
+
+/// `nodepulse run <args>`, returned once its probes are attached (it has logged that
+/// the first report is coming). Killed if the test ends first.
+pub struct RunningAgent {
+    pub process: Workload,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl RunningAgent {
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = nodepulse()
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nodepulse");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = String::new();
+        for line in lines.by_ref().map_while(Result::ok) {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("first report in") {
+                break;
+            }
+        }
+        assert!(
+            log.contains("first report in"),
+            "nodepulse did not start: {log}"
+        );
+        let stderr = std::thread::spawn(move || {
+            lines.map_while(Result::ok).fold(log, |mut acc, l| {
+                acc.push_str(&l);
+                acc.push('\n');
+                acc
+            })
+        });
+        Self {
+            process: Workload(Some(child)),
+            stderr,
+        }
+    }
+
+    /// Waits for a normal exit; returns (stdout, stderr).
+    pub fn finish(self) -> (String, String) {
+        let stdout = self.process.finish();
+        (stdout, self.stderr.join().unwrap_or_default())
+    }
+}

@@ -1,0 +1,52 @@
+//! Developer and CI tasks for the nodepulse workspace, run as `cargo xtask <task>`.
+//!
+//! Each task is one module with an `Args` struct and a `run` function; adding a task
+//! is one variant in [`Task`] and one match arm below.
+
+mod run;
+mod setup;
+mod tally;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(bin_name = "cargo xtask", about, disable_version_flag = true)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, nightly, rust-src,
+    /// bpf-linker), skipping whatever is already present.
+    Setup(setup::Args),
+    /// Set up, build the agent and run `nodepulse run` (needs root).
+    Run(run::Args),
+    /// The whole test suite, as CI runs it: fmt, clippy, tests.
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup(args) => setup::run(args),
+        Task::Run(args) => run::run(args),
+        Task::Test(args) => test::run(args),
+    };
+    // Printed by hand: a failed task is an expected outcome, and anyhow's Debug output
+    // would add a backtrace of xtask itself whenever RUST_BACKTRACE is set.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `cargo xtask test`: the whole suite, as CI runs it. Stops at the first failing
+//! step and ends with a table of steps and durations.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::{
+    tally::run_tallied,
+    util::{self, Progress, fmt_duration},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter).
+    #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+    cargo_test_args: Vec<String>,
+}
+
+const ROOT_NOTICE: &str = "\
+*** not root: integration tests that load eBPF programs will be skipped.
+*** Run them with `sudo -E cargo xtask test`, or as root.";
+
+pub fn run(args: Args) -> Result<()> {
+    let root = util::is_root();
+    if !root {
+        println!("{ROOT_NOTICE}\n");
+    }
+
+    let start = Instant::now();
+    let mut results: Vec<(&str, &str, Duration)> = Vec::new();
+
+    let setup_start = Instant::now();
+    let setup = crate::setup::ensure();
+    results.push(("setup", outcome(&setup), setup_start.elapsed()));
+    if let Err(err) = setup {
+        summary(&results, start.elapsed());
+        return Err(err.context("step `setup` failed"));
+    }
+    println!();
+
+    // The eBPF crate only builds for the BPF target, with nightly: it is linted there
+    // and left out of the host steps.
+    let steps: [(&str, Vec<&str>); 4] = [
+        ("fmt", vec!["fmt", "--all", "--", "--check"]),
+        (
+            "clippy",
+            vec![
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "agent-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        (
+            "clippy-ebpf",
+            vec![
+                "+nightly",
+                "clippy",
+                "--package",
+                "agent-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        (
+            "test",
+            vec!["test", "--workspace", "--exclude", "agent-ebpf"],
+        ),
+    ];
+    let mut progress = Progress::new(steps.len());
+    let mut tally = None;
+    for (name, cargo_args) in steps {
+        let mut cmd = util::cargo();
+        cmd.args(cargo_args);
+        if name == "test" && !args.cargo_test_args.is_empty() {
+            cmd.args(&args.cargo_test_args);
+        }
+        let step = progress.step(&format!("cargo {name}"));
+        step.start_line("running");
+        let result = if name == "test" {
+            run_tallied(&mut cmd).map(|t| tally = Some(t))
+        } else {
+            util::run(&mut cmd)
+        };
+        let elapsed = step.finish(outcome(&result));
+        results.push((name, outcome(&result), elapsed));
+        if let Err(err) = result {
+            summary(&results, start.elapsed());
+            return Err(err.context(format!("step `{name}` failed")));
+        }
+    }
+
+    summary(&results, start.elapsed());
+    if !root {
+        println!("\n{ROOT_NOTICE}");
+    }
+    // One closing line for people and CI: skipped tests passed by returning early.
+    if let Some(t) = tally {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            t.passed - t.skipped.min(t.passed),
+            t.failed,
+            t.skipped
+        );
+    }
+    Ok(())
+}
+
+fn outcome<T>(result: &Result<T>) -> &'static str {
+    if result.is_ok() { "ok" } else { "FAILED" }
+}
+
+fn summary(results: &[(&str, &str, Duration)], total: Duration) {
+    println!("\n{:<8} {:<7} {:>12}", "step", "result", "time");
+    for (name, outcome, elapsed) in results {
+        println!("{name:<8} {outcome:<7} {:>12}", fmt_duration(*elapsed));
+    }
+    println!("{:<8} {:<7} {:>12}", "total", "", fmt_duration(total));
+}
