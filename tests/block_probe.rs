@@ -8,13 +8,13 @@ use std::{thread, time::Duration};
 use agent_common::hist::bucket_index;
 use nodepulse::{aggregate::histogram::bucket_upper, config::AttachMode};
 
-use common::{BlockSnapshot, LoopDevice, start_probes};
+use common::{BlockSnapshot, LoopDevice, start_probes, start_probes_with};
 
 /// Known reads, writes and a flush: the probe's per-operation sample counts must equal
 /// the completions the kernel accounted for the device over the same span.
-fn counts_match_sysfs(attach: AttachMode) {
+fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
     let lo = LoopDevice::new(64);
-    let mut probes = start_probes(attach);
+    let mut probes = start_probes_with(attach, kernel_timestamps);
     let before = BlockSnapshot::take(&mut probes, &lo.number);
     let stat_before = lo.stat();
 
@@ -65,19 +65,31 @@ fn counts_match_sysfs(attach: AttachMode) {
 #[test]
 fn counts_match_sysfs_via_tp_btf() {
     require_root!();
-    counts_match_sysfs(AttachMode::TpBtf);
+    counts_match_sysfs(AttachMode::TpBtf, true);
+}
+
+#[test]
+fn counts_match_sysfs_via_tp_btf_with_own_timestamps() {
+    require_root!();
+    counts_match_sysfs(AttachMode::TpBtf, false);
 }
 
 #[test]
 fn counts_match_sysfs_via_raw_tracepoint() {
     require_root!();
-    counts_match_sysfs(AttachMode::RawTracepoint);
+    counts_match_sysfs(AttachMode::RawTracepoint, true);
+}
+
+#[test]
+fn counts_match_sysfs_via_raw_tracepoint_with_own_timestamps() {
+    require_root!();
+    counts_match_sysfs(AttachMode::RawTracepoint, false);
 }
 
 #[test]
 fn counts_match_sysfs_via_classic_tracepoint() {
     require_root!();
-    counts_match_sysfs(AttachMode::Tracepoint);
+    counts_match_sysfs(AttachMode::Tracepoint, true);
 }
 
 /// fio's own completion latency (submit → reap in userspace) bounds the device time the
@@ -131,11 +143,22 @@ fn latencies_agree_with_fio() {
     );
 }
 
-/// Requests already in flight when the probe attaches have no issue record: they are
-/// counted as unmatched, never turned into garbage latencies.
+/// Requests already in flight when the probe attaches either carry the kernel's own
+/// issue stamp (a true latency) or have no issue record (counted as unmatched): never
+/// a garbage latency.
 #[test]
 fn requests_in_flight_at_attach_give_no_garbage() {
     require_root!();
+    in_flight_at_attach(true);
+}
+
+#[test]
+fn requests_in_flight_at_attach_give_no_garbage_with_own_timestamps() {
+    require_root!();
+    in_flight_at_attach(false);
+}
+
+fn in_flight_at_attach(kernel_timestamps: bool) {
     let lo = LoopDevice::new(256);
     let _fio = lo.fio(&[
         "--rw=randrw",
@@ -145,7 +168,7 @@ fn requests_in_flight_at_attach_give_no_garbage() {
         "--time_based",
     ]);
     thread::sleep(Duration::from_millis(700));
-    let mut probes = start_probes(AttachMode::Auto);
+    let mut probes = start_probes_with(AttachMode::Auto, kernel_timestamps);
     thread::sleep(Duration::from_millis(1500));
     let collection = probes.collect();
     let unmatched = collection

@@ -82,7 +82,8 @@ pub fn inflight_slot(id: u64, dev: u32) -> u32 {
     (mixed >> (64 - INFLIGHT_SLOTS_LOG2)) as u32
 }
 
-/// Offsets inside `struct request` and friends, resolved from the running kernel's BTF.
+/// Offsets inside `struct request` and friends, and kernel constants, resolved from the
+/// running kernel's BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RequestLayout {
@@ -90,17 +91,56 @@ pub struct RequestLayout {
     pub rq_q: u32,
     /// `struct request`.`cmd_flags`
     pub rq_cmd_flags: u32,
+    /// `struct request`.`__data_len`: bytes still to complete
+    pub rq_data_len: u32,
+    /// `struct request`.`state` (`enum mq_rq_state`: 0 idle, 1 in flight, 2 complete)
+    pub rq_state: u32,
+    /// `struct request`.`start_time_ns`: allocation time, ktime, 0 when not recorded
+    pub rq_start_time_ns: u32,
     /// `struct request_queue`.`disk`
     pub q_disk: u32,
     /// `struct gendisk`.`major`
     pub disk_major: u32,
     /// `struct gendisk`.`first_minor`
     pub disk_first_minor: u32,
-    /// `struct request`.`state` (`enum mq_rq_state`: 0 idle, 1 in flight, 2 complete)
-    pub rq_state: u32,
-    /// `struct request`.`start_time_ns`: allocation time, ktime, 0 when not recorded
-    pub rq_start_time_ns: u32,
-    pub _pad: u32,
+    /// Non-zero when the fields below were all found: the kernel's own issue
+    /// timestamp can then replace ours (see `agent-ebpf/src/block.rs`).
+    pub kernel_stamps: u32,
+    /// `struct request_queue`.`queue_flags`
+    pub q_queue_flags: u32,
+    /// Bit number `QUEUE_FLAG_STATS` in `queue_flags`
+    pub queue_flag_stats: u32,
+    /// `struct request`.`rq_flags`
+    pub rq_rq_flags: u32,
+    /// `RQF_STATS` mask in `rq_flags`
+    pub rqf_stats: u32,
+    /// `struct request`.`io_start_time_ns`
+    pub rq_io_start_time_ns: u32,
+    /// `REQ_OP_DRV_IN` and `REQ_OP_DRV_OUT`: passthrough requests get no timestamp
+    pub req_op_drv_in: u32,
+    pub req_op_drv_out: u32,
+}
+
+impl RequestLayout {
+    /// Placeholder the kernel object is built with; the agent overrides it before load.
+    pub const UNRESOLVED: Self = Self {
+        rq_q: 0,
+        rq_cmd_flags: 0,
+        rq_data_len: 0,
+        rq_state: 0,
+        rq_start_time_ns: 0,
+        q_disk: 0,
+        disk_major: 0,
+        disk_first_minor: 0,
+        kernel_stamps: 0,
+        q_queue_flags: 0,
+        queue_flag_stats: 0,
+        rq_rq_flags: 0,
+        rqf_stats: 0,
+        rq_io_start_time_ns: 0,
+        req_op_drv_in: 0,
+        req_op_drv_out: 0,
+    };
 }
 
 /// `MQ_RQ_IDLE`: the request never reached `blk_mq_start_request()`.
@@ -115,6 +155,15 @@ pub struct TracepointLayout {
     pub sector: u32,
     pub rwbs: u32,
     pub _pad: u32,
+}
+
+impl TracepointLayout {
+    pub const UNRESOLVED: Self = Self {
+        dev: 0,
+        sector: 0,
+        rwbs: 0,
+        _pad: 0,
+    };
 }
 
 #[cfg(test)]

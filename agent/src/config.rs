@@ -125,21 +125,24 @@ impl Default for ConsoleConfig {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
-    pub block: ProbeConfig,
+    pub block: BlockConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ProbeConfig {
+pub struct BlockConfig {
     pub enabled: bool,
     pub attach: AttachMode,
+    /// Use the kernel's own issue timestamp where the queue keeps one.
+    pub kernel_timestamps: bool,
 }
 
-impl Default for ProbeConfig {
+impl Default for BlockConfig {
     fn default() -> Self {
         Self {
             enabled: true,
             attach: AttachMode::Auto,
+            kernel_timestamps: true,
         }
     }
 }

@@ -217,8 +217,14 @@ impl Drop for Workload {
 }
 
 pub fn start_probes(attach: AttachMode) -> Probes {
+    start_probes_with(attach, true)
+}
+
+/// `kernel_timestamps: false` makes the probe time every request itself.
+pub fn start_probes_with(attach: AttachMode, kernel_timestamps: bool) -> Probes {
     let mut config = ProbesConfig::default();
     config.block.attach = attach;
+    config.block.kernel_timestamps = kernel_timestamps;
     let probes = Probes::start(&config, PathBuf::from("/sys")).expect("load the eBPF object");
     let status = &probes.statuses()[0];
     assert!(

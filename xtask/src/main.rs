@@ -3,6 +3,7 @@
 //! Each task is one module with an `Args` struct and a `run` function; adding a task
 //! is one variant in [`Task`] and one match arm below.
 
+mod bench;
 mod run;
 mod setup;
 mod tally;
@@ -29,6 +30,9 @@ enum Task {
     Run(run::Args),
     /// The whole test suite, as CI runs it: fmt, clippy, tests.
     Test(test::Args),
+    /// Measure the block probe's cost: kernel ns/event, fio IOPS with and without the
+    /// agent (alternating pairs, medians), the agent's CPU and memory. Needs root.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
         Task::Setup(args) => setup::run(args),
         Task::Run(args) => run::run(args),
         Task::Test(args) => test::run(args),
+        Task::Bench(args) => bench::run(args),
     };
     // Printed by hand: a failed task is an expected outcome, and anyhow's Debug output
     // would add a backtrace of xtask itself whenever RUST_BACKTRACE is set.

@@ -23,16 +23,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     setup::ensure()?;
 
-    let profile = if args.debug { "debug" } else { "release" };
-    println!("building nodepulse (first build compiles the kernel programs too, ~2 min) ...");
-    let mut build = util::cargo();
-    build.args(["build", "-p", "agent"]);
-    if profile == "release" {
-        build.arg("--release");
-    }
-    util::run(&mut build)?;
-
-    let binary = util::target_dir().join(profile).join("nodepulse");
+    let binary = build_agent(!args.debug)?;
     let mut cmd = Command::new(&binary);
     cmd.arg("run").args(&args.args);
     let shown = format!(
@@ -55,4 +46,17 @@ pub fn run(args: Args) -> Result<()> {
     println!("$ {shown}");
     let err = cmd.exec();
     Err(err).with_context(|| format!("could not exec {}", binary.display()))
+}
+
+/// Builds the `nodepulse` binary and returns its path.
+pub fn build_agent(release: bool) -> Result<std::path::PathBuf> {
+    println!("building nodepulse (first build compiles the kernel programs too, ~2 min) ...");
+    let mut build = util::cargo();
+    build.args(["build", "-p", "agent"]);
+    if release {
+        build.arg("--release");
+    }
+    util::run(&mut build)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(util::target_dir().join(profile).join("nodepulse"))
 }

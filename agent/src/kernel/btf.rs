@@ -55,6 +55,8 @@ pub struct Btf {
     strings: Vec<u8>,
     types: Vec<Type>, // index = type id - 1
     structs: HashMap<String, u32>,
+    /// Enumerator name → value, over all enums (names are unique in C).
+    enumerators: HashMap<String, i64>,
 }
 
 fn u32_at(data: &[u8], off: usize) -> Result<u32, BtfError> {
@@ -94,6 +96,7 @@ impl Btf {
             .to_vec();
 
         let mut types = Vec::new();
+        let mut enum_values = Vec::new();
         let mut pos = 0;
         while pos < types_data.len() {
             let name = u32_at(types_data, pos)?;
@@ -104,6 +107,20 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
+            if kind == 6 || kind == 19 {
+                // ENUM: {name, i32 value}; ENUM64: {name, lo32, hi32}.
+                let width = if kind == 6 { 8 } else { 12 };
+                for m in 0..vlen {
+                    let at = pos + m * width;
+                    let lo = u32_at(types_data, at + 4)?;
+                    let value = if kind == 6 {
+                        i64::from(lo as i32)
+                    } else {
+                        (i64::from(u32_at(types_data, at + 8)?) << 32) | i64::from(lo)
+                    };
+                    enum_values.push((u32_at(types_data, at)?, value));
+                }
+            }
             // Bytes of kind-specific data after the common header.
             let extra = match kind {
                 1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
@@ -142,7 +159,12 @@ impl Btf {
             strings,
             types,
             structs: HashMap::new(),
+            enumerators: HashMap::new(),
         };
+        for (name, value) in enum_values {
+            let name = btf.string(name).to_owned();
+            btf.enumerators.entry(name).or_insert(value);
+        }
         for (i, t) in btf.types.iter().enumerate() {
             if matches!(t.kind, KIND_STRUCT | KIND_UNION) && t.name != 0 && !t.members.is_empty() {
                 let name = btf.string(t.name).to_owned();
@@ -225,6 +247,11 @@ impl Btf {
     pub fn has_struct(&self, strukt: &str) -> bool {
         self.structs.contains_key(strukt)
     }
+
+    /// Value of a C enumerator, e.g. `enum_value("QUEUE_FLAG_STATS")`.
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.enumerators.get(name).copied()
+    }
 }
 
 #[cfg(test)]
@@ -234,7 +261,8 @@ mod tests {
     /// Builds a tiny BTF blob: `struct inner { int a; int b; }` and
     /// `struct outer { long x; union { int u; struct inner in; }; }`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0a\0b\0inner\0outer\0x\0u\0in\0long\0".to_vec();
+        let strings =
+            b"\0int\0a\0b\0inner\0outer\0x\0u\0in\0long\0flags\0FLAG_A\0FLAG_B\0".to_vec();
         let s = |name: &str| {
             let needle = format!("\0{name}\0");
             strings
@@ -253,6 +281,8 @@ mod tests {
         push(&[s("u"), 1, 0, s("in"), 3, 0]);
         push(&[s("outer"), (KIND_STRUCT << 24) | 2, 16]); // 5: struct outer
         push(&[s("x"), 2, 0, 0, 4, 64]);
+        push(&[s("flags"), (6 << 24) | 2, 4]); // 6: enum flags
+        push(&[s("FLAG_A"), 3, s("FLAG_B"), (-1i32) as u32]);
         let mut data = vec![0x9f, 0xeb, 1, 0];
         data.extend(24u32.to_le_bytes());
         data.extend(0u32.to_le_bytes());
@@ -271,6 +301,16 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "u").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "in.b").unwrap(), 12);
         assert_eq!(btf.member_offset("inner", "b").unwrap(), 4);
+    }
+
+    #[test]
+    fn reads_enumerators() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.enum_value("FLAG_A"), Some(3));
+        assert_eq!(btf.enum_value("FLAG_B"), Some(-1));
+        assert_eq!(btf.enum_value("FLAG_C"), None);
+        // Parsing continued past the enum: members after it are still found.
+        assert_eq!(btf.member_offset("outer", "in.b").unwrap(), 12);
     }
 
     #[test]
@@ -302,5 +342,6 @@ mod tests {
         // `q` is near the start of struct request on every kernel since blk-mq.
         assert!(btf.member_offset("request", "q").unwrap() < 64);
         assert!(btf.member_offset("gendisk", "first_minor").unwrap() > 0);
+        assert!(btf.enum_value("QUEUE_FLAG_STATS").is_some());
     }
 }

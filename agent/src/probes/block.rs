@@ -34,9 +34,9 @@ pub struct BlockLayouts {
 }
 
 impl BlockLayouts {
-    pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>) -> Self {
+    pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>, kernel_timestamps: bool) -> Self {
         let request = match btf {
-            Some(btf) => request_layout(btf).map_err(|e| e.to_string()),
+            Some(btf) => request_layout(btf, kernel_timestamps).map_err(|e| e.to_string()),
             None => Err("kernel BTF (/sys/kernel/btf/vmlinux) is missing".into()),
         };
         let tracepoints = match tracefs {
@@ -138,16 +138,68 @@ impl BlockLayouts {
     }
 }
 
-fn request_layout(btf: &Btf) -> Result<RequestLayout, crate::kernel::btf::BtfError> {
-    Ok(RequestLayout {
+fn request_layout(
+    btf: &Btf,
+    kernel_timestamps: bool,
+) -> Result<RequestLayout, crate::kernel::btf::BtfError> {
+    let mut layout = RequestLayout {
         rq_q: btf.member_offset("request", "q")?,
         rq_cmd_flags: btf.member_offset("request", "cmd_flags")?,
+        rq_data_len: btf.member_offset("request", "__data_len")?,
+        rq_state: btf.member_offset("request", "state")?,
+        rq_start_time_ns: btf.member_offset("request", "start_time_ns")?,
         q_disk: btf.member_offset("request_queue", "disk")?,
         disk_major: btf.member_offset("gendisk", "major")?,
         disk_first_minor: btf.member_offset("gendisk", "first_minor")?,
-        rq_state: btf.member_offset("request", "state")?,
-        rq_start_time_ns: btf.member_offset("request", "start_time_ns")?,
-        _pad: 0,
+        ..RequestLayout::default()
+    };
+    if !kernel_timestamps {
+        return Ok(layout);
+    }
+    match kernel_stamps(btf) {
+        Ok(stamps) => {
+            layout = RequestLayout {
+                kernel_stamps: 1,
+                ..stamps(layout)
+            }
+        }
+        Err(why) => tracing::info!(
+            "block: the kernel's issue timestamps are unusable here ({why}); \
+             every request is timed by the probe"
+        ),
+    }
+    Ok(layout)
+}
+
+/// Where the kernel keeps its own issue timestamp (`io_start_time_ns`, set right after
+/// `block_rq_issue` when the queue collects I/O statistics, as writeback throttling
+/// makes most queues do): the fields and the flag values, which are enums since 6.9.
+fn kernel_stamps(btf: &Btf) -> Result<impl Fn(RequestLayout) -> RequestLayout, String> {
+    let enumerator = |name: &str| {
+        btf.enum_value(name)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| format!("enumerator {name} not in BTF"))
+    };
+    let offset = |s: &str, m: &str| btf.member_offset(s, m).map_err(|e| e.to_string());
+    let q_queue_flags = offset("request_queue", "queue_flags")?;
+    let queue_flag_stats = enumerator("QUEUE_FLAG_STATS")?;
+    let rq_rq_flags = offset("request", "rq_flags")?;
+    let rqf_stats_bit = enumerator("__RQF_STATS")?;
+    let rq_io_start_time_ns = offset("request", "io_start_time_ns")?;
+    let req_op_drv_in = enumerator("REQ_OP_DRV_IN")?;
+    let req_op_drv_out = enumerator("REQ_OP_DRV_OUT")?;
+    if queue_flag_stats >= 64 || rqf_stats_bit >= 32 {
+        return Err("flag bits out of range".into());
+    }
+    Ok(move |l: RequestLayout| RequestLayout {
+        q_queue_flags,
+        queue_flag_stats,
+        rq_rq_flags,
+        rqf_stats: 1 << rqf_stats_bit,
+        rq_io_start_time_ns,
+        req_op_drv_in,
+        req_op_drv_out,
+        ..l
     })
 }
 

@@ -122,6 +122,11 @@ impl Probes {
         let counters = ebpf
             .take_map(names::MAP_PROBE_COUNTERS)
             .and_then(|m| PerCpuArray::try_from(m).ok());
+        drop(btf);
+        // Parsing the kernel's BTF twice (ours and aya's) peaks at tens of MiB that
+        // glibc keeps unless asked; give it back now that loading is done.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
         Ok(Self {
             ebpf,
             probes,
@@ -192,7 +197,11 @@ impl Loaded {
         } else {
             tracefs::find()
         };
-        let block_layouts = block::BlockLayouts::resolve(kernel_btf.as_ref(), tracefs.as_deref());
+        let block_layouts = block::BlockLayouts::resolve(
+            kernel_btf.as_ref(),
+            tracefs.as_deref(),
+            config.block.kernel_timestamps,
+        );
 
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
