@@ -8,12 +8,20 @@ pub const BLOCK_SLOT_COLLISION: u32 = 1;
 /// A sample dropped because the histogram map was full (too many devices × operations).
 pub const BLOCK_SERIES_FULL: u32 = 2;
 
-/// Size of the counters array; room for the other probe families.
+/// A sample dropped because a bucket could not be added to the sparse histogram map
+/// (cgroups, VMs): the map is full, or the kernel had no memory ready for the insert.
+pub const SPARSE_FULL: u32 = 3;
+/// A KVM entry whose exit was not seen (in flight at attach, or the table was full).
+pub const KVM_UNMATCHED: u32 = 4;
+
+/// Size of the counters array; room for more probe families.
 pub const COUNT: u32 = 16;
 
 /// Human-readable names, indexed like the counters.
-pub const NAMES: [(u32, &str); 3] = [
+pub const NAMES: [(u32, &str); 5] = [
     (BLOCK_UNMATCHED, "block_unmatched_completions"),
     (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
     (BLOCK_SERIES_FULL, "block_series_map_full"),
+    (SPARSE_FULL, "sparse_map_insert_failed"),
+    (KVM_UNMATCHED, "kvm_unmatched_entries"),
 ];

@@ -7,10 +7,11 @@ pub mod block;
 pub mod counters;
 pub mod hist;
 pub mod names;
+pub mod sched;
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{block, hist};
+    use super::{block, hist, sched};
     // SAFETY: all of these are `#[repr(C)]` plain integers with no padding, so any
     // byte pattern is a valid value.
     unsafe impl aya::Pod for hist::Histogram {}
@@ -18,4 +19,9 @@ mod pod {
     unsafe impl aya::Pod for block::InflightSlot {}
     unsafe impl aya::Pod for block::RequestLayout {}
     unsafe impl aya::Pod for block::TracepointLayout {}
+    unsafe impl aya::Pod for sched::SchedLayout {}
+    unsafe impl aya::Pod for sched::SparseKey {}
+    unsafe impl aya::Pod for sched::SparseCell {}
+    unsafe impl aya::Pod for sched::VcpuPending {}
+    unsafe impl aya::Pod for sched::KvmExitLayout {}
 }

@@ -21,3 +21,24 @@ pub const PROG_BLOCK_COMPLETE_KPROBE: &str = "block_rq_complete_kprobe";
 
 /// Capacity of the block latency map: devices × operations.
 pub const BLOCK_LATENCY_MAX_SERIES: u32 = 1024;
+
+pub const MAP_SCHED_LATENCY: &str = "SCHED_LATENCY";
+pub const MAP_SPARSE_HIST: &str = "SPARSE_HIST";
+pub const MAP_VCPU_PENDING: &str = "VCPU_PENDING";
+pub const MAP_VCPU_FLAG: &str = "VCPU_FLAG";
+pub const MAP_VCPU_THREADS: &str = "VCPU_THREADS";
+
+pub const GLOBAL_SCHED_LAYOUT: &str = "SCHED_LAYOUT";
+pub const GLOBAL_KVM_EXIT_LAYOUT: &str = "KVM_EXIT_LAYOUT";
+
+pub const PROG_SCHED_SWITCH_BTF: &str = "sched_switch_btf";
+pub const PROG_SCHED_SWITCH_RAW: &str = "sched_switch_raw";
+
+pub const PROG_KVM_USER_EXIT_BTF: &str = "kvm_user_exit_btf";
+pub const PROG_KVM_RUN_BTF: &str = "kvm_run_btf";
+pub const PROG_KVM_USER_EXIT_RAW: &str = "kvm_user_exit_raw";
+pub const PROG_KVM_RUN_RAW: &str = "kvm_run_raw";
+pub const PROG_KVM_USER_EXIT_TP: &str = "kvm_user_exit_tp";
+pub const PROG_KVM_RUN_TP: &str = "kvm_run_tp";
+pub const PROG_KVM_EXIT_TP: &str = "kvm_exit_tp";
+pub const PROG_KVM_ENTRY_TP: &str = "kvm_entry_tp";

@@ -35,7 +35,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, PerCpuHashMap},
     programs::{
@@ -43,7 +43,7 @@ use aya_ebpf::{
     },
 };
 
-use crate::shared::{count, record};
+use crate::shared::{DirectRead, KernelRead, ProbeRead, count, record};
 
 /// Latency histograms per (device, operation). Not preallocated: a series costs
 /// memory on every CPU, so only devices that do I/O should pay for it.
@@ -68,31 +68,6 @@ static TP_COMPLETE_LAYOUT: TracepointLayout = TracepointLayout::UNRESOLVED;
 #[inline(always)]
 fn layout() -> RequestLayout {
     unsafe { core::ptr::read_volatile(&REQUEST_LAYOUT) }
-}
-
-/// How fields of kernel structs are read. BTF-typed pointers (tp_btf, fentry) can be
-/// dereferenced directly: the verifier checks each load against the kernel's BTF and
-/// turns it into a fault-tolerant load, far cheaper than a helper call. Other program
-/// types see plain numbers and must use `bpf_probe_read_kernel`.
-trait KernelRead {
-    fn read<T: Copy>(base: u64, offset: u32) -> Option<T>;
-}
-
-struct DirectRead;
-impl KernelRead for DirectRead {
-    #[inline(always)]
-    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
-        // The offset comes from a read-only global, so the verifier sees a constant.
-        Some(unsafe { *((base as *const u8).add(offset as usize) as *const T) })
-    }
-}
-
-struct ProbeRead;
-impl KernelRead for ProbeRead {
-    #[inline(always)]
-    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
-        unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
-    }
 }
 
 /// Whole-disk device number (`MKDEV(disk->major, disk->first_minor)`, the device the

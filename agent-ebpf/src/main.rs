@@ -4,6 +4,8 @@
 #![no_main]
 
 mod block;
+mod kvm;
+mod sched;
 mod shared;
 
 #[cfg(not(test))]

@@ -4,9 +4,11 @@
 use agent_common::{
     counters,
     hist::{Histogram, NUM_BUCKETS, bucket_slot},
+    sched::{SPARSE_MAX_ENTRIES, SparseCell, SparseKey, ZERO_SLOT},
 };
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap},
 };
@@ -14,6 +16,12 @@ use aya_ebpf::{
 /// Events the probes had to drop, indexed by `agent_common::counters`.
 #[map(name = "PROBE_COUNTERS")]
 static PROBE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+
+/// Histograms with many series (per cgroup, per VM and exit reason), one entry per
+/// populated bucket: memory follows what happens, not series × 513 buckets × CPUs.
+#[map(name = "SPARSE_HIST")]
+static SPARSE_HIST: PerCpuHashMap<SparseKey, SparseCell> =
+    PerCpuHashMap::with_max_entries(SPARSE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Template for a new series; lives in a global section so its address is a valid map
 /// value for `bpf_map_update_elem` (the 4 KiB value would not fit on the BPF stack).
@@ -44,7 +52,13 @@ pub fn record<K>(map: &PerCpuHashMap<K, Histogram>, key: &K, value: u64) -> bool
             }
         }
     };
-    let hist = unsafe { &mut *hist };
+    add_sample(unsafe { &mut *hist }, value);
+    true
+}
+
+/// Adds one sample to a histogram this CPU owns.
+#[inline(always)]
+pub fn add_sample(hist: &mut Histogram, value: u64) {
     hist.sum += value;
     if value == 0 {
         hist.zero_count += 1;
@@ -56,5 +70,66 @@ pub fn record<K>(map: &PerCpuHashMap<K, Histogram>, key: &K, value: u64) -> bool
             hist.buckets[slot] += 1;
         }
     }
-    true
+}
+
+/// Adds one sample (ns) to the sparse series (`family`, `group`, `detail`): one
+/// lookup, and an insert the first time this CPU sees the bucket.
+#[inline(always)]
+pub fn record_sparse(family: u32, group: u64, detail: u32, value: u64) {
+    let key = SparseKey {
+        group,
+        family,
+        detail,
+        bucket: if value == 0 {
+            ZERO_SLOT
+        } else {
+            bucket_slot(value) as u32
+        },
+        _pad: 0,
+    };
+    let add = |cell: *mut SparseCell| unsafe {
+        (*cell).count += 1;
+        (*cell).sum += value;
+    };
+    if let Some(cell) = SPARSE_HIST.get_ptr_mut(key) {
+        add(cell);
+        return;
+    }
+    let first = SparseCell {
+        count: 1,
+        sum: value,
+    };
+    if SPARSE_HIST.insert(key, first, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // Another CPU created the bucket meanwhile (its insert set only its own value).
+    match SPARSE_HIST.get_ptr_mut(key) {
+        Some(cell) => add(cell),
+        None => count(counters::SPARSE_FULL),
+    }
+}
+
+/// How fields of kernel structs are read. BTF-typed pointers (tp_btf, fentry) can be
+/// dereferenced directly: the verifier checks each load against the kernel's BTF and
+/// turns it into a fault-tolerant load, far cheaper than a helper call. Other program
+/// types see plain numbers and must use `bpf_probe_read_kernel`.
+pub trait KernelRead {
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T>;
+}
+
+pub struct DirectRead;
+impl KernelRead for DirectRead {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        // Offsets come from read-only globals, so the verifier sees constants.
+        Some(unsafe { *((base as *const u8).add(offset as usize) as *const T) })
+    }
+}
+
+pub struct ProbeRead;
+impl KernelRead for ProbeRead {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+    }
 }

@@ -10,8 +10,8 @@ use crate::{
     kernel::{self, Capability, tracefs},
     probes::{
         AttachKind, Loaded,
-        attach::{attach_first, unload},
-        block, stats,
+        attach::{Variant, attach_first, unload},
+        block, kvm, sched, stats,
     },
 };
 
@@ -69,17 +69,17 @@ impl CheckReport {
             if !p.enabled {
                 let _ = writeln!(
                     t,
-                    "[ok  ] probe {:<6} disabled in the configuration",
+                    "[ok  ] probe {:<8} disabled in the configuration",
                     p.probe
                 );
                 continue;
             }
             match p.chosen {
                 Some(kind) => {
-                    let _ = writeln!(t, "[ok  ] probe {:<6} attaches via {kind}", p.probe);
+                    let _ = writeln!(t, "[ok  ] probe {:<8} attaches via {kind}", p.probe);
                 }
                 None => {
-                    let _ = writeln!(t, "[FAIL] probe {:<6} cannot attach by any method", p.probe);
+                    let _ = writeln!(t, "[FAIL] probe {:<8} cannot attach by any method", p.probe);
                 }
             }
             for (kind, result) in &p.kinds {
@@ -162,7 +162,7 @@ pub fn run(config: &Config) -> CheckReport {
     }
 
     let mut probes = Vec::new();
-    match Loaded::load(&config.probes) {
+    match Loaded::load(&config.probes, &config.attribution) {
         Err(e) => items.push(Item {
             what: "load".into(),
             verdict: Verdict::Fail,
@@ -182,40 +182,84 @@ pub fn run(config: &Config) -> CheckReport {
                     .clone()
                     .unwrap_or_else(|| "per-program run time and count available".into()),
             });
-            probes.push(check_block(&mut loaded, config));
+            probes.extend(check_probes(&mut loaded, config));
         }
     }
     CheckReport { items, probes }
 }
 
-/// Tries every kind of the chain on its own, then detaches.
-fn check_block(loaded: &mut Loaded, config: &Config) -> ProbeCheck {
-    let cfg = &config.probes.block;
-    let mut kinds = Vec::new();
-    for kind in AttachKind::CHAIN {
-        let variants = loaded.block_layouts.variants(Some(kind));
-        let attached = attach_first(&mut loaded.ebpf, loaded.btf.as_ref(), &variants);
-        for program in &attached.programs {
-            unload(&mut loaded.ebpf, program);
-        }
-        let result = match attached.kind {
-            Some(_) => Ok(()),
-            None => Err(attached
-                .failures
-                .first()
-                .map_or_else(|| "not offered".into(), |f| f.error.clone())),
-        };
-        kinds.push((kind, result));
+/// Tries every kind of every probe's chain on its own, then detaches.
+fn check_probes(loaded: &mut Loaded, config: &Config) -> Vec<ProbeCheck> {
+    let p = &config.probes;
+    let tracepoints = [
+        AttachKind::TpBtf,
+        AttachKind::RawTracepoint,
+        AttachKind::Tracepoint,
+    ];
+    let plans: [(&'static str, bool, Option<AttachKind>, &[AttachKind]); 4] = [
+        (
+            block::NAME,
+            p.block.enabled,
+            p.block.attach.kind(),
+            &AttachKind::CHAIN,
+        ),
+        (
+            sched::NAME,
+            p.sched.enabled,
+            p.sched.attach.kind(),
+            &tracepoints,
+        ),
+        (
+            kvm::NAME_USERSPACE,
+            p.kvm.enabled,
+            p.kvm.attach.kind(),
+            &tracepoints,
+        ),
+        (
+            kvm::NAME_EXIT,
+            p.kvm.enabled,
+            None,
+            &[AttachKind::Tracepoint],
+        ),
+    ];
+    plans
+        .into_iter()
+        .map(|(probe, enabled, forced, kinds)| {
+            let mut results = Vec::new();
+            for &kind in kinds {
+                let variants = match probe {
+                    block::NAME => loaded.block_layouts.variants(Some(kind)),
+                    sched::NAME => loaded.sched_layouts.variants(Some(kind)),
+                    kvm::NAME_USERSPACE => loaded.kvm_layouts.userspace_variants(Some(kind)),
+                    _ => loaded.kvm_layouts.exit_variants(),
+                };
+                results.push((kind, try_attach(loaded, &variants)));
+            }
+            let allowed = |k: AttachKind| forced.is_none_or(|only| only == k);
+            let chosen = results
+                .iter()
+                .find(|(k, r)| r.is_ok() && allowed(*k))
+                .map(|(k, _)| *k);
+            ProbeCheck {
+                probe,
+                enabled,
+                chosen,
+                kinds: results,
+            }
+        })
+        .collect()
+}
+
+fn try_attach(loaded: &mut Loaded, variants: &[Variant]) -> Result<(), String> {
+    let attached = attach_first(&mut loaded.ebpf, loaded.btf.as_ref(), variants);
+    for program in &attached.programs {
+        unload(&mut loaded.ebpf, program);
     }
-    let allowed = |k: AttachKind| cfg.attach.kind().is_none_or(|only| only == k);
-    let chosen = kinds
-        .iter()
-        .find(|(k, r)| r.is_ok() && allowed(*k))
-        .map(|(k, _)| *k);
-    ProbeCheck {
-        probe: block::NAME,
-        enabled: cfg.enabled,
-        chosen,
-        kinds,
+    match attached.kind {
+        Some(_) => Ok(()),
+        None => Err(attached
+            .failures
+            .first()
+            .map_or_else(|| "not offered".into(), |f| f.error.clone())),
     }
 }

@@ -152,7 +152,11 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "nodepulse starting: {config}"
     );
-    let probes = match Probes::start(&config.probes, config.agent.sys_root.clone()) {
+    let probes = match Probes::start(
+        &config.probes,
+        config.agent.sys_root.clone(),
+        &config.attribution,
+    ) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("nodepulse: {e}");
@@ -170,7 +174,7 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
         "first report in {}",
         humantime::format_duration(config.agent.interval)
     );
-    Pipeline::new(probes, exporters)
+    Pipeline::new(probes, exporters, &config.limits)
         .run(config.agent.interval, max_reports, shutdown)
         .await;
     ExitCode::SUCCESS

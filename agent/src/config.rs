@@ -37,6 +37,51 @@ pub struct Config {
     pub log: LogConfig,
     pub console: ConsoleConfig,
     pub probes: ProbesConfig,
+    pub attribution: AttributionConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Where the host's process, runtime and cgroup trees are (a container reads them
+/// through mounts).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributionConfig {
+    pub proc_root: PathBuf,
+    /// libvirt keeps live domain XML under `<run_root>/libvirt/qemu/`.
+    pub run_root: PathBuf,
+    /// Root of the cgroup hierarchy whose ids the scheduler probe reports; empty means
+    /// found from /proc/mounts (the cgroup2 mount, or the v1 cpu controller's).
+    pub cgroup_root: PathBuf,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            run_root: PathBuf::from("/run"),
+            cgroup_root: PathBuf::new(),
+        }
+    }
+}
+
+/// Cardinality budget: per labelled family, the largest series (by samples in the
+/// interval) are kept and the rest fold into one `other` series.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_devices: usize,
+    pub max_cgroups: usize,
+    pub max_vms: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_devices: 64,
+            max_cgroups: 50,
+            max_vms: 100,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -126,6 +171,54 @@ impl Default for ConsoleConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
     pub block: BlockConfig,
+    pub sched: SchedConfig,
+    pub kvm: ProbeConfig,
+}
+
+/// A probe with nothing to set but whether it runs and how it attaches.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    pub attach: AttachMode,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            attach: AttachMode::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedConfig {
+    pub enabled: bool,
+    pub attach: AttachMode,
+    /// Which cgroup a task is counted in.
+    pub cgroup: CgroupMode,
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            attach: AttachMode::Auto,
+            cgroup: CgroupMode::Auto,
+        }
+    }
+}
+
+/// `auto`: the cgroup v2 hierarchy when one is mounted, else the v1 cpu controller's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupMode {
+    #[default]
+    Auto,
+    V2,
+    V1Cpu,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -259,14 +352,41 @@ impl Config {
             key: "agent.interval",
             problem,
         })?;
-        if !self.agent.sys_root.is_absolute() {
+        let paths = [
+            ("agent.sys_root", &self.agent.sys_root),
+            ("attribution.proc_root", &self.attribution.proc_root),
+            ("attribution.run_root", &self.attribution.run_root),
+        ];
+        for (key, path) in paths {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("must be an absolute path, got \"{}\"", path.display()),
+                });
+            }
+        }
+        let cgroup_root = &self.attribution.cgroup_root;
+        if !cgroup_root.as_os_str().is_empty() && !cgroup_root.is_absolute() {
             return Err(ConfigError::Invalid {
-                key: "agent.sys_root",
+                key: "attribution.cgroup_root",
                 problem: format!(
-                    "must be an absolute path, got \"{}\"",
-                    self.agent.sys_root.display()
+                    "must be empty (found from /proc/mounts) or an absolute path, got \"{}\"",
+                    cgroup_root.display()
                 ),
             });
+        }
+        let limits = [
+            ("limits.max_devices", self.limits.max_devices),
+            ("limits.max_cgroups", self.limits.max_cgroups),
+            ("limits.max_vms", self.limits.max_vms),
+        ];
+        for (key, value) in limits {
+            if !(1..=10_000).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("must be between 1 and 10000, got {value}"),
+                });
+            }
         }
         Ok(())
     }
@@ -399,6 +519,22 @@ mod tests {
             e.starts_with("config key `agent.sys_root` must be an absolute path"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn limits_and_roots_are_checked() {
+        let e = err("[limits]\nmax_cgroups = 0\n");
+        assert_eq!(
+            e,
+            "config key `limits.max_cgroups` must be between 1 and 10000, got 0"
+        );
+        let e = err("[attribution]\nproc_root = \"proc\"\n");
+        assert!(
+            e.starts_with("config key `attribution.proc_root` must be an absolute"),
+            "{e}"
+        );
+        let e = err("[probes.sched]\ncgroup = \"v3\"\n");
+        assert!(e.contains("unknown variant `v3`"), "{e}");
     }
 
     #[test]

@@ -10,16 +10,22 @@ use std::{
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
-    aggregate::{Delta, counter_delta},
+    aggregate::{
+        Delta,
+        budget::{Budget, Rule},
+        counter_delta,
+    },
+    config::LimitsConfig,
     export::Exporter,
     kernel,
-    probes::{Probes, stats::ProgramRunStats},
+    probes::{Probes, block, kvm, sched, stats::ProgramRunStats},
     report::{AgentReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
 };
 
 pub struct Pipeline {
     probes: Probes,
+    budget: Budget,
     exporters: Vec<Box<dyn Exporter>>,
     node: String,
     delta: Delta,
@@ -29,9 +35,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(probes: Probes, exporters: Vec<Box<dyn Exporter>>) -> Self {
+    pub fn new(probes: Probes, exporters: Vec<Box<dyn Exporter>>, limits: &LimitsConfig) -> Self {
         Self {
             probes,
+            budget: Budget::new(budget_rules(limits)),
             exporters,
             node: kernel::hostname(),
             delta: Delta::default(),
@@ -66,6 +73,7 @@ impl Pipeline {
                 .map(|r| (r.key, r.hist))
                 .collect(),
         );
+        let series = self.budget.apply(series);
         let series = series
             .iter()
             .map(|s| SeriesReport::new(s, interval_s))
@@ -169,4 +177,38 @@ impl Shutdown {
             _ = self.sigint.recv() => "SIGINT",
         }
     }
+}
+
+/// Labels that identify a VM; the first becomes `other` when VMs are folded.
+const VM_IDENTITY: &[&str] = &[
+    "vm",
+    "vm.uuid",
+    "nova.instance.name",
+    "nova.flavor",
+    "nova.project.id",
+    "nova.project.name",
+];
+
+/// The cardinality budget of every labelled family.
+fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
+    let vm = |family| Rule {
+        family,
+        identity: VM_IDENTITY,
+        keep: limits.max_vms,
+    };
+    vec![
+        Rule {
+            family: block::FAMILY,
+            identity: &["device", "dev"],
+            keep: limits.max_devices,
+        },
+        Rule {
+            family: sched::FAMILY_CGROUP,
+            identity: &["cgroup"],
+            keep: limits.max_cgroups,
+        },
+        vm(sched::FAMILY_VM),
+        vm(kvm::FAMILY_USERSPACE),
+        vm(kvm::FAMILY_EXIT),
+    ]
 }

@@ -48,6 +48,19 @@ pub fn require_tool(tool: &str) {
     assert!(found, "{tool} is not installed: run `cargo xtask setup`");
 }
 
+/// A system tool by name: from PATH, or from the sbin directories a non-login root
+/// shell may lack in its PATH.
+pub fn tool(name: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    Command::new(found.unwrap_or_else(|| PathBuf::from(name)))
+}
+
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
@@ -110,7 +123,7 @@ impl LoopDevice {
             .open(&backing)
             .unwrap();
         f.set_len(size_mib << 20).unwrap();
-        let path = run(Command::new("losetup")
+        let path = run(tool("losetup")
             .args(["--direct-io=on", "-f", "--show"])
             .arg(&backing));
         let path = PathBuf::from(path.trim());
@@ -185,7 +198,7 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+        let _ = tool("losetup").arg("-d").arg(&self.path).status();
         let _ = std::fs::remove_file(&self.backing);
     }
 }
@@ -225,8 +238,13 @@ pub fn start_probes_with(attach: AttachMode, kernel_timestamps: bool) -> Probes 
     let mut config = ProbesConfig::default();
     config.block.attach = attach;
     config.block.kernel_timestamps = kernel_timestamps;
-    let probes = Probes::start(&config, PathBuf::from("/sys")).expect("load the eBPF object");
-    let status = &probes.statuses()[0];
+    let probes = Probes::start(&config, PathBuf::from("/sys"), &Default::default())
+        .expect("load the eBPF object");
+    let status = probes
+        .statuses()
+        .iter()
+        .find(|s| s.probe == "block")
+        .unwrap();
     assert!(
         status.is_up(),
         "block probe must attach via {attach:?} on this kernel: {status:?}"
@@ -320,3 +338,5 @@ impl RunningAgent {
         (stdout, self.stderr.join().unwrap_or_default())
     }
 }
+
+pub mod kvm_guest;

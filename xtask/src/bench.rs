@@ -273,7 +273,7 @@ impl LoopDevice {
         let backing = dir.join("loop-backing.img");
         let file = std::fs::File::create(&backing)?;
         file.set_len(1 << 30)?;
-        let out = Command::new("losetup")
+        let out = Command::new(sbin("losetup"))
             .args(["--direct-io=on", "-f", "--show"])
             .arg(&backing)
             .output()
@@ -290,7 +290,19 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+        let _ = Command::new(sbin("losetup"))
+            .arg("-d")
+            .arg(&self.path)
+            .status();
         let _ = std::fs::remove_file(&self.backing);
     }
+}
+
+/// losetup lives in /usr/sbin, which a non-login root shell may lack in its PATH.
+fn sbin(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }

@@ -35,6 +35,24 @@ impl ExpHistogram {
         Self::from_dense_at(MIN_INDEX, sum, zero_count, dense)
     }
 
+    /// From (OTLP index, count) pairs in any order.
+    pub fn from_buckets(
+        sum: u64,
+        zero_count: u64,
+        buckets: impl IntoIterator<Item = (i32, u64)>,
+    ) -> Self {
+        let buckets: Vec<(i32, u64)> = buckets.into_iter().filter(|&(_, c)| c != 0).collect();
+        let Some(lo) = buckets.iter().map(|&(i, _)| i).min() else {
+            return Self::from_dense(sum, zero_count, &[]);
+        };
+        let hi = buckets.iter().map(|&(i, _)| i).max().unwrap_or(lo);
+        let mut dense = vec![0u64; (hi - lo + 1) as usize];
+        for (i, c) in buckets {
+            dense[(i - lo) as usize] += c;
+        }
+        Self::from_dense_at(lo, sum, zero_count, &dense)
+    }
+
     /// `dense[k]` is the count of OTLP bucket `k + lowest`.
     fn from_dense_at(lowest: i32, sum: u64, zero_count: u64, dense: &[u64]) -> Self {
         let first = dense.iter().position(|&c| c != 0);
@@ -278,6 +296,15 @@ mod tests {
         let before = from_values(&[1000; 10]);
         let after = from_values(&[2000; 3]);
         assert_eq!(after.since(&before), after);
+    }
+
+    #[test]
+    fn from_buckets_matches_from_values() {
+        let h = from_values(&[0, 900, 900, 70_000, 5]);
+        let reversed: Vec<(i32, u64)> = h.buckets().collect::<Vec<_>>().into_iter().rev().collect();
+        let rebuilt = ExpHistogram::from_buckets(h.sum, h.zero_count, reversed);
+        assert_eq!(rebuilt, h);
+        assert!(ExpHistogram::from_buckets(0, 0, []).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Turning cumulative kernel readings into per-interval series.
 
+pub mod budget;
 pub mod histogram;
 pub mod series;
 

@@ -1,3 +1,67 @@
-//! Giving kernel identifiers the names operators know.
+//! Giving kernel identifiers the names operators know: block devices, cgroups, VMs.
 
+pub mod cgroups;
 pub mod devices;
+pub mod vms;
+
+use std::path::PathBuf;
+
+use crate::config::{AttributionConfig, CgroupMode};
+
+/// Everything the probes need to label their series, cached across intervals.
+pub struct Attribution {
+    pub devices: devices::DeviceNames,
+    cgroups: Option<cgroups::CgroupNames>,
+    vms: vms::VmResolver,
+}
+
+impl Attribution {
+    pub fn new(sys_root: PathBuf, config: &AttributionConfig, cgroup_mode: CgroupMode) -> Self {
+        Self {
+            devices: devices::DeviceNames::new(sys_root),
+            cgroups: cgroup_hierarchy(config, cgroup_mode)
+                .map(|h| cgroups::CgroupNames::new(h.root)),
+            vms: vms::VmResolver::new(config.proc_root.clone(), config.run_root.clone()),
+        }
+    }
+
+    pub fn cgroup_name(&mut self, id: u64) -> String {
+        match &mut self.cgroups {
+            Some(names) => names.name(id),
+            None => format!("id:{id}"),
+        }
+    }
+
+    /// Labels of the VM whose VMM process is `pid`.
+    pub fn vm_labels(&mut self, pid: u32) -> Vec<(&'static str, String)> {
+        self.vms.labels(pid)
+    }
+
+    /// Called once per interval: forgets processes that exited.
+    pub fn refresh(&mut self) {
+        self.vms.forget_exited();
+    }
+}
+
+/// The cgroup hierarchy the scheduler probe reads ids from: the configured root, or
+/// the one `/proc/mounts` shows for `mode`.
+pub fn cgroup_hierarchy(
+    config: &AttributionConfig,
+    mode: CgroupMode,
+) -> Option<cgroups::Hierarchy> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let found = cgroups::find_hierarchy(&mounts, mode);
+    if config.cgroup_root.as_os_str().is_empty() {
+        return found;
+    }
+    // A configured root keeps the version the mode (or the mounts) say.
+    let v2 = match mode {
+        CgroupMode::V2 => true,
+        CgroupMode::V1Cpu => false,
+        CgroupMode::Auto => found.is_none_or(|h| h.v2),
+    };
+    Some(cgroups::Hierarchy {
+        v2,
+        root: config.cgroup_root.clone(),
+    })
+}

@@ -92,7 +92,7 @@ pub fn sparkline(s: &SeriesReport) -> String {
             if c == 0 {
                 ' '
             } else {
-                BARS[((c * 7).div_ceil(max)).min(7) as usize]
+                BARS[(c * 7 / max).min(7) as usize]
             }
         })
         .collect();
@@ -101,6 +101,46 @@ pub fn sparkline(s: &SeriesReport) -> String {
         format_ns(bucket_lower(first * per_octave)),
         format_ns(bucket_upper(last * per_octave + per_octave - 1))
     )
+}
+
+/// Labels too long or too technical for a glance; JSON carries them all.
+const HIDDEN_IN_TABLE: [&str; 6] = [
+    "dev",
+    "vm.uuid",
+    "nova.instance.name",
+    "nova.flavor",
+    "nova.project.id",
+    "nova.project.name",
+];
+
+/// The series' label values in a fixed-width cell (`loop0 read`, `/system.slice`,
+/// `instance-0000002a io`); the whole host when it has none.
+fn series_name(s: &SeriesReport) -> String {
+    let values: Vec<&str> = s
+        .labels
+        .iter()
+        .filter(|(k, _)| !HIDDEN_IN_TABLE.contains(k))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let name = if values.is_empty() {
+        "(host)".to_owned()
+    } else {
+        values.join(" ")
+    };
+    if name.chars().count() > 34 {
+        // Keep the end: cgroup paths and VM names differ at their tails.
+        let tail: String = name
+            .chars()
+            .rev()
+            .take(33)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("…{tail}")
+    } else {
+        name
+    }
 }
 
 pub fn render_table(r: &Report) -> String {
@@ -125,21 +165,14 @@ pub fn render_table(r: &Report) -> String {
         if rows.is_empty() {
             continue;
         }
-        let _ = writeln!(t, "{family} (per device and operation)");
-        let _ = write!(t, "  {:<10} {:<7} {:>9} ", "DEVICE", "OP", "IO/s");
+        let _ = writeln!(t, "{family}");
+        let _ = write!(t, "  {:<34} {:>9} ", "SERIES", "EVENTS/s");
         for (_, name) in QUANTILES {
             let _ = write!(t, "{name:>8} ");
         }
         let _ = writeln!(t, "{:>8}  DISTRIBUTION", "MEAN");
         for s in rows {
-            let label = |k: &str| s.labels.get(k).map_or("-", String::as_str);
-            let _ = write!(
-                t,
-                "  {:<10} {:<7} {:>9.1} ",
-                label("device"),
-                label("op"),
-                s.rate_per_s
-            );
+            let _ = write!(t, "  {:<34} {:>9.1} ", series_name(s), s.rate_per_s);
             for (_, name) in QUANTILES {
                 let q = s.quantiles_ns.get(name).copied().flatten();
                 let _ = write!(t, "{:>8} ", q.map_or("-".into(), format_ns));

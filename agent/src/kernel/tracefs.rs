@@ -35,15 +35,35 @@ pub fn find() -> Option<PathBuf> {
 }
 
 /// Finds tracefs, mounting it at its standard place when it is missing (a fresh
-/// Firecracker or minimal host boots without it).
-pub fn find_or_mount() -> Result<PathBuf, TracefsError> {
+/// Firecracker or minimal host boots without it). When nodepulse mounted it, the
+/// returned guard unmounts it again on drop, leaving the host as it was.
+pub fn find_or_mount() -> Result<(PathBuf, Option<Mounted>), TracefsError> {
     if let Some(path) = find() {
-        return Ok(path);
+        return Ok((path, None));
     }
     let target = Path::new(CANDIDATES[0]);
     mount(target).map_err(TracefsError::NotMounted)?;
     tracing::info!(path = %target.display(), "mounted tracefs for classic tracepoints");
-    Ok(target.to_path_buf())
+    Ok((target.to_path_buf(), Some(Mounted(target.to_path_buf()))))
+}
+
+/// tracefs as mounted by nodepulse; unmounted on drop (after the programs detached).
+#[derive(Debug)]
+pub struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        use std::{ffi::CString, os::unix::ffi::OsStrExt};
+        let Ok(dir) = CString::new(self.0.as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: umount2(2) with a valid NUL-terminated path.
+        if unsafe { libc::umount2(dir.as_ptr(), 0) } == 0 {
+            tracing::info!(path = %self.0.display(), "unmounted the tracefs nodepulse mounted");
+        } else {
+            tracing::debug!("tracefs left mounted: {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 fn mount(target: &Path) -> std::io::Result<()> {

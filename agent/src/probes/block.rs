@@ -14,12 +14,11 @@ use aya::{
 };
 
 use super::{
-    Probe, Reading,
+    Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
 };
 use crate::{
     aggregate::{ExpHistogram, SeriesKey},
-    attribution::devices::DeviceNames,
     kernel::{btf::Btf, tracefs},
 };
 
@@ -272,9 +271,9 @@ impl Probe for BlockProbe {
         &self.attached
     }
 
-    fn read(&mut self, devices: &mut DeviceNames, out: &mut Vec<Reading>) -> Result<(), String> {
+    fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         for (key, hist) in self.read_raw()? {
-            let dev = devices.lookup(key.dev);
+            let dev = cx.attribution.devices.lookup(key.dev);
             out.push(Reading {
                 key: SeriesKey::new(
                     FAMILY,

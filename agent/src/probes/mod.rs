@@ -3,22 +3,29 @@
 
 pub mod attach;
 pub mod block;
+pub mod kvm;
+pub mod kvm_reasons;
+pub mod sched;
+pub mod sparse;
 pub mod stats;
 
 use std::path::PathBuf;
 
-use agent_common::{counters, names};
+use agent_common::{
+    counters, names,
+    sched::{SparseCell, SparseKey},
+};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
 };
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
     aggregate::{ExpHistogram, SeriesKey},
-    attribution::devices::DeviceNames,
-    config::ProbesConfig,
+    attribution::{Attribution, cgroup_hierarchy},
+    config::{AttributionConfig, ProbesConfig},
     kernel::{btf::Btf, tracefs},
 };
 pub use attach::{AttachKind, Attached, Attempt};
@@ -34,12 +41,19 @@ pub struct Reading {
     pub hist: ExpHistogram,
 }
 
+/// What a probe reads with besides its own maps.
+pub struct ReadContext<'a> {
+    pub attribution: &'a mut Attribution,
+    /// The shared sparse histogram map, read once per interval for all probes.
+    pub sparse: &'a sparse::SparseSeries,
+}
+
 /// What every probe family offers the pipeline.
 pub trait Probe {
     fn name(&self) -> &'static str;
     fn attached(&self) -> &Attached;
     /// Appends the current cumulative histograms.
-    fn read(&mut self, devices: &mut DeviceNames, out: &mut Vec<Reading>) -> Result<(), String>;
+    fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String>;
 }
 
 /// Attach state of one probe family, for the console, self-metrics and `check`.
@@ -82,47 +96,90 @@ pub struct Collection {
 
 /// The loaded object and the probes attached from it. Dropping it detaches everything.
 pub struct Probes {
+    // Field order is drop order: programs detach before tracefs is unmounted.
     ebpf: Ebpf,
     probes: Vec<Box<dyn Probe>>,
     statuses: Vec<ProbeStatus>,
     counters: Option<PerCpuArray<MapData, u64>>,
+    sparse: Option<PerCpuHashMap<MapData, SparseKey, SparseCell>>,
     stats: stats::BpfStats,
-    devices: DeviceNames,
+    attribution: Attribution,
+    _tracefs: Option<tracefs::Mounted>,
 }
 
 impl Probes {
     /// Loads the object and attaches every enabled probe; a probe that cannot attach is
     /// reported and the others keep running.
-    pub fn start(config: &ProbesConfig, sys_root: PathBuf) -> Result<Self, StartError> {
+    pub fn start(
+        config: &ProbesConfig,
+        sys_root: PathBuf,
+        attribution: &AttributionConfig,
+    ) -> Result<Self, StartError> {
         let Loaded {
             mut ebpf,
             btf,
             block_layouts,
-        } = Loaded::load(config)?;
+            sched_layouts,
+            kvm_layouts,
+            tracefs,
+        } = Loaded::load(config, attribution)?;
         let stats = stats::BpfStats::enable();
+        let btf = btf.as_ref();
 
         let mut probes: Vec<Box<dyn Probe>> = Vec::new();
         let mut statuses = Vec::new();
-        if config.block.enabled {
-            let only = config.block.attach.kind();
-            let probe = block::BlockProbe::attach(&mut ebpf, btf.as_ref(), &block_layouts, only);
-            log_attach(probe.name(), probe.attached());
-            statuses.push(ProbeStatus {
-                probe: block::NAME,
-                attached: Some(probe.attached().clone()),
-            });
-            probes.push(Box::new(probe));
-        } else {
-            statuses.push(ProbeStatus {
-                probe: block::NAME,
-                attached: None,
-            });
-        }
+        let mut add =
+            |name: &'static str, enabled: bool, attach: &mut dyn FnMut() -> Box<dyn Probe>| {
+                if !enabled {
+                    statuses.push(ProbeStatus {
+                        probe: name,
+                        attached: None,
+                    });
+                    return;
+                }
+                let probe = attach();
+                log_attach(probe.name(), probe.attached());
+                statuses.push(ProbeStatus {
+                    probe: name,
+                    attached: Some(probe.attached().clone()),
+                });
+                probes.push(probe);
+            };
+        let (b, s, k) = (&config.block, &config.sched, &config.kvm);
+        add(block::NAME, b.enabled, &mut || {
+            Box::new(block::BlockProbe::attach(
+                &mut ebpf,
+                btf,
+                &block_layouts,
+                b.attach.kind(),
+            ))
+        });
+        add(sched::NAME, s.enabled, &mut || {
+            Box::new(sched::SchedProbe::attach(
+                &mut ebpf,
+                btf,
+                &sched_layouts,
+                s.attach.kind(),
+            ))
+        });
+        add(kvm::NAME_USERSPACE, k.enabled, &mut || {
+            Box::new(kvm::KvmUserspaceProbe::attach(
+                &mut ebpf,
+                btf,
+                &kvm_layouts,
+                k.attach.kind(),
+            ))
+        });
+        add(kvm::NAME_EXIT, k.enabled, &mut || {
+            Box::new(kvm::KvmExitProbe::attach(&mut ebpf, &kvm_layouts))
+        });
 
         let counters = ebpf
             .take_map(names::MAP_PROBE_COUNTERS)
             .and_then(|m| PerCpuArray::try_from(m).ok());
-        drop(btf);
+        let sparse = ebpf
+            .take_map(names::MAP_SPARSE_HIST)
+            .and_then(|m| PerCpuHashMap::try_from(m).ok());
         // Parsing the kernel's BTF twice (ours and aya's) peaks at tens of MiB that
         // glibc keeps unless asked; give it back now that loading is done.
         // SAFETY: malloc_trim only releases free heap memory.
@@ -132,8 +189,10 @@ impl Probes {
             probes,
             statuses,
             counters,
+            sparse,
             stats,
-            devices: DeviceNames::new(sys_root),
+            attribution: Attribution::new(sys_root, attribution, config.sched.cgroup),
+            _tracefs: tracefs,
         })
     }
 
@@ -149,8 +208,20 @@ impl Probes {
     /// Reads every attached probe's maps, the drop counters and the programs' run times.
     pub fn collect(&mut self) -> Collection {
         let mut out = Collection::default();
+        self.attribution.refresh();
+        let sparse = match &self.sparse {
+            Some(map) => sparse::read(map).unwrap_or_else(|e| {
+                out.errors.push(("sparse", e));
+                Default::default()
+            }),
+            None => Default::default(),
+        };
+        let mut cx = ReadContext {
+            attribution: &mut self.attribution,
+            sparse: &sparse,
+        };
         for probe in &mut self.probes {
-            if let Err(e) = probe.read(&mut self.devices, &mut out.readings) {
+            if let Err(e) = probe.read(&mut cx, &mut out.readings) {
                 out.errors.push((probe.name(), e));
             }
             for &program in &probe.attached().programs {
@@ -179,33 +250,55 @@ pub struct Loaded {
     /// aya's view of the kernel BTF, for tp_btf and fentry programs.
     pub btf: Option<aya::Btf>,
     pub block_layouts: block::BlockLayouts,
+    pub sched_layouts: sched::SchedLayouts,
+    pub kvm_layouts: kvm::KvmLayouts,
+    /// Set when nodepulse mounted tracefs itself (unmounted on drop).
+    pub tracefs: Option<tracefs::Mounted>,
 }
 
 impl Loaded {
-    pub fn load(config: &ProbesConfig) -> Result<Self, StartError> {
+    pub fn load(
+        config: &ProbesConfig,
+        attribution: &AttributionConfig,
+    ) -> Result<Self, StartError> {
         raise_memlock_limit();
         let kernel_btf = Btf::from_sys_fs()
             .inspect_err(|e| tracing::warn!("kernel BTF unusable: {e}"))
             .ok();
         let btf = aya::Btf::from_sys_fs().ok();
-        // Classic tracepoints need tracefs; mount it only when they are the likely choice.
-        let forced_tracepoint = config.block.attach.kind() == Some(AttachKind::Tracepoint);
-        let tracefs = if forced_tracepoint || kernel_btf.is_none() {
-            tracefs::find_or_mount()
-                .inspect_err(|e| tracing::warn!("{e}"))
-                .ok()
+        // Classic tracepoints need tracefs: in-kernel KVM exits always use them, the
+        // block probe only when forced or without BTF.
+        let kvm_host = std::path::Path::new("/dev/kvm").exists();
+        let needs_tracefs = config.block.attach.kind() == Some(AttachKind::Tracepoint)
+            || kernel_btf.is_none()
+            || (config.kvm.enabled && kvm_host);
+        let (tracefs, mounted) = if needs_tracefs {
+            match tracefs::find_or_mount() {
+                Ok((path, mounted)) => (Some(path), mounted),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    (None, None)
+                }
+            }
         } else {
-            tracefs::find()
+            (tracefs::find(), None)
         };
+        let tracefs = tracefs.as_deref();
         let block_layouts = block::BlockLayouts::resolve(
             kernel_btf.as_ref(),
-            tracefs.as_deref(),
+            tracefs,
             config.block.kernel_timestamps,
         );
+        let hierarchy = cgroup_hierarchy(attribution, config.sched.cgroup);
+        let sched_layouts = sched::SchedLayouts::resolve(kernel_btf.as_ref(), hierarchy.as_ref());
+        let kvm_layouts = kvm::KvmLayouts::resolve(tracefs);
+        drop(kernel_btf);
 
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
         block_layouts.apply(&mut loader);
+        sched_layouts.apply(&mut loader);
+        kvm_layouts.apply(&mut loader);
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let msg = attach::error_chain(&e);
             if msg.contains("Operation not permitted") || msg.contains("EPERM") {
@@ -219,6 +312,9 @@ impl Loaded {
             ebpf,
             btf,
             block_layouts,
+            sched_layouts,
+            kvm_layouts,
+            tracefs: mounted,
         })
     }
 }

@@ -1,0 +1,185 @@
+//! KVM exits, per VM and exit reason.
+//!
+//! Hooks (checked against Linux 6.1 – 6.18, x86):
+//! - `kvm_userspace_exit(u32 reason, int errno)`: `KVM_RUN` returns to the VMM;
+//! - `kvm_fpu(int load)`: `kvm_load_guest_fpu()` at the start of every `KVM_RUN`
+//!   (load = 1), so userspace-exit → `kvm_fpu(1)` on the same thread is the time the
+//!   VMM took to handle the exit (QEMU emulating I/O, MMIO, HLT, …);
+//! - `kvm_exit` / `kvm_entry` (VMX and SVM only; PVM never fires them): in-kernel
+//!   exit handling, as classic tracepoints because the exit reason is a record field
+//!   there and not a tracepoint argument.
+//!
+//! Every thread seen exiting is a vCPU thread: it is entered in `VCPU_THREADS` so the
+//! scheduler probe can attribute its run-queue wait to the VM.
+
+use agent_common::{
+    counters,
+    sched::{KvmExitLayout, MAX_VCPU_THREADS, VcpuPending, family},
+};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::LruHashMap,
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+
+use crate::{
+    sched::{VCPU_FLAG, VCPU_THREADS},
+    shared::{count, record_sparse},
+};
+
+/// Pending exits per vCPU thread. LRU: threads of VMs that are gone age out.
+#[map(name = "VCPU_PENDING")]
+static VCPU_PENDING: LruHashMap<u32, VcpuPending> =
+    LruHashMap::with_max_entries(MAX_VCPU_THREADS, 0);
+
+/// Offsets in the classic `kvm:kvm_exit` record, from its tracefs format file.
+#[unsafe(no_mangle)]
+static KVM_EXIT_LAYOUT: KvmExitLayout = KvmExitLayout::UNRESOLVED;
+
+/// This thread's pending record, created (and the thread registered as a vCPU thread)
+/// on first sight.
+#[inline(always)]
+fn pending(tid: u32, tgid: u32) -> Option<&'static mut VcpuPending> {
+    if let Some(p) = VCPU_PENDING.get_ptr_mut(tid) {
+        return Some(unsafe { &mut *p });
+    }
+    let fresh = VcpuPending {
+        tgid,
+        ..VcpuPending::default()
+    };
+    let _ = VCPU_PENDING.insert(tid, fresh, BPF_NOEXIST as u64);
+    let _ = VCPU_THREADS.insert(tid, tgid, 0);
+    if let Some(flag) = VCPU_FLAG.get_ptr_mut(0) {
+        unsafe { *flag = 1 };
+    }
+    VCPU_PENDING.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn current() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id as u32, (id >> 32) as u32)
+}
+
+#[inline(always)]
+fn on_userspace_exit(reason: u32, errno: i32) {
+    if errno < 0 {
+        return; // interrupted by a signal or failed: not an exit the VMM handles
+    }
+    let (tid, tgid) = current();
+    if let Some(p) = pending(tid, tgid) {
+        p.user_reason = reason;
+        p.user_ns = unsafe { bpf_ktime_get_ns() };
+    }
+}
+
+#[inline(always)]
+fn on_kvm_run(load: i32) {
+    if load != 1 {
+        return;
+    }
+    let (tid, _) = current();
+    let Some(p) = VCPU_PENDING.get_ptr_mut(tid) else {
+        return; // first KVM_RUN of this thread, or exited before attach
+    };
+    let p = unsafe { &mut *p };
+    if p.user_ns == 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now >= p.user_ns {
+        record_sparse(
+            family::KVM_USERSPACE,
+            p.tgid as u64,
+            p.user_reason,
+            now - p.user_ns,
+        );
+    }
+    p.user_ns = 0;
+}
+
+#[btf_tracepoint(function = "kvm_userspace_exit")]
+pub fn kvm_user_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    on_userspace_exit(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[btf_tracepoint(function = "kvm_fpu")]
+pub fn kvm_run_btf(ctx: BtfTracePointContext) -> i32 {
+    on_kvm_run(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kvm_userspace_exit")]
+pub fn kvm_user_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let reason: u64 = ctx.arg(0);
+    let errno: u64 = ctx.arg(1);
+    on_userspace_exit(reason as u32, errno as i32);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kvm_fpu")]
+pub fn kvm_run_raw(ctx: RawTracePointContext) -> i32 {
+    let load: u64 = ctx.arg(0);
+    on_kvm_run(load as i32);
+    0
+}
+
+// Classic tracepoints: records are `common` (8 bytes) then the fields; these two have
+// stable layouts (`u32 reason; int errno` and `u32 load`), checked by the agent against
+// the format files before load.
+
+#[tracepoint(category = "kvm", name = "kvm_userspace_exit")]
+pub fn kvm_user_exit_tp(ctx: TracePointContext) -> i32 {
+    let reason: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
+    let errno: i32 = unsafe { ctx.read_at(12) }.unwrap_or(-1);
+    on_userspace_exit(reason, errno);
+    0
+}
+
+#[tracepoint(category = "kvm", name = "kvm_fpu")]
+pub fn kvm_run_tp(ctx: TracePointContext) -> i32 {
+    let load: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
+    on_kvm_run(load as i32);
+    0
+}
+
+#[tracepoint(category = "kvm", name = "kvm_exit")]
+pub fn kvm_exit_tp(ctx: TracePointContext) -> i32 {
+    let l = unsafe { core::ptr::read_volatile(&KVM_EXIT_LAYOUT) };
+    let reason: u32 = unsafe { ctx.read_at(l.exit_reason as usize) }.unwrap_or(0);
+    let isa: u32 = unsafe { ctx.read_at(l.isa as usize) }.unwrap_or(0);
+    let (tid, tgid) = current();
+    if let Some(p) = pending(tid, tgid) {
+        p.exit_reason = (isa << 24) | (reason & 0xff_ffff);
+        p.exit_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    0
+}
+
+#[tracepoint(category = "kvm", name = "kvm_entry")]
+pub fn kvm_entry_tp(_ctx: TracePointContext) -> i32 {
+    let (tid, _) = current();
+    let Some(p) = VCPU_PENDING.get_ptr_mut(tid) else {
+        return 0;
+    };
+    let p = unsafe { &mut *p };
+    if p.exit_ns == 0 {
+        // The first entry of a thread, or its exit was before attach.
+        count(counters::KVM_UNMATCHED);
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now >= p.exit_ns {
+        record_sparse(
+            family::KVM_EXIT,
+            p.tgid as u64,
+            p.exit_reason,
+            now - p.exit_ns,
+        );
+    }
+    p.exit_ns = 0;
+    0
+}

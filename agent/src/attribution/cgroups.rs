@@ -1,0 +1,167 @@
+//! Cgroup ids → paths. The kernel reports a cgroup by its id, which is the inode number
+//! of the cgroup's directory in its hierarchy; nodepulse names it by walking that
+//! hierarchy, so `/kubepods.slice/…/cri-containerd-….scope` or
+//! `/machine.slice/machine-qemu….scope` label the series instead of a number.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::config::CgroupMode;
+
+/// Which hierarchy the probe reads ids from, and where it is mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub v2: bool,
+    pub root: PathBuf,
+}
+
+/// Finds the hierarchy for `mode` in a `/proc/mounts` text: the cgroup2 mount, or the
+/// v1 mount carrying the `cpu` controller.
+pub fn find_hierarchy(mounts: &str, mode: CgroupMode) -> Option<Hierarchy> {
+    let mut v2 = None;
+    let mut v1_cpu = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(dir), Some(fs), Some(opts)) = (f.get(1), f.get(2), f.get(3)) else {
+            continue;
+        };
+        match *fs {
+            "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(dir)),
+            "cgroup" if opts.split(',').any(|o| o == "cpu") => v1_cpu = Some(PathBuf::from(dir)),
+            _ => {}
+        }
+    }
+    let v2 = v2.map(|root| Hierarchy { v2: true, root });
+    let v1 = v1_cpu.map(|root| Hierarchy { v2: false, root });
+    match mode {
+        CgroupMode::Auto => v2.or(v1),
+        CgroupMode::V2 => v2,
+        CgroupMode::V1Cpu => v1,
+    }
+}
+
+/// Caps so a pathological hierarchy cannot stall the collection loop.
+const MAX_DEPTH: usize = 16;
+const MAX_CGROUPS: usize = 100_000;
+const MAX_LABEL: usize = 200;
+/// An unknown id triggers a rescan at most this often (new cgroups appear all the time).
+const RESCAN_EVERY: Duration = Duration::from_secs(5);
+
+pub struct CgroupNames {
+    root: PathBuf,
+    names: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+}
+
+impl CgroupNames {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            names: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    /// Path of cgroup `id` relative to the hierarchy's root (`/` for the root), or
+    /// `id:<n>` when it is not (or no longer) there.
+    pub fn name(&mut self, id: u64) -> String {
+        if !self.names.contains_key(&id)
+            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
+        {
+            self.rescan();
+        }
+        self.names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("id:{id}"))
+    }
+
+    fn rescan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        self.names.clear();
+        let mut stack = vec![(self.root.clone(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            self.names.insert(meta.ino(), relative(&self.root, &dir));
+            if depth >= MAX_DEPTH || self.names.len() >= MAX_CGROUPS {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((entry.path(), depth + 1));
+                }
+            }
+        }
+        tracing::debug!(root = %self.root.display(), cgroups = self.names.len(), "scanned cgroups");
+    }
+}
+
+fn relative(root: &Path, dir: &Path) -> String {
+    let rel = dir.strip_prefix(root).unwrap_or(dir);
+    let mut s = format!("/{}", rel.display());
+    if s.len() > MAX_LABEL {
+        let cut = (0..=MAX_LABEL)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTS: &str = "\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+
+    #[test]
+    fn finds_the_hierarchy_for_each_mode() {
+        let v2 = find_hierarchy(MOUNTS, CgroupMode::Auto).unwrap();
+        assert_eq!(
+            v2,
+            Hierarchy {
+                v2: true,
+                root: "/sys/fs/cgroup/unified".into()
+            }
+        );
+        let v1 = find_hierarchy(MOUNTS, CgroupMode::V1Cpu).unwrap();
+        assert_eq!(
+            v1,
+            Hierarchy {
+                v2: false,
+                root: "/sys/fs/cgroup/cpu".into()
+            }
+        );
+        let v1_only = "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n";
+        assert!(!find_hierarchy(v1_only, CgroupMode::Auto).unwrap().v2);
+        assert_eq!(find_hierarchy(v1_only, CgroupMode::V2), None);
+    }
+
+    #[test]
+    fn names_ids_by_directory_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("kubepods.slice/pod-1234.slice");
+        std::fs::create_dir_all(&pod).unwrap();
+        let ino = std::fs::metadata(&pod).unwrap().ino();
+        let root_ino = std::fs::metadata(dir.path()).unwrap().ino();
+        let mut names = CgroupNames::new(dir.path().to_path_buf());
+        assert_eq!(names.name(ino), "/kubepods.slice/pod-1234.slice");
+        assert_eq!(names.name(root_ino), "/");
+        assert_eq!(names.name(1), "id:1");
+    }
+}

@@ -1,0 +1,213 @@
+//! KVM exits per VM and reason (kernel side: `agent-ebpf/src/kvm.rs`): time the VMM
+//! spends handling exits to userspace (every KVM host), and in-kernel exit handling
+//! (VMX/SVM hosts).
+
+use std::path::Path;
+
+use agent_common::{
+    names,
+    sched::{KvmExitLayout, family},
+};
+use aya::{Ebpf, EbpfLoader};
+
+use super::{
+    Probe, ReadContext, Reading,
+    attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
+    kvm_reasons, sparse,
+};
+use crate::{aggregate::SeriesKey, kernel::tracefs};
+
+pub const NAME_USERSPACE: &str = "kvm";
+pub const NAME_EXIT: &str = "kvm_exit";
+pub const FAMILY_USERSPACE: &str = "kvm.exit.userspace.latency";
+pub const FAMILY_EXIT: &str = "kvm.exit.latency";
+
+/// What the classic tracepoint variants need from tracefs.
+pub struct KvmLayouts {
+    /// The userspace-exit and KVM_RUN records have the layout the programs assume.
+    classic_ok: Result<(), String>,
+    exit: Result<KvmExitLayout, String>,
+}
+
+impl KvmLayouts {
+    pub fn resolve(tracefs: Option<&Path>) -> Self {
+        let Some(root) = tracefs else {
+            let why = "tracefs is not mounted".to_owned();
+            return Self {
+                classic_ok: Err(why.clone()),
+                exit: Err(why),
+            };
+        };
+        let fixed = || -> Result<(), tracefs::TracefsError> {
+            let f = tracefs::Format::read(root, "kvm", "kvm_userspace_exit")?;
+            let g = tracefs::Format::read(root, "kvm", "kvm_fpu")?;
+            let expected = [
+                (f.offset("reason", 4)?, 8),
+                (f.offset("errno", 4)?, 12),
+                (g.offset("load", 4)?, 8),
+            ];
+            if expected.iter().all(|(got, want)| got == want) {
+                Ok(())
+            } else {
+                Err(tracefs::TracefsError::NoField {
+                    tracepoint: "kvm:kvm_userspace_exit".into(),
+                    field: "reason/errno/load at the expected offsets".into(),
+                })
+            }
+        };
+        let exit = || -> Result<KvmExitLayout, tracefs::TracefsError> {
+            let f = tracefs::Format::read(root, "kvm", "kvm_exit")?;
+            Ok(KvmExitLayout {
+                exit_reason: f.offset("exit_reason", 4)?,
+                isa: f.offset("isa", 4)?,
+            })
+        };
+        Self {
+            classic_ok: fixed().map_err(|e| e.to_string()),
+            exit: exit().map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        if let Ok(layout) = &self.exit {
+            loader.override_global(names::GLOBAL_KVM_EXIT_LAYOUT, layout, true);
+        }
+    }
+
+    /// Exits to userspace: the KVM_RUN side first, so every recorded exit is closed.
+    pub fn userspace_variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
+        let spec = |program, hook| ProgramSpec { program, hook };
+        [
+            Variant {
+                kind: AttachKind::TpBtf,
+                programs: vec![
+                    spec(names::PROG_KVM_RUN_BTF, Hook::TpBtf("kvm_fpu")),
+                    spec(
+                        names::PROG_KVM_USER_EXIT_BTF,
+                        Hook::TpBtf("kvm_userspace_exit"),
+                    ),
+                ],
+                unavailable: None,
+            },
+            Variant {
+                kind: AttachKind::RawTracepoint,
+                programs: vec![
+                    spec(names::PROG_KVM_RUN_RAW, Hook::Raw("kvm_fpu")),
+                    spec(
+                        names::PROG_KVM_USER_EXIT_RAW,
+                        Hook::Raw("kvm_userspace_exit"),
+                    ),
+                ],
+                unavailable: None,
+            },
+            Variant {
+                kind: AttachKind::Tracepoint,
+                programs: vec![
+                    spec(names::PROG_KVM_RUN_TP, Hook::Tracepoint("kvm", "kvm_fpu")),
+                    spec(
+                        names::PROG_KVM_USER_EXIT_TP,
+                        Hook::Tracepoint("kvm", "kvm_userspace_exit"),
+                    ),
+                ],
+                unavailable: self.classic_ok.clone().err(),
+            },
+        ]
+        .into_iter()
+        .filter(|v| only.is_none_or(|k| k == v.kind))
+        .collect()
+    }
+
+    /// In-kernel exits: classic tracepoints only, since the exit reason is a field of
+    /// the `kvm_exit` record, not an argument of the tracepoint.
+    pub fn exit_variants(&self) -> Vec<Variant> {
+        let spec = |program, hook| ProgramSpec { program, hook };
+        vec![Variant {
+            kind: AttachKind::Tracepoint,
+            programs: vec![
+                spec(
+                    names::PROG_KVM_ENTRY_TP,
+                    Hook::Tracepoint("kvm", "kvm_entry"),
+                ),
+                spec(names::PROG_KVM_EXIT_TP, Hook::Tracepoint("kvm", "kvm_exit")),
+            ],
+            unavailable: self.exit.as_ref().err().cloned(),
+        }]
+    }
+}
+
+/// Exits to the VMM in userspace.
+pub struct KvmUserspaceProbe {
+    attached: Attached,
+}
+
+impl KvmUserspaceProbe {
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        btf: Option<&aya::Btf>,
+        layouts: &KvmLayouts,
+        only: Option<AttachKind>,
+    ) -> Self {
+        Self {
+            attached: attach_first(ebpf, btf, &layouts.userspace_variants(only)),
+        }
+    }
+}
+
+impl Probe for KvmUserspaceProbe {
+    fn name(&self) -> &'static str {
+        NAME_USERSPACE
+    }
+
+    fn attached(&self) -> &Attached {
+        &self.attached
+    }
+
+    fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
+        for (group, reason, hist) in sparse::family(cx.sparse, family::KVM_USERSPACE) {
+            let mut labels = cx.attribution.vm_labels(group as u32);
+            labels.push(("reason", kvm_reasons::userspace(reason)));
+            out.push(Reading {
+                key: SeriesKey::new(FAMILY_USERSPACE, labels),
+                hist: hist.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// In-kernel exit handling on VMX/SVM.
+pub struct KvmExitProbe {
+    attached: Attached,
+}
+
+impl KvmExitProbe {
+    pub fn attach(ebpf: &mut Ebpf, layouts: &KvmLayouts) -> Self {
+        Self {
+            attached: attach_first(ebpf, None, &layouts.exit_variants()),
+        }
+    }
+}
+
+impl Probe for KvmExitProbe {
+    fn name(&self) -> &'static str {
+        NAME_EXIT
+    }
+
+    fn attached(&self) -> &Attached {
+        &self.attached
+    }
+
+    fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
+        for (group, detail, hist) in sparse::family(cx.sparse, family::KVM_EXIT) {
+            let (isa, reason) = (detail >> 24, detail & 0xff_ffff);
+            let mut labels = cx.attribution.vm_labels(group as u32);
+            labels.push(("isa", kvm_reasons::isa_name(isa).to_owned()));
+            labels.push(("reason", kvm_reasons::in_kernel(isa, reason)));
+            out.push(Reading {
+                key: SeriesKey::new(FAMILY_EXIT, labels),
+                hist: hist.clone(),
+            });
+        }
+        Ok(())
+    }
+}
