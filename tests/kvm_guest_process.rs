@@ -7,7 +7,8 @@
 //! (`-name guest=instance-0000002a,debug-threads=on -uuid ...`). Like QEMU's, the vCPU
 //! runs on a thread of its own named `CPU 0/KVM`, so `vcpu_tid` differs from `pid`.
 //! With `NODEPULSE_KVM_GUEST_WAIT=1` it first waits for a line (or EOF) on stdin, so
-//! the test can attach its probes before the guest runs.
+//! the test can attach its probes before the guest runs, and after printing waits for
+//! another, so the test can read the process's identity before it exits.
 //!
 //! Run by `cargo test` (no such variable), it checks itself: 100 iterations must give
 //! exactly 100 I/O and 100 HLT exits.
@@ -51,6 +52,14 @@ fn guest(iterations: u64) {
         "pid": std::process::id(),
     });
     println!("{line}");
+    if std::env::var(WAIT_VAR).is_ok_and(|v| v == "1") {
+        // Stay alive until told, so the test can read /proc/<pid> (the VM's identity)
+        // after the exits are counted.
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let mut done = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut done);
+    }
 }
 
 /// Runs the guest on a thread named like QEMU's vCPU threads (`debug-threads=on`).

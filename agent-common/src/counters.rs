@@ -8,8 +8,7 @@ pub const BLOCK_SLOT_COLLISION: u32 = 1;
 /// A sample dropped because the histogram map was full (too many devices × operations).
 pub const BLOCK_SERIES_FULL: u32 = 2;
 
-/// A sample dropped because a bucket could not be added to the sparse histogram map
-/// (cgroups, VMs): the map is full, or the kernel had no memory ready for the insert.
+/// A sample dropped because the sparse histogram map (cgroups, VMs) was full.
 pub const SPARSE_FULL: u32 = 3;
 /// A KVM entry whose exit was not seen (in flight at attach, or the table was full).
 pub const KVM_UNMATCHED: u32 = 4;
@@ -22,6 +21,6 @@ pub const NAMES: [(u32, &str); 5] = [
     (BLOCK_UNMATCHED, "block_unmatched_completions"),
     (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
     (BLOCK_SERIES_FULL, "block_series_map_full"),
-    (SPARSE_FULL, "sparse_map_insert_failed"),
+    (SPARSE_FULL, "sparse_map_full"),
     (KVM_UNMATCHED, "kvm_unmatched_entries"),
 ];

@@ -60,6 +60,10 @@ pub mod family {
     /// In-kernel exit handling, `kvm_exit` → `kvm_entry`; group = VMM process id,
     /// detail = `isa << 24 | exit reason` (isa 1 VMX, 2 SVM).
     pub const KVM_EXIT: u32 = 4;
+    /// How long each `KVM_RUN` lasted (guest execution and in-kernel exits) before it
+    /// returned to the VMM; group = VMM process id, detail = `KVM_EXIT_*` reason. Its
+    /// counts are the exits to userspace per reason.
+    pub const KVM_RUN: u32 = 5;
 }
 
 /// One bucket of one series in the sparse histogram map: only buckets that have
@@ -88,13 +92,17 @@ pub struct SparseCell {
 /// Samples equal to zero.
 pub const ZERO_SLOT: u32 = u32::MAX;
 
-/// Capacity of the sparse map: series × populated buckets.
-pub const SPARSE_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of the sparse map: series × populated buckets. Preallocated, so that an
+/// insert never fails for want of memory in the middle of a burst of new buckets:
+/// 16 bytes × CPUs per entry (256 KiB per CPU).
+pub const SPARSE_MAX_ENTRIES: u32 = 16_384;
 
 /// Pending exits of one vCPU thread, waiting for the matching entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VcpuPending {
+    /// Start of the current `KVM_RUN` (ktime), 0 when none seen.
+    pub run_ns: u64,
     /// `kvm_userspace_exit` time (ktime), 0 when none pending.
     pub user_ns: u64,
     /// `kvm_exit` time (ktime), 0 when none pending.

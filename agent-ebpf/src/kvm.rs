@@ -4,7 +4,9 @@
 //! - `kvm_userspace_exit(u32 reason, int errno)`: `KVM_RUN` returns to the VMM;
 //! - `kvm_fpu(int load)`: `kvm_load_guest_fpu()` at the start of every `KVM_RUN`
 //!   (load = 1), so userspace-exit → `kvm_fpu(1)` on the same thread is the time the
-//!   VMM took to handle the exit (QEMU emulating I/O, MMIO, HLT, …);
+//!   VMM took to handle the exit (QEMU emulating I/O, MMIO, HLT, …), and
+//!   `kvm_fpu(1)` → userspace-exit is how long that `KVM_RUN` lasted: one sample per
+//!   exit, so its counts are the exits per reason;
 //! - `kvm_exit` / `kvm_entry` (VMX and SVM only; PVM never fires them): in-kernel
 //!   exit handling, as classic tracepoints because the exit reason is a record field
 //!   there and not a tracepoint argument.
@@ -69,10 +71,16 @@ fn on_userspace_exit(reason: u32, errno: i32) {
         return; // interrupted by a signal or failed: not an exit the VMM handles
     }
     let (tid, tgid) = current();
-    if let Some(p) = pending(tid, tgid) {
-        p.user_reason = reason;
-        p.user_ns = unsafe { bpf_ktime_get_ns() };
+    let Some(p) = pending(tid, tgid) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if p.run_ns != 0 && now >= p.run_ns {
+        record_sparse(family::KVM_RUN, tgid as u64, reason, now - p.run_ns);
     }
+    p.run_ns = 0;
+    p.user_reason = reason;
+    p.user_ns = now;
 }
 
 #[inline(always)]
@@ -80,16 +88,12 @@ fn on_kvm_run(load: i32) {
     if load != 1 {
         return;
     }
-    let (tid, _) = current();
-    let Some(p) = VCPU_PENDING.get_ptr_mut(tid) else {
-        return; // first KVM_RUN of this thread, or exited before attach
-    };
-    let p = unsafe { &mut *p };
-    if p.user_ns == 0 {
+    let (tid, tgid) = current();
+    let Some(p) = pending(tid, tgid) else {
         return;
-    }
+    };
     let now = unsafe { bpf_ktime_get_ns() };
-    if now >= p.user_ns {
+    if p.user_ns != 0 && now >= p.user_ns {
         record_sparse(
             family::KVM_USERSPACE,
             p.tgid as u64,
@@ -98,6 +102,7 @@ fn on_kvm_run(load: i32) {
         );
     }
     p.user_ns = 0;
+    p.run_ns = now;
 }
 
 #[btf_tracepoint(function = "kvm_userspace_exit")]

@@ -7,7 +7,7 @@ use agent_common::{
     sched::{SPARSE_MAX_ENTRIES, SparseCell, SparseKey, ZERO_SLOT},
 };
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{PerCpuArray, PerCpuHashMap},
@@ -18,10 +18,10 @@ use aya_ebpf::{
 static PROBE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 
 /// Histograms with many series (per cgroup, per VM and exit reason), one entry per
-/// populated bucket: memory follows what happens, not series × 513 buckets × CPUs.
+/// populated bucket: memory follows the buckets in use, not series × 513 buckets.
 #[map(name = "SPARSE_HIST")]
 static SPARSE_HIST: PerCpuHashMap<SparseKey, SparseCell> =
-    PerCpuHashMap::with_max_entries(SPARSE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+    PerCpuHashMap::with_max_entries(SPARSE_MAX_ENTRIES, 0);
 
 /// Template for a new series; lives in a global section so its address is a valid map
 /// value for `bpf_map_update_elem` (the 4 KiB value would not fit on the BPF stack).

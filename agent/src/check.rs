@@ -37,6 +37,8 @@ pub struct Item {
 pub struct ProbeCheck {
     pub probe: &'static str,
     pub enabled: bool,
+    /// Why the probe cannot apply to this host, if so (not a failure).
+    pub not_applicable: Option<&'static str>,
     /// The kind `nodepulse run` would use.
     pub chosen: Option<AttachKind>,
     pub kinds: Vec<(AttachKind, Result<(), String>)>,
@@ -51,7 +53,10 @@ pub struct CheckReport {
 impl CheckReport {
     pub fn exit_code(&self) -> i32 {
         let failed = self.items.iter().any(|i| i.verdict == Verdict::Fail)
-            || self.probes.iter().any(|p| p.enabled && p.chosen.is_none());
+            || self
+                .probes
+                .iter()
+                .any(|p| p.enabled && p.not_applicable.is_none() && p.chosen.is_none());
         i32::from(failed)
     }
 
@@ -66,6 +71,10 @@ impl CheckReport {
             let _ = writeln!(t, "[{mark}] {:<12} {}", i.what, i.detail);
         }
         for p in &self.probes {
+            if let Some(why) = p.not_applicable {
+                let _ = writeln!(t, "[ok  ] probe {:<8} not applicable here: {why}", p.probe);
+                continue;
+            }
             if !p.enabled {
                 let _ = writeln!(
                     t,
@@ -162,6 +171,11 @@ pub fn run(config: &Config) -> CheckReport {
     }
 
     let mut probes = Vec::new();
+    // Classic tracepoints are tried too: mount tracefs for the check as the agent would
+    // when it needs them (and unmount it afterwards if it was not there).
+    let _tracefs = tracefs::find_or_mount()
+        .ok()
+        .and_then(|(_, mounted)| mounted);
     match Loaded::load(&config.probes, &config.attribution) {
         Err(e) => items.push(Item {
             what: "load".into(),
@@ -243,6 +257,7 @@ fn check_probes(loaded: &mut Loaded, config: &Config) -> Vec<ProbeCheck> {
             ProbeCheck {
                 probe,
                 enabled,
+                not_applicable: kvm::not_applicable(probe),
                 chosen,
                 kinds: results,
             }

@@ -209,6 +209,7 @@ fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
         },
         vm(sched::FAMILY_VM),
         vm(kvm::FAMILY_USERSPACE),
+        vm(kvm::FAMILY_RUN),
         vm(kvm::FAMILY_EXIT),
     ]
 }

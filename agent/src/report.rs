@@ -100,6 +100,7 @@ pub enum ProbeState {
     Up,
     Down,
     Disabled,
+    NotApplicable,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -115,6 +116,15 @@ pub struct ProbeReport {
 impl ProbeReport {
     pub fn new(status: &ProbeStatus, programs: Vec<ProgramCost>) -> Self {
         let (state, attach, errors) = match &status.attached {
+            None if status.not_applicable.is_some() => (
+                ProbeState::NotApplicable,
+                None,
+                status
+                    .not_applicable
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
             None => (ProbeState::Disabled, None, Vec::new()),
             Some(a) => (
                 if a.kind.is_some() {

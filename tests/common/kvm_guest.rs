@@ -95,8 +95,9 @@ impl Drop for GuestMemory {
 ///
 /// The vCPU runs on the calling thread, whose tid is returned in
 /// [`GuestExits::vcpu_tid`]. Every `KVM_RUN` ends in an exit to userspace, so the
-/// kernel sees `io + hlt + other` of them (plus any interrupted by a signal, which
-/// are retried and not counted).
+/// kernel reports `io + hlt + other` of them through `kvm:kvm_userspace_exit`, plus
+/// one per run interrupted by a signal (reason "restart", errno -EINTR), which is
+/// retried and not counted here.
 pub fn run_guest(iterations: u64) -> GuestExits {
     // Declared before the VM so that it is unmapped after the VM is gone.
     let mut memory = GuestMemory::new(GUEST_MEM_SIZE);

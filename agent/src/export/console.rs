@@ -188,6 +188,7 @@ pub fn render_table(r: &Report) -> String {
             (ProbeState::Up, None) => "up".into(),
             (ProbeState::Down, _) => "DOWN".into(),
             (ProbeState::Disabled, _) => "disabled".into(),
+            (ProbeState::NotApplicable, _) => "not applicable".into(),
         };
         let _ = write!(t, "  {:<8} {:<18}", p.probe, state);
         let costs: Vec<String> = p

@@ -20,7 +20,28 @@ use crate::{aggregate::SeriesKey, kernel::tracefs};
 pub const NAME_USERSPACE: &str = "kvm";
 pub const NAME_EXIT: &str = "kvm_exit";
 pub const FAMILY_USERSPACE: &str = "kvm.exit.userspace.latency";
+pub const FAMILY_RUN: &str = "kvm.run.duration";
 pub const FAMILY_EXIT: &str = "kvm.exit.latency";
+
+/// Why a KVM probe cannot apply to this host, if it cannot: in-kernel exits are only
+/// traced by VMX and SVM (a PVM or software-only KVM never fires `kvm_exit`).
+pub fn not_applicable(probe: &str) -> Option<&'static str> {
+    if probe != NAME_EXIT {
+        return None;
+    }
+    if !Path::new("/dev/kvm").exists() {
+        return Some("no /dev/kvm: this is not a KVM host");
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hardware = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    (!hardware).then_some(
+        "the CPU shows neither vmx nor svm, so KVM runs guests without them and \
+         kvm_exit/kvm_entry never fire here; exits to userspace are still measured",
+    )
+}
 
 /// What the classic tracepoint variants need from tracefs.
 pub struct KvmLayouts {
@@ -163,13 +184,18 @@ impl Probe for KvmUserspaceProbe {
     }
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
-        for (group, reason, hist) in sparse::family(cx.sparse, family::KVM_USERSPACE) {
-            let mut labels = cx.attribution.vm_labels(group as u32);
-            labels.push(("reason", kvm_reasons::userspace(reason)));
-            out.push(Reading {
-                key: SeriesKey::new(FAMILY_USERSPACE, labels),
-                hist: hist.clone(),
-            });
+        for (kernel_family, name) in [
+            (family::KVM_USERSPACE, FAMILY_USERSPACE),
+            (family::KVM_RUN, FAMILY_RUN),
+        ] {
+            for (group, reason, hist) in sparse::family(cx.sparse, kernel_family) {
+                let mut labels = cx.attribution.vm_labels(group as u32);
+                labels.push(("reason", kvm_reasons::userspace(reason)));
+                out.push(Reading {
+                    key: SeriesKey::new(name, labels),
+                    hist: hist.clone(),
+                });
+            }
         }
         Ok(())
     }

@@ -60,8 +60,10 @@ pub trait Probe {
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeStatus {
     pub probe: &'static str,
-    /// `None` when disabled in the configuration.
+    /// `None` when disabled in the configuration or not applicable here.
     pub attached: Option<Attached>,
+    /// Why a probe is not running although enabled (it cannot apply to this host).
+    pub not_applicable: Option<&'static str>,
 }
 
 impl ProbeStatus {
@@ -134,6 +136,16 @@ impl Probes {
                     statuses.push(ProbeStatus {
                         probe: name,
                         attached: None,
+                        not_applicable: None,
+                    });
+                    return;
+                }
+                if let Some(why) = kvm::not_applicable(name) {
+                    tracing::info!(probe = name, "not applicable on this host: {why}");
+                    statuses.push(ProbeStatus {
+                        probe: name,
+                        attached: None,
+                        not_applicable: Some(why),
                     });
                     return;
                 }
@@ -142,6 +154,7 @@ impl Probes {
                 statuses.push(ProbeStatus {
                     probe: name,
                     attached: Some(probe.attached().clone()),
+                    not_applicable: None,
                 });
                 probes.push(probe);
             };
@@ -268,10 +281,9 @@ impl Loaded {
         let btf = aya::Btf::from_sys_fs().ok();
         // Classic tracepoints need tracefs: in-kernel KVM exits always use them, the
         // block probe only when forced or without BTF.
-        let kvm_host = std::path::Path::new("/dev/kvm").exists();
         let needs_tracefs = config.block.attach.kind() == Some(AttachKind::Tracepoint)
             || kernel_btf.is_none()
-            || (config.kvm.enabled && kvm_host);
+            || (config.kvm.enabled && kvm::not_applicable(kvm::NAME_EXIT).is_none());
         let (tracefs, mounted) = if needs_tracefs {
             match tracefs::find_or_mount() {
                 Ok((path, mounted)) => (Some(path), mounted),
