@@ -1,16 +1,21 @@
-//! `cargo xtask bench`: what the block probe costs, measured in one run.
+//! `cargo xtask bench`: what the probes cost, measured in one run.
 //!
-//! On a loop device (direct I/O over a file), fio runs `randread --bs=4k --iodepth=16`
-//! in pairs of runs without and with the agent, alternating which goes first so drift
-//! on this noisy machine hits both sides alike. It reports fio IOPS per run, the median
-//! of each side and their ratio, the kernel cost per event of each program (BPF
-//! run-time stats, as the agent reports them), and the agent's own CPU and memory.
+//! Each workload runs in pairs without and with the agent, alternating which goes first
+//! so drift on this noisy machine hits both sides alike:
+//! - `block`: fio `randread --bs=4k --iodepth=16` on a loop device (IOPS);
+//! - `switch`: `stress-ng --switch 2`, a context-switch storm (bogo ops/s);
+//! - `kvm`: a real-mode guest through /dev/kvm doing `out` + `hlt` exits to userspace
+//!   (exits/s), the test suite's `kvm_guest_process`.
+//!
+//! It reports each run's throughput, the medians and the median of per-pair ratios, the
+//! kernel cost per event of every program that ran (BPF run-time stats, as the agent
+//! reports them), and the agent's own CPU and memory.
 
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -18,13 +23,23 @@ use serde_json::Value;
 
 use crate::{run::build_agent, setup, util};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    Block,
+    Switch,
+    Kvm,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pairs of runs (without, with the agent); at least 3.
+    /// Workloads to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Workload::Block, Workload::Switch, Workload::Kvm])]
+    workload: Vec<Workload>,
+    /// Pairs of runs (without, with the agent) per workload; at least 3.
     #[arg(long, default_value_t = 5)]
     pairs: usize,
-    /// Seconds of fio per run.
-    #[arg(long, default_value_t = 8)]
+    /// Seconds per run.
+    #[arg(long, default_value_t = 6)]
     runtime: u64,
     /// Attach kind for the block probe (auto, tp_btf, raw_tracepoint, tracepoint).
     #[arg(long, default_value = "auto")]
@@ -39,25 +54,67 @@ pub fn run(args: Args) -> Result<()> {
     );
     setup::ensure()?;
     let agent = build_agent(true)?;
-    let device = LoopDevice::create(&util::target_dir().join("bench"))?;
-    let config = util::target_dir().join("bench/nodepulse-bench.toml");
+    let dir = util::target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("nodepulse-bench.toml");
     std::fs::write(
         &config,
         format!("[probes.block]\nattach = \"{}\"\n", args.attach),
     )?;
 
-    println!(
-        "\nfio randread bs=4k iodepth=16 on {} for {} s per run, {} pairs, attach {}",
-        device.path.display(),
-        args.runtime,
-        args.pairs,
-        args.attach
-    );
+    for workload in &args.workload {
+        let device;
+        let (what, unit, mut measure): (String, &str, Box<dyn FnMut() -> Result<f64>>) =
+            match workload {
+                Workload::Block => {
+                    device = LoopDevice::create(&dir)?;
+                    let path = device.path.clone();
+                    let runtime = args.runtime;
+                    (
+                        format!("fio randread bs=4k iodepth=16 on {}", path.display()),
+                        "IOPS",
+                        Box::new(move || fio(&path, runtime)),
+                    )
+                }
+                Workload::Switch => {
+                    let runtime = args.runtime;
+                    (
+                        "stress-ng --switch 2".into(),
+                        "bogo ops/s",
+                        Box::new(move || stress_switch(runtime)),
+                    )
+                }
+                Workload::Kvm => {
+                    let guest = build_kvm_guest()?;
+                    let iterations = 60_000 * args.runtime;
+                    (
+                        format!("KVM guest, {iterations} × (out + hlt)"),
+                        "exits/s",
+                        Box::new(move || kvm_guest(&guest, iterations)),
+                    )
+                }
+            };
+        println!(
+            "\n== {what}: {} s per run, {} pairs, block attach {}",
+            args.runtime, args.pairs, args.attach
+        );
+        pairs(&agent, &config, args.pairs, unit, &mut *measure)?;
+    }
+    Ok(())
+}
+
+/// Runs `measure` in alternating pairs without and with the agent, and prints results.
+fn pairs(
+    agent: &Path,
+    config: &Path,
+    count: usize,
+    unit: &str,
+    measure: &mut dyn FnMut() -> Result<f64>,
+) -> Result<()> {
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut agent_runs = Vec::new();
-    for pair in 0..args.pairs {
-        // Alternate the order so slow drift does not favour one side.
+    for pair in 0..count {
         let order = if pair % 2 == 0 {
             [false, true]
         } else {
@@ -65,48 +122,63 @@ pub fn run(args: Args) -> Result<()> {
         };
         for use_agent in order {
             let label = if use_agent { "with agent" } else { "without" };
-            print!("[pair {}/{}] {label:<11} ... ", pair + 1, args.pairs);
-            let iops = if use_agent {
-                let (iops, run) = run_with_agent(&agent, &config, &device.path, args.runtime)?;
-                agent_runs.push(run);
-                with.push(iops);
-                iops
+            print!("[pair {}/{count}] {label:<11} ... ", pair + 1);
+            let value = if use_agent {
+                let running = RunningAgent::start(agent, config)?;
+                let value = measure()?;
+                agent_runs.push(running.stop()?);
+                with.push(value);
+                value
             } else {
-                let iops = fio(&device.path, args.runtime)?;
-                without.push(iops);
-                iops
+                let value = measure()?;
+                without.push(value);
+                value
             };
-            println!("{iops:>10.0} IOPS");
+            println!("{value:>12.0} {unit}");
         }
     }
 
     let (m_without, m_with) = (median(&without), median(&with));
-    println!("\nresults (medians of {} pairs)", args.pairs);
-    println!("  fio IOPS without agent  {m_without:>10.0}");
-    println!("  fio IOPS with agent     {m_with:>10.0}");
+    // Each pair ran back to back: its ratio is the least disturbed by drift.
+    let ratios: Vec<f64> = with.iter().zip(&without).map(|(w, wo)| w / wo).collect();
+    println!("results (medians of {count} pairs)");
+    println!("  without agent           {m_without:>12.0}  {unit}");
+    println!("  with agent              {m_with:>12.0}  {unit}");
     println!(
-        "  throughput ratio        {:>10.3}  (with / without)",
-        m_with / m_without
+        "  throughput ratio        {:>12.3}  (median of per-pair with/without)",
+        median(&ratios)
     );
-    for program in agent_runs[0].programs.iter().map(|p| p.0.clone()) {
+    let mut programs: Vec<String> = agent_runs
+        .iter()
+        .flat_map(|r| r.programs.iter().filter(|p| p.1 > 0).map(|p| p.0.clone()))
+        .collect();
+    programs.sort();
+    programs.dedup();
+    for program in programs {
         let per_run: Vec<f64> = agent_runs
             .iter()
-            .filter_map(|r| r.programs.iter().find(|p| p.0 == program).map(|p| p.1))
+            .filter_map(|r| r.programs.iter().find(|p| p.0 == program && p.1 > 0))
+            .map(|p| p.2)
+            .collect();
+        let events: Vec<f64> = agent_runs
+            .iter()
+            .filter_map(|r| r.programs.iter().find(|p| p.0 == program))
+            .map(|p| p.1 as f64)
             .collect();
         println!(
-            "  {program:<24}{:>10.0}  ns/event (BPF stats)",
-            median(&per_run)
+            "  {program:<26}{:>10.0}  ns/event (BPF stats; median {:.0} events per run)",
+            median(&per_run),
+            median(&events)
         );
     }
     let cpu: Vec<f64> = agent_runs.iter().map(|r| r.cpu_percent).collect();
-    // Per run: total CPU time over the run's length; the median of those.
     let rss = agent_runs.iter().map(|r| r.rss_bytes).max().unwrap_or(0);
     println!(
-        "  agent CPU               {:>10.2}  % of one CPU",
+        "  agent CPU               {:>12.2}  % of one CPU",
         median(&cpu)
     );
     println!(
-        "  agent RSS (max)         {:>10.1}  MiB",
+        "  agent RSS (max)         {:>12.1}  MiB",
         rss as f64 / 1048576.0
     );
     Ok(())
@@ -153,48 +225,53 @@ fn fio(device: &Path, runtime: u64) -> Result<f64> {
 
 /// What the agent reported over one benchmark run.
 struct AgentRun {
-    /// (program, ns per event over the whole run)
-    programs: Vec<(String, f64)>,
+    /// (program, events, ns per event over the whole run)
+    programs: Vec<(String, u64, f64)>,
     cpu_percent: f64,
     rss_bytes: u64,
 }
 
-fn run_with_agent(
-    agent: &Path,
-    config: &Path,
-    device: &Path,
-    runtime: u64,
-) -> Result<(f64, AgentRun)> {
-    let mut child = Command::new(agent)
-        .args(["run", "--format", "json", "--interval", "1s", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting nodepulse")?;
-    let guard = KillOnDrop(&mut child);
-    wait_until_attached(&mut *guard.0)?;
-    let iops = fio(device, runtime)?;
-    // One more interval so the last part of the run is reported.
-    std::thread::sleep(Duration::from_millis(1100));
-    let stdout = guard.stop()?;
-    Ok((iops, summarise(&stdout)?))
+/// `nodepulse run` reporting JSON every second; stopped with SIGTERM.
+struct RunningAgent {
+    child: Child,
 }
 
-fn wait_until_attached(child: &mut Child) -> Result<()> {
-    let stderr = child.stderr.take().context("agent stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = String::new();
-    for line in lines.by_ref().map_while(Result::ok) {
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("first report in") {
-            // Keep draining so a chatty agent never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok(());
+impl RunningAgent {
+    fn start(agent: &Path, config: &Path) -> Result<Self> {
+        let child = Command::new(agent)
+            .args(["run", "--format", "json", "--interval", "1s", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nodepulse")?;
+        let mut running = Self { child };
+        wait_until_attached(&mut running.child)?;
+        Ok(running)
+    }
+
+    fn stop(mut self) -> Result<AgentRun> {
+        // One more interval so the end of the run is reported.
+        std::thread::sleep(Duration::from_millis(1100));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut stdout)?;
+        }
+        let status = self.child.wait()?;
+        ensure!(status.success(), "nodepulse exited with {status}");
+        summarise(&stdout)
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
-    bail!("nodepulse exited before attaching:\n{log}")
 }
 
 /// Adds up the agent's per-interval reports into whole-run figures.
@@ -227,38 +304,12 @@ fn summarise(json_lines: &str) -> Result<AgentRun> {
     Ok(AgentRun {
         programs: totals
             .into_iter()
-            .map(|(name, events, time)| (name, time as f64 / events.max(1) as f64))
+            .map(|(name, events, time)| (name, events, time as f64 / events.max(1) as f64))
             .collect(),
         // The mean over equal intervals is total CPU time over total time.
         cpu_percent: cpu.iter().sum::<f64>() / cpu.len() as f64,
         rss_bytes: rss,
     })
-}
-
-/// Stops the agent with SIGTERM (so it detaches cleanly) when dropped early.
-struct KillOnDrop<'a>(&'a mut Child);
-
-impl KillOnDrop<'_> {
-    fn stop(self) -> Result<String> {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let mut stdout = String::new();
-        if let Some(mut out) = self.0.stdout.take() {
-            std::io::Read::read_to_string(&mut out, &mut stdout)?;
-        }
-        let status = self.0.wait()?;
-        ensure!(status.success(), "nodepulse exited with {status}");
-        Ok(stdout)
-    }
-}
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// A loop device with direct I/O over a file, detached and removed on drop.
@@ -269,7 +320,6 @@ struct LoopDevice {
 
 impl LoopDevice {
     fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
         let backing = dir.join("loop-backing.img");
         let file = std::fs::File::create(&backing)?;
         file.set_len(1 << 30)?;
@@ -305,4 +355,93 @@ fn sbin(name: &str) -> PathBuf {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// bogo ops/s of `stress-ng --switch 2` (two pairs of processes ping-ponging).
+fn stress_switch(runtime: u64) -> Result<f64> {
+    let out = Command::new("stress-ng")
+        .args(["--switch", "2", "--metrics-brief", "--timeout"])
+        .arg(format!("{runtime}s"))
+        .output()
+        .context("running stress-ng (cargo xtask setup installs it)")?;
+    ensure!(
+        out.status.success(),
+        "stress-ng failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "stress-ng: metrc: [pid] switch  <ops> <real s> <usr s> <sys s> <ops/s real> ..."
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "switch")?;
+            words.get(at + 5)?.parse::<f64>().ok()
+        })
+        .with_context(|| format!("no switch metrics in stress-ng's output:\n{text}"))
+}
+
+/// Builds the test suite's KVM guest process and returns its path.
+fn build_kvm_guest() -> Result<PathBuf> {
+    let out = util::cargo()
+        .args([
+            "test",
+            "-p",
+            "agent",
+            "--test",
+            "kvm_guest_process",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the KVM guest helper")?;
+    ensure!(out.status.success(), "building the KVM guest helper failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "kvm_guest_process")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not report the kvm_guest_process executable")
+}
+
+/// Exits per second of a guest doing `iterations` × (out + hlt).
+fn kvm_guest(guest: &Path, iterations: u64) -> Result<f64> {
+    let start = Instant::now();
+    let out = Command::new(guest)
+        .args([
+            "-name",
+            "guest=bench",
+            "-uuid",
+            "00000000-0000-4000-8000-000000000001",
+        ])
+        .env("NODEPULSE_KVM_GUEST_ITERATIONS", iterations.to_string())
+        .output()
+        .context("running the KVM guest")?;
+    let elapsed = start.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success(),
+        "the KVM guest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(2.0 * iterations as f64 / elapsed)
+}
+
+fn wait_until_attached(child: &mut Child) -> Result<()> {
+    let stderr = child.stderr.take().context("agent stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut log = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("first report in") {
+            // Keep draining so a chatty agent never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return Ok(());
+        }
+    }
+    bail!("nodepulse exited before attaching:\n{log}")
 }

@@ -103,6 +103,16 @@ pub fn sparkline(s: &SeriesReport) -> String {
     )
 }
 
+const FAMILY_ORDER: [&str; 7] = [
+    "block.io.latency",
+    "sched.runqueue.latency",
+    "cgroup.runqueue.latency",
+    "vm.vcpu.wait",
+    "kvm.exit.userspace.latency",
+    "kvm.run.duration",
+    "kvm.exit.latency",
+];
+
 /// Labels too long or too technical for a glance; JSON carries them all.
 const HIDDEN_IN_TABLE: [&str; 6] = [
     "dev",
@@ -152,6 +162,9 @@ pub fn render_table(r: &Report) -> String {
         r.node, r.time, r.interval_s
     );
     let mut families: Vec<&str> = r.series.iter().map(|s| s.family).collect();
+    // Storage first, then CPU, then VMs; unknown families last, by name.
+    let rank = |f: &str| FAMILY_ORDER.iter().position(|o| *o == f).unwrap_or(usize::MAX);
+    families.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
     families.dedup();
     if r.series.iter().all(|s| s.count == 0) {
         let _ = writeln!(t, "no samples this interval");
