@@ -54,8 +54,10 @@ impl TestCgroup {
         self.processes.push(Workload(Some(child)));
     }
 
+    /// Thread ids in the cgroup (`cgroup.threads` on v2, `tasks` on v1).
     fn threads(&self) -> Vec<u32> {
         std::fs::read_to_string(self.path.join("cgroup.threads"))
+            .or_else(|_| std::fs::read_to_string(self.path.join("tasks")))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.trim().parse().ok())

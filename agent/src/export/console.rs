@@ -163,7 +163,12 @@ pub fn render_table(r: &Report) -> String {
     );
     let mut families: Vec<&str> = r.series.iter().map(|s| s.family).collect();
     // Storage first, then CPU, then VMs; unknown families last, by name.
-    let rank = |f: &str| FAMILY_ORDER.iter().position(|o| *o == f).unwrap_or(usize::MAX);
+    let rank = |f: &str| {
+        FAMILY_ORDER
+            .iter()
+            .position(|o| *o == f)
+            .unwrap_or(usize::MAX)
+    };
     families.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
     families.dedup();
     if r.series.iter().all(|s| s.count == 0) {
