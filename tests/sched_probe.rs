@@ -111,12 +111,32 @@ fn cgroup_hist(probes: &mut Probes, cgroup: &str) -> ExpHistogram {
 #[test]
 fn contention_shows_in_its_cgroup_and_matches_schedstat() {
     require_root!();
+    contention(CgroupMode::V2);
+}
+
+/// The same on the v1 cpu controller's hierarchy, for hosts without cgroup v2.
+#[test]
+fn contention_on_the_v1_cpu_hierarchy() {
+    require_root!();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    if find_hierarchy(&mounts, CgroupMode::V1Cpu).is_none() {
+        eprintln!("SKIPPED: no v1 cpu controller mounted on this machine");
+        return;
+    }
+    contention(CgroupMode::V1Cpu);
+}
+
+/// The contention tests pin work to the same CPUs: one at a time.
+static CPUS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn contention(mode: CgroupMode) {
+    let _cpus = CPUS.lock().unwrap_or_else(|e| e.into_inner());
     require_tool("stress-ng");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let hierarchy = find_hierarchy(&mounts, CgroupMode::V2).expect("a cgroup2 hierarchy");
-
-    let mut probes =
-        Probes::start(&ProbesConfig::default(), "/sys".into(), &Default::default()).expect("load");
+    let hierarchy = find_hierarchy(&mounts, mode).expect("the cgroup hierarchy");
+    let mut config = ProbesConfig::default();
+    config.sched.cgroup = mode;
+    let mut probes = Probes::start(&config, "/sys".into(), &Default::default()).expect("load");
     let sched = probes
         .statuses()
         .iter()

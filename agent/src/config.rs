@@ -39,6 +39,170 @@ pub struct Config {
     pub probes: ProbesConfig,
     pub attribution: AttributionConfig,
     pub limits: LimitsConfig,
+    pub otlp: OtlpConfig,
+    pub prometheus: PrometheusConfig,
+    pub outliers: OutliersConfig,
+}
+
+/// Export to an OpenTelemetry collector.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    pub enabled: bool,
+    /// `http://host:4317` (gRPC) or `http://host:4318` (HTTP; `/v1/<signal>` is
+    /// appended). `https://` turns TLS on.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub temporality: Temporality,
+    pub compression: Compression,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Extra request headers (gRPC metadata), e.g. an authorization token.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Batches waiting per signal before new ones are dropped (and counted).
+    pub queue_size: usize,
+    pub tls: TlsConfig,
+    pub retry: RetryConfig,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "http://localhost:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+            temporality: Temporality::Cumulative,
+            compression: Compression::Gzip,
+            timeout: Duration::from_secs(10),
+            headers: Default::default(),
+            queue_size: 64,
+            tls: TlsConfig::default(),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Temporality {
+    #[default]
+    Cumulative,
+    Delta,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+/// TLS for `https://` endpoints. Empty paths mean: system roots, no client certificate.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM bundle of CAs to trust instead of the system roots.
+    pub ca_file: PathBuf,
+    /// PEM client certificate and key, for collectors that require mutual TLS.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Retries of retryable failures (gRPC UNAVAILABLE, RESOURCE_EXHAUSTED, …; HTTP 429,
+/// 502, 503, 504, connection errors): exponential backoff with full jitter.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    #[serde(deserialize_with = "duration")]
+    pub initial_backoff: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max_backoff: Duration,
+    /// Give up on a batch after this long (it is then counted as dropped).
+    #[serde(deserialize_with = "duration")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A Prometheus scrape endpoint serving the same series.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Exceptional events sent individually (as spans) through the kernel's ring buffer.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutliersConfig {
+    pub enabled: bool,
+    /// A block request slower than this is an outlier; `auto` derives a threshold per
+    /// device from its recent p99 (never below `block_min`).
+    pub block_threshold: Threshold,
+    #[serde(deserialize_with = "duration")]
+    pub block_min: Duration,
+    /// At most this many outliers are turned into spans per interval; the rest are
+    /// counted.
+    pub max_per_interval: usize,
+}
+
+impl Default for OutliersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            block_threshold: Threshold::Auto,
+            block_min: Duration::from_millis(1),
+            max_per_interval: 200,
+        }
+    }
+}
+
+/// `"auto"` or a duration such as `"20ms"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Threshold {
+    #[default]
+    Auto,
+    Fixed(Duration),
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "auto" {
+            return Ok(Self::Auto);
+        }
+        parse_duration(&text)
+            .map(Self::Fixed)
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"auto\"")))
+    }
 }
 
 /// Where the host's process, runtime and cgroup trees are (a container reads them

@@ -89,6 +89,8 @@ impl Pipeline {
                 program: now.program,
                 events,
                 run_time_ns,
+                events_total: now.run_count,
+                run_time_ns_total: now.run_time_ns,
                 ns_per_event: (stats_on && events > 0).then(|| run_time_ns as f64 / events as f64),
             });
             self.previous_programs.insert(now.program, now);
@@ -100,10 +102,10 @@ impl Pipeline {
             .map(|st| ProbeReport::new(st, costs.remove(st.probe).unwrap_or_default()))
             .collect();
 
-        let dropped = collection
-            .drops
-            .into_iter()
-            .map(|(name, total)| {
+        let dropped_total: BTreeMap<&'static str, u64> = collection.drops.into_iter().collect();
+        let dropped = dropped_total
+            .iter()
+            .map(|(&name, &total)| {
                 let before = self.previous_drops.insert(name, total).unwrap_or(0);
                 (name, counter_delta(total, before))
             })
@@ -115,7 +117,12 @@ impl Pipeline {
             node: self.node.clone(),
             series,
             probes,
-            agent: AgentReport::new(usage, dropped, self.probes.bpf_stats().unavailable.clone()),
+            agent: AgentReport::new(
+                usage,
+                dropped,
+                dropped_total,
+                self.probes.bpf_stats().unavailable.clone(),
+            ),
         }
     }
 

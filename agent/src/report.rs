@@ -43,6 +43,11 @@ pub struct SeriesReport {
     pub histogram: HistogramReport,
     /// Samples since the agent started.
     pub cumulative_count: u64,
+    /// Everything since the agent started (or since the series was first seen), for
+    /// exporters with cumulative temporality. Not in the console's JSON: the interval
+    /// histogram is what a person or script reading it wants.
+    #[serde(skip)]
+    pub cumulative: ExpHistogram,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,6 +86,7 @@ impl SeriesReport {
                 counts: d.counts.clone(),
             },
             cumulative_count: s.cumulative.count(),
+            cumulative: s.cumulative.clone(),
         }
     }
 
@@ -155,6 +161,9 @@ pub struct ProgramCost {
     pub program: &'static str,
     pub events: u64,
     pub run_time_ns: u64,
+    /// Since the program was loaded.
+    pub events_total: u64,
+    pub run_time_ns_total: u64,
     /// Mean kernel time per event (excludes the tracepoint dispatch itself).
     pub ns_per_event: Option<f64>,
 }
@@ -165,17 +174,83 @@ pub struct AgentReport {
     pub rss_bytes: u64,
     /// Events the kernel programs could not record this interval, by reason.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// The same since the agent started.
+    pub dropped_total: BTreeMap<&'static str, u64>,
+    /// CPU time the agent used since it started, in seconds.
+    pub cpu_seconds_total: f64,
     /// Set when kernel BPF stats are unavailable (then `programs` carry no cost).
     pub bpf_stats_unavailable: Option<String>,
 }
 
 impl AgentReport {
-    pub fn new(usage: Usage, dropped: BTreeMap<&'static str, u64>, bpf: Option<String>) -> Self {
+    pub fn new(
+        usage: Usage,
+        dropped: BTreeMap<&'static str, u64>,
+        dropped_total: BTreeMap<&'static str, u64>,
+        bpf: Option<String>,
+    ) -> Self {
         Self {
             cpu_percent: usage.cpu_percent,
             rss_bytes: usage.rss_bytes,
             dropped,
+            dropped_total,
+            cpu_seconds_total: usage.cpu_seconds_total,
             bpf_stats_unavailable: bpf,
         }
+    }
+}
+
+/// A small but complete report for exporters' unit tests: one block series (90
+/// samples near 80 µs and 10 near 2.6 ms over 10 s), one program, one drop counter.
+#[cfg(test)]
+pub(crate) fn sample() -> Report {
+    use crate::aggregate::SeriesKey;
+
+    let mut dense = vec![0u64; 200];
+    dense[130] = 90; // ~ 80 µs
+    dense[170] = 10; // ~ 2.6 ms
+    let h = ExpHistogram::from_dense(9_000_000, 0, &dense);
+    let key = SeriesKey::new(
+        "block.io.latency",
+        [
+            ("device", "loop7".to_owned()),
+            ("dev", "7:7".to_owned()),
+            ("op", "read".to_owned()),
+        ],
+    );
+    let s = IntervalSeries {
+        key,
+        delta: h.clone(),
+        cumulative: h,
+    };
+    Report {
+        time: "2026-11-26T23:59:10Z".into(),
+        interval_s: 10.0,
+        node: "vm".into(),
+        series: vec![SeriesReport::new(&s, 10.0)],
+        probes: vec![ProbeReport {
+            probe: "block",
+            state: ProbeState::Up,
+            attach: Some(AttachKind::TpBtf),
+            errors: vec![],
+            programs: vec![ProgramCost {
+                program: "block_rq_issue_btf",
+                events: 100,
+                run_time_ns: 4000,
+                events_total: 1000,
+                run_time_ns_total: 40_000,
+                ns_per_event: Some(40.0),
+            }],
+        }],
+        agent: AgentReport::new(
+            Usage {
+                cpu_percent: 0.25,
+                rss_bytes: 10 << 20,
+                cpu_seconds_total: 1.5,
+            },
+            BTreeMap::from([("block_unmatched_completions", 3)]),
+            BTreeMap::from([("block_unmatched_completions", 7)]),
+            None,
+        ),
     }
 }

@@ -68,6 +68,8 @@ pub struct Usage {
     /// Share of one CPU, in percent.
     pub cpu_percent: f64,
     pub rss_bytes: u64,
+    /// CPU time used since the process started.
+    pub cpu_seconds_total: f64,
 }
 
 pub fn usage_between(before: &ProcessSample, now: &ProcessSample) -> Usage {
@@ -76,6 +78,7 @@ pub fn usage_between(before: &ProcessSample, now: &ProcessSample) -> Usage {
     Usage {
         cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
         rss_bytes: now.rss_bytes,
+        cpu_seconds_total: now.cpu.as_secs_f64(),
     }
 }
 

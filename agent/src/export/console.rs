@@ -250,60 +250,10 @@ pub fn render_table(r: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::{
-        aggregate::{ExpHistogram, IntervalSeries, SeriesKey},
-        probes::AttachKind,
-        report::{AgentReport, ProbeReport, ProgramCost},
-        selfmon::Usage,
-    };
 
     fn report() -> Report {
-        let mut dense = vec![0u64; 200];
-        dense[130] = 90; // ~ 80 µs
-        dense[170] = 10; // ~ 2.6 ms
-        let h = ExpHistogram::from_dense(9_000_000, 0, &dense);
-        let key = SeriesKey::new(
-            "block.io.latency",
-            [
-                ("device", "loop7".to_owned()),
-                ("dev", "7:7".to_owned()),
-                ("op", "read".to_owned()),
-            ],
-        );
-        let s = IntervalSeries {
-            key,
-            delta: h.clone(),
-            cumulative: h,
-        };
-        Report {
-            time: "2026-11-26T23:59:10Z".into(),
-            interval_s: 10.0,
-            node: "vm".into(),
-            series: vec![SeriesReport::new(&s, 10.0)],
-            probes: vec![ProbeReport {
-                probe: "block",
-                state: ProbeState::Up,
-                attach: Some(AttachKind::TpBtf),
-                errors: vec![],
-                programs: vec![ProgramCost {
-                    program: "block_rq_issue_btf",
-                    events: 100,
-                    run_time_ns: 4000,
-                    ns_per_event: Some(40.0),
-                }],
-            }],
-            agent: AgentReport::new(
-                Usage {
-                    cpu_percent: 0.25,
-                    rss_bytes: 10 << 20,
-                },
-                BTreeMap::from([("block_unmatched_completions", 3)]),
-                None,
-            ),
-        }
+        crate::report::sample()
     }
 
     #[test]
