@@ -11,11 +11,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use nodepulse::{
-    aggregate::ExpHistogram,
-    config::{AttributionConfig, ProbesConfig},
-    probes::Probes,
-};
+use nodepulse::{aggregate::ExpHistogram, config::Config, probes::Probes};
 
 use common::kvm_guest::guest_process_path;
 
@@ -72,12 +68,9 @@ fn exits_to_userspace_are_counted_exactly_per_vm_and_reason() {
     let qemu = run_root.path().join("libvirt/qemu");
     std::fs::create_dir_all(&qemu).unwrap();
     std::fs::write(qemu.join(format!("{DOMAIN}.xml")), domain_xml()).unwrap();
-    let attribution = AttributionConfig {
-        run_root: run_root.path().to_path_buf(),
-        ..Default::default()
-    };
-    let mut probes =
-        Probes::start(&ProbesConfig::default(), "/sys".into(), &attribution).expect("load");
+    let mut config = Config::default();
+    config.attribution.run_root = run_root.path().to_path_buf();
+    let mut probes = Probes::start(&config).expect("load");
     let kvm = probes.statuses().iter().find(|s| s.probe == "kvm").unwrap();
     assert!(kvm.is_up(), "{kvm:?}");
 
@@ -155,8 +148,7 @@ fn vcpu_run_queue_wait_is_attributed_to_the_vm() {
         return;
     }
     common::require_tool("taskset");
-    let mut probes =
-        Probes::start(&ProbesConfig::default(), "/sys".into(), &Default::default()).expect("load");
+    let mut probes = Probes::start(&Config::default()).expect("load");
     let hog = Command::new("taskset")
         .args(["-c", "0", "sh", "-c", "while :; do :; done"])
         .spawn()

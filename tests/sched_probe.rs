@@ -14,7 +14,7 @@ use std::{
 use nodepulse::{
     aggregate::ExpHistogram,
     attribution::cgroups::find_hierarchy,
-    config::{CgroupMode, ProbesConfig},
+    config::{CgroupMode, Config},
     probes::Probes,
 };
 
@@ -134,9 +134,9 @@ fn contention(mode: CgroupMode) {
     require_tool("stress-ng");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let hierarchy = find_hierarchy(&mounts, mode).expect("the cgroup hierarchy");
-    let mut config = ProbesConfig::default();
-    config.sched.cgroup = mode;
-    let mut probes = Probes::start(&config, "/sys".into(), &Default::default()).expect("load");
+    let mut config = Config::default();
+    config.probes.sched.cgroup = mode;
+    let mut probes = Probes::start(&config).expect("load");
     let sched = probes
         .statuses()
         .iter()

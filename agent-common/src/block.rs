@@ -64,12 +64,16 @@ pub struct BlockKey {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InflightSlot {
     pub id: u64,
+    /// Our issue timestamp; 0 when the kernel stamps the request itself.
     pub issued_ns: u64,
     pub dev: u32,
     pub op: u32,
+    /// `bpf_get_current_pid_tgid()` at issue: the task that dispatched the request,
+    /// for outlier events.
+    pub pid_tgid: u64,
 }
 
-/// log2 of the in-flight table's size. 65 536 slots (1.5 MiB) keep collisions rare
+/// log2 of the in-flight table's size. 65 536 slots (2 MiB) keep collisions rare
 /// while thousands of requests are in flight; a collision loses one sample and is counted.
 pub const INFLIGHT_SLOTS_LOG2: u32 = 16;
 pub const INFLIGHT_SLOTS: u32 = 1 << INFLIGHT_SLOTS_LOG2;
@@ -207,4 +211,36 @@ mod tests {
             "regularly spaced pointers must cover the table"
         );
     }
+}
+
+/// Offsets for the context of an outlier request, resolved from BTF; `enabled` is 0
+/// when some are missing (outliers then carry no cgroup or sector).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutlierLayout {
+    pub enabled: u32,
+    /// `struct request`.`__sector`
+    pub rq_sector: u32,
+    /// `struct request`.`bio` → `bio`.`bi_blkg` → `blkcg_gq`.`blkcg` →
+    /// `blkcg`.`css.cgroup` → `cgroup`.`kn` → `kernfs_node`.`id`: the cgroup that
+    /// submitted the I/O (cgroup v2 id)
+    pub rq_bio: u32,
+    pub bio_blkg: u32,
+    pub blkg_blkcg: u32,
+    pub blkcg_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+}
+
+impl OutlierLayout {
+    pub const UNRESOLVED: Self = Self {
+        enabled: 0,
+        rq_sector: 0,
+        rq_bio: 0,
+        bio_blkg: 0,
+        blkg_blkcg: 0,
+        blkcg_cgroup: 0,
+        cgroup_kn: 0,
+        kn_id: 0,
+    };
 }

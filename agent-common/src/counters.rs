@@ -13,14 +13,18 @@ pub const SPARSE_FULL: u32 = 3;
 /// A KVM entry whose exit was not seen (in flight at attach, or the table was full).
 pub const KVM_UNMATCHED: u32 = 4;
 
+/// An outlier the ring buffer had no room for.
+pub const OUTLIER_RING_FULL: u32 = 5;
+
 /// Size of the counters array; room for more probe families.
 pub const COUNT: u32 = 16;
 
 /// Human-readable names, indexed like the counters.
-pub const NAMES: [(u32, &str); 5] = [
+pub const NAMES: [(u32, &str); 6] = [
     (BLOCK_UNMATCHED, "block_unmatched_completions"),
     (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
     (BLOCK_SERIES_FULL, "block_series_map_full"),
     (SPARSE_FULL, "sparse_map_full"),
     (KVM_UNMATCHED, "kvm_unmatched_entries"),
+    (OUTLIER_RING_FULL, "outlier_ring_full"),
 ];

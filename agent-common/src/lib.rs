@@ -7,11 +7,12 @@ pub mod block;
 pub mod counters;
 pub mod hist;
 pub mod names;
+pub mod outlier;
 pub mod sched;
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{block, hist, sched};
+    use super::{block, hist, outlier, sched};
     // SAFETY: all of these are `#[repr(C)]` plain integers with no padding, so any
     // byte pattern is a valid value.
     unsafe impl aya::Pod for hist::Histogram {}
@@ -19,6 +20,8 @@ mod pod {
     unsafe impl aya::Pod for block::InflightSlot {}
     unsafe impl aya::Pod for block::RequestLayout {}
     unsafe impl aya::Pod for block::TracepointLayout {}
+    unsafe impl aya::Pod for block::OutlierLayout {}
+    unsafe impl aya::Pod for outlier::OutlierEvent {}
     unsafe impl aya::Pod for sched::SchedLayout {}
     unsafe impl aya::Pod for sched::SparseKey {}
     unsafe impl aya::Pod for sched::SparseCell {}

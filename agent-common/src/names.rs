@@ -42,3 +42,8 @@ pub const PROG_KVM_USER_EXIT_TP: &str = "kvm_user_exit_tp";
 pub const PROG_KVM_RUN_TP: &str = "kvm_run_tp";
 pub const PROG_KVM_EXIT_TP: &str = "kvm_exit_tp";
 pub const PROG_KVM_ENTRY_TP: &str = "kvm_entry_tp";
+
+pub const MAP_OUTLIERS: &str = "OUTLIERS";
+pub const MAP_OUTLIER_MIN: &str = "OUTLIER_MIN";
+pub const MAP_BLOCK_THRESHOLDS: &str = "BLOCK_THRESHOLDS";
+pub const GLOBAL_OUTLIER_LAYOUT: &str = "OUTLIER_LAYOUT";

@@ -26,24 +26,27 @@
 
 use agent_common::{
     block::{
-        BlockKey, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, REQ_OP_MASK, RequestLayout,
-        TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs,
+        BlockKey, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, OutlierLayout, REQ_OP_MASK,
+        RequestLayout, TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs,
     },
     counters,
     hist::Histogram,
     names::BLOCK_LATENCY_MAX_SERIES,
+    outlier::{OutlierEvent, kind},
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
-    maps::{Array, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::{
         BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
     },
 };
 
-use crate::shared::{DirectRead, KernelRead, ProbeRead, count, record};
+use crate::shared::{
+    DirectRead, KernelRead, ProbeRead, count, emit_outlier, maybe_outlier, record,
+};
 
 /// Latency histograms per (device, operation). Not preallocated: a series costs
 /// memory on every CPU, so only devices that do I/O should pay for it.
@@ -58,6 +61,14 @@ static BLOCK_INFLIGHT: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SL
 /// before load. Read-only, so the verifier treats them as constants.
 #[unsafe(no_mangle)]
 static REQUEST_LAYOUT: RequestLayout = RequestLayout::UNRESOLVED;
+
+/// Offsets for outlier context, resolved from BTF; disabled when outliers are off.
+#[unsafe(no_mangle)]
+static OUTLIER_LAYOUT: OutlierLayout = OutlierLayout::UNRESOLVED;
+
+/// Outlier threshold (ns) per device, pushed by the agent each interval.
+#[map(name = "BLOCK_THRESHOLDS")]
+static BLOCK_THRESHOLDS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 
 /// Record offsets parsed by the agent from the tracepoints' tracefs `format` files.
 #[unsafe(no_mangle)]
@@ -120,9 +131,16 @@ fn kernel_stamp<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
     R::read::<u64>(rq, l.rq_io_start_time_ns).filter(|&t| t != 0)
 }
 
+/// What the issue side left for the completion: its timestamp (0 when the kernel
+/// stamps the request) and who dispatched it.
+struct Issued {
+    key: BlockKey,
+    issued_ns: u64,
+    pid_tgid: u64,
+}
+
 #[inline(always)]
-fn on_issue(index: u32, id: u64, dev: u32, op: u32) {
-    let now = unsafe { bpf_ktime_get_ns() };
+fn on_issue(index: u32, id: u64, dev: u32, op: u32, issued_ns: u64, pid_tgid: u64) {
     let Some(slot) = BLOCK_INFLIGHT.get_ptr_mut(index) else {
         return;
     };
@@ -131,31 +149,35 @@ fn on_issue(index: u32, id: u64, dev: u32, op: u32) {
     if slot.id != 0 && (slot.id != id || slot.dev != dev) {
         count(counters::BLOCK_SLOT_COLLISION);
     }
-    slot.issued_ns = now;
+    slot.issued_ns = issued_ns;
     slot.dev = dev;
     slot.op = op;
+    slot.pid_tgid = pid_tgid;
     slot.id = id;
 }
 
 /// Takes the issue record of a request out of the table. `dev` is `None` when the id
 /// alone identifies the request (a request pointer).
 #[inline(always)]
-fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Option<(BlockKey, u64)> {
+fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Option<Issued> {
     let slot = BLOCK_INFLIGHT.get_ptr_mut(index)?;
     let slot = unsafe { &mut *slot };
-    let issued = slot.issued_ns;
-    if slot.id != id || dev.is_some_and(|d| d != slot.dev) || issued == 0 {
+    if slot.id != id || dev.is_some_and(|d| d != slot.dev) {
         return None;
     }
-    let key = BlockKey {
-        dev: slot.dev,
-        op: slot.op,
+    let issued = Issued {
+        key: BlockKey {
+            dev: slot.dev,
+            op: slot.op,
+        },
+        issued_ns: slot.issued_ns,
+        pid_tgid: slot.pid_tgid,
     };
     // Clear both: an empty slot must never match a later completion (sector 0 is a
     // valid id for classic tracepoints).
     slot.id = 0;
     slot.issued_ns = 0;
-    Some((key, issued))
+    Some(issued)
 }
 
 #[inline(always)]
@@ -171,12 +193,24 @@ fn record_latency(key: &BlockKey, start: u64, now: u64) {
 #[inline(always)]
 fn issue_request<R: KernelRead>(rq: u64, id: u64) {
     let l = layout();
+    let outliers = outlier_layout().enabled != 0;
     if kernel_will_stamp::<R>(rq, &l) {
+        // The kernel times it; only who dispatched it is worth keeping, for outliers.
+        if outliers {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            on_issue(inflight_slot(id, 0), id, 0, 0, 0, pid_tgid);
+        }
         return;
     }
     if let Some((dev, op)) = request_dev_op::<R>(rq, &l) {
+        let pid_tgid = if outliers {
+            bpf_get_current_pid_tgid()
+        } else {
+            0
+        };
+        let now = unsafe { bpf_ktime_get_ns() };
         // Found by pointer alone: completion does not read the device again.
-        on_issue(inflight_slot(id, 0), id, dev, op);
+        on_issue(inflight_slot(id, 0), id, dev, op, now, pid_tgid);
     }
 }
 
@@ -184,22 +218,82 @@ fn issue_request<R: KernelRead>(rq: u64, id: u64) {
 #[inline(always)]
 fn complete_request<R: KernelRead>(rq: u64, id: u64, nr_bytes: u32) {
     let l = layout();
+    let left = R::read::<u32>(rq, l.rq_data_len);
     // A request completed in parts fires once per part; like the kernel's own
     // accounting, count it once, when its last bytes complete.
-    if R::read::<u32>(rq, l.rq_data_len).is_some_and(|left| nr_bytes < left) {
+    if left.is_some_and(|left| nr_bytes < left) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(stamp) = kernel_stamp::<R>(rq, &l) {
-        if let Some((dev, op)) = request_dev_op::<R>(rq, &l) {
-            record_latency(&BlockKey { dev, op }, stamp, now);
+    let issued = take_issued(inflight_slot(id, 0), id, None);
+    let (key, start, pid_tgid) = if let Some(stamp) = kernel_stamp::<R>(rq, &l) {
+        let Some((dev, op)) = request_dev_op::<R>(rq, &l) else {
+            return;
+        };
+        let pid_tgid = issued.map_or(0, |i| i.pid_tgid);
+        (BlockKey { dev, op }, stamp, pid_tgid)
+    } else {
+        match issued.filter(|i| i.issued_ns != 0) {
+            Some(i) => (i.key, i.issued_ns, i.pid_tgid),
+            None => {
+                complete_unissued::<R>(rq, &l, now);
+                return;
+            }
         }
+    };
+    record_latency(&key, start, now);
+    if maybe_outlier(now.saturating_sub(start)) {
+        block_outlier::<R>(rq, &key, start, now, pid_tgid, left.unwrap_or(nr_bytes));
+    }
+}
+
+#[inline(always)]
+fn outlier_layout() -> OutlierLayout {
+    unsafe { core::ptr::read_volatile(&OUTLIER_LAYOUT) }
+}
+
+/// Sends a request slower than its device's threshold to the agent, with its context.
+#[inline(always)]
+fn block_outlier<R: KernelRead>(
+    rq: u64,
+    key: &BlockKey,
+    start: u64,
+    end: u64,
+    pid_tgid: u64,
+    bytes: u32,
+) {
+    let threshold = unsafe { BLOCK_THRESHOLDS.get(key.dev) }.copied();
+    if threshold.is_none_or(|t| end - start < t) {
         return;
     }
-    match take_issued(inflight_slot(id, 0), id, None) {
-        Some((key, issued)) => record_latency(&key, issued, now),
-        None => complete_unissued::<R>(rq, &l, now),
-    }
+    let o = outlier_layout();
+    let (sector, cgroup) = if o.enabled != 0 {
+        let sector = R::read::<u64>(rq, o.rq_sector).unwrap_or(0);
+        let cgroup = R::read::<u64>(rq, o.rq_bio)
+            .filter(|&bio| bio != 0)
+            .and_then(|bio| R::read::<u64>(bio, o.bio_blkg))
+            .filter(|&blkg| blkg != 0)
+            .and_then(|blkg| R::read::<u64>(blkg, o.blkg_blkcg))
+            .and_then(|blkcg| R::read::<u64>(blkcg, o.blkcg_cgroup))
+            .and_then(|cgroup| R::read::<u64>(cgroup, o.cgroup_kn))
+            .and_then(|kn| R::read::<u64>(kn, o.kn_id))
+            .unwrap_or(0);
+        (sector, cgroup)
+    } else {
+        (0, 0)
+    };
+    emit_outlier(&OutlierEvent {
+        kind: kind::BLOCK,
+        dev: key.dev,
+        op: key.op,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        bytes,
+        start_ns: start,
+        end_ns: end,
+        sector,
+        cgroup,
+    });
 }
 
 /// A completion with no issue record. Requests that never reached the driver — a
@@ -279,7 +373,8 @@ pub fn block_rq_issue_tp(ctx: TracePointContext) -> i32 {
     if let Some((dev, sector, op)) = tracepoint_fields(&ctx, &l) {
         // Sector 0 with a device is still a valid identity (flushes all use it: two
         // concurrent flushes on one device share a slot, as in every sector-keyed tool).
-        on_issue(inflight_slot(sector, dev), sector, dev, op);
+        let now = unsafe { bpf_ktime_get_ns() };
+        on_issue(inflight_slot(sector, dev), sector, dev, op, now, 0);
     }
     0
 }
@@ -289,8 +384,10 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> i32 {
     let l = unsafe { core::ptr::read_volatile(&TP_COMPLETE_LAYOUT) };
     if let Some((dev, sector, _)) = tracepoint_fields(&ctx, &l) {
         let now = unsafe { bpf_ktime_get_ns() };
-        match take_issued(inflight_slot(sector, dev), sector, Some(dev)) {
-            Some((key, issued)) => record_latency(&key, issued, now),
+        match take_issued(inflight_slot(sector, dev), sector, Some(dev))
+            .filter(|i| i.issued_ns != 0)
+        {
+            Some(i) => record_latency(&i.key, i.issued_ns, now),
             // No request pointer here to tell a never-issued request from one in
             // flight before attach: both are only counted.
             None => count(counters::BLOCK_UNMATCHED),

@@ -4,13 +4,14 @@
 use agent_common::{
     counters,
     hist::{Histogram, NUM_BUCKETS, bucket_slot},
+    outlier::{OutlierEvent, RING_BYTES},
     sched::{SPARSE_MAX_ENTRIES, SparseCell, SparseKey, ZERO_SLOT},
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_probe_read_kernel,
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// Events the probes had to drop, indexed by `agent_common::counters`.
@@ -22,6 +23,35 @@ static PROBE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters
 #[map(name = "SPARSE_HIST")]
 static SPARSE_HIST: PerCpuHashMap<SparseKey, SparseCell> =
     PerCpuHashMap::with_max_entries(SPARSE_MAX_ENTRIES, 0);
+
+/// Outlier events for the agent to turn into spans.
+#[map(name = "OUTLIERS")]
+static OUTLIERS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// [`agent_common::outlier::threshold::MIN`]: the lowest threshold of any series (ns),
+/// pushed by the agent each interval; a sample below it is never an outlier.
+#[map(name = "OUTLIER_MIN")]
+pub static OUTLIER_MIN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Whether `value` (ns) might be an outlier: one inlined array read.
+#[inline(always)]
+pub fn maybe_outlier(value: u64) -> bool {
+    OUTLIER_MIN
+        .get(0)
+        .is_some_and(|&min| min != 0 && value >= min)
+}
+
+/// Sends an outlier to the agent, counting it when the ring buffer is full.
+#[inline(always)]
+pub fn emit_outlier(event: &OutlierEvent) {
+    match OUTLIERS.reserve::<OutlierEvent>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+        }
+        None => count(counters::OUTLIER_RING_FULL),
+    }
+}
 
 /// Template for a new series; lives in a global section so its address is a valid map
 /// value for `bpf_map_update_elem` (the 4 KiB value would not fit on the BPF stack).

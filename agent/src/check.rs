@@ -176,7 +176,7 @@ pub fn run(config: &Config) -> CheckReport {
     let _tracefs = tracefs::find_or_mount()
         .ok()
         .and_then(|(_, mounted)| mounted);
-    match Loaded::load(&config.probes, &config.attribution) {
+    match Loaded::load(config) {
         Err(e) => items.push(Item {
             what: "load".into(),
             verdict: Verdict::Fail,

@@ -152,11 +152,7 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "nodepulse starting: {config}"
     );
-    let probes = match Probes::start(
-        &config.probes,
-        config.agent.sys_root.clone(),
-        &config.attribution,
-    ) {
+    let probes = match Probes::start(&config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("nodepulse: {e}");
@@ -174,7 +170,7 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
         "first report in {}",
         humantime::format_duration(config.agent.interval)
     );
-    Pipeline::new(probes, exporters, &config.limits)
+    Pipeline::new(probes, exporters, &config)
         .run(config.agent.interval, max_reports, shutdown)
         .await;
     ExitCode::SUCCESS

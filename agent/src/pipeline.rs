@@ -15,16 +15,20 @@ use crate::{
         budget::{Budget, Rule},
         counter_delta,
     },
-    config::LimitsConfig,
+    config::{Config, LimitsConfig, OutliersConfig, Threshold},
     export::Exporter,
     kernel,
-    probes::{Probes, block, kvm, sched, stats::ProgramRunStats},
+    probes::{Probes, block, kvm, outliers::auto_threshold, sched, stats::ProgramRunStats},
     report::{AgentReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
 };
 
 pub struct Pipeline {
     probes: Probes,
+    outliers: OutliersConfig,
+    /// Outlier threshold (ns) per block device, pushed to the kernel each interval.
+    thresholds: HashMap<u32, u64>,
+    thresholds_round: std::collections::HashSet<u32>,
     budget: Budget,
     exporters: Vec<Box<dyn Exporter>>,
     node: String,
@@ -35,9 +39,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(probes: Probes, exporters: Vec<Box<dyn Exporter>>, limits: &LimitsConfig) -> Self {
+    pub fn new(probes: Probes, exporters: Vec<Box<dyn Exporter>>, config: &Config) -> Self {
+        let limits = &config.limits;
         Self {
             probes,
+            outliers: config.outliers.clone(),
+            thresholds: HashMap::new(),
+            thresholds_round: Default::default(),
             budget: Budget::new(budget_rules(limits)),
             exporters,
             node: kernel::hostname(),
@@ -74,7 +82,7 @@ impl Pipeline {
                 .collect(),
         );
         let series = self.budget.apply(series);
-        let series = series
+        let series: Vec<SeriesReport> = series
             .iter()
             .map(|s| SeriesReport::new(s, interval_s))
             .collect();
@@ -111,19 +119,53 @@ impl Pipeline {
             })
             .collect();
 
+        self.update_outlier_thresholds(&series);
+        let mut agent = AgentReport::new(
+            usage,
+            dropped,
+            dropped_total,
+            self.probes.bpf_stats().unavailable.clone(),
+        );
+        agent.outliers_discarded = collection.outliers_discarded;
         Report {
             time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             interval_s,
             node: self.node.clone(),
             series,
+            outliers: collection.outliers,
             probes,
-            agent: AgentReport::new(
-                usage,
-                dropped,
-                dropped_total,
-                self.probes.bpf_stats().unavailable.clone(),
-            ),
+            agent,
         }
+    }
+
+    /// Per-device outlier thresholds for the next interval: fixed, or twice the p99 of
+    /// the device's slowest operation in this one. Devices idle this interval keep
+    /// their threshold.
+    fn update_outlier_thresholds(&mut self, series: &[SeriesReport]) {
+        for s in series
+            .iter()
+            .filter(|s| s.family == block::FAMILY && s.count > 0)
+        {
+            let Some(dev) = s.labels.get("dev").and_then(|d| parse_dev(d)) else {
+                continue;
+            };
+            let ns = match self.outliers.block_threshold {
+                Threshold::Fixed(d) => d.as_nanos() as u64,
+                Threshold::Auto => auto_threshold(
+                    s.quantiles_ns.get("p99").copied().flatten(),
+                    self.outliers.block_min.as_nanos() as u64,
+                ),
+            };
+            let entry = self.thresholds.entry(dev).or_insert(0);
+            // Several operations per device: keep the largest threshold of this round.
+            *entry = if self.thresholds_round.insert(dev) {
+                ns
+            } else {
+                (*entry).max(ns)
+            };
+        }
+        self.thresholds_round.clear();
+        self.probes.set_block_thresholds(&self.thresholds);
     }
 
     fn export(&mut self, report: &Report) {
@@ -219,4 +261,10 @@ fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
         vm(kvm::FAMILY_RUN),
         vm(kvm::FAMILY_EXIT),
     ]
+}
+
+/// `major:minor` → the kernel's `major << 20 | minor`.
+fn parse_dev(number: &str) -> Option<u32> {
+    let (major, minor) = number.split_once(':')?;
+    Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
 }

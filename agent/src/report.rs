@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     aggregate::{ExpHistogram, IntervalSeries},
-    probes::{AttachKind, ProbeStatus},
+    probes::{AttachKind, ProbeStatus, outliers::Outlier},
     selfmon::Usage,
 };
 
@@ -23,6 +23,8 @@ pub struct Report {
     pub interval_s: f64,
     pub node: String,
     pub series: Vec<SeriesReport>,
+    /// Exceptional events of the interval (spans for OTLP, exemplars on their series).
+    pub outliers: Vec<Outlier>,
     pub probes: Vec<ProbeReport>,
     pub agent: AgentReport,
 }
@@ -178,6 +180,8 @@ pub struct AgentReport {
     pub dropped_total: BTreeMap<&'static str, u64>,
     /// CPU time the agent used since it started, in seconds.
     pub cpu_seconds_total: f64,
+    /// Outliers read this interval beyond `outliers.max_per_interval`, not exported.
+    pub outliers_discarded: u64,
     /// Set when kernel BPF stats are unavailable (then `programs` carry no cost).
     pub bpf_stats_unavailable: Option<String>,
 }
@@ -195,6 +199,7 @@ impl AgentReport {
             dropped,
             dropped_total,
             cpu_seconds_total: usage.cpu_seconds_total,
+            outliers_discarded: 0,
             bpf_stats_unavailable: bpf,
         }
     }
@@ -228,6 +233,7 @@ pub(crate) fn sample() -> Report {
         interval_s: 10.0,
         node: "vm".into(),
         series: vec![SeriesReport::new(&s, 10.0)],
+        outliers: vec![],
         probes: vec![ProbeReport {
             probe: "block",
             state: ProbeState::Up,

@@ -10,7 +10,7 @@ use std::{
 
 use nodepulse::{
     aggregate::ExpHistogram,
-    config::{AttachMode, ProbesConfig},
+    config::{AttachMode, Config},
     probes::Probes,
 };
 
@@ -235,11 +235,10 @@ pub fn start_probes(attach: AttachMode) -> Probes {
 
 /// `kernel_timestamps: false` makes the probe time every request itself.
 pub fn start_probes_with(attach: AttachMode, kernel_timestamps: bool) -> Probes {
-    let mut config = ProbesConfig::default();
-    config.block.attach = attach;
-    config.block.kernel_timestamps = kernel_timestamps;
-    let probes = Probes::start(&config, PathBuf::from("/sys"), &Default::default())
-        .expect("load the eBPF object");
+    let mut config = Config::default();
+    config.probes.block.attach = attach;
+    config.probes.block.kernel_timestamps = kernel_timestamps;
+    let probes = Probes::start(&config).expect("load the eBPF object");
     let status = probes
         .statuses()
         .iter()
@@ -340,3 +339,4 @@ impl RunningAgent {
 }
 
 pub mod kvm_guest;
+pub mod otlp_server;

@@ -199,6 +199,26 @@ pub fn render_table(r: &Report) -> String {
             let _ = writeln!(t, "{mean:>8}  {}", sparkline(s));
         }
     }
+    if let Some(slowest) = r.outliers.iter().max_by_key(|o| o.latency_ns) {
+        let label = |k: &str| {
+            slowest
+                .labels
+                .iter()
+                .chain(&slowest.attributes)
+                .find(|(key, _)| *key == k)
+                .map_or("?", |(_, v)| v.as_str())
+        };
+        let _ = writeln!(
+            t,
+            "outliers: {} this interval; slowest {} {} {} by {} (pid {})",
+            r.outliers.len(),
+            label("device"),
+            label("op"),
+            format_ns(slowest.latency_ns as f64),
+            label("process.executable.name"),
+            label("process.pid"),
+        );
+    }
     let _ = writeln!(t, "probes");
     for p in &r.probes {
         let state = match (&p.state, p.attach) {

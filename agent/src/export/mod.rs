@@ -1,6 +1,9 @@
 //! Where reports go. The console is the default; each exporter gets every report.
 
 pub mod console;
+pub mod otlp;
+pub mod otlp_transport;
+pub mod prometheus;
 
 use crate::report::Report;
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use agent_common::{
-    block::{BlockKey, RequestLayout, TracepointLayout, op},
+    block::{BlockKey, OutlierLayout, RequestLayout, TracepointLayout, op},
     hist::Histogram,
     names,
 };
@@ -30,10 +30,17 @@ pub const FAMILY: &str = "block.io.latency";
 pub struct BlockLayouts {
     request: Result<RequestLayout, String>,
     tracepoints: Result<(TracepointLayout, TracepointLayout), String>,
+    /// Context of outlier requests; `enabled == 0` turns outliers off in the kernel.
+    outlier: OutlierLayout,
 }
 
 impl BlockLayouts {
-    pub fn resolve(btf: Option<&Btf>, tracefs: Option<&Path>, kernel_timestamps: bool) -> Self {
+    pub fn resolve(
+        btf: Option<&Btf>,
+        tracefs: Option<&Path>,
+        kernel_timestamps: bool,
+        outliers: bool,
+    ) -> Self {
         let request = match btf {
             Some(btf) => request_layout(btf, kernel_timestamps).map_err(|e| e.to_string()),
             None => Err("kernel BTF (/sys/kernel/btf/vmlinux) is missing".into()),
@@ -42,9 +49,17 @@ impl BlockLayouts {
             Some(root) => tracepoint_layouts(root).map_err(|e| e.to_string()),
             None => Err("tracefs is not mounted".into()),
         };
+        let outlier = match (btf, outliers) {
+            (Some(btf), true) => outlier_layout(btf).unwrap_or_else(|e| {
+                tracing::info!("block outliers carry no sector or cgroup here: {e}");
+                OutlierLayout::UNRESOLVED
+            }),
+            _ => OutlierLayout::UNRESOLVED,
+        };
         Self {
             request,
             tracepoints,
+            outlier,
         }
     }
 
@@ -58,6 +73,7 @@ impl BlockLayouts {
             loader.override_global(names::GLOBAL_TP_ISSUE_LAYOUT, issue, true);
             loader.override_global(names::GLOBAL_TP_COMPLETE_LAYOUT, complete, true);
         }
+        loader.override_global(names::GLOBAL_OUTLIER_LAYOUT, &self.outlier, true);
     }
 
     /// The fallback chain, or just `only` when the configuration forces one kind.
@@ -199,6 +215,21 @@ fn kernel_stamps(btf: &Btf) -> Result<impl Fn(RequestLayout) -> RequestLayout, S
         req_op_drv_in,
         req_op_drv_out,
         ..l
+    })
+}
+
+/// Where an outlier's sector and submitting cgroup are (`rq->bio->bi_blkg->blkcg`
+/// needs CONFIG_BLK_CGROUP).
+fn outlier_layout(btf: &Btf) -> Result<OutlierLayout, crate::kernel::btf::BtfError> {
+    Ok(OutlierLayout {
+        enabled: 1,
+        rq_sector: btf.member_offset("request", "__sector")?,
+        rq_bio: btf.member_offset("request", "bio")?,
+        bio_blkg: btf.member_offset("bio", "bi_blkg")?,
+        blkg_blkcg: btf.member_offset("blkcg_gq", "blkcg")?,
+        blkcg_cgroup: btf.member_offset("blkcg", "css.cgroup")?,
+        cgroup_kn: btf.member_offset("cgroup", "kn")?,
+        kn_id: btf.member_offset("kernfs_node", "id")?,
     })
 }
 

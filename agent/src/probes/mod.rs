@@ -5,11 +5,10 @@ pub mod attach;
 pub mod block;
 pub mod kvm;
 pub mod kvm_reasons;
+pub mod outliers;
 pub mod sched;
 pub mod sparse;
 pub mod stats;
-
-use std::path::PathBuf;
 
 use agent_common::{
     counters, names,
@@ -25,7 +24,7 @@ use thiserror::Error;
 use crate::{
     aggregate::{ExpHistogram, SeriesKey},
     attribution::{Attribution, cgroup_hierarchy},
-    config::{AttributionConfig, ProbesConfig},
+    config::Config,
     kernel::{btf::Btf, tracefs},
 };
 pub use attach::{AttachKind, Attached, Attempt};
@@ -94,6 +93,10 @@ pub struct Collection {
     pub drops: Vec<(&'static str, u64)>,
     /// Probes whose maps could not be read this time.
     pub errors: Vec<(&'static str, String)>,
+    /// Outliers sent by the kernel since the last reading, and how many were read but
+    /// not kept (beyond `outliers.max_per_interval`).
+    pub outliers: Vec<outliers::Outlier>,
+    pub outliers_discarded: u64,
 }
 
 /// The loaded object and the probes attached from it. Dropping it detaches everything.
@@ -106,17 +109,16 @@ pub struct Probes {
     sparse: Option<PerCpuHashMap<MapData, SparseKey, SparseCell>>,
     stats: stats::BpfStats,
     attribution: Attribution,
+    outliers: Option<outliers::Outliers>,
+    max_outliers: usize,
     _tracefs: Option<tracefs::Mounted>,
 }
 
 impl Probes {
     /// Loads the object and attaches every enabled probe; a probe that cannot attach is
     /// reported and the others keep running.
-    pub fn start(
-        config: &ProbesConfig,
-        sys_root: PathBuf,
-        attribution: &AttributionConfig,
-    ) -> Result<Self, StartError> {
+    pub fn start(full: &Config) -> Result<Self, StartError> {
+        let config = &full.probes;
         let Loaded {
             mut ebpf,
             btf,
@@ -124,7 +126,7 @@ impl Probes {
             sched_layouts,
             kvm_layouts,
             tracefs,
-        } = Loaded::load(config, attribution)?;
+        } = Loaded::load(full)?;
         let stats = stats::BpfStats::enable();
         let btf = btf.as_ref();
 
@@ -193,6 +195,7 @@ impl Probes {
         let sparse = ebpf
             .take_map(names::MAP_SPARSE_HIST)
             .and_then(|m| PerCpuHashMap::try_from(m).ok());
+        let outliers = outliers::Outliers::take(&mut ebpf).filter(|_| full.outliers.enabled);
         // Parsing the kernel's BTF twice (ours and aya's) peaks at tens of MiB that
         // glibc keeps unless asked; give it back now that loading is done.
         // SAFETY: malloc_trim only releases free heap memory.
@@ -204,13 +207,28 @@ impl Probes {
             counters,
             sparse,
             stats,
-            attribution: Attribution::new(sys_root, attribution, config.sched.cgroup),
+            attribution: Attribution::new(
+                full.agent.sys_root.clone(),
+                &full.attribution,
+                config.sched.cgroup,
+            ),
+            outliers,
+            max_outliers: full.outliers.max_per_interval,
             _tracefs: tracefs,
         })
     }
 
     pub fn statuses(&self) -> &[ProbeStatus] {
         &self.statuses
+    }
+
+    /// Per-device outlier thresholds (ns) for the kernel; none set means no outliers.
+    pub fn set_block_thresholds(&mut self, thresholds: &std::collections::HashMap<u32, u64>) {
+        if let Some(o) = &mut self.outliers
+            && let Err(e) = o.set_block_thresholds(thresholds)
+        {
+            tracing::warn!("{e}");
+        }
     }
 
     /// Whether kernel BPF run-time statistics are on, and if not, why.
@@ -229,6 +247,10 @@ impl Probes {
             }),
             None => Default::default(),
         };
+        if let Some(o) = &mut self.outliers {
+            (out.outliers, out.outliers_discarded) =
+                o.drain(&mut self.attribution, self.max_outliers);
+        }
         let mut cx = ReadContext {
             attribution: &mut self.attribution,
             sparse: &sparse,
@@ -270,10 +292,8 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    pub fn load(
-        config: &ProbesConfig,
-        attribution: &AttributionConfig,
-    ) -> Result<Self, StartError> {
+    pub fn load(full: &Config) -> Result<Self, StartError> {
+        let config = &full.probes;
         raise_memlock_limit();
         let kernel_btf = Btf::from_sys_fs()
             .inspect_err(|e| tracing::warn!("kernel BTF unusable: {e}"))
@@ -300,8 +320,9 @@ impl Loaded {
             kernel_btf.as_ref(),
             tracefs,
             config.block.kernel_timestamps,
+            full.outliers.enabled,
         );
-        let hierarchy = cgroup_hierarchy(attribution, config.sched.cgroup);
+        let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);
         let sched_layouts = sched::SchedLayouts::resolve(kernel_btf.as_ref(), hierarchy.as_ref());
         let kvm_layouts = kvm::KvmLayouts::resolve(tracefs);
         drop(kernel_btf);

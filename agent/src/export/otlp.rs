@@ -1,0 +1,1 @@
+//! OTLP encoding and exporter (being written).

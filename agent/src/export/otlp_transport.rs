@@ -1,0 +1,1 @@
+//! OTLP transport (being written).

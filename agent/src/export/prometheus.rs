@@ -1,0 +1,1 @@
+//! Prometheus scrape endpoint (being written).
