@@ -369,7 +369,7 @@ fn restart_on_the_same_port() {
     let addr = http.addr();
     let client = http_client();
     let body = sent.encode_to_vec();
-    let post = |server| {
+    let post = |server: &OtlpServer| {
         rt.block_on(http_post(
             &client,
             server,

@@ -1,1 +1,1446 @@
-//! Prometheus scrape endpoint (being written).
+//! The Prometheus scrape endpoint: `GET /metrics` serves the latest report, as text
+//! format 0.0.4 with classic histograms, or, when the scraper asks for it, as
+//! length-delimited `io.prometheus.client.MetricFamily` protobuf messages that carry
+//! native histograms (and the same classic buckets).
+//!
+//! Histograms are exported from the cumulative (since agent start) histograms, because
+//! Prometheus histograms are counters. Values stay in nanoseconds, hence the
+//! `_nanoseconds` suffix: in seconds the bucket bounds would be `2^(k/8) / 1e9`, which is
+//! no longer a bound of the scale-3 layout the kernel counts in, whereas in nanoseconds
+//! every bucket bound is exactly the one Prometheus computes for native schema 3.
+
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    HeaderMap, Method, Request, Response, StatusCode,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prost::Message as _;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+
+use super::Exporter;
+use crate::{
+    aggregate::ExpHistogram,
+    report::{ProbeState, Report, SeriesReport},
+};
+
+/// The only path served.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Content type of the text exposition format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Content type of the delimited protobuf exposition format.
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
+const PROTOBUF_MEDIA_TYPE: &str = "application/vnd.google.protobuf";
+const PROTOBUF_MESSAGE: &str = "io.prometheus.client.MetricFamily";
+const PLAIN_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// Connections served at once. Prometheus keeps one connection per target; the cap
+/// bounds what a misbehaving client can make the agent hold.
+const MAX_CONNECTIONS: usize = 32;
+
+/// A client that does not send its request headers within this time is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop doesn't spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+const METRIC_PREFIX: &str = "nodepulse_";
+
+// ---------------------------------------------------------------------------------------
+// What is exported: one model, rendered as text or as protobuf, so both carry the same
+// series.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+enum Value<'a> {
+    /// Exact integer, printed as such in the text format.
+    Int(u64),
+    Float(f64),
+    Histogram(&'a ExpHistogram),
+}
+
+impl Value<'_> {
+    /// The number a counter or gauge carries in the protobuf format.
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(v) => Some(*v as f64),
+            Value::Float(v) => Some(*v),
+            Value::Histogram(_) => None,
+        }
+    }
+}
+
+struct Sample<'a> {
+    labels: Vec<(String, String)>,
+    value: Value<'a>,
+}
+
+struct Family<'a> {
+    name: String,
+    help: String,
+    kind: Kind,
+    samples: Vec<Sample<'a>>,
+}
+
+/// Every metric family of a report: the latency histograms in the order their families
+/// first appear, then the agent's own metrics.
+fn families(report: &Report) -> Vec<Family<'_>> {
+    let mut out = histogram_families(&report.series);
+    out.extend(self_families(report));
+    out
+}
+
+/// One histogram family per series family; the samples of a family must be contiguous
+/// in the text format, so series are grouped here whatever their order in the report.
+fn histogram_families(series: &[SeriesReport]) -> Vec<Family<'_>> {
+    let mut out: Vec<Family<'_>> = Vec::new();
+    for s in series {
+        let name = histogram_name(s.family, s.unit);
+        let sample = Sample {
+            labels: s
+                .labels
+                .iter()
+                .map(|(k, v)| (sanitize_name(k), v.clone()))
+                .collect(),
+            value: Value::Histogram(&s.cumulative),
+        };
+        match out.iter_mut().find(|f| f.name == name) {
+            Some(f) => f.samples.push(sample),
+            None => out.push(Family {
+                name,
+                help: family_help(s.family),
+                kind: Kind::Histogram,
+                samples: vec![sample],
+            }),
+        }
+    }
+    out
+}
+
+fn self_families(report: &Report) -> Vec<Family<'_>> {
+    let programs = || {
+        report.probes.iter().flat_map(|p| {
+            p.programs
+                .iter()
+                .map(move |c| (labels([("probe", p.probe), ("program", c.program)]), c))
+        })
+    };
+    let probe_up = report.probes.iter().map(|p| Sample {
+        labels: labels([
+            ("probe", p.probe),
+            ("attach", p.attach.map_or("none", |a| a.as_str())),
+        ]),
+        value: Value::Int(u64::from(p.state == ProbeState::Up)),
+    });
+    let dropped = report
+        .agent
+        .dropped_total
+        .iter()
+        .map(|(&reason, &n)| Sample {
+            labels: labels([("reason", reason)]),
+            value: Value::Int(n),
+        });
+    vec![
+        Family {
+            name: metric_name("bpf_program_run_count_total"),
+            help: "Times each kernel program ran since it was loaded (kernel BPF stats).".into(),
+            kind: Kind::Counter,
+            samples: programs()
+                .map(|(labels, c)| Sample {
+                    labels,
+                    value: Value::Int(c.events_total),
+                })
+                .collect(),
+        },
+        Family {
+            name: metric_name("bpf_program_run_time_nanoseconds_total"),
+            help: "Kernel time each program used since it was loaded (kernel BPF stats).".into(),
+            kind: Kind::Counter,
+            samples: programs()
+                .map(|(labels, c)| Sample {
+                    labels,
+                    value: Value::Int(c.run_time_ns_total),
+                })
+                .collect(),
+        },
+        Family {
+            name: metric_name("probe_up"),
+            help: "1 if the probe is attached, 0 if it is down, disabled or not applicable.".into(),
+            kind: Kind::Gauge,
+            samples: probe_up.collect(),
+        },
+        Family {
+            name: metric_name("dropped_events_total"),
+            help: "Events the kernel programs could not record, by reason.".into(),
+            kind: Kind::Counter,
+            samples: dropped.collect(),
+        },
+        Family {
+            name: metric_name("process_resident_memory_bytes"),
+            help: "Resident memory of the nodepulse process.".into(),
+            kind: Kind::Gauge,
+            samples: vec![Sample {
+                labels: Vec::new(),
+                value: Value::Int(report.agent.rss_bytes),
+            }],
+        },
+        Family {
+            name: metric_name("process_cpu_seconds_total"),
+            help: "CPU time the nodepulse process used since it started.".into(),
+            kind: Kind::Counter,
+            samples: vec![Sample {
+                labels: Vec::new(),
+                value: Value::Float(report.agent.cpu_seconds_total),
+            }],
+        },
+    ]
+}
+
+fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn metric_name(suffix: &str) -> String {
+    format!("{METRIC_PREFIX}{suffix}")
+}
+
+/// `block.io.latency` in ns → `nodepulse_block_io_latency_nanoseconds`.
+fn histogram_name(family: &str, unit: &str) -> String {
+    let unit = match unit {
+        "ns" => "_nanoseconds".to_owned(),
+        "" => String::new(),
+        other => format!("_{}", sanitize_name(other)),
+    };
+    metric_name(&format!("{}{unit}", sanitize_name(family)))
+}
+
+/// A valid Prometheus metric or label name: dots (and anything else outside
+/// `[a-zA-Z0-9_]`) become underscores, and a leading digit gets an underscore before it.
+fn sanitize_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Help text of a latency family: what README's Metrics table says it measures.
+fn family_help(family: &str) -> String {
+    let what = match family {
+        "block.io.latency" => "Block I/O latency from driver issue to completion",
+        "sched.runqueue.latency" => "Time runnable tasks waited for a CPU, whole host",
+        "cgroup.runqueue.latency" => "Time runnable tasks waited for a CPU, per cgroup",
+        "vm.vcpu.wait" => "Time vCPU threads waited for a host CPU, per VM",
+        "kvm.exit.userspace.latency" => {
+            "Time the VMM took to handle an exit to userspace, until the next KVM_RUN"
+        }
+        "kvm.run.duration" => "Duration of each KVM_RUN until it returned to the VMM",
+        "kvm.exit.latency" => "In-kernel KVM exit handling time, kvm_exit to kvm_entry",
+        other => return format!("nodepulse {other}, in nanoseconds, since the agent started."),
+    };
+    format!("{what}, in nanoseconds, since the agent started.")
+}
+
+// ---------------------------------------------------------------------------------------
+// Bucket bounds.
+// ---------------------------------------------------------------------------------------
+
+/// `2^(j/8 - 1)` for j = 0..8: the fractions of a power of two at which schema-3 buckets
+/// end, as the float literals of client_golang's `nativeHistogramBounds[3]`
+/// (prometheus/client_golang prometheus/histogram.go), which Prometheus' own
+/// `getBound` (model/histogram) also uses. Building the classic `le` bounds from the same
+/// literals makes them bit-identical to the bounds Prometheus derives for the native
+/// buckets, where `2f64.powf` could be an ulp off.
+const SCHEMA3_FRACTIONS: [f64; 8] = [
+    0.5,
+    0.5452538663326288,
+    0.5946035575013605,
+    0.6484197773255048,
+    0.7071067811865475,
+    0.7711054127039704,
+    0.8408964152537144,
+    0.9170040432046711,
+];
+
+/// Prometheus native bucket index of OTLP bucket `otlp_index`.
+///
+/// Prometheus bucket `k` covers `(2^((k-1)/8), 2^(k/8)]`, OTLP bucket `i` covers
+/// `(2^(i/8), 2^((i+1)/8)]`, so the same bucket has index `k = i + 1`. Verified against
+/// the native histograms specification, "OpenTelemetry interoperability" ("a Prom
+/// bucket with index n has index n-1 for OTel", prometheus/docs
+/// content/docs/specs/native_histograms.md), and client_golang's key computation
+/// (`key = sort.SearchFloat64s(bounds, frac) + (exp-1)*len(bounds)` puts 1.0 in key 0,
+/// i.e. 1 is the inclusive upper bound of bucket 0; in OTLP, 1 is in bucket -1).
+fn prometheus_index(otlp_index: i32) -> i32 {
+    otlp_index + 1
+}
+
+/// Inclusive upper bound, in ns, of Prometheus native bucket `k` at schema 3: `2^(k/8)`.
+fn native_upper_bound(k: i32) -> f64 {
+    SCHEMA3_FRACTIONS[k.rem_euclid(8) as usize] * pow2(k.div_euclid(8) + 1)
+}
+
+/// `2^e`, exact.
+fn pow2(e: i32) -> f64 {
+    if (-1022..=1023).contains(&e) {
+        f64::from_bits(((e + 1023) as u64) << 52)
+    } else {
+        2f64.powi(e)
+    }
+}
+
+/// Classic buckets of a cumulative histogram: `(le, cumulative count)` in increasing
+/// `le`, without `+Inf`. There is one at the upper bound of every populated bucket
+/// (`le = 0` for the zero bucket), and one at the lower bound of every populated bucket
+/// whose neighbour below is empty. That lower bound is what lets `histogram_quantile`
+/// interpolate within the populated bucket instead of across the whole empty gap below
+/// it, and it is the upper bound of that neighbour, so the set of `le` values only grows
+/// as the cumulative histogram fills.
+fn classic_buckets(h: &ExpHistogram) -> Vec<(f64, u64)> {
+    let mut out = Vec::new();
+    let mut cumulative = h.zero_count;
+    if h.zero_count > 0 {
+        out.push((0.0, cumulative));
+    }
+    let mut previous: Option<i32> = None;
+    for (otlp, count) in h.buckets() {
+        let k = prometheus_index(otlp);
+        if previous != Some(k - 1) {
+            out.push((native_upper_bound(k - 1), cumulative));
+        }
+        cumulative += count;
+        out.push((native_upper_bound(k), cumulative));
+        previous = Some(k);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Text format 0.0.4.
+// ---------------------------------------------------------------------------------------
+
+/// The report in the Prometheus text exposition format 0.0.4.
+pub fn render_text(report: &Report) -> String {
+    let mut out = String::new();
+    for family in families(report) {
+        write_family_text(&mut out, &family);
+    }
+    out
+}
+
+fn write_family_text(out: &mut String, family: &Family<'_>) {
+    let kind = match family.kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
+    };
+    let name = &family.name;
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(&family.help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for sample in &family.samples {
+        match &sample.value {
+            Value::Int(v) => write_sample(out, name, &sample.labels, None, &v.to_string()),
+            Value::Float(v) => write_sample(out, name, &sample.labels, None, &format_float(*v)),
+            Value::Histogram(h) => write_histogram_text(out, name, &sample.labels, h),
+        }
+    }
+}
+
+fn write_histogram_text(
+    out: &mut String,
+    name: &str,
+    labels: &[(String, String)],
+    h: &ExpHistogram,
+) {
+    let bucket = format!("{name}_bucket");
+    for (le, count) in classic_buckets(h) {
+        let le = format_float(le);
+        write_sample(out, &bucket, labels, Some(&le), &count.to_string());
+    }
+    let count = h.count().to_string();
+    write_sample(out, &bucket, labels, Some("+Inf"), &count);
+    write_sample(
+        out,
+        &format!("{name}_sum"),
+        labels,
+        None,
+        &h.sum.to_string(),
+    );
+    write_sample(out, &format!("{name}_count"), labels, None, &count);
+}
+
+fn write_sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(String, String)],
+    le: Option<&str>,
+    value: &str,
+) {
+    out.push_str(name);
+    let pairs = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(le.map(|le| ("le", le)));
+    for (i, (k, v)) in pairs.enumerate() {
+        out.push(if i == 0 { '{' } else { ',' });
+        let _ = write!(out, "{k}=\"{}\"", escape_label_value(v));
+    }
+    if !labels.is_empty() || le.is_some() {
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Label values escape backslash, double quote and line feed.
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Help text escapes backslash and line feed (not double quotes).
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Go-compatible spelling of the special values; finite values in Rust's shortest
+/// round-trip form.
+fn format_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Protobuf format.
+// ---------------------------------------------------------------------------------------
+
+/// `io.prometheus.client` messages, hand-written with the field numbers of
+/// prometheus/client_model io/prometheus/client/metrics.proto (proto2):
+///
+/// - `LabelPair`: name = 1, value = 2
+/// - `MetricType`: COUNTER = 0, GAUGE = 1, SUMMARY = 2, UNTYPED = 3, HISTOGRAM = 4,
+///   GAUGE_HISTOGRAM = 5
+/// - `Gauge`: value = 1; `Counter`: value = 1 (exemplar = 2, created_timestamp = 3 unused)
+/// - `Histogram`: sample_count = 1, sample_sum = 2, bucket = 3, sample_count_float = 4,
+///   schema = 5 (sint32), zero_threshold = 6, zero_count = 7, zero_count_float = 8,
+///   negative_span = 9, negative_delta = 10, negative_count = 11, positive_span = 12,
+///   positive_delta = 13 (sint64), positive_count = 14 (created_timestamp = 15 and
+///   exemplars = 16 unused)
+/// - `Bucket`: cumulative_count = 1, upper_bound = 2 (exemplar = 3,
+///   cumulative_count_float = 4 unused)
+/// - `BucketSpan`: offset = 1 (sint32), length = 2 (uint32)
+/// - `Metric`: label = 1, gauge = 2, counter = 3, summary = 4, untyped = 5,
+///   timestamp_ms = 6, histogram = 7
+/// - `MetricFamily`: name = 1, help = 2, type = 3, metric = 4, unit = 5
+///
+/// Repeated scalars are unpacked, as proto2 declares them (parsers accept both).
+pub mod proto {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum MetricType {
+        Counter = 0,
+        Gauge = 1,
+        Summary = 2,
+        Untyped = 3,
+        Histogram = 4,
+        GaugeHistogram = 5,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LabelPair {
+        #[prost(string, optional, tag = "1")]
+        pub name: Option<String>,
+        #[prost(string, optional, tag = "2")]
+        pub value: Option<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Gauge {
+        #[prost(double, optional, tag = "1")]
+        pub value: Option<f64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Counter {
+        #[prost(double, optional, tag = "1")]
+        pub value: Option<f64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Bucket {
+        #[prost(uint64, optional, tag = "1")]
+        pub cumulative_count: Option<u64>,
+        #[prost(double, optional, tag = "2")]
+        pub upper_bound: Option<f64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct BucketSpan {
+        #[prost(sint32, optional, tag = "1")]
+        pub offset: Option<i32>,
+        #[prost(uint32, optional, tag = "2")]
+        pub length: Option<u32>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Histogram {
+        #[prost(uint64, optional, tag = "1")]
+        pub sample_count: Option<u64>,
+        #[prost(double, optional, tag = "2")]
+        pub sample_sum: Option<f64>,
+        #[prost(message, repeated, tag = "3")]
+        pub bucket: Vec<Bucket>,
+        #[prost(sint32, optional, tag = "5")]
+        pub schema: Option<i32>,
+        #[prost(double, optional, tag = "6")]
+        pub zero_threshold: Option<f64>,
+        #[prost(uint64, optional, tag = "7")]
+        pub zero_count: Option<u64>,
+        #[prost(message, repeated, tag = "9")]
+        pub negative_span: Vec<BucketSpan>,
+        #[prost(sint64, repeated, packed = "false", tag = "10")]
+        pub negative_delta: Vec<i64>,
+        #[prost(message, repeated, tag = "12")]
+        pub positive_span: Vec<BucketSpan>,
+        #[prost(sint64, repeated, packed = "false", tag = "13")]
+        pub positive_delta: Vec<i64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Metric {
+        #[prost(message, repeated, tag = "1")]
+        pub label: Vec<LabelPair>,
+        #[prost(message, optional, tag = "2")]
+        pub gauge: Option<Gauge>,
+        #[prost(message, optional, tag = "3")]
+        pub counter: Option<Counter>,
+        #[prost(message, optional, tag = "7")]
+        pub histogram: Option<Histogram>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct MetricFamily {
+        #[prost(string, optional, tag = "1")]
+        pub name: Option<String>,
+        #[prost(string, optional, tag = "2")]
+        pub help: Option<String>,
+        #[prost(enumeration = "MetricType", optional, tag = "3")]
+        pub r#type: Option<i32>,
+        #[prost(message, repeated, tag = "4")]
+        pub metric: Vec<Metric>,
+    }
+}
+
+/// The report as length-delimited `io.prometheus.client.MetricFamily` messages, the
+/// format Prometheus needs to scrape native histograms.
+pub fn render_protobuf(report: &Report) -> Vec<u8> {
+    let mut out = Vec::new();
+    for family in families(report) {
+        // Writing into a Vec only fails when it cannot grow, which aborts anyway.
+        let _ = family_proto(&family).encode_length_delimited(&mut out);
+    }
+    out
+}
+
+fn family_proto(family: &Family<'_>) -> proto::MetricFamily {
+    let kind = match family.kind {
+        Kind::Counter => proto::MetricType::Counter,
+        Kind::Gauge => proto::MetricType::Gauge,
+        Kind::Histogram => proto::MetricType::Histogram,
+    };
+    proto::MetricFamily {
+        name: Some(family.name.clone()),
+        help: Some(family.help.clone()),
+        r#type: Some(kind as i32),
+        metric: family
+            .samples
+            .iter()
+            .map(|s| metric_proto(family.kind, s))
+            .collect(),
+    }
+}
+
+fn metric_proto(kind: Kind, sample: &Sample<'_>) -> proto::Metric {
+    let mut m = proto::Metric {
+        label: sample
+            .labels
+            .iter()
+            .map(|(k, v)| proto::LabelPair {
+                name: Some(k.clone()),
+                value: Some(v.clone()),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    match (&sample.value, kind) {
+        (Value::Histogram(h), _) => m.histogram = Some(histogram_proto(h)),
+        (v, Kind::Counter) => m.counter = Some(proto::Counter { value: v.as_f64() }),
+        (v, _) => m.gauge = Some(proto::Gauge { value: v.as_f64() }),
+    }
+    m
+}
+
+/// A native histogram at our scale with the classic buckets alongside, so scrapers
+/// with and without native histograms enabled both get a histogram.
+fn histogram_proto(h: &ExpHistogram) -> proto::Histogram {
+    let (positive_span, positive_delta) = native_positive_buckets(h);
+    proto::Histogram {
+        sample_count: Some(h.count()),
+        sample_sum: Some(h.sum as f64),
+        bucket: classic_buckets(h)
+            .into_iter()
+            .map(|(le, count)| proto::Bucket {
+                cumulative_count: Some(count),
+                upper_bound: Some(le),
+            })
+            .collect(),
+        // OTLP scale and Prometheus schema are the same number.
+        schema: Some(agent_common::hist::SCALE),
+        // Only exact zeros are in the zero bucket: values are integer nanoseconds and
+        // 1 ns already has a bucket of its own.
+        zero_threshold: Some(0.0),
+        zero_count: Some(h.zero_count),
+        negative_span: Vec::new(),
+        negative_delta: Vec::new(),
+        positive_span,
+        positive_delta,
+    }
+}
+
+/// Spans of consecutive populated buckets (the first span's offset is its starting
+/// index, the others' the number of empty buckets skipped) and each bucket's count as
+/// a delta to the previous bucket's. A histogram with no populated buckets gets one
+/// empty span: without any span, a native histogram with zero threshold 0 would be
+/// taken for a classic one (metrics.proto, `positive_span`).
+fn native_positive_buckets(h: &ExpHistogram) -> (Vec<proto::BucketSpan>, Vec<i64>) {
+    let mut spans: Vec<proto::BucketSpan> = Vec::new();
+    let mut deltas = Vec::new();
+    let mut next: Option<i32> = None;
+    let mut previous_count = 0u64;
+    for (otlp, count) in h.buckets() {
+        let k = prometheus_index(otlp);
+        match (next, spans.last_mut()) {
+            (Some(n), Some(span)) if n == k => span.length = Some(span.length.unwrap_or(0) + 1),
+            _ => spans.push(proto::BucketSpan {
+                offset: Some(next.map_or(k, |n| k - n)),
+                length: Some(1),
+            }),
+        }
+        deltas.push((count as i64).wrapping_sub(previous_count as i64));
+        previous_count = count;
+        next = Some(k + 1);
+    }
+    if spans.is_empty() {
+        spans.push(proto::BucketSpan {
+            offset: Some(0),
+            length: Some(0),
+        });
+    }
+    (spans, deltas)
+}
+
+// ---------------------------------------------------------------------------------------
+// Content negotiation and responses.
+// ---------------------------------------------------------------------------------------
+
+/// Whether the `Accept` header prefers the delimited protobuf format to the text format:
+/// protobuf must be listed with `proto=io.prometheus.client.MetricFamily` and
+/// `encoding=delimited`, and its quality must be at least that of any range matching
+/// `text/plain`. Other formats (OpenMetrics) are not served, so they don't count.
+fn wants_protobuf(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else {
+        return false;
+    };
+    let (mut protobuf_q, mut text_q) = (0.0f64, 0.0f64);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let (mut q, mut message, mut encoding) = (1.0f64, "", "");
+        for param in parts {
+            let Some((key, value)) = param.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            match key.trim().to_ascii_lowercase().as_str() {
+                "q" => q = value.parse().unwrap_or(0.0),
+                "proto" => message = value,
+                "encoding" => encoding = value,
+                _ => {}
+            }
+        }
+        if media.eq_ignore_ascii_case(PROTOBUF_MEDIA_TYPE)
+            && message == PROTOBUF_MESSAGE
+            && encoding == "delimited"
+        {
+            protobuf_q = protobuf_q.max(q);
+        } else if ["text/plain", "text/*", "*/*"]
+            .iter()
+            .any(|t| media.eq_ignore_ascii_case(t))
+        {
+            text_q = text_q.max(q);
+        }
+    }
+    protobuf_q > 0.0 && protobuf_q >= text_q
+}
+
+/// The response to one request, given the latest report (none before the first).
+fn respond(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    report: Option<&Report>,
+) -> Response<Full<Bytes>> {
+    if path != METRICS_PATH {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: nodepulse serves its metrics at /metrics\n",
+        );
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET /metrics\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let Some(report) = report else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no metrics yet: nodepulse has not finished its first interval\n",
+        );
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if wants_protobuf(accept) {
+        response(
+            StatusCode::OK,
+            PROTOBUF_CONTENT_TYPE,
+            render_protobuf(report).into(),
+        )
+    } else {
+        response(
+            StatusCode::OK,
+            TEXT_CONTENT_TYPE,
+            render_text(report).into(),
+        )
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    response(
+        status,
+        PLAIN_CONTENT_TYPE,
+        Bytes::from_static(text.as_bytes()),
+    )
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// The exporter and its server.
+// ---------------------------------------------------------------------------------------
+
+/// The latest report, shared between the collection loop and the server. The lock is
+/// only held to swap or clone an `Arc`, never while rendering or doing I/O.
+type Latest = Arc<Mutex<Option<Arc<Report>>>>;
+
+fn latest(shared: &Latest) -> Option<Arc<Report>> {
+    shared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// Serves `/metrics` from the last exported report. Dropping it stops accepting
+/// connections.
+pub struct PrometheusExporter {
+    latest: Latest,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl PrometheusExporter {
+    /// Binds `listen` and starts serving on the current tokio runtime (which must have
+    /// I/O enabled). Returns the bound address, which tells the port when `listen` has
+    /// port 0. Errors when called outside a runtime or when the address cannot be bound.
+    pub fn start(listen: SocketAddr) -> io::Result<(Self, SocketAddr)> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            io::Error::other(format!(
+                "the Prometheus endpoint needs a tokio runtime: {e}"
+            ))
+        })?;
+        // Bound with std so that `start` stays synchronous; tokio takes it over.
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        let bound = listener.local_addr()?;
+        let listener = TcpListener::from_std(listener)?;
+        let shared = Latest::default();
+        let server = runtime.spawn(accept_loop(listener, shared.clone()));
+        Ok((
+            Self {
+                latest: shared,
+                server,
+            },
+            bound,
+        ))
+    }
+}
+
+impl Exporter for PrometheusExporter {
+    fn name(&self) -> &'static str {
+        "prometheus"
+    }
+
+    /// Only replaces the stored report: rendering happens when a scraper asks.
+    fn export(&mut self, report: &Report) -> io::Result<()> {
+        let report = Arc::new(report.clone());
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+        Ok(())
+    }
+}
+
+impl Drop for PrometheusExporter {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Accepts connections and serves each on a task of its own, so that a slow or stuck
+/// client only ever holds its own task (and one of [`MAX_CONNECTIONS`] slots).
+async fn accept_loop(listener: TcpListener, shared: Latest) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, shared).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("Prometheus endpoint: accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, shared: Latest) {
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let report = latest(&shared);
+        async move {
+            Ok::<_, Infallible>(respond(
+                req.method(),
+                req.uri().path(),
+                req.headers(),
+                report.as_deref(),
+            ))
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!("Prometheus endpoint: connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use agent_common::hist::bucket_index;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{aggregate::histogram::bucket_upper, report::sample};
+
+    const PROTOBUF_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+
+    const BLOCK: &str = "nodepulse_block_io_latency_nanoseconds";
+
+    /// One parsed sample line of the text format.
+    #[derive(Debug)]
+    struct Line {
+        name: String,
+        labels: BTreeMap<String, String>,
+        value: String,
+    }
+
+    /// A strict little parser for sample lines: `name{k="v",...} value`.
+    fn parse_line(line: &str) -> Line {
+        let end = line.find(['{', ' ']).expect("name ends");
+        let name = line[..end].to_owned();
+        let mut rest = &line[end..];
+        let mut labels = BTreeMap::new();
+        if let Some(body) = rest.strip_prefix('{') {
+            let mut chars = body.char_indices().peekable();
+            loop {
+                let (start, _) = *chars.peek().expect("label or }");
+                if body[start..].starts_with('}') {
+                    rest = &body[start + 1..];
+                    break;
+                }
+                let eq = start + body[start..].find('=').expect("=");
+                let key = body[start..eq].to_owned();
+                assert_eq!(&body[eq + 1..eq + 2], "\"", "{line}");
+                while chars.next().expect("key").0 < eq + 1 {}
+                let mut value = String::new();
+                loop {
+                    match chars.next().expect("value").1 {
+                        '\\' => match chars.next().expect("escape").1 {
+                            '\\' => value.push('\\'),
+                            '"' => value.push('"'),
+                            'n' => value.push('\n'),
+                            c => panic!("bad escape \\{c} in {line}"),
+                        },
+                        '"' => break,
+                        '\n' => panic!("raw newline in {line}"),
+                        c => value.push(c),
+                    }
+                }
+                assert!(
+                    labels.insert(key, value).is_none(),
+                    "duplicate label: {line}"
+                );
+                if chars.peek().map(|&(_, c)| c) == Some(',') {
+                    chars.next();
+                }
+            }
+        }
+        let value = rest
+            .strip_prefix(' ')
+            .expect("space before value")
+            .to_owned();
+        assert!(!value.contains(' '), "{line}");
+        Line {
+            name,
+            labels,
+            value,
+        }
+    }
+
+    /// Every sample line, checking that each belongs to the family of the last `# TYPE`
+    /// and that HELP and TYPE appear once per family.
+    fn parse_text(text: &str) -> Vec<Line> {
+        let mut typed: BTreeMap<String, String> = BTreeMap::new();
+        let mut helped = Vec::new();
+        let mut current: Option<(String, String)> = None;
+        let mut lines = Vec::new();
+        for line in text.lines() {
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let name = help.split(' ').next().unwrap().to_owned();
+                assert!(!helped.contains(&name), "second HELP for {name}");
+                helped.push(name);
+            } else if let Some(ty) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = ty.split_once(' ').unwrap();
+                assert!(typed.insert(name.into(), kind.into()).is_none(), "{name}");
+                current = Some((name.into(), kind.into()));
+            } else {
+                let l = parse_line(line);
+                let (family, kind) = current.clone().expect("sample before TYPE");
+                let ok = match kind.as_str() {
+                    "histogram" => ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| l.name == format!("{family}{s}")),
+                    _ => l.name == family,
+                };
+                assert!(ok, "{} under TYPE {family} {kind}", l.name);
+                lines.push(l);
+            }
+        }
+        assert_eq!(helped.len(), typed.len());
+        lines
+    }
+
+    fn value_of(lines: &[Line], name: &str, labels: &[(&str, &str)]) -> String {
+        lines
+            .iter()
+            .find(|l| {
+                l.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+            .value
+            .clone()
+    }
+
+    /// Checks the classic buckets of every series of a histogram family: increasing `le`,
+    /// non-decreasing counts, `+Inf` == `_count` == `expected_count`.
+    fn check_classic(lines: &[Line], family: &str, expected_count: u64) {
+        let bucket_name = format!("{family}_bucket");
+        let buckets: Vec<&Line> = lines.iter().filter(|l| l.name == bucket_name).collect();
+        assert!(buckets.len() > 2);
+        let (mut last_le, mut last_count) = (f64::NEG_INFINITY, 0u64);
+        for b in &buckets {
+            let le = b.labels["le"].as_str();
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            let count: u64 = b.value.parse().unwrap();
+            assert!(le > last_le, "le not increasing at {b:?}");
+            assert!(count >= last_count, "count decreasing at {b:?}");
+            (last_le, last_count) = (le, count);
+        }
+        assert_eq!(buckets.last().unwrap().labels["le"], "+Inf");
+        assert_eq!(last_count, expected_count);
+        let count: u64 = value_of(lines, &format!("{family}_count"), &[])
+            .parse()
+            .unwrap();
+        assert_eq!(count, expected_count);
+    }
+
+    fn decode_families(mut body: &[u8]) -> Vec<proto::MetricFamily> {
+        let mut out = Vec::new();
+        while !body.is_empty() {
+            out.push(proto::MetricFamily::decode_length_delimited(&mut body).unwrap());
+        }
+        out
+    }
+
+    /// (Prometheus index, count) of every bucket the spans and deltas describe.
+    fn expand_native(spans: &[proto::BucketSpan], deltas: &[i64]) -> Vec<(i32, u64)> {
+        let mut out = Vec::new();
+        let (mut index, mut count, mut deltas) = (0i32, 0i64, deltas.iter());
+        for (n, span) in spans.iter().enumerate() {
+            index = if n == 0 {
+                span.offset()
+            } else {
+                index + span.offset()
+            };
+            for _ in 0..span.length() {
+                count += deltas.next().expect("a delta per bucket");
+                out.push((index, count as u64));
+                index += 1;
+            }
+        }
+        assert!(deltas.next().is_none(), "more deltas than buckets");
+        out
+    }
+
+    fn with_histogram(h: ExpHistogram, labels: &[(&'static str, &str)]) -> Report {
+        let mut r = sample();
+        let s = &mut r.series[0];
+        s.cumulative_count = h.count();
+        s.cumulative = h;
+        s.labels = labels.iter().map(|&(k, v)| (k, v.to_owned())).collect();
+        r
+    }
+
+    #[test]
+    fn text_has_monotonic_classic_buckets_from_the_cumulative_histogram() {
+        let r = sample();
+        let text = render_text(&r);
+        let lines = parse_text(&text);
+        assert!(
+            text.contains(&format!("# TYPE {BLOCK} histogram\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("# HELP {BLOCK} Block I/O latency")),
+            "{text}"
+        );
+        check_classic(&lines, BLOCK, r.series[0].cumulative_count);
+        assert_eq!(r.series[0].cumulative_count, 100);
+        assert_eq!(value_of(&lines, &format!("{BLOCK}_sum"), &[]), "9000000");
+        let labels = [("device", "loop7"), ("dev", "7:7"), ("op", "read")];
+        for (otlp, _) in r.series[0].cumulative.buckets() {
+            // The exact upper bound of each populated bucket is an `le`.
+            let le = format_float(native_upper_bound(otlp + 1));
+            let with_le: Vec<(&str, &str)> = labels
+                .iter()
+                .copied()
+                .chain([("le", le.as_str())])
+                .collect();
+            value_of(&lines, &format!("{BLOCK}_bucket"), &with_le);
+        }
+        // 90 samples up to the first populated bucket's bound, all 100 by the second's.
+        let (first, _) = r.series[0].cumulative.buckets().next().unwrap();
+        let le = format_float(native_upper_bound(first + 1));
+        let v = value_of(&lines, &format!("{BLOCK}_bucket"), &[("le", le.as_str())]);
+        assert_eq!(v, "90");
+    }
+
+    #[test]
+    fn text_has_the_self_metrics() {
+        let lines = parse_text(&render_text(&sample()));
+        let program = [("probe", "block"), ("program", "block_rq_issue_btf")];
+        let v = |name: &str, labels: &[(&str, &str)]| value_of(&lines, name, labels);
+        assert_eq!(v("nodepulse_bpf_program_run_count_total", &program), "1000");
+        assert_eq!(
+            v("nodepulse_bpf_program_run_time_nanoseconds_total", &program),
+            "40000"
+        );
+        let up = [("probe", "block"), ("attach", "tp_btf")];
+        assert_eq!(v("nodepulse_probe_up", &up), "1");
+        let reason = [("reason", "block_unmatched_completions")];
+        assert_eq!(v("nodepulse_dropped_events_total", &reason), "7");
+        assert_eq!(
+            v("nodepulse_process_resident_memory_bytes", &[]),
+            "10485760"
+        );
+        assert_eq!(v("nodepulse_process_cpu_seconds_total", &[]), "1.5");
+    }
+
+    #[test]
+    fn down_probe_is_zero_with_attach_none() {
+        let mut r = sample();
+        r.probes[0].state = ProbeState::Down;
+        r.probes[0].attach = None;
+        let lines = parse_text(&render_text(&r));
+        let labels = [("probe", "block"), ("attach", "none")];
+        assert_eq!(value_of(&lines, "nodepulse_probe_up", &labels), "0");
+    }
+
+    #[test]
+    fn labels_are_renamed_and_values_escaped() {
+        let nasty = "a\"b\\c\nd{e}=f,g";
+        let r = with_histogram(
+            sample().series[0].cumulative.clone(),
+            &[
+                ("vm.uuid", nasty),
+                ("nova.instance.name", "instance-0000002a"),
+            ],
+        );
+        let text = render_text(&r);
+        assert!(text.contains(r#"vm_uuid="a\"b\\c\nd{e}=f,g""#), "{text}");
+        let lines = parse_text(&text);
+        let l = lines
+            .iter()
+            .find(|l| l.name == format!("{BLOCK}_count"))
+            .unwrap();
+        assert_eq!(l.labels["vm_uuid"], nasty);
+        assert_eq!(l.labels["nova_instance_name"], "instance-0000002a");
+        assert_eq!(escape_help("a\\b\nc\"d"), "a\\\\b\\nc\"d");
+        assert_eq!(sanitize_name("kvm.exit.latency"), "kvm_exit_latency");
+        assert_eq!(sanitize_name("9-lives"), "_9_lives");
+    }
+
+    #[test]
+    fn zero_bucket_gaps_and_unlabelled_series() {
+        // Zeros, two adjacent buckets, then a gap.
+        let h = ExpHistogram::from_buckets(5_000, 4, [(10, 2), (11, 3), (40, 1)]);
+        let r = with_histogram(h.clone(), &[]);
+        let text = render_text(&r);
+        let lines = parse_text(&text);
+        check_classic(&lines, BLOCK, 10);
+        assert!(
+            text.contains(&format!("{BLOCK}_bucket{{le=\"0\"}} 4\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{BLOCK}_count 10\n")), "{text}");
+        let buckets = classic_buckets(&h);
+        // le=0, lower edge of 10, top of 10, top of 11, lower edge of 40, top of 40.
+        let expected = [
+            (0.0, 4),
+            (native_upper_bound(10), 4),
+            (native_upper_bound(11), 6),
+            (native_upper_bound(12), 9),
+            (native_upper_bound(40), 9),
+            (native_upper_bound(41), 10),
+        ];
+        assert_eq!(buckets, expected);
+    }
+
+    #[test]
+    fn index_convention_matches_the_kernel_bucketing() {
+        // 1 ns is the inclusive upper bound of Prometheus bucket 0 (OTLP bucket -1).
+        assert_eq!(prometheus_index(bucket_index(1)), 0);
+        assert_eq!(native_upper_bound(0), 1.0);
+        // Every value lies in (bound(k-1), bound(k)] of its Prometheus bucket k. (Up to
+        // 2^53 ns, 104 days, where every integer is still exact as an f64.)
+        let mut values: Vec<u64> = (1..=5000).collect();
+        values.extend((1..53).flat_map(|s| [(1u64 << s) - 1, 1 << s, (1 << s) + 1]));
+        values.extend([80_000, 2_600_000, 999_999_999, 86_400_000_000_000]);
+        for v in values {
+            let k = prometheus_index(bucket_index(v));
+            let x = v as f64;
+            assert!(
+                native_upper_bound(k - 1) < x && x <= native_upper_bound(k),
+                "{v}: k {k}"
+            );
+        }
+    }
+
+    #[test]
+    fn bounds_agree_with_the_aggregate_module() {
+        for otlp in -1..=511 {
+            let ours = native_upper_bound(prometheus_index(otlp));
+            let theirs = bucket_upper(otlp);
+            assert!(
+                (ours / theirs - 1.0).abs() < 1e-15,
+                "{otlp}: {ours} {theirs}"
+            );
+            if (otlp + 1) % 8 == 0 {
+                assert_eq!(ours, pow2((otlp + 1) / 8));
+            }
+        }
+        for (j, f) in SCHEMA3_FRACTIONS.iter().enumerate() {
+            assert!((f.log2() - (j as f64 / 8.0 - 1.0)).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn protobuf_carries_native_and_classic_histograms() {
+        let r = sample();
+        let families = decode_families(&render_protobuf(&r));
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+        let text_names: Vec<String> = families_in_text(&render_text(&r));
+        assert_eq!(names, text_names);
+
+        let f = families.iter().find(|f| f.name() == BLOCK).unwrap();
+        assert_eq!(f.r#type(), proto::MetricType::Histogram);
+        assert_eq!(f.metric.len(), 1);
+        let m = &f.metric[0];
+        let labels: Vec<(&str, &str)> = m.label.iter().map(|l| (l.name(), l.value())).collect();
+        assert_eq!(
+            labels,
+            [("dev", "7:7"), ("device", "loop7"), ("op", "read")]
+        );
+        let h = m.histogram.as_ref().unwrap();
+        let cumulative = &r.series[0].cumulative;
+        assert_eq!(h.schema(), 3);
+        assert_eq!(h.zero_threshold, Some(0.0));
+        assert_eq!(h.zero_count(), 0);
+        assert_eq!(h.sample_count(), 100);
+        assert_eq!(h.sample_sum(), 9_000_000.0);
+        assert_eq!(h.positive_span.len(), 2, "{:?}", h.positive_span);
+        let native = expand_native(&h.positive_span, &h.positive_delta);
+        let expected: Vec<(i32, u64)> = cumulative.buckets().map(|(i, c)| (i + 1, c)).collect();
+        assert_eq!(native, expected);
+        let classic: Vec<(f64, u64)> = h
+            .bucket
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        assert_eq!(classic, classic_buckets(cumulative));
+
+        let cost = families
+            .iter()
+            .find(|f| f.name() == "nodepulse_bpf_program_run_count_total")
+            .unwrap();
+        assert_eq!(cost.r#type(), proto::MetricType::Counter);
+        assert_eq!(cost.metric[0].counter.as_ref().unwrap().value(), 1000.0);
+        let rss = families
+            .iter()
+            .find(|f| f.name() == "nodepulse_process_resident_memory_bytes")
+            .unwrap();
+        assert_eq!(rss.r#type(), proto::MetricType::Gauge);
+        assert_eq!(rss.metric[0].gauge.as_ref().unwrap().value(), 10_485_760.0);
+    }
+
+    fn families_in_text(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn native_spans_reconstruct_gappy_histograms() {
+        let h = ExpHistogram::from_buckets(
+            1,
+            7,
+            [(-1, 1), (0, 5), (1, 2), (5, 9), (6, 9), (100, 1), (102, 4)],
+        );
+        let p = histogram_proto(&h);
+        assert_eq!(p.zero_count(), 7);
+        let spans: Vec<(i32, u32)> = p
+            .positive_span
+            .iter()
+            .map(|s| (s.offset(), s.length()))
+            .collect();
+        assert_eq!(spans, [(0, 3), (3, 2), (93, 1), (1, 1)]);
+        let expected: Vec<(i32, u64)> = h.buckets().map(|(i, c)| (i + 1, c)).collect();
+        assert_eq!(expand_native(&p.positive_span, &p.positive_delta), expected);
+        // Round trip through the wire format.
+        let decoded = proto::Histogram::decode(p.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded, p);
+    }
+
+    #[test]
+    fn empty_histogram_is_still_native() {
+        let p = histogram_proto(&ExpHistogram::default());
+        assert_eq!(p.sample_count(), 0);
+        assert_eq!(
+            p.positive_span,
+            [proto::BucketSpan {
+                offset: Some(0),
+                length: Some(0)
+            }]
+        );
+        assert!(p.positive_delta.is_empty() && p.bucket.is_empty());
+    }
+
+    #[test]
+    fn negotiates_the_format_from_accept() {
+        assert!(!wants_protobuf(None));
+        assert!(!wants_protobuf(Some("*/*")));
+        assert!(!wants_protobuf(Some("text/plain;version=0.0.4")));
+        assert!(wants_protobuf(Some(PROTOBUF_ACCEPT)));
+        assert!(wants_protobuf(Some(
+            "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+        )));
+        // Text preferred, or protobuf in the wrong encoding or refused.
+        assert!(!wants_protobuf(Some(
+            "text/plain;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5"
+        )));
+        assert!(!wants_protobuf(Some(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"
+        )));
+        assert!(!wants_protobuf(Some(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0"
+        )));
+    }
+
+    /// One HTTP/1.1 request over a raw socket: (status, content type, body).
+    async fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, Vec<u8>) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+        let body = raw[split + 4..].to_vec();
+        let mut head_lines = head.split("\r\n");
+        let status = head_lines.next().unwrap().split(' ').nth(1).unwrap();
+        let mut content_type = String::new();
+        for h in head_lines {
+            let (k, v) = h.split_once(':').unwrap();
+            if k.eq_ignore_ascii_case("content-type") {
+                content_type = v.trim().to_owned();
+            }
+            if k.eq_ignore_ascii_case("content-length") {
+                assert_eq!(v.trim().parse::<usize>().unwrap(), body.len());
+            }
+        }
+        (status.parse().unwrap(), content_type, body)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn serves_metrics_over_http() {
+        let (mut exporter, addr) =
+            PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(exporter.name(), "prometheus");
+
+        let (status, ct, body) = get(addr, "/metrics", None).await;
+        assert_eq!((status, ct.as_str()), (503, PLAIN_CONTENT_TYPE));
+        assert!(String::from_utf8(body).unwrap().contains("first interval"));
+
+        let report = sample();
+        exporter.export(&report).unwrap();
+
+        let (status, ct, body) = get(addr, "/metrics", None).await;
+        assert_eq!((status, ct.as_str()), (200, TEXT_CONTENT_TYPE));
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(text, render_text(&report));
+        check_classic(&parse_text(&text), BLOCK, 100);
+
+        let (status, ct, body) = get(addr, "/metrics", Some(PROTOBUF_ACCEPT)).await;
+        assert_eq!((status, ct.as_str()), (200, PROTOBUF_CONTENT_TYPE));
+        assert_eq!(body, render_protobuf(&report));
+        let families = decode_families(&body);
+        let f = families.iter().find(|f| f.name() == BLOCK).unwrap();
+        assert_eq!(f.metric[0].histogram.as_ref().unwrap().schema(), 3);
+
+        let (status, ct, body) = get(addr, "/", None).await;
+        assert_eq!((status, ct.as_str()), (404, PLAIN_CONTENT_TYPE));
+        assert!(String::from_utf8(body).unwrap().contains("/metrics"));
+        let (status, _, _) = get(addr, "/metrics/extra", None).await;
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stuck_client_does_not_block_others() {
+        let (mut exporter, addr) =
+            PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        exporter.export(&sample()).unwrap();
+        // Half a request, never finished.
+        let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stuck.write_all(b"GET /metr").await.unwrap();
+        let (status, _, _) = get(addr, "/metrics", None).await;
+        assert_eq!(status, 200);
+        // Exporting stays possible while the stuck client is connected.
+        exporter.export(&sample()).unwrap();
+    }
+
+    #[test]
+    fn start_outside_a_runtime_is_an_error() {
+        let err = PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).err();
+        assert!(err.unwrap().to_string().contains("tokio runtime"));
+    }
+
+    #[test]
+    fn method_not_allowed() {
+        let r = respond(
+            &Method::POST,
+            METRICS_PATH,
+            &HeaderMap::new(),
+            Some(&sample()),
+        );
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+    }
+}

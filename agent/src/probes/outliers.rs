@@ -71,7 +71,9 @@ impl Outliers {
         }
         let discarded = events.len().saturating_sub(max) as u64;
         if events.len() > max {
-            events.select_nth_unstable_by_key(max, |e| std::cmp::Reverse(e.end_ns - e.start_ns));
+            events.select_nth_unstable_by_key(max, |e| {
+                std::cmp::Reverse(e.end_ns.saturating_sub(e.start_ns))
+            });
             events.truncate(max);
         }
         events.sort_by_key(|e| e.start_ns);
