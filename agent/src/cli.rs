@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     check,
     config::{self, Config, ConsoleFormat, LogFormat, LogLevel, Overrides},
-    export::{Exporter, console::Console},
+    export::{Exporter, console::Console, prometheus::PrometheusExporter},
     pipeline::{Pipeline, Shutdown},
     probes::Probes,
 };
@@ -165,6 +165,29 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
             std::io::stdout(),
             config.console.format,
         )));
+    }
+    if config.prometheus.enabled {
+        // Validated with the rest of the configuration.
+        let listen: std::net::SocketAddr = match config.prometheus.listen.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("nodepulse: prometheus.listen: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        match PrometheusExporter::start(listen) {
+            Ok((exporter, bound)) => {
+                tracing::info!("Prometheus endpoint on http://{bound}/metrics");
+                exporters.push(Box::new(exporter));
+            }
+            Err(e) => {
+                eprintln!(
+                    "nodepulse: cannot serve Prometheus metrics on {listen}: {e}\n\
+                     choose a free address with [prometheus] listen in the configuration"
+                );
+                return ExitCode::FAILURE;
+            }
+        }
     }
     tracing::info!(
         "first report in {}",

@@ -539,6 +539,27 @@ impl Config {
                 ),
             });
         }
+        if self.prometheus.enabled || !self.prometheus.listen.is_empty() {
+            self.prometheus
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "prometheus.listen",
+                    problem: format!(
+                        "must be an address and port such as \"127.0.0.1:9464\" or \"[::]:9464\", got \"{}\" ({e})",
+                        self.prometheus.listen
+                    ),
+                })?;
+        }
+        if !(1..=100_000).contains(&self.outliers.max_per_interval) {
+            return Err(ConfigError::Invalid {
+                key: "outliers.max_per_interval",
+                problem: format!(
+                    "must be between 1 and 100000, got {}",
+                    self.outliers.max_per_interval
+                ),
+            });
+        }
         let limits = [
             ("limits.max_devices", self.limits.max_devices),
             ("limits.max_cgroups", self.limits.max_cgroups),

@@ -293,6 +293,8 @@ pub fn nodepulse() -> Command {
 pub struct RunningAgent {
     pub process: Workload,
     stderr: std::thread::JoinHandle<String>,
+    /// What it logged up to "first report in".
+    startup_log: String,
 }
 
 impl RunningAgent {
@@ -318,6 +320,7 @@ impl RunningAgent {
             log.contains("first report in"),
             "nodepulse did not start: {log}"
         );
+        let startup_log = log.clone();
         let stderr = std::thread::spawn(move || {
             lines.map_while(Result::ok).fold(log, |mut acc, l| {
                 acc.push_str(&l);
@@ -328,7 +331,16 @@ impl RunningAgent {
         Self {
             process: Workload(Some(child)),
             stderr,
+            startup_log,
         }
+    }
+
+    /// The first line of the startup log containing `needle`.
+    pub fn log_line(&self, needle: &str) -> Option<String> {
+        self.startup_log
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_owned)
     }
 
     /// Waits for a normal exit; returns (stdout, stderr).

@@ -1,0 +1,148 @@
+//! The Prometheus endpoint of a running agent, scraped over real HTTP while a loop
+//! device does known I/O: text format well-formed, buckets monotonic, counts equal to
+//! the kernel's. Needs root.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use common::{LoopDevice, RunningAgent};
+
+fn scrape(addr: &str, accept: &str) -> (String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    (head, response[split + 4..].to_vec())
+}
+
+/// `name{labels} value` lines of one metric, labels as a map.
+fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, "}"));
+            (metric == name).then(|| {
+                let labels = labels
+                    .trim_end_matches('}')
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .filter_map(|p| {
+                        let (k, v) = p.split_once("=\"")?;
+                        Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+                    })
+                    .collect();
+                (labels, value.parse().unwrap())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn scrape_matches_the_kernels_counts() {
+    require_root!();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[prometheus]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let agent = RunningAgent::start(&[
+        "--interval",
+        "1s",
+        "--format",
+        "json",
+        "--config",
+        config.path().to_str().unwrap(),
+    ]);
+    let addr = agent
+        .log_line("Prometheus endpoint on http://")
+        .and_then(|l| {
+            let rest = l.split("http://").nth(1)?;
+            Some(rest.split('/').next()?.to_owned())
+        })
+        .expect("the agent logs its endpoint");
+
+    // A device attached after the agent: all its I/O since then is in the agent's
+    // cumulative counts (loop devices keep their stat counters across reuse, hence
+    // the baseline).
+    let lo = LoopDevice::new(64);
+    let before = lo.stat();
+    lo.dd_read(500, "4k");
+    lo.dd_write(100, "4k", false);
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = lo.stat();
+
+    let (head, body) = scrape(&addr, "text/plain");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let text = String::from_utf8(body).unwrap();
+    let name = "nodepulse_block_io_latency_nanoseconds";
+    for op in ["read", "write"] {
+        let want = after.get(op) - before.get(op);
+        let mine = |(l, _): &(BTreeMap<String, String>, f64)| {
+            l.get("dev") == Some(&lo.number) && l.get("op").map(String::as_str) == Some(op)
+        };
+        let count = samples(&text, &format!("{name}_count"))
+            .into_iter()
+            .find(mine)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no {op} series for {}:\n{text}", lo.number));
+        assert_eq!(
+            count as u64, want,
+            "{op} count vs /sys/block/{}/stat",
+            lo.name
+        );
+        let buckets: Vec<(f64, f64)> = samples(&text, &format!("{name}_bucket"))
+            .into_iter()
+            .filter(mine)
+            .map(|(l, v)| {
+                let le = l["le"].as_str();
+                (
+                    if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().unwrap()
+                    },
+                    v,
+                )
+            })
+            .collect();
+        assert!(buckets.len() > 1);
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{buckets:?}"
+        );
+        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count));
+    }
+    assert!(
+        text.contains("nodepulse_probe_up{probe=\"block\",attach=\"tp_btf\"} 1"),
+        "{text}"
+    );
+
+    // Native histograms when the scraper asks for protobuf.
+    let (head, body) = scrape(
+        &addr,
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited",
+    );
+    assert!(head.contains("application/vnd.google.protobuf"), "{head}");
+    assert!(!body.is_empty());
+    drop(agent);
+}
