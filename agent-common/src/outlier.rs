@@ -31,9 +31,13 @@ pub struct OutlierEvent {
 
 /// Thresholds the agent pushes to the kernel each interval.
 pub mod threshold {
-    /// Index in `OUTLIER_MIN`: the smallest per-device threshold (ns), a cheap first
-    /// test before the per-device lookup. `u64::MAX` disables outliers.
+    /// Index in `OUTLIER_THRESHOLDS`: the smallest threshold of all (ns), a cheap first
+    /// test before the per-device lookup. 0 disables outliers.
     pub const MIN: u32 = 0;
+    /// Index in `OUTLIER_THRESHOLDS`: the threshold of devices without one of their
+    /// own yet (ns; 0: none).
+    pub const DEFAULT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Size of the ring buffer: at ~72 bytes an event, about 14 000 outliers per interval

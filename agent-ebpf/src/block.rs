@@ -45,7 +45,8 @@ use aya_ebpf::{
 };
 
 use crate::shared::{
-    DirectRead, KernelRead, ProbeRead, count, emit_outlier, maybe_outlier, record,
+    DirectRead, KernelRead, ProbeRead, count, default_threshold, emit_outlier, maybe_outlier,
+    record,
 };
 
 /// Latency histograms per (device, operation). Not preallocated: a series costs
@@ -262,8 +263,10 @@ fn block_outlier<R: KernelRead>(
     pid_tgid: u64,
     bytes: u32,
 ) {
-    let threshold = unsafe { BLOCK_THRESHOLDS.get(key.dev) }.copied();
-    if threshold.is_none_or(|t| end - start < t) {
+    let threshold = unsafe { BLOCK_THRESHOLDS.get(key.dev) }
+        .copied()
+        .unwrap_or_else(default_threshold);
+    if threshold == 0 || end - start < threshold {
         return;
     }
     let o = outlier_layout();

@@ -4,7 +4,7 @@
 use agent_common::{
     counters,
     hist::{Histogram, NUM_BUCKETS, bucket_slot},
-    outlier::{OutlierEvent, RING_BYTES},
+    outlier::{OutlierEvent, RING_BYTES, threshold},
     sched::{SPARSE_MAX_ENTRIES, SparseCell, SparseKey, ZERO_SLOT},
 };
 use aya_ebpf::{
@@ -28,17 +28,27 @@ static SPARSE_HIST: PerCpuHashMap<SparseKey, SparseCell> =
 #[map(name = "OUTLIERS")]
 static OUTLIERS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// [`agent_common::outlier::threshold::MIN`]: the lowest threshold of any series (ns),
-/// pushed by the agent each interval; a sample below it is never an outlier.
+/// [`threshold::MIN`]: the lowest threshold of any series (ns), a sample below it is
+/// never an outlier; [`threshold::DEFAULT`]: for series without their own. Pushed by
+/// the agent at start and each interval.
 #[map(name = "OUTLIER_MIN")]
-pub static OUTLIER_MIN: Array<u64> = Array::with_max_entries(1, 0);
+pub static OUTLIER_THRESHOLDS: Array<u64> = Array::with_max_entries(threshold::COUNT, 0);
 
 /// Whether `value` (ns) might be an outlier: one inlined array read.
 #[inline(always)]
 pub fn maybe_outlier(value: u64) -> bool {
-    OUTLIER_MIN
-        .get(0)
+    OUTLIER_THRESHOLDS
+        .get(threshold::MIN)
         .is_some_and(|&min| min != 0 && value >= min)
+}
+
+/// Threshold of a series without one of its own (0: none).
+#[inline(always)]
+pub fn default_threshold() -> u64 {
+    OUTLIER_THRESHOLDS
+        .get(threshold::DEFAULT)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Sends an outlier to the agent, counting it when the ring buffer is full.

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     check,
     config::{self, Config, ConsoleFormat, LogFormat, LogLevel, Overrides},
-    export::{Exporter, console::Console, prometheus::PrometheusExporter},
+    export::{Exporter, console::Console, otlp::OtlpExporter, prometheus::PrometheusExporter},
     pipeline::{Pipeline, Shutdown},
     probes::Probes,
 };
@@ -189,6 +189,20 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
             }
         }
     }
+    let mut otlp = None;
+    if config.otlp.enabled {
+        match OtlpExporter::start(&config.otlp, &crate::kernel::hostname()) {
+            Ok((exporter, sender)) => {
+                tracing::info!(endpoint = %config.otlp.endpoint, "exporting to OTLP");
+                exporters.push(Box::new(exporter));
+                otlp = Some(sender);
+            }
+            Err(e) => {
+                eprintln!("nodepulse: cannot start OTLP export: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     tracing::info!(
         "first report in {}",
         humantime::format_duration(config.agent.interval)
@@ -196,6 +210,12 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
     Pipeline::new(probes, exporters, &config)
         .run(config.agent.interval, max_reports, shutdown)
         .await;
+    if let Some(sender) = otlp {
+        // Give queued batches (the final report included) a few seconds to leave.
+        if !sender.flush(std::time::Duration::from_secs(5)).await {
+            tracing::warn!("OTLP: some batches were still queued at exit");
+        }
+    }
     ExitCode::SUCCESS
 }
 

@@ -539,6 +539,9 @@ impl Config {
                 ),
             });
         }
+        if self.otlp.enabled {
+            crate::export::otlp_transport::validate(&self.otlp)?;
+        }
         if self.prometheus.enabled || !self.prometheus.listen.is_empty() {
             self.prometheus
                 .listen

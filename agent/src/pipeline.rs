@@ -39,8 +39,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(probes: Probes, exporters: Vec<Box<dyn Exporter>>, config: &Config) -> Self {
+    pub fn new(mut probes: Probes, exporters: Vec<Box<dyn Exporter>>, config: &Config) -> Self {
         let limits = &config.limits;
+        // Outliers from the first request on, before any device has a history.
+        probes.set_block_thresholds(&HashMap::new(), default_threshold(&config.outliers));
         Self {
             probes,
             outliers: config.outliers.clone(),
@@ -99,6 +101,11 @@ impl Pipeline {
                 run_time_ns,
                 events_total: now.run_count,
                 run_time_ns_total: now.run_time_ns,
+                recursion_misses: counter_delta(
+                    now.recursion_misses,
+                    before.map_or(0, |b| b.recursion_misses),
+                ),
+                recursion_misses_total: now.recursion_misses,
                 ns_per_event: (stats_on && events > 0).then(|| run_time_ns as f64 / events as f64),
             });
             self.previous_programs.insert(now.program, now);
@@ -165,7 +172,8 @@ impl Pipeline {
             };
         }
         self.thresholds_round.clear();
-        self.probes.set_block_thresholds(&self.thresholds);
+        self.probes
+            .set_block_thresholds(&self.thresholds, default_threshold(&self.outliers));
     }
 
     fn export(&mut self, report: &Report) {
@@ -194,7 +202,13 @@ impl Pipeline {
                         break;
                     }
                 }
-                name = shutdown.requested() => { tracing::info!("{name}: detaching"); break; }
+                name = shutdown.requested() => {
+                    // A last report, so exporters hold everything measured until now.
+                    tracing::info!("{name}: final report, then detaching");
+                    let report = self.collect();
+                    self.export(&report);
+                    break;
+                }
             }
         }
         drop(self);
@@ -267,4 +281,12 @@ fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
 fn parse_dev(number: &str) -> Option<u32> {
     let (major, minor) = number.split_once(':')?;
     Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
+}
+
+/// Threshold of a device without a history: the fixed one, or the floor of `auto`.
+fn default_threshold(outliers: &OutliersConfig) -> u64 {
+    match outliers.block_threshold {
+        Threshold::Fixed(d) => d.as_nanos() as u64,
+        Threshold::Auto => outliers.block_min.as_nanos() as u64,
+    }
 }

@@ -166,6 +166,10 @@ pub struct ProgramCost {
     /// Since the program was loaded.
     pub events_total: u64,
     pub run_time_ns_total: u64,
+    /// Events the kernel did not give the program because it was already running on
+    /// that CPU (interval, and since load): lost samples, as the kernel counts them.
+    pub recursion_misses: u64,
+    pub recursion_misses_total: u64,
     /// Mean kernel time per event (excludes the tracepoint dispatch itself).
     pub ns_per_event: Option<f64>,
 }
@@ -245,6 +249,8 @@ pub(crate) fn sample() -> Report {
                 run_time_ns: 4000,
                 events_total: 1000,
                 run_time_ns_total: 40_000,
+                recursion_misses: 0,
+                recursion_misses_total: 0,
                 ns_per_event: Some(40.0),
             }],
         }],

@@ -140,7 +140,23 @@ impl LoopDevice {
         }
     }
 
+    /// Waits until no request is in flight (`/sys/block/<dev>/inflight` reads 0 0): a
+    /// workload that exits leaves requests the device still completes afterwards.
+    pub fn wait_idle(&self) {
+        let path = format!("/sys/block/{}/inflight", self.name);
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.split_whitespace().all(|n| n == "0") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} still has requests in flight after 5 s", self.name);
+    }
+
+    /// Completed requests so far, once the device is idle.
     pub fn stat(&self) -> DiskStat {
+        self.wait_idle();
         let text = std::fs::read_to_string(format!("/sys/block/{}/stat", self.name)).unwrap();
         let f: Vec<u64> = text
             .split_whitespace()
@@ -341,6 +357,18 @@ impl RunningAgent {
             .lines()
             .find(|l| l.contains(needle))
             .map(str::to_owned)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.0.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// SIGTERM, then waits for a clean exit (the agent sends a final report and flushes
+    /// its exporters first); returns (stdout, stderr).
+    pub fn terminate(self) -> (String, String) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        self.finish()
     }
 
     /// Waits for a normal exit; returns (stdout, stderr).

@@ -9,31 +9,56 @@ use crate::{
     report::{ProbeState, QUANTILES, Report, SeriesReport},
 };
 
-pub struct Console<W: Write> {
-    out: W,
+/// Writes reports from a thread of its own through a short queue: a reader that stops
+/// reading (a full pipe, a stalled log collector) costs dropped console reports, never
+/// a stalled collection loop.
+pub struct Console {
+    queue: std::sync::mpsc::SyncSender<String>,
     format: ConsoleFormat,
 }
 
-impl<W: Write> Console<W> {
-    pub fn new(out: W, format: ConsoleFormat) -> Self {
-        Self { out, format }
+impl Console {
+    pub fn new<W: Write + Send + 'static>(mut out: W, format: ConsoleFormat) -> Self {
+        let (queue, reports) = std::sync::mpsc::sync_channel::<String>(4);
+        std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || {
+                for text in reports {
+                    if out
+                        .write_all(text.as_bytes())
+                        .and_then(|()| out.flush())
+                        .is_err()
+                    {
+                        break; // stdout closed: nothing more to do here
+                    }
+                }
+            })
+            .expect("spawn the console writer thread");
+        Self { queue, format }
     }
 }
 
-impl<W: Write> Exporter for Console<W> {
+/// One report as the console shows it.
+pub fn render(report: &Report, format: ConsoleFormat) -> String {
+    match format {
+        ConsoleFormat::Json => {
+            let mut line = serde_json::to_string(report).unwrap_or_default();
+            line.push('\n');
+            line
+        }
+        ConsoleFormat::Table => render_table(report),
+    }
+}
+
+impl Exporter for Console {
     fn name(&self) -> &'static str {
         "console"
     }
 
     fn export(&mut self, report: &Report) -> std::io::Result<()> {
-        match self.format {
-            ConsoleFormat::Json => {
-                serde_json::to_writer(&mut self.out, report)?;
-                writeln!(self.out)?;
-            }
-            ConsoleFormat::Table => self.out.write_all(render_table(report).as_bytes())?,
-        }
-        self.out.flush()
+        self.queue
+            .try_send(render(report, self.format))
+            .map_err(|_| std::io::Error::other("standard output is not being read; report dropped"))
     }
 }
 
@@ -291,11 +316,7 @@ mod tests {
 
     #[test]
     fn json_is_one_line_with_buckets() {
-        let mut out = Vec::new();
-        Console::new(&mut out, ConsoleFormat::Json)
-            .export(&report())
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = render(&report(), ConsoleFormat::Json);
         assert_eq!(text.lines().count(), 1);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let s = &v["series"][0];

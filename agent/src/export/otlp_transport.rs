@@ -57,7 +57,7 @@ use tonic::{
 };
 use url::Url;
 
-use crate::config::{Compression, ConfigError, OtlpConfig, OtlpProtocol, TlsConfig};
+use crate::config::{Compression, ConfigError, OtlpConfig, OtlpProtocol, RetryConfig, TlsConfig};
 
 const QUEUE_SIZE: RangeInclusive<usize> = 1..=10_000;
 const TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(300);
@@ -721,7 +721,7 @@ struct Worker {
     link: Link,
     state: Arc<SignalState>,
     timeout: Duration,
-    retry: crate::config::RetryConfig,
+    retry: RetryConfig,
     rng: XorShift,
     warnings: WarnLimiter,
     /// Whether the latest batch failed, to log the recovery once.
@@ -850,7 +850,7 @@ struct Backoff {
 }
 
 impl Backoff {
-    fn new(retry: &crate::config::RetryConfig, seed: u64) -> Self {
+    fn new(retry: &RetryConfig, seed: u64) -> Self {
         let max = retry.max_backoff.max(MIN_BACKOFF);
         Self {
             cap: retry.initial_backoff.clamp(MIN_BACKOFF, max),
@@ -924,7 +924,7 @@ fn http_retryable(status: StatusCode) -> bool {
 
 /// How one signal's batches reach the collector.
 enum Link {
-    Grpc(GrpcLink),
+    Grpc(Box<GrpcLink>),
     /// Boxed: the hyper client is several times the size of a tonic channel.
     Http(Box<HttpLink>),
 }
@@ -955,26 +955,26 @@ fn links(config: &OtlpConfig, checked: Checked) -> Result<[(Signal, Link); 3], T
     };
     match config.protocol {
         OtlpProtocol::Grpc => {
-            let channel = grpc_channel(config, &checked.endpoint, checked.tls)
+            let endpoint = grpc_endpoint(config, &checked.endpoint, checked.tls)
                 .map_err(|e| setup_error(error_chain(&*e)))?;
             let metadata = MetadataMap::from_headers(checked.headers);
             Ok(Signal::ALL.map(|signal| {
                 let link = GrpcLink {
-                    channel: channel.clone(),
+                    channel: std::sync::Mutex::new(endpoint.connect_lazy()),
+                    endpoint: endpoint.clone(),
                     path: PathAndQuery::from_static(signal.grpc_path()),
                     gzip,
                     metadata: metadata.clone(),
                     timeout: config.timeout,
                 };
-                (signal, Link::Grpc(link))
+                (signal, Link::Grpc(Box::new(link)))
             }))
         }
         OtlpProtocol::HttpProtobuf => {
             let client =
                 http_client(config, &checked.endpoint, checked.tls).map_err(setup_error)?;
             let headers = http_headers(checked.headers, gzip);
-            let mut links = Vec::with_capacity(3);
-            for signal in Signal::ALL {
+            let link = |signal| -> Result<(Signal, Link), ConfigError> {
                 let url = signal_url(&checked.endpoint, signal);
                 let uri = url.as_str().parse::<Uri>().map_err(|e| {
                     invalid(
@@ -988,11 +988,10 @@ fn links(config: &OtlpConfig, checked: Checked) -> Result<[(Signal, Link); 3], T
                     headers: headers.clone(),
                     gzip,
                 };
-                links.push((signal, Link::Http(Box::new(link))));
-            }
-            Ok(links
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("three signals")))
+                Ok((signal, Link::Http(Box::new(link))))
+            };
+            let [metrics, traces, logs] = Signal::ALL.map(link);
+            Ok([metrics?, traces?, logs?])
         }
     }
 }
@@ -1022,8 +1021,12 @@ fn gzip(data: &[u8]) -> Bytes {
 /// "outer: cause: root cause", since transport errors say little on their own ("client
 /// error (Connect)").
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
+    with_causes(error.to_string(), error.source())
+}
+
+/// Appends each cause that the text does not already say (wrappers repeat their
+/// source's message).
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(cause) = source {
         let part = cause.to_string();
         if !text.contains(&part) {
@@ -1046,7 +1049,11 @@ fn truncate(text: &str) -> String {
 // --- gRPC ------------------------------------------------------------------------------
 
 struct GrpcLink {
-    channel: Channel,
+    /// The channel in use, replaced by a fresh one after a connection-level failure:
+    /// a channel whose connection failed can stay failed (its buffer worker keeps the
+    /// first error), so a collector that comes back would never be reached again.
+    channel: std::sync::Mutex<Channel>,
+    endpoint: Endpoint,
     path: PathAndQuery,
     gzip: bool,
     metadata: MetadataMap,
@@ -1055,8 +1062,23 @@ struct GrpcLink {
 
 impl GrpcLink {
     async fn attempt(&self, body: Bytes, state: &Arc<SignalState>) -> Outcome {
+        let (outcome, connection_failed) = self.try_once(body, state).await;
+        if connection_failed {
+            *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = self.endpoint.connect_lazy();
+        }
+        outcome
+    }
+
+    /// One attempt, and whether it failed at the connection level (not an answer from
+    /// the collector).
+    async fn try_once(&self, body: Bytes, state: &Arc<SignalState>) -> (Outcome, bool) {
+        let inner = self
+            .channel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let channel = CountingChannel {
-            inner: self.channel.clone(),
+            inner,
             state: state.clone(),
         };
         let mut grpc = tonic::client::Grpc::new(channel);
@@ -1064,32 +1086,35 @@ impl GrpcLink {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
         if let Err(e) = grpc.ready().await {
-            return Outcome::Retry {
+            let outcome = Outcome::Retry {
                 error: format!("gRPC channel not ready: {}", error_chain(&e)),
                 after: None,
             };
+            return (outcome, true);
         }
         let mut request = tonic::Request::new(body);
         *request.metadata_mut() = self.metadata.clone();
         // Tells the collector the deadline too (grpc-timeout).
         request.set_timeout(self.timeout);
         match grpc.unary(request, self.path.clone(), EncodedCodec).await {
-            Ok(response) => Outcome::Sent(response.into_inner()),
-            Err(status) => grpc_outcome(&status),
+            Ok(response) => (Outcome::Sent(response.into_inner()), false),
+            Err(status) => {
+                let local = std::error::Error::source(&status).is_some();
+                (grpc_outcome(&status), local)
+            }
         }
     }
 }
 
+/// A status that tonic made from a local transport error carries that error as its
+/// source (a reset connection, a failed TLS handshake, often as UNKNOWN): those are
+/// connection errors and retried, as on the HTTP path. Statuses the collector sent have
+/// no source and follow the code table.
 fn grpc_outcome(status: &Status) -> Outcome {
-    let mut error = format!("gRPC {:?}: {}", status.code(), status.message());
-    if let Some(source) = std::error::Error::source(status) {
-        let cause = error_chain(source);
-        if !error.contains(&cause) {
-            error = format!("{error}: {cause}");
-        }
-    }
-    let error = truncate(&error);
-    if grpc_retryable(status.code()) {
+    let source = std::error::Error::source(status);
+    let text = format!("gRPC {:?}: {}", status.code(), status.message());
+    let error = truncate(&with_causes(text, source));
+    if grpc_retryable(status.code()) || source.is_some() {
         Outcome::Retry {
             error,
             after: retry_info_delay(status.details()),
@@ -1099,11 +1124,11 @@ fn grpc_outcome(status: &Status) -> Outcome {
     }
 }
 
-fn grpc_channel(
+fn grpc_endpoint(
     config: &OtlpConfig,
     url: &Url,
     tls: TlsFiles,
-) -> Result<Channel, Box<dyn std::error::Error>> {
+) -> Result<Endpoint, Box<dyn std::error::Error>> {
     let mut endpoint = Endpoint::from_shared(url.as_str().to_owned())?
         .user_agent(USER_AGENT)?
         .connect_timeout(config.timeout)
@@ -1111,7 +1136,7 @@ fn grpc_channel(
     if url.scheme() == "https" {
         endpoint = endpoint.tls_config(grpc_tls(tls))?;
     }
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint)
 }
 
 fn grpc_tls(tls: TlsFiles) -> ClientTlsConfig {
@@ -1422,7 +1447,6 @@ mod tests {
     use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 
     use super::*;
-    use crate::config::RetryConfig;
 
     /// A test CA and a certificate it signed for localhost and 127.0.0.1 (serverAuth and
     /// clientAuth), valid 2000–2100, made with openssl for these tests.
@@ -1887,6 +1911,18 @@ hJWSK5Hs3vwyUuOLp3Q4eP5OQ7L5RmdGU/wzieesAXK5LpkpgB0Y1xnB
             Outcome::Fail("gRPC InvalidArgument: bad span".into())
         );
         assert_eq!(retry_info_delay(b"not protobuf \xff"), None);
+
+        // Made by tonic from a broken connection, not sent by the collector.
+        let mut status = Status::unknown("transport error");
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        status.set_source(Arc::new(reset));
+        assert_eq!(
+            grpc_outcome(&status),
+            Outcome::Retry {
+                error: "gRPC Unknown: transport error: connection reset".into(),
+                after: None,
+            }
+        );
     }
 
     #[test]
@@ -2470,7 +2506,8 @@ hJWSK5Hs3vwyUuOLp3Q4eP5OQ7L5RmdGU/wzieesAXK5LpkpgB0Y1xnB
         );
         assert_eq!(collector.metrics_calls.load(Ordering::SeqCst), 2);
 
-        // Without a client certificate the collector refuses the handshake.
+        // Without a client certificate the collector refuses the handshake: a connection
+        // error, retried until otlp.retry.max_elapsed.
         let (config, _dir) = with_tls(https, [("ca.pem", Some(CA_PEM)), ("", None), ("", None)]);
         let sender = start(&config).unwrap();
         assert!(sender.try_send_metrics(metrics_batch("no client cert")));
@@ -2481,6 +2518,9 @@ hJWSK5Hs3vwyUuOLp3Q4eP5OQ7L5RmdGU/wzieesAXK5LpkpgB0Y1xnB
             (0, 1),
             "{stats:?}"
         );
+        assert!(stats.retries >= 1, "{stats:?}");
+        let error = stats.last_error.unwrap();
+        assert!(error.contains("CertificateRequired"), "{error}");
         assert_eq!(collector.metrics_calls.load(Ordering::SeqCst), 2);
     }
 

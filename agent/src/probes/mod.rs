@@ -222,10 +222,15 @@ impl Probes {
         &self.statuses
     }
 
-    /// Per-device outlier thresholds (ns) for the kernel; none set means no outliers.
-    pub fn set_block_thresholds(&mut self, thresholds: &std::collections::HashMap<u32, u64>) {
+    /// Per-device outlier thresholds (ns) for the kernel, and the one for devices
+    /// without their own (0: none).
+    pub fn set_block_thresholds(
+        &mut self,
+        thresholds: &std::collections::HashMap<u32, u64>,
+        default: u64,
+    ) {
         if let Some(o) = &mut self.outliers
-            && let Err(e) = o.set_block_thresholds(thresholds)
+            && let Err(e) = o.set_block_thresholds(thresholds, default)
         {
             tracing::warn!("{e}");
         }

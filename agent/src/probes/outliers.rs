@@ -85,9 +85,13 @@ impl Outliers {
         (outliers, discarded)
     }
 
-    /// Sets the per-device thresholds (ns) and the global minimum the kernel tests
-    /// first. Devices not listed keep no threshold: their requests are never outliers.
-    pub fn set_block_thresholds(&mut self, thresholds: &HashMap<u32, u64>) -> Result<(), String> {
+    /// Sets the per-device thresholds (ns), the threshold of devices without one
+    /// (`default`, 0 for none) and the minimum the kernel tests first.
+    pub fn set_block_thresholds(
+        &mut self,
+        thresholds: &HashMap<u32, u64>,
+        default: u64,
+    ) -> Result<(), String> {
         let stale: Vec<u32> = self
             .block_thresholds
             .keys()
@@ -103,10 +107,16 @@ impl Outliers {
                 .map_err(|e| format!("setting the outlier threshold of {dev}: {e}"))?;
         }
         // 0 means off in the kernel.
-        let min = thresholds.values().copied().min().unwrap_or(0);
+        let min = thresholds
+            .values()
+            .copied()
+            .chain((default != 0).then_some(default))
+            .min()
+            .unwrap_or(0);
         self.min
-            .set(threshold::MIN, min, 0)
-            .map_err(|e| format!("setting the outlier minimum: {e}"))
+            .set(threshold::DEFAULT, default, 0)
+            .and_then(|()| self.min.set(threshold::MIN, min, 0))
+            .map_err(|e| format!("setting the outlier thresholds: {e}"))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Kernel BPF run-time statistics: how long each program ran and how often, so the
 //! agent can report its own cost in nanoseconds per event.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use aya::Ebpf;
 use serde::Serialize;
@@ -13,6 +13,9 @@ pub struct ProgramRunStats {
     pub program: &'static str,
     pub run_time_ns: u64,
     pub run_count: u64,
+    /// Times the kernel skipped the program because it was already running on that
+    /// CPU (an interrupt arriving in the middle of it): events lost, counted here.
+    pub recursion_misses: u64,
 }
 
 /// BPF_ENABLE_STATS keeps run-time accounting on while its fd is open, without changing
@@ -57,11 +60,47 @@ fn sysctl_enabled() -> bool {
 }
 
 pub fn read(ebpf: &Ebpf, probe: &'static str, program: &'static str) -> Option<ProgramRunStats> {
-    let info = ebpf.program(program)?.info().ok()?;
+    let p = ebpf.program(program)?;
+    let info = p.info().ok()?;
+    let recursion_misses = p
+        .fd()
+        .ok()
+        .and_then(|fd| recursion_misses(fd.as_fd()))
+        .unwrap_or(0);
     Some(ProgramRunStats {
         probe,
         program,
         run_time_ns: info.run_time().as_nanos() as u64,
         run_count: info.run_count(),
+        recursion_misses,
     })
+}
+
+/// `bpf_prog_info.recursion_misses` (Linux 5.12+), read with BPF_OBJ_GET_INFO_BY_FD.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain C struct of integers and pointers-as-integers; zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<aya_obj::generated::bpf_prog_info>() as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: the bpf(2) syscall with a valid attr pointing at a buffer of the stated size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
 }
