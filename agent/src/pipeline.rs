@@ -29,6 +29,8 @@ pub struct Pipeline {
     /// Outlier threshold (ns) per block device, pushed to the kernel each interval.
     thresholds: HashMap<u32, u64>,
     thresholds_round: std::collections::HashSet<u32>,
+    /// How long each exporter took with the previous report, in ms.
+    export_ms: BTreeMap<&'static str, f64>,
     budget: Budget,
     exporters: Vec<Box<dyn Exporter>>,
     node: String,
@@ -48,6 +50,7 @@ impl Pipeline {
             outliers: config.outliers.clone(),
             thresholds: HashMap::new(),
             thresholds_round: Default::default(),
+            export_ms: BTreeMap::new(),
             budget: Budget::new(budget_rules(limits)),
             exporters,
             node: kernel::hostname(),
@@ -134,6 +137,7 @@ impl Pipeline {
             self.probes.bpf_stats().unavailable.clone(),
         );
         agent.outliers_discarded = collection.outliers_discarded;
+        agent.export_ms = self.export_ms.clone();
         Report {
             time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             interval_s,
@@ -176,11 +180,16 @@ impl Pipeline {
             .set_block_thresholds(&self.thresholds, default_threshold(&self.outliers));
     }
 
+    /// Hands the report to every exporter, timing each (encoding and queueing; sending
+    /// happens off the loop) for the next report's self-telemetry.
     fn export(&mut self, report: &Report) {
         for e in &mut self.exporters {
+            let started = Instant::now();
             if let Err(err) = e.export(report) {
                 tracing::warn!(exporter = e.name(), "export failed: {err}");
             }
+            self.export_ms
+                .insert(e.name(), started.elapsed().as_secs_f64() * 1e3);
         }
     }
 

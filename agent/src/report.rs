@@ -186,6 +186,8 @@ pub struct AgentReport {
     pub cpu_seconds_total: f64,
     /// Outliers read this interval beyond `outliers.max_per_interval`, not exported.
     pub outliers_discarded: u64,
+    /// Time each exporter took with the previous report (encoding and queueing), ms.
+    pub export_ms: BTreeMap<&'static str, f64>,
     /// Set when kernel BPF stats are unavailable (then `programs` carry no cost).
     pub bpf_stats_unavailable: Option<String>,
 }
@@ -204,6 +206,7 @@ impl AgentReport {
             dropped_total,
             cpu_seconds_total: usage.cpu_seconds_total,
             outliers_discarded: 0,
+            export_ms: BTreeMap::new(),
             bpf_stats_unavailable: bpf,
         }
     }

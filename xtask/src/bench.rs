@@ -28,6 +28,9 @@ enum Workload {
     Block,
     Switch,
     Kvm,
+    /// OTLP export cost under fio: agent CPU and RSS, bytes per interval, export time,
+    /// at a 10 s and a 1 s interval.
+    Otlp,
 }
 
 #[derive(clap::Args)]
@@ -63,6 +66,10 @@ pub fn run(args: Args) -> Result<()> {
     )?;
 
     for workload in &args.workload {
+        if *workload == Workload::Otlp {
+            otlp_cost(&agent, &dir, args.runtime)?;
+            continue;
+        }
         let device;
         let (what, unit, mut measure): (String, &str, Box<dyn FnMut() -> Result<f64>>) =
             match workload {
@@ -84,6 +91,7 @@ pub fn run(args: Args) -> Result<()> {
                         Box::new(move || stress_switch(runtime)),
                     )
                 }
+                Workload::Otlp => unreachable!("measured by otlp_cost"),
                 Workload::Kvm => {
                     let guest = build_kvm_guest()?;
                     let iterations = 60_000 * args.runtime;
@@ -444,4 +452,142 @@ fn wait_until_attached(child: &mut Child) -> Result<()> {
         }
     }
     bail!("nodepulse exited before attaching:\n{log}")
+}
+
+/// The agent exporting everything over OTLP/HTTP to a local receiver while fio runs:
+/// its CPU and memory, the bytes of each metrics batch, and how long an export takes
+/// (encoding and queueing in the loop, as the agent reports it; the transfer, as the
+/// receiver sees it).
+fn otlp_cost(agent: &Path, dir: &Path, runtime: u64) -> Result<()> {
+    let device = LoopDevice::create(dir)?;
+    println!(
+        "\n== OTLP export under fio randread (iodepth 16) on {}",
+        device.path.display()
+    );
+    println!(
+        "{:>9} {:>9} {:>9} {:>10} {:>12} {:>12} {:>12}",
+        "interval", "agent CPU", "RSS MiB", "batches", "bytes/batch", "encode ms", "transfer ms"
+    );
+    for interval in [10u64, 1] {
+        let receiver = crate::receiver::Receiver::start()?;
+        let config = dir.join(format!("otlp-{interval}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[otlp]\nenabled = true\nprotocol = \"http/protobuf\"\nendpoint = \"http://{}\"\n",
+                receiver.addr
+            ),
+        )?;
+        // At least three intervals of load.
+        let seconds = (3 * interval).max(runtime);
+        let mut child = Command::new(agent)
+            .args(["run", "--format", "json", "--interval"])
+            .arg(format!("{interval}s"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nodepulse")?;
+        wait_until_attached(&mut child)?;
+        let pid = child.id();
+        let cpu_before = process_cpu_seconds(pid);
+        let started = Instant::now();
+        let sampler = std::thread::spawn(move || {
+            let mut max_rss = 0;
+            while started.elapsed().as_secs() < seconds + 1 {
+                max_rss = max_rss.max(process_rss_bytes(pid));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            max_rss
+        });
+        fio_for(&device.path, seconds)?;
+        std::thread::sleep(Duration::from_millis(1200));
+        let cpu = process_cpu_seconds(pid) - cpu_before;
+        let wall = started.elapsed().as_secs_f64();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let mut stdout = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut stdout)?;
+        }
+        child.wait()?;
+        let max_rss = sampler.join().unwrap_or(0);
+        let batches: Vec<_> = receiver
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/v1/metrics")
+            .collect();
+        let bytes: Vec<f64> = batches.iter().map(|r| r.bytes as f64).collect();
+        let transfer: Vec<f64> = batches
+            .iter()
+            .map(|r| r.receive_time.as_secs_f64() * 1e3)
+            .collect();
+        let encode: Vec<f64> = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["agent"]["export_ms"]["otlp"].as_f64())
+            .collect();
+        ensure!(!bytes.is_empty(), "the receiver got no metrics batch");
+        println!(
+            "{:>8}s {:>8.2}% {:>9.1} {:>10} {:>12.0} {:>12.2} {:>12.2}",
+            interval,
+            100.0 * cpu / wall,
+            max_rss as f64 / 1048576.0,
+            bytes.len(),
+            median(&bytes),
+            if encode.is_empty() {
+                0.0
+            } else {
+                median(&encode)
+            },
+            median(&transfer)
+        );
+    }
+    println!("(medians over the run; CPU as a share of one CPU over the whole run)");
+    Ok(())
+}
+
+fn fio_for(device: &Path, seconds: u64) -> Result<()> {
+    let status = Command::new("fio")
+        .args([
+            "--name=otlp",
+            "--rw=randread",
+            "--bs=4k",
+            "--iodepth=16",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--time_based",
+            "--output-format=terse",
+        ])
+        .arg(format!("--runtime={seconds}"))
+        .arg(format!("--filename={}", device.display()))
+        .stdout(Stdio::null())
+        .status()
+        .context("running fio")?;
+    ensure!(status.success(), "fio failed");
+    Ok(())
+}
+
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    f.iter().sum::<u64>() as f64 / ticks
+}
+
+fn process_rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }

@@ -4,6 +4,7 @@
 //! is one variant in [`Task`] and one match arm below.
 
 mod bench;
+mod receiver;
 mod run;
 mod setup;
 mod tally;
