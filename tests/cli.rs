@@ -26,6 +26,23 @@ fn invalid_config_exits_2_naming_the_key_before_attaching() {
             "unknown variant `uprobe`",
         ),
         ("[probes.blok]\n", "unknown field `blok`"),
+        (
+            "[otlp]\nenabled = true\nendpoint = \"collector:4317\"\n",
+            "config key `otlp.endpoint`",
+        ),
+        (
+            "[otlp]\nenabled = true\nendpoint = \"https://c:4317\"\n[otlp.tls]\nca_file = \"/nonexistent/ca.pem\"\n",
+            "config key `otlp.tls.ca_file`",
+        ),
+        (
+            "[otlp]\nprotocol = \"http/json\"\n",
+            "unknown variant `http/json`",
+        ),
+        (
+            "[prometheus]\nenabled = true\nlisten = \"localhost\"\n",
+            "config key `prometheus.listen`",
+        ),
+        ("[outliers]\nblock_threshold = \"soon\"\n", "or \"auto\""),
     ];
     for (text, expected) in cases {
         let config = write_config(text);

@@ -57,6 +57,54 @@ fn by_reason(probes: &mut Probes, family: &str) -> BTreeMap<String, Series> {
         .collect()
 }
 
+/// The guest process, alive until released: while it lives, /proc/<pid> names its VM.
+struct Guest {
+    stdin: std::process::ChildStdin,
+    _process: common::Workload,
+}
+
+impl Guest {
+    /// Starts the guest with QEMU-like `args` (pinned to `cpu` if given), lets it run
+    /// `iterations` × (out + hlt) once started, and returns its own count of exits. It
+    /// waits for a go-ahead first, so probes already attached see its first KVM_RUN.
+    fn run(cpu: Option<&str>, args: &[&str], iterations: u64) -> (Guest, serde_json::Value) {
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpu]).arg(guest_process_path());
+                c
+            }
+            None => Command::new(guest_process_path()),
+        };
+        let mut child = cmd
+            .args(args)
+            .env("NODEPULSE_KVM_GUEST_ITERATIONS", iterations.to_string())
+            .env("NODEPULSE_KVM_GUEST_WAIT", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the guest process");
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        writeln!(stdin).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        let report = serde_json::from_str(&line).expect("the guest's report");
+        let guest = Guest {
+            stdin,
+            _process: common::Workload(Some(child)),
+        };
+        (guest, report)
+    }
+
+    /// Lets the guest process exit.
+    fn release(mut self) {
+        let _ = writeln!(self.stdin);
+    }
+}
+
 #[test]
 fn exits_to_userspace_are_counted_exactly_per_vm_and_reason() {
     require_root!();
@@ -74,30 +122,17 @@ fn exits_to_userspace_are_counted_exactly_per_vm_and_reason() {
     let kvm = probes.statuses().iter().find(|s| s.probe == "kvm").unwrap();
     assert!(kvm.is_up(), "{kvm:?}");
 
-    // The guest waits for a line on stdin, so the probes see its very first KVM_RUN.
     let iterations = 500u64;
-    let mut guest = Command::new(guest_process_path())
-        .args([
+    let (guest, run) = Guest::run(
+        None,
+        &[
             "-name",
             &format!("guest={DOMAIN},debug-threads=on"),
             "-uuid",
             UUID,
-        ])
-        .env("NODEPULSE_KVM_GUEST_ITERATIONS", iterations.to_string())
-        .env("NODEPULSE_KVM_GUEST_WAIT", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the guest process");
-    let mut stdin = guest.stdin.take().unwrap();
-    let stdout = guest.stdout.take().unwrap();
-    let _guard = common::Workload(Some(guest));
-    writeln!(stdin).unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
-    let run: serde_json::Value = serde_json::from_str(&line).expect("the guest's report");
+        ],
+        iterations,
+    );
     let io = run["io"].as_u64().unwrap();
     let hlt = run["hlt"].as_u64().unwrap();
     assert_eq!((io, hlt), (iterations, iterations), "the guest's own count");
@@ -134,8 +169,7 @@ fn exits_to_userspace_are_counted_exactly_per_vm_and_reason() {
     assert_eq!(labels["nova.instance.name"], "web-01");
     assert_eq!(labels["nova.flavor"], "m1.small");
     assert_eq!(labels["nova.project.name"], "demo");
-    // Let the guest process exit.
-    writeln!(stdin).unwrap();
+    guest.release();
 }
 
 /// A vCPU thread sharing its CPU with a busy loop waits for it; that wait is reported
@@ -155,24 +189,11 @@ fn vcpu_run_queue_wait_is_attributed_to_the_vm() {
         .expect("start a busy loop");
     let _hog = common::Workload(Some(hog));
     let uuid = "0d5b0c39-2f4e-4a63-8d0a-5e6f7a8b9c0d";
-    let mut guest = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(guest_process_path())
-        .args(["-name", "guest=vcpu-wait-test", "-uuid", uuid])
-        .env("NODEPULSE_KVM_GUEST_ITERATIONS", "20000")
-        .env("NODEPULSE_KVM_GUEST_WAIT", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the guest process");
-    let mut stdin = guest.stdin.take().unwrap();
-    let stdout = guest.stdout.take().unwrap();
-    let _guard = common::Workload(Some(guest));
-    writeln!(stdin).unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
+    let (guest, _) = Guest::run(
+        Some("0"),
+        &["-name", "guest=vcpu-wait-test", "-uuid", uuid],
+        20_000,
+    );
 
     let wait = probes
         .collect()
@@ -192,5 +213,5 @@ fn vcpu_run_queue_wait_is_attributed_to_the_vm() {
         wait.quantile(1.0).unwrap() > 100_000.0,
         "waited behind the busy loop"
     );
-    writeln!(stdin).unwrap();
+    guest.release();
 }

@@ -501,7 +501,7 @@ fn otlp_cost(agent: &Path, dir: &Path, runtime: u64) -> Result<()> {
             }
             max_rss
         });
-        fio_for(&device.path, seconds)?;
+        fio(&device.path, seconds)?;
         std::thread::sleep(Duration::from_millis(1200));
         let cpu = process_cpu_seconds(pid) - cpu_before;
         let wall = started.elapsed().as_secs_f64();
@@ -545,27 +545,6 @@ fn otlp_cost(agent: &Path, dir: &Path, runtime: u64) -> Result<()> {
         );
     }
     println!("(medians over the run; CPU as a share of one CPU over the whole run)");
-    Ok(())
-}
-
-fn fio_for(device: &Path, seconds: u64) -> Result<()> {
-    let status = Command::new("fio")
-        .args([
-            "--name=otlp",
-            "--rw=randread",
-            "--bs=4k",
-            "--iodepth=16",
-            "--ioengine=libaio",
-            "--direct=1",
-            "--time_based",
-            "--output-format=terse",
-        ])
-        .arg(format!("--runtime={seconds}"))
-        .arg(format!("--filename={}", device.display()))
-        .stdout(Stdio::null())
-        .status()
-        .context("running fio")?;
-    ensure!(status.success(), "fio failed");
     Ok(())
 }
 
