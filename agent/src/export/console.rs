@@ -13,14 +13,15 @@ use crate::{
 /// reading (a full pipe, a stalled log collector) costs dropped console reports, never
 /// a stalled collection loop.
 pub struct Console {
-    queue: std::sync::mpsc::SyncSender<String>,
+    queue: Option<std::sync::mpsc::SyncSender<String>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     format: ConsoleFormat,
 }
 
 impl Console {
     pub fn new<W: Write + Send + 'static>(mut out: W, format: ConsoleFormat) -> Self {
         let (queue, reports) = std::sync::mpsc::sync_channel::<String>(4);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
                 for text in reports {
@@ -34,7 +35,21 @@ impl Console {
                 }
             })
             .expect("spawn the console writer thread");
-        Self { queue, format }
+        Self {
+            queue: Some(queue),
+            writer: Some(writer),
+            format,
+        }
+    }
+}
+
+/// At exit, the reports already queued (the final one included) are written out.
+impl Drop for Console {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -56,7 +71,10 @@ impl Exporter for Console {
     }
 
     fn export(&mut self, report: &Report) -> std::io::Result<()> {
-        self.queue
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        queue
             .try_send(render(report, self.format))
             .map_err(|_| std::io::Error::other("standard output is not being read; report dropped"))
     }
