@@ -24,6 +24,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // ip netns / ip link for network tests on loopback namespaces.
     "iproute2",
+    // A long-lived periodic sleeper in the run-queue tests.
+    "python3",
 ];
 
 /// Where bpf-linker's build finds LLVM 22.
