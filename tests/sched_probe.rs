@@ -131,7 +131,7 @@ static CPUS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn contention(mode: CgroupMode) {
     let _cpus = CPUS.lock().unwrap_or_else(|e| e.into_inner());
-    require_tool("stress-ng");
+    require_tool("taskset");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     let hierarchy = find_hierarchy(&mounts, mode).expect("the cgroup hierarchy");
     let mut config = Config::default();
@@ -148,7 +148,10 @@ fn contention(mode: CgroupMode) {
     let mut idle = TestCgroup::new(&hierarchy.root, "idle");
     // Four CPU hogs sharing CPU 0; a task waking every millisecond alone on CPU 1
     // (thousands of samples, so its p99 shrugs off the odd host steal on this VM).
-    busy.spawn("taskset -c 0 stress-ng --cpu 4 --timeout 30 --quiet");
+    // Each hog is a direct child of this test, so it is killed and reaped here.
+    for _ in 0..4 {
+        busy.spawn("taskset -c 0 sh -c 'while :; do :; done'");
+    }
     // One long-lived process (no fork per wakeup), so only its own waits count.
     idle.spawn("taskset -c 1 python3 -c 'import time\nwhile True: time.sleep(0.001)'");
     thread::sleep(Duration::from_millis(1000));

@@ -57,8 +57,10 @@ impl Drop for Mounted {
         let Ok(dir) = CString::new(self.0.as_os_str().as_bytes()) else {
             return;
         };
+        // Lazily: another process (a second agent, `nodepulse check`) may have a format
+        // file open right now; a plain unmount would then fail and leave tracefs behind.
         // SAFETY: umount2(2) with a valid NUL-terminated path.
-        if unsafe { libc::umount2(dir.as_ptr(), 0) } == 0 {
+        if unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) } == 0 {
             tracing::info!(path = %self.0.display(), "unmounted the tracefs nodepulse mounted");
         } else {
             tracing::debug!("tracefs left mounted: {}", std::io::Error::last_os_error());
