@@ -226,8 +226,15 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, nr_bytes: u32) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let issued = take_issued(inflight_slot(id, 0), id, None);
-    let (key, start, pid_tgid) = if let Some(stamp) = kernel_stamp::<R>(rq, &l) {
+    let stamp = kernel_stamp::<R>(rq, &l);
+    // With the kernel's stamp and outliers off, the issue side left nothing in the
+    // table: skip reading a slot that is most likely not in cache.
+    let issued = if stamp.is_none() || outlier_layout().enabled != 0 {
+        take_issued(inflight_slot(id, 0), id, None)
+    } else {
+        None
+    };
+    let (key, start, pid_tgid) = if let Some(stamp) = stamp {
         let Some((dev, op)) = request_dev_op::<R>(rq, &l) else {
             return;
         };

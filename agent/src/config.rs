@@ -163,7 +163,9 @@ impl Default for PrometheusConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutliersConfig {
-    pub enabled: bool,
+    /// Unset: on when OTLP export is (spans are where outliers go). Keeping each
+    /// request's context costs ~100 ns per block I/O, so it is not paid for nothing.
+    pub enabled: Option<bool>,
     /// A block request slower than this is an outlier; `auto` derives a threshold per
     /// device from its recent p99 (never below `block_min`).
     pub block_threshold: Threshold,
@@ -177,7 +179,7 @@ pub struct OutliersConfig {
 impl Default for OutliersConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: None,
             block_threshold: Threshold::Auto,
             block_min: Duration::from_millis(1),
             max_per_interval: 200,
@@ -466,6 +468,11 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// Whether outliers are collected: as configured, else when OTLP export is on.
+    pub fn outliers_enabled(&self) -> bool {
+        self.outliers.enabled.unwrap_or(self.otlp.enabled)
+    }
+
     /// Reads `path` (or the defaults when `None`), applies the flags and validates.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut config = match path {

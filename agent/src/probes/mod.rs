@@ -195,7 +195,7 @@ impl Probes {
         let sparse = ebpf
             .take_map(names::MAP_SPARSE_HIST)
             .and_then(|m| PerCpuHashMap::try_from(m).ok());
-        let outliers = outliers::Outliers::take(&mut ebpf).filter(|_| full.outliers.enabled);
+        let outliers = outliers::Outliers::take(&mut ebpf).filter(|_| full.outliers_enabled());
         // Parsing the kernel's BTF twice (ours and aya's) peaks at tens of MiB that
         // glibc keeps unless asked; give it back now that loading is done.
         // SAFETY: malloc_trim only releases free heap memory.
@@ -325,7 +325,7 @@ impl Loaded {
             kernel_btf.as_ref(),
             tracefs,
             config.block.kernel_timestamps,
-            full.outliers.enabled,
+            full.outliers_enabled(),
         );
         let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);
         let sched_layouts = sched::SchedLayouts::resolve(kernel_btf.as_ref(), hierarchy.as_ref());
