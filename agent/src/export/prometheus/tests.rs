@@ -1,0 +1,541 @@
+//! Tests of the parent module.
+use std::collections::BTreeMap;
+
+use agent_common::hist::bucket_index;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::{aggregate::histogram::bucket_upper, report::sample};
+
+const PROTOBUF_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+
+const BLOCK: &str = "nodepulse_block_io_latency_nanoseconds";
+
+/// One parsed sample line of the text format.
+#[derive(Debug)]
+struct Line {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: String,
+}
+
+/// A strict little parser for sample lines: `name{k="v",...} value`.
+fn parse_line(line: &str) -> Line {
+    let end = line.find(['{', ' ']).expect("name ends");
+    let name = line[..end].to_owned();
+    let mut rest = &line[end..];
+    let mut labels = BTreeMap::new();
+    if let Some(body) = rest.strip_prefix('{') {
+        let mut chars = body.char_indices().peekable();
+        loop {
+            let (start, _) = *chars.peek().expect("label or }");
+            if body[start..].starts_with('}') {
+                rest = &body[start + 1..];
+                break;
+            }
+            let eq = start + body[start..].find('=').expect("=");
+            let key = body[start..eq].to_owned();
+            assert_eq!(&body[eq + 1..eq + 2], "\"", "{line}");
+            while chars.next().expect("key").0 < eq + 1 {}
+            let mut value = String::new();
+            loop {
+                match chars.next().expect("value").1 {
+                    '\\' => match chars.next().expect("escape").1 {
+                        '\\' => value.push('\\'),
+                        '"' => value.push('"'),
+                        'n' => value.push('\n'),
+                        c => panic!("bad escape \\{c} in {line}"),
+                    },
+                    '"' => break,
+                    '\n' => panic!("raw newline in {line}"),
+                    c => value.push(c),
+                }
+            }
+            assert!(
+                labels.insert(key, value).is_none(),
+                "duplicate label: {line}"
+            );
+            if chars.peek().map(|&(_, c)| c) == Some(',') {
+                chars.next();
+            }
+        }
+    }
+    let value = rest
+        .strip_prefix(' ')
+        .expect("space before value")
+        .to_owned();
+    assert!(!value.contains(' '), "{line}");
+    Line {
+        name,
+        labels,
+        value,
+    }
+}
+
+/// Every sample line, checking that each belongs to the family of the last `# TYPE`
+/// and that HELP and TYPE appear once per family.
+fn parse_text(text: &str) -> Vec<Line> {
+    let mut typed: BTreeMap<String, String> = BTreeMap::new();
+    let mut helped = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            let name = help.split(' ').next().unwrap().to_owned();
+            assert!(!helped.contains(&name), "second HELP for {name}");
+            helped.push(name);
+        } else if let Some(ty) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = ty.split_once(' ').unwrap();
+            assert!(typed.insert(name.into(), kind.into()).is_none(), "{name}");
+            current = Some((name.into(), kind.into()));
+        } else {
+            let l = parse_line(line);
+            let (family, kind) = current.clone().expect("sample before TYPE");
+            let ok = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| l.name == format!("{family}{s}")),
+                _ => l.name == family,
+            };
+            assert!(ok, "{} under TYPE {family} {kind}", l.name);
+            lines.push(l);
+        }
+    }
+    assert_eq!(helped.len(), typed.len());
+    lines
+}
+
+fn value_of(lines: &[Line], name: &str, labels: &[(&str, &str)]) -> String {
+    lines
+        .iter()
+        .find(|l| {
+            l.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+        .value
+        .clone()
+}
+
+/// Checks the classic buckets of every series of a histogram family: increasing `le`,
+/// non-decreasing counts, `+Inf` == `_count` == `expected_count`.
+fn check_classic(lines: &[Line], family: &str, expected_count: u64) {
+    let bucket_name = format!("{family}_bucket");
+    let buckets: Vec<&Line> = lines.iter().filter(|l| l.name == bucket_name).collect();
+    assert!(buckets.len() > 2);
+    let (mut last_le, mut last_count) = (f64::NEG_INFINITY, 0u64);
+    for b in &buckets {
+        let le = b.labels["le"].as_str();
+        let le: f64 = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap()
+        };
+        let count: u64 = b.value.parse().unwrap();
+        assert!(le > last_le, "le not increasing at {b:?}");
+        assert!(count >= last_count, "count decreasing at {b:?}");
+        (last_le, last_count) = (le, count);
+    }
+    assert_eq!(buckets.last().unwrap().labels["le"], "+Inf");
+    assert_eq!(last_count, expected_count);
+    let count: u64 = value_of(lines, &format!("{family}_count"), &[])
+        .parse()
+        .unwrap();
+    assert_eq!(count, expected_count);
+}
+
+fn decode_families(mut body: &[u8]) -> Vec<proto::MetricFamily> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        out.push(proto::MetricFamily::decode_length_delimited(&mut body).unwrap());
+    }
+    out
+}
+
+/// (Prometheus index, count) of every bucket the spans and deltas describe.
+fn expand_native(spans: &[proto::BucketSpan], deltas: &[i64]) -> Vec<(i32, u64)> {
+    let mut out = Vec::new();
+    let (mut index, mut count, mut deltas) = (0i32, 0i64, deltas.iter());
+    for (n, span) in spans.iter().enumerate() {
+        index = if n == 0 {
+            span.offset()
+        } else {
+            index + span.offset()
+        };
+        for _ in 0..span.length() {
+            count += deltas.next().expect("a delta per bucket");
+            out.push((index, count as u64));
+            index += 1;
+        }
+    }
+    assert!(deltas.next().is_none(), "more deltas than buckets");
+    out
+}
+
+fn with_histogram(h: ExpHistogram, labels: &[(&'static str, &str)]) -> Report {
+    let mut r = sample();
+    let s = &mut r.series[0];
+    s.cumulative_count = h.count();
+    s.cumulative = h;
+    s.labels = labels.iter().map(|&(k, v)| (k, v.to_owned())).collect();
+    r
+}
+
+#[test]
+fn text_has_monotonic_classic_buckets_from_the_cumulative_histogram() {
+    let r = sample();
+    let text = render_text(&r);
+    let lines = parse_text(&text);
+    assert!(
+        text.contains(&format!("# TYPE {BLOCK} histogram\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("# HELP {BLOCK} Block I/O latency")),
+        "{text}"
+    );
+    check_classic(&lines, BLOCK, r.series[0].cumulative_count);
+    assert_eq!(r.series[0].cumulative_count, 100);
+    assert_eq!(value_of(&lines, &format!("{BLOCK}_sum"), &[]), "9000000");
+    let labels = [("device", "loop7"), ("dev", "7:7"), ("op", "read")];
+    for (otlp, _) in r.series[0].cumulative.buckets() {
+        // The exact upper bound of each populated bucket is an `le`.
+        let le = format_float(native_upper_bound(otlp + 1));
+        let with_le: Vec<(&str, &str)> = labels
+            .iter()
+            .copied()
+            .chain([("le", le.as_str())])
+            .collect();
+        value_of(&lines, &format!("{BLOCK}_bucket"), &with_le);
+    }
+    // 90 samples up to the first populated bucket's bound, all 100 by the second's.
+    let (first, _) = r.series[0].cumulative.buckets().next().unwrap();
+    let le = format_float(native_upper_bound(first + 1));
+    let v = value_of(&lines, &format!("{BLOCK}_bucket"), &[("le", le.as_str())]);
+    assert_eq!(v, "90");
+}
+
+#[test]
+fn text_has_the_self_metrics() {
+    let lines = parse_text(&render_text(&sample()));
+    let program = [("probe", "block"), ("program", "block_rq_issue_btf")];
+    let v = |name: &str, labels: &[(&str, &str)]| value_of(&lines, name, labels);
+    assert_eq!(v("nodepulse_bpf_program_run_count_total", &program), "1000");
+    assert_eq!(
+        v("nodepulse_bpf_program_run_time_nanoseconds_total", &program),
+        "40000"
+    );
+    let up = [("probe", "block"), ("attach", "tp_btf")];
+    assert_eq!(v("nodepulse_probe_up", &up), "1");
+    let reason = [("reason", "block_unmatched_completions")];
+    assert_eq!(v("nodepulse_dropped_events_total", &reason), "7");
+    assert_eq!(
+        v("nodepulse_process_resident_memory_bytes", &[]),
+        "10485760"
+    );
+    assert_eq!(v("nodepulse_process_cpu_seconds_total", &[]), "1.5");
+}
+
+#[test]
+fn down_probe_is_zero_with_attach_none() {
+    let mut r = sample();
+    r.probes[0].state = ProbeState::Down;
+    r.probes[0].attach = None;
+    let lines = parse_text(&render_text(&r));
+    let labels = [("probe", "block"), ("attach", "none")];
+    assert_eq!(value_of(&lines, "nodepulse_probe_up", &labels), "0");
+}
+
+#[test]
+fn labels_are_renamed_and_values_escaped() {
+    let nasty = "a\"b\\c\nd{e}=f,g";
+    let r = with_histogram(
+        sample().series[0].cumulative.clone(),
+        &[
+            ("vm.uuid", nasty),
+            ("nova.instance.name", "instance-0000002a"),
+        ],
+    );
+    let text = render_text(&r);
+    assert!(text.contains(r#"vm_uuid="a\"b\\c\nd{e}=f,g""#), "{text}");
+    let lines = parse_text(&text);
+    let l = lines
+        .iter()
+        .find(|l| l.name == format!("{BLOCK}_count"))
+        .unwrap();
+    assert_eq!(l.labels["vm_uuid"], nasty);
+    assert_eq!(l.labels["nova_instance_name"], "instance-0000002a");
+    assert_eq!(escape_help("a\\b\nc\"d"), "a\\\\b\\nc\"d");
+    assert_eq!(sanitize_name("kvm.exit.latency"), "kvm_exit_latency");
+    assert_eq!(sanitize_name("9-lives"), "_9_lives");
+}
+
+#[test]
+fn zero_bucket_gaps_and_unlabelled_series() {
+    // Zeros, two adjacent buckets, then a gap.
+    let h = ExpHistogram::from_buckets(5_000, 4, [(10, 2), (11, 3), (40, 1)]);
+    let r = with_histogram(h.clone(), &[]);
+    let text = render_text(&r);
+    let lines = parse_text(&text);
+    check_classic(&lines, BLOCK, 10);
+    assert!(
+        text.contains(&format!("{BLOCK}_bucket{{le=\"0\"}} 4\n")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{BLOCK}_count 10\n")), "{text}");
+    let buckets = classic_buckets(&h);
+    // le=0, lower edge of 10, top of 10, top of 11, lower edge of 40, top of 40.
+    let expected = [
+        (0.0, 4),
+        (native_upper_bound(10), 4),
+        (native_upper_bound(11), 6),
+        (native_upper_bound(12), 9),
+        (native_upper_bound(40), 9),
+        (native_upper_bound(41), 10),
+    ];
+    assert_eq!(buckets, expected);
+}
+
+#[test]
+fn index_convention_matches_the_kernel_bucketing() {
+    // 1 ns is the inclusive upper bound of Prometheus bucket 0 (OTLP bucket -1).
+    assert_eq!(prometheus_index(bucket_index(1)), 0);
+    assert_eq!(native_upper_bound(0), 1.0);
+    // Every value lies in (bound(k-1), bound(k)] of its Prometheus bucket k. (Up to
+    // 2^53 ns, 104 days, where every integer is still exact as an f64.)
+    let mut values: Vec<u64> = (1..=5000).collect();
+    values.extend((1..53).flat_map(|s| [(1u64 << s) - 1, 1 << s, (1 << s) + 1]));
+    values.extend([80_000, 2_600_000, 999_999_999, 86_400_000_000_000]);
+    for v in values {
+        let k = prometheus_index(bucket_index(v));
+        let x = v as f64;
+        assert!(
+            native_upper_bound(k - 1) < x && x <= native_upper_bound(k),
+            "{v}: k {k}"
+        );
+    }
+}
+
+#[test]
+fn bounds_agree_with_the_aggregate_module() {
+    for otlp in -1..=511 {
+        let ours = native_upper_bound(prometheus_index(otlp));
+        let theirs = bucket_upper(otlp);
+        assert!(
+            (ours / theirs - 1.0).abs() < 1e-15,
+            "{otlp}: {ours} {theirs}"
+        );
+        if (otlp + 1) % 8 == 0 {
+            assert_eq!(ours, pow2((otlp + 1) / 8));
+        }
+    }
+    for (j, f) in SCHEMA3_FRACTIONS.iter().enumerate() {
+        assert!((f.log2() - (j as f64 / 8.0 - 1.0)).abs() < 1e-15);
+    }
+}
+
+#[test]
+fn protobuf_carries_native_and_classic_histograms() {
+    let r = sample();
+    let families = decode_families(&render_protobuf(&r));
+    let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+    let text_names: Vec<String> = families_in_text(&render_text(&r));
+    assert_eq!(names, text_names);
+
+    let f = families.iter().find(|f| f.name() == BLOCK).unwrap();
+    assert_eq!(f.r#type(), proto::MetricType::Histogram);
+    assert_eq!(f.metric.len(), 1);
+    let m = &f.metric[0];
+    let labels: Vec<(&str, &str)> = m.label.iter().map(|l| (l.name(), l.value())).collect();
+    assert_eq!(
+        labels,
+        [("dev", "7:7"), ("device", "loop7"), ("op", "read")]
+    );
+    let h = m.histogram.as_ref().unwrap();
+    let cumulative = &r.series[0].cumulative;
+    assert_eq!(h.schema(), 3);
+    assert_eq!(h.zero_threshold, Some(0.0));
+    assert_eq!(h.zero_count(), 0);
+    assert_eq!(h.sample_count(), 100);
+    assert_eq!(h.sample_sum(), 9_000_000.0);
+    assert_eq!(h.positive_span.len(), 2, "{:?}", h.positive_span);
+    let native = expand_native(&h.positive_span, &h.positive_delta);
+    let expected: Vec<(i32, u64)> = cumulative.buckets().map(|(i, c)| (i + 1, c)).collect();
+    assert_eq!(native, expected);
+    let classic: Vec<(f64, u64)> = h
+        .bucket
+        .iter()
+        .map(|b| (b.upper_bound(), b.cumulative_count()))
+        .collect();
+    assert_eq!(classic, classic_buckets(cumulative));
+
+    let cost = families
+        .iter()
+        .find(|f| f.name() == "nodepulse_bpf_program_run_count_total")
+        .unwrap();
+    assert_eq!(cost.r#type(), proto::MetricType::Counter);
+    assert_eq!(cost.metric[0].counter.as_ref().unwrap().value(), 1000.0);
+    let rss = families
+        .iter()
+        .find(|f| f.name() == "nodepulse_process_resident_memory_bytes")
+        .unwrap();
+    assert_eq!(rss.r#type(), proto::MetricType::Gauge);
+    assert_eq!(rss.metric[0].gauge.as_ref().unwrap().value(), 10_485_760.0);
+}
+
+fn families_in_text(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn native_spans_reconstruct_gappy_histograms() {
+    let h = ExpHistogram::from_buckets(
+        1,
+        7,
+        [(-1, 1), (0, 5), (1, 2), (5, 9), (6, 9), (100, 1), (102, 4)],
+    );
+    let p = histogram_proto(&h);
+    assert_eq!(p.zero_count(), 7);
+    let spans: Vec<(i32, u32)> = p
+        .positive_span
+        .iter()
+        .map(|s| (s.offset(), s.length()))
+        .collect();
+    assert_eq!(spans, [(0, 3), (3, 2), (93, 1), (1, 1)]);
+    let expected: Vec<(i32, u64)> = h.buckets().map(|(i, c)| (i + 1, c)).collect();
+    assert_eq!(expand_native(&p.positive_span, &p.positive_delta), expected);
+    // Round trip through the wire format.
+    let decoded = proto::Histogram::decode(p.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(decoded, p);
+}
+
+#[test]
+fn empty_histogram_is_still_native() {
+    let p = histogram_proto(&ExpHistogram::default());
+    assert_eq!(p.sample_count(), 0);
+    assert_eq!(
+        p.positive_span,
+        [proto::BucketSpan {
+            offset: Some(0),
+            length: Some(0)
+        }]
+    );
+    assert!(p.positive_delta.is_empty() && p.bucket.is_empty());
+}
+
+#[test]
+fn negotiates_the_format_from_accept() {
+    assert!(!wants_protobuf(None));
+    assert!(!wants_protobuf(Some("*/*")));
+    assert!(!wants_protobuf(Some("text/plain;version=0.0.4")));
+    assert!(wants_protobuf(Some(PROTOBUF_ACCEPT)));
+    assert!(wants_protobuf(Some(
+        "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+    )));
+    // Text preferred, or protobuf in the wrong encoding or refused.
+    assert!(!wants_protobuf(Some(
+        "text/plain;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5"
+    )));
+    assert!(!wants_protobuf(Some(
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"
+    )));
+    assert!(!wants_protobuf(Some(
+        "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0"
+    )));
+}
+
+/// One HTTP/1.1 request over a raw socket: (status, content type, body).
+async fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let body = raw[split + 4..].to_vec();
+    let mut head_lines = head.split("\r\n");
+    let status = head_lines.next().unwrap().split(' ').nth(1).unwrap();
+    let mut content_type = String::new();
+    for h in head_lines {
+        let (k, v) = h.split_once(':').unwrap();
+        if k.eq_ignore_ascii_case("content-type") {
+            content_type = v.trim().to_owned();
+        }
+        if k.eq_ignore_ascii_case("content-length") {
+            assert_eq!(v.trim().parse::<usize>().unwrap(), body.len());
+        }
+    }
+    (status.parse().unwrap(), content_type, body)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn serves_metrics_over_http() {
+    let (mut exporter, addr) = PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    assert_ne!(addr.port(), 0);
+    assert_eq!(exporter.name(), "prometheus");
+
+    let (status, ct, body) = get(addr, "/metrics", None).await;
+    assert_eq!((status, ct.as_str()), (503, PLAIN_CONTENT_TYPE));
+    assert!(String::from_utf8(body).unwrap().contains("first interval"));
+
+    let report = sample();
+    exporter.export(&report).unwrap();
+
+    let (status, ct, body) = get(addr, "/metrics", None).await;
+    assert_eq!((status, ct.as_str()), (200, TEXT_CONTENT_TYPE));
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(text, render_text(&report));
+    check_classic(&parse_text(&text), BLOCK, 100);
+
+    let (status, ct, body) = get(addr, "/metrics", Some(PROTOBUF_ACCEPT)).await;
+    assert_eq!((status, ct.as_str()), (200, PROTOBUF_CONTENT_TYPE));
+    assert_eq!(body, render_protobuf(&report));
+    let families = decode_families(&body);
+    let f = families.iter().find(|f| f.name() == BLOCK).unwrap();
+    assert_eq!(f.metric[0].histogram.as_ref().unwrap().schema(), 3);
+
+    let (status, ct, body) = get(addr, "/", None).await;
+    assert_eq!((status, ct.as_str()), (404, PLAIN_CONTENT_TYPE));
+    assert!(String::from_utf8(body).unwrap().contains("/metrics"));
+    let (status, _, _) = get(addr, "/metrics/extra", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stuck_client_does_not_block_others() {
+    let (mut exporter, addr) = PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    exporter.export(&sample()).unwrap();
+    // Half a request, never finished.
+    let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stuck.write_all(b"GET /metr").await.unwrap();
+    let (status, _, _) = get(addr, "/metrics", None).await;
+    assert_eq!(status, 200);
+    // Exporting stays possible while the stuck client is connected.
+    exporter.export(&sample()).unwrap();
+}
+
+#[test]
+fn start_outside_a_runtime_is_an_error() {
+    let err = PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).err();
+    assert!(err.unwrap().to_string().contains("tokio runtime"));
+}
+
+#[test]
+fn method_not_allowed() {
+    let r = respond(
+        &Method::POST,
+        METRICS_PATH,
+        &HeaderMap::new(),
+        Some(&sample()),
+    );
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+}
