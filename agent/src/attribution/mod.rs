@@ -37,9 +37,12 @@ impl Attribution {
         self.vms.labels(pid)
     }
 
-    /// Called once per interval: forgets processes that exited.
+    /// Called once per interval: forgets processes that exited, and device names (a
+    /// hot-plugged disk can take a freed device number; re-reading a few sysfs files
+    /// per interval is cheap).
     pub fn refresh(&mut self) {
         self.vms.forget_exited();
+        self.devices.forget();
     }
 }
 

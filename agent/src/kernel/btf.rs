@@ -244,10 +244,6 @@ impl Btf {
         Ok(bits / 8)
     }
 
-    pub fn has_struct(&self, strukt: &str) -> bool {
-        self.structs.contains_key(strukt)
-    }
-
     /// Value of a C enumerator, e.g. `enum_value("QUEUE_FLAG_STATS")`.
     pub fn enum_value(&self, name: &str) -> Option<i64> {
         self.enumerators.get(name).copied()
