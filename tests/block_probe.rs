@@ -24,24 +24,20 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
 
     let after = BlockSnapshot::take(&mut probes, &lo.number);
     let stat_after = lo.stat();
-    let unmatched = after.drops_since(&before, "block_unmatched_completions");
+    // Samples the probe had to drop over the span, on any device (the parallel tests
+    // do I/O too): a completion whose slot another request took, or without a record.
+    let lost = after.drops_since(&before, "block_unmatched_completions")
+        + after.drops_since(&before, "block_inflight_collisions");
     for op in ["read", "write", "flush", "discard"] {
         let got = after.since(&before, op).count();
         let want = stat_after.get(op) - stat_before.get(op);
-        if attach == AttachMode::Tracepoint && op == "write" {
-            // fsync's data-less pre-flush write completes without ever being issued;
-            // the classic record has no request pointer to measure it from its
-            // allocation, so it is counted as unmatched instead.
-            assert!(
-                got <= want && want - got <= unmatched,
-                "write requests via {attach:?}: {got}, sysfs {want}, unmatched {unmatched}"
-            );
-        } else {
-            assert_eq!(
-                got, want,
-                "{op} requests via {attach:?} (sysfs says {want})"
-            );
-        }
+        // Exact unless the probe counted a drop. fsync's data-less pre-flush write
+        // completes without ever being issued: on the classic tracepoint there is no
+        // request pointer to measure it from its allocation, so it is such a drop.
+        assert!(
+            got <= want && want - got <= lost,
+            "{op} requests via {attach:?}: {got}, sysfs says {want}, drops counted {lost}"
+        );
     }
     assert!(after.since(&before, "read").count() >= 340);
     assert!(after.since(&before, "write").count() >= 199);
