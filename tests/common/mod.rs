@@ -132,12 +132,17 @@ impl LoopDevice {
             .expect("loop device in sysfs")
             .trim()
             .to_owned();
-        Self {
+        let device = Self {
             path,
             name,
             number,
             backing,
-        }
+        };
+        // The kernel reads a new disk by itself (partition scan) right after attach:
+        // let that finish so it does not straddle a test's baseline.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        device.wait_idle();
+        device
     }
 
     /// Waits until no request is in flight (`/sys/block/<dev>/inflight` reads 0 0): a
