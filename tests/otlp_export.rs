@@ -95,14 +95,7 @@ fn config(endpoint: &str, protocol: &str, extra: &str) -> tempfile::NamedTempFil
 }
 
 fn start_agent(config: &tempfile::NamedTempFile) -> RunningAgent {
-    RunningAgent::start(&[
-        "--interval",
-        "1s",
-        "--format",
-        "json",
-        "--config",
-        config.path().to_str().unwrap(),
-    ])
+    RunningAgent::with_config(config.path())
 }
 
 /// fio random reads at queue depth 8 (plenty of samples and some outliers), about

@@ -62,14 +62,7 @@ fn scrape_matches_the_kernels_counts() {
         "[prometheus]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
-    let agent = RunningAgent::start(&[
-        "--interval",
-        "1s",
-        "--format",
-        "json",
-        "--config",
-        config.path().to_str().unwrap(),
-    ]);
+    let agent = RunningAgent::with_config(config.path());
     let addr = agent
         .log_line("Prometheus endpoint on http://")
         .and_then(|l| {

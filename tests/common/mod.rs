@@ -356,6 +356,18 @@ impl RunningAgent {
         }
     }
 
+    /// `nodepulse run` with a configuration file, reporting JSON every second.
+    pub fn with_config(config: &Path) -> Self {
+        Self::start(&[
+            "--interval",
+            "1s",
+            "--format",
+            "json",
+            "--config",
+            config.to_str().expect("UTF-8 path"),
+        ])
+    }
+
     /// The first line of the startup log containing `needle`.
     pub fn log_line(&self, needle: &str) -> Option<String> {
         self.startup_log
