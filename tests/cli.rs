@@ -43,6 +43,10 @@ fn invalid_config_exits_2_naming_the_key_before_attaching() {
             "config key `prometheus.listen`",
         ),
         ("[outliers]\nblock_threshold = \"soon\"\n", "or \"auto\""),
+        (
+            "[health]\nenabled = true\nlisten = \":9465\"\n",
+            "config key `health.listen`",
+        ),
     ];
     for (text, expected) in cases {
         let config = write_config(text);
@@ -59,6 +63,31 @@ fn invalid_config_exits_2_naming_the_key_before_attaching() {
         assert!(!stderr.contains("probe attached"), "{stderr}");
         assert!(out.stdout.is_empty());
     }
+}
+
+/// `check --config-only` validates without privileges: what a deployment pipeline runs
+/// on a ConfigMap before rolling it out.
+#[test]
+fn check_config_only_validates_without_attaching() {
+    let good = write_config("[health]\nenabled = true\nlisten = \"0.0.0.0:9465\"\n");
+    let out = nodepulse()
+        .args(["check", "--config-only", "--config"])
+        .arg(good.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("configuration is valid"), "{stdout}");
+
+    let bad = write_config("[health]\nenabeld = true\n");
+    let out = nodepulse()
+        .args(["check", "--config-only", "--config"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field `enabeld`"), "{stderr}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{LoopDevice, RunningAgent};
+use common::{LoopDevice, RunningAgent, logged_address};
 
 fn scrape(addr: &str, accept: &str) -> (String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).expect("connect to the endpoint");
@@ -63,13 +63,7 @@ fn scrape_matches_the_kernels_counts() {
     )
     .unwrap();
     let agent = RunningAgent::with_config(config.path());
-    let addr = agent
-        .log_line("Prometheus endpoint on http://")
-        .and_then(|l| {
-            let rest = l.split("http://").nth(1)?;
-            Some(rest.split('/').next()?.to_owned())
-        })
-        .expect("the agent logs its endpoint");
+    let addr = logged_address(&agent, "Prometheus endpoint on http://");
 
     // A device attached after the agent: all its I/O since then is in the agent's
     // cumulative counts (loop devices keep their stat counters across reuse, hence

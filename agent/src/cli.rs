@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     check,
     config::{self, Config, ConsoleFormat, LogFormat, LogLevel, Overrides},
-    export::{Exporter, console::Console, otlp::OtlpExporter, prometheus::PrometheusExporter},
+    export::{
+        Exporter, console::Console, otlp::OtlpExporter, otlp_transport::OtlpSender,
+        prometheus::PrometheusExporter,
+    },
+    health::Health,
     pipeline::{Pipeline, Shutdown},
     probes::Probes,
 };
@@ -68,6 +72,14 @@ pub struct RunArgs {
     /// Stop after this many reports (0: run until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0)]
     pub reports: u64,
+    /// The node's name in reports (overrides [agent] node_name; a DaemonSet passes
+    /// the Kubernetes node name).
+    #[arg(long, env = "NODEPULSE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The collector to export to (overrides [otlp] endpoint, e.g. a node-local
+    /// collector at the host's address).
+    #[arg(long, env = "NODEPULSE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +89,10 @@ pub struct CheckArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Only validate the configuration (no privileges needed): exit 0 when valid, 2
+    /// when not.
+    #[arg(long)]
+    pub config_only: bool,
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -91,6 +107,8 @@ impl ConfigArgs {
             log_level: self.log_level,
             log_format: self.log_format,
             sys_root: self.sys_root.clone(),
+            node_name: run.and_then(|r| r.node_name.clone()),
+            otlp_endpoint: run.and_then(|r| r.otlp_endpoint.clone()),
         };
         Config::load(self.config.as_deref(), &overrides)
     }
@@ -159,50 +177,10 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
-    if config.console.enabled {
-        exporters.push(Box::new(Console::new(
-            std::io::stdout(),
-            config.console.format,
-        )));
-    }
-    if config.prometheus.enabled {
-        // Validated with the rest of the configuration.
-        let listen: std::net::SocketAddr = match config.prometheus.listen.parse() {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("nodepulse: prometheus.listen: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
-        match PrometheusExporter::start(listen) {
-            Ok((exporter, bound)) => {
-                tracing::info!("Prometheus endpoint on http://{bound}/metrics");
-                exporters.push(Box::new(exporter));
-            }
-            Err(e) => {
-                eprintln!(
-                    "nodepulse: cannot serve Prometheus metrics on {listen}: {e}\n\
-                     choose a free address with [prometheus] listen in the configuration"
-                );
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let mut otlp = None;
-    if config.otlp.enabled {
-        match OtlpExporter::start(&config.otlp, &crate::kernel::hostname()) {
-            Ok((exporter, sender)) => {
-                tracing::info!(endpoint = %config.otlp.endpoint, "exporting to OTLP");
-                exporters.push(Box::new(exporter));
-                otlp = Some(sender);
-            }
-            Err(e) => {
-                eprintln!("nodepulse: cannot start OTLP export: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
+    let (exporters, otlp) = match start_exporters(&config) {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
     tracing::info!(
         "first report in {}",
         humantime::format_duration(config.agent.interval)
@@ -219,11 +197,79 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Every configured exporter (the health endpoint is fed like one), and the OTLP sender
+/// to flush at exit. On failure, the exit code after the message is printed.
+fn start_exporters(
+    config: &Config,
+) -> Result<(Vec<Box<dyn Exporter>>, Option<std::sync::Arc<OtlpSender>>), ExitCode> {
+    let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
+    if config.console.enabled {
+        exporters.push(Box::new(Console::new(
+            std::io::stdout(),
+            config.console.format,
+        )));
+    }
+    if config.prometheus.enabled {
+        let listen = listen_address("prometheus", &config.prometheus.listen)?;
+        let (exporter, bound) = PrometheusExporter::start(listen)
+            .map_err(|e| cannot_serve("Prometheus metrics", "prometheus", listen, e))?;
+        tracing::info!("Prometheus endpoint on http://{bound}/metrics");
+        exporters.push(Box::new(exporter));
+    }
+    if config.health.enabled {
+        let listen = listen_address("health", &config.health.listen)?;
+        let (health, bound) = Health::start(listen, config.agent.interval)
+            .map_err(|e| cannot_serve("health checks", "health", listen, e))?;
+        tracing::info!("health endpoint on http://{bound}/healthz and /readyz");
+        exporters.push(Box::new(health));
+    }
+    let mut otlp = None;
+    if config.otlp.enabled {
+        match OtlpExporter::start(&config.otlp, &config.node_name()) {
+            Ok((exporter, sender)) => {
+                tracing::info!(endpoint = %config.otlp.endpoint, "exporting to OTLP");
+                exporters.push(Box::new(exporter));
+                otlp = Some(sender);
+            }
+            Err(e) => {
+                eprintln!("nodepulse: cannot start OTLP export: {e}");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok((exporters, otlp))
+}
+
+/// A `listen` key, already validated with the rest of the configuration.
+fn listen_address(table: &str, listen: &str) -> Result<std::net::SocketAddr, ExitCode> {
+    listen.parse().map_err(|e| {
+        eprintln!("nodepulse: {table}.listen: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn cannot_serve(
+    what: &str,
+    table: &str,
+    listen: std::net::SocketAddr,
+    e: std::io::Error,
+) -> ExitCode {
+    eprintln!(
+        "nodepulse: cannot serve {what} on {listen}: {e}\n\
+         choose a free address with [{table}] listen in the configuration"
+    );
+    ExitCode::FAILURE
+}
+
 fn check(args: CheckArgs) -> ExitCode {
     let config = match args.config.load(None) {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
+    if args.config_only {
+        println!("configuration is valid: {config}");
+        return ExitCode::SUCCESS;
+    }
     init_logging(&config);
     let report = check::run(&config);
     if args.json {

@@ -42,6 +42,24 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub prometheus: PrometheusConfig,
     pub outliers: OutliersConfig,
+    pub health: HealthConfig,
+}
+
+/// Liveness and readiness over HTTP, for Kubernetes probes and monitoring.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:9465".into(),
+        }
+    }
 }
 
 /// Export to an OpenTelemetry collector.
@@ -258,6 +276,9 @@ pub struct AgentConfig {
     pub interval: Duration,
     /// Where sysfs is; a container reads the host's through a mount.
     pub sys_root: PathBuf,
+    /// The node's name in reports and exports; empty means the host name. A pod has a
+    /// host name of its own, so a DaemonSet sets this (from the downward API).
+    pub node_name: String,
 }
 
 impl Default for AgentConfig {
@@ -265,6 +286,7 @@ impl Default for AgentConfig {
         Self {
             interval: Duration::from_secs(10),
             sys_root: PathBuf::from("/sys"),
+            node_name: String::new(),
         }
     }
 }
@@ -465,9 +487,20 @@ pub struct Overrides {
     pub log_level: Option<LogLevel>,
     pub log_format: Option<LogFormat>,
     pub sys_root: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Config {
+    /// The configured node name, else the host name.
+    pub fn node_name(&self) -> String {
+        if self.agent.node_name.is_empty() {
+            crate::kernel::hostname()
+        } else {
+            self.agent.node_name.clone()
+        }
+    }
+
     /// Whether outliers are collected: as configured, else when OTLP export is on.
     pub fn outliers_enabled(&self) -> bool {
         self.outliers.enabled.unwrap_or(self.otlp.enabled)
@@ -516,6 +549,12 @@ impl Config {
         if let Some(v) = &o.sys_root {
             self.agent.sys_root = v.clone();
         }
+        if let Some(v) = &o.node_name {
+            self.agent.node_name = v.clone();
+        }
+        if let Some(v) = &o.otlp_endpoint {
+            self.otlp.endpoint = v.clone();
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -549,17 +588,24 @@ impl Config {
         if self.otlp.enabled {
             crate::export::otlp_transport::validate(&self.otlp)?;
         }
-        if self.prometheus.enabled || !self.prometheus.listen.is_empty() {
-            self.prometheus
-                .listen
-                .parse::<std::net::SocketAddr>()
-                .map_err(|e| ConfigError::Invalid {
-                    key: "prometheus.listen",
-                    problem: format!(
-                        "must be an address and port such as \"127.0.0.1:9464\" or \"[::]:9464\", got \"{}\" ({e})",
-                        self.prometheus.listen
-                    ),
-                })?;
+        let listens = [
+            (
+                "prometheus.listen",
+                self.prometheus.enabled,
+                &self.prometheus.listen,
+                9464,
+            ),
+            (
+                "health.listen",
+                self.health.enabled,
+                &self.health.listen,
+                9465,
+            ),
+        ];
+        for (key, enabled, listen, port) in listens {
+            if enabled || !listen.is_empty() {
+                check_listen(key, listen, port)?;
+            }
         }
         if !(1..=100_000).contains(&self.outliers.max_per_interval) {
             return Err(ConfigError::Invalid {
@@ -585,6 +631,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A listen address: an IP address and a port.
+fn check_listen(key: &'static str, listen: &str, port: u16) -> Result<(), ConfigError> {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|e| ConfigError::Invalid {
+            key,
+            problem: format!(
+                "must be an address and port such as \"127.0.0.1:{port}\" or \"[::]:{port}\", got \"{listen}\" ({e})"
+            ),
+        })
 }
 
 /// " at line L, column C (in [table])" for a byte offset of the text.
@@ -646,7 +705,7 @@ mod tests {
         assert!(e.contains("unknown field `intervl`"), "{e}");
         assert!(e.contains("line 2"), "{e}");
         assert!(e.contains("(in [agent])"), "{e}");
-        assert!(e.contains("expected `interval`"), "{e}");
+        assert!(e.contains("expected one of `interval`"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod export;
+pub mod health;
 pub mod kernel;
 pub mod pipeline;
 pub mod probes;

@@ -397,3 +397,37 @@ impl RunningAgent {
 
 pub mod kvm_guest;
 pub mod otlp_server;
+
+/// `GET path` over plain HTTP/1.1: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
+
+/// The address an endpoint logged at startup: `<needle>http://ADDR/...`.
+pub fn logged_address(agent: &RunningAgent, needle: &str) -> String {
+    agent
+        .log_line(needle)
+        .and_then(|l| {
+            let rest = l.split("http://").nth(1)?;
+            Some(rest.split('/').next()?.to_owned())
+        })
+        .unwrap_or_else(|| panic!("the agent logs `{needle}`"))
+}

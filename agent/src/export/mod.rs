@@ -1,6 +1,7 @@
 //! Where reports go. The console is the default; each exporter gets every report.
 
 pub mod console;
+pub mod http;
 pub mod otlp;
 pub mod otlp_encode;
 pub mod otlp_transport;

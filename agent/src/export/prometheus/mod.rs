@@ -10,30 +10,18 @@
 //! every bucket bound is exactly the one Prometheus computes for native schema 3.
 
 use std::{
-    convert::Infallible,
     fmt::Write as _,
     io,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{
-    HeaderMap, Method, Request, Response, StatusCode,
-    header::{self, HeaderValue},
-    server::conn::http1,
-    service::service_fn,
-};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{HeaderMap, Method, Response, StatusCode, header};
 use prost::Message as _;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
 
-use super::Exporter;
+use super::{Exporter, http};
 use crate::{
     aggregate::ExpHistogram,
     report::{ProbeState, Report, SeriesReport},
@@ -51,18 +39,6 @@ pub const PROTOBUF_CONTENT_TYPE: &str =
 
 const PROTOBUF_MEDIA_TYPE: &str = "application/vnd.google.protobuf";
 const PROTOBUF_MESSAGE: &str = "io.prometheus.client.MetricFamily";
-const PLAIN_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
-
-/// Connections served at once. Prometheus keeps one connection per target; the cap
-/// bounds what a misbehaving client can make the agent hold.
-const MAX_CONNECTIONS: usize = 32;
-
-/// A client that does not send its request headers within this time is dropped.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop doesn't spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 const METRIC_PREFIX: &str = "nodepulse_";
 
 // ---------------------------------------------------------------------------------------
@@ -734,53 +710,34 @@ fn respond(
     report: Option<&Report>,
 ) -> Response<Full<Bytes>> {
     if path != METRICS_PATH {
-        return plain(
+        return http::plain(
             StatusCode::NOT_FOUND,
             "not found: nodepulse serves its metrics at /metrics\n",
         );
     }
     if method != Method::GET && method != Method::HEAD {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET /metrics\n");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return http::method_not_allowed("use GET /metrics\n");
     }
     let Some(report) = report else {
-        return plain(
+        return http::plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "no metrics yet: nodepulse has not finished its first interval\n",
         );
     };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if wants_protobuf(accept) {
-        response(
+        http::response(
             StatusCode::OK,
             PROTOBUF_CONTENT_TYPE,
             render_protobuf(report).into(),
         )
     } else {
-        response(
+        http::response(
             StatusCode::OK,
             TEXT_CONTENT_TYPE,
             render_text(report).into(),
         )
     }
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    response(
-        status,
-        PLAIN_CONTENT_TYPE,
-        Bytes::from_static(text.as_bytes()),
-    )
-}
-
-fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
 }
 
 // ---------------------------------------------------------------------------------------
@@ -802,7 +759,7 @@ fn latest(shared: &Latest) -> Option<Arc<Report>> {
 /// connections.
 pub struct PrometheusExporter {
     latest: Latest,
-    server: tokio::task::JoinHandle<()>,
+    _server: http::Server,
 }
 
 impl PrometheusExporter {
@@ -810,22 +767,16 @@ impl PrometheusExporter {
     /// I/O enabled). Returns the bound address, which tells the port when `listen` has
     /// port 0. Errors when called outside a runtime or when the address cannot be bound.
     pub fn start(listen: SocketAddr) -> io::Result<(Self, SocketAddr)> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
-            io::Error::other(format!(
-                "the Prometheus endpoint needs a tokio runtime: {e}"
-            ))
-        })?;
-        // Bound with std so that `start` stays synchronous; tokio takes it over.
-        let listener = std::net::TcpListener::bind(listen)?;
-        listener.set_nonblocking(true)?;
-        let bound = listener.local_addr()?;
-        let listener = TcpListener::from_std(listener)?;
         let shared = Latest::default();
-        let server = runtime.spawn(accept_loop(listener, shared.clone()));
+        let reader = shared.clone();
+        let handler: http::Handler = Arc::new(move |method, path, headers| {
+            respond(method, path, headers, latest(&reader).as_deref())
+        });
+        let (server, bound) = http::serve("Prometheus", listen, handler)?;
         Ok((
             Self {
                 latest: shared,
-                server,
+                _server: server,
             },
             bound,
         ))
@@ -842,60 +793,6 @@ impl Exporter for PrometheusExporter {
         let report = Arc::new(report.clone());
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
         Ok(())
-    }
-}
-
-impl Drop for PrometheusExporter {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-/// Accepts connections and serves each on a task of its own, so that a slow or stuck
-/// client only ever holds its own task (and one of [`MAX_CONNECTIONS`] slots).
-async fn accept_loop(listener: TcpListener, shared: Latest) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    serve_connection(stream, shared).await;
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                tracing::warn!("Prometheus endpoint: accept failed: {e}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
-}
-
-async fn serve_connection(stream: TcpStream, shared: Latest) {
-    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-        let report = latest(&shared);
-        async move {
-            Ok::<_, Infallible>(respond(
-                req.method(),
-                req.uri().path(),
-                req.headers(),
-                report.as_deref(),
-            ))
-        }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!("Prometheus endpoint: connection ended: {e}");
     }
 }
 

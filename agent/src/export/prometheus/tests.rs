@@ -483,7 +483,7 @@ async fn serves_metrics_over_http() {
     assert_eq!(exporter.name(), "prometheus");
 
     let (status, ct, body) = get(addr, "/metrics", None).await;
-    assert_eq!((status, ct.as_str()), (503, PLAIN_CONTENT_TYPE));
+    assert_eq!((status, ct.as_str()), (503, http::PLAIN_CONTENT_TYPE));
     assert!(String::from_utf8(body).unwrap().contains("first interval"));
 
     let report = sample();
@@ -503,7 +503,7 @@ async fn serves_metrics_over_http() {
     assert_eq!(f.metric[0].histogram.as_ref().unwrap().schema(), 3);
 
     let (status, ct, body) = get(addr, "/", None).await;
-    assert_eq!((status, ct.as_str()), (404, PLAIN_CONTENT_TYPE));
+    assert_eq!((status, ct.as_str()), (404, http::PLAIN_CONTENT_TYPE));
     assert!(String::from_utf8(body).unwrap().contains("/metrics"));
     let (status, _, _) = get(addr, "/metrics/extra", None).await;
     assert_eq!(status, 404);
