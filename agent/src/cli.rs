@@ -177,7 +177,7 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (exporters, otlp) = match start_exporters(&config) {
+    let Exporters { all, otlp } = match start_exporters(&config) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -185,7 +185,7 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
         "first report in {}",
         humantime::format_duration(config.agent.interval)
     );
-    Pipeline::new(probes, exporters, &config)
+    Pipeline::new(probes, all, &config)
         .run(config.agent.interval, max_reports, shutdown)
         .await;
     if let Some(sender) = otlp {
@@ -198,10 +198,14 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
 }
 
 /// Every configured exporter (the health endpoint is fed like one), and the OTLP sender
-/// to flush at exit. On failure, the exit code after the message is printed.
-fn start_exporters(
-    config: &Config,
-) -> Result<(Vec<Box<dyn Exporter>>, Option<std::sync::Arc<OtlpSender>>), ExitCode> {
+/// to flush at exit.
+struct Exporters {
+    all: Vec<Box<dyn Exporter>>,
+    otlp: Option<std::sync::Arc<OtlpSender>>,
+}
+
+/// Starts the exporters; on failure, the exit code once the message is printed.
+fn start_exporters(config: &Config) -> Result<Exporters, ExitCode> {
     let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
     if config.console.enabled {
         exporters.push(Box::new(Console::new(
@@ -237,7 +241,10 @@ fn start_exporters(
             }
         }
     }
-    Ok((exporters, otlp))
+    Ok(Exporters {
+        all: exporters,
+        otlp,
+    })
 }
 
 /// A `listen` key, already validated with the rest of the configuration.
