@@ -97,3 +97,56 @@ pub fn effective_capabilities() -> u64 {
 pub fn has_capability(mask: u64, cap: Capability) -> bool {
     mask & (1 << cap as u32) != 0
 }
+
+/// The required capabilities (CAP_BPF, CAP_PERFMON) missing from `mask`.
+pub fn missing_required(mask: u64) -> Vec<Capability> {
+    Capability::ALL
+        .into_iter()
+        .filter(|&c| c.required() && !has_capability(mask, c))
+        .collect()
+}
+
+/// What to tell an operator when the kernel refused a BPF operation: the required
+/// capabilities this process lacks and how to grant them, or, when it holds them, the
+/// likely other cause.
+pub fn privilege_hint(mask: u64) -> String {
+    let missing = missing_required(mask);
+    if missing.is_empty() {
+        return "CAP_BPF and CAP_PERFMON are held, so something else refused: a seccomp \
+                profile or security module denying bpf(2) or perf_event_open(2) (see \
+                README: Permissions)"
+            .into();
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.name()).collect();
+    let add: Vec<String> = missing
+        .iter()
+        .map(|c| format!("--cap-add={}", c.name()))
+        .collect();
+    format!(
+        "missing {}: grant {} (systemd: AmbientCapabilities=CAP_BPF CAP_PERFMON; \
+         Kubernetes: securityContext.capabilities.add; podman: {}) or run as root \
+         (see README: Permissions)",
+        names.join(" and "),
+        if missing.len() == 1 { "it" } else { "them" },
+        add.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BPF: u64 = 1 << 39;
+    const PERFMON: u64 = 1 << 38;
+
+    #[test]
+    fn the_hint_names_exactly_the_missing_capabilities() {
+        let h = privilege_hint(BPF);
+        assert!(h.starts_with("missing CAP_PERFMON: grant it"), "{h}");
+        assert!(h.contains("--cap-add=CAP_PERFMON)"), "{h}");
+        let h = privilege_hint(0);
+        assert!(h.starts_with("missing CAP_BPF and CAP_PERFMON: grant them"), "{h}");
+        let h = privilege_hint(BPF | PERFMON);
+        assert!(h.starts_with("CAP_BPF and CAP_PERFMON are held"), "{h}");
+    }
+}

@@ -73,12 +73,11 @@ impl ProbeStatus {
 
 #[derive(Debug, Error)]
 pub enum StartError {
-    #[error(
-        "cannot load nodepulse's kernel programs: {0}\n\
-         nodepulse needs CAP_BPF and CAP_PERFMON (or root); run it as root, or grant them \
-         (see README: Permissions)"
-    )]
-    NotPermitted(String),
+    #[error("cannot load nodepulse's kernel programs: {error}\n{hint}")]
+    NotPermitted { error: String, hint: String },
+    /// Every enabled probe that applies here failed to attach: nothing to report.
+    #[error("no probe could attach: {reasons}\n{hint}")]
+    NothingAttached { reasons: String, hint: String },
     #[error("cannot load nodepulse's kernel programs: {0}")]
     Load(String),
 }
@@ -189,6 +188,7 @@ impl Probes {
             Box::new(kvm::KvmExitProbe::attach(&mut ebpf, &kvm_layouts))
         });
 
+        nothing_attached(&statuses)?;
         let counters = ebpf
             .take_map(names::MAP_PROBE_COUNTERS)
             .and_then(|m| PerCpuArray::try_from(m).ok());
@@ -340,7 +340,10 @@ impl Loaded {
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let msg = attach::error_chain(&e);
             if msg.contains("Operation not permitted") || msg.contains("EPERM") {
-                StartError::NotPermitted(msg)
+                StartError::NotPermitted {
+                    error: msg,
+                    hint: crate::kernel::privilege_hint(crate::kernel::effective_capabilities()),
+                }
             } else {
                 StartError::Load(msg)
             }
@@ -381,4 +384,31 @@ fn raise_memlock_limit() {
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
     }
+}
+
+/// An error when probes were meant to run and none did, naming each failure and, when
+/// the kernel refused, the missing capability.
+fn nothing_attached(statuses: &[ProbeStatus]) -> Result<(), StartError> {
+    let tried: Vec<&ProbeStatus> = statuses.iter().filter(|s| s.attached.is_some()).collect();
+    if tried.is_empty() || tried.iter().any(|s| s.is_up()) {
+        return Ok(());
+    }
+    let reasons: Vec<String> = tried
+        .iter()
+        .map(|s| {
+            let first = s
+                .attached
+                .as_ref()
+                .and_then(|a| a.failures.first())
+                .map_or_else(|| "no attach kind offered".into(), |f| f.error.clone());
+            format!("{}: {first}", s.probe)
+        })
+        .collect();
+    let reasons = reasons.join("; ");
+    let hint = if reasons.contains("Operation not permitted") || reasons.contains("CAP_") {
+        crate::kernel::privilege_hint(crate::kernel::effective_capabilities())
+    } else {
+        "run `nodepulse check` to see what this kernel supports".into()
+    };
+    Err(StartError::NothingAttached { reasons, hint })
 }
