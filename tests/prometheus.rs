@@ -125,7 +125,7 @@ fn scrape_matches_the_kernels_counts() {
         assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count));
     }
     assert!(
-        text.contains("nodepulse_probe_up{probe=\"block\",attach=\"tp_btf\"} 1"),
+        text.contains("nodepulse_probe_up{probe=\"block\",attach=\"tp_btf\",state=\"up\"} 1"),
         "{text}"
     );
 

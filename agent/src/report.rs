@@ -111,6 +111,18 @@ pub enum ProbeState {
     NotApplicable,
 }
 
+impl ProbeState {
+    /// As serialized, and as the `state` label of the `probe.up` metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeState::Up => "up",
+            ProbeState::Down => "down",
+            ProbeState::Disabled => "disabled",
+            ProbeState::NotApplicable => "not_applicable",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeReport {
     pub probe: &'static str,

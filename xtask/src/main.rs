@@ -4,6 +4,9 @@
 //! is one variant in [`Task`] and one match arm below.
 
 mod bench;
+mod deb;
+mod dist;
+mod image;
 mod receiver;
 mod run;
 mod setup;
@@ -34,6 +37,10 @@ enum Task {
     /// Measure the block probe's cost: kernel ns/event, fio IOPS with and without the
     /// agent (alternating pairs, medians), the agent's CPU and memory. Needs root.
     Bench(bench::Args),
+    /// Build the container image (static binary, FROM scratch) with podman.
+    Image(image::Args),
+    /// Build the Debian package (static binary, hardened systemd unit) with dpkg-deb.
+    Deb(deb::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +49,8 @@ fn main() -> ExitCode {
         Task::Run(args) => run::run(args),
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Image(args) => image::run(args),
+        Task::Deb(args) => deb::run(args),
     };
     // Printed by hand: a failed task is an expected outcome, and anyhow's Debug output
     // would add a backtrace of xtask itself whenever RUST_BACKTRACE is set.

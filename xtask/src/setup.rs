@@ -24,14 +24,31 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // ip netns / ip link for network tests on loopback namespaces.
     "iproute2",
-    // A long-lived periodic sleeper in the run-queue tests.
+    // A long-lived periodic sleeper in the run-queue tests; the venv that holds
+    // kubernetes-validate for the manifest tests.
     "python3",
+    "python3-venv",
+    // Deployment: the static binary for the image and the package (musl-gcc for the
+    // C in ring), the image (podman, and runc to run it in the tests), CA roots for
+    // the image, promtool for the fleet rules, systemd-analyze for the unit.
+    "musl-tools",
+    "podman",
+    "runc",
+    "ca-certificates",
+    "prometheus",
+    "systemd",
 ];
+
+/// The target the image's and the package's static binary is built for.
+const MUSL_TARGET: &str = crate::dist::MUSL_TARGET;
+
+/// Python packages of the deployment tests, in a venv of their own (see [`venv_dir`]).
+const PYTHON_PACKAGES: &[&str] = &["kubernetes-validate"];
 
 /// Where bpf-linker's build finds LLVM 22.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-const STEPS: usize = 4;
+const STEPS: usize = 6;
 
 #[derive(clap::Args)]
 pub struct Args {}
@@ -118,6 +135,30 @@ pub fn ensure() -> Result<()> {
             step.finish("installed");
             installed.push("bpf-linker".into());
         }
+    }
+
+    let step = steps.step(&format!("Rust target {MUSL_TARGET} (static binary)"));
+    if musl_target_present() {
+        step.present();
+    } else {
+        step.start_line("installing");
+        util::run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+        step.finish("installed");
+        installed.push(MUSL_TARGET.into());
+    }
+
+    let step = steps.step(&format!(
+        "Python venv for the deployment tests ({})",
+        PYTHON_PACKAGES.join(", ")
+    ));
+    let venv = venv_dir();
+    if python_packages_present(&venv) {
+        step.present();
+    } else {
+        step.start_line(&format!("creating {}", venv.display()));
+        install_python_packages(&venv)?;
+        step.finish("installed");
+        installed.push(format!("venv {}", venv.display()));
     }
 
     let elapsed = fmt_duration(start.elapsed());
@@ -247,5 +288,36 @@ fn install_bpf_linker() -> Result<()> {
                 "--features",
                 "llvm-22,llvm-link-static",
             ]),
+    )
+}
+
+fn musl_target_present() -> bool {
+    util::stdout_of(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_some_and(|t| t.lines().any(|l| l.trim() == MUSL_TARGET))
+}
+
+/// The deployment tests' Python venv: `$XDG_CACHE_HOME/nodepulse/venv`, by default
+/// `~/.cache/nodepulse/venv`, so it survives `cargo clean` and fresh clones. The tests
+/// find it with the same rule (tests/common/deploy.rs).
+pub fn venv_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    cache.join("nodepulse").join("venv")
+}
+
+fn python_packages_present(venv: &std::path::Path) -> bool {
+    PYTHON_PACKAGES
+        .iter()
+        .all(|p| util::succeeds(Command::new(venv.join("bin/pip")).args(["show", "--quiet", p])))
+}
+
+fn install_python_packages(venv: &std::path::Path) -> Result<()> {
+    util::run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+    util::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
     )
 }

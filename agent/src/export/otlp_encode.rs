@@ -288,7 +288,11 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
             let value = u64::from(p.state == ProbeState::Up);
             int_point(
                 value,
-                attributes([("probe", p.probe), ("attach", attach)]),
+                attributes([
+                    ("probe", p.probe),
+                    ("attach", attach),
+                    ("state", p.state.as_str()),
+                ]),
                 times,
             )
         })
@@ -312,10 +316,12 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
             "Time each kernel program ran (kernel BPF stats)",
             program_points(|c| c.run_time_ns_total),
         ),
+        // Unit "{probe}", not "1": Prometheus' OTLP translation turns a gauge in "1"
+        // into `…_ratio`, and the fleet rules expect `nodepulse_probe_up` on both paths.
         gauge(
             "nodepulse.probe.up",
-            "1",
-            "1 when the probe is attached",
+            "{probe}",
+            "1 when the probe is attached; `state` says why not (down, disabled, not_applicable)",
             up,
         ),
         counter(

@@ -145,7 +145,10 @@ mod tests {
         assert!(h.starts_with("missing CAP_PERFMON: grant it"), "{h}");
         assert!(h.contains("--cap-add=CAP_PERFMON)"), "{h}");
         let h = privilege_hint(0);
-        assert!(h.starts_with("missing CAP_BPF and CAP_PERFMON: grant them"), "{h}");
+        assert!(
+            h.starts_with("missing CAP_BPF and CAP_PERFMON: grant them"),
+            "{h}"
+        );
         let h = privilege_hint(BPF | PERFMON);
         assert!(h.starts_with("CAP_BPF and CAP_PERFMON are held"), "{h}");
     }

@@ -130,6 +130,8 @@ fn self_families(report: &Report) -> Vec<Family<'_>> {
         labels: labels([
             ("probe", p.probe),
             ("attach", p.attach.map_or("none", |a| a.as_str())),
+            // Tells a probe that failed from one disabled or not applicable here.
+            ("state", p.state.as_str()),
         ]),
         value: Value::Int(u64::from(p.state == ProbeState::Up)),
     });
@@ -166,7 +168,7 @@ fn self_families(report: &Report) -> Vec<Family<'_>> {
         },
         Family {
             name: metric_name("probe_up"),
-            help: "1 if the probe is attached, 0 if it is down, disabled or not applicable.".into(),
+            help: "1 if the probe is attached, 0 if not; `state` says why (down, disabled, not_applicable).".into(),
             kind: Kind::Gauge,
             samples: probe_up.collect(),
         },

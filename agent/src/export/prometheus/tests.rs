@@ -227,7 +227,7 @@ fn text_has_the_self_metrics() {
         v("nodepulse_bpf_program_run_time_nanoseconds_total", &program),
         "40000"
     );
-    let up = [("probe", "block"), ("attach", "tp_btf")];
+    let up = [("probe", "block"), ("attach", "tp_btf"), ("state", "up")];
     assert_eq!(v("nodepulse_probe_up", &up), "1");
     let reason = [("reason", "block_unmatched_completions")];
     assert_eq!(v("nodepulse_dropped_events_total", &reason), "7");
@@ -239,12 +239,12 @@ fn text_has_the_self_metrics() {
 }
 
 #[test]
-fn down_probe_is_zero_with_attach_none() {
+fn down_probe_is_zero_with_attach_none_and_says_down() {
     let mut r = sample();
     r.probes[0].state = ProbeState::Down;
     r.probes[0].attach = None;
     let lines = parse_text(&render_text(&r));
-    let labels = [("probe", "block"), ("attach", "none")];
+    let labels = [("probe", "block"), ("attach", "none"), ("state", "down")];
     assert_eq!(value_of(&lines, "nodepulse_probe_up", &labels), "0");
 }
 
