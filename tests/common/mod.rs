@@ -395,6 +395,7 @@ impl RunningAgent {
     }
 }
 
+pub mod deploy;
 pub mod kvm_guest;
 pub mod otlp_server;
 

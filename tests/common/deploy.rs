@@ -1,0 +1,260 @@
+//! Helpers of the deployment tests: the repository's deploy/ files, the tools that
+//! check them (kubectl, the kubernetes-validate venv, promtool, podman, dpkg), YAML read
+//! through the venv's PyYAML, and the names of the metrics nodepulse exports.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+
+/// The workspace root (the agent crate's parent).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ has a parent")
+        .to_path_buf()
+}
+
+/// The deployment tests' venv, found by the same rule as `cargo xtask setup`
+/// (xtask/src/setup.rs, `venv_dir`).
+pub fn venv_bin(tool: &str) -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let path = cache.join("nodepulse/venv/bin").join(tool);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask setup` (it creates the venv with kubernetes-validate)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `cmd` with `input` on stdin; panics with stderr unless it succeeds.
+pub fn run_with_input(cmd: &mut Command, input: &str) -> String {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every YAML document of `text`, as JSON values (PyYAML's safe loader).
+pub fn yaml_documents(text: &str) -> Vec<Value> {
+    let json = run_with_input(
+        Command::new(venv_bin("python")).args([
+            "-c",
+            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
+        ]),
+        text,
+    );
+    serde_json::from_str(&json).expect("PyYAML's JSON")
+}
+
+/// A YAML file of the repository, as one JSON value.
+pub fn yaml_file(relative: &str) -> Value {
+    let text = std::fs::read_to_string(repo().join(relative)).unwrap();
+    let mut docs = yaml_documents(&text);
+    assert_eq!(docs.len(), 1, "{relative} holds one document");
+    docs.remove(0)
+}
+
+/// `kubectl kustomize deploy/kubernetes/<dir>`: the manifests as YAML.
+pub fn kustomize(dir: &str) -> String {
+    let out = super::tool("kubectl")
+        .arg("kustomize")
+        .arg(repo().join("deploy/kubernetes").join(dir))
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl is not installed ({e}): install kubectl"));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The single object of `kind` among `objects`.
+pub fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} expected");
+    found[0]
+}
+
+/// A tool from Debian's packages, or a failure naming the fix.
+pub fn require_debian_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is not installed: run `cargo xtask setup` (Debian package {package})"
+    );
+}
+
+/// Every metric name a Prometheus receives from nodepulse, scraped from /metrics
+/// (agent/src/export/prometheus) or through the collector's OTLP translation
+/// (agent/src/export/otlp_encode.rs, otlp.rs: dots become underscores, the unit is
+/// suffixed, counters get `_total`). Histograms are listed by their base name.
+// TODO(issue 4): replace with the metric catalogue (agent/src/catalog.rs) once main has it.
+pub const METRICS: &[&str] = &[
+    // Latency histograms (README: Metrics).
+    "nodepulse_block_io_latency_nanoseconds",
+    "nodepulse_sched_runqueue_latency_nanoseconds",
+    "nodepulse_cgroup_runqueue_latency_nanoseconds",
+    "nodepulse_vm_vcpu_wait_nanoseconds",
+    "nodepulse_kvm_exit_userspace_latency_nanoseconds",
+    "nodepulse_kvm_run_duration_nanoseconds",
+    "nodepulse_kvm_exit_latency_nanoseconds",
+    // Self-telemetry, both paths.
+    "nodepulse_bpf_program_run_count_total",
+    "nodepulse_bpf_program_run_time_nanoseconds_total",
+    "nodepulse_probe_up",
+    "nodepulse_dropped_events_total",
+    // Scrape path only.
+    "nodepulse_process_resident_memory_bytes",
+    "nodepulse_process_cpu_seconds_total",
+    // OTLP path only.
+    "nodepulse_otlp_batches_total",
+    "nodepulse_otlp_bytes_total",
+    "process_cpu_time_seconds_total",
+    "process_memory_usage_bytes",
+];
+
+/// Metrics the dashboards query that other issues are adding; each is named with its
+/// issue, and the tests say so when one is still missing from [`METRICS`].
+pub const PENDING: &[(&str, &str)] = &[
+    ("nodepulse_block_io_queue_depth", "issue 4 (storage probes)"),
+    ("nodepulse_alarms_open", "issue 6 (alarms)"),
+];
+
+/// Series every Prometheus has of its own.
+pub const PROMETHEUS_BUILTIN: &[&str] = &["up", "ALERTS"];
+
+/// The metric names a PromQL expression selects: identifiers followed by a selector,
+/// a range or the end of a term, which are neither functions, keywords nor label names
+/// (recording rules, with their colons, are left out).
+pub fn metric_names(expr: &str) -> Vec<String> {
+    // Keywords, and aggregation operators (followed by `by`/`without`, not `(`).
+    const WORDS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "bool",
+        "le",
+        "inf",
+        "nan",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = Vec::new();
+    let (mut i, mut in_string, mut depth_braces) = (0, false, 0);
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' {
+            in_string = !in_string;
+        }
+        if in_string {
+            i += 1;
+            continue;
+        }
+        match c {
+            '{' => depth_braces += 1,
+            '}' => depth_braces -= 1,
+            _ => {}
+        }
+        let starts = (c.is_ascii_alphabetic() || c == '_')
+            && (i == 0 || !(chars[i - 1].is_ascii_alphanumeric() || "_:$.".contains(chars[i - 1])));
+        if !starts || depth_braces > 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
+            i += 1;
+        }
+        let word: String = chars[start..i].iter().collect();
+        let next = chars[i..].iter().find(|c| !c.is_whitespace()).copied();
+        let in_grouping = {
+            // Inside `by (...)`/`on (...)`: the last unclosed '(' follows such a keyword.
+            let before: String = chars[..start].iter().collect();
+            let open = before.rfind('(');
+            let close = before.rfind(')');
+            open.is_some_and(|o| close.is_none_or(|c| c < o))
+                && before[..open.unwrap()]
+                    .trim_end()
+                    .rsplit(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                    .next()
+                    .is_some_and(|w| {
+                        [
+                            "by",
+                            "without",
+                            "on",
+                            "ignoring",
+                            "group_left",
+                            "group_right",
+                        ]
+                        .contains(&w)
+                    })
+        };
+        let is_call = next == Some('(');
+        let is_keyword = WORDS.contains(&word.to_ascii_lowercase().as_str());
+        if !is_call && !is_keyword && !in_grouping && !word.contains(':') && !word.starts_with('$')
+        {
+            names.push(word);
+        }
+    }
+    names
+}
+
+/// The exported family a selected name belongs to: classic histogram series carry a
+/// `_bucket`, `_sum` or `_count` suffix.
+pub fn family_of(name: &str) -> &str {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix)
+            && METRICS.contains(&base)
+        {
+            return base;
+        }
+    }
+    name
+}
