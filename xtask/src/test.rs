@@ -78,9 +78,28 @@ pub fn run(args: Args) -> Result<()> {
             vec!["test", "--workspace", "--exclude", "agent-ebpf"],
         ),
     ];
-    let mut progress = Progress::new(steps.len());
+    let mut progress = Progress::new(steps.len() + ARTIFACTS.len());
     let mut tally = None;
     for (name, cargo_args) in steps {
+        if name == "test" {
+            // The deployment tests run what these build (tests/deploy_artifacts.rs).
+            for (artifact, build) in ARTIFACTS {
+                let step = progress.step(&format!("build {artifact}"));
+                if !root {
+                    step.start_line("skipped (needs root; its tests are skipped too)");
+                    results.push((artifact, "skipped", step.elapsed()));
+                    continue;
+                }
+                step.start_line("building");
+                let result = build();
+                let elapsed = step.finish(outcome(&result));
+                results.push((artifact, outcome(&result), elapsed));
+                if let Err(err) = result {
+                    summary(&results, start.elapsed());
+                    return Err(err.context(format!("step `{artifact}` failed")));
+                }
+            }
+        }
         let mut cmd = util::cargo();
         cmd.args(cargo_args);
         if name == "test" && !args.cargo_test_args.is_empty() {
@@ -116,6 +135,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+/// Artifacts the deployment tests need, built as root before `cargo test`.
+const ARTIFACTS: [(&str, fn() -> Result<()>); 2] = [
+    ("image", || crate::image::build().map(|_| ())),
+    ("deb", || crate::deb::build().map(|_| ())),
+];
 
 fn outcome<T>(result: &Result<T>) -> &'static str {
     if result.is_ok() { "ok" } else { "FAILED" }

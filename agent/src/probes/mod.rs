@@ -197,9 +197,13 @@ impl Probes {
             .and_then(|m| PerCpuHashMap::try_from(m).ok());
         let outliers = outliers::Outliers::take(&mut ebpf).filter(|_| full.outliers_enabled());
         // Parsing the kernel's BTF twice (ours and aya's) peaks at tens of MiB that
-        // glibc keeps unless asked; give it back now that loading is done.
+        // glibc keeps unless asked; give it back now that loading is done. (musl, the
+        // static build's libc, returns freed memory by itself.)
         // SAFETY: malloc_trim only releases free heap memory.
-        unsafe { libc::malloc_trim(0) };
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0)
+        };
         Ok(Self {
             ebpf,
             probes,

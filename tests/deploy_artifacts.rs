@@ -1,0 +1,502 @@
+//! The built artifacts, for real: the container image run by podman with the
+//! DaemonSet's capabilities, mounts and configuration (and refused without them), and
+//! the Debian package inspected, verified, installed, run as its unit would run it, and
+//! purged. Needs root, and the artifacts of `cargo xtask image` and `cargo xtask deb`
+//! (`cargo xtask test` builds both first).
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use common::deploy::{kustomize, object, repo, require_debian_tool, yaml_documents};
+use serde_json::Value;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn image() -> String {
+    format!("localhost/nodepulse:{VERSION}")
+}
+
+fn podman() -> Command {
+    require_debian_tool("podman", "podman");
+    Command::new("podman")
+}
+
+fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn require_image() {
+    let exists = output(podman().args(["image", "exists", &image()]));
+    assert!(
+        exists.status.success(),
+        "image {} is missing: run `cargo xtask image` (cargo xtask test builds it first)",
+        image()
+    );
+}
+
+/// A free TCP port on loopback (bound, then released for the agent to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The base overlay's rendered DaemonSet container and configuration.
+fn daemonset() -> (Value, Value, String) {
+    let objects = yaml_documents(&kustomize("base"));
+    let pod = object(&objects, "DaemonSet")["spec"]["template"]["spec"].clone();
+    let toml = object(&objects, "ConfigMap")["data"]["nodepulse.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (pod["containers"][0].clone(), pod, toml)
+}
+
+/// `podman run` arguments for the DaemonSet's security context and host mounts.
+fn pod_options(container: &Value, pod: &Value, caps: &[String]) -> Vec<String> {
+    let mut args = vec!["--cap-drop=ALL".to_owned()];
+    args.extend(caps.iter().map(|c| format!("--cap-add=CAP_{c}")));
+    let sc = &container["securityContext"];
+    if sc["readOnlyRootFilesystem"] == true {
+        args.push("--read-only".into());
+    }
+    if sc["allowPrivilegeEscalation"] == false {
+        args.push("--security-opt=no-new-privileges".into());
+    }
+    for m in container["volumeMounts"].as_array().unwrap() {
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap();
+        if let Some(host) = volume["hostPath"]["path"].as_str() {
+            let ro = if m["readOnly"] == true { ":ro" } else { "" };
+            args.push(format!(
+                "--volume={host}:{}{ro}",
+                m["mountPath"].as_str().unwrap()
+            ));
+        }
+    }
+    args
+}
+
+/// A detached container, removed when the test ends however it ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time", "2", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn the_image_attaches_and_reports_with_the_daemonsets_privileges_only() {
+    require_root!();
+    require_image();
+    let (container, pod, toml) = daemonset();
+    let caps: Vec<String> = container["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+
+    // The ConfigMap's configuration, with the endpoints on free loopback ports (the
+    // container shares the host's network here; in a pod it has its own) and the
+    // console on, to read the reports.
+    let (health, metrics) = (free_port(), free_port());
+    let mut config: toml::Table = toml.parse().unwrap();
+    config["health"]["listen"] = format!("127.0.0.1:{health}").into();
+    config["prometheus"]["listen"] = format!("127.0.0.1:{metrics}").into();
+    config["otlp"]["enabled"] = false.into();
+    config["console"]["enabled"] = true.into();
+    config["agent"]["interval"] = "2s".into();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("nodepulse.toml"),
+        toml::to_string(&config).unwrap(),
+    )
+    .unwrap();
+
+    let name = format!("nodepulse-test-{}", std::process::id());
+    let started = Instant::now();
+    let run = output(
+        podman()
+            .args(["run", "--detach", "--name", &name, "--network=host"])
+            .args(pod_options(&container, &pod, &caps))
+            .arg(format!(
+                "--volume={}:/etc/nodepulse:ro",
+                dir.path().display()
+            ))
+            .args(["--env", "NODEPULSE_NODE_NAME=container-node"])
+            .arg(image())
+            .args([
+                "run",
+                "--config",
+                "/etc/nodepulse/nodepulse.toml",
+                "--format",
+                "json",
+                "--reports",
+                "4",
+            ]),
+    );
+    assert!(
+        run.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let _guard = Container(name.clone());
+    let pid = String::from_utf8(
+        output(podman().args(["inspect", "--format", "{{.State.Pid}}", &name])).stdout,
+    )
+    .unwrap();
+    let pid = pid.trim().to_owned();
+
+    // Ready (an interval completed, every probe attached) over the health endpoint.
+    let addr = format!("127.0.0.1:{health}");
+    let ready = loop {
+        let r = common::http_get(&addr, "/readyz").ok();
+        if r.as_ref().is_some_and(|(s, _)| *s == 200) || started.elapsed() > Duration::from_secs(20)
+        {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let peak_kib = vm_hwm_kib(&pid);
+    let wait = output(podman().args(["wait", &name]));
+    let logs = output(podman().args(["logs", &name]));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&logs.stdout).into_owned(),
+        String::from_utf8_lossy(&logs.stderr).into_owned(),
+    );
+    assert_eq!(
+        ready.as_ref().map(|r| r.0),
+        Some(200),
+        "{ready:?}\n{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&wait.stdout).trim(),
+        "0",
+        "{stderr}"
+    );
+
+    let reports: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(reports.len() >= 4, "{stdout}\n{stderr}");
+    let last = reports.last().unwrap();
+    assert_eq!(last["node"], "container-node");
+    for probe in last["probes"].as_array().unwrap() {
+        let state = probe["state"].as_str().unwrap();
+        assert!(state == "up" || state == "not_applicable", "{probe}");
+    }
+    assert!(
+        reports
+            .iter()
+            .any(|r| r["series"].as_array().is_some_and(|s| !s.is_empty())),
+        "no series in {stdout}"
+    );
+
+    // Measured resources against the DaemonSet's: steady RSS, peak RSS (loading) and
+    // CPU beside the requests and limits.
+    let rss_mib = last["agent"]["rss_bytes"].as_f64().unwrap() / 1048576.0;
+    let cpu: Vec<f64> = reports
+        .iter()
+        .skip(1)
+        .map(|r| r["agent"]["cpu_percent"].as_f64().unwrap())
+        .collect();
+    let peak_mib = peak_kib as f64 / 1024.0;
+    let resources = &container["resources"];
+    let limit_mib = mebibytes(&resources["limits"]["memory"]);
+    let request_mib = mebibytes(&resources["requests"]["memory"]);
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "MEASURED container: rss {rss_mib:.1} MiB, peak rss {peak_mib:.1} MiB, cpu {cpu:.2?} % \
+         (DaemonSet: request {request_mib} MiB, limit {limit_mib} MiB)"
+    );
+    assert!(
+        rss_mib < request_mib as f64,
+        "steady RSS above the memory request"
+    );
+    assert!(
+        peak_mib * 2.0 < limit_mib as f64,
+        "peak RSS not well below the limit"
+    );
+}
+
+fn vm_hwm_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn mebibytes(v: &Value) -> u64 {
+    v.as_str()
+        .unwrap()
+        .strip_suffix("Mi")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Without CAP_PERFMON (or without both) the agent refuses to start and names what is
+/// missing and how to grant it.
+#[test]
+fn the_image_without_its_capabilities_names_the_missing_one() {
+    require_root!();
+    require_image();
+    let (container, pod, _) = daemonset();
+    for (caps, missing) in [
+        (vec!["BPF".to_owned()], "missing CAP_PERFMON: grant it"),
+        (vec![], "missing CAP_BPF and CAP_PERFMON: grant them"),
+    ] {
+        let out = output(
+            podman()
+                .args(["run", "--rm", "--network=none"])
+                .args(pod_options(&container, &pod, &caps))
+                .arg(image())
+                .args(["run", "--sys-root", "/host/sys", "--reports", "1"]),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{caps:?}: {stderr}");
+        assert!(stderr.contains(missing), "{caps:?}: {stderr}");
+        assert!(stderr.contains("--cap-add=CAP_PERFMON"), "{stderr}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Debian package.
+// ---------------------------------------------------------------------------------------
+
+fn package() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| repo().join(d))
+        .unwrap_or_else(|| repo().join("target"));
+    let deb = target.join(format!("debian/nodepulse_{VERSION}_amd64.deb"));
+    assert!(
+        deb.is_file(),
+        "{} is missing: run `cargo xtask deb` (cargo xtask test builds it first)",
+        deb.display()
+    );
+    deb
+}
+
+fn installed() -> bool {
+    output(common::tool("dpkg-query").args(["-W", "-f=${Status}", "nodepulse"]))
+        .stdout
+        .starts_with(b"install ok")
+}
+
+/// Purges the package when the test ends, however it ends.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = common::tool("dpkg").args(["--purge", "nodepulse"]).output();
+    }
+}
+
+fn checked(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+const UNIT: &str = "/lib/systemd/system/nodepulse.service";
+const CONFIG: &str = "/etc/nodepulse/nodepulse.toml";
+
+#[test]
+fn the_debian_package_installs_verifies_runs_and_purges() {
+    require_root!();
+    let deb = package();
+    assert!(
+        !installed(),
+        "a nodepulse package is already installed on this machine; this test installs and \
+         purges its own: remove it first (dpkg --purge nodepulse)"
+    );
+    for absent in ["/etc/nodepulse", "/var/lib/nodepulse"] {
+        assert!(
+            !Path::new(absent).exists(),
+            "{absent} exists before the install"
+        );
+    }
+
+    let info = checked(common::tool("dpkg-deb").arg("--info").arg(&deb));
+    for field in [
+        "Package: nodepulse",
+        &format!("Version: {VERSION}"),
+        "Architecture: amd64",
+        "Depends: passwd",
+    ] {
+        assert!(info.contains(field), "{field}\n{info}");
+    }
+    assert!(info.contains("postinst") && info.contains("postrm") && info.contains("conffiles"));
+    let contents = checked(common::tool("dpkg-deb").arg("--contents").arg(&deb));
+    for (mode, path) in [
+        ("-rwxr-xr-x root/root", "./usr/bin/nodepulse"),
+        ("-rw-r----- root/root", "./etc/nodepulse/nodepulse.toml"),
+        (
+            "-rw-r--r-- root/root",
+            "./lib/systemd/system/nodepulse.service",
+        ),
+        (
+            "-rw-r--r-- root/root",
+            "./usr/share/doc/nodepulse/nodepulse.toml.example",
+        ),
+    ] {
+        assert!(
+            contents
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(path)),
+            "{mode} {path} in\n{contents}"
+        );
+    }
+
+    let _purge = Installed;
+    checked(common::tool("dpkg").arg("--install").arg(&deb));
+    assert!(installed());
+    let user = checked(Command::new("getent").args(["passwd", "nodepulse"]));
+    assert!(
+        user.contains(":/var/lib/nodepulse:/usr/sbin/nologin"),
+        "{user}"
+    );
+    let uid: u32 = user.split(':').nth(2).unwrap().parse().unwrap();
+    assert!(uid > 0 && uid < 1000, "a system user: {user}");
+    let stat = checked(Command::new("stat").args(["-c", "%a %U:%G", CONFIG]));
+    assert_eq!(stat.trim(), "640 root:nodepulse");
+    checked(Command::new("/usr/bin/nodepulse").args([
+        "check",
+        "--config-only",
+        "--config",
+        CONFIG,
+    ]));
+
+    // The unit: verified, and its sandbox scored.
+    checked(common::tool("systemd-analyze").args(["verify", UNIT]));
+    let security =
+        checked(common::tool("systemd-analyze").args(["security", "--offline=true", UNIT]));
+    let overall = security
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{security}"));
+    let score: f64 = overall
+        .split(':')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "MEASURED systemd-analyze security: {}",
+        overall.trim()
+    );
+    assert!(
+        overall.contains(" OK") || overall.contains(" SAFE"),
+        "exposure above OK: {overall}\n{security}"
+    );
+    assert!(score < 4.0, "{overall}");
+
+    // The agent as the unit runs it (systemd is not PID 1 everywhere, e.g. in CI
+    // containers): the unit's user, its ambient capabilities and bounding set, no new
+    // privileges. It must attach and become ready.
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let caps = format!("-all,{}", caps.join(","));
+    let agent = common::tool("setpriv")
+        .args(["--reuid=nodepulse", "--regid=nodepulse", "--init-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(format!("--bounding-set={caps}"))
+        .arg("--no-new-privs")
+        .args([
+            "/usr/bin/nodepulse",
+            "run",
+            "--config",
+            CONFIG,
+            "--interval",
+            "1s",
+            "--reports",
+            "3",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let health = toml_listen(CONFIG, "health");
+    let started = Instant::now();
+    let ready = loop {
+        let r = common::http_get(&health, "/readyz").ok();
+        if r.as_ref().is_some_and(|(s, _)| *s == 200) || started.elapsed() > Duration::from_secs(15)
+        {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = agent.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        ready.as_ref().map(|r| r.0),
+        Some(200),
+        "{ready:?}\n{stderr}"
+    );
+
+    checked(common::tool("dpkg").args(["--purge", "nodepulse"]));
+    assert!(!installed());
+    assert!(
+        output(Command::new("getent").args(["passwd", "nodepulse"]))
+            .stdout
+            .is_empty()
+    );
+    assert!(
+        output(Command::new("getent").args(["group", "nodepulse"]))
+            .stdout
+            .is_empty()
+    );
+    for gone in [
+        "/usr/bin/nodepulse",
+        UNIT,
+        "/etc/nodepulse",
+        "/var/lib/nodepulse",
+    ] {
+        assert!(!Path::new(gone).exists(), "{gone} left after purge");
+    }
+}
+
+/// `[table] listen` of a configuration file.
+fn toml_listen(path: &str, table: &str) -> String {
+    let config: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    config[table]["listen"].as_str().unwrap().to_owned()
+}
