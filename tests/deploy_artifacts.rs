@@ -60,9 +60,49 @@ fn daemonset() -> (Value, Value, String) {
     (pod["containers"][0].clone(), pod, toml)
 }
 
+/// The runtime's default seccomp profile as newer runtimes have it (containerd's
+/// RuntimeDefault, which a Kubernetes node applies): `bpf` allowed with CAP_BPF and
+/// `perf_event_open` with CAP_PERFMON. Debian 12's containers-common (0.50) allows
+/// both only with CAP_SYS_ADMIN; this derives the newer rule from it, EPERM otherwise.
+fn seccomp_profile(dir: &Path) -> PathBuf {
+    let default = "/usr/share/containers/seccomp.json";
+    let mut profile: Value =
+        serde_json::from_str(&std::fs::read_to_string(default).unwrap_or_else(|e| {
+            panic!("{default}: {e} (Debian package golang-github-containers-common, with podman)")
+        }))
+        .unwrap();
+    let moved = ["bpf", "perf_event_open"];
+    let rules = profile["syscalls"].as_array_mut().unwrap();
+    for rule in rules.iter_mut() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| !moved.contains(&n.as_str().unwrap_or_default()));
+        }
+    }
+    rules.retain(|r| r["names"].as_array().is_some_and(|n| !n.is_empty()));
+    for (syscall, cap) in [("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")] {
+        rules.push(serde_json::json!({
+            "names": [syscall], "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]}
+        }));
+        rules.push(serde_json::json!({
+            "names": [syscall], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+            "excludes": {"caps": [cap]}
+        }));
+    }
+    let path = dir.join("seccomp.json");
+    std::fs::write(&path, profile.to_string()).unwrap();
+    path
+}
+
 /// `podman run` arguments for the DaemonSet's security context and host mounts.
-fn pod_options(container: &Value, pod: &Value, caps: &[String]) -> Vec<String> {
-    let mut args = vec!["--cap-drop=ALL".to_owned()];
+fn pod_options(container: &Value, pod: &Value, caps: &[String], dir: &Path) -> Vec<String> {
+    let mut args = vec![
+        "--cap-drop=ALL".to_owned(),
+        format!("--security-opt=seccomp={}", seccomp_profile(dir).display()),
+        // podman's default ulimits exceed this VM's hard limits, and raising a limit
+        // takes CAP_SYS_RESOURCE, which the container does not have.
+        "--ulimit=nofile=4096:4096".to_owned(),
+        "--ulimit=nproc=4096:4096".to_owned(),
+    ];
     args.extend(caps.iter().map(|c| format!("--cap-add=CAP_{c}")));
     let sc = &container["securityContext"];
     if sc["readOnlyRootFilesystem"] == true {
@@ -134,7 +174,7 @@ fn the_image_attaches_and_reports_with_the_daemonsets_privileges_only() {
     let run = output(
         podman()
             .args(["run", "--detach", "--name", &name, "--network=host"])
-            .args(pod_options(&container, &pod, &caps))
+            .args(pod_options(&container, &pod, &caps, dir.path()))
             .arg(format!(
                 "--volume={}:/etc/nodepulse:ro",
                 dir.path().display()
@@ -148,7 +188,7 @@ fn the_image_attaches_and_reports_with_the_daemonsets_privileges_only() {
                 "--format",
                 "json",
                 "--reports",
-                "4",
+                "6",
             ]),
     );
     assert!(
@@ -173,6 +213,12 @@ fn the_image_attaches_and_reports_with_the_daemonsets_privileges_only() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Block I/O on a loop device the container sees only through the host's /sys.
+    let lo = common::LoopDevice::new(64);
+    for _ in 0..3 {
+        lo.dd_read(2000, "4k");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let peak_kib = vm_hwm_kib(&pid);
     let wait = output(podman().args(["wait", &name]));
     let logs = output(podman().args(["logs", &name]));
@@ -196,19 +242,21 @@ fn the_image_attaches_and_reports_with_the_daemonsets_privileges_only() {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(reports.len() >= 4, "{stdout}\n{stderr}");
+    assert!(reports.len() >= 6, "{stdout}\n{stderr}");
     let last = reports.last().unwrap();
     assert_eq!(last["node"], "container-node");
     for probe in last["probes"].as_array().unwrap() {
         let state = probe["state"].as_str().unwrap();
         assert!(state == "up" || state == "not_applicable", "{probe}");
     }
-    assert!(
-        reports
-            .iter()
-            .any(|r| r["series"].as_array().is_some_and(|s| !s.is_empty())),
-        "no series in {stdout}"
-    );
+    let loop_reads = reports.iter().any(|r| {
+        r["series"].as_array().unwrap().iter().any(|s| {
+            s["family"] == "block.io.latency"
+                && s["labels"]["device"] == lo.name.as_str()
+                && s["count"].as_u64() > Some(0)
+        })
+    });
+    assert!(loop_reads, "no reads of {} in {stdout}", lo.name);
 
     // Measured resources against the DaemonSet's: steady RSS, peak RSS (loading) and
     // CPU beside the requests and limits.
@@ -265,6 +313,7 @@ fn the_image_without_its_capabilities_names_the_missing_one() {
     require_root!();
     require_image();
     let (container, pod, _) = daemonset();
+    let dir = tempfile::tempdir().unwrap();
     for (caps, missing) in [
         (vec!["BPF".to_owned()], "missing CAP_PERFMON: grant it"),
         (vec![], "missing CAP_BPF and CAP_PERFMON: grant them"),
@@ -272,7 +321,7 @@ fn the_image_without_its_capabilities_names_the_missing_one() {
         let out = output(
             podman()
                 .args(["run", "--rm", "--network=none"])
-                .args(pod_options(&container, &pod, &caps))
+                .args(pod_options(&container, &pod, &caps, dir.path()))
                 .arg(image())
                 .args(["run", "--sys-root", "/host/sys", "--reports", "1"]),
         );

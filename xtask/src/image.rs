@@ -39,6 +39,7 @@ pub fn build() -> Result<String> {
 
     let tag = tag();
     println!("[3/3] podman build -> {tag}");
+    let previous = image_id(&tag);
     let root = util::workspace_root();
     util::run(
         Command::new("podman")
@@ -51,6 +52,10 @@ pub fn build() -> Result<String> {
             .args(["--tag", &tag])
             .arg(&context),
     )?;
+    // The image this build replaced would stay behind untagged: remove it (only it).
+    if let Some(old) = previous.filter(|old| image_id(&tag).as_ref() != Some(old)) {
+        let _ = util::succeeds(Command::new("podman").args(["image", "rm", &old]));
+    }
     let size = util::stdout_of(Command::new("podman").args([
         "image",
         "inspect",
@@ -66,6 +71,11 @@ pub fn build() -> Result<String> {
         util::fmt_duration(start.elapsed())
     );
     Ok(tag)
+}
+
+fn image_id(tag: &str) -> Option<String> {
+    util::stdout_of(Command::new("podman").args(["image", "inspect", "--format", "{{.Id}}", tag]))
+        .map(|s| s.trim().to_owned())
 }
 
 /// A directory holding exactly what the Containerfile copies.

@@ -29,9 +29,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "python3-venv",
     // Deployment: the static binary for the image and the package (musl-gcc for the
-    // C in ring), the image (podman, and runc to run it in the tests), CA roots for
+    // C in ring, strip), the image (podman, and runc to run it in the tests), CA roots for
     // the image, promtool for the fleet rules, systemd-analyze for the unit.
     "musl-tools",
+    "binutils",
     "podman",
     "runc",
     "ca-certificates",

@@ -136,8 +136,11 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Builds one artifact.
+type Build = fn() -> Result<()>;
+
 /// Artifacts the deployment tests need, built as root before `cargo test`.
-const ARTIFACTS: [(&str, fn() -> Result<()>); 2] = [
+const ARTIFACTS: [(&str, Build); 2] = [
     ("image", || crate::image::build().map(|_| ())),
     ("deb", || crate::deb::build().map(|_| ())),
 ];
