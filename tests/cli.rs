@@ -69,22 +69,20 @@ fn invalid_config_exits_2_naming_the_key_before_attaching() {
 /// on a ConfigMap before rolling it out.
 #[test]
 fn check_config_only_validates_without_attaching() {
-    let good = write_config("[health]\nenabled = true\nlisten = \"0.0.0.0:9465\"\n");
-    let out = nodepulse()
-        .args(["check", "--config-only", "--config"])
-        .arg(good.path())
-        .output()
-        .unwrap();
+    let check = |text: &str| {
+        let config = write_config(text);
+        nodepulse()
+            .args(["check", "--config-only", "--config"])
+            .arg(config.path())
+            .output()
+            .unwrap()
+    };
+    let out = check("[health]\nenabled = true\nlisten = \"0.0.0.0:9465\"\n");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("configuration is valid"), "{stdout}");
 
-    let bad = write_config("[health]\nenabeld = true\n");
-    let out = nodepulse()
-        .args(["check", "--config-only", "--config"])
-        .arg(bad.path())
-        .output()
-        .unwrap();
+    let out = check("[health]\nenabeld = true\n");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown field `enabeld`"), "{stderr}");

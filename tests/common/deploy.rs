@@ -158,12 +158,6 @@ pub const PROMETHEUS_BUILTIN: &[&str] = &["up", "ALERTS"];
 pub fn metric_names(expr: &str) -> Vec<String> {
     // Keywords, and aggregation operators (followed by `by`/`without`, not `(`).
     const WORDS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
         "and",
         "or",
         "unless",
@@ -184,6 +178,15 @@ pub fn metric_names(expr: &str) -> Vec<String> {
         "bottomk",
         "topk",
         "quantile",
+    ];
+    // Keywords whose parentheses hold label names.
+    const GROUPING: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
     ];
     let chars: Vec<char> = expr.chars().collect();
     let mut names = Vec::new();
@@ -224,20 +227,11 @@ pub fn metric_names(expr: &str) -> Vec<String> {
                     .trim_end()
                     .rsplit(|c: char| !c.is_ascii_alphanumeric() && c != '_')
                     .next()
-                    .is_some_and(|w| {
-                        [
-                            "by",
-                            "without",
-                            "on",
-                            "ignoring",
-                            "group_left",
-                            "group_right",
-                        ]
-                        .contains(&w)
-                    })
+                    .is_some_and(|w| GROUPING.contains(&w))
         };
         let is_call = next == Some('(');
-        let is_keyword = WORDS.contains(&word.to_ascii_lowercase().as_str());
+        let lower = word.to_ascii_lowercase();
+        let is_keyword = WORDS.contains(&lower.as_str()) || GROUPING.contains(&lower.as_str());
         if !is_call && !is_keyword && !in_grouping && !word.contains(':') && !word.starts_with('$')
         {
             names.push(word);
