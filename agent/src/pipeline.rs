@@ -11,7 +11,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     aggregate::{
-        Delta,
+        CounterDelta, Delta,
         budget::{Budget, Rule},
         counter_delta,
     },
@@ -19,7 +19,7 @@ use crate::{
     export::Exporter,
     kernel,
     probes::{Probes, block, kvm, outliers::auto_threshold, sched, stats::ProgramRunStats},
-    report::{AgentReport, ProbeReport, ProgramCost, Report, SeriesReport},
+    report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
 };
 
@@ -35,6 +35,7 @@ pub struct Pipeline {
     exporters: Vec<Box<dyn Exporter>>,
     node: String,
     delta: Delta,
+    counter_delta: CounterDelta,
     previous_programs: HashMap<&'static str, ProgramRunStats>,
     previous_drops: HashMap<&'static str, u64>,
     previous_process: ProcessSample,
@@ -55,6 +56,7 @@ impl Pipeline {
             exporters,
             node: kernel::hostname(),
             delta: Delta::default(),
+            counter_delta: CounterDelta::default(),
             previous_programs: HashMap::new(),
             previous_drops: HashMap::new(),
             previous_process: selfmon::sample(),
@@ -90,6 +92,13 @@ impl Pipeline {
         let series: Vec<SeriesReport> = series
             .iter()
             .map(|s| SeriesReport::new(s, interval_s))
+            .collect();
+
+        let counters: Vec<CounterReport> = self
+            .counter_delta
+            .update(collection.counters)
+            .iter()
+            .map(|c| CounterReport::new(c, interval_s))
             .collect();
 
         let mut costs: BTreeMap<&'static str, Vec<ProgramCost>> = BTreeMap::new();
@@ -143,6 +152,7 @@ impl Pipeline {
             interval_s,
             node: self.node.clone(),
             series,
+            counters,
             outliers: collection.outliers,
             probes,
             agent,
@@ -163,7 +173,7 @@ impl Pipeline {
             let ns = match self.outliers.block_threshold {
                 Threshold::Fixed(d) => d.as_nanos() as u64,
                 Threshold::Auto => auto_threshold(
-                    s.quantiles_ns.get("p99").copied().flatten(),
+                    s.quantiles.get("p99").copied().flatten(),
                     self.outliers.block_min.as_nanos() as u64,
                 ),
             };

@@ -53,6 +53,15 @@ pub trait Probe {
     fn attached(&self) -> &Attached;
     /// Appends the current cumulative histograms.
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String>;
+    /// Appends the current cumulative counters, for families that count rather than
+    /// measure.
+    fn read_counters(
+        &mut self,
+        _cx: &mut ReadContext<'_>,
+        _out: &mut Vec<(SeriesKey, u64)>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Attach state of one probe family, for the console, self-metrics and `check`.
@@ -87,6 +96,8 @@ pub enum StartError {
 #[derive(Debug, Default)]
 pub struct Collection {
     pub readings: Vec<Reading>,
+    /// Cumulative counter series.
+    pub counters: Vec<(SeriesKey, u64)>,
     /// Cumulative run time and count of each attached program.
     pub programs: Vec<ProgramRunStats>,
     /// Cumulative counts of events the probes had to drop, by name.
@@ -261,7 +272,10 @@ impl Probes {
             sparse: &sparse,
         };
         for probe in &mut self.probes {
-            if let Err(e) = probe.read(&mut cx, &mut out.readings) {
+            if let Err(e) = probe
+                .read(&mut cx, &mut out.readings)
+                .and_then(|()| probe.read_counters(&mut cx, &mut out.counters))
+            {
                 out.errors.push((probe.name(), e));
             }
             for &program in &probe.attached().programs {
