@@ -394,6 +394,8 @@ pub struct BlockConfig {
     pub attach: AttachMode,
     /// Use the kernel's own issue timestamp where the queue keeps one.
     pub kernel_timestamps: bool,
+    /// Latency and counts per cgroup that submitted the I/O.
+    pub cgroups: bool,
 }
 
 impl Default for BlockConfig {
@@ -402,6 +404,7 @@ impl Default for BlockConfig {
             enabled: true,
             attach: AttachMode::Auto,
             kernel_timestamps: true,
+            cgroups: true,
         }
     }
 }

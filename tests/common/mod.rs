@@ -11,7 +11,7 @@ use std::{
 use nodepulse::{
     aggregate::ExpHistogram,
     config::{AttachMode, Config},
-    probes::Probes,
+    probes::{Probes, block::FAMILY_DEVICE},
 };
 
 pub fn is_root() -> bool {
@@ -272,8 +272,8 @@ pub fn start_probes_with(attach: AttachMode, kernel_timestamps: bool) -> Probes 
     probes
 }
 
-/// Cumulative histograms per operation for one device (`major:minor`), and the
-/// probes' drop counters.
+/// Cumulative device-time histograms (issue → completion, measured on every attach
+/// kind) per operation for one device (`major:minor`), and the probes' drop counters.
 pub struct BlockSnapshot {
     pub hists: BTreeMap<String, ExpHistogram>,
     pub drops: BTreeMap<&'static str, u64>,
@@ -286,7 +286,7 @@ impl BlockSnapshot {
             hists: c
                 .readings
                 .into_iter()
-                .filter(|r| r.key.label("dev") == Some(number))
+                .filter(|r| r.key.family == FAMILY_DEVICE && r.key.label("dev") == Some(number))
                 .map(|r| (r.key.label("op").unwrap().to_owned(), r.hist))
                 .collect(),
             drops: c.drops.into_iter().collect(),

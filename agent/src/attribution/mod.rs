@@ -12,6 +12,8 @@ use crate::config::{AttributionConfig, CgroupMode};
 pub struct Attribution {
     pub devices: devices::DeviceNames,
     cgroups: Option<cgroups::CgroupNames>,
+    /// Block I/O cgroups can live in another hierarchy (v1 blkio) than the scheduler's.
+    io_cgroups: Option<cgroups::CgroupNames>,
     vms: vms::VmResolver,
 }
 
@@ -21,12 +23,24 @@ impl Attribution {
             devices: devices::DeviceNames::new(sys_root),
             cgroups: cgroup_hierarchy(config, cgroup_mode)
                 .map(|h| cgroups::CgroupNames::new(h.root)),
+            io_cgroups: cgroups::find_io_hierarchy(
+                &std::fs::read_to_string("/proc/mounts").unwrap_or_default(),
+            )
+            .map(cgroups::CgroupNames::new),
             vms: vms::VmResolver::new(config.proc_root.clone(), config.run_root.clone()),
         }
     }
 
     pub fn cgroup_name(&mut self, id: u64) -> String {
         match &mut self.cgroups {
+            Some(names) => names.name(id),
+            None => format!("id:{id}"),
+        }
+    }
+
+    /// Path of a cgroup that submitted block I/O.
+    pub fn io_cgroup_name(&mut self, id: u64) -> String {
+        match &mut self.io_cgroups {
             Some(names) => names.name(id),
             None => format!("id:{id}"),
         }

@@ -339,6 +339,7 @@ impl Loaded {
             kernel_btf.as_ref(),
             tracefs,
             config.block.kernel_timestamps,
+            config.block.cgroups,
             full.outliers_enabled(),
         );
         let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);
