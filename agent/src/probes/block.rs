@@ -404,6 +404,10 @@ impl Probe for BlockProbe {
         NAME
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn attached(&self) -> &Attached {
         &self.attached
     }
