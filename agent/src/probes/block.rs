@@ -297,6 +297,22 @@ pub fn op_name(op: u32) -> &'static str {
     }
 }
 
+/// Whether an attach kind hooks scheduler insertion (and requeues).
+fn hooks_insertion(kind: AttachKind) -> bool {
+    matches!(kind, AttachKind::TpBtf | AttachKind::RawTracepoint)
+}
+
+/// Whether `family` is measured when its probe attaches with `kind`: without the
+/// insertion hook there is no queue time, so no total either; the sizes and the
+/// submitting cgroup need the request pointer classic tracepoints lack.
+pub fn measured_with(family: &str, kind: AttachKind) -> bool {
+    match family {
+        FAMILY | FAMILY_QUEUE => hooks_insertion(kind),
+        FAMILY_SIZE | FAMILY_CGROUP => kind != AttachKind::Tracepoint,
+        _ => true,
+    }
+}
+
 /// Name of a completion status: `blk_status_t` (include/linux/blk_types.h; stable
 /// numbers since 4.13), or, from classic tracepoints, `0x100 | errno`.
 pub fn error_name(status: u32) -> String {
@@ -363,10 +379,7 @@ impl BlockProbe {
     /// Whether the attached variant hooks scheduler insertion: only then are queue
     /// times (and totals beyond device time) measured.
     pub fn times_queues(&self) -> bool {
-        matches!(
-            self.attached.kind,
-            Some(AttachKind::TpBtf | AttachKind::RawTracepoint)
-        )
+        self.attached.kind.is_some_and(hooks_insertion)
     }
 
     /// Cumulative histograms per (device number, operation) as the kernel holds them.
