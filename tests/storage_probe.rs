@@ -27,6 +27,7 @@ struct Snapshot {
     hists: BTreeMap<(&'static str, String), ExpHistogram>,
     errors: BTreeMap<(String, String), u64>,
     in_flight: u64,
+    drops: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
@@ -58,6 +59,11 @@ impl Snapshot {
                     );
                     (key, n)
                 })
+                .collect(),
+            drops: c
+                .drops
+                .into_iter()
+                .chain(c.programs.iter().map(|p| (p.program, p.recursion_misses)))
                 .collect(),
             in_flight: probes
                 .block_in_flight()
@@ -133,7 +139,7 @@ fn split_depth_and_sizes(scheduler: &str) {
     );
     assert!(
         max_value(&depth) <= 1.0,
-        "{scheduler}: iodepth 1 but depth up to {}",
+        "{scheduler}: iodepth 1 but depth up to {}: {depth:?}",
         max_value(&depth)
     );
     match scheduler {
@@ -168,7 +174,13 @@ fn split_depth_and_sizes(scheduler: &str) {
     let total = deep.since(&shallow, FAMILY, "write");
     let queue = deep.since(&shallow, FAMILY_QUEUE, "write");
     let device = deep.since(&shallow, FAMILY_DEVICE, "write");
-    assert_eq!(total.count(), writes, "{scheduler}: writes against sysfs");
+    assert_eq!(
+        total.count(),
+        writes,
+        "{scheduler}: writes against sysfs (device time: {}, drops: {:?})",
+        device.count(),
+        deep.drops
+    );
     assert_eq!(total.sum, queue.sum + device.sum);
     let depth = deep.since(&shallow, FAMILY_DEPTH, "");
     assert!(

@@ -202,34 +202,85 @@ fn slot_at(index: u32) -> Option<&'static mut InflightSlot> {
         .map(|p| unsafe { &mut *p })
 }
 
+/// Whether a slot holds request `id`. A request pointer is an identity on its own; a
+/// start sector (classic tracepoints) only together with its device.
+#[inline(always)]
+fn holds(slot: &InflightSlot, id: u64, dev: Option<u32>) -> bool {
+    slot.id == id && dev.is_none_or(|d| slot.dev == d)
+}
+
+/// Whether a slot is in use by request `id`.
+#[inline(always)]
+fn in_use_by(slot: &InflightSlot, id: u64, dev: Option<u32>) -> bool {
+    slot.state != slot_state::EMPTY && holds(slot, id, dev)
+}
+
+/// The slot in use by request `id` in its two-way bucket (`index` and its neighbour).
+/// Two ways: a pair of busy requests whose pointers hash alike (a birthday collision
+/// among a few hundred tags) would otherwise keep evicting each other.
+#[inline(always)]
+fn find(index: u32, id: u64, dev: Option<u32>) -> Option<&'static mut InflightSlot> {
+    let a = slot_at(index & !1)?;
+    if in_use_by(a, id, dev) {
+        return Some(a);
+    }
+    let b = slot_at(index | 1)?;
+    in_use_by(b, id, dev).then_some(b)
+}
+
+/// The slot for request `id`: the one it uses, else an empty one, else one holding a
+/// request not yet issued (a waiting or stale insertion), else the first way, whose
+/// issued request is then evicted.
+#[inline(always)]
+fn slot_for(index: u32, id: u64, dev: Option<u32>) -> Option<&'static mut InflightSlot> {
+    let a = slot_at(index & !1)?;
+    let b = slot_at(index | 1)?;
+    if in_use_by(a, id, dev) {
+        return Some(a);
+    }
+    if in_use_by(b, id, dev) {
+        return Some(b);
+    }
+    for state in [slot_state::EMPTY, slot_state::INSERTED] {
+        if a.state == state {
+            return Some(a);
+        }
+        if b.state == state {
+            return Some(b);
+        }
+    }
+    Some(a)
+}
+
 /// Makes room in a slot for request `id`: an issued request of another identity loses
 /// its place (and its in-flight count, so the device's count does not drift).
 #[inline(always)]
-fn claim(slot: &mut InflightSlot, id: u64, dev: u32) {
-    if slot.state == slot_state::EMPTY || (slot.id == id && slot.dev == dev) {
+fn claim(slot: &mut InflightSlot, id: u64, dev: Option<u32>) {
+    if slot.state == slot_state::EMPTY || holds(slot, id, dev) {
         return;
     }
     if slot.state == slot_state::ISSUED {
         depth_down(slot.dev);
+        count(counters::BLOCK_SLOT_COLLISION);
+    } else {
+        count(counters::BLOCK_INSERT_EVICTED);
     }
-    count(counters::BLOCK_SLOT_COLLISION);
 }
 
-/// A request enters the scheduler: remember when, for its queue time.
+/// A request (known by pointer) enters the scheduler: remember when, for its queue time.
 #[inline(always)]
-fn on_insert(index: u32, id: u64, dev: u32) {
-    let Some(slot) = slot_at(index) else {
+fn on_insert(index: u32, id: u64) {
+    let Some(slot) = slot_for(index, id, None) else {
         return;
     };
-    if slot.state == slot_state::ISSUED && slot.id == id && slot.dev == dev {
+    if slot.state == slot_state::ISSUED && slot.id == id {
         // Inserted again without a requeue event: it is no longer in flight.
-        depth_down(dev);
+        depth_down(slot.dev);
     } else {
-        claim(slot, id, dev);
+        claim(slot, id, None);
     }
     slot.inserted_ns = unsafe { bpf_ktime_get_ns() };
     slot.issued_ns = 0;
-    slot.dev = dev;
     slot.state = slot_state::INSERTED;
     slot.id = id;
 }
@@ -249,13 +300,14 @@ struct Issue {
 }
 
 /// A request reaches the driver: count it in flight, record the depth, keep what its
-/// completion needs.
+/// completion needs. `by_device`: the id is a sector, unique only per device.
 #[inline(always)]
-fn on_issue(index: u32, id: u64, i: &Issue) {
-    let Some(slot) = slot_at(index) else {
+fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
+    let dev = by_device.then_some(i.dev);
+    let Some(slot) = slot_for(index, id, dev) else {
         return;
     };
-    let same = slot.id == id && slot.dev == i.dev;
+    let same = holds(slot, id, dev);
     let mut inserted_ns = 0;
     let depth = if same && slot.state == slot_state::ISSUED {
         // Issued again with no requeue seen: still counted once.
@@ -266,7 +318,7 @@ fn on_issue(index: u32, id: u64, i: &Issue) {
         if same && slot.state == slot_state::INSERTED && slot.inserted_ns >= i.allocated_ns {
             inserted_ns = slot.inserted_ns;
         } else {
-            claim(slot, id, i.dev);
+            claim(slot, id, dev);
         }
         depth_up(i.dev)
     };
@@ -290,14 +342,15 @@ fn on_issue(index: u32, id: u64, i: &Issue) {
     slot.id = id;
 }
 
-/// The driver gave the request back: it leaves the in-flight count until reissued.
+/// The driver gave the request (known by pointer) back: it leaves the in-flight count
+/// until reissued.
 #[inline(always)]
-fn on_requeue(index: u32, id: u64, dev: u32) {
-    let Some(slot) = slot_at(index) else {
+fn on_requeue(index: u32, id: u64) {
+    let Some(slot) = find(index, id, None) else {
         return;
     };
-    if slot.id == id && slot.dev == dev && slot.state == slot_state::ISSUED {
-        depth_down(dev);
+    if slot.state == slot_state::ISSUED {
+        depth_down(slot.dev);
         slot.state = slot_state::EMPTY;
         slot.id = 0;
     }
@@ -316,11 +369,8 @@ struct Issued {
 /// Takes a completing request out of the table; `Some` when it was issued (and counted
 /// in flight, which this undoes).
 #[inline(always)]
-fn take_issued(index: u32, id: u64, dev: u32) -> Option<Issued> {
-    let slot = slot_at(index)?;
-    if slot.id != id || slot.dev != dev || slot.state == slot_state::EMPTY {
-        return None;
-    }
+fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Option<Issued> {
+    let slot = find(index, id, dev)?;
     let issued = slot.state == slot_state::ISSUED;
     let out = Issued {
         key: BlockKey {
@@ -339,7 +389,7 @@ fn take_issued(index: u32, id: u64, dev: u32) -> Option<Issued> {
     if !issued {
         return None;
     }
-    depth_down(dev);
+    depth_down(out.key.dev);
     Some(out)
 }
 
@@ -411,20 +461,6 @@ fn count_error(dev: u32, op: u32, status: u32) {
 // Request-pointer hooks (tp_btf, raw_tp, fentry, kprobe).
 // ---------------------------------------------------------------------------------------
 
-#[inline(always)]
-fn insert_request<R: KernelRead>(rq: u64, id: u64) {
-    if let Some((dev, _)) = request_dev_op::<R>(rq, &layout()) {
-        on_insert(inflight_slot(id, 0), id, dev);
-    }
-}
-
-#[inline(always)]
-fn requeue_request<R: KernelRead>(rq: u64, id: u64) {
-    if let Some((dev, _)) = request_dev_op::<R>(rq, &layout()) {
-        on_requeue(inflight_slot(id, 0), id, dev);
-    }
-}
-
 /// Issue of a request known by pointer; `id` is that pointer as a number.
 #[inline(always)]
 fn issue_request<R: KernelRead>(rq: u64, id: u64) {
@@ -449,7 +485,7 @@ fn issue_request<R: KernelRead>(rq: u64, id: u64) {
         bytes: R::read::<u32>(rq, l.rq_data_len),
         allocated_ns: R::read::<u64>(rq, l.rq_start_time_ns).unwrap_or(0),
     };
-    on_issue(inflight_slot(id, 0), id, &issue);
+    on_issue(inflight_slot(id, 0), id, &issue, false);
 }
 
 /// Completion of a request known by pointer, for `nr_bytes` of it.
@@ -463,14 +499,17 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, status: u32, nr_bytes: u32)
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((dev, op)) = request_dev_op::<R>(rq, &l) else {
-        return;
-    };
+    let issued = take_issued(inflight_slot(id, 0), id, None);
     if status != 0 {
-        count_error(dev, op, status);
+        let key = issued
+            .map(|i| i.key)
+            .or_else(|| request_dev_op::<R>(rq, &l).map(|(dev, op)| BlockKey { dev, op }));
+        if let Some(k) = key {
+            count_error(k.dev, k.op, status);
+        }
     }
-    let Some(i) = take_issued(inflight_slot(id, 0), id, dev) else {
-        complete_unissued::<R>(rq, &l, dev, op, now);
+    let Some(i) = issued else {
+        complete_unissued::<R>(rq, &l, now);
         return;
     };
     let issued = match i.issued_ns {
@@ -507,9 +546,12 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, status: u32, nr_bytes: u32)
 /// that did reach the driver (in flight before attach, or evicted from the table) are
 /// only counted.
 #[inline(always)]
-fn complete_unissued<R: KernelRead>(rq: u64, l: &RequestLayout, dev: u32, op: u32, now: u64) {
+fn complete_unissued<R: KernelRead>(rq: u64, l: &RequestLayout, now: u64) {
     let state: u32 = R::read(rq, l.rq_state).unwrap_or(u32::MAX);
     let started: u64 = R::read(rq, l.rq_start_time_ns).unwrap_or(0);
+    let Some((dev, op)) = request_dev_op::<R>(rq, l) else {
+        return;
+    };
     if state != MQ_RQ_IDLE || started == 0 || now < started {
         count(counters::BLOCK_UNMATCHED);
         return;
@@ -568,7 +610,8 @@ fn btf_request_id(rq: *const u8) -> u64 {
 #[btf_tracepoint(function = "block_rq_insert")]
 pub fn block_rq_insert_btf(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
-    insert_request::<DirectRead>(rq as u64, btf_request_id(rq));
+    let id = btf_request_id(rq);
+    on_insert(inflight_slot(id, 0), id);
     0
 }
 
@@ -582,7 +625,8 @@ pub fn block_rq_issue_btf(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "block_rq_requeue")]
 pub fn block_rq_requeue_btf(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
-    requeue_request::<DirectRead>(rq as u64, btf_request_id(rq));
+    let id = btf_request_id(rq);
+    on_requeue(inflight_slot(id, 0), id);
     0
 }
 
@@ -604,7 +648,7 @@ pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "block_rq_insert")]
 pub fn block_rq_insert_raw(ctx: RawTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
-    insert_request::<ProbeRead>(rq, rq);
+    on_insert(inflight_slot(rq, 0), rq);
     0
 }
 
@@ -618,7 +662,7 @@ pub fn block_rq_issue_raw(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "block_rq_requeue")]
 pub fn block_rq_requeue_raw(ctx: RawTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
-    requeue_request::<ProbeRead>(rq, rq);
+    on_requeue(inflight_slot(rq, 0), rq);
     0
 }
 
@@ -656,7 +700,7 @@ pub fn block_rq_issue_tp(ctx: TracePointContext) -> i32 {
             bytes: None,
             allocated_ns: 0,
         };
-        on_issue(inflight_slot(sector, dev), sector, &issue);
+        on_issue(inflight_slot(sector, dev), sector, &issue, true);
     }
     0
 }
@@ -673,7 +717,7 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> i32 {
             // same for every status of one errno.
             count_error(dev, op, (-status) as u32 | 0x100);
         }
-        match take_issued(inflight_slot(sector, dev), sector, dev)
+        match take_issued(inflight_slot(sector, dev), sector, Some(dev))
             .filter(|i| i.issued_ns != 0 && now >= i.issued_ns)
         {
             Some(i) => record_request::<ProbeRead>(None, &i.key, 0, now - i.issued_ns, None),
