@@ -18,6 +18,7 @@ use std::{
 };
 
 use super::{
+    devices::Roots,
     is_uuid,
     sysfs::{self, BlockTree},
 };
@@ -80,28 +81,26 @@ fn join(parts: impl Iterator<Item = String>) -> String {
 
 /// Device number (kernel encoding) → the OSDs it serves, rescanned now and then.
 pub struct OsdMap {
-    ceph_root: PathBuf,
-    dev_root: PathBuf,
+    roots: Roots,
     devices: HashMap<u32, OsdUse>,
     scanned: Option<Instant>,
 }
 
 impl OsdMap {
-    pub fn new(ceph_root: PathBuf, dev_root: PathBuf) -> Self {
+    pub fn new(roots: Roots) -> Self {
         Self {
-            ceph_root,
-            dev_root,
+            roots,
             devices: HashMap::new(),
             scanned: None,
         }
     }
 
-    pub fn get(&mut self, sys_root: &Path, dev: u32) -> Option<&OsdUse> {
+    pub fn get(&mut self, dev: u32) -> Option<&OsdUse> {
         if self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
             self.scanned = Some(Instant::now());
-            self.devices = scan(&self.ceph_root, &self.dev_root, sys_root);
+            self.devices = scan(&self.roots);
             tracing::debug!(
-                ceph_root = %self.ceph_root.display(),
+                ceph_root = %self.roots.ceph.display(),
                 devices = self.devices.len(),
                 "scanned Ceph OSDs"
             );
@@ -111,16 +110,16 @@ impl OsdMap {
 }
 
 /// Every device behind every OSD under `ceph_root`.
-pub fn scan(ceph_root: &Path, dev_root: &Path, sys_root: &Path) -> HashMap<u32, OsdUse> {
+pub fn scan(roots: &Roots) -> HashMap<u32, OsdUse> {
     let mut devices: HashMap<u32, OsdUse> = HashMap::new();
-    let mut tree = BlockTree::new(sys_root);
-    for (id, dir) in osd_dirs(ceph_root) {
+    let mut tree = BlockTree::new(&roots.sys);
+    for (id, dir) in osd_dirs(&roots.ceph) {
         for (file, role) in Role::LINKS {
             let link = dir.join(file);
             if std::fs::symlink_metadata(&link).is_err() {
                 continue; // db and wal are optional; an OSD being created has none yet
             }
-            let Some(top) = resolve_link(&link, dev_root, &mut tree) else {
+            let Some(top) = resolve_link(&link, &roots.dev, &mut tree) else {
                 tracing::debug!(link = %link.display(), "OSD link names no known block device");
                 continue;
             };

@@ -4,7 +4,10 @@
 //! configurable so a container can read the host's through mounts, and tests can use
 //! fixture trees.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 pub use super::sysfs::split_dev;
 use super::{
@@ -14,7 +17,8 @@ use super::{
     sysfs::{self, BlockTree},
 };
 
-/// What kind of block device; see [`kind_of`] for how it is told.
+/// What kind of block device, told from sysfs: the driver's own directories, the bus
+/// the disk hangs off, its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Nvme,
@@ -70,7 +74,9 @@ pub struct Device {
     pub model: Option<String>,
     /// device-mapper name (`/dev/mapper/<name>`).
     pub dm_name: Option<String>,
+    /// The Ceph OSDs this device serves, directly or below a device-mapper volume.
     pub osd: Option<OsdUse>,
+    /// The image a kernel RBD device maps.
     pub rbd: Option<RbdImage>,
 }
 
@@ -132,15 +138,15 @@ pub struct Roots {
 pub struct DeviceNames {
     sys_root: PathBuf,
     osds: OsdMap,
-    cache: std::collections::HashMap<u32, Device>,
+    cache: HashMap<u32, Device>,
 }
 
 impl DeviceNames {
     pub fn new(roots: Roots) -> Self {
         Self {
-            osds: OsdMap::new(roots.ceph, roots.dev),
-            sys_root: roots.sys,
-            cache: Default::default(),
+            sys_root: roots.sys.clone(),
+            osds: OsdMap::new(roots),
+            cache: HashMap::new(),
         }
     }
 
@@ -175,7 +181,7 @@ impl DeviceNames {
             rotational: rotational(disk_dir),
             model: sysfs::read_attr(&disk_dir.join("device/model")),
             dm_name: sysfs::read_attr(&disk_dir.join("dm/name")),
-            osd: self.osds.get(&self.sys_root, dev).cloned(),
+            osd: self.osds.get(dev).cloned(),
             rbd: match kind {
                 Kind::Rbd => rbd::image(&self.sys_root, &disk_name, major),
                 _ => None,
@@ -206,7 +212,7 @@ fn rotational(disk_dir: &Path) -> Option<bool> {
 /// 3. the kernel's name, for virtual disks with no parent device (nbd, zram, an unbound
 ///    loop, rbd on old kernels). Drivers choose these names and udev cannot rename
 ///    kernel block devices, so the prefixes are stable.
-pub fn kind_of(disk_dir: &Path, name: &str) -> Kind {
+fn kind_of(disk_dir: &Path, name: &str) -> Kind {
     if disk_dir.join("dm").is_dir() {
         let lvm =
             sysfs::read_attr(&disk_dir.join("dm/uuid")).is_some_and(|u| u.starts_with("LVM-"));

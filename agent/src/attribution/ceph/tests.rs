@@ -3,8 +3,7 @@ use super::*;
 use crate::attribution::fixture::{Tree, dev, storage_node};
 
 fn scan_tree(t: &Tree) -> HashMap<u32, OsdUse> {
-    let roots = t.roots();
-    scan(&roots.ceph, &roots.dev, &roots.sys)
+    scan(&t.roots())
 }
 
 fn osd(ids: &[u32], roles: &[Role]) -> OsdUse {
@@ -99,8 +98,8 @@ fn a_slaves_cycle_ends() {
 fn no_ceph_directory_is_no_osd() {
     let t = Tree::new();
     assert!(scan_tree(&t).is_empty());
-    let mut map = OsdMap::new(t.path("ceph"), t.path("dev"));
-    assert_eq!(map.get(&t.path("sys"), dev(8, 0)), None);
+    let mut map = OsdMap::new(t.roots());
+    assert_eq!(map.get(dev(8, 0)), None);
 }
 
 #[test]

@@ -9,8 +9,9 @@
 //! use fixture trees.
 //!
 //! Everything read here is controlled by whoever started the process or wrote the
-//! file, so every label value is bounded ([`super::MAX_LABEL_CHARS`], no control characters)
-//! and a process that cannot be identified is still labelled, as `pid:<pid>`.
+//! file, so every label value is bounded ([`super::MAX_LABEL_CHARS`], no control
+//! characters) and a process that cannot be identified is still labelled, as
+//! `pid:<pid>`.
 
 use std::{
     collections::HashMap,
