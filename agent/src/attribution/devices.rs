@@ -127,6 +127,22 @@ impl Device {
     }
 }
 
+/// Every key [`Device::labels`] can give, in its order: the labels a cardinality budget
+/// drops along with the device when it folds a device into `other`.
+pub const LABEL_KEYS: [&str; 11] = [
+    "device.type",
+    "device.rotational",
+    "device.model",
+    "device.disk",
+    "dm.name",
+    "ceph.osd.id",
+    "ceph.osd.role",
+    "rbd.pool",
+    "rbd.image",
+    "rbd.namespace",
+    "rbd.snapshot",
+];
+
 /// Where the trees are: the host's `/sys`, `/dev` and `/var/lib/ceph` by default.
 #[derive(Clone, Debug)]
 pub struct Roots {

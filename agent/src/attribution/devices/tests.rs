@@ -154,6 +154,30 @@ fn kinds_from_driver_directories_buses_and_names() {
     );
 }
 
+/// Labels come in [`LABEL_KEYS`] order, and a device with everything has them all.
+#[test]
+fn label_keys_are_the_ones_labels_gives() {
+    let device = Device {
+        disk: Some("rbd1".into()),
+        rotational: Some(false),
+        model: Some("m".into()),
+        dm_name: Some("d".into()),
+        osd: Some(OsdUse {
+            ids: [1].into(),
+            roles: [crate::attribution::ceph::Role::Wal].into(),
+        }),
+        rbd: Some(RbdImage {
+            pool: "p".into(),
+            image: "i".into(),
+            namespace: Some("n".into()),
+            snapshot: Some("s".into()),
+        }),
+        ..Device::unknown("251:17".into())
+    };
+    let keys: Vec<&str> = device.labels().iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, LABEL_KEYS);
+}
+
 #[test]
 fn rbd_devices_carry_pool_and_image() {
     let t = Tree::new();
