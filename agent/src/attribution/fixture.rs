@@ -1,7 +1,11 @@
 //! Fixture trees for the device identity tests: a sysfs-like tree of real directories
 //! and symlinks laid out as the kernel lays them out, a `/dev` and a Ceph state dir.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
 
 use super::devices::Roots;
 
@@ -178,4 +182,30 @@ pub fn labels(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
 /// Kernel device number from `major`, `minor`.
 pub fn dev(major: u32, minor: u32) -> u32 {
     major << 20 | minor
+}
+
+/// Runs `f`, returning its result and what it logged (debug and above), so tests can
+/// check that what is ignored is said.
+pub fn with_debug_log<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl io::Write for Buf {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let log = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    (out, log)
 }

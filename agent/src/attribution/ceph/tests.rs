@@ -1,6 +1,6 @@
 //! Tests of the parent module.
 use super::*;
-use crate::attribution::fixture::{Tree, dev, storage_node};
+use crate::attribution::fixture::{Tree, dev, storage_node, with_debug_log};
 
 fn scan_tree(t: &Tree) -> HashMap<u32, OsdUse> {
     scan(&t.roots())
@@ -77,7 +77,14 @@ fn broken_links_and_trees_give_no_label() {
     t.disk("virtual/block/dm-9", "253:9", "0");
     std::fs::write(t.path("sys/devices/virtual/block/dm-9/dev"), "garbage").unwrap();
     t.link("ceph/osd/ceph-27/block", "/dev/dm-9");
-    assert_eq!(scan_tree(&t), scan_tree(&storage_node()));
+    let (found, log) = with_debug_log(|| scan_tree(&t));
+    assert_eq!(found, scan_tree(&storage_node()));
+    for id in 20..=26 {
+        let line = format!("ceph-{id}/block");
+        assert!(log.contains(&line), "no debug line for {line} in:\n{log}");
+    }
+    assert!(log.contains("OSD link chain too long or looping"), "{log}");
+    assert!(log.contains("malformed device number"), "{log}");
 }
 
 #[test]
@@ -88,7 +95,9 @@ fn a_slaves_cycle_ends() {
     t.link(&format!("{a}/slaves/dm-6"), t.path(&b));
     t.link("ceph/osd/ceph-30/wal", "/dev/dm-5");
     t.link("ceph/osd/ceph-30/block.wal", "/dev/dm-5");
-    let found = scan_tree(&t);
+    let (found, log) = with_debug_log(|| scan_tree(&t));
+    assert!(log.contains("device-mapper stack loops"), "{log}");
+    assert!(log.contains("dangling sysfs slave link"), "{log}");
     assert_eq!(found[&dev(253, 5)], osd(&[30], &[Role::Wal]));
     assert_eq!(found[&dev(253, 6)], osd(&[30], &[Role::Wal]));
     assert_eq!(found.len(), scan_tree(&storage_node()).len() + 2);

@@ -1,6 +1,6 @@
 //! Tests of the parent module.
 use super::*;
-use crate::attribution::fixture::{SDB, Tree, dev, labels, storage_node};
+use crate::attribution::fixture::{SDB, Tree, dev, labels, storage_node, with_debug_log};
 
 #[test]
 fn names_from_a_sysfs_tree_and_falls_back_to_the_number() {
@@ -253,7 +253,9 @@ fn hostile_values_are_bounded_and_broken_trees_named_by_number() {
     assert_eq!(model.chars().count(), crate::attribution::MAX_LABEL_CHARS);
     assert!(model.starts_with("_[31mxxx"));
     for (number, text) in [(dev(8, 48), "8:48"), (dev(8, 64), "8:64")] {
-        assert_eq!(*names.lookup(number), Device::unknown(text.into()));
+        let (device, log) = with_debug_log(|| names.lookup(number).clone());
+        assert_eq!(device, Device::unknown(text.into()));
+        assert!(log.contains("block device not in sysfs"), "{log}");
     }
 }
 
