@@ -228,8 +228,8 @@ fn device_node(path: &Path, tree: &BlockTree) -> Option<PathBuf> {
 /// Names a `/dev` path through sysfs.
 fn by_host_path(host: PathBuf, tree: &mut BlockTree) -> Option<PathBuf> {
     let rest = host.strip_prefix("/dev").ok()?;
-    let parts: Vec<&str> = rest.iter().filter_map(|p| p.to_str()).collect();
-    let found = match parts[..] {
+    let parts: Option<Vec<&str>> = rest.iter().map(|p| p.to_str()).collect();
+    let found = match *parts.as_deref().unwrap_or_default() {
         [name] => tree.by_name(name),
         ["mapper", name] => tree.by_dm_name(name),
         // udev's /dev/disk/by-* links need the host's /dev to follow.
