@@ -119,3 +119,39 @@ fn lvm_names_double_their_dashes() {
     );
     assert_eq!(lvm_dm_name("vg", "lv"), "vg-lv");
 }
+
+/// On this machine: an OSD link to a real device node is resolved by the node's number
+/// (skipped where `/dev` has no block device that `/sys` lists, loop devices aside).
+#[test]
+fn a_real_device_node_is_resolved_by_its_number() {
+    let sys = Path::new("/sys");
+    let node = std::fs::read_dir(sys.join("class/block"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        // Loop devices come and go with other tests.
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .map(|e| Path::new("/dev").join(e.file_name()))
+        .find(|node| std::fs::metadata(node).is_ok_and(|m| m.file_type().is_block_device()));
+    let Some(node) = node else {
+        eprintln!("skipped: no block device node in /dev");
+        return;
+    };
+    let t = Tree::new();
+    t.link("ceph/osd/ceph-0/block", &node);
+    let roots = Roots {
+        sys: sys.into(),
+        dev: "/dev".into(),
+        ceph: t.path("ceph"),
+    };
+    let number = BlockTree::new(sys)
+        .by_name(&node.file_name().unwrap().to_string_lossy())
+        .and_then(|dir| sysfs::number_of(&dir));
+    let Some(number) = number else {
+        eprintln!("skipped: {} went away", node.display());
+        return;
+    };
+    let by_node = device_node(&node, &BlockTree::new(sys));
+    assert_eq!(by_node.and_then(|dir| sysfs::number_of(&dir)), Some(number));
+    assert_eq!(scan(&roots)[&number], osd(&[0], &[Role::Block]));
+}
