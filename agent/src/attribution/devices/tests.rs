@@ -112,7 +112,7 @@ fn kinds_from_driver_directories_buses_and_names() {
     let md = t.disk("virtual/block/md127", "9:127", "0");
     t.write(&format!("{md}/md/level"), "raid1\n");
     t.dm(4, "luks-5e2d", "CRYPT-LUKS2-5e2d", &[]);
-    // sd* on Xen's bus, and an MMC card.
+    // A Xen virtual disk and an MMC card, known by their parent's bus.
     t.disk("vbd-51712/block/xvda", "202:0", "0");
     t.parent("vbd-51712/block/xvda", "bus/xen");
     t.disk("platform/mmc0/mmc0:0001/block/mmcblk0", "179:0", "0");
