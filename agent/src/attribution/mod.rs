@@ -1,10 +1,10 @@
 //! Giving kernel identifiers the names operators know: block devices (with their Ceph
 //! OSD or RBD image), cgroups, VMs.
 
-mod ceph;
+pub mod ceph;
 pub mod cgroups;
 pub mod devices;
-mod rbd;
+pub mod rbd;
 mod sysfs;
 pub mod vms;
 
