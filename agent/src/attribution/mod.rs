@@ -1,8 +1,15 @@
-//! Giving kernel identifiers the names operators know: block devices, cgroups, VMs.
+//! Giving kernel identifiers the names operators know: block devices (with their Ceph
+//! OSD or RBD image), cgroups, VMs.
 
+pub mod ceph;
 pub mod cgroups;
 pub mod devices;
+pub mod rbd;
+mod sysfs;
 pub mod vms;
+
+#[cfg(test)]
+mod fixture;
 
 use std::path::PathBuf;
 
@@ -20,7 +27,11 @@ pub struct Attribution {
 impl Attribution {
     pub fn new(sys_root: PathBuf, config: &AttributionConfig, cgroup_mode: CgroupMode) -> Self {
         Self {
-            devices: devices::DeviceNames::new(sys_root),
+            devices: devices::DeviceNames::new(devices::Roots {
+                sys: sys_root,
+                dev: config.dev_root.clone(),
+                ceph: config.ceph_root.clone(),
+            }),
             cgroups: cgroup_hierarchy(config, cgroup_mode)
                 .map(|h| cgroups::CgroupNames::new(h.root)),
             io_cgroups: cgroups::find_io_hierarchy(
@@ -51,9 +62,9 @@ impl Attribution {
         self.vms.labels(pid)
     }
 
-    /// Called once per interval: forgets processes that exited, and device names (a
-    /// hot-plugged disk can take a freed device number; re-reading a few sysfs files
-    /// per interval is cheap).
+    /// Called once per interval: forgets processes that exited, and device identities
+    /// (a hot-plugged disk can take a freed device number; re-reading a few sysfs files
+    /// per device per interval is cheap). The Ceph OSD map has its own, slower clock.
     pub fn refresh(&mut self) {
         self.vms.forget_exited();
         self.devices.forget();
@@ -81,4 +92,29 @@ pub fn cgroup_hierarchy(
         v2,
         root: config.cgroup_root.clone(),
     })
+}
+
+/// Metric labels: (key, bounded value).
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Longest label value, in characters; longer values are truncated.
+pub const MAX_LABEL_CHARS: usize = 128;
+
+/// A label value from untrusted text (a command line, a file anyone with the right
+/// privileges wrote): control characters replaced with `_`, at most
+/// [`MAX_LABEL_CHARS`] characters.
+fn bound_label(s: &str) -> String {
+    s.chars()
+        .take(MAX_LABEL_CHARS)
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect()
+}
+
+/// `8-4-4-4-12` hex digits, the only form libvirt, QEMU and Ceph print.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
