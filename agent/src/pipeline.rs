@@ -280,7 +280,7 @@ fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
     };
     let device = |family| Rule {
         family,
-        identity: &["device", "dev"],
+        identity: &crate::attribution::devices::SERIES_IDENTITY,
         keep: limits.max_devices,
     };
     let cgroup = |family| Rule {

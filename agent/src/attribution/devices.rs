@@ -129,7 +129,13 @@ impl Device {
 
 /// Every key [`Device::labels`] can give, in its order: the labels a cardinality budget
 /// drops along with the device when it folds a device into `other`.
-pub const LABEL_KEYS: [&str; 11] = [
+pub const LABEL_KEYS: &[&str] = SERIES_IDENTITY.split_at(2).1;
+
+/// Every label that identifies a device's series: its name and number, then
+/// [`LABEL_KEYS`]. Folding devices into `other` drops them all.
+pub const SERIES_IDENTITY: [&str; 13] = [
+    "device",
+    "dev",
     "device.type",
     "device.rotational",
     "device.model",

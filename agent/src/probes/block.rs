@@ -495,8 +495,11 @@ impl Probe for BlockProbe {
     }
 }
 
-/// `device` and `dev` of a device number.
+/// `device`, `dev` and the identity labels (type, model, Ceph OSD, RBD image) of a
+/// device number.
 fn device_labels(cx: &mut ReadContext<'_>, dev: u32) -> Vec<(&'static str, String)> {
     let d = cx.attribution.devices.lookup(dev);
-    vec![("device", d.name.clone()), ("dev", d.number.clone())]
+    let mut labels = vec![("device", d.name.clone()), ("dev", d.number.clone())];
+    labels.extend(d.labels());
+    labels
 }
