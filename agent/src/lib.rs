@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod attribution;
+pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -3,6 +3,7 @@
 //! through the venv's PyYAML, and the names of the metrics nodepulse exports.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -113,41 +114,38 @@ pub fn require_debian_tool(tool: &str, package: &str) {
     );
 }
 
-/// Every metric name a Prometheus receives from nodepulse, scraped from /metrics
-/// (agent/src/export/prometheus) or through the collector's OTLP translation
-/// (agent/src/export/otlp_encode.rs, otlp.rs: dots become underscores, the unit is
-/// suffixed, counters get `_total`). Histograms are listed by their base name.
-// TODO(issue 4): replace with the metric catalogue (agent/src/catalog.rs) once main has it.
-pub const METRICS: &[&str] = &[
-    // Latency histograms (README: Metrics).
-    "nodepulse_block_io_latency_nanoseconds",
-    "nodepulse_sched_runqueue_latency_nanoseconds",
-    "nodepulse_cgroup_runqueue_latency_nanoseconds",
-    "nodepulse_vm_vcpu_wait_nanoseconds",
-    "nodepulse_kvm_exit_userspace_latency_nanoseconds",
-    "nodepulse_kvm_run_duration_nanoseconds",
-    "nodepulse_kvm_exit_latency_nanoseconds",
-    // Self-telemetry, both paths.
-    "nodepulse_bpf_program_run_count_total",
-    "nodepulse_bpf_program_run_time_nanoseconds_total",
-    "nodepulse_probe_up",
-    "nodepulse_dropped_events_total",
-    // Scrape path only.
-    "nodepulse_process_resident_memory_bytes",
-    "nodepulse_process_cpu_seconds_total",
-    // OTLP path only.
-    "nodepulse_otlp_batches_total",
-    "nodepulse_otlp_bytes_total",
-    "process_cpu_time_seconds_total",
-    "process_memory_usage_bytes",
-];
+/// Every metric name a Prometheus can query from nodepulse, from its metric catalogue
+/// (agent/src/catalog.rs): scraped from `/metrics` (classic histograms with their
+/// `_bucket`, `_count` and `_sum` series), or received through the collector, whose
+/// OTLP translation turns dots into underscores, appends the unit (`ns` →
+/// `_nanoseconds`, `s` → `_seconds`, `By` → `_bytes`, `{thing}` → nothing, `1` on a gauge
+/// → `_ratio`) and `_total` on counters, and keeps histograms native (one series).
+pub fn exported_metrics() -> BTreeSet<String> {
+    use nodepulse::catalog::{self, FAMILIES, Kind, SELF_METRICS};
+    let translated = |otlp: &str, unit: &str, kind: Kind| {
+        let suffix = match unit {
+            "ns" => "_nanoseconds",
+            "s" => "_seconds",
+            "By" => "_bytes",
+            "1" if kind == Kind::Gauge => "_ratio",
+            _ => "",
+        };
+        let total = if kind == Kind::Counter { "_total" } else { "" };
+        format!("{}{suffix}{total}", catalog::prometheus_label(otlp))
+    };
+    let mut names: BTreeSet<String> = catalog::prometheus_series_names().into_iter().collect();
+    for f in FAMILIES {
+        names.insert(translated(&catalog::otlp_name(f.name), f.unit, f.kind));
+    }
+    for m in SELF_METRICS {
+        names.insert(translated(m.otlp, m.unit, m.kind));
+    }
+    names
+}
 
 /// Metrics the dashboards query that other issues are adding; each is named with its
-/// issue, and the tests say so when one is still missing from [`METRICS`].
-pub const PENDING: &[(&str, &str)] = &[
-    ("nodepulse_block_io_queue_depth", "issue 4 (storage probes)"),
-    ("nodepulse_alarms_open", "issue 6 (alarms)"),
-];
+/// issue, and the tests say so while one is still missing from the catalogue.
+pub const PENDING: &[(&str, &str)] = &[("nodepulse_alarms_open", "issue 6 (alarms)")];
 
 /// Series every Prometheus has of its own.
 pub const PROMETHEUS_BUILTIN: &[&str] = &["up", "ALERTS"];
@@ -238,17 +236,4 @@ pub fn metric_names(expr: &str) -> Vec<String> {
         }
     }
     names
-}
-
-/// The exported family a selected name belongs to: classic histogram series carry a
-/// `_bucket`, `_sum` or `_count` suffix.
-pub fn family_of(name: &str) -> &str {
-    for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix)
-            && METRICS.contains(&base)
-        {
-            return base;
-        }
-    }
-    name
 }
