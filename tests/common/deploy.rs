@@ -237,3 +237,37 @@ pub fn metric_names(expr: &str) -> Vec<String> {
     }
     names
 }
+
+/// Checks that every name is exported, listing each unknown one with where it is used.
+pub fn assert_exported(uses: &[(String, String)]) {
+    let exported = exported_metrics();
+    let mut unknown = Vec::new();
+    for (name, place) in uses {
+        if exported.contains(name) || PROMETHEUS_BUILTIN.contains(&name.as_str()) {
+            continue;
+        }
+        match PENDING.iter().find(|(n, _)| n == name) {
+            Some((_, issue)) => {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "NOTE {place}: {name} is not exported yet; {issue} adds it"
+                );
+            }
+            None => unknown.push(format!("{place}: {name}")),
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "queries of metrics nodepulse does not export:\n{}",
+        unknown.join("\n")
+    );
+}
+
+/// A Kubernetes quantity in Mi: `128Mi` → 128.
+pub fn mebibytes(v: &Value) -> u64 {
+    let s = v.as_str().unwrap();
+    s.strip_suffix("Mi")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{s}: write memory quantities in Mi"))
+}

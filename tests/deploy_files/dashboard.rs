@@ -1,0 +1,72 @@
+//! The Grafana dashboard.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::common::deploy::{assert_exported, metric_names, repo};
+
+#[test]
+fn the_dashboard_queries_only_exported_metrics() {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/nodepulse.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    let mut uses = Vec::new();
+    let mut ids = BTreeSet::new();
+    let mut heatmaps = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "duplicate panel id: {p}"
+        );
+        let title = p["title"].as_str().unwrap().to_owned();
+        if p["type"] == "heatmap" {
+            heatmaps.push(p["targets"][0]["expr"].as_str().unwrap().to_owned());
+        }
+        for t in p["targets"].as_array().into_iter().flatten() {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+            for name in metric_names(t["expr"].as_str().unwrap()) {
+                uses.push((name, format!("panel \"{title}\"")));
+            }
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+            let selector = inner.rsplit_once(',').map_or(inner, |(s, _)| s);
+            for name in metric_names(selector) {
+                uses.push((name, format!("variable {}", v["name"])));
+            }
+        }
+    }
+    let mut alarms = false;
+    for a in dash["annotations"]["list"].as_array().unwrap() {
+        if let Some(expr) = a["expr"].as_str() {
+            alarms |= expr.contains("nodepulse_alarms_open");
+            for name in metric_names(expr) {
+                uses.push((name, format!("annotation {}", a["name"])));
+            }
+        }
+    }
+    assert!(alarms, "alarms are shown as annotations");
+    // Latency heatmaps from the native histograms per device, VM and cgroup.
+    for family in [
+        "nodepulse_block_io_latency_nanoseconds{",
+        "nodepulse_vm_vcpu_wait_nanoseconds{",
+        "nodepulse_cgroup_runqueue_latency_nanoseconds{",
+    ] {
+        assert!(
+            heatmaps.iter().any(|e| e.contains(family)),
+            "no heatmap of {family}"
+        );
+    }
+    assert_exported(&uses);
+}
+
+#[test]
+fn metric_names_are_found_in_promql() {
+    let names = metric_names(
+        "histogram_quantile(0.99, sum by (instance, le) (rate(a_bucket{x=\"y\",le=\"1\"}[$__rate_interval]))) \
+         or on (instance) label_replace(b, \"c\", \"$1\", \"d\", \"(e).*\") / 1e6 > bool c:d:e",
+    );
+    assert_eq!(names, ["a_bucket", "b"]);
+}
