@@ -168,12 +168,12 @@ fn kernel_stamp<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
 /// other CPU's concurrent change).
 #[inline(always)]
 fn depth_up(dev: u32) -> u64 {
-    let ptr = match BLOCK_DEPTH.get_ptr_mut(&dev) {
+    let ptr = match BLOCK_DEPTH.get_ptr_mut(dev) {
         Some(p) => p,
         None => {
             // Losing a race with another CPU's insert is fine: the lookup finds it.
-            let _ = BLOCK_DEPTH.insert(&dev, &0, BPF_NOEXIST as u64);
-            match BLOCK_DEPTH.get_ptr_mut(&dev) {
+            let _ = BLOCK_DEPTH.insert(dev, 0, BPF_NOEXIST as u64);
+            match BLOCK_DEPTH.get_ptr_mut(dev) {
                 Some(p) => p,
                 None => return 0,
             }
@@ -186,7 +186,7 @@ fn depth_up(dev: u32) -> u64 {
 /// One request fewer in flight on `dev` (it was counted by [`depth_up`]).
 #[inline(always)]
 fn depth_down(dev: u32) {
-    if let Some(ptr) = BLOCK_DEPTH.get_ptr_mut(&dev) {
+    if let Some(ptr) = BLOCK_DEPTH.get_ptr_mut(dev) {
         atomic_add(ptr, u64::MAX);
     }
 }
@@ -312,7 +312,7 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     let depth = if same && slot.state == slot_state::ISSUED {
         // Issued again with no requeue seen: still counted once.
         BLOCK_DEPTH
-            .get_ptr_mut(&i.dev)
+            .get_ptr_mut(i.dev)
             .map_or(0, |p| unsafe { core::ptr::read_volatile(p) })
     } else {
         if same && slot.state == slot_state::INSERTED && slot.inserted_ns >= i.allocated_ns {
@@ -448,10 +448,10 @@ fn count_error(dev: u32, op: u32, status: u32) {
         status,
         _pad: 0,
     };
-    if let Some(p) = BLOCK_ERRORS.get_ptr_mut(&key) {
+    if let Some(p) = BLOCK_ERRORS.get_ptr_mut(key) {
         atomic_add(p, 1);
-    } else if BLOCK_ERRORS.insert(&key, &1, BPF_NOEXIST as u64).is_err()
-        && let Some(p) = BLOCK_ERRORS.get_ptr_mut(&key)
+    } else if BLOCK_ERRORS.insert(key, 1, BPF_NOEXIST as u64).is_err()
+        && let Some(p) = BLOCK_ERRORS.get_ptr_mut(key)
     {
         atomic_add(p, 1);
     }
