@@ -179,6 +179,7 @@ impl Probes {
                 btf,
                 &block_layouts,
                 b.attach.kind(),
+                &full.agent.sys_root,
             ))
         });
         add(sched::NAME, s.enabled, &mut || {
