@@ -175,7 +175,9 @@ fn depth_up(dev: u32) {
         Some(p) => p,
         None => {
             // Losing a race with another CPU's insert is fine: the lookup finds it.
-            let _ = BLOCK_DEPTH.insert(dev, EMPTY_DEPTH, BPF_NOEXIST as u64);
+            // By reference on purpose: by value would copy 1 KiB onto the BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
             match BLOCK_DEPTH.get_ptr_mut(dev) {
                 Some(p) => p,
                 None => return,
