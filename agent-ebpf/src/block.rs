@@ -171,12 +171,14 @@ fn kernel_stamp<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
 /// CPU's concurrent change) recorded as that issue's queue depth.
 #[inline(always)]
 fn depth_up(dev: u32) {
-    let d = match BLOCK_DEPTH.get_ptr_mut(&dev) {
+    let d = match BLOCK_DEPTH.get_ptr_mut(dev) {
         Some(p) => p,
         None => {
             // Losing a race with another CPU's insert is fine: the lookup finds it.
-            let _ = BLOCK_DEPTH.insert(&dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
-            match BLOCK_DEPTH.get_ptr_mut(&dev) {
+            // By reference on purpose: by value would copy 1 KiB onto the BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
+            match BLOCK_DEPTH.get_ptr_mut(dev) {
                 Some(p) => p,
                 None => return,
             }
@@ -200,7 +202,7 @@ fn record_depth(d: &mut DeviceDepth) {
 /// One request fewer in flight on `dev` (it was counted by [`depth_up`]).
 #[inline(always)]
 fn depth_down(dev: u32) {
-    if let Some(d) = BLOCK_DEPTH.get_ptr_mut(&dev) {
+    if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
         atomic_add(unsafe { &mut (*d).in_flight }, u64::MAX);
     }
 }
@@ -325,7 +327,7 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     let mut inserted_ns = 0;
     if same && slot.state == slot_state::ISSUED {
         // Issued again with no requeue seen: still counted once.
-        if let Some(d) = BLOCK_DEPTH.get_ptr_mut(&i.dev) {
+        if let Some(d) = BLOCK_DEPTH.get_ptr_mut(i.dev) {
             record_depth(unsafe { &mut *d });
         }
     } else {
@@ -459,10 +461,10 @@ fn count_error(dev: u32, op: u32, status: u32) {
         status,
         _pad: 0,
     };
-    if let Some(p) = BLOCK_ERRORS.get_ptr_mut(&key) {
+    if let Some(p) = BLOCK_ERRORS.get_ptr_mut(key) {
         atomic_add(p, 1);
-    } else if BLOCK_ERRORS.insert(&key, &1, BPF_NOEXIST as u64).is_err()
-        && let Some(p) = BLOCK_ERRORS.get_ptr_mut(&key)
+    } else if BLOCK_ERRORS.insert(key, 1, BPF_NOEXIST as u64).is_err()
+        && let Some(p) = BLOCK_ERRORS.get_ptr_mut(key)
     {
         atomic_add(p, 1);
     }

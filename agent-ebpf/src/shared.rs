@@ -86,6 +86,8 @@ pub fn count(counter: u32) {
 /// is full. `empty` lives in a global section: large values do not fit on the BPF
 /// stack, and its address is a valid map value for `bpf_map_update_elem`.
 #[inline(always)]
+// The result points into the map's per-CPU storage, not into `empty`.
+#[allow(clippy::mut_from_ref)]
 pub fn get_or_insert<K, V>(
     map: &PerCpuHashMap<K, V>,
     key: &K,
