@@ -6,10 +6,6 @@
 // the BPF target, the intrinsic lowers to the BPF atomic instructions.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
-// aya's map methods take `impl Borrow<K>`/`impl Borrow<V>`: passing references keeps
-// large keys and values (histograms) off the 512-byte BPF stack, which clippy's
-// suggestion to pass them by value would overflow.
-#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod block;
 mod kvm;
