@@ -49,14 +49,7 @@ pub fn run_with_input(cmd: &mut Command, input: &str) -> String {
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    super::stdout_of_success(cmd, child.wait_with_output().unwrap())
 }
 
 /// Every YAML document of `text`, as JSON values (PyYAML's safe loader).

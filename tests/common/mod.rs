@@ -65,6 +65,11 @@ pub fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    stdout_of_success(cmd, out)
+}
+
+/// The standard output of a command that must have succeeded (else its stderr).
+pub fn stdout_of_success(cmd: &Command, out: std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
