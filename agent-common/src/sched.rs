@@ -64,6 +64,9 @@ pub mod family {
     /// returned to the VMM; group = VMM process id, detail = `KVM_EXIT_*` reason. Its
     /// counts are the exits to userspace per reason.
     pub const KVM_RUN: u32 = 5;
+    /// TCP round-trip time per peer port group; group = the group's index
+    /// (`agent_common::tcp`). 6, 7, 8 are the block families'.
+    pub const TCP_RTT: u32 = 9;
 }
 
 /// One bucket of one series in the sparse histogram map: only buckets that have

@@ -9,6 +9,8 @@ pub mod outliers;
 pub mod sched;
 pub mod sparse;
 pub mod stats;
+pub mod tcp;
+pub mod tcp_groups;
 
 use agent_common::{
     counters, names,
@@ -136,6 +138,7 @@ impl Probes {
             block_layouts,
             sched_layouts,
             kvm_layouts,
+            tcp_layouts,
             tracefs,
         } = Loaded::load(full)?;
         let stats = stats::BpfStats::enable();
@@ -171,7 +174,7 @@ impl Probes {
                 });
                 probes.push(probe);
             };
-        let (b, s, k) = (&config.block, &config.sched, &config.kvm);
+        let (b, s, k, t) = (&config.block, &config.sched, &config.kvm, &config.tcp);
         add(block::NAME, b.enabled, &mut || {
             Box::new(block::BlockProbe::attach(
                 &mut ebpf,
@@ -198,6 +201,15 @@ impl Probes {
         });
         add(kvm::NAME_EXIT, k.enabled, &mut || {
             Box::new(kvm::KvmExitProbe::attach(&mut ebpf, &kvm_layouts))
+        });
+        add(tcp::NAME, t.enabled, &mut || {
+            Box::new(tcp::TcpProbe::attach(
+                &mut ebpf,
+                btf,
+                &tcp_layouts,
+                t.attach.kind(),
+                &t.groups,
+            ))
         });
 
         let counters = ebpf
@@ -306,6 +318,7 @@ pub struct Loaded {
     pub block_layouts: block::BlockLayouts,
     pub sched_layouts: sched::SchedLayouts,
     pub kvm_layouts: kvm::KvmLayouts,
+    pub tcp_layouts: tcp::TcpLayouts,
     /// Set when nodepulse mounted tracefs itself (unmounted on drop).
     pub tracefs: Option<tracefs::Mounted>,
 }
@@ -344,6 +357,7 @@ impl Loaded {
         let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);
         let sched_layouts = sched::SchedLayouts::resolve(kernel_btf.as_ref(), hierarchy.as_ref());
         let kvm_layouts = kvm::KvmLayouts::resolve(tracefs);
+        let tcp_layouts = tcp::TcpLayouts::resolve(kernel_btf.as_ref());
         drop(kernel_btf);
 
         let mut loader = EbpfLoader::new();
@@ -351,6 +365,7 @@ impl Loaded {
         block_layouts.apply(&mut loader);
         sched_layouts.apply(&mut loader);
         kvm_layouts.apply(&mut loader);
+        tcp_layouts.apply(&mut loader);
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let msg = attach::error_chain(&e);
             if msg.contains("Operation not permitted") || msg.contains("EPERM") {
@@ -366,6 +381,7 @@ impl Loaded {
             block_layouts,
             sched_layouts,
             kvm_layouts,
+            tcp_layouts,
             tracefs: mounted,
         })
     }
