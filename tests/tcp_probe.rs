@@ -43,6 +43,17 @@ impl Netns {
     }
 
     /// `RetransSegs` of this namespace's TCP stack (`/proc/net/snmp`).
+    /// The largest smoothed RTT (ns) among this namespace's connections, as `ss -ti`
+    /// shows it (`rtt:<srtt ms>/<rttvar ms>`).
+    fn max_srtt_ns(&self) -> f64 {
+        let ss = run(self.exec().args(["ss", "-Hti", "state", "established"]));
+        ss.split_whitespace()
+            .filter_map(|w| w.strip_prefix("rtt:"))
+            .filter_map(|v| v.split('/').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max)
+            * 1e6
+    }
+
     fn retrans_segs(&self) -> u64 {
         let snmp = run(self.exec().args(["cat", "/proc/net/snmp"]));
         let tcp: Vec<Vec<&str>> = snmp
@@ -239,6 +250,7 @@ fn scenario(attach: AttachMode) {
     let slow = Topology::stream(&net.slow, SLOW_NET, slow_port, 5, "0");
     thread::sleep(Duration::from_millis(2500));
     let middle = Snapshot::take(&mut probes);
+    let kernel_srtt = net.slow.max_srtt_ns();
     fast.finish();
     slow.finish();
     thread::sleep(Duration::from_millis(300));
@@ -275,6 +287,11 @@ fn scenario(attach: AttachMode) {
         "a standing queue of milliseconds: {slow_p50}"
     );
     assert!(slow_p50 > 20.0 * fast_p50, "{slow_p50} vs {fast_p50}");
+    // The field read is the kernel's RTT: the same queue as the sender's own smoothed
+    // estimate shows mid-stream.
+    let ratio = slow_p50 / kernel_srtt;
+    eprintln!("shaped path: the kernel's srtt mid-stream {kernel_srtt:.0} ns");
+    assert!((0.33..3.0).contains(&ratio), "{slow_p50} vs srtt {kernel_srtt}");
 
     // Retransmissions: counted per group, never going backwards, and never more than
     // the segments the kernel itself retransmitted in those namespaces (a GSO packet

@@ -26,6 +26,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     // A long-lived periodic sleeper in the run-queue tests.
     "python3",
+    // TCP streams for the storage network probe's tests and benchmark.
+    "iperf3",
 ];
 
 /// Where bpf-linker's build finds LLVM 22.
