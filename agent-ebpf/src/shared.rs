@@ -63,9 +63,16 @@ pub fn emit_outlier(event: &OutlierEvent) {
     }
 }
 
-/// Template for a new series; lives in a global section so its address is a valid map
-/// value for `bpf_map_update_elem` (the 4 KiB value would not fit on the BPF stack).
-static EMPTY_HISTOGRAM: Histogram = Histogram::ZERO;
+/// Adds `v` to a map value every CPU may update at once (BPF's XADD). The programs
+/// are built for BPF v1, where XADD returns nothing: read the value afterwards when
+/// needed (it may then include other CPUs' concurrent adds).
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, v: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v);
+    }
+}
 
 #[inline(always)]
 pub fn count(counter: u32) {
@@ -75,25 +82,24 @@ pub fn count(counter: u32) {
     }
 }
 
-/// Adds one sample (nanoseconds) to this CPU's histogram for `key`, creating the series
-/// on first use. Returns false when the map is full.
+/// This CPU's value for `key`, created from `empty` on first use; `None` when the map
+/// is full. `empty` lives in a global section: large values do not fit on the BPF
+/// stack, and its address is a valid map value for `bpf_map_update_elem`.
 #[inline(always)]
-pub fn record<K>(map: &PerCpuHashMap<K, Histogram>, key: &K, value: u64) -> bool {
-    let hist = match map.get_ptr_mut(key) {
-        Some(h) => h,
+pub fn get_or_insert<K, V>(
+    map: &PerCpuHashMap<K, V>,
+    key: &K,
+    empty: &'static V,
+) -> Option<&'static mut V> {
+    let value = match map.get_ptr_mut(key) {
+        Some(v) => v,
         None => {
             // Losing a race with another CPU's insert is fine: the lookup below finds it.
-            // By reference on purpose: by value would copy 4 KiB onto the BPF stack.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = map.insert(key, &EMPTY_HISTOGRAM, BPF_NOEXIST as u64);
-            match map.get_ptr_mut(key) {
-                Some(h) => h,
-                None => return false,
-            }
+            let _ = map.insert(key, empty, BPF_NOEXIST as u64);
+            map.get_ptr_mut(key)?
         }
     };
-    add_sample(unsafe { &mut *hist }, value);
-    true
+    Some(unsafe { &mut *value })
 }
 
 /// Adds one sample to a histogram this CPU owns.

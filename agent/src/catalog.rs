@@ -18,6 +18,8 @@ pub enum Kind {
 pub struct Family {
     /// Name in reports and the console; OTLP prefixes it with `nodepulse.`.
     pub name: &'static str,
+    /// The probe family that produces it.
+    pub probe: &'static str,
     pub kind: Kind,
     /// UCUM unit, as OTLP carries it.
     pub unit: &'static str,
@@ -35,6 +37,7 @@ const VM_REASON: &[&str] = &["vm", "vm.uuid", "reason"];
 pub const FAMILIES: &[Family] = &[
     Family {
         name: "block.io.latency",
+        probe: "block",
         kind: Kind::Histogram,
         unit: "ns",
         labels: BLOCK,
@@ -44,6 +47,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "block.io.queue.latency",
+        probe: "block",
         kind: Kind::Histogram,
         unit: "ns",
         labels: BLOCK,
@@ -52,6 +56,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "block.io.device.latency",
+        probe: "block",
         kind: Kind::Histogram,
         unit: "ns",
         labels: BLOCK,
@@ -60,6 +65,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "block.io.queue_depth",
+        probe: "block",
         kind: Kind::Histogram,
         unit: "{request}",
         labels: &["device", "dev"],
@@ -68,6 +74,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "block.io.size",
+        probe: "block",
         kind: Kind::Histogram,
         unit: "By",
         labels: BLOCK,
@@ -75,6 +82,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "block.io.errors",
+        probe: "block",
         kind: Kind::Counter,
         unit: "{request}",
         labels: &["device", "dev", "op", "error"],
@@ -82,6 +90,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "block.cgroup.io.latency",
+        probe: "block",
         kind: Kind::Histogram,
         unit: "ns",
         labels: &["cgroup", "op"],
@@ -90,6 +99,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "sched.runqueue.latency",
+        probe: "sched",
         kind: Kind::Histogram,
         unit: "ns",
         labels: &[],
@@ -97,6 +107,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "cgroup.runqueue.latency",
+        probe: "sched",
         kind: Kind::Histogram,
         unit: "ns",
         labels: &["cgroup"],
@@ -104,6 +115,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "vm.vcpu.wait",
+        probe: "sched",
         kind: Kind::Histogram,
         unit: "ns",
         labels: VM,
@@ -111,6 +123,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "kvm.exit.userspace.latency",
+        probe: "kvm",
         kind: Kind::Histogram,
         unit: "ns",
         labels: VM_REASON,
@@ -119,6 +132,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "kvm.run.duration",
+        probe: "kvm",
         kind: Kind::Histogram,
         unit: "ns",
         labels: VM_REASON,
@@ -127,6 +141,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "kvm.exit.latency",
+        probe: "kvm_exit",
         kind: Kind::Histogram,
         unit: "ns",
         labels: &["vm", "vm.uuid", "isa", "reason"],
@@ -135,6 +150,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "net.tcp.rtt",
+        probe: "tcp",
         kind: Kind::Histogram,
         unit: "ns",
         labels: &["peer.group"],
@@ -143,6 +159,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "net.tcp.retransmits",
+        probe: "tcp",
         kind: Kind::Counter,
         unit: "{packet}",
         labels: &["peer.group"],
@@ -241,6 +258,11 @@ pub const SELF_METRICS: &[&SelfMetric] = &[
     &OTLP_BATCHES,
     &OTLP_BYTES,
 ];
+
+/// The families a probe produces.
+pub fn families_of(probe: &str) -> impl Iterator<Item = &'static Family> {
+    FAMILIES.iter().filter(move |f| f.probe == probe)
+}
 
 /// The family called `name`.
 pub fn family(name: &str) -> Option<&'static Family> {

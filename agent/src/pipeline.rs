@@ -159,13 +159,13 @@ impl Pipeline {
         }
     }
 
-    /// Per-device outlier thresholds for the next interval: fixed, or twice the p99 of
-    /// the device's slowest operation in this one. Devices idle this interval keep
+    /// Per-device outlier thresholds for the next interval: fixed, or twice the device
+    /// time p99 of the device's slowest operation in this one. Devices idle this interval keep
     /// their threshold.
     fn update_outlier_thresholds(&mut self, series: &[SeriesReport]) {
         for s in series
             .iter()
-            .filter(|s| s.family == block::FAMILY && s.count > 0)
+            .filter(|s| s.family == block::FAMILY_DEVICE && s.count > 0)
         {
             let Some(dev) = s.labels.get("dev").and_then(|d| parse_dev(d)) else {
                 continue;
@@ -278,17 +278,24 @@ fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
         identity: VM_IDENTITY,
         keep: limits.max_vms,
     };
+    let device = |family| Rule {
+        family,
+        identity: &crate::attribution::devices::SERIES_IDENTITY,
+        keep: limits.max_devices,
+    };
+    let cgroup = |family| Rule {
+        family,
+        identity: &["cgroup"],
+        keep: limits.max_cgroups,
+    };
     vec![
-        Rule {
-            family: block::FAMILY,
-            identity: &["device", "dev"],
-            keep: limits.max_devices,
-        },
-        Rule {
-            family: sched::FAMILY_CGROUP,
-            identity: &["cgroup"],
-            keep: limits.max_cgroups,
-        },
+        device(block::FAMILY),
+        device(block::FAMILY_QUEUE),
+        device(block::FAMILY_DEVICE),
+        device(block::FAMILY_DEPTH),
+        device(block::FAMILY_SIZE),
+        cgroup(block::FAMILY_CGROUP),
+        cgroup(sched::FAMILY_CGROUP),
         vm(sched::FAMILY_VM),
         vm(kvm::FAMILY_USERSPACE),
         vm(kvm::FAMILY_RUN),

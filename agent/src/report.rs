@@ -69,10 +69,11 @@ impl SeriesReport {
     pub fn new(s: &IntervalSeries, interval_s: f64) -> Self {
         let d: &ExpHistogram = &s.delta;
         let count = d.count();
+        let unit = crate::catalog::unit(s.key.family);
         Self {
             family: s.key.family,
             labels: s.key.labels.iter().cloned().collect(),
-            unit: crate::catalog::unit(s.key.family),
+            unit,
             count,
             rate_per_s: if interval_s > 0.0 {
                 count as f64 / interval_s
@@ -81,9 +82,13 @@ impl SeriesReport {
             },
             sum: d.sum,
             mean: d.mean(),
+            // Durations are continuous; sizes and depths sit on bucket bounds.
             quantiles: QUANTILES
                 .iter()
-                .map(|&(q, name)| (name, d.quantile(q)))
+                .map(|&(q, name)| match unit {
+                    "ns" => (name, d.quantile(q)),
+                    _ => (name, d.quantile_bound(q)),
+                })
                 .collect(),
             histogram: HistogramReport {
                 scale: agent_common::hist::SCALE,

@@ -55,6 +55,8 @@ pub trait Probe {
     fn attached(&self) -> &Attached;
     /// Appends the current cumulative histograms.
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String>;
+    /// The probe itself, for what only one family offers (see [`Probes::block_in_flight`]).
+    fn as_any(&self) -> &dyn std::any::Any;
     /// Appends the current cumulative counters, for families that count rather than
     /// measure.
     fn read_counters(
@@ -259,6 +261,15 @@ impl Probes {
         }
     }
 
+    /// Requests in flight per block device number, as the block probe counts them.
+    pub fn block_in_flight(&self) -> Vec<(u32, u64)> {
+        self.probes
+            .iter()
+            .find_map(|p| p.as_any().downcast_ref::<block::BlockProbe>())
+            .map(block::BlockProbe::in_flight)
+            .unwrap_or_default()
+    }
+
     /// Whether kernel BPF run-time statistics are on, and if not, why.
     pub fn bpf_stats(&self) -> &stats::BpfStats {
         &self.stats
@@ -352,6 +363,7 @@ impl Loaded {
             kernel_btf.as_ref(),
             tracefs,
             config.block.kernel_timestamps,
+            config.block.cgroups,
             full.outliers_enabled(),
         );
         let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);

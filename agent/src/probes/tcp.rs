@@ -182,6 +182,10 @@ impl Probe for TcpProbe {
         &self.attached
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         for (group, _, hist) in sparse::family(cx.sparse, family::TCP_RTT) {
             let Some(name) = self.groups.get(group as usize) else {
