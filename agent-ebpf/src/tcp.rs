@@ -14,6 +14,7 @@
 //! A watched segment is a sample only while the socket has data awaiting an ACK
 //! (`snd_una != snd_nxt`): those are the segments that feed the RTT estimator. A pure
 //! receiver's RTT state only dates from its handshake and would drown the senders'.
+//! The sample goes to its group's dense per-CPU histogram: an inlined array lookup.
 //!
 //! The RTT is `tcp_sock.rack.rtt_us`: the raw RTT of the most recently sent segment
 //! known delivered, as RACK measured it when its ACK arrived (not smoothed, Karn's
@@ -22,7 +23,7 @@
 //! `srtt_us >> 3`, the smoothed estimator bcc's tcprtt reports.
 
 use agent_common::{
-    sched::family,
+    hist::Histogram,
     tcp::{MAX_GROUPS, PORT_TABLE_ENTRIES, TcpLayout, split_portpair},
 };
 use aya_ebpf::{
@@ -32,11 +33,17 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-use crate::shared::{DirectRead, KernelRead, ProbeRead, record_sparse};
+use crate::shared::{DirectRead, KernelRead, ProbeRead, add_sample};
 
 /// Port → group index + 1 (0: not watched), filled by the agent before attach.
 #[map(name = "TCP_PORT_GROUPS")]
 static TCP_PORT_GROUPS: Array<u8> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
+
+/// RTT histogram per group, per CPU: few, fixed series, so a dense histogram each
+/// (an inlined array lookup rather than a hash-map lookup per sample). The agent sizes
+/// it to the configured groups at load.
+#[map(name = "TCP_RTT")]
+static TCP_RTT: PerCpuArray<Histogram> = PerCpuArray::with_max_entries(MAX_GROUPS, 0);
 
 /// Retransmissions per group, per CPU.
 #[map(name = "TCP_RETRANSMITS")]
@@ -91,7 +98,9 @@ fn on_segment<R: KernelRead>(sk: u64, tp: impl FnOnce() -> Option<u64>) {
     if us == 0 {
         return; // no sample yet on this connection
     }
-    record_sparse(family::TCP_RTT, group as u64, 0, us as u64 * 1000);
+    if let Some(h) = TCP_RTT.get_ptr_mut(group) {
+        add_sample(unsafe { &mut *h }, us as u64 * 1000);
+    }
 }
 
 /// `err` reads the third argument; it is called only where the kernel passes one (the

@@ -369,7 +369,7 @@ impl Loaded {
         let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);
         let sched_layouts = sched::SchedLayouts::resolve(kernel_btf.as_ref(), hierarchy.as_ref());
         let kvm_layouts = kvm::KvmLayouts::resolve(tracefs);
-        let tcp_layouts = tcp::TcpLayouts::resolve(kernel_btf.as_ref());
+        let tcp_layouts = tcp::TcpLayouts::resolve(kernel_btf.as_ref(), &config.tcp.groups);
         drop(kernel_btf);
 
         let mut loader = EbpfLoader::new();

@@ -2,8 +2,8 @@
 //! retransmissions per configured peer port group.
 
 use agent_common::{
+    hist::Histogram,
     names,
-    sched::family,
     tcp::{MAX_GROUPS, RTT_SHIFT_RACK, RTT_SHIFT_SRTT, TcpLayout},
 };
 use aya::{
@@ -14,34 +14,41 @@ use aya::{
 use super::{
     Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
-    sparse,
     tcp_groups::{PortGroup, port_table},
 };
-use crate::{aggregate::SeriesKey, kernel::btf::Btf};
+use crate::{
+    aggregate::{ExpHistogram, SeriesKey},
+    kernel::btf::Btf,
+};
 
 pub const NAME: &str = "tcp";
 pub const FAMILY_RTT: &str = "net.tcp.rtt";
 pub const FAMILY_RETRANSMITS: &str = "net.tcp.retransmits";
 pub const LABEL_GROUP: &str = "peer.group";
 
-/// Offsets from BTF; an error rules the probe out with its reason.
+/// Offsets from BTF (an error rules the probe out with its reason), and how many
+/// groups the RTT map must hold.
 pub struct TcpLayouts {
     layout: Result<TcpLayout, String>,
+    groups: u32,
 }
 
 impl TcpLayouts {
-    pub fn resolve(btf: Option<&Btf>) -> Self {
+    pub fn resolve(btf: Option<&Btf>, groups: &[PortGroup]) -> Self {
         let layout = match btf {
             None => Err("kernel BTF (/sys/kernel/btf/vmlinux) is missing".into()),
             Some(btf) => layout(btf),
         };
-        Self { layout }
+        let groups = (groups.len() as u32).clamp(1, MAX_GROUPS);
+        Self { layout, groups }
     }
 
     pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         if let Ok(layout) = &self.layout {
             loader.override_global(names::GLOBAL_TCP_LAYOUT, layout, true);
         }
+        // 4 KiB per group per CPU: only as many as are configured.
+        loader.map_max_entries(names::MAP_TCP_RTT, self.groups);
     }
 
     pub fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
@@ -124,6 +131,7 @@ fn layout(btf: &Btf) -> Result<TcpLayout, String> {
 pub struct TcpProbe {
     attached: Attached,
     groups: Vec<String>,
+    rtt: Option<PerCpuArray<MapData, Histogram>>,
     retransmits: Option<PerCpuArray<MapData, u64>>,
 }
 
@@ -148,16 +156,24 @@ impl TcpProbe {
                 }],
             },
         };
-        let retransmits = attached
-            .kind
-            .and_then(|_| ebpf.take_map(names::MAP_TCP_RETRANSMITS))
-            .and_then(|m| PerCpuArray::try_from(m).ok());
+        let up = attached.kind.is_some();
         Self {
+            rtt: take_per_cpu(ebpf, up, names::MAP_TCP_RTT),
+            retransmits: take_per_cpu(ebpf, up, names::MAP_TCP_RETRANSMITS),
             attached,
             groups: names,
-            retransmits,
         }
     }
+}
+
+fn take_per_cpu<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    up: bool,
+    name: &str,
+) -> Option<PerCpuArray<MapData, T>> {
+    up.then(|| ebpf.take_map(name))
+        .flatten()
+        .and_then(|m| PerCpuArray::try_from(m).ok())
 }
 
 fn fill_port_table(ebpf: &mut Ebpf, groups: &[PortGroup]) -> Result<(), String> {
@@ -186,15 +202,22 @@ impl Probe for TcpProbe {
         self
     }
 
-    fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
-        for (group, _, hist) in sparse::family(cx.sparse, family::TCP_RTT) {
-            let Some(name) = self.groups.get(group as usize) else {
-                continue; // a slot the configuration does not name (cannot happen)
-            };
-            out.push(Reading {
-                key: SeriesKey::new(FAMILY_RTT, [(LABEL_GROUP, name.clone())]),
-                hist: hist.clone(),
-            });
+    /// Groups that had samples since the agent started.
+    fn read(&mut self, _cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
+        let Some(map) = &self.rtt else {
+            return Ok(());
+        };
+        for (i, name) in self.groups.iter().enumerate() {
+            let per_cpu = map
+                .get(&(i as u32), 0)
+                .map_err(|e| format!("reading {}: {e}", names::MAP_TCP_RTT))?;
+            let hist = ExpHistogram::from_per_cpu(per_cpu.iter());
+            if hist.count() > 0 {
+                out.push(Reading {
+                    key: SeriesKey::new(FAMILY_RTT, [(LABEL_GROUP, name.clone())]),
+                    hist,
+                });
+            }
         }
         Ok(())
     }
