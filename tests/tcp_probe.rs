@@ -342,3 +342,28 @@ fn scenario(attach: AttachMode) {
     );
     assert_eq!(last.retransmits, after.retransmits);
 }
+
+/// A TCP probe that cannot attach leaves the others running and says why.
+#[test]
+fn a_tcp_probe_that_cannot_attach_is_reported_and_the_rest_run() {
+    require_root!();
+    let mut config = Config::default();
+    config.probes.tcp.attach = AttachMode::Tracepoint;
+    let probes = Probes::start(&config).expect("load the eBPF object");
+    let status = |name: &str| {
+        probes
+            .statuses()
+            .iter()
+            .find(|s| s.probe == name)
+            .unwrap()
+            .clone()
+    };
+    let tcp = status("tcp");
+    assert!(!tcp.is_up(), "{tcp:?}");
+    let failures = &tcp.attached.as_ref().unwrap().failures;
+    assert!(
+        failures.iter().any(|f| f.error.contains("not offered")),
+        "{failures:?}"
+    );
+    assert!(status("sched").is_up(), "the scheduler probe still runs");
+}
