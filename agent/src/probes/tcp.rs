@@ -245,3 +245,29 @@ impl Probe for TcpProbe {
 }
 
 const _: () = assert!(MAX_GROUPS <= u8::MAX as u32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::btf::VMLINUX_BTF;
+
+    #[test]
+    fn resolves_the_running_kernels_layout() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("SKIPPED: {VMLINUX_BTF} absent on this machine");
+            return;
+        }
+        let btf = Btf::from_sys_fs().unwrap();
+        let l = layout(&btf).unwrap();
+        // The ports sit in sock_common, at the start of struct sock.
+        assert!(l.sk_ports > 0 && l.sk_ports < 64, "{l:?}");
+        // tcp_sock fields lie past struct sock's (hundreds of bytes).
+        assert!(
+            l.tp_snd_una > 500 && l.tp_snd_nxt > 500 && l.tp_rtt > 500,
+            "{l:?}"
+        );
+        assert_eq!(l.rtt_shift, RTT_SHIFT_RACK, "RACK state exists since 4.13");
+        let has_err = btf.tracepoint_args("tcp_retransmit_skb") == Some(3);
+        assert_eq!(l.retransmit_has_err, u32::from(has_err));
+    }
+}
