@@ -37,7 +37,8 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
         // tests do I/O too): a completion whose slot another request took, or without
         // a record.
         let lost = after.drops_since(&before, "block_unmatched_completions")
-            + after.drops_since(&before, "block_inflight_collisions");
+            + after.drops_since(&before, "block_inflight_collisions")
+            + after.drops_since(&before, "block_series_map_full");
         // Exact unless the probe counted a drop. fsync's data-less pre-flush write
         // completes without ever being issued: on the classic tracepoint there is no
         // request pointer to measure it from its allocation, so it is such a drop.
@@ -63,8 +64,8 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
             "no exact span in three via {attach:?}: {mismatches:?}"
         );
     };
-    assert!(after.since(&before, "read").count() >= 340);
-    assert!(after.since(&before, "write").count() >= 199);
+    assert!(after.since(&before, "read").count() + lost >= 340);
+    assert!(after.since(&before, "write").count() + lost >= 199);
     assert!(
         after.since(&before, "flush").count() >= 1 || lost > 0,
         "dd conv=fsync flushes"
@@ -82,7 +83,11 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
             "{op}: {} zero device times",
             h.zero_count
         );
-        assert!(bucket_upper(lo_i) > 100.0, "{op}: implausibly fast sample");
+        assert!(
+            bucket_upper(lo_i) > 100.0,
+            "{op}: implausibly fast sample: {h:?}, drops {:?}",
+            after.drops
+        );
         assert!(
             hi_i < bucket_index(10_000_000_000),
             "{op}: sample above 10 s"
@@ -155,7 +160,8 @@ fn latencies_agree_with_fio() {
     // Samples the probe counted as lost (slot collisions with the parallel tests'
     // requests) are allowed for.
     let lost = after.drops_since(&before, "block_unmatched_completions")
-        + after.drops_since(&before, "block_inflight_collisions");
+        + after.drops_since(&before, "block_inflight_collisions")
+        + after.drops_since(&before, "block_series_map_full");
     assert!(
         h.count().abs_diff(fio_ios) <= 2 + lost,
         "{} vs fio {fio_ios}; drops {:?}",

@@ -27,7 +27,7 @@ struct Snapshot {
     hists: BTreeMap<(&'static str, String), ExpHistogram>,
     errors: BTreeMap<(String, String), u64>,
     in_flight: u64,
-    drops: Vec<(&'static str, u64)>,
+    drops: BTreeMap<&'static str, u64>,
 }
 
 impl Snapshot {
@@ -73,12 +73,39 @@ impl Snapshot {
         }
     }
 
+    /// Samples the probe counted as lost since `earlier`, on any device (the parallel
+    /// tests' devices too): completions whose slot another request took or that found
+    /// none, and series the kernel could not create.
+    fn lost_since(&self, earlier: &Self) -> u64 {
+        [
+            "block_unmatched_completions",
+            "block_inflight_collisions",
+            "block_series_map_full",
+            // Events the kernel skipped because the program was already running on
+            // that CPU.
+            "block_rq_issue_btf",
+            "block_rq_complete_btf",
+        ]
+        .iter()
+        .map(|name| self.drops.get(name).unwrap_or(&0) - earlier.drops.get(name).unwrap_or(&0))
+        .sum()
+    }
+
     fn since(&self, earlier: &Self, family: &'static str, op: &str) -> ExpHistogram {
         let key = (family, op.to_owned());
         let empty = ExpHistogram::default();
         let now = self.hists.get(&key).unwrap_or(&empty);
         now.since(earlier.hists.get(&key).unwrap_or(&empty))
     }
+}
+
+/// Exact against the kernel's count unless the probe counted drops: never more, and
+/// never fewer by more than what it says it lost.
+fn assert_counted(what: &str, got: u64, kernel: u64, lost: u64) {
+    assert!(
+        got <= kernel && kernel - got <= lost,
+        "{what}: {got} recorded, the kernel completed {kernel}, drops counted {lost}"
+    );
 }
 
 /// Largest value a histogram holds (upper bound of its top bucket).
@@ -122,9 +149,15 @@ fn split_depth_and_sizes(scheduler: &str) {
     let total = shallow.since(&before, FAMILY, "read");
     let queue = shallow.since(&before, FAMILY_QUEUE, "read");
     let device = shallow.since(&before, FAMILY_DEVICE, "read");
-    assert_eq!(total.count(), reads, "{scheduler}: reads against sysfs");
-    assert_eq!(queue.count(), reads);
-    assert_eq!(device.count(), reads);
+    assert_counted(
+        &format!("{scheduler} reads"),
+        total.count(),
+        reads,
+        shallow.lost_since(&before),
+    );
+    // The same requests in all of them.
+    assert_eq!(queue.count(), total.count());
+    assert_eq!(device.count(), total.count());
     // The same requests in all three: the sums add up exactly.
     assert_eq!(
         total.sum,
@@ -132,10 +165,11 @@ fn split_depth_and_sizes(scheduler: &str) {
         "{scheduler}: total = queue + device"
     );
     let depth = shallow.since(&before, FAMILY_DEPTH, "");
-    assert_eq!(
+    assert_counted(
+        &format!("{scheduler} depth samples (one per issue)"),
         depth.count(),
         reads,
-        "{scheduler}: one depth sample per issue"
+        shallow.lost_since(&before),
     );
     assert!(
         max_value(&depth) <= 1.0,
@@ -144,7 +178,11 @@ fn split_depth_and_sizes(scheduler: &str) {
     );
     match scheduler {
         // No scheduler: every request is issued directly, counted as zero queue time.
-        "none" => assert_eq!(queue.zero_count, reads, "{scheduler}: bypass counted as 0"),
+        "none" => assert_eq!(
+            queue.zero_count,
+            queue.count(),
+            "{scheduler}: bypass counted as 0"
+        ),
         // Inserted and dispatched at once: microseconds.
         _ => assert!(
             queue.quantile(0.9).unwrap() < 100_000.0,
@@ -153,10 +191,10 @@ fn split_depth_and_sizes(scheduler: &str) {
         ),
     }
     let sizes = shallow.since(&before, FAMILY_SIZE, "read");
-    assert_eq!(sizes.count(), reads);
+    assert_eq!(sizes.count(), total.count());
     assert_eq!(sizes.quantile_bound(0.0), Some(4096.0), "4 KiB reads");
     assert_eq!(sizes.quantile_bound(1.0), Some(4096.0), "only 4 KiB reads");
-    assert_eq!(sizes.sum, reads * 4096);
+    assert_eq!(sizes.sum, sizes.count() * 4096);
 
     fio_to_end(
         &lo,
@@ -174,13 +212,14 @@ fn split_depth_and_sizes(scheduler: &str) {
     let total = deep.since(&shallow, FAMILY, "write");
     let queue = deep.since(&shallow, FAMILY_QUEUE, "write");
     let device = deep.since(&shallow, FAMILY_DEVICE, "write");
-    assert_eq!(
+    assert_counted(
+        &format!("{scheduler} writes"),
         total.count(),
         writes,
-        "{scheduler}: writes against sysfs (device time: {}, drops: {:?})",
-        device.count(),
-        deep.drops
+        deep.lost_since(&shallow),
     );
+    assert_eq!(queue.count(), total.count());
+    assert_eq!(device.count(), total.count());
     assert_eq!(total.sum, queue.sum + device.sum);
     let depth = deep.since(&shallow, FAMILY_DEPTH, "");
     assert!(
@@ -193,7 +232,7 @@ fn split_depth_and_sizes(scheduler: &str) {
         "{scheduler}: depth beyond fio's 32"
     );
     let sizes = deep.since(&shallow, FAMILY_SIZE, "write");
-    assert_eq!(sizes.count(), writes);
+    assert_eq!(sizes.count(), total.count());
     assert_eq!(sizes.quantile_bound(0.0), Some(16384.0), "16 KiB writes");
     assert_eq!(sizes.quantile_bound(1.0), Some(16384.0));
     assert_eq!(deep.in_flight, 0, "{scheduler}: in-flight count back to 0");
@@ -348,7 +387,13 @@ fn io_is_attributed_to_the_submitting_cgroup() {
     );
     run(Command::new("sh").args(["-c", &script]));
     lo.wait_idle();
-    assert_eq!(series(&mut probes), 300, "dd's 300 reads under /{name}");
+    // dd's 300 reads, and the page-ins of dd's own binary and libraries from the root
+    // disk when they are not cached (a few dozen at most).
+    let reads = series(&mut probes);
+    assert!(
+        (300..300 + 64).contains(&reads),
+        "{reads} reads under /{name}, dd made 300"
+    );
 }
 
 struct RemoveCgroup(PathBuf);

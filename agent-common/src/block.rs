@@ -1,7 +1,7 @@
 //! Block I/O latency: keys, in-flight records and the kernel layouts the agent resolves
 //! at load time (DESIGN.md: never hard-code kernel struct offsets).
 
-use crate::hist::Histogram;
+use crate::hist::{DepthHistogram, Histogram, SizeHistogram};
 
 /// Operation classes nodepulse reports for block requests.
 pub mod op {
@@ -71,6 +71,8 @@ pub struct BlockHistograms {
     pub device: Histogram,
     /// Queue + device.
     pub total: Histogram,
+    /// Bytes per request.
+    pub size: SizeHistogram,
 }
 
 impl BlockHistograms {
@@ -78,6 +80,24 @@ impl BlockHistograms {
         queue: Histogram::ZERO,
         device: Histogram::ZERO,
         total: Histogram::ZERO,
+        size: SizeHistogram::ZERO,
+    };
+}
+
+/// Per device, shared by all CPUs (a request may complete on another CPU than the
+/// one that issued it), so updated with atomic adds: the requests in flight now, and
+/// the distribution of that count at each issue.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DeviceDepth {
+    pub in_flight: u64,
+    pub depth: DepthHistogram,
+}
+
+impl DeviceDepth {
+    pub const ZERO: Self = Self {
+        in_flight: 0,
+        depth: DepthHistogram::ZERO,
     };
 }
 

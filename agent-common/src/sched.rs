@@ -64,10 +64,6 @@ pub mod family {
     /// returned to the VMM; group = VMM process id, detail = `KVM_EXIT_*` reason. Its
     /// counts are the exits to userspace per reason.
     pub const KVM_RUN: u32 = 5;
-    /// Requests in flight on a device at each issue; group = device number.
-    pub const BLOCK_QUEUE_DEPTH: u32 = 6;
-    /// Size of each completed request in bytes; group = device number, detail = op.
-    pub const BLOCK_SIZE: u32 = 7;
     /// Block I/O latency per submitting cgroup; group = cgroup id, detail = op.
     pub const BLOCK_CGROUP: u32 = 8;
     // 9 was reserved for TCP round-trip times, which went to a dense per-group map

@@ -35,8 +35,8 @@
 use agent_common::{
     block::{
         BLOCK_DEPTH_MAX_DEVICES, BLOCK_ERROR_MAX_SERIES, BlockErrorKey, BlockHistograms, BlockKey,
-        INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, OutlierLayout, REQ_OP_MASK, RequestLayout,
-        TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs, slot_state,
+        DeviceDepth, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, OutlierLayout, REQ_OP_MASK,
+        RequestLayout, TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs, slot_state,
     },
     counters,
     names::BLOCK_LATENCY_MAX_SERIES,
@@ -54,8 +54,8 @@ use aya_ebpf::{
 };
 
 use crate::shared::{
-    DirectRead, KernelRead, ProbeRead, add_sample, atomic_add, count, default_threshold,
-    emit_outlier, get_or_insert, maybe_outlier, record_sparse,
+    DirectRead, KernelRead, ProbeRead, add_sample, add_window, add_window_shared, atomic_add,
+    count, default_threshold, emit_outlier, get_or_insert, maybe_outlier, record_sparse,
 };
 
 /// Queue, device and total latency histograms per (device, operation). Not
@@ -68,10 +68,13 @@ static BLOCK_LATENCY: PerCpuHashMap<BlockKey, BlockHistograms> =
 #[map(name = "BLOCK_INFLIGHT")]
 static BLOCK_INFLIGHT: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
 
-/// Requests in flight per device. Shared by all CPUs (a request may complete on
-/// another CPU than the one that issued it), so updated atomically.
+/// Requests in flight per device and the depth at each issue: one lookup per event.
 #[map(name = "BLOCK_DEPTH")]
-static BLOCK_DEPTH: HashMap<u32, u64> = HashMap::with_max_entries(BLOCK_DEPTH_MAX_DEVICES, 0);
+static BLOCK_DEPTH: HashMap<u32, DeviceDepth> =
+    HashMap::with_max_entries(BLOCK_DEPTH_MAX_DEVICES, 0);
+
+/// Template for a new device (1 KiB: too large for the BPF stack).
+static EMPTY_DEPTH: DeviceDepth = DeviceDepth::ZERO;
 
 /// Completions with an error per (device, operation, status); only errors pay for it.
 #[map(name = "BLOCK_ERRORS")]
@@ -97,7 +100,7 @@ static TP_ISSUE_LAYOUT: TracepointLayout = TracepointLayout::UNRESOLVED;
 #[unsafe(no_mangle)]
 static TP_COMPLETE_LAYOUT: TracepointLayout = TracepointLayout::UNRESOLVED;
 
-/// Template for a new series (12 KiB: too large for the BPF stack).
+/// Template for a new series (13 KiB: too large for the BPF stack).
 static EMPTY_BLOCK: BlockHistograms = BlockHistograms::ZERO;
 
 #[inline(always)]
@@ -164,30 +167,43 @@ fn kernel_stamp<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
 // In-flight counts per device.
 // ---------------------------------------------------------------------------------------
 
-/// One more request in flight on `dev`; returns the count including it (and any
-/// other CPU's concurrent change).
+/// One more request in flight on `dev`, and the count including it (and any other
+/// CPU's concurrent change) recorded as that issue's queue depth.
 #[inline(always)]
-fn depth_up(dev: u32) -> u64 {
-    let ptr = match BLOCK_DEPTH.get_ptr_mut(&dev) {
+fn depth_up(dev: u32) {
+    let d = match BLOCK_DEPTH.get_ptr_mut(dev) {
         Some(p) => p,
         None => {
             // Losing a race with another CPU's insert is fine: the lookup finds it.
-            let _ = BLOCK_DEPTH.insert(&dev, &0, BPF_NOEXIST as u64);
-            match BLOCK_DEPTH.get_ptr_mut(&dev) {
+            // By reference on purpose: by value would copy 1 KiB onto the BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
+            match BLOCK_DEPTH.get_ptr_mut(dev) {
                 Some(p) => p,
-                None => return 0,
+                None => return,
             }
         }
     };
-    atomic_add(ptr, 1);
-    unsafe { core::ptr::read_volatile(ptr) }
+    let d = unsafe { &mut *d };
+    atomic_add(&mut d.in_flight, 1);
+    record_depth(d);
+}
+
+/// Records the current count as the depth of an issue.
+#[inline(always)]
+fn record_depth(d: &mut DeviceDepth) {
+    let depth = unsafe { core::ptr::read_volatile(&d.in_flight) };
+    // A transiently negative count (a decrement racing an eviction) is no depth.
+    if depth != 0 && depth < 1 << 32 {
+        add_window_shared(&mut d.depth, depth);
+    }
 }
 
 /// One request fewer in flight on `dev` (it was counted by [`depth_up`]).
 #[inline(always)]
 fn depth_down(dev: u32) {
-    if let Some(ptr) = BLOCK_DEPTH.get_ptr_mut(&dev) {
-        atomic_add(ptr, u64::MAX);
+    if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        atomic_add(unsafe { &mut (*d).in_flight }, u64::MAX);
     }
 }
 
@@ -309,21 +325,18 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     };
     let same = holds(slot, id, dev);
     let mut inserted_ns = 0;
-    let depth = if same && slot.state == slot_state::ISSUED {
+    if same && slot.state == slot_state::ISSUED {
         // Issued again with no requeue seen: still counted once.
-        BLOCK_DEPTH
-            .get_ptr_mut(&i.dev)
-            .map_or(0, |p| unsafe { core::ptr::read_volatile(p) })
+        if let Some(d) = BLOCK_DEPTH.get_ptr_mut(i.dev) {
+            record_depth(unsafe { &mut *d });
+        }
     } else {
         if same && slot.state == slot_state::INSERTED && slot.inserted_ns >= i.allocated_ns {
             inserted_ns = slot.inserted_ns;
         } else {
             claim(slot, id, dev);
         }
-        depth_up(i.dev)
-    };
-    if depth != 0 {
-        record_sparse(family::BLOCK_QUEUE_DEPTH, i.dev as u64, 0, depth);
+        depth_up(i.dev);
     }
     slot.inserted_ns = inserted_ns;
     // The kernel's stamp comes from the submitter's plug-cached clock when it
@@ -412,11 +425,11 @@ fn record_request<R: KernelRead>(
             add_sample(&mut h.queue, queue);
             add_sample(&mut h.device, device);
             add_sample(&mut h.total, total);
+            if let Some(bytes) = bytes {
+                add_window(&mut h.size, bytes as u64);
+            }
         }
         None => count(counters::BLOCK_SERIES_FULL),
-    }
-    if let Some(bytes) = bytes {
-        record_sparse(family::BLOCK_SIZE, key.dev as u64, key.op, bytes as u64);
     }
     if let Some(rq) = rq
         && let Some(cgroup) = submitter_cgroup::<R>(rq, &layout())
@@ -448,10 +461,10 @@ fn count_error(dev: u32, op: u32, status: u32) {
         status,
         _pad: 0,
     };
-    if let Some(p) = BLOCK_ERRORS.get_ptr_mut(&key) {
+    if let Some(p) = BLOCK_ERRORS.get_ptr_mut(key) {
         atomic_add(p, 1);
-    } else if BLOCK_ERRORS.insert(&key, &1, BPF_NOEXIST as u64).is_err()
-        && let Some(p) = BLOCK_ERRORS.get_ptr_mut(&key)
+    } else if BLOCK_ERRORS.insert(key, 1, BPF_NOEXIST as u64).is_err()
+        && let Some(p) = BLOCK_ERRORS.get_ptr_mut(key)
     {
         atomic_add(p, 1);
     }

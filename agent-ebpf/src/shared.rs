@@ -3,7 +3,7 @@
 
 use agent_common::{
     counters,
-    hist::{Histogram, NUM_BUCKETS, bucket_slot},
+    hist::{Histogram, NUM_BUCKETS, Window, bucket_slot},
     outlier::{OutlierEvent, RING_BYTES, threshold},
     sched::{SPARSE_MAX_ENTRIES, SparseCell, SparseKey, ZERO_SLOT},
 };
@@ -86,6 +86,8 @@ pub fn count(counter: u32) {
 /// is full. `empty` lives in a global section: large values do not fit on the BPF
 /// stack, and its address is a valid map value for `bpf_map_update_elem`.
 #[inline(always)]
+// The result points into the map's per-CPU storage, not into `empty`.
+#[allow(clippy::mut_from_ref)]
 pub fn get_or_insert<K, V>(
     map: &PerCpuHashMap<K, V>,
     key: &K,
@@ -114,6 +116,35 @@ pub fn add_sample(hist: &mut Histogram, value: u64) {
         let slot = core::hint::black_box(bucket_slot(value));
         if slot < NUM_BUCKETS {
             hist.buckets[slot] += 1;
+        }
+    }
+}
+
+/// Adds one sample to a windowed histogram this CPU owns.
+#[inline(always)]
+pub fn add_window<const FIRST: i32, const N: usize>(h: &mut Window<FIRST, N>, value: u64) {
+    h.sum += value;
+    if value == 0 {
+        h.zero_count += 1;
+    } else {
+        // black_box keeps the bounds check the verifier needs (see add_sample).
+        let slot = core::hint::black_box(Window::<FIRST, N>::slot(value));
+        if slot < N {
+            h.buckets[slot] += 1;
+        }
+    }
+}
+
+/// Adds one sample to a windowed histogram all CPUs update.
+#[inline(always)]
+pub fn add_window_shared<const FIRST: i32, const N: usize>(h: &mut Window<FIRST, N>, value: u64) {
+    atomic_add(&mut h.sum, value);
+    if value == 0 {
+        atomic_add(&mut h.zero_count, 1);
+    } else {
+        let slot = core::hint::black_box(Window::<FIRST, N>::slot(value));
+        if slot < N {
+            atomic_add(&mut h.buckets[slot], 1);
         }
     }
 }

@@ -36,6 +36,30 @@ impl ExpHistogram {
     }
 
     /// From (OTLP index, count) pairs in any order.
+    /// Sum of windowed kernel histograms (per CPU, or one shared).
+    pub fn from_windows<'a, const FIRST: i32, const N: usize>(
+        windows: impl IntoIterator<Item = &'a hist::Window<FIRST, N>>,
+    ) -> Self {
+        let mut dense = [0u64; N];
+        let (mut sum, mut zero_count) = (0u64, 0u64);
+        for w in windows {
+            sum = sum.wrapping_add(w.sum);
+            zero_count += w.zero_count;
+            for (d, c) in dense.iter_mut().zip(w.buckets.iter()) {
+                *d += c;
+            }
+        }
+        Self::from_buckets(
+            sum,
+            zero_count,
+            dense
+                .iter()
+                .enumerate()
+                .filter(|&(_, &c)| c > 0)
+                .map(|(k, &c)| (FIRST + k as i32, c)),
+        )
+    }
+
     pub fn from_buckets(
         sum: u64,
         zero_count: u64,

@@ -2,19 +2,19 @@
 //! queue, device and total latency of each request, its size, the queue depth at
 //! issue, errors, and latency per submitting cgroup.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use agent_common::{
     block::{
-        BlockErrorKey, BlockHistograms, BlockKey, OutlierLayout, RequestLayout, TracepointLayout,
-        op,
+        BlockErrorKey, BlockHistograms, BlockKey, DeviceDepth, OutlierLayout, RequestLayout,
+        TracepointLayout, op,
     },
     names,
     sched::family,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuHashMap},
+    maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
 };
 
 use super::{
@@ -342,8 +342,10 @@ pub fn error_name(status: u32) -> String {
 
 pub struct BlockProbe {
     attached: Attached,
+    /// Where sysfs lists the block devices whose series are created ahead of use.
+    sys_root: PathBuf,
     latency: Option<PerCpuHashMap<MapData, BlockKey, BlockHistograms>>,
-    depth: Option<HashMap<MapData, u32, u64>>,
+    depth: Option<HashMap<MapData, u32, DeviceDepth>>,
     errors: Option<HashMap<MapData, BlockErrorKey, u64>>,
 }
 
@@ -353,6 +355,7 @@ pub struct BlockReading {
     pub queue: ExpHistogram,
     pub device: ExpHistogram,
     pub total: ExpHistogram,
+    pub size: ExpHistogram,
 }
 
 impl BlockProbe {
@@ -361,6 +364,7 @@ impl BlockProbe {
         btf: Option<&aya::Btf>,
         layouts: &BlockLayouts,
         only: Option<AttachKind>,
+        sys_root: &Path,
     ) -> Self {
         let attached = attach_first(ebpf, btf, &layouts.variants(only));
         let up = attached.kind.is_some();
@@ -368,11 +372,39 @@ impl BlockProbe {
         let latency = take(names::MAP_BLOCK_LATENCY).and_then(|m| PerCpuHashMap::try_from(m).ok());
         let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
         let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
-        Self {
+        let mut probe = Self {
             attached,
+            sys_root: sys_root.to_path_buf(),
             latency,
             depth,
             errors,
+        };
+        probe.create_series();
+        probe
+    }
+
+    /// Creates the read, write and flush series of every disk that has done I/O, from
+    /// process context. The kernel's own insert runs in atomic context and fails while
+    /// the BPF allocator refills its per-CPU caches, losing the first samples of a
+    /// burst; done here, only devices that appear between two readings depend on it.
+    fn create_series(&mut self) {
+        let Some(map) = &mut self.latency else {
+            return;
+        };
+        let Ok(cpus) = aya::util::nr_cpus() else {
+            return;
+        };
+        for dev in busy_disks(&self.sys_root) {
+            for op in [op::READ, op::WRITE, op::FLUSH] {
+                let key = BlockKey { dev, op };
+                if map.get(&key, 0).is_ok() {
+                    continue;
+                }
+                let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
+                if let Err(e) = zero.map(|z| map.insert(key, z, 0)) {
+                    tracing::debug!(dev, op, "cannot create a block series: {e}");
+                }
+            }
         }
     }
 
@@ -397,18 +429,35 @@ impl BlockProbe {
                         queue: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.queue)),
                         device: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.device)),
                         total: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.total)),
+                        size: ExpHistogram::from_windows(per_cpu.iter().map(|h| &h.size)),
                     },
                 ))
             })
             .collect()
     }
 
+    /// Per device number: the requests in flight now, as the probe counts them, and
+    /// the cumulative queue depth histogram.
+    pub fn read_depths(&self) -> Result<Vec<(u32, u64, ExpHistogram)>, String> {
+        let Some(map) = &self.depth else {
+            return Ok(Vec::new());
+        };
+        map.iter()
+            .map(|entry| {
+                let (dev, d) =
+                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
+                Ok((dev, d.in_flight, ExpHistogram::from_windows([&d.depth])))
+            })
+            .collect()
+    }
+
     /// Requests in flight now, per device number, as the probe counts them.
     pub fn in_flight(&self) -> Vec<(u32, u64)> {
-        self.depth
-            .as_ref()
-            .map(|m| m.iter().filter_map(Result::ok).collect())
+        self.read_depths()
             .unwrap_or_default()
+            .into_iter()
+            .map(|(dev, n, _)| (dev, n))
+            .collect()
     }
 }
 
@@ -426,6 +475,7 @@ impl Probe for BlockProbe {
     }
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
+        self.create_series();
         let queues = self.times_queues();
         for (key, r) in self.read_raw()? {
             let device = device_labels(cx, key.dev);
@@ -445,19 +495,14 @@ impl Probe for BlockProbe {
                 push(FAMILY_QUEUE, r.queue);
                 push(FAMILY, r.total);
             }
+            if !r.size.is_empty() {
+                push(FAMILY_SIZE, r.size);
+            }
         }
-        for (dev, _, hist) in sparse::family(cx.sparse, family::BLOCK_QUEUE_DEPTH) {
+        for (dev, _, hist) in self.read_depths()? {
             out.push(Reading {
-                key: SeriesKey::new(FAMILY_DEPTH, device_labels(cx, dev as u32)),
-                hist: hist.clone(),
-            });
-        }
-        for (dev, op, hist) in sparse::family(cx.sparse, family::BLOCK_SIZE) {
-            let mut labels = device_labels(cx, dev as u32);
-            labels.push(("op", op_name(op).to_owned()));
-            out.push(Reading {
-                key: SeriesKey::new(FAMILY_SIZE, labels),
-                hist: hist.clone(),
+                key: SeriesKey::new(FAMILY_DEPTH, device_labels(cx, dev)),
+                hist,
             });
         }
         for (cgroup, op, hist) in sparse::family(cx.sparse, family::BLOCK_CGROUP) {
@@ -493,6 +538,31 @@ impl Probe for BlockProbe {
         }
         Ok(())
     }
+}
+
+/// Device numbers (kernel encoding) of the whole disks in `<sys_root>/block` that have
+/// completed any I/O since boot.
+fn busy_disks(sys_root: &Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(sys_root.join("block")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let path = e.path();
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let mut f = stat
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            let reads = f.next()?;
+            let writes = f.nth(3)?;
+            if reads + writes == 0 {
+                return None;
+            }
+            let number = std::fs::read_to_string(path.join("dev")).ok()?;
+            let (major, minor) = number.trim().split_once(':')?;
+            Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
+        })
+        .collect()
 }
 
 /// `device`, `dev` and the identity labels (type, model, Ceph OSD, RBD image) of a

@@ -183,6 +183,7 @@ impl Probes {
                 btf,
                 &block_layouts,
                 b.attach.kind(),
+                &full.agent.sys_root,
             ))
         });
         add(sched::NAME, s.enabled, &mut || {
