@@ -144,8 +144,12 @@ mod window_tests {
         assert_eq!(SizeHistogram::slot(4096) as i32 + 71, bucket_index(4096));
         assert_eq!(SizeHistogram::slot(1), 0);
         assert_eq!(SizeHistogram::slot(u64::MAX), 159);
-        assert_eq!(DepthHistogram::slot(1), 1);
-        assert_eq!(DepthHistogram::slot(32) as i32 - 1, bucket_index(32));
+        // 1 is the inclusive top of bucket -1, the window's first.
+        assert_eq!(DepthHistogram::slot(1), 0);
+        assert_eq!(
+            DepthHistogram::slot(32) as i32 + MIN_INDEX,
+            bucket_index(32)
+        );
         assert_eq!(DepthHistogram::slot(1 << 40), 127);
     }
 }
