@@ -1,8 +1,8 @@
 //! Storage network: TCP round-trip times and retransmissions per configured peer port
 //! group. Layout and limits shared by the kernel programs and the agent.
 
-/// At most this many port groups; a group's index is its slot in the retransmission
-/// counters and the `group` of its RTT series in the sparse map.
+/// At most this many port groups; a group's index is its slot in the RTT histograms
+/// and the retransmission counters.
 pub const MAX_GROUPS: u32 = 32;
 
 /// One entry per TCP port: 0 = not watched, else group index + 1.
