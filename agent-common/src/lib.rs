@@ -9,10 +9,11 @@ pub mod hist;
 pub mod names;
 pub mod outlier;
 pub mod sched;
+pub mod tcp;
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{block, hist, outlier, sched};
+    use super::{block, hist, outlier, sched, tcp};
     // SAFETY: all of these are `#[repr(C)]` plain integers with no padding, so any
     // byte pattern is a valid value.
     unsafe impl aya::Pod for hist::Histogram {}
@@ -30,4 +31,5 @@ mod pod {
     unsafe impl aya::Pod for sched::SparseCell {}
     unsafe impl aya::Pod for sched::VcpuPending {}
     unsafe impl aya::Pod for sched::KvmExitLayout {}
+    unsafe impl aya::Pod for tcp::TcpLayout {}
 }

@@ -53,3 +53,12 @@ pub const MAP_OUTLIERS: &str = "OUTLIERS";
 pub const MAP_OUTLIER_MIN: &str = "OUTLIER_MIN";
 pub const MAP_BLOCK_THRESHOLDS: &str = "BLOCK_THRESHOLDS";
 pub const GLOBAL_OUTLIER_LAYOUT: &str = "OUTLIER_LAYOUT";
+
+pub const MAP_TCP_PORT_GROUPS: &str = "TCP_PORT_GROUPS";
+pub const MAP_TCP_RTT: &str = "TCP_RTT";
+pub const MAP_TCP_RETRANSMITS: &str = "TCP_RETRANSMITS";
+pub const GLOBAL_TCP_LAYOUT: &str = "TCP_LAYOUT";
+pub const PROG_TCP_PROBE_BTF: &str = "tcp_probe_btf";
+pub const PROG_TCP_PROBE_RAW: &str = "tcp_probe_raw";
+pub const PROG_TCP_RETRANSMIT_BTF: &str = "tcp_retransmit_btf";
+pub const PROG_TCP_RETRANSMIT_RAW: &str = "tcp_retransmit_raw";

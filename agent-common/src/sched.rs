@@ -66,6 +66,8 @@ pub mod family {
     pub const KVM_RUN: u32 = 5;
     /// Block I/O latency per submitting cgroup; group = cgroup id, detail = op.
     pub const BLOCK_CGROUP: u32 = 8;
+    // 9 was reserved for TCP round-trip times, which went to a dense per-group map
+    // (`TCP_RTT`): a hash lookup per segment cost ~80 ns more.
 }
 
 /// One bucket of one series in the sparse histogram map: only buckets that have

@@ -11,6 +11,7 @@ mod block;
 mod kvm;
 mod sched;
 mod shared;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

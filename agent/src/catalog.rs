@@ -148,6 +148,24 @@ pub const FAMILIES: &[Family] = &[
         description: "In-kernel KVM exit handling time, kvm_exit to kvm_entry, per VM and \
                       reason",
     },
+    Family {
+        name: "net.tcp.rtt",
+        probe: "tcp",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: &["peer.group"],
+        description: "TCP round-trip time per peer port group: the kernel's latest RTT \
+                      sample (RACK), one per segment received while data is in flight",
+    },
+    Family {
+        name: "net.tcp.retransmits",
+        probe: "tcp",
+        kind: Kind::Counter,
+        unit: "{packet}",
+        labels: &["peer.group"],
+        description: "TCP packets retransmitted per peer port group (a GSO packet \
+                      retransmitted at once counts once)",
+    },
 ];
 
 /// The agent's own metrics, under the names each exporter gives them.

@@ -11,7 +11,7 @@ use crate::{
     probes::{
         AttachKind, Loaded,
         attach::{Variant, attach_first, unload},
-        block, kvm, sched, stats,
+        block, kvm, sched, stats, tcp,
     },
 };
 
@@ -215,7 +215,7 @@ fn check_probes(loaded: &mut Loaded, config: &Config) -> Vec<ProbeCheck> {
         AttachKind::RawTracepoint,
         AttachKind::Tracepoint,
     ];
-    let plans: [(&'static str, bool, Option<AttachKind>, &[AttachKind]); 4] = [
+    let plans: [(&'static str, bool, Option<AttachKind>, &[AttachKind]); 5] = [
         (
             block::NAME,
             p.block.enabled,
@@ -240,6 +240,7 @@ fn check_probes(loaded: &mut Loaded, config: &Config) -> Vec<ProbeCheck> {
             None,
             &[AttachKind::Tracepoint],
         ),
+        (tcp::NAME, p.tcp.enabled, p.tcp.attach.kind(), &tracepoints),
     ];
     plans
         .into_iter()
@@ -250,6 +251,7 @@ fn check_probes(loaded: &mut Loaded, config: &Config) -> Vec<ProbeCheck> {
                     block::NAME => loaded.block_layouts.variants(Some(kind)),
                     sched::NAME => loaded.sched_layouts.variants(Some(kind)),
                     kvm::NAME_USERSPACE => loaded.kvm_layouts.userspace_variants(Some(kind)),
+                    tcp::NAME => loaded.tcp_layouts.variants(Some(kind)),
                     _ => loaded.kvm_layouts.exit_variants(),
                 };
                 results.push((kind, try_attach(loaded, &variants)));

@@ -11,7 +11,7 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
-use crate::probes::AttachKind;
+use crate::probes::{AttachKind, tcp_groups::PortGroup};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -369,6 +369,29 @@ pub struct ProbesConfig {
     pub block: BlockConfig,
     pub sched: SchedConfig,
     pub kvm: ProbeConfig,
+    pub tcp: TcpConfig,
+}
+
+/// The storage network probe: TCP round-trip times and retransmissions per peer port
+/// group.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    pub enabled: bool,
+    pub attach: AttachMode,
+    /// Named port sets; a connection counts in the group of its remote port, else of
+    /// its local port. Default: Ceph's monitor and OSD ports.
+    pub groups: Vec<PortGroup>,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            attach: AttachMode::Auto,
+            groups: crate::probes::tcp_groups::ceph_defaults(),
+        }
+    }
 }
 
 /// A probe with nothing to set but whether it runs and how it attaches.
@@ -629,6 +652,12 @@ impl Config {
                 ),
             });
         }
+        crate::probes::tcp_groups::port_table(&self.probes.tcp.groups).map_err(|problem| {
+            ConfigError::Invalid {
+                key: "probes.tcp.groups",
+                problem,
+            }
+        })?;
         let limits = [
             ("limits.max_devices", self.limits.max_devices),
             ("limits.max_cgroups", self.limits.max_cgroups),
@@ -802,6 +831,31 @@ mod tests {
         );
         let e = err("[probes.sched]\ncgroup = \"v3\"\n");
         assert!(e.contains("unknown variant `v3`"), "{e}");
+    }
+
+    #[test]
+    fn tcp_port_groups_are_checked_with_their_key() {
+        let e = err(concat!(
+            "[probes.tcp]\n",
+            "groups = [{ name = \"a\", ports = [\"10-20\"] },",
+            " { name = \"b\", ports = [15] }]\n"
+        ));
+        assert!(
+            e.starts_with("config key `probes.tcp.groups` port 15 is in group \"a\""),
+            "{e}"
+        );
+        let e = err("[probes.tcp]\ngroups = [{ name = \"a\", ports = [\"x\"] }]\n");
+        assert!(e.contains("invalid port \"x\""), "{e}");
+        assert!(e.contains("(in [probes.tcp])"), "{e}");
+        let e = err("[probes.tcp]\ngroups = [{ name = \"a\", port = [1] }]\n");
+        assert!(e.contains("unknown field `port`"), "{e}");
+        let c = Config::parse(
+            "[probes.tcp]\ngroups = [{ name = \"rgw\", ports = [7480, \"8000-8001\"] }]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.probes.tcp.groups.len(), 1);
+        assert_eq!(c.probes.tcp.groups[0].ports.len(), 2);
     }
 
     #[test]

@@ -136,6 +136,12 @@ fn the_daemonset_runs_with_least_privilege_and_its_config_parses() {
             host_path_at(&config.attribution.cgroup_root).as_deref(),
             Some("/sys")
         );
+        if overlay.ends_with("storage") {
+            assert_eq!(
+                host_path_at(&config.attribution.ceph_root).as_deref(),
+                Some("/var/lib/ceph")
+            );
+        }
         let config_mount = mounts
             .iter()
             .find(|m| m["name"] == "config")

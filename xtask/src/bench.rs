@@ -5,7 +5,9 @@
 //! - `block`: fio `randread --bs=4k --iodepth=16` on a loop device (IOPS);
 //! - `switch`: `stress-ng --switch 2`, a context-switch storm (bogo ops/s);
 //! - `kvm`: a real-mode guest through /dev/kvm doing `out` + `hlt` exits to userspace
-//!   (exits/s), the test suite's `kvm_guest_process`.
+//!   (exits/s), the test suite's `kvm_guest_process`;
+//! - `tcp`, `tcp-unwatched`: an iperf3 stream over loopback (bits/s) on a port of a
+//!   configured peer group, or on a port in none, with only the TCP probe running.
 //!
 //! It reports each run's throughput, the medians and the median of per-pair ratios, the
 //! kernel cost per event of every program that ran (BPF run-time stats, as the agent
@@ -23,6 +25,8 @@ use serde_json::Value;
 
 use crate::{run::build_agent, setup, util};
 
+mod tcp;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Workload {
     /// fio randread bs=4k iodepth=16 on a loop device.
@@ -34,6 +38,10 @@ enum Workload {
     /// OTLP export cost under fio: agent CPU and RSS, bytes per interval, export time,
     /// at a 10 s and a 1 s interval.
     Otlp,
+    /// iperf3 over loopback on a watched port (the TCP probe alone).
+    Tcp,
+    /// The same on a port in no group: what every other connection pays.
+    TcpUnwatched,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +79,8 @@ pub fn run(args: Args) -> Result<()> {
         &config,
         format!("[probes.block]\nattach = \"{}\"\n", args.attach),
     )?;
+    let tcp_config = dir.join("nodepulse-bench-tcp.toml");
+    std::fs::write(&tcp_config, tcp::config())?;
 
     for workload in &args.workload {
         if *workload == Workload::Otlp {
@@ -78,6 +88,7 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         let device;
+        let _server;
         let (what, unit, mut measure): (String, &str, Box<dyn FnMut() -> Result<f64>>) =
             match workload {
                 Workload::Block | Workload::BlockWrite => {
@@ -108,6 +119,20 @@ pub fn run(args: Args) -> Result<()> {
                     )
                 }
                 Workload::Otlp => unreachable!("measured by otlp_cost"),
+                Workload::Tcp | Workload::TcpUnwatched => {
+                    let port = if *workload == Workload::Tcp {
+                        tcp::WATCHED_PORT
+                    } else {
+                        tcp::UNWATCHED_PORT
+                    };
+                    _server = tcp::Server::start(port)?;
+                    let runtime = args.runtime;
+                    (
+                        format!("iperf3 over loopback to port {port}"),
+                        "bit/s",
+                        Box::new(move || tcp::stream(port, runtime)),
+                    )
+                }
                 Workload::Kvm => {
                     let guest = build_kvm_guest()?;
                     let iterations = 60_000 * args.runtime;
@@ -122,7 +147,11 @@ pub fn run(args: Args) -> Result<()> {
             "\n== {what}: {} s per run, {} pairs, block attach {}",
             args.runtime, args.pairs, args.attach
         );
-        pairs(&agent, &config, args.pairs, unit, &mut *measure)?;
+        let config = match workload {
+            Workload::Tcp | Workload::TcpUnwatched => &tcp_config,
+            _ => &config,
+        };
+        pairs(&agent, config, args.pairs, unit, &mut *measure)?;
     }
     Ok(())
 }

@@ -20,6 +20,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // Workloads for integration tests and benchmarks.
     "fio",
     "stress-ng",
+    // TCP streams for the storage network probe's tests and benchmark.
+    "iperf3",
     // losetup: loop devices as real block devices to probe.
     "util-linux",
     // ip netns / ip link for network tests on loopback namespaces.

@@ -25,12 +25,14 @@ pub enum BtfError {
     Bitfield(String),
 }
 
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_TYPE_TAG: u32 = 18;
 
 #[derive(Clone, Debug)]
@@ -47,6 +49,8 @@ struct Type {
     kind: u32,
     /// Referenced type for modifiers and typedefs.
     type_id: u32,
+    /// Members, enumerators or parameters.
+    vlen: u32,
     members: Vec<Member>,
 }
 
@@ -151,6 +155,7 @@ impl Btf {
                 name,
                 kind,
                 type_id: size_or_type,
+                vlen: vlen as u32,
                 members,
             });
         }
@@ -242,6 +247,20 @@ impl Btf {
             id = ty;
         }
         Ok(bits / 8)
+    }
+
+    /// How many arguments a tracepoint passes to BTF-enabled programs, from its
+    /// `btf_trace_<name>` typedef (a pointer to a function whose first parameter is the
+    /// tracepoint's own context); `None` when the kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, tracepoint: &str) -> Option<u32> {
+        let want = format!("btf_trace_{tracepoint}");
+        let typedef = self
+            .types
+            .iter()
+            .position(|t| t.kind == KIND_TYPEDEF && self.string(t.name) == want)?;
+        let ptr = self.ty(self.resolve(typedef as u32 + 1))?;
+        let proto = self.ty(ptr.type_id).filter(|_| ptr.kind == KIND_PTR)?;
+        (proto.kind == KIND_FUNC_PROTO).then(|| proto.vlen.saturating_sub(1))
     }
 
     /// Value of a C enumerator, e.g. `enum_value("QUEUE_FLAG_STATS")`.
@@ -339,5 +358,18 @@ mod tests {
         assert!(btf.member_offset("request", "q").unwrap() < 64);
         assert!(btf.member_offset("gendisk", "first_minor").unwrap() > 0);
         assert!(btf.enum_value("QUEUE_FLAG_STATS").is_some());
+    }
+
+    #[test]
+    fn counts_the_running_kernels_tracepoint_arguments() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("SKIPPED: {VMLINUX_BTF} absent on this machine");
+            return;
+        }
+        let btf = Btf::from_sys_fs().unwrap();
+        // sched_switch(preempt, prev, next, prev_state) since 5.18; (sk, skb) for ever.
+        assert_eq!(btf.tracepoint_args("sched_switch"), Some(4));
+        assert_eq!(btf.tracepoint_args("tcp_probe"), Some(2));
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
     }
 }

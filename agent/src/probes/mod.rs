@@ -9,6 +9,8 @@ pub mod outliers;
 pub mod sched;
 pub mod sparse;
 pub mod stats;
+pub mod tcp;
+pub mod tcp_groups;
 
 use agent_common::{
     counters, names,
@@ -137,6 +139,7 @@ impl Probes {
             block_layouts,
             sched_layouts,
             kvm_layouts,
+            tcp_layouts,
             tracefs,
         } = Loaded::load(full)?;
         let stats = stats::BpfStats::enable();
@@ -172,7 +175,7 @@ impl Probes {
                 });
                 probes.push(probe);
             };
-        let (b, s, k) = (&config.block, &config.sched, &config.kvm);
+        let (b, s, k, t) = (&config.block, &config.sched, &config.kvm, &config.tcp);
         add(block::NAME, b.enabled, &mut || {
             Box::new(block::BlockProbe::attach(
                 &mut ebpf,
@@ -200,6 +203,15 @@ impl Probes {
         });
         add(kvm::NAME_EXIT, k.enabled, &mut || {
             Box::new(kvm::KvmExitProbe::attach(&mut ebpf, &kvm_layouts))
+        });
+        add(tcp::NAME, t.enabled, &mut || {
+            Box::new(tcp::TcpProbe::attach(
+                &mut ebpf,
+                btf,
+                &tcp_layouts,
+                t.attach.kind(),
+                &t.groups,
+            ))
         });
 
         nothing_attached(&statuses)?;
@@ -322,6 +334,7 @@ pub struct Loaded {
     pub block_layouts: block::BlockLayouts,
     pub sched_layouts: sched::SchedLayouts,
     pub kvm_layouts: kvm::KvmLayouts,
+    pub tcp_layouts: tcp::TcpLayouts,
     /// Set when nodepulse mounted tracefs itself (unmounted on drop).
     pub tracefs: Option<tracefs::Mounted>,
 }
@@ -361,6 +374,7 @@ impl Loaded {
         let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);
         let sched_layouts = sched::SchedLayouts::resolve(kernel_btf.as_ref(), hierarchy.as_ref());
         let kvm_layouts = kvm::KvmLayouts::resolve(tracefs);
+        let tcp_layouts = tcp::TcpLayouts::resolve(kernel_btf.as_ref(), &config.tcp.groups);
         drop(kernel_btf);
 
         let mut loader = EbpfLoader::new();
@@ -368,6 +382,7 @@ impl Loaded {
         block_layouts.apply(&mut loader);
         sched_layouts.apply(&mut loader);
         kvm_layouts.apply(&mut loader);
+        tcp_layouts.apply(&mut loader);
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let msg = attach::error_chain(&e);
             if msg.contains("Operation not permitted") || msg.contains("EPERM") {
@@ -386,6 +401,7 @@ impl Loaded {
             block_layouts,
             sched_layouts,
             kvm_layouts,
+            tcp_layouts,
             tracefs: mounted,
         })
     }
