@@ -28,6 +28,9 @@ pub enum ConfigError {
     },
     #[error("config key `{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
+    /// For keys inside arrays of tables, e.g. `actions.rules[0].program`.
+    #[error("config key `{key}` {problem}")]
+    InvalidKey { key: String, problem: String },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -42,6 +45,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub prometheus: PrometheusConfig,
     pub outliers: OutliersConfig,
+    pub detect: crate::detect::DetectConfig,
+    pub actions: crate::actions::ActionsConfig,
 }
 
 /// Export to an OpenTelemetry collector.
@@ -435,7 +440,7 @@ impl AttachMode {
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
@@ -570,6 +575,8 @@ impl Config {
                 ),
             });
         }
+        self.detect.validate()?;
+        self.actions.validate()?;
         let limits = [
             ("limits.max_devices", self.limits.max_devices),
             ("limits.max_cgroups", self.limits.max_cgroups),

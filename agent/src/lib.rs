@@ -2,11 +2,13 @@
 //! happens; this library loads them, aggregates what they record each interval, and
 //! exports reports. See DESIGN.md for the architecture.
 
+pub mod actions;
 pub mod aggregate;
 pub mod attribution;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod export;
 pub mod kernel;
 pub mod pipeline;

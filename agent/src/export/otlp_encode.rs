@@ -39,7 +39,7 @@ pub fn kv(key: &str, value: impl Into<String>) -> KeyValue {
     }
 }
 
-fn kv_int(key: &str, value: i64) -> KeyValue {
+pub fn kv_int(key: &str, value: i64) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
         value: Some(AnyValue {
@@ -86,7 +86,7 @@ pub fn metric_name(family: &str) -> String {
     format!("nodepulse.{family}")
 }
 
-fn attributes(
+pub fn attributes(
     labels: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
 ) -> Vec<KeyValue> {
     labels
@@ -247,7 +247,7 @@ pub fn counter(name: &str, unit: &str, description: &str, points: Vec<NumberData
     }
 }
 
-fn gauge(name: &str, unit: &str, description: &str, points: Vec<NumberDataPoint>) -> Metric {
+pub fn gauge(name: &str, unit: &str, description: &str, points: Vec<NumberDataPoint>) -> Metric {
     Metric {
         name: name.into(),
         description: description.into(),
@@ -335,6 +335,12 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
             )],
         ),
         gauge(
+            "nodepulse.alarms.open",
+            "{alarm}",
+            "Regression alarms open now",
+            vec![int_point(report.alarms_open, vec![], times)],
+        ),
+        gauge(
             "process.memory.usage",
             "By",
             "Resident memory of the agent",
@@ -345,7 +351,11 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
 
 /// One span per outlier, with its real start and end.
 pub fn traces_request(outliers: &[Outlier], resource: &Resource) -> ExportTraceServiceRequest {
-    let spans = outliers
+    spans_request(outlier_spans(outliers), resource)
+}
+
+pub fn outlier_spans(outliers: &[Outlier]) -> Vec<Span> {
+    outliers
         .iter()
         .map(|o| {
             let op = o
@@ -376,7 +386,10 @@ pub fn traces_request(outliers: &[Outlier], resource: &Resource) -> ExportTraceS
                 ..Default::default()
             }
         })
-        .collect();
+        .collect()
+}
+
+pub fn spans_request(spans: Vec<Span>, resource: &Resource) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(resource.clone()),
@@ -397,6 +410,9 @@ pub struct Event {
     pub body: String,
     pub attributes: Vec<(String, String)>,
     pub time_unix_nano: u64,
+    /// The span the record belongs to (an alarm's, an action run's); empty when none.
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
 }
 
 impl Event {
@@ -418,6 +434,8 @@ impl Event {
                     ("nodepulse.probe".into(), p.probe.into()),
                 ],
                 time_unix_nano: now,
+                trace_id: Vec::new(),
+                span_id: Vec::new(),
             })
             .collect()
     }
@@ -439,6 +457,8 @@ pub fn logs_request(events: &[Event], resource: &Resource) -> ExportLogsServiceR
                 value: Some(any_value::Value::StringValue(e.body.clone())),
             }),
             attributes: attributes(e.attributes.iter().map(|(k, v)| (k, v))),
+            trace_id: e.trace_id.clone(),
+            span_id: e.span_id.clone(),
             ..Default::default()
         })
         .collect();

@@ -201,6 +201,15 @@ fn self_families(report: &Report) -> Vec<Family<'_>> {
             samples: dropped.collect(),
         },
         Family {
+            name: metric_name("alarms_open"),
+            help: "Regression alarms open now.".into(),
+            kind: Kind::Gauge,
+            samples: vec![Sample {
+                labels: Vec::new(),
+                value: Value::Int(report.alarms_open),
+            }],
+        },
+        Family {
             name: metric_name("process_resident_memory_bytes"),
             help: "Resident memory of the nodepulse process.".into(),
             kind: Kind::Gauge,
