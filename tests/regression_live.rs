@@ -1,5 +1,5 @@
 //! A real regression on a real device: steady reads on a loop device build a baseline,
-//! then a competing write load slows them down. The agent must raise an alarm for that
+//! then a competing heavy reader slows them down. The agent must raise an alarm for that
 //! device within a few windows, run the configured action (audited with the alarm's
 //! id), and resolve the alarm once the load is gone.
 
@@ -8,12 +8,39 @@ mod common;
 use std::{
     collections::HashSet,
     io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use common::{LoopDevice, RunningAgent};
 use serde_json::Value;
+
+/// fio with its jobs as threads (`--thread`): by default each job is a process of its
+/// own (in a session of its own), which killing the fio we started leaves running.
+struct Fio(Child);
+
+impl Fio {
+    fn start(dev: &LoopDevice, args: &[&str]) -> Self {
+        common::require_tool("fio");
+        let child = Command::new("fio")
+            .args(["--name=np", "--thread", "--ioengine=libaio", "--direct=1"])
+            .arg(format!("--filename={}", dev.path.display()))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fio");
+        Self(child)
+    }
+}
+
+impl Drop for Fio {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// Follows the agent's JSON reports: alarm events on one device, and which are open.
 struct Alarms {
@@ -111,18 +138,21 @@ timeout = "5s"
     )
     .unwrap();
 
-    // Steady, light random reads of the first quarter: the baseline. The writes below
-    // stay in the second half, so the reads find the same (unwritten) blocks after
-    // the load as before it: what changes during the load is only the queueing.
-    let _reads = dev.fio(&[
-        "--size=128m",
-        "--rw=randread",
-        "--bs=4k",
-        "--iodepth=1",
-        "--rate_iops=400",
-        "--time_based",
-        "--runtime=300",
-    ]);
+    // Steady, light random reads of the first quarter: the baseline. Nothing writes,
+    // so the device's blocks are the same before, during and after the load: what
+    // changes during the load is only the queueing.
+    let _reads = Fio::start(
+        &dev,
+        &[
+            "--size=128m",
+            "--rw=randread",
+            "--bs=4k",
+            "--iodepth=1",
+            "--rate_iops=400",
+            "--time_based",
+            "--runtime=300",
+        ],
+    );
     let mut agent = RunningAgent::with_config(&config);
     let stdout = agent.process.0.as_mut().unwrap().stdout.take().unwrap();
     let (tx, reports) = mpsc::channel();
@@ -157,16 +187,19 @@ timeout = "5s"
         alarms.follow(Duration::from_secs(1));
     }
 
-    // The regression: heavy direct writes competing for the same device.
-    let load = dev.fio(&[
-        "--offset=256m",
-        "--size=256m",
-        "--rw=randwrite",
-        "--bs=256k",
-        "--iodepth=32",
-        "--time_based",
-        "--runtime=300",
-    ]);
+    // The regression: a heavy reader competing for the same device's queue.
+    let load = Fio::start(
+        &dev,
+        &[
+            "--offset=256m",
+            "--size=256m",
+            "--rw=randwrite",
+            "--bs=256k",
+            "--iodepth=32",
+            "--time_based",
+            "--runtime=300",
+        ],
+    );
     let load_started = Instant::now();
     let reports_before = alarms.reports_seen;
     let opened = alarms
@@ -213,7 +246,6 @@ timeout = "5s"
 
     // The load stops: the alarm resolves (two normal windows).
     drop(load);
-    dev.wait_idle();
     let resolved = alarms
         .wait_for(Duration::from_secs(30), |a| {
             a["state"] == "resolved" && a["id"] == id.as_str()

@@ -4,6 +4,7 @@
 //! is one variant in [`Task`] and one match arm below.
 
 mod bench;
+mod eval_detect;
 mod receiver;
 mod run;
 mod setup;
@@ -34,6 +35,9 @@ enum Task {
     /// Measure the block probe's cost: kernel ns/event, fio IOPS with and without the
     /// agent (alternating pairs, medians), the agent's CPU and memory. Needs root.
     Bench(bench::Args),
+    /// Evaluate the regression detector on labelled synthetic series (fixed seeds):
+    /// detection rate, delay in windows, false alarms per day. No root needed.
+    EvalDetect(eval_detect::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Task::Run(args) => run::run(args),
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::EvalDetect(args) => eval_detect::run(args),
     };
     // Printed by hand: a failed task is an expected outcome, and anyhow's Debug output
     // would add a backtrace of xtask itself whenever RUST_BACKTRACE is set.
