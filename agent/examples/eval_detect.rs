@@ -26,6 +26,9 @@ struct Args {
     /// Agent interval in seconds.
     #[arg(long, default_value_t = 10.0)]
     interval: f64,
+    /// Print every false alarm with the profile of its series.
+    #[arg(long)]
+    explain: bool,
     /// A configuration file whose [detect] section to evaluate (default: the defaults).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         before_h: args.before_hours,
         after_h: args.after_hours,
         interval_s: args.interval,
+        explain: args.explain,
     };
     let total = eval::SCENARIOS.len() + 1;
     let started = Instant::now();

@@ -314,7 +314,14 @@ pub struct Plan {
     pub end_s: f64,
 }
 
-pub fn run(seed: u64, change: Change, plan: Plan, config: &DetectConfig) -> RunResult {
+/// `explain`: print each false alarm with the series' profile (for tuning).
+pub fn run(
+    seed: u64,
+    change: Change,
+    plan: Plan,
+    config: &DetectConfig,
+    explain: bool,
+) -> RunResult {
     let mut generator = Generator::new(seed, change, plan.change_at_s);
     let mut state = SeriesState::default();
     let labels = BTreeMap::from([("seed".to_owned(), seed.to_string())]);
@@ -346,6 +353,14 @@ pub fn run(seed: u64, change: Change, plan: Plan, config: &DetectConfig) -> RunR
         {
             if !after || change == Change::None {
                 result.false_alarms += 1;
+                if explain {
+                    eprintln!(
+                        "false alarm, seed {seed} at {:.1} h: {}\n  profile {:?}",
+                        t / 3600.0,
+                        alarm.summary,
+                        generator.profile
+                    );
+                }
             } else if result.delay_windows.is_none() {
                 result.delay_windows = Some(windows_after_change);
             }
@@ -393,6 +408,8 @@ pub struct Options {
     pub before_h: f64,
     pub after_h: f64,
     pub interval_s: f64,
+    /// Print every false alarm with its series' profile.
+    pub explain: bool,
 }
 
 pub struct Evaluation {
@@ -444,7 +461,13 @@ pub fn evaluate(
         clean_days: 0.0,
     };
     for seed in 0..options.seeds {
-        let r = run(1_000 + u64::from(seed), Change::None, control_plan, config);
+        let r = run(
+            1_000 + u64::from(seed),
+            Change::None,
+            control_plan,
+            config,
+            options.explain,
+        );
         add(&mut eval, &r);
         controls.runs += 1;
         controls.false_alarms += r.false_alarms;
@@ -477,7 +500,13 @@ pub fn evaluate(
                 change_at_s,
                 end_s: change_at_s + after_h * 3600.0,
             };
-            let r = run(u64::from(seed), scenario.change, plan, config);
+            let r = run(
+                u64::from(seed),
+                scenario.change,
+                plan,
+                config,
+                options.explain,
+            );
             add(&mut eval, &r);
             row.runs += 1;
             row.false_alarms += r.false_alarms;
@@ -544,10 +573,11 @@ mod tests {
     fn targets_hold_on_a_short_evaluation() {
         let options = Options {
             seeds: 20,
-            control_days: 1.0,
-            before_h: 2.0,
+            control_days: 0.5,
+            before_h: 1.5,
             after_h: 0.5,
             interval_s: 10.0,
+            explain: false,
         };
         let eval = evaluate(&options, &DetectConfig::default(), |_| {});
         let table = render(&eval);

@@ -1,13 +1,15 @@
 //! One series through time: intervals gathered into windows big enough to judge, each
 //! window judged against the baseline, and the verdicts turned into an alarm with
 //! hysteresis (raise after `raise_after` regressed windows in a row, clear after
-//! `clear_after` normal ones).
+//! `clear_after` normal ones). A window only counts as regressed when it still is
+//! without its worst interval: one burst (a 10-second stall) is not a regression,
+//! however slow it was.
 
 use std::collections::BTreeMap;
 
 use super::{
     alarm::{Alarm, AlarmState},
-    baseline::Baseline,
+    baseline::{Baseline, count_above},
     config::DetectConfig,
     rules::{Evaluation, Verdict, evaluate},
 };
@@ -26,6 +28,8 @@ pub struct WindowOutcome {
 #[derive(Debug, Default)]
 pub struct SeriesState {
     window: ExpHistogram,
+    /// The window's intervals, for the burst check.
+    parts: Vec<ExpHistogram>,
     intervals: u32,
     window_start: u64,
     pub baseline: Baseline,
@@ -63,9 +67,11 @@ impl SeriesState {
         if self.intervals == 0 {
             self.window_start = now.saturating_sub(interval_ns);
             self.window = ExpHistogram::default();
+            self.parts.clear();
         }
         if !delta.is_empty() {
             self.window.merge(delta);
+            self.parts.push(delta.clone());
         }
         self.intervals += 1;
         let enough = self.window.count() >= config.min_samples;
@@ -97,7 +103,12 @@ impl SeriesState {
                 alarm: None,
             };
         }
-        let evaluation = evaluate(&self.baseline, window, config);
+        let mut evaluation = evaluate(&self.baseline, window, config);
+        let burst =
+            evaluation.verdict == Verdict::Regressed && self.is_burst(window, &evaluation, config);
+        if burst {
+            evaluation.verdict = Verdict::Normal;
+        }
         let alarm = match evaluation.verdict {
             Verdict::NotEnoughData => None,
             Verdict::Regressed => {
@@ -140,8 +151,10 @@ impl SeriesState {
                         self.alarm = None;
                         Some(resolved)
                     }
-                    // The baseline stays frozen while an alarm is open.
+                    // The baseline stays frozen while an alarm is open, and never
+                    // learns a burst.
                     Some(_) => None,
+                    None if burst => None,
                     None => {
                         self.baseline.learn(window, config.baseline_half_life);
                         None
@@ -159,6 +172,49 @@ impl SeriesState {
             learning,
             alarm,
         }
+    }
+}
+
+impl SeriesState {
+    /// Whether the window's regression is all in one interval: without the interval
+    /// with the largest share above the driving quantile's boundary, not even half the
+    /// shift is left at a far looser significance. (Removing the slowest interval
+    /// biases the rest downwards, so the rest is held to a lower bar: a real step
+    /// spread over every interval clears it easily.)
+    fn is_burst(
+        &self,
+        window: &ExpHistogram,
+        evaluation: &Evaluation,
+        config: &DetectConfig,
+    ) -> bool {
+        if self.parts.len() < 2 {
+            return false;
+        }
+        let q = super::rules::RULES
+            .iter()
+            .find(|(_, name)| *name == evaluation.quantile)
+            .map_or(0.99, |(q, _)| *q);
+        let boundary = self.baseline.bucket_of(q);
+        let share = |h: &ExpHistogram| count_above(h, boundary) as f64 / h.count().max(1) as f64;
+        let Some(worst) = self
+            .parts
+            .iter()
+            .max_by(|a, b| share(a).total_cmp(&share(b)))
+        else {
+            return false;
+        };
+        let rest = window.since(worst);
+        let parts = self.parts.len() as u64;
+        let half = |ratio: f64| 1.0 + (ratio - 1.0) / 2.0;
+        let relaxed = DetectConfig {
+            min_samples: (config.min_samples * (parts - 1) / parts).max(10),
+            significance: (config.significance * 100.0).min(0.05),
+            p50_ratio: half(config.p50_ratio),
+            p90_ratio: half(config.p90_ratio),
+            p99_ratio: half(config.p99_ratio),
+            ..config.clone()
+        };
+        evaluate(&self.baseline, &rest, &relaxed).verdict == Verdict::Normal
     }
 }
 
@@ -276,6 +332,51 @@ mod tests {
         assert_eq!(resolved.id, opened.id);
         assert_eq!(resolved.end_unix_nano, Some(run.t));
         assert!(run.state.open_alarm().is_none());
+    }
+
+    #[test]
+    fn a_single_slow_interval_is_a_burst_not_a_regression() {
+        let config = DetectConfig {
+            min_intervals: 3,
+            max_intervals: 5,
+            min_samples: 1500,
+            baseline_windows: 5,
+            ..DetectConfig::default()
+        };
+        let labels = BTreeMap::new();
+        let who = Identity {
+            node: "n",
+            family: "f",
+            labels: &labels,
+            series: "f{}",
+        };
+        let mut state = SeriesState::default();
+        let mut t = 0;
+        let mut step = |state: &mut SeriesState, h: &ExpHistogram| {
+            t += 10 * S;
+            state.observe(&who, h, t, 10 * S, &config)
+        };
+        for _ in 0..(6 * 3) {
+            step(&mut state, &window(130));
+        }
+        // Every window: two normal intervals and one very slow one.
+        for _ in 0..4 {
+            step(&mut state, &window(130));
+            step(&mut state, &window(150));
+            let o = step(&mut state, &window(130)).unwrap();
+            assert_eq!(o.evaluation.verdict, Verdict::Normal, "{:?}", o.evaluation);
+            assert!(o.alarm.is_none());
+        }
+        // All three intervals slow: regressed.
+        step(&mut state, &window(138));
+        step(&mut state, &window(138));
+        let o = step(&mut state, &window(138)).unwrap();
+        assert_eq!(
+            o.evaluation.verdict,
+            Verdict::Regressed,
+            "{:?}",
+            o.evaluation
+        );
     }
 
     #[test]
