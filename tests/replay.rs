@@ -54,16 +54,22 @@ fn write_recording(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `nodepulse replay <args> <file>`.
+fn replay(args: &[&str], file: &Path) -> std::process::Output {
+    common::nodepulse()
+        .arg("replay")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn recording_with_a_step_yields_the_alarm_at_the_step() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec.jsonl");
     write_recording(&rec);
-    let out = common::nodepulse()
-        .args(["replay", "--format", "json"])
-        .arg(&rec)
-        .output()
-        .unwrap();
+    let out = replay(&["--format", "json"], &rec);
     assert!(
         out.status.success(),
         "{}",
@@ -108,11 +114,7 @@ fn csv_gets_a_score_per_row_and_bad_input_names_the_line() {
         ));
     }
     std::fs::write(&csv, &text).unwrap();
-    let out = common::nodepulse()
-        .arg("replay")
-        .arg(&csv)
-        .output()
-        .unwrap();
+    let out = replay(&[], &csv);
     assert!(
         out.status.success(),
         "{}",
@@ -136,11 +138,7 @@ fn csv_gets_a_score_per_row_and_bad_input_names_the_line() {
     assert!(stderr.contains("1 alarm(s) opened"), "{stderr}");
 
     std::fs::write(&csv, "timestamp,value\n1,2\n2,fast\n").unwrap();
-    let out = common::nodepulse()
-        .arg("replay")
-        .arg(&csv)
-        .output()
-        .unwrap();
+    let out = replay(&[], &csv);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("history.csv line 3"), "{stderr}");

@@ -384,6 +384,19 @@ pub struct Row {
 }
 
 impl Row {
+    fn new(name: &str, regression: bool) -> Self {
+        Self {
+            name: name.into(),
+            regression,
+            runs: 0,
+            detected: 0,
+            within_3: 0,
+            delays: Vec::new(),
+            false_alarms: 0,
+            clean_days: 0.0,
+        }
+    }
+
     pub fn detection_rate(&self) -> f64 {
         f64::from(self.detected) / f64::from(self.runs.max(1))
     }
@@ -450,16 +463,7 @@ pub fn evaluate(
         change_at_s: f64::INFINITY,
         end_s: options.control_days * DAY_S,
     };
-    let mut controls = Row {
-        name: "control (no change)".into(),
-        regression: false,
-        runs: 0,
-        detected: 0,
-        within_3: 0,
-        delays: Vec::new(),
-        false_alarms: 0,
-        clean_days: 0.0,
-    };
+    let mut controls = Row::new("control (no change)", false);
     for seed in 0..options.seeds {
         let r = run(
             1_000 + u64::from(seed),
@@ -476,16 +480,7 @@ pub fn evaluate(
     progress(&controls);
     eval.rows.push(controls);
     for (index, scenario) in SCENARIOS.iter().enumerate() {
-        let mut row = Row {
-            name: scenario.name.into(),
-            regression: scenario.regression,
-            runs: 0,
-            detected: 0,
-            within_3: 0,
-            delays: Vec::new(),
-            false_alarms: 0,
-            clean_days: 0.0,
-        };
+        let mut row = Row::new(scenario.name, scenario.regression);
         for seed in 0..options.seeds {
             // The change lands anywhere inside a window, not on a boundary.
             let mut rng = Rng::new(u64::from(seed) * 7919 + index as u64);
