@@ -71,9 +71,17 @@ pub struct ReplayArgs {
     /// CSV rows per detector window; each row's score looks at the last this many rows.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(10..=100_000))]
     pub csv_window: u32,
-    /// Alarms as a table or as JSON lines (recordings only).
-    #[arg(short, long, value_enum, default_value_t = ConsoleFormat::Table)]
-    pub format: ConsoleFormat,
+    /// How alarms are printed (recordings only).
+    #[arg(short, long, value_enum, default_value_t = ReplayFormat::Table)]
+    pub format: ReplayFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayFormat {
+    /// One line per alarm event: state, severity, summary, id.
+    Table,
+    /// One JSON object per alarm event, with its evidence.
+    Json,
 }
 
 #[derive(Args, Debug)]

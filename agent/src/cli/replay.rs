@@ -2,9 +2,9 @@
 
 use std::{fs::File, io::BufReader, process::ExitCode};
 
-use super::{EXIT_CONFIG, ReplayArgs, config_error};
+use super::{EXIT_CONFIG, ReplayArgs, ReplayFormat, config_error};
 use crate::{
-    config::{Config, ConsoleFormat, Overrides},
+    config::{Config, Overrides},
     detect::{
         Alarm, AlarmState,
         replay::{replay_csv, replay_recording},
@@ -41,10 +41,10 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
         replay_recording(&path, file, &config.detect).inspect(|alarms| {
             for a in alarms {
                 match args.format {
-                    ConsoleFormat::Json => {
+                    ReplayFormat::Json => {
                         println!("{}", serde_json::to_string(a).unwrap_or_default())
                     }
-                    ConsoleFormat::Table => println!(
+                    ReplayFormat::Table => println!(
                         "{:<9} {:<8} {}  [{}]",
                         a.state.as_str().to_uppercase(),
                         a.severity.as_str(),
