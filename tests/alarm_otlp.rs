@@ -84,6 +84,7 @@ fn report(alarms: Vec<Alarm>, open: u64, actions: Vec<nodepulse::actions::Action
         interval_s: 10.0,
         node: "test".into(),
         series: vec![],
+        counters: vec![],
         outliers: vec![],
         probes: vec![],
         agent: AgentReport::new(

@@ -6,7 +6,9 @@ mod common;
 use std::{thread, time::Duration};
 
 use agent_common::hist::bucket_index;
-use nodepulse::{aggregate::histogram::bucket_upper, config::AttachMode};
+use nodepulse::{
+    aggregate::histogram::bucket_upper, config::AttachMode, probes::block::FAMILY_DEVICE,
+};
 
 use common::{BlockSnapshot, LoopDevice, start_probes, start_probes_with};
 
@@ -21,7 +23,7 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
     let lo = LoopDevice::new(64);
     let mut probes = start_probes_with(attach, kernel_timestamps);
     let mut mismatches = Vec::new();
-    let (before, after) = loop {
+    let (before, after, lost) = loop {
         let before = BlockSnapshot::take(&mut probes, &lo.number);
         let stat_before = lo.stat();
 
@@ -35,7 +37,8 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
         // tests do I/O too): a completion whose slot another request took, or without
         // a record.
         let lost = after.drops_since(&before, "block_unmatched_completions")
-            + after.drops_since(&before, "block_inflight_collisions");
+            + after.drops_since(&before, "block_inflight_collisions")
+            + after.drops_since(&before, "block_series_map_full");
         // Exact unless the probe counted a drop. fsync's data-less pre-flush write
         // completes without ever being issued: on the classic tracepoint there is no
         // request pointer to measure it from its allocation, so it is such a drop.
@@ -49,7 +52,7 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
             })
             .collect();
         if wrong.is_empty() {
-            break (before, after);
+            break (before, after, lost);
         }
         eprintln!(
             "span {} via {attach:?} did not match: {wrong:?}",
@@ -61,18 +64,30 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
             "no exact span in three via {attach:?}: {mismatches:?}"
         );
     };
-    assert!(after.since(&before, "read").count() >= 340);
-    assert!(after.since(&before, "write").count() >= 199);
+    assert!(after.since(&before, "read").count() + lost >= 340);
+    assert!(after.since(&before, "write").count() + lost >= 199);
     assert!(
-        after.since(&before, "flush").count() >= 1,
+        after.since(&before, "flush").count() >= 1 || lost > 0,
         "dd conv=fsync flushes"
     );
 
-    // Plausible latencies: every sample between 100 ns and 10 s.
+    // Plausible latencies: every sample between 100 ns and 10 s, except the data-less
+    // pre-flush writes of fsync that never reach the driver (device time 0): at most
+    // one per dd conv=fsync the spans ran.
+    let fsyncs = mismatches.len() as u64 + 1;
     for (op, h) in &after.hists {
         let (lo_i, hi_i) = (h.offset, h.offset + h.counts.len() as i32 - 1);
-        assert!(h.zero_count == 0, "{op}: zero latency recorded");
-        assert!(bucket_upper(lo_i) > 100.0, "{op}: implausibly fast sample");
+        let never_issued = if op == "write" { fsyncs } else { 0 };
+        assert!(
+            h.zero_count <= never_issued,
+            "{op}: {} zero device times",
+            h.zero_count
+        );
+        assert!(
+            bucket_upper(lo_i) > 100.0,
+            "{op}: implausibly fast sample: {h:?}, drops {:?}",
+            after.drops
+        );
         assert!(
             hi_i < bucket_index(10_000_000_000),
             "{op}: sample above 10 s"
@@ -142,10 +157,16 @@ fn latencies_agree_with_fio() {
         h.count()
     );
     // fio counts what it reaped; the kernel may complete one more before fio stops.
+    // Samples the probe counted as lost (slot collisions with the parallel tests'
+    // requests) are allowed for.
+    let lost = after.drops_since(&before, "block_unmatched_completions")
+        + after.drops_since(&before, "block_inflight_collisions")
+        + after.drops_since(&before, "block_series_map_full");
     assert!(
-        h.count().abs_diff(fio_ios) <= 2,
-        "{} vs fio {fio_ios}",
-        h.count()
+        h.count().abs_diff(fio_ios) <= 2 + lost,
+        "{} vs fio {fio_ios}; drops {:?}",
+        h.count(),
+        after.drops
     );
     assert!(
         mean <= fio_clat_mean * 1.1,
@@ -193,9 +214,10 @@ fn in_flight_at_attach(kernel_timestamps: bool) {
             .find(|(n, _)| *n == name)
             .map_or(0, |(_, v)| *v)
     };
-    // Right after attach: the requests in flight at attach, and those that started
-    // while the completion program was attached but the issue one not yet, complete
-    // without an issue record.
+    // Shortly after attach: the requests in flight at attach, and those that started
+    // while the completion program was attached but the issue one not yet, have
+    // completed without an issue record.
+    thread::sleep(Duration::from_millis(500));
     let at_attach = probes.collect();
     thread::sleep(Duration::from_millis(1500));
     let collection = probes.collect();
@@ -203,7 +225,7 @@ fn in_flight_at_attach(kernel_timestamps: bool) {
     for r in collection
         .readings
         .iter()
-        .filter(|r| r.key.label("dev") == Some(&lo.number))
+        .filter(|r| r.key.family == FAMILY_DEVICE && r.key.label("dev") == Some(&lo.number))
     {
         let h = &r.hist;
         samples += h.count();

@@ -1,6 +1,8 @@
 //! Block I/O latency: keys, in-flight records and the kernel layouts the agent resolves
 //! at load time (DESIGN.md: never hard-code kernel struct offsets).
 
+use crate::hist::{DepthHistogram, Histogram, SizeHistogram};
+
 /// Operation classes nodepulse reports for block requests.
 pub mod op {
     pub const READ: u32 = 0;
@@ -57,21 +59,95 @@ pub struct BlockKey {
     pub op: u32,
 }
 
-/// One slot of the direct-mapped in-flight table: a request seen at issue, waiting for
-/// its completion. `id` is the request pointer (BTF and raw tracepoints) or the start
-/// sector (classic tracepoints, where `dev` disambiguates); 0 means empty.
+/// Latency histograms of one (device, operation) series, all recorded at completion
+/// for the same requests, so that `total = queue + device` holds request by request.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockHistograms {
+    /// Insertion into the I/O scheduler → issue to the driver; 0 when the request
+    /// bypassed the scheduler (never inserted).
+    pub queue: Histogram,
+    /// Issue → completion.
+    pub device: Histogram,
+    /// Queue + device.
+    pub total: Histogram,
+    /// Bytes per request.
+    pub size: SizeHistogram,
+}
+
+impl BlockHistograms {
+    pub const ZERO: Self = Self {
+        queue: Histogram::ZERO,
+        device: Histogram::ZERO,
+        total: Histogram::ZERO,
+        size: SizeHistogram::ZERO,
+    };
+}
+
+/// Per device, shared by all CPUs (a request may complete on another CPU than the
+/// one that issued it), so updated with atomic adds: the requests in flight now, and
+/// the distribution of that count at each issue.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DeviceDepth {
+    pub in_flight: u64,
+    pub depth: DepthHistogram,
+}
+
+impl DeviceDepth {
+    pub const ZERO: Self = Self {
+        in_flight: 0,
+        depth: DepthHistogram::ZERO,
+    };
+}
+
+/// Where a request is in its life, as the in-flight table knows it.
+pub mod slot_state {
+    pub const EMPTY: u32 = 0;
+    /// Inserted into the scheduler, not issued yet: `inserted_ns` is set.
+    pub const INSERTED: u32 = 1;
+    /// Issued to the driver and counted in its device's in-flight count.
+    pub const ISSUED: u32 = 2;
+}
+
+/// One slot of the direct-mapped in-flight table: a request seen at insertion or
+/// issue, waiting for its completion. `id` is the request pointer (BTF and raw
+/// tracepoints) or the start sector (classic tracepoints, where `dev` disambiguates).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InflightSlot {
     pub id: u64,
+    /// When the request entered the scheduler; 0 when it bypassed it.
+    pub inserted_ns: u64,
     /// Our issue timestamp; 0 when the kernel stamps the request itself.
     pub issued_ns: u64,
-    pub dev: u32,
-    pub op: u32,
     /// `bpf_get_current_pid_tgid()` at issue: the task that dispatched the request,
     /// for outlier events.
     pub pid_tgid: u64,
+    pub dev: u32,
+    pub op: u32,
+    /// Bytes of the request at issue.
+    pub bytes: u32,
+    /// [`slot_state`].
+    pub state: u32,
 }
+
+/// Key of the I/O error counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockErrorKey {
+    pub dev: u32,
+    pub op: u32,
+    /// `blk_status_t` of the completion.
+    pub status: u32,
+    pub _pad: u32,
+}
+
+/// Error-counter series the kernel keeps at most (device × operation × status).
+pub const BLOCK_ERROR_MAX_SERIES: u32 = 1024;
+
+/// Devices whose in-flight requests are counted.
+pub const BLOCK_DEPTH_MAX_DEVICES: u32 = 1024;
 
 /// log2 of the in-flight table's size. 65 536 slots (2 MiB) keep collisions rare
 /// while thousands of requests are in flight; a collision loses one sample and is counted.
@@ -123,6 +199,19 @@ pub struct RequestLayout {
     /// `REQ_OP_DRV_IN` and `REQ_OP_DRV_OUT`: passthrough requests get no timestamp
     pub req_op_drv_in: u32,
     pub req_op_drv_out: u32,
+    /// Non-zero when the cgroup chain below was found and per-cgroup I/O is on.
+    pub cgroup_io: u32,
+    /// `struct request`.`bio` → `bio`.`bi_blkg` → `blkcg_gq`.`blkcg` →
+    /// `blkcg`.`css.cgroup` → `cgroup`.`kn` → `kernfs_node`.`id`: the cgroup that
+    /// submitted the I/O (needs CONFIG_BLK_CGROUP)
+    pub rq_bio: u32,
+    pub bio_blkg: u32,
+    pub blkg_blkcg: u32,
+    pub blkcg_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    /// `struct request`.`__sector`, for outliers
+    pub rq_sector: u32,
 }
 
 impl RequestLayout {
@@ -144,6 +233,14 @@ impl RequestLayout {
         rq_io_start_time_ns: 0,
         req_op_drv_in: 0,
         req_op_drv_out: 0,
+        cgroup_io: 0,
+        rq_bio: 0,
+        bio_blkg: 0,
+        blkg_blkcg: 0,
+        blkcg_cgroup: 0,
+        cgroup_kn: 0,
+        kn_id: 0,
+        rq_sector: 0,
     };
 }
 
@@ -158,7 +255,8 @@ pub struct TracepointLayout {
     pub dev: u32,
     pub sector: u32,
     pub rwbs: u32,
-    pub _pad: u32,
+    /// `error` (an errno, completion records only; 0 elsewhere)
+    pub error: u32,
 }
 
 impl TracepointLayout {
@@ -166,7 +264,7 @@ impl TracepointLayout {
         dev: 0,
         sector: 0,
         rwbs: 0,
-        _pad: 0,
+        error: 0,
     };
 }
 
@@ -213,34 +311,13 @@ mod tests {
     }
 }
 
-/// Offsets for the context of an outlier request, resolved from BTF; `enabled` is 0
-/// when some are missing (outliers then carry no cgroup or sector).
+/// Whether the kernel programs send outliers (0: off), set by the agent before load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutlierLayout {
     pub enabled: u32,
-    /// `struct request`.`__sector`
-    pub rq_sector: u32,
-    /// `struct request`.`bio` → `bio`.`bi_blkg` → `blkcg_gq`.`blkcg` →
-    /// `blkcg`.`css.cgroup` → `cgroup`.`kn` → `kernfs_node`.`id`: the cgroup that
-    /// submitted the I/O (cgroup v2 id)
-    pub rq_bio: u32,
-    pub bio_blkg: u32,
-    pub blkg_blkcg: u32,
-    pub blkcg_cgroup: u32,
-    pub cgroup_kn: u32,
-    pub kn_id: u32,
 }
 
 impl OutlierLayout {
-    pub const UNRESOLVED: Self = Self {
-        enabled: 0,
-        rq_sector: 0,
-        rq_bio: 0,
-        bio_blkg: 0,
-        blkg_blkcg: 0,
-        blkcg_cgroup: 0,
-        cgroup_kn: 0,
-        kn_id: 0,
-    };
+    pub const UNRESOLVED: Self = Self { enabled: 0 };
 }

@@ -16,15 +16,21 @@ pub const KVM_UNMATCHED: u32 = 4;
 /// An outlier the ring buffer had no room for.
 pub const OUTLIER_RING_FULL: u32 = 5;
 
+/// An insertion stamp overwritten before its request was issued: by another request
+/// hashing to the same slot (that request's queue time reads as 0), or left behind by
+/// a request merged into another one in the scheduler (harmless).
+pub const BLOCK_INSERT_EVICTED: u32 = 6;
+
 /// Size of the counters array; room for more probe families.
 pub const COUNT: u32 = 16;
 
 /// Human-readable names, indexed like the counters.
-pub const NAMES: [(u32, &str); 6] = [
+pub const NAMES: [(u32, &str); 7] = [
     (BLOCK_UNMATCHED, "block_unmatched_completions"),
     (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
     (BLOCK_SERIES_FULL, "block_series_map_full"),
     (SPARSE_FULL, "sparse_map_full"),
     (KVM_UNMATCHED, "kvm_unmatched_entries"),
     (OUTLIER_RING_FULL, "outlier_ring_full"),
+    (BLOCK_INSERT_EVICTED, "block_insertions_evicted"),
 ];

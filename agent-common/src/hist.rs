@@ -93,3 +93,63 @@ impl Histogram {
         buckets: [0; NUM_BUCKETS],
     };
 }
+
+/// A histogram over a window of [`NUM_BUCKETS`]: `N` buckets from index `FIRST`, with
+/// values outside clamped into the end buckets. For quantities whose range is known:
+/// request sizes (512 B … 490 MB) and queue depths (1 … 60 000) need a few hundred
+/// bytes instead of 4 KiB.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Window<const FIRST: i32, const N: usize> {
+    pub sum: u64,
+    pub zero_count: u64,
+    /// `buckets[k]` counts samples in OTLP bucket `k + FIRST`.
+    pub buckets: [u64; N],
+}
+
+impl<const FIRST: i32, const N: usize> Window<FIRST, N> {
+    pub const ZERO: Self = Self {
+        sum: 0,
+        zero_count: 0,
+        buckets: [0; N],
+    };
+
+    /// Position of a non-zero value's bucket, clamped into the window.
+    #[inline(always)]
+    pub fn slot(value: u64) -> usize {
+        let i = bucket_index(value) - FIRST;
+        if i < 0 {
+            0
+        } else if i as usize >= N {
+            N - 1
+        } else {
+            i as usize
+        }
+    }
+}
+
+/// Request sizes: from the bucket ending at 512 B (one sector) up.
+pub type SizeHistogram = Window<71, 160>;
+/// Queue depths: every bucket from 1 up.
+pub type DepthHistogram = Window<MIN_INDEX, 128>;
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn windows_place_values_and_clamp_the_rest() {
+        assert_eq!(bucket_index(512), 71);
+        assert_eq!(SizeHistogram::slot(512), 0);
+        assert_eq!(SizeHistogram::slot(4096) as i32 + 71, bucket_index(4096));
+        assert_eq!(SizeHistogram::slot(1), 0);
+        assert_eq!(SizeHistogram::slot(u64::MAX), 159);
+        // 1 is the inclusive top of bucket -1, the window's first.
+        assert_eq!(DepthHistogram::slot(1), 0);
+        assert_eq!(
+            DepthHistogram::slot(32) as i32 + MIN_INDEX,
+            bucket_index(32)
+        );
+        assert_eq!(DepthHistogram::slot(1 << 40), 127);
+    }
+}

@@ -18,6 +18,9 @@ mod pod {
     unsafe impl aya::Pod for hist::Histogram {}
     unsafe impl aya::Pod for block::BlockKey {}
     unsafe impl aya::Pod for block::InflightSlot {}
+    unsafe impl aya::Pod for block::BlockHistograms {}
+    unsafe impl aya::Pod for block::BlockErrorKey {}
+    unsafe impl aya::Pod for block::DeviceDepth {}
     unsafe impl aya::Pod for block::RequestLayout {}
     unsafe impl aya::Pod for block::TracepointLayout {}
     unsafe impl aya::Pod for block::OutlierLayout {}

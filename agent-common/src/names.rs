@@ -2,6 +2,8 @@
 
 pub const MAP_BLOCK_LATENCY: &str = "BLOCK_LATENCY";
 pub const MAP_BLOCK_INFLIGHT: &str = "BLOCK_INFLIGHT";
+pub const MAP_BLOCK_DEPTH: &str = "BLOCK_DEPTH";
+pub const MAP_BLOCK_ERRORS: &str = "BLOCK_ERRORS";
 pub const MAP_PROBE_COUNTERS: &str = "PROBE_COUNTERS";
 
 pub const GLOBAL_REQUEST_LAYOUT: &str = "REQUEST_LAYOUT";
@@ -18,6 +20,10 @@ pub const PROG_BLOCK_ISSUE_FENTRY: &str = "block_rq_issue_fentry";
 pub const PROG_BLOCK_COMPLETE_FENTRY: &str = "block_rq_complete_fentry";
 pub const PROG_BLOCK_ISSUE_KPROBE: &str = "block_rq_issue_kprobe";
 pub const PROG_BLOCK_COMPLETE_KPROBE: &str = "block_rq_complete_kprobe";
+pub const PROG_BLOCK_INSERT_BTF: &str = "block_rq_insert_btf";
+pub const PROG_BLOCK_REQUEUE_BTF: &str = "block_rq_requeue_btf";
+pub const PROG_BLOCK_INSERT_RAW: &str = "block_rq_insert_raw";
+pub const PROG_BLOCK_REQUEUE_RAW: &str = "block_rq_requeue_raw";
 
 /// Capacity of the block latency map: devices × operations.
 pub const BLOCK_LATENCY_MAX_SERIES: u32 = 1024;

@@ -64,6 +64,8 @@ pub mod family {
     /// returned to the VMM; group = VMM process id, detail = `KVM_EXIT_*` reason. Its
     /// counts are the exits to userspace per reason.
     pub const KVM_RUN: u32 = 5;
+    /// Block I/O latency per submitting cgroup; group = cgroup id, detail = op.
+    pub const BLOCK_CGROUP: u32 = 8;
 }
 
 /// One bucket of one series in the sparse histogram map: only buckets that have

@@ -1,41 +1,50 @@
-//! Block I/O latency: issue → completion of each request, per device and operation.
+//! Block I/O: where each request's time goes (queue, device, total), how deep the
+//! device queues run, request sizes, errors, and the cgroups that submit the I/O.
 //!
 //! Hooks (checked against Linux 6.1 – 6.18):
+//! - `block_rq_insert(struct request *rq)`, fired when a request enters the I/O
+//!   scheduler or a dispatch list (`blk_mq_insert_request()` and friends); requests the
+//!   block layer issues directly never fire it;
 //! - `block_rq_issue(struct request *rq)`, fired by `blk_mq_start_request()` when the
 //!   driver takes the request;
+//! - `block_rq_requeue(struct request *rq)`, fired when the driver gives a request back
+//!   (it is inserted and issued again later);
 //! - `block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`,
 //!   fired by `blk_update_request()` and `blk_complete_request()`.
 //!
-//! Five program variants share one body, tried in this order: BTF tracepoints (cheapest
+//! Program variants share one body, tried in this order: BTF tracepoints (cheapest
 //! dispatch), raw tracepoints (no BTF needed to attach), classic tracepoints (keyed by
 //! device and sector because the record carries no request pointer), fentry and kprobe
-//! on the functions that fire those tracepoints.
+//! on the functions that fire issue and completion. Only the first two hook insertion
+//! and requeue; the others measure device time and depth alone.
 //!
 //! Where the issue time comes from, cheapest first:
 //! 1. The kernel's own: when a queue collects I/O statistics (writeback throttling turns
 //!    that on for most disks), `blk_mq_start_request()` stamps `rq->io_start_time_ns`
-//!    right after `block_rq_issue` and sets `RQF_STATS`. The issue program then does
-//!    nothing but check the queue flag, and the completion reads the stamp. Reading
-//!    the clock (~55 ns in a VM) is the largest cost of an issue, so this halves it.
-//! 2. Ours: issue writes its clock into a direct-mapped array slot chosen by hashing
-//!    the request pointer; completion reads and clears it. Array lookups are inlined by
-//!    the verifier, so there is no hashing helper and no delete.
+//!    right after `block_rq_issue` and sets `RQF_STATS`; completion reads the stamp.
+//!    Reading the clock (~55 ns in a VM) is the largest cost of an issue.
+//! 2. Ours: issue writes its clock into the request's slot of a direct-mapped array
+//!    (chosen by hashing the request pointer); completion reads and clears it. Array
+//!    lookups are inlined by the verifier: no hashing helper, no delete.
 //!
-//! A completion that finds neither (in flight before attach, or evicted from the
-//! table) is counted, never turned into a latency.
+//! In-flight accounting is exact: a device's count goes up once per request at issue,
+//! and down once at its completion, requeue, or eviction from the table (whichever
+//! comes first), all decided by the request's slot. Requests in flight at attach never
+//! went up, so their completions, which find no slot, never go down.
 
 use agent_common::{
     block::{
-        BlockKey, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, OutlierLayout, REQ_OP_MASK,
-        RequestLayout, TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs,
+        BLOCK_DEPTH_MAX_DEVICES, BLOCK_ERROR_MAX_SERIES, BlockErrorKey, BlockHistograms, BlockKey,
+        DeviceDepth, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, OutlierLayout, REQ_OP_MASK,
+        RequestLayout, TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs, slot_state,
     },
     counters,
-    hist::Histogram,
     names::BLOCK_LATENCY_MAX_SERIES,
     outlier::{OutlierEvent, kind},
+    sched::family,
 };
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuHashMap},
@@ -45,25 +54,39 @@ use aya_ebpf::{
 };
 
 use crate::shared::{
-    DirectRead, KernelRead, ProbeRead, count, default_threshold, emit_outlier, maybe_outlier,
-    record,
+    DirectRead, KernelRead, ProbeRead, add_sample, add_window, add_window_shared, atomic_add,
+    count, default_threshold, emit_outlier, get_or_insert, maybe_outlier, record_sparse,
 };
 
-/// Latency histograms per (device, operation). Not preallocated: a series costs
-/// memory on every CPU, so only devices that do I/O should pay for it.
+/// Queue, device and total latency histograms per (device, operation). Not
+/// preallocated: a series costs memory on every CPU, so only devices that do I/O
+/// should pay for it.
 #[map(name = "BLOCK_LATENCY")]
-static BLOCK_LATENCY: PerCpuHashMap<BlockKey, Histogram> =
+static BLOCK_LATENCY: PerCpuHashMap<BlockKey, BlockHistograms> =
     PerCpuHashMap::with_max_entries(BLOCK_LATENCY_MAX_SERIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "BLOCK_INFLIGHT")]
 static BLOCK_INFLIGHT: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
+
+/// Requests in flight per device and the depth at each issue: one lookup per event.
+#[map(name = "BLOCK_DEPTH")]
+static BLOCK_DEPTH: HashMap<u32, DeviceDepth> =
+    HashMap::with_max_entries(BLOCK_DEPTH_MAX_DEVICES, 0);
+
+/// Template for a new device (1 KiB: too large for the BPF stack).
+static EMPTY_DEPTH: DeviceDepth = DeviceDepth::ZERO;
+
+/// Completions with an error per (device, operation, status); only errors pay for it.
+#[map(name = "BLOCK_ERRORS")]
+static BLOCK_ERRORS: HashMap<BlockErrorKey, u64> =
+    HashMap::with_max_entries(BLOCK_ERROR_MAX_SERIES, 0);
 
 /// Field offsets and flag values resolved by the agent from the running kernel's BTF
 /// before load. Read-only, so the verifier treats them as constants.
 #[unsafe(no_mangle)]
 static REQUEST_LAYOUT: RequestLayout = RequestLayout::UNRESOLVED;
 
-/// Offsets for outlier context, resolved from BTF; disabled when outliers are off.
+/// Whether outliers are on; set by the agent before load.
 #[unsafe(no_mangle)]
 static OUTLIER_LAYOUT: OutlierLayout = OutlierLayout::UNRESOLVED;
 
@@ -77,9 +100,17 @@ static TP_ISSUE_LAYOUT: TracepointLayout = TracepointLayout::UNRESOLVED;
 #[unsafe(no_mangle)]
 static TP_COMPLETE_LAYOUT: TracepointLayout = TracepointLayout::UNRESOLVED;
 
+/// Template for a new series (13 KiB: too large for the BPF stack).
+static EMPTY_BLOCK: BlockHistograms = BlockHistograms::ZERO;
+
 #[inline(always)]
 fn layout() -> RequestLayout {
     unsafe { core::ptr::read_volatile(&REQUEST_LAYOUT) }
+}
+
+#[inline(always)]
+fn outliers_on() -> bool {
+    unsafe { core::ptr::read_volatile(&OUTLIER_LAYOUT) }.enabled != 0
 }
 
 /// Whole-disk device number (`MKDEV(disk->major, disk->first_minor)`, the device the
@@ -132,92 +163,347 @@ fn kernel_stamp<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
     R::read::<u64>(rq, l.rq_io_start_time_ns).filter(|&t| t != 0)
 }
 
-/// What the issue side left for the completion: its timestamp (0 when the kernel
-/// stamps the request) and who dispatched it.
-struct Issued {
-    key: BlockKey,
-    issued_ns: u64,
-    pid_tgid: u64,
+// ---------------------------------------------------------------------------------------
+// In-flight counts per device.
+// ---------------------------------------------------------------------------------------
+
+/// One more request in flight on `dev`, and the count including it (and any other
+/// CPU's concurrent change) recorded as that issue's queue depth.
+#[inline(always)]
+fn depth_up(dev: u32) {
+    let d = match BLOCK_DEPTH.get_ptr_mut(dev) {
+        Some(p) => p,
+        None => {
+            // Losing a race with another CPU's insert is fine: the lookup finds it.
+            // By reference on purpose: by value would copy 1 KiB onto the BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
+            match BLOCK_DEPTH.get_ptr_mut(dev) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    let d = unsafe { &mut *d };
+    atomic_add(&mut d.in_flight, 1);
+    record_depth(d);
 }
 
+/// Records the current count as the depth of an issue.
 #[inline(always)]
-fn on_issue(index: u32, id: u64, dev: u32, op: u32, issued_ns: u64, pid_tgid: u64) {
-    let Some(slot) = BLOCK_INFLIGHT.get_ptr_mut(index) else {
+fn record_depth(d: &mut DeviceDepth) {
+    let depth = unsafe { core::ptr::read_volatile(&d.in_flight) };
+    // A transiently negative count (a decrement racing an eviction) is no depth.
+    if depth != 0 && depth < 1 << 32 {
+        add_window_shared(&mut d.depth, depth);
+    }
+}
+
+/// One request fewer in flight on `dev` (it was counted by [`depth_up`]).
+#[inline(always)]
+fn depth_down(dev: u32) {
+    if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        atomic_add(unsafe { &mut (*d).in_flight }, u64::MAX);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The in-flight table.
+// ---------------------------------------------------------------------------------------
+
+#[inline(always)]
+fn slot_at(index: u32) -> Option<&'static mut InflightSlot> {
+    BLOCK_INFLIGHT
+        .get_ptr_mut(index)
+        .map(|p| unsafe { &mut *p })
+}
+
+/// Whether a slot holds request `id`. A request pointer is an identity on its own; a
+/// start sector (classic tracepoints) only together with its device.
+#[inline(always)]
+fn holds(slot: &InflightSlot, id: u64, dev: Option<u32>) -> bool {
+    slot.id == id && dev.is_none_or(|d| slot.dev == d)
+}
+
+/// Whether a slot is in use by request `id`.
+#[inline(always)]
+fn in_use_by(slot: &InflightSlot, id: u64, dev: Option<u32>) -> bool {
+    slot.state != slot_state::EMPTY && holds(slot, id, dev)
+}
+
+/// The slot in use by request `id` in its two-way bucket (`index` and its neighbour).
+/// Two ways: a pair of busy requests whose pointers hash alike (a birthday collision
+/// among a few hundred tags) would otherwise keep evicting each other.
+#[inline(always)]
+fn find(index: u32, id: u64, dev: Option<u32>) -> Option<&'static mut InflightSlot> {
+    let a = slot_at(index & !1)?;
+    if in_use_by(a, id, dev) {
+        return Some(a);
+    }
+    let b = slot_at(index | 1)?;
+    in_use_by(b, id, dev).then_some(b)
+}
+
+/// The slot for request `id`: the one it uses, else an empty one, else one holding a
+/// request not yet issued (a waiting or stale insertion), else the first way, whose
+/// issued request is then evicted.
+#[inline(always)]
+fn slot_for(index: u32, id: u64, dev: Option<u32>) -> Option<&'static mut InflightSlot> {
+    let a = slot_at(index & !1)?;
+    let b = slot_at(index | 1)?;
+    if in_use_by(a, id, dev) {
+        return Some(a);
+    }
+    if in_use_by(b, id, dev) {
+        return Some(b);
+    }
+    for state in [slot_state::EMPTY, slot_state::INSERTED] {
+        if a.state == state {
+            return Some(a);
+        }
+        if b.state == state {
+            return Some(b);
+        }
+    }
+    Some(a)
+}
+
+/// Makes room in a slot for request `id`: an issued request of another identity loses
+/// its place (and its in-flight count, so the device's count does not drift).
+#[inline(always)]
+fn claim(slot: &mut InflightSlot, id: u64, dev: Option<u32>) {
+    if slot.state == slot_state::EMPTY || holds(slot, id, dev) {
+        return;
+    }
+    if slot.state == slot_state::ISSUED {
+        depth_down(slot.dev);
+        count(counters::BLOCK_SLOT_COLLISION);
+    } else {
+        count(counters::BLOCK_INSERT_EVICTED);
+    }
+}
+
+/// A request (known by pointer) enters the scheduler: remember when, for its queue time.
+#[inline(always)]
+fn on_insert(index: u32, id: u64) {
+    let Some(slot) = slot_for(index, id, None) else {
         return;
     };
-    let slot = unsafe { &mut *slot };
-    // The same request issued again (a requeue) simply restarts its clock.
-    if slot.id != 0 && (slot.id != id || slot.dev != dev) {
-        count(counters::BLOCK_SLOT_COLLISION);
+    if slot.state == slot_state::ISSUED && slot.id == id {
+        // Inserted again without a requeue event: it is no longer in flight.
+        depth_down(slot.dev);
+    } else {
+        claim(slot, id, None);
     }
-    slot.issued_ns = issued_ns;
-    slot.dev = dev;
-    slot.op = op;
-    slot.pid_tgid = pid_tgid;
+    slot.inserted_ns = unsafe { bpf_ktime_get_ns() };
+    slot.issued_ns = 0;
+    slot.state = slot_state::INSERTED;
     slot.id = id;
 }
 
-/// Takes the issue record of a request out of the table. `dev` is `None` when the id
-/// alone identifies the request (a request pointer).
+/// What the issue side tells [`on_issue`].
+struct Issue {
+    dev: u32,
+    op: u32,
+    /// 0 when the kernel stamps the request itself.
+    issued_ns: u64,
+    pid_tgid: u64,
+    /// Bytes of the request; `None` where the hook cannot see them.
+    bytes: Option<u32>,
+    /// Allocation time of the request (0 unknown): an insertion stamp older than this
+    /// belongs to an earlier request at the same address.
+    allocated_ns: u64,
+}
+
+/// A request reaches the driver: count it in flight, record the depth, keep what its
+/// completion needs. `by_device`: the id is a sector, unique only per device.
+#[inline(always)]
+fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
+    let dev = by_device.then_some(i.dev);
+    let Some(slot) = slot_for(index, id, dev) else {
+        return;
+    };
+    let same = holds(slot, id, dev);
+    let mut inserted_ns = 0;
+    if same && slot.state == slot_state::ISSUED {
+        // Issued again with no requeue seen: still counted once.
+        if let Some(d) = BLOCK_DEPTH.get_ptr_mut(i.dev) {
+            record_depth(unsafe { &mut *d });
+        }
+    } else {
+        if same && slot.state == slot_state::INSERTED && slot.inserted_ns >= i.allocated_ns {
+            inserted_ns = slot.inserted_ns;
+        } else {
+            claim(slot, id, dev);
+        }
+        depth_up(i.dev);
+    }
+    slot.inserted_ns = inserted_ns;
+    // The kernel's stamp comes from the submitter's plug-cached clock when it
+    // dispatches from inside a plug, which can be older than the insertion: a queued
+    // request needs an exact issue time.
+    slot.issued_ns = if inserted_ns != 0 && i.issued_ns == 0 {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        i.issued_ns
+    };
+    slot.pid_tgid = i.pid_tgid;
+    slot.dev = i.dev;
+    slot.op = i.op;
+    slot.bytes = i.bytes.unwrap_or(u32::MAX);
+    slot.state = slot_state::ISSUED;
+    slot.id = id;
+}
+
+/// The driver gave the request (known by pointer) back: it leaves the in-flight count
+/// until reissued.
+#[inline(always)]
+fn on_requeue(index: u32, id: u64) {
+    let Some(slot) = find(index, id, None) else {
+        return;
+    };
+    if slot.state == slot_state::ISSUED {
+        depth_down(slot.dev);
+        slot.state = slot_state::EMPTY;
+        slot.id = 0;
+    }
+}
+
+/// What the table knew of a completing request.
+#[derive(Clone, Copy)]
+struct Issued {
+    key: BlockKey,
+    inserted_ns: u64,
+    issued_ns: u64,
+    pid_tgid: u64,
+    bytes: u32,
+}
+
+/// Takes a completing request out of the table; `Some` when it was issued (and counted
+/// in flight, which this undoes).
 #[inline(always)]
 fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Option<Issued> {
-    let slot = BLOCK_INFLIGHT.get_ptr_mut(index)?;
-    let slot = unsafe { &mut *slot };
-    if slot.id != id || dev.is_some_and(|d| d != slot.dev) {
-        return None;
-    }
-    let issued = Issued {
+    let slot = find(index, id, dev)?;
+    let issued = slot.state == slot_state::ISSUED;
+    let out = Issued {
         key: BlockKey {
             dev: slot.dev,
             op: slot.op,
         },
+        inserted_ns: slot.inserted_ns,
         issued_ns: slot.issued_ns,
         pid_tgid: slot.pid_tgid,
+        bytes: slot.bytes,
     };
-    // Clear both: an empty slot must never match a later completion (sector 0 is a
-    // valid id for classic tracepoints).
+    // Clear the identity too: an empty slot must never match a later completion
+    // (sector 0 is a valid id for classic tracepoints).
+    slot.state = slot_state::EMPTY;
     slot.id = 0;
-    slot.issued_ns = 0;
-    Some(issued)
+    if !issued {
+        return None;
+    }
+    depth_down(out.key.dev);
+    Some(out)
 }
 
+// ---------------------------------------------------------------------------------------
+// Recording.
+// ---------------------------------------------------------------------------------------
+
+/// One completed request: its three latencies, its size and its cgroup's latency.
 #[inline(always)]
-fn record_latency(key: &BlockKey, start: u64, now: u64) {
-    if now < start {
-        count(counters::BLOCK_UNMATCHED);
-    } else if !record(&BLOCK_LATENCY, key, now - start) {
-        count(counters::BLOCK_SERIES_FULL);
+fn record_request<R: KernelRead>(
+    rq: Option<u64>,
+    key: &BlockKey,
+    queue: u64,
+    device: u64,
+    bytes: Option<u32>,
+) {
+    let total = queue + device;
+    match get_or_insert(&BLOCK_LATENCY, key, &EMPTY_BLOCK) {
+        Some(h) => {
+            add_sample(&mut h.queue, queue);
+            add_sample(&mut h.device, device);
+            add_sample(&mut h.total, total);
+            if let Some(bytes) = bytes {
+                add_window(&mut h.size, bytes as u64);
+            }
+        }
+        None => count(counters::BLOCK_SERIES_FULL),
+    }
+    if let Some(rq) = rq
+        && let Some(cgroup) = submitter_cgroup::<R>(rq, &layout())
+    {
+        record_sparse(family::BLOCK_CGROUP, cgroup, key.op, total);
     }
 }
+
+/// The cgroup that submitted the request's I/O, from its first bio's blkg.
+#[inline(always)]
+fn submitter_cgroup<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
+    if l.cgroup_io == 0 {
+        return None;
+    }
+    let bio = R::read::<u64>(rq, l.rq_bio).filter(|&b| b != 0)?;
+    let blkg = R::read::<u64>(bio, l.bio_blkg).filter(|&b| b != 0)?;
+    let blkcg = R::read::<u64>(blkg, l.blkg_blkcg)?;
+    let cgroup = R::read::<u64>(blkcg, l.blkcg_cgroup)?;
+    let kn = R::read::<u64>(cgroup, l.cgroup_kn)?;
+    R::read::<u64>(kn, l.kn_id).filter(|&id| id != 0)
+}
+
+/// Counts a completion with an error. Rare, so a shared hash map is fine.
+#[inline(always)]
+fn count_error(dev: u32, op: u32, status: u32) {
+    let key = BlockErrorKey {
+        dev,
+        op,
+        status,
+        _pad: 0,
+    };
+    if let Some(p) = BLOCK_ERRORS.get_ptr_mut(key) {
+        atomic_add(p, 1);
+    } else if BLOCK_ERRORS.insert(key, 1, BPF_NOEXIST as u64).is_err()
+        && let Some(p) = BLOCK_ERRORS.get_ptr_mut(key)
+    {
+        atomic_add(p, 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Request-pointer hooks (tp_btf, raw_tp, fentry, kprobe).
+// ---------------------------------------------------------------------------------------
 
 /// Issue of a request known by pointer; `id` is that pointer as a number.
 #[inline(always)]
 fn issue_request<R: KernelRead>(rq: u64, id: u64) {
     let l = layout();
-    let outliers = outlier_layout().enabled != 0;
-    if kernel_will_stamp::<R>(rq, &l) {
-        // The kernel times it; only who dispatched it is worth keeping, for outliers.
-        if outliers {
-            let pid_tgid = bpf_get_current_pid_tgid();
-            on_issue(inflight_slot(id, 0), id, 0, 0, 0, pid_tgid);
-        }
+    let Some((dev, op)) = request_dev_op::<R>(rq, &l) else {
         return;
-    }
-    if let Some((dev, op)) = request_dev_op::<R>(rq, &l) {
-        let pid_tgid = if outliers {
+    };
+    let issued_ns = if kernel_will_stamp::<R>(rq, &l) {
+        0
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
+    let issue = Issue {
+        dev,
+        op,
+        issued_ns,
+        pid_tgid: if outliers_on() {
             bpf_get_current_pid_tgid()
         } else {
             0
-        };
-        let now = unsafe { bpf_ktime_get_ns() };
-        // Found by pointer alone: completion does not read the device again.
-        on_issue(inflight_slot(id, 0), id, dev, op, now, pid_tgid);
-    }
+        },
+        bytes: R::read::<u32>(rq, l.rq_data_len),
+        allocated_ns: R::read::<u64>(rq, l.rq_start_time_ns).unwrap_or(0),
+    };
+    on_issue(inflight_slot(id, 0), id, &issue, false);
 }
 
 /// Completion of a request known by pointer, for `nr_bytes` of it.
 #[inline(always)]
-fn complete_request<R: KernelRead>(rq: u64, id: u64, nr_bytes: u32) {
+fn complete_request<R: KernelRead>(rq: u64, id: u64, status: u32, nr_bytes: u32) {
     let l = layout();
     let left = R::read::<u32>(rq, l.rq_data_len);
     // A request completed in parts fires once per part; like the kernel's own
@@ -226,38 +512,65 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, nr_bytes: u32) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let stamp = kernel_stamp::<R>(rq, &l);
-    // With the kernel's stamp and outliers off, the issue side left nothing in the
-    // table: skip reading a slot that is most likely not in cache.
-    let issued = if stamp.is_none() || outlier_layout().enabled != 0 {
-        take_issued(inflight_slot(id, 0), id, None)
-    } else {
-        None
-    };
-    let (key, start, pid_tgid) = if let Some(stamp) = stamp {
-        let Some((dev, op)) = request_dev_op::<R>(rq, &l) else {
-            return;
-        };
-        let pid_tgid = issued.map_or(0, |i| i.pid_tgid);
-        (BlockKey { dev, op }, stamp, pid_tgid)
-    } else {
-        match issued.filter(|i| i.issued_ns != 0) {
-            Some(i) => (i.key, i.issued_ns, i.pid_tgid),
-            None => {
-                complete_unissued::<R>(rq, &l, now);
-                return;
-            }
+    let issued = take_issued(inflight_slot(id, 0), id, None);
+    if status != 0 {
+        let key = issued
+            .map(|i| i.key)
+            .or_else(|| request_dev_op::<R>(rq, &l).map(|(dev, op)| BlockKey { dev, op }));
+        if let Some(k) = key {
+            count_error(k.dev, k.op, status);
         }
+    }
+    let Some(i) = issued else {
+        complete_unissued::<R>(rq, &l, now);
+        return;
     };
-    record_latency(&key, start, now);
-    if maybe_outlier(now.saturating_sub(start)) {
-        block_outlier::<R>(rq, &key, start, now, pid_tgid, left.unwrap_or(nr_bytes));
+    let issued = match i.issued_ns {
+        0 => kernel_stamp::<R>(rq, &l).unwrap_or(0),
+        ours => ours,
+    };
+    if issued == 0 || now < issued {
+        count(counters::BLOCK_UNMATCHED);
+        return;
+    }
+    let queue = if i.inserted_ns != 0 && issued >= i.inserted_ns {
+        issued - i.inserted_ns
+    } else {
+        0
+    };
+    let bytes = (i.bytes != u32::MAX).then_some(i.bytes);
+    record_request::<R>(Some(rq), &i.key, queue, now - issued, bytes);
+    if maybe_outlier(now - issued) {
+        block_outlier::<R>(
+            rq,
+            &i.key,
+            issued,
+            now,
+            i.pid_tgid,
+            bytes.unwrap_or(nr_bytes),
+        );
     }
 }
 
+/// A completion with no issue record. Requests that never reached the driver — a
+/// data-less pre-flush write finished by the flush machinery, a request failed before
+/// dispatch — are still accounted by the kernel as completed, so they are measured
+/// from allocation (`start_time_ns`): all of it queue time, none device time. Requests
+/// that did reach the driver (in flight before attach, or evicted from the table) are
+/// only counted.
 #[inline(always)]
-fn outlier_layout() -> OutlierLayout {
-    unsafe { core::ptr::read_volatile(&OUTLIER_LAYOUT) }
+fn complete_unissued<R: KernelRead>(rq: u64, l: &RequestLayout, now: u64) {
+    let state: u32 = R::read(rq, l.rq_state).unwrap_or(u32::MAX);
+    let started: u64 = R::read(rq, l.rq_start_time_ns).unwrap_or(0);
+    let Some((dev, op)) = request_dev_op::<R>(rq, l) else {
+        return;
+    };
+    if state != MQ_RQ_IDLE || started == 0 || now < started {
+        count(counters::BLOCK_UNMATCHED);
+        return;
+    }
+    let bytes = R::read::<u32>(rq, l.rq_data_len);
+    record_request::<R>(Some(rq), &BlockKey { dev, op }, now - started, 0, bytes);
 }
 
 /// Sends a request slower than its device's threshold to the agent, with its context.
@@ -270,28 +583,18 @@ fn block_outlier<R: KernelRead>(
     pid_tgid: u64,
     bytes: u32,
 ) {
+    if !outliers_on() {
+        return;
+    }
     let threshold = unsafe { BLOCK_THRESHOLDS.get(key.dev) }
         .copied()
         .unwrap_or_else(default_threshold);
     if threshold == 0 || end - start < threshold {
         return;
     }
-    let o = outlier_layout();
-    let (sector, cgroup) = if o.enabled != 0 {
-        let sector = R::read::<u64>(rq, o.rq_sector).unwrap_or(0);
-        let cgroup = R::read::<u64>(rq, o.rq_bio)
-            .filter(|&bio| bio != 0)
-            .and_then(|bio| R::read::<u64>(bio, o.bio_blkg))
-            .filter(|&blkg| blkg != 0)
-            .and_then(|blkg| R::read::<u64>(blkg, o.blkg_blkcg))
-            .and_then(|blkcg| R::read::<u64>(blkcg, o.blkcg_cgroup))
-            .and_then(|cgroup| R::read::<u64>(cgroup, o.cgroup_kn))
-            .and_then(|kn| R::read::<u64>(kn, o.kn_id))
-            .unwrap_or(0);
-        (sector, cgroup)
-    } else {
-        (0, 0)
-    };
+    let l = layout();
+    let sector = R::read::<u64>(rq, l.rq_sector).unwrap_or(0);
+    let cgroup = submitter_cgroup::<R>(rq, &l).unwrap_or(0);
     emit_outlier(&OutlierEvent {
         kind: kind::BLOCK,
         dev: key.dev,
@@ -306,25 +609,6 @@ fn block_outlier<R: KernelRead>(
     });
 }
 
-/// A completion with no issue record. Requests that never reached the driver — a
-/// data-less pre-flush write finished by the flush machinery, a request failed before
-/// dispatch — are still accounted by the kernel as completed, so they are measured
-/// from allocation (`start_time_ns`), their whole life. Requests that did reach the
-/// driver (in flight before attach, or evicted from the table) are only counted.
-#[inline(always)]
-fn complete_unissued<R: KernelRead>(rq: u64, l: &RequestLayout, now: u64) {
-    let state: u32 = R::read(rq, l.rq_state).unwrap_or(u32::MAX);
-    let started: u64 = R::read(rq, l.rq_start_time_ns).unwrap_or(0);
-    if state != MQ_RQ_IDLE || started == 0 {
-        count(counters::BLOCK_UNMATCHED);
-        return;
-    }
-    match request_dev_op::<R>(rq, l) {
-        Some((dev, op)) => record_latency(&BlockKey { dev, op }, started, now),
-        None => count(counters::BLOCK_UNMATCHED),
-    }
-}
-
 /// A BTF-typed request pointer as a plain number the verifier lets us hash. It forbids
 /// arithmetic on trusted pointers except pointer − pointer, which (with CAP_PERFMON)
 /// yields a scalar; subtracting the address of a map keeps the identity unique and
@@ -336,6 +620,14 @@ fn btf_request_id(rq: *const u8) -> u64 {
     core::hint::black_box((rq as u64).wrapping_sub(base as u64))
 }
 
+#[btf_tracepoint(function = "block_rq_insert")]
+pub fn block_rq_insert_btf(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    let id = btf_request_id(rq);
+    on_insert(inflight_slot(id, 0), id);
+    0
+}
+
 #[btf_tracepoint(function = "block_rq_issue")]
 pub fn block_rq_issue_btf(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
@@ -343,11 +635,33 @@ pub fn block_rq_issue_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn block_rq_requeue_btf(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    let id = btf_request_id(rq);
+    on_requeue(inflight_slot(id, 0), id);
+    0
+}
+
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
+    // blk_status_t is a u8.
+    let status: u64 = ctx.arg(1);
     let nr_bytes: u32 = ctx.arg(2);
-    complete_request::<DirectRead>(rq as u64, btf_request_id(rq), nr_bytes);
+    complete_request::<DirectRead>(
+        rq as u64,
+        btf_request_id(rq),
+        (status & 0xff) as u32,
+        nr_bytes,
+    );
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_rq_insert")]
+pub fn block_rq_insert_raw(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    on_insert(inflight_slot(rq, 0), rq);
     0
 }
 
@@ -358,11 +672,19 @@ pub fn block_rq_issue_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+#[raw_tracepoint(tracepoint = "block_rq_requeue")]
+pub fn block_rq_requeue_raw(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    on_requeue(inflight_slot(rq, 0), rq);
+    0
+}
+
 #[raw_tracepoint(tracepoint = "block_rq_complete")]
 pub fn block_rq_complete_raw(ctx: RawTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
+    let status: u64 = ctx.arg(1);
     let nr_bytes: u64 = ctx.arg(2);
-    complete_request::<ProbeRead>(rq, rq, nr_bytes as u32);
+    complete_request::<ProbeRead>(rq, rq, (status & 0xff) as u32, nr_bytes as u32);
     0
 }
 
@@ -383,8 +705,15 @@ pub fn block_rq_issue_tp(ctx: TracePointContext) -> i32 {
     if let Some((dev, sector, op)) = tracepoint_fields(&ctx, &l) {
         // Sector 0 with a device is still a valid identity (flushes all use it: two
         // concurrent flushes on one device share a slot, as in every sector-keyed tool).
-        let now = unsafe { bpf_ktime_get_ns() };
-        on_issue(inflight_slot(sector, dev), sector, dev, op, now, 0);
+        let issue = Issue {
+            dev,
+            op,
+            issued_ns: unsafe { bpf_ktime_get_ns() },
+            pid_tgid: 0,
+            bytes: None,
+            allocated_ns: 0,
+        };
+        on_issue(inflight_slot(sector, dev), sector, &issue, true);
     }
     0
 }
@@ -392,12 +721,19 @@ pub fn block_rq_issue_tp(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn block_rq_complete_tp(ctx: TracePointContext) -> i32 {
     let l = unsafe { core::ptr::read_volatile(&TP_COMPLETE_LAYOUT) };
-    if let Some((dev, sector, _)) = tracepoint_fields(&ctx, &l) {
+    if let Some((dev, sector, op)) = tracepoint_fields(&ctx, &l) {
         let now = unsafe { bpf_ktime_get_ns() };
-        match take_issued(inflight_slot(sector, dev), sector, Some(dev))
-            .filter(|i| i.issued_ns != 0)
+        if let Ok(status) = unsafe { ctx.read_at::<i32>(l.error as usize) }
+            && status != 0
         {
-            Some(i) => record_latency(&i.key, i.issued_ns, now),
+            // The record carries the errno the status maps to; negated, it is the
+            // same for every status of one errno.
+            count_error(dev, op, (-status) as u32 | 0x100);
+        }
+        match take_issued(inflight_slot(sector, dev), sector, Some(dev))
+            .filter(|i| i.issued_ns != 0 && now >= i.issued_ns)
+        {
+            Some(i) => record_request::<ProbeRead>(None, &i.key, 0, now - i.issued_ns, None),
             // No request pointer here to tell a never-issued request from one in
             // flight before attach: both are only counted.
             None => count(counters::BLOCK_UNMATCHED),
@@ -421,8 +757,14 @@ pub fn block_rq_issue_fentry(ctx: FEntryContext) -> i32 {
 #[fentry(function = "blk_update_request")]
 pub fn block_rq_complete_fentry(ctx: FEntryContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
+    let status: u64 = ctx.arg(1);
     let nr_bytes: u32 = ctx.arg(2);
-    complete_request::<DirectRead>(rq as u64, btf_request_id(rq), nr_bytes);
+    complete_request::<DirectRead>(
+        rq as u64,
+        btf_request_id(rq),
+        (status & 0xff) as u32,
+        nr_bytes,
+    );
     0
 }
 
@@ -436,8 +778,10 @@ pub fn block_rq_issue_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn block_rq_complete_kprobe(ctx: ProbeContext) -> u32 {
-    if let (Some(rq), Some(nr_bytes)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) {
-        complete_request::<ProbeRead>(rq, rq, nr_bytes as u32);
+    if let (Some(rq), Some(status), Some(nr_bytes)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    {
+        complete_request::<ProbeRead>(rq, rq, (status & 0xff) as u32, nr_bytes as u32);
     }
     0
 }

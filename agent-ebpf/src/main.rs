@@ -2,6 +2,10 @@
 //! (histogram recording, drop counters) lives in `shared`.
 #![no_std]
 #![no_main]
+// Atomic read-modify-write on map values: `core::sync::atomic` has no fetch_add for
+// the BPF target, the intrinsic lowers to the BPF atomic instructions.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod block;
 mod kvm;

@@ -3,7 +3,7 @@
 
 use agent_common::{
     counters,
-    hist::{Histogram, NUM_BUCKETS, bucket_slot},
+    hist::{Histogram, NUM_BUCKETS, Window, bucket_slot},
     outlier::{OutlierEvent, RING_BYTES, threshold},
     sched::{SPARSE_MAX_ENTRIES, SparseCell, SparseKey, ZERO_SLOT},
 };
@@ -63,9 +63,16 @@ pub fn emit_outlier(event: &OutlierEvent) {
     }
 }
 
-/// Template for a new series; lives in a global section so its address is a valid map
-/// value for `bpf_map_update_elem` (the 4 KiB value would not fit on the BPF stack).
-static EMPTY_HISTOGRAM: Histogram = Histogram::ZERO;
+/// Adds `v` to a map value every CPU may update at once (BPF's XADD). The programs
+/// are built for BPF v1, where XADD returns nothing: read the value afterwards when
+/// needed (it may then include other CPUs' concurrent adds).
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, v: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v);
+    }
+}
 
 #[inline(always)]
 pub fn count(counter: u32) {
@@ -75,25 +82,26 @@ pub fn count(counter: u32) {
     }
 }
 
-/// Adds one sample (nanoseconds) to this CPU's histogram for `key`, creating the series
-/// on first use. Returns false when the map is full.
+/// This CPU's value for `key`, created from `empty` on first use; `None` when the map
+/// is full. `empty` lives in a global section: large values do not fit on the BPF
+/// stack, and its address is a valid map value for `bpf_map_update_elem`.
 #[inline(always)]
-pub fn record<K>(map: &PerCpuHashMap<K, Histogram>, key: &K, value: u64) -> bool {
-    let hist = match map.get_ptr_mut(key) {
-        Some(h) => h,
+// The result points into the map's per-CPU storage, not into `empty`.
+#[allow(clippy::mut_from_ref)]
+pub fn get_or_insert<K, V>(
+    map: &PerCpuHashMap<K, V>,
+    key: &K,
+    empty: &'static V,
+) -> Option<&'static mut V> {
+    let value = match map.get_ptr_mut(key) {
+        Some(v) => v,
         None => {
             // Losing a race with another CPU's insert is fine: the lookup below finds it.
-            // By reference on purpose: by value would copy 4 KiB onto the BPF stack.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = map.insert(key, &EMPTY_HISTOGRAM, BPF_NOEXIST as u64);
-            match map.get_ptr_mut(key) {
-                Some(h) => h,
-                None => return false,
-            }
+            let _ = map.insert(key, empty, BPF_NOEXIST as u64);
+            map.get_ptr_mut(key)?
         }
     };
-    add_sample(unsafe { &mut *hist }, value);
-    true
+    Some(unsafe { &mut *value })
 }
 
 /// Adds one sample to a histogram this CPU owns.
@@ -108,6 +116,35 @@ pub fn add_sample(hist: &mut Histogram, value: u64) {
         let slot = core::hint::black_box(bucket_slot(value));
         if slot < NUM_BUCKETS {
             hist.buckets[slot] += 1;
+        }
+    }
+}
+
+/// Adds one sample to a windowed histogram this CPU owns.
+#[inline(always)]
+pub fn add_window<const FIRST: i32, const N: usize>(h: &mut Window<FIRST, N>, value: u64) {
+    h.sum += value;
+    if value == 0 {
+        h.zero_count += 1;
+    } else {
+        // black_box keeps the bounds check the verifier needs (see add_sample).
+        let slot = core::hint::black_box(Window::<FIRST, N>::slot(value));
+        if slot < N {
+            h.buckets[slot] += 1;
+        }
+    }
+}
+
+/// Adds one sample to a windowed histogram all CPUs update.
+#[inline(always)]
+pub fn add_window_shared<const FIRST: i32, const N: usize>(h: &mut Window<FIRST, N>, value: u64) {
+    atomic_add(&mut h.sum, value);
+    if value == 0 {
+        atomic_add(&mut h.zero_count, 1);
+    } else {
+        let slot = core::hint::black_box(Window::<FIRST, N>::slot(value));
+        if slot < N {
+            atomic_add(&mut h.buckets[slot], 1);
         }
     }
 }

@@ -86,6 +86,11 @@ impl CheckReport {
             match p.chosen {
                 Some(kind) => {
                     let _ = writeln!(t, "[ok  ] probe {:<8} attaches via {kind}", p.probe);
+                    let families: Vec<&str> = crate::catalog::families_of(p.probe)
+                        .map(|f| f.name)
+                        .filter(|&f| crate::probes::block::measured_with(f, kind))
+                        .collect();
+                    let _ = writeln!(t, "         {:<15} {}", "reports", families.join(", "));
                 }
                 None => {
                     let _ = writeln!(t, "[FAIL] probe {:<8} cannot attach by any method", p.probe);

@@ -212,8 +212,8 @@ impl<'de> Deserialize<'de> for Threshold {
     }
 }
 
-/// Where the host's process, runtime and cgroup trees are (a container reads them
-/// through mounts).
+/// Where the host's process, runtime, cgroup, device and Ceph trees are (a container
+/// reads them through mounts).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttributionConfig {
@@ -223,6 +223,12 @@ pub struct AttributionConfig {
     /// Root of the cgroup hierarchy whose ids the scheduler probe reports; empty means
     /// found from /proc/mounts (the cgroup2 mount, or the v1 cpu controller's).
     pub cgroup_root: PathBuf,
+    /// Ceph's state directory: OSD data dirs `<ceph_root>/osd/ceph-<id>/` and cephadm's
+    /// `<ceph_root>/<fsid>/osd.<id>/`, whose `block` links name the OSD's devices.
+    pub ceph_root: PathBuf,
+    /// Where the host's `/dev` is: the OSD links point into it (`/dev/<vg>/<lv>`,
+    /// `/dev/mapper/…`). Without it, the link targets are still named through sysfs.
+    pub dev_root: PathBuf,
 }
 
 impl Default for AttributionConfig {
@@ -231,6 +237,8 @@ impl Default for AttributionConfig {
             proc_root: PathBuf::from("/proc"),
             run_root: PathBuf::from("/run"),
             cgroup_root: PathBuf::new(),
+            ceph_root: PathBuf::from("/var/lib/ceph"),
+            dev_root: PathBuf::from("/dev"),
         }
     }
 }
@@ -399,6 +407,8 @@ pub struct BlockConfig {
     pub attach: AttachMode,
     /// Use the kernel's own issue timestamp where the queue keeps one.
     pub kernel_timestamps: bool,
+    /// Latency and counts per cgroup that submitted the I/O.
+    pub cgroups: bool,
 }
 
 impl Default for BlockConfig {
@@ -407,6 +417,7 @@ impl Default for BlockConfig {
             enabled: true,
             attach: AttachMode::Auto,
             kernel_timestamps: true,
+            cgroups: true,
         }
     }
 }
@@ -532,6 +543,8 @@ impl Config {
             ("agent.sys_root", &self.agent.sys_root),
             ("attribution.proc_root", &self.attribution.proc_root),
             ("attribution.run_root", &self.attribution.run_root),
+            ("attribution.ceph_root", &self.attribution.ceph_root),
+            ("attribution.dev_root", &self.attribution.dev_root),
         ];
         for (key, path) in paths {
             if !path.is_absolute() {

@@ -12,7 +12,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     actions::Actions,
     aggregate::{
-        Delta,
+        CounterDelta, Delta,
         budget::{Budget, Rule},
         counter_delta,
     },
@@ -21,7 +21,7 @@ use crate::{
     export::{Exporter, otlp::unix_nanos},
     kernel,
     probes::{Probes, block, kvm, outliers::auto_threshold, sched, stats::ProgramRunStats},
-    report::{AgentReport, ProbeReport, ProgramCost, Report, SeriesReport},
+    report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
 };
 
@@ -40,6 +40,7 @@ pub struct Pipeline {
     exporters: Vec<Box<dyn Exporter>>,
     node: String,
     delta: Delta,
+    counter_delta: CounterDelta,
     previous_programs: HashMap<&'static str, ProgramRunStats>,
     previous_drops: HashMap<&'static str, u64>,
     previous_process: ProcessSample,
@@ -62,6 +63,7 @@ impl Pipeline {
             exporters,
             node: kernel::hostname(),
             delta: Delta::default(),
+            counter_delta: CounterDelta::default(),
             previous_programs: HashMap::new(),
             previous_drops: HashMap::new(),
             previous_process: selfmon::sample(),
@@ -109,6 +111,13 @@ impl Pipeline {
         let series: Vec<SeriesReport> = series
             .iter()
             .map(|s| SeriesReport::new(s, interval_s))
+            .collect();
+
+        let counters: Vec<CounterReport> = self
+            .counter_delta
+            .update(collection.counters)
+            .iter()
+            .map(|c| CounterReport::new(c, interval_s))
             .collect();
 
         let mut costs: BTreeMap<&'static str, Vec<ProgramCost>> = BTreeMap::new();
@@ -162,6 +171,7 @@ impl Pipeline {
             interval_s,
             node: self.node.clone(),
             series,
+            counters,
             outliers: collection.outliers,
             probes,
             agent,
@@ -207,13 +217,13 @@ impl Pipeline {
         }
     }
 
-    /// Per-device outlier thresholds for the next interval: fixed, or twice the p99 of
-    /// the device's slowest operation in this one. Devices idle this interval keep
+    /// Per-device outlier thresholds for the next interval: fixed, or twice the device
+    /// time p99 of the device's slowest operation in this one. Devices idle this interval keep
     /// their threshold.
     fn update_outlier_thresholds(&mut self, series: &[SeriesReport]) {
         for s in series
             .iter()
-            .filter(|s| s.family == block::FAMILY && s.count > 0)
+            .filter(|s| s.family == block::FAMILY_DEVICE && s.count > 0)
         {
             let Some(dev) = s.labels.get("dev").and_then(|d| parse_dev(d)) else {
                 continue;
@@ -221,7 +231,7 @@ impl Pipeline {
             let ns = match self.outliers.block_threshold {
                 Threshold::Fixed(d) => d.as_nanos() as u64,
                 Threshold::Auto => auto_threshold(
-                    s.quantiles_ns.get("p99").copied().flatten(),
+                    s.quantiles.get("p99").copied().flatten(),
                     self.outliers.block_min.as_nanos() as u64,
                 ),
             };
@@ -331,17 +341,24 @@ fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
         identity: VM_IDENTITY,
         keep: limits.max_vms,
     };
+    let device = |family| Rule {
+        family,
+        identity: &crate::attribution::devices::SERIES_IDENTITY,
+        keep: limits.max_devices,
+    };
+    let cgroup = |family| Rule {
+        family,
+        identity: &["cgroup"],
+        keep: limits.max_cgroups,
+    };
     vec![
-        Rule {
-            family: block::FAMILY,
-            identity: &["device", "dev"],
-            keep: limits.max_devices,
-        },
-        Rule {
-            family: sched::FAMILY_CGROUP,
-            identity: &["cgroup"],
-            keep: limits.max_cgroups,
-        },
+        device(block::FAMILY),
+        device(block::FAMILY_QUEUE),
+        device(block::FAMILY_DEVICE),
+        device(block::FAMILY_DEPTH),
+        device(block::FAMILY_SIZE),
+        cgroup(block::FAMILY_CGROUP),
+        cgroup(sched::FAMILY_CGROUP),
         vm(sched::FAMILY_VM),
         vm(kvm::FAMILY_USERSPACE),
         vm(kvm::FAMILY_RUN),

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     actions::ActionRun,
-    aggregate::{ExpHistogram, IntervalSeries},
+    aggregate::{ExpHistogram, IntervalCounter, IntervalSeries},
     detect::Alarm,
     probes::{AttachKind, ProbeStatus, outliers::Outlier},
     selfmon::Usage,
@@ -25,6 +25,8 @@ pub struct Report {
     pub interval_s: f64,
     pub node: String,
     pub series: Vec<SeriesReport>,
+    /// Counts (I/O errors, retransmissions), as interval deltas and running totals.
+    pub counters: Vec<CounterReport>,
     /// Exceptional events of the interval (spans for OTLP, exemplars on their series).
     pub outliers: Vec<Outlier>,
     pub probes: Vec<ProbeReport>,
@@ -41,14 +43,16 @@ pub struct Report {
 pub struct SeriesReport {
     pub family: &'static str,
     pub labels: BTreeMap<&'static str, String>,
+    /// The values' unit (UCUM, as in `catalog`): `ns` for latencies, `By` for sizes.
     pub unit: &'static str,
     /// Samples in this interval, and per second.
     pub count: u64,
     pub rate_per_s: f64,
-    pub sum_ns: u64,
-    pub mean_ns: Option<f64>,
-    /// p50, p90, p99, p99.9 in ns (null when the interval had no samples).
-    pub quantiles_ns: BTreeMap<&'static str, Option<f64>>,
+    /// Sum and mean of the samples, in `unit`.
+    pub sum: u64,
+    pub mean: Option<f64>,
+    /// p50, p90, p99, p99.9 in `unit` (null when the interval had no samples).
+    pub quantiles: BTreeMap<&'static str, Option<f64>>,
     /// The interval's histogram: OTLP exponential buckets at `scale`.
     pub histogram: HistogramReport,
     /// Samples since the agent started.
@@ -73,21 +77,26 @@ impl SeriesReport {
     pub fn new(s: &IntervalSeries, interval_s: f64) -> Self {
         let d: &ExpHistogram = &s.delta;
         let count = d.count();
+        let unit = crate::catalog::unit(s.key.family);
         Self {
             family: s.key.family,
             labels: s.key.labels.iter().cloned().collect(),
-            unit: "ns",
+            unit,
             count,
             rate_per_s: if interval_s > 0.0 {
                 count as f64 / interval_s
             } else {
                 0.0
             },
-            sum_ns: d.sum,
-            mean_ns: d.mean(),
-            quantiles_ns: QUANTILES
+            sum: d.sum,
+            mean: d.mean(),
+            // Durations are continuous; sizes and depths sit on bucket bounds.
+            quantiles: QUANTILES
                 .iter()
-                .map(|&(q, name)| (name, d.quantile(q)))
+                .map(|&(q, name)| match unit {
+                    "ns" => (name, d.quantile(q)),
+                    _ => (name, d.quantile_bound(q)),
+                })
                 .collect(),
             histogram: HistogramReport {
                 scale: agent_common::hist::SCALE,
@@ -102,10 +111,40 @@ impl SeriesReport {
 
     pub fn delta_histogram(&self) -> ExpHistogram {
         ExpHistogram {
-            sum: self.sum_ns,
+            sum: self.sum,
             zero_count: self.histogram.zero_count,
             offset: self.histogram.offset,
             counts: self.histogram.counts.clone(),
+        }
+    }
+}
+
+/// One counter series over one interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CounterReport {
+    pub family: &'static str,
+    pub labels: BTreeMap<&'static str, String>,
+    pub unit: &'static str,
+    /// Increase in this interval, and per second.
+    pub delta: u64,
+    pub rate_per_s: f64,
+    /// Since the agent started.
+    pub total: u64,
+}
+
+impl CounterReport {
+    pub fn new(s: &IntervalCounter, interval_s: f64) -> Self {
+        Self {
+            family: s.key.family,
+            labels: s.key.labels.iter().cloned().collect(),
+            unit: crate::catalog::unit(s.key.family),
+            delta: s.delta,
+            rate_per_s: if interval_s > 0.0 {
+                s.delta as f64 / interval_s
+            } else {
+                0.0
+            },
+            total: s.total,
         }
     }
 }
@@ -248,6 +287,22 @@ pub(crate) fn sample() -> Report {
         interval_s: 10.0,
         node: "vm".into(),
         series: vec![SeriesReport::new(&s, 10.0)],
+        counters: vec![CounterReport::new(
+            &IntervalCounter {
+                key: SeriesKey::new(
+                    "block.io.errors",
+                    [
+                        ("device", "loop7".to_owned()),
+                        ("dev", "7:7".to_owned()),
+                        ("op", "write".to_owned()),
+                        ("error", "nospc".to_owned()),
+                    ],
+                ),
+                delta: 2,
+                total: 5,
+            },
+            10.0,
+        )],
         outliers: vec![],
         probes: vec![ProbeReport {
             probe: "block",

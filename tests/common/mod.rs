@@ -11,7 +11,7 @@ use std::{
 use nodepulse::{
     aggregate::ExpHistogram,
     config::{AttachMode, Config},
-    probes::Probes,
+    probes::{Probes, block::FAMILY_DEVICE},
 };
 
 pub fn is_root() -> bool {
@@ -110,7 +110,12 @@ impl LoopDevice {
     pub fn new(size_mib: u64) -> Self {
         // Under the target directory: it is on a disk that supports O_DIRECT (tmpfs
         // does not).
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        Self::backed_in(Path::new(env!("CARGO_TARGET_TMPDIR")), size_mib, true)
+    }
+
+    /// A loop device whose sparse backing file lives in `dir` (a small tmpfs makes a
+    /// device whose writes fail with "no space").
+    pub fn backed_in(dir: &Path, size_mib: u64, direct_io: bool) -> Self {
         let backing = tempfile::Builder::new()
             .prefix("nodepulse-loop-")
             .tempfile_in(dir)
@@ -124,7 +129,11 @@ impl LoopDevice {
             .unwrap();
         f.set_len(size_mib << 20).unwrap();
         let path = run(tool("losetup")
-            .args(["--direct-io=on", "-f", "--show"])
+            .arg(format!(
+                "--direct-io={}",
+                if direct_io { "on" } else { "off" }
+            ))
+            .args(["-f", "--show"])
             .arg(&backing));
         let path = PathBuf::from(path.trim());
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -157,6 +166,14 @@ impl LoopDevice {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("{} still has requests in flight after 5 s", self.name);
+    }
+
+    /// Selects the device's I/O scheduler (`none`, `mq-deadline`, …).
+    pub fn set_scheduler(&self, scheduler: &str) {
+        let path = format!("/sys/block/{}/queue/scheduler", self.name);
+        std::fs::write(&path, scheduler).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert!(now.contains(&format!("[{scheduler}]")), "{path}: {now}");
     }
 
     /// Completed requests so far, once the device is idle.
@@ -272,8 +289,8 @@ pub fn start_probes_with(attach: AttachMode, kernel_timestamps: bool) -> Probes 
     probes
 }
 
-/// Cumulative histograms per operation for one device (`major:minor`), and the
-/// probes' drop counters.
+/// Cumulative device-time histograms (issue → completion, measured on every attach
+/// kind) per operation for one device (`major:minor`), and the probes' drop counters.
 pub struct BlockSnapshot {
     pub hists: BTreeMap<String, ExpHistogram>,
     pub drops: BTreeMap<&'static str, u64>,
@@ -286,7 +303,7 @@ impl BlockSnapshot {
             hists: c
                 .readings
                 .into_iter()
-                .filter(|r| r.key.label("dev") == Some(number))
+                .filter(|r| r.key.family == FAMILY_DEVICE && r.key.label("dev") == Some(number))
                 .map(|r| (r.key.label("op").unwrap().to_owned(), r.hist))
                 .collect(),
             drops: c.drops.into_iter().collect(),

@@ -25,7 +25,10 @@ use crate::{run::build_agent, setup, util};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Workload {
+    /// fio randread bs=4k iodepth=16 on a loop device.
     Block,
+    /// The same with randwrite.
+    BlockWrite,
     Switch,
     Kvm,
     /// OTLP export cost under fio: agent CPU and RSS, bytes per interval, export time,
@@ -47,6 +50,10 @@ pub struct Args {
     /// Attach kind for the block probe (auto, tp_btf, raw_tracepoint, tracepoint).
     #[arg(long, default_value = "auto")]
     attach: String,
+    /// I/O scheduler of the benchmark's loop device (none, mq-deadline, …): with one,
+    /// every request also passes the insertion probe.
+    #[arg(long, default_value = "none")]
+    scheduler: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -73,14 +80,23 @@ pub fn run(args: Args) -> Result<()> {
         let device;
         let (what, unit, mut measure): (String, &str, Box<dyn FnMut() -> Result<f64>>) =
             match workload {
-                Workload::Block => {
-                    device = LoopDevice::create(&dir)?;
+                Workload::Block | Workload::BlockWrite => {
+                    device = LoopDevice::create(&dir, &args.scheduler)?;
                     let path = device.path.clone();
                     let runtime = args.runtime;
+                    let rw = if *workload == Workload::Block {
+                        "randread"
+                    } else {
+                        "randwrite"
+                    };
                     (
-                        format!("fio randread bs=4k iodepth=16 on {}", path.display()),
+                        format!(
+                            "fio {rw} bs=4k iodepth=16 on {} (scheduler {})",
+                            path.display(),
+                            args.scheduler
+                        ),
                         "IOPS",
-                        Box::new(move || fio(&path, runtime)),
+                        Box::new(move || fio(&path, rw, runtime)),
                     )
                 }
                 Workload::Switch => {
@@ -203,12 +219,12 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Read IOPS of one fio run.
-fn fio(device: &Path, runtime: u64) -> Result<f64> {
+/// IOPS of one fio run; `rw` is `randread` or `randwrite`.
+fn fio(device: &Path, rw: &str, runtime: u64) -> Result<f64> {
     let out = Command::new("fio")
         .args([
             "--name=bench",
-            "--rw=randread",
+            &format!("--rw={rw}"),
             "--bs=4k",
             "--iodepth=16",
             "--ioengine=libaio",
@@ -226,9 +242,14 @@ fn fio(device: &Path, runtime: u64) -> Result<f64> {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&out.stdout).context("fio's JSON")?;
-    report["jobs"][0]["read"]["iops"]
+    let side = if rw.contains("write") {
+        "write"
+    } else {
+        "read"
+    };
+    report["jobs"][0][side]["iops"]
         .as_f64()
-        .context("no read IOPS in fio's report")
+        .with_context(|| format!("no {side} IOPS in fio's report"))
 }
 
 /// What the agent reported over one benchmark run.
@@ -327,7 +348,7 @@ struct LoopDevice {
 }
 
 impl LoopDevice {
-    fn create(dir: &Path) -> Result<Self> {
+    fn create(dir: &Path, scheduler: &str) -> Result<Self> {
         let backing = dir.join("loop-backing.img");
         let file = std::fs::File::create(&backing)?;
         file.set_len(1 << 30)?;
@@ -342,7 +363,16 @@ impl LoopDevice {
             String::from_utf8_lossy(&out.stderr)
         );
         let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        Ok(Self { path, backing })
+        let device = Self { path, backing };
+        let name = device
+            .path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let knob = format!("/sys/block/{name}/queue/scheduler");
+        std::fs::write(&knob, scheduler)
+            .with_context(|| format!("setting {knob} to {scheduler}"))?;
+        Ok(device)
     }
 }
 
@@ -459,7 +489,7 @@ fn wait_until_attached(child: &mut Child) -> Result<()> {
 /// (encoding and queueing in the loop, as the agent reports it; the transfer, as the
 /// receiver sees it).
 fn otlp_cost(agent: &Path, dir: &Path, runtime: u64) -> Result<()> {
-    let device = LoopDevice::create(dir)?;
+    let device = LoopDevice::create(dir, "none")?;
     println!(
         "\n== OTLP export under fio randread (iodepth 16) on {}",
         device.path.display()
@@ -501,7 +531,7 @@ fn otlp_cost(agent: &Path, dir: &Path, runtime: u64) -> Result<()> {
             }
             max_rss
         });
-        fio(&device.path, seconds)?;
+        fio(&device.path, "randread", seconds)?;
         std::thread::sleep(Duration::from_millis(1200));
         let cpu = process_cpu_seconds(pid) - cpu_before;
         let wall = started.elapsed().as_secs_f64();

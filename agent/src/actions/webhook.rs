@@ -35,12 +35,10 @@ pub fn payload(format: WebhookFormat, alarm: &Alarm, node: &str, rule: &str) -> 
             labels.insert("family".into(), alarm.family.clone().into());
             labels.insert("instance".into(), node.into());
             for (k, v) in &alarm.labels {
-                // Alertmanager label names: [a-zA-Z_][a-zA-Z0-9_]*.
-                let name: String = k
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect();
-                labels.entry(name).or_insert_with(|| v.clone().into());
+                // Alertmanager label names follow Prometheus': [a-zA-Z_][a-zA-Z0-9_]*.
+                labels
+                    .entry(crate::catalog::prometheus_label(k))
+                    .or_insert_with(|| v.clone().into());
             }
             let mut alert = json!({
                 "labels": labels,

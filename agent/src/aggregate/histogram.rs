@@ -36,6 +36,30 @@ impl ExpHistogram {
     }
 
     /// From (OTLP index, count) pairs in any order.
+    /// Sum of windowed kernel histograms (per CPU, or one shared).
+    pub fn from_windows<'a, const FIRST: i32, const N: usize>(
+        windows: impl IntoIterator<Item = &'a hist::Window<FIRST, N>>,
+    ) -> Self {
+        let mut dense = [0u64; N];
+        let (mut sum, mut zero_count) = (0u64, 0u64);
+        for w in windows {
+            sum = sum.wrapping_add(w.sum);
+            zero_count += w.zero_count;
+            for (d, c) in dense.iter_mut().zip(w.buckets.iter()) {
+                *d += c;
+            }
+        }
+        Self::from_buckets(
+            sum,
+            zero_count,
+            dense
+                .iter()
+                .enumerate()
+                .filter(|&(_, &c)| c > 0)
+                .map(|(k, &c)| (FIRST + k as i32, c)),
+        )
+    }
+
     pub fn from_buckets(
         sum: u64,
         zero_count: u64,
@@ -171,6 +195,30 @@ impl ExpHistogram {
         self.buckets().last().map(|(i, _)| bucket_upper(i))
     }
 
+    /// Upper bound of the bucket holding quantile `q`: for values that are exact
+    /// bucket bounds (request sizes are powers of two, queue depths small integers),
+    /// where interpolating inside the bucket would report 3.8 KiB for 4 KiB requests.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).max(f64::MIN_POSITIVE);
+        if rank <= self.zero_count as f64 {
+            return Some(0.0);
+        }
+        let mut seen = self.zero_count as f64;
+        let mut last = None;
+        for (index, count) in self.buckets() {
+            seen += count as f64;
+            last = Some(bucket_upper(index));
+            if seen >= rank {
+                break;
+            }
+        }
+        last
+    }
+
     /// Mean in ns.
     pub fn mean(&self) -> Option<f64> {
         let n = self.count();
@@ -196,6 +244,19 @@ pub fn bucket_upper(index: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantile_bounds_report_exact_sizes() {
+        let mut dense = [0u64; 200];
+        let slot = |v: u64| agent_common::hist::bucket_slot(v);
+        dense[slot(4096)] = 90;
+        dense[slot(65536)] = 10;
+        let h = ExpHistogram::from_dense(0, 0, &dense);
+        assert_eq!(h.quantile_bound(0.5), Some(4096.0));
+        assert_eq!(h.quantile_bound(0.99), Some(65536.0));
+        assert!(h.quantile(0.5).unwrap() < 4096.0);
+        assert_eq!(ExpHistogram::default().quantile_bound(0.5), None);
+    }
     use agent_common::hist::{Histogram, bucket_index, bucket_slot};
 
     fn from_values(values: &[u64]) -> ExpHistogram {

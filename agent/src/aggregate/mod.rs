@@ -5,4 +5,4 @@ pub mod histogram;
 pub mod series;
 
 pub use histogram::ExpHistogram;
-pub use series::{Delta, IntervalSeries, SeriesKey, counter_delta};
+pub use series::{CounterDelta, Delta, IntervalCounter, IntervalSeries, SeriesKey, counter_delta};

@@ -70,6 +70,40 @@ impl Delta {
     }
 }
 
+/// One counter series over one interval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IntervalCounter {
+    pub key: SeriesKey,
+    pub delta: u64,
+    pub total: u64,
+}
+
+/// Remembers the last reading of every kernel counter series to produce deltas.
+#[derive(Default)]
+pub struct CounterDelta {
+    previous: HashMap<SeriesKey, u64>,
+}
+
+impl CounterDelta {
+    /// Increases since the previous call, sorted by key; totals count from the agent's
+    /// start (kernel counters start at zero when the maps are created).
+    pub fn update(&mut self, readings: Vec<(SeriesKey, u64)>) -> Vec<IntervalCounter> {
+        let mut out: Vec<IntervalCounter> = readings
+            .into_iter()
+            .map(|(key, total)| {
+                let before = self.previous.insert(key.clone(), total).unwrap_or(0);
+                IntervalCounter {
+                    key,
+                    delta: counter_delta(total, before),
+                    total,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}
+
 /// Increase of a monotonic kernel counter; a counter that went backwards was reset.
 pub fn counter_delta(now: u64, before: u64) -> u64 {
     now.checked_sub(before).unwrap_or(now)
@@ -100,5 +134,15 @@ mod tests {
     fn counters() {
         assert_eq!(counter_delta(10, 4), 6);
         assert_eq!(counter_delta(3, 4), 3);
+    }
+
+    #[test]
+    fn counter_series_report_interval_increases() {
+        let key = SeriesKey::new("f", [("error", "ioerr".to_owned())]);
+        let mut d = CounterDelta::default();
+        assert_eq!(d.update(vec![(key.clone(), 3)])[0].delta, 3);
+        let second = d.update(vec![(key.clone(), 7)]);
+        assert_eq!((second[0].delta, second[0].total), (4, 7));
+        assert_eq!(d.update(vec![(key, 7)])[0].delta, 0);
     }
 }

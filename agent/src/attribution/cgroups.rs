@@ -44,6 +44,24 @@ pub fn find_hierarchy(mounts: &str, mode: CgroupMode) -> Option<Hierarchy> {
     }
 }
 
+/// The hierarchy block I/O cgroup ids come from: the v1 mount carrying the `blkio`
+/// controller when there is one (the controller is then bound to v1), else cgroup2.
+pub fn find_io_hierarchy(mounts: &str) -> Option<PathBuf> {
+    let mut v2 = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(dir), Some(fs), Some(opts)) = (f.get(1), f.get(2), f.get(3)) else {
+            continue;
+        };
+        match *fs {
+            "cgroup" if opts.split(',').any(|o| o == "blkio") => return Some(PathBuf::from(dir)),
+            "cgroup2" if v2.is_none() => v2 = Some(PathBuf::from(dir)),
+            _ => {}
+        }
+    }
+    v2
+}
+
 /// Caps so a pathological hierarchy cannot stall the collection loop.
 const MAX_DEPTH: usize = 16;
 const MAX_CGROUPS: usize = 100_000;
@@ -121,6 +139,20 @@ fn relative(root: &Path, dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_hierarchy_prefers_a_v1_blkio_mount() {
+        let hybrid = "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup /sys/fs/cgroup/blkio cgroup rw,relatime,blkio 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            find_io_hierarchy(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/blkio"))
+        );
+        let v2 = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(find_io_hierarchy(v2), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(find_io_hierarchy(""), None);
+    }
 
     const MOUNTS: &str = "\
 tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0

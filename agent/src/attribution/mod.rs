@@ -1,8 +1,15 @@
-//! Giving kernel identifiers the names operators know: block devices, cgroups, VMs.
+//! Giving kernel identifiers the names operators know: block devices (with their Ceph
+//! OSD or RBD image), cgroups, VMs.
 
+pub mod ceph;
 pub mod cgroups;
 pub mod devices;
+pub mod rbd;
+mod sysfs;
 pub mod vms;
+
+#[cfg(test)]
+mod fixture;
 
 use std::path::PathBuf;
 
@@ -12,15 +19,25 @@ use crate::config::{AttributionConfig, CgroupMode};
 pub struct Attribution {
     pub devices: devices::DeviceNames,
     cgroups: Option<cgroups::CgroupNames>,
+    /// Block I/O cgroups can live in another hierarchy (v1 blkio) than the scheduler's.
+    io_cgroups: Option<cgroups::CgroupNames>,
     vms: vms::VmResolver,
 }
 
 impl Attribution {
     pub fn new(sys_root: PathBuf, config: &AttributionConfig, cgroup_mode: CgroupMode) -> Self {
         Self {
-            devices: devices::DeviceNames::new(sys_root),
+            devices: devices::DeviceNames::new(devices::Roots {
+                sys: sys_root,
+                dev: config.dev_root.clone(),
+                ceph: config.ceph_root.clone(),
+            }),
             cgroups: cgroup_hierarchy(config, cgroup_mode)
                 .map(|h| cgroups::CgroupNames::new(h.root)),
+            io_cgroups: cgroups::find_io_hierarchy(
+                &std::fs::read_to_string("/proc/mounts").unwrap_or_default(),
+            )
+            .map(cgroups::CgroupNames::new),
             vms: vms::VmResolver::new(config.proc_root.clone(), config.run_root.clone()),
         }
     }
@@ -32,14 +49,22 @@ impl Attribution {
         }
     }
 
+    /// Path of a cgroup that submitted block I/O.
+    pub fn io_cgroup_name(&mut self, id: u64) -> String {
+        match &mut self.io_cgroups {
+            Some(names) => names.name(id),
+            None => format!("id:{id}"),
+        }
+    }
+
     /// Labels of the VM whose VMM process is `pid`.
     pub fn vm_labels(&mut self, pid: u32) -> Vec<(&'static str, String)> {
         self.vms.labels(pid)
     }
 
-    /// Called once per interval: forgets processes that exited, and device names (a
-    /// hot-plugged disk can take a freed device number; re-reading a few sysfs files
-    /// per interval is cheap).
+    /// Called once per interval: forgets processes that exited, and device identities
+    /// (a hot-plugged disk can take a freed device number; re-reading a few sysfs files
+    /// per device per interval is cheap). The Ceph OSD map has its own, slower clock.
     pub fn refresh(&mut self) {
         self.vms.forget_exited();
         self.devices.forget();
@@ -67,4 +92,29 @@ pub fn cgroup_hierarchy(
         v2,
         root: config.cgroup_root.clone(),
     })
+}
+
+/// Metric labels: (key, bounded value).
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Longest label value, in characters; longer values are truncated.
+pub const MAX_LABEL_CHARS: usize = 128;
+
+/// A label value from untrusted text (a command line, a file anyone with the right
+/// privileges wrote): control characters replaced with `_`, at most
+/// [`MAX_LABEL_CHARS`] characters.
+fn bound_label(s: &str) -> String {
+    s.chars()
+        .take(MAX_LABEL_CHARS)
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect()
+}
+
+/// `8-4-4-4-12` hex digits, the only form libvirt, QEMU and Ceph print.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }

@@ -5,8 +5,9 @@ use std::io::Write;
 use super::Exporter;
 use crate::{
     aggregate::histogram::{bucket_lower, bucket_upper},
+    catalog,
     config::ConsoleFormat,
-    report::{ProbeState, QUANTILES, Report, SeriesReport},
+    report::{CounterReport, ProbeState, QUANTILES, Report, SeriesReport},
 };
 
 /// Writes reports from a thread of its own through a short queue: a reader that stops
@@ -104,6 +105,27 @@ fn format_bytes(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
+/// A value in a family's unit: durations and sizes scaled, counts as they are.
+pub fn format_value(v: f64, unit: &str) -> String {
+    match unit {
+        "ns" => format_ns(v),
+        "By" => format_size(v),
+        _ if v >= 100.0 => format!("{v:.0}"),
+        _ => format!("{v:.1}"),
+    }
+}
+
+/// `512B`, `4.0K`, `1.0M` (binary multiples, as block sizes are).
+fn format_size(b: f64) -> String {
+    if b < 1024.0 {
+        format!("{b:.0}B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.1}K", b / 1024.0)
+    } else {
+        format!("{:.1}M", b / (1024.0 * 1024.0))
+    }
+}
+
 const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
 /// One character per power of two between the lowest and highest populated buckets,
@@ -141,20 +163,10 @@ pub fn sparkline(s: &SeriesReport) -> String {
         .collect();
     format!(
         "{} {bars} {}",
-        format_ns(bucket_lower(first * per_octave)),
-        format_ns(bucket_upper(last * per_octave + per_octave - 1))
+        format_value(bucket_lower(first * per_octave), s.unit),
+        format_value(bucket_upper(last * per_octave + per_octave - 1), s.unit)
     )
 }
-
-const FAMILY_ORDER: [&str; 7] = [
-    "block.io.latency",
-    "sched.runqueue.latency",
-    "cgroup.runqueue.latency",
-    "vm.vcpu.wait",
-    "kvm.exit.userspace.latency",
-    "kvm.run.duration",
-    "kvm.exit.latency",
-];
 
 /// Labels too long or too technical for a glance; JSON carries them all.
 const HIDDEN_IN_TABLE: [&str; 6] = [
@@ -169,8 +181,11 @@ const HIDDEN_IN_TABLE: [&str; 6] = [
 /// The series' label values in a fixed-width cell (`loop0 read`, `/system.slice`,
 /// `instance-0000002a io`); the whole host when it has none.
 fn series_name(s: &SeriesReport) -> String {
-    let values: Vec<&str> = s
-        .labels
+    label_cell(&s.labels)
+}
+
+fn label_cell(labels: &std::collections::BTreeMap<&'static str, String>) -> String {
+    let values: Vec<&str> = labels
         .iter()
         .filter(|(k, _)| !HIDDEN_IN_TABLE.contains(k))
         .map(|(_, v)| v.as_str())
@@ -205,11 +220,11 @@ pub fn render_table(r: &Report) -> String {
         r.node, r.time, r.interval_s
     );
     let mut families: Vec<&str> = r.series.iter().map(|s| s.family).collect();
-    // Storage first, then CPU, then VMs; unknown families last, by name.
+    // The catalogue's order (storage, CPU, VMs); unknown families last, by name.
     let rank = |f: &str| {
-        FAMILY_ORDER
+        catalog::FAMILIES
             .iter()
-            .position(|o| *o == f)
+            .position(|o| o.name == f)
             .unwrap_or(usize::MAX)
     };
     families.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
@@ -226,7 +241,7 @@ pub fn render_table(r: &Report) -> String {
         if rows.is_empty() {
             continue;
         }
-        let _ = writeln!(t, "{family}");
+        let _ = writeln!(t, "{family} ({})", catalog::unit(family));
         let _ = write!(t, "  {:<34} {:>9} ", "SERIES", "EVENTS/s");
         for (_, name) in QUANTILES {
             let _ = write!(t, "{name:>8} ");
@@ -235,11 +250,34 @@ pub fn render_table(r: &Report) -> String {
         for s in rows {
             let _ = write!(t, "  {:<34} {:>9.1} ", series_name(s), s.rate_per_s);
             for (_, name) in QUANTILES {
-                let q = s.quantiles_ns.get(name).copied().flatten();
-                let _ = write!(t, "{:>8} ", q.map_or("-".into(), format_ns));
+                let q = s.quantiles.get(name).copied().flatten();
+                let _ = write!(
+                    t,
+                    "{:>8} ",
+                    q.map_or("-".into(), |v| format_value(v, s.unit))
+                );
             }
-            let mean = s.mean_ns.map_or("-".into(), format_ns);
+            let mean = s.mean.map_or("-".into(), |v| format_value(v, s.unit));
             let _ = writeln!(t, "{mean:>8}  {}", sparkline(s));
+        }
+    }
+    let counters: Vec<&CounterReport> = r.counters.iter().filter(|c| c.total > 0).collect();
+    if !counters.is_empty() {
+        let _ = writeln!(t, "counts");
+        let _ = writeln!(
+            t,
+            "  {:<24} {:<34} {:>9} {:>12}",
+            "FAMILY", "SERIES", "INTERVAL", "TOTAL"
+        );
+        for c in counters {
+            let _ = writeln!(
+                t,
+                "  {:<24} {:<34} {:>9} {:>12}",
+                c.family,
+                label_cell(&c.labels),
+                c.delta,
+                c.total
+            );
         }
     }
     if let Some(slowest) = r.outliers.iter().max_by_key(|o| o.latency_ns) {
@@ -368,6 +406,7 @@ mod tests {
         assert!(t.contains("block_unmatched_completions 3"), "{t}");
         assert!(t.contains("█"), "{t}");
         assert!(t.contains("10.0 MiB"), "{t}");
+        assert!(t.contains("block.io.errors") && t.contains("nospc"), "{t}");
     }
 
     #[test]
@@ -381,7 +420,9 @@ mod tests {
         assert_eq!(s["histogram"]["scale"], 3);
         let counts = s["histogram"]["counts"].as_array().unwrap();
         assert_eq!(counts.iter().map(|c| c.as_u64().unwrap()).sum::<u64>(), 100);
-        assert!(s["quantiles_ns"]["p99"].as_f64().unwrap() > 1e6);
+        assert!(s["quantiles"]["p99"].as_f64().unwrap() > 1e6);
+        assert_eq!(s["unit"], "ns");
+        assert_eq!(v["counters"][0]["total"], 5);
     }
 
     #[test]
@@ -409,5 +450,7 @@ mod tests {
         assert_eq!(format_ns(38_100.0), "38.1µs");
         assert_eq!(format_ns(1_200_000.0), "1.20ms");
         assert_eq!(format_ns(2_500_000_000.0), "2.50s");
+        assert_eq!(format_value(4096.0, "By"), "4.0K");
+        assert_eq!(format_value(3.0, "{request}"), "3.0");
     }
 }

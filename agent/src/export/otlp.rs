@@ -12,10 +12,11 @@ use opentelemetry_proto::tonic::{metrics::v1::Metric, resource::v1::Resource};
 
 use super::{
     Exporter, otlp_alarms,
-    otlp_encode::{self, Event, Times, counter, int_point, kv},
+    otlp_encode::{self, Event, Times, int_point, kv, self_metric},
     otlp_transport::{self, OtlpSender, Signal, TransportError},
 };
 use crate::{
+    catalog,
     config::{OtlpConfig, Temporality},
     report::Report,
 };
@@ -83,18 +84,8 @@ impl OtlpExporter {
             ));
         }
         vec![
-            counter(
-                "nodepulse.otlp.batches",
-                "{batch}",
-                "Export batches by signal and outcome (dropped: queue full)",
-                batches,
-            ),
-            counter(
-                "nodepulse.otlp.bytes",
-                "By",
-                "Bytes sent to the collector (compressed), retries included",
-                bytes,
-            ),
+            self_metric(&catalog::OTLP_BATCHES, batches),
+            self_metric(&catalog::OTLP_BYTES, bytes),
         ]
     }
 }

@@ -22,9 +22,10 @@ use opentelemetry_proto::tonic::{
 };
 
 use crate::{
+    catalog::{self, Kind, SelfMetric},
     config::Temporality,
     probes::outliers::Outlier,
-    report::{ProbeState, Report, SeriesReport},
+    report::{CounterReport, ProbeState, Report, SeriesReport},
 };
 
 pub const SCOPE: &str = "nodepulse";
@@ -81,11 +82,6 @@ fn scope() -> InstrumentationScope {
     }
 }
 
-/// OTLP metric name of a family: namespaced, since no semantic convention covers these.
-pub fn metric_name(family: &str) -> String {
-    format!("nodepulse.{family}")
-}
-
 pub fn attributes(
     labels: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
 ) -> Vec<KeyValue> {
@@ -119,6 +115,7 @@ pub fn metrics_request(
         .into_iter()
         .map(|(family, series)| histogram_metric(family, &series, report, temporality, times))
         .collect();
+    metrics.extend(counter_metrics(&report.counters, temporality, times));
     metrics.extend(self_metrics(report, times));
     metrics.extend(extra);
     ExportMetricsServiceRequest {
@@ -167,9 +164,9 @@ fn histogram_metric(
         })
         .collect();
     Metric {
-        name: metric_name(family),
-        description: describe(family).into(),
-        unit: "ns".into(),
+        name: catalog::otlp_name(family),
+        description: catalog::description(family).into(),
+        unit: catalog::unit(family).into(),
         data: Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
             data_points,
             aggregation_temporality: match temporality {
@@ -203,23 +200,47 @@ fn exemplars(s: &SeriesReport, outliers: &[Outlier]) -> Vec<Exemplar> {
         .collect()
 }
 
-pub fn describe(family: &str) -> &'static str {
-    match family {
-        "block.io.latency" => {
-            "Block I/O latency from issue to completion, per device and operation"
-        }
-        "sched.runqueue.latency" => "Time runnable tasks waited for a CPU, whole host",
-        "cgroup.runqueue.latency" => "Time runnable tasks waited for a CPU, per cgroup",
-        "vm.vcpu.wait" => "Time vCPU threads waited for a CPU, per VM",
-        "kvm.exit.userspace.latency" => {
-            "Time the VMM took to handle an exit to userspace, per VM and reason"
-        }
-        "kvm.run.duration" => {
-            "Duration of each KVM_RUN until it exited to the VMM, per VM and reason"
-        }
-        "kvm.exit.latency" => "In-kernel KVM exit handling time, per VM and reason",
-        _ => "",
+/// Counter families as monotonic sums: running totals, or the interval's increase.
+fn counter_metrics(
+    counters: &[CounterReport],
+    temporality: Temporality,
+    times: Times,
+) -> Vec<Metric> {
+    let mut by_family: BTreeMap<&str, Vec<&CounterReport>> = BTreeMap::new();
+    for c in counters {
+        by_family.entry(c.family).or_default().push(c);
     }
+    by_family
+        .into_iter()
+        .map(|(family, series)| {
+            let points = series
+                .iter()
+                .filter(|c| temporality == Temporality::Cumulative || c.delta > 0)
+                .map(|c| {
+                    let attrs = attributes(&c.labels);
+                    match temporality {
+                        Temporality::Cumulative => int_point(c.total, attrs, times),
+                        Temporality::Delta => NumberDataPoint {
+                            start_time_unix_nano: times.interval_start,
+                            ..int_point(c.delta, attrs, times)
+                        },
+                    }
+                })
+                .collect();
+            let mut metric = counter(
+                &catalog::otlp_name(family),
+                catalog::unit(family),
+                catalog::description(family),
+                points,
+            );
+            if temporality == Temporality::Delta
+                && let Some(metric::Data::Sum(sum)) = &mut metric.data
+            {
+                sum.aggregation_temporality = AggregationTemporality::Delta as i32;
+            }
+            metric
+        })
+        .collect()
 }
 
 fn number(value: number_data_point::Value, attrs: Vec<KeyValue>, times: Times) -> NumberDataPoint {
@@ -256,6 +277,14 @@ pub fn gauge(name: &str, unit: &str, description: &str, points: Vec<NumberDataPo
             data_points: points,
         })),
         ..Default::default()
+    }
+}
+
+/// One of the agent's own metrics, named and described by the catalogue.
+pub fn self_metric(m: &SelfMetric, points: Vec<NumberDataPoint>) -> Metric {
+    match m.kind {
+        Kind::Gauge => gauge(m.otlp, m.unit, m.description, points),
+        Kind::Counter | Kind::Histogram => counter(m.otlp, m.unit, m.description, points),
     }
 }
 
@@ -300,50 +329,24 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
         .map(|(reason, n)| int_point(*n, attributes([("reason", *reason)]), times))
         .collect();
     vec![
-        counter(
-            "nodepulse.bpf.program.run_count",
-            "{event}",
-            "Times each kernel program ran (kernel BPF stats)",
-            program_points(|c| c.events_total),
-        ),
-        counter(
-            "nodepulse.bpf.program.run_time",
-            "ns",
-            "Time each kernel program ran (kernel BPF stats)",
-            program_points(|c| c.run_time_ns_total),
-        ),
-        gauge(
-            "nodepulse.probe.up",
-            "1",
-            "1 when the probe is attached",
-            up,
-        ),
-        counter(
-            "nodepulse.dropped_events",
-            "{event}",
-            "Events the kernel programs could not record, by reason",
-            dropped,
-        ),
-        counter(
-            "process.cpu.time",
-            "s",
-            "CPU time used by the agent",
+        self_metric(&catalog::RUN_COUNT, program_points(|c| c.events_total)),
+        self_metric(&catalog::RUN_TIME, program_points(|c| c.run_time_ns_total)),
+        self_metric(&catalog::PROBE_UP, up),
+        self_metric(&catalog::DROPPED, dropped),
+        self_metric(
+            &catalog::CPU_TIME,
             vec![number(
                 number_data_point::Value::AsDouble(report.agent.cpu_seconds_total),
                 vec![],
                 times,
             )],
         ),
-        gauge(
-            "nodepulse.alarms.open",
-            "{alarm}",
-            "Regression alarms open now",
+        self_metric(
+            &catalog::ALARMS_OPEN,
             vec![int_point(report.alarms_open, vec![], times)],
         ),
-        gauge(
-            "process.memory.usage",
-            "By",
-            "Resident memory of the agent",
+        self_metric(
+            &catalog::MEMORY,
             vec![int_point(report.agent.rss_bytes, vec![], times)],
         ),
     ]
@@ -560,6 +563,31 @@ mod tests {
         );
         assert_eq!(h.data_points[0].start_time_unix_nano, 5_000);
         assert_eq!(h.data_points[0].count, r.series[0].count);
+    }
+
+    #[test]
+    fn counters_are_monotonic_sums_in_either_temporality() {
+        let r = report::sample();
+        for (temporality, value, start) in [
+            (Temporality::Cumulative, 5, times().agent_start),
+            (Temporality::Delta, 2, times().interval_start),
+        ] {
+            let req = metrics_request(&r, &resource("vm"), temporality, times(), vec![]);
+            let m = req.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .find(|m| m.name == "nodepulse.block.io.errors")
+                .unwrap();
+            assert_eq!(m.unit, "{request}");
+            let Some(metric::Data::Sum(sum)) = &m.data else {
+                panic!("{m:?}")
+            };
+            assert!(sum.is_monotonic);
+            let p = &sum.data_points[0];
+            assert_eq!(p.value, Some(number_data_point::Value::AsInt(value)));
+            assert_eq!(p.start_time_unix_nano, start);
+            assert!(p.attributes.iter().any(|kv| kv.key == "error"));
+        }
     }
 
     #[test]

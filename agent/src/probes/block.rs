@@ -1,21 +1,26 @@
-//! Block I/O latency (kernel side: `agent-ebpf/src/block.rs`): per device and operation,
-//! from `block_rq_issue` to `block_rq_complete`.
+//! Block I/O (kernel side: `agent-ebpf/src/block.rs`): per device and operation, the
+//! queue, device and total latency of each request, its size, the queue depth at
+//! issue, errors, and latency per submitting cgroup.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use agent_common::{
-    block::{BlockKey, OutlierLayout, RequestLayout, TracepointLayout, op},
-    hist::Histogram,
+    block::{
+        BlockErrorKey, BlockHistograms, BlockKey, DeviceDepth, OutlierLayout, RequestLayout,
+        TracepointLayout, op,
+    },
     names,
+    sched::family,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuHashMap},
+    maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
 };
 
 use super::{
     Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
+    sparse,
 };
 use crate::{
     aggregate::{ExpHistogram, SeriesKey},
@@ -23,14 +28,21 @@ use crate::{
 };
 
 pub const NAME: &str = "block";
+/// Queue + device time.
 pub const FAMILY: &str = "block.io.latency";
+pub const FAMILY_QUEUE: &str = "block.io.queue.latency";
+pub const FAMILY_DEVICE: &str = "block.io.device.latency";
+pub const FAMILY_DEPTH: &str = "block.io.queue_depth";
+pub const FAMILY_SIZE: &str = "block.io.size";
+pub const FAMILY_ERRORS: &str = "block.io.errors";
+pub const FAMILY_CGROUP: &str = "block.cgroup.io.latency";
 
 /// Kernel layouts the programs need, resolved before the object is loaded. A layout
 /// that cannot be resolved rules out the variants that need it, not the probe.
 pub struct BlockLayouts {
     request: Result<RequestLayout, String>,
     tracepoints: Result<(TracepointLayout, TracepointLayout), String>,
-    /// Context of outlier requests; `enabled == 0` turns outliers off in the kernel.
+    /// `enabled == 0` turns outliers off in the kernel.
     outlier: OutlierLayout,
 }
 
@@ -39,22 +51,19 @@ impl BlockLayouts {
         btf: Option<&Btf>,
         tracefs: Option<&Path>,
         kernel_timestamps: bool,
+        cgroups: bool,
         outliers: bool,
     ) -> Self {
         let request = match btf {
-            Some(btf) => request_layout(btf, kernel_timestamps).map_err(|e| e.to_string()),
+            Some(btf) => request_layout(btf, kernel_timestamps, cgroups).map_err(|e| e.to_string()),
             None => Err("kernel BTF (/sys/kernel/btf/vmlinux) is missing".into()),
         };
         let tracepoints = match tracefs {
             Some(root) => tracepoint_layouts(root).map_err(|e| e.to_string()),
             None => Err("tracefs is not mounted".into()),
         };
-        let outlier = match (btf, outliers) {
-            (Some(btf), true) => outlier_layout(btf).unwrap_or_else(|e| {
-                tracing::info!("block outliers carry no sector or cgroup here: {e}");
-                OutlierLayout::UNRESOLVED
-            }),
-            _ => OutlierLayout::UNRESOLVED,
+        let outlier = OutlierLayout {
+            enabled: outliers.into(),
         };
         Self {
             request,
@@ -84,12 +93,19 @@ impl BlockLayouts {
         let all = [
             Variant {
                 kind: AttachKind::TpBtf,
+                // Completion first: nothing is left in the table by an issue whose
+                // completion is not yet hooked.
                 programs: vec![
                     spec(
                         names::PROG_BLOCK_COMPLETE_BTF,
                         Hook::TpBtf("block_rq_complete"),
                     ),
+                    spec(
+                        names::PROG_BLOCK_REQUEUE_BTF,
+                        Hook::TpBtf("block_rq_requeue"),
+                    ),
                     spec(names::PROG_BLOCK_ISSUE_BTF, Hook::TpBtf("block_rq_issue")),
+                    spec(names::PROG_BLOCK_INSERT_BTF, Hook::TpBtf("block_rq_insert")),
                 ],
                 unavailable: request_missing.clone(),
             },
@@ -100,7 +116,9 @@ impl BlockLayouts {
                         names::PROG_BLOCK_COMPLETE_RAW,
                         Hook::Raw("block_rq_complete"),
                     ),
+                    spec(names::PROG_BLOCK_REQUEUE_RAW, Hook::Raw("block_rq_requeue")),
                     spec(names::PROG_BLOCK_ISSUE_RAW, Hook::Raw("block_rq_issue")),
+                    spec(names::PROG_BLOCK_INSERT_RAW, Hook::Raw("block_rq_insert")),
                 ],
                 unavailable: request_missing.clone(),
             },
@@ -156,6 +174,7 @@ impl BlockLayouts {
 fn request_layout(
     btf: &Btf,
     kernel_timestamps: bool,
+    cgroups: bool,
 ) -> Result<RequestLayout, crate::kernel::btf::BtfError> {
     let mut layout = RequestLayout {
         rq_q: btf.member_offset("request", "q")?,
@@ -166,8 +185,13 @@ fn request_layout(
         q_disk: btf.member_offset("request_queue", "disk")?,
         disk_major: btf.member_offset("gendisk", "major")?,
         disk_first_minor: btf.member_offset("gendisk", "first_minor")?,
+        rq_sector: btf.member_offset("request", "__sector")?,
         ..RequestLayout::default()
     };
+    match cgroup_chain(btf) {
+        Ok(chain) => layout = chain(layout, cgroups),
+        Err(e) => tracing::info!("block: no I/O cgroups on this kernel ({e})"),
+    }
     if !kernel_timestamps {
         return Ok(layout);
     }
@@ -218,18 +242,26 @@ fn kernel_stamps(btf: &Btf) -> Result<impl Fn(RequestLayout) -> RequestLayout, S
     })
 }
 
-/// Where an outlier's sector and submitting cgroup are (`rq->bio->bi_blkg->blkcg`
-/// needs CONFIG_BLK_CGROUP).
-fn outlier_layout(btf: &Btf) -> Result<OutlierLayout, crate::kernel::btf::BtfError> {
-    Ok(OutlierLayout {
-        enabled: 1,
-        rq_sector: btf.member_offset("request", "__sector")?,
-        rq_bio: btf.member_offset("request", "bio")?,
-        bio_blkg: btf.member_offset("bio", "bi_blkg")?,
-        blkg_blkcg: btf.member_offset("blkcg_gq", "blkcg")?,
-        blkcg_cgroup: btf.member_offset("blkcg", "css.cgroup")?,
-        cgroup_kn: btf.member_offset("cgroup", "kn")?,
-        kn_id: btf.member_offset("kernfs_node", "id")?,
+/// Where the cgroup that submitted a request is (`rq->bio->bi_blkg->blkcg`, needs
+/// CONFIG_BLK_CGROUP): for per-cgroup I/O and outliers.
+fn cgroup_chain(
+    btf: &Btf,
+) -> Result<impl Fn(RequestLayout, bool) -> RequestLayout, crate::kernel::btf::BtfError> {
+    let rq_bio = btf.member_offset("request", "bio")?;
+    let bio_blkg = btf.member_offset("bio", "bi_blkg")?;
+    let blkg_blkcg = btf.member_offset("blkcg_gq", "blkcg")?;
+    let blkcg_cgroup = btf.member_offset("blkcg", "css.cgroup")?;
+    let cgroup_kn = btf.member_offset("cgroup", "kn")?;
+    let kn_id = btf.member_offset("kernfs_node", "id")?;
+    Ok(move |l: RequestLayout, on: bool| RequestLayout {
+        cgroup_io: on.into(),
+        rq_bio,
+        bio_blkg,
+        blkg_blkcg,
+        blkcg_cgroup,
+        cgroup_kn,
+        kn_id,
+        ..l
     })
 }
 
@@ -242,10 +274,17 @@ fn tracepoint_layouts(
             dev: f.offset("dev", 4)?,
             sector: f.offset("sector", 8)?,
             rwbs: f.offset("rwbs", 0)?,
-            _pad: 0,
+            error: 0,
         })
     };
-    Ok((layout("block_rq_issue")?, layout("block_rq_complete")?))
+    let complete = tracefs::Format::read(root, "block", "block_rq_complete")?;
+    Ok((
+        layout("block_rq_issue")?,
+        TracepointLayout {
+            error: complete.offset("error", 4)?,
+            ..layout("block_rq_complete")?
+        },
+    ))
 }
 
 pub fn op_name(op: u32) -> &'static str {
@@ -258,9 +297,65 @@ pub fn op_name(op: u32) -> &'static str {
     }
 }
 
+/// Whether an attach kind hooks scheduler insertion (and requeues).
+fn hooks_insertion(kind: AttachKind) -> bool {
+    matches!(kind, AttachKind::TpBtf | AttachKind::RawTracepoint)
+}
+
+/// Whether `family` is measured when its probe attaches with `kind`: without the
+/// insertion hook there is no queue time, so no total either; the sizes and the
+/// submitting cgroup need the request pointer classic tracepoints lack.
+pub fn measured_with(family: &str, kind: AttachKind) -> bool {
+    match family {
+        FAMILY | FAMILY_QUEUE => hooks_insertion(kind),
+        FAMILY_SIZE | FAMILY_CGROUP => kind != AttachKind::Tracepoint,
+        _ => true,
+    }
+}
+
+/// Name of a completion status: `blk_status_t` (include/linux/blk_types.h; stable
+/// numbers since 4.13), or, from classic tracepoints, `0x100 | errno`.
+pub fn error_name(status: u32) -> String {
+    let name = match status {
+        1 => "notsupp",
+        2 => "timeout",
+        3 => "nospc",
+        4 => "transport",
+        5 => "target",
+        6 => "resv_conflict",
+        7 => "medium",
+        8 => "protection",
+        9 => "resource",
+        10 => "ioerr",
+        11 => "dm_requeue",
+        12 => "again",
+        13 => "dev_resource",
+        14 => "zone_open_resource",
+        15 => "zone_active_resource",
+        16 => "offline",
+        17 => "duration_limit",
+        s if s & 0x100 != 0 => return format!("errno_{}", s & 0xff),
+        s => return format!("status_{s}"),
+    };
+    name.to_owned()
+}
+
 pub struct BlockProbe {
     attached: Attached,
-    latency: Option<PerCpuHashMap<MapData, BlockKey, Histogram>>,
+    /// Where sysfs lists the block devices whose series are created ahead of use.
+    sys_root: PathBuf,
+    latency: Option<PerCpuHashMap<MapData, BlockKey, BlockHistograms>>,
+    depth: Option<HashMap<MapData, u32, DeviceDepth>>,
+    errors: Option<HashMap<MapData, BlockErrorKey, u64>>,
+}
+
+/// Cumulative histograms of one (device, operation) series as the kernel holds them.
+#[derive(Clone, Debug, Default)]
+pub struct BlockReading {
+    pub queue: ExpHistogram,
+    pub device: ExpHistogram,
+    pub total: ExpHistogram,
+    pub size: ExpHistogram,
 }
 
 impl BlockProbe {
@@ -269,26 +364,99 @@ impl BlockProbe {
         btf: Option<&aya::Btf>,
         layouts: &BlockLayouts,
         only: Option<AttachKind>,
+        sys_root: &Path,
     ) -> Self {
         let attached = attach_first(ebpf, btf, &layouts.variants(only));
-        let latency = attached
-            .kind
-            .and_then(|_| ebpf.take_map(names::MAP_BLOCK_LATENCY))
-            .and_then(|m| PerCpuHashMap::try_from(m).ok());
-        Self { attached, latency }
+        let up = attached.kind.is_some();
+        let mut take = |name| up.then(|| ebpf.take_map(name)).flatten();
+        let latency = take(names::MAP_BLOCK_LATENCY).and_then(|m| PerCpuHashMap::try_from(m).ok());
+        let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
+        let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
+        let mut probe = Self {
+            attached,
+            sys_root: sys_root.to_path_buf(),
+            latency,
+            depth,
+            errors,
+        };
+        probe.create_series();
+        probe
     }
 
-    /// Cumulative histogram per (device number, operation) as the kernel holds it.
-    pub fn read_raw(&self) -> Result<Vec<(BlockKey, ExpHistogram)>, String> {
+    /// Creates the read, write and flush series of every disk that has done I/O, from
+    /// process context. The kernel's own insert runs in atomic context and fails while
+    /// the BPF allocator refills its per-CPU caches, losing the first samples of a
+    /// burst; done here, only devices that appear between two readings depend on it.
+    fn create_series(&mut self) {
+        let Some(map) = &mut self.latency else {
+            return;
+        };
+        let Ok(cpus) = aya::util::nr_cpus() else {
+            return;
+        };
+        for dev in busy_disks(&self.sys_root) {
+            for op in [op::READ, op::WRITE, op::FLUSH] {
+                let key = BlockKey { dev, op };
+                if map.get(&key, 0).is_ok() {
+                    continue;
+                }
+                let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
+                if let Err(e) = zero.map(|z| map.insert(key, z, 0)) {
+                    tracing::debug!(dev, op, "cannot create a block series: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether the attached variant hooks scheduler insertion: only then are queue
+    /// times (and totals beyond device time) measured.
+    pub fn times_queues(&self) -> bool {
+        self.attached.kind.is_some_and(hooks_insertion)
+    }
+
+    /// Cumulative histograms per (device number, operation) as the kernel holds them.
+    pub fn read_raw(&self) -> Result<Vec<(BlockKey, BlockReading)>, String> {
         let Some(map) = &self.latency else {
             return Ok(Vec::new());
         };
         map.iter()
             .map(|entry| {
-                entry
-                    .map(|(key, per_cpu)| (key, ExpHistogram::from_per_cpu(per_cpu.iter())))
-                    .map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_LATENCY))
+                let (key, per_cpu) =
+                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_LATENCY))?;
+                Ok((
+                    key,
+                    BlockReading {
+                        queue: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.queue)),
+                        device: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.device)),
+                        total: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.total)),
+                        size: ExpHistogram::from_windows(per_cpu.iter().map(|h| &h.size)),
+                    },
+                ))
             })
+            .collect()
+    }
+
+    /// Per device number: the requests in flight now, as the probe counts them, and
+    /// the cumulative queue depth histogram.
+    pub fn read_depths(&self) -> Result<Vec<(u32, u64, ExpHistogram)>, String> {
+        let Some(map) = &self.depth else {
+            return Ok(Vec::new());
+        };
+        map.iter()
+            .map(|entry| {
+                let (dev, d) =
+                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
+                Ok((dev, d.in_flight, ExpHistogram::from_windows([&d.depth])))
+            })
+            .collect()
+    }
+
+    /// Requests in flight now, per device number, as the probe counts them.
+    pub fn in_flight(&self) -> Vec<(u32, u64)> {
+        self.read_depths()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(dev, n, _)| (dev, n))
             .collect()
     }
 }
@@ -298,25 +466,110 @@ impl Probe for BlockProbe {
         NAME
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn attached(&self) -> &Attached {
         &self.attached
     }
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
-        for (key, hist) in self.read_raw()? {
-            let dev = cx.attribution.devices.lookup(key.dev);
+        self.create_series();
+        let queues = self.times_queues();
+        for (key, r) in self.read_raw()? {
+            let device = device_labels(cx, key.dev);
+            let labels = |op: u32| {
+                let mut l = device.clone();
+                l.push(("op", op_name(op).to_owned()));
+                l
+            };
+            let mut push = |family, hist| {
+                out.push(Reading {
+                    key: SeriesKey::new(family, labels(key.op)),
+                    hist,
+                })
+            };
+            push(FAMILY_DEVICE, r.device);
+            if queues {
+                push(FAMILY_QUEUE, r.queue);
+                push(FAMILY, r.total);
+            }
+            if !r.size.is_empty() {
+                push(FAMILY_SIZE, r.size);
+            }
+        }
+        for (dev, _, hist) in self.read_depths()? {
+            out.push(Reading {
+                key: SeriesKey::new(FAMILY_DEPTH, device_labels(cx, dev)),
+                hist,
+            });
+        }
+        for (cgroup, op, hist) in sparse::family(cx.sparse, family::BLOCK_CGROUP) {
             out.push(Reading {
                 key: SeriesKey::new(
-                    FAMILY,
+                    FAMILY_CGROUP,
                     [
-                        ("device", dev.name.clone()),
-                        ("dev", dev.number.clone()),
-                        ("op", op_name(key.op).to_owned()),
+                        ("cgroup", cx.attribution.io_cgroup_name(cgroup)),
+                        ("op", op_name(op).to_owned()),
                     ],
                 ),
-                hist,
+                hist: hist.clone(),
             });
         }
         Ok(())
     }
+
+    fn read_counters(
+        &mut self,
+        cx: &mut ReadContext<'_>,
+        out: &mut Vec<(SeriesKey, u64)>,
+    ) -> Result<(), String> {
+        let Some(map) = &self.errors else {
+            return Ok(());
+        };
+        for entry in map.iter() {
+            let (key, n) =
+                entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_ERRORS))?;
+            let mut labels = device_labels(cx, key.dev);
+            labels.push(("op", op_name(key.op).to_owned()));
+            labels.push(("error", error_name(key.status)));
+            out.push((SeriesKey::new(FAMILY_ERRORS, labels), n));
+        }
+        Ok(())
+    }
+}
+
+/// Device numbers (kernel encoding) of the whole disks in `<sys_root>/block` that have
+/// completed any I/O since boot.
+fn busy_disks(sys_root: &Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(sys_root.join("block")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let path = e.path();
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let mut f = stat
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            let reads = f.next()?;
+            let writes = f.nth(3)?;
+            if reads + writes == 0 {
+                return None;
+            }
+            let number = std::fs::read_to_string(path.join("dev")).ok()?;
+            let (major, minor) = number.trim().split_once(':')?;
+            Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
+        })
+        .collect()
+}
+
+/// `device`, `dev` and the identity labels (type, model, Ceph OSD, RBD image) of a
+/// device number.
+fn device_labels(cx: &mut ReadContext<'_>, dev: u32) -> Vec<(&'static str, String)> {
+    let d = cx.attribution.devices.lookup(dev);
+    let mut labels = vec![("device", d.name.clone()), ("dev", d.number.clone())];
+    labels.extend(d.labels());
+    labels
 }

@@ -179,6 +179,10 @@ impl Probe for KvmUserspaceProbe {
         NAME_USERSPACE
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn attached(&self) -> &Attached {
         &self.attached
     }
@@ -217,6 +221,10 @@ impl KvmExitProbe {
 impl Probe for KvmExitProbe {
     fn name(&self) -> &'static str {
         NAME_EXIT
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn attached(&self) -> &Attached {

@@ -53,6 +53,17 @@ pub trait Probe {
     fn attached(&self) -> &Attached;
     /// Appends the current cumulative histograms.
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String>;
+    /// The probe itself, for what only one family offers (see [`Probes::block_in_flight`]).
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// Appends the current cumulative counters, for families that count rather than
+    /// measure.
+    fn read_counters(
+        &mut self,
+        _cx: &mut ReadContext<'_>,
+        _out: &mut Vec<(SeriesKey, u64)>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Attach state of one probe family, for the console, self-metrics and `check`.
@@ -87,6 +98,8 @@ pub enum StartError {
 #[derive(Debug, Default)]
 pub struct Collection {
     pub readings: Vec<Reading>,
+    /// Cumulative counter series.
+    pub counters: Vec<(SeriesKey, u64)>,
     /// Cumulative run time and count of each attached program.
     pub programs: Vec<ProgramRunStats>,
     /// Cumulative counts of events the probes had to drop, by name.
@@ -167,6 +180,7 @@ impl Probes {
                 btf,
                 &block_layouts,
                 b.attach.kind(),
+                &full.agent.sys_root,
             ))
         });
         add(sched::NAME, s.enabled, &mut || {
@@ -236,6 +250,15 @@ impl Probes {
         }
     }
 
+    /// Requests in flight per block device number, as the block probe counts them.
+    pub fn block_in_flight(&self) -> Vec<(u32, u64)> {
+        self.probes
+            .iter()
+            .find_map(|p| p.as_any().downcast_ref::<block::BlockProbe>())
+            .map(block::BlockProbe::in_flight)
+            .unwrap_or_default()
+    }
+
     /// Whether kernel BPF run-time statistics are on, and if not, why.
     pub fn bpf_stats(&self) -> &stats::BpfStats {
         &self.stats
@@ -261,7 +284,10 @@ impl Probes {
             sparse: &sparse,
         };
         for probe in &mut self.probes {
-            if let Err(e) = probe.read(&mut cx, &mut out.readings) {
+            if let Err(e) = probe
+                .read(&mut cx, &mut out.readings)
+                .and_then(|()| probe.read_counters(&mut cx, &mut out.counters))
+            {
                 out.errors.push((probe.name(), e));
             }
             for &program in &probe.attached().programs {
@@ -325,6 +351,7 @@ impl Loaded {
             kernel_btf.as_ref(),
             tracefs,
             config.block.kernel_timestamps,
+            config.block.cgroups,
             full.outliers_enabled(),
         );
         let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);

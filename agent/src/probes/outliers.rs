@@ -148,7 +148,7 @@ fn block_outlier(e: &OutlierEvent, attribution: &mut Attribution, to_wall: i128)
         attributes.push(("nodepulse.cgroup", attribution.cgroup_name(e.cgroup)));
     }
     Outlier {
-        family: block::FAMILY,
+        family: block::FAMILY_DEVICE,
         labels: vec![
             ("device", device.name),
             ("dev", device.number),

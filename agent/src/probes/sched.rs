@@ -137,6 +137,10 @@ impl Probe for SchedProbe {
         NAME
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn attached(&self) -> &Attached {
         &self.attached
     }

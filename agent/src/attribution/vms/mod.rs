@@ -9,8 +9,9 @@
 //! use fixture trees.
 //!
 //! Everything read here is controlled by whoever started the process or wrote the
-//! file, so every label value is bounded ([`MAX_LABEL_CHARS`], no control characters)
-//! and a process that cannot be identified is still labelled, as `pid:<pid>`.
+//! file, so every label value is bounded ([`super::MAX_LABEL_CHARS`], no control
+//! characters) and a process that cannot be identified is still labelled, as
+//! `pid:<pid>`.
 
 use std::{
     collections::HashMap,
@@ -18,8 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Longest label value, in characters; longer values are truncated.
-pub const MAX_LABEL_CHARS: usize = 128;
+use super::{Labels, bound_label, is_uuid};
 
 /// Cap on how much of `/proc/<pid>/cmdline` is read. libvirt's QEMU command lines are
 /// tens of KiB; the kernel allows megabytes. `-name` and `-uuid` come early.
@@ -154,15 +154,6 @@ fn split_qemu_opts(value: &str) -> Vec<String> {
     params
 }
 
-/// `8-4-4-4-12` hex digits, the only form libvirt and QEMU print.
-fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
-
 /// Parses libvirt domain XML: the live status file (`<domstatus>` around `<domain>`) or
 /// a bare `<domain>`. DTDs are refused (roxmltree's default), so entity expansion cannot
 /// blow up.
@@ -248,15 +239,6 @@ fn nonempty(s: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A label value from untrusted text: control characters replaced with `_`, at most
-/// [`MAX_LABEL_CHARS`] characters.
-fn bound_label(s: &str) -> String {
-    s.chars()
-        .take(MAX_LABEL_CHARS)
-        .map(|c| if c.is_control() { '_' } else { c })
-        .collect()
-}
-
 /// Start time (clock ticks after boot) from `/proc/<pid>/stat`: field 22, counted after
 /// the last `)` because the command name in field 2 may itself contain `)` and spaces.
 fn parse_start_time(stat: &str) -> Option<u64> {
@@ -285,9 +267,6 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, VmError> {
     }
     Ok(bytes)
 }
-
-/// Metric labels: (key, bounded value).
-type Labels = Vec<(&'static str, String)>;
 
 /// A cached resolution, valid for one process incarnation.
 struct Entry {

@@ -1,5 +1,6 @@
 //! Tests of the parent module.
 use super::*;
+use crate::attribution::MAX_LABEL_CHARS;
 
 const UUID: &str = "3e7c5f7a-9b1d-4c2e-8f3a-6d5b4c3a2b1c";
 

@@ -36,7 +36,8 @@ use tokio::{
 use super::Exporter;
 use crate::{
     aggregate::ExpHistogram,
-    report::{ProbeState, Report, SeriesReport},
+    catalog::{self, SelfMetric},
+    report::{CounterReport, ProbeState, Report, SeriesReport},
 };
 
 /// The only path served.
@@ -62,8 +63,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop doesn't spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-const METRIC_PREFIX: &str = "nodepulse_";
 
 // ---------------------------------------------------------------------------------------
 // What is exported: one model, rendered as text or as protobuf, so both carry the same
@@ -111,7 +110,63 @@ struct Family<'a> {
 /// first appear, then the agent's own metrics.
 fn families(report: &Report) -> Vec<Family<'_>> {
     let mut out = histogram_families(&report.series);
+    out.extend(counter_families(&report.counters));
     out.extend(self_families(report));
+    out
+}
+
+/// Appends `sample` to its catalogue family's, creating that at its first sample.
+fn push_sample<'a>(out: &mut Vec<Family<'a>>, family: &str, sample: Sample<'a>) {
+    let name = catalog::prometheus_name(family);
+    match out.iter_mut().find(|f| f.name == name) {
+        Some(f) => f.samples.push(sample),
+        None => out.push(Family {
+            name,
+            help: family_help(family),
+            kind: catalog::family(family).map_or(Kind::Histogram, |f| f.kind.into()),
+            samples: vec![sample],
+        }),
+    }
+}
+
+impl From<catalog::Kind> for Kind {
+    fn from(k: catalog::Kind) -> Self {
+        match k {
+            catalog::Kind::Histogram => Kind::Histogram,
+            catalog::Kind::Counter => Kind::Counter,
+            catalog::Kind::Gauge => Kind::Gauge,
+        }
+    }
+}
+
+/// One of the agent's own families, named and described by the catalogue.
+fn self_family<'a>(m: &SelfMetric, samples: Vec<Sample<'a>>) -> Family<'a> {
+    Family {
+        name: m.prometheus.to_owned(),
+        help: format!("{}.", m.description),
+        kind: m.kind.into(),
+        samples,
+    }
+}
+
+fn series_labels(
+    labels: &std::collections::BTreeMap<&'static str, String>,
+) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|(k, v)| (catalog::prometheus_label(k), v.clone()))
+        .collect()
+}
+
+fn counter_families(counters: &[CounterReport]) -> Vec<Family<'_>> {
+    let mut out = Vec::new();
+    for c in counters {
+        let sample = Sample {
+            labels: series_labels(&c.labels),
+            value: Value::Int(c.total),
+        };
+        push_sample(&mut out, c.family, sample);
+    }
     out
 }
 
@@ -120,24 +175,11 @@ fn families(report: &Report) -> Vec<Family<'_>> {
 fn histogram_families(series: &[SeriesReport]) -> Vec<Family<'_>> {
     let mut out: Vec<Family<'_>> = Vec::new();
     for s in series {
-        let name = histogram_name(s.family, s.unit);
         let sample = Sample {
-            labels: s
-                .labels
-                .iter()
-                .map(|(k, v)| (sanitize_name(k), v.clone()))
-                .collect(),
+            labels: series_labels(&s.labels),
             value: Value::Histogram(&s.cumulative),
         };
-        match out.iter_mut().find(|f| f.name == name) {
-            Some(f) => f.samples.push(sample),
-            None => out.push(Family {
-                name,
-                help: family_help(s.family),
-                kind: Kind::Histogram,
-                samples: vec![sample],
-            }),
-        }
+        push_sample(&mut out, s.family, sample);
     }
     out
 }
@@ -166,67 +208,47 @@ fn self_families(report: &Report) -> Vec<Family<'_>> {
             value: Value::Int(n),
         });
     vec![
-        Family {
-            name: metric_name("bpf_program_run_count_total"),
-            help: "Times each kernel program ran since it was loaded (kernel BPF stats).".into(),
-            kind: Kind::Counter,
-            samples: programs()
+        self_family(
+            &catalog::RUN_COUNT,
+            programs()
                 .map(|(labels, c)| Sample {
                     labels,
                     value: Value::Int(c.events_total),
                 })
                 .collect(),
-        },
-        Family {
-            name: metric_name("bpf_program_run_time_nanoseconds_total"),
-            help: "Kernel time each program used since it was loaded (kernel BPF stats).".into(),
-            kind: Kind::Counter,
-            samples: programs()
+        ),
+        self_family(
+            &catalog::RUN_TIME,
+            programs()
                 .map(|(labels, c)| Sample {
                     labels,
                     value: Value::Int(c.run_time_ns_total),
                 })
                 .collect(),
-        },
-        Family {
-            name: metric_name("probe_up"),
-            help: "1 if the probe is attached, 0 if it is down, disabled or not applicable.".into(),
-            kind: Kind::Gauge,
-            samples: probe_up.collect(),
-        },
-        Family {
-            name: metric_name("dropped_events_total"),
-            help: "Events the kernel programs could not record, by reason.".into(),
-            kind: Kind::Counter,
-            samples: dropped.collect(),
-        },
-        Family {
-            name: metric_name("alarms_open"),
-            help: "Regression alarms open now.".into(),
-            kind: Kind::Gauge,
-            samples: vec![Sample {
+        ),
+        self_family(&catalog::PROBE_UP, probe_up.collect()),
+        self_family(&catalog::DROPPED, dropped.collect()),
+        self_family(
+            &catalog::ALARMS_OPEN,
+            vec![Sample {
                 labels: Vec::new(),
                 value: Value::Int(report.alarms_open),
             }],
-        },
-        Family {
-            name: metric_name("process_resident_memory_bytes"),
-            help: "Resident memory of the nodepulse process.".into(),
-            kind: Kind::Gauge,
-            samples: vec![Sample {
+        ),
+        self_family(
+            &catalog::MEMORY,
+            vec![Sample {
                 labels: Vec::new(),
                 value: Value::Int(report.agent.rss_bytes),
             }],
-        },
-        Family {
-            name: metric_name("process_cpu_seconds_total"),
-            help: "CPU time the nodepulse process used since it started.".into(),
-            kind: Kind::Counter,
-            samples: vec![Sample {
+        ),
+        self_family(
+            &catalog::CPU_TIME,
+            vec![Sample {
                 labels: Vec::new(),
                 value: Value::Float(report.agent.cpu_seconds_total),
             }],
-        },
+        ),
     ]
 }
 
@@ -237,48 +259,17 @@ fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn metric_name(suffix: &str) -> String {
-    format!("{METRIC_PREFIX}{suffix}")
-}
-
-/// `block.io.latency` in ns → `nodepulse_block_io_latency_nanoseconds`.
-fn histogram_name(family: &str, unit: &str) -> String {
-    let unit = match unit {
-        "ns" => "_nanoseconds".to_owned(),
-        "" => String::new(),
-        other => format!("_{}", sanitize_name(other)),
-    };
-    metric_name(&format!("{}{unit}", sanitize_name(family)))
-}
-
-/// A valid Prometheus metric or label name: dots (and anything else outside
-/// `[a-zA-Z0-9_]`) become underscores, and a leading digit gets an underscore before it.
-fn sanitize_name(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
-}
-
-/// Help text of a latency family: what README's Metrics table says it measures.
+/// Help text of a family: the catalogue's description, with its unit.
 fn family_help(family: &str) -> String {
-    let what = match family {
-        "block.io.latency" => "Block I/O latency from driver issue to completion",
-        "sched.runqueue.latency" => "Time runnable tasks waited for a CPU, whole host",
-        "cgroup.runqueue.latency" => "Time runnable tasks waited for a CPU, per cgroup",
-        "vm.vcpu.wait" => "Time vCPU threads waited for a host CPU, per VM",
-        "kvm.exit.userspace.latency" => {
-            "Time the VMM took to handle an exit to userspace, until the next KVM_RUN"
-        }
-        "kvm.run.duration" => "Duration of each KVM_RUN until it returned to the VMM",
-        "kvm.exit.latency" => "In-kernel KVM exit handling time, kvm_exit to kvm_entry",
-        other => return format!("nodepulse {other}, in nanoseconds, since the agent started."),
+    let unit = match catalog::unit(family) {
+        "ns" => ", in nanoseconds",
+        "By" => ", in bytes",
+        _ => "",
     };
-    format!("{what}, in nanoseconds, since the agent started.")
+    format!(
+        "{}{unit}, since the agent started.",
+        catalog::description(family)
+    )
 }
 
 // ---------------------------------------------------------------------------------------

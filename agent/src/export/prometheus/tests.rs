@@ -273,8 +273,11 @@ fn labels_are_renamed_and_values_escaped() {
     assert_eq!(l.labels["vm_uuid"], nasty);
     assert_eq!(l.labels["nova_instance_name"], "instance-0000002a");
     assert_eq!(escape_help("a\\b\nc\"d"), "a\\\\b\\nc\"d");
-    assert_eq!(sanitize_name("kvm.exit.latency"), "kvm_exit_latency");
-    assert_eq!(sanitize_name("9-lives"), "_9_lives");
+    assert_eq!(
+        catalog::prometheus_label("kvm.exit.latency"),
+        "kvm_exit_latency"
+    );
+    assert_eq!(catalog::prometheus_label("9-lives"), "_9_lives");
 }
 
 #[test]
@@ -543,4 +546,20 @@ fn method_not_allowed() {
     );
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+}
+
+#[test]
+fn counter_families_carry_their_running_totals() {
+    let text = render_text(&sample());
+    assert!(
+        text.contains("# TYPE nodepulse_block_io_errors_total counter"),
+        "{text}"
+    );
+    let lines = parse_text(&text);
+    let l = lines
+        .iter()
+        .find(|l| l.name == "nodepulse_block_io_errors_total")
+        .expect("errors counter");
+    assert_eq!(l.labels["error"], "nospc");
+    assert_eq!(l.value, "5");
 }

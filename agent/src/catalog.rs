@@ -1,0 +1,365 @@
+//! Every metric nodepulse exports, in one place: its name in reports, kind, unit,
+//! labels and meaning. The exporters take units and descriptions from here, and the
+//! dashboards, fleet rules and README are checked against it.
+
+/// How a family's values add up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A distribution: exponential buckets, count and sum.
+    Histogram,
+    /// A monotonic count.
+    Counter,
+    /// A current value.
+    Gauge,
+}
+
+/// One family of series that the probes produce.
+#[derive(Debug)]
+pub struct Family {
+    /// Name in reports and the console; OTLP prefixes it with `nodepulse.`.
+    pub name: &'static str,
+    /// The probe family that produces it.
+    pub probe: &'static str,
+    pub kind: Kind,
+    /// UCUM unit, as OTLP carries it.
+    pub unit: &'static str,
+    /// Labels every series of the family has (identity labels may add more, see
+    /// README: Metrics).
+    pub labels: &'static [&'static str],
+    pub description: &'static str,
+}
+
+const BLOCK: &[&str] = &["device", "dev", "op"];
+const VM: &[&str] = &["vm", "vm.uuid"];
+const VM_REASON: &[&str] = &["vm", "vm.uuid", "reason"];
+
+/// The families the probes produce.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "block.io.latency",
+        probe: "block",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: BLOCK,
+        description: "Block I/O latency per device and operation: queue time plus device \
+                      time, from insertion into the I/O scheduler (or issue to the driver \
+                      for requests that bypass it) to completion",
+    },
+    Family {
+        name: "block.io.queue.latency",
+        probe: "block",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: BLOCK,
+        description: "Time block requests waited in the I/O scheduler, insertion to issue; \
+                      requests that bypassed the scheduler count as 0 (the zero bucket)",
+    },
+    Family {
+        name: "block.io.device.latency",
+        probe: "block",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: BLOCK,
+        description: "Time the driver and device took per block request, issue to \
+                      completion",
+    },
+    Family {
+        name: "block.io.queue_depth",
+        probe: "block",
+        kind: Kind::Histogram,
+        unit: "{request}",
+        labels: &["device", "dev"],
+        description: "Requests in flight on the device (issued to the driver, not yet \
+                      completed) at each issue, the issued one included",
+    },
+    Family {
+        name: "block.io.size",
+        probe: "block",
+        kind: Kind::Histogram,
+        unit: "By",
+        labels: BLOCK,
+        description: "Size of each completed block request",
+    },
+    Family {
+        name: "block.io.errors",
+        probe: "block",
+        kind: Kind::Counter,
+        unit: "{request}",
+        labels: &["device", "dev", "op", "error"],
+        description: "Block requests that completed with an error, by error",
+    },
+    Family {
+        name: "block.cgroup.io.latency",
+        probe: "block",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: &["cgroup", "op"],
+        description: "Block I/O latency (as block.io.latency) per cgroup that submitted \
+                      the I/O; its counts are the cgroup's completed requests",
+    },
+    Family {
+        name: "sched.runqueue.latency",
+        probe: "sched",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: &[],
+        description: "Time runnable tasks waited for a CPU, whole host",
+    },
+    Family {
+        name: "cgroup.runqueue.latency",
+        probe: "sched",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: &["cgroup"],
+        description: "Time runnable tasks waited for a CPU, per cgroup",
+    },
+    Family {
+        name: "vm.vcpu.wait",
+        probe: "sched",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: VM,
+        description: "Time vCPU threads waited for a host CPU, per VM",
+    },
+    Family {
+        name: "kvm.exit.userspace.latency",
+        probe: "kvm",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: VM_REASON,
+        description: "Time the VMM took to handle an exit to userspace, until the next \
+                      KVM_RUN, per VM and reason",
+    },
+    Family {
+        name: "kvm.run.duration",
+        probe: "kvm",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: VM_REASON,
+        description: "Duration of each KVM_RUN until it returned to the VMM, per VM and \
+                      reason",
+    },
+    Family {
+        name: "kvm.exit.latency",
+        probe: "kvm_exit",
+        kind: Kind::Histogram,
+        unit: "ns",
+        labels: &["vm", "vm.uuid", "isa", "reason"],
+        description: "In-kernel KVM exit handling time, kvm_exit to kvm_entry, per VM and \
+                      reason",
+    },
+];
+
+/// The agent's own metrics, under the names each exporter gives them.
+#[derive(Debug)]
+pub struct SelfMetric {
+    pub otlp: &'static str,
+    pub prometheus: &'static str,
+    pub kind: Kind,
+    pub unit: &'static str,
+    pub labels: &'static [&'static str],
+    pub description: &'static str,
+}
+
+pub const RUN_COUNT: SelfMetric = SelfMetric {
+    otlp: "nodepulse.bpf.program.run_count",
+    prometheus: "nodepulse_bpf_program_run_count_total",
+    kind: Kind::Counter,
+    unit: "{event}",
+    labels: &["probe", "program"],
+    description: "Times each kernel program ran since it was loaded (kernel BPF stats)",
+};
+pub const RUN_TIME: SelfMetric = SelfMetric {
+    otlp: "nodepulse.bpf.program.run_time",
+    prometheus: "nodepulse_bpf_program_run_time_nanoseconds_total",
+    kind: Kind::Counter,
+    unit: "ns",
+    labels: &["probe", "program"],
+    description: "Kernel time each program used since it was loaded (kernel BPF stats)",
+};
+pub const PROBE_UP: SelfMetric = SelfMetric {
+    otlp: "nodepulse.probe.up",
+    prometheus: "nodepulse_probe_up",
+    kind: Kind::Gauge,
+    unit: "1",
+    labels: &["probe", "attach"],
+    description: "1 if the probe is attached, 0 if it is down, disabled or not applicable",
+};
+pub const DROPPED: SelfMetric = SelfMetric {
+    otlp: "nodepulse.dropped_events",
+    prometheus: "nodepulse_dropped_events_total",
+    kind: Kind::Counter,
+    unit: "{event}",
+    labels: &["reason"],
+    description: "Events the kernel programs could not record, by reason",
+};
+pub const CPU_TIME: SelfMetric = SelfMetric {
+    otlp: "process.cpu.time",
+    prometheus: "nodepulse_process_cpu_seconds_total",
+    kind: Kind::Counter,
+    unit: "s",
+    labels: &[],
+    description: "CPU time the nodepulse process used since it started",
+};
+pub const MEMORY: SelfMetric = SelfMetric {
+    otlp: "process.memory.usage",
+    prometheus: "nodepulse_process_resident_memory_bytes",
+    kind: Kind::Gauge,
+    unit: "By",
+    labels: &[],
+    description: "Resident memory of the nodepulse process",
+};
+
+pub const ALARMS_OPEN: SelfMetric = SelfMetric {
+    otlp: "nodepulse.alarms.open",
+    prometheus: "nodepulse_alarms_open",
+    kind: Kind::Gauge,
+    unit: "{alarm}",
+    labels: &[],
+    description: "Regression alarms open now",
+};
+
+/// OTLP only: the exporter's own outcome. The Prometheus names are those a collector's
+/// Prometheus exporters give them.
+pub const OTLP_BATCHES: SelfMetric = SelfMetric {
+    otlp: "nodepulse.otlp.batches",
+    prometheus: "nodepulse_otlp_batches_total",
+    kind: Kind::Counter,
+    unit: "{batch}",
+    labels: &["signal", "outcome"],
+    description: "Export batches by signal and outcome (dropped: queue full)",
+};
+pub const OTLP_BYTES: SelfMetric = SelfMetric {
+    otlp: "nodepulse.otlp.bytes",
+    prometheus: "nodepulse_otlp_bytes_total",
+    kind: Kind::Counter,
+    unit: "By",
+    labels: &["signal"],
+    description: "Bytes sent to the collector (compressed), retries included",
+};
+
+/// Every self metric.
+pub const SELF_METRICS: &[&SelfMetric] = &[
+    &RUN_COUNT,
+    &RUN_TIME,
+    &PROBE_UP,
+    &DROPPED,
+    &CPU_TIME,
+    &MEMORY,
+    &ALARMS_OPEN,
+    &OTLP_BATCHES,
+    &OTLP_BYTES,
+];
+
+/// The families a probe produces.
+pub fn families_of(probe: &str) -> impl Iterator<Item = &'static Family> {
+    FAMILIES.iter().filter(move |f| f.probe == probe)
+}
+
+/// The family called `name`.
+pub fn family(name: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name)
+}
+
+/// Unit of a family (`""` for one the catalogue does not know).
+pub fn unit(name: &str) -> &'static str {
+    family(name).map_or("", |f| f.unit)
+}
+
+/// Description of a family (`""` for one the catalogue does not know).
+pub fn description(name: &str) -> &'static str {
+    family(name).map_or("", |f| f.description)
+}
+
+/// OTLP name of a family: namespaced, since no semantic convention covers these.
+pub fn otlp_name(family: &str) -> String {
+    format!("nodepulse.{family}")
+}
+
+/// Prometheus name of a family, following the OpenMetrics conventions: the base unit as
+/// a suffix, `_total` on counters. `block.io.latency` → `nodepulse_block_io_latency_nanoseconds`.
+pub fn prometheus_name(family: &str) -> String {
+    let (unit, kind) = self::family(family).map_or(("", Kind::Histogram), |f| (f.unit, f.kind));
+    let suffix = match unit {
+        "ns" => "_nanoseconds",
+        "By" => "_bytes",
+        "s" => "_seconds",
+        // Counts of things ({request}, {segment}) carry no unit suffix.
+        _ => "",
+    };
+    let total = if kind == Kind::Counter { "_total" } else { "" };
+    format!("nodepulse_{}{suffix}{total}", prometheus_label(family))
+}
+
+/// A valid Prometheus metric or label name: dots (and anything else outside
+/// `[a-zA-Z0-9_]`) become underscores, and a leading digit gets an underscore before it.
+pub fn prometheus_label(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Every name a Prometheus server can query from nodepulse's scrape endpoint, with the
+/// `_bucket`, `_count` and `_sum` series of histograms.
+pub fn prometheus_series_names() -> Vec<String> {
+    let mut out = Vec::new();
+    for f in FAMILIES {
+        let name = prometheus_name(f.name);
+        if f.kind == Kind::Histogram {
+            for suffix in ["_bucket", "_count", "_sum"] {
+                out.push(format!("{name}{suffix}"));
+            }
+        }
+        out.push(name);
+    }
+    out.extend(SELF_METRICS.iter().map(|m| m.prometheus.to_owned()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_conventions() {
+        assert_eq!(
+            prometheus_name("block.io.latency"),
+            "nodepulse_block_io_latency_nanoseconds"
+        );
+        assert_eq!(
+            prometheus_name("block.io.size"),
+            "nodepulse_block_io_size_bytes"
+        );
+        assert_eq!(
+            prometheus_name("block.io.errors"),
+            "nodepulse_block_io_errors_total"
+        );
+        assert_eq!(
+            prometheus_name("block.io.queue_depth"),
+            "nodepulse_block_io_queue_depth"
+        );
+        assert_eq!(otlp_name("vm.vcpu.wait"), "nodepulse.vm.vcpu.wait");
+        assert_eq!(prometheus_label("ceph.osd.id"), "ceph_osd_id");
+        assert_eq!(prometheus_label("9lives"), "_9lives");
+    }
+
+    #[test]
+    fn every_family_is_described_once() {
+        for (i, f) in FAMILIES.iter().enumerate() {
+            assert!(!f.description.is_empty() && !f.unit.is_empty(), "{f:?}");
+            assert!(
+                FAMILIES[i + 1..].iter().all(|g| g.name != f.name),
+                "{} listed twice",
+                f.name
+            );
+        }
+        let names = prometheus_series_names();
+        assert!(names.contains(&"nodepulse_block_io_latency_nanoseconds_bucket".to_owned()));
+        assert!(names.contains(&"nodepulse_probe_up".to_owned()));
+    }
+}
