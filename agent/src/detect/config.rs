@@ -4,11 +4,15 @@ use serde::Deserialize;
 
 use crate::config::ConfigError;
 
+/// A duration family that is not a latency: how long guests ran before exiting.
+const NOT_A_WAIT: &str = "kvm.run.duration";
+
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
     pub enabled: bool,
-    /// Families to watch; empty watches every latency family.
+    /// Families to watch; empty watches every latency family (unit ns) but
+    /// `kvm.run.duration`, which measures guest execution, not waiting.
     pub families: Vec<String>,
     /// A window spans at least this many intervals ...
     pub min_intervals: u32,
@@ -135,6 +139,37 @@ impl DetectConfig {
     }
 
     pub fn watches(&self, family: &str) -> bool {
-        self.enabled && (self.families.is_empty() || self.families.iter().any(|f| f == family))
+        if !self.enabled {
+            return false;
+        }
+        if self.families.is_empty() {
+            return crate::catalog::unit(family) == "ns" && family != NOT_A_WAIT;
+        }
+        self.families.iter().any(|f| f == family)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_default_only_latency_families_are_watched() {
+        let c = DetectConfig::default();
+        assert!(c.watches("block.io.latency"));
+        assert!(c.watches("sched.runqueue.latency"));
+        assert!(!c.watches("block.io.size"), "bytes are not a latency");
+        assert!(!c.watches("block.io.queue_depth"));
+        assert!(!c.watches("kvm.run.duration"));
+        let only = DetectConfig {
+            families: vec!["block.io.size".into()],
+            ..DetectConfig::default()
+        };
+        assert!(only.watches("block.io.size") && !only.watches("block.io.latency"));
+        let off = DetectConfig {
+            enabled: false,
+            ..DetectConfig::default()
+        };
+        assert!(!off.watches("block.io.latency"));
     }
 }
