@@ -1,6 +1,6 @@
 //! `nodepulse replay` as a user runs it (no root): a recording with a known step, in
 //! the console JSON format `nodepulse record` writes, yields one alarm at the step; a
-//! CSV yields one scored row per input row.
+//! CSV yields one scored row per input row; a real recording (root) replays.
 
 mod common;
 
@@ -142,4 +142,36 @@ fn csv_gets_a_score_per_row_and_bad_input_names_the_line() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("history.csv line 3"), "{stderr}");
+}
+
+#[test]
+fn a_real_recording_replays() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("live.jsonl");
+    let out = common::nodepulse()
+        .args(["record", "--interval", "1s", "--reports", "3", "--output"])
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "the recording goes to the file only");
+    let text = std::fs::read_to_string(&rec).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["series"].is_array() && v["time"].is_string());
+    }
+    let out = replay(&[], &rec);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 alarm(s) opened"), "{stderr}");
 }
