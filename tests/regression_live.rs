@@ -107,8 +107,9 @@ enabled = false
 [probes.kvm]
 enabled = false
 
-# One-second windows: a busy device reaches min_samples every interval. Floors a
-# little higher than the defaults: 1 s windows on a shared VM are noisy.
+# One-second windows: a busy device reaches min_samples every interval. Floors
+# higher than the defaults: one-second windows of a loop device on a shared VM are
+# noisy, and the load below shifts the reads by several times.
 [detect]
 families = ["block.io.latency"]
 min_intervals = 1
@@ -119,7 +120,7 @@ raise_after = 2
 clear_after = 2
 p50_ratio = 1.5
 p90_ratio = 1.5
-p99_ratio = 1.5
+p99_ratio = 2.0
 
 [actions]
 audit_log = "{audit}"
@@ -130,6 +131,9 @@ family = "block.io.latency"
 labels = {{ device = "{device}", op = "read" }}
 program = ["/bin/sh", "-c", "echo \"$NODEPULSE_ALARM_ID $NODEPULSE_ALARM_SEVERITY\" >> {ran}"]
 timeout = "5s"
+# A neighbour's burst may raise an alarm on the baseline already (this VM is shared):
+# its run must not hold back the one for the test's own regression.
+cooldown = "0s"
 "#,
             audit = audit.display(),
             device = dev.name,
