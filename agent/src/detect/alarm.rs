@@ -217,14 +217,14 @@ impl Alarm {
         self.summary = self.describe();
     }
 
-    /// "block.io.latency{device=sdb,op=write} has regressed: p99 from 1.80ms to 6.50ms
-    /// since 2026-11-27T14:02:00Z, 3.6×, confidence high".
+    /// "write latency on sdb (block.io.latency) has regressed: p99 from 1.80ms to 6.50ms
+    /// since 2026-11-27T14:02:00Z, 3.6×, major, confidence high"; once resolved, "…
+    /// has recovered at <end>: …".
     fn describe(&self) -> String {
         let from = self.baseline_ns.get(self.quantile).copied().unwrap_or(0.0);
         let to = self.current_ns.get(self.quantile).copied().unwrap_or(0.0);
-        let what = format!(
-            "{}: {} from {} to {} since {}, {:.1}×, {} severity, confidence {}",
-            self.series,
+        let figures = format!(
+            "{} from {} to {} since {}, {:.1}×, {}, confidence {}",
             self.quantile,
             format_ns(from),
             format_ns(to),
@@ -233,9 +233,25 @@ impl Alarm {
             self.severity.as_str(),
             self.confidence
         );
+        let who = self.subject();
         match &self.ended {
-            None => format!("regressed — {what}"),
-            Some(end) => format!("resolved at {end} — {what}"),
+            None => format!("{who} has regressed: {figures}"),
+            Some(end) => format!("{who} has recovered at {end}: {figures}"),
+        }
+    }
+
+    /// "write latency on sdb (block.io.latency)" where the labels say so, else the series.
+    fn subject(&self) -> String {
+        let label = |k: &str| self.labels.get(k).map(String::as_str);
+        let on = label("device")
+            .or(label("vm"))
+            .or(label("cgroup"))
+            .map(|d| format!(" on {d}"))
+            .unwrap_or_default();
+        match (label("op").or(label("reason")), on.is_empty()) {
+            (Some(op), _) => format!("{op} latency{on} ({})", self.family),
+            (None, false) => format!("latency{on} ({})", self.family),
+            (None, true) => self.series.clone(),
         }
     }
 }

@@ -314,7 +314,13 @@ mod tests {
         assert_eq!(opened.state, AlarmState::Open);
         assert_eq!(opened.start_unix_nano, first_bad_end - 10 * S);
         assert!(opened.factor > 1.5, "{opened:?}");
-        assert!(opened.summary.contains("regressed"), "{}", opened.summary);
+        assert!(
+            opened
+                .summary
+                .starts_with("latency on sdx (block.io.latency) has regressed: p"),
+            "{}",
+            opened.summary
+        );
         let ongoing = run.step(&window(138)).unwrap().alarm.unwrap();
         assert_eq!(ongoing.state, AlarmState::Ongoing);
         assert_eq!(ongoing.id, opened.id);
@@ -331,6 +337,11 @@ mod tests {
         assert_eq!(resolved.state, AlarmState::Resolved);
         assert_eq!(resolved.id, opened.id);
         assert_eq!(resolved.end_unix_nano, Some(run.t));
+        assert!(
+            resolved.summary.contains("has recovered at"),
+            "{}",
+            resolved.summary
+        );
         assert!(run.state.open_alarm().is_none());
     }
 

@@ -436,7 +436,10 @@ mod tests {
         assert!(t.contains("alarms   1 open"), "{t}");
         assert!(t.contains("OPEN      major"), "{t}");
         assert!(t.contains(&alarm.id), "{t}");
-        assert!(t.contains("block.io.latency{device=sdx,op=write}"), "{t}");
+        assert!(
+            t.contains("write latency on sdx (block.io.latency) has regressed"),
+            "{t}"
+        );
         let v: serde_json::Value = serde_json::from_str(&render(&r, ConsoleFormat::Json)).unwrap();
         assert_eq!(v["alarms_open"], 1);
         assert_eq!(v["alarms"][0]["id"], alarm.id.as_str());
