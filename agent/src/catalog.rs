@@ -232,6 +232,15 @@ pub const MEMORY: SelfMetric = SelfMetric {
     description: "Resident memory of the nodepulse process",
 };
 
+pub const ALARMS_OPEN: SelfMetric = SelfMetric {
+    otlp: "nodepulse.alarms.open",
+    prometheus: "nodepulse_alarms_open",
+    kind: Kind::Gauge,
+    unit: "{alarm}",
+    labels: &[],
+    description: "Regression alarms open now",
+};
+
 /// OTLP only: the exporter's own outcome. The Prometheus names are those a collector's
 /// Prometheus exporters give them.
 pub const OTLP_BATCHES: SelfMetric = SelfMetric {
@@ -259,6 +268,7 @@ pub const SELF_METRICS: &[&SelfMetric] = &[
     &DROPPED,
     &CPU_TIME,
     &MEMORY,
+    &ALARMS_OPEN,
     &OTLP_BATCHES,
     &OTLP_BYTES,
 ];

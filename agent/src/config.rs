@@ -28,6 +28,9 @@ pub enum ConfigError {
     },
     #[error("config key `{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
+    /// For keys inside arrays of tables, e.g. `actions.rules[0].program`.
+    #[error("config key `{key}` {problem}")]
+    InvalidKey { key: String, problem: String },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -43,6 +46,8 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     pub outliers: OutliersConfig,
     pub health: HealthConfig,
+    pub detect: crate::detect::DetectConfig,
+    pub actions: crate::actions::ActionsConfig,
 }
 
 /// Liveness and readiness over HTTP, for Kubernetes probes and monitoring.
@@ -491,7 +496,7 @@ impl AttachMode {
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
@@ -658,6 +663,8 @@ impl Config {
                 problem,
             }
         })?;
+        self.detect.validate()?;
+        self.actions.validate()?;
         let limits = [
             ("limits.max_devices", self.limits.max_devices),
             ("limits.max_cgroups", self.limits.max_cgroups),

@@ -2,12 +2,14 @@
 //! happens; this library loads them, aggregates what they record each interval, and
 //! exports reports. See DESIGN.md for the architecture.
 
+pub mod actions;
 pub mod aggregate;
 pub mod attribution;
 pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod export;
 pub mod health;
 pub mod kernel;

@@ -10,17 +10,22 @@ use std::{
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
+    actions::Actions,
     aggregate::{
         CounterDelta, Delta,
         budget::{Budget, Rule},
         counter_delta,
     },
     config::{Config, LimitsConfig, OutliersConfig, Threshold},
-    export::Exporter,
+    detect::{AlarmState, Detector},
+    export::{Exporter, otlp::unix_nanos},
     probes::{Probes, block, kvm, outliers::auto_threshold, sched, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
 };
+
+/// How long the agent waits for running actions at exit.
+const ACTIONS_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Pipeline {
     probes: Probes,
@@ -38,6 +43,8 @@ pub struct Pipeline {
     previous_programs: HashMap<&'static str, ProgramRunStats>,
     previous_drops: HashMap<&'static str, u64>,
     previous_process: ProcessSample,
+    detector: Option<Detector>,
+    actions: Option<Actions>,
 }
 
 impl Pipeline {
@@ -59,7 +66,19 @@ impl Pipeline {
             previous_programs: HashMap::new(),
             previous_drops: HashMap::new(),
             previous_process: selfmon::sample(),
+            detector: config
+                .detect
+                .enabled
+                .then(|| Detector::new(config.detect.clone(), &config.node_name())),
+            actions: None,
         }
+    }
+
+    /// Remedial actions for the alarms (started before the probes attach, so that a
+    /// bad audit log path stops the agent before anything is attached).
+    pub fn with_actions(mut self, actions: Option<Actions>) -> Self {
+        self.actions = actions;
+        self
     }
 
     pub fn probes(&self) -> &Probes {
@@ -146,7 +165,7 @@ impl Pipeline {
         );
         agent.outliers_discarded = collection.outliers_discarded;
         agent.export_ms = self.export_ms.clone();
-        Report {
+        let mut report = Report {
             time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             interval_s,
             node: self.node.clone(),
@@ -155,6 +174,45 @@ impl Pipeline {
             outliers: collection.outliers,
             probes,
             agent,
+            alarms: Vec::new(),
+            alarms_open: 0,
+            actions: Vec::new(),
+        };
+        self.detect(&mut report);
+        report
+    }
+
+    /// Runs the detector over the interval's series, logs and acts on its alarms.
+    fn detect(&mut self, report: &mut Report) {
+        if let Some(detector) = &mut self.detector {
+            let deltas: Vec<_> = report.series.iter().map(|s| s.delta_histogram()).collect();
+            let out = detector.update(
+                unix_nanos(),
+                (report.interval_s * 1e9) as u64,
+                report.series.iter().zip(&deltas).map(|(s, h)| {
+                    let labels = s
+                        .labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .collect();
+                    (s.family, labels, h)
+                }),
+            );
+            for alarm in &out.alarms {
+                match alarm.state {
+                    AlarmState::Open => tracing::warn!(alarm = alarm.id, "{}", alarm.summary),
+                    AlarmState::Resolved => tracing::info!(alarm = alarm.id, "{}", alarm.summary),
+                    AlarmState::Ongoing => {}
+                }
+                if let Some(actions) = &mut self.actions {
+                    actions.dispatch(alarm);
+                }
+            }
+            report.alarms = out.alarms;
+            report.alarms_open = out.open;
+        }
+        if let Some(actions) = &mut self.actions {
+            report.actions = actions.completed();
         }
     }
 
@@ -228,6 +286,11 @@ impl Pipeline {
                     break;
                 }
             }
+        }
+        if let Some(actions) = &mut self.actions
+            && !actions.wait(ACTIONS_GRACE)
+        {
+            tracing::warn!("actions still running at exit; they carry on on their own");
         }
         drop(self);
         tracing::info!("probes detached, exiting");

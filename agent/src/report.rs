@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
+    actions::ActionRun,
     aggregate::{ExpHistogram, IntervalCounter, IntervalSeries},
+    detect::Alarm,
     probes::{AttachKind, ProbeStatus, outliers::Outlier},
     selfmon::Usage,
 };
@@ -29,6 +31,12 @@ pub struct Report {
     pub outliers: Vec<Outlier>,
     pub probes: Vec<ProbeReport>,
     pub agent: AgentReport,
+    /// Alarms that opened, continued or resolved this interval.
+    pub alarms: Vec<Alarm>,
+    /// Alarms open after this interval.
+    pub alarms_open: u64,
+    /// Action runs that finished (or were skipped) since the previous report.
+    pub actions: Vec<ActionRun>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -334,5 +342,8 @@ pub(crate) fn sample() -> Report {
             BTreeMap::from([("block_unmatched_completions", 7)]),
             None,
         ),
+        alarms: vec![],
+        alarms_open: 0,
+        actions: vec![],
     }
 }

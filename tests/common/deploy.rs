@@ -136,10 +136,6 @@ pub fn exported_metrics() -> BTreeSet<String> {
     names
 }
 
-/// Metrics the dashboards query that other issues are adding; each is named with its
-/// issue, and the tests say so while one is still missing from the catalogue.
-pub const PENDING: &[(&str, &str)] = &[("nodepulse_alarms_open", "issue 6 (alarms)")];
-
 /// Series every Prometheus has of its own.
 pub const PROMETHEUS_BUILTIN: &[&str] = &["up", "ALERTS"];
 
@@ -239,16 +235,7 @@ pub fn assert_exported(uses: &[(String, String)]) {
         if exported.contains(name) || PROMETHEUS_BUILTIN.contains(&name.as_str()) {
             continue;
         }
-        match PENDING.iter().find(|(n, _)| n == name) {
-            Some((_, issue)) => {
-                use std::io::Write as _;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "NOTE {place}: {name} is not exported yet; {issue} adds it"
-                );
-            }
-            None => unknown.push(format!("{place}: {name}")),
-        }
+        unknown.push(format!("{place}: {name}"));
     }
     assert!(
         unknown.is_empty(),

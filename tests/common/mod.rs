@@ -228,6 +228,9 @@ impl LoopDevice {
                 "--ioengine=libaio",
                 "--direct=1",
                 "--output-format=json",
+                // Jobs as threads: a killed fio takes them with it (job processes run
+                // in sessions of their own and would keep the device busy).
+                "--thread",
             ])
             .arg(format!("--filename={}", self.path.display()))
             .args(args)

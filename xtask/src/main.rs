@@ -6,6 +6,7 @@
 mod bench;
 mod deb;
 mod dist;
+mod eval_detect;
 mod image;
 mod receiver;
 mod run;
@@ -41,6 +42,9 @@ enum Task {
     Image(image::Args),
     /// Build the Debian package (static binary, hardened systemd unit) with dpkg-deb.
     Deb(deb::Args),
+    /// Evaluate the regression detector on labelled synthetic series (fixed seeds):
+    /// detection rate, delay in windows, false alarms per day. No root needed.
+    EvalDetect(eval_detect::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(args),
         Task::Image(args) => image::run(args),
         Task::Deb(args) => deb::run(args),
+        Task::EvalDetect(args) => eval_detect::run(args),
     };
     // Printed by hand: a failed task is an expected outcome, and anyhow's Debug output
     // would add a backtrace of xtask itself whenever RUST_BACKTRACE is set.

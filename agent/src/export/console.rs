@@ -300,6 +300,7 @@ pub fn render_table(r: &Report) -> String {
             label("process.pid"),
         );
     }
+    render_alarms(&mut t, r);
     let _ = writeln!(t, "probes");
     for p in &r.probes {
         let state = match (&p.state, p.attach) {
@@ -349,6 +350,43 @@ pub fn render_table(r: &Report) -> String {
     t
 }
 
+/// Alarm events of the interval and finished action runs; nothing when all is quiet.
+fn render_alarms(t: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    if r.alarms.is_empty() && r.alarms_open == 0 && r.actions.is_empty() {
+        return;
+    }
+    let _ = writeln!(t, "alarms   {} open", r.alarms_open);
+    for a in &r.alarms {
+        let _ = writeln!(
+            t,
+            "  {:<9} {:<8} {}  [{}]",
+            a.state.as_str().to_uppercase(),
+            a.severity.as_str(),
+            a.summary,
+            a.id
+        );
+    }
+    for run in &r.actions {
+        let detail = match (run.exit_code, run.http_status, &run.error) {
+            (_, _, Some(e)) => e.clone(),
+            (Some(code), _, None) => format!("exit {code}"),
+            (None, Some(status), None) => format!("HTTP {status}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            t,
+            "  action   {:<19} {} {} for {} ({:.0} ms) {}",
+            run.outcome.as_str(),
+            run.rule,
+            run.kind,
+            run.alarm_id,
+            run.duration_ms,
+            detail
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +423,28 @@ mod tests {
         assert!(s["quantiles"]["p99"].as_f64().unwrap() > 1e6);
         assert_eq!(s["unit"], "ns");
         assert_eq!(v["counters"][0]["total"], 5);
+    }
+
+    #[test]
+    fn alarms_and_action_runs_are_shown_only_when_there_are_some() {
+        let mut r = report();
+        assert!(!render_table(&r).contains("alarms"));
+        let alarm = crate::detect::alarm::sample(crate::detect::Severity::Major);
+        r.alarms = vec![alarm.clone()];
+        r.alarms_open = 1;
+        let t = render_table(&r);
+        assert!(t.contains("alarms   1 open"), "{t}");
+        assert!(t.contains("OPEN      major"), "{t}");
+        assert!(t.contains(&alarm.id), "{t}");
+        assert!(
+            t.contains("write latency on sdx (block.io.latency) has regressed"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&render(&r, ConsoleFormat::Json)).unwrap();
+        assert_eq!(v["alarms_open"], 1);
+        assert_eq!(v["alarms"][0]["id"], alarm.id.as_str());
+        assert_eq!(v["alarms"][0]["state"], "open");
+        assert!(v["alarms"][0]["evidence"]["baseline"]["fractions"].is_array());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 use opentelemetry_proto::tonic::{metrics::v1::Metric, resource::v1::Resource};
 
 use super::{
-    Exporter,
+    Exporter, otlp_alarms,
     otlp_encode::{self, Event, Times, int_point, kv, self_metric},
     otlp_transport::{self, OtlpSender, Signal, TransportError},
 };
@@ -110,24 +110,29 @@ impl Exporter for OtlpExporter {
         if !self.sender.try_send_metrics(metrics) {
             dropped.push("metrics");
         }
-        if !report.outliers.is_empty()
-            && !self.sender.try_send_traces(otlp_encode::traces_request(
-                &report.outliers,
-                &self.resource,
-            ))
+        let mut spans = otlp_encode::outlier_spans(&report.outliers);
+        spans.extend(otlp_alarms::alarm_spans(&report.alarms));
+        spans.extend(otlp_alarms::action_spans(&report.actions));
+        if !spans.is_empty()
+            && !self
+                .sender
+                .try_send_traces(otlp_encode::spans_request(spans, &self.resource))
         {
             dropped.push("traces");
         }
+        let mut events = Vec::new();
         if !self.reported_failures {
             self.reported_failures = true;
-            let events = Event::probe_failures(report, now);
-            if !events.is_empty()
-                && !self
-                    .sender
-                    .try_send_logs(otlp_encode::logs_request(&events, &self.resource))
-            {
-                dropped.push("logs");
-            }
+            events = Event::probe_failures(report, now);
+        }
+        events.extend(otlp_alarms::alarm_events(&report.alarms, now));
+        events.extend(otlp_alarms::action_events(&report.actions));
+        if !events.is_empty()
+            && !self
+                .sender
+                .try_send_logs(otlp_encode::logs_request(&events, &self.resource))
+        {
+            dropped.push("logs");
         }
         if dropped.is_empty() {
             Ok(())

@@ -40,7 +40,7 @@ pub fn kv(key: &str, value: impl Into<String>) -> KeyValue {
     }
 }
 
-fn kv_int(key: &str, value: i64) -> KeyValue {
+pub fn kv_int(key: &str, value: i64) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
         value: Some(AnyValue {
@@ -82,7 +82,7 @@ fn scope() -> InstrumentationScope {
     }
 }
 
-fn attributes(
+pub fn attributes(
     labels: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
 ) -> Vec<KeyValue> {
     labels
@@ -268,7 +268,7 @@ pub fn counter(name: &str, unit: &str, description: &str, points: Vec<NumberData
     }
 }
 
-fn gauge(name: &str, unit: &str, description: &str, points: Vec<NumberDataPoint>) -> Metric {
+pub fn gauge(name: &str, unit: &str, description: &str, points: Vec<NumberDataPoint>) -> Metric {
     Metric {
         name: name.into(),
         description: description.into(),
@@ -346,6 +346,10 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
             )],
         ),
         self_metric(
+            &catalog::ALARMS_OPEN,
+            vec![int_point(report.alarms_open, vec![], times)],
+        ),
+        self_metric(
             &catalog::MEMORY,
             vec![int_point(report.agent.rss_bytes, vec![], times)],
         ),
@@ -354,7 +358,11 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
 
 /// One span per outlier, with its real start and end.
 pub fn traces_request(outliers: &[Outlier], resource: &Resource) -> ExportTraceServiceRequest {
-    let spans = outliers
+    spans_request(outlier_spans(outliers), resource)
+}
+
+pub fn outlier_spans(outliers: &[Outlier]) -> Vec<Span> {
+    outliers
         .iter()
         .map(|o| {
             let op = o
@@ -385,7 +393,10 @@ pub fn traces_request(outliers: &[Outlier], resource: &Resource) -> ExportTraceS
                 ..Default::default()
             }
         })
-        .collect();
+        .collect()
+}
+
+pub fn spans_request(spans: Vec<Span>, resource: &Resource) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(resource.clone()),
@@ -406,6 +417,9 @@ pub struct Event {
     pub body: String,
     pub attributes: Vec<(String, String)>,
     pub time_unix_nano: u64,
+    /// The span the record belongs to (an alarm's, an action run's); empty when none.
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
 }
 
 impl Event {
@@ -427,6 +441,8 @@ impl Event {
                     ("nodepulse.probe".into(), p.probe.into()),
                 ],
                 time_unix_nano: now,
+                trace_id: Vec::new(),
+                span_id: Vec::new(),
             })
             .collect()
     }
@@ -448,6 +464,8 @@ pub fn logs_request(events: &[Event], resource: &Resource) -> ExportLogsServiceR
                 value: Some(any_value::Value::StringValue(e.body.clone())),
             }),
             attributes: attributes(e.attributes.iter().map(|(k, v)| (k, v))),
+            trace_id: e.trace_id.clone(),
+            span_id: e.span_id.clone(),
             ..Default::default()
         })
         .collect();

@@ -185,7 +185,7 @@ pub fn monotonic_to_wall_offset() -> i128 {
 }
 
 /// Random span and trace ids from the kernel's generator; never all zero (invalid).
-fn random<const N: usize>() -> [u8; N] {
+pub(crate) fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     loop {
         // SAFETY: getrandom fills our buffer; a short read leaves zeros, caught below.

@@ -150,3 +150,15 @@ pub(super) fn rustls_client(tls: TlsFiles, https: bool) -> Result<ClientConfig, 
         None => Ok(builder.with_no_client_auth()),
     }
 }
+
+/// A TLS client configuration with the system roots (https) or none (http), for other
+/// HTTP clients of the agent (webhooks).
+pub(crate) fn default_tls(https: bool) -> Result<ClientConfig, String> {
+    rustls_client(
+        TlsFiles {
+            ca: None,
+            identity: None,
+        },
+        https,
+    )
+}

@@ -663,7 +663,7 @@ fn gzip(data: &[u8]) -> Bytes {
 
 /// "outer: cause: root cause", since transport errors say little on their own ("client
 /// error (Connect)").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     with_causes(error.to_string(), error.source())
 }
 
@@ -694,6 +694,7 @@ mod http;
 mod validate;
 
 use grpc::*;
+pub(crate) use http::default_tls;
 use http::*;
 pub use validate::validate;
 use validate::*;

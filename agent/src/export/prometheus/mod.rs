@@ -208,6 +208,13 @@ fn self_families(report: &Report) -> Vec<Family<'_>> {
         self_family(&catalog::PROBE_UP, probe_up.collect()),
         self_family(&catalog::DROPPED, dropped.collect()),
         self_family(
+            &catalog::ALARMS_OPEN,
+            vec![Sample {
+                labels: Vec::new(),
+                value: Value::Int(report.alarms_open),
+            }],
+        ),
+        self_family(
             &catalog::MEMORY,
             vec![Sample {
                 labels: Vec::new(),

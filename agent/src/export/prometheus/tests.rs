@@ -236,6 +236,11 @@ fn text_has_the_self_metrics() {
         "10485760"
     );
     assert_eq!(v("nodepulse_process_cpu_seconds_total", &[]), "1.5");
+    assert_eq!(v("nodepulse_alarms_open", &[]), "0");
+    let mut r = sample();
+    r.alarms_open = 2;
+    let lines = parse_text(&render_text(&r));
+    assert_eq!(value_of(&lines, "nodepulse_alarms_open", &[]), "2");
 }
 
 #[test]

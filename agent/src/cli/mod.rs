@@ -1,10 +1,13 @@
-//! Command line: `nodepulse run` and `nodepulse check`.
+//! Command line: `nodepulse run`, `check`, `record` and `replay`.
+
+mod replay;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    actions::Actions,
     check,
     config::{self, Config, ConsoleFormat, LogFormat, LogLevel, Overrides},
     export::{
@@ -41,6 +44,48 @@ pub enum Command {
     /// Tell what this node supports and what is missing; exit 0 when every enabled
     /// probe can attach, 1 when not, 2 when the configuration is invalid.
     Check(CheckArgs),
+    /// Attach the probes and record every interval's series as JSON lines (the console
+    /// JSON format), for `nodepulse replay`. Runs no actions.
+    Record(RecordArgs),
+    /// Run the regression detector offline (no root) over a recording, printing the
+    /// alarms it would have raised; or over a CSV of `timestamp,value` rows, printing
+    /// each row with an anomaly score in [0, 1].
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// File to write (appended to); `-` for standard output.
+    #[arg(short, long, default_value = "-")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A recording (`nodepulse record`) or a CSV file (`timestamp,value` per row).
+    pub file: PathBuf,
+    /// Configuration whose [detect] section is used (default: the defaults).
+    #[arg(short, long, env = "NODEPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Treat the file as CSV whatever its name (a `.csv` name is enough otherwise).
+    #[arg(long)]
+    pub csv: bool,
+    /// CSV rows per detector window; each row's score looks at the last this many rows.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub csv_window: u32,
+    /// How alarms are printed (recordings only).
+    #[arg(short, long, value_enum, default_value_t = ReplayFormat::Table)]
+    pub format: ReplayFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayFormat {
+    /// One line per alarm event: state, severity, summary, id.
+    Table,
+    /// One JSON object per alarm event, with its evidence.
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -130,17 +175,47 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
+        Command::Record(args) => record(args),
+        Command::Replay(args) => replay::replay(args),
     }
 }
 
-fn config_error(e: config::ConfigError) -> ExitCode {
+pub(super) fn config_error(e: config::ConfigError) -> ExitCode {
     eprintln!("nodepulse: {e}");
     eprintln!("nothing was attached; fix the configuration and start again");
     ExitCode::from(EXIT_CONFIG)
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let config = match args.config.load(Some(&args)) {
+    start(&args, None)
+}
+
+fn record(args: RecordArgs) -> ExitCode {
+    let out: Box<dyn std::io::Write + Send> = if args.output.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.output)
+        {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!(
+                    "nodepulse: cannot write the recording to {}: {e}; choose a writable \
+                     path with --output",
+                    args.output.display()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    };
+    start(&args.run, Some(out))
+}
+
+/// `run`, or `record` when `recording` is set: then the only output is the recording.
+fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + Send>>) -> ExitCode {
+    let config = match args.config.load(Some(args)) {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
@@ -155,10 +230,14 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run_agent(config, args.reports))
+    runtime.block_on(run_agent(config, args.reports, recording))
 }
 
-async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
+async fn run_agent(
+    config: Config,
+    max_reports: u64,
+    recording: Option<Box<dyn std::io::Write + Send>>,
+) -> ExitCode {
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
@@ -170,6 +249,27 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "nodepulse starting: {config}"
     );
+    // Before anything attaches: an audit log that cannot be written stops the start.
+    let actions = if recording.is_some() {
+        None
+    } else {
+        match Actions::start(&config.actions, &config.node_name()) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("nodepulse: {e}");
+                eprintln!("nothing was attached; fix the configuration and start again");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    };
+    if let Some(a) = &actions {
+        tracing::info!(
+            rules = config.actions.rules.len(),
+            dry_run = config.actions.dry_run,
+            audit_log = %a.audit_path().display(),
+            "remedial actions configured"
+        );
+    }
     let probes = match Probes::start(&config) {
         Ok(p) => p,
         Err(e) => {
@@ -177,7 +277,7 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Exporters { all, otlp } = match start_exporters(&config) {
+    let Exporters { all, otlp } = match start_exporters(&config, recording) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -186,6 +286,7 @@ async fn run_agent(config: Config, max_reports: u64) -> ExitCode {
         humantime::format_duration(config.agent.interval)
     );
     Pipeline::new(probes, all, &config)
+        .with_actions(actions)
         .run(config.agent.interval, max_reports, shutdown)
         .await;
     if let Some(sender) = otlp {
@@ -205,9 +306,15 @@ struct Exporters {
 }
 
 /// Starts the exporters; on failure, the exit code once the message is printed.
-fn start_exporters(config: &Config) -> Result<Exporters, ExitCode> {
+/// The configured exporters; with a recording, it replaces the console.
+fn start_exporters(
+    config: &Config,
+    recording: Option<Box<dyn std::io::Write + Send>>,
+) -> Result<Exporters, ExitCode> {
     let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
-    if config.console.enabled {
+    if let Some(out) = recording {
+        exporters.push(Box::new(Console::new(out, ConsoleFormat::Json)));
+    } else if config.console.enabled {
         exporters.push(Box::new(Console::new(
             std::io::stdout(),
             config.console.format,

@@ -1,0 +1,424 @@
+//! Remedial actions: what runs when an alarm opens or resolves, only where a rule says
+//! so. Safety first: dry-run, a cooldown per rule, a global hourly limit and a cap on
+//! runs at the same time; every decision (runs and skips) goes to the audit log. Runs
+//! happen on threads of their own and come back through a channel, so the collection
+//! loop never waits for one.
+
+pub mod audit;
+pub mod config;
+pub mod program;
+pub mod webhook;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use thiserror::Error;
+
+pub use config::{ActionRule, ActionsConfig, Trigger, WebhookFormat};
+
+use crate::{
+    detect::{Alarm, AlarmState, alarm::rfc3339},
+    export::otlp::unix_nanos,
+};
+use audit::AuditLog;
+
+#[derive(Debug, Error)]
+pub enum ActionsError {
+    #[error(
+        "cannot open the action audit log {path}: {source}; set actions.audit_log to a \
+         writable path"
+    )]
+    Audit {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    TimedOut,
+    DryRun,
+    SkippedCooldown,
+    SkippedRateLimit,
+    SkippedConcurrency,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::DryRun => "dry_run",
+            Outcome::SkippedCooldown => "skipped_cooldown",
+            Outcome::SkippedRateLimit => "skipped_rate_limit",
+            Outcome::SkippedConcurrency => "skipped_concurrency",
+        }
+    }
+}
+
+/// One run of one rule for one alarm event: the audit line, the log record and the
+/// span (a child of the alarm's span).
+#[derive(Clone, Debug, Serialize)]
+pub struct ActionRun {
+    pub time: String,
+    pub alarm_id: String,
+    /// The alarm event that triggered it: `open` or `resolved`.
+    pub event: &'static str,
+    pub series: String,
+    pub rule: String,
+    /// `program` or `webhook`.
+    pub kind: &'static str,
+    /// The argv (joined) or the URL.
+    pub target: String,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub http_status: Option<u16>,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+    /// The first 4 KiB of the program's output or the webhook's answer.
+    pub output: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+}
+
+impl ActionRun {
+    fn new(alarm: &Alarm, rule: &ActionRule, outcome: Outcome) -> Self {
+        let now = unix_nanos();
+        let (kind, target) = if rule.program.is_empty() {
+            ("webhook", rule.webhook.clone())
+        } else {
+            ("program", rule.program.join(" "))
+        };
+        Self {
+            time: rfc3339(now),
+            alarm_id: alarm.id.clone(),
+            event: alarm.state.as_str(),
+            series: alarm.series.clone(),
+            rule: rule.name.clone(),
+            kind,
+            target,
+            outcome,
+            exit_code: None,
+            http_status: None,
+            duration_ms: 0.0,
+            error: None,
+            output: String::new(),
+            trace_id: alarm.trace_id.clone(),
+            span_id: crate::probes::outliers::random::<8>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            parent_span_id: alarm.span_id.clone(),
+            start_unix_nano: now,
+            end_unix_nano: now,
+        }
+    }
+
+    /// W3C trace context of this run, for the program or the webhook receiver.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace_id, self.span_id)
+    }
+}
+
+pub struct Actions {
+    config: ActionsConfig,
+    node: String,
+    audit: Arc<AuditLog>,
+    /// Last run per rule (cooldown).
+    last_run: HashMap<String, Instant>,
+    /// Starts within the last hour (global rate limit).
+    started: VecDeque<Instant>,
+    running: Arc<AtomicUsize>,
+    done_tx: mpsc::Sender<ActionRun>,
+    done_rx: mpsc::Receiver<ActionRun>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Actions {
+    /// `None` when no rule is configured: then nothing can ever run.
+    pub fn start(config: &ActionsConfig, node: &str) -> Result<Option<Self>, ActionsError> {
+        if config.rules.is_empty() {
+            return Ok(None);
+        }
+        let audit = AuditLog::open(&config.audit_log).map_err(|source| ActionsError::Audit {
+            path: config.audit_log.clone(),
+            source,
+        })?;
+        let (done_tx, done_rx) = mpsc::channel();
+        Ok(Some(Self {
+            config: config.clone(),
+            node: node.to_owned(),
+            audit: Arc::new(audit),
+            last_run: HashMap::new(),
+            started: VecDeque::new(),
+            running: Arc::new(AtomicUsize::new(0)),
+            done_tx,
+            done_rx,
+            threads: Vec::new(),
+        }))
+    }
+
+    pub fn audit_path(&self) -> &std::path::Path {
+        self.audit.path()
+    }
+
+    /// Starts (or skips, or dry-runs) every rule that matches this alarm event.
+    pub fn dispatch(&mut self, alarm: &Alarm) {
+        let trigger = match alarm.state {
+            AlarmState::Open => Trigger::Open,
+            AlarmState::Resolved => Trigger::Resolved,
+            AlarmState::Ongoing => return,
+        };
+        let rules: Vec<ActionRule> = self
+            .config
+            .rules
+            .iter()
+            .filter(|r| r.on.contains(&trigger) && matches(r, alarm))
+            .cloned()
+            .collect();
+        for rule in rules {
+            let now = Instant::now();
+            while self
+                .started
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(3600))
+            {
+                self.started.pop_front();
+            }
+            // A resolution is never held back by the cooldown: a receiver must hear it.
+            let cooling = trigger == Trigger::Open
+                && self
+                    .last_run
+                    .get(&rule.name)
+                    .is_some_and(|t| now.duration_since(*t) < rule.cooldown);
+            let skip = if cooling {
+                Some(Outcome::SkippedCooldown)
+            } else if self.started.len() >= self.config.max_per_hour as usize {
+                Some(Outcome::SkippedRateLimit)
+            } else if self.running.load(Ordering::SeqCst) >= self.config.max_concurrent {
+                Some(Outcome::SkippedConcurrency)
+            } else if self.config.dry_run {
+                Some(Outcome::DryRun)
+            } else {
+                None
+            };
+            if let Some(outcome) = skip {
+                if outcome == Outcome::DryRun {
+                    self.last_run.insert(rule.name.clone(), now);
+                    self.started.push_back(now);
+                }
+                let run = ActionRun::new(alarm, &rule, outcome);
+                finish(&self.audit, &self.done_tx, run);
+                continue;
+            }
+            self.last_run.insert(rule.name.clone(), now);
+            self.started.push_back(now);
+            self.spawn(rule, alarm.clone());
+        }
+        self.threads.retain(|t| !t.is_finished());
+    }
+
+    fn spawn(&mut self, rule: ActionRule, alarm: Alarm) {
+        let running = Arc::clone(&self.running);
+        let audit = Arc::clone(&self.audit);
+        let done = self.done_tx.clone();
+        let node = self.node.clone();
+        running.fetch_add(1, Ordering::SeqCst);
+        let spawned = std::thread::Builder::new()
+            .name(format!("action {}", rule.name))
+            .spawn(move || {
+                let run = execute(&rule, &alarm, &node);
+                finish(&audit, &done, run);
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(t) => self.threads.push(t),
+            Err(e) => {
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!("cannot start a thread for an action: {e}");
+            }
+        }
+    }
+
+    /// Runs that finished (or were skipped) since the last call.
+    pub fn completed(&mut self) -> Vec<ActionRun> {
+        self.done_rx.try_iter().collect()
+    }
+
+    /// Waits up to `timeout` for running actions (at shutdown, and in tests).
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.running.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        true
+    }
+}
+
+fn matches(rule: &ActionRule, alarm: &Alarm) -> bool {
+    (rule.family.is_empty() || rule.family == alarm.family)
+        && rule
+            .labels
+            .iter()
+            .all(|(k, v)| alarm.labels.get(k) == Some(v))
+        && alarm.severity >= rule.min_severity
+}
+
+/// Audits, logs and hands back one run. An audit failure is logged, never fatal.
+fn finish(audit: &AuditLog, done: &mpsc::Sender<ActionRun>, run: ActionRun) {
+    if let Err(e) = audit.record(&run) {
+        tracing::error!(
+            path = %audit.path().display(),
+            "cannot append to the action audit log: {e}"
+        );
+    }
+    match run.outcome {
+        Outcome::Ok | Outcome::DryRun => tracing::info!(
+            alarm = run.alarm_id,
+            rule = run.rule,
+            outcome = run.outcome.as_str(),
+            exit_code = run.exit_code,
+            duration_ms = run.duration_ms,
+            "action {}: {}",
+            run.kind,
+            run.target
+        ),
+        _ => tracing::warn!(
+            alarm = run.alarm_id,
+            rule = run.rule,
+            outcome = run.outcome.as_str(),
+            exit_code = run.exit_code,
+            duration_ms = run.duration_ms,
+            "action {} {}: {}",
+            run.kind,
+            run.target,
+            run.error.as_deref().unwrap_or("")
+        ),
+    }
+    let _ = done.send(run);
+}
+
+/// The alarm as environment variables for a program.
+fn environment(
+    alarm: &Alarm,
+    rule: &ActionRule,
+    node: &str,
+    run: &ActionRun,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("NODEPULSE_ALARM_ID".into(), alarm.id.clone()),
+        ("NODEPULSE_ALARM_STATE".into(), alarm.state.as_str().into()),
+        ("NODEPULSE_ALARM_SERIES".into(), alarm.series.clone()),
+        ("NODEPULSE_ALARM_FAMILY".into(), alarm.family.clone()),
+        (
+            "NODEPULSE_ALARM_SEVERITY".into(),
+            alarm.severity.as_str().into(),
+        ),
+        ("NODEPULSE_ALARM_QUANTILE".into(), alarm.quantile.into()),
+        (
+            "NODEPULSE_ALARM_FACTOR".into(),
+            format!("{:.3}", alarm.factor),
+        ),
+        ("NODEPULSE_ALARM_STARTED".into(), alarm.started.clone()),
+        ("NODEPULSE_ALARM_SUMMARY".into(), alarm.summary.clone()),
+        ("NODEPULSE_RULE".into(), rule.name.clone()),
+        ("NODEPULSE_NODE".into(), node.into()),
+        ("TRACEPARENT".into(), run.traceparent()),
+    ];
+    for (k, v) in &alarm.labels {
+        let name: String = k
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        env.push((format!("NODEPULSE_LABEL_{name}"), v.clone()));
+    }
+    env
+}
+
+/// Runs the rule's program or webhook to completion (on the action's thread).
+fn execute(rule: &ActionRule, alarm: &Alarm, node: &str) -> ActionRun {
+    let mut run = ActionRun::new(alarm, rule, Outcome::Ok);
+    let started = Instant::now();
+    if rule.program.is_empty() {
+        let body = webhook::payload(rule.format, alarm, node, &rule.name);
+        let result = webhook::post(
+            &rule.webhook,
+            serde_json::to_vec(&body).unwrap_or_default(),
+            rule.timeout,
+            &run.traceparent(),
+        );
+        run.http_status = result.status;
+        run.output = result.body;
+        run.outcome = match (&result.error, result.timed_out) {
+            (_, true) => Outcome::TimedOut,
+            (Some(_), _) => Outcome::Failed,
+            (None, _) => Outcome::Ok,
+        };
+        run.error = result.error;
+    } else {
+        let stdin = webhook::payload(WebhookFormat::Nodepulse, alarm, node, &rule.name);
+        let env = environment(alarm, rule, node, &run);
+        let result = program::run(
+            &rule.program,
+            &env,
+            &serde_json::to_vec(&stdin).unwrap_or_default(),
+            rule.timeout,
+        );
+        run.exit_code = result.exit_code;
+        run.output = result.output;
+        run.outcome = if result.timed_out {
+            run.error = Some(format!(
+                "killed after its timeout of {}",
+                humantime::format_duration(rule.timeout)
+            ));
+            Outcome::TimedOut
+        } else if let Some(e) = result.error {
+            run.error = Some(e);
+            Outcome::Failed
+        } else if result.exit_code == Some(0) {
+            Outcome::Ok
+        } else {
+            run.error = Some(match (result.exit_code, result.signal) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                (None, None) => "ended without a status".into(),
+            });
+            Outcome::Failed
+        };
+    }
+    run.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    run.end_unix_nano = unix_nanos();
+    run
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,354 @@
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    path::Path,
+};
+
+use super::*;
+use crate::detect::{Severity, alarm::sample};
+
+fn rule(name: &str, program: &[&str]) -> ActionRule {
+    ActionRule {
+        name: name.into(),
+        family: String::new(),
+        labels: Default::default(),
+        min_severity: Severity::Minor,
+        on: vec![Trigger::Open],
+        cooldown: Duration::ZERO,
+        timeout: Duration::from_secs(10),
+        program: program.iter().map(|s| s.to_string()).collect(),
+        webhook: String::new(),
+        format: WebhookFormat::Nodepulse,
+    }
+}
+
+fn actions(dir: &Path, rules: Vec<ActionRule>, tweak: impl FnOnce(&mut ActionsConfig)) -> Actions {
+    let mut config = ActionsConfig {
+        audit_log: dir.join("audit").join("actions.jsonl"),
+        rules,
+        ..ActionsConfig::default()
+    };
+    tweak(&mut config);
+    config.validate().unwrap();
+    Actions::start(&config, "node").unwrap().unwrap()
+}
+
+fn audit_lines(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("audit").join("actions.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn alarm_with_id(id: &str) -> Alarm {
+    let mut a = sample(Severity::Major);
+    a.id = id.into();
+    a
+}
+
+#[test]
+fn nothing_runs_without_rules() {
+    assert!(
+        Actions::start(&ActionsConfig::default(), "n")
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn dry_run_runs_nothing_but_audits() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = ["/usr/bin/touch", marker.to_str().unwrap()];
+    let mut a = actions(dir.path(), vec![rule("touch", &touch)], |c| {
+        c.dry_run = true
+    });
+    a.dispatch(&alarm_with_id("a1"));
+    assert!(a.wait(Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!marker.exists(), "dry run ran the program");
+    let runs = a.completed();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome, Outcome::DryRun);
+    let lines = audit_lines(dir.path());
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["alarm_id"], "a1");
+    assert_eq!(lines[0]["outcome"], "dry_run");
+}
+
+#[test]
+fn a_program_runs_with_the_alarm_and_every_run_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let script = format!(
+        "echo \"$NODEPULSE_ALARM_ID $NODEPULSE_LABEL_DEVICE $TRACEPARENT\" > {}; cat >> {}",
+        out.display(),
+        out.display()
+    );
+    let mut a = actions(
+        dir.path(),
+        vec![rule("fix", &["/bin/sh", "-c", &script])],
+        |_| {},
+    );
+    let alarm = alarm_with_id("abc123");
+    a.dispatch(&alarm);
+    assert!(a.wait(Duration::from_secs(10)));
+    let runs = a.completed();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!(run.outcome, Outcome::Ok, "{run:?}");
+    assert_eq!(run.exit_code, Some(0));
+    assert_eq!(run.trace_id, alarm.trace_id);
+    assert_eq!(run.parent_span_id, alarm.span_id);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let first = text.lines().next().unwrap();
+    assert_eq!(
+        first,
+        format!("abc123 sdx 00-{}-{}-01", alarm.trace_id, run.span_id)
+    );
+    let stdin: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(stdin["alarm"]["id"], "abc123");
+    assert_eq!(stdin["event"], "open");
+    // A failing run, audited as such, and the audit log survives a reopen.
+    drop(a);
+    let mut a = actions(dir.path(), vec![rule("fail", &["/bin/false"])], |_| {});
+    a.dispatch(&alarm_with_id("def"));
+    assert!(a.wait(Duration::from_secs(10)));
+    let lines = audit_lines(dir.path());
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["outcome"], "ok");
+    assert_eq!(lines[1]["outcome"], "failed");
+    assert_eq!(lines[1]["exit_code"], 1);
+    assert_eq!(lines[1]["alarm_id"], "def");
+    assert!(lines[1]["duration_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn cooldown_holds_per_rule_and_resolutions_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rule("t", &["/bin/true"]);
+    r.cooldown = Duration::from_secs(600);
+    r.on = vec![Trigger::Open, Trigger::Resolved];
+    let mut a = actions(dir.path(), vec![r], |_| {});
+    a.dispatch(&alarm_with_id("one"));
+    a.dispatch(&alarm_with_id("two"));
+    let mut resolved = alarm_with_id("one");
+    resolved.resolve(1_900_000_000_000_000_000);
+    a.dispatch(&resolved);
+    assert!(a.wait(Duration::from_secs(10)));
+    let mut outcomes: Vec<(String, &str)> = a
+        .completed()
+        .iter()
+        .map(|r| (format!("{}/{}", r.alarm_id, r.event), r.outcome.as_str()))
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("one/open".into(), "ok"),
+            ("one/resolved".into(), "ok"),
+            ("two/open".into(), "skipped_cooldown")
+        ]
+    );
+    assert_eq!(audit_lines(dir.path()).len(), 3);
+}
+
+#[test]
+fn global_rate_limit_and_concurrency_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = actions(
+        dir.path(),
+        vec![rule("a", &["/bin/true"]), rule("b", &["/bin/true"])],
+        |c| c.max_per_hour = 3,
+    );
+    a.dispatch(&alarm_with_id("x"));
+    assert!(a.wait(Duration::from_secs(10)));
+    a.dispatch(&alarm_with_id("y"));
+    assert!(a.wait(Duration::from_secs(10)));
+    let outcomes: Vec<Outcome> = a.completed().iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == Outcome::Ok).count(), 3);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == Outcome::SkippedRateLimit)
+            .count(),
+        1
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = actions(
+        dir.path(),
+        vec![
+            rule("slow", &["/bin/sleep", "1"]),
+            rule("other", &["/bin/true"]),
+        ],
+        |c| c.max_concurrent = 1,
+    );
+    a.dispatch(&alarm_with_id("z"));
+    assert!(a.wait(Duration::from_secs(10)));
+    let outcomes: Vec<(String, Outcome)> = a
+        .completed()
+        .iter()
+        .map(|r| (r.rule.clone(), r.outcome))
+        .collect();
+    assert!(
+        outcomes.contains(&("slow".into(), Outcome::Ok)),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("other".into(), Outcome::SkippedConcurrency)),
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn a_hanging_action_is_killed_at_its_timeout_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rule("hang", &["/bin/sleep", "60"]);
+    r.timeout = Duration::from_millis(300);
+    let mut a = actions(dir.path(), vec![r], |_| {});
+    let started = Instant::now();
+    a.dispatch(&alarm_with_id("h"));
+    // The dispatch itself does not wait for the program.
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert!(a.wait(Duration::from_secs(10)));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let lines = audit_lines(dir.path());
+    assert_eq!(lines[0]["outcome"], "timed_out");
+    assert!(lines[0]["error"].as_str().unwrap().contains("timeout"));
+}
+
+#[test]
+fn rules_match_family_labels_and_severity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut other_device = rule("sdb-only", &["/bin/true"]);
+    other_device.labels = [("device".to_owned(), "sdb".to_owned())].into();
+    let mut critical = rule("critical-only", &["/bin/true"]);
+    critical.min_severity = Severity::Critical;
+    let mut sched = rule("sched-only", &["/bin/true"]);
+    sched.family = "sched.runqueue.latency".into();
+    let mut matching = rule("sdx-major", &["/bin/true"]);
+    matching.labels = [("device".to_owned(), "sdx".to_owned())].into();
+    matching.min_severity = Severity::Major;
+    matching.family = "block.io.latency".into();
+    let mut a = actions(
+        dir.path(),
+        vec![other_device, critical, sched, matching],
+        |_| {},
+    );
+    a.dispatch(&alarm_with_id("m"));
+    assert!(a.wait(Duration::from_secs(10)));
+    let rules: Vec<String> = a.completed().iter().map(|r| r.rule.clone()).collect();
+    assert_eq!(rules, vec!["sdx-major".to_owned()]);
+}
+
+/// Accepts one HTTP request and answers `status`; hands back the body.
+fn one_request_server(status: u16) -> (String, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        )
+        .unwrap();
+        String::from_utf8(body).unwrap()
+    });
+    (url, handle)
+}
+
+#[test]
+fn webhook_posts_an_alertmanager_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, server) = one_request_server(200);
+    let mut r = rule("am", &[]);
+    r.webhook = url;
+    r.format = WebhookFormat::Alertmanager;
+    let mut a = actions(dir.path(), vec![r], |_| {});
+    let alarm = alarm_with_id("w1");
+    a.dispatch(&alarm);
+    assert!(a.wait(Duration::from_secs(10)));
+    let body: serde_json::Value = serde_json::from_str(&server.join().unwrap()).unwrap();
+    let alert = &body[0];
+    assert_eq!(alert["labels"]["alertname"], "NodepulseLatencyRegression");
+    assert_eq!(alert["labels"]["device"], "sdx");
+    assert_eq!(alert["labels"]["severity"], "major");
+    assert_eq!(alert["annotations"]["alarm_id"], "w1");
+    assert_eq!(alert["startsAt"], alarm.started);
+    assert!(alert.get("endsAt").is_none());
+    let runs = a.completed();
+    assert_eq!(runs[0].outcome, Outcome::Ok, "{runs:?}");
+    assert_eq!(runs[0].http_status, Some(200));
+}
+
+#[test]
+fn unreachable_or_failing_webhook_is_a_failed_run_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut down = rule("down", &[]);
+    down.webhook = format!("http://127.0.0.1:{port}/hook");
+    let (url, server) = one_request_server(500);
+    let mut failing = rule("500", &[]);
+    failing.webhook = url;
+    let mut a = actions(dir.path(), vec![down, failing], |_| {});
+    a.dispatch(&alarm_with_id("u"));
+    assert!(a.wait(Duration::from_secs(20)));
+    server.join().unwrap();
+    let runs = a.completed();
+    let by = |name: &str| runs.iter().find(|r| r.rule == name).unwrap();
+    assert_eq!(by("down").outcome, Outcome::Failed);
+    let e = by("down").error.clone().unwrap();
+    assert!(e.contains("unreachable") && e.contains("webhook"), "{e}");
+    assert_eq!(by("500").outcome, Outcome::Failed);
+    assert_eq!(by("500").http_status, Some(500));
+}
+
+#[test]
+fn configuration_errors_name_the_rule_key_and_the_fix() {
+    let err = |text: &str| {
+        crate::config::Config::parse(text, "t.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("[[actions.rules]]\nname = \"x\"\nprogram = [\"/nonexistent/fix\"]\n");
+    assert!(e.contains("`actions.rules[0].program`"), "{e}");
+    assert!(e.contains("/nonexistent/fix"), "{e}");
+    let e = err("[[actions.rules]]\nname = \"x\"\nprogram = [\"fix.sh\"]\n");
+    assert!(e.contains("absolute path"), "{e}");
+    let e = err("[[actions.rules]]\nname = \"x\"\n");
+    assert!(e.contains("exactly one of `program`"), "{e}");
+    let e = err("[[actions.rules]]\nname = \"x\"\nwebhook = \"alertmanager:9093\"\n");
+    assert!(e.contains("`actions.rules[0].webhook`"), "{e}");
+    let e = err(
+        "[[actions.rules]]\nname = \"x\"\nprogram = [\"/bin/true\"]\nmin_severity = \"huge\"\n",
+    );
+    assert!(e.contains("unknown variant `huge`"), "{e}");
+    let e = err("[actions]\naudit_log = \"audit.jsonl\"\n");
+    assert!(
+        e.contains("`actions.audit_log` must be an absolute path"),
+        "{e}"
+    );
+    let e = err("[detect]\np99_ratio = 0.9\n");
+    assert!(e.contains("`detect.p99_ratio`"), "{e}");
+}

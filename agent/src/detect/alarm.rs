@@ -1,0 +1,286 @@
+//! Alarms: what a regression looks like to everyone downstream (console, OTLP logs and
+//! spans, actions, the audit log). An alarm opens after enough regressed windows,
+//! stays ongoing while they continue, and resolves after enough normal ones.
+
+use std::{
+    collections::BTreeMap,
+    hash::{DefaultHasher, Hash, Hasher},
+};
+
+use serde::Serialize;
+
+use super::{baseline::Baseline, config::DetectConfig, rules::Evaluation};
+use crate::{aggregate::ExpHistogram, export::console::format_ns};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmState {
+    Open,
+    Ongoing,
+    Resolved,
+}
+
+impl AlarmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmState::Open => "open",
+            AlarmState::Ongoing => "ongoing",
+            AlarmState::Resolved => "resolved",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Minor,
+    Major,
+    Critical,
+}
+
+impl Severity {
+    pub fn of(factor: f64, config: &DetectConfig) -> Self {
+        if factor >= config.critical_factor {
+            Severity::Critical
+        } else if factor >= config.major_factor {
+            Severity::Major
+        } else {
+            Severity::Minor
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Minor => "minor",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// The evidence: both distributions, as the detector compared them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    /// The baseline as fractions of samples per bucket (scale 3, like the series).
+    pub baseline: BaselineHistogram,
+    /// The last regressed window, as counts.
+    pub current: ExpHistogram,
+    /// Per quantile: baseline, current, ratio, p-value.
+    pub rules: Vec<super::rules::RuleResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BaselineHistogram {
+    pub zero: f64,
+    pub offset: i32,
+    pub fractions: Vec<f64>,
+    pub windows: u32,
+}
+
+impl From<&Baseline> for BaselineHistogram {
+    fn from(b: &Baseline) -> Self {
+        Self {
+            zero: b.zero,
+            offset: b.offset,
+            fractions: b.mass.clone(),
+            windows: b.windows,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Alarm {
+    /// Stable: derived from the node, the series and the start time.
+    pub id: String,
+    pub state: AlarmState,
+    /// `family{label=value,…}`.
+    pub series: String,
+    pub family: String,
+    pub labels: BTreeMap<String, String>,
+    pub severity: Severity,
+    /// `high` when the test's p-value is 100× below the significance level.
+    pub confidence: &'static str,
+    /// The quantile that moved most, its current shift factor and the largest so far.
+    pub quantile: &'static str,
+    pub factor: f64,
+    pub peak_factor: f64,
+    pub p_value: f64,
+    pub baseline_ns: BTreeMap<&'static str, f64>,
+    pub current_ns: BTreeMap<&'static str, f64>,
+    /// Start of the first regressed window (RFC 3339) and, once resolved, the end.
+    pub started: String,
+    pub start_unix_nano: u64,
+    pub ended: Option<String>,
+    pub end_unix_nano: Option<u64>,
+    pub regressed_windows: u32,
+    pub summary: String,
+    /// The alarm's span: actions run as its children.
+    pub trace_id: String,
+    pub span_id: String,
+    pub evidence: Evidence,
+}
+
+pub fn rfc3339(unix_nano: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nano);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn hash(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn hex(words: &[u64]) -> String {
+    words.iter().map(|w| format!("{w:016x}")).collect()
+}
+
+impl Alarm {
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        node: &str,
+        family: &str,
+        labels: &BTreeMap<String, String>,
+        series: &str,
+        start_unix_nano: u64,
+        evaluation: &Evaluation,
+        baseline: &Baseline,
+        window: &ExpHistogram,
+        windows: u32,
+        config: &DetectConfig,
+    ) -> Self {
+        let id = hex(&[hash(&format!("{node}|{series}|{start_unix_nano}"))]);
+        let mut alarm = Self {
+            trace_id: hex(&[hash(&format!("{id}/trace")), hash(&format!("{id}/trace/2"))]),
+            span_id: hex(&[hash(&format!("{id}/span"))]),
+            id,
+            state: AlarmState::Open,
+            series: series.to_owned(),
+            family: family.to_owned(),
+            labels: labels.clone(),
+            severity: Severity::Minor,
+            confidence: "medium",
+            quantile: evaluation.quantile,
+            factor: 1.0,
+            peak_factor: 1.0,
+            p_value: 1.0,
+            baseline_ns: BTreeMap::new(),
+            current_ns: BTreeMap::new(),
+            started: rfc3339(start_unix_nano),
+            start_unix_nano,
+            ended: None,
+            end_unix_nano: None,
+            regressed_windows: 0,
+            summary: String::new(),
+            evidence: Evidence {
+                baseline: baseline.into(),
+                current: window.clone(),
+                rules: Vec::new(),
+            },
+        };
+        alarm.update(evaluation, window, windows, config);
+        alarm.state = AlarmState::Open;
+        alarm
+    }
+
+    /// Another regressed window: new figures, severity from the largest factor seen.
+    pub fn update(
+        &mut self,
+        evaluation: &Evaluation,
+        window: &ExpHistogram,
+        windows: u32,
+        config: &DetectConfig,
+    ) {
+        self.state = AlarmState::Ongoing;
+        self.quantile = evaluation.quantile;
+        self.factor = evaluation.factor;
+        self.peak_factor = self.peak_factor.max(evaluation.factor);
+        self.p_value = evaluation.p_value;
+        self.severity = Severity::of(self.peak_factor, config);
+        self.confidence = if evaluation.p_value < config.significance / 100.0 {
+            "high"
+        } else {
+            "medium"
+        };
+        self.baseline_ns = evaluation.baseline_quantiles();
+        self.current_ns = evaluation.current_quantiles();
+        self.regressed_windows = windows;
+        self.evidence.current = window.clone();
+        self.evidence.rules = evaluation.rules.clone();
+        self.summary = self.describe();
+    }
+
+    pub fn resolve(&mut self, end_unix_nano: u64) {
+        self.state = AlarmState::Resolved;
+        self.ended = Some(rfc3339(end_unix_nano));
+        self.end_unix_nano = Some(end_unix_nano);
+        self.summary = self.describe();
+    }
+
+    /// "write latency on sdb (block.io.latency) has regressed: p99 from 1.80ms to 6.50ms
+    /// since 2026-11-27T14:02:00Z, 3.6×, major, confidence high"; once resolved, "…
+    /// has recovered at <end>: …".
+    fn describe(&self) -> String {
+        let from = self.baseline_ns.get(self.quantile).copied().unwrap_or(0.0);
+        let to = self.current_ns.get(self.quantile).copied().unwrap_or(0.0);
+        let figures = format!(
+            "{} from {} to {} since {}, {:.1}×, {}, confidence {}",
+            self.quantile,
+            format_ns(from),
+            format_ns(to),
+            self.started,
+            self.factor,
+            self.severity.as_str(),
+            self.confidence
+        );
+        let who = self.subject();
+        match &self.ended {
+            None => format!("{who} has regressed: {figures}"),
+            Some(end) => format!("{who} has recovered at {end}: {figures}"),
+        }
+    }
+
+    /// "write latency on sdb (block.io.latency)" where the labels say so, else the series.
+    fn subject(&self) -> String {
+        let label = |k: &str| self.labels.get(k).map(String::as_str);
+        let on = label("device")
+            .or(label("vm"))
+            .or(label("cgroup"))
+            .map(|d| format!(" on {d}"))
+            .unwrap_or_default();
+        match (label("op").or(label("reason")), on.is_empty()) {
+            (Some(op), _) => format!("{op} latency{on} ({})", self.family),
+            (None, false) => format!("latency{on} ({})", self.family),
+            (None, true) => self.series.clone(),
+        }
+    }
+}
+
+/// An open alarm on `block.io.latency{device=sdx,op=write}` for other modules' tests.
+#[cfg(test)]
+pub(crate) fn sample(severity: Severity) -> Alarm {
+    let base = ExpHistogram::from_buckets(0, 0, [(130, 900), (131, 90), (140, 10)]);
+    let mut baseline = Baseline::default();
+    baseline.learn(&base, 10.0);
+    let now = ExpHistogram::from_buckets(0, 0, [(134, 900), (136, 90), (150, 10)]);
+    let config = DetectConfig::default();
+    let evaluation = super::rules::evaluate(&baseline, &now, &config);
+    let labels = BTreeMap::from([
+        ("device".to_owned(), "sdx".to_owned()),
+        ("op".to_owned(), "write".to_owned()),
+    ]);
+    let mut alarm = Alarm::open(
+        "node",
+        "block.io.latency",
+        &labels,
+        "block.io.latency{device=sdx,op=write}",
+        1_800_000_000_000_000_000,
+        &evaluation,
+        &baseline,
+        &now,
+        2,
+        &config,
+    );
+    alarm.severity = severity;
+    alarm
+}

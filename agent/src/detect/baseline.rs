@@ -1,0 +1,193 @@
+//! A series' reference distribution: an exponentially weighted average of the bucket
+//! fractions of its normal windows. Each window weighs the same whatever its sample
+//! count (a busy minute does not drown a quiet hour), windows judged regressed never
+//! enter it, and it learns nothing while an alarm is open: the regression it is there
+//! to catch cannot become its own reference.
+
+use serde::Serialize;
+
+use crate::aggregate::{ExpHistogram, histogram::bucket_lower};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Baseline {
+    pub zero: f64,
+    /// OTLP index of `mass[0]`.
+    pub offset: i32,
+    /// Fraction of samples per bucket (with `zero`, sums to 1).
+    pub mass: Vec<f64>,
+    /// Normal windows learned so far.
+    pub windows: u32,
+    /// Effective number of samples behind the fractions, for the tests' uncertainty.
+    pub effective_samples: f64,
+    #[serde(skip)]
+    mean_window_samples: f64,
+}
+
+impl Baseline {
+    pub fn is_empty(&self) -> bool {
+        self.windows == 0
+    }
+
+    /// Blends one normal window in; `half_life` in windows. The first windows are
+    /// averaged with equal weight, so the start does not hang on the very first one.
+    pub fn learn(&mut self, window: &ExpHistogram, half_life: f64) {
+        let n = window.count();
+        if n == 0 {
+            return;
+        }
+        let decay = 0.5f64.powf(1.0 / half_life);
+        let weight = (1.0 - decay).max(1.0 / f64::from(self.windows + 1));
+        let lo = if self.mass.is_empty() {
+            window.offset
+        } else {
+            self.offset.min(window.offset)
+        };
+        let hi =
+            (self.offset + self.mass.len() as i32).max(window.offset + window.counts.len() as i32);
+        let mut mass = vec![0.0; (hi - lo).max(0) as usize];
+        for (i, m) in self.mass.iter().enumerate() {
+            mass[(self.offset - lo) as usize + i] = m * (1.0 - weight);
+        }
+        for (i, c) in window.buckets() {
+            mass[(i - lo) as usize] += weight * c as f64 / n as f64;
+        }
+        self.zero = self.zero * (1.0 - weight) + weight * window.zero_count as f64 / n as f64;
+        self.offset = lo;
+        self.mass = mass;
+        self.trim();
+        self.windows += 1;
+        self.mean_window_samples = self.mean_window_samples * (1.0 - weight) + weight * n as f64;
+        // An EWMA averages about (1 + d) / (1 - d) windows once warmed up.
+        let windows = f64::from(self.windows).min((1.0 + decay) / (1.0 - decay));
+        self.effective_samples = self.mean_window_samples * windows;
+    }
+
+    /// Drops buckets whose mass has decayed to nothing, so the vector stays short.
+    fn trim(&mut self) {
+        const NEGLIGIBLE: f64 = 1e-9;
+        let first = self.mass.iter().position(|&m| m > NEGLIGIBLE);
+        let Some(first) = first else {
+            self.mass.clear();
+            return;
+        };
+        let last = self
+            .mass
+            .iter()
+            .rposition(|&m| m > NEGLIGIBLE)
+            .unwrap_or(first);
+        self.mass.truncate(last + 1);
+        self.mass.drain(..first);
+        self.offset += first as i32;
+    }
+
+    /// OTLP index of the bucket holding quantile `q` (`None`: it is in the zero bucket).
+    pub fn bucket_of(&self, q: f64) -> Option<i32> {
+        let mut seen = self.zero;
+        if seen >= q {
+            return None;
+        }
+        for (i, m) in self.mass.iter().enumerate() {
+            seen += m;
+            if seen >= q - 1e-12 {
+                return Some(self.offset + i as i32);
+            }
+        }
+        self.mass
+            .len()
+            .checked_sub(1)
+            .map(|i| self.offset + i as i32)
+    }
+
+    /// Fraction of the baseline strictly above bucket `index`.
+    pub fn mass_above(&self, index: i32) -> f64 {
+        let from = (index + 1 - self.offset).max(0) as usize;
+        self.mass.iter().skip(from).sum()
+    }
+
+    /// Quantile `q` in ns, interpolated on the log scale inside its bucket (as
+    /// `ExpHistogram::quantile` does for counts).
+    pub fn quantile(&self, q: f64) -> f64 {
+        let mut seen = self.zero;
+        if seen >= q {
+            return 0.0;
+        }
+        for (i, &m) in self.mass.iter().enumerate() {
+            if m > 0.0 && seen + m >= q {
+                let fraction = ((q - seen) / m).clamp(0.0, 1.0);
+                let index = self.offset + i as i32;
+                let lo = bucket_lower(index);
+                return lo * (bucket_lower(index + 1) / lo).powf(fraction);
+            }
+            seen += m;
+        }
+        bucket_lower(self.offset + self.mass.len() as i32)
+    }
+}
+
+/// Samples of `h` strictly above bucket `index` (`None`: above the zero bucket).
+pub fn count_above(h: &ExpHistogram, index: Option<i32>) -> u64 {
+    match index {
+        None => h.count() - h.zero_count,
+        Some(index) => h
+            .buckets()
+            .filter(|&(i, _)| i > index)
+            .map(|(_, c)| c)
+            .sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hist(buckets: &[(i32, u64)]) -> ExpHistogram {
+        ExpHistogram::from_buckets(0, 0, buckets.iter().copied())
+    }
+
+    #[test]
+    fn first_windows_are_averaged_then_it_decays() {
+        let mut b = Baseline::default();
+        b.learn(&hist(&[(100, 10)]), 100.0);
+        b.learn(&hist(&[(110, 30)]), 100.0);
+        assert_eq!(b.windows, 2);
+        assert!((b.mass_above(100) - 0.5).abs() < 1e-12, "{b:?}");
+        assert_eq!(b.bucket_of(0.4), Some(100));
+        assert_eq!(b.bucket_of(0.6), Some(110));
+        // Quantile inside bucket 100 stays within its bounds.
+        let q = b.quantile(0.25);
+        assert!(q > bucket_lower(100) && q <= bucket_lower(101), "{q}");
+    }
+
+    #[test]
+    fn effective_samples_grow_with_windows_up_to_the_half_life() {
+        let mut b = Baseline::default();
+        for _ in 0..1000 {
+            b.learn(&hist(&[(100, 100)]), 10.0);
+        }
+        // d = 0.5^(1/10) ≈ 0.933; (1+d)/(1-d) ≈ 29 windows of 100 samples.
+        assert!(
+            (b.effective_samples - 2_900.0).abs() < 100.0,
+            "{}",
+            b.effective_samples
+        );
+    }
+
+    #[test]
+    fn old_buckets_decay_away() {
+        let mut b = Baseline::default();
+        b.learn(&hist(&[(50, 100)]), 2.0);
+        for _ in 0..200 {
+            b.learn(&hist(&[(120, 100)]), 2.0);
+        }
+        assert_eq!(b.offset, 120);
+        assert_eq!(b.mass.len(), 1);
+    }
+
+    #[test]
+    fn count_above_a_boundary() {
+        let h = ExpHistogram::from_buckets(0, 3, [(10, 5), (11, 7), (12, 1)]);
+        assert_eq!(count_above(&h, Some(10)), 8);
+        assert_eq!(count_above(&h, Some(12)), 0);
+        assert_eq!(count_above(&h, None), 13);
+    }
+}

@@ -1,0 +1,175 @@
+//! `[detect]`: windows, baselines and thresholds of the regression detector.
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+/// A duration family that is not a latency: how long guests ran before exiting.
+const NOT_A_WAIT: &str = "kvm.run.duration";
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    pub enabled: bool,
+    /// Families to watch; empty watches every latency family (unit ns) but
+    /// `kvm.run.duration`, which measures guest execution, not waiting.
+    pub families: Vec<String>,
+    /// A window spans at least this many intervals ...
+    pub min_intervals: u32,
+    /// ... and grows until it holds `min_samples`, up to this many intervals; a window
+    /// that ends short is "not enough data" (an idle series is never judged).
+    pub max_intervals: u32,
+    pub min_samples: u64,
+    /// Normal windows needed before a series is judged at all.
+    pub baseline_windows: u32,
+    /// Half-life of the baseline, in windows: how slowly it follows the series.
+    pub baseline_half_life: f64,
+    /// One-sided significance level of each quantile's exceedance test.
+    pub significance: f64,
+    /// Effect-size floors: current / baseline quantile ratio needed to call a shift.
+    pub p50_ratio: f64,
+    pub p90_ratio: f64,
+    pub p99_ratio: f64,
+    /// Consecutive regressed windows that open an alarm, and normal ones that clear it.
+    pub raise_after: u32,
+    pub clear_after: u32,
+    /// Shift factors from which an alarm is `major` and `critical` (below: `minor`).
+    pub major_factor: f64,
+    pub critical_factor: f64,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            families: Vec::new(),
+            min_intervals: 3,
+            max_intervals: 30,
+            min_samples: 1000,
+            baseline_windows: 10,
+            baseline_half_life: 120.0,
+            significance: 1e-3,
+            p50_ratio: 1.2,
+            p90_ratio: 1.25,
+            p99_ratio: 1.25,
+            raise_after: 2,
+            clear_after: 3,
+            major_factor: 2.0,
+            critical_factor: 4.0,
+        }
+    }
+}
+
+fn invalid(key: &'static str, problem: String) -> ConfigError {
+    ConfigError::Invalid { key, problem }
+}
+
+impl DetectConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let counts = [
+            ("detect.min_intervals", self.min_intervals, 1, 1000),
+            ("detect.max_intervals", self.max_intervals, 1, 10_000),
+            ("detect.baseline_windows", self.baseline_windows, 1, 10_000),
+            ("detect.raise_after", self.raise_after, 1, 100),
+            ("detect.clear_after", self.clear_after, 1, 100),
+        ];
+        for (key, value, lo, hi) in counts {
+            if !(lo..=hi).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be between {lo} and {hi}, got {value}"),
+                ));
+            }
+        }
+        if self.max_intervals < self.min_intervals {
+            return Err(invalid(
+                "detect.max_intervals",
+                format!(
+                    "must be at least detect.min_intervals ({}), got {}",
+                    self.min_intervals, self.max_intervals
+                ),
+            ));
+        }
+        if !(10..=100_000_000).contains(&self.min_samples) {
+            return Err(invalid(
+                "detect.min_samples",
+                format!("must be between 10 and 100000000, got {}", self.min_samples),
+            ));
+        }
+        if !(self.baseline_half_life >= 1.0 && self.baseline_half_life <= 1e6) {
+            return Err(invalid(
+                "detect.baseline_half_life",
+                format!(
+                    "must be between 1 and 1000000 windows, got {}",
+                    self.baseline_half_life
+                ),
+            ));
+        }
+        if !(self.significance > 0.0 && self.significance <= 0.1) {
+            return Err(invalid(
+                "detect.significance",
+                format!("must be in (0, 0.1], e.g. 1e-4, got {}", self.significance),
+            ));
+        }
+        let ratios = [
+            ("detect.p50_ratio", self.p50_ratio),
+            ("detect.p90_ratio", self.p90_ratio),
+            ("detect.p99_ratio", self.p99_ratio),
+            ("detect.major_factor", self.major_factor),
+            ("detect.critical_factor", self.critical_factor),
+        ];
+        for (key, value) in ratios {
+            if !(value > 1.0 && value <= 1000.0) {
+                return Err(invalid(
+                    key,
+                    format!("must be a ratio above 1 (1.3 means +30 %), got {value}"),
+                ));
+            }
+        }
+        if self.critical_factor < self.major_factor {
+            return Err(invalid(
+                "detect.critical_factor",
+                format!(
+                    "must be at least detect.major_factor ({}), got {}",
+                    self.major_factor, self.critical_factor
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn watches(&self, family: &str) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if self.families.is_empty() {
+            return crate::catalog::unit(family) == "ns" && family != NOT_A_WAIT;
+        }
+        self.families.iter().any(|f| f == family)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_default_only_latency_families_are_watched() {
+        let c = DetectConfig::default();
+        assert!(c.watches("block.io.latency"));
+        assert!(c.watches("sched.runqueue.latency"));
+        assert!(!c.watches("block.io.size"), "bytes are not a latency");
+        assert!(!c.watches("block.io.queue_depth"));
+        assert!(!c.watches("kvm.run.duration"));
+        let only = DetectConfig {
+            families: vec!["block.io.size".into()],
+            ..DetectConfig::default()
+        };
+        assert!(only.watches("block.io.size") && !only.watches("block.io.latency"));
+        let off = DetectConfig {
+            enabled: false,
+            ..DetectConfig::default()
+        };
+        assert!(!off.watches("block.io.latency"));
+    }
+}

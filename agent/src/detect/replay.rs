@@ -1,0 +1,290 @@
+//! Offline replay: a recording (the console's JSON lines, as `nodepulse record` writes
+//! them) or a plain CSV time series run through the same detector the agent runs.
+//!
+//! A CSV (`timestamp,value`) has one scalar per row, not a distribution. Each value is
+//! one sample (values are unit-free: multiplied by 1e6 and bucketed like nanoseconds,
+//! so only their ratios matter); consecutive, non-overlapping blocks of `window` rows
+//! are the detector's windows (learning, verdicts, hysteresis, alarms), and each row's
+//! anomaly score is the score of the last `window` rows, ending at that row, against
+//! the baseline learned so far (0 while learning).
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    io::BufRead,
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::{
+    Alarm, DetectConfig, Detector, rules,
+    series::{Identity, SeriesState},
+};
+use crate::aggregate::ExpHistogram;
+
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} line {line}: not a nodepulse recording line ({message}); record one with \
+         `nodepulse record --output FILE`, or pass a CSV of `timestamp,value` rows"
+    )]
+    Recording {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path} line {line}: {message}; expected `timestamp,value` with a number as value")]
+    Csv {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path} holds no data")]
+    Empty { path: String },
+}
+
+/// The parts of a recorded report the detector needs.
+#[derive(Debug, Deserialize)]
+struct RecordedReport {
+    time: String,
+    interval_s: f64,
+    #[serde(default)]
+    node: String,
+    series: Vec<RecordedSeries>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedSeries {
+    family: String,
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    sum_ns: u64,
+    histogram: RecordedHistogram,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedHistogram {
+    zero_count: u64,
+    offset: i32,
+    counts: Vec<u64>,
+}
+
+/// Runs a recording through the detector; returns every alarm event in order.
+pub fn replay_recording(
+    path: &str,
+    reader: impl BufRead,
+    config: &DetectConfig,
+) -> Result<Vec<Alarm>, ReplayError> {
+    let mut detector: Option<Detector> = None;
+    let mut alarms = Vec::new();
+    let mut lines = 0;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|source| ReplayError::Read {
+            path: path.into(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| ReplayError::Recording {
+            path: path.into(),
+            line: i + 1,
+            message,
+        };
+        let report: RecordedReport = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        let now = humantime::parse_rfc3339(&report.time)
+            .map_err(|e| bad(format!("time \"{}\": {e}", report.time)))?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let detector = detector.get_or_insert_with(|| Detector::new(config.clone(), &report.node));
+        let hists: Vec<(String, BTreeMap<String, String>, ExpHistogram)> = report
+            .series
+            .into_iter()
+            .map(|s| {
+                let h = ExpHistogram {
+                    sum: s.sum_ns,
+                    zero_count: s.histogram.zero_count,
+                    offset: s.histogram.offset,
+                    counts: s.histogram.counts,
+                };
+                (s.family, s.labels, h)
+            })
+            .collect();
+        let out = detector.update(
+            now,
+            (report.interval_s * 1e9) as u64,
+            hists.iter().map(|(f, l, h)| (f.as_str(), l.clone(), h)),
+        );
+        alarms.extend(out.alarms);
+        lines += 1;
+    }
+    if lines == 0 {
+        return Err(ReplayError::Empty { path: path.into() });
+    }
+    Ok(alarms)
+}
+
+/// One CSV row with its score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredRow {
+    pub timestamp: String,
+    pub value: f64,
+    pub score: f64,
+}
+
+/// Scores a CSV time series; alarms the detector raised come back alongside.
+pub fn replay_csv(
+    path: &str,
+    reader: impl BufRead,
+    window: usize,
+    config: &DetectConfig,
+) -> Result<(Vec<ScoredRow>, Vec<Alarm>), ReplayError> {
+    // One row is one interval of one sample: windows close on row count alone.
+    let config = DetectConfig {
+        min_intervals: window as u32,
+        max_intervals: window as u32,
+        min_samples: (window as u64).min(config.min_samples),
+        ..config.clone()
+    };
+    let labels = BTreeMap::from([("source".to_owned(), path.to_owned())]);
+    let name = super::series_name("csv", &labels);
+    let who = Identity {
+        node: "replay",
+        family: "csv",
+        labels: &labels,
+        series: &name,
+    };
+    let mut state = SeriesState::default();
+    let mut recent: VecDeque<i32> = VecDeque::with_capacity(window);
+    let mut rows = Vec::new();
+    let mut alarms = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|source| ReplayError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |message: String| ReplayError::Csv {
+            path: path.into(),
+            line: i + 1,
+            message,
+        };
+        let (timestamp, value) = line.split_once(',').ok_or_else(|| bad("no comma".into()))?;
+        let value: f64 = match value.trim().parse() {
+            Ok(v) => v,
+            // A header row.
+            Err(_) if rows.is_empty() && i == 0 => continue,
+            Err(e) => return Err(bad(format!("value \"{}\": {e}", value.trim()))),
+        };
+        let sample = (value * 1e6).round();
+        let bucket = if sample >= 1.0 && sample.is_finite() {
+            agent_common::hist::bucket_index(sample as u64)
+        } else {
+            i32::MIN // zero bucket
+        };
+        if recent.len() == window {
+            recent.pop_front();
+        }
+        recent.push_back(bucket);
+        let rolling = histogram_of(recent.iter().copied());
+        let score = if state.baseline.windows >= config.baseline_windows {
+            rules::evaluate(&state.baseline, &rolling, &config).score
+        } else {
+            0.0
+        };
+        // Row i is also sample i of the current block: feed it as one interval.
+        let t = (rows.len() as u64 + 1) * 1_000_000_000;
+        let one = histogram_of([bucket]);
+        if let Some(outcome) = state.observe(&who, &one, t, 1_000_000_000, &config) {
+            alarms.extend(outcome.alarm);
+        }
+        rows.push(ScoredRow {
+            timestamp: timestamp.trim().to_owned(),
+            value,
+            score,
+        });
+    }
+    if rows.is_empty() {
+        return Err(ReplayError::Empty { path: path.into() });
+    }
+    Ok((rows, alarms))
+}
+
+fn histogram_of(buckets: impl IntoIterator<Item = i32>) -> ExpHistogram {
+    let mut zero = 0;
+    let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
+    for b in buckets {
+        if b == i32::MIN {
+            zero += 1;
+        } else {
+            *counts.entry(b).or_default() += 1;
+        }
+    }
+    ExpHistogram::from_buckets(0, zero, counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::eval::Rng;
+
+    #[test]
+    fn csv_step_raises_the_score_and_an_alarm_at_the_step() {
+        let mut rng = Rng::new(7);
+        let mut text = String::from("timestamp,value\n");
+        for i in 0..4000 {
+            let scale = if i < 3000 { 1.0 } else { 2.0 };
+            let v = (rng.normal() * 0.3).exp() * scale;
+            text.push_str(&format!("{i},{v}\n"));
+        }
+        let config = DetectConfig {
+            baseline_windows: 5,
+            ..DetectConfig::default()
+        };
+        let (rows, alarms) = replay_csv("t.csv", text.as_bytes(), 100, &config).unwrap();
+        assert_eq!(rows.len(), 4000);
+        assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.score)));
+        let before = rows[1000..3000].iter().map(|r| r.score).fold(0.0, f64::max);
+        assert!(before < 1.0, "no full score before the step: {before}");
+        assert!(rows[3150].score >= 0.99, "{:?}", rows[3150]);
+        let opened = alarms.first().expect("an alarm");
+        // Opened after the second window past the step (rows 3000..3200).
+        let start_row = opened.start_unix_nano / 1_000_000_000;
+        assert!((3000..=3100).contains(&start_row), "{opened:?}");
+    }
+
+    #[test]
+    fn csv_errors_name_the_line() {
+        let e = replay_csv(
+            "x.csv",
+            "t,v\n1,2\n2,abc\n".as_bytes(),
+            10,
+            &DetectConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("x.csv line 3"), "{e}");
+        assert!(e.contains("timestamp,value"), "{e}");
+    }
+
+    #[test]
+    fn bad_recording_line_says_what_a_recording_is() {
+        let e = replay_recording(
+            "r.jsonl",
+            "{\"nope\":1}\n".as_bytes(),
+            &DetectConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("r.jsonl line 1"), "{e}");
+        assert!(e.contains("nodepulse record"), "{e}");
+    }
+}

@@ -1,0 +1,315 @@
+//! One window against its baseline, quantile by quantile. A quantile has shifted up
+//! when both hold: the effect is large enough (current / baseline quantile at least
+//! its ratio floor) and it is significant (more of the window lies above the
+//! baseline's quantile bucket than the baseline's own share there explains, by a
+//! one-sided binomial test). Improvements are the mirror image and are never alarmed.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{
+    baseline::{Baseline, count_above},
+    config::DetectConfig,
+    stats,
+};
+use crate::aggregate::ExpHistogram;
+
+/// The quantiles compared, with the name reports use.
+pub const RULES: [(f64, &str); 3] = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")];
+
+/// A rule is only judged when the baseline expects at least this many of the window's
+/// samples above its boundary: fewer cannot show a tail shift either way.
+const MIN_EXPECTED_ABOVE: f64 = 5.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Regressed,
+    Normal,
+    NotEnoughData,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleResult {
+    pub quantile: &'static str,
+    pub baseline_ns: f64,
+    pub current_ns: f64,
+    pub ratio: f64,
+    /// One-sided p-value of the upward exceedance test.
+    pub p_value: f64,
+    pub regressed: bool,
+    pub improved: bool,
+    /// 0..=1: how far towards both criteria (1 = effect and significance met).
+    pub score: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    /// Significantly better (some quantile down past its floor, none up): not alarmed.
+    pub improved: bool,
+    /// Largest ratio among the regressed quantiles (or among all when none regressed).
+    pub factor: f64,
+    /// The quantile with that ratio.
+    pub quantile: &'static str,
+    pub p_value: f64,
+    pub score: f64,
+    pub rules: Vec<RuleResult>,
+}
+
+impl Evaluation {
+    pub fn not_enough_data() -> Self {
+        Self {
+            verdict: Verdict::NotEnoughData,
+            improved: false,
+            factor: 1.0,
+            quantile: "p99",
+            p_value: 1.0,
+            score: 0.0,
+            rules: Vec::new(),
+        }
+    }
+
+    pub fn baseline_quantiles(&self) -> BTreeMap<&'static str, f64> {
+        self.rules
+            .iter()
+            .map(|r| (r.quantile, r.baseline_ns))
+            .collect()
+    }
+
+    pub fn current_quantiles(&self) -> BTreeMap<&'static str, f64> {
+        self.rules
+            .iter()
+            .map(|r| (r.quantile, r.current_ns))
+            .collect()
+    }
+}
+
+fn ratio_floor(config: &DetectConfig, quantile: &str) -> f64 {
+    match quantile {
+        "p50" => config.p50_ratio,
+        "p90" => config.p90_ratio,
+        _ => config.p99_ratio,
+    }
+}
+
+/// Judges `window` against `baseline`; `NotEnoughData` when either is too thin.
+pub fn evaluate(baseline: &Baseline, window: &ExpHistogram, config: &DetectConfig) -> Evaluation {
+    let n = window.count();
+    if baseline.is_empty() || n == 0 {
+        return Evaluation::not_enough_data();
+    }
+    let mut rules = Vec::new();
+    for (q, name) in RULES {
+        let boundary = baseline.bucket_of(q);
+        let share = match boundary {
+            Some(b) => baseline.mass_above(b),
+            None => 1.0 - baseline.zero,
+        };
+        // The baseline's share is itself estimated: test against it plus one standard
+        // error, so a thin baseline makes the test more cautious, not less.
+        let se = (share * (1.0 - share) / baseline.effective_samples.max(1.0)).sqrt();
+        let share_hi = (share + se).clamp(1e-6, 1.0);
+        let share_lo = (share - se).max(0.0);
+        if n as f64 * share_hi < MIN_EXPECTED_ABOVE {
+            continue;
+        }
+        let above = count_above(window, boundary);
+        let p_up = stats::upper_tail(above, n, share_hi);
+        let p_down = if share_lo > 0.0 {
+            stats::lower_tail(above, n, share_lo)
+        } else {
+            1.0
+        };
+        let baseline_ns = baseline.quantile(q);
+        let current_ns = window.quantile(q).unwrap_or(0.0);
+        let ratio = if baseline_ns > 0.0 {
+            current_ns / baseline_ns
+        } else if current_ns > 0.0 {
+            f64::INFINITY
+        } else {
+            1.0
+        };
+        let floor = ratio_floor(config, name);
+        let alpha = config.significance;
+        rules.push(RuleResult {
+            quantile: name,
+            baseline_ns,
+            current_ns,
+            ratio,
+            p_value: p_up,
+            regressed: p_up < alpha && ratio >= floor,
+            improved: p_down < alpha && ratio <= 1.0 / floor,
+            score: score(p_up, ratio, alpha, floor),
+        });
+    }
+    if rules.is_empty() || n < config.min_samples {
+        return Evaluation {
+            rules,
+            ..Evaluation::not_enough_data()
+        };
+    }
+    let regressed = rules.iter().any(|r| r.regressed);
+    let driver = rules
+        .iter()
+        .filter(|r| r.regressed || !regressed)
+        .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
+        .expect("at least one rule");
+    Evaluation {
+        verdict: if regressed {
+            Verdict::Regressed
+        } else {
+            Verdict::Normal
+        },
+        improved: !regressed && rules.iter().any(|r| r.improved),
+        factor: driver.ratio,
+        quantile: driver.quantile,
+        p_value: driver.p_value,
+        score: rules.iter().map(|r| r.score).fold(0.0, f64::max),
+        rules,
+    }
+}
+
+/// Both criteria on one 0..=1 scale, the weaker of the two counting: significance as
+/// log10(1/p) against log10(1/alpha), effect as ln(ratio) against ln(floor).
+pub fn score(p_value: f64, ratio: f64, alpha: f64, floor: f64) -> f64 {
+    let significance = (p_value.max(1e-300).log10() / alpha.log10()).clamp(0.0, 1.0);
+    let effect = if ratio > 1.0 {
+        (ratio.ln() / floor.ln()).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    significance.min(effect)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log-normal-ish body around bucket `center` with a tail: counts per bucket.
+    fn body(center: i32, scale: f64, n: u64) -> ExpHistogram {
+        // Shape: triangular over ±8 buckets plus a thin tail to +24.
+        let mut buckets = Vec::new();
+        let mut weights = Vec::new();
+        for d in -8..=24i32 {
+            let w = if d <= 8 {
+                9.0 - f64::from(d.abs())
+            } else {
+                0.3
+            };
+            weights.push(w);
+            buckets.push(center + d);
+        }
+        let total: f64 = weights.iter().sum();
+        let mut h = Vec::new();
+        for (b, w) in buckets.iter().zip(&weights) {
+            h.push((*b, (w / total * n as f64 * scale).round() as u64));
+        }
+        ExpHistogram::from_buckets(0, 0, h)
+    }
+
+    /// Moves the part of `h` above bucket `from` up by `shift` buckets.
+    fn shift_tail(h: &ExpHistogram, from: i32, shift: i32) -> ExpHistogram {
+        ExpHistogram::from_buckets(
+            0,
+            h.zero_count,
+            h.buckets()
+                .map(|(i, c)| if i > from { (i + shift, c) } else { (i, c) }),
+        )
+    }
+
+    fn baseline_of(h: &ExpHistogram, windows: u32) -> Baseline {
+        let mut b = Baseline::default();
+        for _ in 0..windows {
+            b.learn(h, 120.0);
+        }
+        b
+    }
+
+    #[test]
+    fn same_distribution_is_normal() {
+        let h = body(130, 1.0, 5_000);
+        let e = evaluate(&baseline_of(&h, 20), &h, &DetectConfig::default());
+        assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
+        assert!(!e.improved);
+        assert!(e.score < 0.5, "{e:?}");
+    }
+
+    #[test]
+    fn median_step_is_a_regression_of_p50() {
+        let base = body(130, 1.0, 5_000);
+        // +4 buckets ≈ ×1.41 on every quantile.
+        let now = ExpHistogram::from_buckets(0, 0, base.buckets().map(|(i, c)| (i + 4, c)));
+        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default());
+        assert_eq!(e.verdict, Verdict::Regressed, "{e:?}");
+        let p50 = e.rules.iter().find(|r| r.quantile == "p50").unwrap();
+        assert!(p50.regressed && p50.ratio > 1.3, "{p50:?}");
+    }
+
+    #[test]
+    fn tail_shift_regresses_p99_not_p50() {
+        let base = body(130, 1.0, 20_000);
+        let p90_bucket = baseline_of(&base, 1).bucket_of(0.9).unwrap();
+        let now = shift_tail(&base, p90_bucket, 8); // the tail ×2
+        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default());
+        assert_eq!(e.verdict, Verdict::Regressed, "{e:?}");
+        let by = |q| e.rules.iter().find(|r| r.quantile == q).unwrap();
+        assert!(by("p99").regressed, "{e:?}");
+        assert!(!by("p50").regressed, "{e:?}");
+        assert_eq!(e.quantile, "p99");
+        assert!(e.factor > 1.8, "{e:?}");
+    }
+
+    #[test]
+    fn small_shift_below_the_floor_is_normal_even_when_significant() {
+        let base = body(130, 1.0, 200_000);
+        let now = ExpHistogram::from_buckets(0, 0, base.buckets().map(|(i, c)| (i + 1, c)));
+        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default());
+        assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
+        assert!(
+            e.rules.iter().any(|r| r.p_value < 1e-6),
+            "significant: {e:?}"
+        );
+    }
+
+    #[test]
+    fn improvement_is_recognised_and_normal() {
+        let base = body(130, 1.0, 5_000);
+        let now = ExpHistogram::from_buckets(0, 0, base.buckets().map(|(i, c)| (i - 5, c)));
+        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default());
+        assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
+        assert!(e.improved, "{e:?}");
+    }
+
+    #[test]
+    fn too_few_samples_or_no_baseline_is_not_enough_data() {
+        let base = body(130, 1.0, 5_000);
+        let thin = body(130, 1.0, 100);
+        let config = DetectConfig::default();
+        assert_eq!(
+            evaluate(&baseline_of(&base, 20), &thin, &config).verdict,
+            Verdict::NotEnoughData
+        );
+        assert_eq!(
+            evaluate(&Baseline::default(), &base, &config).verdict,
+            Verdict::NotEnoughData
+        );
+    }
+
+    #[test]
+    fn ties_in_one_bucket_do_not_look_like_a_shift() {
+        // Nearly everything in one bucket: its quantiles tie. Same shape again is normal.
+        let base = ExpHistogram::from_buckets(0, 0, [(100, 9_900), (101, 80), (140, 20)]);
+        let e = evaluate(&baseline_of(&base, 20), &base, &DetectConfig::default());
+        assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
+    }
+
+    #[test]
+    fn score_is_one_only_when_both_criteria_hold() {
+        assert_eq!(score(1e-8, 2.0, 1e-4, 1.3), 1.0);
+        assert!(score(1e-8, 1.1, 1e-4, 1.3) < 1.0);
+        assert!(score(0.01, 2.0, 1e-4, 1.3) < 1.0);
+        assert_eq!(score(0.5, 0.8, 1e-4, 1.3), 0.0);
+    }
+}

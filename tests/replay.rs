@@ -1,0 +1,177 @@
+//! `nodepulse replay` as a user runs it (no root): a recording with a known step, in
+//! the console JSON format `nodepulse record` writes, yields one alarm at the step; a
+//! CSV yields one scored row per input row; a real recording (root) replays.
+
+mod common;
+
+use std::{collections::BTreeMap, path::Path};
+
+use nodepulse::detect::eval::Rng;
+use serde_json::{Value, json};
+
+const T0: u64 = 1_790_000_000; // unix seconds of the recording's start
+const INTERVAL: u64 = 10;
+const STEP_AT: u64 = 200; // the first slowed interval
+
+/// 300 ten-second reports of one block series, ~600 samples each around 100 µs; from
+/// report `STEP_AT` on, every sample takes twice as long.
+fn write_recording(path: &Path) {
+    let mut rng = Rng::new(42);
+    let mut text = String::new();
+    for i in 0..300u64 {
+        let slow = if i >= STEP_AT { 2.0 } else { 1.0 };
+        let mut buckets: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut sum = 0u64;
+        for _ in 0..600 {
+            let v = (100_000.0 * (0.4 * rng.normal()).exp() * slow) as u64;
+            sum += v;
+            *buckets
+                .entry(agent_common::hist::bucket_index(v))
+                .or_default() += 1;
+        }
+        let offset = *buckets.keys().next().unwrap();
+        let last = *buckets.keys().last().unwrap();
+        let counts: Vec<u64> = (offset..=last)
+            .map(|b| buckets.get(&b).copied().unwrap_or(0))
+            .collect();
+        let end = std::time::UNIX_EPOCH + std::time::Duration::from_secs(T0 + (i + 1) * INTERVAL);
+        let report = json!({
+            "time": humantime::format_rfc3339_seconds(end).to_string(),
+            "interval_s": INTERVAL as f64,
+            "node": "replay-test",
+            "series": [{
+                "family": "block.io.latency",
+                "labels": {"device": "sdz", "dev": "8:0", "op": "write"},
+                "unit": "ns",
+                "count": 600,
+                "sum_ns": sum,
+                "histogram": {"scale": 3, "zero_count": 0, "offset": offset, "counts": counts},
+            }],
+        });
+        text.push_str(&report.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// `nodepulse replay <args> <file>`.
+fn replay(args: &[&str], file: &Path) -> std::process::Output {
+    common::nodepulse()
+        .arg("replay")
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn recording_with_a_step_yields_the_alarm_at_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec.jsonl");
+    write_recording(&rec);
+    let out = replay(&["--format", "json"], &rec);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alarms: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let opened: Vec<&Value> = alarms.iter().filter(|a| a["state"] == "open").collect();
+    assert_eq!(opened.len(), 1, "{alarms:#?}");
+    let alarm = opened[0];
+    assert_eq!(alarm["labels"]["device"], "sdz");
+    // Dated from the window holding the step (3 intervals per window), give or take
+    // the window that straddles it.
+    let step_s = T0 + STEP_AT * INTERVAL;
+    let started_s = alarm["start_unix_nano"].as_u64().unwrap() / 1_000_000_000;
+    assert!(
+        started_s + 3 * INTERVAL >= step_s && started_s <= step_s + 3 * INTERVAL,
+        "started {started_s}, step at {step_s}: {alarm:#}"
+    );
+    let factor = alarm["factor"].as_f64().unwrap();
+    assert!((1.6..2.5).contains(&factor), "{alarm:#}");
+    // Opened within a few windows of the step.
+    let ongoing_before = alarms.iter().filter(|a| a["state"] == "ongoing").count();
+    assert!(ongoing_before > 10, "stays open while the step lasts");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 alarm(s) opened, 0 resolved"));
+}
+
+#[test]
+fn csv_gets_a_score_per_row_and_bad_input_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("history.csv");
+    let mut rng = Rng::new(9);
+    let mut text = String::from("timestamp,value\n");
+    for i in 0..3000 {
+        let v = 1.8 * (0.3 * rng.normal()).exp() * if i >= 2400 { 3.0 } else { 1.0 };
+        text.push_str(&format!(
+            "2026-11-27T00:{:02}:{:02}Z,{v}\n",
+            (i / 60) % 60,
+            i % 60
+        ));
+    }
+    std::fs::write(&csv, &text).unwrap();
+    let out = replay(&[], &csv);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rows[0], "timestamp,value,score");
+    assert_eq!(rows.len(), 3001);
+    let score = |row: &str| row.rsplit(',').next().unwrap().parse::<f64>().unwrap();
+    assert!(rows[1..].iter().all(|r| (0.0..=1.0).contains(&score(r))));
+    assert!(
+        rows[1000..2400].iter().all(|r| score(r) < 1.0),
+        "calm before the step"
+    );
+    assert!(
+        rows[2500..].iter().all(|r| score(r) == 1.0),
+        "the step scores 1"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 alarm(s) opened"), "{stderr}");
+
+    std::fs::write(&csv, "timestamp,value\n1,2\n2,fast\n").unwrap();
+    let out = replay(&[], &csv);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("history.csv line 3"), "{stderr}");
+}
+
+#[test]
+fn a_real_recording_replays() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("live.jsonl");
+    let out = common::nodepulse()
+        .args(["record", "--interval", "1s", "--reports", "3", "--output"])
+        .arg(&rec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "the recording goes to the file only");
+    let text = std::fs::read_to_string(&rec).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["series"].is_array() && v["time"].is_string());
+    }
+    let out = replay(&[], &rec);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 alarm(s) opened"), "{stderr}");
+}
