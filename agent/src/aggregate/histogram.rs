@@ -175,48 +175,48 @@ impl ExpHistogram {
     /// found exactly, and the value inside it is interpolated on the log scale (the
     /// buckets are exponential), as Prometheus does for native histograms.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let rank = (q.clamp(0.0, 1.0) * total as f64).max(f64::MIN_POSITIVE);
-        if rank <= self.zero_count as f64 {
-            return Some(0.0);
-        }
-        let mut seen = self.zero_count as f64;
-        for (index, count) in self.buckets() {
-            let c = count as f64;
-            if seen + c >= rank {
-                let fraction = (rank - seen) / c;
-                return Some(bucket_lower_f(index as f64 + fraction));
-            }
-            seen += c;
-        }
-        self.buckets().last().map(|(i, _)| bucket_upper(i))
+        Some(match self.rank_position(q)? {
+            RankPosition::Zero => 0.0,
+            RankPosition::Bucket { index, fraction } => bucket_lower_f(index as f64 + fraction),
+        })
     }
 
     /// Upper bound of the bucket holding quantile `q`: for values that are exact
     /// bucket bounds (request sizes are powers of two, queue depths small integers),
     /// where interpolating inside the bucket would report 3.8 KiB for 4 KiB requests.
     pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        Some(match self.rank_position(q)? {
+            RankPosition::Zero => 0.0,
+            RankPosition::Bucket { index, .. } => bucket_upper(index),
+        })
+    }
+
+    /// Where the sample of rank `q × count` lies; `None` for an empty histogram.
+    fn rank_position(&self, q: f64) -> Option<RankPosition> {
         let total = self.count();
         if total == 0 {
             return None;
         }
         let rank = (q.clamp(0.0, 1.0) * total as f64).max(f64::MIN_POSITIVE);
         if rank <= self.zero_count as f64 {
-            return Some(0.0);
+            return Some(RankPosition::Zero);
         }
         let mut seen = self.zero_count as f64;
-        let mut last = None;
         for (index, count) in self.buckets() {
-            seen += count as f64;
-            last = Some(bucket_upper(index));
-            if seen >= rank {
-                break;
+            let c = count as f64;
+            if seen + c >= rank {
+                let fraction = (rank - seen) / c;
+                return Some(RankPosition::Bucket { index, fraction });
             }
+            seen += c;
         }
-        last
+        // Rounding left the rank above the last bucket: it is the maximum.
+        self.buckets()
+            .last()
+            .map(|(index, _)| RankPosition::Bucket {
+                index,
+                fraction: 1.0,
+            })
     }
 
     /// Mean in ns.
@@ -224,6 +224,13 @@ impl ExpHistogram {
         let n = self.count();
         (n > 0).then(|| self.sum as f64 / n as f64)
     }
+}
+
+/// A rank's place in a histogram: the zero bucket, or a fraction of the way through a
+/// bucket.
+enum RankPosition {
+    Zero,
+    Bucket { index: i32, fraction: f64 },
 }
 
 /// base^x for a fractional bucket position x.
