@@ -1,5 +1,5 @@
 //! A real regression on a real device: steady reads on a loop device build a baseline,
-//! then a competing heavy reader slows them down. The agent must raise an alarm for that
+//! then a competing heavy writer slows them down. The agent must raise an alarm for that
 //! device within a few windows, run the configured action (audited with the alarm's
 //! id), and resolve the alarm once the load is gone.
 
@@ -191,15 +191,16 @@ cooldown = "0s"
         alarms.follow(Duration::from_secs(1));
     }
 
-    // The regression: a heavy reader competing for the same device's queue.
+    // The regression: a heavy writer competing for the same device's queue.
     let load = Fio::start(
         &dev,
         &[
             "--offset=256m",
             "--size=256m",
             "--rw=randwrite",
-            "--bs=256k",
-            "--iodepth=32",
+            "--bs=1m",
+            "--iodepth=64",
+            "--numjobs=2",
             "--time_based",
             "--runtime=300",
         ],
@@ -212,6 +213,7 @@ cooldown = "0s"
         })
         .expect("no alarm within 15 s of the competing load");
     let windows = alarms.reports_seen - reports_before;
+    eprintln!("alarm after {windows} windows, factor {}", opened["factor"]);
     // One-second windows; fio needs a moment to start; two regressed windows raise it.
     assert!(
         windows <= 6,
