@@ -169,17 +169,20 @@ fn latencies_agree_with_fio() {
         h.count(),
         after.drops
     );
+    // A read completed inside io_submit counts in fio's submission latency, not in
+    // its clat (the loop device serves cached backing pages that fast).
+    let fio_slat_mean = read["slat_ns"]["mean"].as_f64().unwrap_or(0.0);
     assert!(
-        mean <= fio_clat_mean * 1.1,
-        "device time must not exceed fio's clat"
+        mean <= (fio_clat_mean + fio_slat_mean) * 1.1,
+        "device time must not exceed fio's submission + completion latency"
     );
     assert!(
         mean >= fio_clat_mean * 0.2,
         "device time implausibly small next to fio's"
     );
     assert!(
-        p50 <= fio_p50 * 1.25 && p50 >= fio_p50 * 0.2,
-        "p50 {p50} vs fio {fio_p50}"
+        p50 <= (fio_p50 + fio_slat_mean) * 1.25 && p50 >= fio_p50 * 0.2,
+        "p50 {p50} vs fio clat p50 {fio_p50} (+ slat mean {fio_slat_mean:.0})"
     );
 }
 
