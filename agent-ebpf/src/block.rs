@@ -410,10 +410,11 @@ fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Option<Issued> {
 // Recording.
 // ---------------------------------------------------------------------------------------
 
-/// One completed request: its three latencies, its size and its cgroup's latency.
+/// One completed request: its three latencies, its size and, when the request itself
+/// can be read, its cgroup's latency.
 #[inline(always)]
 fn record_request<R: KernelRead>(
-    rq: Option<u64>,
+    request: Option<(u64, &RequestLayout)>,
     key: &BlockKey,
     queue: u64,
     device: u64,
@@ -431,8 +432,8 @@ fn record_request<R: KernelRead>(
         }
         None => count(counters::BLOCK_SERIES_FULL),
     }
-    if let Some(rq) = rq
-        && let Some(cgroup) = submitter_cgroup::<R>(rq, &layout())
+    if let Some((rq, l)) = request
+        && let Some(cgroup) = submitter_cgroup::<R>(rq, l)
     {
         record_sparse(family::BLOCK_CGROUP, cgroup, key.op, total);
     }
@@ -539,10 +540,11 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, status: u32, nr_bytes: u32)
         0
     };
     let bytes = (i.bytes != u32::MAX).then_some(i.bytes);
-    record_request::<R>(Some(rq), &i.key, queue, now - issued, bytes);
+    record_request::<R>(Some((rq, &l)), &i.key, queue, now - issued, bytes);
     if maybe_outlier(now - issued) {
         block_outlier::<R>(
             rq,
+            &l,
             &i.key,
             issued,
             now,
@@ -570,13 +572,20 @@ fn complete_unissued<R: KernelRead>(rq: u64, l: &RequestLayout, now: u64) {
         return;
     }
     let bytes = R::read::<u32>(rq, l.rq_data_len);
-    record_request::<R>(Some(rq), &BlockKey { dev, op }, now - started, 0, bytes);
+    record_request::<R>(
+        Some((rq, l)),
+        &BlockKey { dev, op },
+        now - started,
+        0,
+        bytes,
+    );
 }
 
 /// Sends a request slower than its device's threshold to the agent, with its context.
 #[inline(always)]
 fn block_outlier<R: KernelRead>(
     rq: u64,
+    l: &RequestLayout,
     key: &BlockKey,
     start: u64,
     end: u64,
@@ -592,9 +601,8 @@ fn block_outlier<R: KernelRead>(
     if threshold == 0 || end - start < threshold {
         return;
     }
-    let l = layout();
     let sector = R::read::<u64>(rq, l.rq_sector).unwrap_or(0);
-    let cgroup = submitter_cgroup::<R>(rq, &l).unwrap_or(0);
+    let cgroup = submitter_cgroup::<R>(rq, l).unwrap_or(0);
     emit_outlier(&OutlierEvent {
         kind: kind::BLOCK,
         dev: key.dev,
