@@ -1,6 +1,10 @@
 //! Storage network (kernel side: `agent-ebpf/src/tcp.rs`): TCP round-trip time and
 //! retransmissions per configured peer port group.
 
+mod config;
+mod registry;
+pub mod groups;
+
 use agent_common::{
     hist::Histogram,
     names,
@@ -14,12 +18,14 @@ use aya::{
 use super::{
     Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
-    tcp_groups::{PortGroup, port_table},
 };
 use crate::{
     aggregate::{ExpHistogram, SeriesKey},
     kernel::btf::Btf,
 };
+pub use config::TcpConfig as Config;
+pub use registry::PROBE_FAMILY;
+use groups::{PortGroup, port_table};
 
 pub const NAME: &str = "tcp";
 pub const FAMILY_RTT: &str = "net.tcp.rtt";
@@ -196,10 +202,6 @@ impl Probe for TcpProbe {
 
     fn attached(&self) -> &Attached {
         &self.attached
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 
     /// Groups that had samples since the agent started.

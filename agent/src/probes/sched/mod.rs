@@ -1,6 +1,9 @@
 //! Run-queue latency (kernel side: `agent-ebpf/src/sched.rs`): host-wide, per cgroup,
 //! and per VM for vCPU threads.
 
+mod config;
+mod registry;
+
 use agent_common::{
     hist::Histogram,
     names,
@@ -21,6 +24,8 @@ use crate::{
     attribution::cgroups::Hierarchy,
     kernel::btf::Btf,
 };
+pub use config::SchedConfig as Config;
+pub use registry::PROBE_FAMILY;
 
 pub const NAME: &str = "sched";
 pub const FAMILY_HOST: &str = "sched.runqueue.latency";
@@ -135,10 +140,6 @@ impl SchedProbe {
 impl Probe for SchedProbe {
     fn name(&self) -> &'static str {
         NAME
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 
     fn attached(&self) -> &Attached {

@@ -2,6 +2,10 @@
 //! queue, device and total latency of each request, its size, the queue depth at
 //! issue, errors, and latency per submitting cgroup.
 
+mod config;
+mod registry;
+mod thresholds;
+
 use std::path::{Path, PathBuf};
 
 use agent_common::{
@@ -25,7 +29,11 @@ use super::{
 use crate::{
     aggregate::{ExpHistogram, SeriesKey},
     kernel::{btf::Btf, tracefs},
+    probes::{Interval, outliers::OutliersConfig},
 };
+pub use config::BlockConfig as Config;
+pub use registry::PROBE_FAMILY;
+use thresholds::OutlierThresholds;
 
 pub const NAME: &str = "block";
 /// Queue + device time.
@@ -347,6 +355,7 @@ pub struct BlockProbe {
     latency: Option<PerCpuHashMap<MapData, BlockKey, BlockHistograms>>,
     depth: Option<HashMap<MapData, u32, DeviceDepth>>,
     errors: Option<HashMap<MapData, BlockErrorKey, u64>>,
+    thresholds: OutlierThresholds,
 }
 
 /// Cumulative histograms of one (device, operation) series as the kernel holds them.
@@ -365,6 +374,7 @@ impl BlockProbe {
         layouts: &BlockLayouts,
         only: Option<AttachKind>,
         sys_root: &Path,
+        outliers: &OutliersConfig,
     ) -> Self {
         let attached = attach_first(ebpf, btf, &layouts.variants(only));
         let up = attached.kind.is_some();
@@ -378,6 +388,7 @@ impl BlockProbe {
             latency,
             depth,
             errors,
+            thresholds: OutlierThresholds::new(outliers),
         };
         probe.create_series();
         probe
@@ -466,10 +477,6 @@ impl Probe for BlockProbe {
         NAME
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn attached(&self) -> &Attached {
         &self.attached
     }
@@ -518,6 +525,10 @@ impl Probe for BlockProbe {
             });
         }
         Ok(())
+    }
+
+    fn on_interval(&mut self, interval: &mut Interval<'_>) {
+        self.thresholds.update(interval);
     }
 
     fn read_counters(
