@@ -102,3 +102,44 @@ pub struct Interval<'a> {
     /// The outlier channel, when outliers are on.
     pub outliers: Option<&'a mut Outliers>,
 }
+
+/// The layouts of a family with one probe: the object's globals, and the probe's chain.
+pub trait Layouts {
+    /// Sets the kernel programs' globals and map sizes.
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>);
+    /// The fallback chain, or just `only` when the configuration forces one kind.
+    fn variants(&self, only: Option<AttachKind>) -> Vec<Variant>;
+}
+
+/// Attaches a one-probe family's probe with its resolved layouts.
+pub type Attach<L> = Box<dyn Fn(&L, &mut Ebpf, Option<&aya::Btf>) -> Box<dyn super::Probe>>;
+
+/// [`Resolved`] for a family with one probe.
+pub struct OneProbe<L> {
+    pub plan: Plan,
+    pub layouts: L,
+    pub attach: Attach<L>,
+}
+
+impl<L: Layouts> Resolved for OneProbe<L> {
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        self.layouts.apply(loader);
+    }
+
+    fn plans(&self) -> Vec<Plan> {
+        vec![self.plan.clone()]
+    }
+
+    fn variants(&self, _probe: &str, only: Option<AttachKind>) -> Vec<Variant> {
+        self.layouts.variants(only)
+    }
+
+    fn attach(
+        &self,
+        _probe: &str,
+        ebpf: &mut Ebpf,
+        btf: Option<&aya::Btf>,
+    ) -> Box<dyn super::Probe> {
+        (self.attach)(&self.layouts, ebpf, btf)
+    }
+}

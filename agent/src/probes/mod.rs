@@ -58,7 +58,7 @@ use crate::{
     report::SeriesReport,
 };
 pub use attach::{AttachKind, Attached, Attempt};
-pub use family::{Interval, Kernel, Plan, ProbeFamily, Resolved, Setup};
+pub use family::{Interval, Kernel, Layouts, OneProbe, Plan, ProbeFamily, Resolved, Setup};
 use stats::ProgramRunStats;
 
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.

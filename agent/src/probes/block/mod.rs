@@ -22,7 +22,7 @@ use aya::{
 };
 
 use super::{
-    Probe, ReadContext, Reading,
+    Layouts, Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
     sparse,
 };
@@ -79,10 +79,12 @@ impl BlockLayouts {
             outlier,
         }
     }
+}
 
+impl Layouts for BlockLayouts {
     /// Sets the globals of the kernel programs; unresolved layouts stay zero and their
     /// variants are never loaded.
-    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         if let Ok(layout) = &self.request {
             loader.override_global(names::GLOBAL_REQUEST_LAYOUT, layout, true);
         }
@@ -94,7 +96,7 @@ impl BlockLayouts {
     }
 
     /// The fallback chain, or just `only` when the configuration forces one kind.
-    pub fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
+    fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
         let request_missing = self.request.as_ref().err().cloned();
         let tp_missing = self.tracepoints.as_ref().err().cloned();
         let spec = |program, hook| ProgramSpec { program, hook };

@@ -1,18 +1,15 @@
 //! The block family in the registry: `[probes.block]`, its metric families, budget and
 //! probe.
 
-use aya::{Ebpf, EbpfLoader};
-
 use super::{
-    BlockLayouts, BlockProbe, Config, FAMILY, FAMILY_CGROUP, FAMILY_DEPTH, FAMILY_DEVICE,
+    BlockLayouts, BlockProbe, FAMILY, FAMILY_CGROUP, FAMILY_DEPTH, FAMILY_DEVICE,
     FAMILY_QUEUE, FAMILY_SIZE, NAME, measured_with,
 };
 use crate::{
     aggregate::budget::{LimitsConfig, Rule},
     catalog::{Family, Kind},
     probes::{
-        AttachKind, Kernel, Plan, Probe, ProbeFamily, Resolved, Setup, attach::Variant,
-        outliers::OutliersConfig,
+        AttachKind, Kernel, OneProbe, Plan, ProbeFamily, Resolved, Setup,
     },
 };
 
@@ -115,7 +112,19 @@ impl ProbeFamily for Block {
 
     fn resolve(&self, setup: &Setup<'_>, kernel: &Kernel<'_>) -> Box<dyn Resolved> {
         let config = &setup.probes.block;
-        Box::new(Resolution {
+        let (only, sys_root, outliers) = (
+            config.attach,
+            setup.sys_root.to_path_buf(),
+            setup.outliers.clone(),
+        );
+        Box::new(OneProbe {
+            plan: Plan {
+                probe: NAME,
+                enabled: config.enabled,
+                forced: only,
+                kinds: &AttachKind::CHAIN,
+                not_applicable: None,
+            },
             layouts: BlockLayouts::resolve(
                 kernel.btf,
                 kernel.tracefs,
@@ -123,47 +132,11 @@ impl ProbeFamily for Block {
                 config.cgroups,
                 setup.outliers_enabled,
             ),
-            config: config.clone(),
-            sys_root: setup.sys_root.to_path_buf(),
-            outliers: setup.outliers.clone(),
+            attach: Box::new(move |layouts, ebpf, btf| {
+                Box::new(BlockProbe::attach(
+                    ebpf, btf, layouts, only, &sys_root, &outliers,
+                ))
+            }),
         })
-    }
-}
-
-struct Resolution {
-    layouts: BlockLayouts,
-    config: Config,
-    sys_root: std::path::PathBuf,
-    outliers: OutliersConfig,
-}
-
-impl Resolved for Resolution {
-    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
-        self.layouts.apply(loader);
-    }
-
-    fn plans(&self) -> Vec<Plan> {
-        vec![Plan {
-            probe: NAME,
-            enabled: self.config.enabled,
-            forced: self.config.attach,
-            kinds: &AttachKind::CHAIN,
-            not_applicable: None,
-        }]
-    }
-
-    fn variants(&self, _probe: &str, only: Option<AttachKind>) -> Vec<Variant> {
-        self.layouts.variants(only)
-    }
-
-    fn attach(&self, _probe: &str, ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Box<dyn Probe> {
-        Box::new(BlockProbe::attach(
-            ebpf,
-            btf,
-            &self.layouts,
-            self.config.attach,
-            &self.sys_root,
-            &self.outliers,
-        ))
     }
 }

@@ -15,7 +15,7 @@ use aya::{
 };
 
 use super::{
-    Probe, ReadContext, Reading,
+    Layouts, Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
     sparse,
 };
@@ -46,14 +46,16 @@ impl SchedLayouts {
         };
         Self { layout }
     }
+}
 
-    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+impl Layouts for SchedLayouts {
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         if let Ok(layout) = &self.layout {
             loader.override_global(names::GLOBAL_SCHED_LAYOUT, layout, true);
         }
     }
 
-    pub fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
+    fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
         let missing = self.layout.as_ref().err().cloned();
         let spec = |program, hook| ProgramSpec { program, hook };
         let no_tracepoint = "the classic sched_switch record has no task pointer to read \

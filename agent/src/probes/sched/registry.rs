@@ -1,15 +1,13 @@
 //! The scheduler family in the registry: `[probes.sched]`, its metric families, budget
 //! and probe.
 
-use aya::{Ebpf, EbpfLoader};
-
-use super::{Config, FAMILY_CGROUP, FAMILY_VM, NAME, SchedLayouts, SchedProbe};
+use super::{FAMILY_CGROUP, FAMILY_VM, NAME, SchedLayouts, SchedProbe};
 use crate::{
     aggregate::budget::{LimitsConfig, Rule},
     attribution::cgroup_hierarchy,
     catalog::{Family, Kind},
     probes::{
-        AttachKind, Kernel, Plan, Probe, ProbeFamily, Resolved, Setup, attach::Variant,
+        AttachKind, Kernel, OneProbe, Plan, ProbeFamily, Resolved, Setup,
     },
 };
 
@@ -64,43 +62,19 @@ impl ProbeFamily for Sched {
     fn resolve(&self, setup: &Setup<'_>, kernel: &Kernel<'_>) -> Box<dyn Resolved> {
         let config = &setup.probes.sched;
         let hierarchy = cgroup_hierarchy(setup.attribution, config.cgroup);
-        Box::new(Resolution {
+        let only = config.attach;
+        Box::new(OneProbe {
+            plan: Plan {
+                probe: NAME,
+                enabled: config.enabled,
+                forced: only,
+                kinds: &AttachKind::TRACEPOINTS,
+                not_applicable: None,
+            },
             layouts: SchedLayouts::resolve(kernel.btf, hierarchy.as_ref()),
-            config: config.clone(),
+            attach: Box::new(move |layouts, ebpf, btf| {
+                Box::new(SchedProbe::attach(ebpf, btf, layouts, only))
+            }),
         })
-    }
-}
-
-struct Resolution {
-    layouts: SchedLayouts,
-    config: Config,
-}
-
-impl Resolved for Resolution {
-    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
-        self.layouts.apply(loader);
-    }
-
-    fn plans(&self) -> Vec<Plan> {
-        vec![Plan {
-            probe: NAME,
-            enabled: self.config.enabled,
-            forced: self.config.attach,
-            kinds: &AttachKind::TRACEPOINTS,
-            not_applicable: None,
-        }]
-    }
-
-    fn variants(&self, _probe: &str, only: Option<AttachKind>) -> Vec<Variant> {
-        self.layouts.variants(only)
-    }
-
-    fn attach(&self, _probe: &str, ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Box<dyn Probe> {
-        Box::new(SchedProbe::attach(
-            ebpf,
-            btf,
-            &self.layouts,
-            self.config.attach,
-        ))
     }
 }

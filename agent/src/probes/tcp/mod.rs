@@ -16,7 +16,7 @@ use aya::{
 };
 
 use super::{
-    Probe, ReadContext, Reading,
+    Layouts, Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
 };
 use crate::{
@@ -48,8 +48,10 @@ impl TcpLayouts {
         let groups = (groups.len() as u32).clamp(1, MAX_GROUPS);
         Self { layout, groups }
     }
+}
 
-    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+impl Layouts for TcpLayouts {
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         if let Ok(layout) = &self.layout {
             loader.override_global(names::GLOBAL_TCP_LAYOUT, layout, true);
         }
@@ -57,7 +59,7 @@ impl TcpLayouts {
         loader.map_max_entries(names::MAP_TCP_RTT, self.groups);
     }
 
-    pub fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
+    fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
         let missing = self.layout.as_ref().err().cloned();
         let spec = |program, hook| ProgramSpec { program, hook };
         [

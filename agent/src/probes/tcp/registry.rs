@@ -1,14 +1,11 @@
 //! The TCP family in the registry: `[probes.tcp]` (checked port groups), its metric
 //! families and probe.
 
-use aya::{Ebpf, EbpfLoader};
-
-use super::{Config, NAME, TcpLayouts, TcpProbe, groups::port_table};
+use super::{NAME, TcpLayouts, TcpProbe, groups::port_table};
 use crate::{
     catalog::{Family, Kind},
     probes::{
-        AttachKind, Kernel, Plan, Probe, ProbeFamily, ProbesConfig, Resolved, Setup,
-        attach::Variant,
+        AttachKind, Kernel, OneProbe, Plan, ProbeFamily, ProbesConfig, Resolved, Setup,
     },
     settings::ConfigError,
 };
@@ -57,44 +54,19 @@ impl ProbeFamily for Tcp {
 
     fn resolve(&self, setup: &Setup<'_>, kernel: &Kernel<'_>) -> Box<dyn Resolved> {
         let config = &setup.probes.tcp;
-        Box::new(Resolution {
-            layouts: TcpLayouts::resolve(kernel.btf, &config.groups),
-            config: config.clone(),
+        let (only, groups) = (config.attach, config.groups.clone());
+        Box::new(OneProbe {
+            plan: Plan {
+                probe: NAME,
+                enabled: config.enabled,
+                forced: only,
+                kinds: &AttachKind::TRACEPOINTS,
+                not_applicable: None,
+            },
+            layouts: TcpLayouts::resolve(kernel.btf, &groups),
+            attach: Box::new(move |layouts, ebpf, btf| {
+                Box::new(TcpProbe::attach(ebpf, btf, layouts, only, &groups))
+            }),
         })
-    }
-}
-
-struct Resolution {
-    layouts: TcpLayouts,
-    config: Config,
-}
-
-impl Resolved for Resolution {
-    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
-        self.layouts.apply(loader);
-    }
-
-    fn plans(&self) -> Vec<Plan> {
-        vec![Plan {
-            probe: NAME,
-            enabled: self.config.enabled,
-            forced: self.config.attach,
-            kinds: &AttachKind::TRACEPOINTS,
-            not_applicable: None,
-        }]
-    }
-
-    fn variants(&self, _probe: &str, only: Option<AttachKind>) -> Vec<Variant> {
-        self.layouts.variants(only)
-    }
-
-    fn attach(&self, _probe: &str, ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Box<dyn Probe> {
-        Box::new(TcpProbe::attach(
-            ebpf,
-            btf,
-            &self.layouts,
-            self.config.attach,
-            &self.config.groups,
-        ))
     }
 }
