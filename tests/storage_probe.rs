@@ -66,8 +66,8 @@ impl Snapshot {
                 .collect(),
             in_flight: probes
                 .get::<BlockProbe>()
-                .map(BlockProbe::in_flight)
-                .unwrap_or_default()
+                .expect("the block probe is attached")
+                .in_flight()
                 .into_iter()
                 .find(|&(d, _)| Some(d) == dev)
                 .map_or(0, |(_, n)| n),
