@@ -627,7 +627,7 @@ impl Config {
             });
         }
         if self.otlp.enabled {
-            crate::export::otlp_transport::validate(&self.otlp)?;
+            crate::export::otlp::transport::validate(&self.otlp)?;
         }
         let listens = [
             (

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -18,10 +18,11 @@ use crate::{
     },
     config::{Config, LimitsConfig, OutliersConfig, Threshold},
     detect::{AlarmState, Detector},
-    export::{Exporter, otlp::unix_nanos},
+    export::Exporter,
     probes::{Probes, block, kvm, outliers::auto_threshold, sched, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
+    util::time::{rfc3339, unix_nanos},
 };
 
 /// How long the agent waits for running actions at exit.
@@ -166,7 +167,7 @@ impl Pipeline {
         agent.outliers_discarded = collection.outliers_discarded;
         agent.export_ms = self.export_ms.clone();
         let mut report = Report {
-            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            time: rfc3339(unix_nanos()),
             interval_s,
             node: self.node.clone(),
             series,
@@ -224,7 +225,11 @@ impl Pipeline {
             .iter()
             .filter(|s| s.family == block::FAMILY_DEVICE && s.count > 0)
         {
-            let Some(dev) = s.labels.get("dev").and_then(|d| parse_dev(d)) else {
+            let Some(dev) = s
+                .labels
+                .get("dev")
+                .and_then(|d| agent_common::dev::parse(d))
+            else {
                 continue;
             };
             let ns = match self.outliers.block_threshold {
@@ -363,12 +368,6 @@ fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
         vm(kvm::FAMILY_RUN),
         vm(kvm::FAMILY_EXIT),
     ]
-}
-
-/// `major:minor` → the kernel's `major << 20 | minor`.
-fn parse_dev(number: &str) -> Option<u32> {
-    let (major, minor) = number.split_once(':')?;
-    Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
 }
 
 /// Threshold of a device without a history: the fixed one, or the floor of `auto`.

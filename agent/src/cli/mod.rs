@@ -11,7 +11,9 @@ use crate::{
     check,
     config::{self, Config, ConsoleFormat, LogFormat, LogLevel, Overrides},
     export::{
-        Exporter, console::Console, otlp::OtlpExporter, otlp_transport::OtlpSender,
+        Exporter,
+        console::Console,
+        otlp::{OtlpExporter, transport::OtlpSender},
         prometheus::PrometheusExporter,
     },
     health::Health,

@@ -14,7 +14,7 @@ pub mod tcp_groups;
 
 use agent_common::{
     counters, names,
-    sched::{SparseCell, SparseKey},
+    sparse::{SparseCell, SparseKey},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -384,7 +384,7 @@ impl Loaded {
         kvm_layouts.apply(&mut loader);
         tcp_layouts.apply(&mut loader);
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
-            let msg = attach::error_chain(&e);
+            let msg = attach::short_error_chain(&e);
             if msg.contains("Operation not permitted") || msg.contains("EPERM") {
                 StartError::NotPermitted {
                     error: msg,
