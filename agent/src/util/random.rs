@@ -36,7 +36,7 @@ impl XorShift {
         Self::seeded(u64::from_ne_bytes(bytes()))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -61,7 +61,10 @@ mod tests {
 
     #[test]
     fn generators_differ_unless_seeded_alike() {
-        assert_ne!(XorShift::random().next(), XorShift::random().next());
-        assert_eq!(XorShift::seeded(7).next(), XorShift::seeded(7).next());
+        assert_ne!(XorShift::random().next_u64(), XorShift::random().next_u64());
+        assert_eq!(
+            XorShift::seeded(7).next_u64(),
+            XorShift::seeded(7).next_u64()
+        );
     }
 }

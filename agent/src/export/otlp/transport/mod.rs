@@ -393,7 +393,7 @@ impl Worker {
     /// the queue fills and later batches are dropped: memory stays bounded.
     async fn deliver(&mut self, body: Bytes) {
         let started = Instant::now();
-        let mut backoff = Backoff::new(&self.retry, self.rng.next());
+        let mut backoff = Backoff::new(&self.retry, self.rng.next_u64());
         loop {
             match self.attempt(body.clone()).await {
                 Outcome::Sent(rejected) => return self.sent(rejected),
@@ -512,7 +512,7 @@ impl Backoff {
     fn next(&mut self) -> Duration {
         let cap = self.cap;
         self.cap = self.cap.saturating_mul(2).min(self.max);
-        full_jitter(cap, self.rng.next())
+        full_jitter(cap, self.rng.next_u64())
     }
 }
 
