@@ -33,10 +33,7 @@ impl Snapshot {
     fn take(probes: &mut Probes, lo: &LoopDevice) -> Self {
         let c = probes.collect();
         let mine = |k: &nodepulse::aggregate::SeriesKey| k.label("dev") == Some(&lo.number);
-        let dev = lo
-            .number
-            .split_once(':')
-            .map(|(ma, mi)| (ma.parse::<u32>().unwrap() << 20) | mi.parse::<u32>().unwrap());
+        let dev = agent_common::dev::parse(&lo.number);
         Self {
             hists: c
                 .readings
