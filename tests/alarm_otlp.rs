@@ -2,7 +2,7 @@
 //! loopback (no root): the alarm's log records, its span over its lifetime, the action
 //! run as a child span in the same trace, and the open-alarms gauge.
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -101,6 +101,7 @@ fn report(alarms: Vec<Alarm>, open: u64, actions: Vec<nodepulse::actions::Action
 
 #[test]
 fn alarm_logs_spans_action_child_span_and_gauge_reach_the_collector() {
+    one_subject_at_a_time!();
     let (opened, resolved) = alarm_lifecycle();
     assert_eq!(opened.id, resolved.id);
 

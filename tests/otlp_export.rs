@@ -3,7 +3,7 @@
 //! exponential histograms, outlier spans with their exemplars, and the collector going
 //! away, failing and coming back. Needs root.
 
-mod common;
+use crate::common;
 
 use std::{
     net::{SocketAddr, TcpListener},

@@ -1,8 +1,7 @@
 //! Storage-node views of the block probe on real loop devices: the queue/device split
 //! under each I/O scheduler, queue depth, request sizes, errors and per-cgroup I/O.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command, thread, time::Duration};
 
