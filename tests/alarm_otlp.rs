@@ -14,7 +14,10 @@ use nodepulse::{
         Alarm, AlarmState, DetectConfig, Severity,
         series::{Identity, SeriesState},
     },
-    export::{Exporter, otlp::{OtlpExporter, transport::OtlpConfig}},
+    export::{
+        Exporter,
+        otlp::{OtlpExporter, transport::OtlpConfig},
+    },
     report::{AgentReport, Report},
     selfmon::Usage,
     util::hex,
