@@ -17,7 +17,7 @@ use crate::{
         counter_delta,
     },
     config::{Config, LimitsConfig, OutliersConfig, Threshold},
-    detect::{AlarmState, Detector},
+    detect::{AlarmState, Detector, Topology},
     export::{Exporter, otlp::unix_nanos},
     probes::{Probes, block, kvm, outliers::auto_threshold, sched, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
@@ -69,7 +69,10 @@ impl Pipeline {
             detector: config
                 .detect
                 .enabled
-                .then(|| Detector::new(config.detect.clone(), &config.node_name())),
+                .then(|| {
+                    let topology = Topology::from_sysfs(&config.agent.sys_root);
+                    Detector::with_topology(config.detect.clone(), &config.node_name(), topology)
+                }),
             actions: None,
         }
     }
@@ -176,6 +179,7 @@ impl Pipeline {
             agent,
             alarms: Vec::new(),
             alarms_open: 0,
+            learning: Vec::new(),
             actions: Vec::new(),
         };
         self.detect(&mut report);
@@ -210,6 +214,7 @@ impl Pipeline {
             }
             report.alarms = out.alarms;
             report.alarms_open = out.open;
+            report.learning = out.learning;
         }
         if let Some(actions) = &mut self.actions {
             report.actions = actions.completed();
