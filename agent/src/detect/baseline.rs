@@ -106,12 +106,16 @@ impl Baseline {
         self.spread_windows += 1;
     }
 
-    /// The dispersion factor of rule `slot`, at least 1.
+    /// The dispersion factor of rule `slot`: 1 until it clearly exceeds sampling
+    /// noise. Independent samples keep the estimate below 2 (the chi-square noise of
+    /// its average, and the bias of a boundary chosen from the baseline itself); a
+    /// busy shared node's p50 rule runs into the tens.
     pub fn dispersion_of(&self, slot: usize) -> f64 {
-        if self.spread_windows == 0 {
+        const NOISE: f64 = 2.0;
+        if self.spread_windows == 0 || self.dispersion[slot] < NOISE {
             1.0
         } else {
-            self.dispersion[slot].max(1.0)
+            self.dispersion[slot]
         }
     }
 

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 
 /// A duration family that is not a latency: how long guests ran before exiting.
 const NOT_A_WAIT: &str = "kvm.run.duration";
@@ -17,14 +17,14 @@ pub struct DetectConfig {
     /// `kvm.run.duration`, which measures guest execution, not waiting.
     pub families: Vec<String>,
     /// A window spans at least `min_window` of time and `min_intervals` intervals ...
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub min_window: Duration,
     pub min_intervals: u32,
     /// ... and grows until it holds `min_samples`, up to `max_window` (or
     /// `max_intervals`); a window that ends short is "not enough data" (an idle
     /// series is never judged). Windows are defined in time, so a series is judged
     /// the same way at a 1 s and at a 10 s interval.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub max_window: Duration,
     pub max_intervals: u32,
     pub min_samples: u64,
@@ -44,12 +44,12 @@ pub struct DetectConfig {
     /// shift from (near) zero is never an infinite factor.
     #[serde(deserialize_with = "shift_table")]
     pub min_shift: BTreeMap<String, Duration>,
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub default_min_shift: Duration,
     /// Series alarms whose regressions start within this time of an open incident's
     /// are part of it (one alarm per incident); related series (a device and the
     /// devices under it, the cgroups and VMs issuing its I/O) join it while it lasts.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub group_within: Duration,
     /// Consecutive regressed windows that open an alarm, and normal ones that clear it.
     pub raise_after: u32,
@@ -118,7 +118,7 @@ fn shift_table<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Durat
     let given = BTreeMap::<String, String>::deserialize(d)?;
     let mut table = default_min_shifts();
     for (family, text) in given {
-        let shift = crate::config::parse_duration(&text)
+        let shift = crate::settings::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("min_shift.{family}: {e}")))?;
         table.insert(family, shift);
     }

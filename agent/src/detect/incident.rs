@@ -81,12 +81,12 @@ impl Topology {
     }
 
     fn lower_of(&mut self, device: &str) -> Vec<String> {
-        let Some(root) = &self.sys_root else {
-            return Vec::new();
-        };
         if let Some(known) = self.lower.get(device) {
             return known.clone();
         }
+        let Some(root) = &self.sys_root else {
+            return Vec::new();
+        };
         let found = read_lower(root, device);
         self.lower.insert(device.to_owned(), found.clone());
         found
