@@ -73,12 +73,13 @@ fn main() -> anyhow::Result<()> {
         let detected: Vec<f64> = s.injected.iter().filter_map(|(_, d)| *d).collect();
         let mut delays = detected.clone();
         delays.sort_by(f64::total_cmp);
-        let median = delays
-            .get(delays.len() / 2)
-            .map_or("-".to_owned(), |d| format!("{d:.0}s/{:.1}w", d / args.window));
+        let median = delays.get(delays.len() / 2).map_or("-".to_owned(), |d| {
+            format!("{d:.0}s/{:.1}w", d / args.window)
+        });
         println!(
             "{:<24} {:>7.2} {:>8.2} {:>7} {:>9.1} {:>10} {:>12} {:>10}",
-            path.file_name().map_or(name.clone(), |n| n.to_string_lossy().into()),
+            path.file_name()
+                .map_or(name.clone(), |n| n.to_string_lossy().into()),
             (span.1 - span.0) as f64 / 3.6e12,
             s.steady_hours,
             s.steady_alarms.len(),

@@ -55,13 +55,10 @@ impl Pipeline {
             previous_programs: HashMap::new(),
             previous_drops: HashMap::new(),
             previous_process: selfmon::sample(),
-            detector: config
-                .detect
-                .enabled
-                .then(|| {
-                    let topology = Topology::from_sysfs(&config.agent.sys_root);
-                    Detector::with_topology(config.detect.clone(), &config.node_name(), topology)
-                }),
+            detector: config.detect.enabled.then(|| {
+                let topology = Topology::from_sysfs(&config.agent.sys_root);
+                Detector::with_topology(config.detect.clone(), &config.node_name(), topology)
+            }),
             actions: None,
         }
     }

@@ -65,7 +65,9 @@ fn record(duration: u64, out: &PathBuf) -> Result<()> {
         bail!("the soak harness needs root (loop devices, cgroups, probes); run it with sudo");
     }
     if duration < 900 {
-        bail!("--duration {duration}: at least 900 s, so that injections follow a learned baseline");
+        bail!(
+            "--duration {duration}: at least 900 s, so that injections follow a learned baseline"
+        );
     }
     println!("building nodepulse (release) and the KVM guest process ...");
     util::run(util::cargo().args(["build", "--release", "-p", "agent"]))?;

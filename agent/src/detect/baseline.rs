@@ -89,8 +89,7 @@ impl Baseline {
                 Some(b) => self.mass_above(b),
                 None => 1.0 - self.zero,
             };
-            let variance =
-                n * share * (1.0 - share) * (1.0 + n / self.effective_samples.max(1.0));
+            let variance = n * share * (1.0 - share) * (1.0 + n / self.effective_samples.max(1.0));
             if n * share < 5.0 || variance <= 0.0 {
                 continue;
             }

@@ -162,7 +162,10 @@ impl DetectConfig {
             if *shift > Duration::from_secs(60) {
                 return Err(invalid(
                     "detect.min_shift",
-                    format!("{family}: at most 60s, got {}", humantime::format_duration(*shift)),
+                    format!(
+                        "{family}: at most 60s, got {}",
+                        humantime::format_duration(*shift)
+                    ),
                 ));
             }
         }

@@ -189,7 +189,10 @@ impl Incidents {
                 None => Vec::new(),
             };
             let within = config.group_within.as_nanos() as u64;
-            let home = self.open.iter().position(|i| i.members.contains_key(&event.series));
+            let home = self
+                .open
+                .iter()
+                .position(|i| i.members.contains_key(&event.series));
             let home = home.or_else(|| {
                 (event.state == AlarmState::Open).then_some(())?;
                 let kind = resource(&event.family);
@@ -320,7 +323,12 @@ fn refresh(incident: &mut Incident, config: &DetectConfig) {
 
 /// The headline's summary, then where the time went when there is more than one series.
 fn summary(incident: &Incident) -> String {
-    let own = incident.alarm.summary.split(" — ").next().unwrap_or_default();
+    let own = incident
+        .alarm
+        .summary
+        .split(" — ")
+        .next()
+        .unwrap_or_default();
     let related = &incident.alarm.related;
     if related.len() < 2 {
         return own.to_owned();
@@ -387,7 +395,10 @@ fn midpoint(index: i32) -> f64 {
 /// The histogram's mean from bucket midpoints (as the baseline's, so they compare).
 fn bucket_mean(h: &ExpHistogram) -> f64 {
     let n = h.count() as f64;
-    h.buckets().map(|(i, c)| c as f64 * midpoint(i)).sum::<f64>() / n.max(1.0)
+    h.buckets()
+        .map(|(i, c)| c as f64 * midpoint(i))
+        .sum::<f64>()
+        / n.max(1.0)
 }
 
 #[cfg(test)]
@@ -424,7 +435,11 @@ mod tests {
         assert_eq!(first[0].state, AlarmState::Open);
         assert_eq!(first[0].id, "id-a");
         assert_eq!(first[0].related.len(), 2);
-        assert!(first[0].summary.contains("one incident, 2 series"), "{}", first[0].summary);
+        assert!(
+            first[0].summary.contains("one incident, 2 series"),
+            "{}",
+            first[0].summary
+        );
         // Much later, on an unrelated device: a second incident.
         let second = incidents.absorb(
             vec![series_alarm("c", "loop3", t + 10 * MIN, AlarmState::Open)],
@@ -487,7 +502,11 @@ mod tests {
         topology.lower.insert("loop0".into(), vec!["vda".into()]);
         let mut incidents = Incidents::new(topology);
         let t = 1_800_000_000_000_000_000;
-        incidents.absorb(vec![series_alarm("a", "loop0", t, AlarmState::Open)], t, &config);
+        incidents.absorb(
+            vec![series_alarm("a", "loop0", t, AlarmState::Open)],
+            t,
+            &config,
+        );
         let later = incidents.absorb(
             vec![series_alarm("b", "vda", t + 10 * MIN, AlarmState::Open)],
             t + 10 * MIN,

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use alarm::{Alarm, AlarmState, Severity};
 pub use config::DetectConfig;
-pub use incident::Topology;
 use incident::Incidents;
+pub use incident::Topology;
 use series::{Identity, SeriesState};
 
 use crate::aggregate::ExpHistogram;

@@ -308,7 +308,12 @@ mod tests {
     fn ties_in_one_bucket_do_not_look_like_a_shift() {
         // Nearly everything in one bucket: its quantiles tie. Same shape again is normal.
         let base = ExpHistogram::from_buckets(0, 0, [(100, 9_900), (101, 80), (140, 20)]);
-        let e = evaluate(&baseline_of(&base, 20), &base, &DetectConfig::default(), 0.0);
+        let e = evaluate(
+            &baseline_of(&base, 20),
+            &base,
+            &DetectConfig::default(),
+            0.0,
+        );
         assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
     }
 

@@ -111,8 +111,7 @@ impl SeriesState {
         // from every full window while no alarm is open (a regression's first window
         // included, capped, so that ordinary variability is never left out).
         if self.alarm.is_none() && window.count() >= config.min_samples {
-            self.baseline
-                .note_spread(window, config.baseline_half_life);
+            self.baseline.note_spread(window, config.baseline_half_life);
         }
         if learning {
             if window.count() >= config.min_samples {

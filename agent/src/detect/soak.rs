@@ -45,8 +45,8 @@ impl Injection {
         let cgroup = self.cgroup.trim_start_matches('/');
         let label = |k: &str| labels.get(k).map(String::as_str);
         let on_device = !device.is_empty() && label("device") == Some(device);
-        let on_cgroup =
-            !cgroup.is_empty() && label("cgroup").map(|c| c.trim_start_matches('/')) == Some(cgroup);
+        let on_cgroup = !cgroup.is_empty()
+            && label("cgroup").map(|c| c.trim_start_matches('/')) == Some(cgroup);
         if self.kind == "squeeze" {
             return on_cgroup && family.contains("runqueue");
         }
@@ -176,8 +176,7 @@ pub fn score(
         if s >= end {
             continue;
         }
-        let on_target =
-            |o: &Opened| o.series.iter().any(|(f, l)| injection.targets(f, l));
+        let on_target = |o: &Opened| o.series.iter().any(|(f, l)| injection.targets(f, l));
         let first = opened
             .iter()
             .filter(|o| o.at >= s && on_target(o))
@@ -233,7 +232,10 @@ mod tests {
 
     #[test]
     fn steady_alarms_detections_and_collateral() {
-        let injections = [injection("reader", 3600, 3720), injection("squeeze", 7200, 7320)];
+        let injections = [
+            injection("reader", 3600, 3720),
+            injection("squeeze", 7200, 7320),
+        ];
         let opened = [
             // Steady time: a false alarm.
             at(T0 + 600 * S, "block.io.latency", &[("device", "loop1")]),

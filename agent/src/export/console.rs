@@ -360,7 +360,11 @@ fn render_alarms(t: &mut String, r: &Report) {
             "detector learning {} series (not judged yet): {}{}",
             r.learning.len(),
             r.learning[..r.learning.len().min(SHOWN)].join(", "),
-            if more > 0 { format!(", {more} more") } else { String::new() }
+            if more > 0 {
+                format!(", {more} more")
+            } else {
+                String::new()
+            }
         );
     }
     if r.alarms.is_empty() && r.alarms_open == 0 && r.actions.is_empty() {
