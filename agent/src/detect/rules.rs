@@ -124,7 +124,7 @@ pub fn evaluate(
         let se = (share * (1.0 - share) * dispersion / baseline.effective_samples.max(1.0)).sqrt();
         let share_hi = (share + se).clamp(1e-6, 1.0);
         let share_lo = (share - se).max(0.0);
-        if n as f64 * share_hi < MIN_EXPECTED_ABOVE {
+        if n_raw as f64 * share_hi < MIN_EXPECTED_ABOVE {
             continue;
         }
         let above = (count_above(window, boundary) as f64 / dispersion).round() as u64;

@@ -110,7 +110,10 @@ impl SeriesState {
         // How much windows scatter around the baseline beyond sampling noise: learned
         // from every full window while no alarm is open (a regression's first window
         // included, capped, so that ordinary variability is never left out).
-        if self.alarm.is_none() && window.count() >= config.min_samples {
+        // Only once the baseline has learned: against a baseline of a few windows,
+        // whose quantile buckets were picked from those very windows, every window
+        // looks scattered.
+        if !learning && self.alarm.is_none() && window.count() >= config.min_samples {
             self.baseline.note_spread(window, config.baseline_half_life);
         }
         if learning {
