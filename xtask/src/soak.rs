@@ -42,21 +42,7 @@ enum Command {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Record { duration, out } => record(duration, &out),
-        Command::Eval { args } => {
-            let mut cmd = util::cargo();
-            cmd.args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "agent",
-                "--example",
-                "soak_eval",
-                "--",
-            ])
-            .args(&args);
-            util::run(&mut cmd)
-        }
+        Command::Eval { args } => util::run_agent_example("soak_eval", &args),
     }
 }
 
