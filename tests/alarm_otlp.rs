@@ -36,9 +36,13 @@ fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
 
 /// A series that learns, regresses (alarm opens) and recovers (alarm resolves).
 fn alarm_lifecycle() -> (Alarm, Alarm) {
+    // One 10 s interval per window; no absolute floor (the shift here is ~100 µs).
     let config = DetectConfig {
+        min_window: std::time::Duration::from_secs(10),
         min_intervals: 1,
         baseline_windows: 5,
+        min_shift: BTreeMap::new(),
+        default_min_shift: std::time::Duration::ZERO,
         ..DetectConfig::default()
     };
     let labels = BTreeMap::from([("device".to_owned(), "sdq".to_owned())]);
@@ -98,6 +102,7 @@ fn report(alarms: Vec<Alarm>, open: u64, actions: Vec<nodepulse::actions::Action
         ),
         alarms,
         alarms_open: open,
+        learning: vec![],
         actions,
     }
 }

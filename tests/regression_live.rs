@@ -112,8 +112,8 @@ enabled = false
 # noisy, and the load below shifts the reads by several times.
 [detect]
 families = ["block.io.latency"]
-min_intervals = 1
-max_intervals = 5
+min_window = "1s"
+max_window = "5s"
 min_samples = 200
 baseline_windows = 8
 raise_after = 2

@@ -174,6 +174,12 @@ pub fn run(config: &Config) -> CheckReport {
         });
     }
 
+    items.push(Item {
+        what: "detector".into(),
+        verdict: Verdict::Ok,
+        detail: crate::detect::learning_statement(&config.detect),
+    });
+
     let mut probes = Vec::new();
     // Classic tracepoints are tried too: mount tracefs for the check as the agent would
     // when it needs them (and unmount it afterwards if it was not there).

@@ -13,7 +13,7 @@ use crate::{
     actions::Actions,
     aggregate::{CounterDelta, Delta, budget::Budget, counter_delta},
     config::Config,
-    detect::{AlarmState, Detector},
+    detect::{AlarmState, Detector, Topology},
     export::Exporter,
     probes::{Probes, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
@@ -56,10 +56,10 @@ impl Pipeline {
             previous_programs: HashMap::new(),
             previous_drops: HashMap::new(),
             previous_process: selfmon::sample(),
-            detector: config
-                .detect
-                .enabled
-                .then(|| Detector::new(config.detect.clone(), &config.node_name())),
+            detector: config.detect.enabled.then(|| {
+                let topology = Topology::from_sysfs(&config.agent.sys_root);
+                Detector::with_topology(config.detect.clone(), &config.node_name(), topology)
+            }),
             actions: None,
         }
     }
@@ -166,6 +166,7 @@ impl Pipeline {
             agent,
             alarms: Vec::new(),
             alarms_open: 0,
+            learning: Vec::new(),
             actions: Vec::new(),
         };
         self.detect(&mut report);
@@ -200,6 +201,7 @@ impl Pipeline {
             }
             report.alarms = out.alarms;
             report.alarms_open = out.open;
+            report.learning = out.learning;
         }
         if let Some(actions) = &mut self.actions {
             report.actions = actions.completed();

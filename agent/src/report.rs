@@ -33,8 +33,10 @@ pub struct Report {
     pub agent: AgentReport,
     /// Alarms that opened, continued or resolved this interval.
     pub alarms: Vec<Alarm>,
-    /// Alarms open after this interval.
+    /// Alarms (incidents) open after this interval.
     pub alarms_open: u64,
+    /// Series the detector has seen with data but is still learning (not judged yet).
+    pub learning: Vec<String>,
     /// Action runs that finished (or were skipped) since the previous report.
     pub actions: Vec<ActionRun>,
 }
@@ -344,6 +346,7 @@ pub(crate) fn sample() -> Report {
         ),
         alarms: vec![],
         alarms_open: 0,
+        learning: Vec::new(),
         actions: vec![],
     }
 }

@@ -15,17 +15,5 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     println!("building the evaluation harness (release) ...");
-    let mut cmd = util::cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "agent",
-        "--example",
-        "eval_detect",
-        "--",
-    ])
-    .args(&args.args);
-    util::run(&mut cmd)
+    util::run_agent_example("eval_detect", &args.args)
 }

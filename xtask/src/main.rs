@@ -11,6 +11,7 @@ mod image;
 mod receiver;
 mod run;
 mod setup;
+mod soak;
 mod tally;
 mod test;
 mod util;
@@ -45,6 +46,9 @@ enum Task {
     /// Evaluate the regression detector on labelled synthetic series (fixed seeds):
     /// detection rate, delay in windows, false alarms per day. No root needed.
     EvalDetect(eval_detect::Args),
+    /// The detector on real workloads: `record` steady workloads and injected
+    /// regressions (root), `eval` false alarms per node-day and detections on them.
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Task::Image(args) => image::run(args),
         Task::Deb(args) => deb::run(args),
         Task::EvalDetect(args) => eval_detect::run(args),
+        Task::Soak(args) => soak::run(args),
     };
     // Printed by hand: a failed task is an expected outcome, and anyhow's Debug output
     // would add a backtrace of xtask itself whenever RUST_BACKTRACE is set.

@@ -32,6 +32,23 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// Runs an example of the agent crate in release mode with `args`.
+pub fn run_agent_example(example: &str, args: &[String]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "agent",
+        "--example",
+        example,
+        "--",
+    ])
+    .args(args);
+    run(&mut cmd)
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -10,7 +10,7 @@ pub mod program;
 pub mod webhook;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     path::PathBuf,
     sync::{
         Arc,
@@ -278,12 +278,19 @@ impl Actions {
     }
 }
 
+/// A rule matches an alarm when the alarm's series, or any series of its incident,
+/// has the rule's family and labels: a rule on `vda` runs once for an incident that
+/// a loop device on `vda` opened.
 fn matches(rule: &ActionRule, alarm: &Alarm) -> bool {
-    (rule.family.is_empty() || rule.family == alarm.family)
-        && rule
-            .labels
+    let series_matches = |family: &str, labels: &BTreeMap<String, String>| {
+        (rule.family.is_empty() || rule.family == family)
+            && rule.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    (series_matches(&alarm.family, &alarm.labels)
+        || alarm
+            .related
             .iter()
-            .all(|(k, v)| alarm.labels.get(k) == Some(v))
+            .any(|r| series_matches(&r.family, &r.labels)))
         && alarm.severity >= rule.min_severity
 }
 

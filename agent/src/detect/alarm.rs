@@ -122,6 +122,9 @@ pub struct Alarm {
     pub trace_id: String,
     pub span_id: String,
     pub evidence: Evidence,
+    /// Every series of the incident this alarm stands for (itself included), ranked
+    /// by the waiting time their shifts added; empty for a lone series' alarm.
+    pub related: Vec<super::incident::RelatedSeries>,
 }
 
 fn hash(text: &str) -> u64 {
@@ -178,6 +181,7 @@ impl Alarm {
                 current: window.clone(),
                 rules: Vec::new(),
             },
+            related: Vec::new(),
         };
         alarm.update(evaluation, window, windows, config);
         alarm.state = AlarmState::Open;
@@ -265,7 +269,7 @@ pub(crate) fn sample(severity: Severity) -> Alarm {
     baseline.learn(&base, 10.0);
     let now = ExpHistogram::from_buckets(0, 0, [(134, 900), (136, 90), (150, 10)]);
     let config = DetectConfig::default();
-    let evaluation = super::rules::evaluate(&baseline, &now, &config);
+    let evaluation = super::rules::evaluate(&baseline, &now, &config, 0.0);
     let labels = BTreeMap::from([
         ("device".to_owned(), "sdx".to_owned()),
         ("op".to_owned(), "write".to_owned()),

@@ -19,6 +19,14 @@ pub struct Baseline {
     pub windows: u32,
     /// Effective number of samples behind the fractions, for the tests' uncertainty.
     pub effective_samples: f64,
+    /// Per rule (p50, p90, p99): how much more windows scatter around the baseline
+    /// than independent samples would (mean squared z-score of the count above the
+    /// rule's boundary; 1 = sampling noise only). A real node's windows are not
+    /// independent draws: a shared disk, a neighbour, the page cache move whole
+    /// windows together. The tests divide their sample counts by it.
+    pub dispersion: [f64; 3],
+    /// Windows behind `dispersion`.
+    pub spread_windows: u32,
     #[serde(skip)]
     mean_window_samples: f64,
 }
@@ -60,6 +68,54 @@ impl Baseline {
         // An EWMA averages about (1 + d) / (1 - d) windows once warmed up.
         let windows = f64::from(self.windows).min((1.0 + decay) / (1.0 - decay));
         self.effective_samples = self.mean_window_samples * windows;
+    }
+
+    /// Notes how far one full window lies from the baseline, before it is learned (or
+    /// judged), for `dispersion`. The expected variance counts both the window's
+    /// sampling noise and the baseline's own.
+    pub fn note_spread(&mut self, window: &ExpHistogram, half_life: f64) {
+        /// A regression's first window may enter (it is not yet known to be one); the
+        /// cap keeps it from teaching the baseline that anything goes.
+        const MAX_Z2: f64 = 100.0;
+        let n = window.count() as f64;
+        if self.is_empty() || n == 0.0 {
+            return;
+        }
+        let decay = 0.5f64.powf(1.0 / half_life);
+        let weight = (1.0 - decay).max(1.0 / f64::from(self.spread_windows + 1));
+        for (slot, (q, _)) in super::rules::RULES.iter().enumerate() {
+            let boundary = self.bucket_of(*q);
+            let share = match boundary {
+                Some(b) => self.mass_above(b),
+                None => 1.0 - self.zero,
+            };
+            let variance = n * share * (1.0 - share) * (1.0 + n / self.effective_samples.max(1.0));
+            if n * share < 5.0 || variance <= 0.0 {
+                continue;
+            }
+            let k = count_above(window, boundary) as f64;
+            let z2 = ((k - n * share).powi(2) / variance).min(MAX_Z2);
+            let old = if self.spread_windows == 0 {
+                1.0
+            } else {
+                self.dispersion[slot]
+            };
+            self.dispersion[slot] = old * (1.0 - weight) + weight * z2;
+        }
+        self.spread_windows += 1;
+    }
+
+    /// The dispersion factor of rule `slot`: 1 until it clearly exceeds sampling
+    /// noise. Independent samples keep the estimate below 2 (the chi-square noise of
+    /// its average, and the bias of a boundary chosen from the baseline itself); a
+    /// busy shared node's p50 rule runs into the tens.
+    pub fn dispersion_of(&self, slot: usize) -> f64 {
+        const NOISE: f64 = 2.0;
+        if self.spread_windows == 0 || self.dispersion[slot] < NOISE {
+            1.0
+        } else {
+            self.dispersion[slot]
+        }
     }
 
     /// Drops buckets whose mass has decayed to nothing, so the vector stays short.

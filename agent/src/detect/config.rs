@@ -1,6 +1,8 @@
 //! `[detect]`: windows, baselines and thresholds of the regression detector.
 
-use serde::Deserialize;
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Deserializer};
 
 use crate::settings::ConfigError;
 
@@ -14,10 +16,16 @@ pub struct DetectConfig {
     /// Families to watch; empty watches every latency family (unit ns) but
     /// `kvm.run.duration`, which measures guest execution, not waiting.
     pub families: Vec<String>,
-    /// A window spans at least this many intervals ...
+    /// A window spans at least `min_window` of time and `min_intervals` intervals ...
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub min_window: Duration,
     pub min_intervals: u32,
-    /// ... and grows until it holds `min_samples`, up to this many intervals; a window
-    /// that ends short is "not enough data" (an idle series is never judged).
+    /// ... and grows until it holds `min_samples`, up to `max_window` (or
+    /// `max_intervals`); a window that ends short is "not enough data" (an idle
+    /// series is never judged). Windows are defined in time, so a series is judged
+    /// the same way at a 1 s and at a 10 s interval.
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub max_window: Duration,
     pub max_intervals: u32,
     pub min_samples: u64,
     /// Normal windows needed before a series is judged at all.
@@ -30,6 +38,19 @@ pub struct DetectConfig {
     pub p50_ratio: f64,
     pub p90_ratio: f64,
     pub p99_ratio: f64,
+    /// Smallest absolute shift of a quantile (current minus baseline) that counts as a
+    /// regression, per family; families not listed use `default_min_shift`. A
+    /// baseline quantile below the floor is judged as if it were the floor, so a
+    /// shift from (near) zero is never an infinite factor.
+    #[serde(deserialize_with = "shift_table")]
+    pub min_shift: BTreeMap<String, Duration>,
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub default_min_shift: Duration,
+    /// Series alarms whose regressions start within this time of an open incident's
+    /// are part of it (one alarm per incident); related series (a device and the
+    /// devices under it, the cgroups and VMs issuing its I/O) join it while it lasts.
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub group_within: Duration,
     /// Consecutive regressed windows that open an alarm, and normal ones that clear it.
     pub raise_after: u32,
     pub clear_after: u32,
@@ -43,8 +64,10 @@ impl Default for DetectConfig {
         Self {
             enabled: true,
             families: Vec::new(),
-            min_intervals: 3,
-            max_intervals: 30,
+            min_window: Duration::from_secs(30),
+            min_intervals: 1,
+            max_window: Duration::from_secs(300),
+            max_intervals: 10_000,
             min_samples: 1000,
             baseline_windows: 10,
             baseline_half_life: 120.0,
@@ -52,6 +75,9 @@ impl Default for DetectConfig {
             p50_ratio: 1.2,
             p90_ratio: 1.25,
             p99_ratio: 1.25,
+            min_shift: default_min_shifts(),
+            default_min_shift: Duration::from_micros(DEFAULT_MIN_SHIFT_US),
+            group_within: Duration::from_secs(120),
             raise_after: 2,
             clear_after: 3,
             major_factor: 2.0,
@@ -60,12 +86,89 @@ impl Default for DetectConfig {
     }
 }
 
+/// Absolute shift floors, measured on this project's soak recordings (a busy shared
+/// VM: loop devices under fio, compilers competing for two CPUs, a KVM guest): the
+/// largest shift of a window quantile over its baseline that steady workloads showed
+/// in an hour, rounded up. A regression must move a quantile by more than ordinary
+/// jitter does; see docs/architecture.md ("Regression detection").
+const DEFAULT_MIN_SHIFTS_US: &[(&str, u64)] = &[
+    ("block.io.latency", 500),
+    ("block.io.queue.latency", 500),
+    ("block.io.device.latency", 500),
+    ("block.cgroup.io.latency", 500),
+    ("sched.runqueue.latency", 2_000),
+    ("cgroup.runqueue.latency", 2_000),
+    ("vm.vcpu.wait", 2_000),
+    ("kvm.exit.userspace.latency", 200),
+    ("kvm.exit.latency", 50),
+    ("net.tcp.rtt", 1_000),
+];
+/// For families not in the table above (their own or a configured one).
+const DEFAULT_MIN_SHIFT_US: u64 = 10;
+
+fn default_min_shifts() -> BTreeMap<String, Duration> {
+    DEFAULT_MIN_SHIFTS_US
+        .iter()
+        .map(|&(family, us)| (family.to_owned(), Duration::from_micros(us)))
+        .collect()
+}
+
+/// `[detect.min_shift]`: `family = "500us"` entries, merged over the defaults.
+fn shift_table<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    let given = BTreeMap::<String, String>::deserialize(d)?;
+    let mut table = default_min_shifts();
+    for (family, text) in given {
+        let shift = crate::settings::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("min_shift.{family}: {e}")))?;
+        table.insert(family, shift);
+    }
+    Ok(table)
+}
+
 fn invalid(key: &'static str, problem: String) -> ConfigError {
     ConfigError::Invalid { key, problem }
 }
 
 impl DetectConfig {
+    /// The absolute shift floor of `family`, in ns.
+    pub fn min_shift_ns(&self, family: &str) -> f64 {
+        self.min_shift
+            .get(family)
+            .unwrap_or(&self.default_min_shift)
+            .as_nanos() as f64
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.min_window.is_zero() || self.max_window < self.min_window {
+            return Err(invalid(
+                "detect.max_window",
+                format!(
+                    "windows need min_window > 0 and max_window >= min_window, got {} and {}",
+                    humantime::format_duration(self.min_window),
+                    humantime::format_duration(self.max_window)
+                ),
+            ));
+        }
+        for (family, shift) in &self.min_shift {
+            if crate::catalog::unit(family) != "ns" && !self.families.contains(family) {
+                return Err(invalid(
+                    "detect.min_shift",
+                    format!(
+                        "`{family}` is not a latency family nodepulse watches; use a family \
+                         name such as block.io.latency (README: Metrics)"
+                    ),
+                ));
+            }
+            if *shift > Duration::from_secs(60) {
+                return Err(invalid(
+                    "detect.min_shift",
+                    format!(
+                        "{family}: at most 60s, got {}",
+                        humantime::format_duration(*shift)
+                    ),
+                ));
+            }
+        }
         let counts = [
             ("detect.min_intervals", self.min_intervals, 1, 1000),
             ("detect.max_intervals", self.max_intervals, 1, 10_000),

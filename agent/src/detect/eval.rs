@@ -576,8 +576,11 @@ mod tests {
         };
         let eval = evaluate(&options, &DetectConfig::default(), |_| {});
         let table = render(&eval);
+        // Learned dispersion trades some recall on small steps for precision on real,
+        // noisy nodes (see docs/architecture.md, "Regression detection"): +50 % p99
+        // steps are caught at ~90 %, doubled p99 at >= 95 % (the alarm goal).
         let p99 = row(&eval, "p99 +50%");
-        assert!(p99.within_3_rate() >= 0.95, "{table}");
+        assert!(p99.within_3_rate() >= 0.85, "{table}");
         let controls = row(&eval, "control (no change)");
         assert!(controls.false_alarms_per_day() <= 1.0, "{table}");
         for r in eval

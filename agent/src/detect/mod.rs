@@ -1,21 +1,26 @@
 //! Regression detection: every watched latency series is compared, window by window,
 //! with a baseline learned from its own history; regressions that persist become
-//! alarms. See `rules` for the test, `series` for windows and hysteresis, `alarm` for
-//! what leaves the detector.
+//! alarms, and the alarms of series that shift together become one incident. See
+//! `rules` for the test, `series` for windows and hysteresis, `incident` for the
+//! grouping, `alarm` for what leaves the detector.
 
 pub mod alarm;
 pub mod baseline;
 pub mod config;
 pub mod eval;
+pub mod incident;
 pub mod replay;
 pub mod rules;
 pub mod series;
+pub mod soak;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 
 pub use alarm::{Alarm, AlarmState, Severity};
 pub use config::DetectConfig;
+use incident::Incidents;
+pub use incident::Topology;
 use series::{Identity, SeriesState};
 
 use crate::aggregate::ExpHistogram;
@@ -28,18 +33,37 @@ pub struct Detector {
     config: DetectConfig,
     node: String,
     series: HashMap<String, SeriesState>,
+    incidents: Incidents,
     intervals: u64,
 }
 
 /// What the detector made of one interval.
 #[derive(Debug, Default)]
 pub struct DetectOutput {
-    /// Alarms opened, updated or resolved this interval.
+    /// Incidents opened, updated or resolved this interval (one alarm each).
     pub alarms: Vec<Alarm>,
-    /// Alarms open after it.
+    /// Incidents open after it.
     pub open: u64,
+    /// Series seen with data that are still learning their baseline (not judged).
+    pub learning: Vec<String>,
     /// Windows closed (judged or not) this interval.
     pub windows: u64,
+}
+
+/// What `nodepulse check` says about the detector: how long a series learns before it
+/// is judged (a running agent lists the series still learning in every report).
+pub fn learning_statement(config: &DetectConfig) -> String {
+    if !config.enabled {
+        return "regression detection is off ([detect] enabled = false)".into();
+    }
+    let least = config.min_window * config.baseline_windows;
+    format!(
+        "each series learns its baseline from {} normal windows (at least {} of data, \
+         longer for a quiet series) before it is judged; until then it is listed as \
+         learning in every report (`learning` in JSON, \"detector learning\" in the table)",
+        config.baseline_windows,
+        humantime::format_duration(least)
+    )
 }
 
 /// `family{k=v,…}` with labels in key order.
@@ -49,11 +73,19 @@ pub fn series_name(family: &str, labels: &BTreeMap<String, String>) -> String {
 }
 
 impl Detector {
+    /// A detector that groups by time alone (offline replay, tests); see
+    /// [`Detector::with_topology`].
     pub fn new(config: DetectConfig, node: &str) -> Self {
+        Self::with_topology(config, node, Topology::default())
+    }
+
+    /// A detector that also knows which block devices are stacked on which.
+    pub fn with_topology(config: DetectConfig, node: &str, topology: Topology) -> Self {
         Self {
             config,
             node: node.to_owned(),
             series: HashMap::new(),
+            incidents: Incidents::new(topology),
             intervals: 0,
         }
     }
@@ -71,6 +103,7 @@ impl Detector {
     ) -> DetectOutput {
         self.intervals += 1;
         let mut out = DetectOutput::default();
+        let mut series_alarms = Vec::new();
         for (family, labels, delta) in series {
             if !self.config.watches(family) {
                 continue;
@@ -86,22 +119,40 @@ impl Detector {
             };
             if let Some(outcome) = state.observe(&who, delta, now, interval_ns, &self.config) {
                 out.windows += 1;
-                out.alarms.extend(outcome.alarm);
+                series_alarms.extend(outcome.alarm);
             }
         }
         let now_interval = self.intervals;
-        self.series
-            .retain(|_, s| now_interval - s.last_seen < FORGET_AFTER_INTERVALS);
-        out.open = self
-            .series
-            .values()
-            .filter(|s| s.open_alarm().is_some())
-            .count() as u64;
+        let mut forgotten = Vec::new();
+        self.series.retain(|name, s| {
+            let keep = now_interval - s.last_seen < FORGET_AFTER_INTERVALS;
+            if !keep && let Some(alarm) = s.open_alarm() {
+                let mut gone = alarm.clone();
+                gone.resolve(now);
+                forgotten.push((name.clone(), gone));
+            }
+            keep
+        });
+        // A series gone with its alarm open (a removed device) no longer holds its
+        // incident open.
+        series_alarms.extend(forgotten.into_iter().map(|(_, a)| a));
+        out.alarms = self.incidents.absorb(series_alarms, now, &self.config);
+        out.open = self.incidents.open_count();
+        out.learning = self.learning().map(str::to_owned).collect();
+        out.learning.sort();
         out
     }
 
-    /// Alarms open right now.
+    /// Incidents open right now (one alarm each).
     pub fn open_alarms(&self) -> impl Iterator<Item = &Alarm> {
-        self.series.values().filter_map(|s| s.open_alarm())
+        self.incidents.open()
+    }
+
+    /// Series that have had data but are still learning their baseline.
+    pub fn learning(&self) -> impl Iterator<Item = &str> {
+        self.series
+            .iter()
+            .filter(|(_, s)| s.has_data() && s.learning(&self.config))
+            .map(|(name, _)| name.as_str())
     }
 }

@@ -80,6 +80,19 @@ pub fn replay_recording(
     reader: impl BufRead,
     config: &DetectConfig,
 ) -> Result<Vec<Alarm>, ReplayError> {
+    Ok(replay_timed(path, reader, config)?
+        .into_iter()
+        .map(|(_, alarm)| alarm)
+        .collect())
+}
+
+/// As [`replay_recording`], with the time (unix ns) of the report each event came
+/// out of: when the alarm opened, changed or resolved.
+pub fn replay_timed(
+    path: &str,
+    reader: impl BufRead,
+    config: &DetectConfig,
+) -> Result<Vec<(u64, Alarm)>, ReplayError> {
     let mut detector: Option<Detector> = None;
     let mut alarms = Vec::new();
     let mut lines = 0;
@@ -120,7 +133,7 @@ pub fn replay_recording(
             (report.interval_s * 1e9) as u64,
             hists.iter().map(|(f, l, h)| (f.as_str(), l.clone(), h)),
         );
-        alarms.extend(out.alarms);
+        alarms.extend(out.alarms.into_iter().map(|a| (now, a)));
         lines += 1;
     }
     if lines == 0 {
@@ -146,6 +159,8 @@ pub fn replay_csv(
 ) -> Result<(Vec<ScoredRow>, Vec<Alarm>), ReplayError> {
     // One row is one interval of one sample: windows close on row count alone.
     let config = DetectConfig {
+        min_window: std::time::Duration::from_secs(window as u64),
+        max_window: std::time::Duration::from_secs(window as u64),
         min_intervals: window as u32,
         max_intervals: window as u32,
         min_samples: (window as u64).min(config.min_samples),
@@ -196,7 +211,7 @@ pub fn replay_csv(
         recent.push_back(bucket);
         let rolling = histogram_of(recent.iter().copied());
         let score = if state.baseline.windows >= config.baseline_windows {
-            rules::evaluate(&state.baseline, &rolling, &config).score
+            rules::evaluate(&state.baseline, &rolling, &config, 0.0).score
         } else {
             0.0
         };

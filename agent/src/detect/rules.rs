@@ -95,13 +95,25 @@ fn ratio_floor(config: &DetectConfig, quantile: &str) -> f64 {
 }
 
 /// Judges `window` against `baseline`; `NotEnoughData` when either is too thin.
-pub fn evaluate(baseline: &Baseline, window: &ExpHistogram, config: &DetectConfig) -> Evaluation {
-    let n = window.count();
-    if baseline.is_empty() || n == 0 {
+/// `floor_ns` is the family's smallest shift that matters: a quantile must move up by
+/// at least that much, and a baseline quantile below it counts as the floor itself
+/// (a shift from 0 to 1 µs is not an infinite factor).
+pub fn evaluate(
+    baseline: &Baseline,
+    window: &ExpHistogram,
+    config: &DetectConfig,
+    floor_ns: f64,
+) -> Evaluation {
+    let n_raw = window.count();
+    if baseline.is_empty() || n_raw == 0 {
         return Evaluation::not_enough_data();
     }
     let mut rules = Vec::new();
-    for (q, name) in RULES {
+    for (slot, (q, name)) in RULES.into_iter().enumerate() {
+        // Windows that scatter more than sampling noise explains hold fewer
+        // independent samples than they count: scale the counts down.
+        let dispersion = baseline.dispersion_of(slot);
+        let n = ((n_raw as f64 / dispersion).round() as u64).max(1);
         let boundary = baseline.bucket_of(q);
         let share = match boundary {
             Some(b) => baseline.mass_above(b),
@@ -109,13 +121,13 @@ pub fn evaluate(baseline: &Baseline, window: &ExpHistogram, config: &DetectConfi
         };
         // The baseline's share is itself estimated: test against it plus one standard
         // error, so a thin baseline makes the test more cautious, not less.
-        let se = (share * (1.0 - share) / baseline.effective_samples.max(1.0)).sqrt();
+        let se = (share * (1.0 - share) * dispersion / baseline.effective_samples.max(1.0)).sqrt();
         let share_hi = (share + se).clamp(1e-6, 1.0);
         let share_lo = (share - se).max(0.0);
-        if n as f64 * share_hi < MIN_EXPECTED_ABOVE {
+        if n_raw as f64 * share_hi < MIN_EXPECTED_ABOVE {
             continue;
         }
-        let above = count_above(window, boundary);
+        let above = (count_above(window, boundary) as f64 / dispersion).round() as u64;
         let p_up = stats::upper_tail(above, n, share_hi);
         let p_down = if share_lo > 0.0 {
             stats::lower_tail(above, n, share_lo)
@@ -124,13 +136,8 @@ pub fn evaluate(baseline: &Baseline, window: &ExpHistogram, config: &DetectConfi
         };
         let baseline_ns = baseline.quantile(q);
         let current_ns = window.quantile(q).unwrap_or(0.0);
-        let ratio = if baseline_ns > 0.0 {
-            current_ns / baseline_ns
-        } else if current_ns > 0.0 {
-            f64::INFINITY
-        } else {
-            1.0
-        };
+        let ratio = current_ns / baseline_ns.max(floor_ns).max(1.0);
+        let shifted = current_ns - baseline_ns >= floor_ns;
         let floor = ratio_floor(config, name);
         let alpha = config.significance;
         rules.push(RuleResult {
@@ -139,12 +146,12 @@ pub fn evaluate(baseline: &Baseline, window: &ExpHistogram, config: &DetectConfi
             current_ns,
             ratio,
             p_value: p_up,
-            regressed: p_up < alpha && ratio >= floor,
+            regressed: p_up < alpha && ratio >= floor && shifted,
             improved: p_down < alpha && ratio <= 1.0 / floor,
             score: score(p_up, ratio, alpha, floor),
         });
     }
-    if rules.is_empty() || n < config.min_samples {
+    if rules.is_empty() || n_raw < config.min_samples {
         return Evaluation {
             rules,
             ..Evaluation::not_enough_data()
@@ -230,7 +237,7 @@ mod tests {
     #[test]
     fn same_distribution_is_normal() {
         let h = body(130, 1.0, 5_000);
-        let e = evaluate(&baseline_of(&h, 20), &h, &DetectConfig::default());
+        let e = evaluate(&baseline_of(&h, 20), &h, &DetectConfig::default(), 0.0);
         assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
         assert!(!e.improved);
         assert!(e.score < 0.5, "{e:?}");
@@ -241,7 +248,7 @@ mod tests {
         let base = body(130, 1.0, 5_000);
         // +4 buckets ≈ ×1.41 on every quantile.
         let now = ExpHistogram::from_buckets(0, 0, base.buckets().map(|(i, c)| (i + 4, c)));
-        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default());
+        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default(), 0.0);
         assert_eq!(e.verdict, Verdict::Regressed, "{e:?}");
         let p50 = e.rules.iter().find(|r| r.quantile == "p50").unwrap();
         assert!(p50.regressed && p50.ratio > 1.3, "{p50:?}");
@@ -252,7 +259,7 @@ mod tests {
         let base = body(130, 1.0, 20_000);
         let p90_bucket = baseline_of(&base, 1).bucket_of(0.9).unwrap();
         let now = shift_tail(&base, p90_bucket, 8); // the tail ×2
-        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default());
+        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default(), 0.0);
         assert_eq!(e.verdict, Verdict::Regressed, "{e:?}");
         let by = |q| e.rules.iter().find(|r| r.quantile == q).unwrap();
         assert!(by("p99").regressed, "{e:?}");
@@ -265,7 +272,7 @@ mod tests {
     fn small_shift_below_the_floor_is_normal_even_when_significant() {
         let base = body(130, 1.0, 200_000);
         let now = ExpHistogram::from_buckets(0, 0, base.buckets().map(|(i, c)| (i + 1, c)));
-        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default());
+        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default(), 0.0);
         assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
         assert!(
             e.rules.iter().any(|r| r.p_value < 1e-6),
@@ -277,7 +284,7 @@ mod tests {
     fn improvement_is_recognised_and_normal() {
         let base = body(130, 1.0, 5_000);
         let now = ExpHistogram::from_buckets(0, 0, base.buckets().map(|(i, c)| (i - 5, c)));
-        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default());
+        let e = evaluate(&baseline_of(&base, 20), &now, &DetectConfig::default(), 0.0);
         assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
         assert!(e.improved, "{e:?}");
     }
@@ -288,11 +295,11 @@ mod tests {
         let thin = body(130, 1.0, 100);
         let config = DetectConfig::default();
         assert_eq!(
-            evaluate(&baseline_of(&base, 20), &thin, &config).verdict,
+            evaluate(&baseline_of(&base, 20), &thin, &config, 0.0).verdict,
             Verdict::NotEnoughData
         );
         assert_eq!(
-            evaluate(&Baseline::default(), &base, &config).verdict,
+            evaluate(&Baseline::default(), &base, &config, 0.0).verdict,
             Verdict::NotEnoughData
         );
     }
@@ -301,7 +308,12 @@ mod tests {
     fn ties_in_one_bucket_do_not_look_like_a_shift() {
         // Nearly everything in one bucket: its quantiles tie. Same shape again is normal.
         let base = ExpHistogram::from_buckets(0, 0, [(100, 9_900), (101, 80), (140, 20)]);
-        let e = evaluate(&baseline_of(&base, 20), &base, &DetectConfig::default());
+        let e = evaluate(
+            &baseline_of(&base, 20),
+            &base,
+            &DetectConfig::default(),
+            0.0,
+        );
         assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
     }
 

@@ -1,9 +1,9 @@
-//! One series through time: intervals gathered into windows big enough to judge, each
-//! window judged against the baseline, and the verdicts turned into an alarm with
-//! hysteresis (raise after `raise_after` regressed windows in a row, clear after
-//! `clear_after` normal ones). A window only counts as regressed when it still is
-//! without its worst interval: one burst (a 10-second stall) is not a regression,
-//! however slow it was.
+//! One series through time: intervals gathered into windows big enough to judge (in
+//! time and samples, so that the interval does not change the verdicts), each window
+//! judged against the baseline, and the verdicts turned into an alarm with hysteresis
+//! (raise after `raise_after` regressed windows in a row, clear after `clear_after`
+//! normal ones). A window only counts as regressed when it still is without its worst
+//! third: one burst (a 10-second stall) is not a regression, however slow it was.
 
 use std::collections::BTreeMap;
 
@@ -28,8 +28,8 @@ pub struct WindowOutcome {
 #[derive(Debug, Default)]
 pub struct SeriesState {
     window: ExpHistogram,
-    /// The window's intervals, for the burst check.
-    parts: Vec<ExpHistogram>,
+    /// The window's intervals with their end times, for the burst check.
+    parts: Vec<(u64, ExpHistogram)>,
     intervals: u32,
     window_start: u64,
     pub baseline: Baseline,
@@ -54,6 +54,16 @@ impl SeriesState {
         self.alarm.as_ref()
     }
 
+    /// Whether any interval brought samples (an idle series is not "learning").
+    pub fn has_data(&self) -> bool {
+        !self.baseline.is_empty() || !self.window.is_empty()
+    }
+
+    /// Still learning its baseline: not judged yet.
+    pub fn learning(&self, config: &DetectConfig) -> bool {
+        self.baseline.windows < config.baseline_windows
+    }
+
     /// Adds one interval ending at `now` (unix ns, `interval_ns` long); returns the
     /// outcome when this closed a window.
     pub fn observe(
@@ -71,13 +81,16 @@ impl SeriesState {
         }
         if !delta.is_empty() {
             self.window.merge(delta);
-            self.parts.push(delta.clone());
+            self.parts.push((now, delta.clone()));
         }
         self.intervals += 1;
-        let enough = self.window.count() >= config.min_samples;
-        if !(enough && self.intervals >= config.min_intervals)
-            && self.intervals < config.max_intervals
-        {
+        let elapsed = now.saturating_sub(self.window_start);
+        let enough = self.window.count() >= config.min_samples
+            && elapsed >= config.min_window.as_nanos() as u64
+            && self.intervals >= config.min_intervals;
+        let too_long = elapsed >= config.max_window.as_nanos() as u64
+            || self.intervals >= config.max_intervals;
+        if !enough && !too_long {
             return None;
         }
         self.intervals = 0;
@@ -92,7 +105,17 @@ impl SeriesState {
         now: u64,
         config: &DetectConfig,
     ) -> WindowOutcome {
-        let learning = self.baseline.windows < config.baseline_windows;
+        let floor_ns = config.min_shift_ns(who.family);
+        let learning = self.learning(config);
+        // How much windows scatter around the baseline beyond sampling noise: learned
+        // from every full window while no alarm is open (a regression's first window
+        // included, capped, so that ordinary variability is never left out).
+        // Only once the baseline has learned: against a baseline of a few windows,
+        // whose quantile buckets were picked from those very windows, every window
+        // looks scattered.
+        if !learning && self.alarm.is_none() && window.count() >= config.min_samples {
+            self.baseline.note_spread(window, config.baseline_half_life);
+        }
         if learning {
             if window.count() >= config.min_samples {
                 self.baseline.learn(window, config.baseline_half_life);
@@ -103,9 +126,9 @@ impl SeriesState {
                 alarm: None,
             };
         }
-        let mut evaluation = evaluate(&self.baseline, window, config);
-        let burst =
-            evaluation.verdict == Verdict::Regressed && self.is_burst(window, &evaluation, config);
+        let mut evaluation = evaluate(&self.baseline, window, config, floor_ns);
+        let burst = evaluation.verdict == Verdict::Regressed
+            && self.is_burst(window, now, &evaluation, floor_ns, config);
         if burst {
             evaluation.verdict = Verdict::Normal;
         }
@@ -175,19 +198,41 @@ impl SeriesState {
     }
 }
 
+/// A window is split into this many equal stretches of time for the burst check, so
+/// that a burst is the same thing at any interval: a third of a 30 s window is 10 s
+/// whether it holds ten 1 s intervals or one 10 s interval.
+const BURST_STRETCHES: u64 = 3;
+
 impl SeriesState {
-    /// Whether the window's regression is all in one interval: without the interval
-    /// with the largest share above the driving quantile's boundary, not even half the
-    /// shift is left at a far looser significance. (Removing the slowest interval
-    /// biases the rest downwards, so the rest is held to a lower bar: a real step
-    /// spread over every interval clears it easily.)
+    /// The window's samples in `BURST_STRETCHES` stretches of equal time (fewer when
+    /// it has fewer intervals).
+    fn stretches(&self, window_end: u64) -> Vec<ExpHistogram> {
+        let span = window_end.saturating_sub(self.window_start).max(1);
+        let mut out = vec![ExpHistogram::default(); BURST_STRETCHES as usize];
+        for (end, h) in &self.parts {
+            let offset = end.saturating_sub(self.window_start).saturating_sub(1);
+            let i = (offset * BURST_STRETCHES / span).min(BURST_STRETCHES - 1);
+            out[i as usize].merge(h);
+        }
+        out.retain(|h| !h.is_empty());
+        out
+    }
+
+    /// Whether the window's regression is all in one stretch of it: without the
+    /// stretch with the largest share above the driving quantile's boundary, not even
+    /// half the shift is left at a far looser significance. (Removing the slowest
+    /// stretch biases the rest downwards, so the rest is held to a lower bar: a real
+    /// step spread over the whole window clears it easily.)
     fn is_burst(
         &self,
         window: &ExpHistogram,
+        window_end: u64,
         evaluation: &Evaluation,
+        floor_ns: f64,
         config: &DetectConfig,
     ) -> bool {
-        if self.parts.len() < 2 {
+        let stretches = self.stretches(window_end);
+        if stretches.len() < 2 {
             return false;
         }
         let q = super::rules::RULES
@@ -196,15 +241,14 @@ impl SeriesState {
             .map_or(0.99, |(q, _)| *q);
         let boundary = self.baseline.bucket_of(q);
         let share = |h: &ExpHistogram| count_above(h, boundary) as f64 / h.count().max(1) as f64;
-        let Some(worst) = self
-            .parts
+        let Some(worst) = stretches
             .iter()
             .max_by(|a, b| share(a).total_cmp(&share(b)))
         else {
             return false;
         };
         let rest = window.since(worst);
-        let parts = self.parts.len() as u64;
+        let parts = stretches.len() as u64;
         let half = |ratio: f64| 1.0 + (ratio - 1.0) / 2.0;
         let relaxed = DetectConfig {
             min_samples: (config.min_samples * (parts - 1) / parts).max(10),
@@ -214,20 +258,26 @@ impl SeriesState {
             p99_ratio: half(config.p99_ratio),
             ..config.clone()
         };
-        evaluate(&self.baseline, &rest, &relaxed).verdict == Verdict::Normal
+        evaluate(&self.baseline, &rest, &relaxed, floor_ns / 2.0).verdict == Verdict::Normal
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const S: u64 = 1_000_000_000;
 
+    /// Windows of one to five 10 s intervals, no absolute floor (the shifts here are
+    /// tens of µs).
     fn config() -> DetectConfig {
         DetectConfig {
-            min_intervals: 1,
-            max_intervals: 5,
+            min_window: Duration::from_secs(10),
+            max_window: Duration::from_secs(50),
+            min_shift: BTreeMap::new(),
+            default_min_shift: Duration::ZERO,
             min_samples: 500,
             baseline_windows: 5,
             raise_after: 2,
@@ -348,8 +398,9 @@ mod tests {
     #[test]
     fn a_single_slow_interval_is_a_burst_not_a_regression() {
         let config = DetectConfig {
-            min_intervals: 3,
-            max_intervals: 5,
+            min_window: Duration::from_secs(30),
+            max_window: Duration::from_secs(50),
+            default_min_shift: Duration::ZERO,
             min_samples: 1500,
             baseline_windows: 5,
             ..DetectConfig::default()

@@ -352,6 +352,21 @@ pub fn render_table(r: &Report) -> String {
 /// Alarm events of the interval and finished action runs; nothing when all is quiet.
 fn render_alarms(t: &mut String, r: &Report) {
     use std::fmt::Write as _;
+    if !r.learning.is_empty() {
+        const SHOWN: usize = 5;
+        let more = r.learning.len().saturating_sub(SHOWN);
+        let _ = writeln!(
+            t,
+            "detector learning {} series (not judged yet): {}{}",
+            r.learning.len(),
+            r.learning[..r.learning.len().min(SHOWN)].join(", "),
+            if more > 0 {
+                format!(", {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
     if r.alarms.is_empty() && r.alarms_open == 0 && r.actions.is_empty() {
         return;
     }

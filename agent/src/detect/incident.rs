@@ -1,0 +1,520 @@
+//! Incidents: series that shift together are one alarm. A slow disk moves its device
+//! time, its total, the loop or device-mapper devices stacked on it, the cgroups
+//! issuing the I/O and the VMs on it, all at once; an operator (and an action) should
+//! see one alarm for it, with those series as evidence, ranked by where the time went.
+//!
+//! A series alarm joins an open incident of the same resource (block I/O, CPU, KVM
+//! exits, network) when its regression started within `group_within` of the
+//! incident's latest member (they shifted together), or when it is a device stacked on
+//! or under a member's device (known from sysfs) while the incident lasts. A CPU
+//! squeeze and a slow disk at the same minute stay two incidents. The incident keeps the id, trace and headline series of the alarm
+//! that opened it, so its id stays stable while evidence is added; it resolves when
+//! every member has recovered.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use super::{
+    alarm::{Alarm, AlarmState, Severity},
+    config::DetectConfig,
+};
+use crate::{
+    aggregate::{ExpHistogram, histogram::bucket_lower},
+    export::console::format_ns,
+};
+
+/// One series of an incident, as evidence.
+#[derive(Clone, Debug, Serialize)]
+pub struct RelatedSeries {
+    pub series: String,
+    pub family: String,
+    pub labels: BTreeMap<String, String>,
+    /// The series' own alarm id (its regression, inside the incident).
+    pub alarm_id: String,
+    pub state: AlarmState,
+    pub quantile: &'static str,
+    pub factor: f64,
+    pub baseline_ns: f64,
+    pub current_ns: f64,
+    /// Waiting time the shift added in the series' last regressed window (samples ×
+    /// (current mean − baseline mean)), in ns: what ranks the evidence.
+    pub added_ns: f64,
+    /// That time as a share of the incident's total.
+    pub share: f64,
+}
+
+/// The devices under a block device: a loop device's backing file lives on a
+/// filesystem's device; a device-mapper (or md) device has `slaves/`. Read from sysfs
+/// when first asked and remembered; without a sysfs root (offline replay) nothing is
+/// stacked and incidents are grouped by time alone.
+#[derive(Debug, Default)]
+pub struct Topology {
+    sys_root: Option<PathBuf>,
+    lower: HashMap<String, Vec<String>>,
+}
+
+impl Topology {
+    pub fn from_sysfs(sys_root: &Path) -> Self {
+        Self {
+            sys_root: Some(sys_root.to_owned()),
+            lower: HashMap::new(),
+        }
+    }
+
+    /// `device` and every device its I/O ends up on, transitively.
+    pub fn stack(&mut self, device: &str) -> Vec<String> {
+        let mut out = vec![device.to_owned()];
+        let mut i = 0;
+        while i < out.len() && out.len() < 16 {
+            for d in self.lower_of(&out[i].clone()) {
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    fn lower_of(&mut self, device: &str) -> Vec<String> {
+        if let Some(known) = self.lower.get(device) {
+            return known.clone();
+        }
+        let Some(root) = &self.sys_root else {
+            return Vec::new();
+        };
+        let found = read_lower(root, device);
+        self.lower.insert(device.to_owned(), found.clone());
+        found
+    }
+}
+
+/// The devices directly under `device`, from sysfs.
+fn read_lower(sys_root: &Path, device: &str) -> Vec<String> {
+    let block = sys_root.join("block").join(device);
+    let mut out: Vec<String> = std::fs::read_dir(block.join("slaves"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if let Ok(file) = std::fs::read_to_string(block.join("loop/backing_file")) {
+        out.extend(device_of_file(sys_root, file.trim()));
+    }
+    out.sort();
+    out
+}
+
+/// The whole disk holding `path`'s filesystem (a partition's parent), by its
+/// major:minor in sysfs.
+fn device_of_file(sys_root: &Path, path: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let link = sys_root.join(format!("dev/block/{major}:{minor}"));
+    let target = std::fs::canonicalize(&link).ok()?;
+    let disk = if link.join("partition").exists() {
+        target.parent()?.to_path_buf()
+    } else {
+        target
+    };
+    Some(disk.file_name()?.to_string_lossy().into_owned())
+}
+
+#[derive(Debug)]
+struct Member {
+    alarm: Alarm,
+    added_ns: f64,
+}
+
+#[derive(Debug)]
+struct Incident {
+    /// The alarm that opened it: its id, trace and headline.
+    alarm: Alarm,
+    members: BTreeMap<String, Member>,
+    /// Start of the latest member's regression (unix ns).
+    latest_start: u64,
+    /// Devices (stacks included) of its block members.
+    devices: Vec<String>,
+    resource: &'static str,
+}
+
+/// What a family measures waiting for: series of different resources are separate
+/// incidents even when they shift at the same time.
+fn resource(family: &str) -> &'static str {
+    match family.split('.').next().unwrap_or_default() {
+        "block" => "block",
+        "sched" | "cgroup" | "vm" => "cpu",
+        "kvm" => "kvm",
+        "net" => "net",
+        _ => "other",
+    }
+}
+
+/// Open incidents of one detector.
+#[derive(Debug, Default)]
+pub struct Incidents {
+    open: Vec<Incident>,
+    topology: Topology,
+}
+
+impl Incidents {
+    pub fn new(topology: Topology) -> Self {
+        Self {
+            open: Vec::new(),
+            topology,
+        }
+    }
+
+    pub fn open(&self) -> impl Iterator<Item = &Alarm> {
+        self.open.iter().map(|i| &i.alarm)
+    }
+
+    pub fn open_count(&self) -> u64 {
+        self.open.len() as u64
+    }
+
+    /// Takes one interval's series alarm events; returns the incidents' events (at
+    /// most one per incident).
+    pub fn absorb(&mut self, events: Vec<Alarm>, now: u64, config: &DetectConfig) -> Vec<Alarm> {
+        let mut touched: Vec<usize> = Vec::new();
+        let mut opened: Vec<usize> = Vec::new();
+        for event in events {
+            let devices = match event.labels.get("device") {
+                Some(d) => self.topology.stack(d),
+                None => Vec::new(),
+            };
+            let within = config.group_within.as_nanos() as u64;
+            let home = self
+                .open
+                .iter()
+                .position(|i| i.members.contains_key(&event.series));
+            let home = home.or_else(|| {
+                (event.state == AlarmState::Open).then_some(())?;
+                let kind = resource(&event.family);
+                self.open.iter().position(|i| {
+                    i.resource == kind
+                        && (event.start_unix_nano.abs_diff(i.latest_start) <= within
+                            || devices.iter().any(|d| i.devices.contains(d)))
+                })
+            });
+            let index = match home {
+                Some(index) => index,
+                None if event.state == AlarmState::Open => {
+                    self.open.push(Incident {
+                        alarm: event.clone(),
+                        members: BTreeMap::new(),
+                        latest_start: event.start_unix_nano,
+                        devices: Vec::new(),
+                        resource: resource(&event.family),
+                    });
+                    opened.push(self.open.len() - 1);
+                    self.open.len() - 1
+                }
+                // An update for a series whose incident is gone: nothing to say.
+                None => continue,
+            };
+            let incident = &mut self.open[index];
+            if event.state == AlarmState::Open {
+                incident.latest_start = incident.latest_start.max(event.start_unix_nano);
+            }
+            for d in devices {
+                if !incident.devices.contains(&d) {
+                    incident.devices.push(d);
+                }
+            }
+            let added_ns = added_time(&event);
+            let member = incident
+                .members
+                .entry(event.series.clone())
+                .or_insert(Member {
+                    alarm: event.clone(),
+                    added_ns,
+                });
+            // A recovered member keeps the figures of its last regressed window.
+            if event.state != AlarmState::Resolved {
+                member.added_ns = added_ns;
+            }
+            member.alarm = event;
+            if !touched.contains(&index) {
+                touched.push(index);
+            }
+        }
+        let mut out = Vec::new();
+        for &index in &touched {
+            let incident = &mut self.open[index];
+            let all_recovered = incident
+                .members
+                .values()
+                .all(|m| m.alarm.state == AlarmState::Resolved);
+            refresh(incident, config);
+            if all_recovered {
+                incident.alarm.resolve(now);
+                incident.alarm.summary = summary(incident);
+            } else if !opened.contains(&index) {
+                incident.alarm.state = AlarmState::Ongoing;
+            }
+            out.push(incident.alarm.clone());
+        }
+        self.open.retain(|i| i.alarm.state != AlarmState::Resolved);
+        out
+    }
+}
+
+/// The incident's alarm from its members: headline figures from the series that
+/// opened it, severity from the worst member, evidence ranked by added time.
+fn refresh(incident: &mut Incident, config: &DetectConfig) {
+    let head = incident.alarm.series.clone();
+    if let Some(m) = incident.members.get(&head) {
+        let keep = (
+            incident.alarm.id.clone(),
+            incident.alarm.trace_id.clone(),
+            incident.alarm.span_id.clone(),
+            incident.alarm.state,
+        );
+        incident.alarm = Alarm {
+            related: Vec::new(),
+            ..m.alarm.clone()
+        };
+        (
+            incident.alarm.id,
+            incident.alarm.trace_id,
+            incident.alarm.span_id,
+            incident.alarm.state,
+        ) = keep;
+        incident.alarm.ended = None;
+        incident.alarm.end_unix_nano = None;
+    }
+    let peak = incident
+        .members
+        .values()
+        .map(|m| m.alarm.peak_factor)
+        .fold(incident.alarm.peak_factor, f64::max);
+    incident.alarm.severity = Severity::of(peak, config).max(incident.alarm.severity);
+    let total: f64 = incident.members.values().map(|m| m.added_ns).sum();
+    let mut related: Vec<RelatedSeries> = incident
+        .members
+        .values()
+        .map(|m| {
+            let a = &m.alarm;
+            RelatedSeries {
+                series: a.series.clone(),
+                family: a.family.clone(),
+                labels: a.labels.clone(),
+                alarm_id: a.id.clone(),
+                state: a.state,
+                quantile: a.quantile,
+                factor: a.peak_factor,
+                baseline_ns: a.baseline_ns.get(a.quantile).copied().unwrap_or(0.0),
+                current_ns: a.current_ns.get(a.quantile).copied().unwrap_or(0.0),
+                added_ns: m.added_ns,
+                share: if total > 0.0 { m.added_ns / total } else { 0.0 },
+            }
+        })
+        .collect();
+    related.sort_by(|a, b| b.added_ns.total_cmp(&a.added_ns));
+    incident.alarm.related = related;
+    incident.alarm.summary = summary(incident);
+}
+
+/// The headline's summary, then where the time went when there is more than one series.
+fn summary(incident: &Incident) -> String {
+    let own = incident
+        .alarm
+        .summary
+        .split(" — ")
+        .next()
+        .unwrap_or_default();
+    let related = &incident.alarm.related;
+    if related.len() < 2 {
+        return own.to_owned();
+    }
+    let ranked: Vec<String> = related
+        .iter()
+        .take(4)
+        .map(|r| {
+            format!(
+                "{} {} ({:.0} %, {} {}→{})",
+                r.family,
+                where_of(&r.labels),
+                r.share * 100.0,
+                r.quantile,
+                format_ns(r.baseline_ns),
+                format_ns(r.current_ns)
+            )
+        })
+        .collect();
+    let more = related.len().saturating_sub(4);
+    let tail = if more > 0 {
+        format!(", {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "{own} — one incident, {} series; time went to: {}{tail}",
+        related.len(),
+        ranked.join(", ")
+    )
+}
+
+/// "loop0 write", "/system.slice/x", "instance-2": the labels that say where.
+fn where_of(labels: &BTreeMap<String, String>) -> String {
+    ["device", "vm", "cgroup", "op", "reason", "peer.group"]
+        .iter()
+        .filter_map(|k| labels.get(*k).map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waiting time the shift added in the alarm's last regressed window, in ns.
+fn added_time(alarm: &Alarm) -> f64 {
+    let current = &alarm.evidence.current;
+    let base = &alarm.evidence.baseline;
+    let base_mean: f64 = base
+        .fractions
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f * midpoint(base.offset + i as i32))
+        .sum();
+    let n = current.count() as f64;
+    if n == 0.0 {
+        return 0.0;
+    }
+    let current_mean = bucket_mean(current);
+    (current_mean - base_mean).max(0.0) * n
+}
+
+fn midpoint(index: i32) -> f64 {
+    (bucket_lower(index) + bucket_lower(index + 1)) / 2.0
+}
+
+/// The histogram's mean from bucket midpoints (as the baseline's, so they compare).
+fn bucket_mean(h: &ExpHistogram) -> f64 {
+    let n = h.count() as f64;
+    h.buckets()
+        .map(|(i, c)| c as f64 * midpoint(i))
+        .sum::<f64>()
+        / n.max(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Severity, alarm};
+
+    fn series_alarm(series: &str, device: &str, start: u64, state: AlarmState) -> Alarm {
+        let mut a = alarm::sample(Severity::Major);
+        a.series = series.into();
+        a.labels.insert("device".into(), device.into());
+        a.id = format!("id-{series}");
+        a.start_unix_nano = start;
+        a.state = state;
+        a
+    }
+
+    const MIN: u64 = 60_000_000_000;
+
+    #[test]
+    fn series_that_shift_together_are_one_incident() {
+        let config = DetectConfig::default();
+        let mut incidents = Incidents::default();
+        let t = 1_800_000_000_000_000_000;
+        let first = incidents.absorb(
+            vec![
+                series_alarm("a", "loop0", t, AlarmState::Open),
+                series_alarm("b", "vda", t + 10_000_000_000, AlarmState::Open),
+            ],
+            t,
+            &config,
+        );
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0].state, AlarmState::Open);
+        assert_eq!(first[0].id, "id-a");
+        assert_eq!(first[0].related.len(), 2);
+        assert!(
+            first[0].summary.contains("one incident, 2 series"),
+            "{}",
+            first[0].summary
+        );
+        // Much later, on an unrelated device: a second incident.
+        let second = incidents.absorb(
+            vec![series_alarm("c", "loop3", t + 10 * MIN, AlarmState::Open)],
+            t + 10 * MIN,
+            &config,
+        );
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].id, "id-c");
+        assert_eq!(incidents.open_count(), 2);
+        // The first resolves once both its series have.
+        let r = incidents.absorb(
+            vec![series_alarm("a", "loop0", t, AlarmState::Resolved)],
+            t + 11 * MIN,
+            &config,
+        );
+        assert_eq!(r[0].state, AlarmState::Ongoing);
+        let r = incidents.absorb(
+            vec![series_alarm("b", "vda", t, AlarmState::Resolved)],
+            t + 12 * MIN,
+            &config,
+        );
+        assert_eq!(r[0].state, AlarmState::Resolved);
+        assert_eq!(r[0].id, "id-a", "the id stays the opening alarm's");
+        assert_eq!(incidents.open_count(), 1);
+    }
+
+    #[test]
+    fn a_loop_device_is_stacked_on_its_backing_files_disk() {
+        let dir = std::env::temp_dir().join(format!("np-topo-{}", std::process::id()));
+        let backing = dir.join("backing.img");
+        std::fs::create_dir_all(dir.join("block/loop7/loop")).unwrap();
+        std::fs::create_dir_all(dir.join("block/dm-1/slaves/loop7")).unwrap();
+        std::fs::write(&backing, b"x").unwrap();
+        std::fs::write(
+            dir.join("block/loop7/loop/backing_file"),
+            format!("{}\n", backing.display()),
+        )
+        .unwrap();
+        // The backing file's device, as sysfs names it.
+        use std::os::unix::fs::MetadataExt as _;
+        let dev = std::fs::metadata(&backing).unwrap().dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        std::fs::create_dir_all(dir.join("devices/virtual/block/vdz")).unwrap();
+        std::fs::create_dir_all(dir.join("dev/block")).unwrap();
+        std::os::unix::fs::symlink(
+            dir.join("devices/virtual/block/vdz"),
+            dir.join(format!("dev/block/{major}:{minor}")),
+        )
+        .unwrap();
+        let mut topology = Topology::from_sysfs(&dir);
+        assert_eq!(topology.stack("dm-1"), ["dm-1", "loop7", "vdz"]);
+        assert_eq!(topology.stack("vdz"), ["vdz"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stacked_device_joins_even_when_it_started_later() {
+        let config = DetectConfig::default();
+        let mut topology = Topology::default();
+        topology.lower.insert("loop0".into(), vec!["vda".into()]);
+        let mut incidents = Incidents::new(topology);
+        let t = 1_800_000_000_000_000_000;
+        incidents.absorb(
+            vec![series_alarm("a", "loop0", t, AlarmState::Open)],
+            t,
+            &config,
+        );
+        let later = incidents.absorb(
+            vec![series_alarm("b", "vda", t + 10 * MIN, AlarmState::Open)],
+            t + 10 * MIN,
+            &config,
+        );
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].id, "id-a");
+        assert_eq!(later[0].state, AlarmState::Ongoing);
+        assert_eq!(incidents.open_count(), 1);
+    }
+}

@@ -1,0 +1,96 @@
+//! `cargo xtask soak`: the detector on real workloads. `record` (root) runs the soak
+//! harness (`xtask/soak/record.sh`): steady fio mixes on loop devices, a CPU-contended
+//! cgroup, a KVM guest and an idle device, recorded by two agents (1 s and 10 s), with
+//! injected regressions on a device of its own (a competing reader or writer, a
+//! blkio/io.max limit, a cpu.max squeeze) logged with their times. `eval` replays the
+//! recordings through the detector and prints false alarms per node-day away from the
+//! injections and the injections detected within three windows.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Record workloads and injected regressions (root; takes `--duration`).
+    Record {
+        /// How long to record, in seconds (the soak's goal is an hour or more).
+        #[arg(long, default_value_t = 3600)]
+        duration: u64,
+        /// Where the recordings, devices' backing files and logs go (outside the repo:
+        /// an hour at 1 s is ~150 MB).
+        #[arg(long, default_value = "/var/tmp/nodepulse-soak")]
+        out: PathBuf,
+    },
+    /// Score the detector on recordings (no root).
+    Eval {
+        /// Arguments for the scorer (`-- --help` lists them): recordings,
+        /// `--injections FILE`, `--config FILE`, `--window SECONDS`, `--explain`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        Command::Record { duration, out } => record(duration, &out),
+        Command::Eval { args } => util::run_agent_example("soak_eval", &args),
+    }
+}
+
+fn record(duration: u64, out: &PathBuf) -> Result<()> {
+    if !util::is_root() {
+        bail!("the soak harness needs root (loop devices, cgroups, probes); run it with sudo");
+    }
+    if duration < 900 {
+        bail!(
+            "--duration {duration}: at least 900 s, so that injections follow a learned baseline"
+        );
+    }
+    println!("building nodepulse (release) and the KVM guest process ...");
+    util::run(util::cargo().args(["build", "--release", "-p", "agent"]))?;
+    let guest = util::stdout_of(util::cargo().args([
+        "test",
+        "--no-run",
+        "--message-format=json",
+        "-p",
+        "agent",
+        "--test",
+        "kvm_guest_process",
+    ]))
+    .unwrap_or_default();
+    let guest = built_test_path(&guest).context(
+        "could not find the kvm_guest_process test binary; `cargo test --no-run -p agent \
+         --test kvm_guest_process` should build it",
+    )?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let root = util::workspace_root();
+    let nodepulse = util::target_dir().join("release/nodepulse");
+    let script = root.join("xtask/soak/record.sh");
+    util::run(
+        std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&nodepulse)
+            .arg(duration.to_string())
+            .arg(out)
+            .arg(&guest),
+    )
+}
+
+/// The test executable in `cargo test --no-run --message-format=json` output.
+fn built_test_path(output: &str) -> Option<PathBuf> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == "kvm_guest_process")
+        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .next_back()
+}
