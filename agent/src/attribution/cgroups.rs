@@ -20,7 +20,11 @@ pub struct Hierarchy {
 }
 
 /// Finds the hierarchy for `mode` in a `/proc/mounts` text: the cgroup2 mount, or the
-/// v1 mount carrying the `cpu` controller.
+/// v1 mount carrying the `cpu` controller. `auto` takes the one holding the cpu
+/// controller: on a hybrid host (cgroup2 at `/sys/fs/cgroup/unified`, controllers on
+/// v1) pods, services and VMs get their CPU limits, and their place in the scheduler's
+/// run queues, from the v1 cpu hierarchy, while the unified one holds every task in
+/// whatever cgroup systemd put it, often the root.
 pub fn find_hierarchy(mounts: &str, mode: CgroupMode) -> Option<Hierarchy> {
     let mut v2 = None;
     let mut v1_cpu = None;
@@ -38,7 +42,8 @@ pub fn find_hierarchy(mounts: &str, mode: CgroupMode) -> Option<Hierarchy> {
     let v2 = v2.map(|root| Hierarchy { v2: true, root });
     let v1 = v1_cpu.map(|root| Hierarchy { v2: false, root });
     match mode {
-        CgroupMode::Auto => v2.or(v1),
+        // A controller bound to a v1 hierarchy cannot be enabled on cgroup2.
+        CgroupMode::Auto => v1.or(v2),
         CgroupMode::V2 => v2,
         CgroupMode::V1Cpu => v1,
     }
@@ -163,7 +168,18 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[test]
     fn finds_the_hierarchy_for_each_mode() {
-        let v2 = find_hierarchy(MOUNTS, CgroupMode::Auto).unwrap();
+        let auto = find_hierarchy(MOUNTS, CgroupMode::Auto).unwrap();
+        assert_eq!(
+            auto,
+            Hierarchy {
+                v2: false,
+                root: "/sys/fs/cgroup/cpu".into()
+            },
+            "on a hybrid host the cpu controller's hierarchy"
+        );
+        let v2_only = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert!(find_hierarchy(v2_only, CgroupMode::Auto).unwrap().v2);
+        let v2 = find_hierarchy(MOUNTS, CgroupMode::V2).unwrap();
         assert_eq!(
             v2,
             Hierarchy {
