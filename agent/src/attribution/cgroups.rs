@@ -103,6 +103,23 @@ impl CgroupNames {
             .unwrap_or_else(|| format!("id:{id}"))
     }
 
+    /// Path of cgroup `id` while it exists; `None` once it was removed (its directory
+    /// is gone, or the path now belongs to a newer cgroup: ids are inode numbers and
+    /// are not reused while the old cgroup's counts are read).
+    pub fn lookup(&mut self, id: u64) -> Option<String> {
+        let name = self.name(id);
+        if !self.names.contains_key(&id) {
+            return None;
+        }
+        let dir = self.root.join(name.trim_start_matches('/'));
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            Some(name)
+        } else {
+            self.names.remove(&id);
+            None
+        }
+    }
+
     fn rescan(&mut self) {
         self.last_scan = Some(Instant::now());
         self.names.clear();
@@ -211,5 +228,13 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(names.name(ino), "/kubepods.slice/pod-1234.slice");
         assert_eq!(names.name(root_ino), "/");
         assert_eq!(names.name(1), "id:1");
+
+        assert_eq!(
+            names.lookup(ino).as_deref(),
+            Some("/kubepods.slice/pod-1234.slice")
+        );
+        std::fs::remove_dir(&pod).unwrap();
+        assert_eq!(names.lookup(ino), None, "removed");
+        assert_eq!(names.lookup(root_ino).as_deref(), Some("/"));
     }
 }

@@ -49,6 +49,21 @@ impl Attribution {
         }
     }
 
+    /// Path of a scheduler cgroup while it exists, `None` once removed.
+    pub fn cgroup_lookup(&mut self, id: u64) -> Option<String> {
+        self.cgroups.as_mut()?.lookup(id)
+    }
+
+    /// Path of a block I/O cgroup while it exists, `None` once removed.
+    pub fn io_cgroup_lookup(&mut self, id: u64) -> Option<String> {
+        self.io_cgroups.as_mut()?.lookup(id)
+    }
+
+    /// Whether the VMM process `pid` still runs.
+    pub fn vm_running(&self, pid: u32) -> bool {
+        self.vms.is_running(pid)
+    }
+
     /// Path of a cgroup that submitted block I/O.
     pub fn io_cgroup_name(&mut self, id: u64) -> String {
         match &mut self.io_cgroups {
