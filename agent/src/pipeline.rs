@@ -12,7 +12,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     actions::Actions,
     aggregate::{
-        CounterDelta, Delta,
+        CounterDelta, Delta, TrackedReading,
         budget::{Budget, Rule},
         counter_delta,
     },
@@ -99,14 +99,20 @@ impl Pipeline {
         let usage = selfmon::usage_between(&self.previous_process, &process);
         self.previous_process = process;
 
-        let series = self.delta.update(
+        let collected = self.delta.update_tracked(
             collection
                 .readings
                 .into_iter()
-                .map(|r| (r.key, r.hist))
+                .map(|r| TrackedReading {
+                    key: r.key,
+                    hist: r.hist,
+                    entity: r.entity,
+                })
                 .collect(),
         );
-        let series = self.budget.apply(series);
+        // Their last counts are in this report: their entries can go.
+        self.probes.forget(&collected.ended);
+        let series = self.budget.apply(collected.series);
         let series: Vec<SeriesReport> = series
             .iter()
             .map(|s| SeriesReport::new(s, interval_s))

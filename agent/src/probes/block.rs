@@ -26,7 +26,7 @@ use super::{
     sparse,
 };
 use crate::{
-    aggregate::{ExpHistogram, SeriesKey},
+    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
     kernel::{btf::Btf, tracefs},
 };
 
@@ -517,6 +517,7 @@ impl Probe for BlockProbe {
         let queues = self.times_queues();
         for (key, r) in self.read_raw()? {
             let device = device_labels(cx, key.dev);
+            let entity = device_entity(cx, key.dev, &device);
             let labels = |op: u32| {
                 let mut l = device.clone();
                 l.push(("op", op_name(op).to_owned()));
@@ -526,6 +527,7 @@ impl Probe for BlockProbe {
                 out.push(Reading {
                     key: SeriesKey::new(family, labels(key.op)),
                     hist,
+                    entity: Some(entity),
                 })
             };
             push(FAMILY_DEVICE, r.device);
@@ -538,21 +540,26 @@ impl Probe for BlockProbe {
             }
         }
         for (dev, _, hist) in self.read_depths()? {
+            let device = device_labels(cx, dev);
+            let entity = device_entity(cx, dev, &device);
             out.push(Reading {
-                key: SeriesKey::new(FAMILY_DEPTH, device_labels(cx, dev)),
+                key: SeriesKey::new(FAMILY_DEPTH, device),
                 hist,
+                entity: Some(entity),
             });
         }
         for (cgroup, op, hist) in sparse::family(cx.sparse, family::BLOCK_CGROUP) {
+            let (name, alive) = match cx.attribution.io_cgroup_lookup(cgroup) {
+                Some(name) => (name, true),
+                None => (cx.attribution.io_cgroup_name(cgroup), false),
+            };
             out.push(Reading {
                 key: SeriesKey::new(
                     FAMILY_CGROUP,
-                    [
-                        ("cgroup", cx.attribution.io_cgroup_name(cgroup)),
-                        ("op", op_name(op).to_owned()),
-                    ],
+                    [("cgroup", name), ("op", op_name(op).to_owned())],
                 ),
                 hist: hist.clone(),
+                entity: Some(EntityState::new(Entity::IoCgroup(cgroup), 1, alive)),
             });
         }
         Ok(())
@@ -583,6 +590,44 @@ impl Probe for BlockProbe {
         }
         Ok(())
     }
+
+    fn forget(&mut self, ended: &[Entity]) {
+        let gone: Vec<u32> = ended
+            .iter()
+            .filter_map(|e| match e {
+                Entity::Device(dev) => Some(*dev),
+                _ => None,
+            })
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for map in [&mut self.latency, &mut self.spill].into_iter().flatten() {
+            let keys: Vec<BlockKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| gone.contains(&k.dev))
+                .collect();
+            for key in keys {
+                let _ = map.remove(&key);
+            }
+        }
+        if let Some(map) = &mut self.depth {
+            for dev in &gone {
+                let _ = map.remove(dev);
+            }
+        }
+        if let Some(map) = &mut self.errors {
+            let keys: Vec<BlockErrorKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| gone.contains(&k.dev))
+                .collect();
+            for key in keys {
+                let _ = map.remove(&key);
+            }
+        }
+    }
 }
 
 /// Device numbers (kernel encoding) of the whole disks in `<sys_root>/block` that have
@@ -608,6 +653,16 @@ fn busy_disks(sys_root: &Path) -> Vec<u32> {
             Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
         })
         .collect()
+}
+
+/// A device as an entity: its labels are all of `labels`, and it lives while sysfs
+/// knows it.
+fn device_entity(cx: &ReadContext<'_>, dev: u32, labels: &[(&'static str, String)]) -> EntityState {
+    EntityState::new(
+        Entity::Device(dev),
+        labels.len(),
+        cx.attribution.devices.is_present(dev),
+    )
 }
 
 /// `device`, `dev` and the identity labels (type, model, Ceph OSD, RBD image) of a

@@ -15,7 +15,10 @@ use super::{
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
     kvm_reasons, sparse,
 };
-use crate::{aggregate::SeriesKey, kernel::tracefs};
+use crate::{
+    aggregate::{Entity, EntityState, SeriesKey},
+    kernel::tracefs,
+};
 
 pub const NAME_USERSPACE: &str = "kvm";
 pub const NAME_EXIT: &str = "kvm_exit";
@@ -193,11 +196,12 @@ impl Probe for KvmUserspaceProbe {
             (family::KVM_RUN, FAMILY_RUN),
         ] {
             for (group, reason, hist) in sparse::family(cx.sparse, kernel_family) {
-                let mut labels = cx.attribution.vm_labels(group as u32);
+                let (mut labels, entity) = vm(cx, group);
                 labels.push(("reason", kvm_reasons::userspace(reason)));
                 out.push(Reading {
                     key: SeriesKey::new(name, labels),
                     hist: hist.clone(),
+                    entity: Some(entity),
                 });
             }
         }
@@ -234,14 +238,24 @@ impl Probe for KvmExitProbe {
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         for (group, detail, hist) in sparse::family(cx.sparse, family::KVM_EXIT) {
             let (isa, reason) = (detail >> 24, detail & 0xff_ffff);
-            let mut labels = cx.attribution.vm_labels(group as u32);
+            let (mut labels, entity) = vm(cx, group);
             labels.push(("isa", kvm_reasons::isa_name(isa).to_owned()));
             labels.push(("reason", kvm_reasons::in_kernel(isa, reason)));
             out.push(Reading {
                 key: SeriesKey::new(FAMILY_EXIT, labels),
                 hist: hist.clone(),
+                entity: Some(entity),
             });
         }
         Ok(())
     }
+}
+
+/// The labels of the VM whose VMM process is `group`, and that process as an entity.
+fn vm(cx: &mut ReadContext<'_>, group: u64) -> (Vec<(&'static str, String)>, EntityState) {
+    let pid = group as u32;
+    let labels = cx.attribution.vm_labels(pid);
+    let running = cx.attribution.vm_running(pid);
+    let entity = EntityState::new(Entity::Process(pid), labels.len(), running);
+    (labels, entity)
 }

@@ -14,7 +14,7 @@ pub mod tcp_groups;
 
 use agent_common::{
     counters, names,
-    sched::{SparseCell, SparseKey},
+    sched::{SparseCell, SparseKey, family},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,7 +24,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
-    aggregate::{ExpHistogram, SeriesKey},
+    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
     attribution::{Attribution, cgroup_hierarchy},
     config::Config,
     kernel::{btf::Btf, tracefs},
@@ -40,6 +40,19 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct Reading {
     pub key: SeriesKey,
     pub hist: ExpHistogram,
+    /// The kernel-keyed entity the series is about (VM, cgroup, device), if any.
+    pub entity: Option<EntityState>,
+}
+
+impl Reading {
+    /// A series about no particular entity (host-wide, or a configured group).
+    pub fn plain(key: SeriesKey, hist: ExpHistogram) -> Self {
+        Self {
+            key,
+            hist,
+            entity: None,
+        }
+    }
 }
 
 /// What a probe reads with besides its own maps.
@@ -66,6 +79,8 @@ pub trait Probe {
     ) -> Result<(), String> {
         Ok(())
     }
+    /// Deletes what the probe's own maps hold for entities whose series ended.
+    fn forget(&mut self, _ended: &[Entity]) {}
 }
 
 /// Attach state of one probe family, for the console, self-metrics and `check`.
@@ -266,6 +281,31 @@ impl Probes {
         }
     }
 
+    /// Deletes every map entry of entities whose series ended (their last counts were
+    /// read and reported), so the maps do not fill with the dead and a reused pid or
+    /// cgroup id starts from zero.
+    pub fn forget(&mut self, ended: &[Entity]) {
+        if ended.is_empty() {
+            return;
+        }
+        if let Some(map) = &mut self.sparse {
+            let dead: Vec<SparseKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| sparse_entity(k).is_some_and(|e| ended.contains(&e)))
+                .collect();
+            for key in &dead {
+                if let Err(e) = map.remove(key) {
+                    tracing::debug!(key.family, key.group, "cannot delete a sparse entry: {e}");
+                }
+            }
+            tracing::debug!(entities = ?ended, entries = dead.len(), "series ended");
+        }
+        for probe in &mut self.probes {
+            probe.forget(ended);
+        }
+    }
+
     /// Requests in flight per block device number, as the block probe counts them.
     pub fn block_in_flight(&self) -> Vec<(u32, u64)> {
         self.probes
@@ -322,6 +362,18 @@ impl Probes {
             }
         }
         out
+    }
+}
+
+/// The entity a sparse map entry counts for.
+fn sparse_entity(key: &SparseKey) -> Option<Entity> {
+    match key.family {
+        family::SCHED_CGROUP => Some(Entity::Cgroup(key.group)),
+        family::BLOCK_CGROUP => Some(Entity::IoCgroup(key.group)),
+        family::SCHED_VM | family::KVM_USERSPACE | family::KVM_EXIT | family::KVM_RUN => {
+            Some(Entity::Process(key.group as u32))
+        }
+        _ => None,
     }
 }
 
