@@ -78,6 +78,10 @@ pub struct CgroupNames {
     root: PathBuf,
     names: HashMap<u64, String>,
     last_scan: Option<Instant>,
+    /// When each id not found so far was first asked for: a scan that starts after
+    /// that finds the cgroup if it exists, so a new id gets one scan at once (a
+    /// cgroup that lives a few seconds is still named) and then waits its turn.
+    unknown_since: HashMap<u64, Instant>,
 }
 
 impl CgroupNames {
@@ -86,16 +90,24 @@ impl CgroupNames {
             root,
             names: HashMap::new(),
             last_scan: None,
+            unknown_since: HashMap::new(),
         }
     }
 
     /// Path of cgroup `id` relative to the hierarchy's root (`/` for the root), or
     /// `id:<n>` when it is not (or no longer) there.
     pub fn name(&mut self, id: u64) -> String {
-        if !self.names.contains_key(&id)
-            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
-        {
-            self.rescan();
+        if !self.names.contains_key(&id) {
+            if self.unknown_since.len() >= MAX_CGROUPS {
+                self.unknown_since.clear();
+            }
+            let since = *self.unknown_since.entry(id).or_insert_with(Instant::now);
+            if self
+                .last_scan
+                .is_none_or(|t| t <= since || t.elapsed() >= RESCAN_EVERY)
+            {
+                self.rescan();
+            }
         }
         self.names
             .get(&id)
@@ -141,6 +153,8 @@ impl CgroupNames {
                 }
             }
         }
+        let names = &self.names;
+        self.unknown_since.retain(|id, _| !names.contains_key(id));
         tracing::debug!(root = %self.root.display(), cgroups = self.names.len(), "scanned cgroups");
     }
 }
@@ -228,6 +242,11 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(names.name(ino), "/kubepods.slice/pod-1234.slice");
         assert_eq!(names.name(root_ino), "/");
         assert_eq!(names.name(1), "id:1");
+        // A cgroup created after the last scan is found at once, not after a pause.
+        let late = dir.path().join("system.slice");
+        std::fs::create_dir(&late).unwrap();
+        let late_ino = std::fs::metadata(&late).unwrap().ino();
+        assert_eq!(names.name(late_ino), "/system.slice");
 
         assert_eq!(
             names.lookup(ino).as_deref(),
