@@ -315,7 +315,10 @@ fn on_insert(index: u32, id: u64) {
         return;
     };
     if slot.state == slot_state::ISSUED && slot.id == id {
-        // Inserted again without a requeue event: it is no longer in flight.
+        // Inserted again with neither completion nor requeue seen: as at a second
+        // issue, the kernel completed it without running the completion program (a
+        // requeue is far rarer than a completion). It is no longer in flight.
+        device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
         depth_down(slot.dev);
     } else {
         claim(slot, id, None);
