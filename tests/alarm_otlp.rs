@@ -10,12 +10,11 @@ use common::otlp_server::OtlpServer;
 use nodepulse::{
     actions::{ActionRule, Actions, ActionsConfig, Trigger, WebhookFormat},
     aggregate::ExpHistogram,
-    config::OtlpConfig,
     detect::{
         Alarm, AlarmState, DetectConfig, Severity,
         series::{Identity, SeriesState},
     },
-    export::{Exporter, otlp::OtlpExporter},
+    export::{Exporter, otlp::OtlpExporter, otlp_transport::OtlpConfig},
     report::{AgentReport, Report},
     selfmon::Usage,
 };

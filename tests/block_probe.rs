@@ -7,7 +7,8 @@ use std::{thread, time::Duration};
 
 use agent_common::hist::bucket_index;
 use nodepulse::{
-    aggregate::histogram::bucket_upper, config::AttachMode, probes::block::FAMILY_DEVICE,
+    aggregate::histogram::bucket_upper,
+    probes::{AttachKind, block::FAMILY_DEVICE},
 };
 
 use common::{BlockSnapshot, LoopDevice, start_probes, start_probes_with};
@@ -19,7 +20,7 @@ use common::{BlockSnapshot, LoopDevice, start_probes, start_probes_with};
 /// completions that sysfs counts never fire `block_rq_complete` on this kernel (the
 /// completion program does not run for them at all; see docs/architecture.md, "open
 /// question"). A mismatch is printed, so a pattern would show in the logs.
-fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
+fn counts_match_sysfs(attach: Option<AttachKind>, kernel_timestamps: bool) {
     let lo = LoopDevice::new(64);
     let mut probes = start_probes_with(attach, kernel_timestamps);
     let mut mismatches = Vec::new();
@@ -99,31 +100,31 @@ fn counts_match_sysfs(attach: AttachMode, kernel_timestamps: bool) {
 #[test]
 fn counts_match_sysfs_via_tp_btf() {
     require_root!();
-    counts_match_sysfs(AttachMode::TpBtf, true);
+    counts_match_sysfs(Some(AttachKind::TpBtf), true);
 }
 
 #[test]
 fn counts_match_sysfs_via_tp_btf_with_own_timestamps() {
     require_root!();
-    counts_match_sysfs(AttachMode::TpBtf, false);
+    counts_match_sysfs(Some(AttachKind::TpBtf), false);
 }
 
 #[test]
 fn counts_match_sysfs_via_raw_tracepoint() {
     require_root!();
-    counts_match_sysfs(AttachMode::RawTracepoint, true);
+    counts_match_sysfs(Some(AttachKind::RawTracepoint), true);
 }
 
 #[test]
 fn counts_match_sysfs_via_raw_tracepoint_with_own_timestamps() {
     require_root!();
-    counts_match_sysfs(AttachMode::RawTracepoint, false);
+    counts_match_sysfs(Some(AttachKind::RawTracepoint), false);
 }
 
 #[test]
 fn counts_match_sysfs_via_classic_tracepoint() {
     require_root!();
-    counts_match_sysfs(AttachMode::Tracepoint, true);
+    counts_match_sysfs(Some(AttachKind::Tracepoint), true);
 }
 
 /// fio's own completion latency (submit → reap in userspace) bounds the device time the
@@ -132,7 +133,7 @@ fn counts_match_sysfs_via_classic_tracepoint() {
 fn latencies_agree_with_fio() {
     require_root!();
     let lo = LoopDevice::new(256);
-    let mut probes = start_probes(AttachMode::Auto);
+    let mut probes = start_probes(None);
     let before = BlockSnapshot::take(&mut probes, &lo.number);
     let fio = lo.fio(&[
         "--rw=randread",
@@ -211,7 +212,7 @@ fn in_flight_at_attach(kernel_timestamps: bool) {
         "--time_based",
     ]);
     thread::sleep(Duration::from_millis(700));
-    let mut probes = start_probes_with(AttachMode::Auto, kernel_timestamps);
+    let mut probes = start_probes_with(None, kernel_timestamps);
     let drops = |c: &nodepulse::probes::Collection, name: &str| {
         c.drops
             .iter()

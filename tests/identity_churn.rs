@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::{LoopDevice, kvm_guest::guest_process_path, require_tool};
-use nodepulse::{attribution::cgroups::find_hierarchy, config::CgroupMode};
+use nodepulse::attribution::{CgroupMode, cgroups::find_hierarchy};
 
 /// The agent as a process, its reports read as they come.
 struct Agent {

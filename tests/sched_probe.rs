@@ -13,8 +13,8 @@ use std::{
 
 use nodepulse::{
     aggregate::ExpHistogram,
-    attribution::cgroups::find_hierarchy,
-    config::{CgroupMode, Config},
+    attribution::{CgroupMode, cgroups::find_hierarchy},
+    config::Config,
     probes::Probes,
 };
 

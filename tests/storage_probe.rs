@@ -9,12 +9,11 @@ use std::{collections::BTreeMap, path::PathBuf, process::Command, thread, time::
 use nodepulse::{
     aggregate::{ExpHistogram, histogram::bucket_upper},
     attribution::cgroups::find_io_hierarchy,
-    config::AttachMode,
     probes::{
-        Probes,
+        AttachKind, Probes,
         block::{
-            FAMILY, FAMILY_CGROUP, FAMILY_DEPTH, FAMILY_DEVICE, FAMILY_ERRORS, FAMILY_QUEUE,
-            FAMILY_SIZE,
+            BlockProbe, FAMILY, FAMILY_CGROUP, FAMILY_DEPTH, FAMILY_DEVICE, FAMILY_ERRORS,
+            FAMILY_QUEUE, FAMILY_SIZE,
         },
     },
 };
@@ -66,7 +65,9 @@ impl Snapshot {
                 .chain(c.programs.iter().map(|p| (p.program, p.recursion_misses)))
                 .collect(),
             in_flight: probes
-                .block_in_flight()
+                .get::<BlockProbe>()
+                .expect("the block probe is attached")
+                .in_flight()
                 .into_iter()
                 .find(|&(d, _)| Some(d) == dev)
                 .map_or(0, |(_, n)| n),
@@ -129,7 +130,7 @@ fn fio_to_end(lo: &LoopDevice, args: &[&str]) {
 fn split_depth_and_sizes(scheduler: &str) {
     let lo = LoopDevice::new(64);
     lo.set_scheduler(scheduler);
-    let mut probes = start_probes(AttachMode::TpBtf);
+    let mut probes = start_probes(Some(AttachKind::TpBtf));
 
     let before = Snapshot::take(&mut probes, &lo);
     let stat_before = lo.stat();
@@ -266,7 +267,7 @@ fn attach_under_load_keeps_counts_exact() {
         "--runtime=3",
     ]);
     thread::sleep(Duration::from_millis(800));
-    let mut probes = start_probes(AttachMode::TpBtf);
+    let mut probes = start_probes(Some(AttachKind::TpBtf));
     let mut peak = 0;
     for _ in 0..4 {
         thread::sleep(Duration::from_millis(400));
@@ -303,7 +304,7 @@ fn io_errors_are_counted_by_status() {
         .args(["-t", "tmpfs", "-o", "size=4m", "nodepulse-test"])
         .arg(mnt.path()));
     let _unmount = Unmount(mnt.path().to_path_buf());
-    let mut probes = start_probes(AttachMode::TpBtf);
+    let mut probes = start_probes(Some(AttachKind::TpBtf));
     {
         let lo = LoopDevice::backed_in(mnt.path(), 64, false);
         let before = Snapshot::take(&mut probes, &lo);
@@ -365,7 +366,7 @@ fn io_is_attributed_to_the_submitting_cgroup() {
     std::fs::create_dir(&dir).unwrap();
     let _cleanup = RemoveCgroup(dir.clone());
     let lo = LoopDevice::new(64);
-    let mut probes = start_probes(AttachMode::TpBtf);
+    let mut probes = start_probes(Some(AttachKind::TpBtf));
     let series = |probes: &mut Probes| {
         probes
             .collect()

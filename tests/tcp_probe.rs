@@ -9,11 +9,13 @@ use std::{collections::BTreeMap, process::Stdio, thread, time::Duration};
 
 use nodepulse::{
     aggregate::ExpHistogram,
-    config::{AttachMode, Config},
+    config::Config,
     probes::{
-        Probes,
-        tcp::{self, FAMILY_RTT, LABEL_GROUP},
-        tcp_groups::{PortGroup, PortSpec},
+        AttachKind, Probes,
+        tcp::{
+            self, FAMILY_RTT, LABEL_GROUP,
+            groups::{PortGroup, PortSpec},
+        },
     },
 };
 
@@ -207,16 +209,16 @@ static NETWORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn shaped_path_shows_higher_rtt_and_retransmits_per_group_via_tp_btf() {
     require_root!();
-    scenario(AttachMode::TpBtf);
+    scenario(Some(AttachKind::TpBtf));
 }
 
 #[test]
 fn shaped_path_shows_higher_rtt_via_raw_tracepoint() {
     require_root!();
-    scenario(AttachMode::RawTracepoint);
+    scenario(Some(AttachKind::RawTracepoint));
 }
 
-fn scenario(attach: AttachMode) {
+fn scenario(attach: Option<AttachKind>) {
     let _network = NETWORK.lock().unwrap_or_else(|e| e.into_inner());
     require_tool("iperf3");
     // Ports of this test run: between 20000 and 27999, below the ephemeral range.
@@ -348,7 +350,7 @@ fn scenario(attach: AttachMode) {
 fn a_tcp_probe_that_cannot_attach_is_reported_and_the_rest_run() {
     require_root!();
     let mut config = Config::default();
-    config.probes.tcp.attach = AttachMode::Tracepoint;
+    config.probes.tcp.attach = Some(AttachKind::Tracepoint);
     let probes = Probes::start(&config).expect("load the eBPF object");
     let status = |name: &str| {
         probes

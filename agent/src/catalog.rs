@@ -1,5 +1,6 @@
-//! Every metric nodepulse exports, in one place: its name in reports, kind, unit,
-//! labels and meaning. The exporters take units and descriptions from here, and the
+//! Every metric nodepulse exports: its name in reports, kind, unit, labels and meaning.
+//! Each probe family lists its own (`probes/<family>/registry.rs`); the agent's own metrics
+//! are here. The exporters take units and descriptions from here, and the
 //! dashboards, fleet rules and README are checked against it.
 
 /// How a family's values add up.
@@ -28,155 +29,6 @@ pub struct Family {
     pub labels: &'static [&'static str],
     pub description: &'static str,
 }
-
-const BLOCK: &[&str] = &["device", "dev", "op"];
-const VM: &[&str] = &["vm", "vm.uuid"];
-const VM_REASON: &[&str] = &["vm", "vm.uuid", "reason"];
-
-/// The families the probes produce.
-pub const FAMILIES: &[Family] = &[
-    Family {
-        name: "block.io.latency",
-        probe: "block",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: BLOCK,
-        description: "Block I/O latency per device and operation: queue time plus device \
-                      time, from insertion into the I/O scheduler (or issue to the driver \
-                      for requests that bypass it) to completion",
-    },
-    Family {
-        name: "block.io.queue.latency",
-        probe: "block",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: BLOCK,
-        description: "Time block requests waited in the I/O scheduler, insertion to issue; \
-                      requests that bypassed the scheduler count as 0 (the zero bucket)",
-    },
-    Family {
-        name: "block.io.device.latency",
-        probe: "block",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: BLOCK,
-        description: "Time the driver and device took per block request, issue to \
-                      completion",
-    },
-    Family {
-        name: "block.io.queue_depth",
-        probe: "block",
-        kind: Kind::Histogram,
-        unit: "{request}",
-        labels: &["device", "dev"],
-        description: "Requests in flight on the device (issued to the driver, not yet \
-                      completed) at each issue, the issued one included",
-    },
-    Family {
-        name: "block.io.size",
-        probe: "block",
-        kind: Kind::Histogram,
-        unit: "By",
-        labels: BLOCK,
-        description: "Size of each completed block request",
-    },
-    Family {
-        name: "block.io.errors",
-        probe: "block",
-        kind: Kind::Counter,
-        unit: "{request}",
-        labels: &["device", "dev", "op", "error"],
-        description: "Block requests that completed with an error, by error",
-    },
-    Family {
-        name: "block.io.unrecorded",
-        probe: "block",
-        kind: Kind::Counter,
-        unit: "{request}",
-        labels: &["device", "dev", "cause"],
-        description: "Block requests the kernel completed without a recorded sample, by cause: \
-                      unseen (the kernel did not run the completion program), unmatched \
-                      (no issue record)",
-    },
-    Family {
-        name: "block.cgroup.io.latency",
-        probe: "block",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: &["cgroup", "op"],
-        description: "Block I/O latency (as block.io.latency) per cgroup that submitted \
-                      the I/O; its counts are the cgroup's completed requests",
-    },
-    Family {
-        name: "sched.runqueue.latency",
-        probe: "sched",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: &[],
-        description: "Time runnable tasks waited for a CPU, whole host",
-    },
-    Family {
-        name: "cgroup.runqueue.latency",
-        probe: "sched",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: &["cgroup"],
-        description: "Time runnable tasks waited for a CPU, per cgroup",
-    },
-    Family {
-        name: "vm.vcpu.wait",
-        probe: "sched",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: VM,
-        description: "Time vCPU threads waited for a host CPU, per VM",
-    },
-    Family {
-        name: "kvm.exit.userspace.latency",
-        probe: "kvm",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: VM_REASON,
-        description: "Time the VMM took to handle an exit to userspace, until the next \
-                      KVM_RUN, per VM and reason",
-    },
-    Family {
-        name: "kvm.run.duration",
-        probe: "kvm",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: VM_REASON,
-        description: "Duration of each KVM_RUN until it returned to the VMM, per VM and \
-                      reason",
-    },
-    Family {
-        name: "kvm.exit.latency",
-        probe: "kvm_exit",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: &["vm", "vm.uuid", "isa", "reason"],
-        description: "In-kernel KVM exit handling time, kvm_exit to kvm_entry, per VM and \
-                      reason",
-    },
-    Family {
-        name: "net.tcp.rtt",
-        probe: "tcp",
-        kind: Kind::Histogram,
-        unit: "ns",
-        labels: &["peer.group"],
-        description: "TCP round-trip time per peer port group: the kernel's latest RTT \
-                      sample (RACK), one per segment received while data is in flight",
-    },
-    Family {
-        name: "net.tcp.retransmits",
-        probe: "tcp",
-        kind: Kind::Counter,
-        unit: "{packet}",
-        labels: &["peer.group"],
-        description: "TCP packets retransmitted per peer port group (a GSO packet \
-                      retransmitted at once counts once)",
-    },
-];
 
 /// The agent's own metrics, under the names each exporter gives them.
 #[derive(Debug)]
@@ -283,14 +135,19 @@ pub const SELF_METRICS: &[&SelfMetric] = &[
     &OTLP_BYTES,
 ];
 
+/// Every family the probes produce, each probe family's in turn.
+pub fn families() -> impl Iterator<Item = &'static Family> {
+    crate::probes::FAMILIES.iter().flat_map(|f| f.catalogue())
+}
+
 /// The families a probe produces.
 pub fn families_of(probe: &str) -> impl Iterator<Item = &'static Family> {
-    FAMILIES.iter().filter(move |f| f.probe == probe)
+    families().filter(move |f| f.probe == probe)
 }
 
 /// The family called `name`.
 pub fn family(name: &str) -> Option<&'static Family> {
-    FAMILIES.iter().find(|f| f.name == name)
+    families().find(|f| f.name == name)
 }
 
 /// Unit of a family (`""` for one the catalogue does not know).
@@ -340,7 +197,7 @@ pub fn prometheus_label(name: &str) -> String {
 /// `_bucket`, `_count` and `_sum` series of histograms.
 pub fn prometheus_series_names() -> Vec<String> {
     let mut out = Vec::new();
-    for f in FAMILIES {
+    for f in families() {
         let name = prometheus_name(f.name);
         if f.kind == Kind::Histogram {
             for suffix in ["_bucket", "_count", "_sum"] {
@@ -382,10 +239,11 @@ mod tests {
 
     #[test]
     fn every_family_is_described_once() {
-        for (i, f) in FAMILIES.iter().enumerate() {
+        let all: Vec<&Family> = families().collect();
+        for (i, f) in all.iter().enumerate() {
             assert!(!f.description.is_empty() && !f.unit.is_empty(), "{f:?}");
             assert!(
-                FAMILIES[i + 1..].iter().all(|g| g.name != f.name),
+                all[i + 1..].iter().all(|g| g.name != f.name),
                 "{} listed twice",
                 f.name
             );

@@ -9,9 +9,9 @@ use crate::{
     config::Config,
     kernel::{self, Capability, tracefs},
     probes::{
-        AttachKind, Loaded,
+        AttachKind, FAMILIES, Loaded, Setup,
         attach::{Variant, attach_first, unload},
-        block, kvm, sched, stats, tcp,
+        stats,
     },
 };
 
@@ -42,6 +42,9 @@ pub struct ProbeCheck {
     /// The kind `nodepulse run` would use.
     pub chosen: Option<AttachKind>,
     pub kinds: Vec<(AttachKind, Result<(), String>)>,
+    /// The metric families it reports when attached via `chosen`.
+    #[serde(skip)]
+    pub reports: Vec<&'static str>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,11 +89,7 @@ impl CheckReport {
             match p.chosen {
                 Some(kind) => {
                     let _ = writeln!(t, "[ok  ] probe {:<8} attaches via {kind}", p.probe);
-                    let families: Vec<&str> = crate::catalog::families_of(p.probe)
-                        .map(|f| f.name)
-                        .filter(|&f| crate::probes::block::measured_with(f, kind))
-                        .collect();
-                    let _ = writeln!(t, "         {:<15} {}", "reports", families.join(", "));
+                    let _ = writeln!(t, "         {:<15} {}", "reports", p.reports.join(", "));
                 }
                 None => {
                     let _ = writeln!(t, "[FAIL] probe {:<8} cannot attach by any method", p.probe);
@@ -181,7 +180,7 @@ pub fn run(config: &Config) -> CheckReport {
     let _tracefs = tracefs::find_or_mount()
         .ok()
         .and_then(|(_, mounted)| mounted);
-    match Loaded::load(config) {
+    match Loaded::load(&Setup::from(config)) {
         Err(e) => items.push(Item {
             what: "load".into(),
             verdict: Verdict::Fail,
@@ -201,75 +200,49 @@ pub fn run(config: &Config) -> CheckReport {
                     .clone()
                     .unwrap_or_else(|| "per-program run time and count available".into()),
             });
-            probes.extend(check_probes(&mut loaded, config));
+            probes.extend(check_probes(&mut loaded));
         }
     }
     CheckReport { items, probes }
 }
 
 /// Tries every kind of every probe's chain on its own, then detaches.
-fn check_probes(loaded: &mut Loaded, config: &Config) -> Vec<ProbeCheck> {
-    let p = &config.probes;
-    let tracepoints = [
-        AttachKind::TpBtf,
-        AttachKind::RawTracepoint,
-        AttachKind::Tracepoint,
-    ];
-    let plans: [(&'static str, bool, Option<AttachKind>, &[AttachKind]); 5] = [
-        (
-            block::NAME,
-            p.block.enabled,
-            p.block.attach.kind(),
-            &AttachKind::CHAIN,
-        ),
-        (
-            sched::NAME,
-            p.sched.enabled,
-            p.sched.attach.kind(),
-            &tracepoints,
-        ),
-        (
-            kvm::NAME_USERSPACE,
-            p.kvm.enabled,
-            p.kvm.attach.kind(),
-            &tracepoints,
-        ),
-        (
-            kvm::NAME_EXIT,
-            p.kvm.enabled,
-            None,
-            &[AttachKind::Tracepoint],
-        ),
-        (tcp::NAME, p.tcp.enabled, p.tcp.attach.kind(), &tracepoints),
-    ];
-    plans
-        .into_iter()
-        .map(|(probe, enabled, forced, kinds)| {
-            let mut results = Vec::new();
-            for &kind in kinds {
-                let variants = match probe {
-                    block::NAME => loaded.block_layouts.variants(Some(kind)),
-                    sched::NAME => loaded.sched_layouts.variants(Some(kind)),
-                    kvm::NAME_USERSPACE => loaded.kvm_layouts.userspace_variants(Some(kind)),
-                    tcp::NAME => loaded.tcp_layouts.variants(Some(kind)),
-                    _ => loaded.kvm_layouts.exit_variants(),
-                };
-                results.push((kind, try_attach(loaded, &variants)));
-            }
-            let allowed = |k: AttachKind| forced.is_none_or(|only| only == k);
+fn check_probes(loaded: &mut Loaded) -> Vec<ProbeCheck> {
+    let families = std::mem::take(&mut loaded.families);
+    let mut checks = Vec::new();
+    for (family, resolved) in FAMILIES.iter().zip(&families) {
+        for plan in resolved.plans() {
+            let results: Vec<_> = plan
+                .kinds
+                .iter()
+                .map(|&kind| {
+                    let variants = resolved.variants(plan.probe, Some(kind));
+                    (kind, try_attach(loaded, &variants))
+                })
+                .collect();
+            let allowed = |k: AttachKind| plan.forced.is_none_or(|only| only == k);
             let chosen = results
                 .iter()
                 .find(|(k, r)| r.is_ok() && allowed(*k))
                 .map(|(k, _)| *k);
-            ProbeCheck {
-                probe,
-                enabled,
-                not_applicable: kvm::not_applicable(probe),
+            let reports = chosen.map_or_else(Vec::new, |kind| {
+                crate::catalog::families_of(plan.probe)
+                    .map(|f| f.name)
+                    .filter(|f| family.measured_with(f, kind))
+                    .collect()
+            });
+            checks.push(ProbeCheck {
+                probe: plan.probe,
+                enabled: plan.enabled,
+                not_applicable: plan.not_applicable,
                 chosen,
                 kinds: results,
-            }
-        })
-        .collect()
+                reports,
+            });
+        }
+    }
+    loaded.families = families;
+    checks
 }
 
 fn try_attach(loaded: &mut Loaded, variants: &[Variant]) -> Result<(), String> {

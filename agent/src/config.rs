@@ -1,6 +1,10 @@
 //! The TOML configuration: every key has a documented default (see
 //! `deploy/nodepulse.toml`), unknown keys are rejected, and each invalid value gets a
 //! message naming its key. Command-line flags override the file.
+//!
+//! Each section is defined by the module that uses it (a probe family's by its folder);
+//! this file embeds them and holds only the agent's own. The error type and the value
+//! parsers are in [`crate::settings`], which the section owners import instead.
 
 use std::{
     fmt,
@@ -8,30 +12,22 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer};
-use thiserror::Error;
+use serde::Deserialize;
 
-use crate::probes::{AttachKind, tcp_groups::PortGroup};
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
+use crate::{
+    actions::ActionsConfig,
+    aggregate::budget::LimitsConfig,
+    attribution::AttributionConfig,
+    detect::DetectConfig,
+    export::{
+        console::{ConsoleConfig, ConsoleFormat},
+        otlp_transport::OtlpConfig,
+        prometheus::PrometheusConfig,
     },
-    #[error("config file {path} is invalid{location}: {message}")]
-    Parse {
-        path: String,
-        location: String,
-        message: String,
-    },
-    #[error("config key `{key}` {problem}")]
-    Invalid { key: &'static str, problem: String },
-    /// For keys inside arrays of tables, e.g. `actions.rules[0].program`.
-    #[error("config key `{key}` {problem}")]
-    InvalidKey { key: String, problem: String },
-}
+    health::HealthConfig,
+    probes::{FAMILIES, ProbesConfig, Setup, outliers::OutliersConfig},
+    settings::{ConfigError, duration},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,239 +42,8 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     pub outliers: OutliersConfig,
     pub health: HealthConfig,
-    pub detect: crate::detect::DetectConfig,
-    pub actions: crate::actions::ActionsConfig,
-}
-
-/// Liveness and readiness over HTTP, for Kubernetes probes and monitoring.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    pub enabled: bool,
-    pub listen: String,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            listen: "127.0.0.1:9465".into(),
-        }
-    }
-}
-
-/// Export to an OpenTelemetry collector.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpConfig {
-    pub enabled: bool,
-    /// `http://host:4317` (gRPC) or `http://host:4318` (HTTP; `/v1/<signal>` is
-    /// appended). `https://` turns TLS on.
-    pub endpoint: String,
-    pub protocol: OtlpProtocol,
-    pub temporality: Temporality,
-    pub compression: Compression,
-    #[serde(deserialize_with = "duration")]
-    pub timeout: Duration,
-    /// Extra request headers (gRPC metadata), e.g. an authorization token.
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// Batches waiting per signal before new ones are dropped (and counted).
-    pub queue_size: usize,
-    pub tls: TlsConfig,
-    pub retry: RetryConfig,
-}
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            endpoint: "http://localhost:4317".into(),
-            protocol: OtlpProtocol::Grpc,
-            temporality: Temporality::Cumulative,
-            compression: Compression::Gzip,
-            timeout: Duration::from_secs(10),
-            headers: Default::default(),
-            queue_size: 64,
-            tls: TlsConfig::default(),
-            retry: RetryConfig::default(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub enum OtlpProtocol {
-    #[default]
-    #[serde(rename = "grpc")]
-    Grpc,
-    #[serde(rename = "http/protobuf")]
-    HttpProtobuf,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Temporality {
-    #[default]
-    Cumulative,
-    Delta,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    #[default]
-    Gzip,
-    None,
-}
-
-/// TLS for `https://` endpoints. Empty paths mean: system roots, no client certificate.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// PEM bundle of CAs to trust instead of the system roots.
-    pub ca_file: PathBuf,
-    /// PEM client certificate and key, for collectors that require mutual TLS.
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-/// Retries of retryable failures (gRPC UNAVAILABLE, RESOURCE_EXHAUSTED, …; HTTP 429,
-/// 502, 503, 504, connection errors): exponential backoff with full jitter.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    #[serde(deserialize_with = "duration")]
-    pub initial_backoff: Duration,
-    #[serde(deserialize_with = "duration")]
-    pub max_backoff: Duration,
-    /// Give up on a batch after this long (it is then counted as dropped).
-    #[serde(deserialize_with = "duration")]
-    pub max_elapsed: Duration,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-            max_elapsed: Duration::from_secs(300),
-        }
-    }
-}
-
-/// A Prometheus scrape endpoint serving the same series.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrometheusConfig {
-    pub enabled: bool,
-    pub listen: String,
-}
-
-impl Default for PrometheusConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            listen: "127.0.0.1:9464".into(),
-        }
-    }
-}
-
-/// Exceptional events sent individually (as spans) through the kernel's ring buffer.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutliersConfig {
-    /// Unset: on when OTLP export is (spans are where outliers go). Keeping each
-    /// request's context costs ~100 ns per block I/O, so it is not paid for nothing.
-    pub enabled: Option<bool>,
-    /// A block request slower than this is an outlier; `auto` derives a threshold per
-    /// device from its recent p99 (never below `block_min`).
-    pub block_threshold: Threshold,
-    #[serde(deserialize_with = "duration")]
-    pub block_min: Duration,
-    /// At most this many outliers are turned into spans per interval; the rest are
-    /// counted.
-    pub max_per_interval: usize,
-}
-
-impl Default for OutliersConfig {
-    fn default() -> Self {
-        Self {
-            enabled: None,
-            block_threshold: Threshold::Auto,
-            block_min: Duration::from_millis(1),
-            max_per_interval: 200,
-        }
-    }
-}
-
-/// `"auto"` or a duration such as `"20ms"`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Threshold {
-    #[default]
-    Auto,
-    Fixed(Duration),
-}
-
-impl<'de> Deserialize<'de> for Threshold {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.trim() == "auto" {
-            return Ok(Self::Auto);
-        }
-        parse_duration(&text)
-            .map(Self::Fixed)
-            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"auto\"")))
-    }
-}
-
-/// Where the host's process, runtime, cgroup, device and Ceph trees are (a container
-/// reads them through mounts).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AttributionConfig {
-    pub proc_root: PathBuf,
-    /// libvirt keeps live domain XML under `<run_root>/libvirt/qemu/`.
-    pub run_root: PathBuf,
-    /// Root of the cgroup hierarchy whose ids the scheduler probe reports; empty means
-    /// found from /proc/mounts (the cgroup2 mount, or the v1 cpu controller's).
-    pub cgroup_root: PathBuf,
-    /// Ceph's state directory: OSD data dirs `<ceph_root>/osd/ceph-<id>/` and cephadm's
-    /// `<ceph_root>/<fsid>/osd.<id>/`, whose `block` links name the OSD's devices.
-    pub ceph_root: PathBuf,
-    /// Where the host's `/dev` is: the OSD links point into it (`/dev/<vg>/<lv>`,
-    /// `/dev/mapper/…`). Without it, the link targets are still named through sysfs.
-    pub dev_root: PathBuf,
-}
-
-impl Default for AttributionConfig {
-    fn default() -> Self {
-        Self {
-            proc_root: PathBuf::from("/proc"),
-            run_root: PathBuf::from("/run"),
-            cgroup_root: PathBuf::new(),
-            ceph_root: PathBuf::from("/var/lib/ceph"),
-            dev_root: PathBuf::from("/dev"),
-        }
-    }
-}
-
-/// Cardinality budget: per labelled family, the largest series (by samples in the
-/// interval) are kept and the rest fold into one `other` series.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    pub max_devices: usize,
-    pub max_cgroups: usize,
-    pub max_vms: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_devices: 64,
-            max_cgroups: 50,
-            max_vms: 100,
-        }
-    }
+    pub detect: DetectConfig,
+    pub actions: ActionsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -342,170 +107,8 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum ConsoleFormat {
-    /// A compact table with a small text histogram per series.
-    #[default]
-    Table,
-    /// One JSON object per interval with every series and its buckets.
-    Json,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ConsoleConfig {
-    pub enabled: bool,
-    pub format: ConsoleFormat,
-}
-
-impl Default for ConsoleConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            format: ConsoleFormat::Table,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProbesConfig {
-    pub block: BlockConfig,
-    pub sched: SchedConfig,
-    pub kvm: ProbeConfig,
-    pub tcp: TcpConfig,
-}
-
-/// The storage network probe: TCP round-trip times and retransmissions per peer port
-/// group.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TcpConfig {
-    pub enabled: bool,
-    pub attach: AttachMode,
-    /// Named port sets; a connection counts in the group of its remote port, else of
-    /// its local port. Default: Ceph's monitor and OSD ports.
-    pub groups: Vec<PortGroup>,
-}
-
-impl Default for TcpConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            attach: AttachMode::Auto,
-            groups: crate::probes::tcp_groups::ceph_defaults(),
-        }
-    }
-}
-
-/// A probe with nothing to set but whether it runs and how it attaches.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProbeConfig {
-    pub enabled: bool,
-    pub attach: AttachMode,
-}
-
-impl Default for ProbeConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            attach: AttachMode::Auto,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchedConfig {
-    pub enabled: bool,
-    pub attach: AttachMode,
-    /// Which cgroup a task is counted in.
-    pub cgroup: CgroupMode,
-}
-
-impl Default for SchedConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            attach: AttachMode::Auto,
-            cgroup: CgroupMode::Auto,
-        }
-    }
-}
-
-/// `auto`: the cgroup v2 hierarchy when one is mounted, else the v1 cpu controller's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CgroupMode {
-    #[default]
-    Auto,
-    V2,
-    V1Cpu,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BlockConfig {
-    pub enabled: bool,
-    pub attach: AttachMode,
-    /// Use the kernel's own issue timestamp where the queue keeps one.
-    pub kernel_timestamps: bool,
-    /// Latency and counts per cgroup that submitted the I/O.
-    pub cgroups: bool,
-}
-
-impl Default for BlockConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            attach: AttachMode::Auto,
-            kernel_timestamps: true,
-            cgroups: true,
-        }
-    }
-}
-
-/// `auto` walks the fallback chain; naming a kind uses only that one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachMode {
-    #[default]
-    Auto,
-    TpBtf,
-    RawTracepoint,
-    Tracepoint,
-    Fentry,
-    Kprobe,
-}
-
-impl AttachMode {
-    pub fn kind(self) -> Option<AttachKind> {
-        match self {
-            AttachMode::Auto => None,
-            AttachMode::TpBtf => Some(AttachKind::TpBtf),
-            AttachMode::RawTracepoint => Some(AttachKind::RawTracepoint),
-            AttachMode::Tracepoint => Some(AttachKind::Tracepoint),
-            AttachMode::Fentry => Some(AttachKind::Fentry),
-            AttachMode::Kprobe => Some(AttachKind::Kprobe),
-        }
-    }
-}
-
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
-
-pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
-
-/// Parses `10s`, `500ms`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration \"{text}\" ({e}); write it like \"10s\" or \"1m\""))
-}
 
 /// Checks an interval (from the file or `--interval`).
 pub fn check_interval(interval: Duration) -> Result<Duration, String> {
@@ -657,12 +260,9 @@ impl Config {
                 ),
             });
         }
-        crate::probes::tcp_groups::port_table(&self.probes.tcp.groups).map_err(|problem| {
-            ConfigError::Invalid {
-                key: "probes.tcp.groups",
-                problem,
-            }
-        })?;
+        for family in FAMILIES {
+            family.validate(&self.probes)?;
+        }
         self.detect.validate()?;
         self.actions.validate()?;
         let limits = [
@@ -708,6 +308,18 @@ fn locate(text: &str, offset: usize) -> String {
         .map(|t| format!(" (in {t})"))
         .unwrap_or_default();
     format!(" at line {line}, column {column}{table}")
+}
+
+impl<'a> From<&'a Config> for Setup<'a> {
+    fn from(config: &'a Config) -> Self {
+        Setup {
+            probes: &config.probes,
+            sys_root: &config.agent.sys_root,
+            attribution: &config.attribution,
+            outliers: &config.outliers,
+            outliers_enabled: config.outliers_enabled(),
+        }
+    }
 }
 
 impl fmt::Display for Config {
@@ -898,5 +510,30 @@ mod tests {
             e.starts_with("cannot read config file /nonexistent/np.toml"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn action_and_detect_errors_name_the_key_and_the_fix() {
+        let err = |text: &str| Config::parse(text, "t.toml").unwrap_err().to_string();
+        let e = err("[[actions.rules]]\nname = \"x\"\nprogram = [\"/nonexistent/fix\"]\n");
+        assert!(e.contains("`actions.rules[0].program`"), "{e}");
+        assert!(e.contains("/nonexistent/fix"), "{e}");
+        let e = err("[[actions.rules]]\nname = \"x\"\nprogram = [\"fix.sh\"]\n");
+        assert!(e.contains("absolute path"), "{e}");
+        let e = err("[[actions.rules]]\nname = \"x\"\n");
+        assert!(e.contains("exactly one of `program`"), "{e}");
+        let e = err("[[actions.rules]]\nname = \"x\"\nwebhook = \"alertmanager:9093\"\n");
+        assert!(e.contains("`actions.rules[0].webhook`"), "{e}");
+        let e = err(
+            "[[actions.rules]]\nname = \"x\"\nprogram = [\"/bin/true\"]\nmin_severity = \"huge\"\n",
+        );
+        assert!(e.contains("unknown variant `huge`"), "{e}");
+        let e = err("[actions]\naudit_log = \"audit.jsonl\"\n");
+        assert!(
+            e.contains("`actions.audit_log` must be an absolute path"),
+            "{e}"
+        );
+        let e = err("[detect]\np99_ratio = 0.9\n");
+        assert!(e.contains("`detect.p99_ratio`"), "{e}");
     }
 }

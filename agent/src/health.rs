@@ -18,6 +18,7 @@ use crate::{
     export::{Exporter, http},
     report::{ProbeState, Report},
 };
+use serde::Deserialize;
 
 pub const LIVENESS_PATH: &str = "/healthz";
 pub const READINESS_PATH: &str = "/readyz";
@@ -150,6 +151,23 @@ fn respond(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         ),
+    }
+}
+
+/// Liveness and readiness over HTTP, for Kubernetes probes and monitoring.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:9465".into(),
+        }
     }
 }
 

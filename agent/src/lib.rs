@@ -17,3 +17,4 @@ pub mod pipeline;
 pub mod probes;
 pub mod report;
 pub mod selfmon;
+pub mod settings;

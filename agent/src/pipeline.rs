@@ -11,15 +11,11 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     actions::Actions,
-    aggregate::{
-        CounterDelta, Delta, TrackedReading,
-        budget::{Budget, Rule},
-        counter_delta,
-    },
-    config::{Config, LimitsConfig, OutliersConfig, Threshold},
+    aggregate::{CounterDelta, Delta, TrackedReading, budget::Budget, counter_delta},
+    config::Config,
     detect::{AlarmState, Detector},
     export::{Exporter, otlp::unix_nanos},
-    probes::{Probes, block, kvm, outliers::auto_threshold, sched, stats::ProgramRunStats},
+    probes::{Probes, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
 };
@@ -29,10 +25,6 @@ const ACTIONS_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Pipeline {
     probes: Probes,
-    outliers: OutliersConfig,
-    /// Outlier threshold (ns) per block device, pushed to the kernel each interval.
-    thresholds: HashMap<u32, u64>,
-    thresholds_round: std::collections::HashSet<u32>,
     /// How long each exporter took with the previous report, in ms.
     export_ms: BTreeMap<&'static str, f64>,
     budget: Budget,
@@ -51,14 +43,11 @@ impl Pipeline {
     pub fn new(mut probes: Probes, exporters: Vec<Box<dyn Exporter>>, config: &Config) -> Self {
         let limits = &config.limits;
         // Outliers from the first request on, before any device has a history.
-        probes.set_block_thresholds(&HashMap::new(), default_threshold(&config.outliers));
+        probes.on_interval(&[]);
         Self {
             probes,
-            outliers: config.outliers.clone(),
-            thresholds: HashMap::new(),
-            thresholds_round: Default::default(),
             export_ms: BTreeMap::new(),
-            budget: Budget::new(budget_rules(limits)),
+            budget: Budget::new(crate::probes::budget_rules(limits)),
             exporters,
             node: config.node_name(),
             delta: Delta::default(),
@@ -162,7 +151,7 @@ impl Pipeline {
             })
             .collect();
 
-        self.update_outlier_thresholds(&series);
+        self.probes.on_interval(&series);
         let mut agent = AgentReport::new(
             usage,
             dropped,
@@ -220,37 +209,6 @@ impl Pipeline {
         if let Some(actions) = &mut self.actions {
             report.actions = actions.completed();
         }
-    }
-
-    /// Per-device outlier thresholds for the next interval: fixed, or twice the device
-    /// time p99 of the device's slowest operation in this one. Devices idle this interval keep
-    /// their threshold.
-    fn update_outlier_thresholds(&mut self, series: &[SeriesReport]) {
-        for s in series
-            .iter()
-            .filter(|s| s.family == block::FAMILY_DEVICE && s.count > 0)
-        {
-            let Some(dev) = s.labels.get("dev").and_then(|d| parse_dev(d)) else {
-                continue;
-            };
-            let ns = match self.outliers.block_threshold {
-                Threshold::Fixed(d) => d.as_nanos() as u64,
-                Threshold::Auto => auto_threshold(
-                    s.quantiles.get("p99").copied().flatten(),
-                    self.outliers.block_min.as_nanos() as u64,
-                ),
-            };
-            let entry = self.thresholds.entry(dev).or_insert(0);
-            // Several operations per device: keep the largest threshold of this round.
-            *entry = if self.thresholds_round.insert(dev) {
-                ns
-            } else {
-                (*entry).max(ns)
-            };
-        }
-        self.thresholds_round.clear();
-        self.probes
-            .set_block_thresholds(&self.thresholds, default_threshold(&self.outliers));
     }
 
     /// Hands the report to every exporter, timing each (encoding and queueing; sending
@@ -326,61 +284,5 @@ impl Shutdown {
             _ = self.sigterm.recv() => "SIGTERM",
             _ = self.sigint.recv() => "SIGINT",
         }
-    }
-}
-
-/// Labels that identify a VM; the first becomes `other` when VMs are folded.
-const VM_IDENTITY: &[&str] = &[
-    "vm",
-    "vm.uuid",
-    "nova.instance.name",
-    "nova.flavor",
-    "nova.project.id",
-    "nova.project.name",
-];
-
-/// The cardinality budget of every labelled family.
-fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
-    let vm = |family| Rule {
-        family,
-        identity: VM_IDENTITY,
-        keep: limits.max_vms,
-    };
-    let device = |family| Rule {
-        family,
-        identity: &crate::attribution::devices::SERIES_IDENTITY,
-        keep: limits.max_devices,
-    };
-    let cgroup = |family| Rule {
-        family,
-        identity: &["cgroup"],
-        keep: limits.max_cgroups,
-    };
-    vec![
-        device(block::FAMILY),
-        device(block::FAMILY_QUEUE),
-        device(block::FAMILY_DEVICE),
-        device(block::FAMILY_DEPTH),
-        device(block::FAMILY_SIZE),
-        cgroup(block::FAMILY_CGROUP),
-        cgroup(sched::FAMILY_CGROUP),
-        vm(sched::FAMILY_VM),
-        vm(kvm::FAMILY_USERSPACE),
-        vm(kvm::FAMILY_RUN),
-        vm(kvm::FAMILY_EXIT),
-    ]
-}
-
-/// `major:minor` → the kernel's `major << 20 | minor`.
-fn parse_dev(number: &str) -> Option<u32> {
-    let (major, minor) = number.split_once(':')?;
-    Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
-}
-
-/// Threshold of a device without a history: the fixed one, or the floor of `auto`.
-fn default_threshold(outliers: &OutliersConfig) -> u64 {
-    match outliers.block_threshold {
-        Threshold::Fixed(d) => d.as_nanos() as u64,
-        Threshold::Auto => outliers.block_min.as_nanos() as u64,
     }
 }

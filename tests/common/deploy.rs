@@ -114,7 +114,7 @@ pub fn require_debian_tool(tool: &str, package: &str) {
 /// `_nanoseconds`, `s` → `_seconds`, `By` → `_bytes`, `{thing}` → nothing, `1` on a gauge
 /// → `_ratio`) and `_total` on counters, and keeps histograms native (one series).
 pub fn exported_metrics() -> BTreeSet<String> {
-    use nodepulse::catalog::{self, FAMILIES, Kind, SELF_METRICS};
+    use nodepulse::catalog::{self, Kind, SELF_METRICS};
     let translated = |otlp: &str, unit: &str, kind: Kind| {
         let suffix = match unit {
             "ns" => "_nanoseconds",
@@ -127,7 +127,7 @@ pub fn exported_metrics() -> BTreeSet<String> {
         format!("{}{suffix}{total}", catalog::prometheus_label(otlp))
     };
     let mut names: BTreeSet<String> = catalog::prometheus_series_names().into_iter().collect();
-    for f in FAMILIES {
+    for f in catalog::families() {
         names.insert(translated(&catalog::otlp_name(f.name), f.unit, f.kind));
     }
     for m in SELF_METRICS {

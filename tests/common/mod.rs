@@ -10,8 +10,8 @@ use std::{
 
 use nodepulse::{
     aggregate::ExpHistogram,
-    config::{AttachMode, Config},
-    probes::{Probes, block::FAMILY_DEVICE},
+    config::Config,
+    probes::{AttachKind, Probes, block::FAMILY_DEVICE},
 };
 
 pub fn is_root() -> bool {
@@ -275,12 +275,12 @@ impl Drop for Workload {
     }
 }
 
-pub fn start_probes(attach: AttachMode) -> Probes {
+pub fn start_probes(attach: Option<AttachKind>) -> Probes {
     start_probes_with(attach, true)
 }
 
 /// `kernel_timestamps: false` makes the probe time every request itself.
-pub fn start_probes_with(attach: AttachMode, kernel_timestamps: bool) -> Probes {
+pub fn start_probes_with(attach: Option<AttachKind>, kernel_timestamps: bool) -> Probes {
     let mut config = Config::default();
     config.probes.block.attach = attach;
     config.probes.block.kernel_timestamps = kernel_timestamps;

@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, os::unix::fs::PermissionsExt, path::PathBuf, ti
 use serde::Deserialize;
 
 use crate::{
-    config::{ConfigError, duration},
     detect::Severity,
+    settings::{ConfigError, duration},
 };
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -323,32 +323,3 @@ fn unreachable_or_failing_webhook_is_a_failed_run_not_a_crash() {
     assert_eq!(by("500").outcome, Outcome::Failed);
     assert_eq!(by("500").http_status, Some(500));
 }
-
-#[test]
-fn configuration_errors_name_the_rule_key_and_the_fix() {
-    let err = |text: &str| {
-        crate::config::Config::parse(text, "t.toml")
-            .unwrap_err()
-            .to_string()
-    };
-    let e = err("[[actions.rules]]\nname = \"x\"\nprogram = [\"/nonexistent/fix\"]\n");
-    assert!(e.contains("`actions.rules[0].program`"), "{e}");
-    assert!(e.contains("/nonexistent/fix"), "{e}");
-    let e = err("[[actions.rules]]\nname = \"x\"\nprogram = [\"fix.sh\"]\n");
-    assert!(e.contains("absolute path"), "{e}");
-    let e = err("[[actions.rules]]\nname = \"x\"\n");
-    assert!(e.contains("exactly one of `program`"), "{e}");
-    let e = err("[[actions.rules]]\nname = \"x\"\nwebhook = \"alertmanager:9093\"\n");
-    assert!(e.contains("`actions.rules[0].webhook`"), "{e}");
-    let e = err(
-        "[[actions.rules]]\nname = \"x\"\nprogram = [\"/bin/true\"]\nmin_severity = \"huge\"\n",
-    );
-    assert!(e.contains("unknown variant `huge`"), "{e}");
-    let e = err("[actions]\naudit_log = \"audit.jsonl\"\n");
-    assert!(
-        e.contains("`actions.audit_log` must be an absolute path"),
-        "{e}"
-    );
-    let e = err("[detect]\np99_ratio = 0.9\n");
-    assert!(e.contains("`detect.p99_ratio`"), "{e}");
-}

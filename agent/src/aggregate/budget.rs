@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{ExpHistogram, IntervalSeries, SeriesKey};
+use serde::Deserialize;
 
 /// Which labels identify the entity of a family, and how many entities to keep.
 #[derive(Clone, Debug)]
@@ -17,6 +18,35 @@ pub struct Rule {
 }
 
 pub const OTHER: &str = "other";
+
+impl Rule {
+    /// Keeps the `limits.max_devices` busiest block devices.
+    pub fn per_device(family: &'static str, limits: &LimitsConfig) -> Self {
+        Self {
+            family,
+            identity: &crate::attribution::devices::SERIES_IDENTITY,
+            keep: limits.max_devices,
+        }
+    }
+
+    /// Keeps the `limits.max_cgroups` busiest cgroups.
+    pub fn per_cgroup(family: &'static str, limits: &LimitsConfig) -> Self {
+        Self {
+            family,
+            identity: &["cgroup"],
+            keep: limits.max_cgroups,
+        }
+    }
+
+    /// Keeps the `limits.max_vms` busiest VMs.
+    pub fn per_vm(family: &'static str, limits: &LimitsConfig) -> Self {
+        Self {
+            family,
+            identity: crate::attribution::vms::SERIES_IDENTITY,
+            keep: limits.max_vms,
+        }
+    }
+}
 
 /// Applies the rules to one interval's series. Families without a rule pass through.
 /// The kept entities are chosen by their delta counts; folded series add their deltas
@@ -104,6 +134,26 @@ impl Budget {
             });
         }
         out
+    }
+}
+
+/// Cardinality budget: per labelled family, the largest series (by samples in the
+/// interval) are kept and the rest fold into one `other` series.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_devices: usize,
+    pub max_cgroups: usize,
+    pub max_vms: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_devices: 64,
+            max_cgroups: 50,
+            max_vms: 100,
+        }
     }
 }
 

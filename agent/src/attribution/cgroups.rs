@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::config::CgroupMode;
+use super::CgroupMode;
 
 /// Which hierarchy the probe reads ids from, and where it is mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]

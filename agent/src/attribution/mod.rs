@@ -13,7 +13,49 @@ mod fixture;
 
 use std::path::PathBuf;
 
-use crate::config::{AttributionConfig, CgroupMode};
+use serde::Deserialize;
+
+/// Where the host's process, runtime, cgroup, device and Ceph trees are (a container
+/// reads them through mounts).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributionConfig {
+    pub proc_root: PathBuf,
+    /// libvirt keeps live domain XML under `<run_root>/libvirt/qemu/`.
+    pub run_root: PathBuf,
+    /// Root of the cgroup hierarchy whose ids the scheduler probe reports; empty means
+    /// found from /proc/mounts (the cgroup2 mount, or the v1 cpu controller's).
+    pub cgroup_root: PathBuf,
+    /// Ceph's state directory: OSD data dirs `<ceph_root>/osd/ceph-<id>/` and cephadm's
+    /// `<ceph_root>/<fsid>/osd.<id>/`, whose `block` links name the OSD's devices.
+    pub ceph_root: PathBuf,
+    /// Where the host's `/dev` is: the OSD links point into it (`/dev/<vg>/<lv>`,
+    /// `/dev/mapper/…`). Without it, the link targets are still named through sysfs.
+    pub dev_root: PathBuf,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            run_root: PathBuf::from("/run"),
+            cgroup_root: PathBuf::new(),
+            ceph_root: PathBuf::from("/var/lib/ceph"),
+            dev_root: PathBuf::from("/dev"),
+        }
+    }
+}
+
+/// `auto`: the hierarchy holding the cpu controller: a v1 cpu mount when there is one
+/// (hybrid hosts included), else cgroup v2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupMode {
+    #[default]
+    Auto,
+    V2,
+    V1Cpu,
+}
 
 /// Everything the probes need to label their series, cached across intervals.
 pub struct Attribution {

@@ -9,14 +9,18 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     actions::Actions,
     check,
-    config::{self, Config, ConsoleFormat, LogFormat, LogLevel, Overrides},
+    config::{self, Config, LogFormat, LogLevel, Overrides},
     export::{
-        Exporter, console::Console, otlp::OtlpExporter, otlp_transport::OtlpSender,
+        Exporter,
+        console::{Console, ConsoleFormat},
+        otlp::OtlpExporter,
+        otlp_transport::OtlpSender,
         prometheus::PrometheusExporter,
     },
     health::Health,
     pipeline::{Pipeline, Shutdown},
     probes::Probes,
+    settings::{self, ConfigError},
 };
 
 /// Exit code for an invalid configuration or command line (as clap uses for usage).
@@ -141,11 +145,11 @@ pub struct CheckArgs {
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    config::parse_duration(text).and_then(config::check_interval)
+    settings::parse_duration(text).and_then(config::check_interval)
 }
 
 impl ConfigArgs {
-    fn load(&self, run: Option<&RunArgs>) -> Result<Config, config::ConfigError> {
+    fn load(&self, run: Option<&RunArgs>) -> Result<Config, ConfigError> {
         let overrides = Overrides {
             interval: run.and_then(|r| r.interval),
             console_format: run.and_then(|r| r.format),
@@ -180,7 +184,7 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-pub(super) fn config_error(e: config::ConfigError) -> ExitCode {
+pub(super) fn config_error(e: ConfigError) -> ExitCode {
     eprintln!("nodepulse: {e}");
     eprintln!("nothing was attached; fix the configuration and start again");
     ExitCode::from(EXIT_CONFIG)

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 
 /// A duration family that is not a latency: how long guests ran before exiting.
 const NOT_A_WAIT: &str = "kvm.run.duration";

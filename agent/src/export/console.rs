@@ -6,9 +6,9 @@ use super::Exporter;
 use crate::{
     aggregate::histogram::{bucket_lower, bucket_upper},
     catalog,
-    config::ConsoleFormat,
     report::{CounterReport, ProbeState, QUANTILES, Report, SeriesReport},
 };
+use serde::Deserialize;
 
 /// Writes reports from a thread of its own through a short queue: a reader that stops
 /// reading (a full pipe, a stalled log collector) costs dropped console reports, never
@@ -222,8 +222,7 @@ pub fn render_table(r: &Report) -> String {
     let mut families: Vec<&str> = r.series.iter().map(|s| s.family).collect();
     // The catalogue's order (storage, CPU, VMs); unknown families last, by name.
     let rank = |f: &str| {
-        catalog::FAMILIES
-            .iter()
+        catalog::families()
             .position(|o| o.name == f)
             .unwrap_or(usize::MAX)
     };
@@ -384,6 +383,32 @@ fn render_alarms(t: &mut String, r: &Report) {
             run.duration_ms,
             detail
         );
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsoleFormat {
+    /// A compact table with a small text histogram per series.
+    #[default]
+    Table,
+    /// One JSON object per interval with every series and its buckets.
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    pub format: ConsoleFormat,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            format: ConsoleFormat::Table,
+        }
     }
 }
 

@@ -13,13 +13,9 @@ use opentelemetry_proto::tonic::{metrics::v1::Metric, resource::v1::Resource};
 use super::{
     Exporter, otlp_alarms,
     otlp_encode::{self, Event, Times, int_point, kv, self_metric},
-    otlp_transport::{self, OtlpSender, Signal, TransportError},
+    otlp_transport::{self, OtlpConfig, OtlpSender, Signal, Temporality, TransportError},
 };
-use crate::{
-    catalog,
-    config::{OtlpConfig, Temporality},
-    report::Report,
-};
+use crate::{catalog, report::Report};
 
 pub struct OtlpExporter {
     sender: Arc<OtlpSender>,

@@ -8,7 +8,7 @@ use aya::{
     Btf, Ebpf,
     programs::{BtfTracePoint, FEntry, KProbe, Program, RawTracePoint, TracePoint},
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de};
 
 /// How a program is hooked into the kernel, cheapest dispatch first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -30,6 +30,13 @@ impl AttachKind {
         AttachKind::Kprobe,
     ];
 
+    /// The tracepoint kinds, for families without a function-entry fallback.
+    pub const TRACEPOINTS: [AttachKind; 3] = [
+        AttachKind::TpBtf,
+        AttachKind::RawTracepoint,
+        AttachKind::Tracepoint,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AttachKind::TpBtf => "tp_btf",
@@ -45,6 +52,54 @@ impl fmt::Display for AttachKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// A probe with nothing to set but whether it runs and how it attaches.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "attach_mode")]
+    pub attach: Option<AttachKind>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            attach: None,
+        }
+    }
+}
+
+/// `attach = "auto"` (`None`: walk the fallback chain) or the one kind to use.
+pub fn attach_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AttachKind>, D::Error> {
+    struct Mode;
+    impl de::Visitor<'_> for Mode {
+        type Value = Option<AttachKind>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("enum AttachMode")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            const CHOICES: &[&str] = &[
+                "auto",
+                "tp_btf",
+                "raw_tracepoint",
+                "tracepoint",
+                "fentry",
+                "kprobe",
+            ];
+            if text == "auto" {
+                return Ok(None);
+            }
+            AttachKind::CHAIN
+                .into_iter()
+                .find(|k| k.as_str() == text)
+                .map(Some)
+                .ok_or_else(|| E::unknown_variant(text, CHOICES))
+        }
+    }
+    d.deserialize_str(Mode)
 }
 
 /// Where one program goes.

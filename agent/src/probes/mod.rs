@@ -1,20 +1,45 @@
 //! Loading the kernel programs, attaching each probe family through its fallback chain,
-//! and reading what they recorded. One probe family per module.
+//! and reading what they recorded. One probe family per folder, named once in
+//! [`FAMILIES`] (see [`family::ProbeFamily`] for what a family provides).
 
 pub mod attach;
-pub mod block;
-pub mod kvm;
-pub mod kvm_reasons;
+pub mod family;
 pub mod outliers;
-pub mod sched;
 pub mod sparse;
 pub mod stats;
-pub mod tcp;
-pub mod tcp_groups;
+
+/// Declares the probe families: their modules, `[probes]` (one section per family, of
+/// the type the family names `Config`) and [`FAMILIES`]. Each module provides `Config`
+/// and a `PROBE_FAMILY` implementing [`ProbeFamily`].
+macro_rules! families {
+    ($($family:ident),+ $(,)?) => {
+        $(pub mod $family;)+
+
+        /// `[probes]`: one section per family.
+        #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct ProbesConfig {
+            $(pub $family: $family::Config,)+
+        }
+
+        /// Every probe family, in attach and report order.
+        pub static FAMILIES: &[&dyn ProbeFamily] = &[$(&$family::PROBE_FAMILY),+];
+    };
+}
+
+// Adding a probe family: its folder under probes/ and one name here.
+families! {
+    block,
+    sched,
+    kvm,
+    tcp,
+}
+
+use std::any::Any;
 
 use agent_common::{
     counters, names,
-    sched::{SparseCell, SparseKey, family},
+    sched::{SparseCell, SparseKey, family as kernel_family},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,12 +49,16 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
-    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
-    attribution::{Attribution, cgroup_hierarchy},
-    config::Config,
+    aggregate::{
+        Entity, EntityState, ExpHistogram, SeriesKey,
+        budget::{LimitsConfig, Rule},
+    },
+    attribution::Attribution,
     kernel::{btf::Btf, tracefs},
+    report::SeriesReport,
 };
 pub use attach::{AttachKind, Attached, Attempt};
+pub use family::{Interval, Kernel, Layouts, OneProbe, Plan, ProbeFamily, Resolved, Setup};
 use stats::ProgramRunStats;
 
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.
@@ -62,14 +91,13 @@ pub struct ReadContext<'a> {
     pub sparse: &'a sparse::SparseSeries,
 }
 
-/// What every probe family offers the pipeline.
-pub trait Probe {
+/// What every attached probe offers the pipeline. (`Any`: a test or a family may reach
+/// its own probe's type through [`Probes::get`].)
+pub trait Probe: Any {
     fn name(&self) -> &'static str;
     fn attached(&self) -> &Attached;
     /// Appends the current cumulative histograms.
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String>;
-    /// The probe itself, for what only one family offers (see [`Probes::block_in_flight`]).
-    fn as_any(&self) -> &dyn std::any::Any;
     /// Appends the current cumulative counters, for families that count rather than
     /// measure.
     fn read_counters(
@@ -79,6 +107,8 @@ pub trait Probe {
     ) -> Result<(), String> {
         Ok(())
     }
+    /// Acts on the interval's report (block sets its outlier thresholds from it).
+    fn on_interval(&mut self, _interval: &mut Interval<'_>) {}
     /// Deletes what the probe's own maps hold for entities whose series ended.
     fn forget(&mut self, _ended: &[Entity]) {}
 }
@@ -146,88 +176,43 @@ pub struct Probes {
 impl Probes {
     /// Loads the object and attaches every enabled probe; a probe that cannot attach is
     /// reported and the others keep running.
-    pub fn start(full: &Config) -> Result<Self, StartError> {
-        let config = &full.probes;
+    pub fn start<'a>(setup: impl Into<Setup<'a>>) -> Result<Self, StartError> {
+        let setup = setup.into();
         let Loaded {
             mut ebpf,
             btf,
-            block_layouts,
-            sched_layouts,
-            kvm_layouts,
-            tcp_layouts,
+            families,
             tracefs,
-        } = Loaded::load(full)?;
+        } = Loaded::load(&setup)?;
         let stats = stats::BpfStats::enable();
-        let btf = btf.as_ref();
 
         let mut probes: Vec<Box<dyn Probe>> = Vec::new();
         let mut statuses = Vec::new();
-        let mut add =
-            |name: &'static str, enabled: bool, attach: &mut dyn FnMut() -> Box<dyn Probe>| {
-                if !enabled {
-                    statuses.push(ProbeStatus {
-                        probe: name,
-                        attached: None,
-                        not_applicable: None,
-                    });
-                    return;
-                }
-                if let Some(why) = kvm::not_applicable(name) {
-                    tracing::info!(probe = name, "not applicable on this host: {why}");
-                    statuses.push(ProbeStatus {
-                        probe: name,
-                        attached: None,
-                        not_applicable: Some(why),
-                    });
-                    return;
-                }
-                let probe = attach();
-                log_attach(probe.name(), probe.attached());
-                statuses.push(ProbeStatus {
-                    probe: name,
-                    attached: Some(probe.attached().clone()),
+        for family in &families {
+            for plan in family.plans() {
+                let mut status = ProbeStatus {
+                    probe: plan.probe,
+                    attached: None,
                     not_applicable: None,
-                });
+                };
+                if !plan.enabled {
+                    statuses.push(status);
+                    continue;
+                }
+                if let Some(why) = plan.not_applicable {
+                    tracing::info!(probe = plan.probe, "not applicable on this host: {why}");
+                    status.not_applicable = Some(why);
+                    statuses.push(status);
+                    continue;
+                }
+                let probe = family.attach(plan.probe, &mut ebpf, btf.as_ref());
+                log_attach(probe.name(), probe.attached());
+                status.attached = Some(probe.attached().clone());
+                statuses.push(status);
                 probes.push(probe);
-            };
-        let (b, s, k, t) = (&config.block, &config.sched, &config.kvm, &config.tcp);
-        add(block::NAME, b.enabled, &mut || {
-            Box::new(block::BlockProbe::attach(
-                &mut ebpf,
-                btf,
-                &block_layouts,
-                b.attach.kind(),
-                &full.agent.sys_root,
-            ))
-        });
-        add(sched::NAME, s.enabled, &mut || {
-            Box::new(sched::SchedProbe::attach(
-                &mut ebpf,
-                btf,
-                &sched_layouts,
-                s.attach.kind(),
-            ))
-        });
-        add(kvm::NAME_USERSPACE, k.enabled, &mut || {
-            Box::new(kvm::KvmUserspaceProbe::attach(
-                &mut ebpf,
-                btf,
-                &kvm_layouts,
-                k.attach.kind(),
-            ))
-        });
-        add(kvm::NAME_EXIT, k.enabled, &mut || {
-            Box::new(kvm::KvmExitProbe::attach(&mut ebpf, &kvm_layouts))
-        });
-        add(tcp::NAME, t.enabled, &mut || {
-            Box::new(tcp::TcpProbe::attach(
-                &mut ebpf,
-                btf,
-                &tcp_layouts,
-                t.attach.kind(),
-                &t.groups,
-            ))
-        });
+            }
+        }
+        drop(families);
 
         nothing_attached(&statuses)?;
         let counters = ebpf
@@ -236,7 +221,7 @@ impl Probes {
         let sparse = ebpf
             .take_map(names::MAP_SPARSE_HIST)
             .and_then(|m| PerCpuHashMap::try_from(m).ok());
-        let outliers = outliers::Outliers::take(&mut ebpf).filter(|_| full.outliers_enabled());
+        let outliers = outliers::Outliers::take(&mut ebpf).filter(|_| setup.outliers_enabled);
         // Parsing the kernel's BTF twice (ours and aya's) peaks at tens of MiB that
         // glibc keeps unless asked; give it back now that loading is done. (musl, the
         // static build's libc, returns freed memory by itself.)
@@ -253,32 +238,18 @@ impl Probes {
             sparse,
             stats,
             attribution: Attribution::new(
-                full.agent.sys_root.clone(),
-                &full.attribution,
-                config.sched.cgroup,
+                setup.sys_root.to_path_buf(),
+                setup.attribution,
+                setup.probes.sched.cgroup,
             ),
             outliers,
-            max_outliers: full.outliers.max_per_interval,
+            max_outliers: setup.outliers.max_per_interval,
             _tracefs: tracefs,
         })
     }
 
     pub fn statuses(&self) -> &[ProbeStatus] {
         &self.statuses
-    }
-
-    /// Per-device outlier thresholds (ns) for the kernel, and the one for devices
-    /// without their own (0: none).
-    pub fn set_block_thresholds(
-        &mut self,
-        thresholds: &std::collections::HashMap<u32, u64>,
-        default: u64,
-    ) {
-        if let Some(o) = &mut self.outliers
-            && let Err(e) = o.set_block_thresholds(thresholds, default)
-        {
-            tracing::warn!("{e}");
-        }
     }
 
     /// Deletes every map entry of entities whose series ended (their last counts were
@@ -306,13 +277,21 @@ impl Probes {
         }
     }
 
-    /// Requests in flight per block device number, as the block probe counts them.
-    pub fn block_in_flight(&self) -> Vec<(u32, u64)> {
+    /// The attached probe of type `P`, for what only its family offers.
+    pub fn get<P: Probe>(&self) -> Option<&P> {
         self.probes
             .iter()
-            .find_map(|p| p.as_any().downcast_ref::<block::BlockProbe>())
-            .map(block::BlockProbe::in_flight)
-            .unwrap_or_default()
+            .find_map(|p| (p.as_ref() as &dyn Any).downcast_ref::<P>())
+    }
+
+    /// Hands the interval's report to every probe (see [`Probe::on_interval`]).
+    pub fn on_interval(&mut self, series: &[SeriesReport]) {
+        for probe in &mut self.probes {
+            probe.on_interval(&mut Interval {
+                series,
+                outliers: self.outliers.as_mut(),
+            });
+        }
     }
 
     /// Whether kernel BPF run-time statistics are on, and if not, why.
@@ -368,11 +347,12 @@ impl Probes {
 /// The entity a sparse map entry counts for.
 fn sparse_entity(key: &SparseKey) -> Option<Entity> {
     match key.family {
-        family::SCHED_CGROUP => Some(Entity::Cgroup(key.group)),
-        family::BLOCK_CGROUP => Some(Entity::IoCgroup(key.group)),
-        family::SCHED_VM | family::KVM_USERSPACE | family::KVM_EXIT | family::KVM_RUN => {
-            Some(Entity::Process(key.group as u32))
-        }
+        kernel_family::SCHED_CGROUP => Some(Entity::Cgroup(key.group)),
+        kernel_family::BLOCK_CGROUP => Some(Entity::IoCgroup(key.group)),
+        kernel_family::SCHED_VM
+        | kernel_family::KVM_USERSPACE
+        | kernel_family::KVM_EXIT
+        | kernel_family::KVM_RUN => Some(Entity::Process(key.group as u32)),
         _ => None,
     }
 }
@@ -383,27 +363,22 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     /// aya's view of the kernel BTF, for tp_btf and fentry programs.
     pub btf: Option<aya::Btf>,
-    pub block_layouts: block::BlockLayouts,
-    pub sched_layouts: sched::SchedLayouts,
-    pub kvm_layouts: kvm::KvmLayouts,
-    pub tcp_layouts: tcp::TcpLayouts,
+    /// Each family resolved against this kernel, in [`FAMILIES`] order.
+    pub families: Vec<Box<dyn Resolved>>,
     /// Set when nodepulse mounted tracefs itself (unmounted on drop).
     pub tracefs: Option<tracefs::Mounted>,
 }
 
 impl Loaded {
-    pub fn load(full: &Config) -> Result<Self, StartError> {
-        let config = &full.probes;
+    pub fn load(setup: &Setup<'_>) -> Result<Self, StartError> {
         raise_memlock_limit();
         let kernel_btf = Btf::from_sys_fs()
             .inspect_err(|e| tracing::warn!("kernel BTF unusable: {e}"))
             .ok();
         let btf = aya::Btf::from_sys_fs().ok();
-        // Classic tracepoints need tracefs: in-kernel KVM exits always use them, the
-        // block probe only when forced or without BTF.
-        let needs_tracefs = config.block.attach.kind() == Some(AttachKind::Tracepoint)
-            || kernel_btf.is_none()
-            || (config.kvm.enabled && kvm::not_applicable(kvm::NAME_EXIT).is_none());
+        // Classic tracepoints need tracefs: without BTF every family falls back to them,
+        // otherwise only those that are forced to or have no other way.
+        let needs_tracefs = kernel_btf.is_none() || FAMILIES.iter().any(|f| f.needs_tracefs(setup));
         let (tracefs, mounted) = if needs_tracefs {
             match tracefs::find_or_mount() {
                 Ok((path, mounted)) => (Some(path), mounted),
@@ -415,26 +390,19 @@ impl Loaded {
         } else {
             (tracefs::find(), None)
         };
-        let tracefs = tracefs.as_deref();
-        let block_layouts = block::BlockLayouts::resolve(
-            kernel_btf.as_ref(),
-            tracefs,
-            config.block.kernel_timestamps,
-            config.block.cgroups,
-            full.outliers_enabled(),
-        );
-        let hierarchy = cgroup_hierarchy(&full.attribution, config.sched.cgroup);
-        let sched_layouts = sched::SchedLayouts::resolve(kernel_btf.as_ref(), hierarchy.as_ref());
-        let kvm_layouts = kvm::KvmLayouts::resolve(tracefs);
-        let tcp_layouts = tcp::TcpLayouts::resolve(kernel_btf.as_ref(), &config.tcp.groups);
+        let kernel = Kernel {
+            btf: kernel_btf.as_ref(),
+            tracefs: tracefs.as_deref(),
+        };
+        let families: Vec<Box<dyn Resolved>> =
+            FAMILIES.iter().map(|f| f.resolve(setup, &kernel)).collect();
         drop(kernel_btf);
 
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
-        block_layouts.apply(&mut loader);
-        sched_layouts.apply(&mut loader);
-        kvm_layouts.apply(&mut loader);
-        tcp_layouts.apply(&mut loader);
+        for family in &families {
+            family.apply(&mut loader);
+        }
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let msg = attach::error_chain(&e);
             if msg.contains("Operation not permitted") || msg.contains("EPERM") {
@@ -450,13 +418,18 @@ impl Loaded {
         Ok(Self {
             ebpf,
             btf,
-            block_layouts,
-            sched_layouts,
-            kvm_layouts,
-            tcp_layouts,
+            families,
             tracefs: mounted,
         })
     }
+}
+
+/// The cardinality budget of every family's labelled metric families.
+pub fn budget_rules(limits: &LimitsConfig) -> Vec<Rule> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.budget_rules(limits))
+        .collect()
 }
 
 fn log_attach(probe: &str, attached: &Attached) {

@@ -16,6 +16,9 @@ use serde::Serialize;
 
 use super::block;
 use crate::attribution::Attribution;
+use crate::settings::{Threshold, duration};
+use serde::Deserialize;
+use std::time::Duration;
 
 /// One exceptional event with its context, as exporters see it.
 #[derive(Clone, Debug, Serialize)]
@@ -200,6 +203,34 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
 /// below `min` — "far slower than the device's norm", a few per thousand at most.
 pub fn auto_threshold(p99_ns: Option<f64>, min_ns: u64) -> u64 {
     p99_ns.map_or(min_ns, |p| ((2.0 * p) as u64).max(min_ns))
+}
+
+/// Exceptional events sent individually (as spans) through the kernel's ring buffer.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutliersConfig {
+    /// Unset: on when OTLP export is (spans are where outliers go). Keeping each
+    /// request's context costs ~100 ns per block I/O, so it is not paid for nothing.
+    pub enabled: Option<bool>,
+    /// A block request slower than this is an outlier; `auto` derives a threshold per
+    /// device from its recent p99 (never below `block_min`).
+    pub block_threshold: Threshold,
+    #[serde(deserialize_with = "duration")]
+    pub block_min: Duration,
+    /// At most this many outliers are turned into spans per interval; the rest are
+    /// counted.
+    pub max_per_interval: usize,
+}
+
+impl Default for OutliersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            block_threshold: Threshold::Auto,
+            block_min: Duration::from_millis(1),
+            max_per_interval: 200,
+        }
+    }
 }
 
 #[cfg(test)]

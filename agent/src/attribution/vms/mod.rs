@@ -21,6 +21,17 @@ use std::{
 
 use super::{Labels, bound_label, is_uuid};
 
+/// Labels that identify a VM in a series; the first becomes `other` when the
+/// cardinality budget folds VMs.
+pub const SERIES_IDENTITY: &[&str] = &[
+    "vm",
+    "vm.uuid",
+    "nova.instance.name",
+    "nova.flavor",
+    "nova.project.id",
+    "nova.project.name",
+];
+
 /// Cap on how much of `/proc/<pid>/cmdline` is read. libvirt's QEMU command lines are
 /// tens of KiB; the kernel allows megabytes. `-name` and `-uuid` come early.
 const CMDLINE_LIMIT: u64 = 1 << 20;

@@ -57,7 +57,9 @@ use tonic::{
 };
 use url::Url;
 
-use crate::config::{Compression, ConfigError, OtlpConfig, OtlpProtocol, RetryConfig, TlsConfig};
+pub use config::{Compression, OtlpConfig, OtlpProtocol, RetryConfig, Temporality, TlsConfig};
+
+use crate::settings::ConfigError;
 
 const QUEUE_SIZE: RangeInclusive<usize> = 1..=10_000;
 const TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(300);
@@ -689,6 +691,7 @@ fn truncate(text: &str) -> String {
     }
 }
 
+pub mod config;
 mod grpc;
 mod http;
 mod validate;

@@ -27,6 +27,7 @@ use crate::{
     catalog::{self, SelfMetric},
     report::{CounterReport, ProbeState, Report, SeriesReport},
 };
+use serde::Deserialize;
 
 /// The only path served.
 pub const METRICS_PATH: &str = "/metrics";
@@ -796,6 +797,23 @@ impl Exporter for PrometheusExporter {
         let report = Arc::new(report.clone());
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
         Ok(())
+    }
+}
+
+/// A Prometheus scrape endpoint serving the same series.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 

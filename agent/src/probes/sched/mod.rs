@@ -1,6 +1,9 @@
 //! Run-queue latency (kernel side: `agent-ebpf/src/sched.rs`): host-wide, per cgroup,
 //! and per VM for vCPU threads.
 
+mod config;
+mod registry;
+
 use agent_common::{
     hist::Histogram,
     names,
@@ -12,7 +15,7 @@ use aya::{
 };
 
 use super::{
-    Probe, ReadContext, Reading,
+    Layouts, Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
     sparse,
 };
@@ -21,6 +24,8 @@ use crate::{
     attribution::cgroups::Hierarchy,
     kernel::btf::Btf,
 };
+pub use config::SchedConfig as Config;
+pub use registry::PROBE_FAMILY;
 
 pub const NAME: &str = "sched";
 pub const FAMILY_HOST: &str = "sched.runqueue.latency";
@@ -41,14 +46,16 @@ impl SchedLayouts {
         };
         Self { layout }
     }
+}
 
-    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+impl Layouts for SchedLayouts {
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         if let Ok(layout) = &self.layout {
             loader.override_global(names::GLOBAL_SCHED_LAYOUT, layout, true);
         }
     }
 
-    pub fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
+    fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
         let missing = self.layout.as_ref().err().cloned();
         let spec = |program, hook| ProgramSpec { program, hook };
         let no_tracepoint = "the classic sched_switch record has no task pointer to read \
@@ -135,10 +142,6 @@ impl SchedProbe {
 impl Probe for SchedProbe {
     fn name(&self) -> &'static str {
         NAME
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 
     fn attached(&self) -> &Attached {

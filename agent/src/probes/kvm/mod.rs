@@ -2,6 +2,9 @@
 //! spends handling exits to userspace (every KVM host), and in-kernel exit handling
 //! (VMX/SVM hosts).
 
+mod registry;
+pub mod reasons;
+
 use std::path::Path;
 
 use agent_common::{
@@ -13,12 +16,15 @@ use aya::{Ebpf, EbpfLoader};
 use super::{
     Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
-    kvm_reasons, sparse,
+    sparse,
 };
 use crate::{
     aggregate::{Entity, EntityState, SeriesKey},
     kernel::tracefs,
 };
+pub use registry::PROBE_FAMILY;
+/// Nothing to set but whether it runs and how it attaches.
+pub type Config = super::attach::ProbeConfig;
 
 pub const NAME_USERSPACE: &str = "kvm";
 pub const NAME_EXIT: &str = "kvm_exit";
@@ -182,10 +188,6 @@ impl Probe for KvmUserspaceProbe {
         NAME_USERSPACE
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn attached(&self) -> &Attached {
         &self.attached
     }
@@ -197,7 +199,7 @@ impl Probe for KvmUserspaceProbe {
         ] {
             for (group, reason, hist) in sparse::family(cx.sparse, kernel_family) {
                 let (mut labels, entity) = vm(cx, group);
-                labels.push(("reason", kvm_reasons::userspace(reason)));
+                labels.push(("reason", reasons::userspace(reason)));
                 out.push(Reading {
                     key: SeriesKey::new(name, labels),
                     hist: hist.clone(),
@@ -227,10 +229,6 @@ impl Probe for KvmExitProbe {
         NAME_EXIT
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn attached(&self) -> &Attached {
         &self.attached
     }
@@ -239,8 +237,8 @@ impl Probe for KvmExitProbe {
         for (group, detail, hist) in sparse::family(cx.sparse, family::KVM_EXIT) {
             let (isa, reason) = (detail >> 24, detail & 0xff_ffff);
             let (mut labels, entity) = vm(cx, group);
-            labels.push(("isa", kvm_reasons::isa_name(isa).to_owned()));
-            labels.push(("reason", kvm_reasons::in_kernel(isa, reason)));
+            labels.push(("isa", reasons::isa_name(isa).to_owned()));
+            labels.push(("reason", reasons::in_kernel(isa, reason)));
             out.push(Reading {
                 key: SeriesKey::new(FAMILY_EXIT, labels),
                 hist: hist.clone(),

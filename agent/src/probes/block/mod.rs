@@ -2,6 +2,10 @@
 //! queue, device and total latency of each request, its size, the queue depth at
 //! issue, errors, and latency per submitting cgroup.
 
+mod config;
+mod registry;
+mod thresholds;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -21,14 +25,18 @@ use aya::{
 };
 
 use super::{
-    Probe, ReadContext, Reading,
+    Layouts, Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
     sparse,
 };
 use crate::{
     aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
     kernel::{btf::Btf, tracefs},
+    probes::{Interval, outliers::OutliersConfig},
 };
+pub use config::BlockConfig as Config;
+pub use registry::PROBE_FAMILY;
+use thresholds::OutlierThresholds;
 
 pub const NAME: &str = "block";
 /// Queue + device time.
@@ -77,10 +85,12 @@ impl BlockLayouts {
             outlier,
         }
     }
+}
 
+impl Layouts for BlockLayouts {
     /// Sets the globals of the kernel programs; unresolved layouts stay zero and their
     /// variants are never loaded.
-    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         if let Ok(layout) = &self.request {
             loader.override_global(names::GLOBAL_REQUEST_LAYOUT, layout, true);
         }
@@ -92,7 +102,7 @@ impl BlockLayouts {
     }
 
     /// The fallback chain, or just `only` when the configuration forces one kind.
-    pub fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
+    fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
         let request_missing = self.request.as_ref().err().cloned();
         let tp_missing = self.tracepoints.as_ref().err().cloned();
         let spec = |program, hook| ProgramSpec { program, hook };
@@ -355,6 +365,7 @@ pub struct BlockProbe {
     spill: Option<PerCpuHashMap<MapData, BlockKey, BlockHistograms>>,
     depth: Option<HashMap<MapData, u32, DeviceDepth>>,
     errors: Option<HashMap<MapData, BlockErrorKey, u64>>,
+    thresholds: OutlierThresholds,
 }
 
 /// Cumulative histograms of one (device, operation) series as the kernel holds them.
@@ -373,6 +384,7 @@ impl BlockProbe {
         layouts: &BlockLayouts,
         only: Option<AttachKind>,
         sys_root: &Path,
+        outliers: &OutliersConfig,
     ) -> Self {
         let attached = attach_first(ebpf, btf, &layouts.variants(only));
         let up = attached.kind.is_some();
@@ -389,6 +401,7 @@ impl BlockProbe {
             spill,
             depth,
             errors,
+            thresholds: OutlierThresholds::new(outliers),
         };
         probe.create_series();
         probe
@@ -504,10 +517,6 @@ impl Probe for BlockProbe {
         NAME
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     fn attached(&self) -> &Attached {
         &self.attached
     }
@@ -563,6 +572,10 @@ impl Probe for BlockProbe {
             });
         }
         Ok(())
+    }
+
+    fn on_interval(&mut self, interval: &mut Interval<'_>) {
+        self.thresholds.update(interval);
     }
 
     fn read_counters(

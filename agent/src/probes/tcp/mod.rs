@@ -1,6 +1,10 @@
 //! Storage network (kernel side: `agent-ebpf/src/tcp.rs`): TCP round-trip time and
 //! retransmissions per configured peer port group.
 
+mod config;
+mod registry;
+pub mod groups;
+
 use agent_common::{
     hist::Histogram,
     names,
@@ -12,14 +16,16 @@ use aya::{
 };
 
 use super::{
-    Probe, ReadContext, Reading,
+    Layouts, Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
-    tcp_groups::{PortGroup, port_table},
 };
 use crate::{
     aggregate::{ExpHistogram, SeriesKey},
     kernel::btf::Btf,
 };
+pub use config::TcpConfig as Config;
+pub use registry::PROBE_FAMILY;
+use groups::{PortGroup, port_table};
 
 pub const NAME: &str = "tcp";
 pub const FAMILY_RTT: &str = "net.tcp.rtt";
@@ -42,8 +48,10 @@ impl TcpLayouts {
         let groups = (groups.len() as u32).clamp(1, MAX_GROUPS);
         Self { layout, groups }
     }
+}
 
-    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+impl Layouts for TcpLayouts {
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         if let Ok(layout) = &self.layout {
             loader.override_global(names::GLOBAL_TCP_LAYOUT, layout, true);
         }
@@ -51,7 +59,7 @@ impl TcpLayouts {
         loader.map_max_entries(names::MAP_TCP_RTT, self.groups);
     }
 
-    pub fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
+    fn variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
         let missing = self.layout.as_ref().err().cloned();
         let spec = |program, hook| ProgramSpec { program, hook };
         [
@@ -196,10 +204,6 @@ impl Probe for TcpProbe {
 
     fn attached(&self) -> &Attached {
         &self.attached
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 
     /// Groups that had samples since the agent started.
