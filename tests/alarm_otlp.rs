@@ -2,7 +2,7 @@
 //! loopback (no root): the alarm's log records, its span over its lifetime, the action
 //! run as a child span in the same trace, and the open-alarms gauge.
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -14,9 +14,13 @@ use nodepulse::{
         Alarm, AlarmState, DetectConfig, Severity,
         series::{Identity, SeriesState},
     },
-    export::{Exporter, otlp::OtlpExporter, otlp_transport::OtlpConfig},
+    export::{
+        Exporter,
+        otlp::{OtlpExporter, transport::OtlpConfig},
+    },
     report::{AgentReport, Report},
     selfmon::Usage,
+    util::hex,
 };
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 
@@ -28,10 +32,6 @@ fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
             any_value::Value::StringValue(s) => Some(s.as_str()),
             _ => None,
         })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A series that learns, regresses (alarm opens) and recovers (alarm resolves).
@@ -104,6 +104,7 @@ fn report(alarms: Vec<Alarm>, open: u64, actions: Vec<nodepulse::actions::Action
 
 #[test]
 fn alarm_logs_spans_action_child_span_and_gauge_reach_the_collector() {
+    one_subject_at_a_time!();
     let (opened, resolved) = alarm_lifecycle();
     assert_eq!(opened.id, resolved.id);
 
@@ -178,10 +179,10 @@ fn alarm_logs_spans_action_child_span_and_gauge_reach_the_collector() {
             .unwrap()
             .contains("fractions")
     );
-    assert_eq!(hex(&open_rec.trace_id), opened.trace_id);
-    assert_eq!(hex(&open_rec.span_id), opened.span_id);
+    assert_eq!(hex::encode(&open_rec.trace_id), opened.trace_id);
+    assert_eq!(hex::encode(&open_rec.span_id), opened.span_id);
     let resolved_rec = by_event("nodepulse.alarm.resolved");
-    assert_eq!(hex(&resolved_rec.trace_id), opened.trace_id);
+    assert_eq!(hex::encode(&resolved_rec.trace_id), opened.trace_id);
     let run_rec = by_event("nodepulse.action.run");
     assert_eq!(
         attr(&run_rec.attributes, "nodepulse.action.outcome"),
@@ -191,7 +192,7 @@ fn alarm_logs_spans_action_child_span_and_gauge_reach_the_collector() {
         attr(&run_rec.attributes, "nodepulse.action.exit_code"),
         Some("0")
     );
-    assert_eq!(hex(&run_rec.trace_id), opened.trace_id);
+    assert_eq!(hex::encode(&run_rec.trace_id), opened.trace_id);
 
     // Spans: the alarm's lifetime, and the action as its child.
     let spans: Vec<_> = got
@@ -203,18 +204,18 @@ fn alarm_logs_spans_action_child_span_and_gauge_reach_the_collector() {
         .collect();
     let alarm_span = spans
         .iter()
-        .find(|s| hex(&s.span_id) == opened.span_id)
+        .find(|s| hex::encode(&s.span_id) == opened.span_id)
         .expect("the alarm's span");
-    assert_eq!(hex(&alarm_span.trace_id), opened.trace_id);
+    assert_eq!(hex::encode(&alarm_span.trace_id), opened.trace_id);
     assert_eq!(alarm_span.start_time_unix_nano, opened.start_unix_nano);
     assert_eq!(Some(alarm_span.end_time_unix_nano), resolved.end_unix_nano);
     let action_span = spans
         .iter()
         .find(|s| s.name == "nodepulse.action noop")
         .expect("the action's span");
-    assert_eq!(hex(&action_span.trace_id), opened.trace_id);
-    assert_eq!(hex(&action_span.parent_span_id), opened.span_id);
-    assert_eq!(hex(&action_span.span_id), runs[0].span_id);
+    assert_eq!(hex::encode(&action_span.trace_id), opened.trace_id);
+    assert_eq!(hex::encode(&action_span.parent_span_id), opened.span_id);
+    assert_eq!(hex::encode(&action_span.span_id), runs[0].span_id);
 
     // The gauge: 1 open after the first report, 0 after the second.
     let gauge: Vec<i64> = got

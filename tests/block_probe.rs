@@ -1,7 +1,7 @@
 //! The block probe against the real kernel: a loop device, known I/O, and the kernel's
 //! own accounting in `/sys/block/<dev>/stat` as the reference. Needs root.
 
-mod common;
+use crate::common;
 
 use std::{thread, time::Duration};
 

@@ -1,7 +1,7 @@
 //! The `nodepulse` binary as an operator meets it: configuration errors, `check`, and
 //! the console formats.
 
-mod common;
+use crate::common;
 
 use common::{LoopDevice, RunningAgent, nodepulse};
 
@@ -14,6 +14,7 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
 /// Invalid configuration: exit code 2, a message naming the key, nothing attached.
 #[test]
 fn invalid_config_exits_2_naming_the_key_before_attaching() {
+    one_subject_at_a_time!();
     let cases = [
         ("[agent]\nintervall = \"5s\"\n", "unknown field `intervall`"),
         (
@@ -69,6 +70,7 @@ fn invalid_config_exits_2_naming_the_key_before_attaching() {
 /// on a ConfigMap before rolling it out.
 #[test]
 fn check_config_only_validates_without_attaching() {
+    one_subject_at_a_time!();
     let check = |text: &str| {
         let config = write_config(text);
         nodepulse()
@@ -90,6 +92,7 @@ fn check_config_only_validates_without_attaching() {
 
 #[test]
 fn invalid_flag_values_exit_2() {
+    one_subject_at_a_time!();
     for args in [
         &["run", "--interval", "0s"][..],
         &["run", "--format", "xml"],
@@ -107,6 +110,7 @@ fn invalid_flag_values_exit_2() {
 
 #[test]
 fn missing_config_file_exits_2() {
+    one_subject_at_a_time!();
     let out = nodepulse()
         .args(["check", "--config", "/nonexistent/nodepulse.toml"])
         .output()
@@ -117,6 +121,7 @@ fn missing_config_file_exits_2() {
 
 #[test]
 fn help_explains_run_and_check() {
+    one_subject_at_a_time!();
     let out = nodepulse().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("run") && text.contains("check"), "{text}");

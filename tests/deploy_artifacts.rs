@@ -4,11 +4,9 @@
 //! purged. Needs root, and the artifacts of `cargo xtask image` and `cargo xtask deb`
 //! (`cargo xtask test` builds both first).
 
-mod common;
+use crate::common;
 
-#[path = "deploy_artifacts/container.rs"]
 mod container;
-#[path = "deploy_artifacts/deb.rs"]
 mod deb;
 
 use std::{

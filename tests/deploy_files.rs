@@ -5,13 +5,7 @@
 //! rules' queries against nodepulse's metric catalogue; the collector's pipelines.
 //! No root needed.
 
-mod common;
-
-#[path = "deploy_files/collector.rs"]
 mod collector;
-#[path = "deploy_files/dashboard.rs"]
 mod dashboard;
-#[path = "deploy_files/kubernetes.rs"]
 mod kubernetes;
-#[path = "deploy_files/prometheus.rs"]
 mod prometheus;

@@ -2,7 +2,7 @@
 //! interval has completed, ready once it has with every probe attached, live
 //! throughout. Needs root.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

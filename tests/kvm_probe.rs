@@ -3,7 +3,7 @@
 //! userspace, with a libvirt domain XML fixture carrying Nova metadata. Needs root and
 //! /dev/kvm.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeMap,

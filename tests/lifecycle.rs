@@ -2,7 +2,7 @@
 //! Programs are told apart by id, so other processes' programs (another agent, a test
 //! run elsewhere on the machine) do not count.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeSet,

@@ -3,11 +3,11 @@
 //! exponential histograms, outlier spans with their exemplars, and the collector going
 //! away, failing and coming back. Needs root.
 
-mod common;
+use crate::common;
 
 use std::{
     net::{SocketAddr, TcpListener},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use opentelemetry_proto::tonic::{
@@ -20,13 +20,7 @@ use common::{
     LoopDevice, RunningAgent,
     otlp_server::{Mode, OtlpServer, Received},
 };
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
+use nodepulse::util::time::unix_nanos;
 
 fn string_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
     attrs
@@ -128,14 +122,14 @@ fn io(lo: &LoopDevice, secs: u32) {
 fn export_end_to_end(protocol: &str, start: fn(SocketAddr) -> OtlpServer) {
     let collector = start("127.0.0.1:0".parse().unwrap());
     let cfg = config(&collector.endpoint(), protocol, "");
-    let t0 = now_ns();
+    let t0 = unix_nanos();
     let agent = start_agent(&cfg);
     let lo = LoopDevice::new(128);
     let before = lo.stat();
     io(&lo, 2);
     let want = lo.stat().read - before.read;
     let (stdout, _) = agent.terminate();
-    let t1 = now_ns();
+    let t1 = unix_nanos();
 
     // The final report (sent at SIGTERM) holds every completed request.
     let r = collector.received();

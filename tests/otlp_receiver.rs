@@ -1,7 +1,7 @@
 //! The OTLP receiver of the export tests (tests/common/otlp_server.rs), checked with
 //! plain tonic and hyper clients. Needs no root.
 
-mod common;
+use crate::common;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -151,6 +151,7 @@ async fn try_http_post(
 
 #[test]
 fn grpc_records_gzip_requests_of_every_signal() {
+    one_subject_at_a_time!();
     let server = OtlpServer::start_grpc(any_port());
     assert_ne!(server.addr().port(), 0);
     assert_eq!(
@@ -206,6 +207,7 @@ fn grpc_records_gzip_requests_of_every_signal() {
 
 #[test]
 fn http_records_plain_and_gzip_requests() {
+    one_subject_at_a_time!();
     let server = OtlpServer::start_http(any_port());
     let sent = metrics_request(200);
     let encoded = sent.encode_to_vec();
@@ -289,6 +291,7 @@ fn http_records_plain_and_gzip_requests() {
 
 #[test]
 fn grpc_injected_errors() {
+    one_subject_at_a_time!();
     let server = OtlpServer::start_grpc(any_port());
     let sent = metrics_request(3);
     runtime().block_on(async {
@@ -315,6 +318,7 @@ fn grpc_injected_errors() {
 
 #[test]
 fn http_injected_errors() {
+    one_subject_at_a_time!();
     let server = OtlpServer::start_http(any_port());
     let body = metrics_request(3).encode_to_vec();
     runtime().block_on(async {
@@ -349,6 +353,7 @@ fn http_injected_errors() {
 /// connection is closed by the stop, and the restarted receiver accepts again.
 #[test]
 fn restart_on_the_same_port() {
+    one_subject_at_a_time!();
     let rt = runtime();
     let sent = metrics_request(3);
 
@@ -407,6 +412,7 @@ fn restart_on_the_same_port() {
 
 #[test]
 fn wait_for_times_out() {
+    one_subject_at_a_time!();
     let server = OtlpServer::start_http(any_port());
     let start = std::time::Instant::now();
     assert!(!server.wait_for(|r| !r.metrics.is_empty(), Duration::from_millis(100)));

@@ -2,7 +2,7 @@
 //! device does known I/O: text format well-formed, buckets monotonic, counts equal to
 //! the kernel's. Needs root.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeMap,

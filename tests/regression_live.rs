@@ -3,7 +3,7 @@
 //! device within a few windows, run the configured action (audited with the alarm's
 //! id), and resolve the alarm once the load is gone.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashSet,

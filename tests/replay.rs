@@ -2,7 +2,7 @@
 //! the console JSON format `nodepulse record` writes, yields one alarm at the step; a
 //! CSV yields one scored row per input row; a real recording (root) replays.
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -66,6 +66,7 @@ fn replay(args: &[&str], file: &Path) -> std::process::Output {
 
 #[test]
 fn recording_with_a_step_yields_the_alarm_at_the_step() {
+    one_subject_at_a_time!();
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec.jsonl");
     write_recording(&rec);
@@ -101,6 +102,7 @@ fn recording_with_a_step_yields_the_alarm_at_the_step() {
 
 #[test]
 fn csv_gets_a_score_per_row_and_bad_input_names_the_line() {
+    one_subject_at_a_time!();
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("history.csv");
     let mut rng = Rng::new(9);

@@ -2,7 +2,7 @@
 //! cgroup, a light periodic task in another; and its samples against the kernel's own
 //! per-task accounting (`/proc/<pid>/schedstat` run_delay). Needs root.
 
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,8 +1,7 @@
 //! Storage-node views of the block probe on real loop devices: the queue/device split
 //! under each I/O scheduler, queue depth, request sizes, errors and per-cgroup I/O.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command, thread, time::Duration};
 
@@ -33,10 +32,7 @@ impl Snapshot {
     fn take(probes: &mut Probes, lo: &LoopDevice) -> Self {
         let c = probes.collect();
         let mine = |k: &nodepulse::aggregate::SeriesKey| k.label("dev") == Some(&lo.number);
-        let dev = lo
-            .number
-            .split_once(':')
-            .map(|(ma, mi)| (ma.parse::<u32>().unwrap() << 20) | mi.parse::<u32>().unwrap());
+        let dev = agent_common::dev::parse(&lo.number);
         Self {
             hists: c
                 .readings

@@ -3,7 +3,7 @@
 //! tbf` into a standing queue, iperf3 streams on ports of two configured groups and on
 //! an unwatched port. Needs root.
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, process::Stdio, thread, time::Duration};
 

@@ -58,6 +58,7 @@ pub struct BlockKey {
     pub dev: u32,
     pub op: u32,
 }
+plain_data!(BlockKey, 2 * 4);
 
 /// Latency histograms of one (device, operation) series, all recorded at completion
 /// for the same requests, so that `total = queue + device` holds request by request.
@@ -74,6 +75,7 @@ pub struct BlockHistograms {
     /// Bytes per request.
     pub size: SizeHistogram,
 }
+plain_data!(BlockHistograms, 3 * size_of::<Histogram>() + (2 + 160) * 8);
 
 impl BlockHistograms {
     pub const ZERO: Self = Self {
@@ -99,6 +101,7 @@ pub struct DeviceDepth {
     /// or the issue program did not run).
     pub completions_unmatched: u64,
 }
+plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 2 * 8);
 
 impl DeviceDepth {
     pub const ZERO: Self = Self {
@@ -139,6 +142,7 @@ pub struct InflightSlot {
     /// [`slot_state`].
     pub state: u32,
 }
+plain_data!(InflightSlot, 4 * 8 + 4 * 4);
 
 /// Key of the I/O error counters.
 #[repr(C)]
@@ -150,6 +154,7 @@ pub struct BlockErrorKey {
     pub status: u32,
     pub _pad: u32,
 }
+plain_data!(BlockErrorKey, 4 * 4);
 
 /// Error-counter series the kernel keeps at most (device × operation × status).
 pub const BLOCK_ERROR_MAX_SERIES: u32 = 1024;
@@ -221,6 +226,7 @@ pub struct RequestLayout {
     /// `struct request`.`__sector`, for outliers
     pub rq_sector: u32,
 }
+plain_data!(RequestLayout, 24 * 4);
 
 impl RequestLayout {
     /// Placeholder the kernel object is built with; the agent overrides it before load.
@@ -266,6 +272,7 @@ pub struct TracepointLayout {
     /// `error` (an errno, completion records only; 0 elsewhere)
     pub error: u32,
 }
+plain_data!(TracepointLayout, 4 * 4);
 
 impl TracepointLayout {
     pub const UNRESOLVED: Self = Self {
@@ -325,6 +332,7 @@ mod tests {
 pub struct OutlierLayout {
     pub enabled: u32,
 }
+plain_data!(OutlierLayout, 4);
 
 impl OutlierLayout {
     pub const UNRESOLVED: Self = Self { enabled: 0 };

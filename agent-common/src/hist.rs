@@ -85,6 +85,7 @@ pub struct Histogram {
     /// `buckets[k]` counts samples in OTLP bucket `k + MIN_INDEX`.
     pub buckets: [u64; NUM_BUCKETS],
 }
+plain_data!(Histogram, (2 + NUM_BUCKETS) * 8);
 
 impl Histogram {
     pub const ZERO: Self = Self {

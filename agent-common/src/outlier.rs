@@ -28,6 +28,7 @@ pub struct OutlierEvent {
     /// cgroup v2 id of the submitter (0 when unknown).
     pub cgroup: u64,
 }
+plain_data!(OutlierEvent, 6 * 4 + 4 * 8);
 
 /// Thresholds the agent pushes to the kernel each interval.
 pub mod threshold {

@@ -33,6 +33,7 @@ pub struct TcpLayout {
     /// fires for failed attempts too; 0 when it fires only for sent retransmissions.
     pub retransmit_has_err: u32,
 }
+plain_data!(TcpLayout, 6 * 4);
 
 impl TcpLayout {
     pub const UNRESOLVED: Self = Self {

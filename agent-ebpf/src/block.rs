@@ -38,15 +38,15 @@ use agent_common::{
         DeviceDepth, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, OutlierLayout, REQ_OP_MASK,
         RequestLayout, TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs, slot_state,
     },
-    counters,
+    counters, dev,
     names::BLOCK_LATENCY_MAX_SERIES,
     names::BLOCK_LATENCY_SPILL_SERIES,
     outlier::{OutlierEvent, kind},
-    sched::family,
+    sparse::family,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, fentry, kprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuHashMap},
     programs::{
@@ -56,7 +56,8 @@ use aya_ebpf::{
 
 use crate::shared::{
     DirectRead, KernelRead, ProbeRead, add_sample, add_window, add_window_shared, atomic_add,
-    count, default_threshold, emit_outlier, get_or_insert, maybe_outlier, record_sparse,
+    count, default_threshold, emit_outlier, get_or_insert, global, maybe_outlier, now_ns,
+    record_sparse,
 };
 
 /// Queue, device and total latency histograms per (device, operation). Not
@@ -114,12 +115,12 @@ static EMPTY_BLOCK: BlockHistograms = BlockHistograms::ZERO;
 
 #[inline(always)]
 fn layout() -> RequestLayout {
-    unsafe { core::ptr::read_volatile(&REQUEST_LAYOUT) }
+    global(&REQUEST_LAYOUT)
 }
 
 #[inline(always)]
 fn outliers_on() -> bool {
-    unsafe { core::ptr::read_volatile(&OUTLIER_LAYOUT) }.enabled != 0
+    global(&OUTLIER_LAYOUT).enabled != 0
 }
 
 /// Whole-disk device number (`MKDEV(disk->major, disk->first_minor)`, the device the
@@ -134,7 +135,8 @@ fn request_dev_op<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<(u32, u32
     } else {
         let major: u32 = R::read(disk, l.disk_major)?;
         let minor: u32 = R::read(disk, l.disk_first_minor)?;
-        (major << 20) | (minor & 0xf_ffff)
+        // The kernel's MKDEV; a minor read wrongly cannot spill into the major.
+        (major << dev::MINOR_BITS) | (minor & dev::MINOR_MASK)
     };
     Some((dev, op_from_req_op(cmd_flags)))
 }
@@ -193,6 +195,10 @@ fn depth_up(dev: u32) {
             }
         }
     };
+    // SAFETY: `d` points at the device's value in a preallocated hash map, which stays
+    // valid while the program runs (the agent never deletes devices). Other CPUs use
+    // the same value at the same time: they change it only with XADD (`in_flight`,
+    // `add_window_shared`), so no plain write races.
     let d = unsafe { &mut *d };
     atomic_add(&mut d.in_flight, 1);
     record_depth(d);
@@ -201,6 +207,8 @@ fn depth_up(dev: u32) {
 /// Records the current count as the depth of an issue.
 #[inline(always)]
 fn record_depth(d: &mut DeviceDepth) {
+    // SAFETY: a reference, so valid and aligned; volatile, so the count is read after
+    // the add (other CPUs' concurrent adds may be in it).
     let depth = unsafe { core::ptr::read_volatile(&d.in_flight) };
     // A transiently negative count (a decrement racing an eviction) is no depth.
     if depth != 0 && depth < 1 << 32 {
@@ -228,6 +236,8 @@ fn device_drop(dev: u32, counter: u32) {
 #[inline(always)]
 fn depth_down(dev: u32) {
     if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        // SAFETY: a live value of a preallocated map (see `depth_up`); only the field's
+        // address is taken, for an atomic add.
         atomic_add(unsafe { &mut (*d).in_flight }, u64::MAX);
     }
 }
@@ -236,11 +246,30 @@ fn depth_down(dev: u32) {
 // The in-flight table.
 // ---------------------------------------------------------------------------------------
 
+/// The slot at `index`, shared by every CPU.
+///
+/// The table is deliberately not locked (raw and classic tracepoint and kprobe programs
+/// cannot take a `bpf_spin_lock`, and atomics on every field would cost more than the
+/// race): two CPUs can work on one slot at the same time when different requests meet
+/// in the same two-way bucket (a hash collision, or two sector-keyed flushes of one
+/// device). One request's own events are ordered by the block layer (it is issued
+/// before it completes), so they do not race with each other. Each field is an aligned
+/// word and never torn, but a slot can end up mixing two requests' fields, and both
+/// CPUs can see it `ISSUED` and take their device's in-flight count down. Tolerated:
+/// such overlaps need a collision within the few hundred nanoseconds the two programs
+/// run, and cost one sample with a wrong time or device, a request counted as a
+/// collision or unmatched, or an in-flight count off by one (a negative count is never
+/// recorded as a depth).
 #[inline(always)]
 fn slot_at(index: u32) -> Option<&'static mut InflightSlot> {
-    BLOCK_INFLIGHT
-        .get_ptr_mut(index)
-        .map(|p| unsafe { &mut *p })
+    BLOCK_INFLIGHT.get_ptr_mut(index).map(|p| {
+        // SAFETY: `p` is an element of a preallocated array map, valid for as long as
+        // the program runs. The reference is not exclusive across CPUs: the race this
+        // allows is the one stated above, on plain aligned words, with no memory
+        // safety at stake (BPF has no allocation to corrupt and the verifier bounds
+        // every access to the element).
+        unsafe { &mut *p }
+    })
 }
 
 /// Whether a slot holds request `id`. A request pointer is an identity on its own; a
@@ -323,7 +352,7 @@ fn on_insert(index: u32, id: u64) {
     } else {
         claim(slot, id, None);
     }
-    slot.inserted_ns = unsafe { bpf_ktime_get_ns() };
+    slot.inserted_ns = now_ns();
     slot.issued_ns = 0;
     slot.state = slot_state::INSERTED;
     slot.id = id;
@@ -360,6 +389,8 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
         // once in flight; the lost completion is counted on its device.
         device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
         if let Some(d) = BLOCK_DEPTH.get_ptr_mut(i.dev) {
+            // SAFETY: a live value of a preallocated map, shared with other CPUs only
+            // through atomic adds (see `depth_up`).
             record_depth(unsafe { &mut *d });
         }
     } else {
@@ -375,7 +406,7 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     // dispatches from inside a plug, which can be older than the insertion: a queued
     // request needs an exact issue time.
     slot.issued_ns = if inserted_ns != 0 && i.issued_ns == 0 {
-        unsafe { bpf_ktime_get_ns() }
+        now_ns()
     } else {
         i.issued_ns
     };
@@ -519,7 +550,7 @@ fn issue_request<R: KernelRead>(rq: u64, id: u64) {
     let issued_ns = if kernel_will_stamp::<R>(rq, &l) {
         0
     } else {
-        unsafe { bpf_ktime_get_ns() }
+        now_ns()
     };
     let issue = Issue {
         dev,
@@ -546,7 +577,7 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, status: u32, nr_bytes: u32)
     if left.is_some_and(|left| nr_bytes < left) {
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let issued = take_issued(inflight_slot(id, 0), id, None);
     if status != 0 {
         let key = issued
@@ -629,6 +660,8 @@ fn block_outlier<R: KernelRead>(
     if !outliers_on() {
         return;
     }
+    // SAFETY: the agent may replace the value meanwhile; it is copied out at once, and
+    // a u64 load is never torn. The preallocated element stays valid while in use.
     let threshold = unsafe { BLOCK_THRESHOLDS.get(key.dev) }
         .copied()
         .unwrap_or_else(default_threshold);
@@ -733,6 +766,8 @@ pub fn block_rq_complete_raw(ctx: RawTracePointContext) -> i32 {
 /// Device, start sector and operation from a classic `block_rq_*` record.
 #[inline(always)]
 fn tracepoint_fields(ctx: &TracePointContext, l: &TracepointLayout) -> Option<(u32, u64, u32)> {
+    // SAFETY: `read_at` copies from the record with bpf_probe_read, which fails rather
+    // than faults; the offsets come from the tracepoint's own format file.
     unsafe {
         let dev: u32 = ctx.read_at(l.dev as usize).ok()?;
         let sector: u64 = ctx.read_at(l.sector as usize).ok()?;
@@ -743,14 +778,14 @@ fn tracepoint_fields(ctx: &TracePointContext, l: &TracepointLayout) -> Option<(u
 
 #[tracepoint(category = "block", name = "block_rq_issue")]
 pub fn block_rq_issue_tp(ctx: TracePointContext) -> i32 {
-    let l = unsafe { core::ptr::read_volatile(&TP_ISSUE_LAYOUT) };
+    let l = global(&TP_ISSUE_LAYOUT);
     if let Some((dev, sector, op)) = tracepoint_fields(&ctx, &l) {
         // Sector 0 with a device is still a valid identity (flushes all use it: two
         // concurrent flushes on one device share a slot, as in every sector-keyed tool).
         let issue = Issue {
             dev,
             op,
-            issued_ns: unsafe { bpf_ktime_get_ns() },
+            issued_ns: now_ns(),
             pid_tgid: 0,
             bytes: None,
             allocated_ns: 0,
@@ -762,9 +797,10 @@ pub fn block_rq_issue_tp(ctx: TracePointContext) -> i32 {
 
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn block_rq_complete_tp(ctx: TracePointContext) -> i32 {
-    let l = unsafe { core::ptr::read_volatile(&TP_COMPLETE_LAYOUT) };
+    let l = global(&TP_COMPLETE_LAYOUT);
     if let Some((dev, sector, op)) = tracepoint_fields(&ctx, &l) {
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = now_ns();
+        // SAFETY: a bpf_probe_read copy from the record, at the format file's offset.
         if let Ok(status) = unsafe { ctx.read_at::<i32>(l.error as usize) }
             && status != 0
         {

@@ -16,11 +16,12 @@
 
 use agent_common::{
     counters,
-    sched::{KvmExitLayout, MAX_VCPU_THREADS, VcpuPending, family},
+    kvm::{KvmExitLayout, MAX_VCPU_THREADS, VcpuPending},
+    sparse::family,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::LruHashMap,
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
@@ -28,7 +29,7 @@ use aya_ebpf::{
 
 use crate::{
     sched::{VCPU_FLAG, VCPU_THREADS},
-    shared::{count, record_sparse},
+    shared::{count, global, now_ns, record_sparse},
 };
 
 /// Pending exits per vCPU thread. LRU: threads of VMs that are gone age out.
@@ -40,12 +41,27 @@ static VCPU_PENDING: LruHashMap<u32, VcpuPending> =
 #[unsafe(no_mangle)]
 static KVM_EXIT_LAYOUT: KvmExitLayout = KvmExitLayout::UNRESOLVED;
 
+/// A pointer from `VCPU_PENDING` as a reference.
+///
+/// # Safety
+/// `p` must come from `VCPU_PENDING` for the current thread's id. Only that thread's
+/// programs use its record, one event after another, so nothing else writes it. The LRU
+/// map may evict it for another thread meanwhile; its element memory stays valid while
+/// the program runs (RCU), so the worst case is one sample written into a record that
+/// changed owner.
+#[inline(always)]
+unsafe fn own_record(p: *mut VcpuPending) -> &'static mut VcpuPending {
+    // SAFETY: valid and unshared, as the caller guarantees.
+    unsafe { &mut *p }
+}
+
 /// This thread's pending record, created (and the thread registered as a vCPU thread)
 /// on first sight.
 #[inline(always)]
 fn pending(tid: u32, tgid: u32) -> Option<&'static mut VcpuPending> {
     if let Some(p) = VCPU_PENDING.get_ptr_mut(tid) {
-        return Some(unsafe { &mut *p });
+        // SAFETY: the record of `tid`, the current thread.
+        return Some(unsafe { own_record(p) });
     }
     let fresh = VcpuPending {
         tgid,
@@ -54,9 +70,14 @@ fn pending(tid: u32, tgid: u32) -> Option<&'static mut VcpuPending> {
     let _ = VCPU_PENDING.insert(tid, fresh, BPF_NOEXIST as u64);
     let _ = VCPU_THREADS.insert(tid, tgid, 0);
     if let Some(flag) = VCPU_FLAG.get_ptr_mut(0) {
+        // SAFETY: element 0 of an array map, valid while the program runs; CPUs that
+        // race here all store the same aligned word.
         unsafe { *flag = 1 };
     }
-    VCPU_PENDING.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+    // SAFETY: the record of `tid`, the current thread.
+    VCPU_PENDING
+        .get_ptr_mut(tid)
+        .map(|p| unsafe { own_record(p) })
 }
 
 #[inline(always)]
@@ -74,7 +95,7 @@ fn on_userspace_exit(reason: u32, errno: i32) {
     let Some(p) = pending(tid, tgid) else {
         return;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     if p.run_ns != 0 && now >= p.run_ns {
         record_sparse(family::KVM_RUN, tgid as u64, reason, now - p.run_ns);
     }
@@ -92,7 +113,7 @@ fn on_kvm_run(load: i32) {
     let Some(p) = pending(tid, tgid) else {
         return;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     if p.user_ns != 0 && now >= p.user_ns {
         record_sparse(
             family::KVM_USERSPACE,
@@ -138,7 +159,10 @@ pub fn kvm_run_raw(ctx: RawTracePointContext) -> i32 {
 
 #[tracepoint(category = "kvm", name = "kvm_userspace_exit")]
 pub fn kvm_user_exit_tp(ctx: TracePointContext) -> i32 {
+    // SAFETY: `read_at` copies from the record with bpf_probe_read, which fails rather
+    // than faults; 8 and 12 are the fields' offsets in every kernel's format file.
     let reason: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
+    // SAFETY: as above.
     let errno: i32 = unsafe { ctx.read_at(12) }.unwrap_or(-1);
     on_userspace_exit(reason, errno);
     0
@@ -146,6 +170,7 @@ pub fn kvm_user_exit_tp(ctx: TracePointContext) -> i32 {
 
 #[tracepoint(category = "kvm", name = "kvm_fpu")]
 pub fn kvm_run_tp(ctx: TracePointContext) -> i32 {
+    // SAFETY: a bpf_probe_read copy of the record's first field (offset 8).
     let load: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     on_kvm_run(load as i32);
     0
@@ -153,13 +178,15 @@ pub fn kvm_run_tp(ctx: TracePointContext) -> i32 {
 
 #[tracepoint(category = "kvm", name = "kvm_exit")]
 pub fn kvm_exit_tp(ctx: TracePointContext) -> i32 {
-    let l = unsafe { core::ptr::read_volatile(&KVM_EXIT_LAYOUT) };
+    let l = global(&KVM_EXIT_LAYOUT);
+    // SAFETY: bpf_probe_read copies from the record, at offsets from its format file.
     let reason: u32 = unsafe { ctx.read_at(l.exit_reason as usize) }.unwrap_or(0);
+    // SAFETY: as above.
     let isa: u32 = unsafe { ctx.read_at(l.isa as usize) }.unwrap_or(0);
     let (tid, tgid) = current();
     if let Some(p) = pending(tid, tgid) {
         p.exit_reason = (isa << 24) | (reason & 0xff_ffff);
-        p.exit_ns = unsafe { bpf_ktime_get_ns() };
+        p.exit_ns = now_ns();
     }
     0
 }
@@ -170,13 +197,14 @@ pub fn kvm_entry_tp(_ctx: TracePointContext) -> i32 {
     let Some(p) = VCPU_PENDING.get_ptr_mut(tid) else {
         return 0;
     };
-    let p = unsafe { &mut *p };
+    // SAFETY: the record of `tid`, the current thread.
+    let p = unsafe { own_record(p) };
     if p.exit_ns == 0 {
         // The first entry of a thread, or its exit was before attach.
         count(counters::KVM_UNMATCHED);
         return 0;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     if now >= p.exit_ns {
         record_sparse(
             family::KVM_EXIT,

@@ -6,6 +6,8 @@
 // the BPF target, the intrinsic lowers to the BPF atomic instructions.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod block;
 mod kvm;

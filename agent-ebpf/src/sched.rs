@@ -16,7 +16,9 @@
 
 use agent_common::{
     hist::Histogram,
-    sched::{CGROUP_V2, SchedLayout, family},
+    kvm::MAX_VCPU_THREADS,
+    sched::{CGROUP_V2, SchedLayout},
+    sparse::family,
 };
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint},
@@ -24,7 +26,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-use crate::shared::{DirectRead, KernelRead, ProbeRead, add_sample, record_sparse};
+use crate::shared::{DirectRead, KernelRead, ProbeRead, add_sample, global, record_sparse};
 
 /// Host-wide histogram: one entry, per CPU.
 #[map(name = "SCHED_LATENCY")]
@@ -36,8 +38,7 @@ static SCHED_LAYOUT: SchedLayout = SchedLayout::UNRESOLVED;
 
 /// vCPU thread id → VMM process id, filled by the KVM probe when a thread runs a vCPU.
 #[map(name = "VCPU_THREADS")]
-pub static VCPU_THREADS: HashMap<u32, u32> =
-    HashMap::with_max_entries(agent_common::sched::MAX_VCPU_THREADS, 0);
+pub static VCPU_THREADS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VCPU_THREADS, 0);
 
 /// [0] becomes 1 once any vCPU thread was seen: until then the per-switch lookup in
 /// `VCPU_THREADS` is skipped (an inlined array read instead of a hash lookup).
@@ -46,7 +47,7 @@ pub static VCPU_FLAG: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn on_switch<R: KernelRead>(next: u64) {
-    let l = unsafe { core::ptr::read_volatile(&SCHED_LAYOUT) };
+    let l = global(&SCHED_LAYOUT);
     let Some(queued) = R::read::<u64>(next, l.task_last_queued) else {
         return;
     };
@@ -65,6 +66,8 @@ fn on_switch<R: KernelRead>(next: u64) {
     let wait = now - queued;
 
     if let Some(h) = SCHED_LATENCY.get_ptr_mut(0) {
+        // SAFETY: this CPU's element of a per-CPU array, valid while the program runs
+        // and written by no other CPU.
         add_sample(unsafe { &mut *h }, wait);
     }
     if let Some(cgroup) = cgroup_id::<R>(next, &l) {
@@ -72,6 +75,8 @@ fn on_switch<R: KernelRead>(next: u64) {
     }
     if VCPU_FLAG.get(0).is_some_and(|&f| f != 0)
         && let Some(pid) = R::read::<u32>(next, l.task_pid)
+        // SAFETY: the value may be updated meanwhile by the KVM probe; it is copied out
+        // at once, and a u32 load is never torn.
         && let Some(&vmm) = unsafe { VCPU_THREADS.get(pid) }
     {
         record_sparse(family::SCHED_VM, vmm as u64, 0, wait);

@@ -5,11 +5,11 @@ use agent_common::{
     counters,
     hist::{Histogram, NUM_BUCKETS, Window, bucket_slot},
     outlier::{OutlierEvent, RING_BYTES, threshold},
-    sched::{SPARSE_MAX_ENTRIES, SparseCell, SparseKey, ZERO_SLOT},
+    sparse::{SPARSE_MAX_ENTRIES, SparseCell, SparseKey, ZERO_SLOT},
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -69,6 +69,9 @@ pub fn emit_outlier(event: &OutlierEvent) {
 #[inline(always)]
 pub fn atomic_add(p: *mut u64, v: u64) {
     use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: callers pass a pointer to a live, 8-byte aligned map value or a field of
+    // one (map values outlive the program); XADD is the one write other CPUs may make
+    // to it at the same time, and it is atomic.
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v);
     }
@@ -77,7 +80,9 @@ pub fn atomic_add(p: *mut u64, v: u64) {
 #[inline(always)]
 pub fn count(counter: u32) {
     if let Some(c) = PROBE_COUNTERS.get_ptr_mut(counter) {
-        // Per-CPU slot: no other CPU writes it, so a plain add is enough.
+        // SAFETY: `c` is this CPU's value in a per-CPU array, valid while the program
+        // runs; no other CPU writes it and the program is not re-entered on this CPU,
+        // so a plain add is enough.
         unsafe { *c += 1 };
     }
 }
@@ -101,6 +106,9 @@ pub fn get_or_insert<K, V>(
             map.get_ptr_mut(key)?
         }
     };
+    // SAFETY: `value` is this CPU's value for `key`, which the map keeps alive for the
+    // program's run (BPF programs cannot free map values they hold); other CPUs have
+    // their own copies, so the mutable reference is not shared.
     Some(unsafe { &mut *value })
 }
 
@@ -164,9 +172,13 @@ pub fn record_sparse(family: u32, group: u64, detail: u32, value: u64) {
         },
         _pad: 0,
     };
-    let add = |cell: *mut SparseCell| unsafe {
-        (*cell).count += 1;
-        (*cell).sum += value;
+    let add = |cell: *mut SparseCell| {
+        // SAFETY: `cell` is this CPU's value in a per-CPU hash map, valid for the
+        // program's run and written by no other CPU.
+        unsafe {
+            (*cell).count += 1;
+            (*cell).sum += value;
+        }
     };
     if let Some(cell) = SPARSE_HIST.get_ptr_mut(key) {
         add(cell);
@@ -198,7 +210,10 @@ pub struct DirectRead;
 impl KernelRead for DirectRead {
     #[inline(always)]
     fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
-        // Offsets come from read-only globals, so the verifier sees constants.
+        // SAFETY: only used with BTF-typed pointers (tp_btf, fentry): the verifier
+        // checks each such load against the kernel's types and turns it into a load
+        // that yields 0 instead of faulting. Offsets come from read-only globals, so
+        // the verifier sees constants.
         Some(unsafe { *((base as *const u8).add(offset as usize) as *const T) })
     }
 }
@@ -207,6 +222,23 @@ pub struct ProbeRead;
 impl KernelRead for ProbeRead {
     #[inline(always)]
     fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-tolerant
+        // accessor into a value it returns: a wrong address is an error, never a fault.
         unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
     }
+}
+
+/// The monotonic clock (ns), as the kernel's tracepoints and `ktime_get_ns()` see it.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A global the agent sets before load (a layout, a switch), read as the program runs:
+/// a volatile load, so the compiler does not fold in the placeholder it was built with.
+#[inline(always)]
+pub fn global<T: Copy>(value: &T) -> T {
+    // SAFETY: `value` is a reference, hence valid, aligned and initialised.
+    unsafe { core::ptr::read_volatile(value) }
 }

@@ -33,7 +33,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-use crate::shared::{DirectRead, KernelRead, ProbeRead, add_sample};
+use crate::shared::{DirectRead, KernelRead, ProbeRead, add_sample, global};
 
 /// Port → group index + 1 (0: not watched), filled by the agent before attach.
 #[map(name = "TCP_PORT_GROUPS")]
@@ -55,7 +55,7 @@ static TCP_LAYOUT: TcpLayout = TcpLayout::UNRESOLVED;
 
 #[inline(always)]
 fn layout() -> TcpLayout {
-    unsafe { core::ptr::read_volatile(&TCP_LAYOUT) }
+    global(&TCP_LAYOUT)
 }
 
 /// The group of a connection: its remote port's, else its local port's.
@@ -99,6 +99,8 @@ fn on_segment<R: KernelRead>(sk: u64, tp: impl FnOnce() -> Option<u64>) {
         return; // no sample yet on this connection
     }
     if let Some(h) = TCP_RTT.get_ptr_mut(group) {
+        // SAFETY: this CPU's element of a per-CPU array, valid while the program runs
+        // and written by no other CPU.
         add_sample(unsafe { &mut *h }, us as u64 * 1000);
     }
 }
@@ -115,7 +117,8 @@ fn on_retransmit<R: KernelRead>(sk: u64, err: impl FnOnce() -> i32) {
     if let Some(group) = group::<R>(sk, &l)
         && let Some(c) = TCP_RETRANSMITS.get_ptr_mut(group)
     {
-        // Per-CPU slot: no other CPU writes it.
+        // SAFETY: this CPU's element of a per-CPU array (valid while the program
+        // runs): no other CPU writes it, so a plain add is enough.
         unsafe { *c += 1 };
     }
 }
@@ -126,6 +129,8 @@ pub fn tcp_probe_btf(ctx: BtfTracePointContext) -> i32 {
     // The tcp_sock fields lie beyond `struct sock`: the verifier allows direct loads
     // there only through the tcp_sock pointer this helper returns (NULL if not TCP).
     on_segment::<DirectRead>(sk as u64, || {
+        // SAFETY: the helper checks its argument (any socket pointer, or NULL) and
+        // returns NULL when it is not a TCP socket.
         let tp = unsafe { bpf_skc_to_tcp_sock(sk) };
         (!tp.is_null()).then_some(tp as u64)
     });

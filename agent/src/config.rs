@@ -21,7 +21,7 @@ use crate::{
     detect::DetectConfig,
     export::{
         console::{ConsoleConfig, ConsoleFormat},
-        otlp_transport::OtlpConfig,
+        otlp::transport::OtlpConfig,
         prometheus::PrometheusConfig,
     },
     health::HealthConfig,
@@ -230,7 +230,7 @@ impl Config {
             });
         }
         if self.otlp.enabled {
-            crate::export::otlp_transport::validate(&self.otlp)?;
+            crate::export::otlp::transport::validate(&self.otlp)?;
         }
         let listens = [
             (

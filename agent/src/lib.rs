@@ -18,3 +18,4 @@ pub mod probes;
 pub mod report;
 pub mod selfmon;
 pub mod settings;
+pub mod util;

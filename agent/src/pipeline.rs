@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -14,10 +14,11 @@ use crate::{
     aggregate::{CounterDelta, Delta, TrackedReading, budget::Budget, counter_delta},
     config::Config,
     detect::{AlarmState, Detector},
-    export::{Exporter, otlp::unix_nanos},
+    export::Exporter,
     probes::{Probes, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
+    util::time::{rfc3339, unix_nanos},
 };
 
 /// How long the agent waits for running actions at exit.
@@ -161,7 +162,7 @@ impl Pipeline {
         agent.outliers_discarded = collection.outliers_discarded;
         agent.export_ms = self.export_ms.clone();
         let mut report = Report {
-            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            time: rfc3339(unix_nanos()),
             interval_s,
             node: self.node.clone(),
             series,

@@ -190,7 +190,7 @@ pub fn run_guest(iterations: u64) -> GuestExits {
 /// directory, as `kvm_guest_process-<hash>` (the newest one, should several builds be
 /// there). `cargo test` builds every test target of the package before running any of
 /// them, so it exists when another test of the package runs; when only one test
-/// target is built (`cargo test --test block_probe`) it may be missing or stale, and
+/// target is built (`cargo test --test integration`) it may be missing or stale, and
 /// this panics naming the command that builds it.
 pub fn guest_process_path() -> PathBuf {
     const NAME: &str = "kvm_guest_process";

@@ -1,6 +1,5 @@
 //! Helpers for integration tests against the real kernel: root checks, loop devices
 //! that clean up after themselves, workloads that are killed when the test ends.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::{
     collections::BTreeMap,
@@ -19,11 +18,12 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Skips the calling test with a visible message when not root.
+/// Skips the calling test with a visible message when not root; as root, holds the
+/// test's subject lock until it ends (see [`subject`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !common::is_root() {
+        if !$crate::common::is_root() {
             // Written to the real stderr: libtest would hide an eprintln! of a test
             // that passes, and a skip must be visible.
             use std::io::Write as _;
@@ -35,6 +35,7 @@ macro_rules! require_root {
             );
             return;
         }
+        $crate::one_subject_at_a_time!();
     };
 }
 
@@ -421,8 +422,12 @@ impl RunningAgent {
 }
 
 pub mod deploy;
+// The guest itself runs in the kvm_guest_process executable; tests here only start it.
+#[allow(dead_code)]
 pub mod kvm_guest;
 pub mod otlp_server;
+#[macro_use]
+pub mod subject;
 
 /// `GET path` over plain HTTP/1.1: the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {

@@ -99,11 +99,6 @@ impl Received {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Body bytes received over all accepted requests.
-    pub fn total_bytes(&self) -> u64 {
-        self.bytes.iter().sum()
-    }
-
     /// Accepted requests of all signals.
     pub fn requests(&self) -> usize {
         self.headers.len()

@@ -8,13 +8,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{
-    VERSION,
-    common::{
-        self,
-        deploy::{kustomize, mebibytes, object, require_debian_tool, yaml_documents},
-    },
-    output, require_root, wait_ready,
+use super::{VERSION, output, wait_ready};
+use crate::common::{
+    self,
+    deploy::{kustomize, mebibytes, object, require_debian_tool, yaml_documents},
 };
 
 fn image() -> String {

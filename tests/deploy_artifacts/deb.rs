@@ -6,11 +6,8 @@ use std::{
     time::Duration,
 };
 
-use crate::{
-    VERSION,
-    common::{self, deploy::repo},
-    output, require_root, wait_ready,
-};
+use super::{VERSION, output, wait_ready};
+use crate::common::{self, deploy::repo};
 
 fn package() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")

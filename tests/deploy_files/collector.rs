@@ -6,6 +6,7 @@ use crate::common::deploy::yaml_file;
 
 #[test]
 fn every_collector_pipeline_uses_defined_components() {
+    one_subject_at_a_time!();
     let c = yaml_file("deploy/otel-collector/collector.yaml");
     let defined = |section: &str| -> BTreeSet<String> {
         c[section]

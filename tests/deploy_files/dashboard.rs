@@ -8,6 +8,7 @@ use crate::common::deploy::{assert_exported, metric_names, repo};
 
 #[test]
 fn the_dashboard_queries_only_exported_metrics() {
+    one_subject_at_a_time!();
     let text = std::fs::read_to_string(repo().join("deploy/grafana/nodepulse.json")).unwrap();
     let dash: Value = serde_json::from_str(&text).unwrap();
     let mut uses = Vec::new();
@@ -64,6 +65,7 @@ fn the_dashboard_queries_only_exported_metrics() {
 
 #[test]
 fn metric_names_are_found_in_promql() {
+    one_subject_at_a_time!();
     let names = metric_names(
         "histogram_quantile(0.99, sum by (instance, le) (rate(a_bucket{x=\"y\",le=\"1\"}[$__rate_interval]))) \
          or on (instance) label_replace(b, \"c\", \"$1\", \"d\", \"(e).*\") / 1e6 > bool c:d:e",

@@ -20,6 +20,7 @@ const CUSTOM_KINDS: [&str; 1] = ["PodMonitor"];
 
 #[test]
 fn every_overlay_validates_against_two_kubernetes_versions() {
+    one_subject_at_a_time!();
     for overlay in OVERLAYS {
         let rendered = kustomize(overlay);
         let file = tempfile::NamedTempFile::new().unwrap();
@@ -57,6 +58,7 @@ fn every_overlay_validates_against_two_kubernetes_versions() {
 /// read-only where the configuration looks for them, probes on the health endpoint.
 #[test]
 fn the_daemonset_runs_with_least_privilege_and_its_config_parses() {
+    one_subject_at_a_time!();
     for overlay in OVERLAYS {
         let objects = yaml_documents(&kustomize(overlay));
         let ds = object(&objects, "DaemonSet");

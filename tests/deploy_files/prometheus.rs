@@ -15,6 +15,7 @@ fn promtool() -> Command {
 
 #[test]
 fn promtool_checks_the_rules_and_their_unit_tests_pass() {
+    one_subject_at_a_time!();
     let out = promtool()
         .args(["check", "rules", "nodepulse-rules.yml"])
         .output()
@@ -79,6 +80,7 @@ fn all_rules(doc: &Value) -> impl Iterator<Item = &Value> {
 
 #[test]
 fn the_rules_query_only_exported_metrics() {
+    one_subject_at_a_time!();
     let rules = yaml_file("deploy/prometheus/nodepulse-rules.yml");
     let mut uses = Vec::new();
     for r in all_rules(&rules) {

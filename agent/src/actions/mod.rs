@@ -27,8 +27,11 @@ use thiserror::Error;
 pub use config::{ActionRule, ActionsConfig, Trigger, WebhookFormat};
 
 use crate::{
-    detect::{Alarm, AlarmState, alarm::rfc3339},
-    export::otlp::unix_nanos,
+    detect::{Alarm, AlarmState},
+    util::{
+        random,
+        time::{rfc3339, unix_nanos},
+    },
 };
 use audit::AuditLog;
 
@@ -121,10 +124,7 @@ impl ActionRun {
             error: None,
             output: String::new(),
             trace_id: alarm.trace_id.clone(),
-            span_id: crate::probes::outliers::random::<8>()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            span_id: random::hex_id::<8>(),
             parent_span_id: alarm.span_id.clone(),
             start_unix_nano: now,
             end_unix_nano: now,

@@ -14,7 +14,10 @@ use hyper_util::{
 use serde_json::{Value, json};
 
 use super::config::WebhookFormat;
-use crate::detect::{Alarm, AlarmState};
+use crate::{
+    detect::{Alarm, AlarmState},
+    util::{error::error_chain, tls},
+};
 
 /// Body kept from the response for the audit log.
 const RESPONSE_LIMIT: usize = 2048;
@@ -91,9 +94,9 @@ pub fn post(url: &str, body: Vec<u8>, timeout: Duration, traceparent: &str) -> W
         }
     };
     let https = url.starts_with("https://");
-    let tls = match crate::export::otlp_transport::default_tls(https) {
+    let tls = match tls::default_client(https) {
         Ok(t) => t,
-        Err(e) => return failed(e, false),
+        Err(e) => return failed(e.to_string(), false),
     };
     runtime.block_on(async move {
         let mut http = HttpConnector::new();
@@ -124,7 +127,7 @@ pub fn post(url: &str, body: Vec<u8>, timeout: Duration, traceparent: &str) -> W
                 format!(
                     "webhook {url} unreachable: {}; check the rule's `webhook` and that \
                      the receiver is up",
-                    crate::export::otlp_transport::error_chain(&e)
+                    error_chain(&e)
                 )
             })?;
             let status = response.status();

@@ -222,7 +222,10 @@ fn device_node(path: &Path, tree: &BlockTree) -> Option<PathBuf> {
         return None;
     }
     let rdev = meta.rdev();
-    tree.by_number(sysfs::join_dev(libc::major(rdev), libc::minor(rdev))?)
+    tree.by_number(agent_common::dev::join(
+        libc::major(rdev),
+        libc::minor(rdev),
+    )?)
 }
 
 /// Names a `/dev` path through sysfs.

@@ -9,7 +9,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use super::sysfs::split_dev;
+use agent_common::dev;
+
 use super::{
     Labels, bound_label,
     ceph::{OsdMap, OsdUse},
@@ -193,7 +194,7 @@ impl DeviceNames {
     }
 
     fn identify(&mut self, dev: u32) -> Device {
-        let (major, minor) = split_dev(dev);
+        let (major, minor) = dev::split(dev);
         let number = format!("{major}:{minor}");
         let Some(dir) = BlockTree::new(&self.sys_root).by_number(dev) else {
             tracing::debug!(number, "block device not in sysfs");

@@ -179,9 +179,9 @@ pub fn labels(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     pairs.iter().map(|&(k, v)| (k, v.to_owned())).collect()
 }
 
-/// Kernel device number from `major`, `minor`.
+/// Kernel device number from `major`, `minor`, which must fit.
 pub fn dev(major: u32, minor: u32) -> u32 {
-    major << 20 | minor
+    agent_common::dev::join(major, minor).expect("a device number that fits")
 }
 
 /// Runs `f`, returning its result and what it logged (debug and above), so tests can

@@ -12,16 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Kernel `dev_t` encoding used by the block tracepoints: `major << 20 | minor`.
-pub fn split_dev(dev: u32) -> (u32, u32) {
-    (dev >> 20, dev & 0xf_ffff)
-}
-
-/// The inverse of [`split_dev`]; `None` when a part does not fit (12-bit major,
-/// 20-bit minor, as in the kernel).
-pub fn join_dev(major: u32, minor: u32) -> Option<u32> {
-    (major < 1 << 12 && minor < 1 << 20).then_some(major << 20 | minor)
-}
+use agent_common::dev;
 
 /// sysfs attributes are at most a page; anything longer is not what we expect.
 const ATTR_LIMIT: u64 = 4096;
@@ -54,9 +45,7 @@ pub fn read_attr(path: &Path) -> Option<String> {
 pub fn number_of(dir: &Path) -> Option<u32> {
     let path = dir.join("dev");
     let text = read_attr(&path)?;
-    let number = text
-        .split_once(':')
-        .and_then(|(major, minor)| join_dev(major.parse().ok()?, minor.parse().ok()?));
+    let number = dev::parse(&text);
     if number.is_none() {
         tracing::debug!(path = %path.display(), "malformed device number");
     }
@@ -122,7 +111,7 @@ impl<'a> BlockTree<'a> {
 
     /// The directory of device `dev` (kernel encoding).
     pub fn by_number(&self, dev: u32) -> Option<PathBuf> {
-        let (major, minor) = split_dev(dev);
+        let (major, minor) = dev::split(dev);
         canonical_dir(&self.root.join(format!("dev/block/{major}:{minor}")))
     }
 

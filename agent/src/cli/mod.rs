@@ -13,8 +13,7 @@ use crate::{
     export::{
         Exporter,
         console::{Console, ConsoleFormat},
-        otlp::OtlpExporter,
-        otlp_transport::OtlpSender,
+        otlp::{OtlpExporter, transport::OtlpSender},
         prometheus::PrometheusExporter,
     },
     health::Health,

@@ -10,7 +10,11 @@ use std::{
 use serde::Serialize;
 
 use super::{baseline::Baseline, config::DetectConfig, rules::Evaluation};
-use crate::{aggregate::ExpHistogram, export::console::format_ns};
+use crate::{
+    aggregate::ExpHistogram,
+    export::console::format_ns,
+    util::{hex, time::rfc3339},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,19 +124,16 @@ pub struct Alarm {
     pub evidence: Evidence,
 }
 
-pub fn rfc3339(unix_nano: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nano);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 fn hash(text: &str) -> u64 {
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
 }
 
-fn hex(words: &[u64]) -> String {
-    words.iter().map(|w| format!("{w:016x}")).collect()
+/// Words as hex, 16 digits each.
+fn hex_words(words: &[u64]) -> String {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    hex::encode(&bytes)
 }
 
 impl Alarm {
@@ -149,10 +150,10 @@ impl Alarm {
         windows: u32,
         config: &DetectConfig,
     ) -> Self {
-        let id = hex(&[hash(&format!("{node}|{series}|{start_unix_nano}"))]);
+        let id = hex_words(&[hash(&format!("{node}|{series}|{start_unix_nano}"))]);
         let mut alarm = Self {
-            trace_id: hex(&[hash(&format!("{id}/trace")), hash(&format!("{id}/trace/2"))]),
-            span_id: hex(&[hash(&format!("{id}/span"))]),
+            trace_id: hex_words(&[hash(&format!("{id}/trace")), hash(&format!("{id}/trace/2"))]),
+            span_id: hex_words(&[hash(&format!("{id}/span"))]),
             id,
             state: AlarmState::Open,
             series: series.to_owned(),

@@ -3,9 +3,6 @@
 pub mod console;
 pub mod http;
 pub mod otlp;
-pub mod otlp_alarms;
-pub mod otlp_encode;
-pub mod otlp_transport;
 pub mod prometheus;
 
 use crate::report::Report;

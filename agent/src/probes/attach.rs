@@ -199,7 +199,7 @@ fn attach_one(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Result<
         .program_mut(name)
         .ok_or_else(|| format!("program {name} is missing from the eBPF object (build bug)"))?;
     let need_btf = || btf.ok_or_else(|| "kernel BTF is not available".to_owned());
-    let e = |e: aya::programs::ProgramError| format!("{name}: {}", error_chain(&e));
+    let e = |e: aya::programs::ProgramError| format!("{name}: {}", short_error_chain(&e));
     match spec.hook {
         Hook::TpBtf(tp) => {
             let p: &mut BtfTracePoint = program.try_into().map_err(e)?;
@@ -245,18 +245,10 @@ pub fn unload(ebpf: &mut Ebpf, name: &str) {
     };
 }
 
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let msg = inner.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        source = inner.source();
-    }
-    // Verifier logs run to hundreds of lines; keep the tail, which names the problem.
+/// The error and its causes, shortened: verifier logs run to hundreds of lines.
+pub fn short_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = crate::util::error::error_chain(e);
+    // Keep the tail, which names the problem.
     if s.len() > 600 {
         let cut = s.len() - 500;
         let cut = (cut..s.len())

@@ -39,7 +39,7 @@ use std::any::Any;
 
 use agent_common::{
     counters, names,
-    sched::{SparseCell, SparseKey, family as kernel_family},
+    sparse::{SparseCell, SparseKey, family as kernel_family},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -404,7 +404,7 @@ impl Loaded {
             family.apply(&mut loader);
         }
         let ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
-            let msg = attach::error_chain(&e);
+            let msg = attach::short_error_chain(&e);
             if msg.contains("Operation not permitted") || msg.contains("EPERM") {
                 StartError::NotPermitted {
                     error: msg,

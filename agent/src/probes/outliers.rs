@@ -2,7 +2,7 @@
 //! (device, process, cgroup) and wall-clock times, ready to become spans; and the
 //! per-device thresholds pushed back to the kernel.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use agent_common::{
     names,
@@ -12,13 +12,18 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::block;
-use crate::attribution::Attribution;
-use crate::settings::{Threshold, duration};
-use serde::Deserialize;
-use std::time::Duration;
+
+use crate::{
+    attribution::Attribution,
+    settings::{Threshold, duration},
+    util::{
+        hex, random,
+        time::{monotonic_to_wall_offset, wall},
+    },
+};
 
 /// One exceptional event with its context, as exporters see it.
 #[derive(Clone, Debug, Serialize)]
@@ -30,16 +35,12 @@ pub struct Outlier {
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     /// Span identity, random.
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "hex::serialize")]
     pub trace_id: [u8; 16],
-    #[serde(serialize_with = "hex")]
+    #[serde(serialize_with = "hex::serialize")]
     pub span_id: [u8; 8],
     /// Context attributes (OpenTelemetry names where a convention exists).
     pub attributes: Vec<(&'static str, String)>,
-}
-
-fn hex<S: serde::Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// The maps of the outlier path.
@@ -160,42 +161,9 @@ fn block_outlier(e: &OutlierEvent, attribution: &mut Attribution, to_wall: i128)
         latency_ns: e.end_ns.saturating_sub(e.start_ns),
         start_unix_nano: wall(e.start_ns, to_wall),
         end_unix_nano: wall(e.end_ns, to_wall),
-        trace_id: random(),
-        span_id: random(),
+        trace_id: random::bytes(),
+        span_id: random::bytes(),
         attributes,
-    }
-}
-
-fn wall(monotonic: u64, offset: i128) -> u64 {
-    (monotonic as i128 + offset).clamp(0, u64::MAX as i128) as u64
-}
-
-/// CLOCK_REALTIME − CLOCK_MONOTONIC, read back to back: kernel timestamps
-/// (`bpf_ktime_get_ns`) are monotonic, spans need wall-clock time.
-pub fn monotonic_to_wall_offset() -> i128 {
-    let read = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime fills the struct we pass.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-    };
-    let mono = read(libc::CLOCK_MONOTONIC);
-    let real = read(libc::CLOCK_REALTIME);
-    real - mono
-}
-
-/// Random span and trace ids from the kernel's generator; never all zero (invalid).
-pub(crate) fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    loop {
-        // SAFETY: getrandom fills our buffer; a short read leaves zeros, caught below.
-        unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), N, 0) };
-        if bytes.iter().any(|&b| b != 0) {
-            return bytes;
-        }
     }
 }
 
@@ -242,30 +210,6 @@ mod tests {
         assert_eq!(auto_threshold(Some(3_000_000.0), 1_000_000), 6_000_000);
         assert_eq!(auto_threshold(Some(100_000.0), 1_000_000), 1_000_000);
         assert_eq!(auto_threshold(None, 1_000_000), 1_000_000);
-    }
-
-    #[test]
-    fn wall_clock_conversion_is_close_to_now() {
-        let offset = monotonic_to_wall_offset();
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as i128;
-        assert!((wall(mono, offset) as i128 - now).abs() < 50_000_000);
-    }
-
-    #[test]
-    fn ids_are_random_and_non_zero() {
-        let a: [u8; 16] = random();
-        let b: [u8; 16] = random();
-        assert_ne!(a, b);
-        assert!(a.iter().any(|&x| x != 0));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use agent_common::{
     hist::MIN_INDEX,
-    sched::{SparseCell, SparseKey, ZERO_SLOT},
+    sparse::{SparseCell, SparseKey, ZERO_SLOT},
 };
 use aya::maps::{MapData, PerCpuHashMap};
 

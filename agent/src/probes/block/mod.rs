@@ -17,7 +17,7 @@ use agent_common::{
         TracepointLayout, op,
     },
     names,
-    sched::family,
+    sparse::family,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -662,8 +662,7 @@ fn busy_disks(sys_root: &Path) -> Vec<u32> {
                 return None;
             }
             let number = std::fs::read_to_string(path.join("dev")).ok()?;
-            let (major, minor) = number.trim().split_once(':')?;
-            Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
+            agent_common::dev::parse(number.trim())
         })
         .collect()
 }

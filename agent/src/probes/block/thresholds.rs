@@ -43,7 +43,7 @@ impl OutlierThresholds {
             .iter()
             .filter(|s| s.family == FAMILY_DEVICE && s.count > 0)
         {
-            let Some(dev) = s.labels.get("dev").and_then(|d| parse_dev(d)) else {
+            let Some(dev) = s.labels.get("dev").and_then(|d| agent_common::dev::parse(d)) else {
                 continue;
             };
             let ns = match self.threshold {
@@ -76,10 +76,4 @@ impl OutlierThresholds {
             Threshold::Auto => self.min.as_nanos() as u64,
         }
     }
-}
-
-/// `major:minor` → the kernel's `major << 20 | minor`.
-fn parse_dev(number: &str) -> Option<u32> {
-    let (major, minor) = number.split_once(':')?;
-    Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
 }

@@ -7,10 +7,7 @@ pub mod reasons;
 
 use std::path::Path;
 
-use agent_common::{
-    names,
-    sched::{KvmExitLayout, family},
-};
+use agent_common::{kvm::KvmExitLayout, names, sparse::family};
 use aya::{Ebpf, EbpfLoader};
 
 use super::{

@@ -7,7 +7,8 @@ mod registry;
 use agent_common::{
     hist::Histogram,
     names,
-    sched::{CGROUP_V1_CPU, CGROUP_V2, SchedLayout, family},
+    sched::{CGROUP_V1_CPU, CGROUP_V2, SchedLayout},
+    sparse::family,
 };
 use aya::{
     Ebpf, EbpfLoader,

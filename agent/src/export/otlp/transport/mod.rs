@@ -18,7 +18,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use bytes::{BufMut, Bytes};
@@ -27,7 +27,7 @@ use hyper::{
     HeaderMap, Method, Request, StatusCode, Uri,
     header::{self, HeaderName, HeaderValue},
 };
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -39,7 +39,7 @@ use opentelemetry_proto::tonic::collector::{
 };
 use prost::Message;
 use rustls::{
-    ClientConfig, ConfigBuilder, RootCertStore, WantsVerifier,
+    ClientConfig, RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 use thiserror::Error;
@@ -59,7 +59,14 @@ use url::Url;
 
 pub use config::{Compression, OtlpConfig, OtlpProtocol, RetryConfig, Temporality, TlsConfig};
 
-use crate::settings::ConfigError;
+use crate::{
+    settings::ConfigError,
+    util::{
+        error::{error_chain, with_causes},
+        random::XorShift,
+        tls,
+    },
+};
 
 const QUEUE_SIZE: RangeInclusive<usize> = 1..=10_000;
 const TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(300);
@@ -255,7 +262,7 @@ pub fn start(config: &OtlpConfig) -> Result<OtlpSender, TransportError> {
             state: state.clone(),
             timeout: config.timeout,
             retry: config.retry.clone(),
-            rng: XorShift::from_clock(signal.index() as u64),
+            rng: XorShift::random(),
             warnings: WarnLimiter::default(),
             failing: false,
             progress: progress.clone(),
@@ -388,7 +395,7 @@ impl Worker {
     /// the queue fills and later batches are dropped: memory stays bounded.
     async fn deliver(&mut self, body: Bytes) {
         let started = Instant::now();
-        let mut backoff = Backoff::new(&self.retry, self.rng.next());
+        let mut backoff = Backoff::new(&self.retry, self.rng.next_u64());
         loop {
             match self.attempt(body.clone()).await {
                 Outcome::Sent(rejected) => return self.sent(rejected),
@@ -500,14 +507,14 @@ impl Backoff {
         Self {
             cap: retry.initial_backoff.clamp(MIN_BACKOFF, max),
             max,
-            rng: XorShift(seed | 1),
+            rng: XorShift::seeded(seed),
         }
     }
 
     fn next(&mut self) -> Duration {
         let cap = self.cap;
         self.cap = self.cap.saturating_mul(2).min(self.max);
-        full_jitter(cap, self.rng.next())
+        full_jitter(cap, self.rng.next_u64())
     }
 }
 
@@ -515,28 +522,6 @@ impl Backoff {
 fn full_jitter(cap: Duration, random: u64) -> Duration {
     let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
     cap.mul_f64(unit)
-}
-
-/// xorshift64*: plenty for spreading retries, without another dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn from_clock(salt: u64) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let salt = (salt << 32 | u64::from(std::process::id())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Self((nanos ^ salt) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
 }
 
 fn round_ms(d: Duration) -> Duration {
@@ -663,26 +648,6 @@ fn gzip(data: &[u8]) -> Bytes {
         .expect("gzip into memory")
 }
 
-/// "outer: cause: root cause", since transport errors say little on their own ("client
-/// error (Connect)").
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    with_causes(error.to_string(), error.source())
-}
-
-/// Appends each cause that the text does not already say (wrappers repeat their
-/// source's message).
-fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn truncate(text: &str) -> String {
     let text = text.trim();
     match text.char_indices().nth(ERROR_TEXT_CHARS) {
@@ -697,7 +662,6 @@ mod http;
 mod validate;
 
 use grpc::*;
-pub(crate) use http::default_tls;
 use http::*;
 pub use validate::validate;
 use validate::*;

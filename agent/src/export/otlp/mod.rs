@@ -3,19 +3,20 @@
 //! handed to the transport's bounded queues without waiting. A collector that is slow
 //! or away never holds up the collection loop: batches queue, then drop (counted).
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+pub mod alarms;
+pub mod encode;
+pub mod transport;
+
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::{metrics::v1::Metric, resource::v1::Resource};
 
-use super::{
-    Exporter, otlp_alarms,
-    otlp_encode::{self, Event, Times, int_point, kv, self_metric},
-    otlp_transport::{self, OtlpConfig, OtlpSender, Signal, Temporality, TransportError},
+use self::{
+    encode::{Event, Times, int_point, kv, self_metric},
+    transport::{OtlpConfig, OtlpSender, Signal, Temporality, TransportError},
 };
-use crate::{catalog, report::Report};
+use super::Exporter;
+use crate::{catalog, report::Report, util::time::unix_nanos};
 
 pub struct OtlpExporter {
     sender: Arc<OtlpSender>,
@@ -27,12 +28,6 @@ pub struct OtlpExporter {
     reported_failures: bool,
 }
 
-pub fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 impl OtlpExporter {
     /// Starts the transport (inside the tokio runtime). The returned sender handle lets
     /// the caller flush the queues at shutdown.
@@ -40,12 +35,12 @@ impl OtlpExporter {
         config: &OtlpConfig,
         host_name: &str,
     ) -> Result<(Self, Arc<OtlpSender>), TransportError> {
-        let sender = Arc::new(otlp_transport::start(config)?);
+        let sender = Arc::new(transport::start(config)?);
         let now = unix_nanos();
         Ok((
             Self {
                 sender: Arc::clone(&sender),
-                resource: otlp_encode::resource(host_name),
+                resource: encode::resource(host_name),
                 temporality: config.temporality,
                 agent_start: now,
                 last_export: now,
@@ -101,18 +96,18 @@ impl Exporter for OtlpExporter {
         self.last_export = now;
         let extra = self.transport_metrics(times);
         let metrics =
-            otlp_encode::metrics_request(report, &self.resource, self.temporality, times, extra);
+            encode::metrics_request(report, &self.resource, self.temporality, times, extra);
         let mut dropped = Vec::new();
         if !self.sender.try_send_metrics(metrics) {
             dropped.push("metrics");
         }
-        let mut spans = otlp_encode::outlier_spans(&report.outliers);
-        spans.extend(otlp_alarms::alarm_spans(&report.alarms));
-        spans.extend(otlp_alarms::action_spans(&report.actions));
+        let mut spans = encode::outlier_spans(&report.outliers);
+        spans.extend(alarms::alarm_spans(&report.alarms));
+        spans.extend(alarms::action_spans(&report.actions));
         if !spans.is_empty()
             && !self
                 .sender
-                .try_send_traces(otlp_encode::spans_request(spans, &self.resource))
+                .try_send_traces(encode::spans_request(spans, &self.resource))
         {
             dropped.push("traces");
         }
@@ -121,12 +116,12 @@ impl Exporter for OtlpExporter {
             self.reported_failures = true;
             events = Event::probe_failures(report, now);
         }
-        events.extend(otlp_alarms::alarm_events(&report.alarms, now));
-        events.extend(otlp_alarms::action_events(&report.actions));
+        events.extend(alarms::alarm_events(&report.alarms, now));
+        events.extend(alarms::action_events(&report.actions));
         if !events.is_empty()
             && !self
                 .sender
-                .try_send_logs(otlp_encode::logs_request(&events, &self.resource))
+                .try_send_logs(encode::logs_request(&events, &self.resource))
         {
             dropped.push("logs");
         }

@@ -8,19 +8,12 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, Status, span, status},
 };
 
-use super::otlp_encode::{Event, kv, kv_int};
+use super::encode::{Event, kv, kv_int};
 use crate::{
     actions::{ActionRun, Outcome},
     detect::{Alarm, AlarmState, Severity},
+    util::hex,
 };
-
-/// Hex ids as bytes (empty when malformed, which OTLP reads as "no id").
-fn bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-        .collect::<Result<_, _>>()
-        .unwrap_or_default()
-}
 
 fn alarm_attributes(a: &Alarm) -> Vec<(String, String)> {
     let mut attrs = vec![
@@ -80,8 +73,8 @@ pub fn alarm_events(alarms: &[Alarm], now: u64) -> Vec<Event> {
                 body: a.summary.clone(),
                 attributes,
                 time_unix_nano: now,
-                trace_id: bytes(&a.trace_id),
-                span_id: bytes(&a.span_id),
+                trace_id: hex::decode(&a.trace_id),
+                span_id: hex::decode(&a.span_id),
             }
         })
         .collect()
@@ -130,8 +123,8 @@ pub fn action_events(runs: &[ActionRun]) -> Vec<Event> {
                 body,
                 attributes,
                 time_unix_nano: r.end_unix_nano,
-                trace_id: bytes(&r.trace_id),
-                span_id: bytes(&r.span_id),
+                trace_id: hex::decode(&r.trace_id),
+                span_id: hex::decode(&r.span_id),
             }
         })
         .collect()
@@ -150,8 +143,8 @@ pub fn alarm_spans(alarms: &[Alarm]) -> Vec<Span> {
         .filter_map(|a| {
             let end = a.end_unix_nano?;
             Some(Span {
-                trace_id: bytes(&a.trace_id),
-                span_id: bytes(&a.span_id),
+                trace_id: hex::decode(&a.trace_id),
+                span_id: hex::decode(&a.span_id),
                 name: format!("nodepulse.alarm {}", a.series),
                 kind: span::SpanKind::Internal as i32,
                 start_time_unix_nano: a.start_unix_nano,
@@ -186,9 +179,9 @@ pub fn action_spans(runs: &[ActionRun]) -> Vec<Span> {
             }
             let failed = matches!(r.outcome, Outcome::Failed | Outcome::TimedOut);
             Span {
-                trace_id: bytes(&r.trace_id),
-                span_id: bytes(&r.span_id),
-                parent_span_id: bytes(&r.parent_span_id),
+                trace_id: hex::decode(&r.trace_id),
+                span_id: hex::decode(&r.span_id),
+                parent_span_id: hex::decode(&r.parent_span_id),
                 name: format!("nodepulse.action {}", r.rule),
                 kind: span::SpanKind::Internal as i32,
                 start_time_unix_nano: r.start_unix_nano,

@@ -131,34 +131,18 @@ pub(super) fn http_client(
 
 /// For plain http the connector still wants a TLS config; it gets an unused empty one
 /// rather than loading the system roots for nothing.
-pub(super) fn rustls_client(tls: TlsFiles, https: bool) -> Result<ClientConfig, String> {
-    let builder = rustls_builder();
-    let builder = match tls.ca {
-        Some(ca) => builder.with_root_certificates(ca.roots),
-        None if https => builder.with_native_roots().map_err(|e| {
-            format!(
-                "cannot load the system CA certificates ({e}); install them, or set \
-                 otlp.tls.ca_file"
-            )
-        })?,
-        None => builder.with_root_certificates(RootCertStore::empty()),
+pub(super) fn rustls_client(files: TlsFiles, https: bool) -> Result<ClientConfig, String> {
+    let roots = match files.ca {
+        Some(ca) => tls::Roots::Given(ca.roots),
+        None if https => tls::Roots::System,
+        None => tls::Roots::None,
     };
-    match tls.identity {
-        Some(id) => builder
-            .with_client_auth_cert(id.certs, id.key)
-            .map_err(|e| format!("client certificate: {e}")),
-        None => Ok(builder.with_no_client_auth()),
-    }
-}
-
-/// A TLS client configuration with the system roots (https) or none (http), for other
-/// HTTP clients of the agent (webhooks).
-pub(crate) fn default_tls(https: bool) -> Result<ClientConfig, String> {
-    rustls_client(
-        TlsFiles {
-            ca: None,
-            identity: None,
-        },
-        https,
-    )
+    let cert = files.identity.map(|id| tls::ClientCert {
+        certs: id.certs,
+        key: id.key,
+    });
+    tls::client_config(roots, cert).map_err(|e| match e {
+        tls::TlsError::SystemRoots(_) => format!("{e}, or set otlp.tls.ca_file"),
+        tls::TlsError::ClientCert(_) => e.to_string(),
+    })
 }

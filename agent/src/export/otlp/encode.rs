@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::{
 
 use crate::{
     catalog::{self, Kind, SelfMetric},
-    export::otlp_transport::Temporality,
+    export::otlp::transport::Temporality,
     probes::outliers::Outlier,
     report::{CounterReport, ProbeState, Report, SeriesReport},
 };

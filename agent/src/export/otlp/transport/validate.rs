@@ -347,7 +347,7 @@ pub(super) fn read_identity(
         )
     })?;
     // rustls checks that the key parses and belongs to the certificate.
-    rustls_builder()
+    tls::builder()
         .with_root_certificates(RootCertStore::empty())
         .with_client_auth_cert(certs.clone(), key.clone_key())
         .map_err(|e| {
@@ -366,11 +366,4 @@ pub(super) fn read_identity(
         certs,
         key,
     })
-}
-
-/// Explicitly ring, the provider tonic uses too, so no process-wide default is needed.
-pub(super) fn rustls_builder() -> ConfigBuilder<ClientConfig, WantsVerifier> {
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports rustls's default protocol versions")
 }

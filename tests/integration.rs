@@ -1,0 +1,29 @@
+//! nodepulse's integration tests against the real kernel, workloads and receivers: one
+//! test executable with a module per subject, so the helpers in `common` and the
+//! dependencies are compiled and linked once, not once per subject.
+//!
+//! `cargo test -p agent --test integration -- block_probe::` runs one subject. Tests
+//! that touch the host (root-only: probes, loop devices, cgroups, namespaces,
+//! workloads) never overlap with another subject's tests (`common::subject`). The KVM
+//! guest that `kvm_probe` watches runs in an executable of its own
+//! (`kvm_guest_process.rs`).
+
+#[macro_use]
+mod common;
+
+mod alarm_otlp;
+mod block_probe;
+mod cli;
+mod deploy_artifacts;
+mod deploy_files;
+mod health;
+mod kvm_probe;
+mod lifecycle;
+mod otlp_export;
+mod otlp_receiver;
+mod prometheus;
+mod regression_live;
+mod replay;
+mod sched_probe;
+mod storage_probe;
+mod tcp_probe;
