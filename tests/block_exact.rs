@@ -2,7 +2,7 @@
 //! unrecorded with its cause (root, real kernel, loop devices): the probe's counts set
 //! against `/sys/block/<dev>/stat`.
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, process::Command};
 
@@ -152,7 +152,7 @@ fn check(device: &LoopDevice, kernel: [u64; 4], ours: &Probed) {
 /// One million requests of mixed shapes on two devices: rate-limited and unlimited,
 /// queue depths 1 to 64, reads, writes, flushes, several sizes.
 #[test]
-#[ignore = "a million requests (a minute or two): `cargo test -p agent --test block_exact -- --ignored`"]
+#[ignore = "a million requests (a minute or two): `cargo test -p agent --test integration -- block_exact:: --ignored`"]
 fn a_million_mixed_requests_match_the_kernels_count() {
     require_root!();
     require_tool("fio");

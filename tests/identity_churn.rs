@@ -3,7 +3,7 @@
 //! device detached mid-interval. Each runs the real agent (`nodepulse record`, JSON
 //! lines) and adds up what it reported over every interval.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeMap,
