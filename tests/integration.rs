@@ -12,11 +12,13 @@
 mod common;
 
 mod alarm_otlp;
+mod block_exact;
 mod block_probe;
 mod cli;
 mod deploy_artifacts;
 mod deploy_files;
 mod health;
+mod identity_churn;
 mod kvm_probe;
 mod lifecycle;
 mod otlp_export;

@@ -94,13 +94,21 @@ impl BlockHistograms {
 pub struct DeviceDepth {
     pub in_flight: u64,
     pub depth: DepthHistogram,
+    /// Completions the kernel made without the completion program running: found when
+    /// the same request is issued again while its previous issue is still recorded.
+    pub completions_unseen: u64,
+    /// Completions the program saw without an issue record (in flight before attach,
+    /// or the issue program did not run).
+    pub completions_unmatched: u64,
 }
-plain_data!(DeviceDepth, 8 + (2 + 128) * 8);
+plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 2 * 8);
 
 impl DeviceDepth {
     pub const ZERO: Self = Self {
         in_flight: 0,
         depth: DepthHistogram::ZERO,
+        completions_unseen: 0,
+        completions_unmatched: 0,
     };
 }
 

@@ -21,11 +21,16 @@ pub const OUTLIER_RING_FULL: u32 = 5;
 /// a request merged into another one in the scheduler (harmless).
 pub const BLOCK_INSERT_EVICTED: u32 = 6;
 
+/// A request issued again while its previous issue was still recorded as in flight:
+/// the kernel completed it without running the completion program (the tracepoint
+/// fired, the program did not), so its latency sample is lost.
+pub const BLOCK_COMPLETION_UNSEEN: u32 = 7;
+
 /// Size of the counters array; room for more probe families.
 pub const COUNT: u32 = 16;
 
 /// Human-readable names, indexed like the counters.
-pub const NAMES: [(u32, &str); 7] = [
+pub const NAMES: [(u32, &str); 8] = [
     (BLOCK_UNMATCHED, "block_unmatched_completions"),
     (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
     (BLOCK_SERIES_FULL, "block_series_map_full"),
@@ -33,4 +38,5 @@ pub const NAMES: [(u32, &str); 7] = [
     (KVM_UNMATCHED, "kvm_unmatched_entries"),
     (OUTLIER_RING_FULL, "outlier_ring_full"),
     (BLOCK_INSERT_EVICTED, "block_insertions_evicted"),
+    (BLOCK_COMPLETION_UNSEEN, "block_completions_unseen"),
 ];

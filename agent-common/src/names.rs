@@ -1,6 +1,7 @@
 //! Names of maps, programs and globals, shared so neither side spells them twice.
 
 pub const MAP_BLOCK_LATENCY: &str = "BLOCK_LATENCY";
+pub const MAP_BLOCK_LATENCY_SPILL: &str = "BLOCK_LATENCY_SPILL";
 pub const MAP_BLOCK_INFLIGHT: &str = "BLOCK_INFLIGHT";
 pub const MAP_BLOCK_DEPTH: &str = "BLOCK_DEPTH";
 pub const MAP_BLOCK_ERRORS: &str = "BLOCK_ERRORS";
@@ -27,6 +28,12 @@ pub const PROG_BLOCK_REQUEUE_RAW: &str = "block_rq_requeue_raw";
 
 /// Capacity of the block latency map: devices × operations.
 pub const BLOCK_LATENCY_MAX_SERIES: u32 = 1024;
+
+/// Capacity of the preallocated block latency map that takes a series' samples while
+/// its entry in the main map cannot be created (the main map allocates on insert, which
+/// can fail in the atomic context of a completion). The agent then creates the main
+/// entry from userspace, so each spilled series needs a slot only briefly.
+pub const BLOCK_LATENCY_SPILL_SERIES: u32 = 32;
 
 pub const MAP_SCHED_LATENCY: &str = "SCHED_LATENCY";
 pub const MAP_SPARSE_HIST: &str = "SPARSE_HIST";

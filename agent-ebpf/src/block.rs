@@ -40,6 +40,7 @@ use agent_common::{
     },
     counters, dev,
     names::BLOCK_LATENCY_MAX_SERIES,
+    names::BLOCK_LATENCY_SPILL_SERIES,
     outlier::{OutlierEvent, kind},
     sparse::family,
 };
@@ -65,6 +66,14 @@ use crate::shared::{
 #[map(name = "BLOCK_LATENCY")]
 static BLOCK_LATENCY: PerCpuHashMap<BlockKey, BlockHistograms> =
     PerCpuHashMap::with_max_entries(BLOCK_LATENCY_MAX_SERIES, BPF_F_NO_PREALLOC);
+
+/// Preallocated: where a series' samples go while its `BLOCK_LATENCY` entry cannot be
+/// created (per-CPU memory for a new entry is allocated without sleeping and can
+/// fail, typically for a new device's first requests). The agent reads both maps and
+/// creates the missing entries from userspace, where allocation may sleep.
+#[map(name = "BLOCK_LATENCY_SPILL")]
+static BLOCK_LATENCY_SPILL: PerCpuHashMap<BlockKey, BlockHistograms> =
+    PerCpuHashMap::with_max_entries(BLOCK_LATENCY_SPILL_SERIES, 0);
 
 #[map(name = "BLOCK_INFLIGHT")]
 static BLOCK_INFLIGHT: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
@@ -207,6 +216,22 @@ fn record_depth(d: &mut DeviceDepth) {
     }
 }
 
+/// Counts a completion the device's series could not record, on the device itself
+/// (so the agent can set it against the kernel's own count) and in the global drops.
+#[inline(always)]
+fn device_drop(dev: u32, counter: u32) {
+    count(counter);
+    if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        let d = unsafe { &mut *d };
+        let field = if counter == counters::BLOCK_COMPLETION_UNSEEN {
+            &mut d.completions_unseen
+        } else {
+            &mut d.completions_unmatched
+        };
+        atomic_add(field, 1);
+    }
+}
+
 /// One request fewer in flight on `dev` (it was counted by [`depth_up`]).
 #[inline(always)]
 fn depth_down(dev: u32) {
@@ -319,7 +344,10 @@ fn on_insert(index: u32, id: u64) {
         return;
     };
     if slot.state == slot_state::ISSUED && slot.id == id {
-        // Inserted again without a requeue event: it is no longer in flight.
+        // Inserted again with neither completion nor requeue seen: as at a second
+        // issue, the kernel completed it without running the completion program (a
+        // requeue is far rarer than a completion). It is no longer in flight.
+        device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
         depth_down(slot.dev);
     } else {
         claim(slot, id, None);
@@ -355,7 +383,11 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     let same = holds(slot, id, dev);
     let mut inserted_ns = 0;
     if same && slot.state == slot_state::ISSUED {
-        // Issued again with no requeue seen: still counted once.
+        // Issued again with neither completion nor requeue seen: the kernel completed
+        // the previous issue without running the completion program (it skips BPF
+        // programs in some contexts without counting a recursion miss). Still counted
+        // once in flight; the lost completion is counted on its device.
+        device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
         if let Some(d) = BLOCK_DEPTH.get_ptr_mut(i.dev) {
             // SAFETY: a live value of a preallocated map, shared with other CPUs only
             // through atomic adds (see `depth_up`).
@@ -452,7 +484,9 @@ fn record_request<R: KernelRead>(
     bytes: Option<u32>,
 ) {
     let total = queue + device;
-    match get_or_insert(&BLOCK_LATENCY, key, &EMPTY_BLOCK) {
+    let series = get_or_insert(&BLOCK_LATENCY, key, &EMPTY_BLOCK)
+        .or_else(|| get_or_insert(&BLOCK_LATENCY_SPILL, key, &EMPTY_BLOCK));
+    match series {
         Some(h) => {
             add_sample(&mut h.queue, queue);
             add_sample(&mut h.device, device);
@@ -562,7 +596,7 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, status: u32, nr_bytes: u32)
         ours => ours,
     };
     if issued == 0 || now < issued {
-        count(counters::BLOCK_UNMATCHED);
+        device_drop(i.key.dev, counters::BLOCK_UNMATCHED);
         return;
     }
     let queue = if i.inserted_ns != 0 && issued >= i.inserted_ns {
@@ -599,7 +633,7 @@ fn complete_unissued<R: KernelRead>(rq: u64, l: &RequestLayout, now: u64) {
         return;
     };
     if state != MQ_RQ_IDLE || started == 0 || now < started {
-        count(counters::BLOCK_UNMATCHED);
+        device_drop(dev, counters::BLOCK_UNMATCHED);
         return;
     }
     let bytes = R::read::<u32>(rq, l.rq_data_len);
@@ -780,7 +814,7 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> i32 {
             Some(i) => record_request::<ProbeRead>(None, &i.key, 0, now - i.issued_ns, None),
             // No request pointer here to tell a never-issued request from one in
             // flight before attach: both are only counted.
-            None => count(counters::BLOCK_UNMATCHED),
+            None => device_drop(dev, counters::BLOCK_UNMATCHED),
         }
     }
     0

@@ -11,7 +11,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     actions::Actions,
-    aggregate::{CounterDelta, Delta, budget::Budget, counter_delta},
+    aggregate::{CounterDelta, Delta, TrackedReading, budget::Budget, counter_delta},
     config::Config,
     detect::{AlarmState, Detector, Topology},
     export::Exporter,
@@ -89,14 +89,20 @@ impl Pipeline {
         let usage = selfmon::usage_between(&self.previous_process, &process);
         self.previous_process = process;
 
-        let series = self.delta.update(
+        let collected = self.delta.update_tracked(
             collection
                 .readings
                 .into_iter()
-                .map(|r| (r.key, r.hist))
+                .map(|r| TrackedReading {
+                    key: r.key,
+                    hist: r.hist,
+                    entity: r.entity,
+                })
                 .collect(),
         );
-        let series = self.budget.apply(series);
+        // Their last counts are in this report: their entries can go.
+        self.probes.forget(&collected.ended);
+        let series = self.budget.apply(collected.series);
         let series: Vec<SeriesReport> = series
             .iter()
             .map(|s| SeriesReport::new(s, interval_s))

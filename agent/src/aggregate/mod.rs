@@ -2,7 +2,12 @@
 
 pub mod budget;
 pub mod histogram;
+pub mod identity;
 pub mod series;
 
 pub use histogram::ExpHistogram;
-pub use series::{CounterDelta, Delta, IntervalCounter, IntervalSeries, SeriesKey, counter_delta};
+pub use identity::{Entity, EntityState};
+pub use series::{
+    Collected, CounterDelta, Delta, IntervalCounter, IntervalSeries, SeriesKey, TrackedReading,
+    counter_delta,
+};

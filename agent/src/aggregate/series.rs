@@ -4,7 +4,10 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::ExpHistogram;
+use super::{
+    ExpHistogram,
+    identity::{Entity, EntityState, Identities},
+};
 
 /// A metric family and its label set, e.g. `block.io.latency{device=sda,op=read}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -40,24 +43,93 @@ pub struct IntervalSeries {
     pub cumulative: ExpHistogram,
 }
 
+/// A cumulative reading and, when the series is about a kernel-keyed entity, that
+/// entity as the probe found it.
+#[derive(Clone, Debug)]
+pub struct TrackedReading {
+    pub key: SeriesKey,
+    pub hist: ExpHistogram,
+    pub entity: Option<EntityState>,
+}
+
+/// One collection's interval series, and the entities whose series ended with it.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub series: Vec<IntervalSeries>,
+    /// Entities gone long enough that their last counts are in `series`: their kernel
+    /// map entries can be deleted, and their series are not reported again.
+    pub ended: Vec<Entity>,
+}
+
+/// What a delta is kept against: the kernel's key, not the labels resolved for it
+/// (a VM's name stops resolving when its process exits; its counts are still there).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct DeltaKey {
+    family: &'static str,
+    entity: Option<Entity>,
+    /// The labels that do not describe the entity (all of them without one).
+    labels: Vec<(&'static str, String)>,
+}
+
 /// Remembers the last cumulative reading of every series to produce interval deltas.
 #[derive(Default)]
 pub struct Delta {
-    previous: HashMap<SeriesKey, ExpHistogram>,
+    previous: HashMap<DeltaKey, ExpHistogram>,
+    identities: Identities,
 }
 
 impl Delta {
-    /// Deltas since the previous call, sorted by key. A series seen for the first time
-    /// counts from zero: the kernel maps are created empty when the agent starts.
+    /// Deltas since the previous call, sorted by key, for series without an entity.
     pub fn update(&mut self, readings: Vec<(SeriesKey, ExpHistogram)>) -> Vec<IntervalSeries> {
+        self.update_tracked(
+            readings
+                .into_iter()
+                .map(|(key, hist)| TrackedReading {
+                    key,
+                    hist,
+                    entity: None,
+                })
+                .collect(),
+        )
+        .series
+    }
+
+    /// Deltas since the previous call, sorted by key. A series seen for the first time
+    /// counts from zero: the kernel maps are created empty when the agent starts, and
+    /// an ended entity's entries are deleted. A series of an entity that is gone keeps
+    /// the labels last resolved for it until it ends.
+    pub fn update_tracked(&mut self, readings: Vec<TrackedReading>) -> Collected {
+        let mut seen: HashMap<Entity, bool> = HashMap::new();
         let mut out: Vec<IntervalSeries> = readings
             .into_iter()
-            .map(|(key, cumulative)| {
-                let delta = match self.previous.get(&key) {
+            .map(|r| {
+                let (delta_key, key) = match r.entity {
+                    None => (
+                        DeltaKey {
+                            family: r.key.family,
+                            entity: None,
+                            labels: r.key.labels.clone(),
+                        },
+                        r.key,
+                    ),
+                    Some(state) => {
+                        *seen.entry(state.entity).or_default() |= state.alive;
+                        let own = state.labels.min(r.key.labels.len());
+                        let delta_key = DeltaKey {
+                            family: r.key.family,
+                            entity: Some(state.entity),
+                            labels: r.key.labels[own..].to_vec(),
+                        };
+                        let labels = self.identities.labels(state, r.key.labels);
+                        (delta_key, SeriesKey::new(r.key.family, labels))
+                    }
+                };
+                let cumulative = r.hist;
+                let delta = match self.previous.get(&delta_key) {
                     Some(before) => cumulative.since(before),
                     None => cumulative.clone(),
                 };
-                self.previous.insert(key.clone(), cumulative.clone());
+                self.previous.insert(delta_key, cumulative.clone());
                 IntervalSeries {
                     key,
                     delta,
@@ -65,8 +137,13 @@ impl Delta {
                 }
             })
             .collect();
+        let ended = self.identities.close(&seen);
+        if !ended.is_empty() {
+            self.previous
+                .retain(|k, _| k.entity.is_none_or(|e| !ended.contains(&e)));
+        }
         out.sort_by(|a, b| a.key.cmp(&b.key));
-        out
+        Collected { series: out, ended }
     }
 }
 
@@ -128,6 +205,41 @@ mod tests {
         assert_eq!(second[0].cumulative.count(), 6);
         let third = d.update(vec![(key, hist(&[0, 5, 1]))]);
         assert!(third[0].delta.is_empty());
+    }
+
+    fn vm_reading(name: &str, alive: bool, counts: &[u64]) -> TrackedReading {
+        TrackedReading {
+            key: SeriesKey::new(
+                "kvm.exit.userspace.latency",
+                [("vm", name.to_owned()), ("reason", "io".to_owned())],
+            ),
+            hist: hist(counts),
+            entity: Some(EntityState::new(Entity::Process(77), 1, alive)),
+        }
+    }
+
+    #[test]
+    fn an_exited_process_is_counted_once_under_its_name_then_ends() {
+        let mut d = Delta::default();
+        let first = d.update_tracked(vec![vm_reading("guest", true, &[5])]);
+        assert_eq!(first.series[0].delta.count(), 5);
+        // Exited mid-interval: its name no longer resolves, its counts grew.
+        let second = d.update_tracked(vec![vm_reading("pid:77", false, &[9])]);
+        assert_eq!(second.series[0].key.label("vm"), Some("guest"));
+        assert_eq!(second.series[0].delta.count(), 4, "not all 9 again");
+        assert!(second.ended.is_empty());
+        let third = d.update_tracked(vec![vm_reading("pid:77", false, &[10])]);
+        assert_eq!(third.series[0].key.label("vm"), Some("guest"));
+        assert_eq!(
+            third.series[0].delta.count(),
+            1,
+            "counted after the first read"
+        );
+        assert_eq!(third.ended, vec![Entity::Process(77)]);
+        // Its entries are deleted; a new process with the same pid starts from zero.
+        let reuse = d.update_tracked(vec![vm_reading("other", true, &[2])]);
+        assert_eq!(reuse.series[0].delta.count(), 2);
+        assert_eq!(reuse.series[0].key.label("vm"), Some("other"));
     }
 
     #[test]

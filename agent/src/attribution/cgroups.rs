@@ -20,7 +20,11 @@ pub struct Hierarchy {
 }
 
 /// Finds the hierarchy for `mode` in a `/proc/mounts` text: the cgroup2 mount, or the
-/// v1 mount carrying the `cpu` controller.
+/// v1 mount carrying the `cpu` controller. `auto` takes the one holding the cpu
+/// controller: on a hybrid host (cgroup2 at `/sys/fs/cgroup/unified`, controllers on
+/// v1) pods, services and VMs get their CPU limits, and their place in the scheduler's
+/// run queues, from the v1 cpu hierarchy, while the unified one holds every task in
+/// whatever cgroup systemd put it, often the root.
 pub fn find_hierarchy(mounts: &str, mode: CgroupMode) -> Option<Hierarchy> {
     let mut v2 = None;
     let mut v1_cpu = None;
@@ -38,7 +42,8 @@ pub fn find_hierarchy(mounts: &str, mode: CgroupMode) -> Option<Hierarchy> {
     let v2 = v2.map(|root| Hierarchy { v2: true, root });
     let v1 = v1_cpu.map(|root| Hierarchy { v2: false, root });
     match mode {
-        CgroupMode::Auto => v2.or(v1),
+        // A controller bound to a v1 hierarchy cannot be enabled on cgroup2.
+        CgroupMode::Auto => v1.or(v2),
         CgroupMode::V2 => v2,
         CgroupMode::V1Cpu => v1,
     }
@@ -73,6 +78,10 @@ pub struct CgroupNames {
     root: PathBuf,
     names: HashMap<u64, String>,
     last_scan: Option<Instant>,
+    /// When each id not found so far was first asked for: a scan that starts after
+    /// that finds the cgroup if it exists, so a new id gets one scan at once (a
+    /// cgroup that lives a few seconds is still named) and then waits its turn.
+    unknown_since: HashMap<u64, Instant>,
 }
 
 impl CgroupNames {
@@ -81,21 +90,46 @@ impl CgroupNames {
             root,
             names: HashMap::new(),
             last_scan: None,
+            unknown_since: HashMap::new(),
         }
     }
 
     /// Path of cgroup `id` relative to the hierarchy's root (`/` for the root), or
     /// `id:<n>` when it is not (or no longer) there.
     pub fn name(&mut self, id: u64) -> String {
-        if !self.names.contains_key(&id)
-            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
-        {
-            self.rescan();
+        if !self.names.contains_key(&id) {
+            if self.unknown_since.len() >= MAX_CGROUPS {
+                self.unknown_since.clear();
+            }
+            let since = *self.unknown_since.entry(id).or_insert_with(Instant::now);
+            if self
+                .last_scan
+                .is_none_or(|t| t <= since || t.elapsed() >= RESCAN_EVERY)
+            {
+                self.rescan();
+            }
         }
         self.names
             .get(&id)
             .cloned()
             .unwrap_or_else(|| format!("id:{id}"))
+    }
+
+    /// Path of cgroup `id` while it exists; `None` once it was removed (its directory
+    /// is gone, or the path now belongs to a newer cgroup: ids are inode numbers and
+    /// are not reused while the old cgroup's counts are read).
+    pub fn lookup(&mut self, id: u64) -> Option<String> {
+        let name = self.name(id);
+        if !self.names.contains_key(&id) {
+            return None;
+        }
+        let dir = self.root.join(name.trim_start_matches('/'));
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            Some(name)
+        } else {
+            self.names.remove(&id);
+            None
+        }
     }
 
     fn rescan(&mut self) {
@@ -119,6 +153,8 @@ impl CgroupNames {
                 }
             }
         }
+        let names = &self.names;
+        self.unknown_since.retain(|id, _| !names.contains_key(id));
         tracing::debug!(root = %self.root.display(), cgroups = self.names.len(), "scanned cgroups");
     }
 }
@@ -163,7 +199,18 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[test]
     fn finds_the_hierarchy_for_each_mode() {
-        let v2 = find_hierarchy(MOUNTS, CgroupMode::Auto).unwrap();
+        let auto = find_hierarchy(MOUNTS, CgroupMode::Auto).unwrap();
+        assert_eq!(
+            auto,
+            Hierarchy {
+                v2: false,
+                root: "/sys/fs/cgroup/cpu".into()
+            },
+            "on a hybrid host the cpu controller's hierarchy"
+        );
+        let v2_only = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert!(find_hierarchy(v2_only, CgroupMode::Auto).unwrap().v2);
+        let v2 = find_hierarchy(MOUNTS, CgroupMode::V2).unwrap();
         assert_eq!(
             v2,
             Hierarchy {
@@ -195,5 +242,18 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(names.name(ino), "/kubepods.slice/pod-1234.slice");
         assert_eq!(names.name(root_ino), "/");
         assert_eq!(names.name(1), "id:1");
+        // A cgroup created after the last scan is found at once, not after a pause.
+        let late = dir.path().join("system.slice");
+        std::fs::create_dir(&late).unwrap();
+        let late_ino = std::fs::metadata(&late).unwrap().ino();
+        assert_eq!(names.name(late_ino), "/system.slice");
+
+        assert_eq!(
+            names.lookup(ino).as_deref(),
+            Some("/kubepods.slice/pod-1234.slice")
+        );
+        std::fs::remove_dir(&pod).unwrap();
+        assert_eq!(names.lookup(ino), None, "removed");
+        assert_eq!(names.lookup(root_ino).as_deref(), Some("/"));
     }
 }

@@ -173,6 +173,12 @@ impl DeviceNames {
         }
     }
 
+    /// Whether sysfs knows device `dev` now (a removed device keeps its cached
+    /// identity until [`Self::forget`]).
+    pub fn is_present(&self, dev: u32) -> bool {
+        BlockTree::new(&self.sys_root).by_number(dev).is_some()
+    }
+
     /// Identity of a device; looked up once, then cached. Device numbers are reused
     /// when a device goes away, so call [`Self::forget`] on that.
     pub fn lookup(&mut self, dev: u32) -> &Device {

@@ -46,7 +46,8 @@ impl Default for AttributionConfig {
     }
 }
 
-/// `auto`: the cgroup v2 hierarchy when one is mounted, else the v1 cpu controller's.
+/// `auto`: the hierarchy holding the cpu controller: a v1 cpu mount when there is one
+/// (hybrid hosts included), else cgroup v2.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CgroupMode {
@@ -88,6 +89,21 @@ impl Attribution {
             Some(names) => names.name(id),
             None => format!("id:{id}"),
         }
+    }
+
+    /// Path of a scheduler cgroup while it exists, `None` once removed.
+    pub fn cgroup_lookup(&mut self, id: u64) -> Option<String> {
+        self.cgroups.as_mut()?.lookup(id)
+    }
+
+    /// Path of a block I/O cgroup while it exists, `None` once removed.
+    pub fn io_cgroup_lookup(&mut self, id: u64) -> Option<String> {
+        self.io_cgroups.as_mut()?.lookup(id)
+    }
+
+    /// Whether the VMM process `pid` still runs.
+    pub fn vm_running(&self, pid: u32) -> bool {
+        self.vms.is_running(pid)
     }
 
     /// Path of a cgroup that submitted block I/O.

@@ -39,7 +39,7 @@ use std::any::Any;
 
 use agent_common::{
     counters, names,
-    sparse::{SparseCell, SparseKey},
+    sparse::{SparseCell, SparseKey, family as kernel_family},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -50,7 +50,7 @@ use thiserror::Error;
 
 use crate::{
     aggregate::{
-        ExpHistogram, SeriesKey,
+        Entity, EntityState, ExpHistogram, SeriesKey,
         budget::{LimitsConfig, Rule},
     },
     attribution::Attribution,
@@ -69,6 +69,19 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct Reading {
     pub key: SeriesKey,
     pub hist: ExpHistogram,
+    /// The kernel-keyed entity the series is about (VM, cgroup, device), if any.
+    pub entity: Option<EntityState>,
+}
+
+impl Reading {
+    /// A series about no particular entity (host-wide, or a configured group).
+    pub fn plain(key: SeriesKey, hist: ExpHistogram) -> Self {
+        Self {
+            key,
+            hist,
+            entity: None,
+        }
+    }
 }
 
 /// What a probe reads with besides its own maps.
@@ -96,6 +109,8 @@ pub trait Probe: Any {
     }
     /// Acts on the interval's report (block sets its outlier thresholds from it).
     fn on_interval(&mut self, _interval: &mut Interval<'_>) {}
+    /// Deletes what the probe's own maps hold for entities whose series ended.
+    fn forget(&mut self, _ended: &[Entity]) {}
 }
 
 /// Attach state of one probe family, for the console, self-metrics and `check`.
@@ -237,6 +252,31 @@ impl Probes {
         &self.statuses
     }
 
+    /// Deletes every map entry of entities whose series ended (their last counts were
+    /// read and reported), so the maps do not fill with the dead and a reused pid or
+    /// cgroup id starts from zero.
+    pub fn forget(&mut self, ended: &[Entity]) {
+        if ended.is_empty() {
+            return;
+        }
+        if let Some(map) = &mut self.sparse {
+            let dead: Vec<SparseKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| sparse_entity(k).is_some_and(|e| ended.contains(&e)))
+                .collect();
+            for key in &dead {
+                if let Err(e) = map.remove(key) {
+                    tracing::debug!(key.family, key.group, "cannot delete a sparse entry: {e}");
+                }
+            }
+            tracing::debug!(entities = ?ended, entries = dead.len(), "series ended");
+        }
+        for probe in &mut self.probes {
+            probe.forget(ended);
+        }
+    }
+
     /// The attached probe of type `P`, for what only its family offers.
     pub fn get<P: Probe>(&self) -> Option<&P> {
         self.probes
@@ -301,6 +341,19 @@ impl Probes {
             }
         }
         out
+    }
+}
+
+/// The entity a sparse map entry counts for.
+fn sparse_entity(key: &SparseKey) -> Option<Entity> {
+    match key.family {
+        kernel_family::SCHED_CGROUP => Some(Entity::Cgroup(key.group)),
+        kernel_family::BLOCK_CGROUP => Some(Entity::IoCgroup(key.group)),
+        kernel_family::SCHED_VM
+        | kernel_family::KVM_USERSPACE
+        | kernel_family::KVM_EXIT
+        | kernel_family::KVM_RUN => Some(Entity::Process(key.group as u32)),
+        _ => None,
     }
 }
 

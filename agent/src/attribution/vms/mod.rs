@@ -258,6 +258,12 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Process state (field 3 of `/proc/<pid>/stat`), read after the command name.
+fn parse_state(stat: &str) -> Option<char> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    after_comm.split_whitespace().next()?.chars().next()
+}
+
 /// Reads at most `limit` bytes of a file; more is an error, not a silent truncation.
 fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, VmError> {
     let io_err = |source| VmError::Io {
@@ -342,6 +348,17 @@ impl VmResolver {
             },
         );
         labels
+    }
+
+    /// Whether process `pid` still runs: it has a `/proc` entry and has not exited (a
+    /// zombie's threads are gone, and with them its vCPUs). The labels of a process
+    /// that is gone are whatever resolution gave last; the caller remembers them.
+    pub fn is_running(&self, pid: u32) -> bool {
+        let path = self.proc_root.join(pid.to_string()).join("stat");
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|stat| parse_state(&stat))
+            .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
     }
 
     /// Drops entries whose process is gone or whose pid now belongs to another process,

@@ -475,3 +475,16 @@ fn forget_exited_drops_gone_and_reused_pids() {
     assert_eq!(kept, vec![1]);
     assert_eq!(label(&resolver.labels(1), "nova.flavor"), Some("m1.small"));
 }
+
+#[test]
+fn a_process_runs_until_it_exits_or_becomes_a_zombie() {
+    let fx = Fixture::new();
+    fx.process(41, 5, &argv(&["qemu-system-x86_64", "-name", "guest=a"]));
+    let resolver = fx.resolver();
+    assert!(resolver.is_running(41));
+    let zombie = stat_line(41, "qemu) (x", 5).replacen(") S ", ") Z ", 1);
+    std::fs::write(fx.proc_root().join("41/stat"), zombie).unwrap();
+    assert!(!resolver.is_running(41), "a zombie has no vCPUs left");
+    fx.exit(41);
+    assert!(!resolver.is_running(41));
+}

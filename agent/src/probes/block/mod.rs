@@ -6,7 +6,10 @@ mod config;
 mod registry;
 mod thresholds;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use agent_common::{
     block::{
@@ -27,7 +30,7 @@ use super::{
     sparse,
 };
 use crate::{
-    aggregate::{ExpHistogram, SeriesKey},
+    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
     kernel::{btf::Btf, tracefs},
     probes::{Interval, outliers::OutliersConfig},
 };
@@ -43,6 +46,9 @@ pub const FAMILY_DEVICE: &str = "block.io.device.latency";
 pub const FAMILY_DEPTH: &str = "block.io.queue_depth";
 pub const FAMILY_SIZE: &str = "block.io.size";
 pub const FAMILY_ERRORS: &str = "block.io.errors";
+/// Completions the kernel made that the probe could not record, per device and cause:
+/// `unseen` (the completion program did not run), `unmatched` (no issue record).
+pub const FAMILY_UNRECORDED: &str = "block.io.unrecorded";
 pub const FAMILY_CGROUP: &str = "block.cgroup.io.latency";
 
 /// Kernel layouts the programs need, resolved before the object is loaded. A layout
@@ -355,6 +361,8 @@ pub struct BlockProbe {
     /// Where sysfs lists the block devices whose series are created ahead of use.
     sys_root: PathBuf,
     latency: Option<PerCpuHashMap<MapData, BlockKey, BlockHistograms>>,
+    /// Samples of series whose `latency` entry the kernel could not create.
+    spill: Option<PerCpuHashMap<MapData, BlockKey, BlockHistograms>>,
     depth: Option<HashMap<MapData, u32, DeviceDepth>>,
     errors: Option<HashMap<MapData, BlockErrorKey, u64>>,
     thresholds: OutlierThresholds,
@@ -382,12 +390,15 @@ impl BlockProbe {
         let up = attached.kind.is_some();
         let mut take = |name| up.then(|| ebpf.take_map(name)).flatten();
         let latency = take(names::MAP_BLOCK_LATENCY).and_then(|m| PerCpuHashMap::try_from(m).ok());
+        let spill =
+            take(names::MAP_BLOCK_LATENCY_SPILL).and_then(|m| PerCpuHashMap::try_from(m).ok());
         let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
         let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
         let mut probe = Self {
             attached,
             sys_root: sys_root.to_path_buf(),
             latency,
+            spill,
             depth,
             errors,
             thresholds: OutlierThresholds::new(outliers),
@@ -407,16 +418,22 @@ impl BlockProbe {
         let Ok(cpus) = aya::util::nr_cpus() else {
             return;
         };
-        for dev in busy_disks(&self.sys_root) {
-            for op in [op::READ, op::WRITE, op::FLUSH] {
-                let key = BlockKey { dev, op };
-                if map.get(&key, 0).is_ok() {
-                    continue;
-                }
-                let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
-                if let Err(e) = zero.map(|z| map.insert(key, z, 0)) {
-                    tracing::debug!(dev, op, "cannot create a block series: {e}");
-                }
+        // Series that spilled: the kernel could not create them itself.
+        let spilled: Vec<BlockKey> = self
+            .spill
+            .as_ref()
+            .map(|m| m.keys().filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        let busy = busy_disks(&self.sys_root)
+            .into_iter()
+            .flat_map(|dev| [op::READ, op::WRITE, op::FLUSH].map(|op| BlockKey { dev, op }));
+        for key in busy.chain(spilled) {
+            if map.get(&key, 0).is_ok() {
+                continue;
+            }
+            let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
+            if let Err(e) = zero.map(|z| map.insert(key, z, 0)) {
+                tracing::debug!(key.dev, key.op, "cannot create a block series: {e}");
             }
         }
     }
@@ -427,24 +444,45 @@ impl BlockProbe {
         self.attached.kind.is_some_and(hooks_insertion)
     }
 
-    /// Cumulative histograms per (device number, operation) as the kernel holds them.
+    /// Cumulative histograms per (device number, operation) as the kernel holds them:
+    /// the main map's entry and, for a series that spilled, its spill entry added.
     pub fn read_raw(&self) -> Result<Vec<(BlockKey, BlockReading)>, String> {
-        let Some(map) = &self.latency else {
+        let mut out: BTreeMap<BlockKey, BlockReading> = BTreeMap::new();
+        for (map, name) in [
+            (&self.latency, names::MAP_BLOCK_LATENCY),
+            (&self.spill, names::MAP_BLOCK_LATENCY_SPILL),
+        ] {
+            let Some(map) = map else { continue };
+            for entry in map.iter() {
+                let (key, per_cpu) = entry.map_err(|e| format!("reading {name}: {e}"))?;
+                let r = out.entry(key).or_default();
+                r.queue.merge(&ExpHistogram::from_per_cpu(
+                    per_cpu.iter().map(|h| &h.queue),
+                ));
+                r.device.merge(&ExpHistogram::from_per_cpu(
+                    per_cpu.iter().map(|h| &h.device),
+                ));
+                r.total.merge(&ExpHistogram::from_per_cpu(
+                    per_cpu.iter().map(|h| &h.total),
+                ));
+                r.size
+                    .merge(&ExpHistogram::from_windows(per_cpu.iter().map(|h| &h.size)));
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Per device number: completions the kernel made that the probe could not record,
+    /// (unseen, unmatched).
+    pub fn read_unrecorded(&self) -> Result<Vec<(u32, u64, u64)>, String> {
+        let Some(map) = &self.depth else {
             return Ok(Vec::new());
         };
         map.iter()
             .map(|entry| {
-                let (key, per_cpu) =
-                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_LATENCY))?;
-                Ok((
-                    key,
-                    BlockReading {
-                        queue: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.queue)),
-                        device: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.device)),
-                        total: ExpHistogram::from_per_cpu(per_cpu.iter().map(|h| &h.total)),
-                        size: ExpHistogram::from_windows(per_cpu.iter().map(|h| &h.size)),
-                    },
-                ))
+                let (dev, d) =
+                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
+                Ok((dev, d.completions_unseen, d.completions_unmatched))
             })
             .collect()
     }
@@ -488,6 +526,7 @@ impl Probe for BlockProbe {
         let queues = self.times_queues();
         for (key, r) in self.read_raw()? {
             let device = device_labels(cx, key.dev);
+            let entity = device_entity(cx, key.dev, &device);
             let labels = |op: u32| {
                 let mut l = device.clone();
                 l.push(("op", op_name(op).to_owned()));
@@ -497,6 +536,7 @@ impl Probe for BlockProbe {
                 out.push(Reading {
                     key: SeriesKey::new(family, labels(key.op)),
                     hist,
+                    entity: Some(entity),
                 })
             };
             push(FAMILY_DEVICE, r.device);
@@ -509,21 +549,26 @@ impl Probe for BlockProbe {
             }
         }
         for (dev, _, hist) in self.read_depths()? {
+            let device = device_labels(cx, dev);
+            let entity = device_entity(cx, dev, &device);
             out.push(Reading {
-                key: SeriesKey::new(FAMILY_DEPTH, device_labels(cx, dev)),
+                key: SeriesKey::new(FAMILY_DEPTH, device),
                 hist,
+                entity: Some(entity),
             });
         }
         for (cgroup, op, hist) in sparse::family(cx.sparse, family::BLOCK_CGROUP) {
+            let (name, alive) = match cx.attribution.io_cgroup_lookup(cgroup) {
+                Some(name) => (name, true),
+                None => (cx.attribution.io_cgroup_name(cgroup), false),
+            };
             out.push(Reading {
                 key: SeriesKey::new(
                     FAMILY_CGROUP,
-                    [
-                        ("cgroup", cx.attribution.io_cgroup_name(cgroup)),
-                        ("op", op_name(op).to_owned()),
-                    ],
+                    [("cgroup", name), ("op", op_name(op).to_owned())],
                 ),
                 hist: hist.clone(),
+                entity: Some(EntityState::new(Entity::IoCgroup(cgroup), 1, alive)),
             });
         }
         Ok(())
@@ -538,6 +583,13 @@ impl Probe for BlockProbe {
         cx: &mut ReadContext<'_>,
         out: &mut Vec<(SeriesKey, u64)>,
     ) -> Result<(), String> {
+        for (dev, unseen, unmatched) in self.read_unrecorded()? {
+            for (cause, n) in [("unseen", unseen), ("unmatched", unmatched)] {
+                let mut labels = device_labels(cx, dev);
+                labels.push(("cause", cause.to_owned()));
+                out.push((SeriesKey::new(FAMILY_UNRECORDED, labels), n));
+            }
+        }
         let Some(map) = &self.errors else {
             return Ok(());
         };
@@ -550,6 +602,44 @@ impl Probe for BlockProbe {
             out.push((SeriesKey::new(FAMILY_ERRORS, labels), n));
         }
         Ok(())
+    }
+
+    fn forget(&mut self, ended: &[Entity]) {
+        let gone: Vec<u32> = ended
+            .iter()
+            .filter_map(|e| match e {
+                Entity::Device(dev) => Some(*dev),
+                _ => None,
+            })
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for map in [&mut self.latency, &mut self.spill].into_iter().flatten() {
+            let keys: Vec<BlockKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| gone.contains(&k.dev))
+                .collect();
+            for key in keys {
+                let _ = map.remove(&key);
+            }
+        }
+        if let Some(map) = &mut self.depth {
+            for dev in &gone {
+                let _ = map.remove(dev);
+            }
+        }
+        if let Some(map) = &mut self.errors {
+            let keys: Vec<BlockErrorKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| gone.contains(&k.dev))
+                .collect();
+            for key in keys {
+                let _ = map.remove(&key);
+            }
+        }
     }
 }
 
@@ -575,6 +665,16 @@ fn busy_disks(sys_root: &Path) -> Vec<u32> {
             agent_common::dev::parse(number.trim())
         })
         .collect()
+}
+
+/// A device as an entity: its labels are all of `labels`, and it lives while sysfs
+/// knows it.
+fn device_entity(cx: &ReadContext<'_>, dev: u32, labels: &[(&'static str, String)]) -> EntityState {
+    EntityState::new(
+        Entity::Device(dev),
+        labels.len(),
+        cx.attribution.devices.is_present(dev),
+    )
 }
 
 /// `device`, `dev` and the identity labels (type, model, Ceph OSD, RBD image) of a

@@ -74,6 +74,16 @@ const CATALOGUE: &[Family] = &[
         description: "Block requests that completed with an error, by error",
     },
     Family {
+        name: "block.io.unrecorded",
+        probe: "block",
+        kind: Kind::Counter,
+        unit: "{request}",
+        labels: &["device", "dev", "cause"],
+        description: "Block requests the kernel completed without a recorded sample, by cause: \
+                      unseen (the kernel did not run the completion program), unmatched \
+                      (no issue record)",
+    },
+    Family {
         name: "block.cgroup.io.latency",
         probe: "block",
         kind: Kind::Histogram,

@@ -15,7 +15,10 @@ use super::{
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
     sparse,
 };
-use crate::{aggregate::SeriesKey, kernel::tracefs};
+use crate::{
+    aggregate::{Entity, EntityState, SeriesKey},
+    kernel::tracefs,
+};
 pub use registry::PROBE_FAMILY;
 /// Nothing to set but whether it runs and how it attaches.
 pub type Config = super::attach::ProbeConfig;
@@ -192,11 +195,12 @@ impl Probe for KvmUserspaceProbe {
             (family::KVM_RUN, FAMILY_RUN),
         ] {
             for (group, reason, hist) in sparse::family(cx.sparse, kernel_family) {
-                let mut labels = cx.attribution.vm_labels(group as u32);
+                let (mut labels, entity) = vm(cx, group);
                 labels.push(("reason", reasons::userspace(reason)));
                 out.push(Reading {
                     key: SeriesKey::new(name, labels),
                     hist: hist.clone(),
+                    entity: Some(entity),
                 });
             }
         }
@@ -229,14 +233,24 @@ impl Probe for KvmExitProbe {
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         for (group, detail, hist) in sparse::family(cx.sparse, family::KVM_EXIT) {
             let (isa, reason) = (detail >> 24, detail & 0xff_ffff);
-            let mut labels = cx.attribution.vm_labels(group as u32);
+            let (mut labels, entity) = vm(cx, group);
             labels.push(("isa", reasons::isa_name(isa).to_owned()));
             labels.push(("reason", reasons::in_kernel(isa, reason)));
             out.push(Reading {
                 key: SeriesKey::new(FAMILY_EXIT, labels),
                 hist: hist.clone(),
+                entity: Some(entity),
             });
         }
         Ok(())
     }
+}
+
+/// The labels of the VM whose VMM process is `group`, and that process as an entity.
+fn vm(cx: &mut ReadContext<'_>, group: u64) -> (Vec<(&'static str, String)>, EntityState) {
+    let pid = group as u32;
+    let labels = cx.attribution.vm_labels(pid);
+    let running = cx.attribution.vm_running(pid);
+    let entity = EntityState::new(Entity::Process(pid), labels.len(), running);
+    (labels, entity)
 }

@@ -21,7 +21,7 @@ use super::{
     sparse,
 };
 use crate::{
-    aggregate::{ExpHistogram, SeriesKey},
+    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
     attribution::cgroups::Hierarchy,
     kernel::btf::Btf,
 };
@@ -156,21 +156,33 @@ impl Probe for SchedProbe {
         let per_cpu = host
             .get(&0, 0)
             .map_err(|e| format!("reading {}: {e}", names::MAP_SCHED_LATENCY))?;
-        out.push(Reading {
-            key: SeriesKey::new(FAMILY_HOST, []),
-            hist: ExpHistogram::from_per_cpu(per_cpu.iter()),
-        });
+        out.push(Reading::plain(
+            SeriesKey::new(FAMILY_HOST, []),
+            ExpHistogram::from_per_cpu(per_cpu.iter()),
+        ));
         for (group, _, hist) in sparse::family(cx.sparse, family::SCHED_CGROUP) {
-            let name = cx.attribution.cgroup_name(group);
+            let (name, alive) = match cx.attribution.cgroup_lookup(group) {
+                Some(name) => (name, true),
+                None => (cx.attribution.cgroup_name(group), false),
+            };
             out.push(Reading {
                 key: SeriesKey::new(FAMILY_CGROUP, [("cgroup", name)]),
                 hist: hist.clone(),
+                entity: Some(EntityState::new(Entity::Cgroup(group), 1, alive)),
             });
         }
         for (group, _, hist) in sparse::family(cx.sparse, family::SCHED_VM) {
+            let pid = group as u32;
+            let labels = cx.attribution.vm_labels(pid);
+            let entity = EntityState::new(
+                Entity::Process(pid),
+                labels.len(),
+                cx.attribution.vm_running(pid),
+            );
             out.push(Reading {
-                key: SeriesKey::new(FAMILY_VM, cx.attribution.vm_labels(group as u32)),
+                key: SeriesKey::new(FAMILY_VM, labels),
                 hist: hist.clone(),
+                entity: Some(entity),
             });
         }
         Ok(())

@@ -217,10 +217,10 @@ impl Probe for TcpProbe {
                 .map_err(|e| format!("reading {}: {e}", names::MAP_TCP_RTT))?;
             let hist = ExpHistogram::from_per_cpu(per_cpu.iter());
             if hist.count() > 0 {
-                out.push(Reading {
-                    key: SeriesKey::new(FAMILY_RTT, [(LABEL_GROUP, name.clone())]),
+                out.push(Reading::plain(
+                    SeriesKey::new(FAMILY_RTT, [(LABEL_GROUP, name.clone())]),
                     hist,
-                });
+                ));
             }
         }
         Ok(())

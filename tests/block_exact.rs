@@ -1,0 +1,267 @@
+//! Every block request the kernel completes is either recorded or counted as
+//! unrecorded with its cause (root, real kernel, loop devices): the probe's counts set
+//! against `/sys/block/<dev>/stat`.
+
+use crate::common;
+
+use std::{collections::BTreeMap, process::Command};
+
+use common::{LoopDevice, require_tool, run};
+use nodepulse::{
+    config::Config,
+    probes::{Probes, block::BlockProbe},
+};
+
+/// Completed requests per op group as sysfs counts them: read, write, discard, flush.
+fn sysfs_ops(name: &str) -> [u64; 4] {
+    let text = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap_or_default();
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    if f.is_empty() {
+        return [0; 4];
+    }
+    [
+        f[0],
+        f[4],
+        f.get(11).copied().unwrap_or(0),
+        f.get(15).copied().unwrap_or(0),
+    ]
+}
+
+/// What the probe holds for one device: recorded completions per op, unrecorded ones
+/// by cause, and the requests it still counts in flight.
+#[derive(Debug, Default, Clone)]
+struct Probed {
+    ops: BTreeMap<String, u64>,
+    unrecorded: BTreeMap<String, u64>,
+    in_flight: u64,
+}
+
+impl Probed {
+    fn recorded(&self) -> u64 {
+        self.ops.values().sum()
+    }
+    /// Completions the probe knows it could not record: counted ones, and requests it
+    /// still believes in flight on an idle device (their completion was never seen and
+    /// the request was not issued again).
+    fn unrecorded(&self) -> u64 {
+        self.unrecorded.values().sum::<u64>() + self.in_flight
+    }
+}
+
+fn probed(probes: &mut Probes) -> BTreeMap<String, Probed> {
+    let mut out: BTreeMap<String, Probed> = BTreeMap::new();
+    let in_flight: BTreeMap<String, u64> = probes
+        .get::<BlockProbe>()
+        .expect("the block probe is attached")
+        .in_flight()
+        .into_iter()
+        .map(|(dev, n)| (format!("{}:{}", dev >> 20, dev & 0xf_ffff), n))
+        .collect();
+    let c = probes.collect();
+    for r in c.readings {
+        if r.key.family == "block.io.device.latency" {
+            let p = out
+                .entry(r.key.label("dev").unwrap().to_owned())
+                .or_default();
+            *p.ops
+                .entry(r.key.label("op").unwrap().to_owned())
+                .or_default() += r.hist.count();
+        }
+    }
+    for (key, n) in c.counters {
+        if key.family == "block.io.unrecorded" {
+            let p = out.entry(key.label("dev").unwrap().to_owned()).or_default();
+            *p.unrecorded
+                .entry(key.label("cause").unwrap().to_owned())
+                .or_default() += n;
+        }
+    }
+    for (dev, p) in &mut out {
+        p.in_flight = in_flight.get(dev).copied().unwrap_or(0);
+    }
+    out
+}
+
+fn drop_count(probes: &mut Probes, name: &str) -> u64 {
+    probes
+        .collect()
+        .drops
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| v)
+}
+
+fn since(after: &Probed, before: &Probed) -> Probed {
+    let mut d = after.clone();
+    for (op, n) in &before.ops {
+        *d.ops.entry(op.clone()).or_default() -= n;
+    }
+    for (cause, n) in &before.unrecorded {
+        *d.unrecorded.entry(cause.clone()).or_default() -= n;
+    }
+    d
+}
+
+/// Checks one device: recorded + unrecorded = the kernel's completions, and per op
+/// recorded = the kernel's count when nothing went unrecorded.
+fn check(device: &LoopDevice, kernel: [u64; 4], ours: &Probed) {
+    let total: u64 = kernel.iter().sum();
+    eprintln!(
+        "{} ({}): sysfs read {} write {} discard {} flush {} = {total}; nodepulse {:?}, \
+         unrecorded {:?}, stuck in flight {}",
+        device.name,
+        device.number,
+        kernel[0],
+        kernel[1],
+        kernel[2],
+        kernel[3],
+        ours.ops,
+        ours.unrecorded,
+        ours.in_flight
+    );
+    // A data-less flush never reaches the driver: when the kernel skips the
+    // completion program for one, no issue record is left behind to reveal it (seen:
+    // 1 of 4,095 flushes). Only those may go uncounted, and rarely.
+    let flushes_missing = kernel[3].saturating_sub(ours.ops.get("flush").copied().unwrap_or(0));
+    let missing = total
+        .checked_sub(ours.recorded() + ours.unrecorded())
+        .unwrap_or_else(|| panic!("{}: more recorded than completed: {ours:?}", device.name));
+    assert!(
+        missing <= flushes_missing && missing * 1000 <= kernel[3].max(1000),
+        "{}: every completion recorded or counted as unrecorded ({missing} missing)",
+        device.name
+    );
+    if ours.unrecorded() == 0 && missing == 0 {
+        for (i, op) in ["read", "write", "discard", "flush"]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                ours.ops.get(op).copied().unwrap_or(0),
+                kernel[i],
+                "{}: {op}",
+                device.name
+            );
+        }
+    }
+}
+
+/// One million requests of mixed shapes on two devices: rate-limited and unlimited,
+/// queue depths 1 to 64, reads, writes, flushes, several sizes.
+#[test]
+#[ignore = "a million requests (a minute or two): `cargo test -p agent --test integration -- block_exact:: --ignored`"]
+fn a_million_mixed_requests_match_the_kernels_count() {
+    require_root!();
+    require_tool("fio");
+    let mut probes = Probes::start(&Config::default()).expect("load");
+    // Backed by memory (buffered): fast enough for a million requests in about a
+    // minute, completed by the loop worker in process context.
+    let shm = std::path::Path::new("/dev/shm");
+    let a = LoopDevice::backed_in(shm, 256, false);
+    let b = LoopDevice::backed_in(shm, 256, false);
+    let kernel_before = [sysfs_ops(&a.name), sysfs_ops(&b.name)];
+    let ours_before = probed(&mut probes);
+    let full_before = drop_count(&mut probes, "block_series_map_full");
+
+    let (pa, pb) = (a.path.display().to_string(), b.path.display().to_string());
+    let jobs: &[(&str, &str)] = &[
+        (&pa, "--rw=randread --bs=4k --iodepth=1 --io_size=800m"),
+        (
+            &pa,
+            "--rw=randread --bs=4k --iodepth=4 --rate_iops=2000 --io_size=120m",
+        ),
+        (&pa, "--rw=randrw --bs=16k --iodepth=64 --io_size=4000m"),
+        (
+            &pb,
+            "--rw=randwrite --bs=4k --iodepth=16 --fsync=50 --io_size=800m",
+        ),
+        (&pb, "--rw=randread --bs=64k --iodepth=32 --io_size=12800m"),
+        (&pb, "--rw=write --bs=128k --iodepth=8 --io_size=19200m"),
+    ];
+    let mut fio = Command::new("fio");
+    fio.args([
+        "--ioengine=libaio",
+        "--direct=1",
+        "--thread",
+        "--time_based=0",
+        "--output-format=terse",
+    ]);
+    for (i, (file, opts)) in jobs.iter().enumerate() {
+        fio.arg(format!("--name=j{i}"))
+            .arg(format!("--filename={file}"))
+            .args(opts.split_whitespace());
+    }
+    let started = std::time::Instant::now();
+    run(&mut fio);
+    a.wait_idle();
+    b.wait_idle();
+    eprintln!("fio took {:?}", started.elapsed());
+
+    let kernel = [&a, &b].map(|d| sysfs_ops(&d.name));
+    let ours = probed(&mut probes);
+    let mut requests = 0;
+    for (i, d) in [&a, &b].into_iter().enumerate() {
+        let k: [u64; 4] = std::array::from_fn(|op| kernel[i][op] - kernel_before[i][op]);
+        requests += k.iter().sum::<u64>();
+        let before = ours_before.get(&d.number).cloned().unwrap_or_default();
+        let now = ours.get(&d.number).cloned().unwrap_or_default();
+        check(d, k, &since(&now, &before));
+    }
+    assert!(requests >= 1_000_000, "{requests} requests");
+    assert_eq!(
+        drop_count(&mut probes, "block_series_map_full"),
+        full_before,
+        "no sample lost for want of a series"
+    );
+}
+
+/// Loop devices created while the probe runs are measured from their first request
+/// (the kernel's own partition scan right after `losetup`).
+#[test]
+fn twenty_new_devices_are_measured_from_their_first_request() {
+    require_root!();
+    require_tool("dd");
+    let mut probes = Probes::start(&Config::default()).expect("load");
+    let full_before = drop_count(&mut probes, "block_series_map_full");
+    let mut devices = Vec::new();
+    for _ in 0..20 {
+        // Every loop device's counts before, so the new one's baseline is known
+        // whichever free device losetup picks.
+        let before: BTreeMap<String, [u64; 4]> = std::fs::read_dir("/sys/block")
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("loop"))
+            .map(|n| {
+                let ops = sysfs_ops(&n);
+                (n, ops)
+            })
+            .collect();
+        let ours_before = probed(&mut probes);
+        let device = LoopDevice::new(16);
+        device.dd_read(50, "4k");
+        device.wait_idle();
+        let base = before.get(&device.name).copied().unwrap_or([0; 4]);
+        let before = ours_before.get(&device.number).cloned().unwrap_or_default();
+        devices.push((device, base, before));
+    }
+    let ours = probed(&mut probes);
+    for (device, base, before) in &devices {
+        let now = sysfs_ops(&device.name);
+        let kernel: [u64; 4] = std::array::from_fn(|op| now[op] - base[op]);
+        assert!(kernel[0] >= 50, "{}: {kernel:?}", device.name);
+        let d = since(
+            &ours.get(&device.number).cloned().unwrap_or_default(),
+            before,
+        );
+        check(device, kernel, &d);
+    }
+    assert_eq!(
+        drop_count(&mut probes, "block_series_map_full"),
+        full_before,
+        "no sample lost for want of a series"
+    );
+}
