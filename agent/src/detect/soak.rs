@@ -74,12 +74,15 @@ pub struct Opened {
     /// Whether the alarm itself opened (else a series joined it).
     pub new_alarm: bool,
     /// The series that appeared in the alarm at `at` (all of them when it opened).
-    pub series: Vec<(String, BTreeMap<String, String>)>,
+    pub series: Vec<SeriesName>,
 }
+
+/// A series named by its family and labels.
+pub type SeriesName = (String, BTreeMap<String, String>);
 
 /// The alarms a replay opened, and each series joining an incident later, in order.
 pub fn opened(events: &[(u64, Alarm)]) -> Vec<Opened> {
-    let mut seen: BTreeMap<String, Vec<(String, BTreeMap<String, String>)>> = BTreeMap::new();
+    let mut seen: BTreeMap<String, Vec<SeriesName>> = BTreeMap::new();
     let mut out = Vec::new();
     for (at, a) in events {
         if a.state == AlarmState::Resolved {
@@ -89,7 +92,7 @@ pub fn opened(events: &[(u64, Alarm)]) -> Vec<Opened> {
         // Read through JSON, so that the same scoring works on detectors whose
         // alarms have no list of related series.
         let value = serde_json::to_value(a).unwrap_or_default();
-        let mut series: Vec<(String, BTreeMap<String, String>)> = value["related"]
+        let mut series: Vec<SeriesName> = value["related"]
             .as_array()
             .into_iter()
             .flatten()
