@@ -222,6 +222,8 @@ fn record_depth(d: &mut DeviceDepth) {
 fn device_drop(dev: u32, counter: u32) {
     count(counter);
     if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        // SAFETY: a live value of a preallocated map (see `depth_up`); its counters are
+        // only changed by atomic adds, so the shared reference races with nothing.
         let d = unsafe { &mut *d };
         let field = if counter == counters::BLOCK_COMPLETION_UNSEEN {
             &mut d.completions_unseen
