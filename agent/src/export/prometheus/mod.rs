@@ -763,7 +763,7 @@ fn latest(shared: &Latest) -> Option<Arc<Report>> {
 /// connections.
 pub struct PrometheusExporter {
     latest: Latest,
-    _server: http::Server,
+    server: http::Server,
 }
 
 impl PrometheusExporter {
@@ -780,10 +780,17 @@ impl PrometheusExporter {
         Ok((
             Self {
                 latest: shared,
-                _server: server,
+                server,
             },
             bound,
         ))
+    }
+}
+
+impl PrometheusExporter {
+    /// What the endpoint did against abusive clients.
+    pub fn server_stats(&self) -> Arc<http::Stats> {
+        self.server.stats()
     }
 }
 
