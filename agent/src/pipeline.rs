@@ -254,10 +254,12 @@ impl Pipeline {
                 }
             }
         }
+        // Runs still going after the grace are killed, with all they started, and
+        // audited as stopped.
         if let Some(actions) = &mut self.actions
-            && !actions.wait(ACTIONS_GRACE)
+            && !actions.stop(ACTIONS_GRACE)
         {
-            tracing::warn!("actions still running at exit; they carry on on their own");
+            tracing::warn!("actions still running at exit after being killed");
         }
         drop(self);
         tracing::info!("probes detached, exiting");
