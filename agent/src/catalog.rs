@@ -103,6 +103,15 @@ pub const ALARMS_OPEN: SelfMetric = SelfMetric {
     description: "Regression alarms open now",
 };
 
+pub const AUDIT_FAILURES: SelfMetric = SelfMetric {
+    otlp: "nodepulse.actions.audit.failures",
+    prometheus: "nodepulse_actions_audit_failures_total",
+    kind: Kind::Counter,
+    unit: "{record}",
+    labels: &[],
+    description: "Action audit records not written (full disk, I/O error); none is ever half written",
+};
+
 /// OTLP only: the exporter's own outcome. The Prometheus names are those a collector's
 /// Prometheus exporters give them.
 pub const OTLP_BATCHES: SelfMetric = SelfMetric {
@@ -131,6 +140,7 @@ pub const SELF_METRICS: &[&SelfMetric] = &[
     &CPU_TIME,
     &MEMORY,
     &ALARMS_OPEN,
+    &AUDIT_FAILURES,
     &OTLP_BATCHES,
     &OTLP_BYTES,
 ];

@@ -211,6 +211,7 @@ impl Pipeline {
         }
         if let Some(actions) = &mut self.actions {
             report.actions = actions.completed();
+            report.agent.audit_failures_total = actions.audit_failures();
         }
     }
 

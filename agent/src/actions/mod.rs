@@ -198,6 +198,11 @@ impl Actions {
         self.audit.path()
     }
 
+    /// Audit records that could not be written since the start.
+    pub fn audit_failures(&self) -> u64 {
+        self.audit.failures()
+    }
+
     /// Starts (or skips, or dry-runs) every rule that matches this alarm event.
     pub fn dispatch(&mut self, alarm: &Alarm) {
         let trigger = match alarm.state {

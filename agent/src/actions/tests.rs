@@ -75,6 +75,13 @@ fn alive(pid: i32) -> bool {
     })
 }
 
+/// A finished run, for tests of the audit log.
+pub(crate) fn sample_run() -> ActionRun {
+    let mut run = ActionRun::new(&alarm_with_id("x"), &rule("r", &["/bin/true"]), Outcome::Ok);
+    run.output = "o".repeat(1000);
+    run
+}
+
 fn alarm_with_id(id: &str) -> Alarm {
     let mut a = sample(Severity::Major);
     a.id = id.into();

@@ -216,6 +216,13 @@ fn self_families(report: &Report) -> Vec<Family<'_>> {
             }],
         ),
         self_family(
+            &catalog::AUDIT_FAILURES,
+            vec![Sample {
+                labels: Vec::new(),
+                value: Value::Int(report.agent.audit_failures_total),
+            }],
+        ),
+        self_family(
             &catalog::MEMORY,
             vec![Sample {
                 labels: Vec::new(),
