@@ -280,3 +280,37 @@ fn console_formats_show_the_device() {
         }
     }
 }
+
+/// `nodepulse run | head -1`: once nobody reads the console any more (and it is the only
+/// output), the agent stops quietly with 0 instead of warning every interval.
+#[test]
+fn run_into_a_closed_pipe_stops_quietly() {
+    require_root!();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!(
+                "{} run --interval 1s --format json | head -c 1",
+                env!("CARGO_BIN_EXE_nodepulse")
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.stdout, b"{");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("nobody reads the output any more"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("export failed"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -245,6 +245,10 @@ impl Pipeline {
                     if max_reports != 0 && reports >= max_reports {
                         break;
                     }
+                    if !self.exporters.is_empty() && self.exporters.iter().all(|e| e.closed()) {
+                        tracing::info!("nobody reads the output any more; stopping");
+                        break;
+                    }
                 }
                 name = shutdown.requested() => {
                     // A last report, so exporters hold everything measured until now.
