@@ -314,3 +314,60 @@ fn run_into_a_closed_pipe_stops_quietly() {
         started.elapsed()
     );
 }
+
+/// `check --config-only` fails wherever `run` would, before anything attaches: two
+/// endpoints on one port, unknown families, an address another process holds, an audit
+/// log that cannot be written.
+#[test]
+fn check_config_only_finds_what_run_would_fail_on() {
+    one_subject_at_a_time!();
+    let check = |text: &str| {
+        let config = write_config(text);
+        let out = nodepulse()
+            .args(["check", "--config-only", "--config"])
+            .arg(config.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(
+        "[prometheus]\nenabled = true\nlisten = \"127.0.0.1:9464\"\n\
+         [health]\nenabled = true\nlisten = \"127.0.0.1:9464\"\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("clashes with prometheus.listen"), "{err}");
+
+    let (code, err) = check("[detect]\nfamilies = [\"nope\"]\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("`nope`, which is not a metric family"),
+        "{err}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, err) = check(&format!(
+        "[prometheus]\nenabled = true\nlisten = \"{addr}\"\n"
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("[prometheus] listen {addr}: cannot bind it now")),
+        "{err}"
+    );
+    assert!(err.contains("`nodepulse run` would fail"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the audit log's directory should be.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let (code, err) = check(&format!(
+        "[actions]\naudit_log = \"{}/actions.jsonl\"\n[[actions.rules]]\nname = \"r\"\n\
+         program = [\"/bin/true\"]\n",
+        blocker.display()
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("actions.audit_log: cannot append to"), "{err}");
+}

@@ -160,6 +160,20 @@ pub fn family(name: &str) -> Option<&'static Family> {
     families().find(|f| f.name == name)
 }
 
+/// For a configuration naming a family: `None` when nodepulse reports it, else what is
+/// wrong and the names to choose from.
+pub fn unknown_family(name: &str) -> Option<String> {
+    if family(name).is_some() {
+        return None;
+    }
+    let known: Vec<&str> = families().map(|f| f.name).collect();
+    Some(format!(
+        "names `{name}`, which is not a metric family nodepulse reports; use one of {} \
+         (README: Metrics)",
+        known.join(", ")
+    ))
+}
+
 /// Unit of a family (`""` for one the catalogue does not know).
 pub fn unit(name: &str) -> &'static str {
     family(name).map_or("", |f| f.unit)

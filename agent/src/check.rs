@@ -215,6 +215,38 @@ pub fn run(config: &Config) -> CheckReport {
     CheckReport { items, probes }
 }
 
+/// What `run` would still fail on after the configuration parsed and validated, found
+/// without attaching anything: an endpoint address taken by another process, an audit
+/// log that cannot be written. Each entry says what is wrong and what to do.
+pub fn config_preflight(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let endpoints = [
+        (
+            "prometheus",
+            config.prometheus.enabled,
+            &config.prometheus.listen,
+        ),
+        ("health", config.health.enabled, &config.health.listen),
+    ];
+    for (table, enabled, listen) in endpoints {
+        let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
+            continue; // validation already named it
+        };
+        if enabled && let Err(e) = std::net::TcpListener::bind(addr) {
+            problems.push(format!(
+                "[{table}] listen {addr}: cannot bind it now ({e}); choose a free address"
+            ));
+        }
+    }
+    if !config.actions.rules.is_empty() {
+        let item = audit_log_item(&config.actions.audit_log);
+        if item.verdict == Verdict::Fail {
+            problems.push(format!("actions.audit_log: {}", item.detail));
+        }
+    }
+    problems
+}
+
 /// Below this, the audit log's filesystem is as good as full.
 const AUDIT_MIN_FREE: u64 = 1 << 20;
 

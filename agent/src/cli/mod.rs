@@ -386,6 +386,14 @@ fn check(args: CheckArgs) -> ExitCode {
         Err(e) => return config_error(e),
     };
     if args.config_only {
+        let problems = check::config_preflight(&config);
+        if !problems.is_empty() {
+            for p in &problems {
+                errln!("nodepulse: {p}");
+            }
+            errln!("`nodepulse run` would fail with this configuration on this host");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         outln!("configuration is valid: {config}");
         return ExitCode::SUCCESS;
     }
