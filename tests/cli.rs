@@ -371,3 +371,53 @@ fn check_config_only_finds_what_run_would_fail_on() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("actions.audit_log: cannot append to"), "{err}");
 }
+
+/// A node name built to fake an alarm on a terminal is shown escaped, in the table and
+/// in JSON; one of 100,000 characters is refused before anything attaches.
+#[test]
+fn node_names_cannot_inject_into_the_terminal() {
+    one_subject_at_a_time!();
+    let long = "n".repeat(100_000);
+    let out = nodepulse()
+        .args(["run", "--reports", "1", "--node-name", &long])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`agent.node_name` is 100000 characters long; at most 128"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was attached"), "{stderr}");
+}
+
+#[test]
+fn node_name_escape_sequences_are_shown_escaped() {
+    require_root!();
+    let evil = "evil\n\u{1b}[31mFAKE ALARM\u{1b}[0m\u{202e}";
+    let shown = "evil\\u{a}\\u{1b}[31mFAKE ALARM\\u{1b}[0m\\u{202e}";
+    for format in ["table", "json"] {
+        let agent = RunningAgent::start(&[
+            "--interval",
+            "1s",
+            "--reports",
+            "1",
+            "--format",
+            format,
+            "--node-name",
+            evil,
+        ]);
+        let (text, _) = agent.finish();
+        assert!(!text.contains('\u{1b}'), "{format}: raw ESC in {text:?}");
+        assert!(
+            !text.contains('\u{202e}'),
+            "{format}: raw U+202E in {text:?}"
+        );
+        if format == "json" {
+            let r: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            assert_eq!(r["node"], shown);
+        } else {
+            assert!(text.contains(shown), "{text}");
+        }
+    }
+}

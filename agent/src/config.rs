@@ -135,11 +135,13 @@ pub struct Overrides {
 
 impl Config {
     /// The configured node name, else the host name.
+    /// The configured name, else the host's, with anything that would act on a
+    /// terminal or hide in text escaped (see [`crate::util::text`]).
     pub fn node_name(&self) -> String {
         if self.agent.node_name.is_empty() {
-            crate::kernel::hostname()
+            crate::util::text::bounded(&crate::kernel::hostname())
         } else {
-            self.agent.node_name.clone()
+            crate::util::text::escape(&self.agent.node_name).into_owned()
         }
     }
 
@@ -204,6 +206,17 @@ impl Config {
             key: "agent.interval",
             problem,
         })?;
+        let chars = self.agent.node_name.chars().count();
+        if chars > crate::util::text::MAX_LABEL_CHARS {
+            return Err(ConfigError::Invalid {
+                key: "agent.node_name",
+                problem: format!(
+                    "is {chars} characters long; at most {} (set by --node-name, \
+                     NODEPULSE_NODE_NAME or [agent] node_name)",
+                    crate::util::text::MAX_LABEL_CHARS
+                ),
+            });
+        }
         let paths = [
             ("agent.sys_root", &self.agent.sys_root),
             ("attribution.proc_root", &self.attribution.proc_root),
