@@ -89,6 +89,37 @@ impl AuditLog {
     }
 }
 
+/// The `started` records near the end of the log (its last [`TAIL_SCAN`] bytes) that
+/// no later record of the same run (span id) closes: runs an agent began and never
+/// recorded an end for.
+pub fn unfinished(path: &Path) -> Vec<serde_json::Value> {
+    let Ok(mut file) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut tail = Vec::new();
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(TAIL_SCAN)))
+        .is_err()
+        || file.read_to_end(&mut tail).is_err()
+    {
+        return Vec::new();
+    }
+    let mut open: Vec<serde_json::Value> = Vec::new();
+    // The first line may be cut by the scan's start: it fails to parse and is skipped.
+    for line in tail.split(|b| *b == b'\n') {
+        let Ok(record) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if record["outcome"] == "started" {
+            open.push(record);
+        } else {
+            open.retain(|r| r["span_id"] != record["span_id"]);
+        }
+    }
+    open
+}
+
 /// Bytes an unprivileged writer may still use on the filesystem holding `path` (the
 /// nearest existing ancestor when `path` does not exist yet).
 pub fn free_bytes(path: &Path) -> io::Result<u64> {

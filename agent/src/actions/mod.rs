@@ -58,6 +58,9 @@ pub enum Outcome {
     /// Found still running (it or what it started) when the agent started again after
     /// a crash, and killed.
     KilledAfterRestart,
+    /// Audited as started by an agent that ended before recording how it ended, with
+    /// nothing of it left running at the next start.
+    Unfinished,
     Ok,
     Failed,
     TimedOut,
@@ -73,6 +76,7 @@ impl Outcome {
             Outcome::Started => "started",
             Outcome::Stopped => "stopped",
             Outcome::KilledAfterRestart => "killed_after_restart",
+            Outcome::Unfinished => "unfinished",
             Outcome::Ok => "ok",
             Outcome::Failed => "failed",
             Outcome::TimedOut => "timed_out",
@@ -324,6 +328,7 @@ fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
         let id = m.env.get(sweep::RUN_VAR).cloned().unwrap_or_default();
         runs.entry(id).or_default().push(m);
     }
+    let mut taken: Vec<String> = runs.keys().cloned().collect();
     for (span_id, procs) in runs {
         let env = &procs[0].env;
         let var = |k: &str| env.get(k).cloned().unwrap_or_default();
@@ -360,6 +365,51 @@ fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
             span_id,
             parent_span_id: String::new(),
             start_unix_nano: now,
+            end_unix_nano: now,
+        };
+        finish(audit, done, run);
+    }
+    // Runs on record as started with no end, and nothing left running: their end is
+    // unknown, which is worth a record of its own.
+    for started in audit::unfinished(audit.path()) {
+        let text = |k: &str| started[k].as_str().unwrap_or_default().to_owned();
+        let span_id = text("span_id");
+        if taken.contains(&span_id) {
+            continue;
+        }
+        taken.push(span_id.clone());
+        let now = unix_nanos();
+        let run = ActionRun {
+            time: rfc3339(now),
+            alarm_id: text("alarm_id"),
+            event: if started["event"] == "resolved" {
+                "resolved"
+            } else {
+                "open"
+            },
+            series: text("series"),
+            rule: text("rule"),
+            kind: if started["kind"] == "webhook" {
+                "webhook"
+            } else {
+                "program"
+            },
+            target: text("target"),
+            outcome: Outcome::Unfinished,
+            exit_code: None,
+            http_status: None,
+            duration_ms: 0.0,
+            error: Some(
+                "the agent stopped before recording how this run ended; nothing of it was \
+                 still running at this start"
+                    .into(),
+            ),
+            output: String::new(),
+            killed: Vec::new(),
+            trace_id: text("trace_id"),
+            span_id,
+            parent_span_id: text("parent_span_id"),
+            start_unix_nano: started["start_unix_nano"].as_u64().unwrap_or(now),
             end_unix_nano: now,
         };
         finish(audit, done, run);

@@ -497,3 +497,39 @@ fn after_a_crash_the_next_start_kills_and_audits_runs_left_behind() {
     assert_eq!(l["killed"][0], format!("{left} sleep"));
     assert_eq!(a.completed().len(), 1);
 }
+
+/// A run on record as started, with no end and nothing left running (the agent was
+/// killed as the program finished): the next start records it as unfinished, once.
+#[test]
+fn a_started_run_with_no_end_is_audited_as_unfinished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit").join("actions.jsonl");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let mut started = ActionRun::new(
+        &alarm_with_id("gone"),
+        &rule("r", &["/bin/true"]),
+        Outcome::Started,
+    );
+    started.span_id = "00000000000000aa".into();
+    let mut ended = started.clone();
+    ended.span_id = "00000000000000bb".into();
+    let mut closed = ended.clone();
+    closed.outcome = Outcome::Ok;
+    let text: String = [&started, &ended, &closed]
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(&log, text).unwrap();
+    let mut a = actions(dir.path(), vec![rule("r", &["/bin/true"])], |_| {});
+    let runs = a.completed();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome, Outcome::Unfinished);
+    assert_eq!(runs[0].span_id, "00000000000000aa");
+    assert_eq!(runs[0].alarm_id, "gone");
+    drop(a);
+    // Recorded once: a second start finds it closed.
+    let mut a = actions(dir.path(), vec![rule("r", &["/bin/true"])], |_| {});
+    assert!(a.completed().is_empty());
+    let last = audit_lines(dir.path()).pop().unwrap();
+    assert_eq!(last["outcome"], "unfinished");
+}
