@@ -248,7 +248,7 @@ cooldown = "0s"
         if let Some(line) = text
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .find(|l| l["alarm_id"] == id.as_str())
+            .find(|l| l["alarm_id"] == id.as_str() && l["outcome"] != "started")
         {
             break line;
         }

@@ -135,11 +135,13 @@ pub struct Overrides {
 
 impl Config {
     /// The configured node name, else the host name.
+    /// The configured name, else the host's, with anything that would act on a
+    /// terminal or hide in text escaped (see [`crate::util::text`]).
     pub fn node_name(&self) -> String {
         if self.agent.node_name.is_empty() {
-            crate::kernel::hostname()
+            crate::util::text::bounded(&crate::kernel::hostname())
         } else {
-            self.agent.node_name.clone()
+            crate::util::text::escape(&self.agent.node_name).into_owned()
         }
     }
 
@@ -204,6 +206,17 @@ impl Config {
             key: "agent.interval",
             problem,
         })?;
+        let chars = self.agent.node_name.chars().count();
+        if chars > crate::util::text::MAX_LABEL_CHARS {
+            return Err(ConfigError::Invalid {
+                key: "agent.node_name",
+                problem: format!(
+                    "is {chars} characters long; at most {} (set by --node-name, \
+                     NODEPULSE_NODE_NAME or [agent] node_name)",
+                    crate::util::text::MAX_LABEL_CHARS
+                ),
+            });
+        }
         let paths = [
             ("agent.sys_root", &self.agent.sys_root),
             ("attribution.proc_root", &self.attribution.proc_root),
@@ -251,6 +264,9 @@ impl Config {
                 check_listen(key, listen, port)?;
             }
         }
+        if self.prometheus.enabled && self.health.enabled {
+            check_listen_clash(&self.prometheus.listen, &self.health.listen)?;
+        }
         if !(1..=100_000).contains(&self.outliers.max_per_interval) {
             return Err(ConfigError::Invalid {
                 key: "outliers.max_per_interval",
@@ -262,6 +278,16 @@ impl Config {
         }
         for family in FAMILIES {
             family.validate(&self.probes)?;
+        }
+        // Here rather than in the detector's own validation: a family name is the
+        // catalogue's business.
+        for family in &self.detect.families {
+            if let Some(problem) = crate::catalog::unknown_family(family) {
+                return Err(ConfigError::Invalid {
+                    key: "detect.families",
+                    problem,
+                });
+            }
         }
         self.detect.validate()?;
         self.actions.validate()?;
@@ -283,6 +309,30 @@ impl Config {
 }
 
 /// A listen address: an IP address and a port.
+/// The Prometheus and health endpoints cannot share a port on overlapping addresses
+/// (the same address, or a wildcard and any address): the second bind would fail after
+/// every probe attached.
+fn check_listen_clash(prometheus: &str, health: &str) -> Result<(), ConfigError> {
+    let (Ok(p), Ok(h)) = (
+        prometheus.parse::<std::net::SocketAddr>(),
+        health.parse::<std::net::SocketAddr>(),
+    ) else {
+        return Ok(());
+    };
+    let overlap = p.ip() == h.ip() || p.ip().is_unspecified() || h.ip().is_unspecified();
+    if p.port() == h.port() && p.port() != 0 && overlap {
+        return Err(ConfigError::Invalid {
+            key: "health.listen",
+            problem: format!(
+                "\"{health}\" clashes with prometheus.listen \"{prometheus}\": both endpoints \
+                 would listen on port {}; give [health] a port of its own (default 9465)",
+                p.port()
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn check_listen(key: &'static str, listen: &str, port: u16) -> Result<(), ConfigError> {
     listen
         .parse::<std::net::SocketAddr>()
@@ -353,6 +403,66 @@ mod tests {
             Config::parse(example, "example").unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn endpoints_on_one_port_clash() {
+        for (p, h) in [
+            ("127.0.0.1:9464", "127.0.0.1:9464"),
+            ("0.0.0.0:9464", "127.0.0.1:9464"),
+            ("127.0.0.1:9464", "[::]:9464"),
+        ] {
+            let e = err(&format!(
+                "[prometheus]\nenabled = true\nlisten = \"{p}\"\n\
+                 [health]\nenabled = true\nlisten = \"{h}\"\n"
+            ));
+            assert!(
+                e.contains(&format!(
+                    "`health.listen` \"{h}\" clashes with prometheus.listen"
+                )),
+                "{e}"
+            );
+            assert!(e.contains("port of its own"), "{e}");
+        }
+        // Different ports, different addresses or port 0 (the kernel picks) are fine.
+        for (p, h) in [
+            ("127.0.0.1:9464", "127.0.0.1:9465"),
+            ("127.0.0.1:9464", "127.0.0.2:9464"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            Config::parse(
+                &format!(
+                    "[prometheus]\nenabled = true\nlisten = \"{p}\"\n\
+                     [health]\nenabled = true\nlisten = \"{h}\"\n"
+                ),
+                "t",
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_families_are_named_in_detect_and_action_rules() {
+        let e = err("[detect]\nfamilies = [\"block.io.latency\", \"nope\"]\n");
+        assert!(
+            e.contains("`detect.families` names `nope`, which is not a metric family"),
+            "{e}"
+        );
+        assert!(e.contains("block.io.latency"), "{e}");
+        let e = err(
+            "[[actions.rules]]\nname = \"r\"\nfamily = \"blok.io.latency\"\n\
+             program = [\"/bin/true\"]\n",
+        );
+        assert!(
+            e.contains("`actions.rules[0].family` names `blok.io.latency`"),
+            "{e}"
+        );
+        Config::parse(
+            "[detect]\nfamilies = [\"block.io.size\"]\n[[actions.rules]]\nname = \"r\"\n\
+             family = \"block.io.latency\"\nprogram = [\"/bin/true\"]\n",
+            "t",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -19,3 +19,6 @@ pub mod report;
 pub mod selfmon;
 pub mod settings;
 pub mod util;
+
+#[cfg(test)]
+mod fuzz_inputs;

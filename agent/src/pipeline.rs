@@ -211,6 +211,7 @@ impl Pipeline {
         }
         if let Some(actions) = &mut self.actions {
             report.actions = actions.completed();
+            report.agent.audit_failures_total = actions.audit_failures();
         }
     }
 
@@ -244,6 +245,10 @@ impl Pipeline {
                     if max_reports != 0 && reports >= max_reports {
                         break;
                     }
+                    if !self.exporters.is_empty() && self.exporters.iter().all(|e| e.closed()) {
+                        tracing::info!("nobody reads the output any more; stopping");
+                        break;
+                    }
                 }
                 name = shutdown.requested() => {
                     // A last report, so exporters hold everything measured until now.
@@ -254,10 +259,12 @@ impl Pipeline {
                 }
             }
         }
+        // Runs still going after the grace are killed, with all they started, and
+        // audited as stopped.
         if let Some(actions) = &mut self.actions
-            && !actions.wait(ACTIONS_GRACE)
+            && !actions.stop(ACTIONS_GRACE)
         {
-            tracing::warn!("actions still running at exit; they carry on on their own");
+            tracing::warn!("actions still running at exit after being killed");
         }
         drop(self);
         tracing::info!("probes detached, exiting");

@@ -21,9 +21,18 @@ impl SeriesKey {
         family: &'static str,
         labels: impl IntoIterator<Item = (&'static str, String)>,
     ) -> Self {
+        // Every label value, whatever its source, is safe to show: the attribution
+        // modules bound theirs already; cgroup paths and the like are escaped here but
+        // not cut (two long paths differing only at the end must stay two series).
         Self {
             family,
-            labels: labels.into_iter().collect(),
+            labels: labels
+                .into_iter()
+                .map(|(k, v)| match crate::util::text::escape(&v) {
+                    std::borrow::Cow::Borrowed(_) => (k, v),
+                    std::borrow::Cow::Owned(safe) => (k, safe),
+                })
+                .collect(),
         }
     }
 
@@ -188,6 +197,20 @@ pub fn counter_delta(now: u64, before: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn label_values_are_escaped_for_people_whatever_their_source() {
+        let path = "/kubepods/pod-\u{202e}gpj.exe/\u{1b}[2J";
+        let key = super::SeriesKey::new("f", [("cgroup", path.to_owned())]);
+        assert_eq!(
+            key.label("cgroup"),
+            Some("/kubepods/pod-\\u{202e}gpj.exe/\\u{1b}[2J")
+        );
+        // Long paths are not cut: two that differ only at the end stay two series.
+        let long = format!("/{}", "a".repeat(300));
+        let key = super::SeriesKey::new("f", [("cgroup", long.clone())]);
+        assert_eq!(key.label("cgroup"), Some(long.as_str()));
+    }
+
     use super::*;
 
     fn hist(counts: &[u64]) -> ExpHistogram {

@@ -1,5 +1,7 @@
 //! Command line: `nodepulse run`, `check`, `record` and `replay`.
 
+#[macro_use]
+mod out;
 mod replay;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -184,8 +186,8 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 pub(super) fn config_error(e: ConfigError) -> ExitCode {
-    eprintln!("nodepulse: {e}");
-    eprintln!("nothing was attached; fix the configuration and start again");
+    errln!("nodepulse: {e}");
+    errln!("nothing was attached; fix the configuration and start again");
     ExitCode::from(EXIT_CONFIG)
 }
 
@@ -204,7 +206,7 @@ fn record(args: RecordArgs) -> ExitCode {
         {
             Ok(f) => Box::new(f),
             Err(e) => {
-                eprintln!(
+                errln!(
                     "nodepulse: cannot write the recording to {}: {e}; choose a writable \
                      path with --output",
                     args.output.display()
@@ -229,7 +231,7 @@ fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + Send>>) -> E
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("nodepulse: cannot start the runtime: {e}");
+            errln!("nodepulse: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -244,7 +246,7 @@ async fn run_agent(
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("nodepulse: cannot install signal handlers: {e}");
+            errln!("nodepulse: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -259,8 +261,8 @@ async fn run_agent(
         match Actions::start(&config.actions, &config.node_name()) {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("nodepulse: {e}");
-                eprintln!("nothing was attached; fix the configuration and start again");
+                errln!("nodepulse: {e}");
+                errln!("nothing was attached; fix the configuration and start again");
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
@@ -276,7 +278,7 @@ async fn run_agent(
     let probes = match Probes::start(&config) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("nodepulse: {e}");
+            errln!("nodepulse: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -346,7 +348,7 @@ fn start_exporters(
                 otlp = Some(sender);
             }
             Err(e) => {
-                eprintln!("nodepulse: cannot start OTLP export: {e}");
+                errln!("nodepulse: cannot start OTLP export: {e}");
                 return Err(ExitCode::FAILURE);
             }
         }
@@ -360,7 +362,7 @@ fn start_exporters(
 /// A `listen` key, already validated with the rest of the configuration.
 fn listen_address(table: &str, listen: &str) -> Result<std::net::SocketAddr, ExitCode> {
     listen.parse().map_err(|e| {
-        eprintln!("nodepulse: {table}.listen: {e}");
+        errln!("nodepulse: {table}.listen: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -371,7 +373,7 @@ fn cannot_serve(
     listen: std::net::SocketAddr,
     e: std::io::Error,
 ) -> ExitCode {
-    eprintln!(
+    errln!(
         "nodepulse: cannot serve {what} on {listen}: {e}\n\
          choose a free address with [{table}] listen in the configuration"
     );
@@ -384,18 +386,26 @@ fn check(args: CheckArgs) -> ExitCode {
         Err(e) => return config_error(e),
     };
     if args.config_only {
-        println!("configuration is valid: {config}");
+        let problems = check::config_preflight(&config);
+        if !problems.is_empty() {
+            for p in &problems {
+                errln!("nodepulse: {p}");
+            }
+            errln!("`nodepulse run` would fail with this configuration on this host");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        outln!("configuration is valid: {config}");
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
     let report = check::run(&config);
     if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => eprintln!("nodepulse: {e}"),
+            Ok(json) => outln!("{json}"),
+            Err(e) => errln!("nodepulse: {e}"),
         }
     } else {
-        print!("{}", report.render());
+        out::stdout(format_args!("{}", report.render()));
     }
     ExitCode::from(report.exit_code() as u8)
 }

@@ -350,6 +350,10 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
             vec![int_point(report.alarms_open, vec![], times)],
         ),
         self_metric(
+            &catalog::AUDIT_FAILURES,
+            vec![int_point(report.agent.audit_failures_total, vec![], times)],
+        ),
+        self_metric(
             &catalog::MEMORY,
             vec![int_point(report.agent.rss_bytes, vec![], times)],
         ),
