@@ -95,6 +95,22 @@ kvm_guest() {
     return 1
 }
 
+# TCP on loopback to a Ceph OSD port (the probe's default peer groups): 4 MiB fetched
+# over HTTP (busybox's nc stops after its first KiB).
+ip link set lo up
+tcp_traffic() {
+    mkdir -p /tmp/www
+    dd if=/dev/zero of=/tmp/www/blob bs=65536 count=64 2>/dev/null
+    httpd -f -p 127.0.0.1:6800 -h /tmp/www &
+    server=$!
+    sleep 0.5
+    wget -q -O /dev/null http://127.0.0.1:6800/blob
+    rc=$?
+    kill "$server"
+    wait "$server" 2>/dev/null
+    return $rc
+}
+
 lines() { wc -l </tmp/record.jsonl 2>/dev/null || echo 0; }
 wait_lines() {
     want=$1
@@ -114,6 +130,7 @@ section schedstat_before cat /proc/schedstat
 section block_io block_io
 section kvm kvm_guest
 section contention contention
+section tcp tcp_traffic
 sync
 section stats_after block_stats
 section schedstat_after cat /proc/schedstat

@@ -226,6 +226,30 @@ mod tests {
     }
 
     #[test]
+    fn the_guest_script_parses() {
+        // `sh -n` reads without running; busybox's ash runs it in the guest.
+        let mut child = Command::new("sh")
+            .arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sh");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(INIT.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "guest.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
     fn module_names_drop_compression_suffixes() {
         assert_eq!(
             module_name(Path::new("/x/drivers/nvme/host/nvme-core.ko.xz")),

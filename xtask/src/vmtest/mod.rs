@@ -99,16 +99,22 @@ pub fn run_matrix(specs: &[kernels::Spec]) -> Result<()> {
             util::relative_to_cwd(&out.console).display()
         );
         std::fs::write(dir.join("results.txt"), &out.results)?;
-        let report = judge::judge(&kernel, &out.results)
-            .with_context(|| format!("kernel {} ({})", spec.name, kernel.release))?;
+        let report = judge::judge(&kernel, &out.results).with_context(|| {
+            format!(
+                "kernel {} ({}); the guest's console: {}",
+                spec.name,
+                kernel.release,
+                out.console.display()
+            )
+        })?;
         report.print();
         reports.push((report, out.elapsed));
     }
 
-    println!(
-        "\n{}",
-        judge::table(&reports.iter().map(|(r, _)| r).collect::<Vec<_>>())
-    );
+    let host = host_report(&nodepulse)?;
+    let mut rows: Vec<&judge::KernelReport> = reports.iter().map(|(r, _)| r).collect();
+    rows.push(&host);
+    println!("\n{}", judge::table(&rows));
     let boots: Duration = reports.iter().map(|(_, d)| *d).sum();
     println!(
         "vmtest: {} kernels in {} (guests {})",
@@ -121,6 +127,17 @@ pub fn run_matrix(specs: &[kernels::Spec]) -> Result<()> {
         bail!("vmtest failed:\n  {}", failed.join("\n  "));
     }
     Ok(())
+}
+
+/// `nodepulse check --json` on this machine's own kernel, for the table's host row.
+fn host_report(binary: &std::path::Path) -> Result<judge::KernelReport> {
+    let out = std::process::Command::new(binary)
+        .args(["check", "--json"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("could not run {}", binary.display()))?;
+    judge::KernelReport::host(&String::from_utf8_lossy(&out.stdout))
+        .context("`nodepulse check --json` on the host")
 }
 
 /// The nested guest program (tests/kvm_guest_process.rs) as a static binary.
