@@ -80,14 +80,30 @@ pub fn cache_dir() -> PathBuf {
         .join("kernels")
 }
 
-/// The unpacked kernel for `spec`, fetched first unless the cache has one.
-pub fn ensure(spec: Spec) -> Result<Kernel> {
+/// The unpacked kernels for `specs`, in order, fetching those the cache lacks (with
+/// one `apt-get update` for all of them).
+pub fn ensure_all(specs: &[Spec]) -> Result<Vec<Kernel>> {
     let cache = cache_dir();
-    if let Some(kernel) = cached(&cache, spec)? {
-        return Ok(kernel);
+    let mut apt = None;
+    let mut kernels = Vec::new();
+    for &spec in specs {
+        if let Some(kernel) = cached(&cache, spec)? {
+            kernels.push(kernel);
+            continue;
+        }
+        if apt.is_none() {
+            let fresh = PrivateApt::new(&cache)?;
+            fresh.update()?;
+            apt = Some(fresh);
+        }
+        let apt = apt.as_ref().expect("set above");
+        kernels.push(fetch(&cache, apt, spec)?);
     }
-    let apt = PrivateApt::new(&cache)?;
-    apt.update()?;
+    Ok(kernels)
+}
+
+/// Downloads and unpacks the newest package of `spec`.
+fn fetch(cache: &Path, apt: &PrivateApt, spec: Spec) -> Result<Kernel> {
     let package = apt
         .newest(spec)?
         .with_context(|| format!("no package {}*{} in {SOURCES}", spec.prefix, spec.suffix))?;
@@ -111,7 +127,7 @@ pub fn ensure(spec: Spec) -> Result<Kernel> {
     // Unpacked into a temporary name first, so an interrupted run leaves no half tree
     // that a rerun would take as cached.
     let root = cache.join("unpacked").join(&package);
-    let partial = root.with_extension("partial");
+    let partial = cache.join("unpacked").join(format!("{package}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
     util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;

@@ -75,17 +75,18 @@ pub fn run_matrix(specs: &[kernels::Spec]) -> Result<()> {
     let work = util::target_dir().join("vmtest");
     std::fs::create_dir_all(&work)?;
 
+    let kernels = kernels::ensure_all(specs)?;
     let mut reports = Vec::new();
-    for &spec in specs {
+    for kernel in &kernels {
+        let spec = kernel.spec;
         println!("\n== kernel {} ({})", spec.name, spec.distribution);
-        let kernel = kernels::ensure(spec)?;
         let dir = work.join(spec.name);
         std::fs::create_dir_all(&dir)?;
         let programs = initramfs::Programs {
             nodepulse: &nodepulse,
             kvm_guest: &kvm_guest,
         };
-        let initrd = initramfs::build(&kernel, &programs, &dir)?;
+        let initrd = initramfs::build(kernel, &programs, &dir)?;
         let out = qemu::boot(&qemu::Boot {
             vmlinuz: &kernel.vmlinuz(),
             initramfs: &initrd,
@@ -99,7 +100,7 @@ pub fn run_matrix(specs: &[kernels::Spec]) -> Result<()> {
             util::relative_to_cwd(&out.console).display()
         );
         std::fs::write(dir.join("results.txt"), &out.results)?;
-        let report = judge::judge(&kernel, &out.results).with_context(|| {
+        let report = judge::judge(kernel, &out.results).with_context(|| {
             format!(
                 "kernel {} ({}); the guest's console: {}",
                 spec.name,
