@@ -15,6 +15,9 @@ pub const PROG_BLOCK_ISSUE_BTF: &str = "block_rq_issue_btf";
 pub const PROG_BLOCK_COMPLETE_BTF: &str = "block_rq_complete_btf";
 pub const PROG_BLOCK_ISSUE_RAW: &str = "block_rq_issue_raw";
 pub const PROG_BLOCK_COMPLETE_RAW: &str = "block_rq_complete_raw";
+/// Up to 5.10, where `block_rq_complete` passes an errno instead of a `blk_status_t`.
+pub const PROG_BLOCK_COMPLETE_BTF_ERRNO: &str = "block_rq_complete_btf_errno";
+pub const PROG_BLOCK_COMPLETE_RAW_ERRNO: &str = "block_rq_complete_raw_errno";
 pub const PROG_BLOCK_ISSUE_TP: &str = "block_rq_issue_tp";
 pub const PROG_BLOCK_COMPLETE_TP: &str = "block_rq_complete_tp";
 pub const PROG_BLOCK_ISSUE_FENTRY: &str = "block_rq_issue_fentry";

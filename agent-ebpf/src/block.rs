@@ -739,6 +739,39 @@ pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+// Kernels up to 5.10 pass `block_rq_complete` an int errno (`blk_status_to_errno()`),
+// not the `blk_status_t`; 5.11 passes the status. These variants record it as the
+// classic tracepoint does, `0x100 | errno`, which the agent names like the status it
+// came from. Chosen by the agent from the type of the tracepoint's argument in BTF.
+
+/// `0x100 | errno` from a negative errno; 0 stays 0 (success).
+#[inline(always)]
+fn errno_status(errno: i32) -> u32 {
+    if errno == 0 {
+        0
+    } else {
+        (errno.wrapping_neg() as u32 & 0xff) | 0x100
+    }
+}
+
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn block_rq_complete_btf_errno(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    let errno: i32 = ctx.arg(1);
+    let nr_bytes: u32 = ctx.arg(2);
+    complete_request::<DirectRead>(rq as u64, btf_request_id(rq), errno_status(errno), nr_bytes);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_rq_complete")]
+pub fn block_rq_complete_raw_errno(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    let errno: u64 = ctx.arg(1);
+    let nr_bytes: u64 = ctx.arg(2);
+    complete_request::<ProbeRead>(rq, rq, errno_status(errno as i32), nr_bytes as u32);
+    0
+}
+
 // Kernels up to 5.10 pass the queue first to the request tracepoints
 // (`block_rq_insert/issue/requeue(struct request_queue *q, struct request *rq)`; 5.11
 // dropped `q`). A tracing program may not read an argument the tracepoint does not

@@ -60,6 +60,8 @@ pub struct BlockLayouts {
     outlier: OutlierLayout,
     /// Whether `block_rq_insert/issue/requeue` pass the queue before the request.
     queue_first: bool,
+    /// Whether `block_rq_complete` passes an int errno rather than a `blk_status_t`.
+    complete_errno: bool,
 }
 
 impl BlockLayouts {
@@ -83,11 +85,15 @@ impl BlockLayouts {
         };
         // Up to 5.10 the request tracepoints are `(q, rq)`: two arguments, not one.
         let queue_first = btf.and_then(|b| b.tracepoint_args("block_rq_issue")) == Some(2);
+        // Up to 5.10 the completion's error is `int` (an errno), from 5.11 `blk_status_t`.
+        let complete_errno =
+            btf.and_then(|b| b.tracepoint_arg_type("block_rq_complete", 1)) == Some("int");
         Self {
             request,
             tracepoints,
             outlier,
             queue_first,
+            complete_errno,
         }
     }
 }
@@ -113,6 +119,8 @@ impl Layouts for BlockLayouts {
         let spec = |program, hook| ProgramSpec { program, hook };
         // The programs taking the request from the second argument (up to 5.10).
         let q = |one, queue_first| if self.queue_first { queue_first } else { one };
+        // The completion programs reading an errno (up to 5.10).
+        let e = |status, errno| if self.complete_errno { errno } else { status };
         let all = [
             Variant {
                 kind: AttachKind::TpBtf,
@@ -120,7 +128,10 @@ impl Layouts for BlockLayouts {
                 // completion is not yet hooked.
                 programs: vec![
                     spec(
-                        names::PROG_BLOCK_COMPLETE_BTF,
+                        e(
+                            names::PROG_BLOCK_COMPLETE_BTF,
+                            names::PROG_BLOCK_COMPLETE_BTF_ERRNO,
+                        ),
                         Hook::TpBtf("block_rq_complete"),
                     ),
                     spec(
@@ -142,7 +153,10 @@ impl Layouts for BlockLayouts {
                 kind: AttachKind::RawTracepoint,
                 programs: vec![
                     spec(
-                        names::PROG_BLOCK_COMPLETE_RAW,
+                        e(
+                            names::PROG_BLOCK_COMPLETE_RAW,
+                            names::PROG_BLOCK_COMPLETE_RAW_ERRNO,
+                        ),
                         Hook::Raw("block_rq_complete"),
                     ),
                     spec(
@@ -357,9 +371,43 @@ pub fn measured_with(family: &str, kind: AttachKind) -> bool {
     }
 }
 
+/// The `blk_status_t` a completion errno came from: the inverse of the kernel's
+/// `blk_status_to_errno()` (block/blk-core.c, `blk_errors[]`), which gives each status
+/// its own errno, so the label does not depend on which one the hook saw.
+fn status_of_errno(errno: i32) -> Option<u32> {
+    Some(match errno {
+        libc::EOPNOTSUPP => 1,
+        libc::ETIMEDOUT => 2,
+        libc::ENOSPC => 3,
+        libc::ENOLINK => 4,
+        libc::EREMOTEIO => 5,
+        libc::EBADE => 6,
+        libc::ENODATA => 7,
+        libc::EILSEQ => 8,
+        libc::ENOMEM => 9,
+        libc::EIO => 10,
+        libc::EREMCHG => 11,
+        libc::EAGAIN => 12,
+        libc::EBUSY => 13,
+        libc::ETOOMANYREFS => 14,
+        libc::EOVERFLOW => 15,
+        libc::ENODEV => 16,
+        libc::ETIME => 17,
+        _ => return None,
+    })
+}
+
 /// Name of a completion status: `blk_status_t` (include/linux/blk_types.h; stable
-/// numbers since 4.13), or, from classic tracepoints, `0x100 | errno`.
+/// numbers since 4.13), or `0x100 | errno` from hooks that see the errno (classic
+/// tracepoints; BTF and raw tracepoints up to 5.10), named as the status it maps from.
 pub fn error_name(status: u32) -> String {
+    let status = match status {
+        s if s & 0x100 != 0 => match status_of_errno((s & 0xff) as i32) {
+            Some(s) => s,
+            None => return format!("errno_{}", s & 0xff),
+        },
+        s => s,
+    };
     let name = match status {
         1 => "notsupp",
         2 => "timeout",
@@ -378,7 +426,6 @@ pub fn error_name(status: u32) -> String {
         15 => "zone_active_resource",
         16 => "offline",
         17 => "duration_limit",
-        s if s & 0x100 != 0 => return format!("errno_{}", s & 0xff),
         s => return format!("status_{s}"),
     };
     name.to_owned()
@@ -712,4 +759,55 @@ fn device_labels(cx: &mut ReadContext<'_>, dev: u32) -> Vec<(&'static str, Strin
     let mut labels = vec![("device", d.name.clone()), ("dev", d.number.clone())];
     labels.extend(d.labels());
     labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `blk_errors[]` as the kernel lists it (block/blk-core.c): status, errno.
+    const BLK_ERRORS: [(u32, i32); 17] = [
+        (1, libc::EOPNOTSUPP),
+        (2, libc::ETIMEDOUT),
+        (3, libc::ENOSPC),
+        (4, libc::ENOLINK),
+        (5, libc::EREMOTEIO),
+        (6, libc::EBADE),
+        (7, libc::ENODATA),
+        (8, libc::EILSEQ),
+        (9, libc::ENOMEM),
+        (10, libc::EIO),
+        (11, libc::EREMCHG),
+        (12, libc::EAGAIN),
+        (13, libc::EBUSY),
+        (14, libc::ETOOMANYREFS),
+        (15, libc::EOVERFLOW),
+        (16, libc::ENODEV),
+        (17, libc::ETIME),
+    ];
+
+    #[test]
+    fn an_errno_is_named_as_the_status_it_came_from() {
+        for (status, errno) in BLK_ERRORS {
+            let from_errno = error_name(0x100 | errno as u32);
+            assert_eq!(from_errno, error_name(status), "errno {errno}");
+            assert!(!from_errno.starts_with("status_"), "{from_errno}");
+        }
+        assert_eq!(error_name(0x100 | libc::EIO as u32), "ioerr");
+        assert_eq!(error_name(10), "ioerr");
+        assert_eq!(error_name(0x100 | libc::EOPNOTSUPP as u32), "notsupp");
+    }
+
+    #[test]
+    fn no_two_errnos_share_a_status_and_others_keep_their_number() {
+        let mut seen = std::collections::HashSet::new();
+        for errno in 1..256 {
+            if let Some(status) = status_of_errno(errno) {
+                assert!(seen.insert(status), "status {status} from two errnos");
+            }
+        }
+        assert_eq!(seen.len(), BLK_ERRORS.len());
+        assert_eq!(error_name(0x100 | libc::EPERM as u32), "errno_1");
+        assert_eq!(error_name(200), "status_200");
+    }
 }
