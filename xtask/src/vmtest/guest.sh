@@ -15,6 +15,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 OUT=/dev/ttyS1
 ITERATIONS=$(sed -n 's/.*vmtest.kvm_iterations=\([0-9]*\).*/\1/p' /proc/cmdline)
 IO_COUNT=$(sed -n 's/.*vmtest.io_count=\([0-9]*\).*/\1/p' /proc/cmdline)
+ERROR_COUNT=$(sed -n 's/.*vmtest.error_count=\([0-9]*\).*/\1/p' /proc/cmdline)
 
 # section NAME COMMAND...: the command's output, framed, with its exit code; its
 # standard error follows as section NAME.stderr.
@@ -39,7 +40,7 @@ section modules load_modules
 
 # The disks appear asynchronously once their drivers probe them.
 for i in $(seq 50); do
-    [ -b /dev/nvme0n1 ] && [ -b /dev/vda ] && [ -b /dev/sda ] && break
+    [ -b /dev/nvme0n1 ] && [ -b /dev/vda ] && [ -b /dev/vdb ] && [ -b /dev/sda ] && break
     sleep 0.2
 done
 truncate -s 64M /tmp/loop.img
@@ -60,6 +61,17 @@ block_io() {
         dd if=/dev/zero of=/dev/$dev bs=4096 count="$IO_COUNT" oflag=direct 2>&1 | tail -1
         dd if=/dev/$dev of=/dev/null bs=4096 count="$IO_COUNT" iflag=direct 2>&1 | tail -1
     done
+}
+
+# Reads the host's blkdebug fails with EIO (sector 8192 of vdb, 4 KiB blocks): each
+# direct read is one request completing with BLK_STS_IOERR. Prints how many failed.
+block_errors() {
+    failed=0
+    for i in $(seq "$ERROR_COUNT"); do
+        dd if=/dev/vdb of=/dev/null bs=4096 count=1 skip=1024 iflag=direct 2>/dev/null ||
+            failed=$((failed + 1))
+    done
+    echo "$failed"
 }
 
 # Two busy loops sharing the one CPU inside a cgroup of their own: run-queue waits.
@@ -128,6 +140,7 @@ section attached wait_lines 1
 section stats_before block_stats
 section schedstat_before cat /proc/schedstat
 section block_io block_io
+section block_errors block_errors
 section kvm kvm_guest
 section contention contention
 section tcp tcp_traffic

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use super::{
-    IO_COUNT, KVM_ITERATIONS,
+    ERROR_COUNT, IO_COUNT, KVM_ITERATIONS,
     kernels::Kernel,
     results::{self, Attach, AttachVerdict, Sections},
 };
@@ -191,6 +191,26 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
             ),
         });
     }
+
+    // Block errors: every read of the faulty disk's bad sector failed with EIO, which
+    // the agent must name `ioerr` on every kernel (5.10 hands the hook an errno).
+    let failed: Option<u64> = sections.any("block_errors")?.trim().parse().ok();
+    let ioerr = results::count_where(
+        &recorded,
+        "block.io.errors",
+        &[("device", "vdb"), ("op", "read"), ("error", "ioerr")],
+    );
+    let any_error = results::count_where(&recorded, "block.io.errors", &[]);
+    checks.push(Check {
+        name: "block errors (vdb, EIO)".into(),
+        ok: failed == Some(ERROR_COUNT) && ioerr == ERROR_COUNT && any_error == ERROR_COUNT,
+        exact: true,
+        detail: format!(
+            "guest reads failed {} of {ERROR_COUNT} | agent error=ioerr {ioerr}, any error \
+             {any_error}",
+            failed.map_or("?".into(), |n| n.to_string())
+        ),
+    });
 
     // KVM: the nested guest's own count of its exits to userspace.
     let guest: serde_json::Value = serde_json::from_str(sections.ok("kvm")?.trim())

@@ -22,6 +22,8 @@ use crate::util::{self, fmt_duration};
 
 /// 4 KiB direct writes, then reads, per disk.
 pub const IO_COUNT: u64 = 200;
+/// Direct reads of the faulty disk's bad sector, each failing with EIO.
+pub const ERROR_COUNT: u64 = 3;
 /// Iterations of the nested guest's `out; hlt` loop.
 pub const KVM_ITERATIONS: u64 = 100;
 
@@ -91,7 +93,10 @@ pub fn run_matrix(specs: &[kernels::Spec]) -> Result<()> {
             vmlinuz: &kernel.vmlinuz(),
             initramfs: &initrd,
             dir: &dir,
-            cmdline: &format!("vmtest.io_count={IO_COUNT} vmtest.kvm_iterations={KVM_ITERATIONS}"),
+            cmdline: &format!(
+                "vmtest.io_count={IO_COUNT} vmtest.error_count={ERROR_COUNT} \
+                 vmtest.kvm_iterations={KVM_ITERATIONS}"
+            ),
         })?;
         println!(
             "guest {} ran in {} (console: {})",

@@ -1,6 +1,7 @@
 //! Boots one kernel under QEMU's TCG (no `/dev/kvm` needed) with an SVM-capable CPU and
-//! an NVMe, a virtio-blk and a virtio-SCSI disk; the guest's results come back over a
-//! second serial port written to a file.
+//! an NVMe, a virtio-blk and a virtio-SCSI disk, plus a second virtio-blk disk whose
+//! reads at [`FAULTY_SECTOR`] fail with EIO (QEMU's blkdebug driver); the guest's
+//! results come back over a second serial port written to a file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,6 +13,10 @@ use crate::util;
 
 /// Size of each emulated disk (sparse files).
 const DISK_BYTES: u64 = 64 << 20;
+
+/// The 512-byte sector of the faulty disk (`vdb` in the guest) whose reads fail: 4 MiB in,
+/// away from what the kernel's partition scan reads at boot.
+pub const FAULTY_SECTOR: u64 = 8192;
 
 /// Long enough for a TCG boot (20–25 s here) and the guest's run on a busy machine.
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,6 +46,16 @@ pub fn boot(b: &Boot<'_>) -> Result<Output> {
         Ok(path)
     };
     let (nvme, virtio, scsi) = (disk("nvme")?, disk("virtio")?, disk("scsi")?);
+    let faulty = disk("faulty")?;
+    let faulty_node = serde_json::json!({
+        "driver": "raw",
+        "node-name": "faulty0",
+        "file": {
+            "driver": "blkdebug",
+            "image": {"driver": "file", "filename": faulty},
+            "inject-error": [{"event": "read_aio", "errno": 5, "sector": FAULTY_SECTOR}],
+        },
+    });
     let console = b.dir.join("console.log");
     let results = b.dir.join("results.txt");
     let _ = std::fs::remove_file(&results);
@@ -75,7 +90,9 @@ pub fn boot(b: &Boot<'_>) -> Result<Output> {
         .args(["-device", "virtio-blk-pci,drive=virtio0"])
         .args(["-device", "virtio-scsi-pci,id=scsi0"])
         .args(["-drive", &drive("scsi0", &scsi)])
-        .args(["-device", "scsi-hd,drive=scsi0,bus=scsi0.0"]);
+        .args(["-device", "scsi-hd,drive=scsi0,bus=scsi0.0"])
+        .args(["-blockdev", &faulty_node.to_string()])
+        .args(["-device", "virtio-blk-pci,drive=faulty0"]);
     println!("$ {}", util::display(&cmd));
     let start = Instant::now();
     let mut child = cmd
@@ -110,7 +127,7 @@ pub fn boot(b: &Boot<'_>) -> Result<Output> {
     }
     let results = std::fs::read_to_string(&results)
         .with_context(|| format!("read the guest's results {}", results.display()))?;
-    for d in [nvme, virtio, scsi] {
+    for d in [nvme, virtio, scsi, faulty] {
         let _ = std::fs::remove_file(d);
     }
     Ok(Output {

@@ -173,8 +173,8 @@ pub struct Summed {
     pub count: u64,
 }
 
-/// Every series of `nodepulse record`'s JSON lines, keyed by family and its labels as
-/// `k=v,...`, counts summed over the reports.
+/// Every series and counter of `nodepulse record`'s JSON lines, keyed by family and its
+/// labels as `k=v,...`, counts (a counter's increases) summed over the reports.
 pub fn recorded(jsonl: &str) -> Result<BTreeMap<(String, String), Summed>> {
     let mut out: BTreeMap<(String, String), Summed> = BTreeMap::new();
     for (i, line) in jsonl
@@ -184,7 +184,14 @@ pub fn recorded(jsonl: &str) -> Result<BTreeMap<(String, String), Summed>> {
     {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("report {} of the recording is not JSON", i + 1))?;
-        for s in v["series"].as_array().into_iter().flatten() {
+        // Histograms carry their interval's `count`, counters their interval's `delta`.
+        let series = v["series"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (s, "count"));
+        let counters = v["counters"].as_array().into_iter().flatten();
+        for (s, field) in series.chain(counters.map(|c| (c, "delta"))) {
             let family = s["family"].as_str().unwrap_or("?").to_owned();
             let labels = s["labels"]
                 .as_object()
@@ -195,7 +202,8 @@ pub fn recorded(jsonl: &str) -> Result<BTreeMap<(String, String), Summed>> {
                         .join(",")
                 })
                 .unwrap_or_default();
-            out.entry((family, labels)).or_default().count += s["count"].as_u64().unwrap_or(0);
+            let e = out.entry((family, labels)).or_default();
+            e.count += s[field].as_u64().unwrap_or(0);
         }
     }
     Ok(out)
@@ -224,6 +232,15 @@ pub fn count_where(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_and_counters_are_summed_over_reports() {
+        let line = r#"{"series":[{"family":"h","labels":{"device":"vda"},"count":4}],"counters":[{"family":"c","labels":{"error":"ioerr"},"delta":2,"total":9}]}"#;
+        let r = recorded(&format!("{line}\n{line}\n")).unwrap();
+        assert_eq!(count_where(&r, "h", &[("device", "vda")]), 8);
+        assert_eq!(count_where(&r, "c", &[("error", "ioerr")]), 4);
+        assert_eq!(count_where(&r, "c", &[("error", "again")]), 0);
+    }
 
     #[test]
     fn sections_carry_output_and_exit_code() {
