@@ -150,6 +150,8 @@ section schedstat_after cat /proc/schedstat
 # Two more reports: the interval holding the last completions is closed and reported.
 n=$(lines)
 section settled wait_lines $((n + 2))
+# Closes the run-queue window the first report opened (judged against reports 2..).
+section schedstat_settled cat /proc/schedstat
 echo done >&3
 exec 3>&-
 wait "$KVM_GUEST"

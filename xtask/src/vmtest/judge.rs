@@ -43,6 +43,10 @@ const DISKS: [(&str, &str); 4] = [
 const VM_UUID: &str = "2f6a5c1e-0b1d-4d35-9a51-6c7f1e0d2a2a";
 
 /// One exactness check.
+/// How far the agent's run-queue sum may differ from the kernel's, as a fraction: the
+/// waits in the guest's polling gaps between a report's end and its schedstat read.
+const RUNQUEUE_MARGIN: f64 = 0.02;
+
 pub struct Check {
     pub name: String,
     pub ok: bool,
@@ -242,6 +246,44 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
             ),
         });
     }
+    // Run queue against the kernel's own per-CPU totals. The probe samples a task at
+    // switch-in with the delta sched_info_arrive() adds to the run queue's run_delay, so
+    // over the same arrivals the sums are equal. The window: the agent's reports after
+    // the first (whose end the guest waited for before reading schedstat_before) up to
+    // the last, whose end the guest waited for before reading schedstat_settled. The
+    // two windows differ only by the guest's polling gaps at either end (< 0.2 s, the
+    // system idle but for the shell and the agent): RUNQUEUE_MARGIN. Counts are shown,
+    // not compared: arrivals with no enqueue stamp (last_queued 0) are timeslices the
+    // probe does not sample.
+    let before = results::schedstat(sections.ok("schedstat_before")?);
+    let after = results::schedstat(sections.ok("schedstat_settled")?);
+    let kernel_delay = after.run_delay.saturating_sub(before.run_delay);
+    let slices = after.timeslices.saturating_sub(before.timeslices);
+    let record = sections.ok("record")?;
+    let later: Vec<&str> = record
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .skip(1)
+        .collect();
+    let (agent_n, agent_sum) = results::recorded(&later.join("\n"))?
+        .iter()
+        .filter(|((f, _), _)| f == "sched.runqueue.latency")
+        .fold((0, 0), |(n, sum), (_, s)| (n + s.count, sum + s.sum));
+    let off = agent_sum as f64 / kernel_delay.max(1) as f64 - 1.0;
+    checks.push(Check {
+        name: "run queue vs /proc/schedstat".into(),
+        ok: kernel_delay > 0 && off.abs() <= RUNQUEUE_MARGIN,
+        exact: false,
+        detail: format!(
+            "schedstat run_delay {:.3} s over {slices} timeslices | agent {:.3} s over \
+             {agent_n} waits ({:+.2} %, allowed ±{:.0} %)",
+            kernel_delay as f64 / 1e9,
+            agent_sum as f64 / 1e9,
+            off * 100.0,
+            RUNQUEUE_MARGIN * 100.0
+        ),
+    });
+
     // Run-queue and TCP series are present where the workloads made them (counted
     // exactly by the host's integration tests, not here).
     for (name, family, want) in [

@@ -171,6 +171,31 @@ pub fn block_stats(text: &str) -> BTreeMap<String, Ops> {
 #[derive(Clone, Debug, Default)]
 pub struct Summed {
     pub count: u64,
+    /// Sum of a histogram's samples (0 for counters).
+    pub sum: u64,
+}
+
+/// The run queues' own totals over every CPU, from `/proc/schedstat`'s `cpuN` lines
+/// (version 15, 5.x and 6.x alike): field 8 is the time tasks waited on the queue
+/// (ns), field 9 the timeslices run (tasks arrived on the CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Schedstat {
+    pub run_delay: u64,
+    pub timeslices: u64,
+}
+
+pub fn schedstat(text: &str) -> Schedstat {
+    let mut total = Schedstat::default();
+    for line in text.lines().filter(|l| l.starts_with("cpu")) {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        total.run_delay += f.get(7).copied().unwrap_or(0);
+        total.timeslices += f.get(8).copied().unwrap_or(0);
+    }
+    total
 }
 
 /// Every series and counter of `nodepulse record`'s JSON lines, keyed by family and its
@@ -204,6 +229,7 @@ pub fn recorded(jsonl: &str) -> Result<BTreeMap<(String, String), Summed>> {
                 .unwrap_or_default();
             let e = out.entry((family, labels)).or_default();
             e.count += s[field].as_u64().unwrap_or(0);
+            e.sum += s["sum"].as_u64().unwrap_or(0);
         }
     }
     Ok(out)
@@ -240,6 +266,19 @@ mod tests {
         assert_eq!(count_where(&r, "h", &[("device", "vda")]), 8);
         assert_eq!(count_where(&r, "c", &[("error", "ioerr")]), 4);
         assert_eq!(count_where(&r, "c", &[("error", "again")]), 0);
+    }
+
+    #[test]
+    fn schedstat_sums_run_delay_and_timeslices_over_cpus() {
+        let text = "version 15\ntimestamp 4294\ncpu0 0 0 10 4 6 6 900 700 9\n\
+                    domain0 3 0 0 0 0 0 0 0 0\ncpu1 0 0 1 1 1 1 100 50 2\n";
+        assert_eq!(
+            schedstat(text),
+            Schedstat {
+                run_delay: 750,
+                timeslices: 11
+            }
+        );
     }
 
     #[test]
