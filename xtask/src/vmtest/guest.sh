@@ -126,9 +126,10 @@ tcp_traffic() {
 lines() { wc -l </tmp/record.jsonl 2>/dev/null || echo 0; }
 wait_lines() {
     want=$1
-    for i in $(seq 600); do
+    # Polled finely: the run-queue check reads /proc/schedstat right after a report.
+    for i in $(seq 3000); do
         [ "$(lines)" -ge "$want" ] && return 0
-        sleep 0.1
+        sleep 0.02
     done
     echo "timed out waiting for $want reports"
     return 1
@@ -137,8 +138,8 @@ wait_lines() {
 nodepulse record --interval 1s -o /tmp/record.jsonl 2>/tmp/record.log &
 AGENT=$!
 section attached wait_lines 1
-section stats_before block_stats
 section schedstat_before cat /proc/schedstat
+section stats_before block_stats
 section block_io block_io
 section block_errors block_errors
 section kvm kvm_guest

@@ -44,8 +44,9 @@ const VM_UUID: &str = "2f6a5c1e-0b1d-4d35-9a51-6c7f1e0d2a2a";
 
 /// One exactness check.
 /// How far the agent's run-queue sum may differ from the kernel's, as a fraction: the
-/// waits in the guest's polling gaps between a report's end and its schedstat read.
-const RUNQUEUE_MARGIN: f64 = 0.02;
+/// waits in the gaps between a report's end and the guest's schedstat read (20 ms polls
+/// under TCG). Measured +1.4 to +1.9 % (5.10), +2.2 to +3.5 % (6.12), the agent above.
+const RUNQUEUE_MARGIN: f64 = 0.05;
 
 pub struct Check {
     pub name: String,
