@@ -18,4 +18,5 @@ pub mod probes;
 pub mod report;
 pub mod selfmon;
 pub mod settings;
+pub mod state;
 pub mod util;

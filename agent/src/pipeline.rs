@@ -18,7 +18,11 @@ use crate::{
     probes::{Probes, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
-    util::time::{rfc3339, unix_nanos},
+    state::{Resume, Saved, SavedProgram, StateDir},
+    util::{
+        intern::intern,
+        time::{rfc3339, unix_nanos},
+    },
 };
 
 /// How long the agent waits for running actions at exit.
@@ -38,6 +42,11 @@ pub struct Pipeline {
     previous_process: ProcessSample,
     detector: Option<Detector>,
     actions: Option<Actions>,
+    /// Where the state that outlives the agent is saved, if anywhere.
+    state: Option<StateDir>,
+    /// Start of the cumulative series (unix ns): this run's, or the previous run's
+    /// when the kernel's counts continue.
+    start_unix_nano: u64,
 }
 
 impl Pipeline {
@@ -61,6 +70,108 @@ impl Pipeline {
                 Detector::with_topology(config.detect.clone(), &config.node_name(), topology)
             }),
             actions: None,
+            state: None,
+            start_unix_nano: unix_nanos(),
+        }
+    }
+
+    /// Saves state to `state` from now on, and takes up the previous run's: its
+    /// readings (when the kernel's counts continue), its detector's baselines and
+    /// open alarms.
+    pub fn with_state(mut self, state: StateDir, resume: Resume) -> Self {
+        self.start_unix_nano = resume.start_unix_nano;
+        if let Some(saved) = resume.saved {
+            if resume.counts_continue {
+                let readings = saved.readings;
+                self.delta = Delta::load(readings.histograms, readings.identities);
+                self.counter_delta = CounterDelta::load(readings.counters);
+                self.previous_drops = saved
+                    .drops
+                    .iter()
+                    .map(|(name, &total)| (intern(name), total))
+                    .collect();
+                self.previous_programs = saved
+                    .programs
+                    .iter()
+                    .map(|(name, p)| {
+                        let program = intern(name);
+                        let stats = ProgramRunStats {
+                            probe: "",
+                            program,
+                            run_time_ns: p.run_time_ns,
+                            run_count: p.run_count,
+                            recursion_misses: p.recursion_misses,
+                        };
+                        (program, stats)
+                    })
+                    .collect();
+            }
+            if let (Some(detector), Some(snapshot)) = (&mut self.detector, saved.detector) {
+                match detector.restore(snapshot) {
+                    Ok(r) => tracing::info!(
+                        series = r.series,
+                        judged = r.judged,
+                        open_alarms = ?r.open_alarms,
+                        "detector state restored: baselines kept, open alarms stay open"
+                    ),
+                    Err(e) => tracing::warn!(
+                        "the saved detector state cannot be used ({e}); baselines are \
+                         learned again"
+                    ),
+                }
+            }
+        }
+        self.state = Some(state);
+        self
+    }
+
+    /// Start of the cumulative series (unix ns).
+    pub fn start_unix_nano(&self) -> u64 {
+        self.start_unix_nano
+    }
+
+    /// Saves what the next start continues from (see [`crate::state`]).
+    fn save_state(&self, clean_exit: bool) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        let (histograms, identities) = self.delta.save();
+        let saved = Saved {
+            format: crate::state::FORMAT,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pins: self.probes.pins().map(|p| p.name().to_owned()),
+            start_unix_nano: self.start_unix_nano,
+            saved_unix_nano: unix_nanos(),
+            clean_exit,
+            readings: crate::aggregate::saved::SavedReadings {
+                histograms,
+                identities,
+                counters: self.counter_delta.save(),
+            },
+            drops: self
+                .previous_drops
+                .iter()
+                .map(|(&name, &total)| (name.to_owned(), total))
+                .collect(),
+            programs: self
+                .previous_programs
+                .iter()
+                .map(|(&name, p)| {
+                    let saved = SavedProgram {
+                        run_time_ns: p.run_time_ns,
+                        run_count: p.run_count,
+                        recursion_misses: p.recursion_misses,
+                    };
+                    (name.to_owned(), saved)
+                })
+                .collect(),
+            detector: self.detector.as_ref().map(Detector::snapshot),
+        };
+        if let Err(e) = state.save(&saved, clean_exit) {
+            tracing::warn!(
+                path = %state.path().display(),
+                "cannot save the state: {e}; a restart would lose the detector's baselines"
+            );
         }
     }
 
@@ -239,9 +350,13 @@ impl Pipeline {
             tokio::select! {
                 _ = ticker.tick() => {
                     let report = self.collect();
+                    // Saved before export: a kill between the two loses this report's
+                    // deltas from export, never counts them twice.
+                    self.save_state(false);
                     self.export(&report);
                     reports += 1;
                     if max_reports != 0 && reports >= max_reports {
+                        self.save_state(true);
                         break;
                     }
                 }
@@ -249,6 +364,7 @@ impl Pipeline {
                     // A last report, so exporters hold everything measured until now.
                     tracing::info!("{name}: final report, then detaching");
                     let report = self.collect();
+                    self.save_state(true);
                     self.export(&report);
                     break;
                 }
@@ -259,8 +375,16 @@ impl Pipeline {
         {
             tracing::warn!("actions still running at exit; they carry on on their own");
         }
+        let kept = self.probes.pins().map(|p| p.dir().display().to_string());
         drop(self);
-        tracing::info!("probes detached, exiting");
+        match kept {
+            Some(dir) => tracing::info!(
+                pins = dir,
+                "probes stay attached and keep counting until the next start (`nodepulse \
+                 cleanup` detaches them); exiting"
+            ),
+            None => tracing::info!("probes detached, exiting"),
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use serde::Serialize;
 use super::{
     ExpHistogram,
     identity::{Entity, EntityState, Identities},
+    saved::{SavedCounter, SavedReading, load_labels, save_labels},
 };
+use crate::util::intern::intern;
 
 /// A metric family and its label set, e.g. `block.io.latency{device=sda,op=read}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -79,6 +81,44 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// The last readings and identities, to be saved.
+    pub fn save(&self) -> (Vec<SavedReading>, Vec<super::saved::SavedIdentity>) {
+        let mut histograms: Vec<SavedReading> = self
+            .previous
+            .iter()
+            .map(|(k, hist)| SavedReading {
+                family: k.family.to_owned(),
+                entity: k.entity,
+                labels: save_labels(&k.labels),
+                hist: hist.clone(),
+            })
+            .collect();
+        histograms.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
+        (histograms, self.identities.save())
+    }
+
+    /// Deltas computed against saved readings: the first one after a restart is what
+    /// the kernel counted since the previous run's last report.
+    pub fn load(
+        histograms: Vec<SavedReading>,
+        identities: Vec<super::saved::SavedIdentity>,
+    ) -> Self {
+        Self {
+            previous: histograms
+                .into_iter()
+                .map(|r| {
+                    let key = DeltaKey {
+                        family: intern(&r.family),
+                        entity: r.entity,
+                        labels: load_labels(r.labels),
+                    };
+                    (key, r.hist)
+                })
+                .collect(),
+            identities: Identities::load(identities),
+        }
+    }
+
     /// Deltas since the previous call, sorted by key, for series without an entity.
     pub fn update(&mut self, readings: Vec<(SeriesKey, ExpHistogram)>) -> Vec<IntervalSeries> {
         self.update_tracked(
@@ -162,6 +202,32 @@ pub struct CounterDelta {
 }
 
 impl CounterDelta {
+    pub fn save(&self) -> Vec<SavedCounter> {
+        let mut saved: Vec<SavedCounter> = self
+            .previous
+            .iter()
+            .map(|(k, &total)| SavedCounter {
+                family: k.family.to_owned(),
+                labels: save_labels(&k.labels),
+                total,
+            })
+            .collect();
+        saved.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
+        saved
+    }
+
+    pub fn load(saved: Vec<SavedCounter>) -> Self {
+        Self {
+            previous: saved
+                .into_iter()
+                .map(|c| {
+                    let key = SeriesKey::new(intern(&c.family), load_labels(c.labels));
+                    (key, c.total)
+                })
+                .collect(),
+        }
+    }
+
     /// Increases since the previous call, sorted by key; totals count from the agent's
     /// start (kernel counters start at zero when the maps are created).
     pub fn update(&mut self, readings: Vec<(SeriesKey, u64)>) -> Vec<IntervalCounter> {

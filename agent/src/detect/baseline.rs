@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::aggregate::{ExpHistogram, histogram::bucket_lower};
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Baseline {
     pub zero: f64,
     /// OTLP index of `mass[0]`.
@@ -27,7 +27,7 @@ pub struct Baseline {
     pub dispersion: [f64; 3],
     /// Windows behind `dispersion`.
     pub spread_windows: u32,
-    #[serde(skip)]
+    #[serde(default)]
     mean_window_samples: f64,
 }
 

@@ -50,6 +50,13 @@ impl OtlpExporter {
         ))
     }
 
+    /// Cumulative series start at `start` (unix ns): a restarted agent continuing the
+    /// kernel's counts keeps the previous run's start, so sums do not look reset.
+    pub fn with_start(mut self, start: u64) -> Self {
+        self.agent_start = start;
+        self
+    }
+
     /// The transport's own counters, so a collector outage shows once it is back.
     fn transport_metrics(&self, times: Times) -> Vec<Metric> {
         let stats = self.sender.stats();
