@@ -358,7 +358,10 @@ impl<'a> From<&'a Config> for Setup<'a> {
             attribution: &config.attribution,
             outliers: &config.outliers,
             outliers_enabled: config.outliers_enabled(),
-            bpffs: config.agent.keep_attached.then_some(config.agent.bpffs.as_path()),
+            bpffs: config
+                .agent
+                .keep_attached
+                .then_some(config.agent.bpffs.as_path()),
         }
     }
 }

@@ -12,7 +12,10 @@ use crate::util::intern::intern;
 pub type SavedLabels = Vec<(String, String)>;
 
 pub fn save_labels(labels: &[(&'static str, String)]) -> SavedLabels {
-    labels.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
 }
 
 pub fn load_labels(labels: SavedLabels) -> Vec<(&'static str, String)> {

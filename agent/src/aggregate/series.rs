@@ -311,21 +311,26 @@ mod tests {
     #[test]
     fn saved_readings_continue_the_deltas_of_the_previous_run() {
         let key = SeriesKey::new("f", [("op", "read".to_owned())]);
+        let plain = |counts: &[u64]| TrackedReading {
+            key: key.clone(),
+            hist: hist(counts),
+            entity: None,
+        };
         let mut before = Delta::default();
-        before.update(vec![(key.clone(), hist(&[0, 3, 1]))]);
-        before.update_tracked(vec![vm_reading("guest", true, &[5])]);
+        before.update_tracked(vec![plain(&[0, 3, 1]), vm_reading("guest", true, &[5])]);
         let (histograms, identities) = before.save();
         let text = serde_json::to_string(&(histograms, identities)).unwrap();
         let (histograms, identities) = serde_json::from_str(&text).unwrap();
         let mut after = Delta::load(histograms, identities);
-        // The kernel counted on while no agent ran: only that is the first delta.
-        let first = after.update(vec![(key, hist(&[0, 5, 2]))]);
-        assert_eq!(first[0].delta.count(), 3);
-        assert_eq!(first[0].cumulative.count(), 7);
-        // A gone VM keeps the name the previous run resolved.
-        let vm = after.update_tracked(vec![vm_reading("pid:77", false, &[9])]);
-        assert_eq!(vm.series[0].key.label("vm"), Some("guest"));
-        assert_eq!(vm.series[0].delta.count(), 4);
+        // The kernel counted on while no agent ran: only that is the first delta, and
+        // a VM gone meanwhile keeps the name the previous run resolved.
+        let first =
+            after.update_tracked(vec![plain(&[0, 5, 2]), vm_reading("pid:77", false, &[9])]);
+        let (plain_series, vm) = (&first.series[0], &first.series[1]);
+        assert_eq!(plain_series.delta.count(), 3);
+        assert_eq!(plain_series.cumulative.count(), 7);
+        assert_eq!(vm.key.label("vm"), Some("guest"));
+        assert_eq!(vm.delta.count(), 4);
 
         let mut counters = CounterDelta::default();
         let c = SeriesKey::new("c", [("dev", "7:0".to_owned())]);

@@ -436,7 +436,10 @@ fn cleanup(args: CleanupArgs) -> ExitCode {
     let bpffs = &config.agent.bpffs;
     match crate::probes::pins::remove_all(bpffs) {
         Ok(removed) if removed.is_empty() => {
-            println!("nothing pinned under {}", bpffs.join(crate::probes::pins::ROOT).display())
+            println!(
+                "nothing pinned under {}",
+                bpffs.join(crate::probes::pins::ROOT).display()
+            )
         }
         Ok(removed) => {
             for name in removed {

@@ -131,9 +131,7 @@ mod tests {
         // Through text, as the state file holds it.
         let text = serde_json::to_string(&before.snapshot()).unwrap();
         let mut after = Detector::new(config(), "n");
-        let restored = after
-            .restore(serde_json::from_str(&text).unwrap())
-            .unwrap();
+        let restored = after.restore(serde_json::from_str(&text).unwrap()).unwrap();
         assert_eq!(restored.series, 1);
         assert_eq!(restored.judged, 1, "no learning again");
         assert_eq!(restored.open_alarms, vec![opened[0].id.clone()]);

@@ -6,9 +6,7 @@ use std::{fmt, path::Path};
 
 use aya::{
     Btf, Ebpf,
-    programs::{
-        BtfTracePoint, FEntry, KProbe, Program, RawTracePoint, TracePoint, links::FdLink,
-    },
+    programs::{BtfTracePoint, FEntry, KProbe, Program, RawTracePoint, TracePoint, links::FdLink},
 };
 use serde::{Deserialize, Deserializer, Serialize, de};
 

@@ -81,7 +81,8 @@ impl Pins {
             let path = path.display().to_string();
             move |error| PinError::Io { path, error }
         };
-        let maps_adopted = std::fs::read_dir(dir.join("maps")).is_ok_and(|mut d| d.next().is_some());
+        let maps_adopted =
+            std::fs::read_dir(dir.join("maps")).is_ok_and(|mut d| d.next().is_some());
         for sub in ["maps", "links", "progs"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(io(&dir))?;
         }
@@ -249,7 +250,11 @@ pub fn remove_all(bpffs: &Path) -> io::Result<Vec<String>> {
 /// std's hasher may change between Rust releases).
 pub fn layout(object: &[u8], load_config: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in object.iter().chain([0u8].iter()).chain(load_config.as_bytes()) {
+    for &b in object
+        .iter()
+        .chain([0u8].iter())
+        .chain(load_config.as_bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -42,9 +42,7 @@ pub fn de_str_map<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
 }
 
 /// `deserialize_with` for labels: `Vec<(&'static str, String)>`.
-pub fn de_labels<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<(&'static str, String)>, D::Error> {
+pub fn de_labels<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(&'static str, String)>, D::Error> {
     let labels = Vec::<(String, String)>::deserialize(d)?;
     Ok(labels.into_iter().map(|(k, v)| (intern(&k), v)).collect())
 }
