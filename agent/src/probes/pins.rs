@@ -75,7 +75,9 @@ impl Pins {
             });
         }
         let root = bpffs.join(ROOT);
-        let name = format!("{}-{layout:016x}", env!("CARGO_PKG_VERSION"));
+        // bpffs refuses names with a dot (reserved for its own `maps.debug`).
+        let version = env!("CARGO_PKG_VERSION").replace('.', "_");
+        let name = format!("{version}-{layout:016x}");
         let dir = root.join(&name);
         let io = |path: &Path| {
             let path = path.display().to_string();
