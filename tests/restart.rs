@@ -13,14 +13,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{LoopDevice, nodepulse, require_tool, run, tool};
+use common::{Bpffs, LoopDevice, nodepulse, require_tool, run};
 
 /// A bpffs mounted for the test (pins there are invisible to other agents and go
 /// when it is unmounted), a state directory and a configuration using both.
 struct Env {
-    dir: tempfile::TempDir,
+    // Field order is drop order: the mount goes before its directory.
+    _bpffs_mount: Bpffs,
     bpffs: PathBuf,
     state: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Env {
@@ -29,12 +31,11 @@ impl Env {
             .prefix("nodepulse-restart-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
             .unwrap();
-        let bpffs = dir.path().join("bpf");
-        std::fs::create_dir(&bpffs).unwrap();
-        run(tool("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs));
+        let bpffs_mount = Bpffs::mount();
         let env = Self {
             state: dir.path().join("state"),
-            bpffs,
+            bpffs: bpffs_mount.path.clone(),
+            _bpffs_mount: bpffs_mount,
             dir,
         };
         env.write_config("c.toml", "");
@@ -84,7 +85,6 @@ impl Drop for Env {
             .args(["cleanup", "--config"])
             .arg(self.config())
             .output();
-        let _ = tool("umount").arg(&self.bpffs).status();
     }
 }
 
@@ -92,6 +92,7 @@ impl Drop for Env {
 struct Agent {
     child: Child,
     reports: Arc<Mutex<Vec<serde_json::Value>>>,
+    stdout: std::thread::JoinHandle<()>,
     stderr: std::thread::JoinHandle<String>,
     /// From spawn to the first report.
     first_report: Duration,
@@ -110,7 +111,7 @@ impl Agent {
         let reports = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().unwrap();
         let sink = Arc::clone(&reports);
-        std::thread::spawn(move || {
+        let stdout = std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let report = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("report is not JSON ({e}): {line}"));
@@ -127,6 +128,7 @@ impl Agent {
         let mut agent = Self {
             child,
             reports,
+            stdout,
             stderr,
             first_report: Duration::ZERO,
         };
@@ -160,8 +162,9 @@ impl Agent {
             assert!(status.success(), "clean exit: {status}");
         }
         let log = self.stderr.join().unwrap_or_default();
-        // The stdout reader ends with the pipe.
-        std::thread::sleep(Duration::from_millis(50));
+        // Everything the agent wrote before it died is still in the pipe: read to
+        // its end.
+        self.stdout.join().expect("stdout reader");
         let reports = std::mem::take(&mut *self.reports.lock().unwrap());
         (reports, log)
     }

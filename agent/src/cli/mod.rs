@@ -69,6 +69,9 @@ pub struct CleanupArgs {
     /// The state directory to clear (overrides [agent] state_dir).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Only detach and unpin; keep the saved state (baselines) for a later install.
+    #[arg(long)]
+    pub keep_state: bool,
 }
 
 #[derive(Args, Debug)]
@@ -458,7 +461,7 @@ fn cleanup(args: CleanupArgs) -> ExitCode {
         }
     }
     let state_dir = args.state_dir.unwrap_or(config.agent.state_dir);
-    if !state_dir.as_os_str().is_empty() {
+    if !args.keep_state && !state_dir.as_os_str().is_empty() {
         match crate::state::remove(&state_dir) {
             Ok(removed) if removed.is_empty() => {
                 println!("no saved state in {}", state_dir.display())
