@@ -377,3 +377,38 @@ fn a_bad_bpffs_or_state_dir_is_refused_with_the_fix() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("needs [agent] state_dir"), "{err}");
 }
+
+#[test]
+fn sighup_reloads_and_an_invalid_file_keeps_the_running_configuration() {
+    require_root!();
+    let env = Env::new();
+    let config = env.config();
+    let mut agent = Agent::start(&config);
+    let hup = |agent: &Agent| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    };
+    std::fs::write(&config, "[agent\nbroken").unwrap();
+    hup(&agent);
+    agent.wait_reports(2);
+    env.write_config(
+        "c.toml",
+        "[detect]\nmin_window = \"1m\"\n[limits]\nmax_devices = 8\n",
+    );
+    hup(&agent);
+    agent.wait_reports(2);
+    let (_, log) = agent.stop(libc::SIGTERM);
+    assert!(
+        log.contains("configuration not reloaded, the running one stays"),
+        "{log}"
+    );
+    let reloaded = log
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(reloaded.contains("\"limits\", \"detect\""), "{reloaded}");
+    assert!(
+        log.contains("probes stay attached"),
+        "still running until SIGTERM: {log}"
+    );
+}

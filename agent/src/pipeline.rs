@@ -25,6 +25,9 @@ use crate::{
     },
 };
 
+/// Reads the configuration again (SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::settings::ConfigError> + Send>;
+
 /// How long the agent waits for running actions at exit.
 const ACTIONS_GRACE: Duration = Duration::from_secs(5);
 
@@ -47,6 +50,8 @@ pub struct Pipeline {
     /// Start of the cumulative series (unix ns): this run's, or the previous run's
     /// when the kernel's counts continue.
     start_unix_nano: u64,
+    /// The running configuration and how to read it again, for SIGHUP.
+    reload: Option<(Config, Reload)>,
 }
 
 impl Pipeline {
@@ -72,7 +77,76 @@ impl Pipeline {
             actions: None,
             state: None,
             start_unix_nano: unix_nanos(),
+            reload: None,
         }
+    }
+
+    /// Lets SIGHUP re-read the configuration (`running` is the one in force).
+    pub fn with_reload(mut self, running: Config, reload: Reload) -> Self {
+        self.reload = Some((running, reload));
+        self
+    }
+
+    /// SIGHUP: reads the configuration again. An invalid one is logged and the running
+    /// one kept. What only the agent's own loop uses (detector, cardinality limits)
+    /// takes effect now; sections the probes, exporters and actions were started with
+    /// take effect at the next restart, which with `keep_attached` loses nothing.
+    fn reload(&mut self) {
+        let Some((running, read)) = &mut self.reload else {
+            return;
+        };
+        let new = match read() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("configuration not reloaded, the running one stays: {e}");
+                return;
+            }
+        };
+        let mut applied = Vec::new();
+        if new.limits != running.limits {
+            self.budget = Budget::new(crate::probes::budget_rules(&new.limits));
+            applied.push("limits");
+        }
+        if new.detect != running.detect {
+            match (&mut self.detector, new.detect.enabled) {
+                (Some(d), true) => d.set_config(new.detect.clone()),
+                (None, true) => {
+                    let topology = Topology::from_sysfs(&new.agent.sys_root);
+                    self.detector = Some(Detector::with_topology(
+                        new.detect.clone(),
+                        &self.node,
+                        topology,
+                    ));
+                }
+                (_, false) => self.detector = None,
+            }
+            applied.push("detect");
+        }
+        let later: Vec<&str> = [
+            ("agent", new.agent != running.agent),
+            ("log", new.log != running.log),
+            ("console", new.console != running.console),
+            ("probes", new.probes != running.probes),
+            ("attribution", new.attribution != running.attribution),
+            ("outliers", new.outliers != running.outliers),
+            ("otlp", new.otlp != running.otlp),
+            ("prometheus", new.prometheus != running.prometheus),
+            ("health", new.health != running.health),
+            ("actions", new.actions != running.actions),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect();
+        tracing::info!(
+            applied = ?applied,
+            at_next_restart = ?later,
+            "configuration reloaded"
+        );
+        // What is not applied yet stays "running" so the next SIGHUP names it again.
+        let mut now = running.clone();
+        now.limits = new.limits;
+        now.detect = new.detect;
+        *running = now;
     }
 
     /// Saves state to `state` from now on, and takes up the previous run's: its
@@ -361,6 +435,10 @@ impl Pipeline {
                     }
                 }
                 name = shutdown.requested() => {
+                    if name == "SIGHUP" {
+                        self.reload();
+                        continue;
+                    }
                     // A last report, so exporters hold everything measured until now.
                     tracing::info!("{name}: final report, then detaching");
                     let report = self.collect();
@@ -389,10 +467,12 @@ impl Pipeline {
 }
 
 /// SIGTERM and SIGINT, caught from startup on so that a signal that arrives while the
-/// probes attach still ends in a clean detach.
+/// probes attach still ends in a clean detach; and SIGHUP, which reloads the
+/// configuration instead of ending the agent.
 pub struct Shutdown {
     sigterm: Signal,
     sigint: Signal,
+    sighup: Signal,
 }
 
 impl Shutdown {
@@ -401,15 +481,17 @@ impl Shutdown {
         Ok(Self {
             sigterm: signal(SignalKind::terminate())?,
             sigint: signal(SignalKind::interrupt())?,
+            sighup: signal(SignalKind::hangup())?,
         })
     }
 
     /// Resolves with the signal's name once one has arrived (also if it arrived before
-    /// this was first awaited).
+    /// this was first awaited): `SIGHUP` asks for a reload, the others for the end.
     pub async fn requested(&mut self) -> &'static str {
         tokio::select! {
             _ = self.sigterm.recv() => "SIGTERM",
             _ = self.sigint.recv() => "SIGINT",
+            _ = self.sighup.recv() => "SIGHUP",
         }
     }
 }

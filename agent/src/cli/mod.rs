@@ -17,6 +17,7 @@ use crate::{
         prometheus::PrometheusExporter,
     },
     health::Health,
+    pipeline::Reload,
     pipeline::{Pipeline, Shutdown},
     probes::Probes,
     settings::{self, ConfigError},
@@ -167,7 +168,11 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 
 impl ConfigArgs {
     fn load(&self, run: Option<&RunArgs>) -> Result<Config, ConfigError> {
-        let overrides = Overrides {
+        Config::load(self.config.as_deref(), &self.overrides(run))
+    }
+
+    fn overrides(&self, run: Option<&RunArgs>) -> Overrides {
+        Overrides {
             interval: run.and_then(|r| r.interval),
             console_format: run.and_then(|r| r.format),
             log_level: self.log_level,
@@ -175,8 +180,7 @@ impl ConfigArgs {
             sys_root: self.sys_root.clone(),
             node_name: run.and_then(|r| r.node_name.clone()),
             otlp_endpoint: run.and_then(|r| r.otlp_endpoint.clone()),
-        };
-        Config::load(self.config.as_deref(), &overrides)
+        }
     }
 }
 
@@ -252,13 +256,20 @@ fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + Send>>) -> E
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run_agent(config, args.reports, recording))
+    // SIGHUP reads the same file with the same flags again.
+    let (path, overrides) = (
+        args.config.config.clone(),
+        args.config.overrides(Some(args)),
+    );
+    let reload: Reload = Box::new(move || Config::load(path.as_deref(), &overrides));
+    runtime.block_on(run_agent(config, args.reports, recording, reload))
 }
 
 async fn run_agent(
     config: Config,
     max_reports: u64,
     recording: Option<Box<dyn std::io::Write + Send>>,
+    reload: Reload,
 ) -> ExitCode {
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
@@ -314,7 +325,9 @@ async fn run_agent(
         "first report in {}",
         humantime::format_duration(config.agent.interval)
     );
-    let mut pipeline = Pipeline::new(probes, all, &config).with_actions(actions);
+    let mut pipeline = Pipeline::new(probes, all, &config)
+        .with_actions(actions)
+        .with_reload(config.clone(), reload);
     if let (Some(state), Some(resume)) = (state, resume) {
         pipeline = pipeline.with_state(state, resume);
     }

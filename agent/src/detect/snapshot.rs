@@ -49,6 +49,12 @@ impl Detector {
         .unwrap_or(serde_json::Value::Null)
     }
 
+    /// A new configuration (SIGHUP) for the series already known: their windows,
+    /// baselines and alarms go on under it.
+    pub fn set_config(&mut self, config: super::DetectConfig) {
+        self.config = config;
+    }
+
     /// Takes up a saved state in place of this detector's (a fresh one's).
     pub fn restore(&mut self, saved: serde_json::Value) -> Result<Restored, String> {
         let snapshot: Snapshot = serde_json::from_value(saved).map_err(|e| e.to_string())?;
