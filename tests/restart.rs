@@ -13,7 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Bpffs, LoopDevice, nodepulse, require_tool, run};
+use common::{Bpffs, LoopDevice, nodepulse, otlp_server::OtlpServer, require_tool, run};
+use opentelemetry_proto::tonic::metrics::v1::metric;
 
 /// A bpffs mounted for the test (pins there are invisible to other agents and go
 /// when it is unmounted), a state directory and a configuration using both.
@@ -213,6 +214,15 @@ fn reads_of(reports: &[serde_json::Value], number: &str) -> Reads {
 fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duration) {
     require_tool("fio");
     let env = Env::new();
+    // A real OTLP receiver: the start time of the cumulative series it gets.
+    let collector = OtlpServer::start_grpc("127.0.0.1:0".parse().unwrap());
+    env.write_config(
+        "c.toml",
+        &format!(
+            "[otlp]\nenabled = true\nendpoint = \"{}\"\n",
+            collector.endpoint()
+        ),
+    );
     let device = LoopDevice::new(256);
     let mut agent = Agent::start(&env.config());
     let start = env.saved_start();
@@ -276,6 +286,25 @@ fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duratio
         got.samples + got.unrecorded,
         kernel,
         "the interval counts add up to every read, none twice"
+    );
+    let mut starts = std::collections::BTreeSet::new();
+    for request in &collector.received().metrics {
+        let metrics = request
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .filter(|m| m.name == "nodepulse.block.io.latency");
+        for m in metrics {
+            if let Some(metric::Data::ExponentialHistogram(h)) = &m.data {
+                starts.extend(h.data_points.iter().map(|p| p.start_time_unix_nano));
+            }
+        }
+    }
+    assert_eq!(
+        starts.into_iter().collect::<Vec<_>>(),
+        vec![start],
+        "every exported cumulative point starts when the first run did"
     );
 }
 

@@ -199,7 +199,10 @@ fn run_as_the_unit() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut config: toml::Table = std::fs::read_to_string(CONFIG).unwrap().parse().unwrap();
     assert_eq!(config["agent"]["keep_attached"].as_bool(), Some(true));
-    config["agent"]["bpffs"] = bpffs.path.display().to_string().into();
+    config["agent"]
+        .as_table_mut()
+        .unwrap()
+        .insert("bpffs".into(), bpffs.path.display().to_string().into());
     let copy = dir.path().join("nodepulse.toml");
     std::fs::write(&copy, toml::to_string(&config).unwrap()).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
