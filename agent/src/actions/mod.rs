@@ -79,7 +79,8 @@ impl Outcome {
 pub struct ActionRun {
     pub time: String,
     pub alarm_id: String,
-    /// The alarm event that triggered it: `open` or `resolved`.
+    /// The alarm event that triggered it: `open`, `ongoing` (a series the rule matches
+    /// joined the open incident) or `resolved`.
     pub event: &'static str,
     pub series: String,
     pub rule: String,
@@ -149,6 +150,9 @@ pub struct Actions {
     done_tx: mpsc::Sender<ActionRun>,
     done_rx: mpsc::Receiver<ActionRun>,
     threads: Vec<JoinHandle<()>>,
+    /// Per open incident (alarm id), the rules whose `open` run was decided (started
+    /// or skipped): each runs at most once per incident.
+    decided: HashMap<String, Vec<String>>,
 }
 
 impl Actions {
@@ -172,6 +176,7 @@ impl Actions {
             done_tx,
             done_rx,
             threads: Vec::new(),
+            decided: HashMap::new(),
         }))
     }
 
@@ -179,20 +184,30 @@ impl Actions {
         self.audit.path()
     }
 
-    /// Starts (or skips, or dry-runs) every rule that matches this alarm event.
+    /// Starts (or skips, or dry-runs) every rule that matches this alarm event. An
+    /// alarm is an incident: a rule's `open` run happens once per incident, when the
+    /// incident first matches it: when it opens, or when a matching series joins it
+    /// later (a rule on a loop device still runs when its backing disk's alarm opened
+    /// the incident a window earlier).
     pub fn dispatch(&mut self, alarm: &Alarm) {
         let trigger = match alarm.state {
-            AlarmState::Open => Trigger::Open,
+            AlarmState::Open | AlarmState::Ongoing => Trigger::Open,
             AlarmState::Resolved => Trigger::Resolved,
-            AlarmState::Ongoing => return,
         };
+        let decided = self.decided.entry(alarm.id.clone()).or_default();
         let rules: Vec<ActionRule> = self
             .config
             .rules
             .iter()
             .filter(|r| r.on.contains(&trigger) && matches(r, alarm))
+            .filter(|r| trigger == Trigger::Resolved || !decided.contains(&r.name))
             .cloned()
             .collect();
+        if trigger == Trigger::Resolved {
+            self.decided.remove(&alarm.id);
+        } else {
+            decided.extend(rules.iter().map(|r| r.name.clone()));
+        }
         for rule in rules {
             let now = Instant::now();
             while self

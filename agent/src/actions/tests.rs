@@ -323,3 +323,50 @@ fn unreachable_or_failing_webhook_is_a_failed_run_not_a_crash() {
     assert_eq!(by("500").outcome, Outcome::Failed);
     assert_eq!(by("500").http_status, Some(500));
 }
+
+#[test]
+fn a_rule_runs_once_per_incident_also_when_its_series_joins_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rule("loop0-only", &["/bin/true"]);
+    r.labels = BTreeMap::from([("device".to_owned(), "loop0".to_owned())]);
+    let mut a = actions(dir.path(), vec![r], |_| {});
+    // The backing disk's alarm opens the incident: the rule on loop0 does not match.
+    let mut incident = alarm_with_id("inc");
+    a.dispatch(&incident);
+    // A window later loop0 joins it: now it matches, and runs once.
+    incident.state = AlarmState::Ongoing;
+    let mut labels = incident.labels.clone();
+    labels.insert("device".into(), "loop0".into());
+    let joined = crate::detect::incident::RelatedSeries {
+        series: "block.io.latency{device=loop0,op=write}".into(),
+        family: incident.family.clone(),
+        labels,
+        alarm_id: "loop0-alarm".into(),
+        state: AlarmState::Open,
+        quantile: "p99",
+        factor: 2.0,
+        baseline_ns: 1e5,
+        current_ns: 2e5,
+        added_ns: 1.0,
+        share: 0.5,
+    };
+    incident.related.push(joined);
+    a.dispatch(&incident);
+    a.dispatch(&incident);
+    // Another incident later matches from its opening: it runs again, once.
+    let mut other = incident.clone();
+    other.id = "other".into();
+    other.state = AlarmState::Open;
+    a.dispatch(&other);
+    assert!(a.wait(Duration::from_secs(10)));
+    let mut runs: Vec<(String, &str)> = a
+        .completed()
+        .iter()
+        .map(|r| (format!("{}/{}", r.alarm_id, r.event), r.outcome.as_str()))
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        vec![("inc/ongoing".into(), "ok"), ("other/open".into(), "ok")]
+    );
+}
