@@ -280,3 +280,144 @@ fn console_formats_show_the_device() {
         }
     }
 }
+
+/// `nodepulse run | head -1`: once nobody reads the console any more (and it is the only
+/// output), the agent stops quietly with 0 instead of warning every interval.
+#[test]
+fn run_into_a_closed_pipe_stops_quietly() {
+    require_root!();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!(
+                "{} run --interval 1s --format json | head -c 1",
+                env!("CARGO_BIN_EXE_nodepulse")
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.stdout, b"{");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("nobody reads the output any more"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("export failed"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `check --config-only` fails wherever `run` would, before anything attaches: two
+/// endpoints on one port, unknown families, an address another process holds, an audit
+/// log that cannot be written.
+#[test]
+fn check_config_only_finds_what_run_would_fail_on() {
+    one_subject_at_a_time!();
+    let check = |text: &str| {
+        let config = write_config(text);
+        let out = nodepulse()
+            .args(["check", "--config-only", "--config"])
+            .arg(config.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(
+        "[prometheus]\nenabled = true\nlisten = \"127.0.0.1:9464\"\n\
+         [health]\nenabled = true\nlisten = \"127.0.0.1:9464\"\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("clashes with prometheus.listen"), "{err}");
+
+    let (code, err) = check("[detect]\nfamilies = [\"nope\"]\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("`nope`, which is not a metric family"),
+        "{err}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (code, err) = check(&format!(
+        "[prometheus]\nenabled = true\nlisten = \"{addr}\"\n"
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("[prometheus] listen {addr}: cannot bind it now")),
+        "{err}"
+    );
+    assert!(err.contains("`nodepulse run` would fail"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the audit log's directory should be.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let (code, err) = check(&format!(
+        "[actions]\naudit_log = \"{}/actions.jsonl\"\n[[actions.rules]]\nname = \"r\"\n\
+         program = [\"/bin/true\"]\n",
+        blocker.display()
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("actions.audit_log: cannot append to"), "{err}");
+}
+
+/// A node name built to fake an alarm on a terminal is shown escaped, in the table and
+/// in JSON; one of 100,000 characters is refused before anything attaches.
+#[test]
+fn node_names_cannot_inject_into_the_terminal() {
+    one_subject_at_a_time!();
+    let long = "n".repeat(100_000);
+    let out = nodepulse()
+        .args(["run", "--reports", "1", "--node-name", &long])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`agent.node_name` is 100000 characters long; at most 128"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was attached"), "{stderr}");
+}
+
+#[test]
+fn node_name_escape_sequences_are_shown_escaped() {
+    require_root!();
+    let evil = "evil\n\u{1b}[31mFAKE ALARM\u{1b}[0m\u{202e}";
+    let shown = "evil\\u{a}\\u{1b}[31mFAKE ALARM\\u{1b}[0m\\u{202e}";
+    for format in ["table", "json"] {
+        let agent = RunningAgent::start(&[
+            "--interval",
+            "1s",
+            "--reports",
+            "1",
+            "--format",
+            format,
+            "--node-name",
+            evil,
+        ]);
+        let (text, _) = agent.finish();
+        assert!(!text.contains('\u{1b}'), "{format}: raw ESC in {text:?}");
+        assert!(
+            !text.contains('\u{202e}'),
+            "{format}: raw U+202E in {text:?}"
+        );
+        if format == "json" {
+            let r: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+            assert_eq!(r["node"], shown);
+        } else {
+            assert!(text.contains(shown), "{text}");
+        }
+    }
+}

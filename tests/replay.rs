@@ -177,3 +177,58 @@ fn a_real_recording_replays() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("0 alarm(s) opened"), "{stderr}");
 }
+
+/// `nodepulse replay file.csv | head -1`: the reader goes away after one line; the
+/// replay ends quietly with 0 (it panicked with "failed printing to stdout: Broken
+/// pipe", exit 101). Same for `check --config-only` and the recording's alarm lines.
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("long.csv");
+    // Far more than a pipe holds (64 KiB), so the writer meets the closed pipe.
+    let text: String = (0..50_000)
+        .map(|i| format!("{i},{}\n", 1 + i % 7))
+        .collect();
+    std::fs::write(&csv, text).unwrap();
+    let mut child = common::nodepulse()
+        .args(["replay", csv.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // Dropping the reader closes the pipe, as `head -1` does.
+    assert_eq!(first, "timestamp,value,score\n");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Through a real shell pipe too, with pipefail so the replay's status shows.
+    let out = std::process::Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!(
+                "{} replay {} | head -1",
+                env!("CARGO_BIN_EXE_nodepulse"),
+                csv.display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "timestamp,value,score\n"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -225,8 +225,12 @@ pub struct RequestLayout {
     pub kn_id: u32,
     /// `struct request`.`__sector`, for outliers
     pub rq_sector: u32,
+    /// `struct request`.`rq_disk` on kernels that keep the disk in the request (up to
+    /// 5.15; removed in 5.16 for `request_queue`.`disk`); 0 elsewhere, and then the
+    /// disk is read through `rq_q` and `q_disk`. Never 0 when present: `q` comes first.
+    pub rq_disk: u32,
 }
-plain_data!(RequestLayout, 24 * 4);
+plain_data!(RequestLayout, 25 * 4);
 
 impl RequestLayout {
     /// Placeholder the kernel object is built with; the agent overrides it before load.
@@ -255,6 +259,7 @@ impl RequestLayout {
         cgroup_kn: 0,
         kn_id: 0,
         rq_sector: 0,
+        rq_disk: 0,
     };
 }
 

@@ -25,6 +25,13 @@ pub const PROG_BLOCK_INSERT_BTF: &str = "block_rq_insert_btf";
 pub const PROG_BLOCK_REQUEUE_BTF: &str = "block_rq_requeue_btf";
 pub const PROG_BLOCK_INSERT_RAW: &str = "block_rq_insert_raw";
 pub const PROG_BLOCK_REQUEUE_RAW: &str = "block_rq_requeue_raw";
+/// The same, for kernels whose request tracepoints pass the queue first (up to 5.10).
+pub const PROG_BLOCK_INSERT_BTF_Q: &str = "block_rq_insert_btf_q";
+pub const PROG_BLOCK_ISSUE_BTF_Q: &str = "block_rq_issue_btf_q";
+pub const PROG_BLOCK_REQUEUE_BTF_Q: &str = "block_rq_requeue_btf_q";
+pub const PROG_BLOCK_INSERT_RAW_Q: &str = "block_rq_insert_raw_q";
+pub const PROG_BLOCK_ISSUE_RAW_Q: &str = "block_rq_issue_raw_q";
+pub const PROG_BLOCK_REQUEUE_RAW_Q: &str = "block_rq_requeue_raw_q";
 
 /// Capacity of the block latency map: devices × operations.
 pub const BLOCK_LATENCY_MAX_SERIES: u32 = 1024;

@@ -128,8 +128,12 @@ fn outliers_on() -> bool {
 #[inline(always)]
 fn request_dev_op<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<(u32, u32)> {
     let cmd_flags: u32 = R::read(rq, l.rq_cmd_flags)?;
-    let q: u64 = R::read(rq, l.rq_q)?;
-    let disk: u64 = R::read(q, l.q_disk)?;
+    let disk: u64 = if l.rq_disk != 0 {
+        R::read(rq, l.rq_disk)?
+    } else {
+        let q: u64 = R::read(rq, l.rq_q)?;
+        R::read(q, l.q_disk)?
+    };
     let dev = if disk == 0 {
         0
     } else {
@@ -732,6 +736,56 @@ pub fn block_rq_complete_btf(ctx: BtfTracePointContext) -> i32 {
         (status & 0xff) as u32,
         nr_bytes,
     );
+    0
+}
+
+// Kernels up to 5.10 pass the queue first to the request tracepoints
+// (`block_rq_insert/issue/requeue(struct request_queue *q, struct request *rq)`; 5.11
+// dropped `q`). A tracing program may not read an argument the tracepoint does not
+// have, so these are separate programs, chosen by the agent from the tracepoint's BTF.
+// Checked on Debian's 5.10.0-46 under `cargo xtask vmtest`.
+
+#[btf_tracepoint(function = "block_rq_insert")]
+pub fn block_rq_insert_btf_q(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(1);
+    let id = btf_request_id(rq);
+    on_insert(inflight_slot(id, 0), id);
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn block_rq_issue_btf_q(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(1);
+    issue_request::<DirectRead>(rq as u64, btf_request_id(rq));
+    0
+}
+
+#[btf_tracepoint(function = "block_rq_requeue")]
+pub fn block_rq_requeue_btf_q(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(1);
+    let id = btf_request_id(rq);
+    on_requeue(inflight_slot(id, 0), id);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_rq_insert")]
+pub fn block_rq_insert_raw_q(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(1);
+    on_insert(inflight_slot(rq, 0), rq);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_rq_issue")]
+pub fn block_rq_issue_raw_q(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(1);
+    issue_request::<ProbeRead>(rq, rq);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_rq_requeue")]
+pub fn block_rq_requeue_raw_q(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(1);
+    on_requeue(inflight_slot(rq, 0), rq);
     0
 }
 

@@ -104,6 +104,15 @@ pub const ALARMS_OPEN: SelfMetric = SelfMetric {
     description: "Regression alarms open now",
 };
 
+pub const AUDIT_FAILURES: SelfMetric = SelfMetric {
+    otlp: "nodepulse.actions.audit.failures",
+    prometheus: "nodepulse_actions_audit_failures_total",
+    kind: Kind::Counter,
+    unit: "{record}",
+    labels: &[],
+    description: "Action audit records not written (full disk, I/O error); none is ever half written",
+};
+
 /// OTLP only: the exporter's own outcome. The Prometheus names are those a collector's
 /// Prometheus exporters give them.
 pub const OTLP_BATCHES: SelfMetric = SelfMetric {
@@ -132,6 +141,7 @@ pub const SELF_METRICS: &[&SelfMetric] = &[
     &CPU_TIME,
     &MEMORY,
     &ALARMS_OPEN,
+    &AUDIT_FAILURES,
     &OTLP_BATCHES,
     &OTLP_BYTES,
 ];
@@ -149,6 +159,20 @@ pub fn families_of(probe: &str) -> impl Iterator<Item = &'static Family> {
 /// The family called `name`.
 pub fn family(name: &str) -> Option<&'static Family> {
     families().find(|f| f.name == name)
+}
+
+/// For a configuration naming a family: `None` when nodepulse reports it, else what is
+/// wrong and the names to choose from.
+pub fn unknown_family(name: &str) -> Option<String> {
+    if family(name).is_some() {
+        return None;
+    }
+    let known: Vec<&str> = families().map(|f| f.name).collect();
+    Some(format!(
+        "names `{name}`, which is not a metric family nodepulse reports; use one of {} \
+         (README: Metrics)",
+        known.join(", ")
+    ))
 }
 
 /// Unit of a family (`""` for one the catalogue does not know).

@@ -174,6 +174,9 @@ pub fn run(config: &Config) -> CheckReport {
         });
     }
 
+    if !config.actions.rules.is_empty() {
+        items.push(audit_log_item(&config.actions.audit_log));
+    }
     items.push(Item {
         what: "detector".into(),
         verdict: Verdict::Ok,
@@ -210,6 +213,81 @@ pub fn run(config: &Config) -> CheckReport {
         }
     }
     CheckReport { items, probes }
+}
+
+/// What `run` would still fail on after the configuration parsed and validated, found
+/// without attaching anything: an endpoint address taken by another process, an audit
+/// log that cannot be written. Each entry says what is wrong and what to do.
+pub fn config_preflight(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let endpoints = [
+        (
+            "prometheus",
+            config.prometheus.enabled,
+            &config.prometheus.listen,
+        ),
+        ("health", config.health.enabled, &config.health.listen),
+    ];
+    for (table, enabled, listen) in endpoints {
+        let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
+            continue; // validation already named it
+        };
+        if enabled && let Err(e) = std::net::TcpListener::bind(addr) {
+            problems.push(format!(
+                "[{table}] listen {addr}: cannot bind it now ({e}); choose a free address"
+            ));
+        }
+    }
+    if !config.actions.rules.is_empty() {
+        let item = audit_log_item(&config.actions.audit_log);
+        if item.verdict == Verdict::Fail {
+            problems.push(format!("actions.audit_log: {}", item.detail));
+        }
+    }
+    problems
+}
+
+/// Below this, the audit log's filesystem is as good as full.
+const AUDIT_MIN_FREE: u64 = 1 << 20;
+
+/// Whether action audit records can be written: the log opens for appending, and its
+/// filesystem has room.
+pub(crate) fn audit_log_item(path: &std::path::Path) -> Item {
+    let item = |verdict, detail: String| Item {
+        what: "audit log".into(),
+        verdict,
+        detail,
+    };
+    let shown = path.display();
+    if let Err(e) = std::fs::OpenOptions::new().append(true).open(path) {
+        let creatable = e.kind() == std::io::ErrorKind::NotFound
+            && path.parent().is_some_and(|dir| {
+                !dir.exists() || std::fs::metadata(dir).is_ok_and(|m| !m.permissions().readonly())
+            });
+        if !creatable {
+            return item(
+                Verdict::Fail,
+                format!("cannot append to {shown}: {e}; set actions.audit_log to a writable path"),
+            );
+        }
+    }
+    match crate::actions::audit::free_bytes(path) {
+        Ok(free) if free < AUDIT_MIN_FREE => item(
+            Verdict::Fail,
+            format!(
+                "{shown}: its filesystem is full ({free} bytes free); records would be \
+                 refused (whole, never torn): free space there"
+            ),
+        ),
+        Ok(free) => item(
+            Verdict::Ok,
+            format!("{shown} writable, {} MiB free", free >> 20),
+        ),
+        Err(e) => item(
+            Verdict::Warn,
+            format!("{shown}: cannot tell free space: {e}"),
+        ),
+    }
 }
 
 /// Tries every kind of every probe's chain on its own, then detaches.

@@ -57,6 +57,15 @@ pub struct AgentConfig {
     /// The node's name in reports and exports; empty means the host name. A pod has a
     /// host name of its own, so a DaemonSet sets this (from the downward API).
     pub node_name: String,
+    /// Where the agent keeps what must outlive it (start time, last readings, detector
+    /// baselines and open alarms); empty: nothing is kept, every start is a fresh one.
+    pub state_dir: PathBuf,
+    /// Keep the probes attached and their maps pinned in bpffs while the agent is
+    /// down, so a restarted agent adopts them and nothing is lost in between (needs
+    /// `state_dir`). `nodepulse cleanup` detaches and removes them.
+    pub keep_attached: bool,
+    /// Where bpffs is mounted; pins go under `<bpffs>/nodepulse/<version>-<layout>/`.
+    pub bpffs: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -65,6 +74,9 @@ impl Default for AgentConfig {
             interval: Duration::from_secs(10),
             sys_root: PathBuf::from("/sys"),
             node_name: String::new(),
+            state_dir: PathBuf::new(),
+            keep_attached: false,
+            bpffs: PathBuf::from("/sys/fs/bpf"),
         }
     }
 }
@@ -135,11 +147,13 @@ pub struct Overrides {
 
 impl Config {
     /// The configured node name, else the host name.
+    /// The configured name, else the host's, with anything that would act on a
+    /// terminal or hide in text escaped (see [`crate::util::text`]).
     pub fn node_name(&self) -> String {
         if self.agent.node_name.is_empty() {
-            crate::kernel::hostname()
+            crate::util::text::bounded(&crate::kernel::hostname())
         } else {
-            self.agent.node_name.clone()
+            crate::util::text::escape(&self.agent.node_name).into_owned()
         }
     }
 
@@ -204,6 +218,17 @@ impl Config {
             key: "agent.interval",
             problem,
         })?;
+        let chars = self.agent.node_name.chars().count();
+        if chars > crate::util::text::MAX_LABEL_CHARS {
+            return Err(ConfigError::Invalid {
+                key: "agent.node_name",
+                problem: format!(
+                    "is {chars} characters long; at most {} (set by --node-name, \
+                     NODEPULSE_NODE_NAME or [agent] node_name)",
+                    crate::util::text::MAX_LABEL_CHARS
+                ),
+            });
+        }
         let paths = [
             ("agent.sys_root", &self.agent.sys_root),
             ("attribution.proc_root", &self.attribution.proc_root),
@@ -218,6 +243,34 @@ impl Config {
                     problem: format!("must be an absolute path, got \"{}\"", path.display()),
                 });
             }
+        }
+        let state_dir = &self.agent.state_dir;
+        if !state_dir.as_os_str().is_empty() && !state_dir.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "agent.state_dir",
+                problem: format!(
+                    "must be empty (keep nothing) or an absolute path, got \"{}\"",
+                    state_dir.display()
+                ),
+            });
+        }
+        if self.agent.keep_attached && state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "agent.keep_attached",
+                problem: "needs [agent] state_dir: a restarted agent continues the kept \
+                          probes' counts from the readings saved there (e.g. state_dir = \
+                          \"/var/lib/nodepulse\")"
+                    .into(),
+            });
+        }
+        if !self.agent.bpffs.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "agent.bpffs",
+                problem: format!(
+                    "must be an absolute path (where bpffs is mounted), got \"{}\"",
+                    self.agent.bpffs.display()
+                ),
+            });
         }
         let cgroup_root = &self.attribution.cgroup_root;
         if !cgroup_root.as_os_str().is_empty() && !cgroup_root.is_absolute() {
@@ -251,6 +304,9 @@ impl Config {
                 check_listen(key, listen, port)?;
             }
         }
+        if self.prometheus.enabled && self.health.enabled {
+            check_listen_clash(&self.prometheus.listen, &self.health.listen)?;
+        }
         if !(1..=100_000).contains(&self.outliers.max_per_interval) {
             return Err(ConfigError::Invalid {
                 key: "outliers.max_per_interval",
@@ -262,6 +318,16 @@ impl Config {
         }
         for family in FAMILIES {
             family.validate(&self.probes)?;
+        }
+        // Here rather than in the detector's own validation: a family name is the
+        // catalogue's business.
+        for family in &self.detect.families {
+            if let Some(problem) = crate::catalog::unknown_family(family) {
+                return Err(ConfigError::Invalid {
+                    key: "detect.families",
+                    problem,
+                });
+            }
         }
         self.detect.validate()?;
         self.actions.validate()?;
@@ -283,6 +349,30 @@ impl Config {
 }
 
 /// A listen address: an IP address and a port.
+/// The Prometheus and health endpoints cannot share a port on overlapping addresses
+/// (the same address, or a wildcard and any address): the second bind would fail after
+/// every probe attached.
+fn check_listen_clash(prometheus: &str, health: &str) -> Result<(), ConfigError> {
+    let (Ok(p), Ok(h)) = (
+        prometheus.parse::<std::net::SocketAddr>(),
+        health.parse::<std::net::SocketAddr>(),
+    ) else {
+        return Ok(());
+    };
+    let overlap = p.ip() == h.ip() || p.ip().is_unspecified() || h.ip().is_unspecified();
+    if p.port() == h.port() && p.port() != 0 && overlap {
+        return Err(ConfigError::Invalid {
+            key: "health.listen",
+            problem: format!(
+                "\"{health}\" clashes with prometheus.listen \"{prometheus}\": both endpoints \
+                 would listen on port {}; give [health] a port of its own (default 9465)",
+                p.port()
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn check_listen(key: &'static str, listen: &str, port: u16) -> Result<(), ConfigError> {
     listen
         .parse::<std::net::SocketAddr>()
@@ -318,6 +408,10 @@ impl<'a> From<&'a Config> for Setup<'a> {
             attribution: &config.attribution,
             outliers: &config.outliers,
             outliers_enabled: config.outliers_enabled(),
+            bpffs: config
+                .agent
+                .keep_attached
+                .then_some(config.agent.bpffs.as_path()),
         }
     }
 }
@@ -353,6 +447,66 @@ mod tests {
             Config::parse(example, "example").unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn endpoints_on_one_port_clash() {
+        for (p, h) in [
+            ("127.0.0.1:9464", "127.0.0.1:9464"),
+            ("0.0.0.0:9464", "127.0.0.1:9464"),
+            ("127.0.0.1:9464", "[::]:9464"),
+        ] {
+            let e = err(&format!(
+                "[prometheus]\nenabled = true\nlisten = \"{p}\"\n\
+                 [health]\nenabled = true\nlisten = \"{h}\"\n"
+            ));
+            assert!(
+                e.contains(&format!(
+                    "`health.listen` \"{h}\" clashes with prometheus.listen"
+                )),
+                "{e}"
+            );
+            assert!(e.contains("port of its own"), "{e}");
+        }
+        // Different ports, different addresses or port 0 (the kernel picks) are fine.
+        for (p, h) in [
+            ("127.0.0.1:9464", "127.0.0.1:9465"),
+            ("127.0.0.1:9464", "127.0.0.2:9464"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            Config::parse(
+                &format!(
+                    "[prometheus]\nenabled = true\nlisten = \"{p}\"\n\
+                     [health]\nenabled = true\nlisten = \"{h}\"\n"
+                ),
+                "t",
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_families_are_named_in_detect_and_action_rules() {
+        let e = err("[detect]\nfamilies = [\"block.io.latency\", \"nope\"]\n");
+        assert!(
+            e.contains("`detect.families` names `nope`, which is not a metric family"),
+            "{e}"
+        );
+        assert!(e.contains("block.io.latency"), "{e}");
+        let e = err(
+            "[[actions.rules]]\nname = \"r\"\nfamily = \"blok.io.latency\"\n\
+             program = [\"/bin/true\"]\n",
+        );
+        assert!(
+            e.contains("`actions.rules[0].family` names `blok.io.latency`"),
+            "{e}"
+        );
+        Config::parse(
+            "[detect]\nfamilies = [\"block.io.size\"]\n[[actions.rules]]\nname = \"r\"\n\
+             family = \"block.io.latency\"\nprogram = [\"/bin/true\"]\n",
+            "t",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -18,4 +18,8 @@ pub mod probes;
 pub mod report;
 pub mod selfmon;
 pub mod settings;
+pub mod state;
 pub mod util;
+
+#[cfg(test)]
+mod fuzz_inputs;

@@ -251,6 +251,9 @@ pub struct AgentReport {
     pub export_ms: BTreeMap<&'static str, f64>,
     /// Set when kernel BPF stats are unavailable (then `programs` carry no cost).
     pub bpf_stats_unavailable: Option<String>,
+    /// Action audit records that could not be written since the agent started (a full
+    /// disk, an I/O error).
+    pub audit_failures_total: u64,
 }
 
 impl AgentReport {
@@ -267,6 +270,7 @@ impl AgentReport {
             dropped_total,
             cpu_seconds_total: usage.cpu_seconds_total,
             outliers_discarded: 0,
+            audit_failures_total: 0,
             export_ms: BTreeMap::new(),
             bpf_stats_unavailable: bpf,
         }

@@ -15,6 +15,7 @@ mod soak;
 mod tally;
 mod test;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,9 @@ enum Task {
     /// The detector on real workloads: `record` steady workloads and injected
     /// regressions (root), `eval` false alarms per node-day and detections on them.
     Soak(soak::Args),
+    /// The kernel matrix: Debian's 5.10, 6.1 and 6.12 kernels under QEMU, every probe
+    /// family attached and its counts checked against the guest's own. Needs root.
+    Vmtest(vmtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Task::Deb(args) => deb::run(args),
         Task::EvalDetect(args) => eval_detect::run(args),
         Task::Soak(args) => soak::run(args),
+        Task::Vmtest(args) => vmtest::run(args),
     };
     // Printed by hand: a failed task is an expected outcome, and anyhow's Debug output
     // would add a backtrace of xtask itself whenever RUST_BACKTRACE is set.

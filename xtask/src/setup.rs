@@ -40,6 +40,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "ca-certificates",
     "prometheus",
     "systemd",
+    // The kernel matrix (cargo xtask vmtest): QEMU to boot Debian's kernels, a static
+    // busybox for the guests' userspace, kmod to index and order their modules, xz and
+    // zstd to decompress them (busybox's insmod loads plain ELF only).
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "zstd",
 ];
 
 /// The target the image's and the package's static binary is built for.

@@ -78,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
             vec!["test", "--workspace", "--exclude", "agent-ebpf"],
         ),
     ];
-    let mut progress = Progress::new(steps.len() + ARTIFACTS.len());
+    let mut progress = Progress::new(steps.len() + ARTIFACTS.len() + 1);
     let mut tally = None;
     for (name, cargo_args) in steps {
         if name == "test" {
@@ -118,6 +118,22 @@ pub fn run(args: Args) -> Result<()> {
             summary(&results, start.elapsed());
             return Err(err.context(format!("step `{name}` failed")));
         }
+    }
+
+    // The kernel matrix last: it boots three kernels under QEMU (see vmtest/mod.rs).
+    let step = progress.step("vmtest (kernel matrix under QEMU)");
+    if root {
+        step.start_line("running");
+        let result = crate::vmtest::run_matrix(&crate::vmtest::MATRIX);
+        let elapsed = step.finish(outcome(&result));
+        results.push(("vmtest", outcome(&result), elapsed));
+        if let Err(err) = result {
+            summary(&results, start.elapsed());
+            return Err(err.context("step `vmtest` failed"));
+        }
+    } else {
+        step.start_line(crate::vmtest::SKIP_NOTICE);
+        results.push(("vmtest", "skipped", step.elapsed()));
     }
 
     summary(&results, start.elapsed());

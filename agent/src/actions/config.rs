@@ -141,6 +141,11 @@ impl ActionsConfig {
                     ),
                 ));
             }
+            if !rule.family.is_empty()
+                && let Some(problem) = crate::catalog::unknown_family(&rule.family)
+            {
+                return Err(invalid(key("family"), problem));
+            }
             if rule.on.is_empty() {
                 return Err(invalid(
                     key("on"),

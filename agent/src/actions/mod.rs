@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod config;
 pub mod program;
+pub mod sweep;
 pub mod webhook;
 
 use std::{
@@ -14,7 +15,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -50,6 +51,16 @@ pub enum ActionsError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// Written before a program or webhook starts; its end follows in another record.
+    Started,
+    /// Killed, with everything it started, because the agent was stopping.
+    Stopped,
+    /// Found still running (it or what it started) when the agent started again after
+    /// a crash, and killed.
+    KilledAfterRestart,
+    /// Audited as started by an agent that ended before recording how it ended, with
+    /// nothing of it left running at the next start.
+    Unfinished,
     Ok,
     Failed,
     TimedOut,
@@ -62,6 +73,10 @@ pub enum Outcome {
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            Outcome::Started => "started",
+            Outcome::Stopped => "stopped",
+            Outcome::KilledAfterRestart => "killed_after_restart",
+            Outcome::Unfinished => "unfinished",
             Outcome::Ok => "ok",
             Outcome::Failed => "failed",
             Outcome::TimedOut => "timed_out",
@@ -79,7 +94,8 @@ impl Outcome {
 pub struct ActionRun {
     pub time: String,
     pub alarm_id: String,
-    /// The alarm event that triggered it: `open` or `resolved`.
+    /// The alarm event that triggered it: `open`, `ongoing` (a series the rule matches
+    /// joined the open incident) or `resolved`.
     pub event: &'static str,
     pub series: String,
     pub rule: String,
@@ -94,6 +110,9 @@ pub struct ActionRun {
     pub error: Option<String>,
     /// The first 4 KiB of the program's output or the webhook's answer.
     pub output: String,
+    /// Processes of the run (`pid comm`) still alive when it ended, and killed then:
+    /// whatever it left in the background or detached with `setsid`.
+    pub killed: Vec<String>,
     pub trace_id: String,
     pub span_id: String,
     pub parent_span_id: String,
@@ -123,6 +142,7 @@ impl ActionRun {
             duration_ms: 0.0,
             error: None,
             output: String::new(),
+            killed: Vec::new(),
             trace_id: alarm.trace_id.clone(),
             span_id: random::hex_id::<8>(),
             parent_span_id: alarm.span_id.clone(),
@@ -146,9 +166,14 @@ pub struct Actions {
     /// Starts within the last hour (global rate limit).
     started: VecDeque<Instant>,
     running: Arc<AtomicUsize>,
+    /// Set when the agent stops: running programs are killed.
+    stop: Arc<AtomicBool>,
     done_tx: mpsc::Sender<ActionRun>,
     done_rx: mpsc::Receiver<ActionRun>,
     threads: Vec<JoinHandle<()>>,
+    /// Per open incident (alarm id), the rules whose `open` run was decided (started
+    /// or skipped): each runs at most once per incident.
+    decided: HashMap<String, Vec<String>>,
 }
 
 impl Actions {
@@ -162,6 +187,7 @@ impl Actions {
             source,
         })?;
         let (done_tx, done_rx) = mpsc::channel();
+        take_over_orphans(&audit, &done_tx);
         Ok(Some(Self {
             config: config.clone(),
             node: node.to_owned(),
@@ -169,9 +195,11 @@ impl Actions {
             last_run: HashMap::new(),
             started: VecDeque::new(),
             running: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
             done_tx,
             done_rx,
             threads: Vec::new(),
+            decided: HashMap::new(),
         }))
     }
 
@@ -179,20 +207,35 @@ impl Actions {
         self.audit.path()
     }
 
-    /// Starts (or skips, or dry-runs) every rule that matches this alarm event.
+    /// Audit records that could not be written since the start.
+    pub fn audit_failures(&self) -> u64 {
+        self.audit.failures()
+    }
+
+    /// Starts (or skips, or dry-runs) every rule that matches this alarm event. An
+    /// alarm is an incident: a rule's `open` run happens once per incident, when the
+    /// incident first matches it: when it opens, or when a matching series joins it
+    /// later (a rule on a loop device still runs when its backing disk's alarm opened
+    /// the incident a window earlier).
     pub fn dispatch(&mut self, alarm: &Alarm) {
         let trigger = match alarm.state {
-            AlarmState::Open => Trigger::Open,
+            AlarmState::Open | AlarmState::Ongoing => Trigger::Open,
             AlarmState::Resolved => Trigger::Resolved,
-            AlarmState::Ongoing => return,
         };
+        let decided = self.decided.entry(alarm.id.clone()).or_default();
         let rules: Vec<ActionRule> = self
             .config
             .rules
             .iter()
             .filter(|r| r.on.contains(&trigger) && matches(r, alarm))
+            .filter(|r| trigger == Trigger::Resolved || !decided.contains(&r.name))
             .cloned()
             .collect();
+        if trigger == Trigger::Resolved {
+            self.decided.remove(&alarm.id);
+        } else {
+            decided.extend(rules.iter().map(|r| r.name.clone()));
+        }
         for rule in rules {
             let now = Instant::now();
             while self
@@ -240,11 +283,12 @@ impl Actions {
         let audit = Arc::clone(&self.audit);
         let done = self.done_tx.clone();
         let node = self.node.clone();
+        let stop = Arc::clone(&self.stop);
         running.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
             .name(format!("action {}", rule.name))
             .spawn(move || {
-                let run = execute(&rule, &alarm, &node);
+                let run = execute(&rule, &alarm, &node, &audit, &stop);
                 finish(&audit, &done, run);
                 running.fetch_sub(1, Ordering::SeqCst);
             });
@@ -275,6 +319,115 @@ impl Actions {
             let _ = t.join();
         }
         true
+    }
+
+    /// At agent stop: waits up to `grace` for running actions, then kills the programs
+    /// still running with everything they started, and waits for their records.
+    /// Whether every run ended.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        if self.wait(grace) {
+            return true;
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        // A program gets its SIGTERM, a second of grace, then the sweep.
+        self.wait(program::KILL_GRACE + Duration::from_secs(5))
+    }
+}
+
+/// At start: runs of an agent that is gone (it crashed or was killed) whose programs,
+/// or what they started, still live are killed and audited, one record per run.
+fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
+    let killed = sweep::kill_orphaned_runs(&audit.path().to_string_lossy());
+    let mut runs: BTreeMap<String, Vec<sweep::Marked>> = BTreeMap::new();
+    for m in killed {
+        let id = m.env.get(sweep::RUN_VAR).cloned().unwrap_or_default();
+        runs.entry(id).or_default().push(m);
+    }
+    let mut taken: Vec<String> = runs.keys().cloned().collect();
+    for (span_id, procs) in runs {
+        let env = &procs[0].env;
+        let var = |k: &str| env.get(k).cloned().unwrap_or_default();
+        // TRACEPARENT is 00-<trace>-<span>-01, the span being this run's.
+        let trace_id = var("TRACEPARENT")
+            .split('-')
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let now = unix_nanos();
+        let run = ActionRun {
+            time: rfc3339(now),
+            alarm_id: var("NODEPULSE_ALARM_ID"),
+            event: if var("NODEPULSE_ALARM_STATE") == "resolved" {
+                "resolved"
+            } else {
+                "open"
+            },
+            series: var("NODEPULSE_ALARM_SERIES"),
+            rule: var("NODEPULSE_RULE"),
+            kind: "program",
+            target: String::new(),
+            outcome: Outcome::KilledAfterRestart,
+            exit_code: None,
+            http_status: None,
+            duration_ms: 0.0,
+            error: Some(format!(
+                "left running by agent {} that is gone; killed at this start",
+                var(sweep::AGENT_VAR)
+            )),
+            output: String::new(),
+            killed: procs.iter().map(sweep::Marked::describe).collect(),
+            trace_id,
+            span_id,
+            parent_span_id: String::new(),
+            start_unix_nano: now,
+            end_unix_nano: now,
+        };
+        finish(audit, done, run);
+    }
+    // Runs on record as started with no end, and nothing left running: their end is
+    // unknown, which is worth a record of its own.
+    for started in audit::unfinished(audit.path()) {
+        let text = |k: &str| started[k].as_str().unwrap_or_default().to_owned();
+        let span_id = text("span_id");
+        if taken.contains(&span_id) {
+            continue;
+        }
+        taken.push(span_id.clone());
+        let now = unix_nanos();
+        let run = ActionRun {
+            time: rfc3339(now),
+            alarm_id: text("alarm_id"),
+            event: if started["event"] == "resolved" {
+                "resolved"
+            } else {
+                "open"
+            },
+            series: text("series"),
+            rule: text("rule"),
+            kind: if started["kind"] == "webhook" {
+                "webhook"
+            } else {
+                "program"
+            },
+            target: text("target"),
+            outcome: Outcome::Unfinished,
+            exit_code: None,
+            http_status: None,
+            duration_ms: 0.0,
+            error: Some(
+                "the agent stopped before recording how this run ended; nothing of it was \
+                 still running at this start"
+                    .into(),
+            ),
+            output: String::new(),
+            killed: Vec::new(),
+            trace_id: text("trace_id"),
+            span_id,
+            parent_span_id: text("parent_span_id"),
+            start_unix_nano: started["start_unix_nano"].as_u64().unwrap_or(now),
+            end_unix_nano: now,
+        };
+        finish(audit, done, run);
     }
 }
 
@@ -334,6 +487,7 @@ fn environment(
     rule: &ActionRule,
     node: &str,
     run: &ActionRun,
+    audit_log: &std::path::Path,
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("NODEPULSE_ALARM_ID".into(), alarm.id.clone()),
@@ -353,6 +507,10 @@ fn environment(
         ("NODEPULSE_ALARM_SUMMARY".into(), alarm.summary.clone()),
         ("NODEPULSE_RULE".into(), rule.name.clone()),
         ("NODEPULSE_NODE".into(), node.into()),
+        (
+            sweep::AUDIT_VAR.into(),
+            audit_log.to_string_lossy().into_owned(),
+        ),
         ("TRACEPARENT".into(), run.traceparent()),
     ];
     for (k, v) in &alarm.labels {
@@ -371,9 +529,23 @@ fn environment(
     env
 }
 
-/// Runs the rule's program or webhook to completion (on the action's thread).
-fn execute(rule: &ActionRule, alarm: &Alarm, node: &str) -> ActionRun {
-    let mut run = ActionRun::new(alarm, rule, Outcome::Ok);
+/// Runs the rule's program or webhook to completion (on the action's thread), audited
+/// as started first, so that a run cut short by a crash is still on record.
+fn execute(
+    rule: &ActionRule,
+    alarm: &Alarm,
+    node: &str,
+    audit: &AuditLog,
+    stop: &AtomicBool,
+) -> ActionRun {
+    let mut run = ActionRun::new(alarm, rule, Outcome::Started);
+    if let Err(e) = audit.record(&run) {
+        tracing::error!(
+            path = %audit.path().display(),
+            "cannot append to the action audit log: {e}"
+        );
+    }
+    run.outcome = Outcome::Ok;
     let started = Instant::now();
     if rule.program.is_empty() {
         let body = webhook::payload(rule.format, alarm, node, &rule.name);
@@ -393,16 +565,22 @@ fn execute(rule: &ActionRule, alarm: &Alarm, node: &str) -> ActionRun {
         run.error = result.error;
     } else {
         let stdin = webhook::payload(WebhookFormat::Nodepulse, alarm, node, &rule.name);
-        let env = environment(alarm, rule, node, &run);
+        let env = environment(alarm, rule, node, &run, audit.path());
         let result = program::run(
             &rule.program,
             &env,
             &serde_json::to_vec(&stdin).unwrap_or_default(),
             rule.timeout,
+            &run.span_id,
+            stop,
         );
         run.exit_code = result.exit_code;
         run.output = result.output;
-        run.outcome = if result.timed_out {
+        run.killed = result.killed;
+        run.outcome = if result.stopped {
+            run.error = Some("killed because the agent is stopping".into());
+            Outcome::Stopped
+        } else if result.timed_out {
             run.error = Some(format!(
                 "killed after its timeout of {}",
                 humantime::format_duration(rule.timeout)

@@ -1,19 +1,25 @@
 //! Running a remedial program: argv only (never a shell), the alarm as environment
-//! variables and as JSON on stdin, its own process group so that a timeout kills
-//! everything it started, output captured (bounded) for the audit log.
+//! variables and as JSON on stdin, its own process group, output captured (bounded)
+//! for the audit log. Every process it started, even one that left the group or the
+//! session, is killed when the program ends, at its timeout and when the agent stops
+//! (see [`super::sweep`]).
 
+use super::sweep;
 use std::{
     io::{Read, Write},
     os::unix::process::CommandExt,
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
 /// Output kept per stream.
 const OUTPUT_LIMIT: usize = 4096;
 /// Between SIGTERM and SIGKILL at a timeout.
-const KILL_GRACE: Duration = Duration::from_secs(1);
+pub const KILL_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub struct ProgramResult {
@@ -24,18 +30,29 @@ pub struct ProgramResult {
     pub output: String,
     /// It could not be started at all.
     pub error: Option<String>,
+    /// Killed because the agent is stopping.
+    pub stopped: bool,
+    /// Processes of the run still alive once the program ended (or was killed), and
+    /// then killed: `pid comm`.
+    pub killed: Vec<String>,
 }
 
+/// Runs `argv` to its end, its timeout, or until `stop` is set; `run_id` marks its
+/// processes.
 pub fn run(
     argv: &[String],
     env: &[(String, String)],
     stdin: &[u8],
     timeout: Duration,
+    run_id: &str,
+    stop: &AtomicBool,
 ) -> ProgramResult {
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .env(sweep::RUN_VAR, run_id)
+        .env(sweep::AGENT_VAR, sweep::this_agent())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -84,11 +101,13 @@ pub fn run(
 
     let deadline = Instant::now() + timeout;
     let mut timed_out = false;
+    let mut stopped = false;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => {
-                timed_out = true;
+            Ok(None) if Instant::now() >= deadline || stop.load(Ordering::SeqCst) => {
+                stopped = Instant::now() < deadline;
+                timed_out = !stopped;
                 kill_group(pgid, libc::SIGTERM);
                 let grace = Instant::now() + KILL_GRACE;
                 while Instant::now() < grace {
@@ -105,7 +124,13 @@ pub fn run(
             Err(_) => break None,
         }
     };
-    // Output of children that outlive the program (they hold the pipes) is not waited for.
+    // Whatever the run started that is still alive, in this group or not.
+    let killed: Vec<String> = sweep::kill_run(run_id)
+        .iter()
+        .map(sweep::Marked::describe)
+        .collect();
+    // The pipes close once the last holder is dead; a holder that hid from the sweep
+    // is not waited for.
     let mut output = String::new();
     for _ in 0..2 {
         match rx.recv_timeout(Duration::from_millis(500)) {
@@ -120,6 +145,8 @@ pub fn run(
         timed_out,
         output,
         error: None,
+        stopped,
+        killed,
     }
 }
 
@@ -148,10 +175,49 @@ fn read_bounded(mut stream: impl Read) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn sh(script: &str) -> Vec<String> {
         vec!["/bin/sh".into(), "-c".into(), script.into()]
+    }
+
+    fn run_sh(script: &str, timeout: Duration) -> ProgramResult {
+        let id = crate::util::random::hex_id::<8>();
+        run(&sh(script), &[], b"", timeout, &id, &AtomicBool::new(false))
+    }
+
+    /// The pids the script wrote to `file`, one a line, once it has `n` of them.
+    fn pids(file: &Path, n: usize) -> Vec<i32> {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        assert_eq!(pids.len(), n, "{text:?}");
+        pids
+    }
+
+    /// A process is gone once /proc has no live entry for it (a zombie has no process
+    /// left; init reaps it). Give the kernel a moment.
+    fn assert_gone(pid: i32) {
+        let gone = (0..100).any(|_| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            if stat.is_empty() || state == Some("Z") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            false
+        });
+        assert!(gone, "process {pid} survived");
+    }
+
+    /// Shell lines that start `what` in the background, writing its pid to `file`, and
+    /// wait until it has.
+    fn background(what: &str, file: &Path) -> String {
+        let f = file.display();
+        format!("{what} & while [ ! -s {f} ]; do sleep 0.01; done; ")
     }
 
     #[test]
@@ -161,47 +227,117 @@ mod tests {
             &[("NODEPULSE_ALARM_ID".into(), "abc".into())],
             b"{\"x\":1}\n",
             Duration::from_secs(10),
+            "run-1",
+            &AtomicBool::new(false),
         );
         assert_eq!(r.exit_code, Some(3), "{r:?}");
         assert_eq!(r.output.trim(), "abc {\"x\":1}");
         assert!(!r.timed_out);
+        assert!(r.killed.is_empty(), "{r:?}");
     }
 
     #[test]
     fn a_hanging_program_and_its_children_are_killed_at_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("child.pid");
-        let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+        let file = dir.path().join("pids");
+        let f = file.display();
+        // A child in the group, and one that left it with setsid.
+        let script = format!(
+            "sleep 60 & echo $! >> {f}; {}wait",
+            background(
+                &format!("setsid sh -c 'echo $$ >> {f}.s; exec sleep 300'"),
+                &dir.path().join("pids.s")
+            )
+        );
         let started = Instant::now();
-        let r = run(&sh(&script), &[], b"", Duration::from_millis(300));
+        let r = run_sh(&script, Duration::from_millis(500));
         assert!(r.timed_out, "{r:?}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
-        let child: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // The grandchild (same process group) is gone too; give the kernel a moment
-        // to reap it (its parent was killed, init reaps it).
-        let gone = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z")
+        let group = pids(&file, 1)[0];
+        let escaped = pids(&dir.path().join("pids.s"), 1)[0];
+        assert_gone(group);
+        assert_gone(escaped);
+        // The group went with the timeout's signals; the escaped one by the sweep.
+        assert!(r.killed.contains(&format!("{escaped} sleep")), "{r:?}");
+    }
+
+    #[test]
+    fn children_left_behind_by_a_program_that_exits_are_killed_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        // A plain background child and a setsid'd one; the program then exits 0.
+        let script = format!(
+            "{}{}exit 0",
+            background(&format!("sleep 300 & echo $! > {}", a.display()), &a),
+            background(
+                &format!("setsid sh -c 'echo $$ > {}; exec sleep 300'", b.display()),
+                &b
+            ),
+        );
+        let r = run_sh(&script, Duration::from_secs(10));
+        assert_eq!(r.exit_code, Some(0), "{r:?}");
+        assert!(!r.timed_out);
+        let (a, b) = (pids(&a, 1)[0], pids(&b, 1)[0]);
+        assert_gone(a);
+        assert_gone(b);
+        let mut killed = r.killed.clone();
+        killed.sort();
+        let mut want = vec![format!("{a} sleep"), format!("{b} sleep")];
+        want.sort();
+        assert_eq!(killed, want);
+    }
+
+    #[test]
+    fn a_stop_kills_the_run_and_everything_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path().join("b");
+        let script = format!(
+            "{}sleep 300",
+            background(
+                &format!("setsid sh -c 'echo $$ > {}; exec sleep 300'", b.display()),
+                &b
+            ),
+        );
+        let stop = AtomicBool::new(false);
+        let r = std::thread::scope(|s| {
+            let runner = s.spawn(|| {
+                run(
+                    &sh(&script),
+                    &[],
+                    b"",
+                    Duration::from_secs(60),
+                    "stop-1",
+                    &stop,
+                )
+            });
+            while !b.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            stop.store(true, Ordering::SeqCst);
+            runner.join().unwrap()
         });
-        assert!(gone, "sleep {child} survived the timeout");
+        assert!(r.stopped && !r.timed_out, "{r:?}");
+        let b = pids(&b, 1)[0];
+        assert_gone(b);
+        assert!(r.killed.contains(&format!("{b} sleep")), "{r:?}");
     }
 
     #[test]
     fn a_missing_program_is_an_error_not_a_panic() {
+        let r = run_sh("exec /nonexistent/fix", Duration::from_secs(1));
+        assert_eq!(r.exit_code, Some(127), "{r:?}");
         let r = run(
             &["/nonexistent/fix".into()],
             &[],
             b"",
             Duration::from_secs(1),
+            "x",
+            &AtomicBool::new(false),
         );
         let e = r.error.unwrap();
         assert!(e.contains("cannot start /nonexistent/fix"), "{e}");

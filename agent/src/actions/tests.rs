@@ -33,11 +33,53 @@ fn actions(dir: &Path, rules: Vec<ActionRule>, tweak: impl FnOnce(&mut ActionsCo
     Actions::start(&config, "node").unwrap().unwrap()
 }
 
-fn audit_lines(dir: &Path) -> Vec<serde_json::Value> {
+/// Every audit record, `started` ones included.
+fn all_audit_lines(dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("audit").join("actions.jsonl")).unwrap();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The audit records of decisions and ends (not the `started` ones).
+fn audit_lines(dir: &Path) -> Vec<serde_json::Value> {
+    all_audit_lines(dir)
+        .into_iter()
+        .filter(|l| l["outcome"] != "started")
+        .collect()
+}
+
+fn pid_in(file: &Path) -> i32 {
+    for _ in 0..500 {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no pid in {}", file.display());
+}
+
+/// Alive: /proc has it and it is not a zombie. Waits a moment for the kernel.
+fn alive(pid: i32) -> bool {
+    (0..50).all(|_| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let live =
+            !stat.is_empty() && stat.rsplit_once(')').unwrap().1.trim_start().as_bytes()[0] != b'Z';
+        if live {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        live
+    })
+}
+
+/// A finished run, for tests of the audit log.
+pub(crate) fn sample_run() -> ActionRun {
+    let mut run = ActionRun::new(&alarm_with_id("x"), &rule("r", &["/bin/true"]), Outcome::Ok);
+    run.output = "o".repeat(1000);
+    run
 }
 
 fn alarm_with_id(id: &str) -> Alarm {
@@ -114,6 +156,14 @@ fn a_program_runs_with_the_alarm_and_every_run_is_audited() {
     let mut a = actions(dir.path(), vec![rule("fail", &["/bin/false"])], |_| {});
     a.dispatch(&alarm_with_id("def"));
     assert!(a.wait(Duration::from_secs(10)));
+    let every = all_audit_lines(dir.path());
+    let outcomes: Vec<&str> = every
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
+    // Each run is on record before it starts.
+    assert_eq!(outcomes, ["started", "ok", "started", "failed"]);
+    assert_eq!(every[0]["span_id"], every[1]["span_id"]);
     let lines = audit_lines(dir.path());
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["outcome"], "ok");
@@ -322,4 +372,211 @@ fn unreachable_or_failing_webhook_is_a_failed_run_not_a_crash() {
     assert!(e.contains("unreachable") && e.contains("webhook"), "{e}");
     assert_eq!(by("500").outcome, Outcome::Failed);
     assert_eq!(by("500").http_status, Some(500));
+}
+
+#[test]
+fn a_rule_runs_once_per_incident_also_when_its_series_joins_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rule("loop0-only", &["/bin/true"]);
+    r.labels = BTreeMap::from([("device".to_owned(), "loop0".to_owned())]);
+    let mut a = actions(dir.path(), vec![r], |_| {});
+    // The backing disk's alarm opens the incident: the rule on loop0 does not match.
+    let mut incident = alarm_with_id("inc");
+    a.dispatch(&incident);
+    // A window later loop0 joins it: now it matches, and runs once.
+    incident.state = AlarmState::Ongoing;
+    let mut labels = incident.labels.clone();
+    labels.insert("device".into(), "loop0".into());
+    let joined = crate::detect::incident::RelatedSeries {
+        series: "block.io.latency{device=loop0,op=write}".into(),
+        family: incident.family.clone(),
+        labels,
+        alarm_id: "loop0-alarm".into(),
+        state: AlarmState::Open,
+        quantile: "p99",
+        factor: 2.0,
+        baseline_ns: 1e5,
+        current_ns: 2e5,
+        added_ns: 1.0,
+        share: 0.5,
+    };
+    incident.related.push(joined);
+    a.dispatch(&incident);
+    a.dispatch(&incident);
+    // Another incident later matches from its opening: it runs again, once.
+    let mut other = incident.clone();
+    other.id = "other".into();
+    other.state = AlarmState::Open;
+    a.dispatch(&other);
+    assert!(a.wait(Duration::from_secs(10)));
+    let mut runs: Vec<(String, &str)> = a
+        .completed()
+        .iter()
+        .map(|r| (format!("{}/{}", r.alarm_id, r.event), r.outcome.as_str()))
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        vec![("inc/ongoing".into(), "ok"), ("other/open".into(), "ok")]
+    );
+}
+
+#[test]
+fn at_agent_stop_a_running_program_and_what_it_detached_are_killed_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("detached");
+    let script = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 300' & exec sleep 300",
+        pid_file.display()
+    );
+    let mut a = actions(
+        dir.path(),
+        vec![rule("long", &["/bin/sh", "-c", &script])],
+        |_| {},
+    );
+    a.dispatch(&alarm_with_id("s"));
+    let detached = pid_in(&pid_file);
+    assert!(alive(detached));
+    let started = Instant::now();
+    assert!(a.stop(Duration::from_millis(200)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !alive(detached),
+        "detached child {detached} survived the agent stop"
+    );
+    let lines = audit_lines(dir.path());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "stopped");
+    let killed: Vec<&str> = lines[0]["killed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(
+        killed.contains(&format!("{detached} sleep").as_str()),
+        "{killed:?}"
+    );
+}
+
+/// An agent that was killed outright (SIGKILL, a crash) leaves a run behind: the next
+/// start finds its processes, kills them and audits the run. The dead agent is a real
+/// process that existed and is gone, so its `pid:start-time` names no live process.
+#[test]
+fn after_a_crash_the_next_start_kills_and_audits_runs_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dead_agent = std::process::Command::new("/bin/sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let agent_pid = dead_agent.id() as i32;
+    let stat = std::fs::read_to_string(format!("/proc/{agent_pid}/stat")).unwrap();
+    let start: u64 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    dead_agent.kill().unwrap();
+    dead_agent.wait().unwrap();
+    let pid_file = dir.path().join("left");
+    // What the dead agent's run left: a detached process carrying its marks.
+    let mut starter = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!(
+                "setsid sh -c 'echo $$ > {}; exec sleep 300' &",
+                pid_file.display()
+            ),
+        ])
+        .env(sweep::RUN_VAR, "0123456789abcdef")
+        .env(sweep::AGENT_VAR, format!("{agent_pid}:{start}"))
+        .env(
+            sweep::AUDIT_VAR,
+            dir.path().join("audit").join("actions.jsonl"),
+        )
+        .env("NODEPULSE_ALARM_ID", "crashed-alarm")
+        .env("NODEPULSE_RULE", "restart-service")
+        .env(
+            "TRACEPARENT",
+            "00-0af7651916cd43dd8448eb211c80319c-0123456789abcdef-01",
+        )
+        .spawn()
+        .unwrap();
+    starter.wait().unwrap();
+    let left = pid_in(&pid_file);
+    assert!(alive(left));
+    // A run of a live agent (this test process) is left alone.
+    let mut ours = std::process::Command::new("/bin/sleep")
+        .arg("300")
+        .env(
+            sweep::AUDIT_VAR,
+            dir.path().join("audit").join("actions.jsonl"),
+        )
+        .env(sweep::RUN_VAR, "fedcba9876543210")
+        .env(sweep::AGENT_VAR, sweep::this_agent())
+        .spawn()
+        .unwrap();
+
+    let mut a = actions(dir.path(), vec![rule("any", &["/bin/true"])], |_| {});
+    assert!(
+        !alive(left),
+        "process {left} left by the crashed agent survived"
+    );
+    assert!(alive(ours.id() as i32), "a live agent's run was killed");
+    ours.kill().unwrap();
+    ours.wait().unwrap();
+    let lines = audit_lines(dir.path());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert_eq!(l["outcome"], "killed_after_restart");
+    assert_eq!(l["alarm_id"], "crashed-alarm");
+    assert_eq!(l["rule"], "restart-service");
+    assert_eq!(l["span_id"], "0123456789abcdef");
+    assert_eq!(l["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(l["killed"][0], format!("{left} sleep"));
+    assert_eq!(a.completed().len(), 1);
+}
+
+/// A run on record as started, with no end and nothing left running (the agent was
+/// killed as the program finished): the next start records it as unfinished, once.
+#[test]
+fn a_started_run_with_no_end_is_audited_as_unfinished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit").join("actions.jsonl");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let mut started = ActionRun::new(
+        &alarm_with_id("gone"),
+        &rule("r", &["/bin/true"]),
+        Outcome::Started,
+    );
+    started.span_id = "00000000000000aa".into();
+    let mut ended = started.clone();
+    ended.span_id = "00000000000000bb".into();
+    let mut closed = ended.clone();
+    closed.outcome = Outcome::Ok;
+    let text: String = [&started, &ended, &closed]
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(&log, text).unwrap();
+    let mut a = actions(dir.path(), vec![rule("r", &["/bin/true"])], |_| {});
+    let runs = a.completed();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].outcome, Outcome::Unfinished);
+    assert_eq!(runs[0].span_id, "00000000000000aa");
+    assert_eq!(runs[0].alarm_id, "gone");
+    drop(a);
+    // Recorded once: a second start finds it closed.
+    let mut a = actions(dir.path(), vec![rule("r", &["/bin/true"])], |_| {});
+    assert!(a.completed().is_empty());
+    let last = audit_lines(dir.path()).pop().unwrap();
+    assert_eq!(last["outcome"], "unfinished");
 }

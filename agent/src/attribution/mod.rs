@@ -155,16 +155,13 @@ pub fn cgroup_hierarchy(
 pub type Labels = Vec<(&'static str, String)>;
 
 /// Longest label value, in characters; longer values are truncated.
-pub const MAX_LABEL_CHARS: usize = 128;
+pub use crate::util::text::MAX_LABEL_CHARS;
 
 /// A label value from untrusted text (a command line, a file anyone with the right
-/// privileges wrote): control characters replaced with `_`, at most
+/// privileges wrote): control, bidi and invisible characters escaped, at most
 /// [`MAX_LABEL_CHARS`] characters.
 fn bound_label(s: &str) -> String {
-    s.chars()
-        .take(MAX_LABEL_CHARS)
-        .map(|c| if c.is_control() { '_' } else { c })
-        .collect()
+    crate::util::text::bounded(s)
 }
 
 /// `8-4-4-4-12` hex digits, the only form libvirt, QEMU and Ceph print.

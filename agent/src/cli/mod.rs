@@ -1,5 +1,7 @@
-//! Command line: `nodepulse run`, `check`, `record` and `replay`.
+//! Command line: `nodepulse run`, `check`, `record`, `replay` and `cleanup`.
 
+#[macro_use]
+mod out;
 mod replay;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -17,9 +19,11 @@ use crate::{
         prometheus::PrometheusExporter,
     },
     health::Health,
+    pipeline::Reload,
     pipeline::{Pipeline, Shutdown},
     probes::Probes,
     settings::{self, ConfigError},
+    state::{Resume, StateDir},
 };
 
 /// Exit code for an invalid configuration or command line (as clap uses for usage).
@@ -54,6 +58,23 @@ pub enum Command {
     /// alarms it would have raised; or over a CSV of `timestamp,value` rows, printing
     /// each row with an anomaly score in [0, 1].
     Replay(ReplayArgs),
+    /// Detach the probes kept attached across restarts and remove their pins
+    /// (`<bpffs>/nodepulse/`) and the saved state ([agent] state_dir). Run it with the
+    /// agent stopped; the Debian package's purge runs it.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    /// Configuration naming [agent] bpffs and state_dir (default: the defaults).
+    #[arg(short, long, env = "NODEPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The state directory to clear (overrides [agent] state_dir).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Only detach and unpin; keep the saved state (baselines) for a later install.
+    #[arg(long)]
+    pub keep_state: bool,
 }
 
 #[derive(Args, Debug)]
@@ -149,7 +170,11 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 
 impl ConfigArgs {
     fn load(&self, run: Option<&RunArgs>) -> Result<Config, ConfigError> {
-        let overrides = Overrides {
+        Config::load(self.config.as_deref(), &self.overrides(run))
+    }
+
+    fn overrides(&self, run: Option<&RunArgs>) -> Overrides {
+        Overrides {
             interval: run.and_then(|r| r.interval),
             console_format: run.and_then(|r| r.format),
             log_level: self.log_level,
@@ -157,8 +182,7 @@ impl ConfigArgs {
             sys_root: self.sys_root.clone(),
             node_name: run.and_then(|r| r.node_name.clone()),
             otlp_endpoint: run.and_then(|r| r.otlp_endpoint.clone()),
-        };
-        Config::load(self.config.as_deref(), &overrides)
+        }
     }
 }
 
@@ -180,12 +204,13 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args),
         Command::Record(args) => record(args),
         Command::Replay(args) => replay::replay(args),
+        Command::Cleanup(args) => cleanup(args),
     }
 }
 
 pub(super) fn config_error(e: ConfigError) -> ExitCode {
-    eprintln!("nodepulse: {e}");
-    eprintln!("nothing was attached; fix the configuration and start again");
+    errln!("nodepulse: {e}");
+    errln!("nothing was attached; fix the configuration and start again");
     ExitCode::from(EXIT_CONFIG)
 }
 
@@ -204,7 +229,7 @@ fn record(args: RecordArgs) -> ExitCode {
         {
             Ok(f) => Box::new(f),
             Err(e) => {
-                eprintln!(
+                errln!(
                     "nodepulse: cannot write the recording to {}: {e}; choose a writable \
                      path with --output",
                     args.output.display()
@@ -229,22 +254,29 @@ fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + Send>>) -> E
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("nodepulse: cannot start the runtime: {e}");
+            errln!("nodepulse: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run_agent(config, args.reports, recording))
+    // SIGHUP reads the same file with the same flags again.
+    let (path, overrides) = (
+        args.config.config.clone(),
+        args.config.overrides(Some(args)),
+    );
+    let reload: Reload = Box::new(move || Config::load(path.as_deref(), &overrides));
+    runtime.block_on(run_agent(config, args.reports, recording, reload))
 }
 
 async fn run_agent(
     config: Config,
     max_reports: u64,
     recording: Option<Box<dyn std::io::Write + Send>>,
+    reload: Reload,
 ) -> ExitCode {
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("nodepulse: cannot install signal handlers: {e}");
+            errln!("nodepulse: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -259,8 +291,8 @@ async fn run_agent(
         match Actions::start(&config.actions, &config.node_name()) {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("nodepulse: {e}");
-                eprintln!("nothing was attached; fix the configuration and start again");
+                errln!("nodepulse: {e}");
+                errln!("nothing was attached; fix the configuration and start again");
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
@@ -276,11 +308,18 @@ async fn run_agent(
     let probes = match Probes::start(&config) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("nodepulse: {e}");
+            errln!("nodepulse: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let Exporters { all, otlp } = match start_exporters(&config, recording) {
+    let (state, resume) = match open_state(&config, &probes) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let start_unix_nano = resume
+        .as_ref()
+        .map_or_else(crate::util::time::unix_nanos, |r| r.start_unix_nano);
+    let Exporters { all, otlp } = match start_exporters(&config, recording, start_unix_nano) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -288,8 +327,13 @@ async fn run_agent(
         "first report in {}",
         humantime::format_duration(config.agent.interval)
     );
-    Pipeline::new(probes, all, &config)
+    let mut pipeline = Pipeline::new(probes, all, &config)
         .with_actions(actions)
+        .with_reload(config.clone(), reload);
+    if let (Some(state), Some(resume)) = (state, resume) {
+        pipeline = pipeline.with_state(state, resume);
+    }
+    pipeline
         .run(config.agent.interval, max_reports, shutdown)
         .await;
     if let Some(sender) = otlp {
@@ -299,6 +343,28 @@ async fn run_agent(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The state directory and how this start continues the previous run, when
+/// `[agent] state_dir` is set.
+fn open_state(
+    config: &Config,
+    probes: &Probes,
+) -> Result<(Option<StateDir>, Option<Resume>), ExitCode> {
+    if config.agent.state_dir.as_os_str().is_empty() {
+        return Ok((None, None));
+    }
+    let state = StateDir::open(&config.agent.state_dir).map_err(|e| {
+        eprintln!("nodepulse: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let saved = state.load().unwrap_or_else(|e| {
+        tracing::warn!("{e}; starting afresh");
+        None
+    });
+    let pins = probes.pins().map(|p| (p.name(), p.maps_adopted));
+    let resume = Resume::decide(saved, pins, crate::util::time::unix_nanos());
+    Ok((Some(state), Some(resume)))
 }
 
 /// Every configured exporter (the health endpoint is fed like one), and the OTLP sender
@@ -313,6 +379,7 @@ struct Exporters {
 fn start_exporters(
     config: &Config,
     recording: Option<Box<dyn std::io::Write + Send>>,
+    start_unix_nano: u64,
 ) -> Result<Exporters, ExitCode> {
     let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
     if let Some(out) = recording {
@@ -342,11 +409,11 @@ fn start_exporters(
         match OtlpExporter::start(&config.otlp, &config.node_name()) {
             Ok((exporter, sender)) => {
                 tracing::info!(endpoint = %config.otlp.endpoint, "exporting to OTLP");
-                exporters.push(Box::new(exporter));
+                exporters.push(Box::new(exporter.with_start(start_unix_nano)));
                 otlp = Some(sender);
             }
             Err(e) => {
-                eprintln!("nodepulse: cannot start OTLP export: {e}");
+                errln!("nodepulse: cannot start OTLP export: {e}");
                 return Err(ExitCode::FAILURE);
             }
         }
@@ -360,7 +427,7 @@ fn start_exporters(
 /// A `listen` key, already validated with the rest of the configuration.
 fn listen_address(table: &str, listen: &str) -> Result<std::net::SocketAddr, ExitCode> {
     listen.parse().map_err(|e| {
-        eprintln!("nodepulse: {table}.listen: {e}");
+        errln!("nodepulse: {table}.listen: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -371,11 +438,68 @@ fn cannot_serve(
     listen: std::net::SocketAddr,
     e: std::io::Error,
 ) -> ExitCode {
-    eprintln!(
+    errln!(
         "nodepulse: cannot serve {what} on {listen}: {e}\n\
          choose a free address with [{table}] listen in the configuration"
     );
     ExitCode::FAILURE
+}
+
+fn cleanup(args: CleanupArgs) -> ExitCode {
+    let config = match Config::load(args.config.as_deref(), &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    let mut failed = false;
+    let bpffs = &config.agent.bpffs;
+    match crate::probes::pins::remove_all(bpffs) {
+        Ok(removed) if removed.is_empty() => {
+            println!(
+                "nothing pinned under {}",
+                bpffs.join(crate::probes::pins::ROOT).display()
+            )
+        }
+        Ok(removed) => {
+            for name in removed {
+                println!(
+                    "removed {} (its probes are detached)",
+                    bpffs.join(crate::probes::pins::ROOT).join(name).display()
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "nodepulse: cannot remove the pins under {}: {e}",
+                bpffs.join(crate::probes::pins::ROOT).display()
+            );
+            failed = true;
+        }
+    }
+    let state_dir = args.state_dir.unwrap_or(config.agent.state_dir);
+    if !args.keep_state && !state_dir.as_os_str().is_empty() {
+        match crate::state::remove(&state_dir) {
+            Ok(removed) if removed.is_empty() => {
+                println!("no saved state in {}", state_dir.display())
+            }
+            Ok(removed) => {
+                for path in removed {
+                    println!("removed {}", path.display());
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "nodepulse: cannot remove the saved state in {}: {e}",
+                    state_dir.display()
+                );
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn check(args: CheckArgs) -> ExitCode {
@@ -384,18 +508,26 @@ fn check(args: CheckArgs) -> ExitCode {
         Err(e) => return config_error(e),
     };
     if args.config_only {
-        println!("configuration is valid: {config}");
+        let problems = check::config_preflight(&config);
+        if !problems.is_empty() {
+            for p in &problems {
+                errln!("nodepulse: {p}");
+            }
+            errln!("`nodepulse run` would fail with this configuration on this host");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        outln!("configuration is valid: {config}");
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
     let report = check::run(&config);
     if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => eprintln!("nodepulse: {e}"),
+            Ok(json) => outln!("{json}"),
+            Err(e) => errln!("nodepulse: {e}"),
         }
     } else {
-        print!("{}", report.render());
+        out::stdout(format_args!("{}", report.render()));
     }
     ExitCode::from(report.exit_code() as u8)
 }

@@ -20,7 +20,7 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
     let file = match File::open(&args.file) {
         Ok(f) => BufReader::new(f),
         Err(e) => {
-            eprintln!("nodepulse: cannot read {path}: {e}");
+            errln!("nodepulse: cannot read {path}: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -31,9 +31,9 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
             .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let result = if csv {
         replay_csv(&path, file, args.csv_window as usize, &config.detect).map(|(rows, alarms)| {
-            println!("timestamp,value,score");
+            outln!("timestamp,value,score");
             for r in rows {
-                println!("{},{},{:.3}", r.timestamp, r.value, r.score);
+                outln!("{},{},{:.3}", r.timestamp, r.value, r.score);
             }
             alarms
         })
@@ -42,9 +42,9 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
             for a in alarms {
                 match args.format {
                     ReplayFormat::Json => {
-                        println!("{}", serde_json::to_string(a).unwrap_or_default())
+                        outln!("{}", serde_json::to_string(a).unwrap_or_default())
                     }
-                    ReplayFormat::Table => println!(
+                    ReplayFormat::Table => outln!(
                         "{:<9} {:<8} {}  [{}]",
                         a.state.as_str().to_uppercase(),
                         a.severity.as_str(),
@@ -57,11 +57,11 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
     };
     match result {
         Ok(alarms) => {
-            eprintln!("{}", tally(&alarms));
+            errln!("{}", tally(&alarms));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("nodepulse: {e}");
+            errln!("nodepulse: {e}");
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::aggregate::{ExpHistogram, histogram::bucket_lower};
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Baseline {
     pub zero: f64,
     /// OTLP index of `mass[0]`.
@@ -27,7 +27,10 @@ pub struct Baseline {
     pub dispersion: [f64; 3],
     /// Windows behind `dispersion`.
     pub spread_windows: u32,
-    #[serde(skip)]
+    /// Per rule: the weighted mean |z-score| behind `dispersion`.
+    #[serde(default)]
+    mean_abs_z: [f64; 3],
+    #[serde(default)]
     mean_window_samples: f64,
 }
 
@@ -70,13 +73,14 @@ impl Baseline {
         self.effective_samples = self.mean_window_samples * windows;
     }
 
-    /// Notes how far one full window lies from the baseline, before it is learned (or
-    /// judged), for `dispersion`. The expected variance counts both the window's
-    /// sampling noise and the baseline's own.
+    /// Notes how far one judged window lies from the baseline, for `dispersion`. The
+    /// expected variance counts both the window's sampling noise and the baseline's
+    /// own. The scale is estimated from the mean |z| (for normal scatter, E|z| =
+    /// sqrt(2/pi) sd), which one extreme window moves linearly, not quadratically: a
+    /// regression's first window, not yet known to be one, enters it too, and must not
+    /// teach the baseline that anything goes.
     pub fn note_spread(&mut self, window: &ExpHistogram, half_life: f64) {
-        /// A regression's first window may enter (it is not yet known to be one); the
-        /// cap keeps it from teaching the baseline that anything goes.
-        const MAX_Z2: f64 = 100.0;
+        const MAX_ABS_Z: f64 = 10.0;
         let n = window.count() as f64;
         if self.is_empty() || n == 0.0 {
             return;
@@ -94,13 +98,15 @@ impl Baseline {
                 continue;
             }
             let k = count_above(window, boundary) as f64;
-            let z2 = ((k - n * share).powi(2) / variance).min(MAX_Z2);
+            let abs_z = ((k - n * share).abs() / variance.sqrt()).min(MAX_ABS_Z);
             let old = if self.spread_windows == 0 {
-                1.0
+                (2.0 / std::f64::consts::PI).sqrt()
             } else {
-                self.dispersion[slot]
+                self.mean_abs_z[slot]
             };
-            self.dispersion[slot] = old * (1.0 - weight) + weight * z2;
+            self.mean_abs_z[slot] = old * (1.0 - weight) + weight * abs_z;
+            self.dispersion[slot] =
+                (self.mean_abs_z[slot] * (std::f64::consts::PI / 2.0).sqrt()).powi(2);
         }
         self.spread_windows += 1;
     }

@@ -199,6 +199,21 @@ pub fn replay_csv(
             Err(_) if rows.is_empty() && i == 0 => continue,
             Err(e) => return Err(bad(format!("value \"{}\": {e}", value.trim()))),
         };
+        // Rows that cannot be scored are errors, never a silent zero.
+        if !value.is_finite() || value < 0.0 {
+            return Err(bad(format!(
+                "value {value} cannot be scored (only finite numbers of 0 or more can)"
+            )));
+        }
+        let timestamp = timestamp.trim();
+        if let Some(previous) = rows.last().map(|r: &ScoredRow| r.timestamp.as_str())
+            && !after(timestamp, previous)
+        {
+            return Err(bad(format!(
+                "timestamp {timestamp} is not after the previous row's ({previous}); rows \
+                 must be in time order, one per timestamp"
+            )));
+        }
         let sample = (value * 1e6).round();
         let bucket = if sample >= 1.0 && sample.is_finite() {
             agent_common::hist::bucket_index(sample as u64)
@@ -222,7 +237,7 @@ pub fn replay_csv(
             alarms.extend(outcome.alarm);
         }
         rows.push(ScoredRow {
-            timestamp: timestamp.trim().to_owned(),
+            timestamp: timestamp.to_owned(),
             value,
             score,
         });
@@ -231,6 +246,15 @@ pub fn replay_csv(
         return Err(ReplayError::Empty { path: path.into() });
     }
     Ok((rows, alarms))
+}
+
+/// Whether timestamp `t` comes after `previous`: as numbers when both are (Unix
+/// seconds), else as text (RFC 3339 times in one zone order as text does).
+fn after(t: &str, previous: &str) -> bool {
+    match (t.parse::<f64>(), previous.parse::<f64>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => t > previous,
+    }
 }
 
 fn histogram_of(buckets: impl IntoIterator<Item = i32>) -> ExpHistogram {
@@ -288,6 +312,47 @@ mod tests {
         .to_string();
         assert!(e.contains("x.csv line 3"), "{e}");
         assert!(e.contains("timestamp,value"), "{e}");
+    }
+
+    #[test]
+    fn rows_that_cannot_be_scored_are_reported_with_their_line() {
+        let run = |text: &str| {
+            replay_csv("x.csv", text.as_bytes(), 10, &DetectConfig::default())
+                .unwrap_err()
+                .to_string()
+        };
+        for (text, want) in [
+            (
+                "t,v\n1,2\n2,NaN\n",
+                "x.csv line 3: value NaN cannot be scored",
+            ),
+            ("1,2\n2,inf\n", "x.csv line 2: value inf cannot be scored"),
+            (
+                "1,2\n2,-infinity\n",
+                "x.csv line 2: value -inf cannot be scored",
+            ),
+            ("1,-3\n", "x.csv line 1: value -3 cannot be scored"),
+            (
+                "1,2\n3,2\n2,2\n",
+                "x.csv line 3: timestamp 2 is not after the previous row's (3)",
+            ),
+            ("10,2\n10,2\n", "x.csv line 2: timestamp 10 is not after"),
+            (
+                "2026-01-01T00:00:02Z,1\n2026-01-01T00:00:01Z,1\n",
+                "x.csv line 2: timestamp 2026-01-01T00:00:01Z is not after",
+            ),
+        ] {
+            let e = run(text);
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        // Numeric order, not text order: 9 comes before 10.
+        replay_csv(
+            "x.csv",
+            "9,1\n10,1\n".as_bytes(),
+            10,
+            &DetectConfig::default(),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub struct WindowOutcome {
     pub alarm: Option<Alarm>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SeriesState {
     window: ExpHistogram,
     /// The window's intervals with their end times, for the burst check.
@@ -90,12 +90,14 @@ impl SeriesState {
             && self.intervals >= config.min_intervals;
         let too_long = elapsed >= config.max_window.as_nanos() as u64
             || self.intervals >= config.max_intervals;
-        if !enough && !too_long {
-            return None;
-        }
+        let early = if enough || too_long {
+            None
+        } else {
+            Some(self.decisive_early(who, now, elapsed, config)?)
+        };
         self.intervals = 0;
         let window = std::mem::take(&mut self.window);
-        Some(self.judge(who, &window, now, config))
+        Some(self.judge(who, &window, now, early.as_ref().unwrap_or(config)))
     }
 
     fn judge(
@@ -107,15 +109,6 @@ impl SeriesState {
     ) -> WindowOutcome {
         let floor_ns = config.min_shift_ns(who.family);
         let learning = self.learning(config);
-        // How much windows scatter around the baseline beyond sampling noise: learned
-        // from every full window while no alarm is open (a regression's first window
-        // included, capped, so that ordinary variability is never left out).
-        // Only once the baseline has learned: against a baseline of a few windows,
-        // whose quantile buckets were picked from those very windows, every window
-        // looks scattered.
-        if !learning && self.alarm.is_none() && window.count() >= config.min_samples {
-            self.baseline.note_spread(window, config.baseline_half_life);
-        }
         if learning {
             if window.count() >= config.min_samples {
                 self.baseline.learn(window, config.baseline_half_life);
@@ -127,6 +120,15 @@ impl SeriesState {
             };
         }
         let mut evaluation = evaluate(&self.baseline, window, config, floor_ns);
+        // How much windows scatter around the baseline beyond sampling noise: learned,
+        // after the window is judged, from every window while no alarm is open (a
+        // regression's first window included, robustly, so that ordinary variability
+        // is never left out). Only once the baseline has learned: against a baseline of
+        // a few windows, whose quantile buckets were picked from those very windows,
+        // every window looks scattered.
+        if self.alarm.is_none() && evaluation.verdict != Verdict::NotEnoughData {
+            self.baseline.note_spread(window, config.baseline_half_life);
+        }
         let burst = evaluation.verdict == Verdict::Regressed
             && self.is_burst(window, now, &evaluation, floor_ns, config);
         if burst {
@@ -203,7 +205,49 @@ impl SeriesState {
 /// whether it holds ten 1 s intervals or one 10 s interval.
 const BURST_STRETCHES: u64 = 3;
 
+/// A thin series' window may close before `min_samples` when it already holds this
+/// share of them and its regression is decisive (see `decisive_early`).
+const EARLY_SAMPLES_DIVISOR: u64 = 10;
+/// ... decisive meaning significant at this fraction of `significance`.
+const EARLY_SIGNIFICANCE_FACTOR: f64 = 0.01;
+
 impl SeriesState {
+    /// Whether the window gathering now, short of `min_samples` but `min_window` long,
+    /// already shows a regression beyond doubt: then it closes now. A squeezed
+    /// cgroup's run queue yields a few samples a second, and a window that waits for
+    /// `min_samples` would outlast the squeeze; a large shift is clear from far fewer.
+    /// Judged at a hundredth of the significance level, so that deciding early
+    /// (repeatedly, as samples arrive) does not add false alarms.
+    /// Returns the stricter settings the window is then judged with.
+    fn decisive_early(
+        &self,
+        who: &Identity<'_>,
+        now: u64,
+        elapsed: u64,
+        config: &DetectConfig,
+    ) -> Option<DetectConfig> {
+        let early_samples = (config.min_samples / EARLY_SAMPLES_DIVISOR).max(10);
+        if self.learning(config)
+            || elapsed < config.min_window.as_nanos() as u64
+            || self.intervals < config.min_intervals
+            || self.window.count() < early_samples
+        {
+            return None;
+        }
+        let strict = DetectConfig {
+            min_samples: early_samples,
+            significance: config.significance * EARLY_SIGNIFICANCE_FACTOR,
+            ..config.clone()
+        };
+        let floor_ns = config.min_shift_ns(who.family);
+        let evaluation = evaluate(&self.baseline, &self.window, &strict, floor_ns);
+        // A window straddling the start of a step holds it in its last stretch only,
+        // which the burst check would wave through: such a window grows on instead.
+        let decisive = evaluation.verdict == Verdict::Regressed
+            && !self.is_burst(&self.window, now, &evaluation, floor_ns, &strict);
+        decisive.then_some(strict)
+    }
+
     /// The window's samples in `BURST_STRETCHES` stretches of equal time (fewer when
     /// it has fewer intervals).
     fn stretches(&self, window_end: u64) -> Vec<ExpHistogram> {
@@ -251,7 +295,8 @@ impl SeriesState {
         let parts = stretches.len() as u64;
         let half = |ratio: f64| 1.0 + (ratio - 1.0) / 2.0;
         let relaxed = DetectConfig {
-            min_samples: (config.min_samples * (parts - 1) / parts).max(10),
+            // Scaled to the window (one closed early holds fewer than min_samples).
+            min_samples: (window.count().min(config.min_samples) * (parts - 1) / parts).max(10),
             significance: (config.significance * 100.0).min(0.05),
             p50_ratio: half(config.p50_ratio),
             p90_ratio: half(config.p90_ratio),
@@ -439,6 +484,37 @@ mod tests {
             "{:?}",
             o.evaluation
         );
+    }
+
+    #[test]
+    fn a_thin_series_with_a_large_shift_is_judged_before_its_window_fills() {
+        let mut run = Run::new();
+        // Learned, and its spread too.
+        for _ in 0..25 {
+            run.step(&window(130));
+        }
+        // 90 samples per interval, 500 needed: a thin window of a normal series waits
+        // for max_window, one far slower closes at min_window, and two raise the alarm.
+        let thin = |center: i32| ExpHistogram::from_buckets(0, 0, [(center, 80), (center + 4, 10)]);
+        for _ in 0..4 {
+            assert!(run.step(&thin(130)).is_none());
+        }
+        run.step(&thin(130)).unwrap();
+        let first = run.step(&thin(150)).expect("closed at min_window");
+        assert_eq!(
+            first.evaluation.verdict,
+            Verdict::Regressed,
+            "{:?}",
+            first.evaluation
+        );
+        let opened = run.step(&thin(150)).unwrap().alarm.unwrap();
+        assert_eq!(opened.state, AlarmState::Open);
+        // A small shift is no reason to decide early.
+        let mut run = Run::new();
+        for _ in 0..6 {
+            run.step(&window(130));
+        }
+        assert!(run.step(&thin(131)).is_none());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use serde::Deserialize;
 /// a stalled collection loop.
 pub struct Console {
     queue: Option<std::sync::mpsc::SyncSender<String>>,
+    /// Set by the writer when the reader has gone (EPIPE) or the output failed.
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     writer: Option<std::thread::JoinHandle<()>>,
     format: ConsoleFormat,
 }
@@ -22,22 +24,25 @@ pub struct Console {
 impl Console {
     pub fn new<W: Write + Send + 'static>(mut out: W, format: ConsoleFormat) -> Self {
         let (queue, reports) = std::sync::mpsc::sync_channel::<String>(4);
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = closed.clone();
         let writer = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
                 for text in reports {
-                    if out
-                        .write_all(text.as_bytes())
-                        .and_then(|()| out.flush())
-                        .is_err()
-                    {
-                        break; // stdout closed: nothing more to do here
+                    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                        if e.kind() != std::io::ErrorKind::BrokenPipe {
+                            tracing::warn!("console output failed: {e}; it stops here");
+                        }
+                        seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                        break;
                     }
                 }
             })
             .expect("spawn the console writer thread");
         Self {
             queue: Some(queue),
+            closed,
             writer: Some(writer),
             format,
         }
@@ -71,10 +76,18 @@ impl Exporter for Console {
         "console"
     }
 
+    fn closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn export(&mut self, report: &Report) -> std::io::Result<()> {
         let Some(queue) = &self.queue else {
             return Ok(());
         };
+        // The reader has gone: nothing to say, and nobody to say it to.
+        if self.closed() {
+            return Ok(());
+        }
         queue
             .try_send(render(report, self.format))
             .map_err(|_| std::io::Error::other("standard output is not being read; report dropped"))

@@ -11,4 +11,9 @@ pub trait Exporter {
     fn name(&self) -> &'static str;
     /// Must not block the collection loop for long: slow sinks queue and drop.
     fn export(&mut self, report: &Report) -> std::io::Result<()>;
+    /// Nobody reads this output any more (a closed pipe): when every exporter says so,
+    /// the agent ends, as `nodepulse run | head` expects.
+    fn closed(&self) -> bool {
+        false
+    }
 }

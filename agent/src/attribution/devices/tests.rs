@@ -251,7 +251,7 @@ fn hostile_values_are_bounded_and_broken_trees_named_by_number() {
     let mut names = DeviceNames::new(t.roots());
     let model = names.lookup(dev(259, 0)).labels()[2].1.clone();
     assert_eq!(model.chars().count(), crate::attribution::MAX_LABEL_CHARS);
-    assert!(model.starts_with("_[31mxxx"));
+    assert!(model.starts_with("\\u{1b}[31mxxx"), "{model}");
     for (number, text) in [(dev(8, 48), "8:48"), (dev(8, 64), "8:64")] {
         let (device, log) = with_debug_log(|| names.lookup(number).clone());
         assert_eq!(device, Device::unknown(text.into()));

@@ -216,6 +216,13 @@ fn self_families(report: &Report) -> Vec<Family<'_>> {
             }],
         ),
         self_family(
+            &catalog::AUDIT_FAILURES,
+            vec![Sample {
+                labels: Vec::new(),
+                value: Value::Int(report.agent.audit_failures_total),
+            }],
+        ),
+        self_family(
             &catalog::MEMORY,
             vec![Sample {
                 labels: Vec::new(),
@@ -763,7 +770,7 @@ fn latest(shared: &Latest) -> Option<Arc<Report>> {
 /// connections.
 pub struct PrometheusExporter {
     latest: Latest,
-    _server: http::Server,
+    server: http::Server,
 }
 
 impl PrometheusExporter {
@@ -780,10 +787,17 @@ impl PrometheusExporter {
         Ok((
             Self {
                 latest: shared,
-                _server: server,
+                server,
             },
             bound,
         ))
+    }
+}
+
+impl PrometheusExporter {
+    /// What the endpoint did against abusive clients.
+    pub fn server_stats(&self) -> Arc<http::Stats> {
+        self.server.stats()
     }
 }
 

@@ -58,6 +58,8 @@ pub struct BlockLayouts {
     tracepoints: Result<(TracepointLayout, TracepointLayout), String>,
     /// `enabled == 0` turns outliers off in the kernel.
     outlier: OutlierLayout,
+    /// Whether `block_rq_insert/issue/requeue` pass the queue before the request.
+    queue_first: bool,
 }
 
 impl BlockLayouts {
@@ -79,10 +81,13 @@ impl BlockLayouts {
         let outlier = OutlierLayout {
             enabled: outliers.into(),
         };
+        // Up to 5.10 the request tracepoints are `(q, rq)`: two arguments, not one.
+        let queue_first = btf.and_then(|b| b.tracepoint_args("block_rq_issue")) == Some(2);
         Self {
             request,
             tracepoints,
             outlier,
+            queue_first,
         }
     }
 }
@@ -106,6 +111,8 @@ impl Layouts for BlockLayouts {
         let request_missing = self.request.as_ref().err().cloned();
         let tp_missing = self.tracepoints.as_ref().err().cloned();
         let spec = |program, hook| ProgramSpec { program, hook };
+        // The programs taking the request from the second argument (up to 5.10).
+        let q = |one, queue_first| if self.queue_first { queue_first } else { one };
         let all = [
             Variant {
                 kind: AttachKind::TpBtf,
@@ -117,11 +124,17 @@ impl Layouts for BlockLayouts {
                         Hook::TpBtf("block_rq_complete"),
                     ),
                     spec(
-                        names::PROG_BLOCK_REQUEUE_BTF,
+                        q(names::PROG_BLOCK_REQUEUE_BTF, names::PROG_BLOCK_REQUEUE_BTF_Q),
                         Hook::TpBtf("block_rq_requeue"),
                     ),
-                    spec(names::PROG_BLOCK_ISSUE_BTF, Hook::TpBtf("block_rq_issue")),
-                    spec(names::PROG_BLOCK_INSERT_BTF, Hook::TpBtf("block_rq_insert")),
+                    spec(
+                        q(names::PROG_BLOCK_ISSUE_BTF, names::PROG_BLOCK_ISSUE_BTF_Q),
+                        Hook::TpBtf("block_rq_issue"),
+                    ),
+                    spec(
+                        q(names::PROG_BLOCK_INSERT_BTF, names::PROG_BLOCK_INSERT_BTF_Q),
+                        Hook::TpBtf("block_rq_insert"),
+                    ),
                 ],
                 unavailable: request_missing.clone(),
             },
@@ -132,9 +145,18 @@ impl Layouts for BlockLayouts {
                         names::PROG_BLOCK_COMPLETE_RAW,
                         Hook::Raw("block_rq_complete"),
                     ),
-                    spec(names::PROG_BLOCK_REQUEUE_RAW, Hook::Raw("block_rq_requeue")),
-                    spec(names::PROG_BLOCK_ISSUE_RAW, Hook::Raw("block_rq_issue")),
-                    spec(names::PROG_BLOCK_INSERT_RAW, Hook::Raw("block_rq_insert")),
+                    spec(
+                        q(names::PROG_BLOCK_REQUEUE_RAW, names::PROG_BLOCK_REQUEUE_RAW_Q),
+                        Hook::Raw("block_rq_requeue"),
+                    ),
+                    spec(
+                        q(names::PROG_BLOCK_ISSUE_RAW, names::PROG_BLOCK_ISSUE_RAW_Q),
+                        Hook::Raw("block_rq_issue"),
+                    ),
+                    spec(
+                        q(names::PROG_BLOCK_INSERT_RAW, names::PROG_BLOCK_INSERT_RAW_Q),
+                        Hook::Raw("block_rq_insert"),
+                    ),
                 ],
                 unavailable: request_missing.clone(),
             },
@@ -198,12 +220,18 @@ fn request_layout(
         rq_data_len: btf.member_offset("request", "__data_len")?,
         rq_state: btf.member_offset("request", "state")?,
         rq_start_time_ns: btf.member_offset("request", "start_time_ns")?,
-        q_disk: btf.member_offset("request_queue", "disk")?,
         disk_major: btf.member_offset("gendisk", "major")?,
         disk_first_minor: btf.member_offset("gendisk", "first_minor")?,
         rq_sector: btf.member_offset("request", "__sector")?,
         ..RequestLayout::default()
     };
+    // The request's disk: `q->disk` since 5.16, `rq->rq_disk` before (5.10, 5.15).
+    match btf.member_offset("request_queue", "disk") {
+        Ok(q_disk) => layout.q_disk = q_disk,
+        Err(new) => {
+            layout.rq_disk = btf.member_offset("request", "rq_disk").map_err(|_| new)?;
+        }
+    }
     match cgroup_chain(btf) {
         Ok(chain) => layout = chain(layout, cgroups),
         Err(e) => tracing::info!("block: no I/O cgroups on this kernel ({e})"),

@@ -1,0 +1,222 @@
+//! Every parser of outside input, fed mutated inputs: none may panic (an error is fine,
+//! and expected for most). Inputs start from valid examples and are mutated by byte
+//! flips, insertions, deletions, chunk duplication and splicing in hostile tokens
+//! (huge numbers, NaN, NULs, deep nesting, invalid UTF-8), with a fixed seed per
+//! target so a failure replays.
+//!
+//! `cargo test -p agent --lib fuzz_inputs` runs 2,000 inputs per target (seconds);
+//! `NODEPULSE_FUZZ_ITERS=200000 cargo test --release -p agent --lib fuzz_inputs` is the
+//! longer run. `NODEPULSE_FUZZ_SEED` changes the seed.
+
+use crate::detect::eval::Rng;
+
+const HOSTILE: &[&[u8]] = &[
+    b"NaN",
+    b"inf",
+    b"-inf",
+    b"1e309",
+    b"-1",
+    b"18446744073709551616",
+    b"\0",
+    b"\xff\xfe",
+    b"\n",
+    b"\r\n",
+    b",",
+    b"=",
+    b"\"",
+    b"[[[[[[[[[[[[[[[[[[[[",
+    b"{{{{{{{{{{{{{{{{",
+    b"]]}}",
+    b"<",
+    b"<!DOCTYPE x [<!ENTITY a \"aaaa\">]>",
+    b"&a;",
+    b"</",
+    b"\xe2\x80\xae",
+    b"\x1b[31m",
+    b"-name",
+    b"guest=",
+    b"-uuid",
+    b"0:0",
+    b"cgroup2",
+    b"0.0.0.0:0",
+];
+
+fn iterations() -> usize {
+    std::env::var("NODEPULSE_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
+fn seed(target: u64) -> u64 {
+    std::env::var("NODEPULSE_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed)
+        ^ target
+}
+
+fn below(rng: &mut Rng, n: usize) -> usize {
+    (rng.next_u64() % n.max(1) as u64) as usize
+}
+
+/// One mutation of `input`, a few edits deep.
+fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..1 + below(rng, 4) {
+        let at = below(rng, out.len() + 1);
+        match below(rng, 6) {
+            0 if !out.is_empty() => {
+                let i = below(rng, out.len());
+                out[i] ^= 1 << below(rng, 8);
+            }
+            1 => out.insert(at, rng.next_u64() as u8),
+            2 if at < out.len() => {
+                let end = (at + 1 + below(rng, 16)).min(out.len());
+                out.drain(at..end);
+            }
+            3 if at < out.len() => {
+                let end = (at + 1 + below(rng, 64)).min(out.len());
+                let chunk = out[at..end].to_vec();
+                for _ in 0..1 + below(rng, 8) {
+                    out.splice(at..at, chunk.iter().copied());
+                }
+            }
+            _ => {
+                let token = HOSTILE[below(rng, HOSTILE.len())];
+                out.splice(at..at, token.iter().copied());
+            }
+        }
+    }
+    out
+}
+
+/// Runs `parse` over the seeds and their mutations; a panic fails the test with the
+/// input that caused it.
+fn fuzz(target: u64, seeds: &[&[u8]], parse: impl Fn(&[u8])) {
+    let mut rng = Rng::new(seed(target));
+    let started = std::time::Instant::now();
+    let n = iterations();
+    for s in seeds {
+        parse(s);
+    }
+    for _ in 0..n {
+        let base = seeds[below(&mut rng, seeds.len())];
+        let input = mutate(&mut rng, base);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse(&input)));
+        assert!(
+            outcome.is_ok(),
+            "target {target} panicked on {:?}",
+            String::from_utf8_lossy(&input)
+        );
+    }
+    eprintln!(
+        "fuzz target {target}: {n} inputs in {:?}",
+        started.elapsed()
+    );
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn configuration() {
+    let example = include_bytes!("../../deploy/nodepulse.toml");
+    let seeds: &[&[u8]] = &[
+        example,
+        b"[prometheus]\nenabled = true\nlisten = \"127.0.0.1:9464\"\n[health]\nenabled = true\n",
+        b"[[actions.rules]]\nname = \"r\"\nfamily = \"block.io.latency\"\nprogram = [\"/bin/true\"]\ntimeout = \"5s\"\n",
+        b"[detect]\nfamilies = [\"block.io.latency\"]\nmin_shift = { \"block.io.latency\" = \"1ms\" }\n",
+        b"[agent]\ninterval = \"10s\"\nnode_name = \"n\"\n[otlp]\nenabled = true\nendpoint = \"http://127.0.0.1:4317\"\n",
+    ];
+    fuzz(1, seeds, |b| {
+        let _ = crate::config::Config::parse(&text(b), "fuzz.toml");
+    });
+}
+
+#[test]
+fn csv_series() {
+    let seeds: &[&[u8]] = &[
+        b"timestamp,value\n1,2\n2,3\n3,2.5\n4,100\n",
+        b"2026-01-01T00:00:00Z,1\n2026-01-01T00:00:01Z,1e3\n# comment\n\n",
+    ];
+    let config = crate::detect::DetectConfig::default();
+    fuzz(2, seeds, |b| {
+        let _ = crate::detect::replay::replay_csv("f.csv", b, 10, &config);
+    });
+}
+
+#[test]
+fn recordings() {
+    let seeds: &[&[u8]] = &[
+        br#"{"time":"2026-11-26T23:59:10Z","interval_s":10.0,"node":"n","series":[{"family":"block.io.latency","labels":{"device":"sda","op":"read"},"sum_ns":100,"histogram":{"zero_count":0,"offset":100,"counts":[1,2,3]}}]}"#,
+    ];
+    let config = crate::detect::DetectConfig::default();
+    fuzz(3, seeds, |b| {
+        let _ = crate::detect::replay::replay_recording("f.jsonl", b, &config);
+    });
+}
+
+#[test]
+fn qemu_command_lines() {
+    let seeds: &[&[u8]] = &[
+        b"qemu-system-x86_64\0-name\0guest=instance-0000002a,debug-threads=on\0-uuid\x000f0e1d2c-3b4a-5968-7a8b-9c0d1e2f3a4b\0-smp\x004\0",
+        b"/usr/bin/qemu-kvm\0-name\0vm1\0",
+    ];
+    fuzz(4, seeds, |b| {
+        let args: Vec<String> = b
+            .split(|c| *c == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let _ = crate::attribution::vms::parse_qemu_cmdline(&args);
+    });
+}
+
+#[test]
+fn libvirt_domain_xml() {
+    let seeds: &[&[u8]] = &[
+        br#"<domain type="kvm"><name>instance-0000002a</name><uuid>0f0e1d2c-3b4a-5968-7a8b-9c0d1e2f3a4b</uuid><metadata><nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1"><nova:name>web-1</nova:name><nova:flavor name="m1.small"/><nova:owner><nova:project uuid="p">proj</nova:project></nova:owner></nova:instance></metadata></domain>"#,
+    ];
+    fuzz(5, seeds, |b| {
+        let _ = crate::attribution::vms::parse_domain_xml(&text(b));
+    });
+}
+
+#[test]
+fn mounts_and_environments() {
+    let seeds: &[&[u8]] = &[
+        b"cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\ncgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\ncgroup /sys/fs/cgroup/blkio cgroup rw,blkio 0 0\n",
+        b"A=1\0NODEPULSE_ACTION_RUN=abc\0NODEPULSE_ACTION_AGENT=1:2\0",
+    ];
+    use crate::attribution::{
+        CgroupMode,
+        cgroups::{find_hierarchy, find_io_hierarchy},
+    };
+    fuzz(6, seeds, |b| {
+        let t = text(b);
+        for mode in [CgroupMode::Auto, CgroupMode::V2, CgroupMode::V1Cpu] {
+            let _ = find_hierarchy(&t, mode);
+        }
+        let _ = find_io_hierarchy(&t);
+        let env = crate::actions::sweep::parse_environ(b);
+        if let Some(a) = env.get(crate::actions::sweep::AGENT_VAR) {
+            let _ = crate::actions::sweep::agent_alive(a);
+        }
+    });
+}
+
+#[test]
+fn names_for_people() {
+    let seeds: &[&[u8]] = &[b"vm-\xe2\x80\xaeexe", b"plain-name", b"\x1b[31mX\x1b[0m"];
+    fuzz(7, seeds, |b| {
+        let t = text(b);
+        let bounded = crate::util::text::bounded(&t);
+        assert!(bounded.chars().count() <= crate::util::text::MAX_LABEL_CHARS);
+        assert!(
+            !crate::util::text::escape(&t)
+                .chars()
+                .any(crate::util::text::is_unsafe)
+        );
+    });
+}

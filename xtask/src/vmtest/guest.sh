@@ -1,0 +1,152 @@
+#!/bin/busybox sh
+# /init of the vmtest guest (xtask/src/vmtest): loads the modules, runs nodepulse and
+# known workloads, and writes every result between `@@begin NAME` / `@@end NAME RC`
+# lines to the second serial port, which the host checks. Then powers off.
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+
+OUT=/dev/ttyS1
+ITERATIONS=$(sed -n 's/.*vmtest.kvm_iterations=\([0-9]*\).*/\1/p' /proc/cmdline)
+IO_COUNT=$(sed -n 's/.*vmtest.io_count=\([0-9]*\).*/\1/p' /proc/cmdline)
+
+# section NAME COMMAND...: the command's output, framed, with its exit code; its
+# standard error follows as section NAME.stderr.
+section() {
+    name=$1
+    shift
+    echo "@@begin $name" >"$OUT"
+    "$@" >"$OUT" 2>/tmp/stderr
+    rc=$?
+    echo "@@end $name $rc" >"$OUT"
+    echo "@@begin $name.stderr" >"$OUT"
+    cat /tmp/stderr >"$OUT"
+    echo "@@end $name.stderr 0" >"$OUT"
+}
+
+load_modules() {
+    for m in $(cat /lib/modules/order); do
+        insmod "/lib/modules/$m" || echo "insmod $m failed"
+    done
+}
+section modules load_modules
+
+# The disks appear asynchronously once their drivers probe them.
+for i in $(seq 50); do
+    [ -b /dev/nvme0n1 ] && [ -b /dev/vda ] && [ -b /dev/sda ] && break
+    sleep 0.2
+done
+truncate -s 64M /tmp/loop.img
+section loop losetup /dev/loop0 /tmp/loop.img
+
+section uname uname -r
+section check nodepulse check --json
+
+block_stats() {
+    for d in /sys/block/*; do
+        echo "$(basename "$d") $(cat "$d/stat")"
+    done
+}
+
+# Known I/O on every disk: IO_COUNT direct 4 KiB writes, then as many direct reads.
+block_io() {
+    for dev in nvme0n1 vda sda loop0; do
+        dd if=/dev/zero of=/dev/$dev bs=4096 count="$IO_COUNT" oflag=direct 2>&1 | tail -1
+        dd if=/dev/$dev of=/dev/null bs=4096 count="$IO_COUNT" iflag=direct 2>&1 | tail -1
+    done
+}
+
+# Two busy loops sharing the one CPU inside a cgroup of their own: run-queue waits.
+contention() {
+    mkdir -p /sys/fs/cgroup/vmtest-busy
+    for i in 1 2; do
+        sh -c 'echo $$ > /sys/fs/cgroup/vmtest-busy/cgroup.procs; while :; do :; done' &
+        echo "busy pid $!"
+    done
+    sleep 2
+    for pid in $(cat /sys/fs/cgroup/vmtest-busy/cgroup.procs); do kill "$pid"; done
+    sleep 0.2
+    rmdir /sys/fs/cgroup/vmtest-busy
+}
+
+# The nested guest, with a QEMU-like command line as libvirt starts it. It stays alive
+# (waiting on a FIFO) until the agent has reported, so its VM is named from its
+# command line rather than by pid.
+mkfifo /tmp/kvm-go
+NODEPULSE_KVM_GUEST_ITERATIONS=$ITERATIONS NODEPULSE_KVM_GUEST_WAIT=1 \
+    /bin/kvm_guest_process \
+    -name guest=instance-0000002a,debug-threads=on \
+    -uuid 2f6a5c1e-0b1d-4d35-9a51-6c7f1e0d2a2a </tmp/kvm-go >/tmp/kvm.json &
+KVM_GUEST=$!
+exec 3>/tmp/kvm-go
+kvm_guest() {
+    echo go >&3
+    for i in $(seq 600); do
+        [ -s /tmp/kvm.json ] && cat /tmp/kvm.json && return 0
+        sleep 0.1
+    done
+    echo "the nested guest printed nothing"
+    return 1
+}
+
+# TCP on loopback to a Ceph OSD port (the probe's default peer groups): 4 MiB fetched
+# over HTTP (busybox's nc stops after its first KiB).
+ip link set lo up
+tcp_traffic() {
+    mkdir -p /tmp/www
+    dd if=/dev/zero of=/tmp/www/blob bs=65536 count=64 2>/dev/null
+    httpd -f -p 127.0.0.1:6800 -h /tmp/www &
+    server=$!
+    sleep 0.5
+    wget -q -O /dev/null http://127.0.0.1:6800/blob
+    rc=$?
+    kill "$server"
+    wait "$server" 2>/dev/null
+    return $rc
+}
+
+lines() { wc -l </tmp/record.jsonl 2>/dev/null || echo 0; }
+wait_lines() {
+    want=$1
+    for i in $(seq 600); do
+        [ "$(lines)" -ge "$want" ] && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for $want reports"
+    return 1
+}
+
+nodepulse record --interval 1s -o /tmp/record.jsonl 2>/tmp/record.log &
+AGENT=$!
+section attached wait_lines 1
+section stats_before block_stats
+section schedstat_before cat /proc/schedstat
+section block_io block_io
+section kvm kvm_guest
+section contention contention
+section tcp tcp_traffic
+sync
+section stats_after block_stats
+section schedstat_after cat /proc/schedstat
+# Two more reports: the interval holding the last completions is closed and reported.
+n=$(lines)
+section settled wait_lines $((n + 2))
+echo done >&3
+exec 3>&-
+wait "$KVM_GUEST"
+kill -TERM "$AGENT"
+wait "$AGENT"
+section record_rc echo "$?"
+section record cat /tmp/record.jsonl
+section record_log cat /tmp/record.log
+section dmesg dmesg
+
+echo "@@done" >"$OUT"
+sync
+poweroff -f

@@ -1,0 +1,160 @@
+//! `cargo xtask vmtest`: the kernel matrix. Boots Debian's 5.10, 6.1 and 6.12 kernels
+//! under QEMU (TCG, an SVM-capable CPU, NVMe, virtio-blk and virtio-SCSI disks, a loop
+//! device in the guest), runs the static nodepulse inside with known workloads, and
+//! checks its counts against the guest's own. Prints kernel × probe × attach kind ×
+//! verdict, then the exactness checks. Kernels run one after the other: the machine has
+//! two cores and TCG keeps one busy.
+
+mod initramfs;
+mod judge;
+mod kernels;
+mod qemu;
+mod results;
+
+pub use kernels::MATRIX;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{self, fmt_duration};
+
+/// 4 KiB direct writes, then reads, per disk.
+pub const IO_COUNT: u64 = 200;
+/// Iterations of the nested guest's `out; hlt` loop.
+pub const KVM_ITERATIONS: u64 = 100;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only these kernels (by name: 5.10, 6.1, 6.12); all by default.
+    #[arg(long = "kernel", value_name = "NAME")]
+    kernels: Vec<String>,
+}
+
+pub const SKIP_NOTICE: &str = "vmtest SKIPPED: booting kernels under QEMU and loading \
+                               eBPF in them needs root (the kernel downloads go to root's cache)";
+
+pub fn run(args: Args) -> Result<()> {
+    if !util::is_root() {
+        println!("*** {SKIP_NOTICE}");
+        return Ok(());
+    }
+    let specs = select(&args.kernels)?;
+    run_matrix(&specs)
+}
+
+/// The kernels named on the command line, or the whole matrix.
+fn select(names: &[String]) -> Result<Vec<kernels::Spec>> {
+    if names.is_empty() {
+        return Ok(kernels::MATRIX.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            kernels::MATRIX
+                .iter()
+                .find(|s| s.name == n)
+                .copied()
+                .with_context(|| {
+                    format!(
+                        "unknown kernel `{n}`; the matrix has {}",
+                        kernels::MATRIX.map(|s| s.name).join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Runs the matrix, prints the table and fails if any probe failed to attach or any
+/// count was off.
+pub fn run_matrix(specs: &[kernels::Spec]) -> Result<()> {
+    let start = Instant::now();
+    let nodepulse = crate::dist::static_binary()?;
+    let kvm_guest = kvm_guest_binary()?;
+    let work = util::target_dir().join("vmtest");
+    std::fs::create_dir_all(&work)?;
+
+    let kernels = kernels::ensure_all(specs)?;
+    let mut reports = Vec::new();
+    for kernel in &kernels {
+        let spec = kernel.spec;
+        println!("\n== kernel {} ({})", spec.name, spec.distribution);
+        let dir = work.join(spec.name);
+        std::fs::create_dir_all(&dir)?;
+        let programs = initramfs::Programs {
+            nodepulse: &nodepulse,
+            kvm_guest: &kvm_guest,
+        };
+        let initrd = initramfs::build(kernel, &programs, &dir)?;
+        let out = qemu::boot(&qemu::Boot {
+            vmlinuz: &kernel.vmlinuz(),
+            initramfs: &initrd,
+            dir: &dir,
+            cmdline: &format!("vmtest.io_count={IO_COUNT} vmtest.kvm_iterations={KVM_ITERATIONS}"),
+        })?;
+        println!(
+            "guest {} ran in {} (console: {})",
+            kernel.release,
+            fmt_duration(out.elapsed),
+            util::relative_to_cwd(&out.console).display()
+        );
+        std::fs::write(dir.join("results.txt"), &out.results)?;
+        let report = judge::judge(kernel, &out.results).with_context(|| {
+            format!(
+                "kernel {} ({}); the guest's console: {}",
+                spec.name,
+                kernel.release,
+                out.console.display()
+            )
+        })?;
+        report.print();
+        reports.push((report, out.elapsed));
+    }
+
+    let host = host_report(&nodepulse)?;
+    let mut rows: Vec<&judge::KernelReport> = reports.iter().map(|(r, _)| r).collect();
+    rows.push(&host);
+    println!("\n{}", judge::table(&rows));
+    let boots: Duration = reports.iter().map(|(_, d)| *d).sum();
+    println!(
+        "vmtest: {} kernels in {} (guests {})",
+        reports.len(),
+        fmt_duration(start.elapsed()),
+        fmt_duration(boots)
+    );
+    let failed: Vec<String> = reports.iter().flat_map(|(r, _)| r.failures()).collect();
+    if !failed.is_empty() {
+        bail!("vmtest failed:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+/// `nodepulse check --json` on this machine's own kernel, for the table's host row.
+fn host_report(binary: &std::path::Path) -> Result<judge::KernelReport> {
+    let out = std::process::Command::new(binary)
+        .args(["check", "--json"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("could not run {}", binary.display()))?;
+    judge::KernelReport::host(&String::from_utf8_lossy(&out.stdout))
+        .context("`nodepulse check --json` on the host")
+}
+
+/// The nested guest program (tests/kvm_guest_process.rs) as a static binary.
+fn kvm_guest_binary() -> Result<PathBuf> {
+    let target = crate::dist::MUSL_TARGET;
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--package",
+        "kvm-guest",
+        "--target",
+        target,
+    ]))?;
+    Ok(util::target_dir()
+        .join(target)
+        .join("release")
+        .join("kvm_guest_process"))
+}
