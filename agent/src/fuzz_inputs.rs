@@ -220,3 +220,21 @@ fn names_for_people() {
         );
     });
 }
+
+#[test]
+fn collector_answers() {
+    let seeds = crate::export::otlp::transport::answer_seeds();
+    let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    fuzz(8, &seeds, |b| {
+        for error in crate::export::otlp::transport::answer_errors(b) {
+            // An error says what happened, briefly: the collector's text is cut to 300
+            // characters after a short prefix naming the status and the endpoint.
+            assert!(!error.trim().is_empty());
+            assert!(
+                error.chars().count() <= 400,
+                "{} chars",
+                error.chars().count()
+            );
+        }
+    });
+}
