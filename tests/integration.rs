@@ -27,6 +27,7 @@ mod otlp_receiver;
 mod prometheus;
 mod regression_live;
 mod replay;
+mod restart;
 mod sched_probe;
 mod storage_probe;
 mod tcp_probe;
