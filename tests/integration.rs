@@ -11,6 +11,7 @@
 #[macro_use]
 mod common;
 
+mod action_restart;
 mod alarm_otlp;
 mod block_exact;
 mod block_probe;
