@@ -30,7 +30,7 @@ impl Agent {
     /// interval, and waits for its first report (every probe attached by then).
     fn start(probes: &[&str]) -> Self {
         let mut toml = String::from("[detect]\nenabled = false\n");
-        for p in ["block", "sched", "kvm", "tcp"] {
+        for p in nodepulse::probes::FAMILIES.iter().map(|f| f.name()) {
             toml += &format!("[probes.{p}]\nenabled = {}\n", probes.contains(&p));
         }
         let config = tempfile::NamedTempFile::new().unwrap();

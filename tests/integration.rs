@@ -11,6 +11,7 @@
 #[macro_use]
 mod common;
 
+mod action_restart;
 mod alarm_otlp;
 mod block_exact;
 mod block_probe;
@@ -26,6 +27,7 @@ mod otlp_receiver;
 mod prometheus;
 mod regression_live;
 mod replay;
+mod restart;
 mod sched_probe;
 mod storage_probe;
 mod tcp_probe;

@@ -18,10 +18,10 @@ use serde_json::Value;
 
 /// fio with its jobs as threads (`--thread`): by default each job is a process of its
 /// own (in a session of its own), which killing the fio we started leaves running.
-struct Fio(Child);
+pub struct Fio(Child);
 
 impl Fio {
-    fn start(dev: &LoopDevice, args: &[&str]) -> Self {
+    pub fn start(dev: &LoopDevice, args: &[&str]) -> Self {
         common::require_tool("fio");
         let child = Command::new("fio")
             .args(["--name=np", "--thread", "--ioengine=libaio", "--direct=1"])

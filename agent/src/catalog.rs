@@ -1,7 +1,8 @@
 //! Every metric nodepulse exports: its name in reports, kind, unit, labels and meaning.
 //! Each probe family lists its own (`probes/<family>/registry.rs`); the agent's own metrics
 //! are here. The exporters take units and descriptions from here, and the
-//! dashboards, fleet rules and README are checked against it.
+//! dashboards and fleet rules are checked against it (tests/deploy_files.rs); the
+//! README's metrics table is kept in step by hand.
 
 /// How a family's values add up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -57,6 +57,15 @@ pub struct AgentConfig {
     /// The node's name in reports and exports; empty means the host name. A pod has a
     /// host name of its own, so a DaemonSet sets this (from the downward API).
     pub node_name: String,
+    /// Where the agent keeps what must outlive it (start time, last readings, detector
+    /// baselines and open alarms); empty: nothing is kept, every start is a fresh one.
+    pub state_dir: PathBuf,
+    /// Keep the probes attached and their maps pinned in bpffs while the agent is
+    /// down, so a restarted agent adopts them and nothing is lost in between (needs
+    /// `state_dir`). `nodepulse cleanup` detaches and removes them.
+    pub keep_attached: bool,
+    /// Where bpffs is mounted; pins go under `<bpffs>/nodepulse/<version>-<layout>/`.
+    pub bpffs: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -65,6 +74,9 @@ impl Default for AgentConfig {
             interval: Duration::from_secs(10),
             sys_root: PathBuf::from("/sys"),
             node_name: String::new(),
+            state_dir: PathBuf::new(),
+            keep_attached: false,
+            bpffs: PathBuf::from("/sys/fs/bpf"),
         }
     }
 }
@@ -232,6 +244,34 @@ impl Config {
                 });
             }
         }
+        let state_dir = &self.agent.state_dir;
+        if !state_dir.as_os_str().is_empty() && !state_dir.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "agent.state_dir",
+                problem: format!(
+                    "must be empty (keep nothing) or an absolute path, got \"{}\"",
+                    state_dir.display()
+                ),
+            });
+        }
+        if self.agent.keep_attached && state_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "agent.keep_attached",
+                problem: "needs [agent] state_dir: a restarted agent continues the kept \
+                          probes' counts from the readings saved there (e.g. state_dir = \
+                          \"/var/lib/nodepulse\")"
+                    .into(),
+            });
+        }
+        if !self.agent.bpffs.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "agent.bpffs",
+                problem: format!(
+                    "must be an absolute path (where bpffs is mounted), got \"{}\"",
+                    self.agent.bpffs.display()
+                ),
+            });
+        }
         let cgroup_root = &self.attribution.cgroup_root;
         if !cgroup_root.as_os_str().is_empty() && !cgroup_root.is_absolute() {
             return Err(ConfigError::Invalid {
@@ -368,6 +408,10 @@ impl<'a> From<&'a Config> for Setup<'a> {
             attribution: &config.attribution,
             outliers: &config.outliers,
             outliers_enabled: config.outliers_enabled(),
+            bpffs: config
+                .agent
+                .keep_attached
+                .then_some(config.agent.bpffs.as_path()),
         }
     }
 }

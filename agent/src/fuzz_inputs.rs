@@ -220,3 +220,120 @@ fn names_for_people() {
         );
     });
 }
+
+#[test]
+fn collector_answers() {
+    let seeds = crate::export::otlp::transport::answer_seeds();
+    let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    fuzz(8, &seeds, |b| {
+        for error in crate::export::otlp::transport::answer_errors(b) {
+            // An error says what happened, briefly: the collector's text is cut to 300
+            // characters after a short prefix naming the status and the endpoint.
+            assert!(!error.trim().is_empty());
+            assert!(
+                error.chars().count() <= 400,
+                "{} chars",
+                error.chars().count()
+            );
+        }
+    });
+}
+
+/// The thread serving the endpoints under fuzzing. A panic in a connection's task
+/// would only close that connection (tokio catches it), so a panic hook counts them.
+const ENDPOINTS_THREAD: &str = "fuzz-endpoints";
+static ENDPOINT_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The agent's real endpoints (Prometheus with a report, health) on a current-thread
+/// runtime of their own, as the agent runs them; their addresses. Stopped when the
+/// sender is dropped.
+fn endpoints() -> (tokio::sync::oneshot::Sender<()>, Vec<std::net::SocketAddr>) {
+    use crate::export::{Exporter, prometheus::PrometheusExporter};
+    let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some(ENDPOINTS_THREAD) {
+            ENDPOINT_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let spawned = std::thread::Builder::new().name(ENDPOINTS_THREAD.into());
+    spawned
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _entered = rt.enter();
+            let any = "127.0.0.1:0".parse().unwrap();
+            let (mut prom, prom_addr) = PrometheusExporter::start(any).unwrap();
+            prom.export(&crate::report::sample()).unwrap();
+            let (health, health_addr) =
+                crate::health::Health::start(any, std::time::Duration::from_secs(10)).unwrap();
+            addrs_tx.send(vec![prom_addr, health_addr]).unwrap();
+            let _ = rt.block_on(stopped);
+            drop((prom, health));
+        })
+        .unwrap();
+    (stop, addrs_rx.recv().unwrap())
+}
+
+/// Sends `request` on a fresh connection, closes the writing half (so a server waiting
+/// for the rest of a request sees its end) and reads the answer to its end.
+fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // The server may answer and close before reading it all (headers too large).
+    let _ = s.write_all(request);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn http_requests() {
+    let seeds: &[&[u8]] = &[
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: text/plain;version=0.0.4\r\n\r\n",
+        b"GET /healthz HTTP/1.0\r\n\r\n",
+        b"HEAD /readyz?verbose=1 HTTP/1.1\r\nhost: x\r\n\r\nGET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ];
+    let (_stop, addrs) = endpoints();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    // Answers by their first status digit ('-' for none).
+    let tally = std::sync::Mutex::new(std::collections::BTreeMap::<char, usize>::new());
+    fuzz(9, seeds, |b| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answer = exchange(addrs[i % addrs.len()], b);
+        let class = answer.get(9).map_or('-', |c| *c as char);
+        *tally.lock().unwrap().entry(class).or_default() += 1;
+        // Nothing (the request never completed), or HTTP answers: a malformed request
+        // gets a 4xx from the parser, never a dropped or garbled server.
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1."),
+            "{:?}",
+            text(&answer)
+        );
+    });
+    // The mutations reach both the parser's refusals and the handlers.
+    let tally = tally.into_inner().unwrap();
+    eprintln!("http answers by status class: {tally:?}");
+    assert!(tally.get(&'2').is_some_and(|n| *n > 0), "{tally:?}");
+    assert!(tally.get(&'4').is_some_and(|n| *n > 0), "{tally:?}");
+    assert_eq!(
+        ENDPOINT_PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the endpoints panicked (see above)"
+    );
+    // Both endpoints still answer after all of it.
+    for (addr, path) in addrs.iter().zip(["/metrics", "/healthz"]) {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let answer = text(&exchange(*addr, request.as_bytes()));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+}

@@ -18,6 +18,7 @@ pub mod probes;
 pub mod report;
 pub mod selfmon;
 pub mod settings;
+pub mod state;
 pub mod util;
 
 #[cfg(test)]

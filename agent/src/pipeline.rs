@@ -18,8 +18,15 @@ use crate::{
     probes::{Probes, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
-    util::time::{rfc3339, unix_nanos},
+    state::{Resume, Saved, SavedProgram, StateDir},
+    util::{
+        intern::intern,
+        time::{rfc3339, unix_nanos},
+    },
 };
+
+/// Reads the configuration again (SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::settings::ConfigError> + Send>;
 
 /// How long the agent waits for running actions at exit.
 const ACTIONS_GRACE: Duration = Duration::from_secs(5);
@@ -38,6 +45,13 @@ pub struct Pipeline {
     previous_process: ProcessSample,
     detector: Option<Detector>,
     actions: Option<Actions>,
+    /// Where the state that outlives the agent is saved, if anywhere.
+    state: Option<StateDir>,
+    /// Start of the cumulative series (unix ns): this run's, or the previous run's
+    /// when the kernel's counts continue.
+    start_unix_nano: u64,
+    /// The running configuration and how to read it again, for SIGHUP.
+    reload: Option<(Config, Reload)>,
 }
 
 impl Pipeline {
@@ -61,6 +75,177 @@ impl Pipeline {
                 Detector::with_topology(config.detect.clone(), &config.node_name(), topology)
             }),
             actions: None,
+            state: None,
+            start_unix_nano: unix_nanos(),
+            reload: None,
+        }
+    }
+
+    /// Lets SIGHUP re-read the configuration (`running` is the one in force).
+    pub fn with_reload(mut self, running: Config, reload: Reload) -> Self {
+        self.reload = Some((running, reload));
+        self
+    }
+
+    /// SIGHUP: reads the configuration again. An invalid one is logged and the running
+    /// one kept. What only the agent's own loop uses (detector, cardinality limits)
+    /// takes effect now; sections the probes, exporters and actions were started with
+    /// take effect at the next restart, which with `keep_attached` loses nothing.
+    fn reload(&mut self) {
+        let Some((running, read)) = &mut self.reload else {
+            return;
+        };
+        let new = match read() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("configuration not reloaded, the running one stays: {e}");
+                return;
+            }
+        };
+        let mut applied = Vec::new();
+        if new.limits != running.limits {
+            self.budget = Budget::new(crate::probes::budget_rules(&new.limits));
+            applied.push("limits");
+        }
+        if new.detect != running.detect {
+            match (&mut self.detector, new.detect.enabled) {
+                (Some(d), true) => d.set_config(new.detect.clone()),
+                (None, true) => {
+                    let topology = Topology::from_sysfs(&new.agent.sys_root);
+                    self.detector = Some(Detector::with_topology(
+                        new.detect.clone(),
+                        &self.node,
+                        topology,
+                    ));
+                }
+                (_, false) => self.detector = None,
+            }
+            applied.push("detect");
+        }
+        let later: Vec<&str> = [
+            ("agent", new.agent != running.agent),
+            ("log", new.log != running.log),
+            ("console", new.console != running.console),
+            ("probes", new.probes != running.probes),
+            ("attribution", new.attribution != running.attribution),
+            ("outliers", new.outliers != running.outliers),
+            ("otlp", new.otlp != running.otlp),
+            ("prometheus", new.prometheus != running.prometheus),
+            ("health", new.health != running.health),
+            ("actions", new.actions != running.actions),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect();
+        tracing::info!(
+            applied = ?applied,
+            at_next_restart = ?later,
+            "configuration reloaded"
+        );
+        // What is not applied yet stays "running" so the next SIGHUP names it again.
+        let mut now = running.clone();
+        now.limits = new.limits;
+        now.detect = new.detect;
+        *running = now;
+    }
+
+    /// Saves state to `state` from now on, and takes up the previous run's: its
+    /// readings (when the kernel's counts continue), its detector's baselines and
+    /// open alarms.
+    pub fn with_state(mut self, state: StateDir, resume: Resume) -> Self {
+        self.start_unix_nano = resume.start_unix_nano;
+        if let Some(saved) = resume.saved {
+            if resume.counts_continue {
+                let readings = saved.readings;
+                self.delta = Delta::load(readings.histograms, readings.identities);
+                self.counter_delta = CounterDelta::load(readings.counters);
+                self.previous_drops = saved
+                    .drops
+                    .iter()
+                    .map(|(name, &total)| (intern(name), total))
+                    .collect();
+                self.previous_programs = saved
+                    .programs
+                    .iter()
+                    .map(|(name, p)| {
+                        let program = intern(name);
+                        let stats = ProgramRunStats {
+                            probe: "",
+                            program,
+                            run_time_ns: p.run_time_ns,
+                            run_count: p.run_count,
+                            recursion_misses: p.recursion_misses,
+                        };
+                        (program, stats)
+                    })
+                    .collect();
+            }
+            if let (Some(detector), Some(snapshot)) = (&mut self.detector, saved.detector) {
+                match detector.restore(snapshot) {
+                    Ok(r) => tracing::info!(
+                        series = r.series,
+                        judged = r.judged,
+                        open_alarms = ?r.open_alarms,
+                        "detector state restored: baselines kept, open alarms stay open"
+                    ),
+                    Err(e) => tracing::warn!(
+                        "the saved detector state cannot be used ({e}); baselines are \
+                         learned again"
+                    ),
+                }
+            }
+        }
+        self.state = Some(state);
+        self
+    }
+
+    /// Start of the cumulative series (unix ns).
+    pub fn start_unix_nano(&self) -> u64 {
+        self.start_unix_nano
+    }
+
+    /// Saves what the next start continues from (see [`crate::state`]).
+    fn save_state(&self, clean_exit: bool) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        let (histograms, identities) = self.delta.save();
+        let saved = Saved {
+            format: crate::state::FORMAT,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pins: self.probes.pins().map(|p| p.name().to_owned()),
+            start_unix_nano: self.start_unix_nano,
+            saved_unix_nano: unix_nanos(),
+            clean_exit,
+            readings: crate::aggregate::saved::SavedReadings {
+                histograms,
+                identities,
+                counters: self.counter_delta.save(),
+            },
+            drops: self
+                .previous_drops
+                .iter()
+                .map(|(&name, &total)| (name.to_owned(), total))
+                .collect(),
+            programs: self
+                .previous_programs
+                .iter()
+                .map(|(&name, p)| {
+                    let saved = SavedProgram {
+                        run_time_ns: p.run_time_ns,
+                        run_count: p.run_count,
+                        recursion_misses: p.recursion_misses,
+                    };
+                    (name.to_owned(), saved)
+                })
+                .collect(),
+            detector: self.detector.as_ref().map(Detector::snapshot),
+        };
+        if let Err(e) = state.save(&saved, clean_exit) {
+            tracing::warn!(
+                path = %state.path().display(),
+                "cannot save the state: {e}; a restart would lose the detector's baselines"
+            );
         }
     }
 
@@ -240,9 +425,13 @@ impl Pipeline {
             tokio::select! {
                 _ = ticker.tick() => {
                     let report = self.collect();
+                    // Saved before export: a kill between the two loses this report's
+                    // deltas from export, never counts them twice.
+                    self.save_state(false);
                     self.export(&report);
                     reports += 1;
                     if max_reports != 0 && reports >= max_reports {
+                        self.save_state(true);
                         break;
                     }
                     if !self.exporters.is_empty() && self.exporters.iter().all(|e| e.closed()) {
@@ -251,9 +440,14 @@ impl Pipeline {
                     }
                 }
                 name = shutdown.requested() => {
+                    if name == "SIGHUP" {
+                        self.reload();
+                        continue;
+                    }
                     // A last report, so exporters hold everything measured until now.
                     tracing::info!("{name}: final report, then detaching");
                     let report = self.collect();
+                    self.save_state(true);
                     self.export(&report);
                     break;
                 }
@@ -266,16 +460,26 @@ impl Pipeline {
         {
             tracing::warn!("actions still running at exit after being killed");
         }
+        let kept = self.probes.pins().map(|p| p.dir().display().to_string());
         drop(self);
-        tracing::info!("probes detached, exiting");
+        match kept {
+            Some(dir) => tracing::info!(
+                pins = dir,
+                "probes stay attached and keep counting until the next start (`nodepulse \
+                 cleanup` detaches them); exiting"
+            ),
+            None => tracing::info!("probes detached, exiting"),
+        }
     }
 }
 
 /// SIGTERM and SIGINT, caught from startup on so that a signal that arrives while the
-/// probes attach still ends in a clean detach.
+/// probes attach still ends in a clean detach; and SIGHUP, which reloads the
+/// configuration instead of ending the agent.
 pub struct Shutdown {
     sigterm: Signal,
     sigint: Signal,
+    sighup: Signal,
 }
 
 impl Shutdown {
@@ -284,15 +488,17 @@ impl Shutdown {
         Ok(Self {
             sigterm: signal(SignalKind::terminate())?,
             sigint: signal(SignalKind::interrupt())?,
+            sighup: signal(SignalKind::hangup())?,
         })
     }
 
     /// Resolves with the signal's name once one has arrived (also if it arrived before
-    /// this was first awaited).
+    /// this was first awaited): `SIGHUP` asks for a reload, the others for the end.
     pub async fn requested(&mut self) -> &'static str {
         tokio::select! {
             _ = self.sigterm.recv() => "SIGTERM",
             _ = self.sigint.recv() => "SIGINT",
+            _ = self.sighup.recv() => "SIGHUP",
         }
     }
 }

@@ -421,6 +421,36 @@ impl RunningAgent {
     }
 }
 
+/// A bpffs of the test's own, in a temporary directory: what the agent pins there is
+/// invisible to other agents and is detached when it is unmounted (on drop).
+pub struct Bpffs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Bpffs {
+    pub fn mount() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("nodepulse-bpffs-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        // Reachable by the unprivileged users some tests run the agent as.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("bpf");
+        std::fs::create_dir(&path).unwrap();
+        run(tool("mount").args(["-t", "bpf", "bpf"]).arg(&path));
+        Self { path, _dir: dir }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.path.join("nodepulse"));
+        let _ = tool("umount").arg(&self.path).status();
+    }
+}
+
 pub mod deploy;
 // The guest itself runs in the kvm_guest_process executable; tests here only start it.
 #[allow(dead_code)]

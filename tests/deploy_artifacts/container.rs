@@ -86,7 +86,14 @@ fn seccomp_profile(dir: &Path) -> PathBuf {
 }
 
 /// `podman run` arguments for the DaemonSet's security context and host mounts.
-fn pod_options(container: &Value, pod: &Value, caps: &[String], dir: &Path) -> Vec<String> {
+/// `host` replaces a hostPath by a directory of the test's own.
+fn pod_options(
+    container: &Value,
+    pod: &Value,
+    caps: &[String],
+    dir: &Path,
+    host: &[(&str, &Path)],
+) -> Vec<String> {
     let mut args = vec![
         "--cap-drop=ALL".to_owned(),
         format!("--security-opt=seccomp={}", seccomp_profile(dir).display()),
@@ -110,7 +117,11 @@ fn pod_options(container: &Value, pod: &Value, caps: &[String], dir: &Path) -> V
             .iter()
             .find(|v| v["name"] == m["name"])
             .unwrap();
-        if let Some(host) = volume["hostPath"]["path"].as_str() {
+        if let Some(path) = volume["hostPath"]["path"].as_str() {
+            let host = host
+                .iter()
+                .find(|(from, _)| *from == path)
+                .map_or_else(|| path.to_owned(), |(_, to)| to.display().to_string());
             let ro = if m["readOnly"] == true { ":ro" } else { "" };
             args.push(format!(
                 "--volume={host}:{}{ro}",
@@ -161,11 +172,20 @@ fn the_image_attaches_and_reports_with_the_daemonsets_privileges_only() {
     )
     .unwrap();
 
+    // The host's bpffs and state directory: the test's own, so nothing it pins or
+    // saves outlives it.
+    let bpffs = common::Bpffs::mount();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let host = [
+        ("/sys/fs/bpf", bpffs.path.as_path()),
+        ("/var/lib/nodepulse", state.as_path()),
+    ];
     let name = format!("nodepulse-test-{}", std::process::id());
     let run = output(
         podman()
             .args(["run", "--detach", "--name", &name, "--network=host"])
-            .args(pod_options(&container, &pod, &caps, dir.path()))
+            .args(pod_options(&container, &pod, &caps, dir.path(), &host))
             .arg(format!(
                 "--volume={}:/etc/nodepulse:ro",
                 dir.path().display()
@@ -289,6 +309,15 @@ fn the_image_without_its_capabilities_names_the_missing_one() {
     require_image();
     let (container, pod, _) = daemonset();
     let dir = tempfile::tempdir().unwrap();
+    // Never the host's own: it never gets to pin or save anything.
+    let (bpffs, state) = (dir.path().join("bpf"), dir.path().join("state"));
+    for d in [&bpffs, &state] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let host = [
+        ("/sys/fs/bpf", bpffs.as_path()),
+        ("/var/lib/nodepulse", state.as_path()),
+    ];
     for (caps, missing) in [
         (vec!["BPF".to_owned()], "missing CAP_PERFMON: grant it"),
         (vec![], "missing CAP_BPF and CAP_PERFMON: grant them"),
@@ -296,7 +325,7 @@ fn the_image_without_its_capabilities_names_the_missing_one() {
         let out = output(
             podman()
                 .args(["run", "--rm", "--network=none"])
-                .args(pod_options(&container, &pod, &caps, dir.path()))
+                .args(pod_options(&container, &pod, &caps, dir.path(), &host))
                 .arg(image())
                 .args(["run", "--sys-root", "/host/sys", "--reports", "1"]),
         );

@@ -165,7 +165,9 @@ fn check_unit() {
 
 /// The agent as the unit runs it, without systemd (not PID 1 on every machine, e.g.
 /// CI's): the unit's user, its ambient capabilities as the only ones, no new
-/// privileges. It must attach and become ready.
+/// privileges. It must attach and become ready, pin its probes in the directory the
+/// unit's `ExecStartPre` prepares (in a bpffs of the test's own), and adopt them when
+/// started again.
 fn run_as_the_unit() {
     let unit = std::fs::read_to_string(UNIT).unwrap();
     let caps: Vec<String> = unit
@@ -176,26 +178,68 @@ fn run_as_the_unit() {
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
     let caps = format!("-all,{}", caps.join(","));
-    let agent = common::tool("setpriv")
-        .args(["--reuid=nodepulse", "--regid=nodepulse", "--init-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(format!("--bounding-set={caps}"))
-        .arg("--no-new-privs")
-        .args(["/usr/bin/nodepulse", "run", "--config", CONFIG])
-        .args(["--interval", "1s", "--reports", "3"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ready = wait_ready(&toml_listen(CONFIG, "health"), Duration::from_secs(15));
-    let out = agent.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(
-        ready.as_ref().map(|r| r.0),
-        Some(200),
-        "{ready:?}\n{stderr}"
+
+    // The unit's ExecStartPre, against the test's bpffs instead of /sys/fs/bpf.
+    let bpffs = common::Bpffs::mount();
+    let prepare = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPre=+"))
+        .expect("the unit prepares the pin directory with full privileges")
+        .replace("/sys/fs/bpf", &bpffs.path.display().to_string());
+    let mut words = prepare.split_whitespace();
+    common::run(Command::new(words.next().unwrap()).args(words));
+    let read_write = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ReadWritePaths="))
+        .expect("the unit lets it write its pin directory");
+    assert_eq!(read_write, "/sys/fs/bpf/nodepulse");
+    // The package's configuration with bpffs pointed there, readable by the user.
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config: toml::Table = std::fs::read_to_string(CONFIG).unwrap().parse().unwrap();
+    assert_eq!(config["agent"]["keep_attached"].as_bool(), Some(true));
+    config["agent"]
+        .as_table_mut()
+        .unwrap()
+        .insert("bpffs".into(), bpffs.path.display().to_string().into());
+    let copy = dir.path().join("nodepulse.toml");
+    std::fs::write(&copy, toml::to_string(&config).unwrap()).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let mut logs = Vec::new();
+    for _ in 0..2 {
+        let agent = common::tool("setpriv")
+            .args(["--reuid=nodepulse", "--regid=nodepulse", "--init-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg(format!("--bounding-set={caps}"))
+            .arg("--no-new-privs")
+            .arg("/usr/bin/nodepulse")
+            .args(["run", "--config"])
+            .arg(&copy)
+            .args(["--interval", "1s", "--reports", "3"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ready = wait_ready(&toml_listen(CONFIG, "health"), Duration::from_secs(15));
+        let out = agent.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            ready.as_ref().map(|r| r.0),
+            Some(200),
+            "{ready:?}\n{stderr}"
+        );
+        logs.push(stderr);
+    }
+    assert!(logs[0].contains("probes pinned"), "{}", logs[0]);
+    assert!(
+        logs[1].contains("continuing the kernel's counts from pinned maps")
+            && logs[1].contains("previous run exited cleanly"),
+        "{}",
+        logs[1]
     );
 }
 

@@ -5,7 +5,7 @@ use agent_common::hist::{self, MIN_INDEX};
 use serde::Serialize;
 
 /// An OTLP-style exponential histogram at the kernel's fixed [`SCALE`], values in ns.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ExpHistogram {
     pub sum: u64,
     pub zero_count: u64,

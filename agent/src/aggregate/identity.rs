@@ -8,10 +8,13 @@
 
 use std::collections::HashMap;
 
+use super::saved::{SavedIdentity, load_labels, save_labels};
 use crate::attribution::Labels;
 
 /// What the kernel keys an entity by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Entity {
     /// A process, by tgid (a VM's VMM process).
     Process(u32),
@@ -66,6 +69,35 @@ pub struct Identities {
 }
 
 impl Identities {
+    pub fn save(&self) -> Vec<SavedIdentity> {
+        let mut saved: Vec<SavedIdentity> = self
+            .known
+            .iter()
+            .map(|(&entity, k)| SavedIdentity {
+                entity,
+                labels: k.labels.as_deref().map(save_labels),
+                gone_reads: k.gone_reads,
+            })
+            .collect();
+        saved.sort_by_key(|s| s.entity);
+        saved
+    }
+
+    pub fn load(saved: Vec<SavedIdentity>) -> Self {
+        Self {
+            known: saved
+                .into_iter()
+                .map(|s| {
+                    let known = Known {
+                        labels: s.labels.map(load_labels),
+                        gone_reads: s.gone_reads,
+                    };
+                    (s.entity, known)
+                })
+                .collect(),
+        }
+    }
+
     /// The labels to report for a series of `state.entity` whose probe resolved
     /// `labels` now: while alive, those (and they are remembered); once gone, the
     /// entity's part is the last one resolved, the sample's part is kept.

@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod histogram;
 pub mod identity;
+pub mod saved;
 pub mod series;
 
 pub use histogram::ExpHistogram;

@@ -7,7 +7,9 @@ use serde::Serialize;
 use super::{
     ExpHistogram,
     identity::{Entity, EntityState, Identities},
+    saved::{SavedCounter, SavedReading, load_labels, save_labels},
 };
+use crate::util::intern::intern;
 
 /// A metric family and its label set, e.g. `block.io.latency{device=sda,op=read}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -88,6 +90,44 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// The last readings and identities, to be saved.
+    pub fn save(&self) -> (Vec<SavedReading>, Vec<super::saved::SavedIdentity>) {
+        let mut histograms: Vec<SavedReading> = self
+            .previous
+            .iter()
+            .map(|(k, hist)| SavedReading {
+                family: k.family.to_owned(),
+                entity: k.entity,
+                labels: save_labels(&k.labels),
+                hist: hist.clone(),
+            })
+            .collect();
+        histograms.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
+        (histograms, self.identities.save())
+    }
+
+    /// Deltas computed against saved readings: the first one after a restart is what
+    /// the kernel counted since the previous run's last report.
+    pub fn load(
+        histograms: Vec<SavedReading>,
+        identities: Vec<super::saved::SavedIdentity>,
+    ) -> Self {
+        Self {
+            previous: histograms
+                .into_iter()
+                .map(|r| {
+                    let key = DeltaKey {
+                        family: intern(&r.family),
+                        entity: r.entity,
+                        labels: load_labels(r.labels),
+                    };
+                    (key, r.hist)
+                })
+                .collect(),
+            identities: Identities::load(identities),
+        }
+    }
+
     /// Deltas since the previous call, sorted by key, for series without an entity.
     pub fn update(&mut self, readings: Vec<(SeriesKey, ExpHistogram)>) -> Vec<IntervalSeries> {
         self.update_tracked(
@@ -171,6 +211,32 @@ pub struct CounterDelta {
 }
 
 impl CounterDelta {
+    pub fn save(&self) -> Vec<SavedCounter> {
+        let mut saved: Vec<SavedCounter> = self
+            .previous
+            .iter()
+            .map(|(k, &total)| SavedCounter {
+                family: k.family.to_owned(),
+                labels: save_labels(&k.labels),
+                total,
+            })
+            .collect();
+        saved.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
+        saved
+    }
+
+    pub fn load(saved: Vec<SavedCounter>) -> Self {
+        Self {
+            previous: saved
+                .into_iter()
+                .map(|c| {
+                    let key = SeriesKey::new(intern(&c.family), load_labels(c.labels));
+                    (key, c.total)
+                })
+                .collect(),
+        }
+    }
+
     /// Increases since the previous call, sorted by key; totals count from the agent's
     /// start (kernel counters start at zero when the maps are created).
     pub fn update(&mut self, readings: Vec<(SeriesKey, u64)>) -> Vec<IntervalCounter> {
@@ -263,6 +329,37 @@ mod tests {
         let reuse = d.update_tracked(vec![vm_reading("other", true, &[2])]);
         assert_eq!(reuse.series[0].delta.count(), 2);
         assert_eq!(reuse.series[0].key.label("vm"), Some("other"));
+    }
+
+    #[test]
+    fn saved_readings_continue_the_deltas_of_the_previous_run() {
+        let key = SeriesKey::new("f", [("op", "read".to_owned())]);
+        let plain = |counts: &[u64]| TrackedReading {
+            key: key.clone(),
+            hist: hist(counts),
+            entity: None,
+        };
+        let mut before = Delta::default();
+        before.update_tracked(vec![plain(&[0, 3, 1]), vm_reading("guest", true, &[5])]);
+        let (histograms, identities) = before.save();
+        let text = serde_json::to_string(&(histograms, identities)).unwrap();
+        let (histograms, identities) = serde_json::from_str(&text).unwrap();
+        let mut after = Delta::load(histograms, identities);
+        // The kernel counted on while no agent ran: only that is the first delta, and
+        // a VM gone meanwhile keeps the name the previous run resolved.
+        let first =
+            after.update_tracked(vec![plain(&[0, 5, 2]), vm_reading("pid:77", false, &[9])]);
+        let (plain_series, vm) = (&first.series[0], &first.series[1]);
+        assert_eq!(plain_series.delta.count(), 3);
+        assert_eq!(plain_series.cumulative.count(), 7);
+        assert_eq!(vm.key.label("vm"), Some("guest"));
+        assert_eq!(vm.delta.count(), 4);
+
+        let mut counters = CounterDelta::default();
+        let c = SeriesKey::new("c", [("dev", "7:0".to_owned())]);
+        counters.update(vec![(c.clone(), 10)]);
+        let mut again = CounterDelta::load(counters.save());
+        assert_eq!(again.update(vec![(c, 12)])[0].delta, 2);
     }
 
     #[test]

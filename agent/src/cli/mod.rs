@@ -1,4 +1,4 @@
-//! Command line: `nodepulse run`, `check`, `record` and `replay`.
+//! Command line: `nodepulse run`, `check`, `record`, `replay` and `cleanup`.
 
 #[macro_use]
 mod out;
@@ -19,9 +19,11 @@ use crate::{
         prometheus::PrometheusExporter,
     },
     health::Health,
+    pipeline::Reload,
     pipeline::{Pipeline, Shutdown},
     probes::Probes,
     settings::{self, ConfigError},
+    state::{Resume, StateDir},
 };
 
 /// Exit code for an invalid configuration or command line (as clap uses for usage).
@@ -56,6 +58,23 @@ pub enum Command {
     /// alarms it would have raised; or over a CSV of `timestamp,value` rows, printing
     /// each row with an anomaly score in [0, 1].
     Replay(ReplayArgs),
+    /// Detach the probes kept attached across restarts and remove their pins
+    /// (`<bpffs>/nodepulse/`) and the saved state ([agent] state_dir). Run it with the
+    /// agent stopped; the Debian package's purge runs it.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    /// Configuration naming [agent] bpffs and state_dir (default: the defaults).
+    #[arg(short, long, env = "NODEPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The state directory to clear (overrides [agent] state_dir).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Only detach and unpin; keep the saved state (baselines) for a later install.
+    #[arg(long)]
+    pub keep_state: bool,
 }
 
 #[derive(Args, Debug)]
@@ -151,7 +170,11 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 
 impl ConfigArgs {
     fn load(&self, run: Option<&RunArgs>) -> Result<Config, ConfigError> {
-        let overrides = Overrides {
+        Config::load(self.config.as_deref(), &self.overrides(run))
+    }
+
+    fn overrides(&self, run: Option<&RunArgs>) -> Overrides {
+        Overrides {
             interval: run.and_then(|r| r.interval),
             console_format: run.and_then(|r| r.format),
             log_level: self.log_level,
@@ -159,8 +182,7 @@ impl ConfigArgs {
             sys_root: self.sys_root.clone(),
             node_name: run.and_then(|r| r.node_name.clone()),
             otlp_endpoint: run.and_then(|r| r.otlp_endpoint.clone()),
-        };
-        Config::load(self.config.as_deref(), &overrides)
+        }
     }
 }
 
@@ -182,6 +204,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args),
         Command::Record(args) => record(args),
         Command::Replay(args) => replay::replay(args),
+        Command::Cleanup(args) => cleanup(args),
     }
 }
 
@@ -235,13 +258,20 @@ fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + Send>>) -> E
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run_agent(config, args.reports, recording))
+    // SIGHUP reads the same file with the same flags again.
+    let (path, overrides) = (
+        args.config.config.clone(),
+        args.config.overrides(Some(args)),
+    );
+    let reload: Reload = Box::new(move || Config::load(path.as_deref(), &overrides));
+    runtime.block_on(run_agent(config, args.reports, recording, reload))
 }
 
 async fn run_agent(
     config: Config,
     max_reports: u64,
     recording: Option<Box<dyn std::io::Write + Send>>,
+    reload: Reload,
 ) -> ExitCode {
     let shutdown = match Shutdown::install() {
         Ok(s) => s,
@@ -282,7 +312,14 @@ async fn run_agent(
             return ExitCode::FAILURE;
         }
     };
-    let Exporters { all, otlp } = match start_exporters(&config, recording) {
+    let (state, resume) = match open_state(&config, &probes) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let start_unix_nano = resume
+        .as_ref()
+        .map_or_else(crate::util::time::unix_nanos, |r| r.start_unix_nano);
+    let Exporters { all, otlp } = match start_exporters(&config, recording, start_unix_nano) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -290,8 +327,13 @@ async fn run_agent(
         "first report in {}",
         humantime::format_duration(config.agent.interval)
     );
-    Pipeline::new(probes, all, &config)
+    let mut pipeline = Pipeline::new(probes, all, &config)
         .with_actions(actions)
+        .with_reload(config.clone(), reload);
+    if let (Some(state), Some(resume)) = (state, resume) {
+        pipeline = pipeline.with_state(state, resume);
+    }
+    pipeline
         .run(config.agent.interval, max_reports, shutdown)
         .await;
     if let Some(sender) = otlp {
@@ -301,6 +343,28 @@ async fn run_agent(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The state directory and how this start continues the previous run, when
+/// `[agent] state_dir` is set.
+fn open_state(
+    config: &Config,
+    probes: &Probes,
+) -> Result<(Option<StateDir>, Option<Resume>), ExitCode> {
+    if config.agent.state_dir.as_os_str().is_empty() {
+        return Ok((None, None));
+    }
+    let state = StateDir::open(&config.agent.state_dir).map_err(|e| {
+        eprintln!("nodepulse: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let saved = state.load().unwrap_or_else(|e| {
+        tracing::warn!("{e}; starting afresh");
+        None
+    });
+    let pins = probes.pins().map(|p| (p.name(), p.maps_adopted));
+    let resume = Resume::decide(saved, pins, crate::util::time::unix_nanos());
+    Ok((Some(state), Some(resume)))
 }
 
 /// Every configured exporter (the health endpoint is fed like one), and the OTLP sender
@@ -315,6 +379,7 @@ struct Exporters {
 fn start_exporters(
     config: &Config,
     recording: Option<Box<dyn std::io::Write + Send>>,
+    start_unix_nano: u64,
 ) -> Result<Exporters, ExitCode> {
     let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
     if let Some(out) = recording {
@@ -344,7 +409,7 @@ fn start_exporters(
         match OtlpExporter::start(&config.otlp, &config.node_name()) {
             Ok((exporter, sender)) => {
                 tracing::info!(endpoint = %config.otlp.endpoint, "exporting to OTLP");
-                exporters.push(Box::new(exporter));
+                exporters.push(Box::new(exporter.with_start(start_unix_nano)));
                 otlp = Some(sender);
             }
             Err(e) => {
@@ -378,6 +443,63 @@ fn cannot_serve(
          choose a free address with [{table}] listen in the configuration"
     );
     ExitCode::FAILURE
+}
+
+fn cleanup(args: CleanupArgs) -> ExitCode {
+    let config = match Config::load(args.config.as_deref(), &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    let mut failed = false;
+    let bpffs = &config.agent.bpffs;
+    match crate::probes::pins::remove_all(bpffs) {
+        Ok(removed) if removed.is_empty() => {
+            println!(
+                "nothing pinned under {}",
+                bpffs.join(crate::probes::pins::ROOT).display()
+            )
+        }
+        Ok(removed) => {
+            for name in removed {
+                println!(
+                    "removed {} (its probes are detached)",
+                    bpffs.join(crate::probes::pins::ROOT).join(name).display()
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "nodepulse: cannot remove the pins under {}: {e}",
+                bpffs.join(crate::probes::pins::ROOT).display()
+            );
+            failed = true;
+        }
+    }
+    let state_dir = args.state_dir.unwrap_or(config.agent.state_dir);
+    if !args.keep_state && !state_dir.as_os_str().is_empty() {
+        match crate::state::remove(&state_dir) {
+            Ok(removed) if removed.is_empty() => {
+                println!("no saved state in {}", state_dir.display())
+            }
+            Ok(removed) => {
+                for path in removed {
+                    println!("removed {}", path.display());
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "nodepulse: cannot remove the saved state in {}: {e}",
+                    state_dir.display()
+                );
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn check(args: CheckArgs) -> ExitCode {

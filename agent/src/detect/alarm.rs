@@ -16,7 +16,7 @@ use crate::{
     util::{hex, time::rfc3339},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmState {
     Open,
@@ -63,7 +63,7 @@ impl Severity {
 }
 
 /// The evidence: both distributions, as the detector compared them.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Evidence {
     /// The baseline as fractions of samples per bucket (scale 3, like the series).
     pub baseline: BaselineHistogram,
@@ -73,7 +73,7 @@ pub struct Evidence {
     pub rules: Vec<super::rules::RuleResult>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct BaselineHistogram {
     pub zero: f64,
     pub offset: i32,
@@ -92,7 +92,7 @@ impl From<&Baseline> for BaselineHistogram {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Alarm {
     /// Stable: derived from the node, the series and the start time.
     pub id: String,
@@ -103,14 +103,18 @@ pub struct Alarm {
     pub labels: BTreeMap<String, String>,
     pub severity: Severity,
     /// `high` when the test's p-value is 100× below the significance level.
-    pub confidence: &'static str,
+    #[serde(deserialize_with = "crate::util::intern::de_str")]
+    pub confidence: crate::util::intern::Static,
     /// The quantile that moved most, its current shift factor and the largest so far.
-    pub quantile: &'static str,
+    #[serde(deserialize_with = "crate::util::intern::de_str")]
+    pub quantile: crate::util::intern::Static,
     pub factor: f64,
     pub peak_factor: f64,
     pub p_value: f64,
-    pub baseline_ns: BTreeMap<&'static str, f64>,
-    pub current_ns: BTreeMap<&'static str, f64>,
+    #[serde(deserialize_with = "crate::util::intern::de_str_map")]
+    pub baseline_ns: BTreeMap<crate::util::intern::Static, f64>,
+    #[serde(deserialize_with = "crate::util::intern::de_str_map")]
+    pub current_ns: BTreeMap<crate::util::intern::Static, f64>,
     /// Start of the first regressed window (RFC 3339) and, once resolved, the end.
     pub started: String,
     pub start_unix_nano: u64,

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::aggregate::{ExpHistogram, histogram::bucket_lower};
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Baseline {
     pub zero: f64,
     /// OTLP index of `mass[0]`.
@@ -28,8 +28,9 @@ pub struct Baseline {
     /// Windows behind `dispersion`.
     pub spread_windows: u32,
     /// Per rule: the weighted mean |z-score| behind `dispersion`.
+    #[serde(default)]
     mean_abs_z: [f64; 3],
-    #[serde(skip)]
+    #[serde(default)]
     mean_window_samples: f64,
 }
 

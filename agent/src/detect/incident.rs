@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// One series of an incident, as evidence.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RelatedSeries {
     pub series: String,
     pub family: String,
@@ -36,7 +36,8 @@ pub struct RelatedSeries {
     /// The series' own alarm id (its regression, inside the incident).
     pub alarm_id: String,
     pub state: AlarmState,
-    pub quantile: &'static str,
+    #[serde(deserialize_with = "crate::util::intern::de_str")]
+    pub quantile: crate::util::intern::Static,
     pub factor: f64,
     pub baseline_ns: f64,
     pub current_ns: f64,
@@ -125,14 +126,14 @@ fn device_of_file(sys_root: &Path, path: &str) -> Option<String> {
     Some(disk.file_name()?.to_string_lossy().into_owned())
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 struct Member {
     alarm: Alarm,
     added_ns: f64,
 }
 
-#[derive(Debug)]
-struct Incident {
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub(super) struct Incident {
     /// The alarm that opened it: its id, trace and headline.
     alarm: Alarm,
     members: BTreeMap<String, Member>,
@@ -140,7 +141,8 @@ struct Incident {
     latest_start: u64,
     /// Devices (stacks included) of its block members.
     devices: Vec<String>,
-    resource: &'static str,
+    #[serde(deserialize_with = "crate::util::intern::de_str")]
+    resource: crate::util::intern::Static,
 }
 
 /// What a family measures waiting for: series of different resources are separate
@@ -163,6 +165,16 @@ pub struct Incidents {
 }
 
 impl Incidents {
+    /// The open incidents, for the detector's saved state.
+    pub(super) fn snapshot(&self) -> &[Incident] {
+        &self.open
+    }
+
+    /// Reopens incidents saved by an earlier run (the topology stays this run's).
+    pub(super) fn restore(&mut self, open: Vec<Incident>) {
+        self.open = open;
+    }
+
     pub fn new(topology: Topology) -> Self {
         Self {
             open: Vec::new(),

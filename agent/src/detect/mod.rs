@@ -12,6 +12,7 @@ pub mod incident;
 pub mod replay;
 pub mod rules;
 pub mod series;
+pub mod snapshot;
 pub mod soak;
 pub mod stats;
 

@@ -30,9 +30,10 @@ pub enum Verdict {
     NotEnoughData,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RuleResult {
-    pub quantile: &'static str,
+    #[serde(deserialize_with = "crate::util::intern::de_str")]
+    pub quantile: crate::util::intern::Static,
     pub baseline_ns: f64,
     pub current_ns: f64,
     pub ratio: f64,

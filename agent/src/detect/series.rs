@@ -25,7 +25,7 @@ pub struct WindowOutcome {
     pub alarm: Option<Alarm>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SeriesState {
     window: ExpHistogram,
     /// The window's intervals with their end times, for the burst check.

@@ -6,7 +6,7 @@ use std::{fmt, path::Path};
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, FEntry, KProbe, Program, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, Program, RawTracePoint, TracePoint, links::FdLink},
 };
 use serde::{Deserialize, Deserializer, Serialize, de};
 
@@ -162,6 +162,15 @@ pub fn attach_first(ebpf: &mut Ebpf, btf: Option<&Btf>, variants: &[Variant]) ->
             });
             continue;
         }
+        let names: Vec<&'static str> = variant.programs.iter().map(|p| p.program).collect();
+        // An earlier run of this layout left the variant attached: it keeps running.
+        if super::pins::with(|pins| pins.is_some_and(|p| p.adopt(&names))) {
+            return Attached {
+                kind: Some(variant.kind),
+                programs: names,
+                failures,
+            };
+        }
         let mut loaded = Vec::new();
         let result = variant.programs.iter().try_for_each(|spec| {
             loaded.push(spec.program);
@@ -178,6 +187,7 @@ pub fn attach_first(ebpf: &mut Ebpf, btf: Option<&Btf>, variants: &[Variant]) ->
             Err(error) => {
                 for name in loaded {
                     unload(ebpf, name);
+                    super::pins::with(|pins| pins.map(|p| p.clear(name)));
                 }
                 failures.push(Attempt {
                     kind: variant.kind,
@@ -200,31 +210,78 @@ fn attach_one(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Result<
         .ok_or_else(|| format!("program {name} is missing from the eBPF object (build bug)"))?;
     let need_btf = || btf.ok_or_else(|| "kernel BTF is not available".to_owned());
     let e = |e: aya::programs::ProgramError| format!("{name}: {}", short_error_chain(&e));
+    let pinning = super::pins::with(|pins| {
+        pins.map(|p| {
+            p.clear(name);
+            true
+        })
+        .unwrap_or(false)
+    });
+    // With pinning, the link leaves the program's keeping for bpffs', and the program
+    // is pinned beside it, so that the next run can adopt both.
+    let keep = |link: FdLink, pin_program: &mut dyn FnMut(&Path) -> Result<(), String>| {
+        super::pins::with(|pins| match pins {
+            Some(p) => p.keep(name, link, pin_program),
+            None => Ok(()),
+        })
+    };
+    let pin_error = |e: aya::pin::PinError| format!("{name}: cannot pin the program: {e}");
     match spec.hook {
         Hook::TpBtf(tp) => {
             let p: &mut BtfTracePoint = program.try_into().map_err(e)?;
             p.load(tp, need_btf()?).map_err(e)?;
-            p.attach().map_err(e)?;
+            let id = p.attach().map_err(e)?;
+            if pinning {
+                let link = FdLink::from(p.take_link(id).map_err(e)?);
+                keep(link, &mut |path| p.pin(path).map_err(pin_error))?;
+            }
         }
         Hook::Raw(tp) => {
             let p: &mut RawTracePoint = program.try_into().map_err(e)?;
             p.load().map_err(e)?;
-            p.attach(tp).map_err(e)?;
+            let id = p.attach(tp).map_err(e)?;
+            if pinning {
+                let link = FdLink::from(p.take_link(id).map_err(e)?);
+                keep(link, &mut |path| p.pin(path).map_err(pin_error))?;
+            }
         }
         Hook::Tracepoint(category, tp) => {
             let p: &mut TracePoint = program.try_into().map_err(e)?;
             p.load().map_err(e)?;
-            p.attach(category, tp).map_err(e)?;
+            let id = p.attach(category, tp).map_err(e)?;
+            if pinning {
+                let link = FdLink::try_from(p.take_link(id).map_err(e)?).map_err(|_| {
+                    format!(
+                        "{name}: this kernel attaches tracepoints without a BPF link \
+                         (before 5.15), which cannot be pinned; set [agent] \
+                         keep_attached = false"
+                    )
+                })?;
+                keep(link, &mut |path| p.pin(path).map_err(pin_error))?;
+            }
         }
         Hook::Fentry(func) => {
             let p: &mut FEntry = program.try_into().map_err(e)?;
             p.load(func, need_btf()?).map_err(e)?;
-            p.attach().map_err(e)?;
+            let id = p.attach().map_err(e)?;
+            if pinning {
+                let link = FdLink::from(p.take_link(id).map_err(e)?);
+                keep(link, &mut |path| p.pin(path).map_err(pin_error))?;
+            }
         }
         Hook::Kprobe(func) => {
             let p: &mut KProbe = program.try_into().map_err(e)?;
             p.load().map_err(e)?;
-            p.attach(func, 0).map_err(e)?;
+            let id = p.attach(func, 0).map_err(e)?;
+            if pinning {
+                let link = FdLink::try_from(p.take_link(id).map_err(e)?).map_err(|_| {
+                    format!(
+                        "{name}: this kernel attaches kprobes without a BPF link, which \
+                         cannot be pinned; set [agent] keep_attached = false"
+                    )
+                })?;
+                keep(link, &mut |path| p.pin(path).map_err(pin_error))?;
+            }
         }
     }
     Ok(())

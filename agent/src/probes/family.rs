@@ -31,6 +31,9 @@ pub struct Setup<'a> {
     pub outliers: &'a OutliersConfig,
     /// Whether outliers are collected (as configured, else when OTLP export is on).
     pub outliers_enabled: bool,
+    /// Where bpffs is, when the probes are to be pinned there and kept attached
+    /// across restarts (see [`super::pins`]).
+    pub bpffs: Option<&'a Path>,
 }
 
 /// What a family may consult to resolve its layouts before the object is loaded.

@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod family;
 pub mod outliers;
+pub mod pins;
 pub mod sparse;
 pub mod stats;
 
@@ -138,6 +139,8 @@ pub enum StartError {
     NothingAttached { reasons: String, hint: String },
     #[error("cannot load nodepulse's kernel programs: {0}")]
     Load(String),
+    #[error("{0}")]
+    Pins(#[from] pins::PinError),
 }
 
 /// Everything the kernel side recorded in one reading.
@@ -170,6 +173,8 @@ pub struct Probes {
     attribution: Attribution,
     outliers: Option<outliers::Outliers>,
     max_outliers: usize,
+    /// The pin set when the probes are kept attached across restarts.
+    pins: Option<pins::Pins>,
     _tracefs: Option<tracefs::Mounted>,
 }
 
@@ -178,39 +183,22 @@ impl Probes {
     /// reported and the others keep running.
     pub fn start<'a>(setup: impl Into<Setup<'a>>) -> Result<Self, StartError> {
         let setup = setup.into();
+        let pins = match setup.bpffs {
+            Some(bpffs) => Some(pins::Pins::prepare(bpffs, load_layout(&setup))?),
+            None => None,
+        };
         let Loaded {
             mut ebpf,
             btf,
             families,
             tracefs,
-        } = Loaded::load(&setup)?;
+        } = Loaded::load_with(&setup, pins.as_ref())?;
         let stats = stats::BpfStats::enable();
 
-        let mut probes: Vec<Box<dyn Probe>> = Vec::new();
-        let mut statuses = Vec::new();
-        for family in &families {
-            for plan in family.plans() {
-                let mut status = ProbeStatus {
-                    probe: plan.probe,
-                    attached: None,
-                    not_applicable: None,
-                };
-                if !plan.enabled {
-                    statuses.push(status);
-                    continue;
-                }
-                if let Some(why) = plan.not_applicable {
-                    tracing::info!(probe = plan.probe, "not applicable on this host: {why}");
-                    status.not_applicable = Some(why);
-                    statuses.push(status);
-                    continue;
-                }
-                let probe = family.attach(plan.probe, &mut ebpf, btf.as_ref());
-                log_attach(probe.name(), probe.attached());
-                status.attached = Some(probe.attached().clone());
-                statuses.push(status);
-                probes.push(probe);
-            }
+        let ((probes, statuses), mut pins) =
+            pins::session(pins, || attach_all(&families, &mut ebpf, btf.as_ref()));
+        if let Some(pins) = &mut pins {
+            log_pins(pins);
         }
         drop(families);
 
@@ -244,8 +232,14 @@ impl Probes {
             ),
             outliers,
             max_outliers: setup.outliers.max_per_interval,
+            pins,
             _tracefs: tracefs,
         })
+    }
+
+    /// The pin set, when the probes are kept attached across restarts.
+    pub fn pins(&self) -> Option<&pins::Pins> {
+        self.pins.as_ref()
     }
 
     pub fn statuses(&self) -> &[ProbeStatus] {
@@ -326,7 +320,12 @@ impl Probes {
                 out.errors.push((probe.name(), e));
             }
             for &program in &probe.attached().programs {
-                if let Some(s) = stats::read(&self.ebpf, probe.name(), program) {
+                let adopted = self.pins.as_ref().and_then(|p| p.program_fd(program));
+                let read = match adopted {
+                    Some(fd) => stats::read_fd(fd, probe.name(), program),
+                    None => stats::read(&self.ebpf, probe.name(), program),
+                };
+                if let Some(s) = read {
                     out.programs.push(s);
                 }
             }
@@ -341,6 +340,83 @@ impl Probes {
             }
         }
         out
+    }
+}
+
+/// Attaches every enabled probe of every family (the pin set, if any, is lent through
+/// [`pins::session`]).
+fn attach_all(
+    families: &[Box<dyn Resolved>],
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+) -> (Vec<Box<dyn Probe>>, Vec<ProbeStatus>) {
+    let mut probes: Vec<Box<dyn Probe>> = Vec::new();
+    let mut statuses = Vec::new();
+    for family in families {
+        for plan in family.plans() {
+            let mut status = ProbeStatus {
+                probe: plan.probe,
+                attached: None,
+                not_applicable: None,
+            };
+            if !plan.enabled {
+                statuses.push(status);
+                continue;
+            }
+            if let Some(why) = plan.not_applicable {
+                tracing::info!(probe = plan.probe, "not applicable on this host: {why}");
+                status.not_applicable = Some(why);
+                statuses.push(status);
+                continue;
+            }
+            let probe = family.attach(plan.probe, ebpf, btf);
+            log_attach(probe.name(), probe.attached());
+            status.attached = Some(probe.attached().clone());
+            statuses.push(status);
+            probes.push(probe);
+        }
+    }
+    (probes, statuses)
+}
+
+/// What shapes the kernel side besides the object: the probes' configuration (map
+/// sizes, globals, which programs attach) and the outliers'.
+fn load_layout(setup: &Setup<'_>) -> u64 {
+    let config = format!(
+        "{:?}|{:?}|{}",
+        setup.probes, setup.outliers, setup.outliers_enabled
+    );
+    pins::layout(EBPF_OBJECT, &config)
+}
+
+/// Says what was adopted, and removes (after the new probes attached) the pin sets of
+/// other versions or layouts, saying what that resets.
+fn log_pins(pins: &mut pins::Pins) {
+    if pins.maps_adopted {
+        tracing::info!(
+            pins = %pins.dir().display(),
+            adopted = ?pins.adopted,
+            "continuing the kernel's counts from pinned maps; adopted probes kept running \
+             while the agent was down"
+        );
+    } else {
+        tracing::info!(
+            pins = %pins.dir().display(),
+            "probes pinned: they stay attached across restarts"
+        );
+    }
+    let stale = pins.stale();
+    if !stale.is_empty() {
+        tracing::warn!(
+            old = ?stale,
+            new = pins.name(),
+            "pins of another version or map layout found (an upgrade or a configuration \
+             change): the new probes were attached beside them and the old ones are now \
+             removed, never mixed. Reset: every cumulative series starts from zero with a \
+             new start time; requests in flight at the switch are not measured"
+        );
+        let removed = pins.remove_stale();
+        tracing::info!(removed = ?removed, "old pins removed, their programs detached");
     }
 }
 
@@ -371,6 +447,12 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn load(setup: &Setup<'_>) -> Result<Self, StartError> {
+        Self::load_with(setup, None)
+    }
+
+    /// Loads the object; with `pins`, every map is opened from its pin when an earlier
+    /// run of the same layout left one, else created and pinned.
+    pub fn load_with(setup: &Setup<'_>, pins: Option<&pins::Pins>) -> Result<Self, StartError> {
         raise_memlock_limit();
         let kernel_btf = Btf::from_sys_fs()
             .inspect_err(|e| tracing::warn!("kernel BTF unusable: {e}"))
@@ -398,8 +480,12 @@ impl Loaded {
             FAMILIES.iter().map(|f| f.resolve(setup, &kernel)).collect();
         drop(kernel_btf);
 
+        let map_paths = pins.map(|p| p.map_paths(EBPF_OBJECT)).unwrap_or_default();
         let mut loader = EbpfLoader::new();
         loader.btf(btf.as_ref());
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
         for family in &families {
             family.apply(&mut loader);
         }

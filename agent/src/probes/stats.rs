@@ -76,8 +76,30 @@ pub fn read(ebpf: &Ebpf, probe: &'static str, program: &'static str) -> Option<P
     })
 }
 
+/// The same from a program's fd: a program adopted from an earlier run (kept attached
+/// through its pinned link) is not loaded by this one.
+pub fn read_fd(
+    fd: &OwnedFd,
+    probe: &'static str,
+    program: &'static str,
+) -> Option<ProgramRunStats> {
+    let info = prog_info(fd.as_fd())?;
+    Some(ProgramRunStats {
+        probe,
+        program,
+        run_time_ns: info.run_time_ns,
+        run_count: info.run_cnt,
+        recursion_misses: info.recursion_misses,
+    })
+}
+
 /// `bpf_prog_info.recursion_misses` (Linux 5.12+), read with BPF_OBJ_GET_INFO_BY_FD.
 fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    prog_info(fd).map(|info| info.recursion_misses)
+}
+
+/// The kernel's `bpf_prog_info` of a program (fields the kernel does not know stay 0).
+fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<aya_obj::generated::bpf_prog_info> {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain C struct of integers and pointers-as-integers; zero is valid.
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
@@ -102,5 +124,5 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
             size_of::<InfoAttr>(),
         )
     };
-    (rc == 0).then_some(info.recursion_misses)
+    (rc == 0).then_some(info)
 }

@@ -91,13 +91,27 @@ pub fn attributes(
         .collect()
 }
 
-/// Times of one export: when the agent started (start of cumulative series), the end
-/// of the previous interval (start of delta series), and now.
+/// Times of one export: when the agent started (start of cumulative series; a
+/// restart that continues the kernel's counts keeps the previous run's), the end of
+/// the previous interval (start of delta series), and now.
 #[derive(Clone, Copy, Debug)]
 pub struct Times {
     pub agent_start: u64,
+    /// When this process started: the start of what it counts itself.
+    pub process_start: u64,
     pub interval_start: u64,
     pub now: u64,
+}
+
+impl Times {
+    /// For totals this process counts itself (its CPU time, its transport's batches),
+    /// which start from zero at every start whatever the kernel's counts do.
+    pub fn of_process(self) -> Self {
+        Self {
+            agent_start: self.process_start,
+            ..self
+        }
+    }
 }
 
 pub fn metrics_request(
@@ -342,7 +356,7 @@ fn self_metrics(report: &Report, times: Times) -> Vec<Metric> {
             vec![number(
                 number_data_point::Value::AsDouble(report.agent.cpu_seconds_total),
                 vec![],
-                times,
+                times.of_process(),
             )],
         ),
         self_metric(
@@ -494,6 +508,7 @@ mod tests {
     fn times() -> Times {
         Times {
             agent_start: 1_000,
+            process_start: 1_000,
             interval_start: 5_000,
             now: 9_000,
         }

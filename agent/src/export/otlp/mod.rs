@@ -23,6 +23,7 @@ pub struct OtlpExporter {
     resource: Resource,
     temporality: Temporality,
     agent_start: u64,
+    process_start: u64,
     last_export: u64,
     /// Probe failures are logged once, not every interval.
     reported_failures: bool,
@@ -43,6 +44,7 @@ impl OtlpExporter {
                 resource: encode::resource(host_name),
                 temporality: config.temporality,
                 agent_start: now,
+                process_start: now,
                 last_export: now,
                 reported_failures: false,
             },
@@ -50,8 +52,17 @@ impl OtlpExporter {
         ))
     }
 
+    /// Cumulative series start at `start` (unix ns): a restarted agent continuing the
+    /// kernel's counts keeps the previous run's start, so sums do not look reset.
+    pub fn with_start(mut self, start: u64) -> Self {
+        self.agent_start = start;
+        self
+    }
+
     /// The transport's own counters, so a collector outage shows once it is back.
     fn transport_metrics(&self, times: Times) -> Vec<Metric> {
+        // Counted by this process, from zero at each start.
+        let times = times.of_process();
         let stats = self.sender.stats();
         let mut batches = Vec::new();
         let mut bytes = Vec::new();
@@ -90,6 +101,7 @@ impl Exporter for OtlpExporter {
         let now = unix_nanos();
         let times = Times {
             agent_start: self.agent_start,
+            process_start: self.process_start,
             interval_start: self.last_export,
             now,
         };

@@ -668,3 +668,71 @@ use validate::*;
 
 #[cfg(test)]
 mod tests;
+
+/// Valid answers a collector sends: a partial success, an error status with a RetryInfo
+/// (gRPC details, and the body of an OTLP/HTTP error), a proxy's text and HTML.
+#[cfg(test)]
+pub(crate) fn answer_seeds() -> Vec<Vec<u8>> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess;
+    let partial = ExportMetricsServiceResponse {
+        partial_success: Some(ExportMetricsPartialSuccess {
+            rejected_data_points: 3,
+            error_message: "too old".into(),
+        }),
+    };
+    let info = RetryInfo {
+        retry_delay: Some(ProtoDuration {
+            seconds: 2,
+            nanos: 500_000_000,
+        }),
+    };
+    let status = RpcStatus {
+        code: Code::Unavailable as i32,
+        message: "busy".into(),
+        details: vec![ProtoAny {
+            type_url: RETRY_INFO_TYPE.into(),
+            value: info.encode_to_vec().into(),
+        }],
+    };
+    vec![
+        partial.encode_to_vec(),
+        status.encode_to_vec(),
+        b"120".to_vec(),
+        b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+    ]
+}
+
+/// Every parser of a collector's answer, fed `bytes` as an HTTP body (of a success and
+/// of each kind of error, protobuf or not), a Retry-After value, a gRPC status's
+/// message and details, and a gRPC export response. The errors they make, for the
+/// fuzz tests to judge (a success adds none).
+#[cfg(test)]
+pub(crate) fn answer_errors(bytes: &[u8]) -> Vec<String> {
+    let uri: Uri = "http://collector:4318/v1/metrics".parse().unwrap();
+    let mut outcomes = Vec::new();
+    for status in [200, 400, 429, 503] {
+        let status = StatusCode::from_u16(status).unwrap();
+        for protobuf in [true, false] {
+            outcomes.push(http_outcome(status, None, protobuf, bytes, &uri));
+        }
+    }
+    if let Ok(value) = hyper::header::HeaderValue::from_bytes(bytes) {
+        let mut headers = HeaderMap::new();
+        headers.insert(hyper::header::RETRY_AFTER, value);
+        let _ = retry_after(&headers);
+    }
+    let message = String::from_utf8_lossy(bytes).into_owned();
+    let status = Status::with_details(Code::Unavailable, message, Bytes::copy_from_slice(bytes));
+    outcomes.push(grpc_outcome(&status));
+    if let Ok(response) = ExportMetricsServiceResponse::decode(bytes) {
+        outcomes.push(Outcome::Sent(rejected(response)));
+    }
+    outcomes
+        .into_iter()
+        .filter_map(|o| match o {
+            Outcome::Sent(Some(r)) => Some(format!("{} rejected: {}", r.items, r.message)),
+            Outcome::Sent(None) => None,
+            Outcome::Retry { error, .. } | Outcome::Fail(error) => Some(error),
+        })
+        .collect()
+}

@@ -1,0 +1,56 @@
+//! The last readings as saved in the state directory. A restarted agent that adopts
+//! the kernel's pinned maps computes its first deltas against what the previous run
+//! last reported, so each count is reported once: the interval in flight at the
+//! restart is neither lost nor counted twice.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ExpHistogram, identity::Entity};
+use crate::util::intern::intern;
+
+/// Labels as they are written (names become static again on reading).
+pub type SavedLabels = Vec<(String, String)>;
+
+pub fn save_labels(labels: &[(&'static str, String)]) -> SavedLabels {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+pub fn load_labels(labels: SavedLabels) -> Vec<(&'static str, String)> {
+    labels.into_iter().map(|(k, v)| (intern(&k), v)).collect()
+}
+
+/// The last cumulative reading of one series, by kernel key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedReading {
+    pub family: String,
+    pub entity: Option<Entity>,
+    pub labels: SavedLabels,
+    pub hist: ExpHistogram,
+}
+
+/// What was known of an entity: its last labels and how long it has been gone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedIdentity {
+    pub entity: Entity,
+    pub labels: Option<SavedLabels>,
+    pub gone_reads: u32,
+}
+
+/// The last total of one counter series.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedCounter {
+    pub family: String,
+    pub labels: SavedLabels,
+    pub total: u64,
+}
+
+/// Everything the interval deltas are computed against.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SavedReadings {
+    pub histograms: Vec<SavedReading>,
+    pub identities: Vec<SavedIdentity>,
+    pub counters: Vec<SavedCounter>,
+}

@@ -1,0 +1,168 @@
+//! The detector's state as saved in the state directory: every series' window in
+//! progress, baseline and alarm, and the open incidents. A restarted agent goes on
+//! judging against the baselines it had learned (instead of learning again for
+//! `baseline_windows` windows) and keeps its open alarms open under the same ids.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Detector, incident::Incident, series::SeriesState};
+
+/// Bumped when a saved detector state can no longer be read as it was written.
+pub const FORMAT: u32 = 1;
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    intervals: u64,
+    series: &'a HashMap<String, SeriesState>,
+    incidents: &'a [Incident],
+}
+
+#[derive(Deserialize)]
+struct Snapshot {
+    format: u32,
+    intervals: u64,
+    series: HashMap<String, SeriesState>,
+    incidents: Vec<Incident>,
+}
+
+/// What a restore brought back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub series: usize,
+    /// Series whose baseline had learned enough to be judged.
+    pub judged: usize,
+    pub open_alarms: Vec<String>,
+}
+
+impl Detector {
+    /// The state to save.
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::to_value(SnapshotRef {
+            format: FORMAT,
+            intervals: self.intervals,
+            series: &self.series,
+            incidents: self.incidents.snapshot(),
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A new configuration (SIGHUP) for the series already known: their windows,
+    /// baselines and alarms go on under it.
+    pub fn set_config(&mut self, config: super::DetectConfig) {
+        self.config = config;
+    }
+
+    /// Takes up a saved state in place of this detector's (a fresh one's).
+    pub fn restore(&mut self, saved: serde_json::Value) -> Result<Restored, String> {
+        let snapshot: Snapshot = serde_json::from_value(saved).map_err(|e| e.to_string())?;
+        if snapshot.format != FORMAT {
+            return Err(format!(
+                "saved in format {}, this version reads {FORMAT}",
+                snapshot.format
+            ));
+        }
+        self.intervals = snapshot.intervals;
+        self.series = snapshot.series;
+        self.incidents.restore(snapshot.incidents);
+        let judged = self
+            .series
+            .values()
+            .filter(|s| !s.learning(&self.config))
+            .count();
+        Ok(Restored {
+            series: self.series.len(),
+            judged,
+            open_alarms: self.open_alarms().map(|a| a.id.clone()).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use super::*;
+    use crate::{
+        aggregate::ExpHistogram,
+        detect::{AlarmState, DetectConfig},
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    fn config() -> DetectConfig {
+        DetectConfig {
+            min_window: Duration::from_secs(10),
+            max_window: Duration::from_secs(50),
+            min_shift: BTreeMap::new(),
+            default_min_shift: Duration::ZERO,
+            min_samples: 500,
+            baseline_windows: 5,
+            raise_after: 2,
+            clear_after: 3,
+            ..DetectConfig::default()
+        }
+    }
+
+    /// 1000 samples around bucket `center`, with a tail.
+    fn window(center: i32) -> ExpHistogram {
+        let mut b: Vec<(i32, u64)> = (-3..=3)
+            .map(|d| (center + d, 130 - 20 * d.unsigned_abs() as u64))
+            .collect();
+        b.extend((4..=12).map(|d| (center + d, 5)));
+        ExpHistogram::from_buckets(0, 0, b)
+    }
+
+    fn feed(d: &mut Detector, t: &mut u64, h: &ExpHistogram) -> Vec<crate::detect::Alarm> {
+        *t += 10 * S;
+        let labels = BTreeMap::from([("device".to_owned(), "sdx".to_owned())]);
+        d.update(*t, 10 * S, [("block.io.latency", labels, h)])
+            .alarms
+    }
+
+    #[test]
+    fn a_restored_detector_keeps_its_baseline_and_its_open_alarm() {
+        let mut t = 1_000 * S;
+        let mut before = Detector::new(config(), "n");
+        for _ in 0..6 {
+            feed(&mut before, &mut t, &window(130));
+        }
+        feed(&mut before, &mut t, &window(138));
+        let opened = feed(&mut before, &mut t, &window(138));
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].state, AlarmState::Open);
+
+        // Through text, as the state file holds it.
+        let text = serde_json::to_string(&before.snapshot()).unwrap();
+        let mut after = Detector::new(config(), "n");
+        let restored = after.restore(serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(restored.series, 1);
+        assert_eq!(restored.judged, 1, "no learning again");
+        assert_eq!(restored.open_alarms, vec![opened[0].id.clone()]);
+        assert!(after.learning().next().is_none());
+
+        // Still regressed: the same alarm goes on, none is opened anew.
+        let next = feed(&mut after, &mut t, &window(138));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].state, AlarmState::Ongoing);
+        assert_eq!(next[0].id, opened[0].id);
+        // Back to normal: it resolves under the same id.
+        let mut resolved = Vec::new();
+        for _ in 0..3 {
+            resolved.extend(feed(&mut after, &mut t, &window(130)));
+        }
+        let last = resolved.last().expect("resolved");
+        assert_eq!(last.state, AlarmState::Resolved);
+        assert_eq!(last.id, opened[0].id);
+    }
+
+    #[test]
+    fn another_format_is_refused() {
+        let mut d = Detector::new(config(), "n");
+        let mut saved = d.snapshot();
+        saved["format"] = serde_json::json!(FORMAT + 1);
+        assert!(d.restore(saved).unwrap_err().contains("format"));
+    }
+}

@@ -1,0 +1,284 @@
+//! What outlives the agent, in `[agent] state_dir`: the start of its cumulative series,
+//! the last readings its deltas were computed against, and the detector's baselines and
+//! open alarms. Saved after every interval (a killed agent loses at most the interval
+//! it was in, which the next start then reports) and at exit; read at start.
+//!
+//! With the probes kept attached (`crate::probes::pins`), the kernel's maps survive the
+//! agent, so the saved readings and start time continue them exactly: the first report
+//! after a restart holds what the kernel counted since the last report before it. The
+//! readings are only used with the same pin set they were taken from.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::aggregate::saved::SavedReadings;
+
+/// The file in the state directory.
+pub const FILE: &str = "state.json";
+/// Bumped when a saved state can no longer be read as written.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error(
+        "cannot use the state directory {path}: {error}; create it writable for the agent \
+         ([agent] state_dir; the systemd unit's StateDirectory and the DaemonSet's hostPath \
+         do) or set state_dir = \"\" to keep nothing"
+    )]
+    Dir { path: String, error: io::Error },
+    #[error("cannot read the saved state {path}: {error}")]
+    Read { path: String, error: String },
+}
+
+/// Cumulative run time of one program, as last read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedProgram {
+    pub run_time_ns: u64,
+    pub run_count: u64,
+    pub recursion_misses: u64,
+}
+
+/// Everything saved.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Saved {
+    pub format: u32,
+    /// The agent version that wrote it.
+    pub version: String,
+    /// The pin set (`<version>-<layout>`) the readings were taken from; `None` when the
+    /// probes were not kept attached (the readings then die with the agent's maps).
+    pub pins: Option<String>,
+    /// Start of the cumulative series (unix ns).
+    pub start_unix_nano: u64,
+    pub saved_unix_nano: u64,
+    /// Whether it was written at a clean exit (else the agent was killed or crashed
+    /// after writing it).
+    pub clean_exit: bool,
+    pub readings: SavedReadings,
+    /// Drop counters' last totals, by name.
+    pub drops: BTreeMap<String, u64>,
+    /// Programs' last run-time totals, by name.
+    pub programs: BTreeMap<String, SavedProgram>,
+    /// The detector's state (`crate::detect::snapshot`).
+    pub detector: Option<serde_json::Value>,
+}
+
+/// The state directory.
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// Opens the directory (creating it), checking that the agent can write there.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let err = |error| StateError::Dir {
+            path: dir.display().to_string(),
+            error,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let probe = dir.join(".writable");
+        std::fs::write(&probe, b"").map_err(err)?;
+        let _ = std::fs::remove_file(probe);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// The saved state; `None` when nothing was saved. A file that cannot be read is
+    /// moved aside (`state.json.unreadable`) so the agent starts afresh instead of
+    /// failing on every start.
+    pub fn load(&self) -> Result<Option<Saved>, StateError> {
+        let path = self.path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StateError::Read {
+                    path: path.display().to_string(),
+                    error: e.to_string(),
+                });
+            }
+        };
+        let parsed = serde_json::from_str::<Saved>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                if s.format == FORMAT {
+                    Ok(s)
+                } else {
+                    Err(format!(
+                        "written in format {} by nodepulse {}, this version reads format {FORMAT}",
+                        s.format, s.version
+                    ))
+                }
+            });
+        parsed.map(Some).map_err(|error| {
+            let aside = self.dir.join(format!("{FILE}.unreadable"));
+            let _ = std::fs::rename(&path, &aside);
+            StateError::Read {
+                path: format!("{} (moved to {})", path.display(), aside.display()),
+                error,
+            }
+        })
+    }
+
+    /// Writes the state atomically (a temporary file renamed over the old one); with
+    /// `sync`, flushed to disk first (at exit; every interval would cost an fsync).
+    pub fn save(&self, saved: &Saved, sync: bool) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        serde_json::to_writer(&mut file, saved)?;
+        file.flush()?;
+        if sync {
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.path())
+    }
+}
+
+/// How this start continues the previous run.
+pub struct Resume {
+    /// Start of the cumulative series: the previous run's when the counts continue.
+    pub start_unix_nano: u64,
+    /// The previous run's state; its readings only when the counts continue.
+    pub saved: Option<Saved>,
+    /// Whether the kernel's counts continue from the previous run (same pin set).
+    pub counts_continue: bool,
+}
+
+impl Resume {
+    /// Decides from the saved state and this start's pin set (`name`, and whether its
+    /// maps were found pinned), saying why in the log.
+    pub fn decide(saved: Option<Saved>, pins: Option<(&str, bool)>, now: u64) -> Self {
+        let Some(saved) = saved else {
+            if let Some((name, true)) = pins {
+                tracing::warn!(
+                    pins = name,
+                    "pinned maps found but no saved readings: the first report carries                      everything counted since they were created"
+                );
+            }
+            return Self {
+                start_unix_nano: now,
+                saved: None,
+                counts_continue: false,
+            };
+        };
+        let how = if saved.clean_exit {
+            "exited cleanly"
+        } else {
+            "did not exit cleanly (killed or crashed): its last interval is in the first report"
+        };
+        tracing::info!(
+            version = saved.version,
+            started = %crate::util::time::rfc3339(saved.start_unix_nano),
+            saved = %crate::util::time::rfc3339(saved.saved_unix_nano),
+            "previous run {how}"
+        );
+        let continues = match (pins, saved.pins.as_deref()) {
+            (Some((now_pins, true)), Some(then)) if now_pins == then => true,
+            (Some((now_pins, _)), Some(then)) => {
+                tracing::warn!(
+                    previous = then,
+                    now = now_pins,
+                    "the kernel maps were replaced (another version or layout): cumulative                      series start again with a new start time"
+                );
+                false
+            }
+            (None, Some(_)) | (Some(_), None) | (None, None) => {
+                tracing::info!(
+                    "counts start afresh ([agent] keep_attached is off now or was off                      then): the kernel's maps did not outlive the previous run"
+                );
+                false
+            }
+        };
+        let mut saved = saved;
+        if !continues {
+            saved.readings = SavedReadings::default();
+            saved.drops.clear();
+            saved.programs.clear();
+        }
+        Self {
+            start_unix_nano: if continues {
+                saved.start_unix_nano
+            } else {
+                now
+            },
+            saved: Some(saved),
+            counts_continue: continues,
+        }
+    }
+}
+
+/// Removes the saved state (`nodepulse cleanup`); returns the files removed.
+pub fn remove(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for name in [
+        FILE.to_owned(),
+        format!("{FILE}.tmp"),
+        format!("{FILE}.unreadable"),
+    ] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved() -> Saved {
+        Saved {
+            format: FORMAT,
+            version: "test".into(),
+            pins: Some("0.1.0-00".into()),
+            start_unix_nano: 42,
+            saved_unix_nano: 43,
+            clean_exit: true,
+            readings: SavedReadings::default(),
+            drops: BTreeMap::from([("block_series_map_full".into(), 3)]),
+            programs: BTreeMap::new(),
+            detector: None,
+        }
+    }
+
+    #[test]
+    fn saves_and_loads_and_moves_an_unreadable_file_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("sub")).unwrap();
+        assert!(state.load().unwrap().is_none(), "nothing saved yet");
+        state.save(&saved(), true).unwrap();
+        let back = state.load().unwrap().unwrap();
+        assert_eq!(back.start_unix_nano, 42);
+        assert_eq!(back.drops["block_series_map_full"], 3);
+
+        std::fs::write(state.path(), b"{not json").unwrap();
+        let err = state.load().unwrap_err().to_string();
+        assert!(err.contains("moved to"), "{err}");
+        assert!(state.load().unwrap().is_none(), "starts afresh after that");
+        assert_eq!(remove(&dir.path().join("sub")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn another_format_is_refused_with_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut old = saved();
+        old.format = FORMAT + 1;
+        state.save(&old, false).unwrap();
+        let err = state.load().unwrap_err().to_string();
+        assert!(err.contains("format"), "{err}");
+    }
+}
