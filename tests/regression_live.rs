@@ -1,5 +1,5 @@
 //! A real regression on a real device: steady reads on a loop device build a baseline,
-//! then a competing heavy writer slows them down. The agent must raise an alarm for that
+//! then competing large reads slow them down. The agent must raise an alarm for that
 //! device within a few windows, run the configured action (audited with the alarm's
 //! id), and resolve the alarm once the load is gone.
 
@@ -203,13 +203,17 @@ cooldown = "0s"
         alarms.follow(Duration::from_secs(1));
     }
 
-    // The regression: a heavy writer competing for the same device's queue.
+    // The regression: large reads competing for the same device. Not writes: the
+    // loop device does direct I/O asynchronously, so small reads never wait behind a
+    // writer's requests (a competing writer left them unmoved in CI); a 1 MiB read of
+    // the sparse file is zero-filled where it is submitted, and the small reads queue
+    // behind that work.
     let load = Fio::start(
         &dev,
         &[
             "--offset=256m",
             "--size=256m",
-            "--rw=randwrite",
+            "--rw=randread",
             "--bs=1m",
             "--iodepth=64",
             "--numjobs=2",
@@ -230,9 +234,11 @@ cooldown = "0s"
         "alarm after {windows} windows, reads' factor {}: {}",
         reads["factor"], opened["summary"]
     );
-    // One-second windows; fio needs a moment to start; two regressed windows raise it.
+    // One-second reports; fio needs a moment to start; two regressed windows raise it,
+    // and the slowed reads (~5 a second at p99 50 ms) take a little longer to fill a
+    // window of 200 samples: 5 reports measured here, 8 allowed on a loaded runner.
     assert!(
-        windows <= 6,
+        windows <= 8,
         "alarm after {windows} windows ({:?}): {opened:#}",
         load_started.elapsed()
     );
