@@ -308,7 +308,7 @@ impl SeriesState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -317,7 +317,7 @@ mod tests {
 
     /// Windows of one to five 10 s intervals, no absolute floor (the shifts here are
     /// tens of µs).
-    fn config() -> DetectConfig {
+    pub(in crate::detect) fn config() -> DetectConfig {
         DetectConfig {
             min_window: Duration::from_secs(10),
             max_window: Duration::from_secs(50),
@@ -332,7 +332,7 @@ mod tests {
     }
 
     /// 1000 samples around bucket `center`, with a tail to `center + 12`.
-    fn window(center: i32) -> ExpHistogram {
+    pub(in crate::detect) fn window(center: i32) -> ExpHistogram {
         let mut b: Vec<(i32, u64)> = (-3..=3)
             .map(|d| (center + d, 130 - 20 * d.unsigned_abs() as u64))
             .collect();

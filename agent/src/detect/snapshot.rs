@@ -82,38 +82,18 @@ impl Detector {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, time::Duration};
+    use std::collections::BTreeMap;
 
     use super::*;
     use crate::{
         aggregate::ExpHistogram,
-        detect::{AlarmState, DetectConfig},
+        detect::{
+            AlarmState,
+            series::tests::{config, window},
+        },
     };
 
     const S: u64 = 1_000_000_000;
-
-    fn config() -> DetectConfig {
-        DetectConfig {
-            min_window: Duration::from_secs(10),
-            max_window: Duration::from_secs(50),
-            min_shift: BTreeMap::new(),
-            default_min_shift: Duration::ZERO,
-            min_samples: 500,
-            baseline_windows: 5,
-            raise_after: 2,
-            clear_after: 3,
-            ..DetectConfig::default()
-        }
-    }
-
-    /// 1000 samples around bucket `center`, with a tail.
-    fn window(center: i32) -> ExpHistogram {
-        let mut b: Vec<(i32, u64)> = (-3..=3)
-            .map(|d| (center + d, 130 - 20 * d.unsigned_abs() as u64))
-            .collect();
-        b.extend((4..=12).map(|d| (center + d, 5)));
-        ExpHistogram::from_buckets(0, 0, b)
-    }
 
     fn feed(d: &mut Detector, t: &mut u64, h: &ExpHistogram) -> Vec<crate::detect::Alarm> {
         *t += 10 * S;

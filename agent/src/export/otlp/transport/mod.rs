@@ -673,30 +673,9 @@ mod tests;
 /// (gRPC details, and the body of an OTLP/HTTP error), a proxy's text and HTML.
 #[cfg(test)]
 pub(crate) fn answer_seeds() -> Vec<Vec<u8>> {
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess;
-    let partial = ExportMetricsServiceResponse {
-        partial_success: Some(ExportMetricsPartialSuccess {
-            rejected_data_points: 3,
-            error_message: "too old".into(),
-        }),
-    };
-    let info = RetryInfo {
-        retry_delay: Some(ProtoDuration {
-            seconds: 2,
-            nanos: 500_000_000,
-        }),
-    };
-    let status = RpcStatus {
-        code: Code::Unavailable as i32,
-        message: "busy".into(),
-        details: vec![ProtoAny {
-            type_url: RETRY_INFO_TYPE.into(),
-            value: info.encode_to_vec().into(),
-        }],
-    };
     vec![
-        partial.encode_to_vec(),
-        status.encode_to_vec(),
+        tests::partial_success(3, "too old").encode_to_vec(),
+        tests::retry_info_status(Duration::from_millis(2_500)).to_vec(),
         b"120".to_vec(),
         b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
     ]

@@ -116,7 +116,7 @@ fn metrics_batch(tag: &str) -> ExportMetricsServiceRequest {
     }
 }
 
-fn partial_success(items: i64, message: &str) -> ExportMetricsServiceResponse {
+pub(super) fn partial_success(items: i64, message: &str) -> ExportMetricsServiceResponse {
     ExportMetricsServiceResponse {
         partial_success: Some(ExportMetricsPartialSuccess {
             rejected_data_points: items,
@@ -125,7 +125,7 @@ fn partial_success(items: i64, message: &str) -> ExportMetricsServiceResponse {
     }
 }
 
-fn retry_info_status(delay: Duration) -> Bytes {
+pub(super) fn retry_info_status(delay: Duration) -> Bytes {
     let info = RetryInfo {
         retry_delay: Some(ProtoDuration {
             seconds: delay.as_secs() as i64,
