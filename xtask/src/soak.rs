@@ -26,7 +26,7 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         duration: u64,
         /// Where the recordings, devices' backing files and logs go (outside the repo:
-        /// an hour at 1 s is ~150 MB).
+        /// an hour at 1 s is 150–530 MB).
         #[arg(long, default_value = "/var/tmp/nodepulse-soak")]
         out: PathBuf,
     },
