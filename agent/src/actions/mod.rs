@@ -334,6 +334,15 @@ impl Actions {
     }
 }
 
+/// The event name of a run read back from its environment or audit record.
+fn event_name(state: &str) -> &'static str {
+    [AlarmState::Ongoing, AlarmState::Resolved]
+        .into_iter()
+        .map(AlarmState::as_str)
+        .find(|name| *name == state)
+        .unwrap_or(AlarmState::Open.as_str())
+}
+
 /// At start: runs of an agent that is gone (it crashed or was killed) whose programs,
 /// or what they started, still live are killed and audited, one record per run.
 fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
@@ -357,11 +366,7 @@ fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
         let run = ActionRun {
             time: rfc3339(now),
             alarm_id: var("NODEPULSE_ALARM_ID"),
-            event: if var("NODEPULSE_ALARM_STATE") == "resolved" {
-                "resolved"
-            } else {
-                "open"
-            },
+            event: event_name(&var("NODEPULSE_ALARM_STATE")),
             series: var("NODEPULSE_ALARM_SERIES"),
             rule: var("NODEPULSE_RULE"),
             kind: "program",
@@ -397,11 +402,7 @@ fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
         let run = ActionRun {
             time: rfc3339(now),
             alarm_id: text("alarm_id"),
-            event: if started["event"] == "resolved" {
-                "resolved"
-            } else {
-                "open"
-            },
+            event: event_name(started["event"].as_str().unwrap_or_default()),
             series: text("series"),
             rule: text("rule"),
             kind: if started["kind"] == "webhook" {

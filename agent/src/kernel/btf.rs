@@ -266,6 +266,11 @@ impl Btf {
     /// `btf_trace_<name>` typedef (a pointer to a function whose first parameter is the
     /// tracepoint's own context); `None` when the kernel has no such tracepoint.
     pub fn tracepoint_args(&self, tracepoint: &str) -> Option<u32> {
+        Some(self.tracepoint_proto(tracepoint)?.vlen.saturating_sub(1))
+    }
+
+    /// The function prototype behind a tracepoint's `btf_trace_<name>` typedef.
+    fn tracepoint_proto(&self, tracepoint: &str) -> Option<&Type> {
         let want = format!("btf_trace_{tracepoint}");
         let typedef = self
             .types
@@ -273,24 +278,14 @@ impl Btf {
             .position(|t| t.kind == KIND_TYPEDEF && self.string(t.name) == want)?;
         let ptr = self.ty(self.resolve(typedef as u32 + 1))?;
         let proto = self.ty(ptr.type_id).filter(|_| ptr.kind == KIND_PTR)?;
-        (proto.kind == KIND_FUNC_PROTO).then(|| proto.vlen.saturating_sub(1))
+        (proto.kind == KIND_FUNC_PROTO).then_some(proto)
     }
 
     /// Name of the declared type of argument `index` (0-based, after the context) that a
     /// tracepoint passes to BTF-enabled programs, e.g. `"blk_status_t"` or `"int"`;
     /// typedefs are not followed, since the typedef is what tells the two apart.
     pub fn tracepoint_arg_type(&self, tracepoint: &str, index: usize) -> Option<&str> {
-        let want = format!("btf_trace_{tracepoint}");
-        let typedef = self
-            .types
-            .iter()
-            .position(|t| t.kind == KIND_TYPEDEF && self.string(t.name) == want)?;
-        let ptr = self.ty(self.resolve(typedef as u32 + 1))?;
-        let proto = self.ty(ptr.type_id).filter(|_| ptr.kind == KIND_PTR)?;
-        let param = proto
-            .members
-            .get(index + 1)
-            .filter(|_| proto.kind == KIND_FUNC_PROTO)?;
+        let param = self.tracepoint_proto(tracepoint)?.members.get(index + 1)?;
         let ty = self.ty(param.type_id)?;
         Some(self.string(ty.name)).filter(|n| !n.is_empty())
     }
