@@ -104,18 +104,7 @@ timeout = "120s"
     .unwrap();
 
     let started = Instant::now();
-    let _reads = Fio::start(
-        &dev,
-        &[
-            "--size=128m",
-            "--rw=randread",
-            "--bs=4k",
-            "--iodepth=1",
-            "--rate_iops=400",
-            "--time_based",
-            "--runtime=120",
-        ],
-    );
+    let _reads = Fio::steady_reads(&dev, 120);
     let mut agent = RunningAgent::with_config(&config);
     // Its reports are read (a full pipe would stall it); alarms counted for the log.
     let stdout = agent.process.0.as_mut().unwrap().stdout.take().unwrap();

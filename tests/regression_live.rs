@@ -33,6 +33,23 @@ impl Fio {
             .expect("start fio");
         Self(child)
     }
+
+    /// Steady, light random reads of the device's first 128 MiB, 400 a second, for
+    /// `runtime_s`: the baseline of the tests that regress a device.
+    pub fn steady_reads(dev: &LoopDevice, runtime_s: u32) -> Self {
+        Self::start(
+            dev,
+            &[
+                "--size=128m",
+                "--rw=randread",
+                "--bs=4k",
+                "--iodepth=1",
+                "--rate_iops=400",
+                "--time_based",
+                &format!("--runtime={runtime_s}"),
+            ],
+        )
+    }
 }
 
 impl Drop for Fio {
@@ -157,18 +174,7 @@ cooldown = "0s"
     // Steady, light random reads of the first quarter: the baseline. Nothing writes,
     // so the device's blocks are the same before, during and after the load: what
     // changes during the load is only the queueing.
-    let _reads = Fio::start(
-        &dev,
-        &[
-            "--size=128m",
-            "--rw=randread",
-            "--bs=4k",
-            "--iodepth=1",
-            "--rate_iops=400",
-            "--time_based",
-            "--runtime=300",
-        ],
-    );
+    let _reads = Fio::steady_reads(&dev, 300);
     let mut agent = RunningAgent::with_config(&config);
     let stdout = agent.process.0.as_mut().unwrap().stdout.take().unwrap();
     let (tx, reports) = mpsc::channel();
