@@ -296,7 +296,11 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.request_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(MAX_HEADER_BYTES)
+        // A client may send its request and shut down its writing half (probes written
+        // in shell often do): without this, hyper can see the end of input before the
+        // answer is written and close without one. Still bounded by the timeouts above.
+        .half_close(true);
     let served = builder.serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         r = served => {
