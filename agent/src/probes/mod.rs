@@ -55,7 +55,7 @@ use crate::{
         budget::{LimitsConfig, Rule},
     },
     attribution::Attribution,
-    kernel::{btf::Btf, tracefs},
+    kernel::{btf::Btf, btf_file, tracefs},
     report::SeriesReport,
 };
 pub use attach::{AttachKind, Attached, Attempt};
@@ -141,6 +141,8 @@ pub enum StartError {
     Load(String),
     #[error("{0}")]
     Pins(#[from] pins::PinError),
+    #[error("{0}")]
+    Btf(String),
 }
 
 /// Everything the kernel side recorded in one reading.
@@ -454,10 +456,27 @@ impl Loaded {
     /// run of the same layout left one, else created and pinned.
     pub fn load_with(setup: &Setup<'_>, pins: Option<&pins::Pins>) -> Result<Self, StartError> {
         raise_memlock_limit();
-        let kernel_btf = Btf::from_sys_fs()
-            .inspect_err(|e| tracing::warn!("kernel BTF unusable: {e}"))
-            .ok();
+        // tp_btf and fentry name type ids of the BTF the kernel holds itself: `btf` is
+        // always the kernel's own, even with `[agent] btf` (which equals it when the
+        // kernel has one, see kernel::btf_file).
         let btf = aya::Btf::from_sys_fs().ok();
+        let (kernel_btf, loader_btf) = match setup.btf {
+            Some(path) => {
+                let file = btf_file::open(path).map_err(|e| StartError::Btf(e.to_string()))?;
+                tracing::info!(
+                    path = %path.display(),
+                    kernel_has_own = file.kernel_has_own,
+                    "kernel BTF read from [agent] btf"
+                );
+                (Some(file.layouts), Some(file.loader))
+            }
+            None => (
+                Btf::from_sys_fs()
+                    .inspect_err(|e| tracing::warn!("kernel BTF unusable: {e}"))
+                    .ok(),
+                btf.clone(),
+            ),
+        };
         // Classic tracepoints need tracefs: without BTF every family falls back to them,
         // otherwise only those that are forced to or have no other way.
         let needs_tracefs = kernel_btf.is_none() || FAMILIES.iter().any(|f| f.needs_tracefs(setup));
@@ -482,7 +501,7 @@ impl Loaded {
 
         let map_paths = pins.map(|p| p.map_paths(EBPF_OBJECT)).unwrap_or_default();
         let mut loader = EbpfLoader::new();
-        loader.btf(btf.as_ref());
+        loader.btf(loader_btf.as_ref());
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
