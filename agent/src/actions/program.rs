@@ -75,6 +75,9 @@ pub fn run(
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
+            if let Some(cgroup) = cgroup {
+                cgroup.remove();
+            }
             return ProgramResult {
                 error: Some(format!(
                     "cannot start {}: {e}; check the rule's `program`",
