@@ -50,7 +50,8 @@ pub fn find_parent(mounts: &str) -> Option<PathBuf> {
     v1
 }
 
-/// This host's parent directory for run cgroups, when it can be created (found once).
+/// This host's parent directory for run cgroups, when the agent may create it (found
+/// once). It exists only while runs do: nothing is left behind when none is going.
 pub fn parent() -> Result<&'static Path, &'static str> {
     static PARENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PARENT
@@ -62,6 +63,7 @@ pub fn parent() -> Result<&'static Path, &'static str> {
             })?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let _ = std::fs::remove_dir(&dir);
             Ok(dir)
         })
         .as_ref()
@@ -105,11 +107,18 @@ impl RunCgroup {
             )));
         }
         let dir = parent.join(run_id);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+        // Another run may remove the parent as it ends, between our two steps: retry.
+        let mut made = Err(io::Error::other("not tried"));
+        for _ in 0..3 {
+            made = std::fs::create_dir_all(parent).and_then(|()| std::fs::create_dir(&dir));
+            match &made {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => made = Ok(()),
+                _ => {}
+            }
+            break;
         }
+        made?;
         // std opens files close-on-exec: the program never inherits it.
         let procs = std::fs::OpenOptions::new()
             .write(true)
@@ -168,16 +177,21 @@ impl RunCgroup {
         })
     }
 
-    /// Removes the cgroup once its members are gone (zombies can hold it briefly).
+    /// Removes the cgroup once its members are gone (zombies can hold it briefly), and
+    /// the parent when no other run is going (it fails while one is: that is fine).
     pub fn remove(self) {
         for _ in 0..REMOVE_TRIES {
             match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
-        tracing::debug!(dir = %self.dir.display(), "run cgroup still busy; removed at the next start");
+        if self.dir.exists() {
+            tracing::debug!(dir = %self.dir.display(), "run cgroup still busy; emptied at the next start");
+        } else if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
