@@ -50,8 +50,8 @@ section loop losetup /dev/loop0 /tmp/loop.img
 section uname uname -r
 section check nodepulse check --json
 
-# [agent] btf: the kernel's own BTF copied to a file, which the agent must read instead
-# (check says so; the recording below runs with it too, its log says so).
+# [agent] btf: the kernel's own BTF copied to a file, which the recording below reads
+# instead (its log says so, and which kind each probe attached by).
 btf_file_config() {
     cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
     printf '[agent]\nbtf = "/tmp/vmlinux.btf"\n' >/tmp/btf.toml
@@ -60,14 +60,6 @@ btf_file_config
 # Seconds since boot, and the time since $1 on standard error (the matrix's cost).
 now() { cut -d' ' -f1 /proc/uptime; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "took %.2f s\n", b - a }' >&2; }
-btf_check() {
-    t0=$(now)
-    nodepulse check --json --config /tmp/btf.toml
-    rc=$?
-    took "$t0"
-    return $rc
-}
-section btf_check btf_check
 
 block_stats() {
     for d in /sys/block/*; do
