@@ -7,7 +7,9 @@
 //! - `kvm`: a real-mode guest through /dev/kvm doing `out` + `hlt` exits to userspace
 //!   (exits/s), the test suite's `kvm_guest_process`;
 //! - `tcp`, `tcp-unwatched`: an iperf3 stream over loopback (bits/s) on a port of a
-//!   configured peer group, or on a port in none, with only the TCP probe running.
+//!   configured peer group, or on a port in none, with only the TCP probe running;
+//! - `endpoints`: request latency of `/metrics` and `/healthz` under abuse (see
+//!   [`endpoints`]).
 //!
 //! It reports each run's throughput, the medians and the median of per-pair ratios, the
 //! kernel cost per event of every program that ran (BPF run-time stats, as the agent
@@ -25,6 +27,7 @@ use serde_json::Value;
 
 use crate::{run::build_agent, setup, util};
 
+mod endpoints;
 mod tcp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +45,9 @@ enum Workload {
     Tcp,
     /// The same on a port in no group: what every other connection pays.
     TcpUnwatched,
+    /// The Prometheus and health endpoints under 1,000 idle and 50 slowloris
+    /// connections: latency of concurrent requests, and the agent's memory.
+    Endpoints,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +93,10 @@ pub fn run(args: Args) -> Result<()> {
             otlp_cost(&agent, &dir, args.runtime)?;
             continue;
         }
+        if *workload == Workload::Endpoints {
+            endpoints::run(&agent, &dir, args.pairs)?;
+            continue;
+        }
         let device;
         let _server;
         let (what, unit, mut measure): (String, &str, Box<dyn FnMut() -> Result<f64>>) =
@@ -119,6 +129,7 @@ pub fn run(args: Args) -> Result<()> {
                     )
                 }
                 Workload::Otlp => unreachable!("measured by otlp_cost"),
+                Workload::Endpoints => unreachable!("measured by endpoints::run"),
                 Workload::Tcp | Workload::TcpUnwatched => {
                     let port = if *workload == Workload::Tcp {
                         tcp::WATCHED_PORT
