@@ -35,13 +35,19 @@ fn main() {
         sizes
     };
     println!(
-        "{:>8} {:>14} {:>12} {:>13} {:>14} {:>12}",
-        "series", "µs/interval", "µs/series", "% core @1 s", "% core @10 s", "gzip bytes"
+        "{:>8} {:>12} {:>10} {:>11} {:>12} {:>13} {:>11}",
+        "series",
+        "µs/interval",
+        "of it merge",
+        "µs/series",
+        "% core @1 s",
+        "% core @10 s",
+        "gzip bytes"
     );
     for n in sizes {
-        let (cpu_us, bytes) = measure(n);
+        let (cpu_us, merge_us, bytes) = measure(n);
         println!(
-            "{n:>8} {cpu_us:>14.0} {:>12.2} {:>13.3} {:>14.4} {bytes:>12}",
+            "{n:>8} {cpu_us:>12.0} {merge_us:>10.0} {:>11.2} {:>12.3} {:>13.4} {bytes:>11}",
             cpu_us / n as f64,
             cpu_us / 1e6 * 100.0,
             cpu_us / 1e7 * 100.0
@@ -54,8 +60,9 @@ fn main() {
     );
 }
 
-/// Median CPU µs per interval for `n` series, and the last request's gzip size.
-fn measure(n: usize) -> (f64, usize) {
+/// Median CPU µs per interval for `n` series (and of it, the per-CPU merge), and the
+/// last request's gzip size.
+fn measure(n: usize) -> (f64, f64, usize) {
     let mut per_cpu: Vec<Vec<hist::Histogram>> =
         (0..n).map(|_| vec![hist::Histogram::ZERO; CPUS]).collect();
     let keys: Vec<SeriesKey> = (0..n)
@@ -86,7 +93,7 @@ fn measure(n: usize) -> (f64, usize) {
             }
         }
         let start = thread_cpu_us();
-        let readings = per_cpu
+        let readings: Vec<TrackedReading> = per_cpu
             .iter()
             .zip(&keys)
             .map(|(cpus, key)| TrackedReading {
@@ -95,6 +102,7 @@ fn measure(n: usize) -> (f64, usize) {
                 entity: None,
             })
             .collect();
+        let merged = thread_cpu_us();
         let collected = delta.update_tracked(readings);
         let series: Vec<SeriesReport> = budget
             .apply(collected.series)
@@ -119,13 +127,14 @@ fn measure(n: usize) -> (f64, usize) {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::Write::write_all(&mut gz, &body).expect("gzip into memory");
         bytes = gz.finish().expect("gzip into memory").len();
-        let used = thread_cpu_us() - start;
+        let end = thread_cpu_us();
         if interval >= WARMUP {
-            samples.push(used);
+            samples.push((end - start, merged - start));
         }
     }
-    samples.sort_by(f64::total_cmp);
-    (samples[samples.len() / 2], bytes)
+    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (total, merge) = samples[samples.len() / 2];
+    (total, merge, bytes)
 }
 
 fn report(series: Vec<SeriesReport>) -> Report {

@@ -288,7 +288,11 @@ fn pairs(
     Ok(())
 }
 
+/// The median; NaN (printed as such) when there are no values.
 pub(crate) fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -446,14 +450,27 @@ impl LoopDevice {
         let backing = dir.join(format!("{name}.img"));
         let file = std::fs::File::create(&backing)?;
         file.set_len(bytes)?;
-        let out = Command::new(sbin("losetup"))
-            .args(["--direct-io=on", "-f", "--show"])
-            .arg(&backing)
-            .output()
-            .context("running losetup")?;
+        // Another process on this shared machine may take the free device losetup
+        // found before it is set up (or its node may not exist yet): try again.
+        let mut tries = 0;
+        let out = loop {
+            let out = Command::new(sbin("losetup"))
+                .args(["--direct-io=on", "-f", "--show"])
+                .arg(&backing)
+                .output()
+                .context("running losetup")?;
+            tries += 1;
+            if out.status.success() || tries == 5 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&backing);
+        }
         ensure!(
             out.status.success(),
-            "losetup failed: {}",
+            "losetup failed {tries} times: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -463,10 +480,19 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        let _ = Command::new(sbin("losetup"))
-            .arg("-d")
-            .arg(&self.path)
-            .status();
+        // Busy for a moment after a killed fio's last requests: retry.
+        for _ in 0..20 {
+            let detached = Command::new(sbin("losetup"))
+                .arg("-d")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if detached {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
         let _ = std::fs::remove_file(&self.backing);
     }
 }

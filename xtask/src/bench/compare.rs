@@ -183,7 +183,9 @@ pub fn rounds(
             .sum()
     };
     let words: &[&str] = if peer.name == BIOLATENCY.name {
-        &["issue", "complete"]
+        // "compl": the kernel keeps 15 characters of a name (bpftrace's
+        // "block_rq_comple").
+        &["issue", "compl"]
     } else {
         &["switch"]
     };

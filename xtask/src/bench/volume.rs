@@ -243,6 +243,8 @@ impl Agent {
                 .filter(|r| r.path == path && r.at > from && r.at <= to)
                 .map(|r| r.bytes as f64)
                 .sum::<f64>()
+                // An empty sum is -0.0.
+                .abs()
                 / intervals
         };
         let reports: Vec<Value> = stdout
