@@ -45,10 +45,16 @@ impl Env {
 
     /// A configuration: block probe only, kept attached; `extra` is appended.
     fn write_config(&self, name: &str, extra: &str) -> PathBuf {
+        self.write_config_with_sched(name, false, extra)
+    }
+
+    /// A configuration: the block probe and, if `sched`, the scheduler probe, kept
+    /// attached; `extra` is appended.
+    fn write_config_with_sched(&self, name: &str, sched: bool, extra: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         let text = format!(
             "[agent]\nstate_dir = {:?}\nkeep_attached = true\nbpffs = {:?}\n\
-             [probes.sched]\nenabled = false\n[probes.kvm]\nenabled = false\n\
+             [probes.sched]\nenabled = {sched}\n[probes.kvm]\nenabled = false\n\
              [probes.tcp]\nenabled = false\n{extra}",
             self.state, self.bpffs
         );
@@ -71,6 +77,23 @@ impl Env {
             .unwrap_or_default();
         sets.sort();
         sets
+    }
+
+    /// The links pinned by the current pin set.
+    fn pinned_links(&self) -> Vec<String> {
+        let sets = self.pin_sets();
+        let mut links: Vec<String> = sets
+            .iter()
+            .flat_map(|set| {
+                std::fs::read_dir(self.bpffs.join("nodepulse").join(set).join("links"))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect();
+        links.sort();
+        links
     }
 
     fn saved_start(&self) -> u64 {
@@ -440,4 +463,179 @@ fn sighup_reloads_and_an_invalid_file_keeps_the_running_configuration() {
         log.contains("probes stay attached"),
         "still running until SIGTERM: {log}"
     );
+}
+
+/// Sends SIGHUP to the agent.
+fn hup(agent: &Agent) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+}
+
+/// Run-queue samples the scheduler probe reported in `reports`.
+fn sched_samples(reports: &[serde_json::Value]) -> u64 {
+    reports
+        .iter()
+        .flat_map(|r| r["series"].as_array().unwrap())
+        .filter(|s| s["family"] == "sched.runqueue.latency")
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sighup_detaches_and_reattaches_a_probe_and_moves_an_exporter_while_block_counts_stay_exact() {
+    require_root!();
+    require_tool("fio");
+    let env = Env::new();
+    let (old_port, new_port) = (free_port(), free_port());
+    let prometheus =
+        |port: u16| format!("[prometheus]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = env.write_config_with_sched("c.toml", true, &prometheus(old_port));
+    let device = LoopDevice::new(256);
+    let mut agent = Agent::start(&config);
+    let all_links = env.pinned_links();
+    let before = device.stat();
+    let fio = device.fio(&[
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=4",
+        "--rate_iops=2000",
+        "--time_based",
+        "--runtime=14",
+    ]);
+    agent.wait_reports(2);
+
+    // The scheduler probe off: its programs are detached and unpinned, block's kept.
+    env.write_config_with_sched("c.toml", false, &prometheus(old_port));
+    hup(&agent);
+    agent.wait_reports(1);
+    let off_from = agent.count();
+    // An invalid file in between: the agent goes on with what runs.
+    std::fs::write(&config, "[probes.sched\nenabled = true").unwrap();
+    hup(&agent);
+    agent.wait_reports(3);
+    let off_to = agent.count();
+    let without_sched = env.pinned_links();
+    assert!(
+        !without_sched.is_empty() && without_sched.len() < all_links.len(),
+        "sched's links go, block's stay: {all_links:?} -> {without_sched:?}"
+    );
+
+    // Back on, and Prometheus moved to another port.
+    env.write_config_with_sched("c.toml", true, &prometheus(new_port));
+    hup(&agent);
+    agent.wait_reports(3);
+    assert_eq!(env.pinned_links(), all_links, "sched's links pinned again");
+    let (status, body) = common::http_get(&format!("127.0.0.1:{new_port}"), "/metrics")
+        .expect("Prometheus answers on the new port");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("nodepulse_block_io_latency"), "{body}");
+    assert!(
+        common::http_get(&format!("127.0.0.1:{old_port}"), "/metrics").is_err(),
+        "the old port is closed"
+    );
+
+    fio.finish();
+    device.wait_idle();
+    agent.wait_reports(2);
+    let (reports, log) = agent.stop(libc::SIGTERM);
+    let kernel = device.stat().read - before.read;
+    let got = reads_of(&reports, &device.number);
+    // Reports while sched was off (after the one the SIGHUP landed in).
+    let off = &reports[off_from..off_to];
+    let state_of = |r: &serde_json::Value| {
+        r["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["probe"] == "sched")
+            .map(|p| p["state"].as_str().unwrap().to_owned())
+    };
+    eprintln!(
+        "SIGHUP off/on of sched under fio: sysfs {kernel} reads; reported {} + {} \
+         unrecorded; last cumulative {} + {}; sched samples while off {}, after {}",
+        got.samples,
+        got.unrecorded,
+        got.last_cumulative,
+        got.last_unrecorded_total,
+        sched_samples(off),
+        sched_samples(&reports[off_to..])
+    );
+    assert!(kernel > 1000, "fio ran: {kernel}");
+    assert_eq!(
+        got.samples + got.unrecorded,
+        kernel,
+        "block reads exact, none twice"
+    );
+    assert_eq!(got.last_cumulative + got.last_unrecorded_total, kernel);
+    assert!(
+        off.iter()
+            .all(|r| state_of(r).as_deref() == Some("disabled")),
+        "{off:?}"
+    );
+    assert_eq!(sched_samples(off), 0, "nothing measured while detached");
+    assert!(
+        sched_samples(&reports[off_to..]) > 0,
+        "measured again once re-enabled"
+    );
+    assert_eq!(
+        state_of(reports.last().unwrap()).as_deref(),
+        Some("up"),
+        "sched up again"
+    );
+    assert!(
+        log.contains("configuration not reloaded, the running one stays"),
+        "{log}"
+    );
+    let toggles: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("probes enabled or disabled"))
+        .map(without_colours)
+        .collect();
+    assert_eq!(toggles.len(), 2, "{log}");
+    assert!(
+        toggles[0].contains("detached=[\"sched\"]"),
+        "{}",
+        toggles[0]
+    );
+    assert!(
+        toggles[1].contains("attached=[\"sched\"]"),
+        "{}",
+        toggles[1]
+    );
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(last.contains("\"probes\", \"prometheus\""), "{last}");
+
+    // The layout does not depend on which probes run: a start with sched disabled
+    // adopts the same pin set and unpins sched's links, which must not count on.
+    let sets = env.pin_sets();
+    env.write_config_with_sched("c.toml", false, "");
+    let agent = Agent::start(&config);
+    assert_eq!(env.pin_sets(), sets, "same pin set");
+    assert_eq!(env.pinned_links(), without_sched, "sched's links removed");
+    agent.stop(libc::SIGTERM);
+}
+
+/// A log line without its terminal colour sequences.
+fn without_colours(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
