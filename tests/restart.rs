@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::regression_live::Fio;
 use common::{Bpffs, LoopDevice, nodepulse, otlp_server::OtlpServer, require_tool, run};
 use opentelemetry_proto::tonic::metrics::v1::metric;
 
@@ -310,6 +311,15 @@ fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duratio
         kernel,
         "the interval counts add up to every read, none twice"
     );
+    assert_eq!(
+        otlp_starts(&collector),
+        vec![start],
+        "every exported cumulative point starts when the first run did"
+    );
+}
+
+/// The start times of every cumulative block latency point the collector received.
+fn otlp_starts(collector: &OtlpServer) -> Vec<u64> {
     let mut starts = std::collections::BTreeSet::new();
     for request in &collector.received().metrics {
         let metrics = request
@@ -324,11 +334,7 @@ fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duratio
             }
         }
     }
-    assert_eq!(
-        starts.into_iter().collect::<Vec<_>>(),
-        vec![start],
-        "every exported cumulative point starts when the first run did"
-    );
+    starts.into_iter().collect()
 }
 
 #[test]
@@ -337,13 +343,175 @@ fn counts_add_up_across_graceful_restarts() {
     restarts_under_fio(libc::SIGTERM, 3, |_| Duration::from_secs(2));
 }
 
+/// One-second detector windows on a busy loop device, as `regression_live` uses.
+const DETECT: &str = r#"
+[detect]
+families = ["block.io.latency"]
+min_window = "1s"
+max_window = "5s"
+min_samples = 200
+baseline_windows = 8
+raise_after = 2
+clear_after = 2
+p50_ratio = 1.5
+p90_ratio = 1.5
+p99_ratio = 2.0
+"#;
+
+/// The alarm events in `report` about the reads of `device` (as headline or related
+/// series): (id, state).
+fn alarms_on_reads(report: &serde_json::Value, device: &str) -> Vec<(String, String)> {
+    let on = |s: &serde_json::Value| s["labels"]["device"] == device && s["labels"]["op"] == "read";
+    report["alarms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| on(a) || a["related"].as_array().is_some_and(|r| r.iter().any(on)))
+        .map(|a| {
+            let text = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+            (text("id"), text("state"))
+        })
+        .collect()
+}
+
 #[test]
-fn counts_add_up_across_twenty_kills() {
+fn twenty_kills_keep_every_count_the_start_time_and_the_open_alarm() {
     require_root!();
-    // 1 to 2.9 s between kills, mid-interval or not.
-    restarts_under_fio(libc::SIGKILL, 20, |c| {
-        Duration::from_millis(1000 + u64::from(c * 7919 % 19) * 100)
-    });
+    require_tool("fio");
+    let test_started = Instant::now();
+    let env = Env::new();
+    let collector = OtlpServer::start_grpc("127.0.0.1:0".parse().unwrap());
+    let otlp = format!(
+        "[otlp]\nenabled = true\nendpoint = \"{}\"\n",
+        collector.endpoint()
+    );
+    env.write_config("c.toml", &format!("{otlp}{DETECT}"));
+    let device = LoopDevice::new(512);
+    let mut agent = Agent::start(&env.config());
+    let start = env.saved_start();
+    let before = device.stat();
+    let reads = Fio::steady_reads(&device, 300);
+    // The baseline (8 windows), then a regression held until the end: large reads
+    // competing for the device (see `regression_live`).
+    agent.wait_reports(10);
+    let load = Fio::start(
+        &device,
+        &[
+            "--offset=256m",
+            "--size=256m",
+            "--rw=randread",
+            "--bs=1m",
+            "--iodepth=64",
+            "--numjobs=2",
+            "--time_based",
+            "--runtime=300",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        agent.wait_reports(1);
+        let last = agent.reports.lock().unwrap().last().cloned().unwrap();
+        let open = alarms_on_reads(&last, &device.name)
+            .into_iter()
+            .find(|(_, state)| state != "resolved");
+        if let Some((id, _)) = open {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alarm on the reads within 30 s of the load"
+        );
+    };
+    // Held through every kill: `run_for` 1 to 3.4 s (1 to 10 s in the issue; shorter
+    // keeps the test near 90 s), mid-interval or not.
+    let mut killed = Vec::new();
+    let mut first_reports = Vec::new();
+    for cycle in 0..20u64 {
+        std::thread::sleep(Duration::from_millis(1000 + cycle * 7919 % 25 * 100));
+        let (r, _) = agent.stop(libc::SIGKILL);
+        killed.extend(r);
+        std::thread::sleep(Duration::from_millis(500));
+        agent = Agent::start(&env.config());
+        first_reports.push(agent.first_report);
+        assert_eq!(env.saved_start(), start, "the start time is kept");
+    }
+    // The last run judges the regression too, under the same alarm.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last_run_from = agent.count();
+    let mut seen_after_last = false;
+    while !seen_after_last {
+        agent.wait_reports(1);
+        let reports = agent.reports.lock().unwrap();
+        seen_after_last = reports[last_run_from..]
+            .iter()
+            .any(|r| !alarms_on_reads(r, &device.name).is_empty());
+        drop(reports);
+        assert!(
+            Instant::now() < deadline,
+            "no alarm event in the last run within 20 s"
+        );
+    }
+    // What was reported while the regression was held (the killed runs' and the last
+    // run's so far); the last run goes on as the load stops.
+    let mut held = killed.clone();
+    held.extend(agent.reports.lock().unwrap().iter().cloned());
+    drop(load);
+    drop(reads);
+    device.wait_idle();
+    agent.wait_reports(2);
+    let (last_run, log) = agent.stop(libc::SIGTERM);
+    let kernel = device.stat().read - before.read;
+    let mut reports = killed;
+    reports.extend(last_run);
+    let got = reads_of(&reports, &device.number);
+    first_reports.sort();
+
+    let events: Vec<(String, String)> = held
+        .iter()
+        .flat_map(|r| alarms_on_reads(r, &device.name))
+        .collect();
+    let first = events.iter().position(|(i, _)| *i == id).unwrap();
+    let after: Vec<&(String, String)> = events[first..].iter().collect();
+    eprintln!(
+        "20 kills under a held regression: sysfs {kernel} reads; reported {} + {} \
+         unrecorded; last cumulative {} + {}; alarm {id}: {} events after it opened, \
+         none of another alarm; time to first report after a restart {:?}..{:?}; test \
+         {:?}",
+        got.samples,
+        got.unrecorded,
+        got.last_cumulative,
+        got.last_unrecorded_total,
+        after.len(),
+        first_reports.first().unwrap(),
+        first_reports.last().unwrap(),
+        test_started.elapsed()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|(i, state)| *i == id && state != "resolved"),
+        "alarm {id} stays the one open alarm on the reads through every kill: {after:?}"
+    );
+    assert!(
+        log.contains("open_alarms"),
+        "the last run restored it: {log}"
+    );
+    assert!(kernel > 1000, "fio ran: {kernel}");
+    assert_eq!(
+        got.last_cumulative + got.last_unrecorded_total,
+        kernel,
+        "the cumulative count continues over every run and gap"
+    );
+    assert_eq!(
+        got.samples + got.unrecorded,
+        kernel,
+        "the interval counts add up to every read, none twice"
+    );
+    assert_eq!(
+        otlp_starts(&collector),
+        vec![start],
+        "every exported cumulative point starts when the first run did"
+    );
 }
 
 #[test]
