@@ -98,8 +98,9 @@ impl Env {
     }
 
     fn saved_start(&self) -> u64 {
-        let text = std::fs::read_to_string(self.state.join("state.json")).expect("state saved");
-        let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let file = std::fs::File::open(self.state.join("state.json.gz")).expect("state saved");
+        let saved: serde_json::Value =
+            serde_json::from_reader(flate2::read::GzDecoder::new(file)).unwrap();
         saved["start_unix_nano"].as_u64().unwrap()
     }
 }
@@ -125,8 +126,13 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path) -> Self {
+        Self::start_with(nodepulse(), config)
+    }
+
+    /// Starts `agent`, a nodepulse binary.
+    fn start_with(mut agent: std::process::Command, config: &Path) -> Self {
         let started = Instant::now();
-        let mut child = nodepulse()
+        let mut child = agent
             .args(["run", "--interval", "1s", "--format", "json", "--config"])
             .arg(config)
             .stdout(Stdio::piped())
@@ -556,9 +562,81 @@ fn another_layout_replaces_the_pins_and_says_what_it_reset() {
     let out = run(nodepulse().args(["cleanup", "--config"]).arg(&other));
     assert!(out.contains("its probes are detached"), "{out}");
     assert!(env.pin_sets().is_empty());
-    assert!(!env.state.join("state.json").exists());
+    assert!(!env.state.join("state.json.gz").exists());
     let out = run(nodepulse().args(["cleanup", "--config"]).arg(&other));
     assert!(out.contains("nothing pinned"), "{out}");
+}
+
+/// The upgrade test's "new version": nodepulse built with another eBPF map layout.
+fn upgraded_agent() -> std::process::Command {
+    let exe = Path::new(env!("CARGO_BIN_EXE_nodepulse")).with_file_name("nodepulse-upgrade-test");
+    assert!(
+        exe.exists(),
+        "{} is missing: build it with `cargo build -p agent --bin nodepulse-upgrade-test \
+         --features test-upgrade-layout` (cargo xtask test does)",
+        exe.display()
+    );
+    std::process::Command::new(exe)
+}
+
+#[test]
+fn an_upgrade_to_a_build_with_another_map_layout_replaces_the_programs() {
+    require_root!();
+    let env = Env::new();
+    let device = LoopDevice::new(64);
+    let old = Agent::start(&env.config());
+    let old_start = env.saved_start();
+    let old_sets = env.pin_sets();
+    let old_links = env.pinned_links();
+    let (_, _) = old.stop(libc::SIGTERM);
+    assert_eq!(old_sets.len(), 1, "{old_sets:?}");
+    // While no agent runs the old programs count on, into the old maps.
+    device.dd_read(200, "4k");
+
+    let mut new = Agent::start_with(upgraded_agent(), &env.config());
+    let new_sets = env.pin_sets();
+    assert_eq!(new_sets.len(), 1, "the old set is removed: {new_sets:?}");
+    assert_ne!(new_sets, old_sets, "another object is another layout");
+    assert_eq!(
+        env.pinned_links(),
+        old_links,
+        "the same programs, attached anew from the new object"
+    );
+    let before = device.stat();
+    device.dd_read(1000, "4k");
+    let kernel = device.stat().read - before.read;
+    new.wait_reports(2);
+    let (reports, log) = new.stop(libc::SIGTERM);
+    for said in [
+        "pins of another version or map layout found",
+        "Reset: every cumulative series starts from zero",
+        "the kernel maps were replaced",
+        "old pins removed, their programs detached",
+    ] {
+        assert!(log.contains(said), "the log says `{said}`: {log}");
+    }
+    assert_ne!(
+        env.saved_start(),
+        old_start,
+        "a reset starts the series anew"
+    );
+    let got = reads_of(&reports, &device.number);
+    assert_eq!(
+        got.samples + got.unrecorded,
+        kernel,
+        "counted once, by the new programs only"
+    );
+    assert_eq!(
+        got.last_cumulative + got.last_unrecorded_total,
+        kernel,
+        "the new maps start from zero: the old programs' counts are not mixed in"
+    );
+
+    // And back (a downgrade): the same again, the normal build's layout.
+    let back = Agent::start(&env.config());
+    assert_eq!(env.pin_sets(), old_sets, "the normal build's layout again");
+    let (_, log) = back.stop(libc::SIGTERM);
+    assert!(log.contains("Reset: every cumulative series"), "{log}");
 }
 
 #[test]
