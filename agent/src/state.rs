@@ -143,13 +143,14 @@ impl StateDir {
     /// interval would cost an fsync).
     pub fn save(&self, saved: &Saved, sync: bool) -> io::Result<()> {
         let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let file = io::BufWriter::new(std::fs::File::create(&tmp)?);
-        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-        serde_json::to_writer(&mut gz, saved)?;
-        let file = gz
-            .finish()?
-            .into_inner()
-            .map_err(io::IntoInnerError::into_error)?;
+        let file = std::fs::File::create(&tmp)?;
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        // The encoder gets large blocks, not serde's many small writes (each a call
+        // into the compressor).
+        let mut out = io::BufWriter::with_capacity(1 << 16, gz);
+        serde_json::to_writer(&mut out, saved)?;
+        let gz = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        let file = gz.finish()?;
         if sync {
             file.sync_all()?;
         }
@@ -365,6 +366,7 @@ mod tests {
         let mut s = saved();
         s.readings.histograms = histograms;
         s.detector = Some(detector.snapshot());
+        let snapshot = started.elapsed();
         state.save(&s, false).unwrap();
         let took = started.elapsed();
         let size = std::fs::metadata(state.path()).unwrap().len();
@@ -372,7 +374,7 @@ mod tests {
         let json = serde_json::to_vec(&s).unwrap().len();
         eprintln!(
             "state of {SERIES} series: {json} bytes of JSON ({readings} of readings), \
-             {size} bytes written, built and written in {took:?}"
+             {size} bytes written, built and written in {took:?} (detector snapshot {snapshot:?})"
         );
         let back = state.load().unwrap().unwrap();
         assert_eq!(back.readings.histograms.len(), SERIES);
