@@ -306,6 +306,12 @@ fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duratio
         first_reports.first().unwrap(),
         first_reports.last().unwrap()
     );
+    assert_continuous(&got, kernel, &collector, start);
+}
+
+/// Every read the kernel completed is counted once over all runs and gaps, and every
+/// exported cumulative point starts when the first run did.
+fn assert_continuous(got: &Reads, kernel: u64, collector: &OtlpServer, start: u64) {
     assert!(kernel > 1000, "fio ran: {kernel}");
     assert_eq!(
         got.last_cumulative + got.last_unrecorded_total,
@@ -318,7 +324,7 @@ fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duratio
         "the interval counts add up to every read, none twice"
     );
     assert_eq!(
-        otlp_starts(&collector),
+        otlp_starts(collector),
         vec![start],
         "every exported cumulative point starts when the first run did"
     );
@@ -349,21 +355,6 @@ fn counts_add_up_across_graceful_restarts() {
     restarts_under_fio(libc::SIGTERM, 3, |_| Duration::from_secs(2));
 }
 
-/// One-second detector windows on a busy loop device, as `regression_live` uses.
-const DETECT: &str = r#"
-[detect]
-families = ["block.io.latency"]
-min_window = "1s"
-max_window = "5s"
-min_samples = 200
-baseline_windows = 8
-raise_after = 2
-clear_after = 2
-p50_ratio = 1.5
-p90_ratio = 1.5
-p99_ratio = 2.0
-"#;
-
 /// The alarm events in `report` about the reads of `device` (as headline or related
 /// series): (id, state).
 fn alarms_on_reads(report: &serde_json::Value, device: &str) -> Vec<(String, String)> {
@@ -391,7 +382,10 @@ fn twenty_kills_keep_every_count_the_start_time_and_the_open_alarm() {
         "[otlp]\nenabled = true\nendpoint = \"{}\"\n",
         collector.endpoint()
     );
-    env.write_config("c.toml", &format!("{otlp}{DETECT}"));
+    env.write_config(
+        "c.toml",
+        &format!("{otlp}{}", crate::regression_live::ONE_SECOND_WINDOWS),
+    );
     let device = LoopDevice::new(512);
     let mut agent = Agent::start(&env.config());
     let start = env.saved_start();
@@ -400,19 +394,7 @@ fn twenty_kills_keep_every_count_the_start_time_and_the_open_alarm() {
     // The baseline (8 windows), then a regression held until the end: large reads
     // competing for the device (see `regression_live`).
     agent.wait_reports(10);
-    let load = Fio::start(
-        &device,
-        &[
-            "--offset=256m",
-            "--size=256m",
-            "--rw=randread",
-            "--bs=1m",
-            "--iodepth=64",
-            "--numjobs=2",
-            "--time_based",
-            "--runtime=300",
-        ],
-    );
+    let load = Fio::competing_reads(&device);
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {
         agent.wait_reports(1);
@@ -502,22 +484,7 @@ fn twenty_kills_keep_every_count_the_start_time_and_the_open_alarm() {
         log.contains("open_alarms"),
         "the last run restored it: {log}"
     );
-    assert!(kernel > 1000, "fio ran: {kernel}");
-    assert_eq!(
-        got.last_cumulative + got.last_unrecorded_total,
-        kernel,
-        "the cumulative count continues over every run and gap"
-    );
-    assert_eq!(
-        got.samples + got.unrecorded,
-        kernel,
-        "the interval counts add up to every read, none twice"
-    );
-    assert_eq!(
-        otlp_starts(&collector),
-        vec![start],
-        "every exported cumulative point starts when the first run did"
-    );
+    assert_continuous(&got, kernel, &collector, start);
 }
 
 #[test]
@@ -727,20 +694,12 @@ fn sched_samples(reports: &[serde_json::Value]) -> u64 {
         .sum()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn sighup_detaches_and_reattaches_a_probe_and_moves_an_exporter_while_block_counts_stay_exact() {
     require_root!();
     require_tool("fio");
     let env = Env::new();
-    let (old_port, new_port) = (free_port(), free_port());
+    let (old_port, new_port) = (common::free_port(), common::free_port());
     let prometheus =
         |port: u16| format!("[prometheus]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n");
     let config = env.write_config_with_sched("c.toml", true, &prometheus(old_port));

@@ -361,16 +361,9 @@ pub(crate) struct RunningAgent {
 
 impl RunningAgent {
     pub(crate) fn start(agent: &Path, config: &Path) -> Result<Self> {
-        let child = Command::new(agent)
-            .args(["run", "--format", "json", "--interval", "1s", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting nodepulse")?;
-        let mut running = Self { child };
-        wait_until_attached(&mut running.child)?;
-        Ok(running)
+        Ok(Self {
+            child: spawn_agent(agent, 1, config)?,
+        })
     }
 
     pub(crate) fn stop(mut self) -> Result<AgentRun> {
@@ -589,6 +582,22 @@ fn kvm_guest(guest: &Path, iterations: u64) -> Result<f64> {
     Ok(2.0 * iterations as f64 / elapsed)
 }
 
+/// `nodepulse run` with `config`, reporting JSON every `interval_s` seconds on a pipe,
+/// once its probes are attached (its log drained from then on).
+fn spawn_agent(agent: &Path, interval_s: u64, config: &Path) -> Result<Child> {
+    let mut child = Command::new(agent)
+        .args(["run", "--format", "json", "--interval"])
+        .arg(format!("{interval_s}s"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nodepulse")?;
+    wait_until_attached(&mut child)?;
+    Ok(child)
+}
+
 pub(crate) fn wait_until_attached(child: &mut Child) -> Result<()> {
     let stderr = child.stderr.take().context("agent stderr")?;
     let mut lines = BufReader::new(stderr).lines();
@@ -631,16 +640,7 @@ fn otlp_cost(agent: &Path, dir: &Path, runtime: u64) -> Result<()> {
         )?;
         // At least three intervals of load.
         let seconds = (3 * interval).max(runtime);
-        let mut child = Command::new(agent)
-            .args(["run", "--format", "json", "--interval"])
-            .arg(format!("{interval}s"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting nodepulse")?;
-        wait_until_attached(&mut child)?;
+        let mut child = spawn_agent(agent, interval, &config)?;
         let pid = child.id();
         let cpu_before = process_cpu_seconds(pid);
         let started = Instant::now();

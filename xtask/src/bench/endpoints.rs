@@ -9,14 +9,13 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::{Command, Stdio},
     sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
 
-use super::{process_rss_bytes, wait_until_attached};
+use super::{process_rss_bytes, spawn_agent};
 
 const IDLE: usize = 1000;
 const SLOWLORIS: usize = 50;
@@ -82,13 +81,10 @@ pub fn run(agent: &Path, dir: &Path, rounds: usize) -> Result<()> {
          port, then {rounds} rounds of {CONCURRENT} concurrent /metrics and {CONCURRENT} \
          /healthz requests"
     );
-    let mut child = Command::new(agent)
-        .args(["run", "--format", "json", "--interval", "1s", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting nodepulse")?;
+    let mut child = spawn_agent(agent, 1, &config)?;
+    // Its reports are not read: drain them so a full pipe never stalls it.
+    let mut reports = child.stdout.take().context("agent stdout")?;
+    std::thread::spawn(move || std::io::copy(&mut reports, &mut std::io::sink()));
     let result = abuse(child.id(), rounds, &mut child);
     let _ = child.kill();
     let _ = child.wait();
@@ -96,7 +92,6 @@ pub fn run(agent: &Path, dir: &Path, rounds: usize) -> Result<()> {
 }
 
 fn abuse(pid: u32, rounds: usize, child: &mut std::process::Child) -> Result<()> {
-    wait_until_attached(child)?;
     let (metrics, health): (SocketAddr, SocketAddr) = (METRICS.parse()?, HEALTH.parse()?);
     let rss_quiet = process_rss_bytes(pid);
     print!("opening {IDLE} idle connections… ");

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use super::{LoopDevice, median, process_cpu_seconds, tcp, wait_until_attached};
+use super::{LoopDevice, median, process_cpu_seconds, spawn_agent, tcp};
 use crate::receiver::Receiver;
 
 const DEVICES: usize = 24;
@@ -194,16 +194,7 @@ impl Agent {
                 v.otlp
             ),
         )?;
-        let mut child = Command::new(agent)
-            .args(["run", "--format", "json", "--interval"])
-            .arg(format!("{}s", v.interval_s))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting nodepulse")?;
-        wait_until_attached(&mut child)?;
+        let child = spawn_agent(agent, v.interval_s, &config)?;
         let cpu_start = process_cpu_seconds(child.id());
         Ok(Self {
             child,
