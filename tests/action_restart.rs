@@ -1,7 +1,8 @@
 //! An agent killed with SIGKILL while an action program runs: the program, a child it
-//! left in its process group and one it detached with `setsid` all outlive it. The
-//! agent started again (same audit log) must kill every one of them, by the run's
-//! environment marker, and audit them as `killed_after_restart`.
+//! left in its process group, one it detached with `setsid` and one that also cleared
+//! its environment all outlive it. The agent started again (same audit log) must kill
+//! every one of them, by the run's environment marker or, for the last, through the
+//! run's cgroup, and audit them as `killed_after_restart`.
 
 use crate::common;
 
@@ -49,19 +50,22 @@ fn a_restarted_agent_kills_and_audits_what_a_killed_one_left_running() {
     let dev = LoopDevice::new(512);
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let (main, group, detached) = (
+    let (main, group, detached, hidden) = (
         dir.path().join("main"),
         dir.path().join("group"),
         dir.path().join("detached"),
+        dir.path().join("hidden"),
     );
-    // The program: a child in its group, one detached with setsid, then it waits
-    // itself; each writes its pid.
+    // The program: a child in its group, one detached with setsid, one detached with
+    // no environment, then it waits itself; each writes its pid.
     let script = format!(
         "sleep 300 & echo $! > {group}; \
          setsid sh -c 'echo $$ > {detached}; exec sleep 300' & \
+         env -i setsid sh -c 'echo $$ > {hidden}; exec sleep 300' & \
          echo $$ > {main}; exec sleep 300",
         group = group.display(),
         detached = detached.display(),
+        hidden = hidden.display(),
         main = main.display(),
     );
     let config = dir.path().join("nodepulse.toml");
@@ -131,11 +135,22 @@ timeout = "120s"
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    let pids = [
+    let mut pids = vec![
         pid_in(&main, &audit, deadline),
         pid_in(&group, &audit, deadline),
         pid_in(&detached, &audit, deadline),
     ];
+    let hidden = pid_in(&hidden, &audit, deadline);
+    // Without a writable cgroup hierarchy nothing can find a process that cleared its
+    // environment (the agent's `check` says so); it is not expected then.
+    match nodepulse::actions::run_cgroup::containment() {
+        Ok(_) => pids.push(hidden),
+        Err(why) => {
+            eprintln!("NOT TESTED: a process that clears its environment ({why})");
+            // SAFETY: kill(2) on the pid our own test program wrote.
+            unsafe { libc::kill(hidden, libc::SIGKILL) };
+        }
+    }
     drop(load);
     eprintln!("action running after {:?}: {pids:?}", started.elapsed());
 
@@ -147,7 +162,7 @@ timeout = "120s"
     drop(agent);
     eprintln!("reports with alarms: {}", alarms.join().unwrap());
     std::thread::sleep(Duration::from_millis(200));
-    for pid in pids {
+    for &pid in &pids {
         assert!(
             alive(pid),
             "{pid} died with the agent: nothing to take over"

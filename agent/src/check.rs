@@ -176,6 +176,15 @@ pub fn run(config: &Config) -> CheckReport {
 
     if !config.actions.rules.is_empty() {
         items.push(audit_log_item(&config.actions.audit_log));
+        let (verdict, detail) = match crate::actions::run_cgroup::containment() {
+            Ok(how) => (Verdict::Ok, how),
+            Err(why) => (Verdict::Warn, why),
+        };
+        items.push(Item {
+            what: "action containment".into(),
+            verdict,
+            detail,
+        });
     }
     items.push(Item {
         what: "detector".into(),

@@ -4,7 +4,8 @@
 //! (huge numbers, NaN, NULs, deep nesting, invalid UTF-8), with a fixed seed per
 //! target so a failure replays.
 //!
-//! `cargo test -p agent --lib fuzz_inputs` runs 2,000 inputs per target (seconds);
+//! `cargo test -p agent --lib fuzz_inputs` runs 2,000 inputs per target (seconds; 200
+//! for the sysfs, Ceph and cgroup trees, each input a tree of files);
 //! `NODEPULSE_FUZZ_ITERS=200000 cargo test --release -p agent --lib fuzz_inputs` is the
 //! longer run. `NODEPULSE_FUZZ_SEED` changes the seed.
 
@@ -94,9 +95,13 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 /// Runs `parse` over the seeds and their mutations; a panic fails the test with the
 /// input that caused it.
 fn fuzz(target: u64, seeds: &[&[u8]], parse: impl Fn(&[u8])) {
+    fuzz_n(target, seeds, iterations(), parse);
+}
+
+/// [`fuzz`] with `n` inputs, for targets whose inputs are costly (file trees).
+fn fuzz_n(target: u64, seeds: &[&[u8]], n: usize, parse: impl Fn(&[u8])) {
     let mut rng = Rng::new(seed(target));
     let started = std::time::Instant::now();
-    let n = iterations();
     for s in seeds {
         parse(s);
     }
@@ -336,4 +341,158 @@ fn http_requests() {
         let answer = text(&exchange(*addr, request.as_bytes()));
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
     }
+}
+
+/// Whether `rel` is a plain relative path (no `..`, `.`, root or NUL): where a sysfs
+/// script may write.
+fn plain_relative(rel: &str) -> bool {
+    !rel.is_empty()
+        && !rel.contains('\0')
+        && std::path::Path::new(rel)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+/// Whether a link target stays inside the tree, counted by name from the link's own
+/// directory (at `depth` below the root): relative with no more `..` than that, or an
+/// absolute `/dev/…` name (the probes map those to the tree's `dev`).
+fn contained_target(target: &str, depth: usize) -> bool {
+    if target.contains('\0') {
+        return false;
+    }
+    if let Some(rest) = target.strip_prefix("/dev/") {
+        return !rest.split('/').any(|c| c == "..");
+    }
+    let mut d = depth as i64;
+    for c in target.split('/') {
+        match c {
+            ".." => d -= 1,
+            "" | "." => {}
+            _ => d += 1,
+        }
+        if d < 0 || target.starts_with('/') {
+            return false;
+        }
+    }
+    true
+}
+
+/// Applies one line of a sysfs script to `tree`: `rel=value` writes a file,
+/// `rel->target` makes a symlink. Nothing is written outside the tree (a path whose
+/// real parent lies elsewhere through earlier links is skipped).
+fn apply_sysfs_line(tree: &crate::attribution::fixture::Tree, root: &std::path::Path, line: &str) {
+    let (rel, link, value) = match (line.split_once("->"), line.split_once('=')) {
+        (Some((rel, target)), _) => (rel, true, target),
+        (None, Some((rel, value))) => (rel, false, value),
+        _ => return,
+    };
+    if !plain_relative(rel) {
+        return;
+    }
+    let path = tree.path(rel);
+    let Some(parent) = path.parent() else { return };
+    // The deepest existing ancestor must really be inside the tree.
+    let existing = parent.ancestors().find(|a| a.exists()).unwrap_or(root);
+    if !std::fs::canonicalize(existing).is_ok_and(|real| real.starts_with(root)) {
+        return;
+    }
+    if std::fs::create_dir_all(parent).is_err()
+        || !std::fs::canonicalize(parent).is_ok_and(|real| real.starts_with(root))
+    {
+        return;
+    }
+    let _ = std::fs::remove_file(&path);
+    if link {
+        let depth = std::path::Path::new(rel).components().count() - 1;
+        if contained_target(value, depth) {
+            let _ = std::os::unix::fs::symlink(value, &path);
+        }
+    } else {
+        let _ = std::fs::write(&path, value);
+    }
+}
+
+#[test]
+fn sysfs_and_ceph_trees() {
+    use crate::attribution::{
+        ceph,
+        cgroups::CgroupNames,
+        devices::DeviceNames,
+        fixture::{NVME, SDB, dev, storage_node},
+    };
+    let nvme = format!("sys/devices/{NVME}");
+    let sdb = format!("sys/devices/{SDB}");
+    let seeds: Vec<Vec<u8>> = [
+        format!("{nvme}/dev=259:0\n{nvme}/uevent=MAJOR=259\nMINOR=0\nDEVTYPE=disk\n"),
+        format!("{nvme}/queue/rotational=0\n{sdb}/queue/rotational=1\n{nvme}/nvme0n1p2/partition=2\n"),
+        "sys/devices/virtual/block/dm-0/dm/name=ceph--abc-osd--block--xyz\nsys/devices/virtual/block/dm-0/dm/uuid=LVM-Kx2aBcD\n".into(),
+        format!("sys/devices/virtual/block/dm-0/slaves/sdb->../../../../{SDB}\nsys/dev/block/8:16->../../devices/{SDB}\n"),
+        "ceph/osd/ceph-3/block->/dev/ceph-abc/osd-block-xyz\nceph/osd/ceph-7/block.db->/dev/mapper/x\ndev/ceph-db/db-12->../dm-2\n".into(),
+        "sys/bus/rbd/devices/0->../../../devices/rbd/0\nsys/devices/rbd/0/pool=volumes\nsys/devices/rbd/0/name=v\nsys/devices/rbd/0/major=251\nsys/devices/rbd/0/minor=0\n".into(),
+        "sys/dev/block/8:48->8:48\nsys/class/block/sdq->../../devices/virtual/block/sdq\nsys/devices/virtual/block/sdq/dev=65:0\n".into(),
+        "cgroup/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope/cgroup.procs=1\ncgroup/machine.slice/machine-qemu\\x2d1\\x2dvm.scope/x=\ncgroup/loop->..\n".into(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    let numbers = [
+        dev(259, 0),
+        dev(259, 2),
+        dev(8, 16),
+        dev(8, 32),
+        dev(8, 48),
+        dev(253, 0),
+        dev(253, 2),
+        dev(251, 0),
+        dev(65, 0),
+    ];
+    // A fresh storage node now and then, so mutations pile up but do not drown it.
+    let tree = std::cell::RefCell::new(storage_node());
+    let inputs = std::cell::Cell::new(0usize);
+    // Each input writes files and walks the trees (milliseconds): a tenth of the count.
+    fuzz_n(10, &seeds, iterations() / 10, |b| {
+        if inputs.replace(inputs.get() + 1) % 50 == 49 {
+            *tree.borrow_mut() = storage_node();
+        }
+        let t = tree.borrow();
+        let root = std::fs::canonicalize(t.path("")).unwrap();
+        for line in text(b).lines() {
+            apply_sysfs_line(&t, &root, line);
+        }
+        let mut names = DeviceNames::new(t.roots());
+        for n in numbers {
+            let _ = names.lookup(n).labels();
+        }
+        let _ = ceph::scan(&t.roots());
+        // Cgroup directories named by whoever created them, found by inode number.
+        let cgroups = t.path("cgroup");
+        let mut names = CgroupNames::new(cgroups.clone());
+        for dir in walkdir_ids(&cgroups) {
+            let _ = names.name(dir);
+        }
+    });
+}
+
+/// Inode numbers (cgroup ids) of the directories under `root`, a few levels deep.
+fn walkdir_ids(root: &std::path::Path) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut ids = Vec::new();
+    let mut dirs = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Ok(meta) = std::fs::symlink_metadata(&path)
+                && meta.is_dir()
+                && depth < 8
+            {
+                ids.push(meta.ino());
+                dirs.push((path, depth + 1));
+            }
+        }
+    }
+    ids
 }

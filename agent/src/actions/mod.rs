@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod config;
 pub mod program;
+pub mod run_cgroup;
 pub mod sweep;
 pub mod webhook;
 
@@ -186,6 +187,10 @@ impl Actions {
             path: config.audit_log.clone(),
             source,
         })?;
+        match run_cgroup::containment() {
+            Ok(how) => tracing::info!("actions: {how}"),
+            Err(why) => tracing::warn!("actions: {why}"),
+        }
         let (done_tx, done_rx) = mpsc::channel();
         take_over_orphans(&audit, &done_tx);
         Ok(Some(Self {
@@ -352,6 +357,13 @@ fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
         let id = m.env.get(sweep::RUN_VAR).cloned().unwrap_or_default();
         runs.entry(id).or_default().push(m);
     }
+    for (id, procs) in &mut runs {
+        for m in kill_left_in_cgroup(id) {
+            if !procs.iter().any(|p| p.pid == m.pid) {
+                procs.push(m);
+            }
+        }
+    }
     let mut taken: Vec<String> = runs.keys().cloned().collect();
     for (span_id, procs) in runs {
         let env = &procs[0].env;
@@ -398,6 +410,8 @@ fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
             continue;
         }
         taken.push(span_id.clone());
+        // What hid from the environment scan still sits in the run's cgroup.
+        let killed = kill_left_in_cgroup(&span_id);
         let now = unix_nanos();
         let run = ActionRun {
             time: rfc3339(now),
@@ -411,17 +425,25 @@ fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
                 "program"
             },
             target: text("target"),
-            outcome: Outcome::Unfinished,
+            outcome: if killed.is_empty() {
+                Outcome::Unfinished
+            } else {
+                Outcome::KilledAfterRestart
+            },
             exit_code: None,
             http_status: None,
             duration_ms: 0.0,
-            error: Some(
+            error: Some(if killed.is_empty() {
                 "the agent stopped before recording how this run ended; nothing of it was \
                  still running at this start"
-                    .into(),
-            ),
+                    .into()
+            } else {
+                "left running by an agent that is gone, hidden from the environment scan \
+                 but still in the run's cgroup; killed at this start"
+                    .into()
+            }),
             output: String::new(),
-            killed: Vec::new(),
+            killed: killed.iter().map(sweep::Marked::describe).collect(),
             trace_id: text("trace_id"),
             span_id,
             parent_span_id: text("parent_span_id"),
@@ -430,6 +452,17 @@ fn take_over_orphans(audit: &AuditLog, done: &mpsc::Sender<ActionRun>) {
         };
         finish(audit, done, run);
     }
+}
+
+/// Kills what is left in the cgroup of run `span_id` (from an earlier life of the
+/// agent) and removes the cgroup.
+fn kill_left_in_cgroup(span_id: &str) -> Vec<sweep::Marked> {
+    let Some(cgroup) = run_cgroup::RunCgroup::existing(span_id) else {
+        return Vec::new();
+    };
+    let killed = cgroup.kill_all();
+    cgroup.remove();
+    killed
 }
 
 /// A rule matches an alarm when the alarm's series, or any series of its incident,

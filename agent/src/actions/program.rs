@@ -1,10 +1,11 @@
 //! Running a remedial program: argv only (never a shell), the alarm as environment
 //! variables and as JSON on stdin, its own process group, output captured (bounded)
 //! for the audit log. Every process it started, even one that left the group or the
-//! session, is killed when the program ends, at its timeout and when the agent stops
-//! (see [`super::sweep`]).
+//! session, is killed when the program ends, at its timeout and when the agent stops:
+//! found in the run's cgroup ([`super::run_cgroup`]) and by its environment markers
+//! ([`super::sweep`]).
 
-use super::sweep;
+use super::{run_cgroup::RunCgroup, sweep};
 use std::{
     io::{Read, Write},
     os::unix::process::CommandExt,
@@ -57,9 +58,26 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    let cgroup = RunCgroup::create(run_id)
+        .inspect_err(|e| tracing::debug!("no cgroup for action run {run_id}: {e}"))
+        .ok();
+    if let Some(cgroup) = &cgroup {
+        let mut enter = cgroup.enter_hook();
+        // SAFETY: the hook only calls write(2) on a descriptor opened before the fork,
+        // which is async-signal-safe. A failure is not fatal: the markers still apply.
+        unsafe {
+            command.pre_exec(move || {
+                let _ = enter();
+                Ok(())
+            });
+        }
+    }
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
+            if let Some(cgroup) = cgroup {
+                cgroup.remove();
+            }
             return ProgramResult {
                 error: Some(format!(
                     "cannot start {}: {e}; check the rule's `program`",
@@ -70,6 +88,15 @@ pub fn run(
         }
     };
     let pgid = child.id() as i32;
+    // spawn() returns after exec, so the hook has run by now.
+    if let Some(cgroup) = &cgroup
+        && !cgroup.holds(pgid)
+    {
+        tracing::warn!(
+            "action run {run_id} could not enter its cgroup; its processes are found by \
+             their environment markers only"
+        );
+    }
     if let Some(mut input) = child.stdin.take() {
         let data = stdin.to_vec();
         // A program that never reads stdin must not block us: write from a thread,
@@ -124,11 +151,18 @@ pub fn run(
             Err(_) => break None,
         }
     };
-    // Whatever the run started that is still alive, in this group or not.
-    let killed: Vec<String> = sweep::kill_run(run_id)
-        .iter()
-        .map(sweep::Marked::describe)
-        .collect();
+    // Whatever the run started that is still alive, in this group or not: its cgroup's
+    // members, then anything carrying its marker (that left the cgroup, as root can).
+    let mut killed = cgroup.as_ref().map(RunCgroup::kill_all).unwrap_or_default();
+    for m in sweep::kill_run(run_id) {
+        if !killed.iter().any(|k| k.pid == m.pid) {
+            killed.push(m);
+        }
+    }
+    if let Some(cgroup) = cgroup {
+        cgroup.remove();
+    }
+    let killed: Vec<String> = killed.iter().map(sweep::Marked::describe).collect();
     // The pipes close once the last holder is dead; a holder that hid from the sweep
     // is not waited for.
     let mut output = String::new();
@@ -289,6 +323,32 @@ mod tests {
         let mut want = vec![format!("{a} sleep"), format!("{b} sleep")];
         want.sort();
         assert_eq!(killed, want);
+    }
+
+    #[test]
+    fn a_child_that_clears_its_environment_is_still_found_through_the_runs_cgroup() {
+        if let Err(why) = super::super::run_cgroup::containment() {
+            eprintln!("SKIPPED: no run cgroups on this host (run as root to test them): {why}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let b = dir.path().join("b");
+        // Invisible to the environment sweep: no marker, its own session, parent gone.
+        let script = format!(
+            "{}exit 0",
+            background(
+                &format!(
+                    "env -i setsid sh -c 'echo $$ > {}; exec sleep 300'",
+                    b.display()
+                ),
+                &b
+            ),
+        );
+        let r = run_sh(&script, Duration::from_secs(10));
+        assert_eq!(r.exit_code, Some(0), "{r:?}");
+        let hidden = pids(&b, 1)[0];
+        assert_gone(hidden);
+        assert_eq!(r.killed, vec![format!("{hidden} sleep")], "{r:?}");
     }
 
     #[test]

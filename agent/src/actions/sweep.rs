@@ -3,8 +3,8 @@
 //! `fork`, `setsid`, double forks and re-parenting to init, so a scan of
 //! `/proc/*/environ` finds them all, after the program exits, at its timeout, when the
 //! agent stops, and after a crash when the agent starts again. (A program that clears
-//! its environment on purpose can still hide; a cgroup per run would close that gap
-//! where the agent may create cgroups.)
+//! its environment on purpose can hide from this scan: where the agent may create
+//! cgroups, [`super::run_cgroup`] closes that gap.)
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -71,40 +71,44 @@ impl Marked {
 /// Every live process (not a zombie, not this one) whose environment carries
 /// [`RUN_VAR`], with `run_id` or any value when `None`.
 pub fn find(run_id: Option<&str>) -> Vec<Marked> {
-    let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        // Processes of other users or already gone: unreadable, and not ours.
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let env = parse_environ(&raw);
-        let Some(value) = env.get(RUN_VAR) else {
-            continue;
-        };
-        if run_id.is_some_and(|id| id != value) || is_zombie(pid) {
-            continue;
-        }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim_end().to_owned())
-            .unwrap_or_default();
-        found.push(Marked { pid, comm, env });
-    }
+    let mut found: Vec<Marked> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        // Most processes carry no marker: their environment is all that is read.
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|raw| {
+                parse_environ(&raw)
+                    .get(RUN_VAR)
+                    .is_some_and(|value| run_id.is_none_or(|id| id == value))
+            })
+        })
+        .filter_map(marked)
+        .collect();
     found.sort_by_key(|m| m.pid);
     found
+}
+
+/// Process `pid` with its name and environment, unless it is gone, a zombie or this
+/// process. Processes of other users are unreadable, and not ours: `None` too.
+pub fn marked(pid: i32) -> Option<Marked> {
+    if pid == std::process::id() as i32 {
+        return None;
+    }
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    if is_zombie(pid) {
+        return None;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_default();
+    Some(Marked {
+        pid,
+        comm,
+        env: parse_environ(&raw),
+    })
 }
 
 /// `NAME=value` pairs separated by NULs, as in `/proc/PID/environ`.
@@ -150,7 +154,9 @@ pub fn kill_orphaned_runs(audit_log: &str) -> Vec<Marked> {
     })
 }
 
-fn kill_marked(scan: impl Fn() -> Vec<Marked>) -> Vec<Marked> {
+/// Kills what `scan` finds, round after round until it finds nothing, and reaps our
+/// children among them.
+pub fn kill_marked(scan: impl Fn() -> Vec<Marked>) -> Vec<Marked> {
     let mut killed: Vec<Marked> = Vec::new();
     for _ in 0..ROUNDS {
         let found = scan();

@@ -9,7 +9,7 @@ mod sysfs;
 pub mod vms;
 
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 
 use std::path::PathBuf;
 
