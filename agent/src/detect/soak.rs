@@ -104,7 +104,8 @@ impl EffectMeter {
         for ((span, injection), seen) in self.spans.iter().zip(&self.targets).zip(&mut self.seen) {
             let Some((s, e)) = *span else { continue };
             let during = t > s && t <= e;
-            if !during && !(t <= s && t + self.before_ns > s) {
+            let before = t <= s && t + self.before_ns > s;
+            if !(during || before) {
                 continue;
             }
             for (family, labels, h) in &report.series {
