@@ -90,6 +90,68 @@ fn check_config_only_validates_without_attaching() {
     assert!(stderr.contains("unknown field `enabeld`"), "{stderr}");
 }
 
+/// `[agent] btf`: a missing, garbage or foreign file is a configuration error naming the
+/// key; a copy of the kernel's own BTF is read and `check` says so.
+#[test]
+fn an_external_btf_file_is_checked_and_used() {
+    one_subject_at_a_time!();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |path: &std::path::Path, config_only: bool| {
+        let config = write_config(&format!("[agent]\nbtf = \"{}\"\n", path.display()));
+        let mut cmd = nodepulse();
+        cmd.arg("check");
+        if config_only {
+            cmd.arg("--config-only");
+        }
+        cmd.arg("--config").arg(config.path()).output().unwrap()
+    };
+    let garbage = dir.path().join("garbage.btf");
+    std::fs::write(&garbage, vec![0x5a; 4096]).unwrap();
+    for (path, expected) in [
+        (
+            dir.path().join("absent.btf"),
+            "cannot read it: No such file",
+        ),
+        (garbage, "not a BTF file (malformed BTF: bad magic"),
+        (dir.path().to_owned(), "cannot read it: Is a directory"),
+    ] {
+        let out = check(&path, true);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path:?}: {stderr}");
+        assert!(stderr.contains("config key `agent.btf`"), "{stderr}");
+        assert!(stderr.contains(expected), "{path:?}: {stderr}");
+    }
+    let out = check(std::path::Path::new("vmlinux.btf"), true);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("must be empty (the kernel's own BTF) or an absolute path"),
+        "{out:?}"
+    );
+
+    let Ok(own) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+        eprintln!("SKIPPED the copy: /sys/kernel/btf/vmlinux absent");
+        return;
+    };
+    let copy = dir.path().join("vmlinux.btf");
+    std::fs::write(&copy, &own).unwrap();
+    if !common::is_root() {
+        eprintln!("SKIPPED the check with the copy: needs root");
+        return;
+    }
+    let out = check(&copy, false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = format!(
+        "read from {} ([agent] btf), identical to the kernel's own /sys/kernel/btf/vmlinux",
+        copy.display()
+    );
+    assert!(text.contains(&line), "{text}");
+    assert!(
+        text.contains("probe block    attaches via tp_btf"),
+        "{text}"
+    );
+}
+
 #[test]
 fn invalid_flag_values_exit_2() {
     one_subject_at_a_time!();

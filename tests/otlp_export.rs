@@ -230,6 +230,69 @@ fn http_export_carries_exact_counts_spans_and_exemplars() {
     export_end_to_end("http/protobuf", OtlpServer::start_http);
 }
 
+/// Delta temporality at a scale below the kernel's, through the real exporter: the
+/// collector's delta points, added up bucket by bucket, are exactly the agent's
+/// interval histograms (scale 3, from its JSON reports) with buckets merged to scale 0.
+#[test]
+fn http_export_of_deltas_at_a_lower_scale_adds_up_exactly() {
+    require_root!();
+    let collector = OtlpServer::start_http("127.0.0.1:0".parse().unwrap());
+    let cfg = config(
+        &collector.endpoint(),
+        "http/protobuf",
+        "temporality = \"delta\"\nhistogram_scale = 0",
+    );
+    let agent = start_agent(&cfg);
+    let lo = LoopDevice::new(128);
+    io(&lo, 1);
+    let (stdout, _) = agent.terminate();
+
+    let mut reported: std::collections::BTreeMap<i32, u64> = Default::default();
+    let mut reported_count = 0;
+    for line in stdout.lines() {
+        let report: serde_json::Value = serde_json::from_str(line).unwrap();
+        for s in report["series"].as_array().unwrap() {
+            if s["family"] != "block.io.latency"
+                || s["labels"]["dev"] != lo.number.as_str()
+                || s["labels"]["op"] != "read"
+            {
+                continue;
+            }
+            let h = &s["histogram"];
+            assert_eq!(h["scale"], 3);
+            reported_count += s["count"].as_u64().unwrap();
+            let offset = h["offset"].as_i64().unwrap() as i32;
+            for (k, c) in h["counts"].as_array().unwrap().iter().enumerate() {
+                // Scale 3 → 0: eight buckets become one (index >> 3, floored).
+                *reported.entry((offset + k as i32) >> 3).or_default() += c.as_u64().unwrap();
+            }
+        }
+    }
+    reported.retain(|_, c| *c > 0);
+    assert!(
+        reported_count > 1000,
+        "the agent saw the reads: {reported_count}"
+    );
+
+    let mut exported: std::collections::BTreeMap<i32, u64> = Default::default();
+    let mut exported_count = 0;
+    for m in &collector.received().metrics {
+        let Some(p) = point(m, &lo.number, "read") else {
+            continue;
+        };
+        assert_eq!(p.scale, 0);
+        let b = p.positive.as_ref().unwrap();
+        assert_eq!(b.bucket_counts.iter().sum::<u64>() + p.zero_count, p.count);
+        exported_count += p.count;
+        for (k, c) in b.bucket_counts.iter().enumerate() {
+            *exported.entry(b.offset + k as i32).or_default() += c;
+        }
+    }
+    exported.retain(|_, c| *c > 0);
+    assert_eq!(exported_count, reported_count, "delta counts add up");
+    assert_eq!(exported, reported, "buckets merged exactly");
+}
+
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

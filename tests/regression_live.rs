@@ -50,6 +50,25 @@ impl Fio {
             ],
         )
     }
+
+    /// Large random reads of the device's second 256 MiB, for five minutes at most: a
+    /// competing reader the device's small reads queue behind, whatever else shares the
+    /// machine (a loop device's direct I/O never makes reads wait behind writes).
+    pub fn competing_reads(dev: &LoopDevice) -> Self {
+        Self::start(
+            dev,
+            &[
+                "--offset=256m",
+                "--size=256m",
+                "--rw=randread",
+                "--bs=1m",
+                "--iodepth=64",
+                "--numjobs=2",
+                "--time_based",
+                "--runtime=300",
+            ],
+        )
+    }
 }
 
 impl Drop for Fio {
@@ -119,6 +138,23 @@ fn involves<'a>(alarm: &'a Value, device: &str, op: Option<&str>) -> Option<&'a 
     alarm["related"].as_array()?.iter().find(|s| on(s))
 }
 
+/// One-second windows: a busy device reaches min_samples every interval. Floors higher
+/// than the defaults: one-second windows of a loop device on a shared VM are noisy, and
+/// the competing loads of these tests shift the reads by several times.
+pub const ONE_SECOND_WINDOWS: &str = r#"
+[detect]
+families = ["block.io.latency"]
+min_window = "1s"
+max_window = "5s"
+min_samples = 200
+baseline_windows = 8
+raise_after = 2
+clear_after = 2
+p50_ratio = 1.5
+p90_ratio = 1.5
+p99_ratio = 2.0
+"#;
+
 #[test]
 fn competing_load_raises_an_alarm_runs_the_action_and_resolves() {
     require_root!();
@@ -135,22 +171,7 @@ fn competing_load_raises_an_alarm_runs_the_action_and_resolves() {
 enabled = false
 [probes.kvm]
 enabled = false
-
-# One-second windows: a busy device reaches min_samples every interval. Floors
-# higher than the defaults: one-second windows of a loop device on a shared VM are
-# noisy, and the load below shifts the reads by several times.
-[detect]
-families = ["block.io.latency"]
-min_window = "1s"
-max_window = "5s"
-min_samples = 200
-baseline_windows = 8
-raise_after = 2
-clear_after = 2
-p50_ratio = 1.5
-p90_ratio = 1.5
-p99_ratio = 2.0
-
+{DETECT}
 [actions]
 audit_log = "{audit}"
 
@@ -167,6 +188,7 @@ cooldown = "0s"
             audit = audit.display(),
             device = dev.name,
             ran = ran.display(),
+            DETECT = ONE_SECOND_WINDOWS,
         ),
     )
     .unwrap();
@@ -214,19 +236,7 @@ cooldown = "0s"
     // writer's requests (a competing writer left them unmoved in CI); a 1 MiB read of
     // the sparse file is zero-filled where it is submitted, and the small reads queue
     // behind that work.
-    let load = Fio::start(
-        &dev,
-        &[
-            "--offset=256m",
-            "--size=256m",
-            "--rw=randread",
-            "--bs=1m",
-            "--iodepth=64",
-            "--numjobs=2",
-            "--time_based",
-            "--runtime=300",
-        ],
-    );
+    let load = Fio::competing_reads(&dev);
     let load_started = Instant::now();
     let reports_before = alarms.reports_seen;
     let opened = alarms

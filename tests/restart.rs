@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::regression_live::Fio;
 use common::{Bpffs, LoopDevice, nodepulse, otlp_server::OtlpServer, require_tool, run};
 use opentelemetry_proto::tonic::metrics::v1::metric;
 
@@ -45,10 +46,16 @@ impl Env {
 
     /// A configuration: block probe only, kept attached; `extra` is appended.
     fn write_config(&self, name: &str, extra: &str) -> PathBuf {
+        self.write_config_with_sched(name, false, extra)
+    }
+
+    /// A configuration: the block probe and, if `sched`, the scheduler probe, kept
+    /// attached; `extra` is appended.
+    fn write_config_with_sched(&self, name: &str, sched: bool, extra: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         let text = format!(
             "[agent]\nstate_dir = {:?}\nkeep_attached = true\nbpffs = {:?}\n\
-             [probes.sched]\nenabled = false\n[probes.kvm]\nenabled = false\n\
+             [probes.sched]\nenabled = {sched}\n[probes.kvm]\nenabled = false\n\
              [probes.tcp]\nenabled = false\n{extra}",
             self.state, self.bpffs
         );
@@ -73,9 +80,27 @@ impl Env {
         sets
     }
 
+    /// The links pinned by the current pin set.
+    fn pinned_links(&self) -> Vec<String> {
+        let sets = self.pin_sets();
+        let mut links: Vec<String> = sets
+            .iter()
+            .flat_map(|set| {
+                std::fs::read_dir(self.bpffs.join("nodepulse").join(set).join("links"))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect();
+        links.sort();
+        links
+    }
+
     fn saved_start(&self) -> u64 {
-        let text = std::fs::read_to_string(self.state.join("state.json")).expect("state saved");
-        let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let file = std::fs::File::open(self.state.join("state.json.gz")).expect("state saved");
+        let saved: serde_json::Value =
+            serde_json::from_reader(flate2::read::GzDecoder::new(file)).unwrap();
         saved["start_unix_nano"].as_u64().unwrap()
     }
 }
@@ -101,8 +126,13 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path) -> Self {
+        Self::start_with(nodepulse(), config)
+    }
+
+    /// Starts `agent`, a nodepulse binary.
+    fn start_with(mut agent: std::process::Command, config: &Path) -> Self {
         let started = Instant::now();
-        let mut child = nodepulse()
+        let mut child = agent
             .args(["run", "--interval", "1s", "--format", "json", "--config"])
             .arg(config)
             .stdout(Stdio::piped())
@@ -276,6 +306,12 @@ fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duratio
         first_reports.first().unwrap(),
         first_reports.last().unwrap()
     );
+    assert_continuous(&got, kernel, &collector, start);
+}
+
+/// Every read the kernel completed is counted once over all runs and gaps, and every
+/// exported cumulative point starts when the first run did.
+fn assert_continuous(got: &Reads, kernel: u64, collector: &OtlpServer, start: u64) {
     assert!(kernel > 1000, "fio ran: {kernel}");
     assert_eq!(
         got.last_cumulative + got.last_unrecorded_total,
@@ -287,6 +323,15 @@ fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duratio
         kernel,
         "the interval counts add up to every read, none twice"
     );
+    assert_eq!(
+        otlp_starts(collector),
+        vec![start],
+        "every exported cumulative point starts when the first run did"
+    );
+}
+
+/// The start times of every cumulative block latency point the collector received.
+fn otlp_starts(collector: &OtlpServer) -> Vec<u64> {
     let mut starts = std::collections::BTreeSet::new();
     for request in &collector.received().metrics {
         let metrics = request
@@ -301,11 +346,7 @@ fn restarts_under_fio(signal: i32, cycles: u32, run_for: impl Fn(u32) -> Duratio
             }
         }
     }
-    assert_eq!(
-        starts.into_iter().collect::<Vec<_>>(),
-        vec![start],
-        "every exported cumulative point starts when the first run did"
-    );
+    starts.into_iter().collect()
 }
 
 #[test]
@@ -314,13 +355,136 @@ fn counts_add_up_across_graceful_restarts() {
     restarts_under_fio(libc::SIGTERM, 3, |_| Duration::from_secs(2));
 }
 
+/// The alarm events in `report` about the reads of `device` (as headline or related
+/// series): (id, state).
+fn alarms_on_reads(report: &serde_json::Value, device: &str) -> Vec<(String, String)> {
+    let on = |s: &serde_json::Value| s["labels"]["device"] == device && s["labels"]["op"] == "read";
+    report["alarms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| on(a) || a["related"].as_array().is_some_and(|r| r.iter().any(on)))
+        .map(|a| {
+            let text = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+            (text("id"), text("state"))
+        })
+        .collect()
+}
+
 #[test]
-fn counts_add_up_across_twenty_kills() {
+fn twenty_kills_keep_every_count_the_start_time_and_the_open_alarm() {
     require_root!();
-    // 1 to 2.9 s between kills, mid-interval or not.
-    restarts_under_fio(libc::SIGKILL, 20, |c| {
-        Duration::from_millis(1000 + u64::from(c * 7919 % 19) * 100)
-    });
+    require_tool("fio");
+    let test_started = Instant::now();
+    let env = Env::new();
+    let collector = OtlpServer::start_grpc("127.0.0.1:0".parse().unwrap());
+    let otlp = format!(
+        "[otlp]\nenabled = true\nendpoint = \"{}\"\n",
+        collector.endpoint()
+    );
+    env.write_config(
+        "c.toml",
+        &format!("{otlp}{}", crate::regression_live::ONE_SECOND_WINDOWS),
+    );
+    let device = LoopDevice::new(512);
+    let mut agent = Agent::start(&env.config());
+    let start = env.saved_start();
+    let before = device.stat();
+    let reads = Fio::steady_reads(&device, 300);
+    // The baseline (8 windows), then a regression held until the end: large reads
+    // competing for the device (see `regression_live`).
+    agent.wait_reports(10);
+    let load = Fio::competing_reads(&device);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        agent.wait_reports(1);
+        let last = agent.reports.lock().unwrap().last().cloned().unwrap();
+        let open = alarms_on_reads(&last, &device.name)
+            .into_iter()
+            .find(|(_, state)| state != "resolved");
+        if let Some((id, _)) = open {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alarm on the reads within 30 s of the load"
+        );
+    };
+    // Held through every kill: `run_for` 1 to 3.4 s (1 to 10 s in the issue; shorter
+    // keeps the test near 90 s), mid-interval or not.
+    let mut killed = Vec::new();
+    let mut first_reports = Vec::new();
+    for cycle in 0..20u64 {
+        std::thread::sleep(Duration::from_millis(1000 + cycle * 7919 % 25 * 100));
+        let (r, _) = agent.stop(libc::SIGKILL);
+        killed.extend(r);
+        std::thread::sleep(Duration::from_millis(500));
+        agent = Agent::start(&env.config());
+        first_reports.push(agent.first_report);
+        assert_eq!(env.saved_start(), start, "the start time is kept");
+    }
+    // The last run judges the regression too, under the same alarm.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last_run_from = agent.count();
+    let mut seen_after_last = false;
+    while !seen_after_last {
+        agent.wait_reports(1);
+        let reports = agent.reports.lock().unwrap();
+        seen_after_last = reports[last_run_from..]
+            .iter()
+            .any(|r| !alarms_on_reads(r, &device.name).is_empty());
+        drop(reports);
+        assert!(
+            Instant::now() < deadline,
+            "no alarm event in the last run within 20 s"
+        );
+    }
+    // What was reported while the regression was held (the killed runs' and the last
+    // run's so far); the last run goes on as the load stops.
+    let mut held = killed.clone();
+    held.extend(agent.reports.lock().unwrap().iter().cloned());
+    drop(load);
+    drop(reads);
+    device.wait_idle();
+    agent.wait_reports(2);
+    let (last_run, log) = agent.stop(libc::SIGTERM);
+    let kernel = device.stat().read - before.read;
+    let mut reports = killed;
+    reports.extend(last_run);
+    let got = reads_of(&reports, &device.number);
+    first_reports.sort();
+
+    let events: Vec<(String, String)> = held
+        .iter()
+        .flat_map(|r| alarms_on_reads(r, &device.name))
+        .collect();
+    let first = events.iter().position(|(i, _)| *i == id).unwrap();
+    let after: Vec<&(String, String)> = events[first..].iter().collect();
+    eprintln!(
+        "20 kills under a held regression: sysfs {kernel} reads; reported {} + {} \
+         unrecorded; last cumulative {} + {}; alarm {id}: {} events after it opened, \
+         none of another alarm; time to first report after a restart {:?}..{:?}; test \
+         {:?}",
+        got.samples,
+        got.unrecorded,
+        got.last_cumulative,
+        got.last_unrecorded_total,
+        after.len(),
+        first_reports.first().unwrap(),
+        first_reports.last().unwrap(),
+        test_started.elapsed()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|(i, state)| *i == id && state != "resolved"),
+        "alarm {id} stays the one open alarm on the reads through every kill: {after:?}"
+    );
+    assert!(
+        log.contains("open_alarms"),
+        "the last run restored it: {log}"
+    );
+    assert_continuous(&got, kernel, &collector, start);
 }
 
 #[test]
@@ -365,9 +529,81 @@ fn another_layout_replaces_the_pins_and_says_what_it_reset() {
     let out = run(nodepulse().args(["cleanup", "--config"]).arg(&other));
     assert!(out.contains("its probes are detached"), "{out}");
     assert!(env.pin_sets().is_empty());
-    assert!(!env.state.join("state.json").exists());
+    assert!(!env.state.join("state.json.gz").exists());
     let out = run(nodepulse().args(["cleanup", "--config"]).arg(&other));
     assert!(out.contains("nothing pinned"), "{out}");
+}
+
+/// The upgrade test's "new version": nodepulse built with another eBPF map layout.
+fn upgraded_agent() -> std::process::Command {
+    let exe = Path::new(env!("CARGO_BIN_EXE_nodepulse")).with_file_name("nodepulse-upgrade-test");
+    assert!(
+        exe.exists(),
+        "{} is missing: build it with `cargo build -p agent --bin nodepulse-upgrade-test \
+         --features test-upgrade-layout` (cargo xtask test does)",
+        exe.display()
+    );
+    std::process::Command::new(exe)
+}
+
+#[test]
+fn an_upgrade_to_a_build_with_another_map_layout_replaces_the_programs() {
+    require_root!();
+    let env = Env::new();
+    let device = LoopDevice::new(64);
+    let old = Agent::start(&env.config());
+    let old_start = env.saved_start();
+    let old_sets = env.pin_sets();
+    let old_links = env.pinned_links();
+    let (_, _) = old.stop(libc::SIGTERM);
+    assert_eq!(old_sets.len(), 1, "{old_sets:?}");
+    // While no agent runs the old programs count on, into the old maps.
+    device.dd_read(200, "4k");
+
+    let mut new = Agent::start_with(upgraded_agent(), &env.config());
+    let new_sets = env.pin_sets();
+    assert_eq!(new_sets.len(), 1, "the old set is removed: {new_sets:?}");
+    assert_ne!(new_sets, old_sets, "another object is another layout");
+    assert_eq!(
+        env.pinned_links(),
+        old_links,
+        "the same programs, attached anew from the new object"
+    );
+    let before = device.stat();
+    device.dd_read(1000, "4k");
+    let kernel = device.stat().read - before.read;
+    new.wait_reports(2);
+    let (reports, log) = new.stop(libc::SIGTERM);
+    for said in [
+        "pins of another version or map layout found",
+        "Reset: every cumulative series starts from zero",
+        "the kernel maps were replaced",
+        "old pins removed, their programs detached",
+    ] {
+        assert!(log.contains(said), "the log says `{said}`: {log}");
+    }
+    assert_ne!(
+        env.saved_start(),
+        old_start,
+        "a reset starts the series anew"
+    );
+    let got = reads_of(&reports, &device.number);
+    assert_eq!(
+        got.samples + got.unrecorded,
+        kernel,
+        "counted once, by the new programs only"
+    );
+    assert_eq!(
+        got.last_cumulative + got.last_unrecorded_total,
+        kernel,
+        "the new maps start from zero: the old programs' counts are not mixed in"
+    );
+
+    // And back (a downgrade): the same again, the normal build's layout.
+    let back = Agent::start(&env.config());
+    assert_eq!(env.pin_sets(), old_sets, "the normal build's layout again");
+    let (_, log) = back.stop(libc::SIGTERM);
+    assert!(log.contains("Reset: every cumulative series"), "{log}");
 }
 
 #[test]
@@ -440,4 +676,171 @@ fn sighup_reloads_and_an_invalid_file_keeps_the_running_configuration() {
         log.contains("probes stay attached"),
         "still running until SIGTERM: {log}"
     );
+}
+
+/// Sends SIGHUP to the agent.
+fn hup(agent: &Agent) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+}
+
+/// Run-queue samples the scheduler probe reported in `reports`.
+fn sched_samples(reports: &[serde_json::Value]) -> u64 {
+    reports
+        .iter()
+        .flat_map(|r| r["series"].as_array().unwrap())
+        .filter(|s| s["family"] == "sched.runqueue.latency")
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn sighup_detaches_and_reattaches_a_probe_and_moves_an_exporter_while_block_counts_stay_exact() {
+    require_root!();
+    require_tool("fio");
+    let env = Env::new();
+    let (old_port, new_port) = (common::free_port(), common::free_port());
+    let prometheus =
+        |port: u16| format!("[prometheus]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = env.write_config_with_sched("c.toml", true, &prometheus(old_port));
+    let device = LoopDevice::new(256);
+    let mut agent = Agent::start(&config);
+    let all_links = env.pinned_links();
+    let before = device.stat();
+    let fio = device.fio(&[
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=4",
+        "--rate_iops=2000",
+        "--time_based",
+        "--runtime=14",
+    ]);
+    agent.wait_reports(2);
+
+    // The scheduler probe off: its programs are detached and unpinned, block's kept.
+    env.write_config_with_sched("c.toml", false, &prometheus(old_port));
+    hup(&agent);
+    agent.wait_reports(1);
+    let off_from = agent.count();
+    // An invalid file in between: the agent goes on with what runs.
+    std::fs::write(&config, "[probes.sched\nenabled = true").unwrap();
+    hup(&agent);
+    agent.wait_reports(3);
+    let off_to = agent.count();
+    let without_sched = env.pinned_links();
+    assert!(
+        !without_sched.is_empty() && without_sched.len() < all_links.len(),
+        "sched's links go, block's stay: {all_links:?} -> {without_sched:?}"
+    );
+
+    // Back on, and Prometheus moved to another port.
+    env.write_config_with_sched("c.toml", true, &prometheus(new_port));
+    hup(&agent);
+    agent.wait_reports(3);
+    assert_eq!(env.pinned_links(), all_links, "sched's links pinned again");
+    let (status, body) = common::http_get(&format!("127.0.0.1:{new_port}"), "/metrics")
+        .expect("Prometheus answers on the new port");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("nodepulse_block_io_latency"), "{body}");
+    assert!(
+        common::http_get(&format!("127.0.0.1:{old_port}"), "/metrics").is_err(),
+        "the old port is closed"
+    );
+
+    fio.finish();
+    device.wait_idle();
+    agent.wait_reports(2);
+    let (reports, log) = agent.stop(libc::SIGTERM);
+    let kernel = device.stat().read - before.read;
+    let got = reads_of(&reports, &device.number);
+    // Reports while sched was off (after the one the SIGHUP landed in).
+    let off = &reports[off_from..off_to];
+    let state_of = |r: &serde_json::Value| {
+        r["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["probe"] == "sched")
+            .map(|p| p["state"].as_str().unwrap().to_owned())
+    };
+    eprintln!(
+        "SIGHUP off/on of sched under fio: sysfs {kernel} reads; reported {} + {} \
+         unrecorded; last cumulative {} + {}; sched samples while off {}, after {}",
+        got.samples,
+        got.unrecorded,
+        got.last_cumulative,
+        got.last_unrecorded_total,
+        sched_samples(off),
+        sched_samples(&reports[off_to..])
+    );
+    assert!(kernel > 1000, "fio ran: {kernel}");
+    assert_eq!(
+        got.samples + got.unrecorded,
+        kernel,
+        "block reads exact, none twice"
+    );
+    assert_eq!(got.last_cumulative + got.last_unrecorded_total, kernel);
+    assert!(
+        off.iter()
+            .all(|r| state_of(r).as_deref() == Some("disabled")),
+        "{off:?}"
+    );
+    assert_eq!(sched_samples(off), 0, "nothing measured while detached");
+    assert!(
+        sched_samples(&reports[off_to..]) > 0,
+        "measured again once re-enabled"
+    );
+    assert_eq!(
+        state_of(reports.last().unwrap()).as_deref(),
+        Some("up"),
+        "sched up again"
+    );
+    assert!(
+        log.contains("configuration not reloaded, the running one stays"),
+        "{log}"
+    );
+    let toggles: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("probes enabled or disabled"))
+        .map(without_colours)
+        .collect();
+    assert_eq!(toggles.len(), 2, "{log}");
+    assert!(
+        toggles[0].contains("detached=[\"sched\"]"),
+        "{}",
+        toggles[0]
+    );
+    assert!(
+        toggles[1].contains("attached=[\"sched\"]"),
+        "{}",
+        toggles[1]
+    );
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(last.contains("\"probes\", \"prometheus\""), "{last}");
+
+    // The layout does not depend on which probes run: a start with sched disabled
+    // adopts the same pin set and unpins sched's links, which must not count on.
+    let sets = env.pin_sets();
+    env.write_config_with_sched("c.toml", false, "");
+    let agent = Agent::start(&config);
+    assert_eq!(env.pin_sets(), sets, "same pin set");
+    assert_eq!(env.pinned_links(), without_sched, "sched's links removed");
+    agent.stop(libc::SIGTERM);
+}
+
+/// A log line without its terminal colour sequences.
+fn without_colours(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -89,7 +89,15 @@ static EMPTY_DEPTH: DeviceDepth = DeviceDepth::ZERO;
 /// Completions with an error per (device, operation, status); only errors pay for it.
 #[map(name = "BLOCK_ERRORS")]
 static BLOCK_ERRORS: HashMap<BlockErrorKey, u64> =
-    HashMap::with_max_entries(BLOCK_ERROR_MAX_SERIES, 0);
+    HashMap::with_max_entries(BLOCK_ERROR_MAX_SERIES + UPGRADE_TEST_EXTRA, 0);
+
+/// One more error series in the upgrade test's build: another map layout, as an
+/// upgrade that resized a map would have (see the `test-upgrade-layout` feature).
+const UPGRADE_TEST_EXTRA: u32 = if cfg!(feature = "test-upgrade-layout") {
+    1
+} else {
+    0
+};
 
 /// Field offsets and flag values resolved by the agent from the running kernel's BTF
 /// before load. Read-only, so the verifier treats them as constants.

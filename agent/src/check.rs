@@ -112,13 +112,50 @@ impl CheckReport {
     }
 }
 
+/// `[agent] btf`: which file serves the kernel's types, and what it cannot replace.
+fn btf_file_item(path: &std::path::Path) -> Item {
+    match kernel::btf_file::open(path) {
+        Err(e) => Item {
+            what: "BTF".into(),
+            verdict: Verdict::Fail,
+            detail: e.to_string(),
+        },
+        Ok(file) => Item {
+            what: "BTF".into(),
+            verdict: if file.kernel_has_own {
+                Verdict::Ok
+            } else {
+                Verdict::Warn
+            },
+            detail: format!(
+                "read from {} ([agent] btf){}",
+                path.display(),
+                if file.kernel_has_own {
+                    format!(
+                        ", identical to the kernel's own {}",
+                        kernel::btf::VMLINUX_BTF
+                    )
+                } else {
+                    format!(
+                        "; the kernel has no {} of its own: struct offsets come from the \
+                         file, tp_btf and fentry cannot attach",
+                        kernel::btf::VMLINUX_BTF
+                    )
+                }
+            ),
+        },
+    }
+}
+
 pub fn run(config: &Config) -> CheckReport {
     let mut items = vec![Item {
         what: "kernel".into(),
         verdict: Verdict::Ok,
         detail: kernel::release(),
     }];
-    items.push(if kernel::btf_present() {
+    items.push(if !config.agent.btf.as_os_str().is_empty() {
+        btf_file_item(&config.agent.btf)
+    } else if kernel::btf_present() {
         Item {
             what: "BTF".into(),
             verdict: Verdict::Ok,

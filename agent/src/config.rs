@@ -66,6 +66,9 @@ pub struct AgentConfig {
     pub keep_attached: bool,
     /// Where bpffs is mounted; pins go under `<bpffs>/nodepulse/<version>-<layout>/`.
     pub bpffs: PathBuf,
+    /// An external BTF file (as BTFHub provides) used instead of
+    /// `/sys/kernel/btf/vmlinux`; empty: the kernel's own.
+    pub btf: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -77,6 +80,7 @@ impl Default for AgentConfig {
             state_dir: PathBuf::new(),
             keep_attached: false,
             bpffs: PathBuf::from("/sys/fs/bpf"),
+            btf: PathBuf::new(),
         }
     }
 }
@@ -272,6 +276,22 @@ impl Config {
                 ),
             });
         }
+        let btf = &self.agent.btf;
+        if !btf.as_os_str().is_empty() {
+            if !btf.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key: "agent.btf",
+                    problem: format!(
+                        "must be empty (the kernel's own BTF) or an absolute path, got \"{}\"",
+                        btf.display()
+                    ),
+                });
+            }
+            crate::kernel::btf_file::open(btf).map_err(|e| ConfigError::Invalid {
+                key: "agent.btf",
+                problem: e.problem,
+            })?;
+        }
         let cgroup_root = &self.attribution.cgroup_root;
         if !cgroup_root.as_os_str().is_empty() && !cgroup_root.is_absolute() {
             return Err(ConfigError::Invalid {
@@ -412,6 +432,7 @@ impl<'a> From<&'a Config> for Setup<'a> {
                 .agent
                 .keep_attached
                 .then_some(config.agent.bpffs.as_path()),
+            btf: (!config.agent.btf.as_os_str().is_empty()).then_some(config.agent.btf.as_path()),
         }
     }
 }

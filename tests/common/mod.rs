@@ -13,6 +13,15 @@ use nodepulse::{
     probes::{AttachKind, Probes, block::FAMILY_DEVICE},
 };
 
+/// A free TCP port on loopback (bound, then released for the agent to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -32,15 +32,6 @@ fn require_image() {
     );
 }
 
-/// A free TCP port on loopback (bound, then released for the agent to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The base overlay's rendered DaemonSet container and configuration.
 fn daemonset() -> (Value, Value, String) {
     let objects = yaml_documents(&kustomize("base"));
@@ -158,7 +149,7 @@ fn the_image_attaches_and_reports_with_the_daemonsets_privileges_only() {
     // The ConfigMap's configuration, with the endpoints on free loopback ports (the
     // container shares the host's network here; in a pod it has its own) and the
     // console on, to read the reports.
-    let (health, metrics) = (free_port(), free_port());
+    let (health, metrics) = (crate::common::free_port(), crate::common::free_port());
     let mut config: toml::Table = toml.parse().unwrap();
     config["health"]["listen"] = format!("127.0.0.1:{health}").into();
     config["prometheus"]["listen"] = format!("127.0.0.1:{metrics}").into();

@@ -7,7 +7,9 @@
 //! - `kvm`: a real-mode guest through /dev/kvm doing `out` + `hlt` exits to userspace
 //!   (exits/s), the test suite's `kvm_guest_process`;
 //! - `tcp`, `tcp-unwatched`: an iperf3 stream over loopback (bits/s) on a port of a
-//!   configured peer group, or on a port in none, with only the TCP probe running.
+//!   configured peer group, or on a port in none, with only the TCP probe running;
+//! - `endpoints`: request latency of `/metrics` and `/healthz` under abuse (see
+//!   [`endpoints`]).
 //!
 //! It reports each run's throughput, the medians and the median of per-pair ratios, the
 //! kernel cost per event of every program that ran (BPF run-time stats, as the agent
@@ -25,7 +27,10 @@ use serde_json::Value;
 
 use crate::{run::build_agent, setup, util};
 
+mod compare;
+mod endpoints;
 mod tcp;
+mod volume;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Workload {
@@ -40,8 +45,17 @@ enum Workload {
     Otlp,
     /// iperf3 over loopback on a watched port (the TCP probe alone).
     Tcp,
+    /// OTLP bytes per 10 s interval and signal at a storage node's cardinality (24
+    /// loop devices, 50 cgroups, 2 TCP groups), for several export settings at once.
+    Volume,
+    /// CPU per interval of the userspace collection path (merge, delta, budget, report,
+    /// OTLP encoding, gzip) at 10, 100, 1,000 and 10,000 synthetic series; no root.
+    Scaling,
     /// The same on a port in no group: what every other connection pays.
     TcpUnwatched,
+    /// The Prometheus and health endpoints under 1,000 idle and 50 slowloris
+    /// connections: latency of concurrent requests, and the agent's memory.
+    Endpoints,
 }
 
 #[derive(clap::Args)]
@@ -62,15 +76,40 @@ pub struct Args {
     /// every request also passes the insertion probe.
     #[arg(long, default_value = "none")]
     scheduler: String,
+    /// Runs the peer's equivalent too (bpftrace biolatency for block workloads, runqlat
+    /// for switch), in rounds of three alternating runs, and prints both side by side.
+    #[arg(long)]
+    compare: bool,
+    /// Ten-second intervals measured by the volume workload (after one to settle).
+    #[arg(long, default_value_t = 3)]
+    intervals: u64,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
     ensure!(args.pairs >= 3, "--pairs must be at least 3 for a median");
+    if args.workload.contains(&Workload::Scaling) {
+        println!("\n== collection scaling (synthetic series; building the example, release) ...");
+        util::run_agent_example("collect_scaling", &[])?;
+        args.workload.retain(|w| *w != Workload::Scaling);
+        if args.workload.is_empty() {
+            return Ok(());
+        }
+    }
     ensure!(
         util::is_root(),
         "the benchmark loads eBPF programs and creates a loop device: run it as root"
     );
     setup::ensure()?;
+    if args.compare {
+        for w in &args.workload {
+            ensure!(
+                peer_of(*w).is_some(),
+                "--compare has no peer for workload {w:?}: use --workload block, block-write \
+                 or switch"
+            );
+        }
+        setup::ensure_packages(setup::COMPARE_PACKAGES)?;
+    }
     let agent = build_agent(true)?;
     let dir = util::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
@@ -85,6 +124,14 @@ pub fn run(args: Args) -> Result<()> {
     for workload in &args.workload {
         if *workload == Workload::Otlp {
             otlp_cost(&agent, &dir, args.runtime)?;
+            continue;
+        }
+        if *workload == Workload::Endpoints {
+            endpoints::run(&agent, &dir, args.pairs)?;
+            continue;
+        }
+        if *workload == Workload::Volume {
+            volume::run(&agent, &dir, args.intervals)?;
             continue;
         }
         let device;
@@ -118,7 +165,9 @@ pub fn run(args: Args) -> Result<()> {
                         Box::new(move || stress_switch(runtime)),
                     )
                 }
-                Workload::Otlp => unreachable!("measured by otlp_cost"),
+                Workload::Otlp | Workload::Volume | Workload::Scaling | Workload::Endpoints => {
+                    unreachable!("measured on their own")
+                }
                 Workload::Tcp | Workload::TcpUnwatched => {
                     let port = if *workload == Workload::Tcp {
                         tcp::WATCHED_PORT
@@ -151,9 +200,21 @@ pub fn run(args: Args) -> Result<()> {
             Workload::Tcp | Workload::TcpUnwatched => &tcp_config,
             _ => &config,
         };
-        pairs(&agent, config, args.pairs, unit, &mut *measure)?;
+        match peer_of(*workload).filter(|_| args.compare) {
+            Some(peer) => compare::rounds(&agent, config, peer, args.pairs, unit, &mut *measure)?,
+            None => pairs(&agent, config, args.pairs, unit, &mut *measure)?,
+        }
     }
     Ok(())
+}
+
+/// The peer tool `--compare` runs beside nodepulse for a workload.
+fn peer_of(workload: Workload) -> Option<compare::Peer> {
+    match workload {
+        Workload::Block | Workload::BlockWrite => Some(compare::BIOLATENCY),
+        Workload::Switch => Some(compare::RUNQLAT),
+        _ => None,
+    }
 }
 
 /// Runs `measure` in alternating pairs without and with the agent, and prints results.
@@ -237,7 +298,11 @@ fn pairs(
     Ok(())
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The median; NaN (printed as such) when there are no values.
+pub(crate) fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -282,33 +347,26 @@ fn fio(device: &Path, rw: &str, runtime: u64) -> Result<f64> {
 }
 
 /// What the agent reported over one benchmark run.
-struct AgentRun {
+pub(crate) struct AgentRun {
     /// (program, events, ns per event over the whole run)
     programs: Vec<(String, u64, f64)>,
-    cpu_percent: f64,
+    pub(crate) cpu_percent: f64,
     rss_bytes: u64,
 }
 
 /// `nodepulse run` reporting JSON every second; stopped with SIGTERM.
-struct RunningAgent {
+pub(crate) struct RunningAgent {
     child: Child,
 }
 
 impl RunningAgent {
-    fn start(agent: &Path, config: &Path) -> Result<Self> {
-        let child = Command::new(agent)
-            .args(["run", "--format", "json", "--interval", "1s", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting nodepulse")?;
-        let mut running = Self { child };
-        wait_until_attached(&mut running.child)?;
-        Ok(running)
+    pub(crate) fn start(agent: &Path, config: &Path) -> Result<Self> {
+        Ok(Self {
+            child: spawn_agent(agent, 1, config)?,
+        })
     }
 
-    fn stop(mut self) -> Result<AgentRun> {
+    pub(crate) fn stop(mut self) -> Result<AgentRun> {
         // One more interval so the end of the run is reported.
         std::thread::sleep(Duration::from_millis(1100));
         // SAFETY: kill(2) on our own child.
@@ -371,28 +429,14 @@ fn summarise(json_lines: &str) -> Result<AgentRun> {
 }
 
 /// A loop device with direct I/O over a file, detached and removed on drop.
-struct LoopDevice {
-    path: PathBuf,
+pub(crate) struct LoopDevice {
+    pub(crate) path: PathBuf,
     backing: PathBuf,
 }
 
 impl LoopDevice {
     fn create(dir: &Path, scheduler: &str) -> Result<Self> {
-        let backing = dir.join("loop-backing.img");
-        let file = std::fs::File::create(&backing)?;
-        file.set_len(1 << 30)?;
-        let out = Command::new(sbin("losetup"))
-            .args(["--direct-io=on", "-f", "--show"])
-            .arg(&backing)
-            .output()
-            .context("running losetup")?;
-        ensure!(
-            out.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let device = Self { path, backing };
+        let device = Self::create_sized(dir, "loop-backing", 1 << 30)?;
         let name = device
             .path
             .file_name()
@@ -403,14 +447,55 @@ impl LoopDevice {
             .with_context(|| format!("setting {knob} to {scheduler}"))?;
         Ok(device)
     }
+
+    /// Over a sparse file `<dir>/<name>.img` of `bytes`.
+    fn create_sized(dir: &Path, name: &str, bytes: u64) -> Result<Self> {
+        let backing = dir.join(format!("{name}.img"));
+        let file = std::fs::File::create(&backing)?;
+        file.set_len(bytes)?;
+        // Another process on this shared machine may take the free device losetup
+        // found before it is set up (or its node may not exist yet): try again.
+        let mut tries = 0;
+        let out = loop {
+            let out = Command::new(sbin("losetup"))
+                .args(["--direct-io=on", "-f", "--show"])
+                .arg(&backing)
+                .output()
+                .context("running losetup")?;
+            tries += 1;
+            if out.status.success() || tries == 5 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&backing);
+        }
+        ensure!(
+            out.status.success(),
+            "losetup failed {tries} times: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Ok(Self { path, backing })
+    }
 }
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        let _ = Command::new(sbin("losetup"))
-            .arg("-d")
-            .arg(&self.path)
-            .status();
+        // Busy for a moment after a killed fio's last requests: retry.
+        for _ in 0..20 {
+            let detached = Command::new(sbin("losetup"))
+                .arg("-d")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if detached {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
         let _ = std::fs::remove_file(&self.backing);
     }
 }
@@ -497,7 +582,23 @@ fn kvm_guest(guest: &Path, iterations: u64) -> Result<f64> {
     Ok(2.0 * iterations as f64 / elapsed)
 }
 
-fn wait_until_attached(child: &mut Child) -> Result<()> {
+/// `nodepulse run` with `config`, reporting JSON every `interval_s` seconds on a pipe,
+/// once its probes are attached (its log drained from then on).
+fn spawn_agent(agent: &Path, interval_s: u64, config: &Path) -> Result<Child> {
+    let mut child = Command::new(agent)
+        .args(["run", "--format", "json", "--interval"])
+        .arg(format!("{interval_s}s"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nodepulse")?;
+    wait_until_attached(&mut child)?;
+    Ok(child)
+}
+
+pub(crate) fn wait_until_attached(child: &mut Child) -> Result<()> {
     let stderr = child.stderr.take().context("agent stderr")?;
     let mut lines = BufReader::new(stderr).lines();
     let mut log = String::new();
@@ -539,16 +640,7 @@ fn otlp_cost(agent: &Path, dir: &Path, runtime: u64) -> Result<()> {
         )?;
         // At least three intervals of load.
         let seconds = (3 * interval).max(runtime);
-        let mut child = Command::new(agent)
-            .args(["run", "--format", "json", "--interval"])
-            .arg(format!("{interval}s"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting nodepulse")?;
-        wait_until_attached(&mut child)?;
+        let mut child = spawn_agent(agent, interval, &config)?;
         let pid = child.id();
         let cpu_before = process_cpu_seconds(pid);
         let started = Instant::now();
@@ -607,7 +699,7 @@ fn otlp_cost(agent: &Path, dir: &Path, runtime: u64) -> Result<()> {
     Ok(())
 }
 
-fn process_cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn process_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = rest

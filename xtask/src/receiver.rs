@@ -14,6 +14,8 @@ pub struct Request {
     pub path: String,
     pub bytes: usize,
     pub receive_time: Duration,
+    /// When it had fully arrived.
+    pub at: Instant,
 }
 
 pub struct Receiver {
@@ -79,6 +81,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>) {
                 path,
                 bytes: length,
                 receive_time: started.elapsed(),
+                at: Instant::now(),
             });
         }
         let reply =

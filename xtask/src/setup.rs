@@ -50,6 +50,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "zstd",
 ];
 
+/// Debian packages only `cargo xtask bench --compare` needs (the peers it runs beside
+/// nodepulse, and bpftool to read their programs' run-time stats); installed by the
+/// benchmark when missing, not by `setup`, so CI does not pull them.
+pub const COMPARE_PACKAGES: &[&str] = &["bpftrace", "bpftool"];
+
 /// The target the image's and the package's static binary is built for.
 const MUSL_TARGET: &str = crate::dist::MUSL_TARGET;
 
@@ -184,9 +189,30 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
+/// Installs those of `packages` that are missing (as root), saying which.
+pub fn ensure_packages(packages: &[&'static str]) -> Result<()> {
+    let missing = missing_of(packages);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!(
+            "missing Debian packages: {}; install them with `sudo apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("installing {}", missing.join(" "));
+    install_debian_packages(&missing)
+}
+
 /// The packages from [`DEBIAN_PACKAGES`] that dpkg does not report as installed.
 fn missing_debian_packages() -> Vec<&'static str> {
-    DEBIAN_PACKAGES
+    missing_of(DEBIAN_PACKAGES)
+}
+
+fn missing_of<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
         .iter()
         .copied()
         .filter(|pkg| {
@@ -209,7 +235,7 @@ fn install_debian_packages(packages: &[&str]) -> Result<()> {
             .args(["install", "-y", "--no-install-recommends"])
             .args(packages),
     )?;
-    let still = missing_debian_packages();
+    let still = missing_of(packages);
     if !still.is_empty() {
         bail!(
             "apt-get succeeded but these are still not installed: {}",

@@ -155,11 +155,27 @@ pub fn run(args: Args) -> Result<()> {
 /// Builds one artifact.
 type Build = fn() -> Result<()>;
 
-/// Artifacts the deployment tests need, built as root before `cargo test`.
-const ARTIFACTS: [(&str, Build); 2] = [
+/// Artifacts the deployment and upgrade tests need, built as root before `cargo test`.
+const ARTIFACTS: [(&str, Build); 3] = [
     ("image", || crate::image::build().map(|_| ())),
     ("deb", || crate::deb::build().map(|_| ())),
+    ("upgrade build", build_upgrade_variant),
 ];
+
+/// The upgrade test's second agent (tests/restart.rs): the same sources with another
+/// eBPF map layout, beside `nodepulse` in the test profile's directory. Only the two
+/// crates with the feature are compiled again (about a minute on the 2-core VM).
+fn build_upgrade_variant() -> Result<()> {
+    util::run(util::cargo().args([
+        "build",
+        "-p",
+        "agent",
+        "--bin",
+        "nodepulse-upgrade-test",
+        "--features",
+        "test-upgrade-layout",
+    ]))
+}
 
 fn outcome<T>(result: &Result<T>) -> &'static str {
     if result.is_ok() { "ok" } else { "FAILED" }

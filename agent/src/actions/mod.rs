@@ -208,6 +208,22 @@ impl Actions {
         }))
     }
 
+    /// SIGHUP: new rules and limits. Runs in progress go on (audited where they
+    /// started); per-incident decisions, cooldowns and the hourly count carry over, so
+    /// a reload never runs a rule twice for one incident.
+    pub fn reconfigure(&mut self, config: &ActionsConfig) -> Result<(), ActionsError> {
+        if config.audit_log != self.config.audit_log {
+            let audit =
+                AuditLog::open(&config.audit_log).map_err(|source| ActionsError::Audit {
+                    path: config.audit_log.clone(),
+                    source,
+                })?;
+            self.audit = Arc::new(audit);
+        }
+        self.config = config.clone();
+        Ok(())
+    }
+
     pub fn audit_path(&self) -> &std::path::Path {
         self.audit.path()
     }

@@ -580,3 +580,39 @@ fn a_started_run_with_no_end_is_audited_as_unfinished_at_the_next_start() {
     let last = audit_lines(dir.path()).pop().unwrap();
     assert_eq!(last["outcome"], "unfinished");
 }
+
+#[test]
+fn a_reload_takes_new_rules_and_never_runs_a_rule_twice_for_one_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = actions(dir.path(), vec![rule("first", &["/bin/true"])], |_| {});
+    a.dispatch(&alarm_with_id("inc"));
+    assert!(a.wait(Duration::from_secs(10)));
+    // Reloaded with a second rule and a dry run: the first rule already ran for this
+    // incident and does not again; the new one is decided once.
+    let mut config = a.config.clone();
+    config.rules.push(rule("second", &["/bin/true"]));
+    config.dry_run = true;
+    a.reconfigure(&config).unwrap();
+    let mut ongoing = alarm_with_id("inc");
+    ongoing.state = AlarmState::Ongoing;
+    a.dispatch(&ongoing);
+    a.dispatch(&ongoing);
+    assert!(a.wait(Duration::from_secs(10)));
+    let runs: Vec<(String, &str)> = a
+        .completed()
+        .iter()
+        .map(|r| (r.rule.clone(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![("first".into(), "ok"), ("second".into(), "dry_run")]
+    );
+
+    // An audit log that cannot be opened keeps the running configuration.
+    let mut bad = config.clone();
+    std::fs::write(dir.path().join("plain"), "").unwrap();
+    bad.audit_log = dir.path().join("plain").join("actions.jsonl");
+    let err = a.reconfigure(&bad).unwrap_err().to_string();
+    assert!(err.contains("set actions.audit_log"), "{err}");
+    assert_eq!(a.config, config);
+}

@@ -157,6 +157,21 @@ impl ExpHistogram {
         }
     }
 
+    /// The same samples at a scale `by` steps lower: bucket `i` becomes `i >> by` (an
+    /// arithmetic shift floors, for negative indexes too). Exact: at scale s − by,
+    /// bucket j is (base'^j, base'^(j+1)] with base' = base^(2^by), the union of the
+    /// buckets j·2^by … (j+1)·2^by − 1 at scale s.
+    pub fn downscaled(&self, by: u32) -> Self {
+        if by == 0 {
+            return self.clone();
+        }
+        Self::from_buckets(
+            self.sum,
+            self.zero_count,
+            self.buckets().map(|(i, c)| (i >> by.min(31), c)),
+        )
+    }
+
     /// Adds another histogram's counts into this one (same scale).
     pub fn merge(&mut self, other: &Self) {
         let (lo, hi) = self.span_with(other);
@@ -251,6 +266,70 @@ pub fn bucket_upper(index: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ⌈log2 x⌉ for x ≥ 1, exact.
+    fn ceil_log2(x: u128) -> i32 {
+        if x <= 1 {
+            0
+        } else {
+            128 - (x - 1).leading_zeros() as i32
+        }
+    }
+
+    /// OTLP's index of `v` at `scale`, from the definition (v in (base^j, base^(j+1)],
+    /// base = 2^(2^-scale)) in integers: v^(2^scale) in (2^j, 2^(j+1)] for scale ≥ 0,
+    /// ⌈log2 v⌉ − 1 = e in (j·2^k, (j+1)·2^k] … floored for scale −k.
+    fn otlp_index(v: u64, scale: i32) -> i32 {
+        if scale >= 0 {
+            ceil_log2((v as u128).pow(1 << scale)) - 1
+        } else {
+            (ceil_log2(v as u128) - 1).div_euclid(1 << -scale)
+        }
+    }
+
+    #[test]
+    fn downscaling_keeps_every_sample_in_its_bucket() {
+        // Edges: powers of two and their neighbours, and a spread between them.
+        let mut values: Vec<u64> = (0..64)
+            .flat_map(|e| {
+                let p = 1u64 << e;
+                [p - 1, p, p.saturating_add(1)]
+            })
+            .chain((1..2000).map(|k| k * 7919))
+            .filter(|&v| v > 0)
+            .collect();
+        values.sort();
+        values.dedup();
+        let h = ExpHistogram::from_buckets(
+            0,
+            3,
+            values
+                .iter()
+                .map(|&v| (agent_common::hist::bucket_index(v), 1)),
+        );
+        for scale in -4..=agent_common::hist::SCALE {
+            let by = (agent_common::hist::SCALE - scale) as u32;
+            let low = h.downscaled(by);
+            assert_eq!(low.count(), h.count(), "scale {scale}");
+            assert_eq!(low.zero_count, 3);
+            // Where the definition puts each value at this scale; v^(2^scale) must fit
+            // a u128, so positive scales compare the values small enough.
+            let fits = |v: u64| scale <= 1 || v < 1 << (128 >> scale);
+            let at = |index: &dyn Fn(u64) -> i32| {
+                ExpHistogram::from_buckets(
+                    0,
+                    3,
+                    values.iter().filter(|&&v| fits(v)).map(|&v| (index(v), 1)),
+                )
+            };
+            let kernel = at(&agent_common::hist::bucket_index);
+            assert_eq!(
+                kernel.downscaled(by),
+                at(&|v| otlp_index(v, scale)),
+                "scale {scale}"
+            );
+        }
+    }
 
     #[test]
     fn quantile_bounds_report_exact_sizes() {

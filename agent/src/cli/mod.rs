@@ -15,10 +15,9 @@ use crate::{
     export::{
         Exporter,
         console::{Console, ConsoleFormat},
-        otlp::{OtlpExporter, transport::OtlpSender},
-        prometheus::PrometheusExporter,
+        otlp::transport::OtlpSender,
+        start,
     },
-    health::Health,
     pipeline::Reload,
     pipeline::{Pipeline, Shutdown},
     probes::Probes,
@@ -319,6 +318,7 @@ async fn run_agent(
     let start_unix_nano = resume
         .as_ref()
         .map_or_else(crate::util::time::unix_nanos, |r| r.start_unix_nano);
+    let recording_on = recording.is_some();
     let Exporters { all, otlp } = match start_exporters(&config, recording, start_unix_nano) {
         Ok(started) => started,
         Err(code) => return code,
@@ -329,6 +329,8 @@ async fn run_agent(
     );
     let mut pipeline = Pipeline::new(probes, all, &config)
         .with_actions(actions)
+        .with_otlp(otlp)
+        .recording(recording_on)
         .with_reload(config.clone(), reload);
     if let (Some(state), Some(resume)) = (state, resume) {
         pipeline = pipeline.with_state(state, resume);
@@ -336,12 +338,6 @@ async fn run_agent(
     pipeline
         .run(config.agent.interval, max_reports, shutdown)
         .await;
-    if let Some(sender) = otlp {
-        // Give queued batches (the final report included) a few seconds to leave.
-        if !sender.flush(std::time::Duration::from_secs(5)).await {
-            tracing::warn!("OTLP: some batches were still queued at exit");
-        }
-    }
     ExitCode::SUCCESS
 }
 
@@ -374,75 +370,30 @@ struct Exporters {
     otlp: Option<std::sync::Arc<OtlpSender>>,
 }
 
-/// Starts the exporters; on failure, the exit code once the message is printed.
-/// The configured exporters; with a recording, it replaces the console.
+/// Starts the configured exporters (with a recording, it replaces the console); on
+/// failure, the exit code once the message is printed.
 fn start_exporters(
     config: &Config,
     recording: Option<Box<dyn std::io::Write + Send>>,
     start_unix_nano: u64,
 ) -> Result<Exporters, ExitCode> {
-    let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
-    if let Some(out) = recording {
-        exporters.push(Box::new(Console::new(out, ConsoleFormat::Json)));
-    } else if config.console.enabled {
-        exporters.push(Box::new(Console::new(
-            std::io::stdout(),
-            config.console.format,
-        )));
+    let failed = |e: start::StartError| {
+        errln!("nodepulse: {e}");
+        ExitCode::from(if e.config { EXIT_CONFIG } else { 1 })
+    };
+    let mut all: Vec<Box<dyn Exporter>> = Vec::new();
+    match recording {
+        Some(out) => all.push(Box::new(Console::new(out, ConsoleFormat::Json))),
+        None => all.extend(start::console(config)),
     }
-    if config.prometheus.enabled {
-        let listen = listen_address("prometheus", &config.prometheus.listen)?;
-        let (exporter, bound) = PrometheusExporter::start(listen)
-            .map_err(|e| cannot_serve("Prometheus metrics", "prometheus", listen, e))?;
-        tracing::info!("Prometheus endpoint on http://{bound}/metrics");
-        exporters.push(Box::new(exporter));
-    }
-    if config.health.enabled {
-        let listen = listen_address("health", &config.health.listen)?;
-        let (health, bound) = Health::start(listen, config.agent.interval)
-            .map_err(|e| cannot_serve("health checks", "health", listen, e))?;
-        tracing::info!("health endpoint on http://{bound}/healthz and /readyz");
-        exporters.push(Box::new(health));
-    }
+    all.extend(start::prometheus(config).map_err(failed)?);
+    all.extend(start::health(config).map_err(failed)?);
     let mut otlp = None;
-    if config.otlp.enabled {
-        match OtlpExporter::start(&config.otlp, &config.node_name()) {
-            Ok((exporter, sender)) => {
-                tracing::info!(endpoint = %config.otlp.endpoint, "exporting to OTLP");
-                exporters.push(Box::new(exporter.with_start(start_unix_nano)));
-                otlp = Some(sender);
-            }
-            Err(e) => {
-                errln!("nodepulse: cannot start OTLP export: {e}");
-                return Err(ExitCode::FAILURE);
-            }
-        }
+    if let Some((exporter, sender)) = start::otlp(config, start_unix_nano).map_err(failed)? {
+        all.push(exporter);
+        otlp = Some(sender);
     }
-    Ok(Exporters {
-        all: exporters,
-        otlp,
-    })
-}
-
-/// A `listen` key, already validated with the rest of the configuration.
-fn listen_address(table: &str, listen: &str) -> Result<std::net::SocketAddr, ExitCode> {
-    listen.parse().map_err(|e| {
-        errln!("nodepulse: {table}.listen: {e}");
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-fn cannot_serve(
-    what: &str,
-    table: &str,
-    listen: std::net::SocketAddr,
-    e: std::io::Error,
-) -> ExitCode {
-    errln!(
-        "nodepulse: cannot serve {what} on {listen}: {e}\n\
-         choose a free address with [{table}] listen in the configuration"
-    );
-    ExitCode::FAILURE
+    Ok(Exporters { all, otlp })
 }
 
 fn cleanup(args: CleanupArgs) -> ExitCode {

@@ -4,6 +4,7 @@ pub mod console;
 pub mod http;
 pub mod otlp;
 pub mod prometheus;
+pub mod start;
 
 use crate::report::Report;
 

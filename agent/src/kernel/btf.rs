@@ -297,12 +297,12 @@ impl Btf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds a tiny BTF blob: `struct inner { int a; int b; }` and
     /// `struct outer { long x; union { int u; struct inner in; }; }`.
-    fn sample() -> Vec<u8> {
+    pub(crate) fn sample() -> Vec<u8> {
         let strings =
             b"\0int\0a\0b\0inner\0outer\0x\0u\0in\0long\0flags\0FLAG_A\0FLAG_B\0".to_vec();
         let s = |name: &str| {

@@ -2,6 +2,7 @@
 //! the kernel publishes them.
 
 pub mod btf;
+pub mod btf_file;
 pub mod tracefs;
 
 use std::path::Path;

@@ -208,7 +208,15 @@ fn attach_one(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Result<
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("program {name} is missing from the eBPF object (build bug)"))?;
-    let need_btf = || btf.ok_or_else(|| "kernel BTF is not available".to_owned());
+    let need_btf = || {
+        btf.ok_or_else(|| {
+            format!(
+                "the kernel has no BTF of its own ({}): tp_btf and fentry need it ([agent] \
+                 btf serves struct offsets only)",
+                crate::kernel::btf::VMLINUX_BTF
+            )
+        })
+    };
     let e = |e: aya::programs::ProgramError| format!("{name}: {}", short_error_chain(&e));
     let pinning = super::pins::with(|pins| {
         pins.map(|p| {

@@ -34,6 +34,8 @@ pub struct Setup<'a> {
     /// Where bpffs is, when the probes are to be pinned there and kept attached
     /// across restarts (see [`super::pins`]).
     pub bpffs: Option<&'a Path>,
+    /// `[agent] btf`: a BTF file to use instead of the kernel's own.
+    pub btf: Option<&'a Path>,
 }
 
 /// What a family may consult to resolve its layouts before the object is loaded.

@@ -25,6 +25,31 @@ macro_rules! families {
 
         /// Every probe family, in attach and report order.
         pub static FAMILIES: &[&dyn ProbeFamily] = &[$(&$family::PROBE_FAMILY),+];
+
+        impl ProbesConfig {
+            /// Whether the family whose section is `[probes.<name>]` is enabled.
+            pub fn enabled(&self, name: &str) -> bool {
+                match name {
+                    $(stringify!($family) => self.$family.enabled,)+
+                    _ => false,
+                }
+            }
+
+            /// A copy with every family's `enabled` taken from `other`.
+            pub fn with_enabled_of(&self, other: &Self) -> Self {
+                let mut c = self.clone();
+                $(c.$family.enabled = other.$family.enabled;)+
+                c
+            }
+
+            /// A copy with every family enabled: what shapes the kernel side whichever
+            /// probes run (SIGHUP attaches and detaches probes without a new layout).
+            pub fn shape(&self) -> Self {
+                let mut c = self.clone();
+                $(c.$family.enabled = true;)+
+                c
+            }
+        }
     };
 }
 
@@ -55,7 +80,7 @@ use crate::{
         budget::{LimitsConfig, Rule},
     },
     attribution::Attribution,
-    kernel::{btf::Btf, tracefs},
+    kernel::{btf::Btf, btf_file, tracefs},
     report::SeriesReport,
 };
 pub use attach::{AttachKind, Attached, Attempt};
@@ -97,6 +122,8 @@ pub struct ReadContext<'a> {
 pub trait Probe: Any {
     fn name(&self) -> &'static str;
     fn attached(&self) -> &Attached;
+    /// Set when a probe detached by SIGHUP is attached again.
+    fn attached_mut(&mut self) -> &mut Attached;
     /// Appends the current cumulative histograms.
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String>;
     /// Appends the current cumulative counters, for families that count rather than
@@ -141,6 +168,8 @@ pub enum StartError {
     Load(String),
     #[error("{0}")]
     Pins(#[from] pins::PinError),
+    #[error("{0}")]
+    Btf(String),
 }
 
 /// Everything the kernel side recorded in one reading.
@@ -175,7 +204,21 @@ pub struct Probes {
     max_outliers: usize,
     /// The pin set when the probes are kept attached across restarts.
     pins: Option<pins::Pins>,
+    /// Each family resolved at start, for probes that SIGHUP attaches later.
+    families: Vec<Box<dyn Resolved>>,
+    /// Probes that SIGHUP detached, with the maps they took from the object, for a
+    /// later re-enable (a map can be taken from the object only once).
+    parked: Vec<Box<dyn Probe>>,
     _tracefs: Option<tracefs::Mounted>,
+}
+
+/// What [`Probes::set_enabled`] changed.
+#[derive(Debug, Default)]
+pub struct Toggled {
+    pub attached: Vec<&'static str>,
+    pub detached: Vec<&'static str>,
+    /// Enabled, and tried, but no variant attached (the reasons are logged).
+    pub failed: Vec<&'static str>,
 }
 
 impl Probes {
@@ -200,7 +243,6 @@ impl Probes {
         if let Some(pins) = &mut pins {
             log_pins(pins);
         }
-        drop(families);
 
         nothing_attached(&statuses)?;
         let counters = ebpf
@@ -233,8 +275,93 @@ impl Probes {
             outliers,
             max_outliers: setup.outliers.max_per_interval,
             pins,
+            families,
+            parked: Vec::new(),
             _tracefs: tracefs,
         })
+    }
+
+    /// SIGHUP: attaches the probes `config` enables that are not running and detaches
+    /// those it disables; the others are not touched, so their counts go on. A
+    /// detached probe's maps are kept (its series pause), and a re-enabled one
+    /// continues from them. With pins, a detached probe's pins go (nothing of it runs
+    /// while disabled) and a re-enabled one is pinned again.
+    pub fn set_enabled(&mut self, config: &ProbesConfig) -> Toggled {
+        let pins = self.pins.take();
+        let (toggled, pins) = pins::session(pins, || self.toggle(config));
+        self.pins = pins;
+        // Report order is attach order.
+        let order = |p: &dyn Probe| {
+            self.statuses
+                .iter()
+                .position(|s| s.probe == p.name())
+                .unwrap_or(usize::MAX)
+        };
+        self.probes.sort_by_key(|p| order(p.as_ref()));
+        toggled
+    }
+
+    fn toggle(&mut self, config: &ProbesConfig) -> Toggled {
+        let mut toggled = Toggled::default();
+        // The kernel's BTF is parsed only when something attaches (tens of MiB).
+        let mut btf: Option<Option<aya::Btf>> = None;
+        for (def, family) in FAMILIES.iter().zip(&self.families) {
+            let on = config.enabled(def.name());
+            for plan in family.plans() {
+                let running = self.probes.iter().position(|p| p.name() == plan.probe);
+                let Some(status) = self.statuses.iter_mut().find(|s| s.probe == plan.probe) else {
+                    continue;
+                };
+                match (on, running) {
+                    (false, Some(i)) => {
+                        let probe = self.probes.remove(i);
+                        for &program in &probe.attached().programs {
+                            attach::unload(&mut self.ebpf, program);
+                            pins::with(|pins| pins.map(|p| p.clear(program)));
+                        }
+                        tracing::info!(probe = plan.probe, "probe detached (disabled)");
+                        if probe.attached().kind.is_some() {
+                            self.parked.push(probe);
+                        }
+                        status.attached = None;
+                        toggled.detached.push(plan.probe);
+                    }
+                    (true, None) if plan.not_applicable.is_none() => {
+                        let btf = btf
+                            .get_or_insert_with(|| aya::Btf::from_sys_fs().ok())
+                            .as_ref();
+                        let parked = self.parked.iter().position(|p| p.name() == plan.probe);
+                        let probe = match parked {
+                            Some(i) => {
+                                let mut probe = self.parked.remove(i);
+                                let variants = family.variants(plan.probe, plan.forced);
+                                *probe.attached_mut() =
+                                    attach::attach_first(&mut self.ebpf, btf, &variants);
+                                probe
+                            }
+                            None => family.attach(plan.probe, &mut self.ebpf, btf),
+                        };
+                        log_attach(probe.name(), probe.attached());
+                        if probe.attached().kind.is_some() {
+                            toggled.attached.push(plan.probe);
+                        } else {
+                            toggled.failed.push(plan.probe);
+                        }
+                        status.attached = Some(probe.attached().clone());
+                        self.probes.push(probe);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if btf.is_some() {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0)
+            };
+        }
+        toggled
     }
 
     /// The pin set, when the probes are kept attached across restarts.
@@ -360,6 +487,13 @@ fn attach_all(
                 not_applicable: None,
             };
             if !plan.enabled {
+                // An earlier run of this layout may have left it attached (the layout
+                // does not depend on which probes run): it must not keep counting.
+                for variant in family.variants(plan.probe, None) {
+                    for spec in &variant.programs {
+                        pins::with(|pins| pins.map(|p| p.clear(spec.program)));
+                    }
+                }
                 statuses.push(status);
                 continue;
             }
@@ -384,7 +518,9 @@ fn attach_all(
 fn load_layout(setup: &Setup<'_>) -> u64 {
     let config = format!(
         "{:?}|{:?}|{}",
-        setup.probes, setup.outliers, setup.outliers_enabled
+        setup.probes.shape(),
+        setup.outliers,
+        setup.outliers_enabled
     );
     pins::layout(EBPF_OBJECT, &config)
 }
@@ -454,10 +590,27 @@ impl Loaded {
     /// run of the same layout left one, else created and pinned.
     pub fn load_with(setup: &Setup<'_>, pins: Option<&pins::Pins>) -> Result<Self, StartError> {
         raise_memlock_limit();
-        let kernel_btf = Btf::from_sys_fs()
-            .inspect_err(|e| tracing::warn!("kernel BTF unusable: {e}"))
-            .ok();
+        // tp_btf and fentry name type ids of the BTF the kernel holds itself: `btf` is
+        // always the kernel's own, even with `[agent] btf` (which equals it when the
+        // kernel has one, see kernel::btf_file).
         let btf = aya::Btf::from_sys_fs().ok();
+        let (kernel_btf, loader_btf) = match setup.btf {
+            Some(path) => {
+                let file = btf_file::open(path).map_err(|e| StartError::Btf(e.to_string()))?;
+                tracing::info!(
+                    path = %path.display(),
+                    kernel_has_own = file.kernel_has_own,
+                    "kernel BTF read from [agent] btf"
+                );
+                (Some(file.layouts), Some(file.loader))
+            }
+            None => (
+                Btf::from_sys_fs()
+                    .inspect_err(|e| tracing::warn!("kernel BTF unusable: {e}"))
+                    .ok(),
+                btf.clone(),
+            ),
+        };
         // Classic tracepoints need tracefs: without BTF every family falls back to them,
         // otherwise only those that are forced to or have no other way.
         let needs_tracefs = kernel_btf.is_none() || FAMILIES.iter().any(|f| f.needs_tracefs(setup));
@@ -482,7 +635,7 @@ impl Loaded {
 
         let map_paths = pins.map(|p| p.map_paths(EBPF_OBJECT)).unwrap_or_default();
         let mut loader = EbpfLoader::new();
-        loader.btf(btf.as_ref());
+        loader.btf(loader_btf.as_ref());
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }

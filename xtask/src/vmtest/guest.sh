@@ -16,6 +16,7 @@ OUT=/dev/ttyS1
 ITERATIONS=$(sed -n 's/.*vmtest.kvm_iterations=\([0-9]*\).*/\1/p' /proc/cmdline)
 IO_COUNT=$(sed -n 's/.*vmtest.io_count=\([0-9]*\).*/\1/p' /proc/cmdline)
 ERROR_COUNT=$(sed -n 's/.*vmtest.error_count=\([0-9]*\).*/\1/p' /proc/cmdline)
+TCP_EXCHANGES=$(sed -n 's/.*vmtest.tcp_exchanges=\([0-9]*\).*/\1/p' /proc/cmdline)
 
 # section NAME COMMAND...: the command's output, framed, with its exit code; its
 # standard error follows as section NAME.stderr.
@@ -48,6 +49,17 @@ section loop losetup /dev/loop0 /tmp/loop.img
 
 section uname uname -r
 section check nodepulse check --json
+
+# [agent] btf: the kernel's own BTF copied to a file, which the recording below reads
+# instead (its log says so, and which kind each probe attached by).
+btf_file_config() {
+    cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
+    printf '[agent]\nbtf = "/tmp/vmlinux.btf"\n' >/tmp/btf.toml
+}
+btf_file_config
+# Seconds since boot, and the time since $1 on standard error (the matrix's cost).
+now() { cut -d' ' -f1 /proc/uptime; }
+took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "took %.2f s\n", b - a }' >&2; }
 
 block_stats() {
     for d in /sys/block/*; do
@@ -123,6 +135,60 @@ tcp_traffic() {
     return $rc
 }
 
+# TCP over a veth pair into a second network namespace (busybox's ip names the peer
+# itself, veth0, and moves it by pid; unshare/nsenter make and enter the namespace):
+# TCP_EXCHANGES strict request/reply turns of one segment each to a Ceph monitor port.
+# Each side then receives exactly one segment per turn while its own is unacknowledged,
+# the segments the probe samples. Prints the turns completed, RetransSegs grown in both
+# namespaces and the packets that crossed the veth.
+RETRANS_AWK='/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RetransSegs") c = i; h = 1 } else print $c }'
+# RetransSegs of the first namespace and of the one process $1 is in, summed.
+retrans_both() {
+    echo $(($(awk "$RETRANS_AWK" /proc/net/snmp) + $(nsenter -t "$1" -n awk "$RETRANS_AWK" /proc/net/snmp)))
+}
+tcp_veth() {
+    t0=$(now)
+    unshare -n sleep 600 &
+    ns=$!
+    sleep 0.2
+    ip link add name np0 type veth || return 1
+    ip link set veth0 netns "$ns" || return 1
+    nsenter -t "$ns" -n sh -c 'ip link set lo up && ip addr add 10.77.0.2/24 dev veth0 &&
+        ip link set veth0 up' || return 1
+    ip addr add 10.77.0.1/24 dev np0 && ip link set np0 up || return 1
+    retrans0=$(retrans_both "$ns")
+    tx0=$(cat /sys/class/net/np0/statistics/tx_packets)
+    rx0=$(cat /sys/class/net/np0/statistics/rx_packets)
+    nsenter -t "$ns" -n nc -l -p 3300 -e cat &
+    server=$!
+    sleep 0.5
+    rm -f /tmp/tcp-req /tmp/tcp-rep
+    mkfifo /tmp/tcp-req /tmp/tcp-rep
+    nc 10.77.0.2 3300 </tmp/tcp-req >/tmp/tcp-rep &
+    client=$!
+    exec 4>/tmp/tcp-req 5</tmp/tcp-rep
+    done_turns=0
+    for i in $(seq "$TCP_EXCHANGES"); do
+        echo "turn $i" >&4
+        read -r reply <&5 || break
+        [ "$reply" = "turn $i" ] && done_turns=$((done_turns + 1))
+    done
+    exec 4>&- 5<&-
+    sleep 0.5
+    kill "$client" "$server" 2>/dev/null
+    wait "$client" "$server" 2>/dev/null
+    retrans1=$(retrans_both "$ns")
+    echo "turns $done_turns"
+    echo "retrans_segs $((retrans1 - retrans0))"
+    echo "veth_tx $(($(cat /sys/class/net/np0/statistics/tx_packets) - tx0))"
+    echo "veth_rx $(($(cat /sys/class/net/np0/statistics/rx_packets) - rx0))"
+    kill "$ns"
+    wait "$ns" 2>/dev/null
+    ip link del np0 2>/dev/null
+    took "$t0"
+    return 0
+}
+
 lines() { wc -l </tmp/record.jsonl 2>/dev/null || echo 0; }
 wait_lines() {
     want=$1
@@ -135,7 +201,7 @@ wait_lines() {
     return 1
 }
 
-nodepulse record --interval 1s -o /tmp/record.jsonl 2>/tmp/record.log &
+nodepulse record --config /tmp/btf.toml --interval 1s -o /tmp/record.jsonl 2>/tmp/record.log &
 AGENT=$!
 section attached wait_lines 1
 section schedstat_before cat /proc/schedstat
@@ -145,6 +211,7 @@ section block_errors block_errors
 section kvm kvm_guest
 section contention contention
 section tcp tcp_traffic
+section tcp_veth tcp_veth
 sync
 section stats_after block_stats
 section schedstat_after cat /proc/schedstat

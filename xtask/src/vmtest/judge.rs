@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use super::{
-    ERROR_COUNT, IO_COUNT, KVM_ITERATIONS,
+    ERROR_COUNT, IO_COUNT, KVM_ITERATIONS, TCP_EXCHANGES,
     kernels::Kernel,
-    results::{self, Attach, AttachVerdict, Sections},
+    results::{self, Attach, AttachVerdict, Recorded, Sections},
 };
 
 /// The attach kind each probe must use on each kernel of the matrix, as measured: a
@@ -156,6 +156,7 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
         .collect();
     let recorded = results::recorded(sections.ok("record")?)?;
     let mut checks = Vec::new();
+    checks.push(btf_file_check(&attaches, &sections)?);
 
     // Block: every completed request of every disk, per op, as sysfs counts them.
     let before = results::block_stats(sections.ok("stats_before")?);
@@ -295,6 +296,8 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
         ),
     });
 
+    checks.push(tcp_veth_check(&recorded, sections.ok("tcp_veth")?));
+
     // Run-queue and TCP series are present where the workloads made them (counted
     // exactly by the host's integration tests, not here).
     for (name, family, want) in [
@@ -310,7 +313,7 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
             vec![("vm", "instance-0000002a")],
         ),
         (
-            "tcp rtt (ceph-osd port)",
+            "tcp rtt (loopback, ceph-osd)",
             "net.tcp.rtt",
             vec![("peer.group", "ceph-osd")],
         ),
@@ -330,6 +333,113 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
         expected_kind: Some(expected_kind),
         checks,
     })
+}
+
+/// The file the guest copied the kernel's BTF to, named by `[agent] btf`.
+const BTF_FILE: &str = "/tmp/vmlinux.btf";
+
+/// `[agent] btf` naming a copy of the kernel's own BTF: the recording (run with that
+/// configuration, its counts checked exactly here) must log that it read the file, and
+/// attach every probe by the kind `check` found without it.
+fn btf_file_check(attaches: &[Attach], sections: &Sections) -> Result<Check> {
+    let log = strip_ansi(sections.any("record_log")?);
+    let logged = log
+        .lines()
+        .any(|l| l.contains("kernel BTF read from [agent] btf") && l.contains(BTF_FILE));
+    // `probe attached probe="block" via=tp_btf`
+    let recorded: Vec<(String, String)> = log
+        .lines()
+        .filter(|l| l.contains("probe attached"))
+        .filter_map(|l| {
+            let probe = l.split("probe=\"").nth(1)?.split('"').next()?;
+            let via = l.split("via=").nth(1)?.split_whitespace().next()?;
+            Some((probe.to_owned(), via.to_owned()))
+        })
+        .collect();
+    let expected: Vec<(String, String)> = attaches
+        .iter()
+        .filter_map(|a| Some((a.probe.clone(), a.kind.clone()?)))
+        .collect();
+    let same = recorded == expected;
+    let shown = |v: &[(String, String)]| {
+        v.iter()
+            .map(|(p, k)| format!("{p}={k}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Ok(Check {
+        name: "[agent] btf (a file)".into(),
+        ok: logged && same,
+        compared: Compared::Exact,
+        detail: format!(
+            "recording read {BTF_FILE}: {logged} | attached {} (check without it: {})",
+            shown(&recorded),
+            shown(&expected)
+        ),
+    })
+}
+
+/// The text of a log with its colours (`ESC [ ... m`) removed.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// TCP over the veth pair: every request/reply turn gives each side exactly one segment
+/// received while its own is unacknowledged (the reply or the ACK before it on the
+/// client; the next request, a pure ACK or the FIN acknowledging the reply on the
+/// server), all sampled but one: the server's first, read before the ACK is processed,
+/// finds no RACK RTT yet (the handshake's was measured on the request socket), so
+/// 2 × turns − 1 RTT samples for the Ceph monitor port. Retransmissions equal the two
+/// namespaces' RetransSegs growth.
+fn tcp_veth_check(recorded: &Recorded, text: &str) -> Check {
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    let (turns, retrans, tx, rx) = (
+        field("turns "),
+        field("retrans_segs "),
+        field("veth_tx "),
+        field("veth_rx "),
+    );
+    let group = [("peer.group", "ceph-mon")];
+    let samples = results::count_where(recorded, "net.tcp.rtt", &group);
+    let agent_retrans = results::count_where(recorded, "net.tcp.retransmits", &group);
+    let crossed = tx.unwrap_or(0) >= TCP_EXCHANGES && rx.unwrap_or(0) >= TCP_EXCHANGES;
+    Check {
+        name: "tcp rtt (veth, ceph-mon)".into(),
+        ok: turns == Some(TCP_EXCHANGES)
+            && samples == 2 * TCP_EXCHANGES - 1
+            && retrans == Some(agent_retrans)
+            && crossed,
+        compared: Compared::Exact,
+        detail: format!(
+            "turns {} of {TCP_EXCHANGES}, veth tx {} rx {} packets, RetransSegs +{} | agent \
+             rtt samples {samples} (want {}), retransmits {agent_retrans}",
+            opt(turns),
+            opt(tx),
+            opt(rx),
+            opt(retrans),
+            2 * TCP_EXCHANGES - 1
+        ),
+    }
+}
+
+fn opt(n: Option<u64>) -> String {
+    n.map_or("?".into(), |n| n.to_string())
 }
 
 fn fmt_ops(ops: &[(&str, u64)]) -> String {
@@ -388,4 +498,20 @@ pub fn table(reports: &[&KernelReport]) -> String {
         }
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_colours_are_removed() {
+        let line = "\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m probe attached \
+                    \u{1b}[3mprobe\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"block\" \u{1b}[3mvia\u{1b}[0m\
+                    \u{1b}[2m=\u{1b}[0mtp_btf";
+        assert_eq!(
+            strip_ansi(line),
+            "2026  INFO probe attached probe=\"block\" via=tp_btf"
+        );
+    }
 }

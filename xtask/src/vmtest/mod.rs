@@ -26,6 +26,8 @@ pub const IO_COUNT: u64 = 200;
 pub const ERROR_COUNT: u64 = 3;
 /// Iterations of the nested guest's `out; hlt` loop.
 pub const KVM_ITERATIONS: u64 = 100;
+/// Request/reply turns over the veth pair.
+pub const TCP_EXCHANGES: u64 = 50;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -95,7 +97,7 @@ pub fn run_matrix(specs: &[kernels::Spec]) -> Result<()> {
             dir: &dir,
             cmdline: &format!(
                 "vmtest.io_count={IO_COUNT} vmtest.error_count={ERROR_COUNT} \
-                 vmtest.kvm_iterations={KVM_ITERATIONS}"
+                 vmtest.kvm_iterations={KVM_ITERATIONS} vmtest.tcp_exchanges={TCP_EXCHANGES}"
             ),
         })?;
         println!(

@@ -198,6 +198,9 @@ pub fn schedstat(text: &str) -> Schedstat {
     total
 }
 
+/// Summed series by family and `k=v,...` labels.
+pub type Recorded = BTreeMap<(String, String), Summed>;
+
 /// Every series and counter of `nodepulse record`'s JSON lines, keyed by family and its
 /// labels as `k=v,...`, counts (a counter's increases) summed over the reports.
 pub fn recorded(jsonl: &str) -> Result<BTreeMap<(String, String), Summed>> {

@@ -114,10 +114,12 @@ impl Times {
     }
 }
 
+/// `scale`: of the exported histograms, at most the kernel's (lower merges buckets).
 pub fn metrics_request(
     report: &Report,
     resource: &Resource,
     temporality: Temporality,
+    scale: i32,
     times: Times,
     extra: Vec<Metric>,
 ) -> ExportMetricsServiceRequest {
@@ -127,7 +129,9 @@ pub fn metrics_request(
     }
     let mut metrics: Vec<Metric> = by_family
         .into_iter()
-        .map(|(family, series)| histogram_metric(family, &series, report, temporality, times))
+        .map(|(family, series)| {
+            histogram_metric(family, &series, report, temporality, scale, times)
+        })
         .collect();
     metrics.extend(counter_metrics(&report.counters, temporality, times));
     metrics.extend(self_metrics(report, times));
@@ -150,6 +154,7 @@ fn histogram_metric(
     series: &[&SeriesReport],
     report: &Report,
     temporality: Temporality,
+    scale: i32,
     times: Times,
 ) -> Metric {
     let data_points = series
@@ -160,13 +165,15 @@ fn histogram_metric(
                 Temporality::Cumulative => (s.cumulative.clone(), times.agent_start),
                 Temporality::Delta => (s.delta_histogram(), times.interval_start),
             };
+            let scale = scale.min(s.histogram.scale);
+            let h = h.downscaled((s.histogram.scale - scale) as u32);
             ExponentialHistogramDataPoint {
                 attributes: attributes(&s.labels),
                 start_time_unix_nano: start,
                 time_unix_nano: times.now,
                 count: h.count(),
                 sum: Some(h.sum as f64),
-                scale: s.histogram.scale,
+                scale,
                 zero_count: h.zero_count,
                 positive: Some(Buckets {
                     offset: h.offset,
@@ -551,6 +558,7 @@ mod tests {
             &r,
             &resource("vm"),
             Temporality::Cumulative,
+            3,
             times(),
             vec![],
         );
@@ -576,9 +584,35 @@ mod tests {
     }
 
     #[test]
+    fn a_lower_scale_merges_buckets_and_keeps_counts() {
+        let r = report::sample();
+        let s = &r.series[0];
+        for scale in [3, 1, 0, -2] {
+            let req = metrics_request(
+                &r,
+                &resource("vm"),
+                Temporality::Cumulative,
+                scale,
+                times(),
+                vec![],
+            );
+            let p = &histogram(&req, "nodepulse.block.io.latency").data_points[0];
+            assert_eq!(p.scale, scale);
+            let b = p.positive.as_ref().unwrap();
+            let by = (s.histogram.scale - scale) as u32;
+            assert_eq!(b.offset, s.cumulative.offset >> by);
+            let last = s.cumulative.offset + s.cumulative.counts.len() as i32 - 1;
+            assert_eq!(b.bucket_counts.len() as i32, (last >> by) - b.offset + 1);
+            assert_eq!(b.bucket_counts.iter().sum::<u64>() + p.zero_count, p.count);
+            assert_eq!(p.count, s.cumulative.count());
+            assert_eq!(p.sum, Some(s.cumulative.sum as f64));
+        }
+    }
+
+    #[test]
     fn delta_temporality_uses_the_interval() {
         let r = report::sample();
-        let req = metrics_request(&r, &resource("vm"), Temporality::Delta, times(), vec![]);
+        let req = metrics_request(&r, &resource("vm"), Temporality::Delta, 3, times(), vec![]);
         let h = histogram(&req, "nodepulse.block.io.latency");
         assert_eq!(
             h.aggregation_temporality,
@@ -595,7 +629,7 @@ mod tests {
             (Temporality::Cumulative, 5, times().agent_start),
             (Temporality::Delta, 2, times().interval_start),
         ] {
-            let req = metrics_request(&r, &resource("vm"), temporality, times(), vec![]);
+            let req = metrics_request(&r, &resource("vm"), temporality, 3, times(), vec![]);
             let m = req.resource_metrics[0].scope_metrics[0]
                 .metrics
                 .iter()

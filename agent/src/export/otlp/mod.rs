@@ -22,6 +22,7 @@ pub struct OtlpExporter {
     sender: Arc<OtlpSender>,
     resource: Resource,
     temporality: Temporality,
+    histogram_scale: i32,
     agent_start: u64,
     process_start: u64,
     last_export: u64,
@@ -43,6 +44,7 @@ impl OtlpExporter {
                 sender: Arc::clone(&sender),
                 resource: encode::resource(host_name),
                 temporality: config.temporality,
+                histogram_scale: config.histogram_scale,
                 agent_start: now,
                 process_start: now,
                 last_export: now,
@@ -107,8 +109,14 @@ impl Exporter for OtlpExporter {
         };
         self.last_export = now;
         let extra = self.transport_metrics(times);
-        let metrics =
-            encode::metrics_request(report, &self.resource, self.temporality, times, extra);
+        let metrics = encode::metrics_request(
+            report,
+            &self.resource,
+            self.temporality,
+            self.histogram_scale,
+            times,
+            extra,
+        );
         let mut dropped = Vec::new();
         if !self.sender.try_send_metrics(metrics) {
             dropped.push("metrics");

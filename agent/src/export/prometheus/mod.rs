@@ -13,7 +13,7 @@ use std::{
     fmt::Write as _,
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
 };
 
 use bytes::Bytes;
@@ -713,12 +713,42 @@ fn wants_protobuf(accept: Option<&str>) -> bool {
     protobuf_q > 0.0 && protobuf_q >= text_q
 }
 
+/// The latest report and its renderings, each made once, by the first scrape that asks
+/// for it: a crowd of scrapers in one interval costs one rendering, not one each.
+struct Rendered {
+    report: Arc<Report>,
+    text: OnceLock<Bytes>,
+    protobuf: OnceLock<Bytes>,
+}
+
+impl Rendered {
+    fn new(report: Report) -> Self {
+        Self {
+            report: Arc::new(report),
+            text: OnceLock::new(),
+            protobuf: OnceLock::new(),
+        }
+    }
+
+    fn text(&self) -> Bytes {
+        self.text
+            .get_or_init(|| render_text(&self.report).into())
+            .clone()
+    }
+
+    fn protobuf(&self) -> Bytes {
+        self.protobuf
+            .get_or_init(|| render_protobuf(&self.report).into())
+            .clone()
+    }
+}
+
 /// The response to one request, given the latest report (none before the first).
 fn respond(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
-    report: Option<&Report>,
+    latest: Option<&Rendered>,
 ) -> Response<Full<Bytes>> {
     if path != METRICS_PATH {
         return http::plain(
@@ -729,7 +759,7 @@ fn respond(
     if method != Method::GET && method != Method::HEAD {
         return http::method_not_allowed("use GET /metrics\n");
     }
-    let Some(report) = report else {
+    let Some(latest) = latest else {
         return http::plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "no metrics yet: nodepulse has not finished its first interval\n",
@@ -737,17 +767,9 @@ fn respond(
     };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     if wants_protobuf(accept) {
-        http::response(
-            StatusCode::OK,
-            PROTOBUF_CONTENT_TYPE,
-            render_protobuf(report).into(),
-        )
+        http::response(StatusCode::OK, PROTOBUF_CONTENT_TYPE, latest.protobuf())
     } else {
-        http::response(
-            StatusCode::OK,
-            TEXT_CONTENT_TYPE,
-            render_text(report).into(),
-        )
+        http::response(StatusCode::OK, TEXT_CONTENT_TYPE, latest.text())
     }
 }
 
@@ -757,9 +779,9 @@ fn respond(
 
 /// The latest report, shared between the collection loop and the server. The lock is
 /// only held to swap or clone an `Arc`, never while rendering or doing I/O.
-type Latest = Arc<Mutex<Option<Arc<Report>>>>;
+type Latest = Arc<Mutex<Option<Arc<Rendered>>>>;
 
-fn latest(shared: &Latest) -> Option<Arc<Report>> {
+fn latest(shared: &Latest) -> Option<Arc<Rendered>> {
     shared
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -808,8 +830,8 @@ impl Exporter for PrometheusExporter {
 
     /// Only replaces the stored report: rendering happens when a scraper asks.
     fn export(&mut self, report: &Report) -> io::Result<()> {
-        let report = Arc::new(report.clone());
-        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+        let latest = Arc::new(Rendered::new(report.clone()));
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(latest);
         Ok(())
     }
 }

@@ -542,10 +542,21 @@ fn method_not_allowed() {
         &Method::POST,
         METRICS_PATH,
         &HeaderMap::new(),
-        Some(&sample()),
+        Some(&Rendered::new(sample())),
     );
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+}
+
+#[test]
+fn a_report_is_rendered_once_however_many_scrape_it() {
+    let latest = Rendered::new(sample());
+    let (a, b) = (latest.text(), latest.text());
+    assert_eq!(a.as_ptr(), b.as_ptr(), "the second scrape re-rendered");
+    assert_eq!(a, render_text(&sample()));
+    let (p, q) = (latest.protobuf(), latest.protobuf());
+    assert_eq!(p.as_ptr(), q.as_ptr());
+    assert_eq!(p, render_protobuf(&sample()));
 }
 
 #[test]

@@ -596,6 +596,10 @@ impl Probe for BlockProbe {
         &self.attached
     }
 
+    fn attached_mut(&mut self) -> &mut Attached {
+        &mut self.attached
+    }
+
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         self.create_series();
         let queues = self.times_queues();

@@ -189,6 +189,10 @@ impl Probe for KvmUserspaceProbe {
         &self.attached
     }
 
+    fn attached_mut(&mut self) -> &mut Attached {
+        &mut self.attached
+    }
+
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         for (kernel_family, name) in [
             (family::KVM_USERSPACE, FAMILY_USERSPACE),
@@ -228,6 +232,10 @@ impl Probe for KvmExitProbe {
 
     fn attached(&self) -> &Attached {
         &self.attached
+    }
+
+    fn attached_mut(&mut self) -> &mut Attached {
+        &mut self.attached
     }
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {

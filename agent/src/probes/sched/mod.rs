@@ -149,6 +149,10 @@ impl Probe for SchedProbe {
         &self.attached
     }
 
+    fn attached_mut(&mut self) -> &mut Attached {
+        &mut self.attached
+    }
+
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         let Some(host) = &self.host else {
             return Ok(());

@@ -206,6 +206,10 @@ impl Probe for TcpProbe {
         &self.attached
     }
 
+    fn attached_mut(&mut self) -> &mut Attached {
+        &mut self.attached
+    }
+
     /// Groups that had samples since the agent started.
     fn read(&mut self, _cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         let Some(map) = &self.rtt else {

@@ -16,6 +16,10 @@ pub struct OtlpConfig {
     pub endpoint: String,
     pub protocol: OtlpProtocol,
     pub temporality: Temporality,
+    /// Scale of the exported exponential histograms: the kernel's (3, lossless) or
+    /// lower, down to -4. Each step down merges pairs of adjacent buckets, which is
+    /// exact (every sample stays in the bucket holding it) but halves the resolution.
+    pub histogram_scale: i32,
     pub compression: Compression,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
@@ -34,6 +38,7 @@ impl Default for OtlpConfig {
             endpoint: "http://localhost:4317".into(),
             protocol: OtlpProtocol::Grpc,
             temporality: Temporality::Cumulative,
+            histogram_scale: agent_common::hist::SCALE,
             compression: Compression::Gzip,
             timeout: Duration::from_secs(10),
             headers: Default::default(),

@@ -206,6 +206,25 @@ fn endpoint_extras_are_rejected_with_their_fix() {
 }
 
 #[test]
+fn histogram_scale_is_the_kernels_or_lower() {
+    let mut c = OtlpConfig {
+        histogram_scale: 4,
+        ..OtlpConfig::default()
+    };
+    assert_eq!(
+        problem(&c),
+        "config key `otlp.histogram_scale` must be between -4 and 3 (the kernel records at \
+         scale 3; a higher scale would need buckets it never had), got 4"
+    );
+    c.histogram_scale = -5;
+    assert!(problem(&c).ends_with("got -5"));
+    for ok in [-4, 0, 3] {
+        c.histogram_scale = ok;
+        validate(&c).unwrap();
+    }
+}
+
+#[test]
 fn queue_size_and_timeout_ranges() {
     let mut c = OtlpConfig {
         queue_size: 0,

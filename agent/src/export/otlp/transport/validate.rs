@@ -7,6 +7,10 @@ use super::*;
 // Configuration checks
 // ---------------------------------------------------------------------------------------
 
+/// Lowest export scale: base 2^16, 4 buckets cover 1 ns to 18 hours; below that the
+/// histogram says nothing.
+pub const MIN_SCALE: i32 = -4;
+
 /// Checks the `[otlp]` table; every problem names its key and says what to do.
 pub fn validate(config: &OtlpConfig) -> Result<(), ConfigError> {
     check(config).map(drop)
@@ -108,6 +112,17 @@ pub(super) fn check_endpoint_path(
 }
 
 pub(super) fn check_limits(config: &OtlpConfig) -> Result<(), ConfigError> {
+    let kernel = agent_common::hist::SCALE;
+    if !(MIN_SCALE..=kernel).contains(&config.histogram_scale) {
+        return Err(invalid(
+            "otlp.histogram_scale",
+            format!(
+                "must be between {MIN_SCALE} and {kernel} (the kernel records at scale \
+                 {kernel}; a higher scale would need buckets it never had), got {}",
+                config.histogram_scale
+            ),
+        ));
+    }
     if !QUEUE_SIZE.contains(&config.queue_size) {
         return Err(invalid(
             "otlp.queue_size",

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -14,7 +15,7 @@ use crate::{
     aggregate::{CounterDelta, Delta, TrackedReading, budget::Budget, counter_delta},
     config::Config,
     detect::{AlarmState, Detector, Topology},
-    export::Exporter,
+    export::{Exporter, otlp::transport::OtlpSender},
     probes::{Probes, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
     selfmon::{self, ProcessSample},
@@ -25,11 +26,15 @@ use crate::{
     },
 };
 
-/// Reads the configuration again (SIGHUP).
-pub type Reload = Box<dyn Fn() -> Result<Config, crate::settings::ConfigError> + Send>;
+mod reload;
+
+pub use reload::Reload;
 
 /// How long the agent waits for running actions at exit.
 const ACTIONS_GRACE: Duration = Duration::from_secs(5);
+/// How long queued OTLP batches get to leave at exit (or when a reload replaces the
+/// exporter).
+const OTLP_FLUSH: Duration = Duration::from_secs(5);
 
 pub struct Pipeline {
     probes: Probes,
@@ -52,6 +57,10 @@ pub struct Pipeline {
     start_unix_nano: u64,
     /// The running configuration and how to read it again, for SIGHUP.
     reload: Option<(Config, Reload)>,
+    /// The OTLP exporter's sender, flushed at exit.
+    otlp: Option<Arc<OtlpSender>>,
+    /// The console is a recording (`nodepulse record`): a reload leaves it alone.
+    recording: bool,
 }
 
 impl Pipeline {
@@ -78,75 +87,27 @@ impl Pipeline {
             state: None,
             start_unix_nano: unix_nanos(),
             reload: None,
+            otlp: None,
+            recording: false,
         }
+    }
+
+    /// The OTLP sender to flush at exit (a reload may replace it).
+    pub fn with_otlp(mut self, otlp: Option<Arc<OtlpSender>>) -> Self {
+        self.otlp = otlp;
+        self
+    }
+
+    /// The console is a recording, which a reload must not replace.
+    pub fn recording(mut self, recording: bool) -> Self {
+        self.recording = recording;
+        self
     }
 
     /// Lets SIGHUP re-read the configuration (`running` is the one in force).
     pub fn with_reload(mut self, running: Config, reload: Reload) -> Self {
         self.reload = Some((running, reload));
         self
-    }
-
-    /// SIGHUP: reads the configuration again. An invalid one is logged and the running
-    /// one kept. What only the agent's own loop uses (detector, cardinality limits)
-    /// takes effect now; sections the probes, exporters and actions were started with
-    /// take effect at the next restart, which with `keep_attached` loses nothing.
-    fn reload(&mut self) {
-        let Some((running, read)) = &mut self.reload else {
-            return;
-        };
-        let new = match read() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("configuration not reloaded, the running one stays: {e}");
-                return;
-            }
-        };
-        let mut applied = Vec::new();
-        if new.limits != running.limits {
-            self.budget = Budget::new(crate::probes::budget_rules(&new.limits));
-            applied.push("limits");
-        }
-        if new.detect != running.detect {
-            match (&mut self.detector, new.detect.enabled) {
-                (Some(d), true) => d.set_config(new.detect.clone()),
-                (None, true) => {
-                    let topology = Topology::from_sysfs(&new.agent.sys_root);
-                    self.detector = Some(Detector::with_topology(
-                        new.detect.clone(),
-                        &self.node,
-                        topology,
-                    ));
-                }
-                (_, false) => self.detector = None,
-            }
-            applied.push("detect");
-        }
-        let later: Vec<&str> = [
-            ("agent", new.agent != running.agent),
-            ("log", new.log != running.log),
-            ("console", new.console != running.console),
-            ("probes", new.probes != running.probes),
-            ("attribution", new.attribution != running.attribution),
-            ("outliers", new.outliers != running.outliers),
-            ("otlp", new.otlp != running.otlp),
-            ("prometheus", new.prometheus != running.prometheus),
-            ("health", new.health != running.health),
-            ("actions", new.actions != running.actions),
-        ]
-        .into_iter()
-        .filter_map(|(section, changed)| changed.then_some(section))
-        .collect();
-        tracing::info!(
-            applied = ?applied,
-            at_next_restart = ?later,
-            "configuration reloaded"
-        );
-        // What is not applied yet stays "running" so the next SIGHUP names it again.
-        let mut now = running.clone();
-        now.limits = new.limits;
-        now.detect = new.detect;
-        *running = now;
     }
 
     /// Saves state to `state` from now on, and takes up the previous run's: its
@@ -459,6 +420,12 @@ impl Pipeline {
             && !actions.stop(ACTIONS_GRACE)
         {
             tracing::warn!("actions still running at exit after being killed");
+        }
+        if let Some(sender) = self.otlp.take() {
+            // Give queued batches (the final report included) a few seconds to leave.
+            if !sender.flush(OTLP_FLUSH).await {
+                tracing::warn!("OTLP: some batches were still queued at exit");
+            }
         }
         let kept = self.probes.pins().map(|p| p.dir().display().to_string());
         drop(self);
