@@ -9,7 +9,6 @@ use std::sync::Arc;
 use super::{OTLP_FLUSH, Pipeline};
 use crate::{
     actions::Actions,
-    aggregate::budget::Budget,
     config::Config,
     detect::{Detector, Topology},
     export::{Exporter, otlp::transport::OtlpSender, start},
@@ -42,7 +41,8 @@ impl Pipeline {
         let mut applied = Vec::new();
         let mut failed = Vec::new();
         if new.limits != now.limits {
-            self.budget = Budget::new(crate::probes::budget_rules(&new.limits));
+            self.budget
+                .set_rules(crate::probes::budget_rules(&new.limits));
             now.limits = new.limits.clone();
             applied.push("limits");
         }
