@@ -24,7 +24,11 @@ pub struct OtlpExporter {
     temporality: Temporality,
     histogram_scale: i32,
     agent_start: u64,
+    /// Start of the agent's own totals (its CPU time): the process's, whatever
+    /// exporter a reload put in place.
     process_start: u64,
+    /// Start of this transport's counters, which begin at zero with it.
+    transport_start: u64,
     last_export: u64,
     /// Probe failures are logged once, not every interval.
     reported_failures: bool,
@@ -46,7 +50,8 @@ impl OtlpExporter {
                 temporality: config.temporality,
                 histogram_scale: config.histogram_scale,
                 agent_start: now,
-                process_start: now,
+                process_start: crate::util::time::process_start(),
+                transport_start: now,
                 last_export: now,
                 reported_failures: false,
             },
@@ -61,10 +66,22 @@ impl OtlpExporter {
         self
     }
 
+    /// The next delta interval starts at `last_export` (unix ns): the replaced
+    /// exporter's last, so a reload neither loses nor stretches an interval.
+    pub fn continuing(mut self, last_export: Option<u64>) -> Self {
+        if let Some(at) = last_export {
+            self.last_export = at;
+        }
+        self
+    }
+
     /// The transport's own counters, so a collector outage shows once it is back.
     fn transport_metrics(&self, times: Times) -> Vec<Metric> {
-        // Counted by this process, from zero at each start.
-        let times = times.of_process();
+        // Counted by this transport, from zero at its start.
+        let times = Times {
+            agent_start: self.transport_start,
+            ..times
+        };
         let stats = self.sender.stats();
         let mut batches = Vec::new();
         let mut bytes = Vec::new();
@@ -97,6 +114,10 @@ impl OtlpExporter {
 impl Exporter for OtlpExporter {
     fn name(&self) -> &'static str {
         "otlp"
+    }
+
+    fn last_export(&self) -> Option<u64> {
+        Some(self.last_export)
     }
 
     fn export(&mut self, report: &Report) -> std::io::Result<()> {
