@@ -75,6 +75,18 @@ impl OtlpExporter {
         self
     }
 
+    /// The times of an export at `now`, which ends its delta interval.
+    fn times_until(&mut self, now: u64) -> Times {
+        let times = Times {
+            agent_start: self.agent_start,
+            process_start: self.process_start,
+            interval_start: self.last_export,
+            now,
+        };
+        self.last_export = now;
+        times
+    }
+
     /// The transport's own counters, so a collector outage shows once it is back.
     fn transport_metrics(&self, times: Times) -> Vec<Metric> {
         // Counted by this transport, from zero at its start.
@@ -122,13 +134,7 @@ impl Exporter for OtlpExporter {
 
     fn export(&mut self, report: &Report) -> std::io::Result<()> {
         let now = unix_nanos();
-        let times = Times {
-            agent_start: self.agent_start,
-            process_start: self.process_start,
-            interval_start: self.last_export,
-            now,
-        };
-        self.last_export = now;
+        let times = self.times_until(now);
         let extra = self.transport_metrics(times);
         let metrics = encode::metrics_request(
             report,
@@ -175,5 +181,34 @@ impl Exporter for OtlpExporter {
                 dropped.join(" and ")
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replacement (a SIGHUP's) goes on from the replaced exporter's last export, and
+    /// the agent's own totals keep the process's start.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_replacement_continues_the_process_start_and_the_interval() {
+        let process_start = crate::util::time::process_start();
+        let config = OtlpConfig {
+            enabled: true,
+            endpoint: "http://127.0.0.1:9".into(),
+            ..OtlpConfig::default()
+        };
+        let (mut first, _) = OtlpExporter::start(&config, "node").unwrap();
+        let exported = first.times_until(unix_nanos()).now;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (second, _) = OtlpExporter::start(&config, "node").unwrap();
+        let mut second = second.continuing(first.last_export());
+        let times = second.times_until(unix_nanos());
+        assert_eq!(times.interval_start, exported);
+        assert_eq!(times.process_start, process_start);
+        assert!(
+            second.transport_start > exported,
+            "its transport counts anew"
+        );
     }
 }
