@@ -736,6 +736,18 @@ fn sighup_detaches_and_reattaches_a_probe_and_moves_an_exporter_while_block_coun
     // Back on, and Prometheus moved to another port.
     env.write_config_with_sched("c.toml", true, &prometheus(new_port));
     hup(&agent);
+    // The moved endpoint serves the last report from its first request, not a 503
+    // until the next interval.
+    let first = (0..200)
+        .find_map(|_| {
+            let got = common::http_get(&format!("127.0.0.1:{new_port}"), "/metrics").ok();
+            if got.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            got
+        })
+        .expect("Prometheus listens on the new port");
+    assert_eq!(first.0, 200, "{}", first.1);
     agent.wait_reports(3);
     assert_eq!(env.pinned_links(), all_links, "sched's links pinned again");
     let (status, body) = common::http_get(&format!("127.0.0.1:{new_port}"), "/metrics")

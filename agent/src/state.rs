@@ -100,23 +100,10 @@ impl StateDir {
     /// moved aside (`<file>.unreadable`) so the agent starts afresh instead of failing
     /// on every start.
     pub fn load(&self) -> Result<Option<Saved>, StateError> {
-        let mut path = self.path();
-        let mut bytes = std::fs::read(&path);
-        if matches!(&bytes, Err(e) if e.kind() == io::ErrorKind::NotFound) {
-            path = self.dir.join(PLAIN);
-            bytes = std::fs::read(&path);
-        }
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(StateError::Read {
-                    path: path.display().to_string(),
-                    error: e.to_string(),
-                });
-            }
+        let Some((path, bytes)) = self.last_saved()? else {
+            return Ok(None);
         };
-        let parsed = decode(&bytes).and_then(|s| {
+        let parsed = decode::<Saved>(&bytes).and_then(|s| {
             if s.format == FORMAT {
                 Ok(s)
             } else {
@@ -134,6 +121,28 @@ impl StateDir {
                 path: format!("{} (moved to {})", path.display(), aside.display()),
                 error,
             }
+        })
+    }
+
+    /// The file to read, with its bytes: [`FILE`], or [`PLAIN`] alone. With both (an
+    /// upgrade, a rollback that wrote plain JSON, an upgrade again) the one saved last,
+    /// by its `saved_unix_nano` (else its mtime): the other is stale, and the next save
+    /// replaces both.
+    fn last_saved(&self) -> Result<Option<(PathBuf, Vec<u8>)>, StateError> {
+        let read = |name: &str| {
+            let path = self.dir.join(name);
+            match std::fs::read(&path) {
+                Ok(bytes) => Ok(Some((path, bytes))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StateError::Read {
+                    path: path.display().to_string(),
+                    error: e.to_string(),
+                }),
+            }
+        };
+        Ok(match (read(FILE)?, read(PLAIN)?) {
+            (Some(gz), Some(plain)) if saved_later(&plain, &gz) => Some(plain),
+            (gz, plain) => gz.or(plain),
         })
     }
 
@@ -164,8 +173,22 @@ impl StateDir {
     }
 }
 
+/// Whether `a` was saved after `b` (files as read: path and bytes).
+fn saved_later(a: &(PathBuf, Vec<u8>), b: &(PathBuf, Vec<u8>)) -> bool {
+    #[derive(Deserialize)]
+    struct Stamp {
+        saved_unix_nano: Option<u64>,
+    }
+    let stamp = |bytes: &[u8]| decode::<Stamp>(bytes).ok().and_then(|s| s.saved_unix_nano);
+    let mtime = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    match (stamp(&a.1), stamp(&b.1)) {
+        (Some(a), Some(b)) => a > b,
+        _ => mtime(&a.0) > mtime(&b.0),
+    }
+}
+
 /// A saved state, gzip-compressed or (as earlier versions wrote it) plain JSON.
-fn decode(bytes: &[u8]) -> Result<Saved, String> {
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         serde_json::from_reader(io::BufReader::new(flate2::read::GzDecoder::new(bytes)))
             .map_err(|e| e.to_string())
@@ -410,5 +433,41 @@ mod tests {
         state.save(&old, false).unwrap();
         let err = state.load().unwrap_err().to_string();
         assert!(err.contains("format"), "{err}");
+    }
+
+    #[test]
+    fn of_a_plain_and_a_compressed_state_the_last_saved_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let write_plain = |start, saved_at| {
+            let mut plain = saved();
+            plain.start_unix_nano = start;
+            plain.saved_unix_nano = saved_at;
+            std::fs::write(dir.path().join(PLAIN), serde_json::to_vec(&plain).unwrap()).unwrap();
+        };
+        // Compressed saved at 43; a rollback then wrote plain JSON at 50.
+        state.save(&saved(), false).unwrap();
+        write_plain(7, 50);
+        assert_eq!(state.load().unwrap().unwrap().start_unix_nano, 7);
+        // A plain file older than the compressed one is stale.
+        write_plain(7, 40);
+        assert_eq!(state.load().unwrap().unwrap().start_unix_nano, 42);
+        // Without stamps, the newer file by mtime.
+        std::fs::write(dir.path().join(PLAIN), b"{}").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(state.path())
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(
+            state.load().is_err(),
+            "the newer, unstamped plain file is read"
+        );
+        // The first save leaves only the compressed file.
+        state.save(&saved(), false).unwrap();
+        assert!(!dir.path().join(PLAIN).exists());
+        assert_eq!(state.load().unwrap().unwrap().start_unix_nano, 42);
     }
 }

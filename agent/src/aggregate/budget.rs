@@ -64,6 +64,13 @@ impl Budget {
         }
     }
 
+    /// New rules (a `[limits]` reload); the `other` series keep their cumulative
+    /// values, which the exported start time still covers (a fresh sum would read as
+    /// a counter reset).
+    pub fn set_rules(&mut self, rules: Vec<Rule>) {
+        self.rules = rules;
+    }
+
     pub fn apply(&mut self, series: Vec<IntervalSeries>) -> Vec<IntervalSeries> {
         let mut out = Vec::with_capacity(series.len());
         let mut by_family: BTreeMap<&'static str, Vec<IntervalSeries>> = BTreeMap::new();
@@ -239,5 +246,25 @@ mod tests {
             .unwrap();
         assert_eq!(other.delta.count(), 4);
         assert_eq!(other.cumulative.count(), 7);
+    }
+
+    #[test]
+    fn new_rules_keep_the_other_series_cumulative() {
+        let input = || {
+            vec![
+                series("a", "io", 100),
+                series("b", "io", 5),
+                series("c", "io", 3),
+            ]
+        };
+        let other = |out: Vec<IntervalSeries>| {
+            out.into_iter()
+                .find(|s| s.key.label("vm") == Some(OTHER))
+                .map(|s| (s.delta.count(), s.cumulative.count()))
+        };
+        let mut budget = rule(2);
+        assert_eq!(other(budget.apply(input())), Some((3, 3)));
+        budget.set_rules(rule(1).rules);
+        assert_eq!(other(budget.apply(input())), Some((8, 11)));
     }
 }

@@ -198,6 +198,8 @@ fn init_logging(config: &Config) {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
+    // The start of the agent's own totals (its CPU time), whichever exporter reads it.
+    crate::util::time::process_start();
     match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(args),
@@ -389,7 +391,7 @@ fn start_exporters(
     all.extend(start::prometheus(config).map_err(failed)?);
     all.extend(start::health(config).map_err(failed)?);
     let mut otlp = None;
-    if let Some((exporter, sender)) = start::otlp(config, start_unix_nano).map_err(failed)? {
+    if let Some((exporter, sender)) = start::otlp(config, start_unix_nano, None).map_err(failed)? {
         all.push(exporter);
         otlp = Some(sender);
     }

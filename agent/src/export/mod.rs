@@ -17,4 +17,9 @@ pub trait Exporter {
     fn closed(&self) -> bool {
         false
     }
+    /// When it last exported (unix ns), for an exporter whose delta intervals end
+    /// there: its replacement at a reload starts the next interval from it.
+    fn last_export(&self) -> Option<u64> {
+        None
+    }
 }

@@ -60,8 +60,13 @@ pub fn health(config: &Config) -> Result<Option<Box<dyn Exporter>>, StartError> 
 pub type Otlp = (Box<dyn Exporter>, Arc<OtlpSender>);
 
 /// OTLP export, when `[otlp]` enables it, with cumulative series starting at
-/// `start_unix_nano`; and its sender, to flush at exit.
-pub fn otlp(config: &Config, start_unix_nano: u64) -> Result<Option<Otlp>, StartError> {
+/// `start_unix_nano` and its first delta interval at `last_export` (a replaced
+/// exporter's, at a reload); and its sender, to flush at exit.
+pub fn otlp(
+    config: &Config,
+    start_unix_nano: u64,
+    last_export: Option<u64>,
+) -> Result<Option<Otlp>, StartError> {
     if !config.otlp.enabled {
         return Ok(None);
     }
@@ -72,7 +77,7 @@ pub fn otlp(config: &Config, start_unix_nano: u64) -> Result<Option<Otlp>, Start
         })?;
     tracing::info!(endpoint = %config.otlp.endpoint, "exporting to OTLP");
     Ok(Some((
-        Box::new(exporter.with_start(start_unix_nano)),
+        Box::new(exporter.with_start(start_unix_nano).continuing(last_export)),
         sender,
     )))
 }

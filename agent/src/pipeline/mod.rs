@@ -61,6 +61,8 @@ pub struct Pipeline {
     otlp: Option<Arc<OtlpSender>>,
     /// The console is a recording (`nodepulse record`): a reload leaves it alone.
     recording: bool,
+    /// The last report exported, for an endpoint a reload starts anew.
+    last_report: Option<Report>,
 }
 
 impl Pipeline {
@@ -89,6 +91,7 @@ impl Pipeline {
             reload: None,
             otlp: None,
             recording: false,
+            last_report: None,
         }
     }
 
@@ -390,6 +393,7 @@ impl Pipeline {
                     // deltas from export, never counts them twice.
                     self.save_state(false);
                     self.export(&report);
+                    self.last_report = Some(report);
                     reports += 1;
                     if max_reports != 0 && reports >= max_reports {
                         self.save_state(true);

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use super::{OTLP_FLUSH, Pipeline};
 use crate::{
     actions::Actions,
-    aggregate::budget::Budget,
     config::Config,
     detect::{Detector, Topology},
     export::{Exporter, otlp::transport::OtlpSender, start},
@@ -42,7 +41,8 @@ impl Pipeline {
         let mut applied = Vec::new();
         let mut failed = Vec::new();
         if new.limits != now.limits {
-            self.budget = Budget::new(crate::probes::budget_rules(&new.limits));
+            self.budget
+                .set_rules(crate::probes::budget_rules(&new.limits));
             now.limits = new.limits.clone();
             applied.push("limits");
         }
@@ -51,17 +51,34 @@ impl Pipeline {
             now.detect = new.detect.clone();
             applied.push("detect");
         }
-        let enabled = now.probes.with_enabled_of(&new.probes);
+        let mut wanted = new.probes.clone();
+        // KVM's exit tracepoints were resolved at start only if tracefs was there.
+        let kvm_later =
+            wanted.kvm.enabled && !now.probes.kvm.enabled && !self.probes.attachable_later("kvm");
+        if kvm_later {
+            wanted.kvm.enabled = false;
+        }
+        let mut enabled = now.probes.with_enabled_of(&wanted);
         if enabled != now.probes {
-            let toggled = self.probes.set_enabled(&new.probes);
+            let toggled = self.probes.set_enabled(&wanted);
             tracing::info!(
                 attached = ?toggled.attached,
                 detached = ?toggled.detached,
                 failed = ?toggled.failed,
                 "probes enabled or disabled; the others keep running"
             );
+            // A family a probe of which did not attach stays as it was, so the next
+            // SIGHUP tries that probe again (it is parked, not running).
+            for family in &toggled.failed_families {
+                enabled.set_enabled(family, now.probes.enabled(family));
+            }
+            if enabled != now.probes {
+                applied.push("probes");
+            }
+            if !toggled.failed.is_empty() {
+                failed.push("probes");
+            }
             now.probes = enabled;
-            applied.push("probes");
         }
         self.reload_exporters(&new, &mut now, &mut applied, &mut failed);
         if new.actions != now.actions {
@@ -80,7 +97,11 @@ impl Pipeline {
             ("agent", new.agent != now.agent),
             ("log", new.log != now.log),
             ("attribution", new.attribution != now.attribution),
-            ("probes", new.probes != now.probes),
+            (
+                "probes",
+                new.probes.with_enabled_of(&now.probes) != now.probes,
+            ),
+            ("probes.kvm (tracefs was not mounted at start)", kvm_later),
             ("outliers", new.outliers != now.outliers),
             (
                 "outliers (on with OTLP)",
@@ -165,7 +186,12 @@ impl Pipeline {
             outcome("health", ok);
         }
         if new.otlp != now.otlp {
-            let ok = match start::otlp(new, self.start_unix_nano) {
+            let last_export = self
+                .exporters
+                .iter()
+                .find(|e| e.name() == "otlp")
+                .and_then(|e| e.last_export());
+            let ok = match start::otlp(new, self.start_unix_nano, last_export) {
                 Ok(started) => {
                     let (exporter, sender) = started.unzip();
                     self.replace_exporter("otlp", Ok(exporter));
@@ -181,6 +207,8 @@ impl Pipeline {
 
     /// Puts `started` in the place of the running exporter called `name` (or removes
     /// it, for `Ok(None)`); on an error keeps the running one. Whether it replaced.
+    /// An endpoint (Prometheus, health) is given the last report first, so it serves
+    /// from its first request instead of "not ready" until the next interval.
     fn replace_exporter(
         &mut self,
         name: &str,
@@ -193,6 +221,13 @@ impl Pipeline {
                 return false;
             }
         };
+        let mut started = started;
+        if let (Some(e), Some(report), "prometheus" | "health") =
+            (&mut started, &self.last_report, name)
+            && let Err(err) = e.export(report)
+        {
+            tracing::warn!(exporter = name, "export failed: {err}");
+        }
         let at = self.exporters.iter().position(|e| e.name() == name);
         match (at, started) {
             (Some(i), Some(e)) => self.exporters[i] = e,

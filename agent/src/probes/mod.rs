@@ -35,6 +35,14 @@ macro_rules! families {
                 }
             }
 
+            /// Sets the `enabled` of the family whose section is `[probes.<name>]`.
+            pub fn set_enabled(&mut self, name: &str, on: bool) {
+                match name {
+                    $(stringify!($family) => self.$family.enabled = on,)+
+                    _ => {}
+                }
+            }
+
             /// A copy with every family's `enabled` taken from `other`.
             pub fn with_enabled_of(&self, other: &Self) -> Self {
                 let mut c = self.clone();
@@ -209,6 +217,9 @@ pub struct Probes {
     /// Probes that SIGHUP detached, with the maps they took from the object, for a
     /// later re-enable (a map can be taken from the object only once).
     parked: Vec<Box<dyn Probe>>,
+    /// Whether tracefs was there at start: families resolved without it cannot attach
+    /// classic tracepoints later.
+    tracefs_at_start: bool,
     _tracefs: Option<tracefs::Mounted>,
 }
 
@@ -217,8 +228,11 @@ pub struct Probes {
 pub struct Toggled {
     pub attached: Vec<&'static str>,
     pub detached: Vec<&'static str>,
-    /// Enabled, and tried, but no variant attached (the reasons are logged).
+    /// Enabled, and tried, but no variant attached (the reasons are logged); parked,
+    /// so the next SIGHUP that enables them tries again.
     pub failed: Vec<&'static str>,
+    /// The families of `failed`.
+    pub failed_families: Vec<&'static str>,
 }
 
 impl Probes {
@@ -235,6 +249,7 @@ impl Probes {
             btf,
             families,
             tracefs,
+            tracefs_found,
         } = Loaded::load_with(&setup, pins.as_ref())?;
         let stats = stats::BpfStats::enable();
 
@@ -277,6 +292,7 @@ impl Probes {
             pins,
             families,
             parked: Vec::new(),
+            tracefs_at_start: tracefs_found,
             _tracefs: tracefs,
         })
     }
@@ -326,6 +342,8 @@ impl Probes {
                         status.attached = None;
                         toggled.detached.push(plan.probe);
                     }
+                    // A parked failure, disabled: no longer reported as failing.
+                    (false, None) => status.attached = None,
                     (true, None) if plan.not_applicable.is_none() => {
                         let btf = btf
                             .get_or_insert_with(|| aya::Btf::from_sys_fs().ok())
@@ -342,13 +360,18 @@ impl Probes {
                             None => family.attach(plan.probe, &mut self.ebpf, btf),
                         };
                         log_attach(probe.name(), probe.attached());
+                        status.attached = Some(probe.attached().clone());
                         if probe.attached().kind.is_some() {
                             toggled.attached.push(plan.probe);
+                            self.probes.push(probe);
                         } else {
+                            // Not running: the next SIGHUP that enables it tries again.
                             toggled.failed.push(plan.probe);
+                            if !toggled.failed_families.contains(&def.name()) {
+                                toggled.failed_families.push(def.name());
+                            }
+                            self.parked.push(probe);
                         }
-                        status.attached = Some(probe.attached().clone());
-                        self.probes.push(probe);
                     }
                     _ => {}
                 }
@@ -362,6 +385,12 @@ impl Probes {
             };
         }
         toggled
+    }
+
+    /// Whether SIGHUP can attach the family `[probes.<name>]`: KVM's exits are
+    /// classic tracepoints, resolved at start only when tracefs was there.
+    pub fn attachable_later(&self, name: &str) -> bool {
+        name != "kvm" || self.tracefs_at_start
     }
 
     /// The pin set, when the probes are kept attached across restarts.
@@ -579,6 +608,8 @@ pub struct Loaded {
     pub families: Vec<Box<dyn Resolved>>,
     /// Set when nodepulse mounted tracefs itself (unmounted on drop).
     pub tracefs: Option<tracefs::Mounted>,
+    /// Whether tracefs was found (or mounted) at all.
+    pub tracefs_found: bool,
 }
 
 impl Loaded {
@@ -631,6 +662,7 @@ impl Loaded {
         };
         let families: Vec<Box<dyn Resolved>> =
             FAMILIES.iter().map(|f| f.resolve(setup, &kernel)).collect();
+        let tracefs_found = tracefs.is_some();
         drop(kernel_btf);
 
         let map_paths = pins.map(|p| p.map_paths(EBPF_OBJECT)).unwrap_or_default();
@@ -659,6 +691,7 @@ impl Loaded {
             btf,
             families,
             tracefs: mounted,
+            tracefs_found,
         })
     }
 }

@@ -11,6 +11,13 @@ pub fn unix_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// When this process started counting its own totals (its CPU time): fixed at the
+/// first call, made at start.
+pub fn process_start() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(unix_nanos)
+}
+
 /// `unix_nano` as RFC 3339 in UTC, to the second.
 pub fn rfc3339(unix_nano: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(unix_nano)).to_string()

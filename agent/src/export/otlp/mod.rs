@@ -24,7 +24,11 @@ pub struct OtlpExporter {
     temporality: Temporality,
     histogram_scale: i32,
     agent_start: u64,
+    /// Start of the agent's own totals (its CPU time): the process's, whatever
+    /// exporter a reload put in place.
     process_start: u64,
+    /// Start of this transport's counters, which begin at zero with it.
+    transport_start: u64,
     last_export: u64,
     /// Probe failures are logged once, not every interval.
     reported_failures: bool,
@@ -46,7 +50,8 @@ impl OtlpExporter {
                 temporality: config.temporality,
                 histogram_scale: config.histogram_scale,
                 agent_start: now,
-                process_start: now,
+                process_start: crate::util::time::process_start(),
+                transport_start: now,
                 last_export: now,
                 reported_failures: false,
             },
@@ -61,10 +66,34 @@ impl OtlpExporter {
         self
     }
 
+    /// The next delta interval starts at `last_export` (unix ns): the replaced
+    /// exporter's last, so a reload neither loses nor stretches an interval.
+    pub fn continuing(mut self, last_export: Option<u64>) -> Self {
+        if let Some(at) = last_export {
+            self.last_export = at;
+        }
+        self
+    }
+
+    /// The times of an export at `now`, which ends its delta interval.
+    fn times_until(&mut self, now: u64) -> Times {
+        let times = Times {
+            agent_start: self.agent_start,
+            process_start: self.process_start,
+            interval_start: self.last_export,
+            now,
+        };
+        self.last_export = now;
+        times
+    }
+
     /// The transport's own counters, so a collector outage shows once it is back.
     fn transport_metrics(&self, times: Times) -> Vec<Metric> {
-        // Counted by this process, from zero at each start.
-        let times = times.of_process();
+        // Counted by this transport, from zero at its start.
+        let times = Times {
+            agent_start: self.transport_start,
+            ..times
+        };
         let stats = self.sender.stats();
         let mut batches = Vec::new();
         let mut bytes = Vec::new();
@@ -99,15 +128,13 @@ impl Exporter for OtlpExporter {
         "otlp"
     }
 
+    fn last_export(&self) -> Option<u64> {
+        Some(self.last_export)
+    }
+
     fn export(&mut self, report: &Report) -> std::io::Result<()> {
         let now = unix_nanos();
-        let times = Times {
-            agent_start: self.agent_start,
-            process_start: self.process_start,
-            interval_start: self.last_export,
-            now,
-        };
-        self.last_export = now;
+        let times = self.times_until(now);
         let extra = self.transport_metrics(times);
         let metrics = encode::metrics_request(
             report,
@@ -154,5 +181,34 @@ impl Exporter for OtlpExporter {
                 dropped.join(" and ")
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replacement (a SIGHUP's) goes on from the replaced exporter's last export, and
+    /// the agent's own totals keep the process's start.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_replacement_continues_the_process_start_and_the_interval() {
+        let process_start = crate::util::time::process_start();
+        let config = OtlpConfig {
+            enabled: true,
+            endpoint: "http://127.0.0.1:9".into(),
+            ..OtlpConfig::default()
+        };
+        let (mut first, _) = OtlpExporter::start(&config, "node").unwrap();
+        let exported = first.times_until(unix_nanos()).now;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (second, _) = OtlpExporter::start(&config, "node").unwrap();
+        let mut second = second.continuing(first.last_export());
+        let times = second.times_until(unix_nanos());
+        assert_eq!(times.interval_start, exported);
+        assert_eq!(times.process_start, process_start);
+        assert!(
+            second.transport_start > exported,
+            "its transport counts anew"
+        );
     }
 }
