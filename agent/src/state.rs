@@ -329,7 +329,7 @@ mod tests {
     /// The state of 1,000 learned series (readings and detector), as the pipeline saves
     /// it every interval: its size and the time to build and write it.
     #[test]
-    fn a_thousand_series_state_stays_small_and_quick_to_write() {
+    fn a_thousand_series_state_stays_small_when_written() {
         use crate::{
             aggregate::{ExpHistogram, saved::SavedReading},
             detect::{DetectConfig, Detector},
