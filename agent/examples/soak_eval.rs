@@ -9,8 +9,8 @@ use clap::Parser;
 use nodepulse::{
     config::Config,
     detect::{
-        replay::replay_timed,
-        soak::{self, Injection},
+        replay::replay_timed_with,
+        soak::{self, EffectMeter, Injection},
     },
 };
 
@@ -35,6 +35,9 @@ struct Args {
     /// Delay (in windows) within which an injection counts as detected.
     #[arg(long, default_value_t = 3.0)]
     allowed_windows: f64,
+    /// Seconds before an injection that are its reference, to measure its effect.
+    #[arg(long, default_value_t = 300.0)]
+    before: f64,
     /// Print every false alarm and every injection's outcome.
     #[arg(long)]
     explain: bool,
@@ -51,41 +54,46 @@ fn main() -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
+    // An injection is a 2× p99 regression only if a series it targets moved that much
+    // in the recording (see `soak::Effect`); "≤3 w" counts detections within
+    // `allowed_windows` windows of its start.
     println!(
-        "{:<24} {:>7} {:>8} {:>7} {:>9} {:>10} {:>12} {:>10}",
-        "recording",
-        "hours",
-        "steady h",
-        "alarms",
-        "per day",
-        "injected",
-        "≤3 windows",
-        "delay p50"
+        "{:<24} {:>6} {:>8} {:>7} {:>8} {:>10} {:>10} {:>10}",
+        "recording", "hours", "steady h", "alarms", "per day", "≥2× ≤3 w", "all ≤3 w", "delay p50"
     );
     for path in &args.recordings {
         let name = path.display().to_string();
         let file = File::open(path).with_context(|| format!("reading {name}"))?;
         let span = recording_span(path)?;
-        let events = replay_timed(&name, BufReader::new(file), &config.detect)?;
+        let mut meter = EffectMeter::new(&injections, args.before);
+        let events = replay_timed_with(&name, BufReader::new(file), &config.detect, |r| {
+            meter.add(r)
+        })?;
+        let effects = meter.effects();
         let opened = soak::opened(&events);
         let allowed = args.allowed_windows * args.window;
         let s = soak::score(&opened, &injections, span, args.settle, allowed);
-        let detected: Vec<f64> = s.injected.iter().filter_map(|(_, d)| *d).collect();
-        let mut delays = detected.clone();
+        let doubled = |i: usize| effects[i].as_ref().is_some_and(|e| e.ratio() >= 2.0);
+        let detected = s.injected.iter().filter(|(_, d)| d.is_some()).count();
+        let doubled_detected = (0..s.injected.len())
+            .filter(|&i| doubled(i) && s.injected[i].1.is_some())
+            .count();
+        let doubled_count = (0..s.injected.len()).filter(|&i| doubled(i)).count();
+        let mut delays: Vec<f64> = s.injected.iter().filter_map(|(_, d)| *d).collect();
         delays.sort_by(f64::total_cmp);
         let median = delays.get(delays.len() / 2).map_or("-".to_owned(), |d| {
             format!("{d:.0}s/{:.1}w", d / args.window)
         });
         println!(
-            "{:<24} {:>7.2} {:>8.2} {:>7} {:>9.1} {:>10} {:>12} {:>10}",
+            "{:<24} {:>6.2} {:>8.2} {:>7} {:>8.1} {:>10} {:>10} {:>10}",
             path.file_name()
                 .map_or(name.clone(), |n| n.to_string_lossy().into()),
             (span.1 - span.0) as f64 / 3.6e12,
             s.steady_hours,
             s.steady_alarms.len(),
             s.alarms_per_day(),
-            format!("{}/{}", detected.len(), s.injected.len()),
-            format!("{}/{}", detected.len(), s.injected.len()),
+            format!("{doubled_detected}/{doubled_count}"),
+            format!("{detected}/{}", s.injected.len()),
             median
         );
         println!(
@@ -97,8 +105,27 @@ fn main() -> anyhow::Result<()> {
             for a in &s.steady_alarms {
                 println!("  false alarm at {}: {}", rfc3339(a.at), a.summary);
             }
-            for ((kind, delay), i) in s.injected.iter().zip(&injections) {
-                println!("  injection {kind} at {}: {delay:?}", i.start);
+            for (((kind, delay), i), effect) in s.injected.iter().zip(&injections).zip(&effects) {
+                let effect =
+                    effect
+                        .as_ref()
+                        .map_or("no targeted series measurable".to_owned(), |e| {
+                            format!(
+                                "p99 {:.2}× on {} ({:.0}µs → {:.0}µs)",
+                                e.ratio(),
+                                e.series,
+                                e.before_p99_ns / 1e3,
+                                e.during_p99_ns / 1e3
+                            )
+                        });
+                let outcome = delay
+                    .map_or("not detected within the allowed windows".to_owned(), |d| {
+                        format!("detected after {d:.0} s")
+                    });
+                println!(
+                    "  injection {kind} at {}: {outcome}; effect {effect}",
+                    i.start
+                );
             }
         }
     }

@@ -1,12 +1,12 @@
 #!/bin/bash
 # The soak harness (run by `cargo xtask soak record`): steady real workloads and a
 # schedule of injected regressions, recorded by two nodepulse agents (1 s and 10 s).
-#   record.sh NODEPULSE DURATION_S OUT_DIR KVM_GUEST_PROCESS
+#   record.sh NODEPULSE DURATION_S OUT_DIR KVM_GUEST_PROCESS [inject|steady]
 # Writes OUT_DIR/soak-1s.jsonl, soak-10s.jsonl, injections.jsonl (kind, start, end,
 # device, cgroup per injection) and notes.log; removes its devices, cgroups and
 # processes on exit.
 set -u
-BIN=$1 DUR=$2 OUT=$3 GUEST=$4
+BIN=$1 DUR=$2 OUT=$3 GUEST=$4 MODE=${5:-inject}
 cd "$OUT" || exit 1
 log() { echo "$(date -u +%FT%TZ) $*" | tee -a notes.log; }
 PIDS=()
@@ -86,6 +86,7 @@ squeeze() { # on | off
 START=$(date +%s)
 KINDS=(reader writer throttle squeeze)
 i=0
+[ "$MODE" = steady ] && { log "steady only: no injections"; sleep "$DUR"; exit 0; }
 sleep 480
 while [ $(( $(date +%s) - START + 600 )) -lt "$DUR" ]; do
   kind=${KINDS[$((i % 4))]}

@@ -29,6 +29,10 @@ enum Command {
         /// an hour at 1 s is 150–530 MB).
         #[arg(long, default_value = "/var/tmp/nodepulse-soak")]
         out: PathBuf,
+        /// Record the steady workloads only, with no injections: a held-out check of
+        /// false alarms (its `injections.jsonl` stays empty).
+        #[arg(long)]
+        steady_only: bool,
     },
     /// Score the detector on recordings (no root).
     Eval {
@@ -41,12 +45,16 @@ enum Command {
 
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        Command::Record { duration, out } => record(duration, &out),
+        Command::Record {
+            duration,
+            out,
+            steady_only,
+        } => record(duration, &out, steady_only),
         Command::Eval { args } => util::run_agent_example("soak_eval", &args),
     }
 }
 
-fn record(duration: u64, out: &PathBuf) -> Result<()> {
+fn record(duration: u64, out: &PathBuf, steady_only: bool) -> Result<()> {
     if !util::is_root() {
         bail!("the soak harness needs root (loop devices, cgroups, probes); run it with sudo");
     }
@@ -81,7 +89,8 @@ fn record(duration: u64, out: &PathBuf) -> Result<()> {
             .arg(&nodepulse)
             .arg(duration.to_string())
             .arg(out)
-            .arg(&guest),
+            .arg(&guest)
+            .arg(if steady_only { "steady" } else { "inject" }),
     )
 }
 

@@ -93,8 +93,51 @@ pub fn replay_timed(
     reader: impl BufRead,
     config: &DetectConfig,
 ) -> Result<Vec<(u64, Alarm)>, ReplayError> {
+    replay_timed_with(path, reader, config, |_| {})
+}
+
+/// As [`replay_timed`], showing every report to `also` on its way (the soak scorer
+/// measures injections' effects in the same pass).
+pub fn replay_timed_with(
+    path: &str,
+    reader: impl BufRead,
+    config: &DetectConfig,
+    mut also: impl FnMut(&Report),
+) -> Result<Vec<(u64, Alarm)>, ReplayError> {
     let mut detector: Option<Detector> = None;
     let mut alarms = Vec::new();
+    for_each_report(path, reader, |report| {
+        also(&report);
+        let detector = detector.get_or_insert_with(|| Detector::new(config.clone(), &report.node));
+        let out = detector.update(
+            report.time,
+            report.interval_ns,
+            report
+                .series
+                .iter()
+                .map(|(f, l, h)| (f.as_str(), l.clone(), h)),
+        );
+        alarms.extend(out.alarms.into_iter().map(|a| (report.time, a)));
+    })?;
+    Ok(alarms)
+}
+
+/// One report of a recording, as the detector sees it.
+pub struct Report {
+    /// Unix ns.
+    pub time: u64,
+    pub interval_ns: u64,
+    pub node: String,
+    /// Family, labels and the interval's histogram of every series.
+    pub series: Vec<(String, BTreeMap<String, String>, ExpHistogram)>,
+}
+
+/// Reads a recording report by report.
+pub fn for_each_report(
+    path: &str,
+    reader: impl BufRead,
+    mut each: impl FnMut(Report),
+) -> Result<(), ReplayError> {
     let mut lines = 0;
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|source| ReplayError::Read {
@@ -110,12 +153,11 @@ pub fn replay_timed(
             message,
         };
         let report: RecordedReport = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let now = humantime::parse_rfc3339(&report.time)
+        let time = humantime::parse_rfc3339(&report.time)
             .map_err(|e| bad(format!("time \"{}\": {e}", report.time)))?
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let detector = detector.get_or_insert_with(|| Detector::new(config.clone(), &report.node));
-        let hists: Vec<(String, BTreeMap<String, String>, ExpHistogram)> = report
+        let series = report
             .series
             .into_iter()
             .map(|s| {
@@ -128,18 +170,18 @@ pub fn replay_timed(
                 (s.family, s.labels, h)
             })
             .collect();
-        let out = detector.update(
-            now,
-            (report.interval_s * 1e9) as u64,
-            hists.iter().map(|(f, l, h)| (f.as_str(), l.clone(), h)),
-        );
-        alarms.extend(out.alarms.into_iter().map(|a| (now, a)));
+        each(Report {
+            time,
+            interval_ns: (report.interval_s * 1e9) as u64,
+            node: report.node,
+            series,
+        });
         lines += 1;
     }
     if lines == 0 {
         return Err(ReplayError::Empty { path: path.into() });
     }
-    Ok(alarms)
+    Ok(())
 }
 
 /// One CSV row with its score.

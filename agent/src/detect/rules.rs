@@ -113,7 +113,7 @@ pub fn evaluate(
     for (slot, (q, name)) in RULES.into_iter().enumerate() {
         // Windows that scatter more than sampling noise explains hold fewer
         // independent samples than they count: scale the counts down.
-        let dispersion = baseline.dispersion_of(slot);
+        let dispersion = baseline.dispersion_at(slot, n_raw as f64);
         let n = ((n_raw as f64 / dispersion).round() as u64).max(1);
         let boundary = baseline.bucket_of(q);
         let share = match boundary {
@@ -279,6 +279,26 @@ mod tests {
             e.rules.iter().any(|r| r.p_value < 1e-6),
             "significant: {e:?}"
         );
+    }
+
+    #[test]
+    fn a_thin_window_is_not_held_to_the_scatter_of_full_ones() {
+        // Learned on 2000-sample windows scattering far beyond sampling noise; then a
+        // window of 450 with half of it far above the baseline's p90 (a squeezed
+        // cgroup's run queue). The full windows' dispersion would leave it 5 samples
+        // and hide it; scaled to its size it is a clear regression.
+        let base = super::super::baseline::tests::scattered(2_000);
+        let now = ExpHistogram::from_buckets(0, 0, [(100, 225), (160, 225)]);
+        let config = DetectConfig {
+            min_samples: 400,
+            ..DetectConfig::default()
+        };
+        let e = evaluate(&base, &now, &config, 0.0);
+        assert_eq!(e.verdict, Verdict::Regressed, "{e:?}");
+        // A full-size window 18 % above (within the learned scatter) stays normal.
+        let mild = ExpHistogram::from_buckets(0, 0, [(100, 1_640), (130, 360)]);
+        let e = evaluate(&base, &mild, &config, 0.0);
+        assert_eq!(e.verdict, Verdict::Normal, "{e:?}");
     }
 
     #[test]

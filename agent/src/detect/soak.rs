@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{Alarm, AlarmState};
+use super::{Alarm, AlarmState, replay::Report};
+use crate::aggregate::ExpHistogram;
 
 /// One injected regression, as the soak harness logs it (a JSON line).
 #[derive(Clone, Debug, Deserialize)]
@@ -51,6 +52,91 @@ impl Injection {
             return on_cgroup && family.contains("runqueue");
         }
         on_device || (on_cgroup && family.starts_with("block."))
+    }
+}
+
+/// What an injection did to the series it targets, measured on the recording: the
+/// p99 of each targeted series over the injection against its p99 over the minutes
+/// before it. An injection is only a "2× p99 regression" if some series it targets
+/// moved that much: a `blkio.throttle` limit delays bios before they become requests,
+/// and request latency (what the probes measure) does not see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Effect {
+    /// The targeted series whose p99 moved most.
+    pub series: String,
+    pub before_p99_ns: f64,
+    pub during_p99_ns: f64,
+}
+
+impl Effect {
+    pub fn ratio(&self) -> f64 {
+        self.during_p99_ns / self.before_p99_ns.max(1.0)
+    }
+}
+
+/// Samples a series needs before and during an injection for its p99 to count (a p99
+/// of fewer than a couple of hundred samples is one or two samples).
+const EFFECT_MIN_SAMPLES: u64 = 200;
+
+/// Gathers, report by report, each injection's targeted series before and during it.
+pub struct EffectMeter {
+    spans: Vec<Option<(u64, u64)>>,
+    targets: Vec<Injection>,
+    before_ns: u64,
+    /// Per injection: series name → (before, during).
+    seen: Vec<BTreeMap<String, (ExpHistogram, ExpHistogram)>>,
+}
+
+impl EffectMeter {
+    /// `before_s`: how much recording before an injection is its reference.
+    pub fn new(injections: &[Injection], before_s: f64) -> Self {
+        Self {
+            spans: injections.iter().map(Injection::span).collect(),
+            targets: injections.to_vec(),
+            before_ns: (before_s * 1e9) as u64,
+            seen: vec![BTreeMap::new(); injections.len()],
+        }
+    }
+
+    /// Notes one report (each interval counts where it ends).
+    pub fn add(&mut self, report: &Report) {
+        let t = report.time;
+        for ((span, injection), seen) in self.spans.iter().zip(&self.targets).zip(&mut self.seen) {
+            let Some((s, e)) = *span else { continue };
+            let during = t > s && t <= e;
+            let before = t <= s && t + self.before_ns > s;
+            if !(during || before) {
+                continue;
+            }
+            for (family, labels, h) in &report.series {
+                // Latencies only: what the detector judges (not queue depths or sizes).
+                if !family.contains("latency") || !injection.targets(family, labels) {
+                    continue;
+                }
+                let entry = seen.entry(super::series_name(family, labels)).or_default();
+                if during { &mut entry.1 } else { &mut entry.0 }.merge(h);
+            }
+        }
+    }
+
+    /// Per injection, its largest p99 shift (None: no targeted series had enough
+    /// samples both before and during it).
+    pub fn effects(&self) -> Vec<Option<Effect>> {
+        self.seen
+            .iter()
+            .map(|seen| {
+                seen.iter()
+                    .filter(|(_, (b, d))| {
+                        b.count() >= EFFECT_MIN_SAMPLES && d.count() >= EFFECT_MIN_SAMPLES
+                    })
+                    .map(|(name, (b, d))| Effect {
+                        series: name.clone(),
+                        before_p99_ns: b.quantile(0.99).unwrap_or(0.0),
+                        during_p99_ns: d.quantile(0.99).unwrap_or(0.0),
+                    })
+                    .max_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+            })
+            .collect()
     }
 }
 
@@ -261,6 +347,41 @@ mod tests {
         // 4 h minus two injections of 2 min + 5 min settling.
         assert!((s.steady_hours - (4.0 - 2.0 * 420.0 / 3600.0)).abs() < 1e-9);
         assert!((s.alarms_per_day() - 24.0 / s.steady_hours).abs() < 1e-9);
+    }
+
+    #[test]
+    fn effects_are_the_targeted_latencies_p99_before_and_during() {
+        let injections = [
+            injection("reader", 3600, 3720),
+            injection("writer", 7200, 7320),
+        ];
+        let mut meter = EffectMeter::new(&injections, 300.0);
+        let labels = |device: &str| BTreeMap::from([("device".to_owned(), device.to_owned())]);
+        for t in (3000..=3800).step_by(10) {
+            let during = t > 3600 && t <= 3720;
+            // Its device's latency: 1 % of 300 samples 8 buckets (2×) up while injected.
+            let slow = if during { 105 } else { 0 };
+            let latency = ExpHistogram::from_buckets(0, 0, [(100, 300 - slow), (108, slow)]);
+            // Not what the detector judges, or not targeted: ignored however they move.
+            let depth = ExpHistogram::from_buckets(0, 0, [(if during { 40 } else { 10 }, 300)]);
+            let other = ExpHistogram::from_buckets(0, 0, [(if during { 130 } else { 100 }, 300)]);
+            meter.add(&Report {
+                time: T0 + t * S,
+                interval_ns: 10 * S,
+                node: "n".into(),
+                series: vec![
+                    ("block.io.latency".into(), labels("loop5"), latency),
+                    ("block.io.queue_depth".into(), labels("loop5"), depth),
+                    ("block.io.latency".into(), labels("loop1"), other),
+                ],
+            });
+        }
+        let effects = meter.effects();
+        let reader = effects[0].as_ref().expect("measured");
+        assert_eq!(reader.series, "block.io.latency{device=loop5}");
+        assert!((reader.ratio() - 2.0).abs() < 0.2, "{reader:?}");
+        // Nothing recorded around the second one.
+        assert_eq!(effects[1], None);
     }
 
     #[test]

@@ -192,7 +192,9 @@ const HIDDEN_IN_TABLE: [&str; 6] = [
 ];
 
 /// The series' label values in a fixed-width cell (`loop0 read`, `/system.slice`,
-/// `instance-0000002a io`); the whole host when it has none.
+/// `instance-0000002a io`); the whole host when it has none. A bare `true` says nothing
+/// on its own, so a flag shows as its name when set (`vda rotational virtio read`) and
+/// not at all when clear.
 fn series_name(s: &SeriesReport) -> String {
     label_cell(&s.labels)
 }
@@ -201,7 +203,11 @@ fn label_cell(labels: &std::collections::BTreeMap<&'static str, String>) -> Stri
     let values: Vec<&str> = labels
         .iter()
         .filter(|(k, _)| !HIDDEN_IN_TABLE.contains(k))
-        .map(|(_, v)| v.as_str())
+        .filter_map(|(k, v)| match v.as_str() {
+            "true" => k.rsplit('.').next(),
+            "false" => None,
+            v => Some(v),
+        })
         .collect();
     let name = if values.is_empty() {
         "(host)".to_owned()
@@ -508,5 +514,19 @@ mod tests {
         assert_eq!(format_ns(2_500_000_000.0), "2.50s");
         assert_eq!(format_value(4096.0, "By"), "4.0K");
         assert_eq!(format_value(3.0, "{request}"), "3.0");
+    }
+
+    #[test]
+    fn flags_show_as_their_name_not_as_a_bare_true() {
+        let labels = |rotational: &str| {
+            std::collections::BTreeMap::from([
+                ("device", "vda".to_owned()),
+                ("device.rotational", rotational.to_owned()),
+                ("device.type", "virtio".to_owned()),
+                ("op", "write".to_owned()),
+            ])
+        };
+        assert_eq!(label_cell(&labels("true")), "vda rotational virtio write");
+        assert_eq!(label_cell(&labels("false")), "vda virtio write");
     }
 }
