@@ -178,11 +178,16 @@ pub fn ensure_all(specs: &[Spec]) -> Result<Vec<Kernel>> {
     Ok(kernels)
 }
 
+/// Whether the Ubuntu archive's keyring is installed.
+pub fn ubuntu_keyring_present() -> bool {
+    Path::new(UBUNTU_KEYRING).exists()
+}
+
 /// Installs Debian's `ubuntu-keyring` (from bookworm-backports: bookworm has none) when
 /// its keyring is missing, so the Ubuntu archive's signatures are checked as Debian's
 /// are. The package comes through the Debian archive, itself checked.
 pub fn ensure_ubuntu_keyring() -> Result<()> {
-    if Path::new(UBUNTU_KEYRING).exists() {
+    if ubuntu_keyring_present() {
         return Ok(());
     }
     println!("vmtest: installing Debian's ubuntu-keyring (for {UBUNTU_KEYRING})");
@@ -195,7 +200,7 @@ pub fn ensure_ubuntu_keyring() -> Result<()> {
     let deb = downloaded(&debs, "ubuntu-keyring")?;
     util::run(Command::new("dpkg").arg("-i").arg(&deb))?;
     std::fs::remove_file(&deb)?;
-    if !Path::new(UBUNTU_KEYRING).exists() {
+    if !ubuntu_keyring_present() {
         bail!("ubuntu-keyring is installed but {UBUNTU_KEYRING} is still missing");
     }
     Ok(())

@@ -11,7 +11,7 @@ mod kernels;
 mod qemu;
 mod results;
 
-pub use kernels::MATRIX;
+pub use kernels::{MATRIX, ensure_ubuntu_keyring, ubuntu_keyring_present};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
