@@ -5,10 +5,7 @@
 
 use crate::common;
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
@@ -293,13 +290,6 @@ fn http_export_of_deltas_at_a_lower_scale_adds_up_exactly() {
     assert_eq!(exported, reported, "buckets merged exactly");
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -315,7 +305,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn collector_absent_then_restarted() {
     require_root!();
-    let addr = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], common::free_ports::<1>()[0]));
     let cfg = config(&format!("http://{addr}"), "grpc", "queue_size = 4");
     let agent = start_agent(&cfg);
     let pid = agent.pid();

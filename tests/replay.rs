@@ -232,3 +232,47 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A slice of a real hour recorded here by `cargo xtask soak record` at a 10 s interval
+/// (tests/data/soak-squeeze-10s.jsonl, only the squeezed cgroup's run-queue series kept):
+/// 38 steady minutes, then the cgroup squeezed to 2 % of a CPU from 13:02:42 to 13:04:42
+/// (its run-queue p99 ×8 as measured by the harness), then 5 minutes of recovery. The
+/// detector must stay quiet on the steady part, open one alarm for the squeeze while it
+/// lasts, and resolve it after.
+#[test]
+fn a_real_recording_of_a_cpu_squeeze_yields_one_alarm_for_it() {
+    one_subject_at_a_time!();
+    let rec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/soak-squeeze-10s.jsonl");
+    let out = replay(&["--format", "json"], &rec);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let opened: Vec<&Value> = events.iter().filter(|a| a["state"] == "open").collect();
+    assert_eq!(opened.len(), 1, "one alarm, for the squeeze: {events:#?}");
+    let alarm = opened[0];
+    assert_eq!(alarm["labels"]["cgroup"], "/npsoak-squeeze", "{alarm:#}");
+    // RFC 3339 UTC times of one day compare as text.
+    let started = alarm["started"].as_str().unwrap();
+    assert!(
+        ("2026-12-06T13:01:42Z"..="2026-12-06T13:04:42Z").contains(&started),
+        "dated from the window holding the squeeze's start (13:02:42): {alarm:#}"
+    );
+    assert!(alarm["factor"].as_f64().unwrap() >= 2.0, "{alarm:#}");
+    let resolved: Vec<&Value> = events
+        .iter()
+        .filter(|a| a["state"] == "resolved" && a["id"] == alarm["id"])
+        .collect();
+    assert_eq!(
+        resolved.len(),
+        1,
+        "resolved once the squeeze ended: {events:#?}"
+    );
+    let ended = resolved[0]["ended"].as_str().unwrap();
+    assert!(ended > "2026-12-06T13:04:42Z", "{:#}", resolved[0]);
+}

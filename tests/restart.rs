@@ -699,7 +699,7 @@ fn sighup_detaches_and_reattaches_a_probe_and_moves_an_exporter_while_block_coun
     require_root!();
     require_tool("fio");
     let env = Env::new();
-    let (old_port, new_port) = (common::free_port(), common::free_port());
+    let (old_port, new_port) = common::free_ports::<2>().into();
     let prometheus =
         |port: u16| format!("[prometheus]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n");
     let config = env.write_config_with_sched("c.toml", true, &prometheus(old_port));

@@ -13,13 +13,13 @@ use nodepulse::{
     probes::{AttachKind, Probes, block::FAMILY_DEVICE},
 };
 
-/// A free TCP port on loopback (bound, then released for the agent to take).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free TCP ports on loopback (all bound at once, so no two are the same,
+/// then released for the agent to take).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 pub fn is_root() -> bool {

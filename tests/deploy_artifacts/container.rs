@@ -149,7 +149,7 @@ fn the_image_attaches_and_reports_with_the_daemonsets_privileges_only() {
     // The ConfigMap's configuration, with the endpoints on free loopback ports (the
     // container shares the host's network here; in a pod it has its own) and the
     // console on, to read the reports.
-    let (health, metrics) = (crate::common::free_port(), crate::common::free_port());
+    let (health, metrics) = crate::common::free_ports::<2>().into();
     let mut config: toml::Table = toml.parse().unwrap();
     config["health"]["listen"] = format!("127.0.0.1:{health}").into();
     config["prometheus"]["listen"] = format!("127.0.0.1:{metrics}").into();

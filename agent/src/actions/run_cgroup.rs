@@ -86,6 +86,22 @@ pub fn containment() -> Result<String, String> {
     }
 }
 
+/// The cgroup directory of run `run_id`: directly under [`parent`], and only for a name
+/// of letters, digits, `-` and `_` (never a path that leads elsewhere).
+fn run_dir(run_id: &str) -> io::Result<PathBuf> {
+    let parent = parent().map_err(io::Error::other)?;
+    if run_id.is_empty()
+        || !run_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(io::Error::other(format!(
+            "run id {run_id:?} is not a cgroup name"
+        )));
+    }
+    Ok(parent.join(run_id))
+}
+
 /// One run's cgroup.
 pub struct RunCgroup {
     dir: PathBuf,
@@ -96,17 +112,8 @@ pub struct RunCgroup {
 impl RunCgroup {
     /// Creates the cgroup of run `run_id`.
     pub fn create(run_id: &str) -> io::Result<Self> {
-        let parent = parent().map_err(io::Error::other)?;
-        if run_id.is_empty()
-            || !run_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(io::Error::other(format!(
-                "run id {run_id:?} is not a cgroup name"
-            )));
-        }
-        let dir = parent.join(run_id);
+        let dir = run_dir(run_id)?;
+        let parent = dir.parent().unwrap_or(&dir);
         // Another run may remove the parent as it ends, between our two steps: retry.
         let mut made = Err(io::Error::other("not tried"));
         for _ in 0..3 {
@@ -120,15 +127,23 @@ impl RunCgroup {
         }
         made?;
         // std opens files close-on-exec: the program never inherits it.
-        let procs = std::fs::OpenOptions::new()
+        match std::fs::OpenOptions::new()
             .write(true)
-            .open(dir.join("cgroup.procs"))?;
-        Ok(Self { dir, procs })
+            .open(dir.join("cgroup.procs"))
+        {
+            Ok(procs) => Ok(Self { dir, procs }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                let _ = std::fs::remove_dir(parent);
+                Err(e)
+            }
+        }
     }
 
-    /// The run's cgroup if one was left by an earlier life of the agent.
+    /// The run's cgroup if one was left by an earlier life of the agent. The run id comes
+    /// from a process's environment, which anyone can set: only a plain name is taken.
     pub fn existing(run_id: &str) -> Option<Self> {
-        let dir = parent().ok()?.join(run_id);
+        let dir = run_dir(run_id).ok()?;
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.procs"))
@@ -168,13 +183,28 @@ impl RunCgroup {
 
     /// Kills every live member, round after round until none is left (a member forking
     /// while we kill is found in the next round), and reaps our children among them.
+    /// Where the kernel has `cgroup.kill` (cgroup2, 5.14+), it kills them all by
+    /// membership first, so no pid read from `cgroup.procs` can have been reused by
+    /// another process before its signal; the rounds then only name the dead and reap.
     pub fn kill_all(&self) -> Vec<Marked> {
-        sweep::kill_marked(|| {
+        let members = || -> Vec<Marked> {
             self.members()
                 .into_iter()
                 .filter_map(sweep::marked)
                 .collect()
-        })
+        };
+        let named = members();
+        let by_kernel = std::fs::write(self.dir.join("cgroup.kill"), "1").is_ok();
+        let mut killed = sweep::kill_marked(members);
+        if by_kernel {
+            for m in named {
+                if !killed.iter().any(|k| k.pid == m.pid) {
+                    killed.push(m);
+                }
+            }
+            sweep::reap(&killed);
+        }
+        killed
     }
 
     /// Removes the cgroup once its members are gone (zombies can hold it briefly), and
@@ -198,6 +228,19 @@ impl RunCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_id_that_is_a_path_is_refused() {
+        if parent().is_err() {
+            eprintln!("SKIPPED: no run cgroups on this host");
+            return;
+        }
+        for id in ["/sys/fs/cgroup/system.slice", "../x", "a/b", "", "."] {
+            assert!(run_dir(id).is_err(), "{id:?}");
+            assert!(RunCgroup::existing(id).is_none(), "{id:?}");
+        }
+        assert!(run_dir("0123abcd-ef_9").is_ok());
+    }
 
     #[test]
     fn prefers_cgroup2_then_pids_then_freezer_and_skips_read_only_mounts() {

@@ -165,7 +165,9 @@ pub fn kill_marked(scan: impl Fn() -> Vec<Marked>) -> Vec<Marked> {
         }
         for m in found {
             // SAFETY: kill(2) with a pid we just read from /proc; no memory is involved.
-            // A pid reused in between would have to carry the run's marker too.
+            // A pid found by its marker and reused in between would have to carry the
+            // run's marker too; one found in a run cgroup could be reused unmarked in
+            // that instant, which is why cgroup2 kills by `cgroup.kill` first.
             unsafe {
                 libc::kill(m.pid, libc::SIGKILL);
             }
@@ -182,7 +184,7 @@ pub fn kill_marked(scan: impl Fn() -> Vec<Marked>) -> Vec<Marked> {
 
 /// Collects the exit status of killed processes that are our children, so that none
 /// stays a zombie of the agent.
-fn reap(killed: &[Marked]) {
+pub fn reap(killed: &[Marked]) {
     for m in killed {
         let mut status = 0;
         // SAFETY: waitpid on one pid with WNOHANG writes only `status`; for a pid that

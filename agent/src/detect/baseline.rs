@@ -111,7 +111,14 @@ impl Baseline {
             self.dispersion[slot] =
                 (self.mean_abs_z[slot] * (std::f64::consts::PI / 2.0).sqrt()).powi(2);
         }
-        self.spread_samples = self.spread_samples * (1.0 - weight) + weight * n;
+        // Zero in a baseline saved before windows' sizes were kept: started from the
+        // first window, not averaged up from zero (which would inflate φ a hundredfold
+        // for a half-life after an upgrade).
+        self.spread_samples = if self.spread_samples > 0.0 {
+            self.spread_samples * (1.0 - weight) + weight * n
+        } else {
+            n
+        };
         self.spread_windows += 1;
     }
 
@@ -273,6 +280,23 @@ pub(super) mod tests {
         );
         assert_eq!(b.dispersion_at(1, 0.0), 1.0);
         assert!(b.dispersion_at(1, 1e9) <= MAX_DISPERSION);
+    }
+
+    #[test]
+    fn a_baseline_saved_without_window_sizes_keeps_its_dispersion_after_a_restore() {
+        let learned = scattered(400);
+        let phi = learned.dispersion_of(1);
+        // As restored from a state file written before window sizes were kept.
+        let mut restored = learned.clone();
+        restored.spread_samples = 0.0;
+        let w = hist(&[(100, 380), (130, 20)]);
+        restored.note_spread(&w, 120.0);
+        // At the size it was learned on, the learned factor (not up to 100).
+        let (now, at_full) = (restored.dispersion_of(1), restored.dispersion_at(1, 400.0));
+        assert!(
+            (at_full - now).abs() < 0.1 * now,
+            "φ at a full window {at_full}, learned {phi} then {now}: inflated by the missing size"
+        );
     }
 
     #[test]
