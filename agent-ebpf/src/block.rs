@@ -449,6 +449,8 @@ fn on_requeue(index: u32, id: u64) {
 /// What the table knew of a completing request.
 #[derive(Clone, Copy)]
 struct Issued {
+    /// Whether the request was in the table, issued; all else is zero when not.
+    found: bool,
     key: BlockKey,
     inserted_ns: u64,
     issued_ns: u64,
@@ -456,13 +458,29 @@ struct Issued {
     bytes: u32,
 }
 
-/// Takes a completing request out of the table; `Some` when it was issued (and counted
-/// in flight, which this undoes).
+/// No issued request: every field defined. An `Option<Issued>` leaves its payload
+/// undefined when `None`, and LLVM hoists loads of it above the check; 5.15's verifier
+/// (unlike 6.3 and later for privileged programs) rejects such a read of uninitialised
+/// stack, and the whole tp_btf block probe with it.
+const NOT_ISSUED: Issued = Issued {
+    found: false,
+    key: BlockKey { dev: 0, op: 0 },
+    inserted_ns: 0,
+    issued_ns: 0,
+    pid_tgid: 0,
+    bytes: 0,
+};
+
+/// Takes a completing request out of the table; `found` when it was issued (and
+/// counted in flight, which this undoes).
 #[inline(always)]
-fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Option<Issued> {
-    let slot = find(index, id, dev)?;
+fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Issued {
+    let Some(slot) = find(index, id, dev) else {
+        return NOT_ISSUED;
+    };
     let issued = slot.state == slot_state::ISSUED;
     let out = Issued {
+        found: true,
         key: BlockKey {
             dev: slot.dev,
             op: slot.op,
@@ -477,10 +495,10 @@ fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Option<Issued> {
     slot.state = slot_state::EMPTY;
     slot.id = 0;
     if !issued {
-        return None;
+        return NOT_ISSUED;
     }
     depth_down(out.key.dev);
-    Some(out)
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -592,19 +610,18 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, status: u32, nr_bytes: u32)
         return;
     }
     let now = now_ns();
-    let issued = take_issued(inflight_slot(id, 0), id, None);
+    let i = take_issued(inflight_slot(id, 0), id, None);
     if status != 0 {
-        let key = issued
-            .map(|i| i.key)
-            .or_else(|| request_dev_op::<R>(rq, &l).map(|(dev, op)| BlockKey { dev, op }));
-        if let Some(k) = key {
-            count_error(k.dev, k.op, status);
+        if i.found {
+            count_error(i.key.dev, i.key.op, status);
+        } else if let Some((dev, op)) = request_dev_op::<R>(rq, &l) {
+            count_error(dev, op, status);
         }
     }
-    let Some(i) = issued else {
+    if !i.found {
         complete_unissued::<R>(rq, &l, now);
         return;
-    };
+    }
     let issued = match i.issued_ns {
         0 => kernel_stamp::<R>(rq, &l).unwrap_or(0),
         ours => ours,
@@ -905,13 +922,13 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> i32 {
             // same for every status of one errno.
             count_error(dev, op, (-status) as u32 | 0x100);
         }
-        match take_issued(inflight_slot(sector, dev), sector, Some(dev))
-            .filter(|i| i.issued_ns != 0 && now >= i.issued_ns)
-        {
-            Some(i) => record_request::<ProbeRead>(None, &i.key, 0, now - i.issued_ns, None),
+        let i = take_issued(inflight_slot(sector, dev), sector, Some(dev));
+        if i.found && i.issued_ns != 0 && now >= i.issued_ns {
+            record_request::<ProbeRead>(None, &i.key, 0, now - i.issued_ns, None);
+        } else {
             // No request pointer here to tell a never-issued request from one in
             // flight before attach: both are only counted.
-            None => device_drop(dev, counters::BLOCK_UNMATCHED),
+            device_drop(dev, counters::BLOCK_UNMATCHED);
         }
     }
     0

@@ -50,7 +50,7 @@ enum Task {
     /// The detector on real workloads: `record` steady workloads and injected
     /// regressions (root), `eval` false alarms per node-day and detections on them.
     Soak(soak::Args),
-    /// The kernel matrix: Debian's 5.10, 6.1 and 6.12 kernels under QEMU, every probe
+    /// The kernel matrix: Debian's 5.10, 6.1, 6.12 and Ubuntu's 5.15, 6.8 kernels under QEMU, every probe
     /// family attached and its counts checked against the guest's own. Needs root.
     Vmtest(vmtest::Args),
 }

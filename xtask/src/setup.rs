@@ -64,7 +64,7 @@ const PYTHON_PACKAGES: &[&str] = &["kubernetes-validate"];
 /// Where bpf-linker's build finds LLVM 22.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
 #[derive(clap::Args)]
 pub struct Args {}
@@ -98,6 +98,19 @@ pub fn ensure() -> Result<()> {
         install_debian_packages(&missing)?;
         step.finish("installed");
         installed.extend(missing.iter().map(|p| p.to_string()));
+    }
+
+    let step = steps.step("Ubuntu archive keyring (kernel matrix)");
+    if crate::vmtest::ubuntu_keyring_present() {
+        step.present();
+    } else if !util::is_root() {
+        // The matrix itself needs root and is skipped without it.
+        step.finish("skipped: installing it needs root, as the kernel matrix does");
+    } else {
+        step.start_line("installing Debian's ubuntu-keyring");
+        crate::vmtest::ensure_ubuntu_keyring()?;
+        step.finish("installed");
+        installed.push("ubuntu-keyring".into());
     }
 
     let step = steps.step("Rust nightly toolchain (eBPF crate)");

@@ -29,6 +29,16 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("6.12", "kvm", "raw_tracepoint"),
     ("6.12", "kvm_exit", "tracepoint"),
     ("6.12", "tcp", "tp_btf"),
+    ("5.15", "block", "tp_btf"),
+    ("5.15", "sched", "tp_btf"),
+    ("5.15", "kvm", "raw_tracepoint"),
+    ("5.15", "kvm_exit", "tracepoint"),
+    ("5.15", "tcp", "tp_btf"),
+    ("6.8", "block", "tp_btf"),
+    ("6.8", "sched", "tp_btf"),
+    ("6.8", "kvm", "raw_tracepoint"),
+    ("6.8", "kvm_exit", "tracepoint"),
+    ("6.8", "tcp", "tp_btf"),
 ];
 
 /// The disks of the guest, and the `device.type` the agent must give each.

@@ -1,5 +1,5 @@
 //! `cargo xtask vmtest`: the kernel matrix. Boots Debian's 5.10, 6.1 and 6.12 kernels
-//! under QEMU (TCG, an SVM-capable CPU, NVMe, virtio-blk and virtio-SCSI disks, a loop
+//! and Ubuntu's 5.15 and 6.8 under QEMU (TCG, an SVM-capable CPU, NVMe, virtio-blk and virtio-SCSI disks, a loop
 //! device in the guest), runs the static nodepulse inside with known workloads, and
 //! checks its counts against the guest's own. Prints kernel × probe × attach kind ×
 //! verdict, then the exactness checks. Kernels run one after the other: the machine has
@@ -11,7 +11,7 @@ mod kernels;
 mod qemu;
 mod results;
 
-pub use kernels::MATRIX;
+pub use kernels::{MATRIX, ensure_ubuntu_keyring, ubuntu_keyring_present};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ pub const TCP_EXCHANGES: u64 = 50;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only these kernels (by name: 5.10, 6.1, 6.12); all by default.
+    /// Only these kernels (by name: 5.10, 6.1, 6.12, 5.15, 6.8); all by default.
     #[arg(long = "kernel", value_name = "NAME")]
     kernels: Vec<String>,
 }
