@@ -189,6 +189,87 @@ tcp_veth() {
     return 0
 }
 
+# [agent] keep_attached across two SIGKILLs (judge.rs: restart): a block-only agent
+# pinning its maps in bpffs and saving its state in $RESTART_DIR, under direct reads of
+# vda that go on while it is down. Prints vda's sysfs reads once the first run has
+# attached (before the reads start), at each spawn and kill and at the end, the saved
+# start time after each run's first report (and the last run's exit), the exit codes,
+# and how many later runs adopted the pinned maps. The last run's final report and the
+# logs follow as sections of their own.
+RESTART_DIR=/tmp/np-restart
+vda_reads() { awk '{ print $1 }' /sys/block/vda/stat; }
+saved_start() {
+    zcat "$RESTART_DIR/state/state.json.gz" | grep -o '"start_unix_nano":[0-9]*' | cut -d: -f2
+}
+# restart_spawn N: starts run N (pid in RUN).
+restart_spawn() {
+    echo "spawn_$1 reads $(vda_reads)"
+    nodepulse record --config "$RESTART_DIR/c.toml" --interval 1s \
+        -o "$RESTART_DIR/run$1.jsonl" 2>"$RESTART_DIR/run$1.log" &
+    RUN=$!
+}
+# restart_wait N attached|report: until run N has attached its probes or reported.
+restart_wait() {
+    for i in $(seq 500); do
+        case $2 in
+        attached) grep -q "first report in" "$RESTART_DIR/run$1.log" && return 0 ;;
+        report) [ -s "$RESTART_DIR/run$1.jsonl" ] && return 0 ;;
+        esac
+        kill -0 "$RUN" 2>/dev/null || {
+            echo "run $1 exited before it $2"
+            return 1
+        }
+        sleep 0.02
+    done
+    echo "run $1 never $2"
+    return 1
+}
+agent_restart() {
+    t0=$(now)
+    mkdir -p "$RESTART_DIR/state"
+    mount -t bpf bpf /sys/fs/bpf || return 1
+    printf '[agent]\nstate_dir = "%s"\nkeep_attached = true\nbpffs = "/sys/fs/bpf"\n%s\n' \
+        "$RESTART_DIR/state" \
+        '[probes.sched]
+enabled = false
+[probes.kvm]
+enabled = false
+[probes.tcp]
+enabled = false' >"$RESTART_DIR/c.toml"
+    restart_spawn 1
+    restart_wait 1 attached || return 1
+    echo "reads_start $(vda_reads)"
+    # Rate-limited so the agent's start (its programs verified under TCG) keeps pace.
+    (while [ ! -e "$RESTART_DIR/stop" ]; do
+        dd if=/dev/vda of=/dev/null bs=4096 count=16 iflag=direct 2>/dev/null
+        usleep 20000
+    done) &
+    reader=$!
+    for run in 1 2; do
+        [ "$run" = 1 ] || restart_spawn $run
+        restart_wait $run report || return 1
+        echo "start_$run $(saved_start)"
+        kill -KILL "$RUN"
+        wait "$RUN"
+        echo "killed_$run rc $? reads $(vda_reads)"
+        # The gap: the reads go on, nothing reads the maps.
+        sleep 0.3
+    done
+    restart_spawn 3
+    restart_wait 3 attached || return 1
+    touch "$RESTART_DIR/stop"
+    wait "$reader"
+    echo "reads_end $(vda_reads)"
+    kill -TERM "$RUN"
+    wait "$RUN"
+    echo "run_3_rc $?"
+    echo "start_3 $(saved_start)"
+    echo "adopted $(cat "$RESTART_DIR/run2.log" "$RESTART_DIR/run3.log" |
+        grep -c "continuing the kernel's counts from pinned maps")"
+    took "$t0"
+    return 0
+}
+
 lines() { wc -l </tmp/record.jsonl 2>/dev/null || echo 0; }
 wait_lines() {
     want=$1
@@ -226,6 +307,9 @@ wait "$KVM_GUEST"
 kill -TERM "$AGENT"
 wait "$AGENT"
 section record_rc echo "$?"
+section restart agent_restart
+section restart_report tail -n 1 "$RESTART_DIR/run3.jsonl"
+section restart_logs cat "$RESTART_DIR/run1.log" "$RESTART_DIR/run2.log" "$RESTART_DIR/run3.log"
 section record cat /tmp/record.jsonl
 section record_log cat /tmp/record.log
 section dmesg dmesg

@@ -307,6 +307,7 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
     });
 
     checks.push(tcp_veth_check(&recorded, sections.ok("tcp_veth")?));
+    checks.push(restart_check(&sections));
 
     // Run-queue and TCP series are present where the workloads made them (counted
     // exactly by the host's integration tests, not here).
@@ -448,6 +449,111 @@ fn tcp_veth_check(recorded: &Recorded, text: &str) -> Check {
     }
 }
 
+/// The disk the restart step reads (guest.sh: agent_restart).
+const RESTART_DISK: &str = "vda";
+
+/// `[agent] keep_attached` across two SIGKILLs: the last run's final report must hold
+/// every read vda completed since the first run attached (cumulative `block.io.latency`
+/// plus `block.io.unrecorded`), including those made while no agent ran; every run keeps
+/// the first one's start time, and both later runs adopt the pinned maps.
+fn restart_check(sections: &Sections) -> Check {
+    let failed = |detail: String| Check {
+        name: "restart (kill -9 ×2)".into(),
+        ok: false,
+        compared: Compared::Exact,
+        detail,
+    };
+    let text = match sections.ok("restart") {
+        Ok(t) => t,
+        Err(e) => return failed(e.to_string()),
+    };
+    // `name v` or `name rc R reads N` lines: the word after `name`, or after `key`.
+    let word = |name: &str, key: &str| -> Option<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))?;
+        let mut words = line.split_whitespace().skip(1);
+        if !key.is_empty() {
+            words.find(|w| *w == key)?;
+        }
+        words.next()?.parse().ok()
+    };
+    let (Some(start), Some(end)) = (word("reads_start", ""), word("reads_end", "")) else {
+        return failed(format!("the guest printed no reads: {text}"));
+    };
+    let kernel = end.saturating_sub(start);
+    // Reads made while no agent process existed: kill n to spawn n + 1.
+    let gaps: Vec<u64> = [("killed_1", "spawn_2"), ("killed_2", "spawn_3")]
+        .iter()
+        .map(|(k, s)| {
+            word(s, "reads")
+                .unwrap_or(0)
+                .saturating_sub(word(k, "reads").unwrap_or(u64::MAX))
+        })
+        .collect();
+    let killed = [word("killed_1", "rc"), word("killed_2", "rc")];
+    let starts = [
+        word("start_1", ""),
+        word("start_2", ""),
+        word("start_3", ""),
+    ];
+    let same_start = starts[0].is_some_and(|s| s > 0) && starts.iter().all(|s| *s == starts[0]);
+    let adopted = word("adopted", "");
+    let (cumulative, unrecorded) = match sections.ok("restart_report").map(final_reads) {
+        Ok(Some(n)) => n,
+        Ok(None) => return failed("the last run's final report is not JSON".into()),
+        Err(e) => return failed(e.to_string()),
+    };
+    Check {
+        name: "restart (kill -9 ×2)".into(),
+        ok: kernel >= 100
+            && cumulative + unrecorded == kernel
+            && gaps.iter().all(|&g| g > 0)
+            && killed == [Some(137), Some(137)]
+            && word("run_3_rc", "") == Some(0)
+            && same_start
+            && adopted == Some(2),
+        compared: Compared::Exact,
+        detail: format!(
+            "sysfs {RESTART_DISK} reads {kernel} ({} while down) | final report cumulative \
+             {cumulative} + unrecorded {unrecorded}; start time {} ({}); runs adopting the \
+             pins {} of 2; exits {}, {}, {}",
+            gaps.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" + "),
+            opt(starts[0]),
+            if same_start { "kept" } else { "CHANGED" },
+            opt(adopted),
+            opt(killed[0]),
+            opt(killed[1]),
+            opt(word("run_3_rc", ""))
+        ),
+    }
+}
+
+/// The reads of [`RESTART_DISK`] in one report: cumulative `block.io.latency` op=read and
+/// the `block.io.unrecorded` total; `None` when it is not JSON.
+fn final_reads(report: &str) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(report.trim()).ok()?;
+    let of_disk = |s: &&serde_json::Value| s["labels"]["device"] == RESTART_DISK;
+    let cumulative = v["series"]
+        .as_array()?
+        .iter()
+        .filter(of_disk)
+        .filter(|s| s["family"] == "block.io.latency" && s["labels"]["op"] == "read")
+        .filter_map(|s| s["cumulative_count"].as_u64())
+        .sum();
+    let unrecorded = v["counters"]
+        .as_array()?
+        .iter()
+        .filter(of_disk)
+        .filter(|c| c["family"] == "block.io.unrecorded")
+        .filter_map(|c| c["total"].as_u64())
+        .sum();
+    Some((cumulative, unrecorded))
+}
+
 fn opt(n: Option<u64>) -> String {
     n.map_or("?".into(), |n| n.to_string())
 }
@@ -513,6 +619,30 @@ pub fn table(reports: &[&KernelReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A guest's restart step: 400 reads, 30 and 25 of them while no agent ran.
+    fn restart_sections(cumulative: u64, start_3: u64) -> Sections {
+        let report = format!(
+            r#"{{"series":[{{"family":"block.io.latency","labels":{{"device":"vda","op":"read"}},"cumulative_count":{cumulative}}},{{"family":"block.io.latency","labels":{{"device":"vdb","op":"read"}},"cumulative_count":9}}],"counters":[{{"family":"block.io.unrecorded","labels":{{"device":"vda","cause":"unseen"}},"total":2}}]}}"#
+        );
+        Sections::parse(&format!(
+            "@@begin restart\nspawn_1 reads 10\nreads_start 10\nstart_1 77\n\
+             killed_1 rc 137 reads 100\nspawn_2 reads 130\nstart_2 77\n\
+             killed_2 rc 137 reads 200\nspawn_3 reads 225\nreads_end 410\nrun_3_rc 0\n\
+             start_3 {start_3}\nadopted 2\n@@end restart 0\n\
+             @@begin restart_report\n{report}\n@@end restart_report 0\n@@done\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn restart_needs_every_read_and_one_start_time() {
+        let c = restart_check(&restart_sections(398, 77));
+        assert!(c.ok, "{}", c.detail);
+        assert!(c.detail.contains("(30 + 25 while down)"), "{}", c.detail);
+        assert!(!restart_check(&restart_sections(397, 77)).ok);
+        assert!(!restart_check(&restart_sections(398, 78)).ok);
+    }
 
     #[test]
     fn log_colours_are_removed() {
