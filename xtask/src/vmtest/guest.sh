@@ -253,7 +253,7 @@ enabled = false' >"$RESTART_DIR/c.toml"
         wait "$RUN"
         echo "killed_$run rc $? reads $(vda_reads)"
         # The gap: the reads go on, nothing reads the maps.
-        sleep 0.3
+        sleep 0.1
     done
     restart_spawn 3
     restart_wait 3 attached || return 1
