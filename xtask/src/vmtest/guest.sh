@@ -193,7 +193,8 @@ tcp_veth() {
 # pinning its maps in bpffs and saving its state in $RESTART_DIR, under direct reads of
 # vda that go on while it is down. Prints vda's sysfs reads once the first run has
 # attached (before the reads start), at each spawn and kill and at the end, the saved
-# start time after each run's first report (and the last run's exit), the exit codes,
+# start time after the first run's first report and after the last run's exit, the
+# exit codes,
 # and how many later runs adopted the pinned maps. The last run's final report and the
 # logs follow as sections of their own.
 RESTART_DIR=/tmp/np-restart
@@ -245,10 +246,16 @@ enabled = false' >"$RESTART_DIR/c.toml"
         usleep 20000
     done) &
     reader=$!
+    # Run 1 is killed after its first report (its state saved), run 2 once it has
+    # adopted the pins but before it saved anything: a crash loop's case.
     for run in 1 2; do
-        [ "$run" = 1 ] || restart_spawn $run
-        restart_wait $run report || return 1
-        echo "start_$run $(saved_start)"
+        if [ "$run" = 1 ]; then
+            restart_wait 1 report || return 1
+            echo "start_1 $(saved_start)"
+        else
+            restart_spawn 2
+            restart_wait 2 attached || return 1
+        fi
         kill -KILL "$RUN"
         wait "$RUN"
         echo "killed_$run rc $? reads $(vda_reads)"
