@@ -64,22 +64,26 @@ fn replay(args: &[&str], file: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `nodepulse replay --format json <recording>`, which must succeed: its alarm events, one
+/// per line, and what it wrote to stderr.
+fn replay_alarms(rec: &Path) -> (Vec<Value>, String) {
+    let out = replay(&["--format", "json"], rec);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (events, stderr)
+}
+
 #[test]
 fn recording_with_a_step_yields_the_alarm_at_the_step() {
     one_subject_at_a_time!();
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec.jsonl");
     write_recording(&rec);
-    let out = replay(&["--format", "json"], &rec);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let alarms: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (alarms, stderr) = replay_alarms(&rec);
     let opened: Vec<&Value> = alarms.iter().filter(|a| a["state"] == "open").collect();
     assert_eq!(opened.len(), 1, "{alarms:#?}");
     let alarm = opened[0];
@@ -97,7 +101,7 @@ fn recording_with_a_step_yields_the_alarm_at_the_step() {
     // Opened within a few windows of the step.
     let ongoing_before = alarms.iter().filter(|a| a["state"] == "ongoing").count();
     assert!(ongoing_before > 10, "stays open while the step lasts");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1 alarm(s) opened, 0 resolved"));
+    assert!(stderr.contains("1 alarm(s) opened, 0 resolved"), "{stderr}");
 }
 
 #[test]
@@ -243,16 +247,7 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
 fn a_real_recording_of_a_cpu_squeeze_yields_one_alarm_for_it() {
     one_subject_at_a_time!();
     let rec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/soak-squeeze-10s.jsonl");
-    let out = replay(&["--format", "json"], &rec);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (events, _) = replay_alarms(&rec);
     let opened: Vec<&Value> = events.iter().filter(|a| a["state"] == "open").collect();
     assert_eq!(opened.len(), 1, "one alarm, for the squeeze: {events:#?}");
     let alarm = opened[0];
