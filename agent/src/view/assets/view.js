@@ -91,6 +91,7 @@
     const [c0, c1] = range, n = c1 - c0, pw = w - M, rows = s.rows;
     ctx.fillStyle = '#fff';
     ctx.fillRect(M, 0, pw, h);
+    let cells = 0;
     if (rows > 0 && n > 0) {
       const img = new ImageData(n, rows);
       const d = img.data, heat = s.heat;
@@ -99,6 +100,7 @@
         for (let r = 0; r < rows; r++) {
           const v = heat[base + r];
           if (!v) continue;
+          cells++;
           const p = ((rows - 1 - r) * n + (c - c0)) * 4;
           d[p] = LUT[v * 3]; d[p + 1] = LUT[v * 3 + 1]; d[p + 2] = LUT[v * 3 + 2]; d[p + 3] = 255;
         }
@@ -108,6 +110,7 @@
       ctx.imageSmoothingEnabled = false;
       ctx.drawImage(off, 0, 0, n, rows, M, 0, pw, h);
     }
+    card.el.dataset.cells = String(cells);
     const per = 2 ** V.heat_scale;
     const yOf = (v) => {
       if (rows === 0) return h / 2;
@@ -182,6 +185,8 @@
       const f = (from - c0) / n, g = (to - from) / n;
       sp.el.style.left = `calc(${M}px + (100% - ${M}px) * ${f})`;
       sp.el.style.width = `calc((100% - ${M}px) * ${g})`;
+      sp.el.dataset.left = f.toFixed(4);
+      sp.el.dataset.width = g.toFixed(4);
     }
   }
 
@@ -416,7 +421,7 @@
     const search = el('input', { type: 'search', id: 'labels', placeholder: 'filter: words in family{label=value,…}',
       oninput: (ev) => { filter.terms = ev.target.value.toLowerCase().split(/\s+/).filter(Boolean); applyFilter(); } });
     search.value = filter.terms.join(' ');
-    const alarmed = el('input', { type: 'checkbox', id: 'alarmed',
+    const alarmed = el('input', { type: 'checkbox', id: 'alarmed', ...(filter.alarmedOnly ? { checked: '' } : {}),
       onchange: (ev) => { filter.alarmedOnly = ev.target.checked; applyFilter(); } });
     const spanS = V.per_column * V.interval_s;
     const header = el('header', {},
@@ -462,9 +467,22 @@
     resizeTimer = setTimeout(() => { if (V) { drawOverview(); redrawOnScreen(); } }, 150);
   });
 
+  // A link can carry the view: #family=a,b&labels=words&alarmed=1&from=ISO&to=ISO.
+  function fromHash() {
+    const h = new URLSearchParams(location.hash.slice(1));
+    if (h.get('family')) filter.families = new Set(h.get('family').split(','));
+    if (h.has('labels')) filter.terms = h.get('labels').toLowerCase().split(/\s+/).filter(Boolean);
+    filter.alarmedOnly = h.get('alarmed') === '1';
+    const from = Date.parse(h.get('from') || ''), to = Date.parse(h.get('to') || '');
+    if (isFinite(from) || isFinite(to)) {
+      range = [isFinite(from) ? Math.floor(colOf(from)) : 0, isFinite(to) ? Math.ceil(colOf(to)) : V.times.length];
+    }
+  }
+
   async function start() {
     const t0 = performance.now();
     V = await decode(document.getElementById('data').textContent);
+    fromHash();
     build();
     document.body.dataset.renderMs = String(Math.round(performance.now() - t0));
     document.body.dataset.ready = 'true';
