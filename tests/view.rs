@@ -54,7 +54,9 @@ fn chromium(url: &str, extra: &[&str]) -> (String, Vec<String>) {
         // dump or the screenshot.
         "--virtual-time-budget=20000",
         "--window-size=1400,1100",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
+        // Nothing resolves: the page must need no network (the live test reaches
+        // the agent by its loopback address).
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ])
     .arg(format!("--user-data-dir={}", profile.path().display()))
     .args(extra)
@@ -348,4 +350,66 @@ fn view_of_something_else_says_what_is_wrong() {
         "{stderr}"
     );
     assert!(!dir.path().join("x.html").exists());
+}
+
+/// The live page of a running agent (root): `/view.json` carries the agent's last
+/// reports with its probe states, and `/view` renders in Chromium, refreshing from it
+/// without errors.
+#[test]
+fn a_running_agent_serves_the_live_view() {
+    require_root!();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[view]\nenabled = true\nlisten = \"127.0.0.1:0\"\nminutes = 1\n\
+         [console]\nenabled = false\n[agent]\ninterval = \"1s\"\n",
+    )
+    .unwrap();
+    let agent = common::RunningAgent::start(&["--config", config.path().to_str().unwrap()]);
+    let addr = common::logged_address(&agent, "live view on http://");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let data: Value = loop {
+        let (status, body) = common::http_get(&addr, "/view.json").unwrap();
+        if status == 200 {
+            let data: Value = serde_json::from_str(&body).unwrap();
+            if data["reports"].as_u64() >= Some(3) && !data["series"].as_array().unwrap().is_empty()
+            {
+                break data;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let probes: Vec<&str> = data["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["probe"].as_str().unwrap())
+        .collect();
+    assert!(probes.contains(&"sched"), "{probes:?}");
+    assert!(data["agent"]["cpu_percent_mean"].as_f64().is_some());
+    assert_eq!(common::http_get(&addr, "/metrics").unwrap().0, 404);
+
+    let url = format!("http://{addr}/view");
+    let (dom, console) = chromium(&url, &["--dump-dom"]);
+    let _ = agent.terminate();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert_eq!(
+        text_of(&dom, "<pre id=\"errors\">"),
+        "",
+        "the page reported errors"
+    );
+    let body = &tags(&dom, "<body")[0];
+    assert_eq!(body["data-live"], "/view.json");
+    assert_eq!(body["data-ready"], "true");
+    assert!(
+        body["data-series"].parse::<usize>().unwrap() >= 1,
+        "{body:#?}"
+    );
+    assert!(
+        tags(&dom, "<tr data-probe=")
+            .iter()
+            .any(|p| p["data-probe"] == "sched" && p["data-state"] == "up"),
+        "{dom}"
+    );
 }

@@ -418,6 +418,7 @@ fn start_exporters(
     }
     all.extend(start::prometheus(config).map_err(failed)?);
     all.extend(start::health(config).map_err(failed)?);
+    all.extend(start::view(config).map_err(failed)?);
     let mut otlp = None;
     if let Some((exporter, sender)) = start::otlp(config, start_unix_nano, None).map_err(failed)? {
         all.push(exporter);

@@ -6,6 +6,7 @@
 
 pub mod data;
 pub mod html;
+pub mod live;
 
 use std::{
     fs::File,
