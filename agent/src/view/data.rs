@@ -533,3 +533,94 @@ fn alarms(events: Vec<(u64, Alarm)>, series: &[SeriesView]) -> Vec<AlarmView> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` reports 10 s apart of one series whose every sample sits in bucket `at(r)`.
+    fn recording(n: usize, at: impl Fn(usize) -> i32) -> String {
+        (0..n)
+            .map(|r| {
+                serde_json::json!({
+                    "time": crate::util::time::rfc3339(1_800_000_000_000_000_000 + (r as u64 + 1) * 10_000_000_000),
+                    "interval_s": 10.0,
+                    "node": "n",
+                    "series": [{"family": "block.io.latency", "labels": {"device": "sdx"},
+                        "unit": "ns", "histogram": {"zero_count": 0, "offset": at(r), "counts": [100]}}],
+                })
+                .to_string()
+                    + "\n"
+            })
+            .collect()
+    }
+
+    fn read_text(text: &str, columns: usize) -> View {
+        let n = text.lines().count();
+        let options = Options {
+            max_columns: columns,
+            replayed: None,
+        };
+        read("t", text.as_bytes(), n, options).unwrap()
+    }
+
+    #[test]
+    fn reports_merge_into_columns_with_quantiles_of_the_merged_histogram() {
+        // Ten reports into five columns: each column holds one report at bucket 160
+        // and one at 168 (an octave up), so its p50 is in the lower and p99 in the upper.
+        let v = read_text(&recording(10, |r| 160 + 8 * (r as i32 % 2)), 5);
+        assert_eq!((v.per_column, v.times.len()), (2, 5));
+        let s = &v.series[0];
+        assert_eq!(s.count, 1000);
+        // Heat rows at scale 1: 160 >> 2 = 40 and 168 >> 2 = 42.
+        assert_eq!((s.lo, s.rows), (40, 3));
+        for c in 0..5 {
+            assert_eq!(&s.heat[c * 3..c * 3 + 3], &[128, 0, 128], "column {c}");
+            assert!((s.rate[c] - 10.0).abs() < 1e-6, "200 samples over 20 s");
+            let (p50, p99) = (s.p50[c].unwrap() as f64, s.p99[c].unwrap() as f64);
+            // Rank 100 of 200 is the lower bucket's last sample: its upper edge (as
+            // f32); p99 lies inside the upper bucket.
+            assert!((p50 / 2f64.powf(20.125) - 1.0).abs() < 1e-6, "{p50}");
+            assert!(
+                (2f64.powf(21.0)..=2f64.powf(21.125)).contains(&p99),
+                "{p99}"
+            );
+        }
+        assert_eq!(v.times[1] - v.times[0], 20_000.0);
+    }
+
+    #[test]
+    fn a_series_that_stops_leaves_empty_columns() {
+        let text = recording(4, |_| 100);
+        let mut lines: Vec<&str> = text.lines().collect();
+        let quiet = lines[3].replace("\"counts\":[100]", "\"counts\":[]");
+        lines[3] = &quiet;
+        let v = read_text(&(lines.join("\n") + "\n"), 100);
+        let s = &v.series[0];
+        assert_eq!(s.p50[3], None);
+        assert_eq!(s.rate[3], 0.0);
+        assert!(s.p50[2].is_some());
+    }
+
+    #[test]
+    fn reports_out_of_order_are_refused_with_their_line() {
+        let text = recording(3, |_| 100);
+        let lines: Vec<&str> = text.lines().collect();
+        let swapped = format!("{}\n{}\n{}\n", lines[0], lines[2], lines[1]);
+        let e = read(
+            "rec.jsonl",
+            swapped.as_bytes(),
+            3,
+            Options {
+                max_columns: 10,
+                replayed: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rec.jsonl line 3") && e.contains("time order"),
+            "{e}"
+        );
+    }
+}
