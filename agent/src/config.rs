@@ -543,6 +543,29 @@ mod tests {
     }
 
     #[test]
+    fn the_view_endpoint_is_checked_like_the_others() {
+        let e = err("[health]\nenabled = true\nlisten = \"127.0.0.1:9465\"\n\
+             [view]\nenabled = true\nlisten = \"0.0.0.0:9465\"\n");
+        assert!(
+            e.contains("`view.listen` \"0.0.0.0:9465\" clashes with health.listen")
+                && e.contains("give [view] a port of its own (default 9466)"),
+            "{e}"
+        );
+        let e = err("[view]\nenabled = true\nlisten = \"localhost\"\n");
+        assert!(e.contains("`view.listen`"), "{e}");
+        let e = err("[view]\nminutes = 0\n");
+        assert!(
+            e.contains("`view.minutes`") && e.contains("between 1 and 1440"),
+            "{e}"
+        );
+        Config::parse(
+            "[prometheus]\nenabled = true\n[health]\nenabled = true\n[view]\nenabled = true\n",
+            "t",
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn unknown_families_are_named_in_detect_and_action_rules() {
         let e = err("[detect]\nfamilies = [\"block.io.latency\", \"nope\"]\n");
         assert!(
