@@ -28,9 +28,11 @@
 //!    lookups are inlined by the verifier: no hashing helper, no delete.
 //!
 //! In-flight accounting is exact: a device's count goes up once per request at issue,
-//! and down once at its completion, requeue, or eviction from the table (whichever
-//! comes first), all decided by the request's slot. Requests in flight at attach never
-//! went up, so their completions, which find no slot, never go down.
+//! and down once at its completion, requeue, eviction from the table, or release by
+//! the sweep (a completion the kernel made without running the program, found once
+//! the device is idle), whichever comes first, all decided by the request's slot.
+//! Requests in flight at attach never went up, so their completions, which find no
+//! slot, never go down.
 
 use agent_common::{
     block::{
