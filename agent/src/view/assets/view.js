@@ -488,14 +488,19 @@
     document.body.dataset.ready = 'true';
     const live = document.body.dataset.live;
     if (live) {
+      // One retry: the agent closes a kept-alive connection idle for 5 s, and a poll
+      // can meet that close on the way.
+      const get = async () => {
+        const r = await fetch(live, { cache: 'no-store' });
+        if (!r.ok) throw new Error(`${live}: HTTP ${r.status}`);
+        return r.json();
+      };
       setInterval(async () => {
         try {
-          const r = await fetch(live, { cache: 'no-store' });
-          if (!r.ok) throw new Error(`${live}: HTTP ${r.status}`);
-          V = await r.json();
+          V = await get().catch(() => new Promise((ok) => setTimeout(ok, 500)).then(get));
           build();
         } catch (e) { fail('cannot refresh: ' + e.message); }
-      }, Math.max(5, (V.interval_s || 10)) * 1000);
+      }, Math.max(2, V.interval_s || 10) * 1000);
     }
   }
   start();
