@@ -13,7 +13,7 @@ use std::{
 
 use common::{LoopDevice, RunningAgent, deploy::require_debian_tool, logged_address};
 
-fn scrape(addr: &str, accept: &str) -> (String, Vec<u8>) {
+pub(crate) fn scrape(addr: &str, accept: &str) -> (String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).expect("connect to the endpoint");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -31,7 +31,7 @@ fn scrape(addr: &str, accept: &str) -> (String, Vec<u8>) {
 }
 
 /// `name{labels} value` lines of one metric, labels as a map.
-fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+pub(crate) fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -55,7 +55,7 @@ fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
 
 /// An agent serving `/metrics` on a free loopback port, its address, and its config
 /// file (which must outlive it).
-fn agent_with_endpoint() -> (RunningAgent, String, tempfile::NamedTempFile) {
+pub(crate) fn agent_with_endpoint() -> (RunningAgent, String, tempfile::NamedTempFile) {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         config.path(),
