@@ -112,3 +112,51 @@ fn memory_is_bounded() {
     let json = serde_json::to_string(&d).unwrap();
     assert!(json.len() < 20_000, "{} bytes", json.len());
 }
+
+#[test]
+fn the_agent_watches_scalar_series_up_to_its_budget_and_alarms_on_a_step() {
+    use crate::detect::{DetectConfig, Detector, ScalarInput};
+    let config = DetectConfig {
+        scalar: ScalarConfig {
+            max_series: 2,
+            ..ScalarConfig::default()
+        },
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(config, "n");
+    let mut rng = Rng::new(6);
+    let mut opened = Vec::new();
+    for i in 0..1500u64 {
+        let iops = if i < 1000 { 500.0 } else { 1500.0 };
+        let inputs = ["sda", "sdb", "sdc"].map(|dev| ScalarInput {
+            family: "block.io.latency:rate".into(),
+            labels: [("device".to_owned(), dev.to_owned())].into(),
+            unit: "/s",
+            value: iops * (1.0 + 0.02 * rng.normal()),
+        });
+        let out = d.update_with_scalars(
+            1_800_000_000_000_000_000 + i * 10_000_000_000,
+            10_000_000_000,
+            [],
+            inputs,
+        );
+        assert_eq!(
+            d.scalars_unwatched, 1,
+            "the third series is over the budget"
+        );
+        opened.extend(
+            out.alarms
+                .into_iter()
+                .filter(|a| a.state == crate::detect::AlarmState::Open),
+        );
+    }
+    // Both watched devices stepped together: one incident, opened at the step.
+    assert_eq!(opened.len(), 1, "{opened:#?}");
+    let a = &opened[0];
+    assert_eq!(
+        a.start_unix_nano,
+        1_800_000_000_000_000_000 + 1000 * 10_000_000_000
+    );
+    assert!(a.summary.contains(":rate{device=sd"), "{}", a.summary);
+    assert!(a.factor > 2.5 && a.factor < 3.5, "{a:?}");
+}
