@@ -168,7 +168,7 @@ impl<K: Pod, V: Pod> PerCpuHash<K, V> {
                     size_of::<BatchAttr>(),
                 )
             };
-            let errno = (ret < 0).then(|| std::io::Error::last_os_error());
+            let errno = (ret < 0).then(std::io::Error::last_os_error);
             let n = attr.count as usize;
             let keys = state.keys.as_ptr().cast::<u8>();
             let values = state.values.as_ptr().cast::<u8>();

@@ -446,6 +446,9 @@ pub struct BlockProbe {
     thresholds: OutlierThresholds,
 }
 
+/// Every (device, operation) series' histograms, in key order.
+pub type BlockReadings = Vec<(BlockKey, BlockReading)>;
+
 /// Cumulative histograms of one (device, operation) series as the kernel holds them.
 #[derive(Clone, Debug, Default)]
 pub struct BlockReading {
@@ -534,14 +537,14 @@ impl BlockProbe {
 
     /// Cumulative histograms per (device number, operation) as the kernel holds them:
     /// the main map's entry and, for a series that spilled, its spill entry added.
-    pub fn read_raw(&self) -> Result<Vec<(BlockKey, BlockReading)>, String> {
+    pub fn read_raw(&self) -> Result<BlockReadings, String> {
         self.read_raw_noting_series().map(|(readings, _)| readings)
     }
 
     /// [`Self::read_raw`], and the keys of the main map.
     fn read_raw_noting_series(
         &self,
-    ) -> Result<(Vec<(BlockKey, BlockReading)>, BTreeSet<BlockKey>), String> {
+    ) -> Result<(BlockReadings, BTreeSet<BlockKey>), String> {
         let mut out: BTreeMap<BlockKey, BlockReading> = BTreeMap::new();
         let mut known = BTreeSet::new();
         for (map, main) in [(&self.latency, true), (&self.spill, false)] {
