@@ -16,6 +16,7 @@ mod alarm_otlp;
 mod batch_read;
 mod block_exact;
 mod block_probe;
+mod block_unseen;
 mod cli;
 mod deploy_artifacts;
 mod deploy_files;
