@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod btf_file;
+pub mod module_btf;
 pub mod tracefs;
 
 use std::path::Path;
