@@ -11,7 +11,11 @@ use std::{
     process::{Command, Stdio},
 };
 
-use nodepulse::{aggregate::ExpHistogram, config::Config, probes::Probes};
+use nodepulse::{
+    aggregate::ExpHistogram,
+    config::Config,
+    probes::{Probes, attach::AttachKind},
+};
 
 use common::kvm_guest::guest_process_path;
 
@@ -55,6 +59,12 @@ fn by_reason(probes: &mut Probes, family: &str) -> BTreeMap<String, Series> {
             (reason, (r.hist, r.key.labels))
         })
         .collect()
+}
+
+fn attached_by_btf(probes: &Probes) -> bool {
+    probes.statuses().iter().any(|s| {
+        s.probe == "kvm" && s.attached.as_ref().and_then(|a| a.kind) == Some(AttachKind::TpBtf)
+    })
 }
 
 /// The guest process, alive until released: while it lives, /proc/<pid> names its VM.
@@ -121,6 +131,12 @@ fn exits_to_userspace_are_counted_exactly_per_vm_and_reason() {
     let mut probes = Probes::start(&config).expect("load");
     let kvm = probes.statuses().iter().find(|s| s.probe == "kvm").unwrap();
     assert!(kvm.is_up(), "{kvm:?}");
+    // With BTF, by tp_btf through nodepulse's own loader (probes::module_prog: kvm is
+    // built in here, a module in the kernel matrix's guests).
+    if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        let attached = kvm.attached.as_ref().unwrap();
+        assert_eq!(attached.kind, Some(AttachKind::TpBtf), "{attached:?}");
+    }
 
     let iterations = 500u64;
     let (guest, run) = Guest::run(
@@ -137,6 +153,19 @@ fn exits_to_userspace_are_counted_exactly_per_vm_and_reason() {
     let hlt = run["hlt"].as_u64().unwrap();
     assert_eq!((io, hlt), (iterations, iterations), "the guest's own count");
 
+    // The run-time stats of programs loaded outside aya are read from their own fds.
+    let stats = probes.collect().programs;
+    let ran = |program: &str| {
+        stats
+            .iter()
+            .find(|s| s.program == program)
+            .map_or(0, |s| s.run_count)
+    };
+    for program in ["kvm_run_btf", "kvm_user_exit_btf"] {
+        if attached_by_btf(&probes) {
+            assert!(ran(program) >= iterations, "{program}: {stats:?}");
+        }
+    }
     let runs = by_reason(&mut probes, "kvm.run.duration");
     let handled = by_reason(&mut probes, "kvm.exit.userspace.latency");
     eprintln!(

@@ -72,11 +72,11 @@ pub(crate) fn u32_at(data: &[u8], off: usize) -> Result<u32, BtfError> {
 /// Bytes of kind-specific data after a type's 12-byte common header.
 pub(crate) fn kind_data_len(kind: u32, vlen: usize) -> usize {
     match kind {
-        1 | 14 | 17 => 4,                          // INT, VAR, DECL_TAG
-        3 => 12,                                   // ARRAY
-        KIND_STRUCT | KIND_UNION => vlen * 12,     // members
-        KIND_FUNC_PROTO | 6 => vlen * 8,           // parameters, ENUM
-        15 | 19 => vlen * 12,                      // DATASEC, ENUM64
+        1 | 14 | 17 => 4,                      // INT, VAR, DECL_TAG
+        3 => 12,                               // ARRAY
+        KIND_STRUCT | KIND_UNION => vlen * 12, // members
+        KIND_FUNC_PROTO | 6 => vlen * 8,       // parameters, ENUM
+        15 | 19 => vlen * 12,                  // DATASEC, ENUM64
         _ => 0, // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
     }
 }

@@ -43,14 +43,17 @@ pub enum ModuleBtfError {
     #[error("the kernel holds no BTF object named {module} (all were listed)")]
     NoObject { module: String },
     #[error("{what} failed: {error}")]
-    Syscall { what: &'static str, error: io::Error },
+    Syscall {
+        what: &'static str,
+        error: io::Error,
+    },
 }
 
 /// Where a tracepoint's `btf_trace_<tracepoint>` typedef lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TracepointBtf {
-    /// In vmlinux: the module is built in, and aya's own tp_btf loading applies.
-    Vmlinux,
+    /// In vmlinux (the module is built in), at this type id.
+    Vmlinux { type_id: u32 },
     /// In the module's split BTF, at this type id.
     Module { module: String, type_id: u32 },
 }
@@ -128,14 +131,14 @@ pub fn split_typedef_id(base: &[u8], split: &[u8], name: &str) -> Result<Option<
     Ok((found < count).then_some(base_types + found + 1))
 }
 
-/// Whether base BTF `data` has typedef `name`.
-fn has_typedef(data: &[u8], name: &str) -> Result<bool, BtfError> {
+/// The id of typedef `name` in base BTF `data`, if it has one.
+fn typedef_id(data: &[u8], name: &str) -> Result<Option<u32>, BtfError> {
     let s = sections(data)?;
     let count = walk(s.types, |_, _, _| false)?;
     let found = walk(s.types, |_, kind, off| {
         kind == KIND_TYPEDEF && string_at(s.strings, off as usize) == Some(name.as_bytes())
     })?;
-    Ok(found < count)
+    Ok((found < count).then_some(found + 1))
 }
 
 /// Finds tracepoint `tracepoint`'s BTF: in vmlinux when `module` is built in, else in
@@ -171,8 +174,8 @@ pub fn locate_tracepoint(
     };
     let vmlinux_path = dir.join("vmlinux");
     let vmlinux = read(vmlinux_path.clone())?;
-    if has_typedef(&vmlinux, &typedef).map_err(malformed(&vmlinux_path))? {
-        return Ok(TracepointBtf::Vmlinux);
+    if let Some(type_id) = typedef_id(&vmlinux, &typedef).map_err(malformed(&vmlinux_path))? {
+        return Ok(TracepointBtf::Vmlinux { type_id });
     }
     let module_path = dir.join(module);
     let split = read(module_path.clone())?;
@@ -324,8 +327,14 @@ mod tests {
         let base = crate::kernel::btf::tests::sample();
         // The sample has 6 types: the split's third record is id 9.
         let split = split_over(&base, "btf_trace_x");
-        assert_eq!(split_typedef_id(&base, &split, "btf_trace_x").unwrap(), Some(9));
-        assert_eq!(split_typedef_id(&base, &split, "btf_trace_y").unwrap(), None);
+        assert_eq!(
+            split_typedef_id(&base, &split, "btf_trace_x").unwrap(),
+            Some(9)
+        );
+        assert_eq!(
+            split_typedef_id(&base, &split, "btf_trace_y").unwrap(),
+            None
+        );
         // A typedef named by a base string ("int" is base string 1) is found too.
         let mut by_base = split.clone();
         let typedef_name = 24 + 12 + 12 + 12; // header, const, struct, member
@@ -383,9 +392,24 @@ mod tests {
         }
         let found = locate_tracepoint(dir, "kvm", "kvm_fpu");
         if Path::new("/sys/module/kvm").exists() {
-            assert!(found.is_ok(), "{found:?}");
+            let aya = aya::Btf::parse(&vmlinux, aya::Endianness::default()).unwrap();
+            let builtin = aya
+                .id_by_type_name_kind("btf_trace_kvm_fpu", aya_obj::btf::BtfKind::Typedef)
+                .ok();
+            match found.unwrap() {
+                TracepointBtf::Vmlinux { type_id } => assert_eq!(Some(type_id), builtin),
+                TracepointBtf::Module { module, type_id } => {
+                    assert_eq!((module.as_str(), builtin), ("kvm", None));
+                    assert!(
+                        type_id > walk(sections(&vmlinux).unwrap().types, |_, _, _| false).unwrap()
+                    );
+                }
+            }
         }
         let err = locate_tracepoint(dir, "nodepulse_no_module", "x").unwrap_err();
-        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF_MODULES"), "{err}");
+        assert!(
+            err.to_string().contains("CONFIG_DEBUG_INFO_BTF_MODULES"),
+            "{err}"
+        );
     }
 }
