@@ -244,3 +244,82 @@ fn vcpu_run_queue_wait_is_attributed_to_the_vm() {
     );
     guest.release();
 }
+
+/// The tp_btf programs nodepulse loads itself follow the probe life cycle: with
+/// `keep_attached` their program and link are pinned, survive the agent, are adopted by
+/// the next start (counting on without being loaded again), and a SIGHUP that disables
+/// the family detaches them and removes their pins.
+#[test]
+fn self_loaded_kvm_programs_are_pinned_adopted_and_detached() {
+    require_root!();
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED: no /dev/kvm on this machine");
+        return;
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("SKIPPED: no kernel BTF, so no tp_btf");
+        return;
+    }
+    let bpffs = common::Bpffs::mount();
+    let mut config = Config::default();
+    config.agent.keep_attached = true;
+    config.agent.bpffs = bpffs.path.clone();
+    config.probes.block.enabled = false;
+    config.probes.sched.enabled = false;
+    config.probes.tcp.enabled = false;
+    let programs = ["kvm_run_btf", "kvm_user_exit_btf"];
+    let pinned = |sub: &str| -> Vec<String> {
+        let root = bpffs.path.join("nodepulse");
+        let mut names: Vec<String> = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .flat_map(|set| {
+                std::fs::read_dir(set.path().join(sub))
+                    .into_iter()
+                    .flatten()
+            })
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("kvm_"))
+            .collect();
+        names.sort();
+        names
+    };
+
+    let first = Probes::start(&config).expect("load");
+    assert!(attached_by_btf(&first), "{:?}", first.statuses());
+    assert_eq!(pinned("links"), ["kvm_run_btf", "kvm_user_exit_btf"]);
+    assert_eq!(pinned("progs"), ["kvm_run_btf", "kvm_user_exit_btf"]);
+    drop(first);
+    // The agent is gone; the pins keep the programs attached.
+    assert_eq!(pinned("links"), ["kvm_run_btf", "kvm_user_exit_btf"]);
+
+    let mut second = Probes::start(&config).expect("load again");
+    assert!(attached_by_btf(&second), "{:?}", second.statuses());
+    let adopted = &second.pins().expect("pins").adopted;
+    for program in programs {
+        assert!(
+            adopted.contains(&program),
+            "{program} not adopted: {adopted:?}"
+        );
+    }
+    let iterations = 50u64;
+    let (guest, run) = Guest::run(None, &["-name", "guest=adopted", "-uuid", UUID], iterations);
+    assert_eq!(run["io"].as_u64(), Some(iterations));
+    let runs = by_reason(&mut second, "kvm.run.duration");
+    assert_eq!(
+        runs["io"].0.count(),
+        iterations,
+        "counted by the adopted programs"
+    );
+    guest.release();
+
+    let mut off = config.probes.clone();
+    off.kvm.enabled = false;
+    let toggled = second.set_enabled(&off);
+    assert_eq!(toggled.detached, ["kvm"]);
+    assert!(pinned("links").is_empty(), "{:?}", pinned("links"));
+    assert!(pinned("progs").is_empty(), "{:?}", pinned("progs"));
+    drop(second);
+}
