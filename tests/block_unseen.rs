@@ -42,8 +42,13 @@ fn completions_the_program_never_saw_are_released_once_the_device_is_idle() {
     detach_link_of("block_rq_complete");
     lo.dd_read(300, "4k");
     let reads = lo.stat().read - sysfs_before;
+    let started = std::time::Instant::now();
     let (in_flight, unseen) = read(&mut probes);
-    eprintln!("{reads} reads, {} unseen", unseen - unseen_before);
+    eprintln!(
+        "{reads} reads, {} unseen; the read with its sweep took {:?}",
+        unseen - unseen_before,
+        started.elapsed()
+    );
     assert_eq!(in_flight, 0, "requests whose completion was never seen");
     assert_eq!(
         unseen - unseen_before,
