@@ -100,9 +100,6 @@ pub struct ReplayArgs {
     /// Treat the file as CSV whatever its name (a `.csv` name is enough otherwise).
     #[arg(long)]
     pub csv: bool,
-    /// CSV rows per detector window; each row's score looks at the last this many rows.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(10..=100_000))]
-    pub csv_window: u32,
     /// How alarms are printed (recordings only).
     #[arg(short, long, value_enum, default_value_t = ReplayFormat::Table)]
     pub format: ReplayFormat,
