@@ -3,6 +3,7 @@
 //! kernel's pressure stall accounting (host and cgroups).
 
 mod config;
+pub mod forecast;
 pub mod knee;
 pub mod psi;
 pub mod signals;
