@@ -26,6 +26,9 @@ pub struct CapacityConfig {
     pub knee_multiple: f64,
     /// Intervals with at least this many completions count as evidence for the curve.
     pub knee_min_requests: u64,
+    /// The level (busy fraction, pressure share) at which a resource counts as
+    /// saturated, for forecasts.
+    pub saturation: f64,
     /// Raise an alarm when a signal is forecast to saturate within this many hours
     /// (at the interval's upper confidence bound: the later end).
     pub alarm_within_h: f64,
@@ -42,6 +45,7 @@ impl Default for CapacityConfig {
             max_cgroups: 20,
             knee_multiple: 2.0,
             knee_min_requests: 50,
+            saturation: 0.9,
             alarm_within_h: 24.0,
             interval_percent: 90.0,
         }
@@ -57,6 +61,15 @@ impl CapacityConfig {
                     "must be a number above 1 (the knee is where p99 exceeds this multiple \
                      of its unloaded value), got {}",
                     self.knee_multiple
+                ),
+            });
+        }
+        if !(self.saturation > 0.0 && self.saturation <= 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "capacity.saturation",
+                problem: format!(
+                    "must be a fraction in (0, 1], e.g. 0.9, got {}",
+                    self.saturation
                 ),
             });
         }

@@ -331,7 +331,17 @@ impl Pipeline {
             actions: Vec::new(),
             capacity: None,
         };
-        report.capacity = self.capacity.as_mut().map(|c| c.update(&report));
+        report.capacity = self
+            .capacity
+            .as_mut()
+            .map(|c| c.update(&report, unix_nanos() / 1_000_000_000));
+        for a in report.capacity.iter().flat_map(|c| &c.alarms) {
+            match a.state {
+                "open" => tracing::warn!(resource = a.resource, "{}", a.summary),
+                "resolved" => tracing::info!(resource = a.resource, "resolved: {}", a.summary),
+                _ => {}
+            }
+        }
         self.detect(&mut report);
         report
     }
