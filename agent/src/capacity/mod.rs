@@ -130,7 +130,7 @@ impl Capacity {
         // Only signals still reported keep a forecaster: memory follows the budget.
         let live: Vec<(String, &'static str)> = signals
             .iter()
-            .filter(|s| FORECAST.contains(&s.name) && s.labels.get("op").is_none())
+            .filter(|s| FORECAST.contains(&s.name) && !s.labels.contains_key("op"))
             .map(|s| (s.resource.clone(), s.name))
             .collect();
         self.forecasters.retain(|k, _| live.contains(k));
@@ -248,7 +248,10 @@ mod tests {
             a[0].summary,
             "io:sdb busy predicted to reach 0.9 within 6 h, 90 % interval 4-9 h"
         );
-        assert_eq!(c.alarms(&[forecast(4.0, 6.0, Some(9.0))])[0].state, "ongoing");
+        assert_eq!(
+            c.alarms(&[forecast(4.0, 6.0, Some(9.0))])[0].state,
+            "ongoing"
+        );
         // The late end beyond the horizon (or never): not sure enough, resolved.
         assert_eq!(c.alarms(&[forecast(4.0, 10.0, None)])[0].state, "resolved");
         assert!(c.alarms(&[forecast(4.0, 10.0, None)]).is_empty());

@@ -472,14 +472,19 @@ fn render_capacity(t: &mut String, c: &crate::capacity::CapacityReport) {
             s.value * 100.0
         );
     }
-    for h in &c.headroom {
+    // The five devices closest to their knee; before a knee is seen, headroom is a
+    // lower bound (marked >=) against the highest load seen.
+    let mut headroom: Vec<_> = c.headroom.iter().filter(|h| h.load_iops > 0.0).collect();
+    headroom.sort_by(|a, b| a.headroom.total_cmp(&b.headroom));
+    for h in headroom.into_iter().take(5) {
+        let bound = if h.knee_known { "" } else { ">=" };
         let knee = match h.knee.knee_load {
             Some(k) => format!("knee {k:.0}/s"),
             None => format!("no knee up to {:.0}/s", h.knee.max_load_seen),
         };
         let _ = writeln!(
             t,
-            "  {:<40} headroom {:>5.1} % at {:.0}/s ({knee}, unloaded p99 {})",
+            "  {:<40} headroom {bound}{:.1} % at {:.0}/s ({knee}, unloaded p99 {})",
             h.resource,
             h.headroom * 100.0,
             h.load_iops,
