@@ -100,3 +100,42 @@ impl CapacityConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, needle) in [
+            (
+                "knee_multiple = 1.0",
+                "capacity.knee_multiple` must be a number above 1",
+            ),
+            (
+                "saturation = 1.5",
+                "capacity.saturation` must be a fraction",
+            ),
+            (
+                "alarm_within_h = 0.0",
+                "capacity.alarm_within_h` must be a positive",
+            ),
+            (
+                "interval_percent = 100.0",
+                "capacity.interval_percent` must be between",
+            ),
+            (
+                "max_cgroups = 20000",
+                "capacity.max_cgroups` must be at most",
+            ),
+            ("bogus = 1", "unknown field `bogus`"),
+        ] {
+            let e = err(&format!("[capacity]\n{text}\n"));
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+}
