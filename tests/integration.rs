@@ -15,6 +15,7 @@ mod action_restart;
 mod alarm_otlp;
 mod block_exact;
 mod block_probe;
+mod block_unseen;
 mod capacity;
 mod cli;
 mod deploy_artifacts;
