@@ -33,3 +33,4 @@ mod restart;
 mod sched_probe;
 mod storage_probe;
 mod tcp_probe;
+mod view;

@@ -138,25 +138,8 @@ pub fn for_each_report(
     reader: impl BufRead,
     mut each: impl FnMut(Report),
 ) -> Result<(), ReplayError> {
-    let mut lines = 0;
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|source| ReplayError::Read {
-            path: path.into(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |message: String| ReplayError::Recording {
-            path: path.into(),
-            line: i + 1,
-            message,
-        };
-        let report: RecordedReport = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let time = humantime::parse_rfc3339(&report.time)
-            .map_err(|e| bad(format!("time \"{}\": {e}", report.time)))?
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+    for_each_line(path, reader, |report: RecordedReport, bad| {
+        let time = parse_time(&report.time).map_err(bad)?;
         let series = report
             .series
             .into_iter()
@@ -176,12 +159,50 @@ pub fn for_each_report(
             node: report.node,
             series,
         });
+        Ok(())
+    })
+}
+
+/// Reads a recording line by line as `T` (the parts of a report a reader needs;
+/// `nodepulse view` reads more than the detector). `each` gets each line and a way
+/// to turn a complaint about it into an error naming the file and line.
+pub fn for_each_line<T: serde::de::DeserializeOwned>(
+    path: &str,
+    reader: impl BufRead,
+    mut each: impl FnMut(T, &dyn Fn(String) -> ReplayError) -> Result<(), ReplayError>,
+) -> Result<(), ReplayError> {
+    let mut lines = 0;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|source| ReplayError::Read {
+            path: path.into(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| ReplayError::Recording {
+            path: path.into(),
+            line: i + 1,
+            message,
+        };
+        let value: T = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        each(value, &bad)?;
         lines += 1;
     }
     if lines == 0 {
         return Err(ReplayError::Empty { path: path.into() });
     }
     Ok(())
+}
+
+/// A report's RFC 3339 time as unix ns.
+pub fn parse_time(time: &str) -> Result<u64, String> {
+    humantime::parse_rfc3339(time)
+        .map_err(|e| format!("time \"{time}\": {e}"))
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
 }
 
 /// One CSV row with its score.
