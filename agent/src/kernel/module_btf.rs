@@ -14,7 +14,7 @@ use std::{
 
 use thiserror::Error;
 
-use super::btf::{BtfError, KIND_TYPEDEF, kind_data_len, u32_at};
+use super::btf::{BtfError, KIND_TYPEDEF, kind_data_len, sections, u32_at};
 
 /// Where the kernel publishes vmlinux's and every module's BTF.
 pub const SYS_BTF_DIR: &str = "/sys/kernel/btf";
@@ -56,31 +56,6 @@ pub enum TracepointBtf {
     Vmlinux { type_id: u32 },
     /// In the module's split BTF, at this type id.
     Module { module: String, type_id: u32 },
-}
-
-/// The type and string sections of a BTF blob.
-struct Sections<'a> {
-    types: &'a [u8],
-    strings: &'a [u8],
-}
-
-fn sections(data: &[u8]) -> Result<Sections<'_>, BtfError> {
-    if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
-        return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
-    }
-    let hdr_len = u32_at(data, 4)? as usize;
-    let type_off = hdr_len + u32_at(data, 8)? as usize;
-    let type_len = u32_at(data, 12)? as usize;
-    let str_off = hdr_len + u32_at(data, 16)? as usize;
-    let str_len = u32_at(data, 20)? as usize;
-    Ok(Sections {
-        types: data
-            .get(type_off..type_off + type_len)
-            .ok_or(BtfError::Malformed("type section out of bounds"))?,
-        strings: data
-            .get(str_off..str_off + str_len)
-            .ok_or(BtfError::Malformed("string section out of bounds"))?,
-    })
 }
 
 /// Calls `f(index, kind, name_offset)` for every type record (index 0 is the first record,
