@@ -17,7 +17,6 @@ mod batch_read;
 mod block_exact;
 mod block_probe;
 mod block_unseen;
-mod capacity;
 mod cli;
 mod deploy_artifacts;
 mod deploy_files;

@@ -160,7 +160,6 @@ fn report(series: Vec<SeriesReport>) -> Report {
         alarms: vec![],
         alarms_open: 0,
         learning: vec![],
-        capacity: None,
         actions: vec![],
     }
 }

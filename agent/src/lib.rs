@@ -5,7 +5,6 @@
 pub mod actions;
 pub mod aggregate;
 pub mod attribution;
-pub mod capacity;
 pub mod catalog;
 pub mod check;
 pub mod cli;
