@@ -3,6 +3,7 @@
 //! [`FAMILIES`] (see [`family::ProbeFamily`] for what a family provides).
 
 pub mod attach;
+pub mod batch_read;
 pub mod family;
 pub mod outliers;
 pub mod pins;
@@ -77,7 +78,7 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray},
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -205,7 +206,7 @@ pub struct Probes {
     probes: Vec<Box<dyn Probe>>,
     statuses: Vec<ProbeStatus>,
     counters: Option<PerCpuArray<MapData, u64>>,
-    sparse: Option<PerCpuHashMap<MapData, SparseKey, SparseCell>>,
+    sparse: Option<batch_read::PerCpuHash<SparseKey, SparseCell>>,
     stats: stats::BpfStats,
     attribution: Attribution,
     outliers: Option<outliers::Outliers>,
@@ -263,9 +264,11 @@ impl Probes {
         let counters = ebpf
             .take_map(names::MAP_PROBE_COUNTERS)
             .and_then(|m| PerCpuArray::try_from(m).ok());
-        let sparse = ebpf
-            .take_map(names::MAP_SPARSE_HIST)
-            .and_then(|m| PerCpuHashMap::try_from(m).ok());
+        let sparse = ebpf.take_map(names::MAP_SPARSE_HIST).and_then(|m| {
+            batch_read::PerCpuHash::new(m, names::MAP_SPARSE_HIST)
+                .inspect_err(|e| tracing::warn!("{e}"))
+                .ok()
+        });
         let outliers = outliers::Outliers::take(&mut ebpf).filter(|_| setup.outliers_enabled);
         // Parsing the kernel's BTF twice (ours and aya's) peaks at tens of MiB that
         // glibc keeps unless asked; give it back now that loading is done. (musl, the
@@ -410,6 +413,7 @@ impl Probes {
             return;
         }
         if let Some(map) = &mut self.sparse {
+            let mut map = map.map_mut();
             let dead: Vec<SparseKey> = map
                 .keys()
                 .filter_map(Result::ok)
