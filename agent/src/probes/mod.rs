@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod batch_read;
 pub mod family;
+pub mod handover;
 pub mod outliers;
 pub mod pins;
 pub mod sparse;
@@ -97,7 +98,8 @@ pub use family::{Interval, Kernel, Layouts, OneProbe, Plan, ProbeFamily, Resolve
 use stats::ProgramRunStats;
 
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// One cumulative histogram read from the kernel, with its labels.
 #[derive(Clone, Debug)]
@@ -124,6 +126,8 @@ pub struct ReadContext<'a> {
     pub attribution: &'a mut Attribution,
     /// The shared sparse histogram map, read once per interval for all probes.
     pub sparse: &'a sparse::SparseSeries,
+    /// Reading copies of the maps for a hand-over (`handover`): write nothing.
+    pub snapshot: bool,
 }
 
 /// What every attached probe offers the pipeline. (`Any`: a test or a family may reach
@@ -221,6 +225,8 @@ pub struct Probes {
     /// Whether tracefs was there at start: families resolved without it cannot attach
     /// classic tracepoints later.
     tracefs_at_start: bool,
+    /// What the pin set of another layout had counted, read at the switch to this one.
+    handover: Option<handover::Handover>,
     _tracefs: Option<tracefs::Mounted>,
 }
 
@@ -254,11 +260,8 @@ impl Probes {
         } = Loaded::load_with(&setup, pins.as_ref())?;
         let stats = stats::BpfStats::enable();
 
-        let ((probes, statuses), mut pins) =
+        let ((probes, statuses), pins) =
             pins::session(pins, || attach_all(&families, &mut ebpf, btf.as_ref()));
-        if let Some(pins) = &mut pins {
-            log_pins(pins);
-        }
 
         nothing_attached(&statuses)?;
         let counters = ebpf
@@ -278,7 +281,7 @@ impl Probes {
         unsafe {
             libc::malloc_trim(0)
         };
-        Ok(Self {
+        let mut probes = Self {
             ebpf,
             probes,
             statuses,
@@ -296,8 +299,55 @@ impl Probes {
             families,
             parked: Vec::new(),
             tracefs_at_start: tracefs_found,
+            handover: None,
             _tracefs: tracefs,
-        })
+        };
+        probes.switch_pins();
+        Ok(probes)
+    }
+
+    /// Says what was adopted; with pin sets of other layouts, reads what they counted
+    /// (see [`handover`]) and removes them, saying what that resets.
+    fn switch_pins(&mut self) {
+        let Some(pins) = &self.pins else { return };
+        if let Err(e) = handover::identity::pin(pins.dir()) {
+            tracing::warn!(
+                "cannot pin the maps' fingerprints ({e}): the next upgrade resets every \
+                 cumulative series"
+            );
+        }
+        log_adopted(pins);
+        let stale = pins.stale();
+        if stale.is_empty() {
+            return;
+        }
+        // The newest other set is the one the last run used (names sort by version).
+        let from = stale.last().cloned().unwrap_or_default();
+        let dir = pins.dir().to_path_buf();
+        let old = dir.with_file_name(&from);
+        self.handover = handover::take(self, &from, &old, &dir)
+            .inspect_err(|e| tracing::warn!(old = from, "cannot read the old pin set: {e}"))
+            .ok();
+        let pins = self.pins.as_mut().expect("checked above");
+        tracing::info!(
+            old = ?stale,
+            new = pins.name(),
+            "pins of another version or map layout found (an upgrade or a configuration \
+             change): the new probes were attached beside them; what the old maps counted \
+             was read, and the old pins are now removed"
+        );
+        let removed = pins.remove_stale();
+        tracing::info!(removed = ?removed, "old pins removed, their programs detached");
+    }
+
+    /// The older pin set this start read at the switch, if any.
+    pub fn handover_from(&self) -> Option<&str> {
+        self.handover.as_ref().map(|h| h.from.as_str())
+    }
+
+    /// What the pin set of another layout counted until the switch, once.
+    pub fn take_handover(&mut self) -> Option<handover::Handover> {
+        self.handover.take()
     }
 
     /// SIGHUP: attaches the probes `config` enables that are not running and detaches
@@ -456,29 +506,12 @@ impl Probes {
     /// Reads every attached probe's maps, the drop counters and the programs' run times.
     pub fn collect(&mut self) -> Collection {
         let mut out = Collection::default();
-        self.attribution.refresh();
-        let sparse = match &self.sparse {
-            Some(map) => sparse::read(map).unwrap_or_else(|e| {
-                out.errors.push(("sparse", e));
-                Default::default()
-            }),
-            None => Default::default(),
-        };
         if let Some(o) = &mut self.outliers {
             (out.outliers, out.outliers_discarded) =
                 o.drain(&mut self.attribution, self.max_outliers);
         }
-        let mut cx = ReadContext {
-            attribution: &mut self.attribution,
-            sparse: &sparse,
-        };
-        for probe in &mut self.probes {
-            if let Err(e) = probe
-                .read(&mut cx, &mut out.readings)
-                .and_then(|()| probe.read_counters(&mut cx, &mut out.counters))
-            {
-                out.errors.push((probe.name(), e));
-            }
+        self.read_counts(&mut out, false);
+        for probe in &self.probes {
             for &program in &probe.attached().programs {
                 let adopted = self.pins.as_ref().and_then(|p| p.program_fd(program));
                 let read = match adopted {
@@ -490,6 +523,33 @@ impl Probes {
                 }
             }
         }
+        out
+    }
+
+    /// Reads the counts (histograms, counter series, drop counters) into `out`; a
+    /// `snapshot` read (of map copies, for a hand-over) writes nothing to the maps.
+    fn read_counts(&mut self, out: &mut Collection, snapshot: bool) {
+        self.attribution.refresh();
+        let sparse = match &self.sparse {
+            Some(map) => sparse::read(map).unwrap_or_else(|e| {
+                out.errors.push(("sparse", e));
+                Default::default()
+            }),
+            None => Default::default(),
+        };
+        let mut cx = ReadContext {
+            attribution: &mut self.attribution,
+            sparse: &sparse,
+            snapshot,
+        };
+        for probe in &mut self.probes {
+            if let Err(e) = probe
+                .read(&mut cx, &mut out.readings)
+                .and_then(|()| probe.read_counters(&mut cx, &mut out.counters))
+            {
+                out.errors.push((probe.name(), e));
+            }
+        }
         if let Some(c) = &self.counters {
             for (index, name) in counters::NAMES {
                 let total = c
@@ -499,7 +559,6 @@ impl Probes {
                 out.drops.push((name, total));
             }
         }
-        out
     }
 }
 
@@ -558,9 +617,8 @@ fn load_layout(setup: &Setup<'_>) -> u64 {
     pins::layout(EBPF_OBJECT, &config)
 }
 
-/// Says what was adopted, and removes (after the new probes attached) the pin sets of
-/// other versions or layouts, saying what that resets.
-fn log_pins(pins: &mut pins::Pins) {
+/// Says whether this layout's maps and probes were adopted from an earlier run.
+fn log_adopted(pins: &pins::Pins) {
     if pins.maps_adopted {
         tracing::info!(
             pins = %pins.dir().display(),
@@ -573,19 +631,6 @@ fn log_pins(pins: &mut pins::Pins) {
             pins = %pins.dir().display(),
             "probes pinned: they stay attached across restarts"
         );
-    }
-    let stale = pins.stale();
-    if !stale.is_empty() {
-        tracing::warn!(
-            old = ?stale,
-            new = pins.name(),
-            "pins of another version or map layout found (an upgrade or a configuration \
-             change): the new probes were attached beside them and the old ones are now \
-             removed, never mixed. Reset: every cumulative series starts from zero with a \
-             new start time; requests in flight at the switch are not measured"
-        );
-        let removed = pins.remove_stale();
-        tracing::info!(removed = ?removed, "old pins removed, their programs detached");
     }
 }
 
