@@ -11,9 +11,9 @@
 //!   hand-over without a gap or an overlap.
 //! - **Another layout** (an upgrade, a rebuilt object, a configuration that changes
 //!   map sizes or program globals): the new set is created and attached beside the
-//!   old one, then the old one is removed (make before break: new and old programs
-//!   write to different maps, so nothing is counted twice, and nothing is missed
-//!   between). What that resets is logged; old and new maps are never mixed.
+//!   old one, the old maps' counts are read at one instant with the new ones (see
+//!   `super::handover`, which carries them into the series), then the old set is
+//!   removed. Maps that changed are reset, each named in the log.
 //!
 //! bpffs holds only BPF objects, so what the agent must remember about them (start
 //! time, last readings) lives in the state directory (`crate::state`).

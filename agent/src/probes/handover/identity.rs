@@ -18,8 +18,9 @@ use super::raw;
 
 /// Where a pin set keeps its fingerprints (`<set>/fingerprints`).
 pub const FILE: &str = "fingerprints";
-/// A map name as the fingerprint map's key.
-type Name = [u8; 16];
+/// A map name as the fingerprint map's key (the kernel's own name field has 16 bytes,
+/// too few for `BLOCK_LATENCY_SPILL`).
+type Name = [u8; 32];
 
 /// What a map holds, for the hand-over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,8 +89,8 @@ pub fn maps() -> Vec<MapKind> {
 }
 
 fn key(name: &str) -> Name {
-    let mut k = [0u8; 16];
-    for (d, s) in k.iter_mut().zip(name.bytes().take(16)) {
+    let mut k = [0u8; size_of::<Name>()];
+    for (d, s) in k.iter_mut().zip(name.bytes()) {
         *d = s;
     }
     k
@@ -165,6 +166,13 @@ mod tests {
     fn every_map_of_the_object_has_a_kind_and_a_fingerprint() {
         let object = aya_obj::Object::parse(crate::probes::EBPF_OBJECT).unwrap();
         let kinds = maps();
+        for kind in &kinds {
+            assert!(
+                kind.name.len() <= size_of::<Name>(),
+                "{} is too long",
+                kind.name
+            );
+        }
         for name in object.maps.keys().filter(|n| !n.starts_with('.')) {
             assert!(
                 kinds.iter().any(|k| k.name == name),

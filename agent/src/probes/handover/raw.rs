@@ -222,6 +222,9 @@ impl RawMap {
         }
     }
 
+    /// Sets `key`'s value. A map that allocates its entries as they come (per-CPU,
+    /// not preallocated) takes them from caches the kernel refills in the background:
+    /// `ENOMEM` while they are empty is retried for a while.
     pub fn set(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
         assert_eq!(value.len(), self.value_len, "a value of the map's size");
         let mut attr = ElemAttr {
@@ -231,7 +234,16 @@ impl RawMap {
             value: value.as_ptr() as u64,
             flags: 0,
         };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+        let mut tries = 0;
+        loop {
+            match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                r => return r.map(drop),
+            }
+        }
     }
 }
 
