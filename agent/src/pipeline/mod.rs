@@ -211,6 +211,9 @@ impl Pipeline {
             maps = ?h.carried,
             series,
             counters,
+            entries = h.entries,
+            repeated = h.repeated,
+            took_ms = h.took.as_millis() as u64,
             "counts continue across the switch of pin sets: what the old programs \
              counted until the new ones took over is in the first report, with the same \
              start time"

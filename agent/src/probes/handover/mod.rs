@@ -49,6 +49,11 @@ pub struct Handover {
     pub reset: Vec<(&'static str, String)>,
     /// Entries that never settled: (map, entries).
     pub unsettled: Vec<(&'static str, usize)>,
+    /// Entries read, and the readings repeated because an event came between.
+    pub entries: usize,
+    pub repeated: usize,
+    /// How long reading both sets took.
+    pub took: std::time::Duration,
 }
 
 /// Cumulative readings of the probes' maps.
@@ -84,6 +89,7 @@ pub fn take(
     old_dir: &Path,
     new_dir: &Path,
 ) -> Result<Handover, String> {
+    let started = std::time::Instant::now();
     let cpus = aya::util::nr_cpus().map_err(|(path, e)| format!("reading {path}: {e}"))?;
     let fingerprints = identity::read(old_dir);
     let mut handover = Handover {
@@ -123,11 +129,13 @@ pub fn take(
                 match identity::mismatch(&old.info, &new.info, fingerprint, kind.fingerprint) {
                     Some(why) => Some(why),
                     None => {
-                        let unsettled = copy_at_one_instant(&old, &new, &old_copy, &base_copy)
+                        let read = copy_at_one_instant(&old, &new, &old_copy, &base_copy)
                             .map_err(|e| format!("reading {}: {e}", kind.name))?;
-                        if unsettled > 0 {
-                            handover.unsettled.push((kind.name, unsettled));
+                        if read.unsettled > 0 {
+                            handover.unsettled.push((kind.name, read.unsettled));
                         }
+                        handover.entries += read.entries;
+                        handover.repeated += read.repeated;
                         None
                     }
                 }
@@ -145,26 +153,39 @@ pub fn take(
     }
     handover.old = read_lent(probes, &copies, |c| &c.old)?;
     handover.base = read_lent(probes, &copies, |c| &c.base)?;
+    handover.took = started.elapsed();
     Ok(handover)
 }
 
+/// What reading one map at one instant per entry took.
+struct Read {
+    entries: usize,
+    repeated: usize,
+    unsettled: usize,
+}
+
 /// Copies every entry of `old` and `new` into `old_copy` and `base_copy` as read at
-/// one instant for that entry; returns how many entries never settled.
+/// one instant for that entry.
 fn copy_at_one_instant(
     old: &raw::RawMap,
     new: &raw::RawMap,
     old_copy: &raw::RawMap,
     base_copy: &raw::RawMap,
-) -> std::io::Result<usize> {
+) -> std::io::Result<Read> {
     let mut keys = old.keys()?;
     keys.extend(new.keys()?);
     keys.sort();
     keys.dedup();
-    let mut unsettled = 0;
+    let mut read = Read {
+        entries: keys.len(),
+        repeated: 0,
+        unsettled: 0,
+    };
     for key in &keys {
         let mut settled = false;
         let (mut o, mut n) = (None, None);
-        for _ in 0..TRIES {
+        for attempt in 0..TRIES {
+            read.repeated += usize::from(attempt > 0);
             let before = new.get(key)?;
             o = old.get(key)?;
             std::thread::sleep(SETTLE);
@@ -174,7 +195,7 @@ fn copy_at_one_instant(
                 break;
             }
         }
-        unsettled += usize::from(!settled);
+        read.unsettled += usize::from(!settled);
         if let Some(o) = o {
             // An old map with more entries than the new one holds: those that do not
             // fit are lost, and said so.
@@ -186,7 +207,7 @@ fn copy_at_one_instant(
             base_copy.set(key, &n)?;
         }
     }
-    Ok(unsettled)
+    Ok(read)
 }
 
 /// The probes' readings with every copied map's fd numbers lent to `which` copy.
