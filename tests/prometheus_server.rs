@@ -11,7 +11,10 @@ use std::{
 };
 
 use crate::{
-    common::{LoopDevice, deploy::require_debian_tool},
+    common::{
+        LoopDevice,
+        deploy::{repo, require_debian_tool},
+    },
     prometheus::{agent_with_endpoint, samples, scrape},
 };
 
@@ -84,7 +87,8 @@ impl Server {
             .unwrap_or_default()
     }
 
-    /// The JSON answer of an API path (null when the server is not up yet).
+    /// The JSON answer of an API path (null when the server is not up yet). Asked in
+    /// HTTP/1.0, so a large answer comes whole, not in chunks.
     pub(crate) fn get(&self, path: &str) -> serde_json::Value {
         let Ok(mut stream) = TcpStream::connect(&self.addr) else {
             return serde_json::Value::Null;
@@ -92,12 +96,7 @@ impl Server {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).unwrap();
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
         let Some((_, body)) = response.split_once("\r\n\r\n") else {
@@ -335,6 +334,7 @@ fn native_quantile_lands_in_the_agents_p99_bucket() {
     let q = server
         .scalar(&promql)
         .unwrap_or_else(|| panic!("{promql}: no result\n{}", server.log()));
+    let panels = dashboard_answers(&server, &lo.name);
     agent.terminate();
 
     // The measured reads alone: the window's first sample already had `before`.
@@ -351,10 +351,43 @@ fn native_quantile_lands_in_the_agents_p99_bucket() {
     );
     eprintln!(
         "native p99 {q} s in the agent's ({lower}, {upper}] s shifted to ({nlower}, \
-         {nupper}] s; {} histogram families stored native, first series empty in {:?}",
+         {nupper}] s; {} histogram families stored native, first series empty in {:?}; \
+         {panels} dashboard queries of the device answered",
         families.len(),
         first_empty
     );
+}
+
+/// The dashboard's queries of the block latency family, for this node and `device`,
+/// each answered by the server (the heatmap with a histogram); how many there were.
+fn dashboard_answers(server: &Server, device: &str) -> usize {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/nodepulse.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut answered = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            if !expr.contains(&format!("{FAMILY}{{")) {
+                continue;
+            }
+            let promql = expr
+                .replace("$node", ".*")
+                .replace("$device", device)
+                .replace("$__rate_interval", "1m");
+            let result = server.query(&promql);
+            assert!(!result.is_empty(), "{}: {promql}: no answer", p["title"]);
+            if p["type"] == "heatmap" {
+                assert!(
+                    result[0]["histogram"].is_array(),
+                    "{}: {result:?}",
+                    p["title"]
+                );
+            }
+            answered += 1;
+        }
+    }
+    assert!(answered >= 4, "{answered} dashboard queries of {FAMILY}");
+    answered
 }
 
 /// The bucket `(lower, upper]` holding rank 0.99 n of `(le, cumulative)` pairs.
