@@ -143,14 +143,25 @@ impl Delta {
             .into_iter()
             .map(|r| (DeltaKey::of(&r).0, r.hist))
             .collect();
+        let mut old: HashMap<DeltaKey, ExpHistogram> = old
+            .into_iter()
+            .map(|r| (DeltaKey::of(&r).0, r.hist))
+            .collect();
+        // A series carried into the old set that its maps never counted is still
+        // carried: its total is what the sets before counted.
+        for key in self.carried.keys() {
+            old.entry(key.clone()).or_default();
+        }
         let mut carried = HashMap::new();
-        for r in old.into_iter().filter(|r| !r.hist.is_empty()) {
-            let key = DeltaKey::of(&r).0;
+        for (key, hist) in old {
             // Counted since the first set of the series' start time.
             let offset = match self.carried.get(&key) {
-                Some(c) => c.apply(&r.hist),
-                None => r.hist,
+                Some(c) => c.apply(&hist),
+                None => hist,
             };
+            if offset.is_empty() {
+                continue;
+            }
             let base = base.remove(&key).unwrap_or_default();
             carried.insert(key, Carried { base, offset });
         }
@@ -411,10 +422,15 @@ pub fn carry_totals<K: Clone + Eq + std::hash::Hash>(
     base: Vec<(K, u64)>,
 ) -> HashMap<K, (u64, u64)> {
     let mut base: HashMap<K, u64> = base.into_iter().collect();
+    let mut old: HashMap<K, u64> = old.into_iter().collect();
+    // Carried into the old set and not counted by it since: still carried.
+    for k in before.keys() {
+        old.entry(k.clone()).or_default();
+    }
     old.into_iter()
-        .filter(|&(_, total)| total != 0)
-        .map(|(k, total)| {
-            let offset = carried_total(before.get(&k).copied(), total);
+        .map(|(k, total)| (carried_total(before.get(&k).copied(), total), k))
+        .filter(|&(offset, _)| offset != 0)
+        .map(|(offset, k)| {
             let b = base.remove(&k).unwrap_or(0);
             (k, (b, offset))
         })
@@ -505,6 +521,13 @@ mod tests {
         c.carry(vec![(key.clone(), 9)], vec![(key.clone(), 1)]);
         let next = c.update(vec![(key.clone(), 4)]);
         assert_eq!((next[0].delta, next[0].total), (4, 21));
+        // Two more switches, the second from a set that never counted it (no entry):
+        // the total carries on.
+        c.carry(vec![(key.clone(), 4)], vec![]);
+        assert_eq!(c.update(vec![(key.clone(), 0)])[0].total, 21);
+        c.carry(vec![], vec![]);
+        let last = c.update(vec![(key.clone(), 2)]);
+        assert_eq!((last[0].delta, last[0].total), (2, 23));
     }
 
     #[test]
