@@ -12,29 +12,58 @@ use serde::Deserialize;
 
 /// Writes reports from a thread of its own through a short queue: a reader that stops
 /// reading (a full pipe, a stalled log collector) costs dropped console reports, never
-/// a stalled collection loop.
+/// a stalled collection loop. On a pipe with room for the whole report and nothing
+/// queued, the loop writes it itself: the loop saves its state right before (see
+/// [`super::Exporter::prepare`]), and a kill between that save and the write loses the
+/// report, so the write is one syscall there rather than a thread's wake-up plus a
+/// write that waits for the reader to drain the pipe (a report of ~100 series is
+/// 130–230 KB of JSON, a default pipe holds 64 KiB).
 pub struct Console {
     queue: Option<std::sync::mpsc::SyncSender<String>>,
     /// Set by the writer when the reader has gone (EPIPE) or the output failed.
     closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     writer: Option<std::thread::JoinHandle<()>>,
     format: ConsoleFormat,
+    prepared: super::Prepared<String>,
+    /// The output, shared with the writer thread, and its pipe when it is one.
+    out: std::sync::Arc<std::sync::Mutex<dyn Write + Send>>,
+    pipe: Option<std::os::fd::RawFd>,
+    /// Reports queued and not yet written by the thread.
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Console {
-    pub fn new<W: Write + Send + 'static>(mut out: W, format: ConsoleFormat) -> Self {
+    pub fn new<W: Write + Send + 'static>(out: W, format: ConsoleFormat) -> Self {
+        Self::with_pipe(out, format, None)
+    }
+
+    /// Standard output; a pipe is grown to hold a whole report where the kernel allows.
+    pub fn stdout(format: ConsoleFormat) -> Self {
+        use std::os::fd::AsRawFd;
+        let out = std::io::stdout();
+        let pipe = pipe::grown(out.as_raw_fd());
+        Self::with_pipe(out, format, pipe)
+    }
+
+    fn with_pipe<W: Write + Send + 'static>(
+        out: W,
+        format: ConsoleFormat,
+        pipe: Option<std::os::fd::RawFd>,
+    ) -> Self {
+        use std::sync::{Arc, Mutex, atomic::Ordering};
         let (queue, reports) = std::sync::mpsc::sync_channel::<String>(4);
-        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = closed.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let out: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(out));
+        let (seen, written, shared) = (closed.clone(), pending.clone(), out.clone());
         let writer = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
                 for text in reports {
-                    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                        if e.kind() != std::io::ErrorKind::BrokenPipe {
-                            tracing::warn!("console output failed: {e}; it stops here");
-                        }
-                        seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let result = write(&shared, &text);
+                    written.fetch_sub(1, Ordering::SeqCst);
+                    if let Err(e) = result {
+                        failed(&seen, &e);
                         break;
                     }
                 }
@@ -45,7 +74,81 @@ impl Console {
             closed,
             writer: Some(writer),
             format,
+            prepared: super::Prepared::default(),
+            out,
+            pipe,
+            pending,
         }
+    }
+
+    /// Writes `text` from the loop when nothing is queued and the pipe is empty and
+    /// large enough for it (a write then cannot block); false when it is left to the
+    /// thread.
+    fn write_now(&self, text: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(fd) = self.pipe else {
+            return false;
+        };
+        // Nothing queued: the thread is not writing, and order is kept.
+        if self.pending.load(Ordering::SeqCst) != 0 || !pipe::has_room(fd, text.len()) {
+            return false;
+        }
+        if let Err(e) = write(&self.out, text) {
+            failed(&self.closed, &e);
+        }
+        true
+    }
+}
+
+fn write(out: &std::sync::Mutex<dyn Write + Send>, text: &str) -> std::io::Result<()> {
+    let mut out = out
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    out.write_all(text.as_bytes()).and_then(|()| out.flush())
+}
+
+/// The output failed or its reader has gone (EPIPE, said nothing about): it stops.
+fn failed(closed: &std::sync::atomic::AtomicBool, e: &std::io::Error) {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        tracing::warn!("console output failed: {e}; it stops here");
+    }
+    closed.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Standard output as a pipe (Linux `F_SETPIPE_SZ`, `FIONREAD`).
+mod pipe {
+    use std::os::fd::RawFd;
+
+    /// What a pipe is grown to: a report of a few hundred series, several times over.
+    const WANTED: libc::c_int = 1 << 20;
+    /// Left free beyond the report, for the logs that may share the pipe.
+    const SLACK: usize = 64 << 10;
+
+    /// `fd` if it is a pipe, grown to [`WANTED`] bytes where allowed (an unprivileged
+    /// process is held to `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+    pub fn grown(fd: RawFd) -> Option<RawFd> {
+        // SAFETY: fstat into a zeroed struct of the right type, on an fd we hold.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            return None;
+        }
+        // SAFETY: fcntl on a pipe fd; a refusal leaves the pipe as it was.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, WANTED) };
+        Some(fd)
+    }
+
+    /// Whether the pipe holds nothing unread and `len` bytes fit with room to spare:
+    /// the write then takes free pages only, without waiting for the reader.
+    pub fn has_room(fd: RawFd, len: usize) -> bool {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; F_GETPIPE_SZ reads nothing.
+        let (rc, size) = unsafe {
+            (
+                libc::ioctl(fd, libc::FIONREAD, &mut unread),
+                libc::fcntl(fd, libc::F_GETPIPE_SZ),
+            )
+        };
+        rc == 0 && unread == 0 && size > 0 && len + SLACK <= size as usize
     }
 }
 
@@ -80,7 +183,14 @@ impl Exporter for Console {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    fn prepare(&mut self, report: &Report) {
+        if self.queue.is_some() && !self.closed() {
+            self.prepared.put(report, render(report, self.format));
+        }
+    }
+
     fn export(&mut self, report: &Report) -> std::io::Result<()> {
+        let text = self.prepared.take(report);
         let Some(queue) = &self.queue else {
             return Ok(());
         };
@@ -88,9 +198,17 @@ impl Exporter for Console {
         if self.closed() {
             return Ok(());
         }
-        queue
-            .try_send(render(report, self.format))
-            .map_err(|_| std::io::Error::other("standard output is not being read; report dropped"))
+        let text = text.unwrap_or_else(|| render(report, self.format));
+        if self.write_now(&text) {
+            return Ok(());
+        }
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        queue.try_send(text).map_err(|_| {
+            self.pending
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            std::io::Error::other("standard output is not being read; report dropped")
+        })
     }
 }
 
