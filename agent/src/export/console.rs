@@ -12,12 +12,13 @@ use serde::Deserialize;
 
 /// Writes reports from a thread of its own through a short queue: a reader that stops
 /// reading (a full pipe, a stalled log collector) costs dropped console reports, never
-/// a stalled collection loop. On a pipe with room for the whole report and nothing
-/// queued, the loop writes it itself: the loop saves its state right before (see
-/// [`super::Exporter::prepare`]), and a kill between that save and the write loses the
-/// report, so the write is one syscall there rather than a thread's wake-up plus a
-/// write that waits for the reader to drain the pipe (a report of ~100 series is
-/// 130–230 KB of JSON, a default pipe holds 64 KiB).
+/// a stalled collection loop. On a pipe with room for the report and nothing queued,
+/// the loop writes it itself without blocking: the loop saves its state right before
+/// (see [`super::Exporter::prepare`]), and a kill between that save and the write
+/// loses the report, so the write is one syscall there rather than a thread's wake-up
+/// (tens to hundreds of ms on a loaded machine) plus a write that waits for the reader
+/// to drain the pipe (a report of ~100 series is 130–230 KB of JSON, a default pipe
+/// holds 64 KiB).
 pub struct Console {
     queue: Option<std::sync::mpsc::SyncSender<String>>,
     /// Set by the writer when the reader has gone (EPIPE) or the output failed.
@@ -25,42 +26,40 @@ pub struct Console {
     writer: Option<std::thread::JoinHandle<()>>,
     format: ConsoleFormat,
     prepared: super::Prepared<String>,
-    /// The output, shared with the writer thread, and its pipe when it is one.
-    out: std::sync::Arc<std::sync::Mutex<dyn Write + Send>>,
-    pipe: Option<std::os::fd::RawFd>,
+    /// The output pipe opened again without blocking, when it is a pipe.
+    direct: Option<std::fs::File>,
     /// Reports queued and not yet written by the thread.
     pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Console {
     pub fn new<W: Write + Send + 'static>(out: W, format: ConsoleFormat) -> Self {
-        Self::with_pipe(out, format, None)
+        Self::with_direct(out, format, None)
     }
 
-    /// Standard output; a pipe is grown to hold a whole report where the kernel allows.
+    /// Standard output; a pipe is grown to hold whole reports where the kernel allows.
     pub fn stdout(format: ConsoleFormat) -> Self {
         use std::os::fd::AsRawFd;
         let out = std::io::stdout();
-        let pipe = pipe::grown(out.as_raw_fd());
-        Self::with_pipe(out, format, pipe)
+        let direct = pipe::reopened(out.as_raw_fd());
+        Self::with_direct(out, format, direct)
     }
 
-    fn with_pipe<W: Write + Send + 'static>(
-        out: W,
+    fn with_direct<W: Write + Send + 'static>(
+        mut out: W,
         format: ConsoleFormat,
-        pipe: Option<std::os::fd::RawFd>,
+        direct: Option<std::fs::File>,
     ) -> Self {
-        use std::sync::{Arc, Mutex, atomic::Ordering};
+        use std::sync::{Arc, atomic::Ordering};
         let (queue, reports) = std::sync::mpsc::sync_channel::<String>(4);
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let out: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(out));
-        let (seen, written, shared) = (closed.clone(), pending.clone(), out.clone());
+        let (seen, written) = (closed.clone(), pending.clone());
         let writer = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
                 for text in reports {
-                    let result = write(&shared, &text);
+                    let result = out.write_all(text.as_bytes()).and_then(|()| out.flush());
                     written.fetch_sub(1, Ordering::SeqCst);
                     if let Err(e) = result {
                         failed(&seen, &e);
@@ -75,36 +74,39 @@ impl Console {
             writer: Some(writer),
             format,
             prepared: super::Prepared::default(),
-            out,
-            pipe,
+            direct,
             pending,
         }
     }
 
-    /// Writes `text` from the loop when nothing is queued and the pipe is empty and
-    /// large enough for it (a write then cannot block); false when it is left to the
-    /// thread.
-    fn write_now(&self, text: &str) -> bool {
-        use std::sync::atomic::Ordering;
-        let Some(fd) = self.pipe else {
-            return false;
+    /// Writes what it can of `text` from the loop, without blocking, when nothing is
+    /// queued (the thread is idle, so order is kept) and the pipe has room; returns
+    /// what is left for the thread (all of it when the loop wrote nothing).
+    fn write_now<'a>(&self, text: &'a str) -> &'a str {
+        use std::{io::Write as _, os::fd::AsRawFd, sync::atomic::Ordering};
+        let Some(mut direct) = self.direct.as_ref() else {
+            return text;
         };
-        // Nothing queued: the thread is not writing, and order is kept.
-        if self.pending.load(Ordering::SeqCst) != 0 || !pipe::has_room(fd, text.len()) {
-            return false;
+        if self.pending.load(Ordering::SeqCst) != 0
+            || !pipe::has_room(direct.as_raw_fd(), text.len())
+        {
+            return text;
         }
-        if let Err(e) = write(&self.out, text) {
-            failed(&self.closed, &e);
+        let mut rest = text.as_bytes();
+        while !rest.is_empty() {
+            match direct.write(rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    failed(&self.closed, &e);
+                    return "";
+                }
+            }
         }
-        true
+        &text[text.len() - rest.len()..]
     }
-}
-
-fn write(out: &std::sync::Mutex<dyn Write + Send>, text: &str) -> std::io::Result<()> {
-    let mut out = out
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    out.write_all(text.as_bytes()).and_then(|()| out.flush())
 }
 
 /// The output failed or its reader has gone (EPIPE, said nothing about): it stops.
@@ -115,30 +117,36 @@ fn failed(closed: &std::sync::atomic::AtomicBool, e: &std::io::Error) {
     closed.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Standard output as a pipe (Linux `F_SETPIPE_SZ`, `FIONREAD`).
+/// The output as a pipe (Linux `F_SETPIPE_SZ`, `FIONREAD`).
 mod pipe {
     use std::os::fd::RawFd;
 
     /// What a pipe is grown to: a report of a few hundred series, several times over.
     const WANTED: libc::c_int = 1 << 20;
-    /// Left free beyond the report, for the logs that may share the pipe.
+    /// Left free beyond the report (pages only partly filled by earlier writes).
     const SLACK: usize = 64 << 10;
 
-    /// `fd` if it is a pipe, grown to [`WANTED`] bytes where allowed (an unprivileged
-    /// process is held to `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
-    pub fn grown(fd: RawFd) -> Option<RawFd> {
-        // SAFETY: fstat into a zeroed struct of the right type, on an fd we hold.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+    /// `fd` opened again through `/proc/self/fd` with `O_NONBLOCK` (its own open file
+    /// description: the shared one keeps blocking) if it is a pipe, grown to
+    /// [`WANTED`] bytes where allowed (an unprivileged process is held to
+    /// `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+    pub fn reopened(fd: RawFd) -> Option<std::fs::File> {
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+        let path = format!("/proc/self/fd/{fd}");
+        if !std::fs::metadata(&path).ok()?.file_type().is_fifo() {
             return None;
         }
-        // SAFETY: fcntl on a pipe fd; a refusal leaves the pipe as it was.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .ok()?;
+        // SAFETY: fcntl on a pipe fd we hold; a refusal leaves the pipe as it was.
         unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, WANTED) };
-        Some(fd)
+        Some(file)
     }
 
-    /// Whether the pipe holds nothing unread and `len` bytes fit with room to spare:
-    /// the write then takes free pages only, without waiting for the reader.
+    /// Whether `len` bytes fit with room to spare: the write then completes at once.
     pub fn has_room(fd: RawFd, len: usize) -> bool {
         let mut unread: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int; F_GETPIPE_SZ reads nothing.
@@ -148,7 +156,7 @@ mod pipe {
                 libc::fcntl(fd, libc::F_GETPIPE_SZ),
             )
         };
-        rc == 0 && unread == 0 && size > 0 && len + SLACK <= size as usize
+        rc == 0 && size > 0 && len + 2 * unread.max(0) as usize + SLACK <= size as usize
     }
 }
 
@@ -199,12 +207,14 @@ impl Exporter for Console {
             return Ok(());
         }
         let text = text.unwrap_or_else(|| render(report, self.format));
-        if self.write_now(&text) {
+        let rest = self.write_now(&text);
+        if rest.is_empty() {
             return Ok(());
         }
+        let rest = rest.to_owned();
         self.pending
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        queue.try_send(text).map_err(|_| {
+        queue.try_send(rest).map_err(|_| {
             self.pending
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             std::io::Error::other("standard output is not being read; report dropped")
@@ -622,6 +632,47 @@ mod tests {
         assert_eq!(v["alarms"][0]["id"], alarm.id.as_str());
         assert_eq!(v["alarms"][0]["state"], "open");
         assert!(v["alarms"][0]["evidence"]["baseline"]["fractions"].is_array());
+    }
+
+    /// On a pipe with room the loop writes the report itself: it is in the pipe when
+    /// `export` returns, and the next follows it in order.
+    #[test]
+    fn a_report_is_in_the_pipe_when_export_returns() {
+        use std::{io::Read, os::fd::FromRawFd};
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) into an array of two fds, each then owned by a File.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (mut read, write) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        let direct = pipe::reopened(fds[1]);
+        assert!(direct.is_some(), "a pipe is recognised");
+        let mut console = Console::with_direct(write, ConsoleFormat::Json, direct);
+        let r = report();
+        let line = render(&r, ConsoleFormat::Json);
+        console.prepare(&r);
+        console.export(&r).unwrap();
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        assert_eq!(
+            unsafe { libc::ioctl(fds[0], libc::FIONREAD, &mut unread) },
+            0
+        );
+        assert_eq!(
+            unread as usize,
+            line.len(),
+            "written before export returned"
+        );
+        let mut second = r.clone();
+        second.time = "later".into();
+        console.export(&second).unwrap();
+        drop(console);
+        let mut text = String::new();
+        read.read_to_string(&mut text).unwrap();
+        assert_eq!(text, line + &render(&second, ConsoleFormat::Json));
     }
 
     #[test]
