@@ -121,15 +121,17 @@ fn failed(closed: &std::sync::atomic::AtomicBool, e: &std::io::Error) {
 mod pipe {
     use std::os::fd::RawFd;
 
-    /// What a pipe is grown to: a report of a few hundred series, several times over.
-    const WANTED: libc::c_int = 1 << 20;
+    /// What a pipe is grown to, largest first: a report of a few hundred series many
+    /// times over, so a reader that falls behind (parsing each line) still leaves room
+    /// for the next. Pages are only taken as data waits in it. Above
+    /// `/proc/sys/fs/pipe-max-size` (1 MiB by default) needs `CAP_SYS_RESOURCE`.
+    const WANTED: [libc::c_int; 2] = [8 << 20, 1 << 20];
     /// Left free beyond the report (pages only partly filled by earlier writes).
     const SLACK: usize = 64 << 10;
 
     /// `fd` opened again through `/proc/self/fd` with `O_NONBLOCK` (its own open file
-    /// description: the shared one keeps blocking) if it is a pipe, grown to
-    /// [`WANTED`] bytes where allowed (an unprivileged process is held to
-    /// `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+    /// description: the shared one keeps blocking) if it is a pipe, grown to the first
+    /// of [`WANTED`] the kernel allows.
     pub fn reopened(fd: RawFd) -> Option<std::fs::File> {
         use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
         let path = format!("/proc/self/fd/{fd}");
@@ -142,7 +144,9 @@ mod pipe {
             .open(&path)
             .ok()?;
         // SAFETY: fcntl on a pipe fd we hold; a refusal leaves the pipe as it was.
-        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, WANTED) };
+        WANTED
+            .iter()
+            .any(|&size| unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) } >= size);
         Some(file)
     }
 
