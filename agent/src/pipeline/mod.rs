@@ -503,9 +503,29 @@ impl Pipeline {
             if let Err(err) = e.export(report) {
                 tracing::warn!(exporter = e.name(), "export failed: {err}");
             }
+            *self.export_ms.entry(e.name()).or_default() += started.elapsed().as_secs_f64() * 1e3;
+        }
+    }
+
+    /// Encodes `report` for every exporter, timed with its export.
+    fn prepare(&mut self, report: &Report) {
+        for e in &mut self.exporters {
+            let started = Instant::now();
+            e.prepare(report);
             self.export_ms
                 .insert(e.name(), started.elapsed().as_secs_f64() * 1e3);
         }
+    }
+
+    /// Hands `report` out with the state saved in between (see [`Exporter::prepare`]).
+    /// A kill between the save and the hand-out loses this report's deltas from export,
+    /// never counts them twice; encoding first leaves only queue pushes in that window
+    /// (tens of milliseconds less: a debug build took 40–80 ms to encode a report of
+    /// ~100 series as JSON).
+    fn save_and_export(&mut self, report: &Report, clean_exit: bool) {
+        self.prepare(report);
+        self.save_state(clean_exit);
+        self.export(report);
     }
 
     /// Runs until SIGINT or SIGTERM, or after `max_reports` reports when non-zero.
@@ -520,10 +540,7 @@ impl Pipeline {
             tokio::select! {
                 _ = ticker.tick() => {
                     let report = self.collect();
-                    // Saved before export: a kill between the two loses this report's
-                    // deltas from export, never counts them twice.
-                    self.save_state(false);
-                    self.export(&report);
+                    self.save_and_export(&report, false);
                     self.last_report = Some(report);
                     reports += 1;
                     if max_reports != 0 && reports >= max_reports {
@@ -543,8 +560,7 @@ impl Pipeline {
                     // A last report, so exporters hold everything measured until now.
                     tracing::info!("{name}: final report, then detaching");
                     let report = self.collect();
-                    self.save_state(true);
-                    self.export(&report);
+                    self.save_and_export(&report, true);
                     break;
                 }
             }
