@@ -100,8 +100,14 @@ pub struct DeviceDepth {
     /// Completions the program saw without an issue record (in flight before attach,
     /// or the issue program did not run).
     pub completions_unmatched: u64,
+    /// Nanoseconds (kernel monotonic clock) the device had at least one request in
+    /// flight, up to the start of the current busy period: the probe's own io_ticks.
+    pub busy_ns: u64,
+    /// When the current busy period began (the count went from 0 to 1); meaningful
+    /// while `in_flight` is non-zero.
+    pub busy_since_ns: u64,
 }
-plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 2 * 8);
+plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 4 * 8);
 
 impl DeviceDepth {
     pub const ZERO: Self = Self {
@@ -109,6 +115,8 @@ impl DeviceDepth {
         depth: DepthHistogram::ZERO,
         completions_unseen: 0,
         completions_unmatched: 0,
+        busy_ns: 0,
+        busy_since_ns: 0,
     };
 }
 

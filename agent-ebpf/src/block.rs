@@ -216,6 +216,12 @@ fn depth_up(dev: u32) {
     // `add_window_shared`), so no plain write races.
     let d = unsafe { &mut *d };
     atomic_add(&mut d.in_flight, 1);
+    // SAFETY: a reference, so valid and aligned; volatile, so read after the add.
+    if unsafe { core::ptr::read_volatile(&d.in_flight) } == 1 {
+        // A busy period begins. Racing with a completion that ends another on a
+        // different CPU can misplace a few hundred nanoseconds, never more.
+        d.busy_since_ns = now_ns();
+    }
     record_depth(d);
 }
 
@@ -256,6 +262,22 @@ fn depth_down(dev: u32) {
         // SAFETY: a live value of a preallocated map (see `depth_up`); only the field's
         // address is taken, for an atomic add.
         atomic_add(unsafe { &mut (*d).in_flight }, u64::MAX);
+        // SAFETY: the same live value; the fields are aligned words (never torn),
+        // read after the add; the busy time itself only grows by atomic adds.
+        let (left, since) = unsafe {
+            (
+                core::ptr::read_volatile(&(*d).in_flight),
+                core::ptr::read_volatile(&(*d).busy_since_ns),
+            )
+        };
+        if left == 0 {
+            // The busy period ends: the kernel's io_ticks, in nanoseconds.
+            let now = now_ns();
+            if since != 0 && now > since {
+                // SAFETY: as above, an atomic add to a field of the live value.
+                atomic_add(unsafe { &mut (*d).busy_ns }, now - since);
+            }
+        }
     }
 }
 

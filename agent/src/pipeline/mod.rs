@@ -13,6 +13,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     actions::Actions,
     aggregate::{CounterDelta, Delta, TrackedReading, budget::Budget, counter_delta},
+    capacity::Capacity,
     config::Config,
     detect::{AlarmState, Detector, ScalarInput, Topology, scalar::ScalarConfig},
     export::{Exporter, otlp::transport::OtlpSender},
@@ -49,6 +50,7 @@ pub struct Pipeline {
     previous_drops: HashMap<&'static str, u64>,
     previous_process: ProcessSample,
     detector: Option<Detector>,
+    capacity: Option<Capacity>,
     actions: Option<Actions>,
     /// Where the state that outlives the agent is saved, if anywhere.
     state: Option<StateDir>,
@@ -85,6 +87,10 @@ impl Pipeline {
                 let topology = Topology::from_sysfs(&config.agent.sys_root);
                 Detector::with_topology(config.detect.clone(), &config.node_name(), topology)
             }),
+            capacity: config
+                .capacity
+                .enabled
+                .then(|| Capacity::new(&config.capacity)),
             actions: None,
             state: None,
             start_unix_nano: unix_nanos(),
@@ -323,7 +329,19 @@ impl Pipeline {
             alarms_open: 0,
             learning: Vec::new(),
             actions: Vec::new(),
+            capacity: None,
         };
+        report.capacity = self
+            .capacity
+            .as_mut()
+            .map(|c| c.update(&report, unix_nanos() / 1_000_000_000));
+        for a in report.capacity.iter().flat_map(|c| &c.alarms) {
+            match a.state {
+                "open" => tracing::warn!(resource = a.resource, "{}", a.summary),
+                "resolved" => tracing::info!(resource = a.resource, "resolved: {}", a.summary),
+                _ => {}
+            }
+        }
         self.detect(&mut report);
         report
     }
