@@ -10,105 +10,184 @@ use std::{
 };
 
 use common::{LoopDevice, require_tool};
-use nodepulse::probes::{Probes, block::BlockProbe};
+use nodepulse::probes::{Probes, block};
 
-/// io_ticks (ms with requests in flight) of a device, field 10 of its stat file.
-fn io_ticks_ms(name: &str) -> u64 {
+/// Fields of a device's stat file: (requests completed, io_ticks ms, the sum of every
+/// request's time from start to completion in ms). The last is kept in nanoseconds
+/// and shown in whole ms.
+fn stat(name: &str) -> (u64, u64, u64) {
     let text = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
-    text.split_whitespace().nth(9).unwrap().parse().unwrap()
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (f[0] + f[4], f[9], f[3] + f[7])
 }
 
-/// The probe's busy time of one device, ns.
-fn busy_ns(probes: &Probes, device: &LoopDevice) -> u64 {
-    let (major, minor) = device.number.split_once(':').unwrap();
-    let dev = (major.parse::<u32>().unwrap() << 20) | minor.parse::<u32>().unwrap();
-    probes
-        .get::<BlockProbe>()
-        .expect("the block probe is attached")
-        .read_busy()
-        .unwrap()
-        .into_iter()
-        .find(|&(d, _)| d == dev)
-        .map_or(0, |(_, ns)| ns)
+/// The probe's busy time of one device and the sum of its requests' device times (issue
+/// to completion, every operation), both ns, and the completions it did not see, from
+/// one collection.
+fn probe_times(probes: &mut Probes, device: &LoopDevice) -> (u64, u64, u64) {
+    let c = probes.collect();
+    let ours = |r: &nodepulse::aggregate::SeriesKey| r.label("dev") == Some(device.number.as_str());
+    let busy = c
+        .counters
+        .iter()
+        .find(|(k, _)| k.family == block::FAMILY_BUSY && ours(k))
+        .map_or(0, |(_, ns)| *ns);
+    let device_ns = c
+        .readings
+        .iter()
+        .filter(|r| r.key.family == block::FAMILY_DEVICE && ours(&r.key))
+        .map(|r| r.hist.sum)
+        .sum();
+    let unseen = c
+        .counters
+        .iter()
+        .filter(|(k, _)| k.family == block::FAMILY_UNRECORDED && ours(k))
+        .map(|(_, n)| n)
+        .sum();
+    (busy, device_ns, unseen)
 }
 
-/// Busy fraction by the probe and by io_ticks over the same `secs`, taken in the
-/// middle of a fio run (`fio_args` empty: an idle device).
-fn measure(probes: &Probes, device: &LoopDevice, fio_args: &[&str], secs: u64) -> (f64, f64) {
-    let runtime = format!("--runtime={}", secs + 2);
-    let mut args = vec!["--time_based", runtime.as_str()];
+/// One window of a fio run (`fio_args` empty: an idle device), as shares of its time:
+/// the probe's busy time, the probe's own sum of device times, the kernel's io_ticks, and
+/// the kernel's sum of request times over a window just wider (`outer`) and just
+/// narrower (`inner`) than the probe's.
+struct Window {
+    ours: f64,
+    device_sum: f64,
+    /// Completions the probe did not see (or could not match) in the window, shown to
+    /// explain a busy time kept open by a request whose completion it missed.
+    unrecorded: u64,
+    io_ticks: f64,
+    inner: f64,
+    outer: f64,
+}
+
+fn measure(probes: &mut Probes, device: &LoopDevice, fio_args: &[&str], secs: u64) -> Window {
+    // fio runs until the window has been read and is then killed: under heavy load it
+    // can take seconds to start, and must not stop inside the window.
+    let mut args = vec!["--time_based", "--runtime=600"];
     args.extend_from_slice(fio_args);
     let fio = (!fio_args.is_empty()).then(|| device.fio(&args));
-    thread::sleep(Duration::from_secs(1));
-    let (ticks0, busy0, started) = (
-        io_ticks_ms(&device.name),
-        busy_ns(probes, device),
-        Instant::now(),
-    );
-    thread::sleep(Duration::from_secs(secs));
-    let (ticks1, busy1) = (io_ticks_ms(&device.name), busy_ns(probes, device));
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-    if let Some(fio) = fio {
-        fio.finish();
+    if fio.is_some() {
+        let before = stat(&device.name).0;
+        let started = Instant::now();
+        while stat(&device.name).0 < before + 10 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "fio did no I/O in 60 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(300));
     }
+    let s0 = stat(&device.name);
+    let (p0, started) = (probe_times(probes, device), Instant::now());
+    let s1 = stat(&device.name);
+    thread::sleep(Duration::from_secs(secs));
+    let s2 = stat(&device.name);
+    let (p1, elapsed) = (probe_times(probes, device), started.elapsed());
+    let s3 = stat(&device.name);
+    drop(fio);
     device.wait_idle();
-    (
-        (busy1 - busy0) as f64 / 1e6 / elapsed_ms,
-        (ticks1 - ticks0) as f64 / elapsed_ms,
-    )
+    let ms = elapsed.as_secs_f64() * 1e3;
+    Window {
+        ours: (p1.0 - p0.0) as f64 / 1e6 / ms,
+        device_sum: (p1.1 - p0.1) as f64 / 1e6 / ms,
+        unrecorded: p1.2 - p0.2,
+        io_ticks: (s2.1 - s1.1) as f64 / ms,
+        inner: s2.2.saturating_sub(s1.2) as f64 / ms,
+        outer: (s3.2 - s0.2) as f64 / ms,
+    }
 }
 
+/// The probe's busy time against the kernel's own per-request accounting (the stat
+/// file's read and write ticks: each request's time from its start to its end, summed
+/// in nanoseconds). A busy period can only be inside the requests' times, so the
+/// probe's busy time is never above their sum, at any depth. At queue depth 1 with
+/// 4 KiB reads no two requests overlap, so that sum is the device's busy time itself;
+/// the probe ends each request at the completion tracepoint, a little before the
+/// kernel's own accounting does (measured 3-7 % of a 60-90 us loop read at loads 10-22,
+/// so 20 % is allowed: up to 9.1 % was seen), and its busy periods must match its own per-request device
+/// times. io_ticks is printed, not judged: it counts whole 4 ms jiffies, and under CPU
+/// contention it read 0.038 against an exact 0.010 here (and 0.542 against 0.375 in CI).
 #[test]
-fn busy_fraction_matches_io_ticks_under_fio() {
+fn busy_fraction_matches_the_kernels_request_times_under_fio() {
     require_root!();
     require_tool("fio");
-    let probes = common::start_probes(None);
+    let mut probes = common::start_probes(None);
     let device = LoopDevice::new(512);
-    let mut rows = Vec::new();
-    for (what, args) in [
-        ("idle", vec![]),
+    // Issue follows the kernel's start directly, with no queue in between.
+    std::fs::write(
+        format!("/sys/block/{}/queue/scheduler", device.name),
+        "none",
+    )
+    .unwrap();
+    for (what, args, exact) in [
+        ("idle", vec![], true),
         (
             "qd1 saturating",
             vec!["--rw=randread", "--bs=4k", "--iodepth=1"],
-        ),
-        (
-            "qd8 saturating",
-            vec!["--rw=randread", "--bs=4k", "--iodepth=8"],
-        ),
-        (
-            "1M reads at 20/s",
-            vec!["--rw=randread", "--bs=1m", "--iodepth=1", "--rate_iops=20"],
+            true,
         ),
         (
             "4k reads at 200/s",
             vec!["--rw=randread", "--bs=4k", "--iodepth=1", "--rate_iops=200"],
+            true,
+        ),
+        (
+            "qd8 saturating",
+            vec!["--rw=randread", "--bs=4k", "--iodepth=8"],
+            false,
+        ),
+        (
+            "1M reads at 20/s",
+            vec!["--rw=randread", "--bs=1m", "--iodepth=1", "--rate_iops=20"],
+            false,
         ),
     ] {
-        let (ours, kernel) = measure(&probes, &device, &args, 3);
-        eprintln!("{what}: nodepulse busy {ours:.3}, io_ticks {kernel:.3}");
-        rows.push((what, ours, kernel));
-    }
-    for (what, ours, kernel) in rows {
-        // io_ticks adds whole jiffies (4 ms at HZ=250) between its stamps, so for
-        // short, sparse requests it errs either way; the probe counts nanoseconds.
-        // Gaps shorter than a jiffy between requests count as busy there, so under CPU
-        // contention it reads above the probe: up to ~20 % at queue depth 1 and
-        // several-fold for sparse 4 KiB reads (0.025 against 0.103 seen). Never far below.
-        let sparse = what.contains(" at ");
-        let above = if sparse {
-            0.03
-        } else {
-            (0.25 * kernel).max(0.03)
-        };
-        assert!(
-            ours <= kernel + (0.15 * kernel).max(0.03)
-                && ours >= kernel - above.max(if sparse { kernel } else { 0.0 }),
-            "{what}: nodepulse busy {ours:.3}, io_ticks {kernel:.3}"
+        let w = measure(&mut probes, &device, &args, 3);
+        eprintln!(
+            "{what}: nodepulse busy {:.4}, its device times {:.4}, kernel request times \
+             {:.4}..{:.4}, io_ticks {:.3}, unrecorded {}",
+            w.ours, w.device_sum, w.inner, w.outer, w.io_ticks, w.unrecorded
         );
-        assert!(ours <= 1.0 + 1e-3, "{what}: busy above 1: {ours}");
-        // io_ticks can read 0 for sparse requests that each end within a jiffy.
+        // Above by at most the ms rounding of the two reads.
+        assert!(
+            w.ours <= w.outer + 0.001,
+            "{what}: busy {:.4} above the kernel's request times {:.4}",
+            w.ours,
+            w.outer
+        );
+        assert!(w.ours <= 1.0 + 1e-3, "{what}: busy above 1: {}", w.ours);
+        if exact {
+            assert!(
+                w.ours >= w.inner * 0.80 - 0.002,
+                "{what}: busy {:.4} below the kernel's request times {:.4}",
+                w.ours,
+                w.inner
+            );
+            // Same requests, same completion stamps; measured within 1.4 % (2.7 % of
+            // the 0.05 share of a sparse run).
+            assert!(
+                (w.ours - w.device_sum).abs() <= w.device_sum * 0.05 + 0.002,
+                "{what}: busy {:.4} against the probe's own device times {:.4}",
+                w.ours,
+                w.device_sum
+            );
+        } else {
+            // Eight requests at most overlap (a 1 MiB read is split into fewer).
+            assert!(
+                w.ours >= w.inner / 8.0 - 0.001,
+                "{what}: busy {:.4} below an eighth of the request times {:.4}",
+                w.ours,
+                w.inner
+            );
+        }
         if what != "idle" {
-            assert!(ours > 0.0, "{what}: the device did work");
+            assert!(w.ours > 0.0, "{what}: the device did work");
         }
     }
 }
