@@ -109,9 +109,8 @@ fn measure(probes: &mut Probes, device: &LoopDevice, fio_args: &[&str], secs: u6
 /// probe's busy time is never above their sum, at any depth. At queue depth 1 with
 /// 4 KiB reads no two requests overlap, so that sum is the device's busy time itself;
 /// the probe ends each request at the completion tracepoint, a little before the
-/// kernel's own accounting does (measured 3-7 % of a 60-90 us loop read at loads 10-22,
-/// so 20 % is allowed: up to 9.1 % was seen), and its busy periods must match its own per-request device
-/// times. io_ticks is printed, not judged: it counts whole 4 ms jiffies, and under CPU
+/// kernel's own accounting does (3-9 % under it on 60-90 us loop reads at loads 10-22;
+/// 20 % is allowed), and its busy periods must match its own per-request device times. io_ticks is printed, not judged: it counts whole 4 ms jiffies, and under CPU
 /// contention it read 0.038 against an exact 0.010 here (and 0.542 against 0.375 in CI).
 #[test]
 fn busy_fraction_matches_the_kernels_request_times_under_fio() {

@@ -79,8 +79,8 @@ const CATALOGUE: &[Family] = &[
         kind: Kind::Counter,
         unit: "ns",
         labels: &["device", "dev"],
-        description: "Time the device had at least one request in flight (the kernel's \
-                      io_ticks, in nanoseconds); its rate is the busy fraction",
+        description: "Time the device had at least one request started and not completed \
+                      (the kernel's io_ticks, in nanoseconds); its rate is the busy fraction",
     },
     Family {
         name: "block.io.unrecorded",
