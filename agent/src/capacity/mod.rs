@@ -16,7 +16,7 @@ use serde::Serialize;
 pub use config::CapacityConfig;
 pub use signals::Signal;
 
-use crate::report::Report;
+use crate::{detect::Alarm, report::Report};
 
 /// Headroom of one device: the share of its knee load still unused.
 #[derive(Clone, Debug, Serialize)]
@@ -74,7 +74,9 @@ pub struct Capacity {
     knees: HashMap<String, knee::KneeLearner>,
     forecasters: HashMap<(String, &'static str), forecast::Forecaster>,
     forecasts: BTreeMap<(String, &'static str), forecast::Forecast>,
-    open: BTreeMap<(String, &'static str), ()>,
+    /// Open alarms, as the detector's, and those of this interval for the pipeline.
+    open: BTreeMap<(String, &'static str), Alarm>,
+    pending: Vec<Alarm>,
 }
 
 impl Capacity {
@@ -96,6 +98,7 @@ impl Capacity {
             forecasters: HashMap::new(),
             forecasts: BTreeMap::new(),
             open: BTreeMap::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -155,7 +158,7 @@ impl Capacity {
                 forecast: *f,
             })
             .collect();
-        let alarms = self.alarms(&forecasts);
+        let alarms = self.alarms(&forecasts, &report.node, unix_s * 1_000_000_000);
         CapacityReport {
             signals,
             headroom,
@@ -166,37 +169,79 @@ impl Capacity {
     }
 
     /// Opens an alarm for a signal whose interval lies wholly within the alarm
-    /// horizon (the late end too: few false alarms), resolves it once not.
-    fn alarms(&mut self, forecasts: &[SignalForecast]) -> Vec<CapacityAlarm> {
+    /// horizon (the late end too: few false alarms), resolves it once not. Each is also
+    /// kept as a detector alarm (same ids, trace and actions), taken by the pipeline.
+    fn alarms(
+        &mut self,
+        forecasts: &[SignalForecast],
+        node: &str,
+        now_ns: u64,
+    ) -> Vec<CapacityAlarm> {
         let within = self.config.alarm_within_h;
         let mut out = Vec::new();
         let mut still = BTreeMap::new();
         for f in forecasts {
             let key = (f.resource.clone(), f.signal);
             let due = f.forecast.upper_h.is_some_and(|h| h <= within);
-            let was = self.open.contains_key(&key);
-            if due || was {
-                let state = match (due, was) {
-                    (true, false) => "open",
-                    (true, true) => "ongoing",
-                    _ => "resolved",
-                };
-                if due {
-                    still.insert(key, ());
+            let summary = summary(f, self.config.interval_percent);
+            let alarm = match (due, self.open.remove(&key)) {
+                (false, None) => continue,
+                (true, None) => {
+                    let labels = BTreeMap::from([
+                        ("resource".to_owned(), f.resource.clone()),
+                        ("signal".to_owned(), f.signal.to_owned()),
+                    ]);
+                    let series = format!(
+                        "{ALARM_FAMILY}{{resource={},signal={}}}",
+                        f.resource, f.signal
+                    );
+                    Alarm::open_capacity(
+                        node,
+                        ALARM_FAMILY,
+                        &labels,
+                        &series,
+                        now_ns,
+                        summary.clone(),
+                    )
                 }
-                out.push(CapacityAlarm {
-                    resource: f.resource.clone(),
-                    signal: f.signal,
-                    state,
-                    summary: summary(f, self.config.interval_percent),
-                    forecast: f.forecast,
-                });
+                (true, Some(mut a)) => {
+                    a.update_capacity(summary.clone(), a.regressed_windows + 1);
+                    a
+                }
+                (false, Some(mut a)) => {
+                    a.resolve(now_ns);
+                    a
+                }
+            };
+            out.push(CapacityAlarm {
+                resource: f.resource.clone(),
+                signal: f.signal,
+                state: alarm.state.as_str(),
+                summary,
+                forecast: f.forecast,
+            });
+            if due {
+                still.insert(key, alarm.clone());
             }
+            self.pending.push(alarm);
+        }
+        // A signal no longer forecast (no longer reported) resolves its alarm too.
+        for (_, mut a) in std::mem::take(&mut self.open) {
+            a.resolve(now_ns);
+            self.pending.push(a);
         }
         self.open = still;
         out
     }
+
+    /// This interval's capacity alarms in the detector's form, for actions and export.
+    pub fn take_alarms(&mut self) -> Vec<Alarm> {
+        std::mem::take(&mut self.pending)
+    }
 }
+
+/// The family capacity alarms are raised on.
+pub const ALARM_FAMILY: &str = "capacity.time_to_saturation";
 
 /// "io:sdb busy predicted to saturate within 6 h, 90 % interval 4-9 h".
 pub fn summary(f: &SignalForecast, percent: f64) -> String {
@@ -215,6 +260,7 @@ pub fn summary(f: &SignalForecast, percent: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::AlarmState;
 
     fn forecast(lower: f64, point: f64, upper: Option<f64>) -> SignalForecast {
         SignalForecast {
@@ -241,20 +287,83 @@ mod tests {
             ..Default::default()
         };
         let mut c = Capacity::new(&config);
-        let a = c.alarms(&[forecast(4.0, 6.0, Some(9.0))]);
+        let a = c.alarms(&[forecast(4.0, 6.0, Some(9.0))], "node-a", 1_000);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].state, "open");
         assert_eq!(
             a[0].summary,
             "io:sdb busy predicted to reach 0.9 within 6 h, 90 % interval 4-9 h"
         );
+        let opened = c.take_alarms();
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].state, AlarmState::Open);
+        assert_eq!(opened[0].family, ALARM_FAMILY);
         assert_eq!(
-            c.alarms(&[forecast(4.0, 6.0, Some(9.0))])[0].state,
+            opened[0].series,
+            "capacity.time_to_saturation{resource=io:sdb,signal=busy}"
+        );
+        assert!(
+            opened[0]
+                .summary
+                .starts_with("io:sdb busy predicted to reach 0.9")
+        );
+        assert_eq!(
+            c.alarms(&[forecast(4.0, 6.0, Some(9.0))], "node-a", 2_000)[0].state,
             "ongoing"
         );
+        let ongoing = c.take_alarms();
+        assert_eq!(ongoing[0].state, AlarmState::Ongoing);
+        assert_eq!(ongoing[0].regressed_windows, 2);
+        // One alarm throughout: the same id and trace, so actions and the incident
+        // trace follow it as they follow a latency alarm.
+        assert_eq!(
+            (&ongoing[0].id, &ongoing[0].trace_id),
+            (&opened[0].id, &opened[0].trace_id)
+        );
         // The late end beyond the horizon (or never): not sure enough, resolved.
-        assert_eq!(c.alarms(&[forecast(4.0, 10.0, None)])[0].state, "resolved");
-        assert!(c.alarms(&[forecast(4.0, 10.0, None)]).is_empty());
-        assert!(c.alarms(&[forecast(20.0, 30.0, Some(40.0))]).is_empty());
+        assert_eq!(
+            c.alarms(&[forecast(4.0, 10.0, None)], "node-a", 3_000)[0].state,
+            "resolved"
+        );
+        let resolved = c.take_alarms();
+        assert_eq!(resolved[0].state, AlarmState::Resolved);
+        assert_eq!(resolved[0].id, opened[0].id);
+        assert_eq!(resolved[0].end_unix_nano, Some(3_000));
+        assert!(
+            resolved[0]
+                .summary
+                .contains("no longer forecast to saturate"),
+            "{}",
+            resolved[0].summary
+        );
+        assert!(
+            c.alarms(&[forecast(4.0, 10.0, None)], "node-a", 4_000)
+                .is_empty()
+        );
+        assert!(
+            c.alarms(&[forecast(20.0, 30.0, Some(40.0))], "node-a", 5_000)
+                .is_empty()
+        );
+        assert!(c.take_alarms().is_empty());
+    }
+
+    #[test]
+    fn an_alarm_whose_signal_is_no_longer_forecast_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CapacityConfig {
+            proc_root: dir.path().to_path_buf(),
+            alarm_within_h: 12.0,
+            ..Default::default()
+        };
+        let mut c = Capacity::new(&config);
+        c.alarms(&[forecast(4.0, 6.0, Some(9.0))], "node-a", 1_000);
+        let id = c.take_alarms()[0].id.clone();
+        assert!(c.alarms(&[], "node-a", 2_000).is_empty());
+        let gone = c.take_alarms();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(
+            (gone[0].id.as_str(), gone[0].state),
+            (id.as_str(), AlarmState::Resolved)
+        );
     }
 }

@@ -343,7 +343,25 @@ impl Pipeline {
             }
         }
         self.detect(&mut report);
+        self.capacity_alarms(&mut report);
         report
+    }
+
+    /// Capacity alarms join the detector's: the same actions, the same export (each
+    /// is its own trace).
+    fn capacity_alarms(&mut self, report: &mut Report) {
+        let Some(capacity) = &mut self.capacity else {
+            return;
+        };
+        for alarm in capacity.take_alarms() {
+            if let Some(actions) = &mut self.actions {
+                actions.dispatch(&alarm);
+            }
+            if alarm.state != AlarmState::Resolved {
+                report.alarms_open += 1;
+            }
+            report.alarms.push(alarm);
+        }
     }
 
     /// Runs the detector over the interval's series, logs and acts on its alarms.
