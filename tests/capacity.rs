@@ -257,7 +257,20 @@ fn cpu_pressure_moves_when_a_cgroup_is_squeezed() {
     let hogs = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
     squeezed.spawn(&format!("stress-ng --cpu {hogs} --timeout 30s"));
     calm.spawn("sleep 30");
-    thread::sleep(Duration::from_millis(500));
+    // Every hog running before the window: at load 20 stress-ng took over 500 ms to
+    // start them, and a window with fewer hogs than CPUs read 0.79.
+    let started = Instant::now();
+    while std::fs::read_to_string(squeezed.path.join("cgroup.procs"))
+        .map_or(0, |p| p.lines().count())
+        <= hogs
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "stress-ng did not start {hogs} hogs"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
     let mut pressure = nodepulse::capacity::psi::Pressure::new(
         std::path::Path::new("/proc"),
         Some(root.clone()),
