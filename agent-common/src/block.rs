@@ -100,8 +100,19 @@ pub struct DeviceDepth {
     /// Completions the program saw without an issue record (in flight before attach,
     /// or the issue program did not run).
     pub completions_unmatched: u64,
+    /// Nanoseconds (kernel monotonic clock) the device had at least one request
+    /// started and not completed, up to the start of the current busy period: the
+    /// probe's own io_ticks, with the kernel's definition (a request counts from when
+    /// the kernel started it, before any plug or scheduler queue).
+    pub busy_ns: u64,
+    /// When the current busy period began; meaningful while `in_flight` is non-zero.
+    pub busy_since_ns: u64,
+    /// When the program last saw a request of the device complete: where a busy period
+    /// ends when the count only reaches 0 by releasing requests whose completions the
+    /// program never saw (their true end is unknown, and no earlier than this).
+    pub last_done_ns: u64,
 }
-plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 2 * 8);
+plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 5 * 8);
 
 impl DeviceDepth {
     pub const ZERO: Self = Self {
@@ -109,6 +120,9 @@ impl DeviceDepth {
         depth: DepthHistogram::ZERO,
         completions_unseen: 0,
         completions_unmatched: 0,
+        busy_ns: 0,
+        busy_since_ns: 0,
+        last_done_ns: 0,
     };
 }
 

@@ -35,7 +35,10 @@ pub const EXIT_CONFIG: u8 = 2;
     version,
     about = "eBPF node performance agent: where latency and queueing come from, per node",
     long_about = "nodepulse measures latency where it happens — in the kernel — and reports \
-                  distributions per device every interval, with its own cost beside them.\n\n\
+                  distributions per device every interval, with its own cost beside them; \
+                  and, per device, CPU and cgroup, how close each is to saturation \
+                  (busy, pressure, headroom to the latency knee, forecast time to \
+                  saturation: [capacity] in the configuration).\n\n\
                   It needs root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN for BPF run-time \
                   stats). Start with `nodepulse check`."
 )]

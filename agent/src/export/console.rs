@@ -451,6 +451,9 @@ pub fn render_table(r: &Report) -> String {
         );
     }
     render_alarms(&mut t, r);
+    if let Some(c) = &r.capacity {
+        render_capacity(&mut t, c);
+    }
     let _ = writeln!(t, "probes");
     for p in &r.probes {
         let state = match (&p.state, p.attach) {
@@ -575,6 +578,53 @@ impl Default for ConsoleConfig {
             enabled: true,
             format: ConsoleFormat::Table,
         }
+    }
+}
+
+/// Capacity, worst first: busy and pressure signals, device headroom, forecasts and
+/// predicted saturations.
+fn render_capacity(t: &mut String, c: &crate::capacity::CapacityReport) {
+    use std::fmt::Write as _;
+    let mut fractions: Vec<_> = c
+        .signals
+        .iter()
+        .filter(|s| s.unit == "1" && s.value > 0.0)
+        .collect();
+    fractions.sort_by(|a, b| b.value.total_cmp(&a.value));
+    if fractions.is_empty() && c.headroom.is_empty() && c.forecasts.is_empty() {
+        return;
+    }
+    let _ = writeln!(t, "capacity");
+    for s in fractions.iter().take(10) {
+        let _ = writeln!(
+            t,
+            "  {:<40} {:<14} {:>6.1} %",
+            s.resource,
+            s.name,
+            s.value * 100.0
+        );
+    }
+    // The five devices closest to their knee; before a knee is seen, headroom is a
+    // lower bound (marked >=) against the highest load seen.
+    let mut headroom: Vec<_> = c.headroom.iter().filter(|h| h.load_iops > 0.0).collect();
+    headroom.sort_by(|a, b| a.headroom.total_cmp(&b.headroom));
+    for h in headroom.into_iter().take(5) {
+        let bound = if h.knee_known { "" } else { ">=" };
+        let knee = match h.knee.knee_load {
+            Some(k) => format!("knee {k:.0}/s"),
+            None => format!("no knee up to {:.0}/s", h.knee.max_load_seen),
+        };
+        let _ = writeln!(
+            t,
+            "  {:<40} headroom {bound}{:.1} % at {:.0}/s ({knee}, unloaded p99 {})",
+            h.resource,
+            h.headroom * 100.0,
+            h.load_iops,
+            format_ns(h.knee.unloaded_p99_ns)
+        );
+    }
+    for a in &c.alarms {
+        let _ = writeln!(t, "  ALARM {}: {}", a.state, a.summary);
     }
 }
 

@@ -16,6 +16,7 @@ use crate::{
         CounterDelta, Delta, TrackedReading, budget::Budget, carried_total, carry_totals,
         counter_delta,
     },
+    capacity::Capacity,
     config::Config,
     detect::{AlarmState, Detector, ScalarInput, Topology, scalar::ScalarConfig},
     export::{Exporter, otlp::transport::OtlpSender},
@@ -54,6 +55,7 @@ pub struct Pipeline {
     drops_carried: HashMap<&'static str, (u64, u64)>,
     previous_process: ProcessSample,
     detector: Option<Detector>,
+    capacity: Option<Capacity>,
     actions: Option<Actions>,
     /// Where the state that outlives the agent is saved, if anywhere.
     state: Option<StateDir>,
@@ -91,6 +93,10 @@ impl Pipeline {
                 let topology = Topology::from_sysfs(&config.agent.sys_root);
                 Detector::with_topology(config.detect.clone(), &config.node_name(), topology)
             }),
+            capacity: config
+                .capacity
+                .enabled
+                .then(|| Capacity::new(&config.capacity)),
             actions: None,
             state: None,
             start_unix_nano: unix_nanos(),
@@ -408,9 +414,39 @@ impl Pipeline {
             alarms_open: 0,
             learning: Vec::new(),
             actions: Vec::new(),
+            capacity: None,
         };
+        report.capacity = self
+            .capacity
+            .as_mut()
+            .map(|c| c.update(&report, unix_nanos() / 1_000_000_000));
+        for a in report.capacity.iter().flat_map(|c| &c.alarms) {
+            match a.state {
+                "open" => tracing::warn!(resource = a.resource, "{}", a.summary),
+                "resolved" => tracing::info!(resource = a.resource, "resolved: {}", a.summary),
+                _ => {}
+            }
+        }
         self.detect(&mut report);
+        self.capacity_alarms(&mut report);
         report
+    }
+
+    /// Capacity alarms join the detector's: the same actions, the same export (each
+    /// is its own trace).
+    fn capacity_alarms(&mut self, report: &mut Report) {
+        let Some(capacity) = &mut self.capacity else {
+            return;
+        };
+        for alarm in capacity.take_alarms() {
+            if let Some(actions) = &mut self.actions {
+                actions.dispatch(&alarm);
+            }
+            if alarm.state != AlarmState::Resolved {
+                report.alarms_open += 1;
+            }
+            report.alarms.push(alarm);
+        }
     }
 
     /// Runs the detector over the interval's series, logs and acts on its alarms.

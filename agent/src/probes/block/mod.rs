@@ -51,6 +51,7 @@ pub const FAMILY_ERRORS: &str = "block.io.errors";
 /// Completions the kernel made that the probe could not record, per device and cause:
 /// `unseen` (the completion program did not run), `unmatched` (no issue record).
 pub const FAMILY_UNRECORDED: &str = "block.io.unrecorded";
+pub const FAMILY_BUSY: &str = "block.io.busy_time";
 pub const FAMILY_CGROUP: &str = "block.cgroup.io.latency";
 
 /// Kernel layouts the programs need, resolved before the object is loaded. A layout
@@ -433,6 +434,14 @@ pub fn error_name(status: u32) -> String {
     name.to_owned()
 }
 
+/// Busy time up to `now` (kernel monotonic ns): the closed periods, plus the open one
+/// while requests are in flight. A count the probe lost track of (negative, or absurdly
+/// large) opens no period.
+pub fn busy_until(d: &DeviceDepth, now: u64) -> u64 {
+    let open = d.in_flight != 0 && d.in_flight < 1 << 32 && d.busy_since_ns != 0;
+    d.busy_ns + if open { now.saturating_sub(d.busy_since_ns) } else { 0 }
+}
+
 pub struct BlockProbe {
     attached: Attached,
     /// Where sysfs lists the block devices whose series are created ahead of use.
@@ -639,6 +648,23 @@ impl BlockProbe {
             .collect()
     }
 
+    /// Per device number: nanoseconds with at least one request in flight since the
+    /// probe attached, the current busy period included up to now (the probe's own
+    /// `io_ticks`, at nanosecond rather than jiffy resolution).
+    pub fn read_busy(&self) -> Result<Vec<(u32, u64)>, String> {
+        let Some(map) = &self.depth else {
+            return Ok(Vec::new());
+        };
+        let now = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC) as u64;
+        map.iter()
+            .map(|entry| {
+                let (dev, d) =
+                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
+                Ok((dev, busy_until(&d, now)))
+            })
+            .collect()
+    }
+
     /// Requests in flight now, per device number, as the probe counts them.
     pub fn in_flight(&self) -> Vec<(u32, u64)> {
         self.read_depths()
@@ -728,6 +754,9 @@ impl Probe for BlockProbe {
         cx: &mut ReadContext<'_>,
         out: &mut Vec<(SeriesKey, u64)>,
     ) -> Result<(), String> {
+        for (dev, busy_ns) in self.read_busy()? {
+            out.push((SeriesKey::new(FAMILY_BUSY, device_labels(cx, dev)), busy_ns));
+        }
         for (dev, unseen, unmatched) in self.read_unrecorded()? {
             for (cause, n) in [("unseen", unseen), ("unmatched", unmatched)] {
                 let mut labels = device_labels(cx, dev);
