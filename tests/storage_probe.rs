@@ -78,6 +78,9 @@ impl Snapshot {
             "block_unmatched_completions",
             "block_inflight_collisions",
             "block_series_map_full",
+            // Completions the kernel made without running the program (found at the
+            // request's next issue, or by the sweep once the device is idle).
+            "block_completions_unseen",
             // Events the kernel skipped because the program was already running on
             // that CPU.
             "block_rq_issue_btf",

@@ -407,7 +407,12 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
         // programs in some contexts without counting a recursion miss). Still counted
         // once in flight; the lost completion is counted on its device.
         device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
-        if let Some(d) = BLOCK_DEPTH.get_ptr_mut(i.dev) {
+        if slot.dev != i.dev {
+            // A tag set shared by several devices (SCSI LUNs of one host) reuses the
+            // request for another one: the count moves with it.
+            depth_down(slot.dev);
+            depth_up(i.dev);
+        } else if let Some(d) = BLOCK_DEPTH.get_ptr_mut(i.dev) {
             // SAFETY: a live value of a preallocated map, shared with other CPUs only
             // through atomic adds (see `depth_up`).
             record_depth(unsafe { &mut *d });
