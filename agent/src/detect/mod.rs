@@ -7,6 +7,7 @@
 pub mod alarm;
 pub mod baseline;
 pub mod config;
+pub mod envelope;
 pub mod eval;
 pub mod incident;
 pub mod replay;
