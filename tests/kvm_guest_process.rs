@@ -9,6 +9,10 @@
 //! With `NODEPULSE_KVM_GUEST_WAIT=1` it first waits for a line (or EOF) on stdin, so
 //! the test can attach its probes before the guest runs, and after printing waits for
 //! another, so the test can read the process's identity before it exits.
+//! With `NODEPULSE_KVM_GUEST_ROUNDS=<r>` (default 1) it runs `r` guests one after the
+//! other, each its own VM, printing a line per round and (with the wait) waiting for a
+//! line before each: a test can let the agent name the VM between rounds, then have the
+//! process exit right after its last exits (closing stdin ends the final wait at once).
 //!
 //! Run by `cargo test` (no such variable), it checks itself: 100 iterations must give
 //! exactly 100 I/O and 100 HLT exits.
@@ -23,6 +27,7 @@ use kvm_guest::{GuestExits, run_guest};
 
 const ITERATIONS_VAR: &str = "NODEPULSE_KVM_GUEST_ITERATIONS";
 const WAIT_VAR: &str = "NODEPULSE_KVM_GUEST_WAIT";
+const ROUNDS_VAR: &str = "NODEPULSE_KVM_GUEST_ROUNDS";
 
 fn main() {
     match std::env::var(ITERATIONS_VAR) {
@@ -36,27 +41,37 @@ fn main() {
 }
 
 fn guest(iterations: u64) {
-    if std::env::var(WAIT_VAR).is_ok_and(|v| v == "1") {
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .expect("read the go-ahead from stdin");
+    let rounds: u64 = match std::env::var(ROUNDS_VAR) {
+        Ok(r) => r
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{ROUNDS_VAR}={r:?}: {e}")),
+        Err(_) => 1,
+    };
+    for _ in 0..rounds {
+        if std::env::var(WAIT_VAR).is_ok_and(|v| v == "1") {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .expect("read the go-ahead from stdin");
+        }
+        let exits = run_on_vcpu_thread(iterations);
+        let line = serde_json::json!({
+            "io": exits.io,
+            "hlt": exits.hlt,
+            "other": exits.other,
+            "vcpu_tid": exits.vcpu_tid,
+            "pid": std::process::id(),
+        });
+        println!("{line}");
+        // Seen at once through a pipe or file, not when the process exits.
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
     }
-    let exits = run_on_vcpu_thread(iterations);
-    let line = serde_json::json!({
-        "io": exits.io,
-        "hlt": exits.hlt,
-        "other": exits.other,
-        "vcpu_tid": exits.vcpu_tid,
-        "pid": std::process::id(),
-    });
-    println!("{line}");
     if std::env::var(WAIT_VAR).is_ok_and(|v| v == "1") {
         // Stay alive until told, so the test can read /proc/<pid> (the VM's identity)
         // after the exits are counted.
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
         let mut done = String::new();
         let _ = std::io::stdin().lock().read_line(&mut done);
     }

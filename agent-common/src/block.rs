@@ -141,8 +141,16 @@ pub struct InflightSlot {
     pub bytes: u32,
     /// [`slot_state`].
     pub state: u32,
+    /// Address of the request (`struct request *`), 0 where the hook has none (classic
+    /// tracepoints): lets [`SWEEP_SLOTS`]' sweep ask the request itself whether it is
+    /// still in flight.
+    pub rq: u64,
 }
-plain_data!(InflightSlot, 4 * 8 + 4 * 4);
+plain_data!(InflightSlot, 5 * 8 + 4 * 4);
+
+/// Slots the sweep program looks at per run (a bounded loop the verifier walks once
+/// per iteration); the agent runs it over the whole table in steps of this.
+pub const SWEEP_SLOTS: u32 = 256;
 
 /// Key of the I/O error counters.
 #[repr(C)]

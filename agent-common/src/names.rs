@@ -12,6 +12,9 @@ pub const GLOBAL_TP_ISSUE_LAYOUT: &str = "TP_ISSUE_LAYOUT";
 pub const GLOBAL_TP_COMPLETE_LAYOUT: &str = "TP_COMPLETE_LAYOUT";
 
 pub const PROG_BLOCK_ISSUE_BTF: &str = "block_rq_issue_btf";
+/// Never attached: run by the agent (`BPF_PROG_TEST_RUN`) to release issued requests
+/// whose completion the kernel made without running the completion program.
+pub const PROG_BLOCK_SWEEP: &str = "block_sweep";
 pub const PROG_BLOCK_COMPLETE_BTF: &str = "block_rq_complete_btf";
 pub const PROG_BLOCK_ISSUE_RAW: &str = "block_rq_issue_raw";
 pub const PROG_BLOCK_COMPLETE_RAW: &str = "block_rq_complete_raw";

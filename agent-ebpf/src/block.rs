@@ -28,15 +28,18 @@
 //!    lookups are inlined by the verifier: no hashing helper, no delete.
 //!
 //! In-flight accounting is exact: a device's count goes up once per request at issue,
-//! and down once at its completion, requeue, or eviction from the table (whichever
-//! comes first), all decided by the request's slot. Requests in flight at attach never
-//! went up, so their completions, which find no slot, never go down.
+//! and down once at its completion, requeue, eviction from the table, or release by
+//! the sweep (a completion the kernel made without running the program, found once
+//! the device is idle), whichever comes first, all decided by the request's slot.
+//! Requests in flight at attach never went up, so their completions, which find no
+//! slot, never go down.
 
 use agent_common::{
     block::{
         BLOCK_DEPTH_MAX_DEVICES, BLOCK_ERROR_MAX_SERIES, BlockErrorKey, BlockHistograms, BlockKey,
         DeviceDepth, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, OutlierLayout, REQ_OP_MASK,
-        RequestLayout, TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs, slot_state,
+        RequestLayout, SWEEP_SLOTS, TracepointLayout, inflight_slot, op_from_req_op, op_from_rwbs,
+        slot_state,
     },
     counters, dev,
     names::BLOCK_LATENCY_MAX_SERIES,
@@ -384,6 +387,8 @@ struct Issue {
     /// Allocation time of the request (0 unknown): an insertion stamp older than this
     /// belongs to an earlier request at the same address.
     allocated_ns: u64,
+    /// The request's address; 0 where the hook has none.
+    rq: u64,
 }
 
 /// A request reaches the driver: count it in flight, record the depth, keep what its
@@ -428,6 +433,7 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     slot.dev = i.dev;
     slot.op = i.op;
     slot.bytes = i.bytes.unwrap_or(u32::MAX);
+    slot.rq = i.rq;
     slot.state = slot_state::ISSUED;
     slot.id = id;
 }
@@ -499,6 +505,51 @@ fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Issued {
     }
     depth_down(out.key.dev);
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// The sweep: completions the kernel made without running the completion program.
+// ---------------------------------------------------------------------------------------
+
+/// Releases the slots of `dev` in `[first, first + SWEEP_SLOTS)` still `ISSUED` for a
+/// request that is no longer in flight, as the agent finds them when the kernel says
+/// the device is idle. Such a slot is a completion the program never saw: its request
+/// was not issued again since (that would have released it), so nothing else ever
+/// would. Arguments: first slot, device, and the time (ns) the agent found the device
+/// idle; only requests issued before it are looked at, and only those the request
+/// itself says are idle (`MQ_RQ_IDLE`: freed, or allocated again and not yet issued)
+/// are released, so a request in flight, or completing right now, is never touched.
+/// Returns how many were released.
+#[raw_tracepoint(tracepoint = "block_rq_complete")]
+pub fn block_sweep(ctx: RawTracePointContext) -> i32 {
+    let first: u64 = ctx.arg(0);
+    let dev: u64 = ctx.arg(1);
+    let idle_at: u64 = ctx.arg(2);
+    let l = layout();
+    let mut released = 0;
+    for k in 0..SWEEP_SLOTS {
+        let Some(slot) = slot_at((first as u32).wrapping_add(k)) else {
+            break;
+        };
+        if slot.state != slot_state::ISSUED || slot.dev != dev as u32 || slot.rq == 0 {
+            continue;
+        }
+        // Our own issue stamp, else the kernel's (0 once the request is allocated
+        // again: it is then no longer the issued one).
+        let issued = match slot.issued_ns {
+            0 => ProbeRead::read::<u64>(slot.rq, l.rq_io_start_time_ns).unwrap_or(u64::MAX),
+            ours => ours,
+        };
+        if issued >= idle_at || ProbeRead::read::<u32>(slot.rq, l.rq_state) != Some(MQ_RQ_IDLE) {
+            continue;
+        }
+        slot.state = slot_state::EMPTY;
+        slot.id = 0;
+        depth_down(slot.dev);
+        device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
+        released += 1;
+    }
+    released
 }
 
 // ---------------------------------------------------------------------------------------
@@ -595,6 +646,7 @@ fn issue_request<R: KernelRead>(rq: u64, id: u64) {
         },
         bytes: R::read::<u32>(rq, l.rq_data_len),
         allocated_ns: R::read::<u64>(rq, l.rq_start_time_ns).unwrap_or(0),
+        rq,
     };
     on_issue(inflight_slot(id, 0), id, &issue, false);
 }
@@ -903,6 +955,7 @@ pub fn block_rq_issue_tp(ctx: TracePointContext) -> i32 {
             pid_tgid: 0,
             bytes: None,
             allocated_ns: 0,
+            rq: 0,
         };
         on_issue(inflight_slot(sector, dev), sector, &issue, true);
     }

@@ -6,7 +6,10 @@ use std::time::Instant;
 use clap::Parser;
 use nodepulse::{
     config::Config,
-    detect::eval::{self, Options},
+    detect::{
+        corpus,
+        eval::{self, Options},
+    },
 };
 
 #[derive(Parser)]
@@ -32,11 +35,39 @@ struct Args {
     /// A configuration file whose [detect] section to evaluate (default: the defaults).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// Evaluate the scalar detector on a public labelled corpus instead: a checkout of
+    /// the Numenta Anomaly Benchmark or of the Turing Change Point Dataset (README:
+    /// "Anomalies in scalar series" says where to get them).
+    #[arg(long, value_name = "DIR")]
+    corpus: Option<std::path::PathBuf>,
+    /// With --corpus: use the [detect.scalar] settings as given, untuned.
+    #[arg(long, requires = "corpus")]
+    no_tune: bool,
+    /// With --corpus: also score each part of the detector switched off.
+    #[arg(long, requires = "corpus")]
+    ablation: bool,
+    /// With a NAB --corpus: score this published detector's result directory
+    /// (e.g. DIR/results/numenta) instead, to check the scorer against NAB's numbers.
+    #[arg(long, value_name = "DIR", requires = "corpus")]
+    nab_results: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(args.config.as_deref(), &Default::default())?;
+    if let Some(dir) = &args.corpus {
+        let options = corpus::Options {
+            tune: !args.no_tune,
+            nab_results: args.nab_results.clone(),
+            ablation: args.ablation,
+        };
+        let started = Instant::now();
+        let report = corpus::evaluate(dir, &config.detect.scalar, &options, &mut |line| {
+            eprintln!("[{:.0}s] {line}", started.elapsed().as_secs_f64())
+        })?;
+        print!("{report}");
+        return Ok(());
+    }
     let options = Options {
         seeds: args.seeds,
         control_days: args.control_days,

@@ -273,6 +273,7 @@ pub fn config_preflight(config: &Config) -> Vec<String> {
             &config.prometheus.listen,
         ),
         ("health", config.health.enabled, &config.health.listen),
+        ("view", config.view.enabled, &config.view.listen),
     ];
     for (table, enabled, listen) in endpoints {
         let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {

@@ -44,6 +44,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub detect: DetectConfig,
     pub actions: ActionsConfig,
+    pub view: crate::view::live::ViewConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -318,14 +319,42 @@ impl Config {
                 &self.health.listen,
                 9465,
             ),
+            ("view.listen", self.view.enabled, &self.view.listen, 9466),
         ];
         for (key, enabled, listen, port) in listens {
             if enabled || !listen.is_empty() {
                 check_listen(key, listen, port)?;
             }
         }
-        if self.prometheus.enabled && self.health.enabled {
-            check_listen_clash(&self.prometheus.listen, &self.health.listen)?;
+        // Each endpoint against those listed before it.
+        let endpoints = [
+            (
+                "prometheus",
+                self.prometheus.enabled,
+                &self.prometheus.listen,
+                9464,
+            ),
+            ("health", self.health.enabled, &self.health.listen, 9465),
+            ("view", self.view.enabled, &self.view.listen, 9466),
+        ];
+        for (i, &(table, enabled, listen, port)) in endpoints.iter().enumerate() {
+            for &(other, other_enabled, other_listen, _) in &endpoints[..i] {
+                if enabled && other_enabled {
+                    check_listen_clash((other, other_listen), (table, listen, port))?;
+                }
+            }
+        }
+        if !(1..=1440).contains(&self.view.minutes) {
+            return Err(ConfigError::Invalid {
+                key: "view.minutes",
+                problem: format!("must be between 1 and 1440, got {}", self.view.minutes),
+            });
+        }
+        if !(1..=4096).contains(&self.view.max_mib) {
+            return Err(ConfigError::Invalid {
+                key: "view.max_mib",
+                problem: format!("must be between 1 and 4096, got {}", self.view.max_mib),
+            });
         }
         if !(1..=100_000).contains(&self.outliers.max_per_interval) {
             return Err(ConfigError::Invalid {
@@ -369,23 +398,30 @@ impl Config {
 }
 
 /// A listen address: an IP address and a port.
-/// The Prometheus and health endpoints cannot share a port on overlapping addresses
-/// (the same address, or a wildcard and any address): the second bind would fail after
-/// every probe attached.
-fn check_listen_clash(prometheus: &str, health: &str) -> Result<(), ConfigError> {
+/// Two endpoints cannot share a port on overlapping addresses (the same address, or a
+/// wildcard and any address): the second bind would fail after every probe attached.
+fn check_listen_clash(
+    (first, first_listen): (&str, &str),
+    (table, listen, default_port): (&'static str, &str, u16),
+) -> Result<(), ConfigError> {
     let (Ok(p), Ok(h)) = (
-        prometheus.parse::<std::net::SocketAddr>(),
-        health.parse::<std::net::SocketAddr>(),
+        first_listen.parse::<std::net::SocketAddr>(),
+        listen.parse::<std::net::SocketAddr>(),
     ) else {
         return Ok(());
     };
     let overlap = p.ip() == h.ip() || p.ip().is_unspecified() || h.ip().is_unspecified();
     if p.port() == h.port() && p.port() != 0 && overlap {
+        let key = match table {
+            "health" => "health.listen",
+            _ => "view.listen",
+        };
         return Err(ConfigError::Invalid {
-            key: "health.listen",
+            key,
             problem: format!(
-                "\"{health}\" clashes with prometheus.listen \"{prometheus}\": both endpoints \
-                 would listen on port {}; give [health] a port of its own (default 9465)",
+                "\"{listen}\" clashes with {first}.listen \"{first_listen}\": both endpoints \
+                 would listen on port {}; give [{table}] a port of its own (default \
+                 {default_port})",
                 p.port()
             ),
         });
@@ -504,6 +540,29 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn the_view_endpoint_is_checked_like_the_others() {
+        let e = err("[health]\nenabled = true\nlisten = \"127.0.0.1:9465\"\n\
+             [view]\nenabled = true\nlisten = \"0.0.0.0:9465\"\n");
+        assert!(
+            e.contains("`view.listen` \"0.0.0.0:9465\" clashes with health.listen")
+                && e.contains("give [view] a port of its own (default 9466)"),
+            "{e}"
+        );
+        let e = err("[view]\nenabled = true\nlisten = \"localhost\"\n");
+        assert!(e.contains("`view.listen`"), "{e}");
+        let e = err("[view]\nminutes = 0\n");
+        assert!(
+            e.contains("`view.minutes`") && e.contains("between 1 and 1440"),
+            "{e}"
+        );
+        Config::parse(
+            "[prometheus]\nenabled = true\n[health]\nenabled = true\n[view]\nenabled = true\n",
+            "t",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -148,7 +148,7 @@ fn csv_series() {
     ];
     let config = crate::detect::DetectConfig::default();
     fuzz(2, seeds, |b| {
-        let _ = crate::detect::replay::replay_csv("f.csv", b, 10, &config);
+        let _ = crate::detect::replay::replay_csv("f.csv", b, &config);
     });
 }
 

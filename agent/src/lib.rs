@@ -20,6 +20,7 @@ pub mod selfmon;
 pub mod settings;
 pub mod state;
 pub mod util;
+pub mod view;
 
 #[cfg(test)]
 mod fuzz_inputs;

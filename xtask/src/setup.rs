@@ -48,6 +48,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
     "zstd",
+    // Headless Chromium renders `nodepulse view` reports in the tests (tests/view.rs).
+    "chromium",
 ];
 
 /// Debian packages only `cargo xtask bench --compare` needs (the peers it runs beside

@@ -1,8 +1,9 @@
-//! Command line: `nodepulse run`, `check`, `record`, `replay` and `cleanup`.
+//! Command line: `nodepulse run`, `check`, `record`, `replay`, `view` and `cleanup`.
 
 #[macro_use]
 mod out;
 mod replay;
+mod view;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -57,6 +58,10 @@ pub enum Command {
     /// alarms it would have raised; or over a CSV of `timestamp,value` rows, printing
     /// each row with an anomaly score in [0, 1].
     Replay(ReplayArgs),
+    /// Write a recording as one self-contained HTML page (no root, no network): per
+    /// series a latency heatmap with p50/p99/p99.9 and the event rate, alarms as
+    /// shaded spans with their figures and actions, probe states and the agent's cost.
+    View(ViewArgs),
     /// Detach the probes kept attached across restarts and remove their pins
     /// (`<bpffs>/nodepulse/`) and the saved state ([agent] state_dir). Run it with the
     /// agent stopped; the Debian package's purge runs it.
@@ -95,12 +100,31 @@ pub struct ReplayArgs {
     /// Treat the file as CSV whatever its name (a `.csv` name is enough otherwise).
     #[arg(long)]
     pub csv: bool,
-    /// CSV rows per detector window; each row's score looks at the last this many rows.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(10..=100_000))]
-    pub csv_window: u32,
     /// How alarms are printed (recordings only).
     #[arg(short, long, value_enum, default_value_t = ReplayFormat::Table)]
     pub format: ReplayFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct ViewArgs {
+    /// A recording (`nodepulse record --output FILE`).
+    pub file: PathBuf,
+    /// The HTML file to write; `-` for standard output.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Show the alarms the detector raises when replayed over the recording (as
+    /// `nodepulse replay` does) instead of those recorded.
+    #[arg(long)]
+    pub detect: bool,
+    /// Configuration whose [detect] section `--detect` uses (default: the defaults).
+    #[arg(short, long, env = "NODEPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Time columns per series: longer recordings merge consecutive reports into one
+    /// column (quantiles are computed over the merged reports). The page's size grows
+    /// with columns × series.
+    #[arg(long, default_value_t = crate::view::DEFAULT_COLUMNS as u32,
+          value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    pub columns: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -205,6 +229,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args),
         Command::Record(args) => record(args),
         Command::Replay(args) => replay::replay(args),
+        Command::View(args) => view::view(args),
         Command::Cleanup(args) => cleanup(args),
     }
 }
@@ -390,6 +415,7 @@ fn start_exporters(
     }
     all.extend(start::prometheus(config).map_err(failed)?);
     all.extend(start::health(config).map_err(failed)?);
+    all.extend(start::view(config).map_err(failed)?);
     let mut otlp = None;
     if let Some((exporter, sender)) = start::otlp(config, start_unix_nano, None).map_err(failed)? {
         all.push(exporter);

@@ -30,7 +30,7 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let result = if csv {
-        replay_csv(&path, file, args.csv_window as usize, &config.detect).map(|(rows, alarms)| {
+        replay_csv(&path, file, &config.detect).map(|(rows, alarms)| {
             outln!("timestamp,value,score");
             for r in rows {
                 outln!("{},{},{:.3}", r.timestamp, r.value, r.score);

@@ -129,6 +129,23 @@ pub struct Alarm {
     /// Every series of the incident this alarm stands for (itself included), ranked
     /// by the waiting time their shifts added; empty for a lone series' alarm.
     pub related: Vec<super::incident::RelatedSeries>,
+    /// For a scalar series (a rate, a gauge): the value against what was expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scalar: Option<ScalarFigures>,
+}
+
+/// The evidence of a scalar series' alarm, in the series' own unit.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct ScalarFigures {
+    pub value: f64,
+    pub expected: f64,
+    /// Typical deviation from `expected`, and the deviation in those.
+    pub typical_deviation: f64,
+    pub z: f64,
+    /// The anomaly score in [0, 1] and the highest so far.
+    pub score: f64,
+    pub peak_score: f64,
+    pub unit: String,
 }
 
 fn hash(text: &str) -> u64 {
@@ -186,6 +203,7 @@ impl Alarm {
                 rules: Vec::new(),
             },
             related: Vec::new(),
+            scalar: None,
         };
         alarm.update(evaluation, window, windows, config);
         alarm.state = AlarmState::Open;
@@ -219,6 +237,86 @@ impl Alarm {
         self.summary = self.describe();
     }
 
+    /// An alarm on a scalar series (see `scalar::series`): no distributions, the
+    /// value against what was expected; factor is how many times off it is.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_scalar(
+        node: &str,
+        family: &str,
+        labels: &BTreeMap<String, String>,
+        series: &str,
+        start_unix_nano: u64,
+        figures: ScalarFigures,
+        points: u32,
+        config: &DetectConfig,
+    ) -> Self {
+        let id = hex_words(&[hash(&format!("{node}|{series}|{start_unix_nano}"))]);
+        let mut alarm = Self {
+            trace_id: hex_words(&[hash(&format!("{id}/trace")), hash(&format!("{id}/trace/2"))]),
+            span_id: hex_words(&[hash(&format!("{id}/span"))]),
+            id,
+            state: AlarmState::Open,
+            series: series.to_owned(),
+            family: family.to_owned(),
+            labels: labels.clone(),
+            severity: Severity::Minor,
+            confidence: "medium",
+            quantile: "value",
+            factor: 1.0,
+            peak_factor: 1.0,
+            p_value: 1.0,
+            baseline_ns: BTreeMap::new(),
+            current_ns: BTreeMap::new(),
+            started: rfc3339(start_unix_nano),
+            start_unix_nano,
+            ended: None,
+            end_unix_nano: None,
+            regressed_windows: 0,
+            summary: String::new(),
+            evidence: Evidence {
+                baseline: (&Baseline::default()).into(),
+                current: ExpHistogram::default(),
+                rules: Vec::new(),
+            },
+            related: Vec::new(),
+            scalar: None,
+        };
+        alarm.update_scalar(figures, points, config);
+        alarm.state = AlarmState::Open;
+        alarm
+    }
+
+    /// Another anomalous point of a scalar series.
+    pub fn update_scalar(
+        &mut self,
+        mut figures: ScalarFigures,
+        points: u32,
+        config: &DetectConfig,
+    ) {
+        self.state = AlarmState::Ongoing;
+        let (v, e) = (figures.value.abs(), figures.expected.abs());
+        let floor = figures.typical_deviation.max(1e-12);
+        // Times off, either way: a rate that halved is as far off as one that doubled.
+        self.factor = (v.max(floor) / e.max(floor)).max(e.max(floor) / v.max(floor));
+        self.peak_factor = self.peak_factor.max(self.factor);
+        self.severity = Severity::of(self.peak_factor, config);
+        figures.peak_score = self
+            .scalar
+            .as_ref()
+            .map_or(figures.score, |f| f.peak_score.max(figures.score));
+        self.p_value = 10f64.powf(-10.0 * figures.score);
+        self.confidence = if figures.score >= 0.7 {
+            "high"
+        } else {
+            "medium"
+        };
+        self.baseline_ns = BTreeMap::from([("value", figures.expected)]);
+        self.current_ns = BTreeMap::from([("value", figures.value)]);
+        self.regressed_windows = points;
+        self.scalar = Some(figures);
+        self.summary = self.describe();
+    }
+
     pub fn resolve(&mut self, end_unix_nano: u64) {
         self.state = AlarmState::Resolved;
         self.ended = Some(rfc3339(end_unix_nano));
@@ -230,6 +328,25 @@ impl Alarm {
     /// since 2026-11-27T14:02:00Z, 3.6×, major, confidence high"; once resolved, "…
     /// has recovered at <end>: …".
     fn describe(&self) -> String {
+        if let Some(f) = &self.scalar {
+            let figures = format!(
+                "{} {} against {} expected (typical deviation {}) since {}, {:.1}×, {}, \
+                 score {:.2}, confidence {}",
+                number(f.value),
+                f.unit,
+                number(f.expected),
+                number(f.typical_deviation),
+                self.started,
+                self.factor,
+                self.severity.as_str(),
+                f.peak_score,
+                self.confidence
+            );
+            return match &self.ended {
+                None => format!("{} is anomalous: {figures}", self.series),
+                Some(end) => format!("{} is back to normal at {end}: {figures}", self.series),
+            };
+        }
         let from = self.baseline_ns.get(self.quantile).copied().unwrap_or(0.0);
         let to = self.current_ns.get(self.quantile).copied().unwrap_or(0.0);
         let figures = format!(
@@ -262,6 +379,16 @@ impl Alarm {
             (None, false) => format!("latency{on} ({})", self.family),
             (None, true) => self.series.clone(),
         }
+    }
+}
+
+/// A number as an operator reads it: 3 significant digits.
+fn number(x: f64) -> String {
+    if x != 0.0 && (x.abs() >= 1e6 || x.abs() < 1e-3) {
+        format!("{x:.3e}")
+    } else {
+        let digits = (2 - x.abs().max(1e-300).log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{x:.digits$}")
     }
 }
 

@@ -57,6 +57,8 @@ pub struct DetectConfig {
     /// Shift factors from which an alarm is `major` and `critical` (below: `minor`).
     pub major_factor: f64,
     pub critical_factor: f64,
+    /// `[detect.scalar]`: anomalies in numbers per interval (rates, gauges).
+    pub scalar: super::scalar::ScalarConfig,
 }
 
 impl Default for DetectConfig {
@@ -82,6 +84,7 @@ impl Default for DetectConfig {
             clear_after: 3,
             major_factor: 2.0,
             critical_factor: 4.0,
+            scalar: super::scalar::ScalarConfig::default(),
         }
     }
 }
@@ -143,6 +146,7 @@ impl DetectConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.scalar.validate()?;
         if self.min_window.is_zero() || self.max_window < self.min_window {
             return Err(invalid(
                 "detect.max_window",

@@ -7,11 +7,13 @@
 pub mod alarm;
 pub mod baseline;
 pub mod config;
+pub mod corpus;
 pub mod envelope;
 pub mod eval;
 pub mod incident;
 pub mod replay;
 pub mod rules;
+pub mod scalar;
 pub mod series;
 pub mod snapshot;
 pub mod soak;
@@ -23,6 +25,7 @@ pub use alarm::{Alarm, AlarmState, Severity};
 pub use config::DetectConfig;
 use incident::Incidents;
 pub use incident::Topology;
+use scalar::series::ScalarSeries;
 use series::{Identity, SeriesState};
 
 use crate::aggregate::ExpHistogram;
@@ -37,6 +40,21 @@ pub struct Detector {
     series: HashMap<String, SeriesState>,
     incidents: Incidents,
     intervals: u64,
+    /// Scalar series (rates, means), up to `[detect.scalar] max_series`; not saved
+    /// across restarts (they relearn in `learn_points` intervals).
+    scalars: HashMap<String, ScalarSeries>,
+    /// Scalar series seen this interval but not watched: over the budget.
+    pub scalars_unwatched: u64,
+}
+
+/// One number of one series for one interval, for the scalar detector.
+pub struct ScalarInput<'a> {
+    /// The family and what of it: `block.io.latency:rate` (events per second),
+    /// `block.io.queue_depth:mean`.
+    pub family: String,
+    pub labels: BTreeMap<String, String>,
+    pub unit: &'a str,
+    pub value: f64,
 }
 
 /// What the detector made of one interval.
@@ -89,6 +107,8 @@ impl Detector {
             series: HashMap::new(),
             incidents: Incidents::new(topology),
             intervals: 0,
+            scalars: HashMap::new(),
+            scalars_unwatched: 0,
         }
     }
 
@@ -102,6 +122,18 @@ impl Detector {
         now: u64,
         interval_ns: u64,
         series: impl IntoIterator<Item = (&'a str, BTreeMap<String, String>, &'a ExpHistogram)>,
+    ) -> DetectOutput {
+        self.update_with_scalars(now, interval_ns, series, [])
+    }
+
+    /// As [`Detector::update`], with the interval's scalar values too: their alarms
+    /// join the same incidents.
+    pub fn update_with_scalars<'a, 'b>(
+        &mut self,
+        now: u64,
+        interval_ns: u64,
+        series: impl IntoIterator<Item = (&'a str, BTreeMap<String, String>, &'a ExpHistogram)>,
+        scalars: impl IntoIterator<Item = ScalarInput<'b>>,
     ) -> DetectOutput {
         self.intervals += 1;
         let mut out = DetectOutput::default();
@@ -124,8 +156,48 @@ impl Detector {
                 series_alarms.extend(outcome.alarm);
             }
         }
+        self.scalars_unwatched = 0;
+        for input in scalars {
+            if !self.config.enabled || !input.value.is_finite() {
+                continue;
+            }
+            let name = series_name(&input.family, &input.labels);
+            let budget = self.config.scalar.max_series;
+            if !self.scalars.contains_key(&name) && self.scalars.len() >= budget {
+                self.scalars_unwatched += 1;
+                continue;
+            }
+            let state = self.scalars.entry(name.clone()).or_default();
+            state.last_seen = self.intervals;
+            let who = Identity {
+                node: &self.node,
+                family: &input.family,
+                labels: &input.labels,
+                series: &name,
+            };
+            let time_s = now as f64 / 1e9;
+            let (_, alarm) = state.observe(
+                &who,
+                input.unit,
+                input.value,
+                now,
+                Some(time_s),
+                &self.config,
+                &self.config.scalar,
+            );
+            series_alarms.extend(alarm);
+        }
         let now_interval = self.intervals;
         let mut forgotten = Vec::new();
+        self.scalars.retain(|_, s| {
+            let keep = now_interval - s.last_seen < FORGET_AFTER_INTERVALS;
+            if !keep && let Some(alarm) = s.open_alarm() {
+                let mut gone = alarm.clone();
+                gone.resolve(now);
+                forgotten.push((String::new(), gone));
+            }
+            keep
+        });
         self.series.retain(|name, s| {
             let keep = now_interval - s.last_seen < FORGET_AFTER_INTERVALS;
             if !keep && let Some(alarm) = s.open_alarm() {

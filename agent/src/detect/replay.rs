@@ -1,24 +1,19 @@
 //! Offline replay: a recording (the console's JSON lines, as `nodepulse record` writes
 //! them) or a plain CSV time series run through the same detector the agent runs.
 //!
-//! A CSV (`timestamp,value`) has one scalar per row, not a distribution. Each value is
-//! one sample (values are unit-free: multiplied by 1e6 and bucketed like nanoseconds,
-//! so only their ratios matter); consecutive, non-overlapping blocks of `window` rows
-//! are the detector's windows (learning, verdicts, hysteresis, alarms), and each row's
-//! anomaly score is the score of the last `window` rows, ending at that row, against
-//! the baseline learned so far (0 while learning).
+//! A CSV (`timestamp,value`) has one number per row, not a distribution: it goes
+//! through the scalar detector (`scalar`), one row a point, with the alarm lifecycle
+//! counting rows. Each row's score is the detector's (0 while it learns; damped for a
+//! while after an anomaly was reported, so that one anomaly scores high once).
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    io::BufRead,
-};
+use std::{collections::BTreeMap, io::BufRead};
 
 use serde::Deserialize;
 use thiserror::Error;
 
 use super::{
-    Alarm, DetectConfig, Detector, rules,
-    series::{Identity, SeriesState},
+    Alarm, DetectConfig, Detector, corpus::clock::parse_time, scalar::series::ScalarSeries,
+    series::Identity,
 };
 use crate::aggregate::ExpHistogram;
 
@@ -138,25 +133,8 @@ pub fn for_each_report(
     reader: impl BufRead,
     mut each: impl FnMut(Report),
 ) -> Result<(), ReplayError> {
-    let mut lines = 0;
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|source| ReplayError::Read {
-            path: path.into(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |message: String| ReplayError::Recording {
-            path: path.into(),
-            line: i + 1,
-            message,
-        };
-        let report: RecordedReport = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let time = humantime::parse_rfc3339(&report.time)
-            .map_err(|e| bad(format!("time \"{}\": {e}", report.time)))?
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+    for_each_line(path, reader, |report: RecordedReport, bad| {
+        let time = parse_time(&report.time).map_err(bad)?;
         let series = report
             .series
             .into_iter()
@@ -176,12 +154,50 @@ pub fn for_each_report(
             node: report.node,
             series,
         });
+        Ok(())
+    })
+}
+
+/// Reads a recording line by line as `T` (the parts of a report a reader needs;
+/// `nodepulse view` reads more than the detector). `each` gets each line and a way
+/// to turn a complaint about it into an error naming the file and line.
+pub fn for_each_line<T: serde::de::DeserializeOwned>(
+    path: &str,
+    reader: impl BufRead,
+    mut each: impl FnMut(T, &dyn Fn(String) -> ReplayError) -> Result<(), ReplayError>,
+) -> Result<(), ReplayError> {
+    let mut lines = 0;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|source| ReplayError::Read {
+            path: path.into(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| ReplayError::Recording {
+            path: path.into(),
+            line: i + 1,
+            message,
+        };
+        let value: T = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        each(value, &bad)?;
         lines += 1;
     }
     if lines == 0 {
         return Err(ReplayError::Empty { path: path.into() });
     }
     Ok(())
+}
+
+/// A report's RFC 3339 time as unix ns.
+pub fn parse_time(time: &str) -> Result<u64, String> {
+    humantime::parse_rfc3339(time)
+        .map_err(|e| format!("time \"{time}\": {e}"))
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
 }
 
 /// One CSV row with its score.
@@ -192,22 +208,14 @@ pub struct ScoredRow {
     pub score: f64,
 }
 
-/// Scores a CSV time series; alarms the detector raised come back alongside.
+/// Scores a CSV time series with the scalar detector ([detect.scalar]); alarms it
+/// raised come back alongside. A timestamp that is a clock time (RFC 3339, `YYYY-MM-DD
+/// HH:MM:SS` or Unix seconds) feeds the time-of-day profile.
 pub fn replay_csv(
     path: &str,
     reader: impl BufRead,
-    window: usize,
     config: &DetectConfig,
 ) -> Result<(Vec<ScoredRow>, Vec<Alarm>), ReplayError> {
-    // One row is one interval of one sample: windows close on row count alone.
-    let config = DetectConfig {
-        min_window: std::time::Duration::from_secs(window as u64),
-        max_window: std::time::Duration::from_secs(window as u64),
-        min_intervals: window as u32,
-        max_intervals: window as u32,
-        min_samples: (window as u64).min(config.min_samples),
-        ..config.clone()
-    };
     let labels = BTreeMap::from([("source".to_owned(), path.to_owned())]);
     let name = super::series_name("csv", &labels);
     let who = Identity {
@@ -216,8 +224,7 @@ pub fn replay_csv(
         labels: &labels,
         series: &name,
     };
-    let mut state = SeriesState::default();
-    let mut recent: VecDeque<i32> = VecDeque::with_capacity(window);
+    let mut state = ScalarSeries::default();
     let mut rows = Vec::new();
     let mut alarms = Vec::new();
     for (i, line) in reader.lines().enumerate() {
@@ -242,9 +249,9 @@ pub fn replay_csv(
             Err(e) => return Err(bad(format!("value \"{}\": {e}", value.trim()))),
         };
         // Rows that cannot be scored are errors, never a silent zero.
-        if !value.is_finite() || value < 0.0 {
+        if !value.is_finite() {
             return Err(bad(format!(
-                "value {value} cannot be scored (only finite numbers of 0 or more can)"
+                "value {value} cannot be scored (only finite numbers can)"
             )));
         }
         let timestamp = timestamp.trim();
@@ -256,32 +263,17 @@ pub fn replay_csv(
                  must be in time order, one per timestamp"
             )));
         }
-        let sample = (value * 1e6).round();
-        let bucket = if sample >= 1.0 && sample.is_finite() {
-            agent_common::hist::bucket_index(sample as u64)
-        } else {
-            i32::MIN // zero bucket
-        };
-        if recent.len() == window {
-            recent.pop_front();
-        }
-        recent.push_back(bucket);
-        let rolling = histogram_of(recent.iter().copied());
-        let score = if state.baseline.windows >= config.baseline_windows {
-            rules::evaluate(&state.baseline, &rolling, &config, 0.0).score
-        } else {
-            0.0
-        };
-        // Row i is also sample i of the current block: feed it as one interval.
-        let t = (rows.len() as u64 + 1) * 1_000_000_000;
-        let one = histogram_of([bucket]);
-        if let Some(outcome) = state.observe(&who, &one, t, 1_000_000_000, &config) {
-            alarms.extend(outcome.alarm);
-        }
+        let time_s = parse_time(timestamp);
+        // Row n is at n seconds when its timestamp is no clock time.
+        let now = time_s.map_or((rows.len() as u64 + 1) * 1_000_000_000, |t| {
+            (t.max(0.0) * 1e9) as u64
+        });
+        let (point, alarm) = state.observe(&who, "", value, now, time_s, config, &config.scalar);
+        alarms.extend(alarm);
         rows.push(ScoredRow {
             timestamp: timestamp.to_owned(),
             value,
-            score,
+            score: point.score,
         });
     }
     if rows.is_empty() {
@@ -299,19 +291,6 @@ fn after(t: &str, previous: &str) -> bool {
     }
 }
 
-fn histogram_of(buckets: impl IntoIterator<Item = i32>) -> ExpHistogram {
-    let mut zero = 0;
-    let mut counts: BTreeMap<i32, u64> = BTreeMap::new();
-    for b in buckets {
-        if b == i32::MIN {
-            zero += 1;
-        } else {
-            *counts.entry(b).or_default() += 1;
-        }
-    }
-    ExpHistogram::from_buckets(0, zero, counts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,23 +302,35 @@ mod tests {
         let mut text = String::from("timestamp,value\n");
         for i in 0..4000 {
             let scale = if i < 3000 { 1.0 } else { 2.0 };
-            let v = (rng.normal() * 0.3).exp() * scale;
+            let v = (rng.normal() * 0.1).exp() * scale;
             text.push_str(&format!("{i},{v}\n"));
         }
-        let config = DetectConfig {
-            baseline_windows: 5,
-            ..DetectConfig::default()
-        };
-        let (rows, alarms) = replay_csv("t.csv", text.as_bytes(), 100, &config).unwrap();
+        let config = DetectConfig::default();
+        let (rows, alarms) = replay_csv("t.csv", text.as_bytes(), &config).unwrap();
         assert_eq!(rows.len(), 4000);
         assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.score)));
-        let before = rows[1000..3000].iter().map(|r| r.score).fold(0.0, f64::max);
-        assert!(before < 1.0, "no full score before the step: {before}");
-        assert!(rows[3150].score >= 0.99, "{:?}", rows[3150]);
+        let fire = config.scalar.fire;
+        let before = rows[500..3000].iter().map(|r| r.score).fold(0.0, f64::max);
+        assert!(before < fire, "calm before the step: {before}");
+        let at = rows[3000..3010].iter().map(|r| r.score).fold(0.0, f64::max);
+        assert!(at >= fire, "the step scores: {at}");
         let opened = alarms.first().expect("an alarm");
-        // Opened after the second window past the step (rows 3000..3200).
         let start_row = opened.start_unix_nano / 1_000_000_000;
-        assert!((3000..=3100).contains(&start_row), "{opened:?}");
+        assert!((3000..=3005).contains(&start_row), "{opened:?}");
+        let scalar = opened.scalar.as_ref().expect("scalar figures");
+        assert!((scalar.expected - 1.0).abs() < 0.1, "{scalar:?}");
+        assert!(
+            opened.summary.contains("is anomalous"),
+            "{}",
+            opened.summary
+        );
+        // The new level persists: learned, the alarm resolves.
+        assert!(
+            alarms
+                .iter()
+                .any(|a| a.id == opened.id && a.state == super::super::AlarmState::Resolved),
+            "resolved once the new level is learned"
+        );
     }
 
     #[test]
@@ -347,7 +338,6 @@ mod tests {
         let e = replay_csv(
             "x.csv",
             "t,v\n1,2\n2,abc\n".as_bytes(),
-            10,
             &DetectConfig::default(),
         )
         .unwrap_err()
@@ -359,7 +349,7 @@ mod tests {
     #[test]
     fn rows_that_cannot_be_scored_are_reported_with_their_line() {
         let run = |text: &str| {
-            replay_csv("x.csv", text.as_bytes(), 10, &DetectConfig::default())
+            replay_csv("x.csv", text.as_bytes(), &DetectConfig::default())
                 .unwrap_err()
                 .to_string()
         };
@@ -373,7 +363,6 @@ mod tests {
                 "1,2\n2,-infinity\n",
                 "x.csv line 2: value -inf cannot be scored",
             ),
-            ("1,-3\n", "x.csv line 1: value -3 cannot be scored"),
             (
                 "1,2\n3,2\n2,2\n",
                 "x.csv line 3: timestamp 2 is not after the previous row's (3)",
@@ -388,13 +377,7 @@ mod tests {
             assert!(e.contains(want), "{text:?}: {e}");
         }
         // Numeric order, not text order: 9 comes before 10.
-        replay_csv(
-            "x.csv",
-            "9,1\n10,1\n".as_bytes(),
-            10,
-            &DetectConfig::default(),
-        )
-        .unwrap();
+        replay_csv("x.csv", "9,1\n10,1\n".as_bytes(), &DetectConfig::default()).unwrap();
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::{
     otlp::{OtlpExporter, transport::OtlpSender},
     prometheus::PrometheusExporter,
 };
-use crate::{config::Config, health::Health};
+use crate::{config::Config, health::Health, view::live::LiveView};
 
 /// Why an exporter could not start, said for an operator.
 #[derive(Debug)]
@@ -54,6 +54,18 @@ pub fn health(config: &Config) -> Result<Option<Box<dyn Exporter>>, StartError> 
         .map_err(|e| cannot_serve("health checks", "health", listen, e))?;
     tracing::info!("health endpoint on http://{bound}/healthz and /readyz");
     Ok(Some(Box::new(health)))
+}
+
+/// The live view page, when `[view]` enables it.
+pub fn view(config: &Config) -> Result<Option<Box<dyn Exporter>>, StartError> {
+    if !config.view.enabled {
+        return Ok(None);
+    }
+    let listen = listen_address("view", &config.view.listen)?;
+    let (view, bound) = LiveView::start(&config.view, listen)
+        .map_err(|e| cannot_serve("the live view", "view", listen, e))?;
+    tracing::info!("live view on http://{bound}/view");
+    Ok(Some(Box::new(view)))
 }
 
 /// The OTLP exporter and its sender.

@@ -14,7 +14,7 @@ use crate::{
     actions::Actions,
     aggregate::{CounterDelta, Delta, TrackedReading, budget::Budget, counter_delta},
     config::Config,
-    detect::{AlarmState, Detector, Topology},
+    detect::{AlarmState, Detector, ScalarInput, Topology, scalar::ScalarConfig},
     export::{Exporter, otlp::transport::OtlpSender},
     probes::{Probes, stats::ProgramRunStats},
     report::{AgentReport, CounterReport, ProbeReport, ProgramCost, Report, SeriesReport},
@@ -332,7 +332,8 @@ impl Pipeline {
     fn detect(&mut self, report: &mut Report) {
         if let Some(detector) = &mut self.detector {
             let deltas: Vec<_> = report.series.iter().map(|s| s.delta_histogram()).collect();
-            let out = detector.update(
+            let scalars = scalar_inputs(report, &detector.config().scalar);
+            let out = detector.update_with_scalars(
                 unix_nanos(),
                 (report.interval_s * 1e9) as u64,
                 report.series.iter().zip(&deltas).map(|(s, h)| {
@@ -343,6 +344,7 @@ impl Pipeline {
                         .collect();
                     (s.family, labels, h)
                 }),
+                scalars,
             );
             for alarm in &out.alarms {
                 match alarm.state {
@@ -363,7 +365,51 @@ impl Pipeline {
             report.agent.audit_failures_total = actions.audit_failures();
         }
     }
+}
 
+/// The interval's numbers the scalar detector watches ([detect.scalar]): rates of
+/// histogram families and counters, means of histogram families.
+fn scalar_inputs<'a>(report: &'a Report, c: &ScalarConfig) -> Vec<ScalarInput<'a>> {
+    let labels = |l: &BTreeMap<&'static str, String>| -> BTreeMap<String, String> {
+        l.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for s in &report.series {
+        if ScalarConfig::watches(&c.rate_families, s.family) {
+            out.push(ScalarInput {
+                family: format!("{}:rate", s.family),
+                labels: labels(&s.labels),
+                unit: "/s",
+                value: s.rate_per_s,
+            });
+        }
+        if let Some(mean) = s.mean
+            && c.watches_mean(s.family, s.unit)
+        {
+            out.push(ScalarInput {
+                family: format!("{}:mean", s.family),
+                labels: labels(&s.labels),
+                unit: s.unit,
+                value: mean,
+            });
+        }
+    }
+    for k in &report.counters {
+        if ScalarConfig::watches(&c.counter_families, k.family) {
+            out.push(ScalarInput {
+                family: format!("{}:rate", k.family),
+                labels: labels(&k.labels),
+                unit: "/s",
+                value: k.rate_per_s,
+            });
+        }
+    }
+    out
+}
+
+impl Pipeline {
     /// Hands the report to every exporter, timing each (encoding and queueing; sending
     /// happens off the loop) for the next report's self-telemetry.
     fn export(&mut self, report: &Report) {

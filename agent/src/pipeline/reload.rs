@@ -185,6 +185,13 @@ impl Pipeline {
             }
             outcome("health", ok);
         }
+        if new.view != now.view {
+            let ok = self.replace_exporter("view", start::view(new));
+            if ok {
+                now.view = new.view.clone();
+            }
+            outcome("view", ok);
+        }
         if new.otlp != now.otlp {
             let last_export = self
                 .exporters
@@ -222,7 +229,7 @@ impl Pipeline {
             }
         };
         let mut started = started;
-        if let (Some(e), Some(report), "prometheus" | "health") =
+        if let (Some(e), Some(report), "prometheus" | "health" | "view") =
             (&mut started, &self.last_report, name)
             && let Err(err) = e.export(report)
         {

@@ -87,6 +87,9 @@ block_errors() {
 }
 
 # Two busy loops sharing the one CPU inside a cgroup of their own: run-queue waits.
+# Then the cgroup churns (judge.rs: cgroup_churn_check): the loops are stopped, their
+# timeslices read from /proc/<pid>/schedstat (field 2, one per switch-in), killed, and
+# the cgroup removed at once, mid-interval, with samples the agent has not read yet.
 contention() {
     mkdir -p /sys/fs/cgroup/vmtest-busy
     for i in 1 2; do
@@ -94,9 +97,17 @@ contention() {
         echo "busy pid $!"
     done
     sleep 2
-    for pid in $(cat /sys/fs/cgroup/vmtest-busy/cgroup.procs); do kill "$pid"; done
-    sleep 0.2
+    pids=$(cat /sys/fs/cgroup/vmtest-busy/cgroup.procs)
+    slices=0
+    for pid in $pids; do kill -STOP "$pid"; done
+    for pid in $pids; do
+        while ! grep -q '^State:.*stopped' "/proc/$pid/status"; do usleep 1000; done
+        slices=$((slices + $(cut -d' ' -f2 "/proc/$pid/schedstat")))
+    done
+    for pid in $pids; do kill -KILL "$pid"; done
+    for pid in $pids; do wait "$pid" 2>/dev/null; done
     rmdir /sys/fs/cgroup/vmtest-busy
+    echo "timeslices $slices"
 }
 
 # The nested guest, with a QEMU-like command line as libvirt starts it. It stays alive
@@ -117,6 +128,49 @@ kvm_guest() {
     done
     echo "the nested guest printed nothing"
     return 1
+}
+
+# A second nested guest that exits mid-interval (judge.rs: vm_churn_check): two rounds
+# (two VMs of one process); the agent reports twice after the first, so it has read
+# and named the process while it ran; the second round's exits are still unread when
+# the process exits right after them (stdin closed: no final wait).
+CHURN_VM_UUID=7d3b9e2a-4c1f-4b8e-a6d5-0f9e8c7b6a5d
+kvm_churn() {
+    t0=$(now)
+    mkfifo /tmp/kvm-churn-go
+    NODEPULSE_KVM_GUEST_ITERATIONS=$ITERATIONS NODEPULSE_KVM_GUEST_WAIT=1 \
+        NODEPULSE_KVM_GUEST_ROUNDS=2 /bin/kvm_guest_process \
+        -name guest=instance-0000002b,debug-threads=on \
+        -uuid "$CHURN_VM_UUID" </tmp/kvm-churn-go >/tmp/kvm-churn.json &
+    vm=$!
+    exec 6>/tmp/kvm-churn-go
+    echo go >&6
+    for i in $(seq 600); do
+        [ -s /tmp/kvm-churn.json ] && break
+        sleep 0.05
+    done
+    wait_lines $(($(lines) + 2)) || return 1
+    echo go >&6
+    exec 6>&-
+    wait "$vm"
+    rc=$?
+    cat /tmp/kvm-churn.json
+    took "$t0"
+    return $rc
+}
+
+# A loop device detached mid-interval (judge.rs: loop_churn_check): loop1 bound to a
+# file, read IO_COUNT times, its sysfs stat read and the device detached at once.
+loop_churn() {
+    t0=$(now)
+    echo "before $(cat /sys/block/loop1/stat)"
+    truncate -s 16M /tmp/loop1.img
+    losetup /dev/loop1 /tmp/loop1.img || return 1
+    dd if=/dev/loop1 of=/dev/null bs=4096 count="$IO_COUNT" iflag=direct 2>/dev/null
+    echo "after $(cat /sys/block/loop1/stat)"
+    losetup -d /dev/loop1 || return 1
+    rm /tmp/loop1.img
+    took "$t0"
 }
 
 # TCP on loopback to a Ceph OSD port (the probe's default peer groups): 4 MiB fetched
@@ -300,6 +354,8 @@ section kvm kvm_guest
 section contention contention
 section tcp tcp_traffic
 section tcp_veth tcp_veth
+section kvm_churn kvm_churn
+section loop_churn loop_churn
 sync
 section stats_after block_stats
 section schedstat_after cat /proc/schedstat

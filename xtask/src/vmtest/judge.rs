@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use super::{
-    ERROR_COUNT, IO_COUNT, KVM_ITERATIONS, TCP_EXCHANGES,
+    ERROR_COUNT, IO_COUNT, KVM_ITERATIONS, TCP_EXCHANGES, churn,
     kernels::Kernel,
     results::{self, Attach, AttachVerdict, Recorded, Sections},
 };
@@ -308,16 +308,14 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
 
     checks.push(tcp_veth_check(&recorded, sections.ok("tcp_veth")?));
     checks.push(restart_check(&sections));
+    checks.push(churn::vm_check(&recorded, record, &sections));
+    checks.push(churn::cgroup_check(&recorded, record, &sections));
+    checks.push(churn::loop_check(&recorded, &sections));
 
     // Run-queue and TCP series are present where the workloads made them (counted
     // exactly by the host's integration tests, not here).
     for (name, family, want) in [
         ("run queue (system)", "sched.runqueue.latency", vec![]),
-        (
-            "run queue (busy cgroup)",
-            "cgroup.runqueue.latency",
-            vec![("cgroup", "/vmtest-busy")],
-        ),
         (
             "vCPU wait (nested VM)",
             "vm.vcpu.wait",

@@ -5,6 +5,7 @@
 //! verdict, then the exactness checks. Kernels run one after the other: the machine has
 //! two cores and TCG keeps one busy.
 
+mod churn;
 mod initramfs;
 mod judge;
 mod kernels;

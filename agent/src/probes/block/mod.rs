@@ -4,6 +4,7 @@
 
 mod config;
 mod registry;
+mod sweep;
 mod thresholds;
 
 use std::{
@@ -441,6 +442,9 @@ pub struct BlockProbe {
     depth: Option<HashMap<MapData, u32, DeviceDepth>>,
     errors: Option<HashMap<MapData, BlockErrorKey, u64>>,
     thresholds: OutlierThresholds,
+    /// Releases requests whose completion the program never saw, once their device is
+    /// idle; `None` with classic tracepoints (no request to ask).
+    sweep: Option<sweep::Sweep>,
 }
 
 /// Cumulative histograms of one (device, operation) series as the kernel holds them.
@@ -469,6 +473,20 @@ impl BlockProbe {
             take(names::MAP_BLOCK_LATENCY_SPILL).and_then(|m| PerCpuHashMap::try_from(m).ok());
         let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
         let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
+        let sweep = match attached.kind {
+            Some(kind) if kind != AttachKind::Tracepoint => match sweep::Sweep::load(ebpf) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(
+                        "block: in-flight counts of requests whose completion the kernel \
+                         made without running the probe are released only when the \
+                         request is issued again ({e})"
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
         let mut probe = Self {
             attached,
             sys_root: sys_root.to_path_buf(),
@@ -477,6 +495,7 @@ impl BlockProbe {
             depth,
             errors,
             thresholds: OutlierThresholds::new(outliers),
+            sweep,
         };
         probe.create_series();
         probe
@@ -568,6 +587,20 @@ impl BlockProbe {
         let Some(map) = &self.depth else {
             return Ok(Vec::new());
         };
+        if let Some(sweep) = &self.sweep {
+            // A count below 2^32 is a count; above, a decrement racing an eviction.
+            let counted: Vec<u32> = map
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, d)| d.in_flight != 0 && d.in_flight < 1 << 32)
+                .map(|(dev, _)| dev)
+                .collect();
+            for dev in counted {
+                if let Err(e) = sweep.run_if_idle(&self.sys_root, dev) {
+                    tracing::warn!("block: {e}");
+                }
+            }
+        }
         map.iter()
             .map(|entry| {
                 let (dev, d) =

@@ -1,0 +1,498 @@
+//! Tuning on one half, scoring the other, the table and the ablation.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Result, bail};
+
+use super::{
+    nab::{self, NabFile, PROFILES},
+    tcpd::{self, TcpdSeries},
+};
+use crate::detect::scalar::{ScalarConfig, ScalarDetector};
+
+pub struct Options {
+    /// Try the candidate settings on the tuning half (else: `base` as given).
+    pub tune: bool,
+    /// Score the result CSVs of this NAB detector directory instead of running the
+    /// detector (to check the scorer against NAB's published scores).
+    pub nab_results: Option<PathBuf>,
+    /// Also score each part of the detector switched off.
+    pub ablation: bool,
+}
+
+/// Scores of one series, and the nanoseconds the detector spent.
+fn run_detector(values: &[f64], times: Option<&[f64]>, c: &ScalarConfig) -> (Vec<f64>, u128) {
+    let started = Instant::now();
+    let mut d = ScalarDetector::default();
+    let scores = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| d.observe(v, times.map(|t| t[i]), c).score)
+        .collect();
+    (scores, started.elapsed().as_nanos())
+}
+
+/// Runs the evaluation of the corpus at `dir`; returns the report.
+pub fn evaluate(
+    dir: &Path,
+    base: &ScalarConfig,
+    options: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<String> {
+    if dir.join("labels/combined_windows.json").is_file() && dir.join("data").is_dir() {
+        let files = nab::load(dir)?;
+        match &options.nab_results {
+            Some(results) => check_nab_scorer(&files, results),
+            None => evaluate_nab(dir, &files, base, options, progress),
+        }
+    } else if dir.join("annotations.json").is_file() && dir.join("datasets").is_dir() {
+        let (series, missing) = tcpd::load(dir)?;
+        evaluate_tcpd(&series, &missing, base, options, progress)
+    } else {
+        bail!(
+            "{}: neither a NAB checkout (data/ and labels/combined_windows.json) nor a TCPD \
+             one (datasets/ and annotations.json); see README \"Anomalies in scalar series\" \
+             for where to get them",
+            dir.display()
+        )
+    }
+}
+
+fn halves<T>(items: &[T]) -> (Vec<&T>, Vec<&T>) {
+    let tune = items.iter().step_by(2).collect();
+    let held = items.iter().skip(1).step_by(2).collect();
+    (tune, held)
+}
+
+/// The settings tried on NAB's tuning half.
+fn nab_candidates(base: &ScalarConfig) -> Vec<(String, ScalarConfig)> {
+    let mut out = vec![("given".to_owned(), base.clone())];
+    for refractory in [100, 150, 250] {
+        for fire in [0.3, 0.35, 0.45] {
+            for context_weight in [0.0, 0.1, 0.3] {
+                out.push((
+                    format!("refractory {refractory}, fire {fire}, context {context_weight}"),
+                    ScalarConfig {
+                        refractory,
+                        fire,
+                        context_weight,
+                        ..base.clone()
+                    },
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The parts switched off, one at a time.
+fn ablations(c: &ScalarConfig) -> Vec<(&'static str, ScalarConfig)> {
+    vec![
+        ("all parts", c.clone()),
+        (
+            "without level (deviation)",
+            ScalarConfig {
+                use_level: false,
+                ..c.clone()
+            },
+        ),
+        (
+            "without context (novelty)",
+            ScalarConfig {
+                use_context: false,
+                ..c.clone()
+            },
+        ),
+        (
+            "without likelihood",
+            ScalarConfig {
+                use_likelihood: false,
+                ..c.clone()
+            },
+        ),
+        (
+            "without time-of-day profile",
+            ScalarConfig {
+                season_bins: 0,
+                ..c.clone()
+            },
+        ),
+        (
+            "without shift adoption",
+            ScalarConfig {
+                shift_after: 0,
+                ..c.clone()
+            },
+        ),
+        (
+            "without refractory damping",
+            ScalarConfig {
+                refractory: 0,
+                ..c.clone()
+            },
+        ),
+    ]
+}
+
+fn nab_scores(files: &[&NabFile], c: &ScalarConfig) -> (Vec<Vec<f64>>, u128, usize) {
+    let mut ns = 0;
+    let mut points = 0;
+    let scores = files
+        .iter()
+        .map(|f| {
+            let (s, t) = run_detector(&f.values, Some(&f.times), c);
+            ns += t;
+            points += s.len();
+            s
+        })
+        .collect();
+    (scores, ns, points)
+}
+
+/// NAB's published detectors, where the checkout has results/final_results.json:
+/// the best per profile.
+fn nab_published(dir: &Path) -> Vec<(String, f64, String)> {
+    let path = dir.join("results/final_results.json");
+    let parsed: Option<
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
+    > = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let Some(table) = parsed else {
+        // NAB's README scoreboard (v1.1), when the checkout has no results/.
+        return vec![
+            (
+                "standard".into(),
+                74.85,
+                "ARTime (NAB README scoreboard)".into(),
+            ),
+            (
+                "reward_low_FP_rate".into(),
+                66.98,
+                "contextOSE (NAB README scoreboard)".into(),
+            ),
+            (
+                "reward_low_FN_rate".into(),
+                80.36,
+                "ARTime (NAB README scoreboard)".into(),
+            ),
+        ];
+    };
+    PROFILES
+        .iter()
+        .map(|p| {
+            let best = table
+                .iter()
+                .filter_map(|(d, s)| Some((d, *s.get(p.name)?)))
+                .fold(("-".to_owned(), f64::NEG_INFINITY), |b, (d, s)| {
+                    if s > b.1 { (d.clone(), s) } else { b }
+                });
+            (
+                p.name.to_owned(),
+                best.1,
+                format!("{} (NAB results/final_results.json)", best.0),
+            )
+        })
+        .collect()
+}
+
+fn evaluate_nab(
+    dir: &Path,
+    files: &[NabFile],
+    base: &ScalarConfig,
+    options: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<String> {
+    let all: Vec<&NabFile> = files.iter().collect();
+    let (tune, held) = halves(files);
+    let standard = &PROFILES[0];
+    let mut chosen = ("given".to_owned(), base.clone());
+    let mut out = String::new();
+    if options.tune {
+        let mut best = f64::NEG_INFINITY;
+        for (label, c) in nab_candidates(base) {
+            let (scores, _, _) = nab_scores(&tune, &c);
+            let s = nab::score_files(&tune, &scores, standard, None).score;
+            progress(&format!("tuning half, standard {s:6.2}: {label}"));
+            if s > best {
+                best = s;
+                chosen = (label, c);
+            }
+        }
+    }
+    let (scores, ns, points) = nab_scores(&all, &chosen.1);
+    let tune_scores: Vec<Vec<f64>> = scores.iter().step_by(2).cloned().collect();
+    let held_scores: Vec<Vec<f64>> = scores.iter().skip(1).step_by(2).cloned().collect();
+    let windows: usize = files.iter().map(|f| f.windows.len()).sum();
+    writeln!(
+        out,
+        "Numenta Anomaly Benchmark: {} files, {} rows, {windows} windows; tuned on {} files \
+         (settings: {}), held out {}",
+        files.len(),
+        points,
+        tune.len(),
+        chosen.0,
+        held.len()
+    )?;
+    writeln!(
+        out,
+        "{:<20} {:>12} {:>14} {:>14} {:>10}   best published (whole corpus, its source)",
+        "profile", "tuning half", "held-out half", "whole corpus", "threshold"
+    )?;
+    let published = nab_published(dir);
+    for (p, (_, best, source)) in PROFILES.iter().zip(&published) {
+        let tuned = nab::score_files(&tune, &tune_scores, p, None);
+        let h = nab::score_files(&held, &held_scores, p, Some(tuned.threshold)).score;
+        let whole = nab::score_files(&all, &scores, p, None);
+        writeln!(
+            out,
+            "{:<20} {:>12.2} {:>14.2} {:>14.2} {:>10.4}   {best:.2} {source}",
+            p.name, tuned.score, h, whole.score, whole.threshold
+        )?;
+    }
+    // The leaders' own result files, where present, scored on the same halves.
+    let results = dir.join("results");
+    if results.is_dir() {
+        writeln!(
+            out,
+            "published detectors on the same halves (their results/ CSVs, standard profile):"
+        )?;
+        let mut names: Vec<String> = std::fs::read_dir(&results)?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let dir = results.join(&name);
+            let Ok(theirs) = all
+                .iter()
+                .map(|f| nab::published_scores(&dir, f))
+                .collect::<Result<Vec<_>>>()
+            else {
+                continue;
+            };
+            let t_scores: Vec<Vec<f64>> = theirs.iter().step_by(2).cloned().collect();
+            let h_scores: Vec<Vec<f64>> = theirs.iter().skip(1).step_by(2).cloned().collect();
+            let t = nab::score_files(&tune, &t_scores, standard, None).threshold;
+            let h = nab::score_files(&held, &h_scores, standard, Some(t)).score;
+            let whole = nab::score_files(&all, &theirs, standard, None).score;
+            writeln!(out, "  {name:<20} held-out {h:6.2}  whole {whole:6.2}")?;
+        }
+    }
+    writeln!(
+        out,
+        "cost: {:.2} µs per point ({} points in {:.2} s, one core)",
+        ns as f64 / 1e3 / points as f64,
+        points,
+        ns as f64 / 1e9
+    )?;
+    if options.ablation {
+        writeln!(out, "ablation (standard profile):")?;
+        for (label, c) in ablations(&chosen.1) {
+            let (scores, _, _) = nab_scores(&all, &c);
+            let t_scores: Vec<Vec<f64>> = scores.iter().step_by(2).cloned().collect();
+            let h_scores: Vec<Vec<f64>> = scores.iter().skip(1).step_by(2).cloned().collect();
+            let t = nab::score_files(&tune, &t_scores, standard, None).threshold;
+            let h = nab::score_files(&held, &h_scores, standard, Some(t)).score;
+            let whole = nab::score_files(&all, &scores, standard, None).score;
+            progress(&format!("ablation {label}: {whole:.2}"));
+            writeln!(out, "  {label:<30} held-out {h:6.2}  whole {whole:6.2}")?;
+        }
+    }
+    Ok(out)
+}
+
+/// NAB's scorer on a published detector's result CSVs: the totals must equal NAB's.
+fn check_nab_scorer(files: &[NabFile], results: &Path) -> Result<String> {
+    let all: Vec<&NabFile> = files.iter().collect();
+    let scores = all
+        .iter()
+        .map(|f| nab::published_scores(results, f))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = String::new();
+    writeln!(out, "{} scored by this scorer:", results.display())?;
+    for p in &PROFILES {
+        let s = nab::score_files(&all, &scores, p, None);
+        writeln!(
+            out,
+            "  {:<20} {:10.6}  threshold {:.10}",
+            p.name, s.score, s.threshold
+        )?;
+    }
+    Ok(out)
+}
+
+/// Change points of one series: where the score rises to `threshold`.
+fn change_points(scores: &[f64], threshold: f64) -> Vec<usize> {
+    (0..scores.len())
+        .filter(|&i| scores[i] >= threshold && (i == 0 || scores[i - 1] < threshold))
+        .collect()
+}
+
+const TCPD_THRESHOLDS: [f64; 12] = [
+    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8,
+];
+
+fn tcpd_candidates(base: &ScalarConfig) -> Vec<(String, ScalarConfig)> {
+    let mut out = vec![("given".to_owned(), base.clone())];
+    for learn_points in [5, 10, 20] {
+        for level_half_life in [10.0, 30.0, 100.0] {
+            for shift_after in [3, 6] {
+                for refractory in [5, 15] {
+                    out.push((
+                        format!(
+                            "learn {learn_points}, level half-life {level_half_life}, shift \
+                             after {shift_after}, refractory {refractory}"
+                        ),
+                        ScalarConfig {
+                            learn_points,
+                            level_half_life,
+                            shift_after,
+                            refractory,
+                            surprise_half_life: 100.0,
+                            season_bins: 0,
+                            ..base.clone()
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Mean F1 and cover of `series` at `threshold`.
+fn tcpd_score(series: &[&TcpdSeries], scores: &[Vec<f64>], threshold: f64) -> (f64, f64) {
+    let mut f = 0.0;
+    let mut c = 0.0;
+    for (s, sc) in series.iter().zip(scores) {
+        let cps = change_points(sc, threshold);
+        f += tcpd::f1(&s.annotations, &cps, tcpd::MARGIN);
+        c += tcpd::cover(&s.annotations, &cps, s.values.len());
+    }
+    (f / series.len() as f64, c / series.len() as f64)
+}
+
+fn tcpd_scores(series: &[&TcpdSeries], c: &ScalarConfig) -> (Vec<Vec<f64>>, u128, usize) {
+    let mut ns = 0;
+    let mut points = 0;
+    let scores = series
+        .iter()
+        .map(|s| {
+            let (sc, t) = run_detector(&s.values, None, c);
+            ns += t;
+            points += sc.len();
+            sc
+        })
+        .collect();
+    (scores, ns, points)
+}
+
+fn evaluate_tcpd(
+    series: &[TcpdSeries],
+    missing: &[String],
+    base: &ScalarConfig,
+    options: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<String> {
+    let all: Vec<&TcpdSeries> = series.iter().collect();
+    let (tune, held) = halves(series);
+    // Settings and threshold chosen by F1 on the tuning half.
+    let pick = |c: &ScalarConfig| {
+        let (scores, _, _) = tcpd_scores(&tune, c);
+        TCPD_THRESHOLDS
+            .iter()
+            .map(|&t| (t, tcpd_score(&tune, &scores, t)))
+            .fold((0.5, (f64::NEG_INFINITY, 0.0)), |b, x| {
+                if x.1.0 > b.1.0 { x } else { b }
+            })
+    };
+    let mut chosen = ("given".to_owned(), base.clone());
+    let (mut threshold, mut best) = pick(base);
+    if options.tune {
+        for (label, c) in tcpd_candidates(base) {
+            let (t, s) = pick(&c);
+            progress(&format!(
+                "tuning half, F1 {:.3} cover {:.3} at {t}: {label}",
+                s.0, s.1
+            ));
+            if s.0 > best.0 {
+                (threshold, best) = (t, s);
+                chosen = (label, c);
+            }
+        }
+    }
+    let (held_scores, _, _) = tcpd_scores(&held, &chosen.1);
+    let (all_scores, ns, points) = tcpd_scores(&all, &chosen.1);
+    let h = tcpd_score(&held, &held_scores, threshold);
+    let w = tcpd_score(&all, &all_scores, threshold);
+    let mut out = String::new();
+    writeln!(
+        out,
+        "Turing Change Point Dataset: {} univariate series ({} rows); tuned on {} (settings: \
+         {}, threshold {threshold}), held out {}{}",
+        series.len(),
+        points,
+        tune.len(),
+        chosen.0,
+        held.len(),
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; absent (run their get_*.py first): {}",
+                missing.join(", ")
+            )
+        }
+    )?;
+    writeln!(
+        out,
+        "{:<8} {:>14} {:>12}   best published, all univariate series (van den Burg & \
+         Williams 2020, TCPDBench analysis/output/tables/aggregate_table_wide.tex)",
+        "metric", "held-out half", "all series"
+    )?;
+    writeln!(
+        out,
+        "{:<8} {:>14.3} {:>12.3}   default: 0.744 (binseg); oracle-tuned per series: 0.880 (bocpd)",
+        "F1", h.0, w.0
+    )?;
+    writeln!(
+        out,
+        "{:<8} {:>14.3} {:>12.3}   default: 0.706 (binseg); oracle-tuned per series: 0.789 (bocpd)",
+        "cover", h.1, w.1
+    )?;
+    let zero_f: f64 = all
+        .iter()
+        .map(|s| tcpd::f1(&s.annotations, &[], tcpd::MARGIN))
+        .sum::<f64>()
+        / all.len() as f64;
+    let zero_c: f64 = all
+        .iter()
+        .map(|s| tcpd::cover(&s.annotations, &[], s.values.len()))
+        .sum::<f64>()
+        / all.len() as f64;
+    writeln!(
+        out,
+        "no change points at all (the paper's `zero`), all series: F1 {zero_f:.3}, cover {zero_c:.3}"
+    )?;
+    writeln!(
+        out,
+        "cost: {:.2} µs per point ({points} points)",
+        ns as f64 / 1e3 / points as f64
+    )?;
+    if options.ablation {
+        writeln!(out, "ablation (threshold re-chosen on the tuning half):")?;
+        for (label, c) in ablations(&chosen.1) {
+            let (t, _) = pick(&c);
+            let (scores, _, _) = tcpd_scores(&held, &c);
+            let (f, cv) = tcpd_score(&held, &scores, t);
+            writeln!(out, "  {label:<30} held-out F1 {f:.3}  cover {cv:.3}")?;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,162 @@
+use super::*;
+use crate::detect::eval::Rng;
+
+/// A noisy daily cycle at 5-minute points (288 a day).
+fn daily(rng: &mut Rng, i: usize) -> f64 {
+    let phase = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
+    100.0 + 40.0 * phase.sin() + 3.0 * rng.normal()
+}
+
+fn run(values: impl Iterator<Item = f64>, c: &ScalarConfig) -> Vec<Point> {
+    let mut d = ScalarDetector::default();
+    values
+        .enumerate()
+        .map(|(i, v)| d.observe(v, Some(1.7e9 + 300.0 * i as f64), c))
+        .collect()
+}
+
+#[test]
+fn scores_are_in_range_and_zero_while_learning() {
+    let c = ScalarConfig::default();
+    let mut rng = Rng::new(1);
+    let points = run((0..3000).map(|i| daily(&mut rng, i)), &c);
+    assert!(points.iter().all(|p| (0.0..=1.0).contains(&p.score)));
+    assert!(
+        points[..c.learn_points as usize]
+            .iter()
+            .all(|p| p.score == 0.0)
+    );
+}
+
+#[test]
+fn a_daily_cycle_is_learned_and_a_spike_is_not_part_of_it() {
+    let c = ScalarConfig::default();
+    let mut rng = Rng::new(2);
+    let mut values: Vec<f64> = (0..288 * 8).map(|i| daily(&mut rng, i)).collect();
+    let spike = 288 * 7 + 100;
+    values[spike] += 80.0;
+    let points = run(values.into_iter(), &c);
+    // Days 4..7: the cycle is known; nothing scores near the spike.
+    let quiet = points[288 * 4..spike]
+        .iter()
+        .map(|p| p.score)
+        .fold(0.0, f64::max);
+    let at_spike = points[spike..spike + 5]
+        .iter()
+        .map(|p| p.score)
+        .fold(0.0, f64::max);
+    assert!(at_spike >= c.fire, "spike scored {at_spike}");
+    assert!(
+        quiet < at_spike * 0.6,
+        "cycle scored {quiet}, spike {at_spike}"
+    );
+    // The profile predicts the cycle: the expectation follows the sine.
+    let p = points[288 * 6 + 72]; // a quarter day in: the peak
+    assert!((p.expected - 140.0).abs() < 12.0, "{p:?}");
+}
+
+#[test]
+fn a_level_shift_that_persists_is_learned() {
+    let c = ScalarConfig::default();
+    let mut rng = Rng::new(3);
+    let step = 2000;
+    let values = (0..5000).map(|i| {
+        let base = if i < step { 50.0 } else { 90.0 };
+        base + 2.0 * rng.normal()
+    });
+    let points = run(values, &c);
+    let at_step = points[step..step + 10]
+        .iter()
+        .map(|p| p.undamped)
+        .fold(0.0, f64::max);
+    assert!(at_step >= 0.5, "step scored {at_step}");
+    let later = points[step + 800..]
+        .iter()
+        .map(|p| p.undamped)
+        .fold(0.0, f64::max);
+    assert!(later < 0.3, "still anomalous long after the step: {later}");
+    assert!(
+        (points[4999].expected - 90.0).abs() < 3.0,
+        "{:?}",
+        points[4999]
+    );
+}
+
+#[test]
+fn one_anomaly_is_reported_once() {
+    let c = ScalarConfig::default();
+    let mut rng = Rng::new(4);
+    let values = (0..3000).map(|i| {
+        let bump = if (2000..2040).contains(&i) { 30.0 } else { 0.0 };
+        50.0 + 2.0 * rng.normal() + bump
+    });
+    let points = run(values, &c);
+    let fired: Vec<usize> = (0..3000).filter(|&i| points[i].score >= c.fire).collect();
+    assert!(
+        !fired.is_empty() && fired.iter().all(|&i| (2000..2010).contains(&i)),
+        "{fired:?}"
+    );
+}
+
+#[test]
+fn memory_is_bounded() {
+    let c = ScalarConfig {
+        context_capacity: 100,
+        ..ScalarConfig::default()
+    };
+    let mut rng = Rng::new(5);
+    let mut d = ScalarDetector::default();
+    for i in 0..20_000 {
+        d.observe(rng.uniform() * 1e6 + i as f64, None, &c);
+    }
+    let json = serde_json::to_string(&d).unwrap();
+    assert!(json.len() < 20_000, "{} bytes", json.len());
+}
+
+#[test]
+fn the_agent_watches_scalar_series_up_to_its_budget_and_alarms_on_a_step() {
+    use crate::detect::{DetectConfig, Detector, ScalarInput};
+    let config = DetectConfig {
+        scalar: ScalarConfig {
+            max_series: 2,
+            ..ScalarConfig::default()
+        },
+        ..DetectConfig::default()
+    };
+    let mut d = Detector::new(config, "n");
+    let mut rng = Rng::new(6);
+    let mut opened = Vec::new();
+    for i in 0..1500u64 {
+        let iops = if i < 1000 { 500.0 } else { 1500.0 };
+        let inputs = ["sda", "sdb", "sdc"].map(|dev| ScalarInput {
+            family: "block.io.latency:rate".into(),
+            labels: [("device".to_owned(), dev.to_owned())].into(),
+            unit: "/s",
+            value: iops * (1.0 + 0.02 * rng.normal()),
+        });
+        let out = d.update_with_scalars(
+            1_800_000_000_000_000_000 + i * 10_000_000_000,
+            10_000_000_000,
+            [],
+            inputs,
+        );
+        assert_eq!(
+            d.scalars_unwatched, 1,
+            "the third series is over the budget"
+        );
+        opened.extend(
+            out.alarms
+                .into_iter()
+                .filter(|a| a.state == crate::detect::AlarmState::Open),
+        );
+    }
+    // Both watched devices stepped together: one incident, opened at the step.
+    assert_eq!(opened.len(), 1, "{opened:#?}");
+    let a = &opened[0];
+    assert_eq!(
+        a.start_unix_nano,
+        1_800_000_000_000_000_000 + 1000 * 10_000_000_000
+    );
+    assert!(a.summary.contains(":rate{device=sd"), "{}", a.summary);
+    assert!(a.factor > 2.5 && a.factor < 3.5, "{a:?}");
+}

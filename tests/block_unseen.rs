@@ -1,0 +1,72 @@
+//! Completions the kernel makes without running the completion program (it does,
+//! silently, in some contexts: docs/architecture.md) leave their requests counted in
+//! flight until each request is issued again, which the last requests before a device
+//! goes idle never are. A subject of its own: it detaches one of its probe's links,
+//! and other tests' links in this process must not be mistaken for it.
+
+use crate::common;
+
+use nodepulse::probes::{AttachKind, Probes, block::BlockProbe};
+
+use common::{LoopDevice, start_probes};
+
+/// With the completion program detached while dd reads, every completion is one the
+/// program never sees: once the device is idle the agent has released every one of
+/// them (the in-flight count is back to 0) and counted each once as unseen on the
+/// device, as many as sysfs counts reads.
+#[test]
+fn completions_the_program_never_saw_are_released_once_the_device_is_idle() {
+    require_root!();
+    let lo = LoopDevice::new(64);
+    let mut probes = start_probes(Some(AttachKind::TpBtf));
+    let dev = agent_common::dev::parse(&lo.number).unwrap();
+    let read = |probes: &mut Probes| {
+        let block = probes.get::<BlockProbe>().unwrap();
+        let in_flight = block
+            .in_flight()
+            .into_iter()
+            .find(|&(d, _)| d == dev)
+            .map_or(0, |(_, n)| n);
+        let unseen = block
+            .read_unrecorded()
+            .unwrap()
+            .into_iter()
+            .find(|&(d, _, _)| d == dev)
+            .map_or(0, |(_, unseen, _)| unseen);
+        (in_flight, unseen)
+    };
+    lo.dd_read(10, "4k");
+    let sysfs_before = lo.stat().read;
+    let (in_flight, unseen_before) = read(&mut probes);
+    assert_eq!(in_flight, 0, "every completion seen");
+    detach_link_of("block_rq_complete");
+    lo.dd_read(300, "4k");
+    let reads = lo.stat().read - sysfs_before;
+    let (in_flight, unseen) = read(&mut probes);
+    eprintln!("{reads} reads, {} unseen", unseen - unseen_before);
+    assert_eq!(in_flight, 0, "requests whose completion was never seen");
+    assert_eq!(
+        unseen - unseen_before,
+        reads,
+        "each completion the program never saw counted once as unseen"
+    );
+}
+
+/// Detaches this process's link to the tracepoint `tp`: its descriptor is replaced
+/// with /dev/null (dup2), which drops the link; its owner later closes /dev/null.
+fn detach_link_of(tp: &str) {
+    use std::os::fd::AsRawFd as _;
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let mut found = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap() {
+        let entry = entry.unwrap();
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if info.lines().any(|l| l == format!("tp_name:\t{tp}")) {
+            let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+            // SAFETY: replaces a descriptor this process owns with another open one.
+            assert!(unsafe { libc::dup2(null.as_raw_fd(), fd) } >= 0);
+            found += 1;
+        }
+    }
+    assert_eq!(found, 1, "one link of ours to {tp}");
+}
