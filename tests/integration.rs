@@ -13,6 +13,7 @@ mod common;
 
 mod action_restart;
 mod alarm_otlp;
+mod batch_read;
 mod block_exact;
 mod block_probe;
 mod block_unseen;

@@ -268,9 +268,14 @@ fn attach_under_load_keeps_counts_exact() {
     ]);
     thread::sleep(Duration::from_millis(800));
     let mut probes = start_probes(Some(AttachKind::TpBtf));
+    // Sampled for 1.6 s, longer (up to 10 s) until requests are seen in flight: on a
+    // loaded machine fio can go without any for a while.
     let mut peak = 0;
-    for _ in 0..4 {
-        thread::sleep(Duration::from_millis(400));
+    let sampling = std::time::Instant::now();
+    while sampling.elapsed() < Duration::from_millis(1600)
+        || (peak == 0 && sampling.elapsed() < Duration::from_secs(10))
+    {
+        thread::sleep(Duration::from_millis(100));
         let s = Snapshot::take(&mut probes, &lo);
         peak = peak.max(s.in_flight);
     }

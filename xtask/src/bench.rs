@@ -83,10 +83,21 @@ pub struct Args {
     /// Ten-second intervals measured by the volume workload (after one to settle).
     #[arg(long, default_value_t = 3)]
     intervals: u64,
+    /// Another nodepulse binary (e.g. a build of an earlier commit) that the volume
+    /// workload runs beside this one at a 1 s interval, for a side-by-side CPU figure.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 pub fn run(mut args: Args) -> Result<()> {
     ensure!(args.pairs >= 3, "--pairs must be at least 3 for a median");
+    if let Some(b) = &args.baseline {
+        ensure!(
+            b.is_file(),
+            "--baseline {}: no such file; give the path of a nodepulse binary",
+            b.display()
+        );
+    }
     if args.workload.contains(&Workload::Scaling) {
         println!("\n== collection scaling (synthetic series; building the example, release) ...");
         util::run_agent_example("collect_scaling", &[])?;
@@ -131,7 +142,7 @@ pub fn run(mut args: Args) -> Result<()> {
             continue;
         }
         if *workload == Workload::Volume {
-            volume::run(&agent, &dir, args.intervals)?;
+            volume::run(&agent, args.baseline.as_deref(), &dir, args.intervals)?;
             continue;
         }
         let device;

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use super::{
-    Alarm, DetectConfig, Detector, corpus::clock::parse_time, scalar::series::ScalarSeries,
-    series::Identity,
+    Alarm, DetectConfig, Detector, corpus::clock::parse_time as clock_seconds,
+    scalar::series::ScalarSeries, series::Identity,
 };
 use crate::aggregate::ExpHistogram;
 
@@ -263,7 +263,7 @@ pub fn replay_csv(
                  must be in time order, one per timestamp"
             )));
         }
-        let time_s = parse_time(timestamp);
+        let time_s = clock_seconds(timestamp);
         // Row n is at n seconds when its timestamp is no clock time.
         let now = time_s.map_or((rows.len() as u64 + 1) * 1_000_000_000, |t| {
             (t.max(0.0) * 1e9) as u64

@@ -28,7 +28,7 @@ pub enum BtfError {
 const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
-const KIND_TYPEDEF: u32 = 8;
+pub(crate) const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
@@ -63,10 +63,22 @@ pub struct Btf {
     enumerators: HashMap<String, i64>,
 }
 
-fn u32_at(data: &[u8], off: usize) -> Result<u32, BtfError> {
+pub(crate) fn u32_at(data: &[u8], off: usize) -> Result<u32, BtfError> {
     data.get(off..off + 4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
         .ok_or(BtfError::Malformed("truncated"))
+}
+
+/// Bytes of kind-specific data after a type's 12-byte common header.
+pub(crate) fn kind_data_len(kind: u32, vlen: usize) -> usize {
+    match kind {
+        1 | 14 | 17 => 4,                      // INT, VAR, DECL_TAG
+        3 => 12,                               // ARRAY
+        KIND_STRUCT | KIND_UNION => vlen * 12, // members
+        KIND_FUNC_PROTO | 6 => vlen * 8,       // parameters, ENUM
+        15 | 19 => vlen * 12,                  // DATASEC, ENUM64
+        _ => 0, // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
+    }
 }
 
 impl Btf {
@@ -125,10 +137,7 @@ impl Btf {
                     enum_values.push((u32_at(types_data, at)?, value));
                 }
             }
-            // Bytes of kind-specific data after the common header.
-            let extra = match kind {
-                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
-                3 => 12,          // ARRAY
+            match kind {
                 KIND_STRUCT | KIND_UNION => {
                     for m in 0..vlen {
                         let at = pos + m * 12;
@@ -144,7 +153,6 @@ impl Btf {
                             bitfield: kind_flag && offset >> 24 != 0,
                         });
                     }
-                    vlen * 12
                 }
                 KIND_FUNC_PROTO => {
                     // Parameters: {name, type}; kept as members at offset 0.
@@ -157,13 +165,10 @@ impl Btf {
                             bitfield: false,
                         });
                     }
-                    vlen * 8
                 }
-                6 => vlen * 8,        // ENUM
-                15 | 19 => vlen * 12, // DATASEC, ENUM64
-                _ => 0,               // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
-            };
-            pos += extra;
+                _ => {}
+            }
+            pos += kind_data_len(kind, vlen);
             types.push(Type {
                 name,
                 kind,

@@ -3,7 +3,9 @@
 //! [`FAMILIES`] (see [`family::ProbeFamily`] for what a family provides).
 
 pub mod attach;
+pub mod batch_read;
 pub mod family;
+pub mod module_prog;
 pub mod outliers;
 pub mod pins;
 pub mod sparse;
@@ -77,7 +79,7 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray},
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -205,11 +207,13 @@ pub struct Probes {
     probes: Vec<Box<dyn Probe>>,
     statuses: Vec<ProbeStatus>,
     counters: Option<PerCpuArray<MapData, u64>>,
-    sparse: Option<PerCpuHashMap<MapData, SparseKey, SparseCell>>,
+    sparse: Option<batch_read::PerCpuHash<SparseKey, SparseCell>>,
     stats: stats::BpfStats,
     attribution: Attribution,
     outliers: Option<outliers::Outliers>,
     max_outliers: usize,
+    /// Programs on module tracepoints that nodepulse loaded itself (kvm by tp_btf).
+    modules: module_prog::ModulePrograms,
     /// The pin set when the probes are kept attached across restarts.
     pins: Option<pins::Pins>,
     /// Each family resolved at start, for probes that SIGHUP attaches later.
@@ -248,13 +252,15 @@ impl Probes {
             mut ebpf,
             btf,
             families,
+            modules,
             tracefs,
             tracefs_found,
         } = Loaded::load_with(&setup, pins.as_ref())?;
         let stats = stats::BpfStats::enable();
 
-        let ((probes, statuses), mut pins) =
-            pins::session(pins, || attach_all(&families, &mut ebpf, btf.as_ref()));
+        let (((probes, statuses), modules), mut pins) = pins::session(pins, || {
+            module_prog::session(modules, || attach_all(&families, &mut ebpf, btf.as_ref()))
+        });
         if let Some(pins) = &mut pins {
             log_pins(pins);
         }
@@ -263,9 +269,11 @@ impl Probes {
         let counters = ebpf
             .take_map(names::MAP_PROBE_COUNTERS)
             .and_then(|m| PerCpuArray::try_from(m).ok());
-        let sparse = ebpf
-            .take_map(names::MAP_SPARSE_HIST)
-            .and_then(|m| PerCpuHashMap::try_from(m).ok());
+        let sparse = ebpf.take_map(names::MAP_SPARSE_HIST).and_then(|m| {
+            batch_read::PerCpuHash::new(m, names::MAP_SPARSE_HIST)
+                .inspect_err(|e| tracing::warn!("{e}"))
+                .ok()
+        });
         let outliers = outliers::Outliers::take(&mut ebpf).filter(|_| setup.outliers_enabled);
         // Parsing the kernel's BTF twice (ours and aya's) peaks at tens of MiB that
         // glibc keeps unless asked; give it back now that loading is done. (musl, the
@@ -289,6 +297,7 @@ impl Probes {
             ),
             outliers,
             max_outliers: setup.outliers.max_per_interval,
+            modules,
             pins,
             families,
             parked: Vec::new(),
@@ -304,8 +313,12 @@ impl Probes {
     /// while disabled) and a re-enabled one is pinned again.
     pub fn set_enabled(&mut self, config: &ProbesConfig) -> Toggled {
         let pins = self.pins.take();
-        let (toggled, pins) = pins::session(pins, || self.toggle(config));
+        let modules = std::mem::take(&mut self.modules);
+        let ((toggled, modules), pins) = pins::session(pins, || {
+            module_prog::session(modules, || self.toggle(config))
+        });
         self.pins = pins;
+        self.modules = modules;
         // Report order is attach order.
         let order = |p: &dyn Probe| {
             self.statuses
@@ -410,6 +423,7 @@ impl Probes {
             return;
         }
         if let Some(map) = &mut self.sparse {
+            let mut map = map.map_mut();
             let dead: Vec<SparseKey> = map
                 .keys()
                 .filter_map(Result::ok)
@@ -477,7 +491,8 @@ impl Probes {
             }
             for &program in &probe.attached().programs {
                 let adopted = self.pins.as_ref().and_then(|p| p.program_fd(program));
-                let read = match adopted {
+                let own = adopted.or_else(|| self.modules.program_fd(program));
+                let read = match own {
                     Some(fd) => stats::read_fd(fd, probe.name(), program),
                     None => stats::read(&self.ebpf, probe.name(), program),
                 };
@@ -606,6 +621,8 @@ pub struct Loaded {
     pub btf: Option<aya::Btf>,
     /// Each family resolved against this kernel, in [`FAMILIES`] order.
     pub families: Vec<Box<dyn Resolved>>,
+    /// What loading programs on module tracepoints needs (the maps' fds).
+    pub modules: module_prog::ModulePrograms,
     /// Set when nodepulse mounted tracefs itself (unmounted on drop).
     pub tracefs: Option<tracefs::Mounted>,
     /// Whether tracefs was found (or mounted) at all.
@@ -686,10 +703,12 @@ impl Loaded {
             }
         })?;
         drop(loader);
+        let modules = module_prog::ModulePrograms::new(&ebpf, EBPF_OBJECT);
         Ok(Self {
             ebpf,
             btf,
             families,
+            modules,
             tracefs: mounted,
             tracefs_found,
         })

@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 
+use super::batch_read::PerCpuHash;
+use crate::aggregate::ExpHistogram;
 use agent_common::{
     hist::MIN_INDEX,
     sparse::{SparseCell, SparseKey, ZERO_SLOT},
 };
-use aya::maps::{MapData, PerCpuHashMap};
-
-use crate::aggregate::ExpHistogram;
 
 /// (family, group, detail) → cumulative histogram.
 pub type SparseSeries = HashMap<(u32, u64, u32), ExpHistogram>;
@@ -21,10 +20,9 @@ struct Parts {
     buckets: Vec<(i32, u64)>,
 }
 
-pub fn read(map: &PerCpuHashMap<MapData, SparseKey, SparseCell>) -> Result<SparseSeries, String> {
+pub fn read(map: &PerCpuHash<SparseKey, SparseCell>) -> Result<SparseSeries, String> {
     let mut parts: HashMap<(u32, u64, u32), Parts> = HashMap::new();
-    for entry in map.iter() {
-        let (key, per_cpu) = entry.map_err(|e| format!("reading SPARSE_HIST: {e}"))?;
+    map.for_each(|key, per_cpu| {
         let count: u64 = per_cpu.iter().map(|c| c.count).sum();
         let sum: u64 = per_cpu.iter().map(|c| c.sum).sum();
         let p = parts
@@ -35,7 +33,7 @@ pub fn read(map: &PerCpuHashMap<MapData, SparseKey, SparseCell>) -> Result<Spars
             ZERO_SLOT => p.zero = count,
             slot => p.buckets.push((slot as i32 + MIN_INDEX, count)),
         }
-    }
+    })?;
     Ok(parts
         .into_iter()
         .map(|(k, p)| (k, ExpHistogram::from_buckets(p.sum, p.zero, p.buckets)))

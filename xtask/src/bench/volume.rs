@@ -82,7 +82,15 @@ const VARIANTS: &[Variant] = &[
     },
 ];
 
-pub fn run(agent: &Path, dir: &Path, intervals: u64) -> Result<()> {
+/// The variant a `--baseline` binary runs.
+const BASELINE: Variant = Variant {
+    name: "baseline binary, lossless at 1 s",
+    otlp: "",
+    outliers: "",
+    interval_s: 1,
+};
+
+pub fn run(agent: &Path, baseline: Option<&Path>, dir: &Path, intervals: u64) -> Result<()> {
     let measured = intervals.max(2);
     // One interval to settle, the measured ones, and a margin for the last export.
     let seconds = 10 * (measured + 1) + 5;
@@ -117,8 +125,13 @@ pub fn run(agent: &Path, dir: &Path, intervals: u64) -> Result<()> {
     println!("[3/4] iperf3 streams on both TCP groups ... ok");
 
     let mut agents = Vec::new();
+    let mut variants: Vec<&Variant> = VARIANTS.iter().collect();
     for v in VARIANTS {
         agents.push(Agent::start(agent, dir, v)?);
+    }
+    if let Some(baseline) = baseline {
+        agents.push(Agent::start(baseline, dir, &BASELINE)?);
+        variants.push(&BASELINE);
     }
     println!(
         "[4/4] {} agents attached; measuring for {seconds} s ...",
@@ -137,7 +150,7 @@ pub fn run(agent: &Path, dir: &Path, intervals: u64) -> Result<()> {
         "{:<32}{:>11}{:>11}{:>9}{:>11}{:>8}{:>8}{:>8}",
         "variant", "metrics B", "traces B", "logs B", "total B", "series", "spans", "CPU %"
     );
-    for (v, a) in VARIANTS.iter().zip(agents) {
+    for (v, a) in variants.into_iter().zip(agents) {
         let r = a.finish()?;
         println!(
             "{:<32}{:>11.0}{:>11.0}{:>9.0}{:>11.0}{:>8}{:>8.0}{:>8.2}",

@@ -88,7 +88,7 @@ block_errors() {
 
 # Two busy loops sharing the one CPU inside a cgroup of their own: run-queue waits.
 # Then the cgroup churns (judge.rs: cgroup_churn_check): the loops are stopped, their
-# timeslices read from /proc/<pid>/schedstat (field 2, one per switch-in), killed, and
+# timeslices read from /proc/<pid>/schedstat (third field, one per switch-in), killed, and
 # the cgroup removed at once, mid-interval, with samples the agent has not read yet.
 contention() {
     mkdir -p /sys/fs/cgroup/vmtest-busy
@@ -102,7 +102,7 @@ contention() {
     for pid in $pids; do kill -STOP "$pid"; done
     for pid in $pids; do
         while ! grep -q '^State:.*stopped' "/proc/$pid/status"; do usleep 1000; done
-        slices=$((slices + $(cut -d' ' -f2 "/proc/$pid/schedstat")))
+        slices=$((slices + $(cut -d' ' -f3 "/proc/$pid/schedstat")))
     done
     for pid in $pids; do kill -KILL "$pid"; done
     for pid in $pids; do wait "$pid" 2>/dev/null; done

@@ -8,7 +8,7 @@ mod sweep;
 mod thresholds;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -22,11 +22,12 @@ use agent_common::{
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, MapData, PerCpuValues},
 };
 
 use super::{
     Layouts, Probe, ReadContext, Reading,
+    batch_read::PerCpuHash,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
     sparse,
 };
@@ -436,9 +437,11 @@ pub struct BlockProbe {
     attached: Attached,
     /// Where sysfs lists the block devices whose series are created ahead of use.
     sys_root: PathBuf,
-    latency: Option<PerCpuHashMap<MapData, BlockKey, BlockHistograms>>,
+    latency: Option<PerCpuHash<BlockKey, BlockHistograms>>,
     /// Samples of series whose `latency` entry the kernel could not create.
-    spill: Option<PerCpuHashMap<MapData, BlockKey, BlockHistograms>>,
+    spill: Option<PerCpuHash<BlockKey, BlockHistograms>>,
+    /// The `latency` series read last: only missing ones are created.
+    known: BTreeSet<BlockKey>,
     depth: Option<HashMap<MapData, u32, DeviceDepth>>,
     errors: Option<HashMap<MapData, BlockErrorKey, u64>>,
     thresholds: OutlierThresholds,
@@ -446,6 +449,9 @@ pub struct BlockProbe {
     /// idle; `None` with classic tracepoints (no request to ask).
     sweep: Option<sweep::Sweep>,
 }
+
+/// Every (device, operation) series' histograms, in key order.
+pub type BlockReadings = Vec<(BlockKey, BlockReading)>;
 
 /// Cumulative histograms of one (device, operation) series as the kernel holds them.
 #[derive(Clone, Debug, Default)]
@@ -468,9 +474,15 @@ impl BlockProbe {
         let attached = attach_first(ebpf, btf, &layouts.variants(only));
         let up = attached.kind.is_some();
         let mut take = |name| up.then(|| ebpf.take_map(name)).flatten();
-        let latency = take(names::MAP_BLOCK_LATENCY).and_then(|m| PerCpuHashMap::try_from(m).ok());
-        let spill =
-            take(names::MAP_BLOCK_LATENCY_SPILL).and_then(|m| PerCpuHashMap::try_from(m).ok());
+        let mut per_cpu_hash = |name| {
+            take(name).and_then(|m| {
+                PerCpuHash::new(m, name)
+                    .inspect_err(|e| tracing::warn!("{e}"))
+                    .ok()
+            })
+        };
+        let latency = per_cpu_hash(names::MAP_BLOCK_LATENCY);
+        let spill = per_cpu_hash(names::MAP_BLOCK_LATENCY_SPILL);
         let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
         let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
         let sweep = match attached.kind {
@@ -492,6 +504,7 @@ impl BlockProbe {
             sys_root: sys_root.to_path_buf(),
             latency,
             spill,
+            known: BTreeSet::new(),
             depth,
             errors,
             thresholds: OutlierThresholds::new(outliers),
@@ -506,7 +519,7 @@ impl BlockProbe {
     /// the BPF allocator refills its per-CPU caches, losing the first samples of a
     /// burst; done here, only devices that appear between two readings depend on it.
     fn create_series(&mut self) {
-        let Some(map) = &mut self.latency else {
+        let Some(latency) = &mut self.latency else {
             return;
         };
         let Ok(cpus) = aya::util::nr_cpus() else {
@@ -516,13 +529,16 @@ impl BlockProbe {
         let spilled: Vec<BlockKey> = self
             .spill
             .as_ref()
-            .map(|m| m.keys().filter_map(Result::ok).collect())
+            .map(|m| m.map().keys().filter_map(Result::ok).collect())
             .unwrap_or_default();
         let busy = busy_disks(&self.sys_root)
             .into_iter()
             .flat_map(|dev| [op::READ, op::WRITE, op::FLUSH].map(|op| BlockKey { dev, op }));
+        let mut map = latency.map_mut();
         for key in busy.chain(spilled) {
-            if map.get(&key, 0).is_ok() {
+            // Known from the last reading, or there now (one lookup per series
+            // copies its histograms on every CPU: only for the new ones).
+            if self.known.contains(&key) || map.get(&key, 0).is_ok() {
                 continue;
             }
             let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
@@ -540,15 +556,22 @@ impl BlockProbe {
 
     /// Cumulative histograms per (device number, operation) as the kernel holds them:
     /// the main map's entry and, for a series that spilled, its spill entry added.
-    pub fn read_raw(&self) -> Result<Vec<(BlockKey, BlockReading)>, String> {
+    pub fn read_raw(&self) -> Result<BlockReadings, String> {
+        self.read_raw_noting_series().map(|(readings, _)| readings)
+    }
+
+    /// [`Self::read_raw`], and the keys of the main map.
+    fn read_raw_noting_series(
+        &self,
+    ) -> Result<(BlockReadings, BTreeSet<BlockKey>), String> {
         let mut out: BTreeMap<BlockKey, BlockReading> = BTreeMap::new();
-        for (map, name) in [
-            (&self.latency, names::MAP_BLOCK_LATENCY),
-            (&self.spill, names::MAP_BLOCK_LATENCY_SPILL),
-        ] {
+        let mut known = BTreeSet::new();
+        for (map, main) in [(&self.latency, true), (&self.spill, false)] {
             let Some(map) = map else { continue };
-            for entry in map.iter() {
-                let (key, per_cpu) = entry.map_err(|e| format!("reading {name}: {e}"))?;
+            map.for_each(|key, per_cpu| {
+                if main {
+                    known.insert(key);
+                }
                 let r = out.entry(key).or_default();
                 r.queue.merge(&ExpHistogram::from_per_cpu(
                     per_cpu.iter().map(|h| &h.queue),
@@ -561,9 +584,9 @@ impl BlockProbe {
                 ));
                 r.size
                     .merge(&ExpHistogram::from_windows(per_cpu.iter().map(|h| &h.size)));
-            }
+            })?;
         }
-        Ok(out.into_iter().collect())
+        Ok((out.into_iter().collect(), known))
     }
 
     /// Per device number: completions the kernel made that the probe could not record,
@@ -636,7 +659,9 @@ impl Probe for BlockProbe {
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         self.create_series();
         let queues = self.times_queues();
-        for (key, r) in self.read_raw()? {
+        let (readings, known) = self.read_raw_noting_series()?;
+        self.known = known;
+        for (key, r) in readings {
             let device = device_labels(cx, key.dev);
             let entity = device_entity(cx, key.dev, &device);
             let labels = |op: u32| {
@@ -727,7 +752,9 @@ impl Probe for BlockProbe {
         if gone.is_empty() {
             return;
         }
+        self.known.retain(|k| !gone.contains(&k.dev));
         for map in [&mut self.latency, &mut self.spill].into_iter().flatten() {
+            let mut map = map.map_mut();
             let keys: Vec<BlockKey> = map
                 .keys()
                 .filter_map(Result::ok)

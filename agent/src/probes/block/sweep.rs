@@ -10,6 +10,7 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_common::{
     block::{INFLIGHT_SLOTS, SWEEP_SLOTS},
@@ -27,6 +28,9 @@ const SETTLE_NS: u64 = 1_000_000;
 
 pub struct Sweep {
     program: ProgramFd,
+    /// Set once a run failed (logged then): the kernel cannot run it, so it is not
+    /// tried again.
+    failed: AtomicBool,
 }
 
 impl Sweep {
@@ -44,13 +48,19 @@ impl Sweep {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
             .map_err(|e| format!("{name}: {e}"))?;
-        Ok(Self { program })
+        Ok(Self {
+            program,
+            failed: AtomicBool::new(false),
+        })
     }
 
     /// Releases the requests of `dev` the probe counts in flight that the kernel no
     /// longer has in flight, if `/sys/dev/block/<dev>/inflight` (under `sys_root`) says
     /// the device is idle. Returns how many.
     pub fn run_if_idle(&self, sys_root: &Path, device: u32) -> Result<u64, String> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
         let now = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC) as u64;
         let (major, minor) = dev::split(device);
         let path = sys_root.join(format!("dev/block/{major}:{minor}/inflight"));
@@ -64,7 +74,16 @@ impl Sweep {
         let idle_at = now.saturating_sub(SETTLE_NS);
         let mut released = 0;
         for first in (0..INFLIGHT_SLOTS).step_by(SWEEP_SLOTS as usize) {
-            released += self.run(first, device, idle_at)? as u64;
+            match self.run(first, device, idle_at) {
+                Ok(n) => released += n as u64,
+                Err(e) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    return Err(format!(
+                        "{e}; requests whose completion the probe never saw are released \
+                         only when issued again"
+                    ));
+                }
+            }
         }
         Ok(released)
     }
