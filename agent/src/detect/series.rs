@@ -494,7 +494,7 @@ pub(super) mod tests {
         let mut run = Run::new();
         // Windows that scatter beyond sampling noise, as a busy node's do.
         for i in 0..30 {
-            run.step(&window(129 + 2 * (i % 2)));
+            run.step(&window(128 + 4 * (i % 2)));
         }
         // A neighbour's job: four windows ×1.7, alarmed; its own windows do not excuse
         // its later ones while it lasts.
