@@ -1,6 +1,6 @@
 //! The Prometheus endpoint of a running agent, scraped over real HTTP while a loop
 //! device does known I/O: text format well-formed, buckets monotonic, counts equal to
-//! the kernel's. Needs root.
+//! the kernel's, names and units as `promtool check metrics` wants them. Needs root.
 
 use crate::common;
 
@@ -11,9 +11,9 @@ use std::{
     time::Duration,
 };
 
-use common::{LoopDevice, RunningAgent, logged_address};
+use common::{LoopDevice, RunningAgent, deploy::require_debian_tool, logged_address};
 
-fn scrape(addr: &str, accept: &str) -> (String, Vec<u8>) {
+pub(crate) fn scrape(addr: &str, accept: &str) -> (String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).expect("connect to the endpoint");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -31,7 +31,7 @@ fn scrape(addr: &str, accept: &str) -> (String, Vec<u8>) {
 }
 
 /// `name{labels} value` lines of one metric, labels as a map.
-fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+pub(crate) fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -53,9 +53,9 @@ fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
         .collect()
 }
 
-#[test]
-fn scrape_matches_the_kernels_counts() {
-    require_root!();
+/// An agent serving `/metrics` on a free loopback port, its address, and its config
+/// file (which must outlive it).
+pub(crate) fn agent_with_endpoint() -> (RunningAgent, String, tempfile::NamedTempFile) {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         config.path(),
@@ -64,6 +64,13 @@ fn scrape_matches_the_kernels_counts() {
     .unwrap();
     let agent = RunningAgent::with_config(config.path());
     let addr = logged_address(&agent, "Prometheus endpoint on http://");
+    (agent, addr, config)
+}
+
+#[test]
+fn scrape_matches_the_kernels_counts() {
+    require_root!();
+    let (agent, addr, _config) = agent_with_endpoint();
 
     // A device attached after the agent: all its I/O since then is in the agent's
     // cumulative counts (loop devices keep their stat counters across reuse, hence
@@ -79,7 +86,7 @@ fn scrape_matches_the_kernels_counts() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     let text = String::from_utf8(body).unwrap();
-    let name = "nodepulse_block_io_latency_nanoseconds";
+    let name = "nodepulse_block_io_latency_seconds";
     let mut scraped = Vec::new();
     for op in ["read", "write"] {
         let want = after.get(op) - before.get(op);
@@ -123,6 +130,15 @@ fn scrape_matches_the_kernels_counts() {
             "{buckets:?}"
         );
         assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count));
+        // In seconds: a loop device's mean latency is far below a second, and far
+        // above the nanosecond (the unit a missed conversion would leave).
+        let sum = samples(&text, &format!("{name}_sum"))
+            .into_iter()
+            .find(mine)
+            .map(|(_, v)| v)
+            .unwrap();
+        let mean = sum / count;
+        assert!((1e-7..0.1).contains(&mean), "{op} mean {mean} s");
     }
     assert!(
         text.contains("nodepulse_probe_up{probe=\"block\",attach=\"tp_btf\",state=\"up\"} 1"),
@@ -153,4 +169,65 @@ fn scrape_matches_the_kernels_counts() {
             "{op}: scraped {count}, reported {reported:?}"
         );
     }
+}
+
+/// `promtool check metrics` (Prometheus' own linter: names, units, suffixes, help)
+/// has nothing to say about a real agent's text exposition, latency families included.
+#[test]
+fn promtool_finds_nothing_to_complain_about() {
+    require_root!();
+    require_debian_tool("promtool", "prometheus");
+    let (agent, addr, _config) = agent_with_endpoint();
+    let lo = LoopDevice::new(16);
+    lo.dd_read(100, "4k");
+    lo.dd_write(20, "4k", false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no series for {} after 20 s",
+            lo.number
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let (head, body) = scrape(&addr, "text/plain");
+        let text = String::from_utf8(body).unwrap();
+        if head.starts_with("HTTP/1.1 200") && text.contains(&format!("dev=\"{}\"", lo.number)) {
+            break text;
+        }
+    };
+    agent.terminate();
+    for family in [
+        "nodepulse_block_io_latency_seconds",
+        "nodepulse_block_io_size_bytes",
+        "nodepulse_bpf_program_run_time_seconds_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family}:\n{text}"
+        );
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics ({}):\n{said}",
+        out.status
+    );
 }

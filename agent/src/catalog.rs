@@ -52,7 +52,8 @@ pub const RUN_COUNT: SelfMetric = SelfMetric {
 };
 pub const RUN_TIME: SelfMetric = SelfMetric {
     otlp: "nodepulse.bpf.program.run_time",
-    prometheus: "nodepulse_bpf_program_run_time_nanoseconds_total",
+    // Prometheus takes seconds (the exporter divides); OTLP keeps the kernel's ns.
+    prometheus: "nodepulse_bpf_program_run_time_seconds_total",
     kind: Kind::Counter,
     unit: "ns",
     labels: &["probe", "program"],
@@ -190,14 +191,14 @@ pub fn otlp_name(family: &str) -> String {
     format!("nodepulse.{family}")
 }
 
-/// Prometheus name of a family, following the OpenMetrics conventions: the base unit as
-/// a suffix, `_total` on counters. `block.io.latency` → `nodepulse_block_io_latency_nanoseconds`.
+/// Prometheus name of a family, following the Prometheus conventions: the base unit as
+/// a suffix (durations in seconds: the exporter converts nanoseconds), `_total` on
+/// counters. `block.io.latency` → `nodepulse_block_io_latency_seconds`.
 pub fn prometheus_name(family: &str) -> String {
     let (unit, kind) = self::family(family).map_or(("", Kind::Histogram), |f| (f.unit, f.kind));
     let suffix = match unit {
-        "ns" => "_nanoseconds",
+        "ns" | "s" => "_seconds",
         "By" => "_bytes",
-        "s" => "_seconds",
         // Counts of things ({request}, {segment}) carry no unit suffix.
         _ => "",
     };
@@ -243,7 +244,7 @@ mod tests {
     fn names_follow_the_conventions() {
         assert_eq!(
             prometheus_name("block.io.latency"),
-            "nodepulse_block_io_latency_nanoseconds"
+            "nodepulse_block_io_latency_seconds"
         );
         assert_eq!(
             prometheus_name("block.io.size"),
@@ -274,7 +275,7 @@ mod tests {
             );
         }
         let names = prometheus_series_names();
-        assert!(names.contains(&"nodepulse_block_io_latency_nanoseconds_bucket".to_owned()));
+        assert!(names.contains(&"nodepulse_block_io_latency_seconds_bucket".to_owned()));
         assert!(names.contains(&"nodepulse_probe_up".to_owned()));
     }
 }

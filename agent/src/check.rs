@@ -11,7 +11,7 @@ use crate::{
     probes::{
         AttachKind, FAMILIES, Loaded, Setup,
         attach::{Variant, attach_first, unload},
-        module_prog, stats,
+        stats,
     },
 };
 
@@ -377,15 +377,10 @@ fn check_probes(loaded: &mut Loaded) -> Vec<ProbeCheck> {
 }
 
 fn try_attach(loaded: &mut Loaded, variants: &[Variant]) -> Result<(), String> {
-    let modules = std::mem::take(&mut loaded.modules);
-    let (attached, modules) = module_prog::session(modules, || {
-        let attached = attach_first(&mut loaded.ebpf, loaded.btf.as_ref(), variants);
-        for program in &attached.programs {
-            unload(&mut loaded.ebpf, program);
-        }
-        attached
-    });
-    loaded.modules = modules;
+    let attached = attach_first(&mut loaded.ebpf, loaded.btf.as_ref(), variants);
+    for program in &attached.programs {
+        unload(&mut loaded.ebpf, program);
+    }
     match attached.kind {
         Some(_) => Ok(()),
         None => Err(attached

@@ -51,9 +51,9 @@ fn the_dashboard_queries_only_exported_metrics() {
     assert!(alarms, "alarms are shown as annotations");
     // Latency heatmaps from the native histograms per device, VM and cgroup.
     for family in [
-        "nodepulse_block_io_latency_nanoseconds{",
-        "nodepulse_vm_vcpu_wait_nanoseconds{",
-        "nodepulse_cgroup_runqueue_latency_nanoseconds{",
+        "nodepulse_block_io_latency_seconds{",
+        "nodepulse_vm_vcpu_wait_seconds{",
+        "nodepulse_cgroup_runqueue_latency_seconds{",
     ] {
         assert!(
             heatmaps.iter().any(|e| e.contains(family)),

@@ -161,6 +161,45 @@ fn hex_words(words: &[u64]) -> String {
 }
 
 impl Alarm {
+    /// An alarm opening now for `series`, before its first figures: its ids are derived
+    /// from the node, the series and the start, so a restart that restores it keeps them.
+    fn fresh(
+        node: &str,
+        family: &str,
+        labels: &BTreeMap<String, String>,
+        series: &str,
+        start_unix_nano: u64,
+        evidence: Evidence,
+    ) -> Self {
+        let id = hex_words(&[hash(&format!("{node}|{series}|{start_unix_nano}"))]);
+        Self {
+            trace_id: hex_words(&[hash(&format!("{id}/trace")), hash(&format!("{id}/trace/2"))]),
+            span_id: hex_words(&[hash(&format!("{id}/span"))]),
+            id,
+            state: AlarmState::Open,
+            series: series.to_owned(),
+            family: family.to_owned(),
+            labels: labels.clone(),
+            severity: Severity::Minor,
+            confidence: "medium",
+            quantile: "p99",
+            factor: 1.0,
+            peak_factor: 1.0,
+            p_value: 1.0,
+            baseline_ns: BTreeMap::new(),
+            current_ns: BTreeMap::new(),
+            started: rfc3339(start_unix_nano),
+            start_unix_nano,
+            ended: None,
+            end_unix_nano: None,
+            regressed_windows: 0,
+            summary: String::new(),
+            evidence,
+            related: Vec::new(),
+            scalar: None,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         node: &str,
@@ -174,37 +213,12 @@ impl Alarm {
         windows: u32,
         config: &DetectConfig,
     ) -> Self {
-        let id = hex_words(&[hash(&format!("{node}|{series}|{start_unix_nano}"))]);
-        let mut alarm = Self {
-            trace_id: hex_words(&[hash(&format!("{id}/trace")), hash(&format!("{id}/trace/2"))]),
-            span_id: hex_words(&[hash(&format!("{id}/span"))]),
-            id,
-            state: AlarmState::Open,
-            series: series.to_owned(),
-            family: family.to_owned(),
-            labels: labels.clone(),
-            severity: Severity::Minor,
-            confidence: "medium",
-            quantile: evaluation.quantile,
-            factor: 1.0,
-            peak_factor: 1.0,
-            p_value: 1.0,
-            baseline_ns: BTreeMap::new(),
-            current_ns: BTreeMap::new(),
-            started: rfc3339(start_unix_nano),
-            start_unix_nano,
-            ended: None,
-            end_unix_nano: None,
-            regressed_windows: 0,
-            summary: String::new(),
-            evidence: Evidence {
-                baseline: baseline.into(),
-                current: window.clone(),
-                rules: Vec::new(),
-            },
-            related: Vec::new(),
-            scalar: None,
+        let evidence = Evidence {
+            baseline: baseline.into(),
+            current: window.clone(),
+            rules: Vec::new(),
         };
+        let mut alarm = Self::fresh(node, family, labels, series, start_unix_nano, evidence);
         alarm.update(evaluation, window, windows, config);
         alarm.state = AlarmState::Open;
         alarm
@@ -250,37 +264,13 @@ impl Alarm {
         points: u32,
         config: &DetectConfig,
     ) -> Self {
-        let id = hex_words(&[hash(&format!("{node}|{series}|{start_unix_nano}"))]);
-        let mut alarm = Self {
-            trace_id: hex_words(&[hash(&format!("{id}/trace")), hash(&format!("{id}/trace/2"))]),
-            span_id: hex_words(&[hash(&format!("{id}/span"))]),
-            id,
-            state: AlarmState::Open,
-            series: series.to_owned(),
-            family: family.to_owned(),
-            labels: labels.clone(),
-            severity: Severity::Minor,
-            confidence: "medium",
-            quantile: "value",
-            factor: 1.0,
-            peak_factor: 1.0,
-            p_value: 1.0,
-            baseline_ns: BTreeMap::new(),
-            current_ns: BTreeMap::new(),
-            started: rfc3339(start_unix_nano),
-            start_unix_nano,
-            ended: None,
-            end_unix_nano: None,
-            regressed_windows: 0,
-            summary: String::new(),
-            evidence: Evidence {
-                baseline: (&Baseline::default()).into(),
-                current: ExpHistogram::default(),
-                rules: Vec::new(),
-            },
-            related: Vec::new(),
-            scalar: None,
+        let evidence = Evidence {
+            baseline: (&Baseline::default()).into(),
+            current: ExpHistogram::default(),
+            rules: Vec::new(),
         };
+        let mut alarm = Self::fresh(node, family, labels, series, start_unix_nano, evidence);
+        alarm.quantile = "value";
         alarm.update_scalar(figures, points, config);
         alarm.state = AlarmState::Open;
         alarm

@@ -63,6 +63,31 @@ pub struct Btf {
     enumerators: HashMap<String, i64>,
 }
 
+/// The type and string sections of a BTF blob.
+pub(crate) struct Sections<'a> {
+    pub types: &'a [u8],
+    pub strings: &'a [u8],
+}
+
+pub(crate) fn sections(data: &[u8]) -> Result<Sections<'_>, BtfError> {
+    if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
+        return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+    }
+    let hdr_len = u32_at(data, 4)? as usize;
+    let type_off = hdr_len + u32_at(data, 8)? as usize;
+    let type_len = u32_at(data, 12)? as usize;
+    let str_off = hdr_len + u32_at(data, 16)? as usize;
+    let str_len = u32_at(data, 20)? as usize;
+    Ok(Sections {
+        types: data
+            .get(type_off..type_off + type_len)
+            .ok_or(BtfError::Malformed("type section out of bounds"))?,
+        strings: data
+            .get(str_off..str_off + str_len)
+            .ok_or(BtfError::Malformed("string section out of bounds"))?,
+    })
+}
+
 pub(crate) fn u32_at(data: &[u8], off: usize) -> Result<u32, BtfError> {
     data.get(off..off + 4)
         .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
@@ -95,21 +120,11 @@ impl Btf {
     }
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
-            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
-        }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = hdr_len + u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = hdr_len + u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
-        let types_data = data
-            .get(type_off..type_off + type_len)
-            .ok_or(BtfError::Malformed("type section out of bounds"))?;
-        let strings = data
-            .get(str_off..str_off + str_len)
-            .ok_or(BtfError::Malformed("string section out of bounds"))?
-            .to_vec();
+        let Sections {
+            types: types_data,
+            strings,
+        } = sections(data)?;
+        let strings = strings.to_vec();
 
         let mut types = Vec::new();
         let mut enum_values = Vec::new();

@@ -5,7 +5,6 @@
 pub mod attach;
 pub mod batch_read;
 pub mod family;
-pub mod module_prog;
 pub mod outliers;
 pub mod pins;
 pub mod sparse;
@@ -212,8 +211,6 @@ pub struct Probes {
     attribution: Attribution,
     outliers: Option<outliers::Outliers>,
     max_outliers: usize,
-    /// Programs on module tracepoints that nodepulse loaded itself (kvm by tp_btf).
-    modules: module_prog::ModulePrograms,
     /// The pin set when the probes are kept attached across restarts.
     pins: Option<pins::Pins>,
     /// Each family resolved at start, for probes that SIGHUP attaches later.
@@ -252,15 +249,13 @@ impl Probes {
             mut ebpf,
             btf,
             families,
-            modules,
             tracefs,
             tracefs_found,
         } = Loaded::load_with(&setup, pins.as_ref())?;
         let stats = stats::BpfStats::enable();
 
-        let (((probes, statuses), modules), mut pins) = pins::session(pins, || {
-            module_prog::session(modules, || attach_all(&families, &mut ebpf, btf.as_ref()))
-        });
+        let ((probes, statuses), mut pins) =
+            pins::session(pins, || attach_all(&families, &mut ebpf, btf.as_ref()));
         if let Some(pins) = &mut pins {
             log_pins(pins);
         }
@@ -297,7 +292,6 @@ impl Probes {
             ),
             outliers,
             max_outliers: setup.outliers.max_per_interval,
-            modules,
             pins,
             families,
             parked: Vec::new(),
@@ -313,12 +307,8 @@ impl Probes {
     /// while disabled) and a re-enabled one is pinned again.
     pub fn set_enabled(&mut self, config: &ProbesConfig) -> Toggled {
         let pins = self.pins.take();
-        let modules = std::mem::take(&mut self.modules);
-        let ((toggled, modules), pins) = pins::session(pins, || {
-            module_prog::session(modules, || self.toggle(config))
-        });
+        let (toggled, pins) = pins::session(pins, || self.toggle(config));
         self.pins = pins;
-        self.modules = modules;
         // Report order is attach order.
         let order = |p: &dyn Probe| {
             self.statuses
@@ -491,8 +481,7 @@ impl Probes {
             }
             for &program in &probe.attached().programs {
                 let adopted = self.pins.as_ref().and_then(|p| p.program_fd(program));
-                let own = adopted.or_else(|| self.modules.program_fd(program));
-                let read = match own {
+                let read = match adopted {
                     Some(fd) => stats::read_fd(fd, probe.name(), program),
                     None => stats::read(&self.ebpf, probe.name(), program),
                 };
@@ -621,8 +610,6 @@ pub struct Loaded {
     pub btf: Option<aya::Btf>,
     /// Each family resolved against this kernel, in [`FAMILIES`] order.
     pub families: Vec<Box<dyn Resolved>>,
-    /// What loading programs on module tracepoints needs (the maps' fds).
-    pub modules: module_prog::ModulePrograms,
     /// Set when nodepulse mounted tracefs itself (unmounted on drop).
     pub tracefs: Option<tracefs::Mounted>,
     /// Whether tracefs was found (or mounted) at all.
@@ -703,12 +690,10 @@ impl Loaded {
             }
         })?;
         drop(loader);
-        let modules = module_prog::ModulePrograms::new(&ebpf, EBPF_OBJECT);
         Ok(Self {
             ebpf,
             btf,
             families,
-            modules,
             tracefs: mounted,
             tracefs_found,
         })

@@ -1,11 +1,12 @@
 //! Timestamps of the corpora: `YYYY-MM-DD HH:MM:SS[.ffffff]` (or with a `T`), or
 //! Unix seconds.
 
-/// Unix seconds, or None when `text` is neither form.
+/// Unix seconds, or None when `text` is neither form (or names no real time: a year
+/// outside 0–9999, an hour past 23, a number that is not finite).
 pub fn parse_time(text: &str) -> Option<f64> {
     let t = text.trim().trim_matches('"');
     if let Ok(s) = t.parse::<f64>() {
-        return Some(s);
+        return s.is_finite().then_some(s);
     }
     let (date, time) = t.split_once([' ', 'T']).unwrap_or((t, "00:00:00"));
     let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
@@ -15,7 +16,13 @@ pub fn parse_time(text: &str) -> Option<f64> {
     let hour: f64 = h.next()?.parse().ok()?;
     let minute: f64 = h.next().unwrap_or("0").parse().ok()?;
     let second: f64 = h.next().unwrap_or("0").parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    if !(0..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || !(0.0..24.0).contains(&hour)
+        || !(0.0..60.0).contains(&minute)
+        || !(0.0..61.0).contains(&second)
+    {
         return None;
     }
     Some(days_from_civil(y, m, day) as f64 * 86_400.0 + hour * 3600.0 + minute * 60.0 + second)
@@ -46,5 +53,9 @@ mod tests {
         assert_eq!(parse_time("2014-04-10T07:15:00Z"), Some(1_397_114_100.0));
         assert_eq!(parse_time("1397114100"), Some(1_397_114_100.0));
         assert_eq!(parse_time("yesterday"), None);
+        // Found by fuzz_inputs::csv_series: a year that overflowed the day count.
+        assert_eq!(parse_time("202626262626262626-01-01T00:00:01Z"), None);
+        assert_eq!(parse_time("inf"), None);
+        assert_eq!(parse_time("2026-01-01T25:00:00Z"), None);
     }
 }

@@ -4,10 +4,10 @@
 //! native histograms (and the same classic buckets).
 //!
 //! Histograms are exported from the cumulative (since agent start) histograms, because
-//! Prometheus histograms are counters. Values stay in nanoseconds, hence the
-//! `_nanoseconds` suffix: in seconds the bucket bounds would be `2^(k/8) / 1e9`, which is
-//! no longer a bound of the scale-3 layout the kernel counts in, whereas in nanoseconds
-//! every bucket bound is exactly the one Prometheus computes for native schema 3.
+//! Prometheus histograms are counters. Durations are in seconds, as Prometheus users
+//! expect (`_seconds`): a classic bucket's `le` is the kernel's nanosecond bucket edge
+//! divided by 1e9, an exact relabelling (same buckets, same counts). Native histograms
+//! cannot relabel exactly, see [`NATIVE_SECONDS_SHIFT`].
 
 use std::{
     fmt::Write as _,
@@ -58,8 +58,56 @@ enum Value<'a> {
     /// Exact integer, printed as such in the text format.
     Int(u64),
     Float(f64),
-    Histogram(&'a ExpHistogram),
+    Histogram(&'a ExpHistogram, Unit),
 }
+
+/// What a histogram's recorded values are, hence how they are exported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unit {
+    /// Nanoseconds, exported in seconds.
+    Nanoseconds,
+    /// Anything else (bytes, requests), exported as recorded.
+    AsRecorded,
+}
+
+impl Unit {
+    fn of(family: &str) -> Self {
+        if catalog::unit(family) == "ns" {
+            Unit::Nanoseconds
+        } else {
+            Unit::AsRecorded
+        }
+    }
+
+    /// Recorded value `v` in the exported unit.
+    fn export(self, v: f64) -> f64 {
+        match self {
+            Unit::Nanoseconds => v / NS_PER_SECOND,
+            Unit::AsRecorded => v,
+        }
+    }
+
+    /// Native schema-3 bucket index of recorded bucket `k` in the exported unit.
+    fn native_index(self, k: i32) -> i32 {
+        match self {
+            Unit::Nanoseconds => k - NATIVE_SECONDS_SHIFT,
+            Unit::AsRecorded => k,
+        }
+    }
+}
+
+const NS_PER_SECOND: f64 = 1e9;
+
+/// Native histograms in seconds: nanosecond bucket `k` (upper bound `2^(k/8)` ns) is
+/// exported as bucket `k - 239` (upper bound `2^((k-239)/8)` s). Schema-3 edges are
+/// powers of `2^(1/8)` and 1 ns is `2^(-29.897…)` s, not a multiple of 1/8, so no shift
+/// maps nanosecond edges onto second edges; 239 is the nearest (`2^(239/8)` =
+/// 0.9846e9), so every native edge reads 1.56 % above the true one, a sixth of a
+/// bucket's own 9.05 % width. One family name with one unit was preferred to an exact
+/// nanosecond native family beside the classic seconds one (two names for one
+/// quantity, and queries that must divide by 1e9 on one of them). Classic buckets,
+/// sums and OTLP stay exact.
+const NATIVE_SECONDS_SHIFT: i32 = 239;
 
 impl Value<'_> {
     /// The number a counter or gauge carries in the protobuf format.
@@ -67,7 +115,7 @@ impl Value<'_> {
         match self {
             Value::Int(v) => Some(*v as f64),
             Value::Float(v) => Some(*v),
-            Value::Histogram(_) => None,
+            Value::Histogram(..) => None,
         }
     }
 }
@@ -155,7 +203,7 @@ fn histogram_families(series: &[SeriesReport]) -> Vec<Family<'_>> {
     for s in series {
         let sample = Sample {
             labels: series_labels(&s.labels),
-            value: Value::Histogram(&s.cumulative),
+            value: Value::Histogram(&s.cumulative, Unit::of(s.family)),
         };
         push_sample(&mut out, s.family, sample);
     }
@@ -202,7 +250,7 @@ fn self_families(report: &Report) -> Vec<Family<'_>> {
             programs()
                 .map(|(labels, c)| Sample {
                     labels,
-                    value: Value::Int(c.run_time_ns_total),
+                    value: Value::Float(c.run_time_ns_total as f64 / NS_PER_SECOND),
                 })
                 .collect(),
         ),
@@ -249,7 +297,7 @@ fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Vec<(String, String)> {
 /// Help text of a family: the catalogue's description, with its unit.
 fn family_help(family: &str) -> String {
     let unit = match catalog::unit(family) {
-        "ns" => ", in nanoseconds",
+        "ns" => ", in seconds",
         "By" => ", in bytes",
         _ => "",
     };
@@ -266,9 +314,9 @@ fn family_help(family: &str) -> String {
 /// `2^(j/8 - 1)` for j = 0..8: the fractions of a power of two at which schema-3 buckets
 /// end, as the float literals of client_golang's `nativeHistogramBounds[3]`
 /// (prometheus/client_golang prometheus/histogram.go), which Prometheus' own
-/// `getBound` (model/histogram) also uses. Building the classic `le` bounds from the same
-/// literals makes them bit-identical to the bounds Prometheus derives for the native
-/// buckets, where `2f64.powf` could be an ulp off.
+/// `getBound` (model/histogram) also uses. Building the nanosecond edges from the same
+/// literals makes them bit-identical to the native schema-3 bounds, where `2f64.powf`
+/// could be an ulp off; the classic `le` is that edge / 1e9, correctly rounded.
 const SCHEMA3_FRACTIONS: [f64; 8] = [
     0.5,
     0.5452538663326288,
@@ -359,7 +407,9 @@ fn write_family_text(out: &mut String, family: &Family<'_>) {
         match &sample.value {
             Value::Int(v) => write_sample(out, name, &sample.labels, None, &v.to_string()),
             Value::Float(v) => write_sample(out, name, &sample.labels, None, &format_float(*v)),
-            Value::Histogram(h) => write_histogram_text(out, name, &sample.labels, h),
+            Value::Histogram(h, unit) => {
+                write_histogram_text(out, name, &sample.labels, h, *unit);
+            }
         }
     }
 }
@@ -369,10 +419,11 @@ fn write_histogram_text(
     name: &str,
     labels: &[(String, String)],
     h: &ExpHistogram,
+    unit: Unit,
 ) {
     let bucket = format!("{name}_bucket");
     for (le, count) in classic_buckets(h) {
-        let le = format_float(le);
+        let le = format_float(unit.export(le));
         write_sample(out, &bucket, labels, Some(&le), &count.to_string());
     }
     let count = h.count().to_string();
@@ -382,7 +433,10 @@ fn write_histogram_text(
         &format!("{name}_sum"),
         labels,
         None,
-        &h.sum.to_string(),
+        &match unit {
+            Unit::Nanoseconds => format_float(unit.export(h.sum as f64)),
+            Unit::AsRecorded => h.sum.to_string(),
+        },
     );
     write_sample(out, &format!("{name}_count"), labels, None, &count);
 }
@@ -603,7 +657,7 @@ fn metric_proto(kind: Kind, sample: &Sample<'_>) -> proto::Metric {
         ..Default::default()
     };
     match (&sample.value, kind) {
-        (Value::Histogram(h), _) => m.histogram = Some(histogram_proto(h)),
+        (Value::Histogram(h, unit), _) => m.histogram = Some(histogram_proto(h, *unit)),
         (v, Kind::Counter) => m.counter = Some(proto::Counter { value: v.as_f64() }),
         (v, _) => m.gauge = Some(proto::Gauge { value: v.as_f64() }),
     }
@@ -612,22 +666,22 @@ fn metric_proto(kind: Kind, sample: &Sample<'_>) -> proto::Metric {
 
 /// A native histogram at our scale with the classic buckets alongside, so scrapers
 /// with and without native histograms enabled both get a histogram.
-fn histogram_proto(h: &ExpHistogram) -> proto::Histogram {
-    let (positive_span, positive_delta) = native_positive_buckets(h);
+fn histogram_proto(h: &ExpHistogram, unit: Unit) -> proto::Histogram {
+    let (positive_span, positive_delta) = native_positive_buckets(h, unit);
     proto::Histogram {
         sample_count: Some(h.count()),
-        sample_sum: Some(h.sum as f64),
+        sample_sum: Some(unit.export(h.sum as f64)),
         bucket: classic_buckets(h)
             .into_iter()
             .map(|(le, count)| proto::Bucket {
                 cumulative_count: Some(count),
-                upper_bound: Some(le),
+                upper_bound: Some(unit.export(le)),
             })
             .collect(),
         // OTLP scale and Prometheus schema are the same number.
         schema: Some(agent_common::hist::SCALE),
-        // Only exact zeros are in the zero bucket: values are integer nanoseconds and
-        // 1 ns already has a bucket of its own.
+        // Only exact zeros are in the zero bucket: values are integers and 1 (ns)
+        // already has a bucket of its own.
         zero_threshold: Some(0.0),
         zero_count: Some(h.zero_count),
         negative_span: Vec::new(),
@@ -642,13 +696,13 @@ fn histogram_proto(h: &ExpHistogram) -> proto::Histogram {
 /// a delta to the previous bucket's. A histogram with no populated buckets gets one
 /// empty span: without any span, a native histogram with zero threshold 0 would be
 /// taken for a classic one (metrics.proto, `positive_span`).
-fn native_positive_buckets(h: &ExpHistogram) -> (Vec<proto::BucketSpan>, Vec<i64>) {
+fn native_positive_buckets(h: &ExpHistogram, unit: Unit) -> (Vec<proto::BucketSpan>, Vec<i64>) {
     let mut spans: Vec<proto::BucketSpan> = Vec::new();
     let mut deltas = Vec::new();
     let mut next: Option<i32> = None;
     let mut previous_count = 0u64;
     for (otlp, count) in h.buckets() {
-        let k = prometheus_index(otlp);
+        let k = unit.native_index(prometheus_index(otlp));
         match (next, spans.last_mut()) {
             (Some(n), Some(span)) if n == k => span.length = Some(span.length.unwrap_or(0) + 1),
             _ => spans.push(proto::BucketSpan {

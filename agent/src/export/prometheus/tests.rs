@@ -9,7 +9,7 @@ use crate::{aggregate::histogram::bucket_upper, report::sample};
 
 const PROTOBUF_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
 
-const BLOCK: &str = "nodepulse_block_io_latency_nanoseconds";
+const BLOCK: &str = "nodepulse_block_io_latency_seconds";
 
 /// One parsed sample line of the text format.
 #[derive(Debug)]
@@ -198,11 +198,12 @@ fn text_has_monotonic_classic_buckets_from_the_cumulative_histogram() {
     );
     check_classic(&lines, BLOCK, r.series[0].cumulative_count);
     assert_eq!(r.series[0].cumulative_count, 100);
-    assert_eq!(value_of(&lines, &format!("{BLOCK}_sum"), &[]), "9000000");
+    // 9 ms in all, in seconds.
+    assert_eq!(value_of(&lines, &format!("{BLOCK}_sum"), &[]), "0.009");
     let labels = [("device", "loop7"), ("dev", "7:7"), ("op", "read")];
     for (otlp, _) in r.series[0].cumulative.buckets() {
-        // The exact upper bound of each populated bucket is an `le`.
-        let le = format_float(native_upper_bound(otlp + 1));
+        // The upper bound of each populated bucket, in seconds, is an `le`.
+        let le = format_float(native_upper_bound(otlp + 1) / 1e9);
         let with_le: Vec<(&str, &str)> = labels
             .iter()
             .copied()
@@ -212,7 +213,7 @@ fn text_has_monotonic_classic_buckets_from_the_cumulative_histogram() {
     }
     // 90 samples up to the first populated bucket's bound, all 100 by the second's.
     let (first, _) = r.series[0].cumulative.buckets().next().unwrap();
-    let le = format_float(native_upper_bound(first + 1));
+    let le = format_float(native_upper_bound(first + 1) / 1e9);
     let v = value_of(&lines, &format!("{BLOCK}_bucket"), &[("le", le.as_str())]);
     assert_eq!(v, "90");
 }
@@ -224,8 +225,8 @@ fn text_has_the_self_metrics() {
     let v = |name: &str, labels: &[(&str, &str)]| value_of(&lines, name, labels);
     assert_eq!(v("nodepulse_bpf_program_run_count_total", &program), "1000");
     assert_eq!(
-        v("nodepulse_bpf_program_run_time_nanoseconds_total", &program),
-        "40000"
+        v("nodepulse_bpf_program_run_time_seconds_total", &program),
+        "0.00004"
     );
     let up = [("probe", "block"), ("attach", "tp_btf"), ("state", "up")];
     assert_eq!(v("nodepulse_probe_up", &up), "1");
@@ -367,17 +368,25 @@ fn protobuf_carries_native_and_classic_histograms() {
     assert_eq!(h.zero_threshold, Some(0.0));
     assert_eq!(h.zero_count(), 0);
     assert_eq!(h.sample_count(), 100);
-    assert_eq!(h.sample_sum(), 9_000_000.0);
+    assert_eq!(h.sample_sum(), 0.009);
     assert_eq!(h.positive_span.len(), 2, "{:?}", h.positive_span);
     let native = expand_native(&h.positive_span, &h.positive_delta);
-    let expected: Vec<(i32, u64)> = cumulative.buckets().map(|(i, c)| (i + 1, c)).collect();
+    // Shifted into seconds: the same buckets and counts, 239 indexes down.
+    let expected: Vec<(i32, u64)> = cumulative
+        .buckets()
+        .map(|(i, c)| (i + 1 - 239, c))
+        .collect();
     assert_eq!(native, expected);
     let classic: Vec<(f64, u64)> = h
         .bucket
         .iter()
         .map(|b| (b.upper_bound(), b.cumulative_count()))
         .collect();
-    assert_eq!(classic, classic_buckets(cumulative));
+    let in_seconds: Vec<(f64, u64)> = classic_buckets(cumulative)
+        .into_iter()
+        .map(|(le, c)| (le / 1e9, c))
+        .collect();
+    assert_eq!(classic, in_seconds);
 
     let cost = families
         .iter()
@@ -407,7 +416,7 @@ fn native_spans_reconstruct_gappy_histograms() {
         7,
         [(-1, 1), (0, 5), (1, 2), (5, 9), (6, 9), (100, 1), (102, 4)],
     );
-    let p = histogram_proto(&h);
+    let p = histogram_proto(&h, Unit::AsRecorded);
     assert_eq!(p.zero_count(), 7);
     let spans: Vec<(i32, u32)> = p
         .positive_span
@@ -424,7 +433,7 @@ fn native_spans_reconstruct_gappy_histograms() {
 
 #[test]
 fn empty_histogram_is_still_native() {
-    let p = histogram_proto(&ExpHistogram::default());
+    let p = histogram_proto(&ExpHistogram::default(), Unit::AsRecorded);
     assert_eq!(p.sample_count(), 0);
     assert_eq!(
         p.positive_span,
@@ -573,4 +582,20 @@ fn counter_families_carry_their_running_totals() {
         .expect("errors counter");
     assert_eq!(l.labels["error"], "nospc");
     assert_eq!(l.value, "5");
+}
+
+#[test]
+fn native_seconds_edges_read_1_56_percent_high() {
+    // Every shifted native edge is the true edge in seconds times 1e9 / 2^(239/8).
+    let bias = 1e9 / 2f64.powf(239.0 / 8.0);
+    assert!((bias - 1.0156).abs() < 1e-4, "{bias}");
+    for k in [-8, 0, 1, 100, 239, 300] {
+        let exported = native_upper_bound(Unit::Nanoseconds.native_index(k));
+        let truth = native_upper_bound(k) / 1e9;
+        assert!((exported / truth / bias - 1.0).abs() < 1e-12, "{k}");
+    }
+    // Sizes keep their index: bytes are Prometheus' base unit already.
+    assert_eq!(Unit::AsRecorded.native_index(17), 17);
+    assert_eq!(Unit::of("block.io.size"), Unit::AsRecorded);
+    assert_eq!(Unit::of("block.io.latency"), Unit::Nanoseconds);
 }
