@@ -220,6 +220,9 @@ pub struct Score {
     pub injected: Vec<(String, Option<f64>)>,
     /// Alarms opened during injections on series they do not target.
     pub collateral: usize,
+    /// Injections that started before judging began (while the detector learned):
+    /// neither detected nor missed.
+    pub while_learning: usize,
 }
 
 impl Score {
@@ -228,7 +231,9 @@ impl Score {
     }
 }
 
-/// Scores `opened` alarms over a recording spanning `start..end` (unix ns). `settle_s`
+/// Scores `opened` alarms over the judged part of a recording, `start..end` (unix ns:
+/// from the first judged window, so that a longer learning period is not credited with
+/// hours in which no alarm could open). `settle_s`
 /// after each injection still belongs to it (the node recovers); an injection counts
 /// as detected when an alarm on its target opens within `allowed_s` of its start.
 pub fn score(
@@ -254,7 +259,7 @@ pub fn score(
         ..Score::default()
     };
     for o in opened.iter().filter(|o| o.new_alarm) {
-        if !disturbed(o.at) {
+        if o.at >= start && !disturbed(o.at) {
             out.steady_alarms.push(o.clone());
         }
     }
@@ -263,6 +268,10 @@ pub fn score(
             continue;
         };
         if s >= end {
+            continue;
+        }
+        if s < start {
+            out.while_learning += 1;
             continue;
         }
         let on_target = |o: &Opened| o.series.iter().any(|(f, l)| injection.targets(f, l));
@@ -347,6 +356,27 @@ mod tests {
         // 4 h minus two injections of 2 min + 5 min settling.
         assert!((s.steady_hours - (4.0 - 2.0 * 420.0 / 3600.0)).abs() < 1e-9);
         assert!((s.alarms_per_day() - 24.0 / s.steady_hours).abs() < 1e-9);
+    }
+
+    #[test]
+    fn only_judged_time_counts() {
+        let injections = [
+            injection("reader", 3600, 3720),
+            injection("squeeze", 7200, 7320),
+        ];
+        let opened = [
+            at(T0 + 3800 * S, "block.io.latency", &[("device", "loop1")]),
+            at(T0 + 5000 * S, "block.io.latency", &[("device", "loop1")]),
+        ];
+        // Judged from 3650 s: the reader began while learning, its settling time
+        // (until 4020 s) is still disturbed.
+        let start = T0 + 3650 * S;
+        let s = score(&opened, &injections, (start, T0 + 4 * 3600 * S), 300.0, 90.0);
+        assert_eq!(s.while_learning, 1);
+        assert_eq!(s.injected, vec![("squeeze".into(), None)]);
+        assert_eq!(s.steady_alarms.len(), 1);
+        let hours = (4.0 * 3600.0 - 3650.0 - (4020.0 - 3650.0) - 420.0) / 3600.0;
+        assert!((s.steady_hours - hours).abs() < 1e-9, "{}", s.steady_hours);
     }
 
     #[test]
