@@ -79,12 +79,14 @@ fn main() -> anyhow::Result<()> {
         let allowed = args.allowed_windows * args.window;
         let s = soak::score(&opened, &injections, judged, args.settle, allowed);
         let doubled = |i: usize| effects[i].as_ref().is_some_and(|e| e.ratio() >= 2.0);
-        let detected = s.injected.iter().filter(|(_, d)| d.is_some()).count();
-        let doubled_detected = (0..s.injected.len())
-            .filter(|&i| doubled(i) && s.injected[i].1.is_some())
+        let detected = s.injected.iter().filter(|(_, _, d)| d.is_some()).count();
+        let doubled_detected = s
+            .injected
+            .iter()
+            .filter(|(i, _, d)| doubled(*i) && d.is_some())
             .count();
-        let doubled_count = (0..s.injected.len()).filter(|&i| doubled(i)).count();
-        let mut delays: Vec<f64> = s.injected.iter().filter_map(|(_, d)| *d).collect();
+        let doubled_count = s.injected.iter().filter(|(i, _, _)| doubled(*i)).count();
+        let mut delays: Vec<f64> = s.injected.iter().filter_map(|(_, _, d)| *d).collect();
         delays.sort_by(f64::total_cmp);
         let median = delays.get(delays.len() / 2).map_or("-".to_owned(), |d| {
             format!("{d:.0}s/{:.1}w", d / args.window)
@@ -114,7 +116,8 @@ fn main() -> anyhow::Result<()> {
             for a in &s.steady_alarms {
                 println!("  false alarm at {}: {}", rfc3339(a.at), a.summary);
             }
-            for (((kind, delay), i), effect) in s.injected.iter().zip(&injections).zip(&effects) {
+            for (index, kind, delay) in &s.injected {
+                let (i, effect) = (&injections[*index], &effects[*index]);
                 let effect =
                     effect
                         .as_ref()

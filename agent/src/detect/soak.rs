@@ -215,9 +215,9 @@ pub struct Score {
     pub steady_hours: f64,
     /// Alarms opened in that time.
     pub steady_alarms: Vec<Opened>,
-    /// Per injection: kind, and the delay to the first alarm on its target (None:
-    /// missed within the allowed delay).
-    pub injected: Vec<(String, Option<f64>)>,
+    /// Per injection judged (its index in the log, its kind), the delay to the first
+    /// alarm on its target (None: missed within the allowed delay).
+    pub injected: Vec<(usize, String, Option<f64>)>,
     /// Alarms opened during injections on series they do not target.
     pub collateral: usize,
     /// Injections that started before judging began (while the detector learned):
@@ -263,7 +263,7 @@ pub fn score(
             out.steady_alarms.push(o.clone());
         }
     }
-    for injection in injections {
+    for (index, injection) in injections.iter().enumerate() {
         let Some((s, e)) = injection.span() else {
             continue;
         };
@@ -280,7 +280,7 @@ pub fn score(
             .filter(|o| o.at >= s && on_target(o))
             .map(|o| (o.at - s) as f64 / 1e9)
             .find(|&d| d <= allowed_s);
-        out.injected.push((injection.kind.clone(), first));
+        out.injected.push((index, injection.kind.clone(), first));
         out.collateral += opened
             .iter()
             .filter(|o| o.new_alarm && o.at >= s && o.at < e + settle && !on_target(o))
@@ -350,8 +350,8 @@ mod tests {
         ];
         let s = score(&opened, &injections, (T0, T0 + 4 * 3600 * S), 300.0, 90.0);
         assert_eq!(s.steady_alarms.len(), 1);
-        assert_eq!(s.injected[0], ("reader".into(), Some(50.0)));
-        assert_eq!(s.injected[1], ("squeeze".into(), None));
+        assert_eq!(s.injected[0], (0, "reader".into(), Some(50.0)));
+        assert_eq!(s.injected[1], (1, "squeeze".into(), None));
         assert_eq!(s.collateral, 1);
         // 4 h minus two injections of 2 min + 5 min settling.
         assert!((s.steady_hours - (4.0 - 2.0 * 420.0 / 3600.0)).abs() < 1e-9);
@@ -373,7 +373,7 @@ mod tests {
         let start = T0 + 3650 * S;
         let s = score(&opened, &injections, (start, T0 + 4 * 3600 * S), 300.0, 90.0);
         assert_eq!(s.while_learning, 1);
-        assert_eq!(s.injected, vec![("squeeze".into(), None)]);
+        assert_eq!(s.injected, vec![(1, "squeeze".into(), None)]);
         assert_eq!(s.steady_alarms.len(), 1);
         let hours = (4.0 * 3600.0 - 3650.0 - (4020.0 - 3650.0) - 420.0) / 3600.0;
         assert!((s.steady_hours - hours).abs() < 1e-9, "{}", s.steady_hours);
