@@ -371,7 +371,13 @@ mod tests {
         // Judged from 3650 s: the reader began while learning, its settling time
         // (until 4020 s) is still disturbed.
         let start = T0 + 3650 * S;
-        let s = score(&opened, &injections, (start, T0 + 4 * 3600 * S), 300.0, 90.0);
+        let s = score(
+            &opened,
+            &injections,
+            (start, T0 + 4 * 3600 * S),
+            300.0,
+            90.0,
+        );
         assert_eq!(s.while_learning, 1);
         assert_eq!(s.injected, vec![(1, "squeeze".into(), None)]);
         assert_eq!(s.steady_alarms.len(), 1);
