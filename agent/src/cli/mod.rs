@@ -338,7 +338,8 @@ async fn run_agent(
             return ExitCode::FAILURE;
         }
     };
-    let (state, resume) = match open_state(&config, &probes) {
+    let mut probes = probes;
+    let (state, resume) = match open_state(&config, &mut probes) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -372,7 +373,7 @@ async fn run_agent(
 /// `[agent] state_dir` is set.
 fn open_state(
     config: &Config,
-    probes: &Probes,
+    probes: &mut Probes,
 ) -> Result<(Option<StateDir>, Option<Resume>), ExitCode> {
     if config.agent.state_dir.as_os_str().is_empty() {
         return Ok((None, None));
@@ -385,8 +386,14 @@ fn open_state(
         tracing::warn!("{e}; starting afresh");
         None
     });
+    let handover = probes.handover_from().map(str::to_owned);
     let pins = probes.pins().map(|p| (p.name(), p.maps_adopted));
-    let resume = Resume::decide(saved, pins, crate::util::time::unix_nanos());
+    let resume = Resume::decide(
+        saved,
+        pins,
+        handover.as_deref(),
+        crate::util::time::unix_nanos(),
+    );
     Ok((Some(state), Some(resume)))
 }
 

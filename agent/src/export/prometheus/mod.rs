@@ -21,7 +21,7 @@ use http_body_util::Full;
 use hyper::{HeaderMap, Method, Response, StatusCode, header};
 use prost::Message as _;
 
-use super::{Exporter, http};
+use super::{Exporter, Prepared, http};
 use crate::{
     aggregate::ExpHistogram,
     catalog::{self, SelfMetric},
@@ -680,9 +680,7 @@ fn histogram_proto(h: &ExpHistogram, unit: Unit) -> proto::Histogram {
             .collect(),
         // OTLP scale and Prometheus schema are the same number.
         schema: Some(agent_common::hist::SCALE),
-        // Only exact zeros are in the zero bucket: values are integers and 1 (ns)
-        // already has a bucket of its own.
-        zero_threshold: Some(0.0),
+        zero_threshold: Some(NATIVE_ZERO_THRESHOLD),
         zero_count: Some(h.zero_count),
         negative_span: Vec::new(),
         negative_delta: Vec::new(),
@@ -690,6 +688,16 @@ fn histogram_proto(h: &ExpHistogram, unit: Unit) -> proto::Histogram {
         positive_delta,
     }
 }
+
+/// The native zero bucket's threshold, client_golang's default (2^-128): far below
+/// the smallest value recorded (values are integers; 1 ns is 1e-9 s), so the zero
+/// bucket still holds exact zeros only. It is not 0 because a threshold above 0 is
+/// what marks an empty histogram as native for Prometheus 2.42 to 2.46: they take a
+/// histogram as native only when it has bucket deltas, a zero count or a threshold
+/// above 0 (the empty span below counts from 2.47), and decide for a whole family from
+/// its first series, so one idle device served first made every series of its family
+/// classic (docs/architecture.md, Prometheus names).
+const NATIVE_ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39; // 2^-128
 
 /// Spans of consecutive populated buckets (the first span's offset is its starting
 /// index, the others' the number of empty buckets skipped) and each bucket's count as
@@ -847,6 +855,7 @@ fn latest(shared: &Latest) -> Option<Arc<Rendered>> {
 pub struct PrometheusExporter {
     latest: Latest,
     server: http::Server,
+    prepared: Prepared<Arc<Rendered>>,
 }
 
 impl PrometheusExporter {
@@ -864,6 +873,7 @@ impl PrometheusExporter {
             Self {
                 latest: shared,
                 server,
+                prepared: Prepared::default(),
             },
             bound,
         ))
@@ -882,9 +892,17 @@ impl Exporter for PrometheusExporter {
         "prometheus"
     }
 
+    fn prepare(&mut self, report: &Report) {
+        self.prepared
+            .put(report, Arc::new(Rendered::new(report.clone())));
+    }
+
     /// Only replaces the stored report: rendering happens when a scraper asks.
     fn export(&mut self, report: &Report) -> io::Result<()> {
-        let latest = Arc::new(Rendered::new(report.clone()));
+        let latest = match self.prepared.take(report) {
+            Some(latest) => latest,
+            None => Arc::new(Rendered::new(report.clone())),
+        };
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(latest);
         Ok(())
     }

@@ -607,10 +607,16 @@ impl BlockProbe {
     /// Per device number: the requests in flight now, as the probe counts them, and
     /// the cumulative queue depth histogram.
     pub fn read_depths(&self) -> Result<Vec<(u32, u64, ExpHistogram)>, String> {
+        self.read_depths_sweeping(true)
+    }
+
+    /// [`Self::read_depths`]; without `sweep`, nothing is written (a hand-over reads
+    /// copies of the maps, whose in-flight counts are not the live ones).
+    fn read_depths_sweeping(&self, sweep: bool) -> Result<Vec<(u32, u64, ExpHistogram)>, String> {
         let Some(map) = &self.depth else {
             return Ok(Vec::new());
         };
-        if let Some(sweep) = &self.sweep {
+        if let Some(sweep) = self.sweep.as_ref().filter(|_| sweep) {
             // A count below 2^32 is a count; above, a decrement racing an eviction.
             let counted: Vec<u32> = map
                 .iter()
@@ -657,7 +663,9 @@ impl Probe for BlockProbe {
     }
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
-        self.create_series();
+        if !cx.snapshot {
+            self.create_series();
+        }
         let queues = self.times_queues();
         let (readings, known) = self.read_raw_noting_series()?;
         self.known = known;
@@ -685,7 +693,7 @@ impl Probe for BlockProbe {
                 push(FAMILY_SIZE, r.size);
             }
         }
-        for (dev, _, hist) in self.read_depths()? {
+        for (dev, _, hist) in self.read_depths_sweeping(!cx.snapshot)? {
             let device = device_labels(cx, dev);
             let entity = device_entity(cx, dev, &device);
             out.push(Reading {
