@@ -380,9 +380,12 @@ mod tests {
                 (0..40).map(|b| (106 + b + shift, 20 + 40 * (20 - (b - 20).abs()) as u64 / 10)),
             )
         };
-        let mut detector = Detector::new(DetectConfig::default(), "n");
+        let config = DetectConfig::default();
+        // Intervals of 10 s until every default baseline has its windows, with a margin.
+        let steps = (config.baseline_windows as u64 + 5) * config.min_window.as_secs().div_ceil(10);
+        let mut detector = Detector::new(config, "n");
         let mut t = 1_000_000_000_000u64;
-        for step in 0..45 {
+        for step in 0..steps as i32 {
             t += 10_000_000_000;
             let h = interval(step % 3);
             detector.update(
