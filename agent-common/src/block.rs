@@ -251,8 +251,12 @@ pub struct RequestLayout {
     /// 5.15; removed in 5.16 for `request_queue`.`disk`); 0 elsewhere, and then the
     /// disk is read through `rq_q` and `q_disk`. Never 0 when present: `q` comes first.
     pub rq_disk: u32,
+    /// `struct request`.`ref` (`refcount_t` on older kernels, `atomic_t` on newer:
+    /// an `int` either way): 1 from allocation, 0 once the request is freed. 0 when not found
+    /// (never a real offset: `q` comes first); the sweep then cannot run.
+    pub rq_ref: u32,
 }
-plain_data!(RequestLayout, 25 * 4);
+plain_data!(RequestLayout, 26 * 4);
 
 impl RequestLayout {
     /// Placeholder the kernel object is built with; the agent overrides it before load.
@@ -282,6 +286,7 @@ impl RequestLayout {
         kn_id: 0,
         rq_sector: 0,
         rq_disk: 0,
+        rq_ref: 0,
     };
 }
 

@@ -576,20 +576,24 @@ fn take_issued(index: u32, id: u64, dev: Option<u32>, now: u64) -> Issued {
 // ---------------------------------------------------------------------------------------
 
 /// Releases the slots of `dev` in `[first, first + SWEEP_SLOTS)` still `ISSUED` for a
-/// request that is no longer in flight, as the agent finds them when the kernel says
+/// request the kernel has freed since, as the agent finds them when the kernel says
 /// the device is idle. Such a slot is a completion the program never saw: its request
 /// was not issued again since (that would have released it), so nothing else ever
-/// would. Arguments: first slot, device, and the time (ns) the agent found the device
-/// idle; only requests issued before it are looked at, and only those the request
-/// itself says are idle (`MQ_RQ_IDLE`: freed, or allocated again and not yet issued)
-/// are released, so a request in flight, or completing right now, is never touched.
-/// Returns how many were released.
+/// would. Arguments: first slot, device. A request is freed when its reference count
+/// (`rq->ref`, 1 from allocation) is 0: `blk_mq_free_request()` and batched completion
+/// set `MQ_RQ_IDLE` and then drop the last reference. A request being issued holds its
+/// reference from allocation on, so it is never taken for freed, however long it
+/// takes between `block_rq_issue` and being marked in flight; nor is one allocated
+/// again and waiting (plug cache, scheduler), which its next issue or insertion
+/// releases. Returns how many were released.
 #[raw_tracepoint(tracepoint = "block_rq_complete")]
 pub fn block_sweep(ctx: RawTracePointContext) -> i32 {
     let first: u64 = ctx.arg(0);
     let dev: u64 = ctx.arg(1);
-    let idle_at: u64 = ctx.arg(2);
     let l = layout();
+    if l.rq_ref == 0 {
+        return -1;
+    }
     let mut released = 0;
     for k in 0..SWEEP_SLOTS {
         let Some(slot) = slot_at((first as u32).wrapping_add(k)) else {
@@ -598,13 +602,9 @@ pub fn block_sweep(ctx: RawTracePointContext) -> i32 {
         if slot.state != slot_state::ISSUED || slot.dev != dev as u32 || slot.rq == 0 {
             continue;
         }
-        // Our own issue stamp, else the kernel's (0 once the request is allocated
-        // again: it is then no longer the issued one).
-        let issued = match slot.issued_ns {
-            0 => ProbeRead::read::<u64>(slot.rq, l.rq_io_start_time_ns).unwrap_or(u64::MAX),
-            ours => ours,
-        };
-        if issued >= idle_at || ProbeRead::read::<u32>(slot.rq, l.rq_state) != Some(MQ_RQ_IDLE) {
+        let freed = ProbeRead::read::<u32>(slot.rq, l.rq_ref) == Some(0)
+            && ProbeRead::read::<u32>(slot.rq, l.rq_state) == Some(MQ_RQ_IDLE);
+        if !freed {
             continue;
         }
         slot.state = slot_state::EMPTY;

@@ -240,6 +240,8 @@ fn request_layout(
         disk_major: btf.member_offset("gendisk", "major")?,
         disk_first_minor: btf.member_offset("gendisk", "first_minor")?,
         rq_sector: btf.member_offset("request", "__sector")?,
+        // Only the sweep needs it, and it says so when it is missing.
+        rq_ref: btf.member_offset("request", "ref").unwrap_or(0),
         ..RequestLayout::default()
     };
     // The request's disk: `q->disk` since 5.16, `rq->rq_disk` before (5.10, 5.15).
@@ -495,7 +497,12 @@ impl BlockProbe {
         let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
         let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
         let sweep = match attached.kind {
-            Some(kind) if kind != AttachKind::Tracepoint => match sweep::Sweep::load(ebpf) {
+            Some(kind) if kind != AttachKind::Tracepoint => match layouts
+                .request
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|l| sweep::Sweep::load(ebpf, l))
+            {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(
