@@ -17,6 +17,7 @@ mod batch_read;
 mod block_exact;
 mod block_probe;
 mod block_unseen;
+mod capacity;
 mod cli;
 mod deploy_artifacts;
 mod deploy_files;

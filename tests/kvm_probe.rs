@@ -11,7 +11,11 @@ use std::{
     process::{Command, Stdio},
 };
 
-use nodepulse::{aggregate::ExpHistogram, config::Config, probes::Probes};
+use nodepulse::{
+    aggregate::ExpHistogram,
+    config::Config,
+    probes::{Probes, attach::AttachKind},
+};
 
 use common::kvm_guest::guest_process_path;
 
@@ -55,6 +59,12 @@ fn by_reason(probes: &mut Probes, family: &str) -> BTreeMap<String, Series> {
             (reason, (r.hist, r.key.labels))
         })
         .collect()
+}
+
+fn attached_by_btf(probes: &Probes) -> bool {
+    probes.statuses().iter().any(|s| {
+        s.probe == "kvm" && s.attached.as_ref().and_then(|a| a.kind) == Some(AttachKind::TpBtf)
+    })
 }
 
 /// The guest process, alive until released: while it lives, /proc/<pid> names its VM.
@@ -121,6 +131,12 @@ fn exits_to_userspace_are_counted_exactly_per_vm_and_reason() {
     let mut probes = Probes::start(&config).expect("load");
     let kvm = probes.statuses().iter().find(|s| s.probe == "kvm").unwrap();
     assert!(kvm.is_up(), "{kvm:?}");
+    // With BTF, by tp_btf through nodepulse's own loader (probes::module_prog: kvm is
+    // built in here, a module in the kernel matrix's guests).
+    if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        let attached = kvm.attached.as_ref().unwrap();
+        assert_eq!(attached.kind, Some(AttachKind::TpBtf), "{attached:?}");
+    }
 
     let iterations = 500u64;
     let (guest, run) = Guest::run(
@@ -137,6 +153,19 @@ fn exits_to_userspace_are_counted_exactly_per_vm_and_reason() {
     let hlt = run["hlt"].as_u64().unwrap();
     assert_eq!((io, hlt), (iterations, iterations), "the guest's own count");
 
+    // The run-time stats of programs loaded outside aya are read from their own fds.
+    let stats = probes.collect().programs;
+    let ran = |program: &str| {
+        stats
+            .iter()
+            .find(|s| s.program == program)
+            .map_or(0, |s| s.run_count)
+    };
+    for program in ["kvm_run_btf", "kvm_user_exit_btf"] {
+        if attached_by_btf(&probes) {
+            assert!(ran(program) >= iterations, "{program}: {stats:?}");
+        }
+    }
     let runs = by_reason(&mut probes, "kvm.run.duration");
     let handled = by_reason(&mut probes, "kvm.exit.userspace.latency");
     eprintln!(
@@ -214,4 +243,83 @@ fn vcpu_run_queue_wait_is_attributed_to_the_vm() {
         "waited behind the busy loop"
     );
     guest.release();
+}
+
+/// The tp_btf programs nodepulse loads itself follow the probe life cycle: with
+/// `keep_attached` their program and link are pinned, survive the agent, are adopted by
+/// the next start (counting on without being loaded again), and a SIGHUP that disables
+/// the family detaches them and removes their pins.
+#[test]
+fn self_loaded_kvm_programs_are_pinned_adopted_and_detached() {
+    require_root!();
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED: no /dev/kvm on this machine");
+        return;
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("SKIPPED: no kernel BTF, so no tp_btf");
+        return;
+    }
+    let bpffs = common::Bpffs::mount();
+    let mut config = Config::default();
+    config.agent.keep_attached = true;
+    config.agent.bpffs = bpffs.path.clone();
+    config.probes.block.enabled = false;
+    config.probes.sched.enabled = false;
+    config.probes.tcp.enabled = false;
+    let programs = ["kvm_run_btf", "kvm_user_exit_btf"];
+    let pinned = |sub: &str| -> Vec<String> {
+        let root = bpffs.path.join("nodepulse");
+        let mut names: Vec<String> = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .flat_map(|set| {
+                std::fs::read_dir(set.path().join(sub))
+                    .into_iter()
+                    .flatten()
+            })
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("kvm_"))
+            .collect();
+        names.sort();
+        names
+    };
+
+    let first = Probes::start(&config).expect("load");
+    assert!(attached_by_btf(&first), "{:?}", first.statuses());
+    assert_eq!(pinned("links"), ["kvm_run_btf", "kvm_user_exit_btf"]);
+    assert_eq!(pinned("progs"), ["kvm_run_btf", "kvm_user_exit_btf"]);
+    drop(first);
+    // The agent is gone; the pins keep the programs attached.
+    assert_eq!(pinned("links"), ["kvm_run_btf", "kvm_user_exit_btf"]);
+
+    let mut second = Probes::start(&config).expect("load again");
+    assert!(attached_by_btf(&second), "{:?}", second.statuses());
+    let adopted = &second.pins().expect("pins").adopted;
+    for program in programs {
+        assert!(
+            adopted.contains(&program),
+            "{program} not adopted: {adopted:?}"
+        );
+    }
+    let iterations = 50u64;
+    let (guest, run) = Guest::run(None, &["-name", "guest=adopted", "-uuid", UUID], iterations);
+    assert_eq!(run["io"].as_u64(), Some(iterations));
+    let runs = by_reason(&mut second, "kvm.run.duration");
+    assert_eq!(
+        runs["io"].0.count(),
+        iterations,
+        "counted by the adopted programs"
+    );
+    guest.release();
+
+    let mut off = config.probes.clone();
+    off.kvm.enabled = false;
+    let toggled = second.set_enabled(&off);
+    assert_eq!(toggled.detached, ["kvm"]);
+    assert!(pinned("links").is_empty(), "{:?}", pinned("links"));
+    assert!(pinned("progs").is_empty(), "{:?}", pinned("progs"));
+    drop(second);
 }

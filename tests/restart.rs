@@ -488,41 +488,43 @@ fn twenty_kills_keep_every_count_the_start_time_and_the_open_alarm() {
 }
 
 #[test]
-fn another_layout_replaces_the_pins_and_says_what_it_reset() {
+fn another_layout_with_the_same_maps_carries_every_count() {
     require_root!();
     let env = Env::new();
     let device = LoopDevice::new(64);
     let agent = Agent::start(&env.config());
+    let start = env.saved_start();
     let (_, _) = agent.stop(libc::SIGTERM);
     let old = env.pin_sets();
     assert_eq!(old.len(), 1, "{old:?}");
+    // Read while no agent runs: the old programs count them.
+    let before = device.stat();
+    device.dd_read(300, "4k");
 
-    // The same version with other program globals: another layout, as an upgrade
-    // whose maps changed would be.
+    // The same version with other program globals: another layout, the same maps.
     let other = env.write_config("other.toml", "[probes.block]\nkernel_timestamps = false\n");
     let mut agent = Agent::start(&other);
     let new = env.pin_sets();
     assert_eq!(new.len(), 1, "the old set is removed: {new:?}");
     assert_ne!(new, old);
-    let before = device.stat();
     device.dd_read(1000, "4k");
     let kernel = device.stat().read - before.read;
     agent.wait_reports(2);
     let (reports, log) = agent.stop(libc::SIGTERM);
-    assert!(
-        log.contains("pins of another version or map layout found"),
-        "{log}"
-    );
-    assert!(
-        log.contains("Reset: every cumulative series starts from zero"),
-        "{log}"
-    );
-    assert!(log.contains("the kernel maps were replaced"), "{log}");
+    for said in [
+        "pins of another version or map layout found",
+        "counts continue across the switch of pin sets",
+        "old pins removed, their programs detached",
+    ] {
+        assert!(log.contains(said), "the log says `{said}`: {log}");
+    }
+    assert!(!log.contains("map reset at the upgrade"), "{log}");
+    assert_eq!(env.saved_start(), start, "the series go on");
     let got = reads_of(&reports, &device.number);
     assert_eq!(
         got.samples + got.unrecorded,
         kernel,
-        "counted once, by the new programs only"
+        "the reads of the gap (old programs) and after (new ones), each once"
     );
 
     // Cleanup detaches everything and forgets the state.
@@ -546,21 +548,43 @@ fn upgraded_agent() -> std::process::Command {
     std::process::Command::new(exe)
 }
 
+/// Upgrade to a build whose `BLOCK_ERRORS` changed meaning, and back, under fio:
+/// every read once across both switches and the gaps, one start time, the changed
+/// map reset and named.
 #[test]
-fn an_upgrade_to_a_build_with_another_map_layout_replaces_the_programs() {
+fn an_upgrade_and_a_downgrade_under_fio_keep_every_count_and_reset_the_changed_map() {
     require_root!();
+    require_tool("fio");
     let env = Env::new();
-    let device = LoopDevice::new(64);
-    let old = Agent::start(&env.config());
-    let old_start = env.saved_start();
+    let collector = OtlpServer::start_grpc("127.0.0.1:0".parse().unwrap());
+    let config = env.write_config(
+        "c.toml",
+        &format!(
+            "[otlp]\nenabled = true\nendpoint = \"{}\"\n",
+            collector.endpoint()
+        ),
+    );
+    let device = LoopDevice::new(256);
+    let mut old = Agent::start(&config);
+    let start = env.saved_start();
     let old_sets = env.pin_sets();
     let old_links = env.pinned_links();
-    let (_, _) = old.stop(libc::SIGTERM);
     assert_eq!(old_sets.len(), 1, "{old_sets:?}");
+    let before = device.stat();
+    let fio = device.fio(&[
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=4",
+        "--rate_iops=2000",
+        "--time_based",
+        "--runtime=14",
+    ]);
+    old.wait_reports(2);
+    let (mut reports, _) = old.stop(libc::SIGTERM);
     // While no agent runs the old programs count on, into the old maps.
-    device.dd_read(200, "4k");
+    std::thread::sleep(Duration::from_millis(500));
 
-    let mut new = Agent::start_with(upgraded_agent(), &env.config());
+    let mut new = Agent::start_with(upgraded_agent(), &config);
     let new_sets = env.pin_sets();
     assert_eq!(new_sets.len(), 1, "the old set is removed: {new_sets:?}");
     assert_ne!(new_sets, old_sets, "another object is another layout");
@@ -569,41 +593,55 @@ fn an_upgrade_to_a_build_with_another_map_layout_replaces_the_programs() {
         old_links,
         "the same programs, attached anew from the new object"
     );
-    let before = device.stat();
-    device.dd_read(1000, "4k");
-    let kernel = device.stat().read - before.read;
-    new.wait_reports(2);
-    let (reports, log) = new.stop(libc::SIGTERM);
-    for said in [
-        "pins of another version or map layout found",
-        "Reset: every cumulative series starts from zero",
-        "the kernel maps were replaced",
-        "old pins removed, their programs detached",
-    ] {
-        assert!(log.contains(said), "the log says `{said}`: {log}");
-    }
-    assert_ne!(
-        env.saved_start(),
-        old_start,
-        "a reset starts the series anew"
-    );
-    let got = reads_of(&reports, &device.number);
-    assert_eq!(
-        got.samples + got.unrecorded,
-        kernel,
-        "counted once, by the new programs only"
-    );
-    assert_eq!(
-        got.last_cumulative + got.last_unrecorded_total,
-        kernel,
-        "the new maps start from zero: the old programs' counts are not mixed in"
-    );
+    new.wait_reports(3);
+    let (r, up) = new.stop(libc::SIGTERM);
+    reports.extend(r);
+    std::thread::sleep(Duration::from_millis(500));
 
-    // And back (a downgrade): the same again, the normal build's layout.
-    let back = Agent::start(&env.config());
+    // And back (a downgrade): the normal build's layout again.
+    let mut back = Agent::start(&config);
     assert_eq!(env.pin_sets(), old_sets, "the normal build's layout again");
-    let (_, log) = back.stop(libc::SIGTERM);
-    assert!(log.contains("Reset: every cumulative series"), "{log}");
+    fio.finish();
+    device.wait_idle();
+    back.wait_reports(2);
+    let (r, down) = back.stop(libc::SIGTERM);
+    reports.extend(r);
+    let kernel = device.stat().read - before.read;
+    let got = reads_of(&reports, &device.number);
+    eprintln!(
+        "upgrade and downgrade under fio: sysfs {kernel} reads; reported {} + {} \
+         unrecorded; last cumulative {} + {}",
+        got.samples, got.unrecorded, got.last_cumulative, got.last_unrecorded_total
+    );
+    for (switch, log) in [("upgrade", &up), ("downgrade", &down)] {
+        for line in log.lines().filter(|l| {
+            l.contains("counts continue") || l.contains("map reset") || l.contains("attempt")
+        }) {
+            eprintln!("{switch}: {line}");
+        }
+        for said in [
+            "pins of another version or map layout found",
+            "counts continue across the switch of pin sets",
+            "old pins removed, their programs detached",
+        ] {
+            assert!(log.contains(said), "the {switch} log says `{said}`: {log}");
+        }
+        let reset = log
+            .lines()
+            .find(|l| l.contains("map reset at the upgrade"))
+            .unwrap_or_else(|| panic!("the {switch} names the reset map: {log}"));
+        assert!(
+            reset.contains("BLOCK_ERRORS") && reset.contains("fingerprint differs"),
+            "{reset}"
+        );
+        assert_eq!(
+            log.matches("map reset at the upgrade").count(),
+            1,
+            "only the changed map is reset: {log}"
+        );
+    }
+    assert_eq!(env.saved_start(), start, "one start time throughout");
+    assert_continuous(&got, kernel, &collector, start);
 }
 
 #[test]

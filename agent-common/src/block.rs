@@ -100,8 +100,19 @@ pub struct DeviceDepth {
     /// Completions the program saw without an issue record (in flight before attach,
     /// or the issue program did not run).
     pub completions_unmatched: u64,
+    /// Nanoseconds (kernel monotonic clock) the device had at least one request
+    /// started and not completed, up to the start of the current busy period: the
+    /// probe's own io_ticks, with the kernel's definition (a request counts from when
+    /// the kernel started it, before any plug or scheduler queue).
+    pub busy_ns: u64,
+    /// When the current busy period began; meaningful while `in_flight` is non-zero.
+    pub busy_since_ns: u64,
+    /// When the program last saw a request of the device complete: where a busy period
+    /// ends when the count only reaches 0 by releasing requests whose completions the
+    /// program never saw (their true end is unknown, and no earlier than this).
+    pub last_done_ns: u64,
 }
-plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 2 * 8);
+plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 5 * 8);
 
 impl DeviceDepth {
     pub const ZERO: Self = Self {
@@ -109,6 +120,9 @@ impl DeviceDepth {
         depth: DepthHistogram::ZERO,
         completions_unseen: 0,
         completions_unmatched: 0,
+        busy_ns: 0,
+        busy_since_ns: 0,
+        last_done_ns: 0,
     };
 }
 
@@ -237,8 +251,12 @@ pub struct RequestLayout {
     /// 5.15; removed in 5.16 for `request_queue`.`disk`); 0 elsewhere, and then the
     /// disk is read through `rq_q` and `q_disk`. Never 0 when present: `q` comes first.
     pub rq_disk: u32,
+    /// `struct request`.`ref` (`refcount_t` on older kernels, `atomic_t` on newer:
+    /// an `int` either way): 1 from allocation, 0 once the request is freed. 0 when not found
+    /// (never a real offset: `q` comes first); the sweep then cannot run.
+    pub rq_ref: u32,
 }
-plain_data!(RequestLayout, 25 * 4);
+plain_data!(RequestLayout, 26 * 4);
 
 impl RequestLayout {
     /// Placeholder the kernel object is built with; the agent overrides it before load.
@@ -268,6 +286,7 @@ impl RequestLayout {
         kn_id: 0,
         rq_sector: 0,
         rq_disk: 0,
+        rq_ref: 0,
     };
 }
 

@@ -194,9 +194,10 @@ fn kernel_stamp<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
 // ---------------------------------------------------------------------------------------
 
 /// One more request in flight on `dev`, and the count including it (and any other
-/// CPU's concurrent change) recorded as that issue's queue depth.
+/// CPU's concurrent change) recorded as that issue's queue depth. `started_ns`: when
+/// the kernel started the request (0 unknown), where a busy period it opens begins.
 #[inline(always)]
-fn depth_up(dev: u32) {
+fn depth_up(dev: u32, started_ns: u64) {
     let d = match BLOCK_DEPTH.get_ptr_mut(dev) {
         Some(p) => p,
         None => {
@@ -216,6 +217,26 @@ fn depth_up(dev: u32) {
     // `add_window_shared`), so no plain write races.
     let d = unsafe { &mut *d };
     atomic_add(&mut d.in_flight, 1);
+    // SAFETY: a reference, so valid and aligned; volatile, so read after the add.
+    if unsafe { core::ptr::read_volatile(&d.in_flight) } == 1 {
+        // A busy period begins, as the kernel's io_ticks counts it: when the request
+        // started (before plugging and the scheduler, where it can wait long under CPU
+        // contention), but not before the last completion, which ended the previous
+        // period. Racing with a completion that ends another on a different CPU can
+        // misplace a few hundred nanoseconds, never more.
+        let now = now_ns();
+        // SAFETY: as above; an aligned word, never torn.
+        let done = unsafe { core::ptr::read_volatile(&d.last_done_ns) };
+        let mut since = if started_ns != 0 && started_ns < now {
+            started_ns
+        } else {
+            now
+        };
+        if since < done && done <= now {
+            since = done;
+        }
+        d.busy_since_ns = since;
+    }
     record_depth(d);
 }
 
@@ -249,13 +270,58 @@ fn device_drop(dev: u32, counter: u32) {
     }
 }
 
-/// One request fewer in flight on `dev` (it was counted by [`depth_up`]).
+/// One request fewer in flight on `dev` (it was counted by [`depth_up`]): it completed
+/// (or was requeued) at `now`, as the program saw.
 #[inline(always)]
-fn depth_down(dev: u32) {
+fn depth_down(dev: u32, now: u64) {
     if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
-        // SAFETY: a live value of a preallocated map (see `depth_up`); only the field's
-        // address is taken, for an atomic add.
-        atomic_add(unsafe { &mut (*d).in_flight }, u64::MAX);
+        // SAFETY: a live value of a preallocated map (see `depth_up`); an aligned word,
+        // never torn; racing CPUs leave one of their own completion times.
+        unsafe { core::ptr::write_volatile(&mut (*d).last_done_ns, now) };
+        leave(d, |_| now);
+    }
+}
+
+/// One request fewer in flight on `dev` whose completion the program never saw (it was
+/// issued at `issued_ns`): if that empties the device, the busy period ends at the last
+/// completion seen or at this request's issue, whichever is later. Ending it now would
+/// count as busy all the idle time since the lost completion (up to a whole interval,
+/// when the sweep releases it); ending it there misses at most the lost request's own
+/// device time.
+#[inline(always)]
+fn depth_release(dev: u32, issued_ns: u64) {
+    if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        leave(d, |d| {
+            // SAFETY: a live value (see `depth_up`); an aligned word, never torn.
+            let done = unsafe { core::ptr::read_volatile(&(*d).last_done_ns) };
+            let end = if done > issued_ns { done } else { issued_ns };
+            let now = now_ns();
+            if end > now { now } else { end }
+        });
+    }
+}
+
+/// Takes one request off `d`'s count; when none is left the busy period ends at
+/// `end(d)` (the kernel's io_ticks, in nanoseconds).
+#[inline(always)]
+fn leave(d: *mut DeviceDepth, end: impl FnOnce(*mut DeviceDepth) -> u64) {
+    // SAFETY: a live value of a preallocated map (see `depth_up`); only the field's
+    // address is taken, for an atomic add.
+    atomic_add(unsafe { &mut (*d).in_flight }, u64::MAX);
+    // SAFETY: the same live value; the fields are aligned words (never torn), read
+    // after the add; the busy time itself only grows by atomic adds.
+    let (left, since) = unsafe {
+        (
+            core::ptr::read_volatile(&(*d).in_flight),
+            core::ptr::read_volatile(&(*d).busy_since_ns),
+        )
+    };
+    if left == 0 {
+        let end = end(d);
+        if since != 0 && end > since {
+            // SAFETY: as above, an atomic add to a field of the live value.
+            atomic_add(unsafe { &mut (*d).busy_ns }, end - since);
+        }
     }
 }
 
@@ -347,7 +413,7 @@ fn claim(slot: &mut InflightSlot, id: u64, dev: Option<u32>) {
         return;
     }
     if slot.state == slot_state::ISSUED {
-        depth_down(slot.dev);
+        depth_release(slot.dev, slot.issued_ns);
         count(counters::BLOCK_SLOT_COLLISION);
     } else {
         count(counters::BLOCK_INSERT_EVICTED);
@@ -365,7 +431,7 @@ fn on_insert(index: u32, id: u64) {
         // issue, the kernel completed it without running the completion program (a
         // requeue is far rarer than a completion). It is no longer in flight.
         device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
-        depth_down(slot.dev);
+        depth_release(slot.dev, slot.issued_ns);
     } else {
         claim(slot, id, None);
     }
@@ -404,21 +470,19 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     if same && slot.state == slot_state::ISSUED {
         // Issued again with neither completion nor requeue seen: the kernel completed
         // the previous issue without running the completion program (it skips BPF
-        // programs in some contexts without counting a recursion miss). Still counted
-        // once in flight; the lost completion is counted on its device.
+        // programs in some contexts without counting a recursion miss). The lost
+        // completion is counted on its device, and the previous issue leaves the count
+        // (ending a busy period it alone kept open) before this one enters it.
         device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
-        if let Some(d) = BLOCK_DEPTH.get_ptr_mut(i.dev) {
-            // SAFETY: a live value of a preallocated map, shared with other CPUs only
-            // through atomic adds (see `depth_up`).
-            record_depth(unsafe { &mut *d });
-        }
+        depth_release(slot.dev, slot.issued_ns);
+        depth_up(i.dev, i.allocated_ns);
     } else {
         if same && slot.state == slot_state::INSERTED && slot.inserted_ns >= i.allocated_ns {
             inserted_ns = slot.inserted_ns;
         } else {
             claim(slot, id, dev);
         }
-        depth_up(i.dev);
+        depth_up(i.dev, i.allocated_ns);
     }
     slot.inserted_ns = inserted_ns;
     // The kernel's stamp comes from the submitter's plug-cached clock when it
@@ -446,7 +510,7 @@ fn on_requeue(index: u32, id: u64) {
         return;
     };
     if slot.state == slot_state::ISSUED {
-        depth_down(slot.dev);
+        depth_down(slot.dev, now_ns());
         slot.state = slot_state::EMPTY;
         slot.id = 0;
     }
@@ -480,7 +544,7 @@ const NOT_ISSUED: Issued = Issued {
 /// Takes a completing request out of the table; `found` when it was issued (and
 /// counted in flight, which this undoes).
 #[inline(always)]
-fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Issued {
+fn take_issued(index: u32, id: u64, dev: Option<u32>, now: u64) -> Issued {
     let Some(slot) = find(index, id, dev) else {
         return NOT_ISSUED;
     };
@@ -503,7 +567,7 @@ fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Issued {
     if !issued {
         return NOT_ISSUED;
     }
-    depth_down(out.key.dev);
+    depth_down(out.key.dev, now);
     out
 }
 
@@ -512,20 +576,24 @@ fn take_issued(index: u32, id: u64, dev: Option<u32>) -> Issued {
 // ---------------------------------------------------------------------------------------
 
 /// Releases the slots of `dev` in `[first, first + SWEEP_SLOTS)` still `ISSUED` for a
-/// request that is no longer in flight, as the agent finds them when the kernel says
+/// request the kernel has freed since, as the agent finds them when the kernel says
 /// the device is idle. Such a slot is a completion the program never saw: its request
 /// was not issued again since (that would have released it), so nothing else ever
-/// would. Arguments: first slot, device, and the time (ns) the agent found the device
-/// idle; only requests issued before it are looked at, and only those the request
-/// itself says are idle (`MQ_RQ_IDLE`: freed, or allocated again and not yet issued)
-/// are released, so a request in flight, or completing right now, is never touched.
-/// Returns how many were released.
+/// would. Arguments: first slot, device. A request is freed when its reference count
+/// (`rq->ref`, 1 from allocation) is 0: `blk_mq_free_request()` and batched completion
+/// set `MQ_RQ_IDLE` and then drop the last reference. A request being issued holds its
+/// reference from allocation on, so it is never taken for freed, however long it
+/// takes between `block_rq_issue` and being marked in flight; nor is one allocated
+/// again and waiting (plug cache, scheduler), which its next issue or insertion
+/// releases. Returns how many were released.
 #[raw_tracepoint(tracepoint = "block_rq_complete")]
 pub fn block_sweep(ctx: RawTracePointContext) -> i32 {
     let first: u64 = ctx.arg(0);
     let dev: u64 = ctx.arg(1);
-    let idle_at: u64 = ctx.arg(2);
     let l = layout();
+    if l.rq_ref == 0 {
+        return -1;
+    }
     let mut released = 0;
     for k in 0..SWEEP_SLOTS {
         let Some(slot) = slot_at((first as u32).wrapping_add(k)) else {
@@ -534,18 +602,14 @@ pub fn block_sweep(ctx: RawTracePointContext) -> i32 {
         if slot.state != slot_state::ISSUED || slot.dev != dev as u32 || slot.rq == 0 {
             continue;
         }
-        // Our own issue stamp, else the kernel's (0 once the request is allocated
-        // again: it is then no longer the issued one).
-        let issued = match slot.issued_ns {
-            0 => ProbeRead::read::<u64>(slot.rq, l.rq_io_start_time_ns).unwrap_or(u64::MAX),
-            ours => ours,
-        };
-        if issued >= idle_at || ProbeRead::read::<u32>(slot.rq, l.rq_state) != Some(MQ_RQ_IDLE) {
+        let freed = ProbeRead::read::<u32>(slot.rq, l.rq_ref) == Some(0)
+            && ProbeRead::read::<u32>(slot.rq, l.rq_state) == Some(MQ_RQ_IDLE);
+        if !freed {
             continue;
         }
         slot.state = slot_state::EMPTY;
         slot.id = 0;
-        depth_down(slot.dev);
+        depth_release(slot.dev, issued);
         device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
         released += 1;
     }
@@ -662,7 +726,7 @@ fn complete_request<R: KernelRead>(rq: u64, id: u64, status: u32, nr_bytes: u32)
         return;
     }
     let now = now_ns();
-    let i = take_issued(inflight_slot(id, 0), id, None);
+    let i = take_issued(inflight_slot(id, 0), id, None, now);
     if status != 0 {
         if i.found {
             count_error(i.key.dev, i.key.op, status);
@@ -975,7 +1039,7 @@ pub fn block_rq_complete_tp(ctx: TracePointContext) -> i32 {
             // same for every status of one errno.
             count_error(dev, op, (-status) as u32 | 0x100);
         }
-        let i = take_issued(inflight_slot(sector, dev), sector, Some(dev));
+        let i = take_issued(inflight_slot(sector, dev), sector, Some(dev), now);
         if i.found && i.issued_ns != 0 && now >= i.issued_ns {
             record_request::<ProbeRead>(None, &i.key, 0, now - i.issued_ns, None);
         } else {

@@ -11,7 +11,7 @@ use crate::{
     probes::{
         AttachKind, FAMILIES, Loaded, Setup,
         attach::{Variant, attach_first, unload},
-        stats,
+        module_prog, stats,
     },
 };
 
@@ -377,10 +377,15 @@ fn check_probes(loaded: &mut Loaded) -> Vec<ProbeCheck> {
 }
 
 fn try_attach(loaded: &mut Loaded, variants: &[Variant]) -> Result<(), String> {
-    let attached = attach_first(&mut loaded.ebpf, loaded.btf.as_ref(), variants);
-    for program in &attached.programs {
-        unload(&mut loaded.ebpf, program);
-    }
+    let modules = std::mem::take(&mut loaded.modules);
+    let (attached, modules) = module_prog::session(modules, || {
+        let attached = attach_first(&mut loaded.ebpf, loaded.btf.as_ref(), variants);
+        for program in &attached.programs {
+            unload(&mut loaded.ebpf, program);
+        }
+        attached
+    });
+    loaded.modules = modules;
     match attached.kind {
         Some(_) => Ok(()),
         None => Err(attached

@@ -18,6 +18,7 @@ use crate::{
     actions::ActionsConfig,
     aggregate::budget::LimitsConfig,
     attribution::AttributionConfig,
+    capacity::CapacityConfig,
     detect::DetectConfig,
     export::{
         console::{ConsoleConfig, ConsoleFormat},
@@ -44,6 +45,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub detect: DetectConfig,
     pub actions: ActionsConfig,
+    pub capacity: CapacityConfig,
     pub view: crate::view::live::ViewConfig,
 }
 
@@ -380,6 +382,7 @@ impl Config {
         }
         self.detect.validate()?;
         self.actions.validate()?;
+        self.capacity.validate()?;
         let limits = [
             ("limits.max_devices", self.limits.max_devices),
             ("limits.max_cgroups", self.limits.max_cgroups),

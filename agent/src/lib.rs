@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod aggregate;
 pub mod attribution;
+pub mod capacity;
 pub mod catalog;
 pub mod check;
 pub mod cli;

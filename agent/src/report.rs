@@ -39,6 +39,9 @@ pub struct Report {
     pub learning: Vec<String>,
     /// Action runs that finished (or were skipped) since the previous report.
     pub actions: Vec<ActionRun>,
+    /// Utilisation and saturation signals, when `capacity.enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::capacity::CapacityReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -351,6 +354,7 @@ pub(crate) fn sample() -> Report {
         alarms: vec![],
         alarms_open: 0,
         learning: Vec::new(),
+        capacity: None,
         actions: vec![],
     }
 }

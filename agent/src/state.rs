@@ -65,6 +65,9 @@ pub struct Saved {
     pub readings: SavedReadings,
     /// Drop counters' last totals, by name.
     pub drops: BTreeMap<String, u64>,
+    /// Drop counters continued from an older pin set: (base, offset), by name.
+    #[serde(default)]
+    pub drops_carried: BTreeMap<String, (u64, u64)>,
     /// Programs' last run-time totals, by name.
     pub programs: BTreeMap<String, SavedProgram>,
     /// The detector's state (`crate::detect::snapshot`).
@@ -203,14 +206,24 @@ pub struct Resume {
     pub start_unix_nano: u64,
     /// The previous run's state; its readings only when the counts continue.
     pub saved: Option<Saved>,
-    /// Whether the kernel's counts continue from the previous run (same pin set).
+    /// Whether the kernel's counts continue from the previous run (same pin set, or
+    /// an older one whose counts this start read and carries).
     pub counts_continue: bool,
+    /// The counts continue across a switch of pin sets: the carry still has to be
+    /// applied (`crate::probes::handover`).
+    pub handed_over: bool,
 }
 
 impl Resume {
     /// Decides from the saved state and this start's pin set (`name`, and whether its
-    /// maps were found pinned), saying why in the log.
-    pub fn decide(saved: Option<Saved>, pins: Option<(&str, bool)>, now: u64) -> Self {
+    /// maps were found pinned) and the older set this start read at the switch, if any
+    /// (`handed_over_from`), saying why in the log.
+    pub fn decide(
+        saved: Option<Saved>,
+        pins: Option<(&str, bool)>,
+        handed_over_from: Option<&str>,
+        now: u64,
+    ) -> Self {
         let Some(saved) = saved else {
             if let Some((name, true)) = pins {
                 tracing::warn!(
@@ -222,6 +235,7 @@ impl Resume {
                 start_unix_nano: now,
                 saved: None,
                 counts_continue: false,
+                handed_over: false,
             };
         };
         let how = if saved.clean_exit {
@@ -235,13 +249,20 @@ impl Resume {
             saved = %crate::util::time::rfc3339(saved.saved_unix_nano),
             "previous run {how}"
         );
+        let mut handed_over = false;
         let continues = match (pins, saved.pins.as_deref()) {
             (Some((now_pins, true)), Some(then)) if now_pins == then => true,
+            (Some(_), Some(then)) if handed_over_from == Some(then) => {
+                handed_over = true;
+                true
+            }
             (Some((now_pins, _)), Some(then)) => {
                 tracing::warn!(
                     previous = then,
                     now = now_pins,
-                    "the kernel maps were replaced (another version or layout): cumulative                      series start again with a new start time"
+                    "the kernel maps were replaced (another version or layout) and the \
+                     previous run's maps were not read at the switch: cumulative series \
+                     start again with a new start time"
                 );
                 false
             }
@@ -256,6 +277,7 @@ impl Resume {
         if !continues {
             saved.readings = SavedReadings::default();
             saved.drops.clear();
+            saved.drops_carried.clear();
             saved.programs.clear();
         }
         Self {
@@ -266,6 +288,7 @@ impl Resume {
             },
             saved: Some(saved),
             counts_continue: continues,
+            handed_over,
         }
     }
 }
@@ -304,6 +327,7 @@ mod tests {
             clean_exit: true,
             readings: SavedReadings::default(),
             drops: BTreeMap::from([("block_series_map_full".into(), 3)]),
+            drops_carried: BTreeMap::new(),
             programs: BTreeMap::new(),
             detector: None,
         }

@@ -10,5 +10,5 @@ pub use histogram::ExpHistogram;
 pub use identity::{Entity, EntityState};
 pub use series::{
     Collected, CounterDelta, Delta, IntervalCounter, IntervalSeries, SeriesKey, TrackedReading,
-    counter_delta,
+    carried_total, carry_totals, counter_delta,
 };

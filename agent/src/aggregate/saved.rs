@@ -47,10 +47,36 @@ pub struct SavedCounter {
     pub total: u64,
 }
 
+/// A histogram series continued from an older pin set's map (see
+/// `crate::probes::handover`): reported as `offset` plus what the map counted beyond
+/// `base`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedCarried {
+    pub family: String,
+    pub entity: Option<Entity>,
+    pub labels: SavedLabels,
+    pub base: ExpHistogram,
+    pub offset: ExpHistogram,
+}
+
+/// A counter series continued from an older pin set's map.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedCarriedCounter {
+    pub family: String,
+    pub labels: SavedLabels,
+    pub base: u64,
+    pub offset: u64,
+}
+
 /// Everything the interval deltas are computed against.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SavedReadings {
     pub histograms: Vec<SavedReading>,
     pub identities: Vec<SavedIdentity>,
     pub counters: Vec<SavedCounter>,
+    /// Series continued across an upgrade (absent in states of earlier versions).
+    #[serde(default)]
+    pub carried: Vec<SavedCarried>,
+    #[serde(default)]
+    pub carried_counters: Vec<SavedCarriedCounter>,
 }

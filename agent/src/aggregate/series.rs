@@ -7,7 +7,9 @@ use serde::Serialize;
 use super::{
     ExpHistogram,
     identity::{Entity, EntityState, Identities},
-    saved::{SavedCounter, SavedReading, load_labels, save_labels},
+    saved::{
+        SavedCarried, SavedCarriedCounter, SavedCounter, SavedReading, load_labels, save_labels,
+    },
 };
 use crate::util::intern::intern;
 
@@ -82,14 +84,129 @@ struct DeltaKey {
     labels: Vec<(&'static str, String)>,
 }
 
+impl DeltaKey {
+    /// The key of a reading; also the number of its labels that describe its entity.
+    fn of(r: &TrackedReading) -> (Self, usize) {
+        match r.entity {
+            None => (
+                Self {
+                    family: r.key.family,
+                    entity: None,
+                    labels: r.key.labels.clone(),
+                },
+                0,
+            ),
+            Some(state) => {
+                let own = state.labels.min(r.key.labels.len());
+                let key = Self {
+                    family: r.key.family,
+                    entity: Some(state.entity),
+                    labels: r.key.labels[own..].to_vec(),
+                };
+                (key, own)
+            }
+        }
+    }
+}
+
+/// A series continued from an older pin set: `offset` is what the old map had counted
+/// at the switch, `base` what the new map had counted of the same events then.
+#[derive(Clone, Debug)]
+struct Carried {
+    base: ExpHistogram,
+    offset: ExpHistogram,
+}
+
+impl Carried {
+    fn apply(&self, reading: &ExpHistogram) -> ExpHistogram {
+        let mut h = reading.since(&self.base);
+        h.merge(&self.offset);
+        h
+    }
+}
+
 /// Remembers the last cumulative reading of every series to produce interval deltas.
 #[derive(Default)]
 pub struct Delta {
     previous: HashMap<DeltaKey, ExpHistogram>,
+    carried: HashMap<DeltaKey, Carried>,
     identities: Identities,
 }
 
 impl Delta {
+    /// Continues the series of an older pin set's maps (see `crate::probes::handover`):
+    /// `old` is what its maps held at the switch, `base` what this set's maps held of
+    /// the same events then. Series not in `old` start again from zero (their maps
+    /// were reset). Returns how many series continue.
+    pub fn carry(&mut self, old: Vec<TrackedReading>, base: Vec<TrackedReading>) -> usize {
+        let mut base: HashMap<DeltaKey, ExpHistogram> = base
+            .into_iter()
+            .map(|r| (DeltaKey::of(&r).0, r.hist))
+            .collect();
+        let mut old: HashMap<DeltaKey, ExpHistogram> = old
+            .into_iter()
+            .map(|r| (DeltaKey::of(&r).0, r.hist))
+            .collect();
+        // A series carried into the old set that its maps never counted is still
+        // carried: its total is what the sets before counted.
+        for key in self.carried.keys() {
+            old.entry(key.clone()).or_default();
+        }
+        let mut carried = HashMap::new();
+        for (key, hist) in old {
+            // Counted since the first set of the series' start time.
+            let offset = match self.carried.get(&key) {
+                Some(c) => c.apply(&hist),
+                None => hist,
+            };
+            if offset.is_empty() {
+                continue;
+            }
+            let base = base.remove(&key).unwrap_or_default();
+            carried.insert(key, Carried { base, offset });
+        }
+        self.previous.retain(|k, _| carried.contains_key(k));
+        self.carried = carried;
+        self.carried.len()
+    }
+
+    /// The carried series, to be saved.
+    pub fn save_carried(&self) -> Vec<SavedCarried> {
+        let mut out: Vec<SavedCarried> = self
+            .carried
+            .iter()
+            .map(|(k, c)| SavedCarried {
+                family: k.family.to_owned(),
+                entity: k.entity,
+                labels: save_labels(&k.labels),
+                base: c.base.clone(),
+                offset: c.offset.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
+        out
+    }
+
+    /// Takes up saved carried series (with [`Self::load`]).
+    pub fn with_carried(mut self, saved: Vec<SavedCarried>) -> Self {
+        self.carried = saved
+            .into_iter()
+            .map(|c| {
+                let key = DeltaKey {
+                    family: intern(&c.family),
+                    entity: c.entity,
+                    labels: load_labels(c.labels),
+                };
+                let carried = Carried {
+                    base: c.base,
+                    offset: c.offset,
+                };
+                (key, carried)
+            })
+            .collect();
+        self
+    }
+
     /// The last readings and identities, to be saved.
     pub fn save(&self) -> (Vec<SavedReading>, Vec<super::saved::SavedIdentity>) {
         let mut histograms: Vec<SavedReading> = self
@@ -125,6 +242,7 @@ impl Delta {
                 })
                 .collect(),
             identities: Identities::load(identities),
+            carried: HashMap::new(),
         }
     }
 
@@ -152,28 +270,19 @@ impl Delta {
         let mut out: Vec<IntervalSeries> = readings
             .into_iter()
             .map(|r| {
-                let (delta_key, key) = match r.entity {
-                    None => (
-                        DeltaKey {
-                            family: r.key.family,
-                            entity: None,
-                            labels: r.key.labels.clone(),
-                        },
-                        r.key,
-                    ),
+                let (delta_key, _) = DeltaKey::of(&r);
+                let key = match r.entity {
+                    None => r.key,
                     Some(state) => {
                         *seen.entry(state.entity).or_default() |= state.alive;
-                        let own = state.labels.min(r.key.labels.len());
-                        let delta_key = DeltaKey {
-                            family: r.key.family,
-                            entity: Some(state.entity),
-                            labels: r.key.labels[own..].to_vec(),
-                        };
                         let labels = self.identities.labels(state, r.key.labels);
-                        (delta_key, SeriesKey::new(r.key.family, labels))
+                        SeriesKey::new(r.key.family, labels)
                     }
                 };
-                let cumulative = r.hist;
+                let cumulative = match self.carried.get(&delta_key) {
+                    Some(c) => c.apply(&r.hist),
+                    None => r.hist,
+                };
                 let delta = match self.previous.get(&delta_key) {
                     Some(before) => cumulative.since(before),
                     None => cumulative.clone(),
@@ -189,6 +298,8 @@ impl Delta {
         let ended = self.identities.close(&seen);
         if !ended.is_empty() {
             self.previous
+                .retain(|k, _| k.entity.is_none_or(|e| !ended.contains(&e)));
+            self.carried
                 .retain(|k, _| k.entity.is_none_or(|e| !ended.contains(&e)));
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -208,9 +319,45 @@ pub struct IntervalCounter {
 #[derive(Default)]
 pub struct CounterDelta {
     previous: HashMap<SeriesKey, u64>,
+    /// Series continued from an older pin set: (base, offset), as for histograms.
+    carried: HashMap<SeriesKey, (u64, u64)>,
 }
 
 impl CounterDelta {
+    /// Continues the counters of an older pin set's maps (see [`Delta::carry`]).
+    pub fn carry(&mut self, old: Vec<(SeriesKey, u64)>, base: Vec<(SeriesKey, u64)>) -> usize {
+        let carried = carry_totals(&self.carried, old, base);
+        self.previous.retain(|k, _| carried.contains_key(k));
+        self.carried = carried;
+        self.carried.len()
+    }
+
+    pub fn save_carried(&self) -> Vec<SavedCarriedCounter> {
+        let mut out: Vec<SavedCarriedCounter> = self
+            .carried
+            .iter()
+            .map(|(k, &(base, offset))| SavedCarriedCounter {
+                family: k.family.to_owned(),
+                labels: save_labels(&k.labels),
+                base,
+                offset,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
+        out
+    }
+
+    pub fn with_carried(mut self, saved: Vec<SavedCarriedCounter>) -> Self {
+        self.carried = saved
+            .into_iter()
+            .map(|c| {
+                let key = SeriesKey::new(intern(&c.family), load_labels(c.labels));
+                (key, (c.base, c.offset))
+            })
+            .collect();
+        self
+    }
+
     pub fn save(&self) -> Vec<SavedCounter> {
         let mut saved: Vec<SavedCounter> = self
             .previous
@@ -234,6 +381,7 @@ impl CounterDelta {
                     (key, c.total)
                 })
                 .collect(),
+            carried: HashMap::new(),
         }
     }
 
@@ -243,6 +391,7 @@ impl CounterDelta {
         let mut out: Vec<IntervalCounter> = readings
             .into_iter()
             .map(|(key, total)| {
+                let total = carried_total(self.carried.get(&key).copied(), total);
                 let before = self.previous.insert(key.clone(), total).unwrap_or(0);
                 IntervalCounter {
                     key,
@@ -254,6 +403,38 @@ impl CounterDelta {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }
+}
+
+/// A counter's total with what an older pin set had counted: (base, offset) from
+/// [`carry_totals`].
+pub fn carried_total(carried: Option<(u64, u64)>, now: u64) -> u64 {
+    match carried {
+        Some((base, offset)) => offset + now.saturating_sub(base),
+        None => now,
+    }
+}
+
+/// (base, offset) of every counter of `old` (non-zero) at the switch, its offset
+/// including what was carried into the old set itself.
+pub fn carry_totals<K: Clone + Eq + std::hash::Hash>(
+    before: &HashMap<K, (u64, u64)>,
+    old: Vec<(K, u64)>,
+    base: Vec<(K, u64)>,
+) -> HashMap<K, (u64, u64)> {
+    let mut base: HashMap<K, u64> = base.into_iter().collect();
+    let mut old: HashMap<K, u64> = old.into_iter().collect();
+    // Carried into the old set and not counted by it since: still carried.
+    for k in before.keys() {
+        old.entry(k.clone()).or_default();
+    }
+    old.into_iter()
+        .map(|(k, total)| (carried_total(before.get(&k).copied(), total), k))
+        .filter(|&(offset, _)| offset != 0)
+        .map(|(offset, k)| {
+            let b = base.remove(&k).unwrap_or(0);
+            (k, (b, offset))
+        })
+        .collect()
 }
 
 /// Increase of a monotonic kernel counter; a counter that went backwards was reset.
@@ -281,6 +462,72 @@ mod tests {
 
     fn hist(counts: &[u64]) -> ExpHistogram {
         ExpHistogram::from_dense(counts.iter().sum(), 0, counts)
+    }
+
+    /// An upgrade: the old set counted 10 until its last save and 12 at the switch, the
+    /// new set had seen 3 of those by then and counts 5 more afterwards: 7 in the first
+    /// report. A series whose map was reset starts again.
+    #[test]
+    fn a_carried_series_continues_from_the_old_maps_and_a_reset_one_starts_again() {
+        let read = SeriesKey::new("f", [("op", "read".to_owned())]);
+        let write = SeriesKey::new("f", [("op", "write".to_owned())]);
+        let tracked = |key: &SeriesKey, h| TrackedReading {
+            key: key.clone(),
+            hist: h,
+            entity: None,
+        };
+        let mut before = Delta::default();
+        before.update(vec![
+            (read.clone(), hist(&[4, 6])),
+            (write.clone(), hist(&[7])),
+        ]);
+        let (saved, identities) = before.save();
+        let mut d = Delta::load(saved, identities);
+        let carried = d.carry(
+            vec![tracked(&read, hist(&[5, 7]))],
+            vec![tracked(&read, hist(&[1, 2]))],
+        );
+        assert_eq!(carried, 1);
+        let first = d.update(vec![
+            (read.clone(), hist(&[3, 5])),
+            (write.clone(), hist(&[2])),
+        ]);
+        // The old set's 2 since the save and the new set's 5 since the switch.
+        assert_eq!(first[0].delta, hist(&[3, 4]));
+        assert_eq!(first[0].cumulative, hist(&[7, 10]));
+        assert_eq!(first[1].delta, hist(&[2]), "reset: from zero");
+        let next = d.update(vec![(read.clone(), hist(&[3, 5]))]);
+        assert_eq!(next[0].delta.count(), 0);
+        let (saved, identities) = d.save();
+        let mut again = Delta::load(saved, identities).with_carried(d.save_carried());
+        let later = again.update(vec![(read.clone(), hist(&[4, 9]))]);
+        assert_eq!(
+            later[0].delta,
+            hist(&[1, 4]),
+            "carried across a restart too"
+        );
+        assert_eq!(later[0].cumulative, hist(&[8, 14]));
+    }
+
+    #[test]
+    fn a_carried_counter_continues_and_carries_into_a_second_switch() {
+        let key = SeriesKey::new("c", []);
+        let mut c = CounterDelta::default();
+        c.update(vec![(key.clone(), 10)]);
+        c.carry(vec![(key.clone(), 12)], vec![(key.clone(), 3)]);
+        let first = c.update(vec![(key.clone(), 8)]);
+        assert_eq!((first[0].delta, first[0].total), (7, 17));
+        // Another switch: the second set read 9 (18 with the carry), the third 1.
+        c.carry(vec![(key.clone(), 9)], vec![(key.clone(), 1)]);
+        let next = c.update(vec![(key.clone(), 4)]);
+        assert_eq!((next[0].delta, next[0].total), (4, 21));
+        // Two more switches, the second from a set that never counted it (no entry):
+        // the total carries on.
+        c.carry(vec![(key.clone(), 4)], vec![]);
+        assert_eq!(c.update(vec![(key.clone(), 0)])[0].total, 21);
+        c.carry(vec![], vec![]);
+        let last = c.update(vec![(key.clone(), 2)]);
+        assert_eq!((last[0].delta, last[0].total), (2, 23));
     }
 
     #[test]

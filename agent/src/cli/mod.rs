@@ -35,7 +35,10 @@ pub const EXIT_CONFIG: u8 = 2;
     version,
     about = "eBPF node performance agent: where latency and queueing come from, per node",
     long_about = "nodepulse measures latency where it happens — in the kernel — and reports \
-                  distributions per device every interval, with its own cost beside them.\n\n\
+                  distributions per device every interval, with its own cost beside them; \
+                  and, per device, CPU and cgroup, how close each is to saturation \
+                  (busy, pressure, headroom to the latency knee, forecast time to \
+                  saturation: [capacity] in the configuration).\n\n\
                   It needs root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN for BPF run-time \
                   stats). Start with `nodepulse check`."
 )]
@@ -338,7 +341,8 @@ async fn run_agent(
             return ExitCode::FAILURE;
         }
     };
-    let (state, resume) = match open_state(&config, &probes) {
+    let mut probes = probes;
+    let (state, resume) = match open_state(&config, &mut probes) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -372,7 +376,7 @@ async fn run_agent(
 /// `[agent] state_dir` is set.
 fn open_state(
     config: &Config,
-    probes: &Probes,
+    probes: &mut Probes,
 ) -> Result<(Option<StateDir>, Option<Resume>), ExitCode> {
     if config.agent.state_dir.as_os_str().is_empty() {
         return Ok((None, None));
@@ -385,8 +389,14 @@ fn open_state(
         tracing::warn!("{e}; starting afresh");
         None
     });
+    let handover = probes.handover_from().map(str::to_owned);
     let pins = probes.pins().map(|p| (p.name(), p.maps_adopted));
-    let resume = Resume::decide(saved, pins, crate::util::time::unix_nanos());
+    let resume = Resume::decide(
+        saved,
+        pins,
+        handover.as_deref(),
+        crate::util::time::unix_nanos(),
+    );
     Ok((Some(state), Some(resume)))
 }
 

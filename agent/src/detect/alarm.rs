@@ -132,6 +132,10 @@ pub struct Alarm {
     /// For a scalar series (a rate, a gauge): the value against what was expected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scalar: Option<ScalarFigures>,
+    /// For a capacity alarm: what is forecast ("io:sdb busy predicted to reach 0.9
+    /// within 6 h, 90 % interval 4-9 h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<String>,
 }
 
 /// The evidence of a scalar series' alarm, in the series' own unit.
@@ -197,7 +201,39 @@ impl Alarm {
             evidence,
             related: Vec::new(),
             scalar: None,
+            forecast: None,
         }
+    }
+
+    /// An alarm on a forecast saturation (see `capacity`): the forecast is its evidence;
+    /// the same identity, trace and actions as any other alarm.
+    pub fn open_capacity(
+        node: &str,
+        family: &str,
+        labels: &BTreeMap<String, String>,
+        series: &str,
+        start_unix_nano: u64,
+        forecast: String,
+    ) -> Self {
+        let evidence = Evidence {
+            baseline: (&Baseline::default()).into(),
+            current: ExpHistogram::default(),
+            rules: Vec::new(),
+        };
+        let mut alarm = Self::fresh(node, family, labels, series, start_unix_nano, evidence);
+        alarm.quantile = "forecast";
+        alarm.regressed_windows = 1;
+        alarm.forecast = Some(forecast);
+        alarm.summary = alarm.describe();
+        alarm
+    }
+
+    /// The forecast again, still within the horizon.
+    pub fn update_capacity(&mut self, forecast: String, intervals: u32) {
+        self.state = AlarmState::Ongoing;
+        self.regressed_windows = intervals;
+        self.forecast = Some(forecast);
+        self.summary = self.describe();
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -318,6 +354,15 @@ impl Alarm {
     /// since 2026-11-27T14:02:00Z, 3.6×, major, confidence high"; once resolved, "…
     /// has recovered at <end>: …".
     fn describe(&self) -> String {
+        if let Some(f) = &self.forecast {
+            return match &self.ended {
+                None => format!("{f} (since {})", self.started),
+                Some(end) => format!(
+                    "{} no longer forecast to saturate at {end}: {f}",
+                    self.series
+                ),
+            };
+        }
         if let Some(f) = &self.scalar {
             let figures = format!(
                 "{} {} against {} expected (typical deviation {}) since {}, {:.1}×, {}, \

@@ -10,6 +10,11 @@ use crate::report::Report;
 
 pub trait Exporter {
     fn name(&self) -> &'static str;
+    /// Does the slow part of exporting `report` (encoding it) ahead of the `export` of
+    /// the same report, which then only hands the result out. The collection loop saves
+    /// its state between the two: a kill after the save and before the hand-out loses
+    /// the report's deltas, so as little as possible stands between them.
+    fn prepare(&mut self, _report: &Report) {}
     /// Must not block the collection loop for long: slow sinks queue and drop.
     fn export(&mut self, report: &Report) -> std::io::Result<()>;
     /// Nobody reads this output any more (a closed pipe): when every exporter says so,
@@ -21,5 +26,31 @@ pub trait Exporter {
     /// there: its replacement at a reload starts the next interval from it.
     fn last_export(&self) -> Option<u64> {
         None
+    }
+}
+
+/// What an exporter prepared for one report, taken by that report's export. A report
+/// exported without being prepared (a reload feeding the last report to a new
+/// exporter) finds nothing and is encoded then.
+pub struct Prepared<T>(Option<(usize, T)>);
+
+impl<T> Default for Prepared<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T> Prepared<T> {
+    pub fn put(&mut self, report: &Report, value: T) {
+        self.0 = Some((std::ptr::from_ref(report).addr(), value));
+    }
+
+    /// What was prepared for `report`, if anything. The loop exports each report right
+    /// after preparing it, so what is kept belongs to the report at that address.
+    pub fn take(&mut self, report: &Report) -> Option<T> {
+        match self.0.take() {
+            Some((at, value)) if at == std::ptr::from_ref(report).addr() => Some(value),
+            _ => None,
+        }
     }
 }

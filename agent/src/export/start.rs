@@ -27,9 +27,10 @@ impl std::fmt::Display for StartError {
 
 /// The console, when `[console]` enables it.
 pub fn console(config: &Config) -> Option<Box<dyn Exporter>> {
-    config.console.enabled.then(|| {
-        Box::new(Console::new(std::io::stdout(), config.console.format)) as Box<dyn Exporter>
-    })
+    config
+        .console
+        .enabled
+        .then(|| Box::new(Console::stdout(config.console.format)) as Box<dyn Exporter>)
 }
 
 /// The Prometheus endpoint, when `[prometheus]` enables it.

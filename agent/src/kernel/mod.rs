@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod btf_file;
+pub mod module_btf;
 pub mod tracefs;
 
 use std::path::Path;
@@ -73,7 +74,10 @@ impl Capability {
         match self {
             Capability::Bpf => "create maps and load programs",
             Capability::Perfmon => "attach tracing programs and read kernel memory",
-            Capability::SysAdmin => "enable kernel BPF run-time stats and mount tracefs (optional)",
+            Capability::SysAdmin => {
+                "enable kernel BPF run-time stats, mount tracefs, and find a module's BTF \
+                 (modular KVM by tp_btf) (optional)"
+            }
             Capability::SysResource => "raise RLIMIT_MEMLOCK on kernels before 5.11 (optional)",
         }
     }

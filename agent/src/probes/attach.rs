@@ -10,6 +10,8 @@ use aya::{
 };
 use serde::{Deserialize, Deserializer, Serialize, de};
 
+use crate::kernel::module_btf::{self, TracepointBtf};
+
 /// How a program is hooked into the kernel, cheapest dispatch first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,6 +109,9 @@ pub fn attach_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AttachKind>
 pub enum Hook {
     /// BTF tracepoint name, e.g. `block_rq_issue`.
     TpBtf(&'static str),
+    /// BTF tracepoint of a kernel module (module, tracepoint), e.g. `("kvm", "kvm_fpu")`:
+    /// its type is in the module's own BTF unless the module is built in.
+    ModuleTpBtf(&'static str, &'static str),
     /// Raw tracepoint name.
     Raw(&'static str),
     /// Classic tracepoint category and name.
@@ -244,6 +249,26 @@ fn attach_one(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Result<
                 keep(link, &mut |path| p.pin(path).map_err(pin_error))?;
             }
         }
+        Hook::ModuleTpBtf(module, tp) => {
+            let dir = Path::new(module_btf::SYS_BTF_DIR);
+            let (module, type_id) = match module_btf::locate_tracepoint(dir, module, tp) {
+                // Built in: vmlinux's id, and no BTF object fd (the kernel's default).
+                Ok(TracepointBtf::Vmlinux { type_id }) => (None, type_id),
+                Ok(TracepointBtf::Module { module, type_id }) => (Some(module), type_id),
+                Err(error) => return Err(format!("{name}: {error}")),
+            };
+            super::module_prog::with(|m| {
+                let m =
+                    m.ok_or_else(|| format!("{name}: no module program session (build bug)"))?;
+                let (prog, link) = m
+                    .attach(name, module.as_deref(), type_id)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                super::pins::with(|pins| match pins {
+                    Some(p) => p.keep_fds(name, prog, link),
+                    None => Ok(()),
+                })
+            })?;
+        }
         Hook::Raw(tp) => {
             let p: &mut RawTracePoint = program.try_into().map_err(e)?;
             p.load().map_err(e)?;
@@ -297,6 +322,7 @@ fn attach_one(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Result<
 
 /// Unloading detaches too. Errors are ignored: the program may never have loaded.
 pub fn unload(ebpf: &mut Ebpf, name: &str) {
+    super::module_prog::with(|m| m.map(|m| m.remove(name)));
     let Some(program) = ebpf.program_mut(name) else {
         return;
     };

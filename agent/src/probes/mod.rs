@@ -5,6 +5,8 @@
 pub mod attach;
 pub mod batch_read;
 pub mod family;
+pub mod handover;
+pub mod module_prog;
 pub mod outliers;
 pub mod pins;
 pub mod sparse;
@@ -97,7 +99,8 @@ pub use family::{Interval, Kernel, Layouts, OneProbe, Plan, ProbeFamily, Resolve
 use stats::ProgramRunStats;
 
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// One cumulative histogram read from the kernel, with its labels.
 #[derive(Clone, Debug)]
@@ -124,6 +127,8 @@ pub struct ReadContext<'a> {
     pub attribution: &'a mut Attribution,
     /// The shared sparse histogram map, read once per interval for all probes.
     pub sparse: &'a sparse::SparseSeries,
+    /// Reading copies of the maps for a hand-over (`handover`): write nothing.
+    pub snapshot: bool,
 }
 
 /// What every attached probe offers the pipeline. (`Any`: a test or a family may reach
@@ -211,6 +216,8 @@ pub struct Probes {
     attribution: Attribution,
     outliers: Option<outliers::Outliers>,
     max_outliers: usize,
+    /// Programs on module tracepoints that nodepulse loaded itself (kvm by tp_btf).
+    modules: module_prog::ModulePrograms,
     /// The pin set when the probes are kept attached across restarts.
     pins: Option<pins::Pins>,
     /// Each family resolved at start, for probes that SIGHUP attaches later.
@@ -221,6 +228,8 @@ pub struct Probes {
     /// Whether tracefs was there at start: families resolved without it cannot attach
     /// classic tracepoints later.
     tracefs_at_start: bool,
+    /// What the pin set of another layout had counted, read at the switch to this one.
+    handover: Option<handover::Handover>,
     _tracefs: Option<tracefs::Mounted>,
 }
 
@@ -249,16 +258,15 @@ impl Probes {
             mut ebpf,
             btf,
             families,
+            modules,
             tracefs,
             tracefs_found,
         } = Loaded::load_with(&setup, pins.as_ref())?;
         let stats = stats::BpfStats::enable();
 
-        let ((probes, statuses), mut pins) =
-            pins::session(pins, || attach_all(&families, &mut ebpf, btf.as_ref()));
-        if let Some(pins) = &mut pins {
-            log_pins(pins);
-        }
+        let (((probes, statuses), modules), pins) = pins::session(pins, || {
+            module_prog::session(modules, || attach_all(&families, &mut ebpf, btf.as_ref()))
+        });
 
         nothing_attached(&statuses)?;
         let counters = ebpf
@@ -278,7 +286,7 @@ impl Probes {
         unsafe {
             libc::malloc_trim(0)
         };
-        Ok(Self {
+        let mut probes = Self {
             ebpf,
             probes,
             statuses,
@@ -292,12 +300,60 @@ impl Probes {
             ),
             outliers,
             max_outliers: setup.outliers.max_per_interval,
+            modules,
             pins,
             families,
             parked: Vec::new(),
             tracefs_at_start: tracefs_found,
+            handover: None,
             _tracefs: tracefs,
-        })
+        };
+        probes.switch_pins();
+        Ok(probes)
+    }
+
+    /// Says what was adopted; with pin sets of other layouts, reads what they counted
+    /// (see [`handover`]) and removes them, saying what that resets.
+    fn switch_pins(&mut self) {
+        let Some(pins) = &self.pins else { return };
+        if let Err(e) = handover::identity::pin(pins.dir()) {
+            tracing::warn!(
+                "cannot pin the maps' fingerprints ({e}): the next upgrade resets every \
+                 cumulative series"
+            );
+        }
+        log_adopted(pins);
+        let stale = pins.stale();
+        if stale.is_empty() {
+            return;
+        }
+        // The newest other set is the one the last run used (names sort by version).
+        let from = stale.last().cloned().unwrap_or_default();
+        let dir = pins.dir().to_path_buf();
+        let old = dir.with_file_name(&from);
+        self.handover = handover::take(self, &from, &old, &dir)
+            .inspect_err(|e| tracing::warn!(old = from, "cannot read the old pin set: {e}"))
+            .ok();
+        let pins = self.pins.as_mut().expect("checked above");
+        tracing::info!(
+            old = ?stale,
+            new = pins.name(),
+            "pins of another version or map layout found (an upgrade or a configuration \
+             change): the new probes were attached beside them; what the old maps counted \
+             was read, and the old pins are now removed"
+        );
+        let removed = pins.remove_stale();
+        tracing::info!(removed = ?removed, "old pins removed, their programs detached");
+    }
+
+    /// The older pin set this start read at the switch, if any.
+    pub fn handover_from(&self) -> Option<&str> {
+        self.handover.as_ref().map(|h| h.from.as_str())
+    }
+
+    /// What the pin set of another layout counted until the switch, once.
+    pub fn take_handover(&mut self) -> Option<handover::Handover> {
+        self.handover.take()
     }
 
     /// SIGHUP: attaches the probes `config` enables that are not running and detaches
@@ -307,8 +363,12 @@ impl Probes {
     /// while disabled) and a re-enabled one is pinned again.
     pub fn set_enabled(&mut self, config: &ProbesConfig) -> Toggled {
         let pins = self.pins.take();
-        let (toggled, pins) = pins::session(pins, || self.toggle(config));
+        let modules = std::mem::take(&mut self.modules);
+        let ((toggled, modules), pins) = pins::session(pins, || {
+            module_prog::session(modules, || self.toggle(config))
+        });
         self.pins = pins;
+        self.modules = modules;
         // Report order is attach order.
         let order = |p: &dyn Probe| {
             self.statuses
@@ -456,6 +516,30 @@ impl Probes {
     /// Reads every attached probe's maps, the drop counters and the programs' run times.
     pub fn collect(&mut self) -> Collection {
         let mut out = Collection::default();
+        if let Some(o) = &mut self.outliers {
+            (out.outliers, out.outliers_discarded) =
+                o.drain(&mut self.attribution, self.max_outliers);
+        }
+        self.read_counts(&mut out, false);
+        for probe in &self.probes {
+            for &program in &probe.attached().programs {
+                let adopted = self.pins.as_ref().and_then(|p| p.program_fd(program));
+                let own = adopted.or_else(|| self.modules.program_fd(program));
+                let read = match own {
+                    Some(fd) => stats::read_fd(fd, probe.name(), program),
+                    None => stats::read(&self.ebpf, probe.name(), program),
+                };
+                if let Some(s) = read {
+                    out.programs.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads the counts (histograms, counter series, drop counters) into `out`; a
+    /// `snapshot` read (of map copies, for a hand-over) writes nothing to the maps.
+    fn read_counts(&mut self, out: &mut Collection, snapshot: bool) {
         self.attribution.refresh();
         let sparse = match &self.sparse {
             Some(map) => sparse::read(map).unwrap_or_else(|e| {
@@ -464,13 +548,10 @@ impl Probes {
             }),
             None => Default::default(),
         };
-        if let Some(o) = &mut self.outliers {
-            (out.outliers, out.outliers_discarded) =
-                o.drain(&mut self.attribution, self.max_outliers);
-        }
         let mut cx = ReadContext {
             attribution: &mut self.attribution,
             sparse: &sparse,
+            snapshot,
         };
         for probe in &mut self.probes {
             if let Err(e) = probe
@@ -478,16 +559,6 @@ impl Probes {
                 .and_then(|()| probe.read_counters(&mut cx, &mut out.counters))
             {
                 out.errors.push((probe.name(), e));
-            }
-            for &program in &probe.attached().programs {
-                let adopted = self.pins.as_ref().and_then(|p| p.program_fd(program));
-                let read = match adopted {
-                    Some(fd) => stats::read_fd(fd, probe.name(), program),
-                    None => stats::read(&self.ebpf, probe.name(), program),
-                };
-                if let Some(s) = read {
-                    out.programs.push(s);
-                }
             }
         }
         if let Some(c) = &self.counters {
@@ -499,7 +570,6 @@ impl Probes {
                 out.drops.push((name, total));
             }
         }
-        out
     }
 }
 
@@ -558,9 +628,8 @@ fn load_layout(setup: &Setup<'_>) -> u64 {
     pins::layout(EBPF_OBJECT, &config)
 }
 
-/// Says what was adopted, and removes (after the new probes attached) the pin sets of
-/// other versions or layouts, saying what that resets.
-fn log_pins(pins: &mut pins::Pins) {
+/// Says whether this layout's maps and probes were adopted from an earlier run.
+fn log_adopted(pins: &pins::Pins) {
     if pins.maps_adopted {
         tracing::info!(
             pins = %pins.dir().display(),
@@ -573,19 +642,6 @@ fn log_pins(pins: &mut pins::Pins) {
             pins = %pins.dir().display(),
             "probes pinned: they stay attached across restarts"
         );
-    }
-    let stale = pins.stale();
-    if !stale.is_empty() {
-        tracing::warn!(
-            old = ?stale,
-            new = pins.name(),
-            "pins of another version or map layout found (an upgrade or a configuration \
-             change): the new probes were attached beside them and the old ones are now \
-             removed, never mixed. Reset: every cumulative series starts from zero with a \
-             new start time; requests in flight at the switch are not measured"
-        );
-        let removed = pins.remove_stale();
-        tracing::info!(removed = ?removed, "old pins removed, their programs detached");
     }
 }
 
@@ -610,6 +666,8 @@ pub struct Loaded {
     pub btf: Option<aya::Btf>,
     /// Each family resolved against this kernel, in [`FAMILIES`] order.
     pub families: Vec<Box<dyn Resolved>>,
+    /// What loading programs on module tracepoints needs (the maps' fds).
+    pub modules: module_prog::ModulePrograms,
     /// Set when nodepulse mounted tracefs itself (unmounted on drop).
     pub tracefs: Option<tracefs::Mounted>,
     /// Whether tracefs was found (or mounted) at all.
@@ -690,10 +748,12 @@ impl Loaded {
             }
         })?;
         drop(loader);
+        let modules = module_prog::ModulePrograms::new(&ebpf, EBPF_OBJECT);
         Ok(Self {
             ebpf,
             btf,
             families,
+            modules,
             tracefs: mounted,
             tracefs_found,
         })

@@ -11,9 +11,9 @@
 //!   hand-over without a gap or an overlap.
 //! - **Another layout** (an upgrade, a rebuilt object, a configuration that changes
 //!   map sizes or program globals): the new set is created and attached beside the
-//!   old one, then the old one is removed (make before break: new and old programs
-//!   write to different maps, so nothing is counted twice, and nothing is missed
-//!   between). What that resets is logged; old and new maps are never mixed.
+//!   old one, the old maps' counts are read at one instant with the new ones (see
+//!   `super::handover`, which carries them into the series), then the old set is
+//!   removed. Maps that changed are reset, each named in the log.
 //!
 //! bpffs holds only BPF objects, so what the agent must remember about them (start
 //! time, last readings) lives in the state directory (`crate::state`).
@@ -24,7 +24,7 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{FromRawFd, OwnedFd},
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -187,6 +187,25 @@ impl Pins {
             .map_err(|e| format!("cannot pin {program}'s link at {}: {e}", path.display()))
     }
 
+    /// The same for a program nodepulse loaded itself ([`super::module_prog`]): the
+    /// program and its link are pinned by fd.
+    pub fn keep_fds(
+        &mut self,
+        program: &str,
+        prog: BorrowedFd<'_>,
+        link: BorrowedFd<'_>,
+    ) -> Result<(), String> {
+        for (path, fd, what) in [
+            (self.prog_path(program), prog, "program"),
+            (self.link_path(program), link, "link"),
+        ] {
+            let _ = std::fs::remove_file(&path);
+            obj_syscall(BPF_OBJ_PIN, &path, fd.as_raw_fd() as u32)
+                .map_err(|e| format!("cannot pin {program}'s {what} at {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// The fd of an adopted program, for its run-time stats.
     pub fn program_fd(&self, program: &str) -> Option<&OwnedFd> {
         self.programs.get(program)
@@ -275,6 +294,7 @@ fn is_bpffs(path: &Path) -> bool {
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 
 #[repr(C)]

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::{DEFAULT_COLUMNS, data, html};
 use crate::{
-    export::{Exporter, http},
+    export::{Exporter, Prepared, http},
     report::Report,
 };
 
@@ -61,6 +61,7 @@ pub struct LiveView {
     keep_ns: u64,
     max_bytes: usize,
     _server: http::Server,
+    prepared: Prepared<Arc<str>>,
 }
 
 impl LiveView {
@@ -95,6 +96,7 @@ impl LiveView {
                 keep_ns: u64::from(config.minutes) * 60_000_000_000,
                 max_bytes: config.max_mib as usize * (1 << 20),
                 _server: server,
+                prepared: Prepared::default(),
             },
             bound,
         ))
@@ -138,8 +140,17 @@ impl Exporter for LiveView {
         "view"
     }
 
+    fn prepare(&mut self, report: &Report) {
+        if let Ok(line) = serde_json::to_string(report) {
+            self.prepared.put(report, line.into());
+        }
+    }
+
     fn export(&mut self, report: &Report) -> io::Result<()> {
-        let line: Arc<str> = serde_json::to_string(report)?.into();
+        let line: Arc<str> = match self.prepared.take(report) {
+            Some(line) => line,
+            None => serde_json::to_string(report)?.into(),
+        };
         let now = crate::detect::replay::parse_time(&report.time).unwrap_or(0);
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         recent.bytes += line.len();

@@ -135,6 +135,9 @@ pub fn metrics_request(
         .collect();
     metrics.extend(counter_metrics(&report.counters, temporality, times));
     metrics.extend(self_metrics(report, times));
+    if let Some(c) = &report.capacity {
+        metrics.extend(capacity_metrics(c, times));
+    }
     metrics.extend(extra);
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
@@ -311,6 +314,84 @@ pub fn self_metric(m: &SelfMetric, points: Vec<NumberDataPoint>) -> Metric {
 
 pub fn int_point(value: u64, attrs: Vec<KeyValue>, times: Times) -> NumberDataPoint {
     number(number_data_point::Value::AsInt(value as i64), attrs, times)
+}
+
+fn double_point(value: f64, attrs: Vec<KeyValue>, times: Times) -> NumberDataPoint {
+    number(number_data_point::Value::AsDouble(value), attrs, times)
+}
+
+/// Capacity as gauges: each signal as `capacity.<signal>`, device headroom, and the
+/// forecast time to saturation with its interval's bounds (attribute `bound`).
+fn capacity_metrics(c: &crate::capacity::CapacityReport, times: Times) -> Vec<Metric> {
+    let mut by_name: BTreeMap<String, (&str, Vec<NumberDataPoint>)> = BTreeMap::new();
+    for s in &c.signals {
+        let mut attrs = attributes(s.labels.iter().map(|(k, v)| (*k, v.as_str())));
+        attrs.push(kv("resource", s.resource.as_str()));
+        by_name
+            .entry(format!("capacity.{}", s.name))
+            .or_insert((s.unit, Vec::new()))
+            .1
+            .push(double_point(s.value, attrs, times));
+    }
+    let mut metrics: Vec<Metric> = by_name
+        .into_iter()
+        .map(|(name, (unit, points))| {
+            gauge(
+                &name,
+                unit,
+                "Capacity signal of the interval (see README: Capacity)",
+                points,
+            )
+        })
+        .collect();
+    let headroom: Vec<NumberDataPoint> = c
+        .headroom
+        .iter()
+        .map(|h| {
+            let known = if h.knee_known { "true" } else { "false" };
+            let attrs = attributes([
+                ("resource", h.resource.as_str()),
+                ("device", h.device.as_str()),
+                ("knee_known", known),
+            ]);
+            double_point(h.headroom, attrs, times)
+        })
+        .collect();
+    if !headroom.is_empty() {
+        metrics.push(gauge(
+            "capacity.headroom",
+            "1",
+            "Share of the device's knee load (p99 at knee_multiple x unloaded) still unused",
+            headroom,
+        ));
+    }
+    let mut ttl = Vec::new();
+    for f in &c.forecasts {
+        for (bound, v) in [
+            ("point", f.forecast.hours),
+            ("lower", f.forecast.lower_h),
+            ("upper", f.forecast.upper_h),
+        ] {
+            if let Some(v) = v {
+                let attrs = attributes([
+                    ("resource", f.resource.as_str()),
+                    ("signal", f.signal),
+                    ("bound", bound),
+                ]);
+                ttl.push(double_point(v, attrs, times));
+            }
+        }
+    }
+    if !ttl.is_empty() {
+        metrics.push(gauge(
+            "capacity.time_to_saturation",
+            "h",
+            "Hours until the signal is forecast to reach capacity.saturation; lower and \
+             upper bound the prediction interval (absent: beyond 14 days or never)",
+            ttl,
+        ));
+    }
+    metrics
 }
 
 /// The agent's own telemetry: probe state and cost, drops, CPU and memory.

@@ -21,7 +21,7 @@ use http_body_util::Full;
 use hyper::{HeaderMap, Method, Response, StatusCode, header};
 use prost::Message as _;
 
-use super::{Exporter, http};
+use super::{Exporter, Prepared, http};
 use crate::{
     aggregate::ExpHistogram,
     catalog::{self, SelfMetric},
@@ -855,6 +855,7 @@ fn latest(shared: &Latest) -> Option<Arc<Rendered>> {
 pub struct PrometheusExporter {
     latest: Latest,
     server: http::Server,
+    prepared: Prepared<Arc<Rendered>>,
 }
 
 impl PrometheusExporter {
@@ -872,6 +873,7 @@ impl PrometheusExporter {
             Self {
                 latest: shared,
                 server,
+                prepared: Prepared::default(),
             },
             bound,
         ))
@@ -890,9 +892,17 @@ impl Exporter for PrometheusExporter {
         "prometheus"
     }
 
+    fn prepare(&mut self, report: &Report) {
+        self.prepared
+            .put(report, Arc::new(Rendered::new(report.clone())));
+    }
+
     /// Only replaces the stored report: rendering happens when a scraper asks.
     fn export(&mut self, report: &Report) -> io::Result<()> {
-        let latest = Arc::new(Rendered::new(report.clone()));
+        let latest = match self.prepared.take(report) {
+            Some(latest) => latest,
+            None => Arc::new(Rendered::new(report.clone())),
+        };
         *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(latest);
         Ok(())
     }

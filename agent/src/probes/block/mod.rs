@@ -51,6 +51,7 @@ pub const FAMILY_ERRORS: &str = "block.io.errors";
 /// Completions the kernel made that the probe could not record, per device and cause:
 /// `unseen` (the completion program did not run), `unmatched` (no issue record).
 pub const FAMILY_UNRECORDED: &str = "block.io.unrecorded";
+pub const FAMILY_BUSY: &str = "block.io.busy_time";
 pub const FAMILY_CGROUP: &str = "block.cgroup.io.latency";
 
 /// Kernel layouts the programs need, resolved before the object is loaded. A layout
@@ -239,6 +240,8 @@ fn request_layout(
         disk_major: btf.member_offset("gendisk", "major")?,
         disk_first_minor: btf.member_offset("gendisk", "first_minor")?,
         rq_sector: btf.member_offset("request", "__sector")?,
+        // Only the sweep needs it, and it says so when it is missing.
+        rq_ref: btf.member_offset("request", "ref").unwrap_or(0),
         ..RequestLayout::default()
     };
     // The request's disk: `q->disk` since 5.16, `rq->rq_disk` before (5.10, 5.15).
@@ -433,6 +436,14 @@ pub fn error_name(status: u32) -> String {
     name.to_owned()
 }
 
+/// Busy time up to `now` (kernel monotonic ns): the closed periods, plus the open one
+/// while requests are in flight. A count the probe lost track of (negative, or absurdly
+/// large) opens no period.
+pub fn busy_until(d: &DeviceDepth, now: u64) -> u64 {
+    let open = d.in_flight != 0 && d.in_flight < 1 << 32 && d.busy_since_ns != 0;
+    d.busy_ns + if open { now.saturating_sub(d.busy_since_ns) } else { 0 }
+}
+
 pub struct BlockProbe {
     attached: Attached,
     /// Where sysfs lists the block devices whose series are created ahead of use.
@@ -486,7 +497,12 @@ impl BlockProbe {
         let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
         let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
         let sweep = match attached.kind {
-            Some(kind) if kind != AttachKind::Tracepoint => match sweep::Sweep::load(ebpf) {
+            Some(kind) if kind != AttachKind::Tracepoint => match layouts
+                .request
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|l| sweep::Sweep::load(ebpf, l))
+            {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(
@@ -607,10 +623,16 @@ impl BlockProbe {
     /// Per device number: the requests in flight now, as the probe counts them, and
     /// the cumulative queue depth histogram.
     pub fn read_depths(&self) -> Result<Vec<(u32, u64, ExpHistogram)>, String> {
+        self.read_depths_sweeping(true)
+    }
+
+    /// [`Self::read_depths`]; without `sweep`, nothing is written (a hand-over reads
+    /// copies of the maps, whose in-flight counts are not the live ones).
+    fn read_depths_sweeping(&self, sweep: bool) -> Result<Vec<(u32, u64, ExpHistogram)>, String> {
         let Some(map) = &self.depth else {
             return Ok(Vec::new());
         };
-        if let Some(sweep) = &self.sweep {
+        if let Some(sweep) = self.sweep.as_ref().filter(|_| sweep) {
             // A count below 2^32 is a count; above, a decrement racing an eviction.
             let counted: Vec<u32> = map
                 .iter()
@@ -629,6 +651,23 @@ impl BlockProbe {
                 let (dev, d) =
                     entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
                 Ok((dev, d.in_flight, ExpHistogram::from_windows([&d.depth])))
+            })
+            .collect()
+    }
+
+    /// Per device number: nanoseconds with at least one request in flight since the
+    /// probe attached, the current busy period included up to now (the probe's own
+    /// `io_ticks`, at nanosecond rather than jiffy resolution).
+    pub fn read_busy(&self) -> Result<Vec<(u32, u64)>, String> {
+        let Some(map) = &self.depth else {
+            return Ok(Vec::new());
+        };
+        let now = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC) as u64;
+        map.iter()
+            .map(|entry| {
+                let (dev, d) =
+                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
+                Ok((dev, busy_until(&d, now)))
             })
             .collect()
     }
@@ -657,7 +696,9 @@ impl Probe for BlockProbe {
     }
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
-        self.create_series();
+        if !cx.snapshot {
+            self.create_series();
+        }
         let queues = self.times_queues();
         let (readings, known) = self.read_raw_noting_series()?;
         self.known = known;
@@ -685,7 +726,7 @@ impl Probe for BlockProbe {
                 push(FAMILY_SIZE, r.size);
             }
         }
-        for (dev, _, hist) in self.read_depths()? {
+        for (dev, _, hist) in self.read_depths_sweeping(!cx.snapshot)? {
             let device = device_labels(cx, dev);
             let entity = device_entity(cx, dev, &device);
             out.push(Reading {
@@ -720,6 +761,9 @@ impl Probe for BlockProbe {
         cx: &mut ReadContext<'_>,
         out: &mut Vec<(SeriesKey, u64)>,
     ) -> Result<(), String> {
+        for (dev, busy_ns) in self.read_busy()? {
+            out.push((SeriesKey::new(FAMILY_BUSY, device_labels(cx, dev)), busy_ns));
+        }
         for (dev, unseen, unmatched) in self.read_unrecorded()? {
             for (cause, n) in [("unseen", unseen), ("unmatched", unmatched)] {
                 let mut labels = device_labels(cx, dev);

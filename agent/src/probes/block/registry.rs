@@ -74,6 +74,15 @@ const CATALOGUE: &[Family] = &[
         description: "Block requests that completed with an error, by error",
     },
     Family {
+        name: "block.io.busy_time",
+        probe: "block",
+        kind: Kind::Counter,
+        unit: "ns",
+        labels: &["device", "dev"],
+        description: "Time the device had at least one request started and not completed \
+                      (the kernel's io_ticks, in nanoseconds); its rate is the busy fraction",
+    },
+    Family {
         name: "block.io.unrecorded",
         probe: "block",
         kind: Kind::Counter,

@@ -5,26 +5,23 @@
 //! requests; the last requests before a device goes idle are never issued again. So
 //! when the kernel says a device is idle while the probe still counts requests in
 //! flight on it, the agent runs the sweep program (`BPF_PROG_TEST_RUN`, never
-//! attached), which asks each such request whether it is still in flight and releases
-//! those that are not, counting each as an unseen completion.
+//! attached), which asks each such request whether the kernel has freed it since
+//! (its reference count is 0) and releases those, counting each as an unseen
+//! completion. The device being idle keeps the sweep off requests the kernel is
+//! allocating and issuing again at that very moment.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_common::{
-    block::{INFLIGHT_SLOTS, SWEEP_SLOTS},
+    block::{INFLIGHT_SLOTS, RequestLayout, SWEEP_SLOTS},
     dev, names,
 };
 use aya::{
     Ebpf,
     programs::{ProgramFd, RawTracePoint},
 };
-
-/// Requests issued less than this before the device was found idle are left alone:
-/// between `block_rq_issue` and the kernel marking the request in flight, a request
-/// looks idle.
-const SETTLE_NS: u64 = 1_000_000;
 
 pub struct Sweep {
     program: ProgramFd,
@@ -36,8 +33,14 @@ pub struct Sweep {
 impl Sweep {
     /// Loads the sweep program (the table's slots must carry request addresses: every
     /// attach kind but classic tracepoints).
-    pub fn load(ebpf: &mut Ebpf) -> Result<Self, String> {
+    pub fn load(ebpf: &mut Ebpf, layout: &RequestLayout) -> Result<Self, String> {
         let name = names::PROG_BLOCK_SWEEP;
+        if layout.rq_ref == 0 {
+            return Err(format!(
+                "{name}: `struct request` has no `ref` in this kernel's BTF, so a freed \
+                 request cannot be told from one being issued"
+            ));
+        }
         let program: &mut RawTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} is missing from the eBPF object (build bug)"))?
@@ -61,7 +64,6 @@ impl Sweep {
         if self.failed.load(Ordering::Relaxed) {
             return Ok(0);
         }
-        let now = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC) as u64;
         let (major, minor) = dev::split(device);
         let path = sys_root.join(format!("dev/block/{major}:{minor}/inflight"));
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -71,11 +73,20 @@ impl Sweep {
         if text.split_whitespace().any(|n| n != "0") {
             return Ok(0);
         }
-        let idle_at = now.saturating_sub(SETTLE_NS);
         let mut released = 0;
         for first in (0..INFLIGHT_SLOTS).step_by(SWEEP_SLOTS as usize) {
-            match self.run(first, device, idle_at) {
-                Ok(n) => released += n as u64,
+            match self.run(first, device) {
+                Ok(n) if n >= 0 => released += n as u64,
+                Ok(_) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    return Err(format!(
+                        "{} cannot read a request's reference count on this kernel \
+                         (`struct request`.`ref` is not in its BTF); requests whose \
+                         completion the probe never saw are released only when issued \
+                         again",
+                        names::PROG_BLOCK_SWEEP
+                    ));
+                }
                 Err(e) => {
                     self.failed.store(true, Ordering::Relaxed);
                     return Err(format!(
@@ -89,8 +100,8 @@ impl Sweep {
     }
 
     /// One run of the program over `SWEEP_SLOTS` slots from `first`.
-    fn run(&self, first: u32, device: u32, idle_at: u64) -> Result<u32, String> {
-        let args: [u64; 3] = [first as u64, device as u64, idle_at];
+    fn run(&self, first: u32, device: u32) -> Result<i32, String> {
+        let args: [u64; 2] = [first as u64, device as u64];
         // SAFETY: an all-zero bpf_attr is the documented "no options" value.
         let mut attr: aya_obj::generated::bpf_attr = unsafe { std::mem::zeroed() };
         // The union member BPF_PROG_TEST_RUN reads (writing one is safe).
@@ -115,6 +126,6 @@ impl Sweep {
             ));
         }
         // SAFETY: the kernel filled in the test member.
-        Ok(unsafe { attr.test.retval })
+        Ok(unsafe { attr.test.retval } as i32)
     }
 }

@@ -108,10 +108,10 @@ impl KvmLayouts {
             Variant {
                 kind: AttachKind::TpBtf,
                 programs: vec![
-                    spec(names::PROG_KVM_RUN_BTF, Hook::TpBtf("kvm_fpu")),
+                    spec(names::PROG_KVM_RUN_BTF, Hook::ModuleTpBtf("kvm", "kvm_fpu")),
                     spec(
                         names::PROG_KVM_USER_EXIT_BTF,
-                        Hook::TpBtf("kvm_userspace_exit"),
+                        Hook::ModuleTpBtf("kvm", "kvm_userspace_exit"),
                     ),
                 ],
                 unavailable: None,
