@@ -609,7 +609,9 @@ pub fn block_sweep(ctx: RawTracePointContext) -> i32 {
         }
         slot.state = slot_state::EMPTY;
         slot.id = 0;
-        depth_release(slot.dev, issued);
+        // The busy period it alone kept open ends at the last completion seen or its
+        // issue (0 when the issue time is unknown: then the last completion).
+        depth_release(slot.dev, slot.issued_ns);
         device_drop(slot.dev, counters::BLOCK_COMPLETION_UNSEEN);
         released += 1;
     }

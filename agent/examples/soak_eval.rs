@@ -1,6 +1,8 @@
 //! Scores the detector on soak recordings: `cargo xtask soak eval` runs this in release
-//! mode. One row per recording: false alarms per node-day away from injections, and
-//! the injected regressions detected within the allowed number of windows.
+//! mode. One row per recording: false alarms per node-day away from injections, over
+//! judged time only ("steady h": from the detector's first judged window on, so that a
+//! longer learning period is not credited with hours in which no alarm could open),
+//! and the injected regressions detected within the allowed number of windows.
 
 use std::{fs::File, io::BufReader, path::PathBuf};
 
@@ -66,20 +68,25 @@ fn main() -> anyhow::Result<()> {
         let file = File::open(path).with_context(|| format!("reading {name}"))?;
         let span = recording_span(path)?;
         let mut meter = EffectMeter::new(&injections, args.before);
-        let events = replay_timed_with(&name, BufReader::new(file), &config.detect, |r| {
+        let replayed = replay_timed_with(&name, BufReader::new(file), &config.detect, |r| {
             meter.add(r)
         })?;
+        let events = replayed.alarms;
+        // Rates count judged time only: no alarm can open while every series learns.
+        let judged = (replayed.judged_from.unwrap_or(span.1).max(span.0), span.1);
         let effects = meter.effects();
         let opened = soak::opened(&events);
         let allowed = args.allowed_windows * args.window;
-        let s = soak::score(&opened, &injections, span, args.settle, allowed);
+        let s = soak::score(&opened, &injections, judged, args.settle, allowed);
         let doubled = |i: usize| effects[i].as_ref().is_some_and(|e| e.ratio() >= 2.0);
-        let detected = s.injected.iter().filter(|(_, d)| d.is_some()).count();
-        let doubled_detected = (0..s.injected.len())
-            .filter(|&i| doubled(i) && s.injected[i].1.is_some())
+        let detected = s.injected.iter().filter(|(_, _, d)| d.is_some()).count();
+        let doubled_detected = s
+            .injected
+            .iter()
+            .filter(|(i, _, d)| doubled(*i) && d.is_some())
             .count();
-        let doubled_count = (0..s.injected.len()).filter(|&i| doubled(i)).count();
-        let mut delays: Vec<f64> = s.injected.iter().filter_map(|(_, d)| *d).collect();
+        let doubled_count = s.injected.iter().filter(|(i, _, _)| doubled(*i)).count();
+        let mut delays: Vec<f64> = s.injected.iter().filter_map(|(_, _, d)| *d).collect();
         delays.sort_by(f64::total_cmp);
         let median = delays.get(delays.len() / 2).map_or("-".to_owned(), |d| {
             format!("{d:.0}s/{:.1}w", d / args.window)
@@ -97,15 +104,20 @@ fn main() -> anyhow::Result<()> {
             median
         );
         println!(
-            "  all alarms opened: {}; during injections on other series: {}",
+            "  judged from {} ({:.2} h learning); all alarms opened: {}; during injections \
+             on other series: {}; injections while learning: {}",
+            rfc3339(judged.0),
+            (judged.0 - span.0) as f64 / 3.6e12,
             opened.iter().filter(|o| o.new_alarm).count(),
-            s.collateral
+            s.collateral,
+            s.while_learning
         );
         if args.explain {
             for a in &s.steady_alarms {
                 println!("  false alarm at {}: {}", rfc3339(a.at), a.summary);
             }
-            for (((kind, delay), i), effect) in s.injected.iter().zip(&injections).zip(&effects) {
+            for (index, kind, delay) in &s.injected {
+                let (i, effect) = (&injections[*index], &effects[*index]);
                 let effect =
                     effect
                         .as_ref()

@@ -35,6 +35,10 @@ pub struct Baseline {
     /// Mean sample count of the windows behind `dispersion`.
     #[serde(default)]
     spread_samples: f64,
+    /// How high each rule's quantile has gone in the windows of the horizon: the
+    /// node's ordinary excursions, which a window must leave to be a regression.
+    #[serde(default)]
+    pub envelope: super::envelope::Envelope,
 }
 
 impl Baseline {

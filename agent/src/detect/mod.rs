@@ -8,6 +8,7 @@ pub mod alarm;
 pub mod baseline;
 pub mod config;
 pub mod corpus;
+pub mod envelope;
 pub mod eval;
 pub mod incident;
 pub mod replay;
@@ -67,6 +68,8 @@ pub struct DetectOutput {
     pub learning: Vec<String>,
     /// Windows closed (judged or not) this interval.
     pub windows: u64,
+    /// Of those, windows judged (their series past learning).
+    pub judged: u64,
 }
 
 /// What `nodepulse check` says about the detector: how long a series learns before it
@@ -152,6 +155,7 @@ impl Detector {
             };
             if let Some(outcome) = state.observe(&who, delta, now, interval_ns, &self.config) {
                 out.windows += 1;
+                out.judged += u64::from(!outcome.learning);
                 series_alarms.extend(outcome.alarm);
             }
         }

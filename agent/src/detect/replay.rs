@@ -88,7 +88,17 @@ pub fn replay_timed(
     reader: impl BufRead,
     config: &DetectConfig,
 ) -> Result<Vec<(u64, Alarm)>, ReplayError> {
-    replay_timed_with(path, reader, config, |_| {})
+    Ok(replay_timed_with(path, reader, config, |_| {})?.alarms)
+}
+
+/// What a timed replay produced.
+pub struct Replayed {
+    /// Every alarm event, with the time (unix ns) of the report it came out of.
+    pub alarms: Vec<(u64, Alarm)>,
+    /// The time of the first report in which the detector judged a window (a series
+    /// past learning); None when it never did. Before it no alarm can open, so rates
+    /// of alarms count time from here on.
+    pub judged_from: Option<u64>,
 }
 
 /// As [`replay_timed`], showing every report to `also` on its way (the soak scorer
@@ -98,9 +108,10 @@ pub fn replay_timed_with(
     reader: impl BufRead,
     config: &DetectConfig,
     mut also: impl FnMut(&Report),
-) -> Result<Vec<(u64, Alarm)>, ReplayError> {
+) -> Result<Replayed, ReplayError> {
     let mut detector: Option<Detector> = None;
     let mut alarms = Vec::new();
+    let mut judged_from = None;
     for_each_report(path, reader, |report| {
         also(&report);
         let detector = detector.get_or_insert_with(|| Detector::new(config.clone(), &report.node));
@@ -112,9 +123,15 @@ pub fn replay_timed_with(
                 .iter()
                 .map(|(f, l, h)| (f.as_str(), l.clone(), h)),
         );
+        if out.judged > 0 && judged_from.is_none() {
+            judged_from = Some(report.time);
+        }
         alarms.extend(out.alarms.into_iter().map(|a| (report.time, a)));
     })?;
-    Ok(alarms)
+    Ok(Replayed {
+        alarms,
+        judged_from,
+    })
 }
 
 /// One report of a recording, as the detector sees it.

@@ -11,6 +11,7 @@ use super::{
     alarm::{Alarm, AlarmState},
     baseline::{Baseline, count_above},
     config::DetectConfig,
+    envelope::{Levels, levels_of},
     rules::{Evaluation, Verdict, evaluate},
 };
 use crate::aggregate::ExpHistogram;
@@ -37,6 +38,10 @@ pub struct SeriesState {
     good_streak: u32,
     streak_start: u64,
     alarm: Option<Alarm>,
+    /// Levels of the windows of the current episode (regressed, or while an alarm is
+    /// open): they join the envelope once it is over, not while it is being judged.
+    #[serde(default)]
+    episode: Vec<Levels>,
     /// Interval counter value when the series was last seen (to forget dead series).
     pub last_seen: u64,
 }
@@ -111,7 +116,14 @@ impl SeriesState {
         let learning = self.learning(config);
         if learning {
             if window.count() >= config.min_samples {
+                // The scatter is learned along, once the baseline is no longer a handful
+                // of windows: judging starts with it settled, not from the first
+                // windows after learning (a step there met a φ from two windows).
+                if self.baseline.windows >= SPREAD_AFTER_WINDOWS {
+                    self.baseline.note_spread(window, config.baseline_half_life);
+                }
                 self.baseline.learn(window, config.baseline_half_life);
+                (self.baseline.envelope).note(&levels_of(window), config.baseline_half_life);
             }
             return WindowOutcome {
                 evaluation: Evaluation::not_enough_data(),
@@ -187,6 +199,7 @@ impl SeriesState {
                 }
             }
         };
+        self.note_levels(window, &evaluation, config);
         debug_assert!(
             self.alarm
                 .as_ref()
@@ -211,7 +224,43 @@ const EARLY_SAMPLES_DIVISOR: u64 = 10;
 /// ... decisive meaning significant at this fraction of `significance`.
 const EARLY_SIGNIFICANCE_FACTOR: f64 = 0.01;
 
+/// Learned windows after which a learning series also learns its dispersion.
+const SPREAD_AFTER_WINDOWS: u32 = 10;
+
+/// Windows of one episode kept for the envelope (a day of 30 s windows).
+const MAX_EPISODE: usize = 2_880;
+
 impl SeriesState {
+    /// Notes a judged window's levels in the envelope: at once when it was normal and
+    /// no alarm is open, else when its episode is over (the streak ended short of an
+    /// alarm, or the alarm resolved). A regression's own windows must not excuse its
+    /// next ones while it is judged; once over, it is something this node has done,
+    /// and its recurrence within the horizon (the baseline's half-life, about an hour)
+    /// is its normal: a neighbour's build every twenty minutes alarms once, not thrice.
+    fn note_levels(
+        &mut self,
+        window: &ExpHistogram,
+        evaluation: &Evaluation,
+        config: &DetectConfig,
+    ) {
+        if evaluation.verdict == Verdict::NotEnoughData {
+            return;
+        }
+        let levels = levels_of(window);
+        if self.alarm.is_some() || evaluation.verdict == Verdict::Regressed {
+            if self.episode.len() < MAX_EPISODE {
+                self.episode.push(levels);
+            }
+            return;
+        }
+        for l in self.episode.drain(..) {
+            self.baseline.envelope.note(&l, config.baseline_half_life);
+        }
+        self.baseline
+            .envelope
+            .note(&levels, config.baseline_half_life);
+    }
+
     /// Whether the window gathering now, short of `min_samples` but `min_window` long,
     /// already shows a regression beyond doubt: then it closes now. A squeezed
     /// cgroup's run queue yields a few samples a second, and a window that waits for
@@ -438,6 +487,49 @@ pub(super) mod tests {
             resolved.summary
         );
         assert!(run.state.open_alarm().is_none());
+    }
+
+    #[test]
+    fn a_shift_the_node_has_shown_alarms_once_and_its_recurrence_is_its_normal() {
+        let mut run = Run::new();
+        // Windows that scatter beyond sampling noise, as a busy node's do.
+        for i in 0..30 {
+            run.step(&window(128 + 4 * (i % 2)));
+        }
+        // A neighbour's job: four windows ×1.7, alarmed; its own windows do not excuse
+        // its later ones while it lasts.
+        let mut opened = 0;
+        for _ in 0..4 {
+            let o = run.step(&window(136)).unwrap();
+            assert_eq!(
+                o.evaluation.verdict,
+                Verdict::Regressed,
+                "{:?}",
+                o.evaluation
+            );
+            opened += o
+                .alarm
+                .filter(|a| a.state == AlarmState::Open)
+                .iter()
+                .count();
+        }
+        assert_eq!(opened, 1);
+        while run.state.open_alarm().is_some() {
+            run.step(&window(130));
+        }
+        // The same job again: within the envelope, normal, no alarm; the evidence says
+        // how high the node's normal goes.
+        for _ in 0..4 {
+            let o = run.step(&window(136)).unwrap();
+            assert_eq!(o.evaluation.verdict, Verdict::Normal, "{:?}", o.evaluation);
+            assert!(o.alarm.is_none());
+            let p50 = &o.evaluation.rules[0];
+            assert!(p50.normal_ns >= p50.current_ns, "{p50:?}");
+        }
+        // A larger shift is beyond anything the node has done: alarmed.
+        run.step(&window(144));
+        let o = run.step(&window(144)).unwrap();
+        assert_eq!(o.alarm.expect("alarmed").state, AlarmState::Open);
     }
 
     #[test]

@@ -215,11 +215,14 @@ pub struct Score {
     pub steady_hours: f64,
     /// Alarms opened in that time.
     pub steady_alarms: Vec<Opened>,
-    /// Per injection: kind, and the delay to the first alarm on its target (None:
-    /// missed within the allowed delay).
-    pub injected: Vec<(String, Option<f64>)>,
+    /// Per injection judged (its index in the log, its kind), the delay to the first
+    /// alarm on its target (None: missed within the allowed delay).
+    pub injected: Vec<(usize, String, Option<f64>)>,
     /// Alarms opened during injections on series they do not target.
     pub collateral: usize,
+    /// Injections that started before judging began (while the detector learned):
+    /// neither detected nor missed.
+    pub while_learning: usize,
 }
 
 impl Score {
@@ -228,7 +231,9 @@ impl Score {
     }
 }
 
-/// Scores `opened` alarms over a recording spanning `start..end` (unix ns). `settle_s`
+/// Scores `opened` alarms over the judged part of a recording, `start..end` (unix ns:
+/// from the first judged window, so that a longer learning period is not credited with
+/// hours in which no alarm could open). `settle_s`
 /// after each injection still belongs to it (the node recovers); an injection counts
 /// as detected when an alarm on its target opens within `allowed_s` of its start.
 pub fn score(
@@ -254,15 +259,19 @@ pub fn score(
         ..Score::default()
     };
     for o in opened.iter().filter(|o| o.new_alarm) {
-        if !disturbed(o.at) {
+        if o.at >= start && !disturbed(o.at) {
             out.steady_alarms.push(o.clone());
         }
     }
-    for injection in injections {
+    for (index, injection) in injections.iter().enumerate() {
         let Some((s, e)) = injection.span() else {
             continue;
         };
         if s >= end {
+            continue;
+        }
+        if s < start {
+            out.while_learning += 1;
             continue;
         }
         let on_target = |o: &Opened| o.series.iter().any(|(f, l)| injection.targets(f, l));
@@ -271,7 +280,7 @@ pub fn score(
             .filter(|o| o.at >= s && on_target(o))
             .map(|o| (o.at - s) as f64 / 1e9)
             .find(|&d| d <= allowed_s);
-        out.injected.push((injection.kind.clone(), first));
+        out.injected.push((index, injection.kind.clone(), first));
         out.collateral += opened
             .iter()
             .filter(|o| o.new_alarm && o.at >= s && o.at < e + settle && !on_target(o))
@@ -341,12 +350,39 @@ mod tests {
         ];
         let s = score(&opened, &injections, (T0, T0 + 4 * 3600 * S), 300.0, 90.0);
         assert_eq!(s.steady_alarms.len(), 1);
-        assert_eq!(s.injected[0], ("reader".into(), Some(50.0)));
-        assert_eq!(s.injected[1], ("squeeze".into(), None));
+        assert_eq!(s.injected[0], (0, "reader".into(), Some(50.0)));
+        assert_eq!(s.injected[1], (1, "squeeze".into(), None));
         assert_eq!(s.collateral, 1);
         // 4 h minus two injections of 2 min + 5 min settling.
         assert!((s.steady_hours - (4.0 - 2.0 * 420.0 / 3600.0)).abs() < 1e-9);
         assert!((s.alarms_per_day() - 24.0 / s.steady_hours).abs() < 1e-9);
+    }
+
+    #[test]
+    fn only_judged_time_counts() {
+        let injections = [
+            injection("reader", 3600, 3720),
+            injection("squeeze", 7200, 7320),
+        ];
+        let opened = [
+            at(T0 + 3800 * S, "block.io.latency", &[("device", "loop1")]),
+            at(T0 + 5000 * S, "block.io.latency", &[("device", "loop1")]),
+        ];
+        // Judged from 3650 s: the reader began while learning, its settling time
+        // (until 4020 s) is still disturbed.
+        let start = T0 + 3650 * S;
+        let s = score(
+            &opened,
+            &injections,
+            (start, T0 + 4 * 3600 * S),
+            300.0,
+            90.0,
+        );
+        assert_eq!(s.while_learning, 1);
+        assert_eq!(s.injected, vec![(1, "squeeze".into(), None)]);
+        assert_eq!(s.steady_alarms.len(), 1);
+        let hours = (4.0 * 3600.0 - 3650.0 - (4020.0 - 3650.0) - 420.0) / 3600.0;
+        assert!((s.steady_hours - hours).abs() < 1e-9, "{}", s.steady_hours);
     }
 
     #[test]
