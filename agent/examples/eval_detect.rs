@@ -46,6 +46,10 @@ struct Args {
     /// With --corpus: also score each part of the detector switched off.
     #[arg(long, requires = "corpus")]
     ablation: bool,
+    /// With --corpus: tune with fixed learning periods only, not shares of each
+    /// series' length (to compare with them).
+    #[arg(long, requires = "corpus")]
+    fixed_learning: bool,
     /// With a NAB --corpus: score this published detector's result directory
     /// (e.g. DIR/results/numenta) instead, to check the scorer against NAB's numbers.
     #[arg(long, value_name = "DIR", requires = "corpus")]
@@ -60,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             tune: !args.no_tune,
             nab_results: args.nab_results.clone(),
             ablation: args.ablation,
+            fixed_learning: args.fixed_learning,
         };
         let started = Instant::now();
         let report = corpus::evaluate(dir, &config.detect.scalar, &options, &mut |line| {

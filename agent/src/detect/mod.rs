@@ -40,8 +40,8 @@ pub struct Detector {
     series: HashMap<String, SeriesState>,
     incidents: Incidents,
     intervals: u64,
-    /// Scalar series (rates, means), up to `[detect.scalar] max_series`; not saved
-    /// across restarts (they relearn in `learn_points` intervals).
+    /// Scalar series (rates, means), up to `[detect.scalar] max_series`; saved across
+    /// restarts with the rest (`snapshot`).
     scalars: HashMap<String, ScalarSeries>,
     /// Scalar series seen this interval but not watched: over the budget.
     pub scalars_unwatched: u64,

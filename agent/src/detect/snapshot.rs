@@ -2,12 +2,14 @@
 //! progress, baseline and alarm, and the open incidents. A restarted agent goes on
 //! judging against the baselines it had learned (instead of learning again for
 //! `baseline_windows` windows) and keeps its open alarms open under the same ids.
+//! The scalar series (`super::scalar`) are saved too, a few KB each, up to
+//! `[detect.scalar] max_series`.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Detector, incident::Incident, series::SeriesState};
+use super::{Detector, incident::Incident, scalar::series::ScalarSeries, series::SeriesState};
 
 /// Bumped when a saved detector state can no longer be read as it was written.
 pub const FORMAT: u32 = 1;
@@ -18,6 +20,7 @@ struct SnapshotRef<'a> {
     intervals: u64,
     series: &'a HashMap<String, SeriesState>,
     incidents: &'a [Incident],
+    scalars: &'a HashMap<String, ScalarSeries>,
 }
 
 #[derive(Deserialize)]
@@ -26,6 +29,9 @@ struct Snapshot {
     intervals: u64,
     series: HashMap<String, SeriesState>,
     incidents: Vec<Incident>,
+    /// Absent in states saved before scalar series were.
+    #[serde(default)]
+    scalars: HashMap<String, ScalarSeries>,
 }
 
 /// What a restore brought back.
@@ -35,6 +41,9 @@ pub struct Restored {
     /// Series whose baseline had learned enough to be judged.
     pub judged: usize,
     pub open_alarms: Vec<String>,
+    /// Scalar series, and how many of them had learned enough to be scored.
+    pub scalars: usize,
+    pub scalars_judged: usize,
 }
 
 impl Detector {
@@ -45,6 +54,7 @@ impl Detector {
             intervals: self.intervals,
             series: &self.series,
             incidents: self.incidents.snapshot(),
+            scalars: &self.scalars,
         })
         .unwrap_or(serde_json::Value::Null)
     }
@@ -67,6 +77,16 @@ impl Detector {
         self.intervals = snapshot.intervals;
         self.series = snapshot.series;
         self.incidents.restore(snapshot.incidents);
+        // A budget lowered since: the series seen last are kept.
+        let mut scalars: Vec<_> = snapshot.scalars.into_iter().collect();
+        scalars.sort_by_key(|(name, s)| (std::cmp::Reverse(s.last_seen), name.clone()));
+        scalars.truncate(self.config.scalar.max_series);
+        self.scalars = scalars.into_iter().collect();
+        let scalars_judged = self
+            .scalars
+            .values()
+            .filter(|s| !s.detector.learning(&self.config.scalar))
+            .count();
         let judged = self
             .series
             .values()
@@ -76,6 +96,8 @@ impl Detector {
             series: self.series.len(),
             judged,
             open_alarms: self.open_alarms().map(|a| a.id.clone()).collect(),
+            scalars: self.scalars.len(),
+            scalars_judged,
         })
     }
 }
@@ -136,6 +158,74 @@ mod tests {
         let last = resolved.last().expect("resolved");
         assert_eq!(last.state, AlarmState::Resolved);
         assert_eq!(last.id, opened[0].id);
+    }
+
+    /// A scalar series' open alarm goes on under its id after a restart, and the
+    /// series, learned before, is scored at once instead of learning again.
+    #[test]
+    fn a_restored_detector_keeps_its_scalar_series_and_their_open_alarm() {
+        use crate::detect::{ScalarInput, scalar::ScalarConfig};
+        let config = crate::detect::DetectConfig {
+            scalar: ScalarConfig {
+                max_series: 1,
+                ..ScalarConfig::default()
+            },
+            ..crate::detect::DetectConfig::default()
+        };
+        let mut rng = crate::detect::eval::Rng::new(3);
+        let mut feed = |d: &mut Detector, i: u64, level: f64| {
+            let input = ScalarInput {
+                family: "net.tcp.retransmits".into(),
+                labels: BTreeMap::new(),
+                unit: "/s",
+                value: level * (1.0 + 0.02 * rng.normal()),
+            };
+            d.update_with_scalars(1_800_000_000 * S + i * 10 * S, 10 * S, [], [input])
+                .alarms
+        };
+        let mut before = Detector::new(config.clone(), "n");
+        let mut opened = Vec::new();
+        let mut i = 0;
+        while opened.is_empty() {
+            assert!(i < 2000, "no alarm opened");
+            let level = if i < 1000 { 50.0 } else { 150.0 };
+            opened.extend(feed(&mut before, i, level));
+            i += 1;
+        }
+        assert_eq!(opened[0].state, AlarmState::Open);
+
+        let text = serde_json::to_string(&before.snapshot()).unwrap();
+        let mut after = Detector::new(config.clone(), "n");
+        let restored = after.restore(serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!((restored.scalars, restored.scalars_judged), (1, 1));
+        assert_eq!(restored.open_alarms, vec![opened[0].id.clone()]);
+        // Still off: the same alarm goes on; back to normal, it resolves under its id.
+        let next = feed(&mut after, i, 150.0);
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!(
+            (next[0].state, &next[0].id),
+            (AlarmState::Ongoing, &opened[0].id)
+        );
+        let mut later = Vec::new();
+        for j in 1..200 {
+            later.extend(feed(&mut after, i + j, 50.0));
+        }
+        let last = later.last().expect("resolved");
+        assert_eq!(
+            (last.state, &last.id),
+            (AlarmState::Resolved, &opened[0].id)
+        );
+
+        // Not learning again: a fresh detector does not score the same step at all.
+        let mut fresh = Detector::new(config, "n");
+        let mut fresh_alarms = Vec::new();
+        for j in 0..20 {
+            fresh_alarms.extend(feed(&mut fresh, j, if j < 10 { 50.0 } else { 150.0 }));
+        }
+        assert!(fresh_alarms.is_empty(), "{fresh_alarms:?}");
+        let mut again = Detector::new(crate::detect::DetectConfig::default(), "n");
+        let r = again.restore(serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(r.scalars_judged, 1, "the learned series is judged at once");
     }
 
     #[test]

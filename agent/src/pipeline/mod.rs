@@ -176,6 +176,8 @@ impl Pipeline {
                     Ok(r) => tracing::info!(
                         series = r.series,
                         judged = r.judged,
+                        scalar_series = r.scalars,
+                        scalar_judged = r.scalars_judged,
                         open_alarms = ?r.open_alarms,
                         "detector state restored: baselines kept, open alarms stay open"
                     ),

@@ -22,10 +22,52 @@ pub struct Options {
     pub nab_results: Option<PathBuf>,
     /// Also score each part of the detector switched off.
     pub ablation: bool,
+    /// Tune with fixed learning periods only (the comparison with shares of a series).
+    pub fixed_learning: bool,
+}
+
+/// Detector settings, and how long each series learns: `learn_points`, or (offline,
+/// where a file's length is known) a share of its length, as NAB's probationary
+/// period is (15 % of a file, at most 750 rows), which its scorer does not count.
+#[derive(Clone)]
+struct Setting {
+    c: ScalarConfig,
+    learn_share: Option<f64>,
+}
+
+impl Setting {
+    fn given(c: &ScalarConfig) -> Self {
+        Self {
+            c: c.clone(),
+            learn_share: None,
+        }
+    }
+
+    fn with(&self, c: ScalarConfig) -> Self {
+        Self {
+            c,
+            learn_share: self.learn_share,
+        }
+    }
+
+    /// The settings for a series of `len` points.
+    fn for_len(&self, len: usize) -> std::borrow::Cow<'_, ScalarConfig> {
+        match self.learn_share {
+            None => std::borrow::Cow::Borrowed(&self.c),
+            Some(share) => {
+                let points = (share * len as f64).min(share * 5000.0).floor().max(1.0);
+                std::borrow::Cow::Owned(ScalarConfig {
+                    learn_points: points as u32,
+                    ..self.c.clone()
+                })
+            }
+        }
+    }
 }
 
 /// Scores of one series, and the nanoseconds the detector spent.
-fn run_detector(values: &[f64], times: Option<&[f64]>, c: &ScalarConfig) -> (Vec<f64>, u128) {
+fn run_detector(values: &[f64], times: Option<&[f64]>, s: &Setting) -> (Vec<f64>, u128) {
+    let c = &*s.for_len(values.len());
     let started = Instant::now();
     let mut d = ScalarDetector::default();
     let scores = values
@@ -68,21 +110,39 @@ fn halves<T>(items: &[T]) -> (Vec<&T>, Vec<&T>) {
     (tune, held)
 }
 
-/// The settings tried on NAB's tuning half.
-fn nab_candidates(base: &ScalarConfig) -> Vec<(String, ScalarConfig)> {
-    let mut out = vec![("given".to_owned(), base.clone())];
-    for refractory in [100, 150, 250] {
-        for fire in [0.3, 0.35, 0.45] {
-            for context_weight in [0.0, 0.1, 0.3] {
-                out.push((
-                    format!("refractory {refractory}, fire {fire}, context {context_weight}"),
-                    ScalarConfig {
-                        refractory,
-                        fire,
-                        context_weight,
-                        ..base.clone()
-                    },
-                ));
+/// The settings tried on NAB's tuning half (`fixed_only`: without learning for the
+/// probationary period).
+fn nab_candidates(base: &ScalarConfig, fixed_only: bool) -> Vec<(String, Setting)> {
+    let mut out = vec![("given".to_owned(), Setting::given(base))];
+    let shares: &[Option<f64>] = if fixed_only {
+        &[None]
+    } else {
+        &[None, Some(0.15)]
+    };
+    for &learn_share in shares {
+        for refractory in [100, 150, 250] {
+            for fire in [0.3, 0.35, 0.45] {
+                for context_weight in [0.0, 0.1, 0.3] {
+                    let learn = match learn_share {
+                        None => format!("learn {}", base.learn_points),
+                        Some(s) => format!("learn {:.0} % (the probationary period)", s * 100.0),
+                    };
+                    out.push((
+                        format!(
+                            "{learn}, refractory {refractory}, fire {fire}, context \
+                             {context_weight}"
+                        ),
+                        Setting {
+                            c: ScalarConfig {
+                                refractory,
+                                fire,
+                                context_weight,
+                                ..base.clone()
+                            },
+                            learn_share,
+                        },
+                    ));
+                }
             }
         }
     }
@@ -90,8 +150,9 @@ fn nab_candidates(base: &ScalarConfig) -> Vec<(String, ScalarConfig)> {
 }
 
 /// The parts switched off, one at a time.
-fn ablations(c: &ScalarConfig) -> Vec<(&'static str, ScalarConfig)> {
-    vec![
+fn ablations(s: &Setting) -> Vec<(&'static str, Setting)> {
+    let c = &s.c;
+    let parts = vec![
         ("all parts", c.clone()),
         (
             "without level (deviation)",
@@ -135,10 +196,11 @@ fn ablations(c: &ScalarConfig) -> Vec<(&'static str, ScalarConfig)> {
                 ..c.clone()
             },
         ),
-    ]
+    ];
+    parts.into_iter().map(|(l, c)| (l, s.with(c))).collect()
 }
 
-fn nab_scores(files: &[&NabFile], c: &ScalarConfig) -> (Vec<Vec<f64>>, u128, usize) {
+fn nab_scores(files: &[&NabFile], c: &Setting) -> (Vec<Vec<f64>>, u128, usize) {
     let mut ns = 0;
     let mut points = 0;
     let scores = files
@@ -210,11 +272,11 @@ fn evaluate_nab(
     let all: Vec<&NabFile> = files.iter().collect();
     let (tune, held) = halves(files);
     let standard = &PROFILES[0];
-    let mut chosen = ("given".to_owned(), base.clone());
+    let mut chosen = ("given".to_owned(), Setting::given(base));
     let mut out = String::new();
     if options.tune {
         let mut best = f64::NEG_INFINITY;
-        for (label, c) in nab_candidates(base) {
+        for (label, c) in nab_candidates(base, options.fixed_learning) {
             let (scores, _, _) = nab_scores(&tune, &c);
             let s = nab::score_files(&tune, &scores, standard, None).score;
             progress(&format!("tuning half, standard {s:6.2}: {label}"));
@@ -338,25 +400,40 @@ const TCPD_THRESHOLDS: [f64; 12] = [
     0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8,
 ];
 
-fn tcpd_candidates(base: &ScalarConfig) -> Vec<(String, ScalarConfig)> {
-    let mut out = vec![("given".to_owned(), base.clone())];
-    for learn_points in [5, 10, 20] {
+/// TCPD's series are short (15 to ~800 points): a fixed learning period either
+/// leaves a short series' early changes unseen or learns a long one from too little,
+/// so shares of each series' length are tried beside fixed periods (`fixed_only`:
+/// the fixed ones alone, as before shares were tried).
+fn tcpd_candidates(base: &ScalarConfig, fixed_only: bool) -> Vec<(String, Setting)> {
+    let mut out = vec![("given".to_owned(), Setting::given(base))];
+    let mut learns: Vec<(u32, Option<f64>)> = vec![(5, None), (10, None), (20, None)];
+    if !fixed_only {
+        learns.extend([0.03, 0.05, 0.1, 0.15].map(|s| (0, Some(s))));
+    }
+    for (learn_points, learn_share) in learns {
         for level_half_life in [10.0, 30.0, 100.0] {
             for shift_after in [3, 6] {
                 for refractory in [5, 15] {
+                    let learn = match learn_share {
+                        None => format!("learn {learn_points}"),
+                        Some(s) => format!("learn {:.0} % of the series", s * 100.0),
+                    };
                     out.push((
                         format!(
-                            "learn {learn_points}, level half-life {level_half_life}, shift \
-                             after {shift_after}, refractory {refractory}"
+                            "{learn}, level half-life {level_half_life}, shift after \
+                             {shift_after}, refractory {refractory}"
                         ),
-                        ScalarConfig {
-                            learn_points,
-                            level_half_life,
-                            shift_after,
-                            refractory,
-                            surprise_half_life: 100.0,
-                            season_bins: 0,
-                            ..base.clone()
+                        Setting {
+                            c: ScalarConfig {
+                                learn_points: learn_points.max(1),
+                                level_half_life,
+                                shift_after,
+                                refractory,
+                                surprise_half_life: 100.0,
+                                season_bins: 0,
+                                ..base.clone()
+                            },
+                            learn_share,
                         },
                     ));
                 }
@@ -378,7 +455,7 @@ fn tcpd_score(series: &[&TcpdSeries], scores: &[Vec<f64>], threshold: f64) -> (f
     (f / series.len() as f64, c / series.len() as f64)
 }
 
-fn tcpd_scores(series: &[&TcpdSeries], c: &ScalarConfig) -> (Vec<Vec<f64>>, u128, usize) {
+fn tcpd_scores(series: &[&TcpdSeries], c: &Setting) -> (Vec<Vec<f64>>, u128, usize) {
     let mut ns = 0;
     let mut points = 0;
     let scores = series
@@ -403,7 +480,7 @@ fn evaluate_tcpd(
     let all: Vec<&TcpdSeries> = series.iter().collect();
     let (tune, held) = halves(series);
     // Settings and threshold chosen by F1 on the tuning half.
-    let pick = |c: &ScalarConfig| {
+    let pick = |c: &Setting| {
         let (scores, _, _) = tcpd_scores(&tune, c);
         TCPD_THRESHOLDS
             .iter()
@@ -412,10 +489,10 @@ fn evaluate_tcpd(
                 if x.1.0 > b.1.0 { x } else { b }
             })
     };
-    let mut chosen = ("given".to_owned(), base.clone());
-    let (mut threshold, mut best) = pick(base);
+    let mut chosen = ("given".to_owned(), Setting::given(base));
+    let (mut threshold, mut best) = pick(&chosen.1);
     if options.tune {
-        for (label, c) in tcpd_candidates(base) {
+        for (label, c) in tcpd_candidates(base, options.fixed_learning) {
             let (t, s) = pick(&c);
             progress(&format!(
                 "tuning half, F1 {:.3} cover {:.3} at {t}: {label}",

@@ -113,6 +113,39 @@ fn memory_is_bounded() {
     assert!(json.len() < 20_000, "{} bytes", json.len());
 }
 
+/// Saved (as the state file holds it, through text) and restored, a detector scores
+/// every later point as the one that never stopped; what is saved stays small.
+#[test]
+fn a_restored_detector_scores_as_if_it_had_never_stopped() {
+    let c = ScalarConfig::default();
+    let mut rng = Rng::new(7);
+    let values: Vec<f64> = (0..288 * 6).map(|i| daily(&mut rng, i)).collect();
+    let time = |i: usize| Some(1.7e9 + 300.0 * i as f64);
+    for stop in [3, 200, 288 * 5] {
+        let mut kept = ScalarDetector::default();
+        for (i, &v) in values[..stop].iter().enumerate() {
+            kept.observe(v, time(i), &c);
+        }
+        let text = serde_json::to_string(&kept).unwrap();
+        assert!(text.len() < 4_000, "{} bytes saved", text.len());
+        let mut restored: ScalarDetector = serde_json::from_str(&text).unwrap();
+        for (i, &v) in values.iter().enumerate().skip(stop) {
+            let (a, b) = (
+                kept.observe(v, time(i), &c),
+                restored.observe(v, time(i), &c),
+            );
+            // JSON numbers read back within an ulp (serde_json's fast float parsing).
+            let near = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(1.0);
+            assert!(
+                near(a.score, b.score) && near(a.expected, b.expected) && a.novelty == b.novelty,
+                "point {i} after a stop at {stop}: {a:?} against {b:?}"
+            );
+            assert_eq!(kept.context.ring(), restored.context.ring());
+        }
+        assert!(!restored.learning(&c));
+    }
+}
+
 #[test]
 fn the_agent_watches_scalar_series_up_to_its_budget_and_alarms_on_a_step() {
     use crate::detect::{DetectConfig, Detector, ScalarInput};
