@@ -274,6 +274,7 @@ fn endpoints() -> (tokio::sync::oneshot::Sender<()>, Vec<std::net::SocketAddr>) 
             let any = "127.0.0.1:0".parse().unwrap();
             let (mut prom, prom_addr) = PrometheusExporter::start(any).unwrap();
             prom.export(&crate::report::sample()).unwrap();
+            prom.wait_rendered();
             let (health, health_addr) =
                 crate::health::Health::start(any, std::time::Duration::from_secs(10)).unwrap();
             addrs_tx.send(vec![prom_addr, health_addr]).unwrap();
