@@ -27,6 +27,7 @@ mod lifecycle;
 mod otlp_export;
 mod otlp_receiver;
 mod prometheus;
+mod prometheus_rules;
 mod prometheus_server;
 mod regression_live;
 mod replay;

@@ -72,3 +72,43 @@ fn metric_names_are_found_in_promql() {
     );
     assert_eq!(names, ["a_bucket", "b"]);
 }
+
+/// Prometheus fed by the collector has the latency families in nanoseconds
+/// (`_nanoseconds`, as OTLP carries them), the scrape endpoint in seconds: every
+/// quantile and rate panel reads both, the collector's quantiles divided by 1e9. The
+/// heatmaps draw the scraped `_seconds` family only (a native histogram cannot be
+/// rescaled in PromQL), as the README says.
+#[test]
+fn latency_panels_read_the_scraped_and_the_collector_families() {
+    one_subject_at_a_time!();
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/nodepulse.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    let mut both = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let names = metric_names(expr);
+            let seconds: Vec<&String> = names
+                .iter()
+                .filter(|n| n.ends_with("_seconds") && n.starts_with("nodepulse_"))
+                .collect();
+            if seconds.is_empty() {
+                continue;
+            }
+            let title = p["title"].as_str().unwrap();
+            if p["type"] == "heatmap" {
+                assert!(!expr.contains("_nanoseconds"), "{title}: {expr}");
+                continue;
+            }
+            for s in seconds {
+                let twin = format!("{}_nanoseconds", s.trim_end_matches("_seconds"));
+                assert!(names.contains(&twin), "{title}: no {twin} in {expr}");
+            }
+            if expr.contains("histogram_quantile") {
+                assert!(expr.ends_with("/ 1e9"), "{title}: {expr}");
+            }
+            both += 1;
+        }
+    }
+    assert!(both >= 10, "{both} panels read both families");
+}

@@ -683,9 +683,7 @@ fn histogram_proto(h: &ExpHistogram, unit: Unit) -> proto::Histogram {
             .collect(),
         // OTLP scale and Prometheus schema are the same number.
         schema: Some(agent_common::hist::SCALE),
-        // Only exact zeros are in the zero bucket: values are integers and 1 (ns)
-        // already has a bucket of its own.
-        zero_threshold: Some(0.0),
+        zero_threshold: Some(NATIVE_ZERO_THRESHOLD),
         zero_count: Some(h.zero_count),
         negative_span: Vec::new(),
         negative_delta: Vec::new(),
@@ -693,6 +691,16 @@ fn histogram_proto(h: &ExpHistogram, unit: Unit) -> proto::Histogram {
         positive_delta,
     }
 }
+
+/// The native zero bucket's threshold, client_golang's default (2^-128): far below
+/// the smallest value recorded (values are integers; 1 ns is 1e-9 s), so the zero
+/// bucket still holds exact zeros only. It is not 0 because a threshold above 0 is
+/// what marks an empty histogram as native for Prometheus 2.42 to 2.46: they take a
+/// histogram as native only when it has bucket deltas, a zero count or a threshold
+/// above 0 (the empty span below counts from 2.47), and decide for a whole family from
+/// its first series, so one idle device served first made every series of its family
+/// classic (docs/architecture.md, Prometheus names).
+const NATIVE_ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39; // 2^-128
 
 /// Spans of consecutive populated buckets (the first span's offset is its starting
 /// index, the others' the number of empty buckets skipped) and each bucket's count as

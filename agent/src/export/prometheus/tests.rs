@@ -365,7 +365,7 @@ fn protobuf_carries_native_and_classic_histograms() {
     let h = m.histogram.as_ref().unwrap();
     let cumulative = &r.series[0].cumulative;
     assert_eq!(h.schema(), 3);
-    assert_eq!(h.zero_threshold, Some(0.0));
+    assert_eq!(h.zero_threshold, Some(2f64.powi(-128)));
     assert_eq!(h.zero_count(), 0);
     assert_eq!(h.sample_count(), 100);
     assert_eq!(h.sample_sum(), 0.009);
@@ -443,6 +443,12 @@ fn empty_histogram_is_still_native() {
         }]
     );
     assert!(p.positive_delta.is_empty() && p.bucket.is_empty());
+    // What Prometheus 2.42 checks (model/textparse isNativeHistogram): an empty
+    // histogram is native only through a zero threshold above 0, and that threshold
+    // is below every value a bucket can hold (1 ns in seconds, 1 byte).
+    assert!(p.zero_threshold() > 0.0);
+    // The lower bound of the bucket holding 1 ns, in seconds.
+    assert!(p.zero_threshold() < native_upper_bound(-1 - NATIVE_SECONDS_SHIFT));
 }
 
 #[test]
