@@ -23,5 +23,7 @@ pub mod state;
 pub mod util;
 pub mod view;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 #[cfg(test)]
 mod fuzz_inputs;

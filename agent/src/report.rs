@@ -282,8 +282,8 @@ impl AgentReport {
 
 /// A small but complete report for exporters' unit tests: one block series (90
 /// samples near 80 µs and 10 near 2.6 ms over 10 s), one program, one drop counter.
-#[cfg(test)]
-pub(crate) fn sample() -> Report {
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn sample() -> Report {
     use crate::aggregate::SeriesKey;
 
     let mut dense = vec![0u64; 200];

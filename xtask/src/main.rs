@@ -7,6 +7,7 @@ mod bench;
 mod deb;
 mod dist;
 mod eval_detect;
+mod fuzz;
 mod image;
 mod receiver;
 mod run;
@@ -53,6 +54,9 @@ enum Task {
     /// The kernel matrix: Debian's 5.10, 6.1, 6.12 and Ubuntu's 5.15, 6.8 kernels under QEMU, every probe
     /// family attached and its counts checked against the guest's own. Needs root.
     Vmtest(vmtest::Args),
+    /// The libFuzzer targets (fuzz/, one per parser of outside input), each for
+    /// `--seconds` (default 60), with cargo-fuzz on nightly (installed when missing).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Task::EvalDetect(args) => eval_detect::run(args),
         Task::Soak(args) => soak::run(args),
         Task::Vmtest(args) => vmtest::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     };
     // Printed by hand: a failed task is an expected outcome, and anyhow's Debug output
     // would add a backtrace of xtask itself whenever RUST_BACKTRACE is set.

@@ -66,7 +66,7 @@ const PYTHON_PACKAGES: &[&str] = &["kubernetes-validate"];
 /// Where bpf-linker's build finds LLVM 22.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-const STEPS: usize = 7;
+const STEPS: usize = 8;
 
 #[derive(clap::Args)]
 pub struct Args {}
@@ -166,6 +166,16 @@ pub fn ensure() -> Result<()> {
             step.finish("installed");
             installed.push("bpf-linker".into());
         }
+    }
+
+    let step = steps.step("cargo-fuzz (libFuzzer targets)");
+    if cargo_fuzz_present() {
+        step.present();
+    } else {
+        step.start_line("installing (builds from source, about 2 minutes)");
+        install_cargo_fuzz()?;
+        step.finish("installed");
+        installed.push("cargo-fuzz".into());
     }
 
     let step = steps.step(&format!("Rust target {MUSL_TARGET} (static binary)"));
@@ -341,6 +351,22 @@ fn install_bpf_linker() -> Result<()> {
                 "llvm-22,llvm-link-static",
             ]),
     )
+}
+
+fn cargo_fuzz_present() -> bool {
+    util::succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    util::run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))
+}
+
+/// Installs cargo-fuzz when missing (for `cargo xtask fuzz` run on its own).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if !cargo_fuzz_present() {
+        install_cargo_fuzz()?;
+    }
+    Ok(())
 }
 
 fn musl_target_present() -> bool {

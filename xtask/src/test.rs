@@ -78,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
             vec!["test", "--workspace", "--exclude", "agent-ebpf"],
         ),
     ];
-    let mut progress = Progress::new(steps.len() + ARTIFACTS.len() + 1);
+    let mut progress = Progress::new(steps.len() + ARTIFACTS.len() + 2);
     let mut tally = None;
     for (name, cargo_args) in steps {
         if name == "test" {
@@ -120,6 +120,20 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
+    // A short libFuzzer run of every parser of outside input (see fuzz.rs).
+    let step = progress.step(&format!(
+        "fuzz ({} targets, {FUZZ_SECONDS} s each)",
+        crate::fuzz::TARGETS.len()
+    ));
+    step.start_line("running");
+    let result = crate::fuzz::fuzz(crate::fuzz::TARGETS, FUZZ_SECONDS);
+    let elapsed = step.finish(outcome(&result));
+    results.push(("fuzz", outcome(&result), elapsed));
+    if let Err(err) = result {
+        summary(&results, start.elapsed());
+        return Err(err.context("step `fuzz` failed"));
+    }
+
     // The kernel matrix last: it boots three kernels under QEMU (see vmtest/mod.rs).
     let step = progress.step("vmtest (kernel matrix under QEMU)");
     if root {
@@ -151,6 +165,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+/// Seconds each fuzz target runs in the suite: ten targets, well under two minutes.
+const FUZZ_SECONDS: u64 = 8;
 
 /// Builds one artifact.
 type Build = fn() -> Result<()>;

@@ -351,6 +351,71 @@ mod tests {
         assert_eq!(r.killed, vec![format!("{hidden} sleep")], "{r:?}");
     }
 
+    /// The run's cgroup as its program sees it: the root of a namespace of its own.
+    #[test]
+    fn a_program_sees_its_runs_cgroup_as_the_root() {
+        if let Err(why) = super::super::run_cgroup::containment() {
+            eprintln!("SKIPPED: no run cgroups on this host (run as root to test them): {why}");
+            return;
+        }
+        let r = run_sh("cat /proc/self/cgroup", Duration::from_secs(10));
+        assert_eq!(r.exit_code, Some(0), "{r:?}");
+        let hierarchy = super::super::run_cgroup::parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        // Outside the namespace the path would name nodepulse-actions/<run id>.
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let v2 = mounts
+            .lines()
+            .any(|l| l.contains(" cgroup2 ") && l.contains(&format!(" {} ", hierarchy.display())));
+        let line = r
+            .output
+            .lines()
+            .find(|l| {
+                if v2 {
+                    l.starts_with("0::")
+                } else {
+                    l.contains("pids") || l.contains("freezer")
+                }
+            })
+            .unwrap_or_else(|| panic!("{r:?}"));
+        assert!(line.ends_with(":/"), "{line} (in {:?})", r.output);
+    }
+
+    /// A program that writes its own pid into the hierarchy's root `cgroup.procs`. With
+    /// `nsdelegate` the kernel refuses, root or not, and the run keeps it; without, it
+    /// leaves (what `check` says about this host).
+    #[test]
+    fn a_program_cannot_leave_its_run_where_the_mount_delegates() {
+        use super::super::run_cgroup;
+        let Ok(parent) = run_cgroup::parent() else {
+            eprintln!("SKIPPED: no run cgroups on this host (run as root to test them)");
+            return;
+        };
+        let root = parent.parent().unwrap();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let delegates = run_cgroup::delegates(&mounts, parent);
+        let procs = root.join("cgroup.procs");
+        let r = run_sh(
+            &format!(
+                "if echo $$ > {}; then echo left; else echo refused; fi",
+                procs.display()
+            ),
+            Duration::from_secs(10),
+        );
+        assert_eq!(r.exit_code, Some(0), "{r:?}");
+        let first = r.output.lines().next().unwrap_or_default();
+        eprintln!("nsdelegate {delegates}: the program {first}");
+        assert_eq!(first, if delegates { "refused" } else { "left" }, "{r:?}");
+        assert!(run_cgroup::containment().unwrap().contains(if delegates {
+            "does not let it leave"
+        } else {
+            "can still leave"
+        }));
+    }
+
     #[test]
     fn a_stop_kills_the_run_and_everything_it_started() {
         let dir = tempfile::tempdir().unwrap();

@@ -71,13 +71,36 @@ pub fn parent() -> Result<&'static Path, &'static str> {
         .map_err(String::as_str)
 }
 
+/// Whether the kernel refuses, to a process in a cgroup namespace, migrations out of
+/// its namespace's subtree: only on a cgroup2 mount with `nsdelegate` (set at the
+/// hierarchy's first mount in the initial namespace; systemd does on cgroup2-only hosts).
+pub fn delegates(mounts: &str, parent: &Path) -> bool {
+    mounts.lines().any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 3
+            && f[2] == "cgroup2"
+            && Some(Path::new(f[1])) == parent.parent()
+            && f[3].split(',').any(|o| o == "nsdelegate")
+    })
+}
+
 /// How runs are contained here, for `check` and the start-up log.
 pub fn containment() -> Result<String, String> {
     match parent() {
-        Ok(dir) => Ok(format!(
-            "each program run in its own cgroup under {}",
-            dir.display()
-        )),
+        Ok(dir) => {
+            let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+            let escape = if delegates(&mounts, dir) {
+                "in a cgroup namespace the kernel does not let it leave (nsdelegate), \
+                 unless it holds CAP_SYS_ADMIN and joins another process's namespace"
+            } else {
+                "which a program run as root can still leave by writing another \
+                 cgroup.procs (the cgroup2 mount lacks nsdelegate)"
+            };
+            Ok(format!(
+                "each program run in its own cgroup under {}, {escape}",
+                dir.display()
+            ))
+        }
         Err(why) => Err(format!(
             "{why}: runs are found by their environment markers only, and a program that \
              clears its environment can outlive its run; give the agent a writable cgroup \
@@ -151,20 +174,30 @@ impl RunCgroup {
         Some(Self { dir, procs })
     }
 
-    /// What the child runs between `fork` and `exec` to move itself into the cgroup.
-    /// Only a `write(2)` on an already open descriptor: async-signal-safe, as a forked
-    /// child of a threaded process needs.
+    /// What the child runs between `fork` and `exec` to move itself into the cgroup,
+    /// then into a cgroup namespace rooted there. Where the cgroup2 mount has
+    /// `nsdelegate` (systemd mounts it so on cgroup2-only hosts), the kernel then refuses
+    /// any migration out of the run's subtree from inside it, root or not: a program
+    /// cannot leave its run by writing another `cgroup.procs`. It still can by joining
+    /// another process's cgroup namespace first (`setns`, which needs CAP_SYS_ADMIN), or
+    /// by asking a process outside to start one (see docs/architecture.md). Only
+    /// `write(2)` and `unshare(2)`: async-signal-safe, as a forked child of a threaded
+    /// process needs.
     pub fn enter_hook(&self) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
         let fd: RawFd = self.procs.as_raw_fd();
         move || {
             // SAFETY: `fd` stays open in the parent until after the spawn, so the child's
             // copy is valid; "0" names the writing process itself.
             let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
+            if n != 1 {
+                return Err(io::Error::last_os_error());
             }
+            // SAFETY: a plain system call on the calling process. Without CAP_SYS_ADMIN
+            // it fails and the run is contained as before, by membership only.
+            if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
         }
     }
 

@@ -13,6 +13,12 @@ pub struct Tree {
     dir: tempfile::TempDir,
 }
 
+impl Default for Tree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tree {
     pub fn new() -> Self {
         Self {

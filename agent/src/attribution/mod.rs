@@ -8,8 +8,8 @@ pub mod rbd;
 mod sysfs;
 pub mod vms;
 
-#[cfg(test)]
-pub(crate) mod fixture;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fixture;
 
 use std::path::PathBuf;
 

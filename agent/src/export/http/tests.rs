@@ -290,6 +290,7 @@ fn a_thousand_idle_connections_and_slowloris_do_not_delay_scrapes() {
         let (mut prom, prom_addr) =
             PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).unwrap();
         prom.export(&sample()).unwrap();
+        prom.wait_rendered();
         stats_tx.send(prom.server_stats()).unwrap();
         let (health, health_addr) =
             Health::start("127.0.0.1:0".parse().unwrap(), Duration::from_secs(10)).unwrap();

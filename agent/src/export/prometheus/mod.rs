@@ -13,7 +13,10 @@ use std::{
     fmt::Write as _,
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{
+        Arc, Condvar, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -21,7 +24,7 @@ use http_body_util::Full;
 use hyper::{HeaderMap, Method, Response, StatusCode, header};
 use prost::Message as _;
 
-use super::{Exporter, Prepared, http};
+use super::{Exporter, http};
 use crate::{
     aggregate::ExpHistogram,
     catalog::{self, SelfMetric},
@@ -775,8 +778,10 @@ fn wants_protobuf(accept: Option<&str>) -> bool {
     protobuf_q > 0.0 && protobuf_q >= text_q
 }
 
-/// The latest report and its renderings, each made once, by the first scrape that asks
-/// for it: a crowd of scrapers in one interval costs one rendering, not one each.
+/// The latest report and its renderings, each made once: text (and protobuf, once a
+/// scraper asked for it) by the [`Renderer`] before the report is served, protobuf
+/// otherwise by the first scrape that asks. A crowd of scrapers in one interval costs
+/// one rendering, not one each.
 struct Rendered {
     report: Arc<Report>,
     text: OnceLock<Bytes>,
@@ -839,7 +844,7 @@ fn respond(
 // The exporter and its server.
 // ---------------------------------------------------------------------------------------
 
-/// The latest report, shared between the collection loop and the server. The lock is
+/// The latest rendered report, shared between the renderer and the server. The lock is
 /// only held to swap or clone an `Arc`, never while rendering or doing I/O.
 type Latest = Arc<Mutex<Option<Arc<Rendered>>>>;
 
@@ -850,12 +855,108 @@ fn latest(shared: &Latest) -> Option<Arc<Rendered>> {
         .clone()
 }
 
+/// Renders each exported report on a thread of its own and only then publishes it, so
+/// no scrape waits for a rendering (the first after a report would otherwise render it
+/// on the server's thread while a crowd of scrapes queues behind it) and the collection
+/// loop does not render either. Until a report is rendered, scrapes get the previous one.
+struct Renderer {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// Set once any scrape asked for protobuf: from then on each report is rendered in
+    /// that format too, ahead of the scrapes.
+    protobuf_wanted: AtomicBool,
+    /// Reports handed over and reports published (a skipped one counts as published).
+    submitted: AtomicU64,
+    published: AtomicU64,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// The newest report not yet rendered, with its number; a newer one replaces it
+    /// unrendered.
+    report: Option<(u64, Report)>,
+    stop: bool,
+}
+
+impl Renderer {
+    fn start(latest: Latest) -> Arc<Self> {
+        let renderer = Arc::new(Self {
+            pending: Mutex::default(),
+            wake: Condvar::new(),
+            protobuf_wanted: Default::default(),
+            submitted: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+        });
+        let worker = renderer.clone();
+        // A thread, not a task: rendering is CPU work that must not hold the runtime
+        // thread the endpoints answer on.
+        std::thread::Builder::new()
+            .name("prometheus-render".into())
+            .spawn(move || worker.run(&latest))
+            .expect("a thread for rendering Prometheus metrics");
+        renderer
+    }
+
+    fn run(&self, latest: &Latest) {
+        loop {
+            let (number, report) = {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                loop {
+                    if pending.stop {
+                        return;
+                    }
+                    if let Some(report) = pending.report.take() {
+                        break report;
+                    }
+                    pending = self
+                        .wake
+                        .wait(pending)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            let rendered = Rendered::new(report);
+            rendered.text();
+            if self.protobuf_wanted.load(Ordering::Relaxed) {
+                rendered.protobuf();
+            }
+            *latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(rendered));
+            self.published.store(number, Ordering::Release);
+        }
+    }
+
+    fn submit(&self, report: Report) {
+        let number = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .report = Some((number, report));
+        self.wake.notify_one();
+    }
+
+    /// Waits until the last submitted report is published.
+    #[cfg(test)]
+    fn wait_published(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.published.load(Ordering::Acquire) < self.submitted.load(Ordering::Relaxed) {
+            assert!(std::time::Instant::now() < deadline, "no rendering in 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    fn stop(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop = true;
+        self.wake.notify_one();
+    }
+}
+
 /// Serves `/metrics` from the last exported report. Dropping it stops accepting
-/// connections.
+/// connections and rendering.
 pub struct PrometheusExporter {
-    latest: Latest,
+    renderer: Arc<Renderer>,
     server: http::Server,
-    prepared: Prepared<Arc<Rendered>>,
 }
 
 impl PrometheusExporter {
@@ -865,25 +966,41 @@ impl PrometheusExporter {
     pub fn start(listen: SocketAddr) -> io::Result<(Self, SocketAddr)> {
         let shared = Latest::default();
         let reader = shared.clone();
+        let renderer = Renderer::start(shared);
+        let asked = renderer.clone();
         let handler: http::Handler = Arc::new(move |method, path, headers| {
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            if wants_protobuf(accept) {
+                asked.protobuf_wanted.store(true, Ordering::Relaxed);
+            }
             respond(method, path, headers, latest(&reader).as_deref())
         });
-        let (server, bound) = http::serve("Prometheus", listen, handler)?;
-        Ok((
-            Self {
-                latest: shared,
-                server,
-                prepared: Prepared::default(),
-            },
-            bound,
-        ))
+        let (server, bound) = match http::serve("Prometheus", listen, handler) {
+            Ok(served) => served,
+            Err(e) => {
+                renderer.stop();
+                return Err(e);
+            }
+        };
+        Ok((Self { renderer, server }, bound))
     }
-}
 
-impl PrometheusExporter {
     /// What the endpoint did against abusive clients.
     pub fn server_stats(&self) -> Arc<http::Stats> {
         self.server.stats()
+    }
+
+    /// Waits until the last exported report is the one served (tests export, then
+    /// scrape at once).
+    #[cfg(test)]
+    pub(crate) fn wait_rendered(&self) {
+        self.renderer.wait_published();
+    }
+}
+
+impl Drop for PrometheusExporter {
+    fn drop(&mut self) {
+        self.renderer.stop();
     }
 }
 
@@ -892,18 +1009,9 @@ impl Exporter for PrometheusExporter {
         "prometheus"
     }
 
-    fn prepare(&mut self, report: &Report) {
-        self.prepared
-            .put(report, Arc::new(Rendered::new(report.clone())));
-    }
-
-    /// Only replaces the stored report: rendering happens when a scraper asks.
+    /// Hands the report to the renderer, which publishes it once rendered.
     fn export(&mut self, report: &Report) -> io::Result<()> {
-        let latest = match self.prepared.take(report) {
-            Some(latest) => latest,
-            None => Arc::new(Rendered::new(report.clone())),
-        };
-        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(latest);
+        self.renderer.submit(report.clone());
         Ok(())
     }
 }

@@ -511,6 +511,7 @@ async fn serves_metrics_over_http() {
 
     let report = sample();
     exporter.export(&report).unwrap();
+    exporter.wait_rendered();
 
     let (status, ct, body) = get(addr, "/metrics", None).await;
     assert_eq!((status, ct.as_str()), (200, TEXT_CONTENT_TYPE));
@@ -536,6 +537,7 @@ async fn serves_metrics_over_http() {
 async fn a_stuck_client_does_not_block_others() {
     let (mut exporter, addr) = PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).unwrap();
     exporter.export(&sample()).unwrap();
+    exporter.wait_rendered();
     // Half a request, never finished.
     let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
     stuck.write_all(b"GET /metr").await.unwrap();
@@ -572,6 +574,32 @@ fn a_report_is_rendered_once_however_many_scrape_it() {
     let (p, q) = (latest.protobuf(), latest.protobuf());
     assert_eq!(p.as_ptr(), q.as_ptr());
     assert_eq!(p, render_protobuf(&sample()));
+}
+
+#[test]
+fn a_report_is_served_already_rendered() {
+    let latest = Latest::default();
+    let renderer = Renderer::start(latest.clone());
+    renderer.submit(sample());
+    renderer.wait_published();
+    let first = super::latest(&latest).expect("published");
+    // Rendered before any scrape asked: the first scrape pays nothing.
+    assert_eq!(first.text.get().unwrap(), &render_text(&sample()));
+    assert!(
+        first.protobuf.get().is_none(),
+        "protobuf before anyone asked"
+    );
+    // Once a scraper asked for protobuf, later reports come rendered in it too.
+    renderer.protobuf_wanted.store(true, Ordering::Relaxed);
+    renderer.submit(sample());
+    renderer.wait_published();
+    let second = super::latest(&latest).unwrap();
+    assert!(
+        !Arc::ptr_eq(&first, &second),
+        "the second report was not published"
+    );
+    assert_eq!(second.protobuf.get().unwrap(), &render_protobuf(&sample()));
+    renderer.stop();
 }
 
 #[test]

@@ -671,11 +671,11 @@ mod tests;
 
 /// Valid answers a collector sends: a partial success, an error status with a RetryInfo
 /// (gRPC details, and the body of an OTLP/HTTP error), a proxy's text and HTML.
-#[cfg(test)]
-pub(crate) fn answer_seeds() -> Vec<Vec<u8>> {
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn answer_seeds() -> Vec<Vec<u8>> {
     vec![
-        tests::partial_success(3, "too old").encode_to_vec(),
-        tests::retry_info_status(Duration::from_millis(2_500)).to_vec(),
+        partial_success(3, "too old").encode_to_vec(),
+        retry_info_status(Duration::from_millis(2_500)).to_vec(),
         b"120".to_vec(),
         b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
     ]
@@ -685,8 +685,8 @@ pub(crate) fn answer_seeds() -> Vec<Vec<u8>> {
 /// of each kind of error, protobuf or not), a Retry-After value, a gRPC status's
 /// message and details, and a gRPC export response. The errors they make, for the
 /// fuzz tests to judge (a success adds none).
-#[cfg(test)]
-pub(crate) fn answer_errors(bytes: &[u8]) -> Vec<String> {
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn answer_errors(bytes: &[u8]) -> Vec<String> {
     let uri: Uri = "http://collector:4318/v1/metrics".parse().unwrap();
     let mut outcomes = Vec::new();
     for status in [200, 400, 429, 503] {
@@ -714,4 +714,37 @@ pub(crate) fn answer_errors(bytes: &[u8]) -> Vec<String> {
             Outcome::Retry { error, .. } | Outcome::Fail(error) => Some(error),
         })
         .collect()
+}
+
+/// A partial success rejecting `items` (a collector's answer).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) fn partial_success(items: i64, message: &str) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: Some(
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsPartialSuccess {
+                rejected_data_points: items,
+                error_message: message.into(),
+            },
+        ),
+    }
+}
+
+/// A gRPC status asking to retry after `delay`, encoded.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) fn retry_info_status(delay: Duration) -> Bytes {
+    let info = RetryInfo {
+        retry_delay: Some(ProtoDuration {
+            seconds: delay.as_secs() as i64,
+            nanos: delay.subsec_nanos() as i32,
+        }),
+    };
+    let status = RpcStatus {
+        code: Code::Unavailable as i32,
+        message: "busy".into(),
+        details: vec![ProtoAny {
+            type_url: RETRY_INFO_TYPE.into(),
+            value: info.encode_to_vec().into(),
+        }],
+    };
+    status.encode_to_vec().into()
 }

@@ -2,10 +2,7 @@
 use std::{convert::Infallible, io::Read, net::SocketAddr, sync::atomic::AtomicUsize};
 
 use opentelemetry_proto::tonic::collector::{
-    metrics::v1::{
-        ExportMetricsPartialSuccess,
-        metrics_service_server::{MetricsService, MetricsServiceServer},
-    },
+    metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer},
     trace::v1::{
         ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
@@ -114,33 +111,6 @@ fn metrics_batch(tag: &str) -> ExportMetricsServiceRequest {
             ..Default::default()
         }],
     }
-}
-
-pub(super) fn partial_success(items: i64, message: &str) -> ExportMetricsServiceResponse {
-    ExportMetricsServiceResponse {
-        partial_success: Some(ExportMetricsPartialSuccess {
-            rejected_data_points: items,
-            error_message: message.into(),
-        }),
-    }
-}
-
-pub(super) fn retry_info_status(delay: Duration) -> Bytes {
-    let info = RetryInfo {
-        retry_delay: Some(ProtoDuration {
-            seconds: delay.as_secs() as i64,
-            nanos: delay.subsec_nanos() as i32,
-        }),
-    };
-    let status = RpcStatus {
-        code: Code::Unavailable as i32,
-        message: "busy".into(),
-        details: vec![ProtoAny {
-            type_url: RETRY_INFO_TYPE.into(),
-            value: info.encode_to_vec().into(),
-        }],
-    };
-    status.encode_to_vec().into()
 }
 
 fn closed_port() -> u16 {
