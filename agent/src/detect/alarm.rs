@@ -73,6 +73,18 @@ pub struct Evidence {
     pub rules: Vec<super::rules::RuleResult>,
 }
 
+impl Evidence {
+    /// For alarms on a number rather than a distribution (scalar series, capacity
+    /// forecasts): their figures are elsewhere in the alarm.
+    fn no_distribution() -> Self {
+        Self {
+            baseline: (&Baseline::default()).into(),
+            current: ExpHistogram::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct BaselineHistogram {
     pub zero: f64,
@@ -215,12 +227,14 @@ impl Alarm {
         start_unix_nano: u64,
         forecast: String,
     ) -> Self {
-        let evidence = Evidence {
-            baseline: (&Baseline::default()).into(),
-            current: ExpHistogram::default(),
-            rules: Vec::new(),
-        };
-        let mut alarm = Self::fresh(node, family, labels, series, start_unix_nano, evidence);
+        let mut alarm = Self::fresh(
+            node,
+            family,
+            labels,
+            series,
+            start_unix_nano,
+            Evidence::no_distribution(),
+        );
         alarm.quantile = "forecast";
         alarm.regressed_windows = 1;
         alarm.forecast = Some(forecast);
@@ -300,12 +314,14 @@ impl Alarm {
         points: u32,
         config: &DetectConfig,
     ) -> Self {
-        let evidence = Evidence {
-            baseline: (&Baseline::default()).into(),
-            current: ExpHistogram::default(),
-            rules: Vec::new(),
-        };
-        let mut alarm = Self::fresh(node, family, labels, series, start_unix_nano, evidence);
+        let mut alarm = Self::fresh(
+            node,
+            family,
+            labels,
+            series,
+            start_unix_nano,
+            Evidence::no_distribution(),
+        );
         alarm.quantile = "value";
         alarm.update_scalar(figures, points, config);
         alarm.state = AlarmState::Open;

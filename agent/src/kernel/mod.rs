@@ -1,6 +1,7 @@
 //! Facts about the running kernel and this process's privileges, read from the places
 //! the kernel publishes them.
 
+pub mod bpf;
 pub mod btf;
 pub mod btf_file;
 pub mod module_btf;

@@ -14,6 +14,7 @@ use std::{
 
 use thiserror::Error;
 
+use super::bpf::syscall as bpf;
 use super::btf::{BtfError, KIND_TYPEDEF, kind_data_len, sections, u32_at};
 
 /// Where the kernel publishes vmlinux's and every module's BTF.
@@ -197,17 +198,6 @@ struct InfoAttr {
     bpf_fd: u32,
     info_len: u32,
     info: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: the bpf(2) syscall with a pointer to a live attr of the stated size; the
-    // kernel writes at most that many bytes back.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
 }
 
 /// An fd of the kernel's BTF object of `module`, for `attach_btf_obj_fd`: the BTF

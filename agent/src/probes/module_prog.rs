@@ -184,14 +184,9 @@ struct RawTpAttr {
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
-    // SAFETY: the bpf(2) syscall with a pointer to a live attr of the stated size; every
-    // pointer inside it refers to memory that outlives the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = crate::kernel::bpf::syscall(cmd, attr)?;
     // SAFETY: both commands return a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Loads a tracing program for the raw tracepoint whose typedef is `type_id` in BTF

@@ -12,6 +12,8 @@ use std::{
     path::Path,
 };
 
+use crate::kernel::bpf::syscall as bpf;
+
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -28,18 +30,6 @@ const PERCPU_TYPES: [u32; 3] = [
 ];
 /// `BPF_MAP_TYPE_HASH`, for the fingerprint map.
 pub const HASH: u32 = 1;
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: bpf(2) with an attr of the size passed, valid for the call; every pointer
-    // in it points at buffers that outlive the call and are as large as the map's key
-    // or values.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
 
 fn owned(fd: i64) -> OwnedFd {
     // SAFETY: the kernel just returned this new fd; nothing else owns it.
