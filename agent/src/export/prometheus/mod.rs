@@ -957,6 +957,8 @@ impl Renderer {
 pub struct PrometheusExporter {
     renderer: Arc<Renderer>,
     server: http::Server,
+    /// What scrapes are served, for the first report (see `export`).
+    served: Latest,
 }
 
 impl PrometheusExporter {
@@ -966,6 +968,7 @@ impl PrometheusExporter {
     pub fn start(listen: SocketAddr) -> io::Result<(Self, SocketAddr)> {
         let shared = Latest::default();
         let reader = shared.clone();
+        let served = shared.clone();
         let renderer = Renderer::start(shared);
         let asked = renderer.clone();
         let handler: http::Handler = Arc::new(move |method, path, headers| {
@@ -982,7 +985,14 @@ impl PrometheusExporter {
                 return Err(e);
             }
         };
-        Ok((Self { renderer, server }, bound))
+        Ok((
+            Self {
+                renderer,
+                server,
+                served,
+            },
+            bound,
+        ))
     }
 
     /// What the endpoint did against abusive clients.
@@ -1009,8 +1019,17 @@ impl Exporter for PrometheusExporter {
         "prometheus"
     }
 
-    /// Hands the report to the renderer, which publishes it once rendered.
+    /// Hands the report to the renderer, which publishes it once rendered. The first
+    /// report is also published at once, unrendered (a scrape renders it), so an endpoint
+    /// that was handed a report never answers 503: a new endpoint at a reload is fed the
+    /// last report and scraped straight away.
     fn export(&mut self, report: &Report) -> io::Result<()> {
+        {
+            let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+            if served.is_none() {
+                *served = Some(Arc::new(Rendered::new(report.clone())));
+            }
+        }
         self.renderer.submit(report.clone());
         Ok(())
     }

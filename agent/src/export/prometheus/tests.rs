@@ -533,6 +533,20 @@ async fn serves_metrics_over_http() {
     assert_eq!(status, 404);
 }
 
+/// A new endpoint at a reload is fed the last report and scraped at once: once handed a
+/// report it never answers 503, even before the render thread got to it.
+#[tokio::test(flavor = "current_thread")]
+async fn the_first_report_is_served_before_the_render_thread_publishes_it() {
+    let (mut exporter, addr) = PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let report = sample();
+    // The render thread stopped: whatever is served was published by `export` itself.
+    exporter.renderer.stop();
+    exporter.export(&report).unwrap();
+    let (status, _, body) = get(addr, "/metrics", None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(String::from_utf8(body).unwrap(), render_text(&report));
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_stuck_client_does_not_block_others() {
     let (mut exporter, addr) = PrometheusExporter::start("127.0.0.1:0".parse().unwrap()).unwrap();
