@@ -1,6 +1,6 @@
 //! `cargo xtask fuzz`: the libFuzzer targets of `fuzz/` (one per parser of outside
 //! input, see the agent's `nodepulse::fuzz`), each for a while, with cargo-fuzz on
-//! nightly. `cargo xtask test` runs each for a few seconds; the longer run is
+//! nightly (not part of `cargo xtask test` yet, see docs/architecture.md); the longer run is
 //! `cargo xtask fuzz --seconds 600`. A crash fails the task and leaves the input in
 //! `fuzz/artifacts/<target>/` (replay it with `cargo +nightly fuzz run <target> <file>`
 //! in `fuzz/`); the corpus grows in `fuzz/corpus/<target>/` from run to run.
