@@ -48,21 +48,29 @@ fn family_point(
     dev: &str,
     op: &str,
 ) -> Option<ExponentialHistogramDataPoint> {
-    req.resource_metrics
-        .iter()
-        .flat_map(|r| &r.scope_metrics)
-        .flat_map(|s| &s.metrics)
-        .filter(|m| m.name == name)
-        .filter_map(|m| match &m.data {
-            Some(metric::Data::ExponentialHistogram(h)) => Some(h),
-            _ => None,
-        })
-        .flat_map(|h| &h.data_points)
+    histogram_points(req, name)
         .find(|p| {
             string_attr(&p.attributes, "dev") == Some(dev)
                 && string_attr(&p.attributes, "op") == Some(op)
         })
         .cloned()
+}
+
+/// Every exponential-histogram point of family `name` in one request.
+fn histogram_points<'a>(
+    req: &'a ExportMetricsServiceRequest,
+    name: &'a str,
+) -> impl Iterator<Item = &'a ExponentialHistogramDataPoint> {
+    req.resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .filter(move |m| m.name == name)
+        .filter_map(|m| match &m.data {
+            Some(metric::Data::ExponentialHistogram(h)) => Some(h),
+            _ => None,
+        })
+        .flat_map(|h| &h.data_points)
 }
 
 /// The newest cumulative read count the collector has for the device.
@@ -200,15 +208,7 @@ fn export_end_to_end(protocol: &str, start: fn(SocketAddr) -> OtlpServer) {
     let exemplar_ids: Vec<(Vec<u8>, Vec<u8>)> = r
         .metrics
         .iter()
-        .flat_map(|req| &req.resource_metrics)
-        .flat_map(|r| &r.scope_metrics)
-        .flat_map(|s| &s.metrics)
-        .filter(|m| m.name == "nodepulse.block.io.device.latency")
-        .filter_map(|m| match &m.data {
-            Some(metric::Data::ExponentialHistogram(h)) => Some(h),
-            _ => None,
-        })
-        .flat_map(|h| &h.data_points)
+        .flat_map(|req| histogram_points(req, "nodepulse.block.io.device.latency"))
         .flat_map(|p| &p.exemplars)
         .map(|e| (e.trace_id.clone(), e.span_id.clone()))
         .collect();
