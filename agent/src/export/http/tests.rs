@@ -277,10 +277,10 @@ fn summary(took: &[Duration]) -> String {
 }
 
 /// The issue's scenario with the agent's own limits and its real endpoints: 1,000 idle
-/// connections and 50 slowloris tricklers on the metrics port (more than the cap
-/// together with the scrapes, so idle ones are evicted), 200 idle and 50 trickling on
-/// the health port; then 200 concurrent scrapes and 200 concurrent `/healthz` each
-/// answer 200 promptly (the output compares them with the same round unabused), and the
+/// connections and 50 slowloris tricklers on the metrics port (together more than the
+/// cap, so the scrapes must evict idle ones), 200 idle and 50 trickling on the health
+/// port; then 200 concurrent scrapes and 200 concurrent `/healthz` each answer 200
+/// promptly (the output compares them with the same round unabused), and the
 /// connections held, which bound memory, never exceed the cap.
 #[test]
 fn a_thousand_idle_connections_and_slowloris_do_not_delay_scrapes() {
@@ -327,21 +327,25 @@ fn a_thousand_idle_connections_and_slowloris_do_not_delay_scrapes() {
     // Past the cap's eviction age, so the scrapes can take idle slots.
     thread::sleep(MIN_IDLE_TO_EVICT + Duration::from_millis(200));
     let rss_loaded = rss_kib();
+    let evicted = || stats.evicted.load(Ordering::Relaxed);
     let abused = scrape_round(metrics, health);
-    // Again after the idle ones' request timeout: they reconnect, as an attacker would.
+    let evicted_abused = evicted();
+    // Again after the idle ones' request timeout: they reconnect, as an attacker would,
+    // filling every slot (those past the cap are refused; they never read the answer).
     thread::sleep(REQUEST_TIMEOUT);
     drop(idle);
-    let idle: Vec<TcpStream> = (0..1000)
+    let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
         .map(|_| TcpStream::connect(metrics).unwrap())
         .collect();
     thread::sleep(MIN_IDLE_TO_EVICT + Duration::from_millis(200));
     let again = scrape_round(metrics, health);
+    let evicted_again = evicted() - evicted_abused;
     stop.store(true, Ordering::Relaxed);
     trickler.join().unwrap();
     eprintln!(
         "400 requests with no abuse: {}\n  with 1,300 idle and 100 trickling connections: \
-         {}\n  after the idle ones reconnected: {}\nRSS {rss_before} KiB, {rss_loaded} KiB \
-         while abused",
+         {} ({evicted_abused} idle evicted)\n  after the idle ones reconnected: {} \
+         ({evicted_again} evicted)\nRSS {rss_before} KiB, {rss_loaded} KiB while abused",
         summary(&quiet),
         summary(&abused),
         summary(&again)
@@ -357,7 +361,9 @@ fn a_thousand_idle_connections_and_slowloris_do_not_delay_scrapes() {
     }
     // Memory is bounded by the connections held, which never exceed the cap (alone,
     // RSS grows ~12 KiB per idle connection in a debug build: 13 MiB for these 1,300).
+    // Both rounds met a full table, so scrapes got in by eviction; how many evictions
+    // depends on how many scrapes overlapped (a finished one frees its slot).
     assert!(stats.peak_open.load(Ordering::Relaxed) <= MAX_CONNECTIONS as u64);
-    assert!(stats.evicted.load(Ordering::Relaxed) >= 200);
+    assert!(evicted_abused >= 1 && evicted_again >= 1);
     drop(idle);
 }
