@@ -395,3 +395,55 @@ fn recorded_and_unrecorded_equal_the_kernels_count_per_device_under_fio() {
         assert!(kernel[0] >= 3_000, "{}: {kernel:?}", device.name);
     }
 }
+
+/// O_SYNC direct writes on a loop device (FUA, which loop emulates with a flush after
+/// the data) fire the completion tracepoint twice per write: at the data and when the
+/// flush machinery ends the sequence. The kernel counts each once, and so must the
+/// probe (it counted 2,000 of 2,000 twice before, as the comparison showed).
+#[test]
+fn writes_that_need_a_flush_after_them_are_counted_once() {
+    require_root!();
+    require_tool("fio");
+    let device = LoopDevice::new(64);
+    let mut probes = Probes::start(&Config::default()).expect("load");
+    let before = sysfs_ops(&device.name);
+    let ours_before = exported(&probes.collect(), &device.number);
+    device
+        .fio(&[
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=4",
+            "--sync=1",
+            "--rate_iops=500",
+            "--time_based",
+            "--runtime=4",
+        ])
+        .finish();
+    device.wait_idle();
+    let c = probes.collect();
+    let now = sysfs_ops(&device.name);
+    let ours = exported(&c, &device.number);
+    let r = probes
+        .get::<BlockProbe>()
+        .unwrap()
+        .read_reconciled()
+        .unwrap()
+        .into_iter()
+        .find(|(d, _)| *d == agent_common::dev::parse(&device.number).unwrap())
+        .map(|(_, r)| r)
+        .unwrap_or_default();
+    let since =
+        |op: &str| ours.get(op).copied().unwrap_or(0) - ours_before.get(op).copied().unwrap_or(0);
+    eprintln!(
+        "{}: sysfs writes {} flushes {}; nodepulse {} and {}; {r:?}",
+        device.name,
+        now[1] - before[1],
+        now[3] - before[3],
+        since("write"),
+        since("flush")
+    );
+    assert!(now[1] - before[1] >= 1000, "fio's writes");
+    assert_eq!(r.overcounted, [0; 4], "nothing counted twice");
+    assert_eq!(since("write"), i128::from(now[1] - before[1]), "writes");
+    assert_eq!(since("flush"), i128::from(now[3] - before[3]), "flushes");
+}
