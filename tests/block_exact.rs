@@ -362,6 +362,17 @@ fn recorded_and_unrecorded_equal_the_kernels_count_per_device_under_fio() {
         let now = sysfs_ops(&device.name);
         let kernel: [u64; 4] = std::array::from_fn(|g| now[g] - base[g]);
         let ours = exported(&c, &device.number);
+        let by_cause: BTreeMap<String, u64> = c
+            .counters
+            .iter()
+            .filter(|(k, _)| {
+                k.family == "block.io.unrecorded" && k.label("dev") == Some(device.number.as_str())
+            })
+            .fold(BTreeMap::new(), |mut m, (k, n)| {
+                *m.entry(k.label("cause").unwrap().to_owned()).or_default() += n;
+                m
+            });
+        eprintln!("{}: unrecorded by cause {by_cause:?}", device.name);
         let r = reconciled
             .get(&agent_common::dev::parse(&device.number).unwrap())
             .copied()
