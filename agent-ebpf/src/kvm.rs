@@ -252,6 +252,12 @@ fn on_entry() {
 #[btf_tracepoint(function = "kvm_exit")]
 pub fn kvm_exit_btf(ctx: BtfTracePointContext) -> i32 {
     let vcpu: *const u8 = ctx.arg(0);
+    // Some kernels (Debian's 6.12.118) type every tp_btf pointer argument as maybe
+    // NULL, and refuse arithmetic on it before a NULL check.
+    if vcpu.is_null() {
+        count(counters::KVM_UNREAD_REASON);
+        return 0;
+    }
     on_exit_vcpu(vcpu as u64, ctx.arg(1));
     0
 }
