@@ -522,7 +522,7 @@ fn runqueue_saturation_is_whole_with_two_spinners_pinned_to_one_cpu() {
         "spinners on CPU 1: saturated CPU 1 {cpu1:.4}, CPU 0 {cpu0:.4}; the spinners' \
          run delay {spin_wait:.4} of the window"
     );
-    assert!(cpu1 >= 0.97 && cpu1 <= 1.001, "CPU 1 saturated {cpu1:.4}");
+    assert!((0.97..=1.001).contains(&cpu1), "CPU 1 saturated {cpu1:.4}");
     assert!(
         spin_wait >= 0.97,
         "the kernel says one spinner always waits: {spin_wait:.4}"

@@ -367,7 +367,7 @@ fn saturation_check(kernel: &str, later: &str, kernel_delay: u64) -> Result<Chec
     Ok(Check {
         name: "run-queue saturation vs /proc/schedstat".into(),
         ok: if kept {
-            kernel_delay > 0 && ratio <= 1.0 + RUNQUEUE_MARGIN && ratio >= SATURATION_FLOOR
+            kernel_delay > 0 && (SATURATION_FLOOR..=1.0 + RUNQUEUE_MARGIN).contains(&ratio)
         } else {
             saturated == 0
         },
