@@ -510,26 +510,47 @@ fn runqueue_saturation_is_whole_with_two_spinners_pinned_to_one_cpu() {
     thread::sleep(Duration::from_millis(500));
 
     let waits = |pids: &[u32]| pids.iter().map(|&p| run_delay(p)).sum::<u64>();
-    let (s0, d0, started) = (saturated(&mut probes), waits(&pids), Instant::now());
+    // Each collection lies between two clock reads, so the time between the two
+    // readings of the counter is at least `inner` and at most `outer`; the spinners'
+    // run delay is read within `inner`.
+    let t0 = Instant::now();
+    let s0 = saturated(&mut probes);
+    let t1 = Instant::now();
+    let d0 = waits(&pids);
     thread::sleep(Duration::from_secs(3));
-    let (s1, d1, elapsed) = (saturated(&mut probes), waits(&pids), started.elapsed());
-    let ns = elapsed.as_nanos() as f64;
-    type PerCpu = std::collections::BTreeMap<u32, u64>;
-    let share = |a: &PerCpu, b: &PerCpu, cpu: u32| (b[&cpu] - a[&cpu]) as f64 / ns;
-    let (cpu0, cpu1) = (share(&s0, &s1, 0), share(&s0, &s1, 1));
-    let spin_wait = (d1 - d0) as f64 / ns;
+    let d1 = waits(&pids);
+    let t2 = Instant::now();
+    let s1 = saturated(&mut probes);
+    let t3 = Instant::now();
+    let (inner, outer) = ((t2 - t1).as_nanos() as f64, (t3 - t0).as_nanos() as f64);
+    let sat = |cpu: u32| (s1[&cpu] - s0[&cpu]) as f64;
+    let spin = (d1 - d0) as f64;
     eprintln!(
-        "spinners on CPU 1: saturated CPU 1 {cpu1:.4}, CPU 0 {cpu0:.4}; the spinners' \
-         run delay {spin_wait:.4} of the window"
+        "spinners on CPU 1: saturated CPU 1 {:.4}-{:.4}, CPU 0 {:.4}-{:.4} of the window \
+         ({:.3}-{:.3} s); the spinners' run delay {:.4} of it",
+        sat(1) / outer,
+        sat(1) / inner,
+        sat(0) / outer,
+        sat(0) / inner,
+        inner / 1e9,
+        outer / 1e9,
+        spin / inner
     );
-    assert!((0.97..=1.001).contains(&cpu1), "CPU 1 saturated {cpu1:.4}");
     assert!(
-        spin_wait >= 0.97,
-        "the kernel says one spinner always waits: {spin_wait:.4}"
+        sat(1) / outer >= 0.97 && sat(1) / inner <= 1.001,
+        "CPU 1 saturated {:.4}-{:.4}",
+        sat(1) / outer,
+        sat(1) / inner
     );
     assert!(
-        cpu1 <= spin_wait + 0.005,
-        "saturated {cpu1:.4} above the run delay {spin_wait:.4}"
+        spin / inner >= 0.97,
+        "the kernel says one spinner always waits: {:.4}",
+        spin / inner
+    );
+    assert!(
+        sat(1) <= spin + (outer - inner) + 5e6,
+        "saturated {} ns above the run delay {spin} ns",
+        sat(1)
     );
 
     // Stopped, the loops leave CPU 1 to the rest of the machine.

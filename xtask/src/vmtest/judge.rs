@@ -352,10 +352,11 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
 
 /// Run-queue saturation over the run-queue check's window, against the same run delay:
 /// the guest has one CPU, whose saturated time is at most the waits summed on its
-/// queue, and equal to them while at most one task waits (the two busy loops of
-/// `contention` make most of it; a third task waking beside them is waited for twice in
-/// the run delay and once in saturation: SATURATION_FLOOR). Not kept on 5.10, where BPF
-/// cannot attach to the bare tracepoint it needs: there it must be absent.
+/// queue (equal only while one task waits at a time, which a guest slowed by a busy
+/// host does not keep: 6.12 read 0.655 of it at host load 16). And at least the
+/// `contention` section's two seconds, when two busy loops are always runnable and one
+/// always waits. Not kept on 5.10, where BPF cannot attach to the bare tracepoint it
+/// needs: there it must be absent.
 fn saturation_check(kernel: &str, later: &str, kernel_delay: u64) -> Result<Check> {
     let saturated: u64 = results::recorded(later)?
         .iter()
@@ -367,18 +368,18 @@ fn saturation_check(kernel: &str, later: &str, kernel_delay: u64) -> Result<Chec
     Ok(Check {
         name: "run-queue saturation vs /proc/schedstat".into(),
         ok: if kept {
-            kernel_delay > 0 && (SATURATION_FLOOR..=1.0 + RUNQUEUE_MARGIN).contains(&ratio)
+            saturated >= CONTENDED_NS && ratio <= 1.0 + RUNQUEUE_MARGIN
         } else {
             saturated == 0
         },
         compared: Compared::Within,
         detail: if kept {
             format!(
-                "schedstat run_delay {:.3} s | agent saturated {:.3} s ({:.3} of it, \
-                 allowed {SATURATION_FLOOR}-{:.2})",
+                "schedstat run_delay {:.3} s | agent saturated {:.3} s ({ratio:.3} of it; \
+                 allowed {:.1} s to {:.2} of it)",
                 kernel_delay as f64 / 1e9,
                 saturated as f64 / 1e9,
-                ratio,
+                CONTENDED_NS as f64 / 1e9,
                 1.0 + RUNQUEUE_MARGIN
             )
         } else {
@@ -390,9 +391,8 @@ fn saturation_check(kernel: &str, later: &str, kernel_delay: u64) -> Result<Chec
     })
 }
 
-/// The least share of the summed run delay the saturated time may be: waits that
-/// overlap (the agent or the shell waking beside the two busy loops) count once.
-const SATURATION_FLOOR: f64 = 0.7;
+/// The two busy loops of `contention` run together for `sleep 2` (guest.sh).
+const CONTENDED_NS: u64 = 2_000_000_000;
 
 /// The file the guest copied the kernel's BTF to, named by `[agent] btf`.
 const BTF_FILE: &str = "/tmp/vmlinux.btf";
