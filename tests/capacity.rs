@@ -445,8 +445,20 @@ fn run_dd_fill(device: &LoopDevice) {
     );
 }
 
-/// Saturated time per CPU (ns) from one collection of the scheduler probe's counter.
-fn saturated(probes: &mut Probes) -> std::collections::BTreeMap<u32, u64> {
+/// Saturated time per CPU (ns), read from the scheduler probe's map (microseconds, so
+/// the clock reads around it bound the reading's instant tightly).
+fn saturated(probes: &Probes) -> std::collections::BTreeMap<u32, u64> {
+    probes
+        .get::<sched::SchedProbe>()
+        .expect("the scheduler probe")
+        .saturated_now()
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The same through a whole collection: what the agent reports.
+fn saturated_counters(probes: &mut Probes) -> std::collections::BTreeMap<u32, u64> {
     probes
         .collect()
         .counters
@@ -514,13 +526,13 @@ fn runqueue_saturation_is_whole_with_two_spinners_pinned_to_one_cpu() {
     // readings of the counter is at least `inner` and at most `outer`; the spinners'
     // run delay is read within `inner`.
     let t0 = Instant::now();
-    let s0 = saturated(&mut probes);
+    let s0 = saturated(&probes);
     let t1 = Instant::now();
     let d0 = waits(&pids);
     thread::sleep(Duration::from_secs(3));
     let d1 = waits(&pids);
     let t2 = Instant::now();
-    let s1 = saturated(&mut probes);
+    let s1 = saturated(&probes);
     let t3 = Instant::now();
     let (inner, outer) = ((t2 - t1).as_nanos() as f64, (t3 - t0).as_nanos() as f64);
     let sat = |cpu: u32| (s1[&cpu] - s0[&cpu]) as f64;
@@ -559,9 +571,17 @@ fn runqueue_saturation_is_whole_with_two_spinners_pinned_to_one_cpu() {
         unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     }
     thread::sleep(Duration::from_millis(200));
-    let (s2, p2, started) = (saturated(&mut probes), cpu_pressure_us(), Instant::now());
+    let (s2, p2, started) = (
+        saturated_counters(&mut probes),
+        cpu_pressure_us(),
+        Instant::now(),
+    );
     thread::sleep(Duration::from_secs(2));
-    let (s3, p3, elapsed) = (saturated(&mut probes), cpu_pressure_us(), started.elapsed());
+    let (s3, p3, elapsed) = (
+        saturated_counters(&mut probes),
+        cpu_pressure_us(),
+        started.elapsed(),
+    );
     let ns = elapsed.as_nanos() as f64;
     let stopped = (s3[&1] - s2[&1]) as f64 / ns;
     let pressure = p2.zip(p3).map(|(a, b)| (b - a) as f64 * 1e3 / ns);

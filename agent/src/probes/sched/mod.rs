@@ -231,9 +231,8 @@ impl SchedProbe {
     }
 
     /// Per online CPU: nanoseconds with at least one task waiting since the probe
-    /// attached, the open period included up to now. `snapshot`: a hand-over's read of
-    /// another set's copy, which must not move this run's floor.
-    pub fn read_saturated(&mut self, snapshot: bool) -> Result<Vec<(u32, u64)>, String> {
+    /// attached, the open period included up to now, as the kernel's records say.
+    pub fn saturated_now(&self) -> Result<Vec<(u32, u64)>, String> {
         let Some(map) = &self.runq else {
             return Ok(Vec::new());
         };
@@ -245,17 +244,25 @@ impl SchedProbe {
                 continue; // beyond the map: counted by the kernel side
             };
             let now = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC) as u64;
-            let total = record.saturated_until(now);
-            if snapshot {
-                out.push((cpu, total));
-                continue;
-            }
-            let i = cpu as usize;
+            out.push((cpu, record.saturated_until(now)));
+        }
+        Ok(out)
+    }
+
+    /// [`Self::saturated_now`], never below what was reported before. `snapshot`: a
+    /// hand-over's read of another set's copy, which must not move this run's floor.
+    fn read_saturated(&mut self, snapshot: bool) -> Result<Vec<(u32, u64)>, String> {
+        let mut out = self.saturated_now()?;
+        if snapshot {
+            return Ok(out);
+        }
+        for (cpu, total) in &mut out {
+            let i = *cpu as usize;
             if self.saturated.len() <= i {
                 self.saturated.resize(i + 1, 0);
             }
-            self.saturated[i] = total.max(self.saturated[i]);
-            out.push((cpu, self.saturated[i]));
+            self.saturated[i] = (*total).max(self.saturated[i]);
+            *total = self.saturated[i];
         }
         Ok(out)
     }
