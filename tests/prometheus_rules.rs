@@ -129,8 +129,12 @@ fn config(agent: &str, rules: &std::path::Path, devices: &[&LoopDevice]) -> Stri
 
 /// `(instance, value)` of a query's samples.
 fn by_instance(server: &Server, promql: &str) -> Vec<(String, f64)> {
+    by_instance_at(server, promql, None)
+}
+
+fn by_instance_at(server: &Server, promql: &str, at: Option<f64>) -> Vec<(String, f64)> {
     server
-        .query(promql)
+        .query_at(promql, at)
         .iter()
         .filter_map(|r| {
             let instance = r["metric"]["instance"].as_str().unwrap_or("").to_owned();
@@ -194,23 +198,39 @@ fn fleet_rules_record_and_alert_on_a_real_regression() {
     // Baseline: every node's loop reads recorded, sane, and no fleet alert.
     let loop_reads = "{device_type=\"loop\",op=\"read\"}";
     for (kind, server) in servers {
-        let p99 = wait_for(&format!("{kind}: {P99} of 3 nodes"), &[server], 60, || {
+        wait_for(&format!("{kind}: {P99} of 3 nodes"), &[server], 60, || {
             let v = by_instance(server, &format!("{P99}{loop_reads}"));
             (v.len() == 3).then_some(v)
         });
-        let p50 = by_instance(server, &format!("{P50}{loop_reads}"));
-        let peers = server.scalar(&format!(
-            "nodepulse:block_io_latency_seconds:peers{loop_reads}"
-        ));
+        // Every figure from one evaluation of the rules: an instant 1 s after all three
+        // nodes had a p99, read 1 s later (rules run every second and take milliseconds),
+        // so a burst between two queries cannot set the fleet's p99 against another
+        // evaluation's node p99s.
+        let unix_now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        let at = Some(unix_now() + 1.0);
+        std::thread::sleep(Duration::from_secs(2));
+        let p99 = by_instance_at(server, &format!("{P99}{loop_reads}"), at);
+        let p50 = by_instance_at(server, &format!("{P50}{loop_reads}"), at);
+        let peers = server.scalar_at(
+            &format!("nodepulse:block_io_latency_seconds:peers{loop_reads}"),
+            at,
+        );
         let median = server
-            .scalar(&format!(
-                "nodepulse:block_io_latency_seconds:peer_median_p99_5m{loop_reads}"
-            ))
+            .scalar_at(
+                &format!("nodepulse:block_io_latency_seconds:peer_median_p99_5m{loop_reads}"),
+                at,
+            )
             .unwrap();
         let fleet = server
-            .scalar(&format!(
-                "nodepulse:block_io_latency_seconds:fleet_p99_5m{loop_reads}"
-            ))
+            .scalar_at(
+                &format!("nodepulse:block_io_latency_seconds:fleet_p99_5m{loop_reads}"),
+                at,
+            )
             .unwrap();
         eprintln!(
             "{kind} baseline: p99 {p99:?}, p50 {p50:?}, median p99 {median}, fleet p99 {fleet}"

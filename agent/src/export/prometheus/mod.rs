@@ -69,16 +69,18 @@ enum Value<'a> {
 enum Unit {
     /// Nanoseconds, exported in seconds.
     Nanoseconds,
-    /// Anything else (bytes, requests), exported as recorded.
-    AsRecorded,
+    /// Bytes, exported as recorded.
+    Bytes,
+    /// Counts of things (requests in flight), exported as recorded.
+    Count,
 }
 
 impl Unit {
     fn of(family: &str) -> Self {
-        if catalog::unit(family) == "ns" {
-            Unit::Nanoseconds
-        } else {
-            Unit::AsRecorded
+        match catalog::unit(family) {
+            "ns" => Unit::Nanoseconds,
+            "By" => Unit::Bytes,
+            _ => Unit::Count,
         }
     }
 
@@ -86,7 +88,7 @@ impl Unit {
     fn export(self, v: f64) -> f64 {
         match self {
             Unit::Nanoseconds => v / NS_PER_SECOND,
-            Unit::AsRecorded => v,
+            Unit::Bytes | Unit::Count => v,
         }
     }
 
@@ -94,7 +96,17 @@ impl Unit {
     fn native_index(self, k: i32) -> i32 {
         match self {
             Unit::Nanoseconds => k - NATIVE_SECONDS_SHIFT,
-            Unit::AsRecorded => k,
+            Unit::Bytes | Unit::Count => k,
+        }
+    }
+
+    /// The classic buckets' `le`, as powers of two of the recorded unit: from 256 ns
+    /// to 68.7 s, 512 B to 64 MiB, 1 to 4,096 requests (see [`classic_buckets`]).
+    fn classic_powers(self) -> std::ops::RangeInclusive<i32> {
+        match self {
+            Unit::Nanoseconds => 8..=36,
+            Unit::Bytes => 9..=26,
+            Unit::Count => 0..=12,
         }
     }
 }
@@ -314,23 +326,6 @@ fn family_help(family: &str) -> String {
 // Bucket bounds.
 // ---------------------------------------------------------------------------------------
 
-/// `2^(j/8 - 1)` for j = 0..8: the fractions of a power of two at which schema-3 buckets
-/// end, as the float literals of client_golang's `nativeHistogramBounds[3]`
-/// (prometheus/client_golang prometheus/histogram.go), which Prometheus' own
-/// `getBound` (model/histogram) also uses. Building the nanosecond edges from the same
-/// literals makes them bit-identical to the native schema-3 bounds, where `2f64.powf`
-/// could be an ulp off; the classic `le` is that edge / 1e9, correctly rounded.
-const SCHEMA3_FRACTIONS: [f64; 8] = [
-    0.5,
-    0.5452538663326288,
-    0.5946035575013605,
-    0.6484197773255048,
-    0.7071067811865475,
-    0.7711054127039704,
-    0.8408964152537144,
-    0.9170040432046711,
-];
-
 /// Prometheus native bucket index of OTLP bucket `otlp_index`.
 ///
 /// Prometheus bucket `k` covers `(2^((k-1)/8), 2^(k/8)]`, OTLP bucket `i` covers
@@ -344,11 +339,6 @@ fn prometheus_index(otlp_index: i32) -> i32 {
     otlp_index + 1
 }
 
-/// Inclusive upper bound, in ns, of Prometheus native bucket `k` at schema 3: `2^(k/8)`.
-fn native_upper_bound(k: i32) -> f64 {
-    SCHEMA3_FRACTIONS[k.rem_euclid(8) as usize] * pow2(k.div_euclid(8) + 1)
-}
-
 /// `2^e`, exact.
 fn pow2(e: i32) -> f64 {
     if (-1022..=1023).contains(&e) {
@@ -359,29 +349,35 @@ fn pow2(e: i32) -> f64 {
 }
 
 /// Classic buckets of a cumulative histogram: `(le, cumulative count)` in increasing
-/// `le`, without `+Inf`. There is one at the upper bound of every populated bucket
-/// (`le = 0` for the zero bucket), and one at the lower bound of every populated bucket
-/// whose neighbour below is empty. That lower bound is what lets `histogram_quantile`
-/// interpolate within the populated bucket instead of across the whole empty gap below
-/// it, and it is the upper bound of that neighbour, so the set of `le` values only grows
-/// as the cumulative histogram fills.
-fn classic_buckets(h: &ExpHistogram) -> Vec<(f64, u64)> {
-    let mut out = Vec::new();
+/// `le`, without `+Inf`, at the same powers of two of the recorded unit for every series
+/// of a unit, from the one just below the first sample up. `sum by (le)` across devices
+/// or nodes needs that: an `le` a series lacks adds nothing for it, so with each
+/// series' own populated edges the sum dipped there and the fleet's quantile landed far
+/// above every node's own (seen in the fleet rules' test). Edges below a series' first
+/// sample may be left out, since its count there is 0 (an empty series has none: idle
+/// devices cost one `+Inf` line), and one zero edge is kept so a quantile in the lowest
+/// bucket interpolates from its lower edge, not from 0. A power of two is the upper edge
+/// of every eighth schema-3 bucket, so each count is exact; within a factor of two,
+/// `histogram_quantile` interpolates, and native histograms carry the full resolution.
+fn classic_buckets(h: &ExpHistogram, unit: Unit) -> Vec<(f64, u64)> {
+    let mut buckets = h.buckets().peekable();
     let mut cumulative = h.zero_count;
-    if h.zero_count > 0 {
-        out.push((0.0, cumulative));
+    let all: Vec<(f64, u64)> = unit
+        .classic_powers()
+        .map(|power| {
+            // Native bucket k ends at 2^(k/8): bucket 8·power ends at 2^power.
+            while let Some((_, count)) =
+                buckets.next_if(|(otlp, _)| prometheus_index(*otlp) <= 8 * power)
+            {
+                cumulative += count;
+            }
+            (pow2(power), cumulative)
+        })
+        .collect();
+    match all.iter().position(|&(_, count)| count > 0) {
+        Some(first) => all[first.saturating_sub(1)..].to_vec(),
+        None => Vec::new(),
     }
-    let mut previous: Option<i32> = None;
-    for (otlp, count) in h.buckets() {
-        let k = prometheus_index(otlp);
-        if previous != Some(k - 1) {
-            out.push((native_upper_bound(k - 1), cumulative));
-        }
-        cumulative += count;
-        out.push((native_upper_bound(k), cumulative));
-        previous = Some(k);
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -425,7 +421,7 @@ fn write_histogram_text(
     unit: Unit,
 ) {
     let bucket = format!("{name}_bucket");
-    for (le, count) in classic_buckets(h) {
+    for (le, count) in classic_buckets(h, unit) {
         let le = format_float(unit.export(le));
         write_sample(out, &bucket, labels, Some(&le), &count.to_string());
     }
@@ -438,7 +434,7 @@ fn write_histogram_text(
         None,
         &match unit {
             Unit::Nanoseconds => format_float(unit.export(h.sum as f64)),
-            Unit::AsRecorded => h.sum.to_string(),
+            Unit::Bytes | Unit::Count => h.sum.to_string(),
         },
     );
     write_sample(out, &format!("{name}_count"), labels, None, &count);
@@ -674,7 +670,7 @@ fn histogram_proto(h: &ExpHistogram, unit: Unit) -> proto::Histogram {
     proto::Histogram {
         sample_count: Some(h.count()),
         sample_sum: Some(unit.export(h.sum as f64)),
-        bucket: classic_buckets(h)
+        bucket: classic_buckets(h, unit)
             .into_iter()
             .map(|(le, count)| proto::Bucket {
                 cumulative_count: Some(count),

@@ -200,22 +200,33 @@ fn text_has_monotonic_classic_buckets_from_the_cumulative_histogram() {
     assert_eq!(r.series[0].cumulative_count, 100);
     // 9 ms in all, in seconds.
     assert_eq!(value_of(&lines, &format!("{BLOCK}_sum"), &[]), "0.009");
+    // An `le` at every power of two from the one below the first sample to 2^36 ns: 90
+    // samples near 80 µs are below 2^17 ns (131 µs), the 10 near 2.6 ms below 2^22 ns
+    // (4.2 ms), none below 2^16.
     let labels = [("device", "loop7"), ("dev", "7:7"), ("op", "read")];
-    for (otlp, _) in r.series[0].cumulative.buckets() {
-        // The upper bound of each populated bucket, in seconds, is an `le`.
-        let le = format_float(native_upper_bound(otlp + 1) / 1e9);
+    for power in 16..=36 {
+        let le = format_float(pow2(power) / 1e9);
         let with_le: Vec<(&str, &str)> = labels
             .iter()
             .copied()
             .chain([("le", le.as_str())])
             .collect();
-        value_of(&lines, &format!("{BLOCK}_bucket"), &with_le);
+        let expected = match power {
+            ..17 => "0",
+            17..22 => "90",
+            _ => "100",
+        };
+        assert_eq!(
+            value_of(&lines, &format!("{BLOCK}_bucket"), &with_le),
+            expected,
+            "le {le}"
+        );
     }
-    // 90 samples up to the first populated bucket's bound, all 100 by the second's.
-    let (first, _) = r.series[0].cumulative.buckets().next().unwrap();
-    let le = format_float(native_upper_bound(first + 1) / 1e9);
-    let v = value_of(&lines, &format!("{BLOCK}_bucket"), &[("le", le.as_str())]);
-    assert_eq!(v, "90");
+    let edges = lines
+        .iter()
+        .filter(|l| l.name == format!("{BLOCK}_bucket"))
+        .count();
+    assert_eq!(edges, 21 + 1, "2^16 to 2^36 and +Inf");
 }
 
 #[test]
@@ -289,22 +300,60 @@ fn zero_bucket_gaps_and_unlabelled_series() {
     let text = render_text(&r);
     let lines = parse_text(&text);
     check_classic(&lines, BLOCK, 10);
+    // Everything lies below the lowest nanosecond edge, 256 ns.
+    let lowest = format_float(pow2(8) / 1e9);
     assert!(
-        text.contains(&format!("{BLOCK}_bucket{{le=\"0\"}} 4\n")),
+        text.contains(&format!("{BLOCK}_bucket{{le=\"{lowest}\"}} 10\n")),
         "{text}"
     );
     assert!(text.contains(&format!("{BLOCK}_count 10\n")), "{text}");
-    let buckets = classic_buckets(&h);
-    // le=0, lower edge of 10, top of 10, top of 11, lower edge of 40, top of 40.
-    let expected = [
-        (0.0, 4),
-        (native_upper_bound(10), 4),
-        (native_upper_bound(11), 6),
-        (native_upper_bound(12), 9),
-        (native_upper_bound(40), 9),
-        (native_upper_bound(41), 10),
-    ];
+    // Counted in requests, the same buckets (upper edges 2^(11/8), 2^(12/8), 2^(41/8))
+    // fall into the powers of two 1 to 4,096 as zeros 4, then 9 by 4, then 10 by 64.
+    let buckets = classic_buckets(&h, Unit::Count);
+    let expected: Vec<(f64, u64)> = (0..=12)
+        .map(|p| {
+            let count = match p {
+                0 | 1 => 4,
+                2..=5 => 9,
+                _ => 10,
+            };
+            (pow2(p), count)
+        })
+        .collect();
     assert_eq!(buckets, expected);
+}
+
+#[test]
+fn classic_edges_add_up_across_series() {
+    // What `sum by (le)` across nodes needs: an `le` one series lacks is one where its
+    // count is 0, so the sum over every listed `le` (a missing one adding nothing) is
+    // each series' true cumulative count there, and its quantile lies between theirs.
+    let series = [
+        ExpHistogram::from_buckets(0, 0, [(130, 99), (131, 1)]),
+        ExpHistogram::from_buckets(0, 0, [(170, 50), (200, 50)]),
+        ExpHistogram::from_buckets(0, 3, [(2, 1), (300, 2)]),
+        ExpHistogram::default(),
+    ];
+    for unit in [Unit::Nanoseconds, Unit::Bytes, Unit::Count] {
+        let listed: Vec<Vec<(f64, u64)>> =
+            series.iter().map(|h| classic_buckets(h, unit)).collect();
+        for (h, edges) in series.iter().zip(&listed) {
+            for power in unit.classic_powers() {
+                let le = pow2(power);
+                let truth = h.zero_count
+                    + h.buckets()
+                        .filter(|(otlp, _)| prometheus_index(*otlp) <= 8 * power)
+                        .map(|(_, c)| c)
+                        .sum::<u64>();
+                let listed = edges.iter().find(|(e, _)| *e == le).map(|(_, c)| *c);
+                assert!(
+                    listed == Some(truth) || (listed.is_none() && truth == 0),
+                    "{unit:?} le {le}: listed {listed:?}, truth {truth}"
+                );
+            }
+        }
+        assert!(listed[3].is_empty(), "an empty series lists no edge");
+    }
 }
 
 #[test]
@@ -382,7 +431,7 @@ fn protobuf_carries_native_and_classic_histograms() {
         .iter()
         .map(|b| (b.upper_bound(), b.cumulative_count()))
         .collect();
-    let in_seconds: Vec<(f64, u64)> = classic_buckets(cumulative)
+    let in_seconds: Vec<(f64, u64)> = classic_buckets(cumulative, Unit::Nanoseconds)
         .into_iter()
         .map(|(le, c)| (le / 1e9, c))
         .collect();
@@ -416,7 +465,7 @@ fn native_spans_reconstruct_gappy_histograms() {
         7,
         [(-1, 1), (0, 5), (1, 2), (5, 9), (6, 9), (100, 1), (102, 4)],
     );
-    let p = histogram_proto(&h, Unit::AsRecorded);
+    let p = histogram_proto(&h, Unit::Count);
     assert_eq!(p.zero_count(), 7);
     let spans: Vec<(i32, u32)> = p
         .positive_span
@@ -433,7 +482,7 @@ fn native_spans_reconstruct_gappy_histograms() {
 
 #[test]
 fn empty_histogram_is_still_native() {
-    let p = histogram_proto(&ExpHistogram::default(), Unit::AsRecorded);
+    let p = histogram_proto(&ExpHistogram::default(), Unit::Count);
     assert_eq!(p.sample_count(), 0);
     assert_eq!(
         p.positive_span,
@@ -643,7 +692,30 @@ fn native_seconds_edges_read_1_56_percent_high() {
         assert!((exported / truth / bias - 1.0).abs() < 1e-12, "{k}");
     }
     // Sizes keep their index: bytes are Prometheus' base unit already.
-    assert_eq!(Unit::AsRecorded.native_index(17), 17);
-    assert_eq!(Unit::of("block.io.size"), Unit::AsRecorded);
+    assert_eq!(Unit::Bytes.native_index(17), 17);
+    assert_eq!(Unit::of("block.io.size"), Unit::Bytes);
+    assert_eq!(Unit::of("block.io.queue_depth"), Unit::Count);
     assert_eq!(Unit::of("block.io.latency"), Unit::Nanoseconds);
+}
+
+/// `2^(j/8 - 1)` for j = 0..8: the fractions of a power of two at which schema-3 buckets
+/// end, as the float literals of client_golang's `nativeHistogramBounds[3]`
+/// (prometheus/client_golang prometheus/histogram.go), which Prometheus' own
+/// `getBound` (model/histogram) also uses. Building the nanosecond edges from the same
+/// literals makes them bit-identical to the native schema-3 bounds, where `2f64.powf`
+/// could be an ulp off.
+const SCHEMA3_FRACTIONS: [f64; 8] = [
+    0.5,
+    0.5452538663326288,
+    0.5946035575013605,
+    0.6484197773255048,
+    0.7071067811865475,
+    0.7711054127039704,
+    0.8408964152537144,
+    0.9170040432046711,
+];
+
+/// Inclusive upper bound, in ns, of Prometheus native bucket `k` at schema 3: `2^(k/8)`.
+fn native_upper_bound(k: i32) -> f64 {
+    SCHEMA3_FRACTIONS[k.rem_euclid(8) as usize] * pow2(k.div_euclid(8) + 1)
 }
