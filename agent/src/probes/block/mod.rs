@@ -3,7 +3,6 @@
 //! issue, errors, and latency per submitting cgroup.
 
 mod config;
-mod reconcile;
 mod registry;
 mod sweep;
 mod thresholds;
@@ -15,8 +14,8 @@ use std::{
 
 use agent_common::{
     block::{
-        BlockErrorKey, BlockHistograms, BlockKey, DeviceDepth, DeviceReconcile, OutlierLayout,
-        RequestLayout, STAT_GROUPS, TracepointLayout, op, stat_group,
+        BlockErrorKey, BlockHistograms, BlockKey, DeviceDepth, OutlierLayout, RequestLayout,
+        TracepointLayout, op,
     },
     names,
     sparse::family,
@@ -49,14 +48,9 @@ pub const FAMILY_DEVICE: &str = "block.io.device.latency";
 pub const FAMILY_DEPTH: &str = "block.io.queue_depth";
 pub const FAMILY_SIZE: &str = "block.io.size";
 pub const FAMILY_ERRORS: &str = "block.io.errors";
-/// Completions the kernel made that the probe could not record, per device, operation
-/// and cause: `unseen` (the completion program did not run), `unmatched` (no issue
-/// record), `unaccounted` (neither recorded nor counted: found against the kernel's
-/// own count, see `reconcile`).
+/// Completions the kernel made that the probe could not record, per device and cause:
+/// `unseen` (the completion program did not run), `unmatched` (no issue record).
 pub const FAMILY_UNRECORDED: &str = "block.io.unrecorded";
-/// Completions the probe recorded or counted beyond the kernel's own count, per device
-/// and operation: double counts.
-pub const FAMILY_OVERCOUNTED: &str = "block.io.overcounted";
 pub const FAMILY_BUSY: &str = "block.io.busy_time";
 pub const FAMILY_CGROUP: &str = "block.cgroup.io.latency";
 
@@ -465,17 +459,6 @@ pub struct BlockProbe {
     /// Releases requests whose completion the program never saw, once their device is
     /// idle; `None` with classic tracepoints (no request to ask).
     sweep: Option<sweep::Sweep>,
-    /// Per device, the probe's counts against the kernel's (`reconcile`).
-    reconcile: Option<HashMap<MapData, u32, DeviceReconcile>>,
-    /// The kernel's completed counts per disk just before the programs were attached
-    /// to fresh maps; `None` when the maps were adopted from an earlier run.
-    at_attach: Option<BTreeMap<u32, [u64; STAT_GROUPS]>>,
-    /// Devices whose counts were dropped when they went away: compared afresh.
-    forgotten: BTreeSet<u32>,
-    /// Disks' stat read before this interval's maps, and the completions recorded
-    /// per device and stat group read since.
-    stat_before: Option<BTreeMap<u32, reconcile::DiskStat>>,
-    recorded: BTreeMap<u32, [u64; STAT_GROUPS]>,
 }
 
 /// Every (device, operation) series' histograms, in key order.
@@ -499,15 +482,6 @@ impl BlockProbe {
         sys_root: &Path,
         outliers: &OutliersConfig,
     ) -> Self {
-        // Before the programs run, unless they already did into maps kept from an
-        // earlier run: what the kernel had completed without them.
-        let adopted = super::pins::with(|p| p.is_some_and(|p| p.maps_adopted));
-        let at_attach = (!adopted).then(|| {
-            reconcile::read_disks(sys_root)
-                .into_iter()
-                .map(|(dev, s)| (dev, s.completed))
-                .collect()
-        });
         let attached = attach_first(ebpf, btf, &layouts.variants(only));
         let up = attached.kind.is_some();
         let mut take = |name| up.then(|| ebpf.take_map(name)).flatten();
@@ -522,15 +496,6 @@ impl BlockProbe {
         let spill = per_cpu_hash(names::MAP_BLOCK_LATENCY_SPILL);
         let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
         let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
-        let reconcile =
-            take(names::MAP_BLOCK_RECONCILE).and_then(|m| HashMap::try_from(m).ok());
-        if up && reconcile.is_none() {
-            tracing::warn!(
-                "block: map {} is missing from the eBPF object (build bug): the counts are \
-                 not compared with the kernel's",
-                names::MAP_BLOCK_RECONCILE
-            );
-        }
         let sweep = match attached.kind {
             Some(kind) if kind != AttachKind::Tracepoint => match layouts
                 .request
@@ -560,11 +525,6 @@ impl BlockProbe {
             errors,
             thresholds: OutlierThresholds::new(outliers),
             sweep,
-            reconcile,
-            at_attach,
-            forgotten: BTreeSet::new(),
-            stat_before: None,
-            recorded: BTreeMap::new(),
         };
         probe.create_series();
         probe
@@ -646,86 +606,18 @@ impl BlockProbe {
     }
 
     /// Per device number: completions the kernel made that the probe could not record,
-    /// (unseen, unmatched), all operations together.
+    /// (unseen, unmatched).
     pub fn read_unrecorded(&self) -> Result<Vec<(u32, u64, u64)>, String> {
-        Ok(self
-            .read_devices()?
-            .into_iter()
-            .map(|(dev, d)| {
-                let sum = |per_op: [u64; op::COUNT]| per_op.iter().sum::<u64>();
-                (dev, sum(d.completions_unseen), sum(d.completions_unmatched))
-            })
-            .collect())
-    }
-
-    /// Every device's entry of the in-flight and unrecorded counts.
-    fn read_devices(&self) -> Result<Vec<(u32, DeviceDepth)>, String> {
         let Some(map) = &self.depth else {
             return Ok(Vec::new());
         };
         map.iter()
-            .map(|entry| entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH)))
-            .collect()
-    }
-
-    /// Per device number, the probe's counts against the kernel's: what the kernel
-    /// completed that the probe neither recorded nor counted, and what the probe
-    /// counted beyond the kernel, per stat group (read, write, discard, flush).
-    pub fn read_reconciled(&self) -> Result<Vec<(u32, DeviceReconcile)>, String> {
-        let Some(map) = &self.reconcile else {
-            return Ok(Vec::new());
-        };
-        map.iter()
             .map(|entry| {
-                entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_RECONCILE))
+                let (dev, d) =
+                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
+                Ok((dev, d.completions_unseen, d.completions_unmatched))
             })
             .collect()
-    }
-
-    /// Compares every disk whose stat read the same before and after this interval's
-    /// maps (`reconcile`), keeping what changed in the map.
-    fn reconcile(&mut self, devices: &[(u32, DeviceDepth)]) {
-        let Some(before) = self.stat_before.take() else {
-            return;
-        };
-        let Some(map) = &mut self.reconcile else {
-            return;
-        };
-        let after = reconcile::read_disks(&self.sys_root);
-        let depth: BTreeMap<u32, &DeviceDepth> = devices.iter().map(|(d, v)| (*d, v)).collect();
-        for (dev, after) in &after {
-            let Some(before) = before.get(dev) else {
-                continue;
-            };
-            let mut probed = reconcile::Probed {
-                counted: self.recorded.get(dev).copied().unwrap_or_default(),
-                in_flight: 0,
-            };
-            if let Some(d) = depth.get(dev) {
-                probed.in_flight = d.in_flight;
-                for o in 0..op::COUNT {
-                    if let Some(g) = stat_group(o as u32) {
-                        probed.counted[g] += d.completions_unseen[o] + d.completions_unmatched[o];
-                    }
-                }
-            }
-            let start = match &self.at_attach {
-                _ if self.forgotten.contains(dev) => reconcile::Start::FirstQuiet,
-                None => reconcile::Start::FirstQuiet,
-                Some(at) => at
-                    .get(dev)
-                    .map_or(reconcile::Start::New, |k| reconcile::Start::Attach(*k)),
-            };
-            let state = map.get(dev, 0).ok();
-            if let Some(new) = reconcile::compare(state, start, before, after, &probed)
-                && let Err(e) = map.insert(dev, new, 0)
-            {
-                tracing::warn!(
-                    dev,
-                    "block: cannot keep the comparison with the kernel's counts: {e}"
-                );
-            }
-        }
     }
 
     /// Per device number: the requests in flight now, as the probe counts them, and
@@ -806,16 +698,11 @@ impl Probe for BlockProbe {
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         if !cx.snapshot {
             self.create_series();
-            self.stat_before = Some(reconcile::read_disks(&self.sys_root));
         }
         let queues = self.times_queues();
         let (readings, known) = self.read_raw_noting_series()?;
         self.known = known;
-        self.recorded.clear();
         for (key, r) in readings {
-            if let Some(g) = stat_group(key.op) {
-                self.recorded.entry(key.dev).or_default()[g] += r.device.count();
-            }
             let device = device_labels(cx, key.dev);
             let entity = device_entity(cx, key.dev, &device);
             let labels = |op: u32| {
@@ -877,35 +764,11 @@ impl Probe for BlockProbe {
         for (dev, busy_ns) in self.read_busy()? {
             out.push((SeriesKey::new(FAMILY_BUSY, device_labels(cx, dev)), busy_ns));
         }
-        let devices = self.read_devices()?;
-        if cx.snapshot {
-            self.stat_before = None;
-        } else {
-            self.reconcile(&devices);
-        }
-        let mut push = |family, dev, op: u32, cause: Option<&str>, n: u64| {
-            if n == 0 {
-                return;
-            }
-            let mut labels = device_labels(cx, dev);
-            labels.push(("op", op_name(op).to_owned()));
-            if let Some(cause) = cause {
+        for (dev, unseen, unmatched) in self.read_unrecorded()? {
+            for (cause, n) in [("unseen", unseen), ("unmatched", unmatched)] {
+                let mut labels = device_labels(cx, dev);
                 labels.push(("cause", cause.to_owned()));
-            }
-            out.push((SeriesKey::new(family, labels), n));
-        };
-        for (dev, d) in &devices {
-            for o in 0..op::COUNT {
-                let op = o as u32;
-                push(FAMILY_UNRECORDED, *dev, op, Some("unseen"), d.completions_unseen[o]);
-                push(FAMILY_UNRECORDED, *dev, op, Some("unmatched"), d.completions_unmatched[o]);
-            }
-        }
-        for (dev, r) in self.read_reconciled()? {
-            for op in [op::READ, op::WRITE, op::DISCARD, op::FLUSH] {
-                let g = stat_group(op).expect("a stat group's operation");
-                push(FAMILY_UNRECORDED, dev, op, Some("unaccounted"), r.unaccounted[g]);
-                push(FAMILY_OVERCOUNTED, dev, op, None, r.overcounted[g]);
+                out.push((SeriesKey::new(FAMILY_UNRECORDED, labels), n));
             }
         }
         let Some(map) = &self.errors else {
@@ -950,13 +813,6 @@ impl Probe for BlockProbe {
                 let _ = map.remove(dev);
             }
         }
-        if let Some(map) = &mut self.reconcile {
-            for dev in &gone {
-                let _ = map.remove(dev);
-            }
-        }
-        // Its counts are gone: if it comes back, compared from its first quiet reading.
-        self.forgotten.extend(gone.iter().copied());
         if let Some(map) = &mut self.errors {
             let keys: Vec<BlockErrorKey> = map
                 .keys()
