@@ -39,8 +39,9 @@ pub struct SchedLayout {
     pub delayed_mode: u32,
     pub delayed_a: u32,
     pub delayed_b: u32,
-    /// 1 when run-queue saturation is kept: the kernel lets BPF attach to the bare
-    /// tracepoint `sched_update_nr_running_tp` (5.11+)
+    /// 1 when run-queue saturation is kept: asked for, and the kernel lets BPF attach
+    /// to the bare tracepoint `sched_update_nr_running_tp` (5.11+). 0: the switch
+    /// program does no saturation work.
     pub runq: u32,
 }
 plain_data!(SchedLayout, 19 * 4);

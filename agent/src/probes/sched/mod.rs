@@ -44,8 +44,8 @@ pub struct SchedLayouts {
 }
 
 impl SchedLayouts {
-    /// `saturation`: whether run-queue saturation is asked for (`[capacity]
-    /// runqueue_saturation`).
+    /// `saturation`: whether run-queue saturation is asked for (`[probes.sched]
+    /// saturation`).
     pub fn resolve(btf: Option<&Btf>, hierarchy: Option<&Hierarchy>, saturation: bool) -> Self {
         let layout = match (btf, hierarchy) {
             (None, _) => Err("kernel BTF (/sys/kernel/btf/vmlinux) is missing".into()),
