@@ -215,6 +215,8 @@ fn on_switch<R: KernelRead>(next: u64) {
     }
 }
 
+/// The task's cgroup id: `cgroups->dfl_cgrp->kn->id` (v2), or the cpu controller's
+/// cgroup (`cgroups->subsys[cpu_cgrp_id]->cgroup->kn->id`) on v1 hosts.
 #[inline(always)]
 fn cgroup_id<R: KernelRead>(task: u64, l: &SchedLayout) -> Option<u64> {
     let css_set: u64 = R::read(task, l.task_cgroups)?;
