@@ -550,8 +550,12 @@ fn runqueue_saturation_is_whole_with_two_spinners_pinned_to_one_cpu() {
         outer / 1e9,
         spin / inner
     );
+    // Saturated time is kept in the run queue's clock (the base of schedstat), which
+    // on this VM runs up to ~0.2 % ahead of CLOCK_MONOTONIC: the spinners' own run
+    // delay read 1.0000-1.0012 of the monotonic window here. The exact upper bound is
+    // the run-delay comparison below, in one clock; this one only catches gross excess.
     assert!(
-        sat(1) / outer >= 0.97 && sat(1) / inner <= 1.001,
+        sat(1) / outer >= 0.97 && sat(1) / inner <= 1.005,
         "CPU 1 saturated {:.4}-{:.4}",
         sat(1) / outer,
         sat(1) / inner
