@@ -399,3 +399,76 @@ fn self_loaded_kvm_programs_are_pinned_adopted_and_detached() {
     assert!(pinned("progs").is_empty(), "{:?}", pinned("progs"));
     drop(second);
 }
+
+/// Without BTF, a release before 5.16 has `kvm_exit` pass the reason as argument 0,
+/// and the raw tracepoint reads it (Debian's 5.10 in `cargo xtask vmtest`). A kernel
+/// whose `kvm_exit` passes `(vcpu, isa)` under such a release (a backport) must refuse
+/// that program at attach: this kernel's `kvm_exit` is the two-argument form, so
+/// claiming 5.10 here shows the refusal is real, explained, and ends on the classic
+/// tracepoint; the two-argument program attaches to the same tracepoint.
+#[test]
+fn a_kvm_exit_with_fewer_arguments_than_its_release_implies_is_refused() {
+    use nodepulse::{
+        config::Config,
+        kernel::{btf::Btf, tracefs},
+        probes::{
+            Loaded, Probe, Setup,
+            kvm::{ExitSource, KvmExitProbe, KvmLayouts},
+        },
+    };
+    require_root!();
+    let two_arguments = Btf::from_sys_fs()
+        .ok()
+        .and_then(|b| b.tracepoint_arg_types("kvm_exit"))
+        .is_some_and(|args| args.len() == 2);
+    if !two_arguments {
+        eprintln!("SKIPPED: this kernel's BTF shows no two-argument kvm_exit");
+        return;
+    }
+    let (root, _mounted) = tracefs::find_or_mount().expect("tracefs");
+    let config = Config::default();
+    let mut loaded = Loaded::load(&Setup::from(&config)).expect("load");
+    let no_btf = tempfile::tempdir().unwrap();
+    let layouts = KvmLayouts::resolve(
+        Some(&root),
+        None,
+        Some(ExitSource {
+            btf_dir: no_btf.path(),
+            release: "5.10.0-46-amd64",
+        }),
+    );
+    let mut probe = KvmExitProbe::attach(&mut loaded.ebpf, loaded.btf.as_ref(), &layouts, None);
+    let attached = probe.attached_mut().clone();
+    let failure = |kind: AttachKind| {
+        attached
+            .failures
+            .iter()
+            .find(|f| f.kind == kind)
+            .map(|f| f.error.clone())
+            .unwrap_or_else(|| panic!("no {kind:?} failure: {attached:?}"))
+    };
+    assert!(
+        failure(AttachKind::TpBtf).contains("tp_btf needs kvm_exit's type"),
+        "{attached:?}"
+    );
+    let raw = failure(AttachKind::RawTracepoint);
+    assert!(raw.contains("kvm_exit_raw_reason"), "{raw}");
+    assert!(
+        raw.contains("Invalid argument") && raw.contains("fewer than the three"),
+        "{raw}"
+    );
+    assert_eq!(attached.kind, Some(AttachKind::Tracepoint), "{attached:?}");
+    drop(probe);
+
+    // The control: reading two arguments of the same tracepoint is accepted.
+    let program: &mut aya::programs::RawTracePoint = loaded
+        .ebpf
+        .program_mut(agent_common::names::PROG_KVM_EXIT_RAW)
+        .expect("kvm_exit_raw in the object")
+        .try_into()
+        .unwrap();
+    program.load().expect("load kvm_exit_raw");
+    program
+        .attach("kvm_exit")
+        .expect("a two-argument program attaches to the two-argument kvm_exit");
+}

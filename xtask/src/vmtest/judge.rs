@@ -17,7 +17,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("5.10", "block", "tp_btf"),
     ("5.10", "sched", "tp_btf"),
     ("5.10", "kvm", "raw_tracepoint"),
-    ("5.10", "kvm_exit", "tracepoint"),
+    ("5.10", "kvm_exit", "raw_tracepoint"),
     ("5.10", "tcp", "tp_btf"),
     ("6.1", "block", "tp_btf"),
     ("6.1", "sched", "tp_btf"),
