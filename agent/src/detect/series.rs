@@ -761,9 +761,10 @@ pub(super) mod tests {
         assert_eq!(one[1..5], [60, 90, 120, 150]);
         assert_eq!(ten[1..5], [93, 123, 153, 183]);
         // Intervals of 1 s and 2 s in turn: a boundary the interval ending at 29 s did
-        // not foresee (the next ends at 31 s) closes the window as of 29 s.
+        // not foresee closes the window as of 29 s when the next one (ending at 31 s)
+        // arrives, not a cell later.
         let (uneven, _) = feed(1, 301, |i| 1 + (i % 2) as u64, steady);
-        assert_eq!(uneven[..4], [29, 59, 89, 119], "{uneven:?}");
+        assert_eq!(uneven[..4], [31, 61, 91, 121], "{uneven:?}");
     }
 
     #[test]
