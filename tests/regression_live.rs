@@ -367,21 +367,31 @@ fn a_loop_device_attached_to_another_file_starts_its_series_anew() {
     // Learned on A: 8 windows of a second, then judged.
     let mut backing_a = None;
     let mut learned = false;
+    let mut last = Value::Null;
+    let mut seen_learning = false;
     let deadline = Instant::now() + Duration::from_secs(40);
     while !learned && Instant::now() < deadline {
         let r = reports
             .recv_timeout(Duration::from_secs(5))
             .expect("a report");
+        last = serde_json::json!({"learning": r["learning"], "backing": r["backing"]});
         backing_a = r["backing"][&dev.name]
             .as_str()
             .map(str::to_owned)
             .or(backing_a);
-        learned =
-            backing_a.is_some() && !reads_learning(&r) && r["series"].to_string().contains(&series);
+        let reads_reported = r["series"].as_array().into_iter().flatten().any(|s| {
+            s["family"] == "block.io.latency"
+                && s["labels"]["device"] == dev.name.as_str()
+                && s["labels"]["op"] == "read"
+        });
+        // Judged: listed as learning once, and no longer.
+        let learning_now = reads_learning(&r);
+        seen_learning |= learning_now;
+        learned = backing_a.is_some() && seen_learning && !learning_now && reads_reported;
     }
     assert!(
         learned,
-        "the device's reads never left learning within 40 s"
+        "the device's reads never left learning within 40 s; last report: {last:#}"
     );
     let backing_a = backing_a.unwrap();
     assert!(backing_a.starts_with(&dev_backing(&dev)), "{backing_a}");
