@@ -597,18 +597,7 @@ fn runqueue_saturation_is_whole_with_two_spinners_pinned_to_one_cpu() {
         _ => eprintln!("host too busy (cpu pressure {pressure:?}) to judge the stopped window"),
     }
     let c = probes.collect();
-    for p in c
-        .programs
-        .iter()
-        .filter(|p| p.probe == "sched" && p.run_count > 0)
-    {
-        eprintln!(
-            "{}: {} runs, {:.0} ns each",
-            p.program,
-            p.run_count,
-            p.run_time_ns as f64 / p.run_count as f64
-        );
-    }
+    print_sched_program_costs(&c);
     let unrecorded = c
         .drops
         .iter()
@@ -769,18 +758,7 @@ fn runqueue_saturation_holds_the_waits_of_a_ping_pong_on_one_cpu() {
         sat / delay
     );
     let c = probes.collect();
-    for p in c
-        .programs
-        .iter()
-        .filter(|p| p.probe == "sched" && p.run_count > 0)
-    {
-        eprintln!(
-            "{}: {} runs, {:.0} ns each",
-            p.program,
-            p.run_count,
-            p.run_time_ns as f64 / p.run_count as f64
-        );
-    }
+    print_sched_program_costs(&c);
     assert!(
         delay > 0.05 * inner,
         "the threads waited for each other: run delay {delay} ns"
@@ -795,4 +773,20 @@ fn runqueue_saturation_holds_the_waits_of_a_ping_pong_on_one_cpu() {
         sat <= outer * 1.001,
         "saturated {sat} ns of a {outer} ns window"
     );
+}
+
+/// The scheduler programs' run counts and kernel time per run (BPF stats).
+fn print_sched_program_costs(c: &nodepulse::probes::Collection) {
+    for p in c
+        .programs
+        .iter()
+        .filter(|p| p.probe == "sched" && p.run_count > 0)
+    {
+        eprintln!(
+            "{}: {} runs, {:.0} ns each",
+            p.program,
+            p.run_count,
+            p.run_time_ns as f64 / p.run_count as f64
+        );
+    }
 }

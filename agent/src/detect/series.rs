@@ -107,16 +107,7 @@ impl SeriesState {
         } else {
             None
         };
-        if self.intervals == 0 {
-            self.window_start = now.saturating_sub(interval_ns);
-            self.window = ExpHistogram::default();
-            self.parts.clear();
-        }
-        if !delta.is_empty() {
-            self.window.merge(delta);
-            self.parts.push((now, delta.clone()));
-        }
-        self.intervals += 1;
+        self.add_interval(delta, now, interval_ns);
         self.last_cell = this_cell;
         self.last_end = now;
         self.last_interval = interval_ns;
@@ -130,16 +121,8 @@ impl SeriesState {
         self.close_if_ready(who, now, interval_ns, config)
     }
 
-    /// Windows cut `min_window` after each series' first interval (the default until
-    /// the grid's extra alarms on the held-out recordings are understood).
-    fn observe_unaligned(
-        &mut self,
-        who: &Identity<'_>,
-        delta: &ExpHistogram,
-        now: u64,
-        interval_ns: u64,
-        config: &DetectConfig,
-    ) -> Option<WindowOutcome> {
+    /// Adds the interval ending at `now` to the open window, opening one if none is.
+    fn add_interval(&mut self, delta: &ExpHistogram, now: u64, interval_ns: u64) {
         if self.intervals == 0 {
             self.window_start = now.saturating_sub(interval_ns);
             self.window = ExpHistogram::default();
@@ -150,6 +133,19 @@ impl SeriesState {
             self.parts.push((now, delta.clone()));
         }
         self.intervals += 1;
+    }
+
+    /// Windows cut `min_window` after each series' first interval (the default until
+    /// the grid's extra alarms on the held-out recordings are understood).
+    fn observe_unaligned(
+        &mut self,
+        who: &Identity<'_>,
+        delta: &ExpHistogram,
+        now: u64,
+        interval_ns: u64,
+        config: &DetectConfig,
+    ) -> Option<WindowOutcome> {
+        self.add_interval(delta, now, interval_ns);
         let elapsed = now.saturating_sub(self.window_start);
         if elapsed < config.min_window.as_nanos() as u64 && self.intervals < config.max_intervals {
             return None;
