@@ -10,7 +10,10 @@ use std::{
 };
 
 use common::{LoopDevice, require_tool};
-use nodepulse::probes::{Probes, block, sched};
+use nodepulse::{
+    aggregate::ExpHistogram,
+    probes::{Probes, block, sched},
+};
 
 /// Fields of a device's stat file: (requests completed, io_ticks ms, the sum of every
 /// request's time from start to completion in ms). The last is kept in nanoseconds
@@ -325,15 +328,22 @@ fn cpu_pressure_moves_when_a_cgroup_is_squeezed() {
     assert!(host.is_some_and(|h| h > 0.5), "host: {host:?}");
 }
 
-/// fio's read IOPS, completion p99 (ns) and I/O count from its JSON output.
-fn fio_read(json: &str) -> (f64, f64, u64) {
+/// fio's read IOPS, completion p50 and p99 (ns) and its run time (s) from its JSON
+/// output.
+fn fio_read(json: &str) -> (f64, f64, f64, f64) {
     let v: serde_json::Value = serde_json::from_str(json).expect("fio JSON");
     let read = &v["jobs"][0]["read"];
-    let p99 = read["clat_ns"]["percentile"]["99.000000"]
-        .as_f64()
-        .expect("fio p99");
-    let ios = read["total_ios"].as_u64().unwrap();
-    (read["iops"].as_f64().unwrap(), p99, ios)
+    let clat = |q: &str| {
+        read["clat_ns"]["percentile"][q]
+            .as_f64()
+            .unwrap_or_else(|| panic!("fio's clat {q} in {read}"))
+    };
+    (
+        read["iops"].as_f64().unwrap(),
+        clat("50.000000"),
+        clat("99.000000"),
+        v["jobs"][0]["job_runtime"].as_f64().unwrap() / 1e3,
+    )
 }
 
 /// The load from which p99 stays at or above `multiple` × the mean of the first two
@@ -350,83 +360,175 @@ fn fio_knee(points: &[(f64, f64)], multiple: f64) -> Option<f64> {
         })
 }
 
-/// fio steps a memory-backed loop device's load up in `rate_iops` steps (Poisson
-/// arrivals, 512 KiB reads, the largest the loop device takes unsplit: the loop
-/// worker's copy is the service time, so the device saturates near 1,500/s here); the
-/// knee the learner finds in the probe's per-second device latency lies near the load
-/// at which fio's own p99 doubles. The issue asks for 20 %; on this shared two-CPU
-/// machine the p99 floor is scheduling noise of several ms and fio's own curve is
-/// not monotone, so runs land 10-30 % apart: the bound is 35 %.
+/// Run delay (ns) summed over a process's threads (schedstat of each task).
+fn threads_run_delay(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// One device's latency from one collection, every operation merged: from the
+/// kernel's start of the request (`block.io.latency`) and from its issue to the driver
+/// (`block.io.device.latency`, what the agent's knee learner is fed); and the sizes.
+fn latencies(probes: &mut Probes, device: &LoopDevice) -> [ExpHistogram; 3] {
+    let [mut total, mut issued, mut size] = [(); 3].map(|_| ExpHistogram::default());
+    for r in probes.collect().readings {
+        if r.key.label("dev") != Some(device.number.as_str()) {
+            continue;
+        }
+        if r.key.family == block::FAMILY {
+            total.merge(&r.hist);
+        } else if r.key.family == block::FAMILY_DEVICE {
+            issued.merge(&r.hist);
+        } else if r.key.family == block::FAMILY_SIZE {
+            size.merge(&r.hist);
+        }
+    }
+    [total, issued, size]
+}
+
+/// fio runs as SCHED_FIFO: on a loaded host a normal-priority fio waits for a CPU
+/// before it reaps each completion, and that wait lands in its completion latency.
+const REALTIME: [&str; 3] = ["chrt", "-f", "10"];
+
+/// Loads of the sweep, as shares of the capacity just measured: two low steps for the
+/// unloaded p99, then steps 1.3x apart (wider than the learner's 26 % bins, so each
+/// step is a bin of its own) past the capacity.
+const SHARES: [f64; 9] = [0.04, 0.08, 0.16, 0.3, 0.4, 0.52, 0.68, 0.88, 1.14];
+
+/// fio steps a memory-backed loop device's load up (Poisson arrivals, 512 KiB reads:
+/// the loop worker's copy is the service time), each step one window of the knee
+/// learner; the knee it finds lies within 20 % of the load at which fio's own
+/// completion p99 doubles, both judged the same way over the same steps.
+///
+/// What made the two disagree (-26 %, -51 % in earlier runs) was fio, not the device:
+/// at host load ~15 a normal-priority fio's threads waited for a CPU 0.64 s per second,
+/// and that wait is inside its completion latency (it stamps a completion when it
+/// reaps it): its p99 floor read 32-36 ms against 12 ms under SCHED_FIFO, and never
+/// doubled within the sweep. So fio runs as SCHED_FIFO here, and the test checks that
+/// its threads hardly waited. The sweep follows the capacity the device has now (an
+/// unthrottled run first), so a quiet host, whose loop worker is many times faster,
+/// is swept past its knee too.
 #[test]
-#[ignore = "two minutes, and at the mercy of other load on a shared machine (two runs \
-            here: -26 %, then -51 % when fio's own unloaded p99 was 41 ms): \
-            `cargo test -p agent --test integration -- capacity::knee --ignored`"]
 fn knee_from_a_fio_rate_sweep_matches_fios_own() {
     require_root!();
     require_tool("fio");
+    require_tool("chrt");
     let mut probes = common::start_probes(None);
     let device = LoopDevice::backed_in(std::path::Path::new("/dev/shm"), 256, false);
     // Fill it: reads of a hole would cost nothing.
     run_dd_fill(&device);
+    let read = ["--rw=randread", "--bs=512k", "--iodepth=32"];
+    let full = device.fio_under(
+        &REALTIME,
+        &[&read[..], &["--time_based", "--runtime=2"]].concat(),
+    );
+    let capacity = fio_read(&full.finish()).0;
+    eprintln!("capacity now: {capacity:.0} reads/s");
+
     let mut learner = nodepulse::capacity::knee::KneeLearner::new(2.0, 1);
     let mut fio_points = Vec::new();
     // Should the block layer split fio's reads, the knee in requests/s is converted
-    // to fio's I/Os with the ratio counted over the sweep.
-    let (mut requests, mut fio_ios) = (0u64, 0u64);
-    for rate in [100, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000] {
+    // to fio's I/Os with the requests' mean size over the sweep.
+    let (mut requests, mut bytes) = (0u64, 0u64);
+    let (mut fio_waited, mut fio_ran) = (0u64, Duration::ZERO);
+    let mut shares = SHARES.to_vec();
+    let mut i = 0;
+    while i < shares.len() {
+        let rate = (capacity * shares[i]).round().max(10.0);
         let rate_arg = format!("--rate_iops={rate}");
-        let fio = device.fio(&[
-            "--rw=randread",
-            "--bs=512k",
-            "--iodepth=32",
+        let step = [
             "--iodepth_batch_submit=1",
             "--rate_process=poisson",
             "--time_based",
-            "--runtime=5",
+            "--runtime=3",
             &rate_arg,
-        ]);
-        let start_of_step = common::BlockSnapshot::take(&mut probes, &device.number);
-        thread::sleep(Duration::from_millis(500));
-        let mut before = common::BlockSnapshot::take(&mut probes, &device.number);
-        let mut at = Instant::now();
-        for _ in 0..4 {
-            thread::sleep(Duration::from_secs(1));
-            let now = common::BlockSnapshot::take(&mut probes, &device.number);
-            let h = now.since(&before, "read");
-            let secs = at.elapsed().as_secs_f64();
-            at = Instant::now();
-            if h.count() >= 10 {
-                learner.observe(h.count() as f64 / secs, h.quantile(0.99).unwrap());
-            }
-            before = now;
+        ];
+        // The step is one window for both: read with the device idle before fio
+        // starts and after it ends, so that the probe and fio time the same reads.
+        let before = latencies(&mut probes, &device);
+        let fio = device.fio_under(&REALTIME, &[&read[..], &step].concat());
+        let pid = fio.0.as_ref().unwrap().id();
+        let begun = stat(&device.name).0;
+        let started = Instant::now();
+        while stat(&device.name).0 == begun {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "fio did no I/O"
+            );
+            thread::sleep(Duration::from_millis(5));
         }
-        let json = fio.finish();
-        let last = common::BlockSnapshot::take(&mut probes, &device.number);
-        // Requests of this step only: from just after fio started to its end.
-        let (iops, p99, ios) = fio_read(&json);
-        let step_requests = last.since(&start_of_step, "read").count();
-        requests += step_requests;
-        fio_ios += ios;
-        eprintln!("rate {rate}: fio {iops:.0} IOPS, p99 {:.1} ms", p99 / 1e6);
+        let (waited, at) = (threads_run_delay(pid), Instant::now());
+        thread::sleep(Duration::from_millis(2_800));
+        fio_waited += threads_run_delay(pid).saturating_sub(waited);
+        fio_ran += at.elapsed();
+        let (iops, p50, p99, secs) = fio_read(&fio.finish());
+        device.wait_idle();
+        let after = latencies(&mut probes, &device);
+        let [total, issued, size] = [0, 1, 2].map(|k| after[k].since(&before[k]));
+        // Over fio's own run time: this test's thread, at normal priority, cannot
+        // time fio's start and end as closely on a loaded host.
+        let load = issued.count() as f64 / secs;
+        learner.observe(load, issued.quantile(0.99).unwrap_or(0.0));
+        let ios = issued.count();
+        requests += size.count();
+        bytes += size.sum;
+        let ms = |ns: Option<f64>| ns.unwrap_or(f64::NAN) / 1e6;
+        eprintln!(
+            "rate {rate:>5}: fio {iops:>5.0}/s clat p50 {:>6.2} p99 {:>6.2} ms | \
+             nodepulse {load:>5.0}/s device p50 {:>6.2} p99 {:>6.2} ms, from start p99 \
+             {:>6.2} ms ({ios} requests)",
+            p50 / 1e6,
+            p99 / 1e6,
+            ms(issued.quantile(0.5)),
+            ms(issued.quantile(0.99)),
+            ms(total.quantile(0.99)),
+        );
         fio_points.push((iops, p99));
+        // Not doubled by the last planned step (the capacity fell since it was
+        // measured): a few more steps 1.3x apart.
+        if i + 1 == shares.len()
+            && shares.len() < SHARES.len() + 3
+            && fio_knee(&fio_points, 2.0).is_none()
+        {
+            shares.push(shares[i] * 1.3);
+        }
+        i += 1;
     }
     device.wait_idle();
+    let waited_share = fio_waited as f64 / fio_ran.as_nanos() as f64;
+    eprintln!("fio's threads waited for a CPU {waited_share:.4} s per second of the sweep");
+    // A fio that waited for CPUs measured its own scheduling, not the device.
+    assert!(
+        waited_share < 0.05,
+        "fio's threads waited for a CPU {waited_share:.3} s/s: its p99 is not the device's"
+    );
     let knee = learner.knee().expect("a curve");
     for p in &knee.curve {
         eprintln!(
-            "  nodepulse curve: {:.0}/s p99 {:.1} ms ({} intervals)",
+            "  nodepulse curve: {:.0}/s p99 {:.2} ms",
             p.load,
-            p.p99_ns / 1e6,
-            p.intervals
+            p.p99_ns / 1e6
         );
     }
     let theirs = fio_knee(&fio_points, 2.0).expect("fio's p99 doubles within the sweep");
-    let split = requests as f64 / fio_ios as f64;
+    let split = (512 << 10) as f64 / (bytes as f64 / requests as f64);
     let ours = knee.knee_load.expect("nodepulse finds a knee") / split;
-    eprintln!("{requests} requests for {fio_ios} fio reads: {split:.2} each");
-    eprintln!("knee: nodepulse {ours:.0}/s, fio {theirs:.0}/s");
+    eprintln!(
+        "knee: nodepulse {ours:.0}/s, fio {theirs:.0}/s ({:+.1} %); unloaded p99 \
+         nodepulse {:.2} ms, fio {:.2} ms; {split:.2} requests per fio read",
+        (ours / theirs - 1.0) * 100.0,
+        knee.unloaded_p99_ns / 1e6,
+        (fio_points[0].1 + fio_points[1].1) / 2e6,
+    );
     assert!(
-        (ours - theirs).abs() <= 0.35 * theirs,
+        (ours - theirs).abs() <= 0.2 * theirs,
         "nodepulse {ours:.0}/s, fio {theirs:.0}/s"
     );
 }

@@ -231,8 +231,23 @@ impl LoopDevice {
 
     /// Starts fio against this device; killed when the guard drops.
     pub fn fio(&self, args: &[&str]) -> Workload {
+        self.fio_under(&[], args)
+    }
+
+    /// Starts fio through `wrapper` (e.g. `chrt -f 10`, which runs it under
+    /// SCHED_FIFO), against this device; killed when the guard drops.
+    pub fn fio_under(&self, wrapper: &[&str], args: &[&str]) -> Workload {
         require_tool("fio");
-        let child = Command::new("fio")
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                require_tool(program);
+                let mut c = Command::new(program);
+                c.args(rest).arg("fio");
+                c
+            }
+            None => Command::new("fio"),
+        };
+        let child = command
             .args([
                 "--name=np",
                 "--ioengine=libaio",
