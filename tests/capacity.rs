@@ -424,6 +424,65 @@ fn knee_from_a_fio_rate_sweep_matches_fios_own() {
     let device = LoopDevice::backed_in(std::path::Path::new("/dev/shm"), 256, false);
     // Fill it: reads of a hole would cost nothing.
     run_dd_fill(&device);
+    // A host that stalls the loop worker during a low step (p99 455 ms at 45 reads/s
+    // once, at load 24, for fio and the probe alike) leaves fio's own curve without a
+    // floor to double: then the sweep is run once more.
+    let mut sweep = sweep_knee(&mut probes, &device);
+    if sweep.fio_knee.is_none() {
+        eprintln!("fio's own p99 did not double above its floor: sweeping once more");
+        sweep = sweep_knee(&mut probes, &device);
+    }
+    let Sweep {
+        knee,
+        fio_knee: theirs,
+        fio_unloaded,
+        split,
+        waited_share,
+    } = sweep;
+    eprintln!("fio's threads waited for a CPU {waited_share:.4} s per second of the sweep");
+    // A fio that waited for CPUs measured its own scheduling, not the device.
+    assert!(
+        waited_share < 0.05,
+        "fio's threads waited for a CPU {waited_share:.3} s/s: its p99 is not the device's"
+    );
+    for p in &knee.curve {
+        eprintln!(
+            "  nodepulse curve: {:.0}/s p99 {:.2} ms",
+            p.load,
+            p.p99_ns / 1e6
+        );
+    }
+    let theirs = theirs.expect("fio's p99 doubles within the sweep");
+    let ours = knee.knee_load.expect("nodepulse finds a knee") / split;
+    eprintln!(
+        "knee: nodepulse {ours:.0}/s, fio {theirs:.0}/s ({:+.1} %); unloaded p99 \
+         nodepulse {:.2} ms, fio {:.2} ms; {split:.2} requests per fio read",
+        (ours / theirs - 1.0) * 100.0,
+        knee.unloaded_p99_ns / 1e6,
+        fio_unloaded / 1e6,
+    );
+    assert!(
+        (ours - theirs).abs() <= 0.2 * theirs,
+        "nodepulse {ours:.0}/s, fio {theirs:.0}/s"
+    );
+}
+
+/// What one sweep found.
+struct Sweep {
+    /// The learner's, fed one window per step.
+    knee: nodepulse::capacity::knee::Knee,
+    /// fio's, from its completion p99 per step, judged as the learner judges.
+    fio_knee: Option<f64>,
+    fio_unloaded: f64,
+    /// Requests per fio read (the block layer may split them).
+    split: f64,
+    /// fio's threads' run delay per second of the sweep.
+    waited_share: f64,
+}
+
+/// Measures the device's capacity now, then steps fio's rate up through [`SHARES`] of
+/// it (and further while fio's p99 has not doubled).
+fn sweep_knee(probes: &mut Probes, device: &LoopDevice) -> Sweep {
     let read = ["--rw=randread", "--bs=512k", "--iodepth=32"];
     let full = device.fio_under(
         &REALTIME,
@@ -452,7 +511,7 @@ fn knee_from_a_fio_rate_sweep_matches_fios_own() {
         ];
         // The step is one window for both: read with the device idle before fio
         // starts and after it ends, so that the probe and fio time the same reads.
-        let before = latencies(&mut probes, &device);
+        let before = latencies(probes, device);
         let fio = device.fio_under(&REALTIME, &[&read[..], &step].concat());
         let pid = fio.0.as_ref().unwrap().id();
         let begun = stat(&device.name).0;
@@ -470,7 +529,7 @@ fn knee_from_a_fio_rate_sweep_matches_fios_own() {
         fio_ran += at.elapsed();
         let (iops, p50, p99, secs) = fio_read(&fio.finish());
         device.wait_idle();
-        let after = latencies(&mut probes, &device);
+        let after = latencies(probes, device);
         let [total, issued, size] = [0, 1, 2].map(|k| after[k].since(&before[k]));
         // Over fio's own run time: this test's thread, at normal priority, cannot
         // time fio's start and end as closely on a loaded host.
@@ -502,35 +561,14 @@ fn knee_from_a_fio_rate_sweep_matches_fios_own() {
         i += 1;
     }
     device.wait_idle();
-    let waited_share = fio_waited as f64 / fio_ran.as_nanos() as f64;
-    eprintln!("fio's threads waited for a CPU {waited_share:.4} s per second of the sweep");
-    // A fio that waited for CPUs measured its own scheduling, not the device.
-    assert!(
-        waited_share < 0.05,
-        "fio's threads waited for a CPU {waited_share:.3} s/s: its p99 is not the device's"
-    );
-    let knee = learner.knee().expect("a curve");
-    for p in &knee.curve {
-        eprintln!(
-            "  nodepulse curve: {:.0}/s p99 {:.2} ms",
-            p.load,
-            p.p99_ns / 1e6
-        );
+    let fio_unloaded = (fio_points[0].1 + fio_points[1].1) / 2.0;
+    Sweep {
+        knee: learner.knee().expect("a curve"),
+        fio_knee: fio_knee(&fio_points, 2.0),
+        fio_unloaded,
+        split: (512 << 10) as f64 / (bytes as f64 / requests as f64),
+        waited_share: fio_waited as f64 / fio_ran.as_nanos() as f64,
     }
-    let theirs = fio_knee(&fio_points, 2.0).expect("fio's p99 doubles within the sweep");
-    let split = (512 << 10) as f64 / (bytes as f64 / requests as f64);
-    let ours = knee.knee_load.expect("nodepulse finds a knee") / split;
-    eprintln!(
-        "knee: nodepulse {ours:.0}/s, fio {theirs:.0}/s ({:+.1} %); unloaded p99 \
-         nodepulse {:.2} ms, fio {:.2} ms; {split:.2} requests per fio read",
-        (ours / theirs - 1.0) * 100.0,
-        knee.unloaded_p99_ns / 1e6,
-        (fio_points[0].1 + fio_points[1].1) / 2e6,
-    );
-    assert!(
-        (ours - theirs).abs() <= 0.2 * theirs,
-        "nodepulse {ours:.0}/s, fio {theirs:.0}/s"
-    );
 }
 
 fn run_dd_fill(device: &LoopDevice) {
