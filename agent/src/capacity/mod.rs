@@ -260,8 +260,16 @@ impl Capacity {
 /// The family capacity alarms are raised on.
 pub const ALARM_FAMILY: &str = "capacity.time_to_saturation";
 
-/// "io:sdb busy predicted to saturate within 6 h, 90 % interval 4-9 h".
+/// "io:sdb busy predicted to saturate within 6 h, 90 % interval 4-9 h"; or, when the
+/// whole interval is at the limit already, that it is saturated now (a host whose CPU
+/// pressure sat at 0.98 read "within 0 h, interval 0-0 h" at every refit).
 pub fn summary(f: &SignalForecast, percent: f64) -> String {
+    if f.forecast.upper_h == Some(0.0) {
+        return format!(
+            "{} {} at or above {} now ({percent:.0} % interval of its trend wholly above)",
+            f.resource, f.signal, f.limit
+        );
+    }
     let h = |v: Option<f64>| v.map_or("never".into(), |v| format!("{v:.0}"));
     format!(
         "{} {} predicted to reach {} within {} h, {percent:.0} % interval {}-{} h",
@@ -310,6 +318,11 @@ mod tests {
         assert_eq!(
             a[0].summary,
             "io:sdb busy predicted to reach 0.9 within 6 h, 90 % interval 4-9 h"
+        );
+        // Saturated already: said so, not as a forecast of "0 h".
+        assert_eq!(
+            summary(&forecast(0.0, 0.0, Some(0.0)), 90.0),
+            "io:sdb busy at or above 0.9 now (90 % interval of its trend wholly above)"
         );
         let opened = c.take_alarms();
         assert_eq!(opened.len(), 1);
