@@ -346,18 +346,16 @@ fn fio_read(json: &str) -> (f64, f64, f64, f64) {
     )
 }
 
-/// The load from which p99 stays at or above `multiple` × the mean of the first two
-/// points, interpolated linearly: fio's own knee, from its own numbers.
-fn fio_knee(points: &[(f64, f64)], multiple: f64) -> Option<f64> {
-    let limit = (points[0].1 + points[1].1) / 2.0 * multiple;
-    points
-        .windows(2)
-        .rev()
-        .take_while(|w| w[1].1 >= limit)
-        .find_map(|w| {
-            let ((la, pa), (lb, pb)) = (w[0], w[1]);
-            (pa < limit && pb >= limit).then(|| la + (lb - la) * (limit - pa) / (pb - pa))
-        })
+/// fio's own knee, from its own numbers, judged by the agent's learner (the same load
+/// bins, floor and crossing): a judge of its own would differ where two steps share a
+/// 26 % bin (steps past the capacity do, fio cannot raise the load further), and the
+/// learner averages them.
+fn fio_knee(points: &[(f64, f64)], multiple: f64) -> Option<nodepulse::capacity::knee::Knee> {
+    let mut learner = nodepulse::capacity::knee::KneeLearner::new(multiple, 1);
+    for &(load, p99) in points {
+        learner.observe(load, p99);
+    }
+    learner.knee()
 }
 
 /// Run delay (ns) summed over a process's threads (schedstat of each task).
@@ -405,7 +403,7 @@ const SHARES: [f64; 9] = [0.04, 0.08, 0.16, 0.3, 0.4, 0.52, 0.68, 0.88, 1.14];
 /// fio steps a memory-backed loop device's load up (Poisson arrivals, 512 KiB reads:
 /// the loop worker's copy is the service time), each step one window of the knee
 /// learner; the knee it finds lies within 20 % of the load at which fio's own
-/// completion p99 doubles, both judged the same way over the same steps.
+/// completion p99 doubles, both judged by the same learner over the same steps.
 ///
 /// What made the two disagree (-26 %, -51 % in earlier runs) was fio, not the device:
 /// at host load ~15 a normal-priority fio's threads waited for a CPU 0.64 s per second,
@@ -428,7 +426,11 @@ fn knee_from_a_fio_rate_sweep_matches_fios_own() {
     // once, at load 24, for fio and the probe alike) leaves fio's own curve without a
     // floor to double: then the sweep is run once more.
     let mut sweep = sweep_knee(&mut probes, &device);
-    if sweep.fio_knee.is_none() {
+    if sweep
+        .fio_knee
+        .as_ref()
+        .is_none_or(|k| k.knee_load.is_none())
+    {
         eprintln!("fio's own p99 did not double above its floor: sweeping once more");
         sweep = sweep_knee(&mut probes, &device);
     }
@@ -452,7 +454,9 @@ fn knee_from_a_fio_rate_sweep_matches_fios_own() {
             p.p99_ns / 1e6
         );
     }
-    let theirs = theirs.expect("fio's p99 doubles within the sweep");
+    let theirs = theirs
+        .and_then(|k| k.knee_load)
+        .expect("fio's p99 doubles within the sweep");
     let ours = knee.knee_load.expect("nodepulse finds a knee") / split;
     eprintln!(
         "knee: nodepulse {ours:.0}/s, fio {theirs:.0}/s ({:+.1} %); unloaded p99 \
@@ -472,7 +476,7 @@ struct Sweep {
     /// The learner's, fed one window per step.
     knee: nodepulse::capacity::knee::Knee,
     /// fio's, from its completion p99 per step, judged as the learner judges.
-    fio_knee: Option<f64>,
+    fio_knee: Option<nodepulse::capacity::knee::Knee>,
     fio_unloaded: f64,
     /// Requests per fio read (the block layer may split them).
     split: f64,
@@ -554,7 +558,7 @@ fn sweep_knee(probes: &mut Probes, device: &LoopDevice) -> Sweep {
         // measured): a few more steps 1.3x apart.
         if i + 1 == shares.len()
             && shares.len() < SHARES.len() + 3
-            && fio_knee(&fio_points, 2.0).is_none()
+            && fio_knee(&fio_points, 2.0).is_none_or(|k| k.knee_load.is_none())
         {
             shares.push(shares[i] * 1.3);
         }
