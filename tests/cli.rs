@@ -483,3 +483,89 @@ fn node_name_escape_sequences_are_shown_escaped() {
         }
     }
 }
+
+/// `nodepulse capacity --from`: a missing file, a file that is not a recording and a
+/// recording without capacity each exit 2 saying what is wrong and what to do.
+#[test]
+fn capacity_from_a_bad_file_exits_2_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |path: &std::path::Path| {
+        let out = nodepulse()
+            .args(["capacity", "--from"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(out.stdout.is_empty());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&dir.path().join("absent.jsonl"));
+    assert!(
+        e.contains("cannot read") && e.contains("nodepulse record --output FILE"),
+        "{e}"
+    );
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "time,value\n1,2\n").unwrap();
+    let e = run(&bad);
+    assert!(
+        e.contains("bad.jsonl line 1: not a nodepulse recording line"),
+        "{e}"
+    );
+    let old = dir.path().join("old.jsonl");
+    std::fs::write(
+        &old,
+        r#"{"time":"2026-12-07T00:00:00Z","interval_s":10,"series":[]}"#,
+    )
+    .unwrap();
+    let e = run(&old);
+    assert!(e.contains("has no capacity signals"), "{e}");
+    let out = nodepulse().args(["capacity", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for what in ["--from", "--json", "--for", "Worst", "capacity.*"] {
+        assert!(help.contains(what), "capacity --help lacks {what}: {help}");
+    }
+}
+
+/// Live `nodepulse capacity`: a 3-second window, the host's CPU run queues among the
+/// resources, forecasts honestly still learning, no log lines.
+#[test]
+fn capacity_live_reports_the_window() {
+    require_root!();
+    one_subject_at_a_time!();
+    let config = write_config("[probes.sched]\nsaturation = true\n");
+    let out = nodepulse()
+        .args([
+            "capacity",
+            "--for",
+            "3s",
+            "--interval",
+            "1s",
+            "--json",
+            "--config",
+        ])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("INFO"),
+        "{out:?}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reports"], 3, "{v}");
+    let resources = v["resources"].as_array().unwrap();
+    let cpu = resources
+        .iter()
+        .find(|r| r["resource"] == "cpu")
+        .unwrap_or_else(|| panic!("no cpu in {v}"));
+    assert_eq!(cpu["kind"], "cpu");
+    assert_eq!(cpu["forecast"]["state"], "learning", "{cpu}");
+    assert!(
+        cpu["now"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "runqueue_saturation"),
+        "{cpu}"
+    );
+}

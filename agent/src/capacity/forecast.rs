@@ -55,6 +55,11 @@ impl Forecaster {
         }
     }
 
+    /// Closed buckets still needed before the first forecast (0 once it forecasts).
+    pub fn buckets_needed(&self) -> usize {
+        MIN_BUCKETS.saturating_sub(self.history.len())
+    }
+
     /// One interval's value at `unix_s`; true when a bucket closed (time to refit).
     pub fn observe(&mut self, unix_s: u64, value: f64) -> bool {
         if !value.is_finite() {

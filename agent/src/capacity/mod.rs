@@ -8,7 +8,9 @@ mod config;
 pub mod forecast;
 pub mod knee;
 pub mod psi;
+pub mod replay;
 pub mod signals;
+pub mod standing;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -83,7 +85,8 @@ fn forecast_input(s: &Signal) -> bool {
 /// The capacity state the pipeline keeps between intervals.
 pub struct Capacity {
     config: CapacityConfig,
-    pressure: psi::Pressure,
+    /// `None` offline (a replay reads the pressure recorded, not this host's).
+    pressure: Option<psi::Pressure>,
     knees: HashMap<String, knee::KneeLearner>,
     forecasters: HashMap<(String, &'static str), forecast::Forecaster>,
     forecasts: BTreeMap<(String, &'static str), forecast::Forecast>,
@@ -105,8 +108,16 @@ impl Capacity {
         // The first totals, so that the first report already has shares.
         pressure.update(0.0);
         Self {
+            pressure: Some(pressure),
+            ..Self::offline(config)
+        }
+    }
+
+    /// Capacity state fed only through `learn` (a replay): reads nothing of this host.
+    pub fn offline(config: &CapacityConfig) -> Self {
+        Self {
             config: config.clone(),
-            pressure,
+            pressure: None,
             knees: HashMap::new(),
             forecasters: HashMap::new(),
             forecasts: BTreeMap::new(),
@@ -121,11 +132,25 @@ impl Capacity {
         let (runq, cpus_dropped) = signals::runqueue(report, self.config.max_cpus);
         signals.extend(runq);
         signals.extend(signals::vcpu_wait(report));
-        let shares = self.pressure.update(report.interval_s * 1e6);
-        signals.extend(signals::pressure(&shares));
+        if let Some(p) = &mut self.pressure {
+            signals.extend(signals::pressure(&p.update(report.interval_s * 1e6)));
+        }
+        self.learn(signals, &loads, cpus_dropped, &report.node, unix_s)
+    }
 
+    /// Headroom, forecasts and alarms from one interval's signals and device loads at
+    /// `unix_s`: what `update` does once it has derived them, and what a replay feeds
+    /// from a recording.
+    pub fn learn(
+        &mut self,
+        signals: Vec<Signal>,
+        loads: &BTreeMap<String, signals::DeviceLoad>,
+        cpus_dropped: usize,
+        node: &str,
+        unix_s: u64,
+    ) -> CapacityReport {
         let mut headroom = Vec::new();
-        for (device, load) in &loads {
+        for (device, load) in loads {
             let learner = self
                 .knees
                 .entry(device.clone())
@@ -174,15 +199,29 @@ impl Capacity {
                 forecast: *f,
             })
             .collect();
-        let alarms = self.alarms(&forecasts, &report.node, unix_s * 1_000_000_000);
+        let alarms = self.alarms(&forecasts, node, unix_s * 1_000_000_000);
         CapacityReport {
             signals,
             headroom,
             forecasts,
             alarms,
-            cgroups_dropped: self.pressure.cgroups_dropped,
+            cgroups_dropped: self.pressure.as_ref().map_or(0, |p| p.cgroups_dropped),
             cpus_dropped,
         }
+    }
+
+    /// Signals still learning their trend (no forecast yet): resource, signal and the
+    /// buckets the forecaster still needs.
+    pub fn learning(&self) -> Vec<(String, &'static str, usize)> {
+        self.forecasters
+            .iter()
+            .filter(|(k, _)| !self.forecasts.contains_key(*k))
+            .map(|((r, s), f)| (r.clone(), *s, f.buckets_needed()))
+            .collect()
+    }
+
+    pub fn config(&self) -> &CapacityConfig {
+        &self.config
     }
 
     /// Opens an alarm for a signal whose interval lies wholly within the alarm

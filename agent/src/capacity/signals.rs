@@ -43,11 +43,42 @@ pub struct DeviceLoad {
     pub p99_ns: Option<f64>,
 }
 
+/// Per device, the interval's load and p99 from its latency series (all operations):
+/// what the agent takes from its report and a replay from a recording.
+#[derive(Default)]
+pub struct Loads {
+    loads: BTreeMap<String, DeviceLoad>,
+    merged: BTreeMap<String, ExpHistogram>,
+}
+
+impl Loads {
+    /// One `FAMILY_DEVICE` series: its rate, completions and latency histogram.
+    pub fn add(&mut self, device: &str, rate_per_s: f64, count: u64, latency: &ExpHistogram) {
+        let load = self.loads.entry(device.to_owned()).or_default();
+        load.iops += rate_per_s;
+        load.requests += count;
+        self.merged
+            .entry(device.to_owned())
+            .or_default()
+            .merge(latency);
+    }
+
+    pub fn busy(&mut self, device: &str, busy: f64) {
+        self.loads.entry(device.to_owned()).or_default().busy = Some(busy);
+    }
+
+    pub fn finish(mut self) -> BTreeMap<String, DeviceLoad> {
+        for (device, h) in self.merged {
+            self.loads.entry(device).or_default().p99_ns = h.quantile(0.99);
+        }
+        self.loads
+    }
+}
+
 /// Block device signals, and per device the load and latency of the interval.
 pub fn block(report: &Report) -> (Vec<Signal>, BTreeMap<String, DeviceLoad>) {
     let mut out = Vec::new();
-    let mut merged: BTreeMap<String, ExpHistogram> = BTreeMap::new();
-    let mut loads: BTreeMap<String, DeviceLoad> = BTreeMap::new();
+    let mut loads = Loads::default();
     let interval_s = report.interval_s;
     let device_of =
         |labels: &BTreeMap<&'static str, String>| labels.get("device").cloned().unwrap_or_default();
@@ -68,7 +99,7 @@ pub fn block(report: &Report) -> (Vec<Signal>, BTreeMap<String, DeviceLoad>) {
         if c.family == FAMILY_BUSY && interval_s > 0.0 {
             let device = device_of(&c.labels);
             let busy = (c.delta as f64 / (interval_s * 1e9)).min(1.0);
-            loads.entry(device.clone()).or_default().busy = Some(busy);
+            loads.busy(&device, busy);
             out.push(signal(&device, "busy", None, busy, "1"));
         }
     }
@@ -83,13 +114,7 @@ pub fn block(report: &Report) -> (Vec<Signal>, BTreeMap<String, DeviceLoad>) {
                     s.rate_per_s,
                     "{request}/s",
                 ));
-                let load = loads.entry(device.clone()).or_default();
-                load.iops += s.rate_per_s;
-                load.requests += s.count;
-                merged
-                    .entry(device)
-                    .or_default()
-                    .merge(&s.delta_histogram());
+                loads.add(&device, s.rate_per_s, s.count, &s.delta_histogram());
             }
             FAMILY_SIZE if interval_s > 0.0 => {
                 let bps = s.sum as f64 / interval_s;
@@ -112,10 +137,7 @@ pub fn block(report: &Report) -> (Vec<Signal>, BTreeMap<String, DeviceLoad>) {
             _ => {}
         }
     }
-    for (device, h) in merged {
-        loads.entry(device).or_default().p99_ns = h.quantile(0.99);
-    }
-    (out, loads)
+    (out, loads.finish())
 }
 
 /// Pressure shares as signals.

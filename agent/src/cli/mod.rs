@@ -1,7 +1,9 @@
-//! Command line: `nodepulse run`, `check`, `record`, `replay`, `view` and `cleanup`.
+//! Command line: `nodepulse run`, `check`, `record`, `replay`, `view`, `capacity` and
+//! `cleanup`.
 
 #[macro_use]
 mod out;
+mod capacity;
 mod replay;
 mod view;
 
@@ -65,6 +67,10 @@ pub enum Command {
     /// series a latency heatmap with p50/p99/p99.9 and the event rate, alarms as
     /// shaded spans with their figures and actions, probe states and the agent's cost.
     View(ViewArgs),
+    /// Each resource's utilisation, headroom to its latency knee and forecast time to
+    /// saturation, worst first: from a recording (`--from`, no root), or live.
+    #[command(long_about = capacity::LONG_ABOUT)]
+    Capacity(CapacityArgs),
     /// Detach the probes kept attached across restarts and remove their pins
     /// (`<bpffs>/nodepulse/`) and the saved state ([agent] state_dir). Run it with the
     /// agent stopped; the Debian package's purge runs it.
@@ -128,6 +134,30 @@ pub struct ViewArgs {
     #[arg(long, default_value_t = crate::view::DEFAULT_COLUMNS as u32,
           value_parser = clap::value_parser!(u32).range(10..=100_000))]
     pub columns: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct CapacityArgs {
+    /// A recording (`nodepulse record --output FILE`, capacity enabled) to replay
+    /// instead of attaching (no root needed).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Live: how long to attach and measure (1s to 1h).
+    #[arg(long = "for", default_value = "30s", value_parser = parse_interval)]
+    pub for_: Duration,
+    /// Live: the interval the window is cut into (default: [agent] interval, at most
+    /// a third of --for).
+    #[arg(short, long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+    /// Replay each recorded second as this many (≥ 1): a short recording then reaches
+    /// the forecaster's two hours; figures are in stretched hours. For demonstrations.
+    #[arg(long, default_value_t = 1.0)]
+    pub stretch: f64,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -233,6 +263,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Record(args) => record(args),
         Command::Replay(args) => replay::replay(args),
         Command::View(args) => view::view(args),
+        Command::Capacity(args) => capacity::capacity(args),
         Command::Cleanup(args) => cleanup(args),
     }
 }
@@ -271,7 +302,7 @@ fn record(args: RecordArgs) -> ExitCode {
 }
 
 /// `run`, or `record` when `recording` is set: then the only output is the recording.
-fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + Send>>) -> ExitCode {
+pub(super) fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + Send>>) -> ExitCode {
     let config = match args.config.load(Some(args)) {
         Ok(c) => c,
         Err(e) => return config_error(e),
