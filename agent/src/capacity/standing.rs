@@ -312,7 +312,8 @@ fn now(r: &Resource) -> String {
     }
     if r.now.iter().any(|s| s.name == "iops") {
         let (iops, bps) = (sum("iops"), sum("bytes_per_s"));
-        let per_op = if iops > 0.0 {
+        let sized = r.now.iter().any(|s| s.name == "bytes_per_s");
+        let per_op = if iops > 0.0 && sized {
             format!(", {:.1} KiB/op", bps / iops / 1024.0)
         } else {
             String::new()
