@@ -273,9 +273,7 @@ impl Incidents {
         // on the clock's grid every series' window closes in the same report, and in
         // name order `sched.*` came last: a CPU storm's block and cgroup alarms had
         // each opened an incident of their own before it, and it joined one of them.
-        if std::env::var_os("NP_TMP_NO_SORT").is_none() {
-            events.sort_by_key(|e| !(e.state == AlarmState::Open && is_node_cpu(e)));
-        }
+        events.sort_by_key(|e| !(e.state == AlarmState::Open && is_node_cpu(e)));
         let mut touched: Vec<usize> = Vec::new();
         let mut opened: Vec<usize> = Vec::new();
         for event in events {
