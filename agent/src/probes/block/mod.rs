@@ -468,7 +468,8 @@ pub struct BlockProbe {
     /// Per device, the probe's counts against the kernel's (`reconcile`).
     reconcile: Option<HashMap<MapData, u32, DeviceReconcile>>,
     /// The kernel's completed counts per disk just before the programs were attached
-    /// to fresh maps; `None` when the maps were adopted from an earlier run.
+    /// to fresh maps; `None` when the maps were adopted from an earlier run or an older
+    /// pin set hands its counts over.
     at_attach: Option<BTreeMap<u32, [u64; STAT_GROUPS]>>,
     /// Devices whose counts were dropped when they went away: compared afresh.
     forgotten: BTreeSet<u32>,
@@ -500,9 +501,15 @@ impl BlockProbe {
         outliers: &OutliersConfig,
     ) -> Self {
         // Before the programs run, unless they already did into maps kept from an
-        // earlier run: what the kernel had completed without them.
-        let adopted = super::pins::with(|p| p.is_some_and(|p| p.maps_adopted));
-        let at_attach = (!adopted).then(|| {
+        // earlier run: what the kernel had completed without them. An older pin set
+        // (an upgrade) counts on until the hand-over, which carries its counts: the
+        // completions between this read and the attach are the old set's, so the
+        // comparison starts at the first quiet reading instead (comparing from here
+        // counted the ~65 ms of attaching as unaccounted: 131 of 28,000 reads).
+        let continued = super::pins::with(|p| {
+            p.is_some_and(|p| p.maps_adopted || !p.stale().is_empty())
+        });
+        let at_attach = (!continued).then(|| {
             reconcile::read_disks(sys_root)
                 .into_iter()
                 .map(|(dev, s)| (dev, s.completed))
