@@ -26,11 +26,19 @@ pub const BLOCK_INSERT_EVICTED: u32 = 6;
 /// fired, the program did not), so its latency sample is lost.
 pub const BLOCK_COMPLETION_UNSEEN: u32 = 7;
 
+/// A `kvm_exit` whose reason could not be read from the vCPU (an ISA the agent found
+/// no vendor layout for, or a failed read): that exit is not timed.
+pub const KVM_UNREAD_REASON: u32 = 8;
+
+/// A run-queue change the saturation record missed: a kernel field that could not be
+/// read, or a CPU numbered beyond `sched::RUNQ_MAX_CPUS`.
+pub const RUNQ_UNRECORDED: u32 = 9;
+
 /// Size of the counters array; room for more probe families.
 pub const COUNT: u32 = 16;
 
 /// Human-readable names, indexed like the counters.
-pub const NAMES: [(u32, &str); 8] = [
+pub const NAMES: [(u32, &str); 10] = [
     (BLOCK_UNMATCHED, "block_unmatched_completions"),
     (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
     (BLOCK_SERIES_FULL, "block_series_map_full"),
@@ -39,4 +47,6 @@ pub const NAMES: [(u32, &str); 8] = [
     (OUTLIER_RING_FULL, "outlier_ring_full"),
     (BLOCK_INSERT_EVICTED, "block_insertions_evicted"),
     (BLOCK_COMPLETION_UNSEEN, "block_completions_unseen"),
+    (KVM_UNREAD_REASON, "kvm_exit_reasons_unread"),
+    (RUNQ_UNRECORDED, "runqueue_changes_unrecorded"),
 ];

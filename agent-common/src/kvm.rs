@@ -1,5 +1,10 @@
-//! KVM exits: the per-vCPU-thread record and the classic tracepoint layout shared with
-//! the agent.
+//! KVM exits: the per-vCPU-thread record, and where the exit reason is read (the classic
+//! tracepoint's record, or the vendor's vCPU struct), shared with the agent.
+
+/// `isa` of the `kvm_exit` tracepoint (`KVM_ISA_VMX`, `KVM_ISA_SVM` in
+/// arch/x86/kvm/trace.h): which vendor's exit reason table applies.
+pub const ISA_VMX: u32 = 1;
+pub const ISA_SVM: u32 = 2;
 
 /// Pending exits of one vCPU thread, waiting for the matching entry.
 #[repr(C)]
@@ -32,6 +37,40 @@ impl KvmExitLayout {
     pub const UNRESOLVED: Self = Self {
         exit_reason: 0,
         isa: 0,
+    };
+}
+
+/// Where tp_btf and raw tracepoint programs read the exit reason when `kvm_exit` passes
+/// only `(vcpu, isa)` (5.16 on): in the vendor's vCPU struct, which embeds the
+/// `struct kvm_vcpu` the tracepoint hands over. Offsets from the module's BTF
+/// (`kvm_amd`, `kvm_intel`); a vendor whose flag is 0 was not resolved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvmExitReason {
+    /// `struct vcpu_svm`: offset of its `vcpu`, of its `vmcb` pointer, and of
+    /// `control.exit_code` in `struct vmcb`.
+    pub svm_vcpu: u32,
+    pub svm_vmcb: u32,
+    pub svm_exit_code: u32,
+    pub svm_ok: u32,
+    /// `struct vcpu_vmx`: offset of its `vcpu` and of `exit_reason`.
+    pub vmx_vcpu: u32,
+    pub vmx_exit_reason: u32,
+    pub vmx_ok: u32,
+    pub _pad: u32,
+}
+plain_data!(KvmExitReason, 8 * 4);
+
+impl KvmExitReason {
+    pub const UNRESOLVED: Self = Self {
+        svm_vcpu: 0,
+        svm_vmcb: 0,
+        svm_exit_code: 0,
+        svm_ok: 0,
+        vmx_vcpu: 0,
+        vmx_exit_reason: 0,
+        vmx_ok: 0,
+        _pad: 0,
     };
 }
 

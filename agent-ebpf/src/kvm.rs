@@ -8,15 +8,20 @@
 //!   `kvm_fpu(1)` → userspace-exit is how long that `KVM_RUN` lasted: one sample per
 //!   exit, so its counts are the exits per reason;
 //! - `kvm_exit` / `kvm_entry` (VMX and SVM only; PVM never fires them): in-kernel
-//!   exit handling, as classic tracepoints because the exit reason is a record field
-//!   there and not a tracepoint argument.
+//!   exit handling. `kvm_exit` passes `(exit_reason, vcpu, isa)` up to 5.15 and
+//!   `(vcpu, isa)` from 5.16 (checked against the BTF of Debian 5.10, 6.1, 6.12 and
+//!   Ubuntu 5.15, 6.8): the newer form's programs read the reason where the vendor's
+//!   `get_exit_info()` does, `vcpu_svm->vmcb->control.exit_code` or
+//!   `vcpu_vmx->exit_reason`, at offsets the agent takes from kvm_amd's / kvm_intel's
+//!   BTF. Where no module BTF tells which form a kernel has (5.10), the classic
+//!   tracepoint's record is read instead.
 //!
 //! Every thread seen exiting is a vCPU thread: it is entered in `VCPU_THREADS` so the
 //! scheduler probe can attribute its run-queue wait to the VM.
 
 use agent_common::{
     counters,
-    kvm::{KvmExitLayout, MAX_VCPU_THREADS, VcpuPending},
+    kvm::{ISA_SVM, ISA_VMX, KvmExitLayout, KvmExitReason, MAX_VCPU_THREADS, VcpuPending},
     sparse::family,
 };
 use aya_ebpf::{
@@ -29,7 +34,7 @@ use aya_ebpf::{
 
 use crate::{
     sched::{VCPU_FLAG, VCPU_THREADS},
-    shared::{count, global, now_ns, record_sparse},
+    shared::{KernelRead, ProbeRead, count, global, now_ns, record_sparse},
 };
 
 /// Pending exits per vCPU thread. LRU: threads of VMs that are gone age out.
@@ -40,6 +45,10 @@ static VCPU_PENDING: LruHashMap<u32, VcpuPending> =
 /// Offsets in the classic `kvm:kvm_exit` record, from its tracefs format file.
 #[unsafe(no_mangle)]
 static KVM_EXIT_LAYOUT: KvmExitLayout = KvmExitLayout::UNRESOLVED;
+
+/// Offsets of the exit reason in the vendors' vCPU structs, from module BTF.
+#[unsafe(no_mangle)]
+static KVM_EXIT_REASON: KvmExitReason = KvmExitReason::UNRESOLVED;
 
 /// A pointer from `VCPU_PENDING` as a reference.
 ///
@@ -176,33 +185,56 @@ pub fn kvm_run_tp(ctx: TracePointContext) -> i32 {
     0
 }
 
-#[tracepoint(category = "kvm", name = "kvm_exit")]
-pub fn kvm_exit_tp(ctx: TracePointContext) -> i32 {
-    let l = global(&KVM_EXIT_LAYOUT);
-    // SAFETY: bpf_probe_read copies from the record, at offsets from its format file.
-    let reason: u32 = unsafe { ctx.read_at(l.exit_reason as usize) }.unwrap_or(0);
-    // SAFETY: as above.
-    let isa: u32 = unsafe { ctx.read_at(l.isa as usize) }.unwrap_or(0);
+#[inline(always)]
+fn on_exit(reason: u32, isa: u32) {
     let (tid, tgid) = current();
     if let Some(p) = pending(tid, tgid) {
         p.exit_reason = (isa << 24) | (reason & 0xff_ffff);
         p.exit_ns = now_ns();
     }
-    0
 }
 
-#[tracepoint(category = "kvm", name = "kvm_entry")]
-pub fn kvm_entry_tp(_ctx: TracePointContext) -> i32 {
+/// The exit reason the vendor's `get_exit_info()` reports, read from the vendor's
+/// struct around `vcpu` (it embeds the `struct kvm_vcpu`). Read with
+/// `bpf_probe_read_kernel`, since the container lies outside the BTF type the verifier
+/// knows the pointer by.
+#[inline(always)]
+fn vcpu_exit_reason(vcpu: u64, isa: u32) -> Option<u32> {
+    let l = global(&KVM_EXIT_REASON);
+    if isa == ISA_SVM && l.svm_ok != 0 {
+        let svm = vcpu.wrapping_sub(l.svm_vcpu as u64);
+        let vmcb: u64 = ProbeRead::read(svm, l.svm_vmcb)?;
+        // exit_code is a u32 (or the low half of a u64, little-endian).
+        return ProbeRead::read(vmcb, l.svm_exit_code);
+    }
+    if isa == ISA_VMX && l.vmx_ok != 0 {
+        let vmx = vcpu.wrapping_sub(l.vmx_vcpu as u64);
+        return ProbeRead::read(vmx, l.vmx_exit_reason);
+    }
+    None
+}
+
+#[inline(always)]
+fn on_exit_vcpu(vcpu: u64, isa: u32) {
+    match vcpu_exit_reason(vcpu, isa) {
+        Some(reason) => on_exit(reason, isa),
+        // A vendor the agent found no layout for: the exit is not timed.
+        None => count(counters::KVM_UNREAD_REASON),
+    }
+}
+
+#[inline(always)]
+fn on_entry() {
     let (tid, _) = current();
     let Some(p) = VCPU_PENDING.get_ptr_mut(tid) else {
-        return 0;
+        return;
     };
     // SAFETY: the record of `tid`, the current thread.
     let p = unsafe { own_record(p) };
     if p.exit_ns == 0 {
         // The first entry of a thread, or its exit was before attach.
         count(counters::KVM_UNMATCHED);
-        return 0;
+        return;
     }
     let now = now_ns();
     if now >= p.exit_ns {
@@ -214,5 +246,70 @@ pub fn kvm_entry_tp(_ctx: TracePointContext) -> i32 {
         );
     }
     p.exit_ns = 0;
+}
+
+/// `kvm_exit(struct kvm_vcpu *vcpu, u32 isa)`, 5.16 on.
+#[btf_tracepoint(function = "kvm_exit")]
+pub fn kvm_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    let vcpu: *const u8 = ctx.arg(0);
+    // Some kernels (Debian's 6.12.118) type every tp_btf pointer argument as maybe
+    // NULL, and refuse arithmetic on it before a NULL check.
+    if vcpu.is_null() {
+        count(counters::KVM_UNREAD_REASON);
+        return 0;
+    }
+    on_exit_vcpu(vcpu as u64, ctx.arg(1));
+    0
+}
+
+/// `kvm_exit(unsigned int exit_reason, struct kvm_vcpu *vcpu, u32 isa)`, up to 5.15.
+#[btf_tracepoint(function = "kvm_exit")]
+pub fn kvm_exit_btf_reason(ctx: BtfTracePointContext) -> i32 {
+    on_exit(ctx.arg(0), ctx.arg(2));
+    0
+}
+
+#[btf_tracepoint(function = "kvm_entry")]
+pub fn kvm_entry_btf(_ctx: BtfTracePointContext) -> i32 {
+    on_entry();
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kvm_exit")]
+pub fn kvm_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let vcpu: u64 = ctx.arg(0);
+    let isa: u64 = ctx.arg(1);
+    on_exit_vcpu(vcpu, isa as u32);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kvm_exit")]
+pub fn kvm_exit_raw_reason(ctx: RawTracePointContext) -> i32 {
+    let reason: u64 = ctx.arg(0);
+    let isa: u64 = ctx.arg(2);
+    on_exit(reason as u32, isa as u32);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kvm_entry")]
+pub fn kvm_entry_raw(_ctx: RawTracePointContext) -> i32 {
+    on_entry();
+    0
+}
+
+#[tracepoint(category = "kvm", name = "kvm_exit")]
+pub fn kvm_exit_tp(ctx: TracePointContext) -> i32 {
+    let l = global(&KVM_EXIT_LAYOUT);
+    // SAFETY: bpf_probe_read copies from the record, at offsets from its format file.
+    let reason: u32 = unsafe { ctx.read_at(l.exit_reason as usize) }.unwrap_or(0);
+    // SAFETY: as above.
+    let isa: u32 = unsafe { ctx.read_at(l.isa as usize) }.unwrap_or(0);
+    on_exit(reason, isa);
+    0
+}
+
+#[tracepoint(category = "kvm", name = "kvm_entry")]
+pub fn kvm_entry_tp(_ctx: TracePointContext) -> i32 {
+    on_entry();
     0
 }

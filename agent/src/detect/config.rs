@@ -57,6 +57,10 @@ pub struct DetectConfig {
     /// Shift factors from which an alarm is `major` and `critical` (below: `minor`).
     pub major_factor: f64,
     pub critical_factor: f64,
+    /// Operations (the `op` label) whose latency is recorded and exported but not
+    /// judged: by default discards, whose time follows the size of the range freed
+    /// (a deleted build tree against one file) and which no request waits for.
+    pub ignore_ops: Vec<String>,
     /// `[detect.scalar]`: anomalies in numbers per interval (rates, gauges).
     pub scalar: super::scalar::ScalarConfig,
 }
@@ -84,6 +88,7 @@ impl Default for DetectConfig {
             clear_after: 3,
             major_factor: 2.0,
             critical_factor: 4.0,
+            ignore_ops: vec!["discard".to_owned()],
             scalar: super::scalar::ScalarConfig::default(),
         }
     }
@@ -154,6 +159,20 @@ impl DetectConfig {
                     "windows need min_window > 0 and max_window >= min_window, got {} and {}",
                     humantime::format_duration(self.min_window),
                     humantime::format_duration(self.max_window)
+                ),
+            ));
+        }
+        const OPS: [&str; 5] = ["read", "write", "flush", "discard", "other"];
+        if let Some(op) = self
+            .ignore_ops
+            .iter()
+            .find(|op| !OPS.contains(&op.as_str()))
+        {
+            return Err(invalid(
+                "detect.ignore_ops",
+                format!(
+                    "`{op}` is not an operation nodepulse labels block I/O with; use any of \
+                     read, write, flush, discard, other (or [] to judge them all)"
                 ),
             ));
         }
@@ -249,6 +268,14 @@ impl DetectConfig {
         Ok(())
     }
 
+    /// Whether a series of a watched family is judged: not when its operation is one
+    /// of `ignore_ops`.
+    pub fn judges(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels
+            .get("op")
+            .is_none_or(|op| !self.ignore_ops.iter().any(|i| i == op))
+    }
+
     pub fn watches(&self, family: &str) -> bool {
         if !self.enabled {
             return false;
@@ -282,5 +309,28 @@ mod tests {
             ..DetectConfig::default()
         };
         assert!(!off.watches("block.io.latency"));
+    }
+
+    #[test]
+    fn discards_are_not_judged_unless_asked_and_unknown_ops_are_refused() {
+        let op = |o: &str| BTreeMap::from([("op".to_owned(), o.to_owned())]);
+        let c = DetectConfig::default();
+        assert!(!c.judges(&op("discard")));
+        assert!(c.judges(&op("read")) && c.judges(&op("flush")));
+        assert!(
+            c.judges(&BTreeMap::new()),
+            "series without an op are judged"
+        );
+        let all = DetectConfig {
+            ignore_ops: Vec::new(),
+            ..DetectConfig::default()
+        };
+        assert!(all.judges(&op("discard")));
+        let bad = DetectConfig {
+            ignore_ops: vec!["trim".into()],
+            ..DetectConfig::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("ignore_ops") && e.contains("`trim`"), "{e}");
     }
 }

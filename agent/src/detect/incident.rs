@@ -157,11 +157,69 @@ fn resource(family: &str) -> &'static str {
     }
 }
 
+/// Whether a series is the unclassified remainder of its kind: the root cgroup (every
+/// task nobody placed in a cgroup: kernel threads, and on hosts without systemd or
+/// Kubernetes whatever anyone starts) or the budget's `other` fold. Its latency is a
+/// mix of unrelated work whose make-up changes as jobs start and stop, so a shift of
+/// it names no workload and no resource; it is evidence for an incident opened by a
+/// device, a named cgroup or VM, or the node's run queue, never an incident of its own.
+pub fn is_remainder(labels: &BTreeMap<String, String>) -> bool {
+    use crate::aggregate::budget::OTHER;
+    labels.get("cgroup").is_some_and(|c| c == "/" || c == OTHER)
+        || labels.get("vm").is_some_and(|v| v == OTHER)
+}
+
+/// The node's own run queue (no cgroup, no VM): when every CPU is contended, every
+/// latency on the node moves with it, block devices served by kernel threads (loop)
+/// included.
+fn is_node_cpu(alarm: &Alarm) -> bool {
+    resource(&alarm.family) == "cpu" && alarm.labels.is_empty()
+}
+
+impl Incident {
+    /// Whether a series alarm that opened (or is held) belongs here: the same resource
+    /// with its regression starting within `within` of the latest member's, or a
+    /// device stacked with a member's; any resource in the same minutes as the node's
+    /// own run queue (one cause: the CPUs).
+    fn takes(&self, alarm: &Alarm, devices: &[String], within: u64) -> bool {
+        let near = alarm.start_unix_nano.abs_diff(self.latest_start) <= within;
+        if self.resource == resource(&alarm.family) {
+            return near || devices.iter().any(|d| self.devices.contains(d));
+        }
+        near && (is_node_cpu(alarm) || self.members.values().any(|m| is_node_cpu(&m.alarm)))
+    }
+
+    /// Adds or updates a member.
+    fn add(&mut self, event: Alarm, devices: Vec<String>) {
+        if event.state == AlarmState::Open {
+            self.latest_start = self.latest_start.max(event.start_unix_nano);
+        }
+        for d in devices {
+            if !self.devices.contains(&d) {
+                self.devices.push(d);
+            }
+        }
+        let added_ns = added_time(&event);
+        let member = self.members.entry(event.series.clone()).or_insert(Member {
+            alarm: event.clone(),
+            added_ns,
+        });
+        // A recovered member keeps the figures of its last regressed window.
+        if event.state != AlarmState::Resolved {
+            member.added_ns = added_ns;
+        }
+        member.alarm = event;
+    }
+}
+
 /// Open incidents of one detector.
 #[derive(Debug, Default)]
 pub struct Incidents {
     open: Vec<Incident>,
     topology: Topology,
+    /// Open alarms of remainder series (`is_remainder`) outside any incident, by series:
+    /// they join the next incident they belong to.
+    held: BTreeMap<String, Alarm>,
 }
 
 impl Incidents {
@@ -179,6 +237,7 @@ impl Incidents {
         Self {
             open: Vec::new(),
             topology,
+            held: BTreeMap::new(),
         }
     }
 
@@ -193,6 +252,7 @@ impl Incidents {
     /// Takes one interval's series alarm events; returns the incidents' events (at
     /// most one per incident).
     pub fn absorb(&mut self, events: Vec<Alarm>, now: u64, config: &DetectConfig) -> Vec<Alarm> {
+        let within = config.group_within.as_nanos() as u64;
         let mut touched: Vec<usize> = Vec::new();
         let mut opened: Vec<usize> = Vec::new();
         for event in events {
@@ -200,22 +260,31 @@ impl Incidents {
                 Some(d) => self.topology.stack(d),
                 None => Vec::new(),
             };
-            let within = config.group_within.as_nanos() as u64;
             let home = self
                 .open
                 .iter()
                 .position(|i| i.members.contains_key(&event.series));
             let home = home.or_else(|| {
-                (event.state == AlarmState::Open).then_some(())?;
-                let kind = resource(&event.family);
-                self.open.iter().position(|i| {
-                    i.resource == kind
-                        && (event.start_unix_nano.abs_diff(i.latest_start) <= within
-                            || devices.iter().any(|d| i.devices.contains(d)))
-                })
+                (event.state == AlarmState::Open || self.held.contains_key(&event.series))
+                    .then_some(())?;
+                self.open
+                    .iter()
+                    .position(|i| i.takes(&event, &devices, within))
             });
             let index = match home {
-                Some(index) => index,
+                Some(index) => {
+                    self.held.remove(&event.series);
+                    index
+                }
+                // The remainder opens no incident: held until one it belongs to opens.
+                None if is_remainder(&event.labels) => {
+                    if event.state == AlarmState::Resolved {
+                        self.held.remove(&event.series);
+                    } else {
+                        self.held.insert(event.series.clone(), event);
+                    }
+                    continue;
+                }
                 None if event.state == AlarmState::Open => {
                     self.open.push(Incident {
                         alarm: event.clone(),
@@ -230,28 +299,10 @@ impl Incidents {
                 // An update for a series whose incident is gone: nothing to say.
                 None => continue,
             };
-            let incident = &mut self.open[index];
-            if event.state == AlarmState::Open {
-                incident.latest_start = incident.latest_start.max(event.start_unix_nano);
+            self.open[index].add(event, devices);
+            if opened.contains(&index) {
+                self.join_held(index, within);
             }
-            for d in devices {
-                if !incident.devices.contains(&d) {
-                    incident.devices.push(d);
-                }
-            }
-            let added_ns = added_time(&event);
-            let member = incident
-                .members
-                .entry(event.series.clone())
-                .or_insert(Member {
-                    alarm: event.clone(),
-                    added_ns,
-                });
-            // A recovered member keeps the figures of its last regressed window.
-            if event.state != AlarmState::Resolved {
-                member.added_ns = added_ns;
-            }
-            member.alarm = event;
             if !touched.contains(&index) {
                 touched.push(index);
             }
@@ -259,14 +310,22 @@ impl Incidents {
         let mut out = Vec::new();
         for &index in &touched {
             let incident = &mut self.open[index];
+            // Over when every series that opened or joined it for itself has recovered;
+            // the remainder's alarms still open go back to being held.
             let all_recovered = incident
                 .members
                 .values()
+                .filter(|m| !is_remainder(&m.alarm.labels))
                 .all(|m| m.alarm.state == AlarmState::Resolved);
             refresh(incident, config);
             if all_recovered {
                 incident.alarm.resolve(now);
                 incident.alarm.summary = summary(incident);
+                for m in incident.members.values() {
+                    if m.alarm.state != AlarmState::Resolved {
+                        self.held.insert(m.alarm.series.clone(), m.alarm.clone());
+                    }
+                }
             } else if !opened.contains(&index) {
                 incident.alarm.state = AlarmState::Ongoing;
             }
@@ -274,6 +333,24 @@ impl Incidents {
         }
         self.open.retain(|i| i.alarm.state != AlarmState::Resolved);
         out
+    }
+
+    /// Held remainder alarms join a new incident as evidence: those of its resource
+    /// (a neighbour's job still running when the workload slowed), and any the incident
+    /// takes by time (the node's run queue).
+    fn join_held(&mut self, index: usize, within: u64) {
+        let incident = &mut self.open[index];
+        let joining: Vec<String> = self
+            .held
+            .values()
+            .filter(|h| resource(&h.family) == incident.resource || incident.takes(h, &[], within))
+            .map(|h| h.series.clone())
+            .collect();
+        for series in joining {
+            if let Some(h) = self.held.remove(&series) {
+                incident.add(h, Vec::new());
+            }
+        }
     }
 }
 
@@ -301,9 +378,12 @@ fn refresh(incident: &mut Incident, config: &DetectConfig) {
         incident.alarm.ended = None;
         incident.alarm.end_unix_nano = None;
     }
+    // The remainder's shift (a mix whose make-up changed) says nothing of how hard
+    // the incident hit: severity is the workloads' and resources'.
     let peak = incident
         .members
         .values()
+        .filter(|m| !is_remainder(&m.alarm.labels))
         .map(|m| m.alarm.peak_factor)
         .fold(incident.alarm.peak_factor, f64::max);
     incident.alarm.severity = Severity::of(peak, config).max(incident.alarm.severity);
@@ -476,6 +556,128 @@ mod tests {
         assert_eq!(r[0].state, AlarmState::Resolved);
         assert_eq!(r[0].id, "id-a", "the id stays the opening alarm's");
         assert_eq!(incidents.open_count(), 1);
+    }
+
+    /// A series alarm of `family` with `labels`, started at `start`.
+    fn alarm_of(family: &str, labels: &[(&str, &str)], start: u64, state: AlarmState) -> Alarm {
+        let mut a = alarm::sample(Severity::Minor);
+        a.family = family.into();
+        a.labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        a.series = crate::detect::series_name(family, &a.labels);
+        a.id = format!("id-{}", a.series);
+        a.start_unix_nano = start;
+        a.state = state;
+        a
+    }
+
+    #[test]
+    fn the_root_cgroup_opens_no_incident_and_is_evidence_for_the_next() {
+        let config = DetectConfig::default();
+        let mut incidents = Incidents::default();
+        let t = 1_800_000_000_000_000_000;
+        let root = |state| {
+            let mut a = alarm_of(
+                "block.cgroup.io.latency",
+                &[("cgroup", "/"), ("op", "write")],
+                t,
+                state,
+            );
+            a.peak_factor = 30.0;
+            a
+        };
+        // Everyone's unplaced work shifting: held, not alarmed.
+        assert!(
+            incidents
+                .absorb(vec![root(AlarmState::Open)], t, &config)
+                .is_empty()
+        );
+        assert_eq!(incidents.open_count(), 0);
+        assert!(
+            incidents
+                .absorb(vec![root(AlarmState::Ongoing)], t + MIN, &config)
+                .is_empty()
+        );
+        // Ten minutes later a workload's own reads slow: one incident, the root cgroup
+        // in its evidence, the severity the workload's.
+        let fio = |state| {
+            alarm_of(
+                "block.cgroup.io.latency",
+                &[("cgroup", "/fio"), ("op", "read")],
+                t + 10 * MIN,
+                state,
+            )
+        };
+        let opened = incidents.absorb(vec![fio(AlarmState::Open)], t + 10 * MIN, &config);
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].labels["cgroup"], "/fio");
+        assert_eq!(opened[0].related.len(), 2, "{:?}", opened[0].related);
+        assert!(opened[0].related.iter().any(|r| r.labels["cgroup"] == "/"));
+        let own = Severity::of(fio(AlarmState::Open).peak_factor, &config);
+        assert_ne!(own, Severity::Critical);
+        assert_eq!(
+            opened[0].severity, own,
+            "the workload's, not the root's 30×"
+        );
+        // The workload recovers while the root cgroup's alarm goes on: the incident is
+        // over, and the root's alarm is held again (no event of its own).
+        let r = incidents.absorb(vec![fio(AlarmState::Resolved)], t + 15 * MIN, &config);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].state, AlarmState::Resolved);
+        assert!(
+            incidents
+                .absorb(vec![root(AlarmState::Ongoing)], t + 16 * MIN, &config)
+                .is_empty()
+        );
+        assert!(
+            incidents
+                .absorb(vec![root(AlarmState::Resolved)], t + 17 * MIN, &config)
+                .is_empty()
+        );
+        assert_eq!(incidents.open_count(), 0);
+        assert!(incidents.held.is_empty());
+    }
+
+    #[test]
+    fn the_nodes_run_queue_and_a_loop_device_in_the_same_minute_are_one_incident() {
+        let config = DetectConfig::default();
+        let t = 1_800_000_000_000_000_000;
+        let loop1 = alarm_of(
+            "block.io.device.latency",
+            &[("device", "loop1"), ("op", "read")],
+            t,
+            AlarmState::Open,
+        );
+        let node = alarm_of("sched.runqueue.latency", &[], t + MIN / 2, AlarmState::Open);
+        let mut incidents = Incidents::default();
+        let out = incidents.absorb(vec![loop1.clone(), node.clone()], t, &config);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].related.len(), 2);
+        // In either order.
+        let mut incidents = Incidents::default();
+        let out = incidents.absorb(vec![node.clone(), loop1.clone()], t, &config);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].family, "sched.runqueue.latency");
+        // One cgroup's CPU (a cpu.max squeeze) and a disk in the same minute are two.
+        let squeeze = alarm_of(
+            "cgroup.runqueue.latency",
+            &[("cgroup", "/batch")],
+            t,
+            AlarmState::Open,
+        );
+        let mut incidents = Incidents::default();
+        let out = incidents.absorb(vec![loop1.clone(), squeeze], t, &config);
+        assert_eq!(out.len(), 2, "{out:?}");
+        // The node's run queue long after the disk's incident opened: its own.
+        let mut incidents = Incidents::default();
+        incidents.absorb(vec![loop1], t, &config);
+        let mut late = node;
+        late.start_unix_nano = t + 10 * MIN;
+        let out = incidents.absorb(vec![late], t + 10 * MIN, &config);
+        assert_eq!(out[0].family, "sched.runqueue.latency");
+        assert_eq!(incidents.open_count(), 2);
     }
 
     #[test]

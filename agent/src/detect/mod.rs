@@ -141,7 +141,7 @@ impl Detector {
         let mut out = DetectOutput::default();
         let mut series_alarms = Vec::new();
         for (family, labels, delta) in series {
-            if !self.config.watches(family) {
+            if !self.config.watches(family) || !self.config.judges(&labels) {
                 continue;
             }
             let name = series_name(family, &labels);

@@ -25,15 +25,31 @@ pub enum BtfError {
     Bitfield(String),
 }
 
+const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
 pub(crate) const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// What a member or a tracepoint argument is, as far as a probe needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypeDesc {
+    /// An integer or enum of this many bytes.
+    Int(u32),
+    /// A pointer to the struct or union of this name ("" for anything else).
+    Pointer(String),
+    /// An embedded struct or union: name and size in bytes.
+    Composite(String, u32),
+    Other,
+}
 
 #[derive(Clone, Debug)]
 struct Member {
@@ -106,6 +122,79 @@ pub(crate) fn kind_data_len(kind: u32, vlen: usize) -> usize {
     }
 }
 
+/// The records of a type section, and every enumerator as (name offset, value).
+type ParsedTypes = (Vec<Type>, Vec<(u32, i64)>);
+
+fn parse_types(types_data: &[u8]) -> Result<ParsedTypes, BtfError> {
+    let mut types = Vec::new();
+    let mut enum_values = Vec::new();
+    let mut pos = 0;
+    while pos < types_data.len() {
+        let name = u32_at(types_data, pos)?;
+        let info = u32_at(types_data, pos + 4)?;
+        let size_or_type = u32_at(types_data, pos + 8)?;
+        pos += 12;
+        let vlen = (info & 0xffff) as usize;
+        let kind = (info >> 24) & 0x1f;
+        let kind_flag = info >> 31 == 1;
+        let mut members = Vec::new();
+        if kind == 6 || kind == 19 {
+            // ENUM: {name, i32 value}; ENUM64: {name, lo32, hi32}.
+            let width = if kind == 6 { 8 } else { 12 };
+            for m in 0..vlen {
+                let at = pos + m * width;
+                let lo = u32_at(types_data, at + 4)?;
+                let value = if kind == 6 {
+                    i64::from(lo as i32)
+                } else {
+                    (i64::from(u32_at(types_data, at + 8)?) << 32) | i64::from(lo)
+                };
+                enum_values.push((u32_at(types_data, at)?, value));
+            }
+        }
+        match kind {
+            KIND_STRUCT | KIND_UNION => {
+                for m in 0..vlen {
+                    let at = pos + m * 12;
+                    let offset = u32_at(types_data, at + 8)?;
+                    members.push(Member {
+                        name: u32_at(types_data, at)?,
+                        type_id: u32_at(types_data, at + 4)?,
+                        bit_offset: if kind_flag {
+                            offset & 0xff_ffff
+                        } else {
+                            offset
+                        },
+                        bitfield: kind_flag && offset >> 24 != 0,
+                    });
+                }
+            }
+            KIND_FUNC_PROTO => {
+                // Parameters: {name, type}; kept as members at offset 0.
+                for m in 0..vlen {
+                    let at = pos + m * 8;
+                    members.push(Member {
+                        name: u32_at(types_data, at)?,
+                        type_id: u32_at(types_data, at + 4)?,
+                        bit_offset: 0,
+                        bitfield: false,
+                    });
+                }
+            }
+            _ => {}
+        }
+        pos += kind_data_len(kind, vlen);
+        types.push(Type {
+            name,
+            kind,
+            type_id: size_or_type,
+            vlen: vlen as u32,
+            members,
+        });
+    }
+    Ok((types, enum_values))
+}
+
 impl Btf {
     pub fn from_sys_fs() -> Result<Self, BtfError> {
         Self::from_file(Path::new(VMLINUX_BTF))
@@ -120,96 +209,57 @@ impl Btf {
     }
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let Sections {
-            types: types_data,
+        let Sections { types, strings } = sections(data)?;
+        let (types, enum_values) = parse_types(types)?;
+        Ok(Self::index(strings.to_vec(), types, enum_values))
+    }
+
+    /// Split BTF (a module's, `/sys/kernel/btf/<module>`) over its base (vmlinux's,
+    /// parsed): one type table in which the module's ids continue after the base's and
+    /// its string offsets after the base's strings, as the kernel numbers them. Names
+    /// the base already indexes keep the base's type.
+    pub fn parse_split(base: &Btf, split: &[u8]) -> Result<Self, BtfError> {
+        let own = sections(split)?;
+        let (own_types, own_enums) = parse_types(own.types)?;
+        let first = base.types.len();
+        let mut strings = base.strings.clone();
+        strings.extend_from_slice(own.strings);
+        let mut types = base.types.clone();
+        types.extend(own_types);
+        let mut btf = Self {
             strings,
-        } = sections(data)?;
-        let strings = strings.to_vec();
+            types,
+            structs: base.structs.clone(),
+            enumerators: base.enumerators.clone(),
+        };
+        btf.index_from(first, own_enums);
+        Ok(btf)
+    }
 
-        let mut types = Vec::new();
-        let mut enum_values = Vec::new();
-        let mut pos = 0;
-        while pos < types_data.len() {
-            let name = u32_at(types_data, pos)?;
-            let info = u32_at(types_data, pos + 4)?;
-            let size_or_type = u32_at(types_data, pos + 8)?;
-            pos += 12;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            if kind == 6 || kind == 19 {
-                // ENUM: {name, i32 value}; ENUM64: {name, lo32, hi32}.
-                let width = if kind == 6 { 8 } else { 12 };
-                for m in 0..vlen {
-                    let at = pos + m * width;
-                    let lo = u32_at(types_data, at + 4)?;
-                    let value = if kind == 6 {
-                        i64::from(lo as i32)
-                    } else {
-                        (i64::from(u32_at(types_data, at + 8)?) << 32) | i64::from(lo)
-                    };
-                    enum_values.push((u32_at(types_data, at)?, value));
-                }
-            }
-            match kind {
-                KIND_STRUCT | KIND_UNION => {
-                    for m in 0..vlen {
-                        let at = pos + m * 12;
-                        let offset = u32_at(types_data, at + 8)?;
-                        members.push(Member {
-                            name: u32_at(types_data, at)?,
-                            type_id: u32_at(types_data, at + 4)?,
-                            bit_offset: if kind_flag {
-                                offset & 0xff_ffff
-                            } else {
-                                offset
-                            },
-                            bitfield: kind_flag && offset >> 24 != 0,
-                        });
-                    }
-                }
-                KIND_FUNC_PROTO => {
-                    // Parameters: {name, type}; kept as members at offset 0.
-                    for m in 0..vlen {
-                        let at = pos + m * 8;
-                        members.push(Member {
-                            name: u32_at(types_data, at)?,
-                            type_id: u32_at(types_data, at + 4)?,
-                            bit_offset: 0,
-                            bitfield: false,
-                        });
-                    }
-                }
-                _ => {}
-            }
-            pos += kind_data_len(kind, vlen);
-            types.push(Type {
-                name,
-                kind,
-                type_id: size_or_type,
-                vlen: vlen as u32,
-                members,
-            });
-        }
-
+    fn index(strings: Vec<u8>, types: Vec<Type>, enum_values: Vec<(u32, i64)>) -> Self {
         let mut btf = Self {
             strings,
             types,
             structs: HashMap::new(),
             enumerators: HashMap::new(),
         };
+        btf.index_from(0, enum_values);
+        btf
+    }
+
+    /// Indexes the composite types from record `first` on, and `enum_values`.
+    fn index_from(&mut self, first: usize, enum_values: Vec<(u32, i64)>) {
         for (name, value) in enum_values {
-            let name = btf.string(name).to_owned();
-            btf.enumerators.entry(name).or_insert(value);
+            let name = self.string(name).to_owned();
+            self.enumerators.entry(name).or_insert(value);
         }
-        for (i, t) in btf.types.iter().enumerate() {
+        for i in first..self.types.len() {
+            let t = &self.types[i];
             if matches!(t.kind, KIND_STRUCT | KIND_UNION) && t.name != 0 && !t.members.is_empty() {
-                let name = btf.string(t.name).to_owned();
-                btf.structs.entry(name).or_insert(i as u32 + 1);
+                let name = self.string(t.name).to_owned();
+                self.structs.entry(name).or_insert(i as u32 + 1);
             }
         }
-        Ok(btf)
     }
 
     fn string(&self, off: u32) -> &str {
@@ -261,6 +311,16 @@ impl Btf {
     /// `member_offset("task_struct", "sched_info.last_queued")`. Nested names are
     /// followed through embedded structs (not through pointers).
     pub fn member_offset(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        self.member_at(strukt, path).map(|(off, _)| off)
+    }
+
+    /// A member path's byte offset (as [`Self::member_offset`]) and what its type is.
+    pub fn member(&self, strukt: &str, path: &str) -> Result<(u32, TypeDesc), BtfError> {
+        let (off, ty) = self.member_at(strukt, path)?;
+        Ok((off, self.describe(ty)))
+    }
+
+    fn member_at(&self, strukt: &str, path: &str) -> Result<(u32, u32), BtfError> {
         let mut id = *self
             .structs
             .get(strukt)
@@ -279,7 +339,41 @@ impl Btf {
             bits += off;
             id = ty;
         }
-        Ok(bits / 8)
+        Ok((bits / 8, id))
+    }
+
+    /// What type `id` is, typedefs and qualifiers followed.
+    fn describe(&self, id: u32) -> TypeDesc {
+        let Some(t) = self.ty(self.resolve(id)) else {
+            return TypeDesc::Other; // void
+        };
+        match t.kind {
+            KIND_INT | KIND_ENUM | KIND_ENUM64 => TypeDesc::Int(t.type_id),
+            KIND_PTR => match self.ty(self.resolve(t.type_id)) {
+                Some(to) if matches!(to.kind, KIND_STRUCT | KIND_UNION | KIND_FWD) => {
+                    TypeDesc::Pointer(self.string(to.name).to_owned())
+                }
+                _ => TypeDesc::Pointer(String::new()),
+            },
+            KIND_STRUCT | KIND_UNION => {
+                TypeDesc::Composite(self.string(t.name).to_owned(), t.type_id)
+            }
+            _ => TypeDesc::Other,
+        }
+    }
+
+    /// What each argument of a tracepoint is, after the context (as
+    /// [`Self::tracepoint_args`] counts them); `None` without such a tracepoint.
+    pub fn tracepoint_arg_types(&self, tracepoint: &str) -> Option<Vec<TypeDesc>> {
+        let proto = self.tracepoint_proto(tracepoint)?;
+        Some(
+            proto
+                .members
+                .iter()
+                .skip(1)
+                .map(|p| self.describe(p.type_id))
+                .collect(),
+        )
     }
 
     /// How many arguments a tracepoint passes to BTF-enabled programs, from its
@@ -354,6 +448,151 @@ pub(crate) mod tests {
         data.extend(&t);
         data.extend(&strings);
         data
+    }
+
+    /// Writes BTF by hand for tests: a base, or a split over a base (ids and string
+    /// offsets then continue after the base's, as the kernel numbers module BTF).
+    pub(crate) struct Builder {
+        strings: Vec<u8>,
+        types: Vec<u8>,
+        /// The id of the next type, and the string offset of `strings[0]`.
+        next_id: u32,
+        string_base: u32,
+    }
+
+    impl Builder {
+        pub(crate) fn base() -> Self {
+            Self {
+                strings: vec![0],
+                types: Vec::new(),
+                next_id: 1,
+                string_base: 0,
+            }
+        }
+
+        pub(crate) fn split(base: &[u8]) -> Self {
+            let b = Btf::parse(base).unwrap();
+            Self {
+                strings: vec![0],
+                types: Vec::new(),
+                next_id: b.types.len() as u32 + 1,
+                string_base: b.strings.len() as u32,
+            }
+        }
+
+        fn name(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.string_base + self.strings.len() as u32;
+            self.strings.extend(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn push(&mut self, words: &[u32]) -> u32 {
+            words
+                .iter()
+                .for_each(|w| self.types.extend(w.to_le_bytes()));
+            self.next_id += 1;
+            self.next_id - 1
+        }
+
+        pub(crate) fn int(&mut self, name: &str, size: u32) -> u32 {
+            let n = self.name(name);
+            self.push(&[n, KIND_INT << 24, size, size * 8])
+        }
+
+        pub(crate) fn ptr(&mut self, to: u32) -> u32 {
+            self.push(&[0, KIND_PTR << 24, to])
+        }
+
+        pub(crate) fn typedef(&mut self, name: &str, to: u32) -> u32 {
+            let n = self.name(name);
+            self.push(&[n, KIND_TYPEDEF << 24, to])
+        }
+
+        /// Members as (name, type, byte offset).
+        pub(crate) fn strukt(
+            &mut self,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32)],
+        ) -> u32 {
+            let n = self.name(name);
+            let mut words = vec![n, (KIND_STRUCT << 24) | members.len() as u32, size];
+            for (m, ty, off) in members {
+                words.extend([self.name(m), *ty, off * 8]);
+            }
+            self.push(&words)
+        }
+
+        /// `btf_trace_<tracepoint>`: a pointer to `void (void *, params...)`.
+        pub(crate) fn tracepoint(&mut self, tracepoint: &str, params: &[u32]) -> u32 {
+            let void_ptr = self.ptr(0);
+            let mut words = vec![0, (KIND_FUNC_PROTO << 24) | (params.len() as u32 + 1), 0];
+            words.extend([0, void_ptr]);
+            for p in params {
+                words.extend([0, *p]);
+            }
+            let proto = self.push(&words);
+            let ptr = self.ptr(proto);
+            self.typedef(&format!("btf_trace_{tracepoint}"), ptr)
+        }
+
+        pub(crate) fn build(&self) -> Vec<u8> {
+            let mut data = vec![0x9f, 0xeb, 1, 0];
+            let t = self.types.len() as u32;
+            for w in [24, 0, t, t, self.strings.len() as u32] {
+                data.extend(w.to_le_bytes());
+            }
+            data.extend(&self.types);
+            data.extend(&self.strings);
+            data
+        }
+    }
+
+    #[test]
+    fn reads_split_btf_over_its_base() {
+        let mut b = Builder::base();
+        let int = b.int("unsigned int", 4);
+        let base_struct = b.strukt("base_thing", 8, &[("a", int, 0), ("b", int, 4)]);
+        let base = b.build();
+        let mut m = Builder::split(&base);
+        let thing_ptr = m.ptr(base_struct);
+        let own = m.strukt(
+            "own_thing",
+            24,
+            &[
+                ("embedded", base_struct, 0),
+                ("p", thing_ptr, 8),
+                ("n", int, 16),
+            ],
+        );
+        assert_eq!(own, 4); // base: int, base_thing; split: ptr, own_thing
+        let u32_t = m.typedef("u32", int);
+        m.tracepoint("own_tp", &[thing_ptr, u32_t]);
+        let split = m.build();
+        let btf = Btf::parse_split(&Btf::parse(&base).unwrap(), &split).unwrap();
+        assert_eq!(
+            btf.member("own_thing", "embedded.b").unwrap(),
+            (4, TypeDesc::Int(4))
+        );
+        assert_eq!(
+            btf.member("own_thing", "embedded").unwrap(),
+            (0, TypeDesc::Composite("base_thing".into(), 8))
+        );
+        assert_eq!(
+            btf.member("own_thing", "p").unwrap(),
+            (8, TypeDesc::Pointer("base_thing".into()))
+        );
+        assert_eq!(
+            btf.tracepoint_arg_types("own_tp").unwrap(),
+            [TypeDesc::Pointer("base_thing".into()), TypeDesc::Int(4)]
+        );
+        // The base alone knows none of the module's types.
+        assert!(Btf::parse(&base).unwrap().member("own_thing", "n").is_err());
+        assert!(Btf::parse_split(&Btf::parse(&base).unwrap(), b"not btf, no").is_err());
     }
 
     #[test]

@@ -332,6 +332,13 @@ enabled = false' >"$RESTART_DIR/c.toml"
 }
 
 lines() { wc -l </tmp/record.jsonl 2>/dev/null || echo 0; }
+# The kernel's run-queue totals, read right after a report appeared, and how many
+# reports there were (judge.rs: the agent's reports between two such reads are judged
+# against the kernel's growth between them).
+schedstat_at() {
+    echo "reports $(lines)"
+    cat /proc/schedstat
+}
 wait_lines() {
     want=$1
     # Polled finely: the run-queue check reads /proc/schedstat right after a report.
@@ -346,7 +353,10 @@ wait_lines() {
 nodepulse record --config /tmp/btf.toml --interval 1s -o /tmp/record.jsonl 2>/tmp/record.log &
 AGENT=$!
 section attached wait_lines 1
-section schedstat_before cat /proc/schedstat
+# Past the agent's first report (its start-up work), so both ends of the run-queue
+# window follow a steady report.
+section steady wait_lines 2
+section schedstat_before schedstat_at
 section stats_before block_stats
 section block_io block_io
 section block_errors block_errors
@@ -363,7 +373,7 @@ section schedstat_after cat /proc/schedstat
 n=$(lines)
 section settled wait_lines $((n + 2))
 # Closes the run-queue window the first report opened (judged against reports 2..).
-section schedstat_settled cat /proc/schedstat
+section schedstat_settled schedstat_at
 echo done >&3
 exec 3>&-
 wait "$KVM_GUEST"

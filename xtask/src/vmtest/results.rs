@@ -117,8 +117,8 @@ pub fn attaches(check_json: &str) -> Result<Vec<Attach>> {
         let verdict = if p["not_applicable"].is_string() {
             AttachVerdict::NotApplicable
         } else {
-            // The best a probe offers counts as attached: kvm_exit's chain is the
-            // classic tracepoint alone (its exit reason is a field of the record).
+            // The best a probe offers counts as attached (a chain that starts at the
+            // classic tracepoint, had one existed).
             let best = p["kinds"][0][0].as_str();
             match kind.as_deref() {
                 Some("tp_btf" | "raw_tracepoint") => AttachVerdict::Attached,

@@ -101,7 +101,7 @@ impl Unit {
     }
 
     /// The classic buckets' `le`, as powers of two of the recorded unit: from 256 ns
-    /// to 68.7 s, 512 B to 64 MiB, 1 to 4,096 requests.
+    /// to 68.7 s, 512 B to 64 MiB, 1 to 4,096 requests (see [`classic_buckets`]).
     fn classic_powers(self) -> std::ops::RangeInclusive<i32> {
         match self {
             Unit::Nanoseconds => 8..=36,
@@ -350,16 +350,20 @@ fn pow2(e: i32) -> f64 {
 
 /// Classic buckets of a cumulative histogram: `(le, cumulative count)` in increasing
 /// `le`, without `+Inf`, at the same powers of two of the recorded unit for every series
-/// of a unit. Fixed edges are what lets `sum by (le)` add the buckets of many nodes or
-/// devices: with only each series' populated edges, an `le` missing from one series
-/// drops that series' count from the sum there, and the fleet's quantile lands far above
-/// every node's own (seen in the fleet rules' test). A power of two is the upper edge of
-/// every eighth schema-3 bucket, so each count is exact; within a factor of two,
+/// of a unit, from the one just below the first sample up. `sum by (le)` across devices
+/// or nodes needs that: an `le` a series lacks adds nothing for it, so with each
+/// series' own populated edges the sum dipped there and the fleet's quantile landed far
+/// above every node's own (seen in the fleet rules' test). Edges below a series' first
+/// sample may be left out, since its count there is 0 (an empty series has none: idle
+/// devices cost one `+Inf` line), and one zero edge is kept so a quantile in the lowest
+/// bucket interpolates from its lower edge, not from 0. A power of two is the upper edge
+/// of every eighth schema-3 bucket, so each count is exact; within a factor of two,
 /// `histogram_quantile` interpolates, and native histograms carry the full resolution.
 fn classic_buckets(h: &ExpHistogram, unit: Unit) -> Vec<(f64, u64)> {
     let mut buckets = h.buckets().peekable();
     let mut cumulative = h.zero_count;
-    unit.classic_powers()
+    let all: Vec<(f64, u64)> = unit
+        .classic_powers()
         .map(|power| {
             // Native bucket k ends at 2^(k/8): bucket 8·power ends at 2^power.
             while let Some((_, count)) =
@@ -369,7 +373,11 @@ fn classic_buckets(h: &ExpHistogram, unit: Unit) -> Vec<(f64, u64)> {
             }
             (pow2(power), cumulative)
         })
-        .collect()
+        .collect();
+    match all.iter().position(|&(_, count)| count > 0) {
+        Some(first) => all[first.saturating_sub(1)..].to_vec(),
+        None => Vec::new(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------

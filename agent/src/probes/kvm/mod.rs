@@ -2,6 +2,7 @@
 //! spends handling exits to userspace (every KVM host), and in-kernel exit handling
 //! (VMX/SVM hosts).
 
+pub mod exit_reason;
 mod registry;
 pub mod reasons;
 
@@ -17,8 +18,9 @@ use super::{
 };
 use crate::{
     aggregate::{Entity, EntityState, SeriesKey},
-    kernel::tracefs,
+    kernel::{btf::Btf, module_btf::SYS_BTF_DIR, tracefs},
 };
+use exit_reason::ExitArgs;
 pub use registry::PROBE_FAMILY;
 /// Nothing to set but whether it runs and how it attaches.
 pub type Config = super::attach::ProbeConfig;
@@ -49,20 +51,31 @@ pub fn not_applicable(probe: &str) -> Option<&'static str> {
     )
 }
 
-/// What the classic tracepoint variants need from tracefs.
+/// What the variants need: for the classic tracepoints, their records' layouts from
+/// tracefs; for the in-kernel exit's tp_btf and raw tracepoint programs, where the exit
+/// reason is, from BTF.
 pub struct KvmLayouts {
     /// The userspace-exit and KVM_RUN records have the layout the programs assume.
     classic_ok: Result<(), String>,
     exit: Result<KvmExitLayout, String>,
+    exit_args: Result<ExitArgs, String>,
 }
 
 impl KvmLayouts {
-    pub fn resolve(tracefs: Option<&Path>) -> Self {
+    /// `exit_args` is resolved only when the in-kernel exit probe applies (it reads
+    /// module BTF, which a host without VMX/SVM does not need).
+    pub fn resolve(tracefs: Option<&Path>, vmlinux: Option<&Btf>, exit_applies: bool) -> Self {
+        let exit_args = if exit_applies {
+            exit_reason::resolve(Path::new(SYS_BTF_DIR), vmlinux)
+        } else {
+            Err("in-kernel exits are not traced on this host".to_owned())
+        };
         let Some(root) = tracefs else {
             let why = "tracefs is not mounted".to_owned();
             return Self {
                 classic_ok: Err(why.clone()),
                 exit: Err(why),
+                exit_args,
             };
         };
         let fixed = || -> Result<(), tracefs::TracefsError> {
@@ -92,12 +105,16 @@ impl KvmLayouts {
         Self {
             classic_ok: fixed().map_err(|e| e.to_string()),
             exit: exit().map_err(|e| e.to_string()),
+            exit_args,
         }
     }
 
     pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         if let Ok(layout) = &self.exit {
             loader.override_global(names::GLOBAL_KVM_EXIT_LAYOUT, layout, true);
+        }
+        if let Ok(ExitArgs::Vcpu(reason)) = &self.exit_args {
+            loader.override_global(names::GLOBAL_KVM_EXIT_REASON, reason, true);
         }
     }
 
@@ -144,21 +161,56 @@ impl KvmLayouts {
         .collect()
     }
 
-    /// In-kernel exits: classic tracepoints only, since the exit reason is a field of
-    /// the `kvm_exit` record, not an argument of the tracepoint.
-    pub fn exit_variants(&self) -> Vec<Variant> {
+    /// In-kernel exits: tp_btf and raw tracepoint where BTF says which arguments
+    /// `kvm_exit` passes (and so which program reads them), else the classic
+    /// tracepoint, whose record holds the reason. The entry side first.
+    pub fn exit_variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
         let spec = |program, hook| ProgramSpec { program, hook };
-        vec![Variant {
-            kind: AttachKind::Tracepoint,
-            programs: vec![
-                spec(
-                    names::PROG_KVM_ENTRY_TP,
-                    Hook::Tracepoint("kvm", "kvm_entry"),
-                ),
-                spec(names::PROG_KVM_EXIT_TP, Hook::Tracepoint("kvm", "kvm_exit")),
-            ],
-            unavailable: self.exit.as_ref().err().cloned(),
-        }]
+        let (exit_btf, exit_raw) = match &self.exit_args {
+            Ok(ExitArgs::Reason) => (
+                names::PROG_KVM_EXIT_BTF_REASON,
+                names::PROG_KVM_EXIT_RAW_REASON,
+            ),
+            _ => (names::PROG_KVM_EXIT_BTF, names::PROG_KVM_EXIT_RAW),
+        };
+        let typed = self.exit_args.as_ref().err().map(|why| {
+            format!("{why}: the classic kvm:kvm_exit record, which holds the reason, is read instead")
+        });
+        [
+            Variant {
+                kind: AttachKind::TpBtf,
+                programs: vec![
+                    spec(
+                        names::PROG_KVM_ENTRY_BTF,
+                        Hook::ModuleTpBtf("kvm", "kvm_entry"),
+                    ),
+                    spec(exit_btf, Hook::ModuleTpBtf("kvm", "kvm_exit")),
+                ],
+                unavailable: typed.clone(),
+            },
+            Variant {
+                kind: AttachKind::RawTracepoint,
+                programs: vec![
+                    spec(names::PROG_KVM_ENTRY_RAW, Hook::Raw("kvm_entry")),
+                    spec(exit_raw, Hook::Raw("kvm_exit")),
+                ],
+                unavailable: typed,
+            },
+            Variant {
+                kind: AttachKind::Tracepoint,
+                programs: vec![
+                    spec(
+                        names::PROG_KVM_ENTRY_TP,
+                        Hook::Tracepoint("kvm", "kvm_entry"),
+                    ),
+                    spec(names::PROG_KVM_EXIT_TP, Hook::Tracepoint("kvm", "kvm_exit")),
+                ],
+                unavailable: self.exit.as_ref().err().cloned(),
+            },
+        ]
+        .into_iter()
+        .filter(|v| only.is_none_or(|k| k == v.kind))
+        .collect()
     }
 }
 
@@ -218,9 +270,14 @@ pub struct KvmExitProbe {
 }
 
 impl KvmExitProbe {
-    pub fn attach(ebpf: &mut Ebpf, layouts: &KvmLayouts) -> Self {
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        btf: Option<&aya::Btf>,
+        layouts: &KvmLayouts,
+        only: Option<AttachKind>,
+    ) -> Self {
         Self {
-            attached: attach_first(ebpf, None, &layouts.exit_variants()),
+            attached: attach_first(ebpf, btf, &layouts.exit_variants(only)),
         }
     }
 }

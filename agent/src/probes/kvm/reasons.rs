@@ -2,9 +2,8 @@
 //! VMX basic exit reasons (Intel SDM vol. 3, appendix C) and SVM exit codes (AMD APM
 //! vol. 2, appendix C). Unknown values keep their number, so nothing is hidden.
 
-/// ISA values in the `kvm_exit` record.
-pub const ISA_VMX: u32 = 1;
-pub const ISA_SVM: u32 = 2;
+/// ISA values of the `kvm_exit` tracepoint.
+pub use agent_common::kvm::{ISA_SVM, ISA_VMX};
 
 const USERSPACE: [&str; 40] = [
     "unknown",

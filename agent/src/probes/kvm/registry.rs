@@ -1,6 +1,8 @@
 //! The KVM family in the registry: `[probes.kvm]`, its metric families, budget and its
 //! two probes (exits to userspace, and in-kernel exits where the CPU traces them).
 
+use std::path::Path;
+
 use aya::{Ebpf, EbpfLoader};
 
 use super::{
@@ -10,6 +12,7 @@ use super::{
 use crate::{
     aggregate::budget::{LimitsConfig, Rule},
     catalog::{Family, Kind},
+    kernel::module_btf::SYS_BTF_DIR,
     probes::{
         AttachKind, Kernel, Plan, Probe, ProbeFamily, Resolved, Setup, attach::Variant,
     },
@@ -66,14 +69,23 @@ impl ProbeFamily for Kvm {
             .collect()
     }
 
-    /// In-kernel exits are only traced by classic tracepoints.
+    /// In-kernel exits fall back to classic tracepoints where no BTF says which
+    /// arguments `kvm_exit` passes: a loadable kvm module without module BTF (5.10;
+    /// `initstate` exists only for loadable modules, a built-in kvm is in vmlinux's
+    /// BTF). Or where the configuration asks for them.
     fn needs_tracefs(&self, setup: &Setup<'_>) -> bool {
-        setup.probes.kvm.enabled && not_applicable(NAME_EXIT).is_none()
+        let kvm = &setup.probes.kvm;
+        let modular_without_btf = Path::new("/sys/module/kvm/initstate").exists()
+            && !Path::new(SYS_BTF_DIR).join("kvm").exists();
+        kvm.enabled
+            && not_applicable(NAME_EXIT).is_none()
+            && (kvm.attach == Some(AttachKind::Tracepoint) || modular_without_btf)
     }
 
     fn resolve(&self, setup: &Setup<'_>, kernel: &Kernel<'_>) -> Box<dyn Resolved> {
+        let exit_applies = setup.probes.kvm.enabled && not_applicable(NAME_EXIT).is_none();
         Box::new(Resolution {
-            layouts: KvmLayouts::resolve(kernel.tracefs),
+            layouts: KvmLayouts::resolve(kernel.tracefs, kernel.btf, exit_applies),
             config: setup.probes.kvm.clone(),
         })
     }
@@ -101,8 +113,8 @@ impl Resolved for Resolution {
             Plan {
                 probe: NAME_EXIT,
                 enabled: self.config.enabled,
-                forced: None,
-                kinds: &[AttachKind::Tracepoint],
+                forced: self.config.attach,
+                kinds: &AttachKind::TRACEPOINTS,
                 not_applicable: not_applicable(NAME_EXIT),
             },
         ]
@@ -110,14 +122,19 @@ impl Resolved for Resolution {
 
     fn variants(&self, probe: &str, only: Option<AttachKind>) -> Vec<Variant> {
         match probe {
-            NAME_EXIT => self.layouts.exit_variants(),
+            NAME_EXIT => self.layouts.exit_variants(only),
             _ => self.layouts.userspace_variants(only),
         }
     }
 
     fn attach(&self, probe: &str, ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> Box<dyn Probe> {
         match probe {
-            NAME_EXIT => Box::new(KvmExitProbe::attach(ebpf, &self.layouts)),
+            NAME_EXIT => Box::new(KvmExitProbe::attach(
+                ebpf,
+                btf,
+                &self.layouts,
+                self.config.attach,
+            )),
             _ => Box::new(KvmUserspaceProbe::attach(
                 ebpf,
                 btf,
