@@ -114,15 +114,23 @@ fn btf_error(e: BtfError) -> String {
     e.to_string()
 }
 
-/// `vcpu_svm`: offsets of `vcpu` and of the `vmcb` pointer, and of
-/// `control.exit_code` in `struct vmcb`.
-fn svm(btf: &Btf) -> Result<(u32, u32, u32), String> {
-    let (vcpu, ty) = btf.member("vcpu_svm", "vcpu").map_err(btf_error)?;
+/// Offset of the `struct kvm_vcpu` a vendor's vCPU struct `strukt` embeds as `vcpu`:
+/// the tracepoint hands over a pointer to it, so the vendor's fields are read relative
+/// to it.
+fn embedded_vcpu(btf: &Btf, strukt: &str) -> Result<u32, String> {
+    let (vcpu, ty) = btf.member(strukt, "vcpu").map_err(btf_error)?;
     expect(
-        "vcpu_svm.vcpu",
+        &format!("{strukt}.vcpu"),
         &ty,
         matches!(&ty, TypeDesc::Composite(n, _) if n == "kvm_vcpu"),
     )?;
+    Ok(vcpu)
+}
+
+/// `vcpu_svm`: offsets of `vcpu` and of the `vmcb` pointer, and of
+/// `control.exit_code` in `struct vmcb`.
+fn svm(btf: &Btf) -> Result<(u32, u32, u32), String> {
+    let vcpu = embedded_vcpu(btf, "vcpu_svm")?;
     let (vmcb, ty) = btf.member("vcpu_svm", "vmcb").map_err(btf_error)?;
     expect("vcpu_svm.vmcb", &ty, ty == TypeDesc::Pointer("vmcb".into()))?;
     let (exit_code, ty) = btf
@@ -139,12 +147,7 @@ fn svm(btf: &Btf) -> Result<(u32, u32, u32), String> {
 
 /// `vcpu_vmx`: offsets of `vcpu` and of `exit_reason` (32 bits).
 fn vmx(btf: &Btf) -> Result<(u32, u32), String> {
-    let (vcpu, ty) = btf.member("vcpu_vmx", "vcpu").map_err(btf_error)?;
-    expect(
-        "vcpu_vmx.vcpu",
-        &ty,
-        matches!(&ty, TypeDesc::Composite(n, _) if n == "kvm_vcpu"),
-    )?;
+    let vcpu = embedded_vcpu(btf, "vcpu_vmx")?;
     let (exit_reason, ty) = btf.member("vcpu_vmx", "exit_reason").map_err(btf_error)?;
     expect(
         "vcpu_vmx.exit_reason",

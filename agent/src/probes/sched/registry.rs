@@ -41,17 +41,7 @@ const CATALOGUE: &[Family] = &[
         unit: "ns",
         labels: VM,
         description: "Time vCPU threads waited for a host CPU, per VM",
-    },
-    Family {
-        name: "sched.runqueue.saturated_time",
-        probe: "sched",
-        kind: Kind::Counter,
-        unit: "ns",
-        labels: &["cpu"],
-        description: "Time the CPU had at least one task queued and not running; its rate \
-                      is the CPU's run-queue saturation",
-    },
-];
+    },];
 
 impl ProbeFamily for Sched {
     fn name(&self) -> &'static str {
