@@ -890,8 +890,12 @@ impl Probe for BlockProbe {
         } else {
             self.reconcile(&devices);
         }
+        // A zero is written only for the operations the device has series of: a total
+        // carried from an older pin set (an upgrade) shows only while its series is
+        // written, and the new set may not have counted any since.
+        let known = &self.known;
         let mut push = |family, dev, op: u32, cause: Option<&str>, n: u64| {
-            if n == 0 {
+            if n == 0 && !known.contains(&BlockKey { dev, op }) {
                 return;
             }
             let mut labels = device_labels(cx, dev);
