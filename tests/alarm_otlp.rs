@@ -105,6 +105,7 @@ fn report(alarms: Vec<Alarm>, open: u64, actions: Vec<nodepulse::actions::Action
         learning: vec![],
         capacity: None,
         actions,
+        backing: BTreeMap::new(),
     }
 }
 

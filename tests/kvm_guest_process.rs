@@ -2,7 +2,8 @@
 //! (`harness = false`; see `common::kvm_guest::guest_process_path`).
 //!
 //! With `NODEPULSE_KVM_GUEST_ITERATIONS=<n>` it runs `run_guest(n)` and prints
-//! `{"io":..,"hlt":..,"other":..,"vcpu_tid":..,"pid":..}` on one line. Its arguments are
+//! `{"io":..,"hlt":..,"other":..,"vcpu_tid":..,"run_ns":..,"run_delay_ns":..,"pid":..}` on
+//! one line (time in `KVM_RUN` and the vCPU thread's run delay, both ns). Its arguments are
 //! ignored, so a test can give it a QEMU-like command line
 //! (`-name guest=instance-0000002a,debug-threads=on -uuid ...`). Like QEMU's, the vCPU
 //! runs on a thread of its own named `CPU 0/KVM`, so `vcpu_tid` differs from `pid`.
@@ -62,6 +63,8 @@ fn guest(iterations: u64) {
             "hlt": exits.hlt,
             "other": exits.other,
             "vcpu_tid": exits.vcpu_tid,
+            "run_ns": exits.run_ns,
+            "run_delay_ns": exits.run_delay_ns,
             "pid": std::process::id(),
         });
         println!("{line}");

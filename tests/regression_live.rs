@@ -300,3 +300,139 @@ cooldown = "0s"
     let (_, log) = agent.terminate();
     assert!(log.contains(&id), "the agent logged the alarm: {log}");
 }
+
+/// `losetup` on the test's loop device; panics with what went wrong.
+fn losetup(args: &[&str]) {
+    let out = Command::new("losetup")
+        .args(args)
+        .output()
+        .expect("losetup");
+    assert!(
+        out.status.success(),
+        "losetup {args:?}: {} (another test may have taken the loop device meanwhile; rerun)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_loop_device_attached_to_another_file_starts_its_series_anew() {
+    require_root!();
+    // File A on tmpfs, buffered (reads of a few µs); file B on the disk with direct
+    // I/O (tens to hundreds of µs): against a baseline learned on A, B's reads are a
+    // regression many times over. No absolute floor, so that only the identity keeps
+    // them from alarming.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let dev = LoopDevice::backed_in(shm.path(), 160, false);
+    let file_b = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    file_b.as_file().set_len(160 << 20).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nodepulse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[probes.sched]\nenabled = false\n[probes.kvm]\nenabled = false\n\
+             {ONE_SECOND_WINDOWS}[detect.min_shift]\n\"block.io.latency\" = \"0s\"\n"
+        ),
+    )
+    .unwrap();
+    let reads = Fio::steady_reads(&dev, 120);
+    let mut agent = RunningAgent::with_config(&config);
+    let stdout = agent.process.0.as_mut().unwrap().stdout.take().unwrap();
+    let (tx, reports) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let series = format!("device={},", dev.name);
+    let reads_learning = |r: &Value| {
+        r["learning"].as_array().into_iter().flatten().any(|s| {
+            let s = s.as_str().unwrap_or_default();
+            s.starts_with("block.io.latency{") && s.contains(&series) && s.contains("op=read")
+        })
+    };
+    let opened_on_device = |r: &Value| -> Vec<Value> {
+        r["alarms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "open" && involves(a, &dev.name, None).is_some())
+            .cloned()
+            .collect()
+    };
+    // Learned on A: 8 windows of a second, then judged.
+    let mut backing_a = None;
+    let mut learned = false;
+    let mut last = Value::Null;
+    let mut seen_learning = false;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !learned && Instant::now() < deadline {
+        let r = reports
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a report");
+        last = serde_json::json!({"learning": r["learning"], "backing": r["backing"]});
+        backing_a = r["backing"][&dev.name]
+            .as_str()
+            .map(str::to_owned)
+            .or(backing_a);
+        let reads_reported = r["series"].as_array().into_iter().flatten().any(|s| {
+            s["family"] == "block.io.latency"
+                && s["labels"]["device"] == dev.name.as_str()
+                && s["labels"]["op"] == "read"
+        });
+        // Judged: listed as learning once, and no longer.
+        let learning_now = reads_learning(&r);
+        seen_learning |= learning_now;
+        learned = backing_a.is_some() && seen_learning && !learning_now && reads_reported;
+    }
+    assert!(
+        learned,
+        "the device's reads never left learning within 40 s; last report: {last:#}"
+    );
+    let backing_a = backing_a.unwrap();
+    assert!(backing_a.starts_with(&dev_backing(&dev)), "{backing_a}");
+
+    // The same loop number, another file.
+    drop(reads);
+    let path = dev.path.to_string_lossy().into_owned();
+    losetup(&["-d", &path]);
+    let b = file_b.path().to_string_lossy().into_owned();
+    losetup(&["--direct-io=on", &path, &b]);
+    let _reads = Fio::steady_reads(&dev, 60);
+    let mut relearning = false;
+    let mut backing_b = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let r = reports
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a report");
+        let opened = opened_on_device(&r);
+        assert!(
+            opened.is_empty(),
+            "an alarm on the re-attached device: {opened:#?}"
+        );
+        if let Some(now) = r["backing"][&dev.name].as_str() {
+            backing_b = Some(now.to_owned());
+            relearning |= reads_learning(&r);
+        }
+    }
+    let backing_b = backing_b.expect("the device's backing in the reports");
+    assert!(backing_b.starts_with(&b), "{backing_b}");
+    assert!(
+        relearning,
+        "the device's reads did not learn anew on file B"
+    );
+    let _ = agent.terminate();
+}
+
+/// The backing file of the test's loop device, as sysfs names it.
+fn dev_backing(dev: &LoopDevice) -> String {
+    std::fs::read_to_string(format!("/sys/block/{}/loop/backing_file", dev.name))
+        .unwrap()
+        .trim()
+        .to_owned()
+}

@@ -30,11 +30,15 @@ pub const BLOCK_COMPLETION_UNSEEN: u32 = 7;
 /// no vendor layout for, or a failed read): that exit is not timed.
 pub const KVM_UNREAD_REASON: u32 = 8;
 
+/// A run-queue change the saturation record missed: a kernel field that could not be
+/// read, or a CPU numbered beyond `sched::RUNQ_MAX_CPUS`.
+pub const RUNQ_UNRECORDED: u32 = 9;
+
 /// Size of the counters array; room for more probe families.
 pub const COUNT: u32 = 16;
 
 /// Human-readable names, indexed like the counters.
-pub const NAMES: [(u32, &str); 9] = [
+pub const NAMES: [(u32, &str); 10] = [
     (BLOCK_UNMATCHED, "block_unmatched_completions"),
     (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
     (BLOCK_SERIES_FULL, "block_series_map_full"),
@@ -44,4 +48,5 @@ pub const NAMES: [(u32, &str); 9] = [
     (BLOCK_INSERT_EVICTED, "block_insertions_evicted"),
     (BLOCK_COMPLETION_UNSEEN, "block_completions_unseen"),
     (KVM_UNREAD_REASON, "kvm_exit_reasons_unread"),
+    (RUNQ_UNRECORDED, "runqueue_changes_unrecorded"),
 ];

@@ -1,4 +1,5 @@
-//! Run-queue latency: the kernel layout the agent resolves at load time.
+//! Run-queue latency and saturation: the kernel layout the agent resolves at load time,
+//! and the per-CPU saturation record.
 
 /// Offsets resolved from the running kernel's BTF, for the scheduler probe.
 #[repr(C)]
@@ -26,8 +27,64 @@ pub struct SchedLayout {
     pub kn_id: u32,
     /// [`CGROUP_V2`] or [`CGROUP_V1_CPU`]
     pub cgroup_mode: u32,
+    /// `rq`.`nr_running` (tasks queued, the running one included), `rq`.`curr`, and
+    /// `rq`.`cpu`: whether a CPU has a task waiting, and which CPU's record to update
+    pub rq_nr_running: u32,
+    pub rq_curr: u32,
+    pub rq_cpu: u32,
+    /// Sleeping tasks the scheduler keeps queued (delayed dequeue, 6.12+) are in
+    /// `nr_running` but do not wait: [`DELAYED_NONE`], [`DELAYED_COUNT`]
+    /// (`rq.cfs.h_nr_delayed` at `delayed_a`, 6.13) or [`DELAYED_QUEUED_MINUS_RUNNABLE`]
+    /// (`rq.cfs.h_nr_queued` − `rq.cfs.h_nr_runnable`, 6.14+)
+    pub delayed_mode: u32,
+    pub delayed_a: u32,
+    pub delayed_b: u32,
+    /// 1 when run-queue saturation is kept: asked for, and the kernel lets BPF attach
+    /// to the bare tracepoint `sched_update_nr_running_tp` (5.11+). 0: the switch
+    /// program does no saturation work.
+    pub runq: u32,
 }
-plain_data!(SchedLayout, 12 * 4);
+plain_data!(SchedLayout, 19 * 4);
+
+pub const DELAYED_NONE: u32 = 0;
+pub const DELAYED_COUNT: u32 = 1;
+pub const DELAYED_QUEUED_MINUS_RUNNABLE: u32 = 2;
+
+/// Run-queue saturation of one CPU: time with at least one task queued and not
+/// running. One cache line, so CPUs never write each other's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunqCpu {
+    /// Closed saturated periods since the probe attached, in nanoseconds of the run
+    /// queue's clock.
+    pub saturated_ns: u64,
+    /// Start of the open saturated period in `bpf_ktime_get_ns()` (CLOCK_MONOTONIC)
+    /// nanoseconds, 0 when none: what the agent adds up to its own clock.
+    pub since_ns: u64,
+    /// The same start in the run queue's clock (`rq->clock`), 0 when none.
+    pub since_rq: u64,
+    /// End of the last closed period, in the run queue's clock: a wait found later
+    /// is not counted again before it.
+    pub closed_rq: u64,
+    pub _pad: [u64; 4],
+}
+plain_data!(RunqCpu, 8 * 8);
+
+impl RunqCpu {
+    /// Saturated time up to `now_ns` (CLOCK_MONOTONIC), the open period included.
+    pub fn saturated_until(&self, now_ns: u64) -> u64 {
+        let open = if self.since_ns != 0 {
+            now_ns.saturating_sub(self.since_ns)
+        } else {
+            0
+        };
+        self.saturated_ns + open
+    }
+}
+
+/// CPUs the saturation map has room for; a CPU numbered beyond is counted
+/// (`counters::RUNQ_UNRECORDED`), not recorded.
+pub const RUNQ_MAX_CPUS: u32 = 1024;
 
 pub const CGROUP_V2: u32 = 0;
 pub const CGROUP_V1_CPU: u32 = 1;
@@ -46,5 +103,12 @@ impl SchedLayout {
         cgroup_kn: 0,
         kn_id: 0,
         cgroup_mode: 0,
+        rq_nr_running: 0,
+        rq_curr: 0,
+        rq_cpu: 0,
+        delayed_mode: DELAYED_NONE,
+        delayed_a: 0,
+        delayed_b: 0,
+        runq: 0,
     };
 }

@@ -13,8 +13,9 @@
 //!   Ubuntu 5.15, 6.8): the newer form's programs read the reason where the vendor's
 //!   `get_exit_info()` does, `vcpu_svm->vmcb->control.exit_code` or
 //!   `vcpu_vmx->exit_reason`, at offsets the agent takes from kvm_amd's / kvm_intel's
-//!   BTF. Where no module BTF tells which form a kernel has (5.10), the classic
-//!   tracepoint's record is read instead.
+//!   BTF. Where no BTF tells which form a kernel has (5.10 has no module BTF), the
+//!   release does, and the raw tracepoint reads the old form's argument 0; the classic
+//!   tracepoint's record is read where neither can be used.
 //!
 //! Every thread seen exiting is a vCPU thread: it is entered in `VCPU_THREADS` so the
 //! scheduler probe can attribute its run-queue wait to the VM.
@@ -283,11 +284,21 @@ pub fn kvm_exit_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// `kvm_exit(unsigned int exit_reason, struct kvm_vcpu *vcpu, u32 isa)`, up to 5.15,
+/// where BTF says so or (no BTF) the release does. Reading argument 2 makes the kernel
+/// refuse the attach where `kvm_exit` has only two arguments (`bpf_probe_register()`
+/// checks the program's furthest context read against the tracepoint's arguments),
+/// and an `isa` that is neither VMX nor SVM means the arguments are not these: the
+/// exit is not timed.
 #[raw_tracepoint(tracepoint = "kvm_exit")]
 pub fn kvm_exit_raw_reason(ctx: RawTracePointContext) -> i32 {
     let reason: u64 = ctx.arg(0);
-    let isa: u64 = ctx.arg(2);
-    on_exit(reason as u32, isa as u32);
+    let isa = ctx.arg::<u64>(2) as u32;
+    if isa != ISA_SVM && isa != ISA_VMX {
+        count(counters::KVM_UNREAD_REASON);
+        return 0;
+    }
+    on_exit(reason as u32, isa);
     0
 }
 

@@ -162,6 +162,7 @@ fn report(series: Vec<SeriesReport>) -> Report {
         learning: vec![],
         capacity: None,
         actions: vec![],
+        backing: BTreeMap::new(),
     }
 }
 

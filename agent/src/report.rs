@@ -42,6 +42,11 @@ pub struct Report {
     /// Utilisation and saturation signals, when `capacity.enabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<crate::capacity::CapacityReport>,
+    /// What each loop and device-mapper device with series is backed by (a loop
+    /// device's file, inode and offset): when it changes, the detector starts the
+    /// device's series anew (see `attribution::backing`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub backing: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -355,6 +360,7 @@ pub fn sample() -> Report {
         alarms_open: 0,
         learning: Vec::new(),
         capacity: None,
+        backing: BTreeMap::new(),
         actions: vec![],
     }
 }

@@ -23,6 +23,11 @@ pub struct GuestExits {
     pub other: u64,
     /// Thread id of the thread that ran the vCPU (the caller of [`run_guest`]).
     pub vcpu_tid: u32,
+    /// Time spent in the `KVM_RUN` ioctl, every call (CLOCK_MONOTONIC, ns).
+    pub run_ns: u64,
+    /// The vCPU thread's run delay when the loop ended: its whole wait for a CPU, as
+    /// the kernel counts it (second field of `/proc/thread-self/schedstat`).
+    pub run_delay_ns: u64,
 }
 
 /// The I/O port the guest writes to.
@@ -145,7 +150,10 @@ pub fn run_guest(iterations: u64) -> GuestExits {
         ..GuestExits::default()
     };
     while exits.hlt < iterations {
-        let exit = match vcpu.run() {
+        let started = std::time::Instant::now();
+        let run = vcpu.run();
+        exits.run_ns += started.elapsed().as_nanos() as u64;
+        let exit = match run {
             Ok(exit) => exit,
             // A signal arrived before or during the run: nothing reached userspace
             // from the guest, run again.
@@ -178,6 +186,13 @@ pub fn run_guest(iterations: u64) -> GuestExits {
             }
         }
     }
+    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .unwrap_or_else(|e| panic!("read /proc/thread-self/schedstat: {e}"));
+    exits.run_delay_ns = schedstat
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no run delay in schedstat {schedstat:?}"));
     exits
 }
 

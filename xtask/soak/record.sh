@@ -1,12 +1,21 @@
 #!/bin/bash
 # The soak harness (run by `cargo xtask soak record`): steady real workloads and a
 # schedule of injected regressions, recorded by two nodepulse agents (1 s and 10 s).
-#   record.sh NODEPULSE DURATION_S OUT_DIR KVM_GUEST_PROCESS [inject|steady]
+#   record.sh NODEPULSE DURATION_S OUT_DIR KVM_GUEST_PROCESS [inject|steady] [full|light]
+# `light` keeps the soak's own cost low on a shared node: the CPU-contended cgroups run
+# at a quarter of the load (2x10 %, 1x5 %), the KVM guest starts every 5 s, not 1 s, the
+# tmpfs device's reader (40 % of a core at 1000 IOPS) runs at 250 IOPS, and the steady
+# devices' files are 256 MiB, not 1 GiB (direct I/O: their size does not change latency).
 # Writes OUT_DIR/soak-1s.jsonl, soak-10s.jsonl, injections.jsonl (kind, start, end,
 # device, cgroup per injection) and notes.log; removes its devices, cgroups and
 # processes on exit.
 set -u
-BIN=$1 DUR=$2 OUT=$3 GUEST=$4 MODE=${5:-inject}
+BIN=$1 DUR=$2 OUT=$3 GUEST=$4 MODE=${5:-inject} LOAD=${6:-full}
+case $LOAD in
+  full) CPU_LOAD=40 SQUEEZE_LOAD=20 VM_PAUSE=1 INJ_IOPS=1000 IMG_4M=256 ;;
+  light) CPU_LOAD=10 SQUEEZE_LOAD=5 VM_PAUSE=5 INJ_IOPS=250 IMG_4M=64 ;;
+  *) echo "record.sh: load '$LOAD' is neither full nor light" >&2; exit 2 ;;
+esac
 cd "$OUT" || exit 1
 log() { echo "$(date -u +%FT%TZ) $*" | tee -a notes.log; }
 PIDS=()
@@ -35,9 +44,9 @@ in_cg() {
 
 # Steady devices over files on the node's disk, written in full beforehand.
 for f in a b c; do
-  [ -s soak-$f.img ] || dd if=/dev/urandom of=soak-$f.img bs=4M count=256 oflag=direct status=none
+  [ -s soak-$f.img ] || dd if=/dev/urandom of=soak-$f.img bs=4M count=$IMG_4M oflag=direct status=none || { rm -f soak-$f.img; exit 1; }
 done
-[ -s soak-idle.img ] || dd if=/dev/zero of=soak-idle.img bs=4M count=64 oflag=direct status=none
+[ -s soak-idle.img ] || dd if=/dev/zero of=soak-idle.img bs=4M count=64 oflag=direct status=none || { rm -f soak-idle.img; exit 1; }
 # The injection device lives on tmpfs: its competing readers and writers do not reach
 # the node's disk, so the steady devices stay steady while regressions are injected.
 dd if=/dev/urandom of=/dev/shm/npsoak-inj.img bs=4M count=128 status=none
@@ -59,11 +68,11 @@ FIO="fio --thread --direct=1 --ioengine=libaio --time_based --runtime=$DUR --out
 in_cg fio-a $FIO --name=a --filename="$D_a" --rw=randrw --rwmixread=70 --bs=4k --iodepth=2 --rate_iops=800
 in_cg fio-b $FIO --name=b --filename="$D_b" --rw=randread --bs=4k --iodepth=8 --rate_iops=2000
 in_cg fio-c $FIO --name=c --filename="$D_c" --rw=randwrite --bs=64k --iodepth=1 --rate_iops=100
-in_cg inj $FIO --name=inj --filename="$DI" --rw=randread --bs=4k --iodepth=4 --rate_iops=1000
-in_cg cpu stress-ng --cpu 2 --cpu-load 40 --timeout "${DUR}s" --quiet
-in_cg squeeze stress-ng --cpu 1 --cpu-load 20 --timeout "${DUR}s" --quiet
-in_cg vm sh -c 'end=$(( $(date +%s) + '"$DUR"' )); while [ $(date +%s) -lt $end ]; do NODEPULSE_KVM_GUEST_ITERATIONS=5000 '"$GUEST"' -name guest=instance-soak > /dev/null; sleep 1; done'
-log "steady: fio-a randrw 70/30 4k qd2 800 IOPS on $D_a; fio-b randread 4k qd8 2000 IOPS on $D_b; fio-c randwrite 64k qd1 100 IOPS on $D_c; inj randread 4k qd4 1000 IOPS on $DI; stress-ng 2x40 % (npsoak-cpu), 1x20 % (npsoak-squeeze); KVM guest loop (npsoak-vm); $D_idle idle"
+in_cg inj $FIO --name=inj --filename="$DI" --rw=randread --bs=4k --iodepth=4 --rate_iops=$INJ_IOPS
+in_cg cpu stress-ng --cpu 2 --cpu-load $CPU_LOAD --timeout "${DUR}s" --quiet
+in_cg squeeze stress-ng --cpu 1 --cpu-load $SQUEEZE_LOAD --timeout "${DUR}s" --quiet
+in_cg vm sh -c 'end=$(( $(date +%s) + '"$DUR"' )); while [ $(date +%s) -lt $end ]; do NODEPULSE_KVM_GUEST_ITERATIONS=5000 '"$GUEST"' -name guest=instance-soak > /dev/null; sleep '"$VM_PAUSE"'; done'
+log "steady: fio-a randrw 70/30 4k qd2 800 IOPS on $D_a; fio-b randread 4k qd8 2000 IOPS on $D_b; fio-c randwrite 64k qd1 100 IOPS on $D_c; inj randread 4k qd4 $INJ_IOPS IOPS on $DI; stress-ng 2x$CPU_LOAD % (npsoak-cpu), 1x$SQUEEZE_LOAD % (npsoak-squeeze); KVM guest loop (npsoak-vm); $D_idle idle"
 
 # Limits: cgroup v2 io.max / cpu.max where the controller is on v2, else v1's
 # blkio.throttle / cfs quota.

@@ -87,14 +87,22 @@ pub struct Args {
     /// workload runs beside this one at a 1 s interval, for a side-by-side CPU figure.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// A nodepulse binary to measure instead of building this tree's (e.g. a build of
+    /// another branch, for a side-by-side cost).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Lines appended to the agent configuration the benchmark writes (e.g.
+    /// "[probes.sched]\nsaturation = true"), to measure a setting's cost.
+    #[arg(long, default_value = "")]
+    config_extra: String,
 }
 
 pub fn run(mut args: Args) -> Result<()> {
     ensure!(args.pairs >= 3, "--pairs must be at least 3 for a median");
-    if let Some(b) = &args.baseline {
+    for b in [&args.baseline, &args.agent].into_iter().flatten() {
         ensure!(
             b.is_file(),
-            "--baseline {}: no such file; give the path of a nodepulse binary",
+            "{}: no such file; give the path of a nodepulse binary",
             b.display()
         );
     }
@@ -121,13 +129,20 @@ pub fn run(mut args: Args) -> Result<()> {
         }
         setup::ensure_packages(setup::COMPARE_PACKAGES)?;
     }
-    let agent = build_agent(true)?;
+    let agent = match &args.agent {
+        Some(agent) => agent.clone(),
+        None => build_agent(true)?,
+    };
     let dir = util::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("nodepulse-bench.toml");
     std::fs::write(
         &config,
-        format!("[probes.block]\nattach = \"{}\"\n", args.attach),
+        format!(
+            "[probes.block]\nattach = \"{}\"\n{}\n",
+            args.attach,
+            args.config_extra.replace("\\n", "\n")
+        ),
     )?;
     let tcp_config = dir.join("nodepulse-bench-tcp.toml");
     std::fs::write(&tcp_config, tcp::config())?;

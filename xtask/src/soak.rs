@@ -33,6 +33,11 @@ enum Command {
         /// false alarms (its `injections.jsonl` stays empty).
         #[arg(long)]
         steady_only: bool,
+        /// Keep the soak's own CPU cost low on a shared node: the CPU-contended cgroups
+        /// at a quarter of their load, the KVM guest every 5 s, the tmpfs reader at 250
+        /// IOPS, 256 MiB files (see `xtask/soak/record.sh`).
+        #[arg(long)]
+        light: bool,
     },
     /// Score the detector on recordings (no root).
     Eval {
@@ -49,12 +54,13 @@ pub fn run(args: Args) -> Result<()> {
             duration,
             out,
             steady_only,
-        } => record(duration, &out, steady_only),
+            light,
+        } => record(duration, &out, steady_only, light),
         Command::Eval { args } => util::run_agent_example("soak_eval", &args),
     }
 }
 
-fn record(duration: u64, out: &PathBuf, steady_only: bool) -> Result<()> {
+fn record(duration: u64, out: &PathBuf, steady_only: bool, light: bool) -> Result<()> {
     if !util::is_root() {
         bail!("the soak harness needs root (loop devices, cgroups, probes); run it with sudo");
     }
@@ -90,7 +96,8 @@ fn record(duration: u64, out: &PathBuf, steady_only: bool) -> Result<()> {
             .arg(duration.to_string())
             .arg(out)
             .arg(&guest)
-            .arg(if steady_only { "steady" } else { "inject" }),
+            .arg(if steady_only { "steady" } else { "inject" })
+            .arg(if light { "light" } else { "full" }),
     )
 }
 

@@ -1,6 +1,7 @@
 //! Giving kernel identifiers the names operators know: block devices (with their Ceph
 //! OSD or RBD image), cgroups, VMs.
 
+pub mod backing;
 pub mod ceph;
 pub mod cgroups;
 pub mod devices;

@@ -21,6 +21,9 @@ pub struct CapacityConfig {
     /// At most this many cgroups get pressure signals each interval: those that
     /// stalled most (the rest are counted, not reported). 0: host pressure only.
     pub max_cgroups: usize,
+    /// At most this many CPUs get a run-queue saturation signal of their own each
+    /// interval: the most saturated (the host-wide signal covers every CPU).
+    pub max_cpus: usize,
     /// The knee is the load at which a device's p99 latency exceeds this multiple of
     /// its unloaded p99.
     pub knee_multiple: f64,
@@ -43,6 +46,7 @@ impl Default for CapacityConfig {
             proc_root: PathBuf::from("/proc"),
             cgroup_root: PathBuf::new(),
             max_cgroups: 20,
+            max_cpus: 16,
             knee_multiple: 2.0,
             knee_min_requests: 50,
             saturation: 0.9,
@@ -91,6 +95,12 @@ impl CapacityConfig {
                 ),
             });
         }
+        if self.max_cpus > 10_000 {
+            return Err(ConfigError::Invalid {
+                key: "capacity.max_cpus",
+                problem: format!("must be at most 10000, got {}", self.max_cpus),
+            });
+        }
         if self.max_cgroups > 10_000 {
             return Err(ConfigError::Invalid {
                 key: "capacity.max_cgroups",
@@ -132,6 +142,7 @@ mod tests {
                 "max_cgroups = 20000",
                 "capacity.max_cgroups` must be at most",
             ),
+            ("max_cpus = 20000", "capacity.max_cpus` must be at most"),
             ("bogus = 1", "unknown field `bogus`"),
         ] {
             let e = err(&format!("[capacity]\n{text}\n"));

@@ -1,7 +1,8 @@
 //! Capacity: how close each resource is to saturation and when it gets there. Each
 //! interval derives utilisation and saturation signals from the report (block
-//! devices) and the kernel's pressure stall accounting (host and cgroups), learns each
-//! device's latency knee (headroom), and forecasts when fractions reach saturation.
+//! devices, run queues per CPU and host, vCPU wait per VM) and the kernel's pressure
+//! stall accounting (host and cgroups), learns each device's latency knee (headroom),
+//! and forecasts when fractions reach saturation.
 
 mod config;
 pub mod forecast;
@@ -62,10 +63,22 @@ pub struct CapacityReport {
     pub alarms: Vec<CapacityAlarm>,
     /// Cgroups with pressure beyond `capacity.max_cgroups`, not reported.
     pub cgroups_dropped: usize,
+    /// CPUs beyond `capacity.max_cpus` (the least saturated), without a signal of
+    /// their own; the host-wide signal still counts them.
+    pub cpus_dropped: usize,
 }
 
-/// Signals forecast: fractions with a natural saturation level.
-const FORECAST: [&str; 2] = ["busy", "pressure_some"];
+/// Whether a signal is forecast: fractions with a natural saturation level, for the
+/// whole resource (a device, not one operation; the host's run queues, not each CPU,
+/// which the scheduler balances and the per-CPU budget picks anew each interval).
+fn forecast_input(s: &Signal) -> bool {
+    match s.name {
+        "busy" => !s.labels.contains_key("op"),
+        "pressure_some" | "vcpu_wait_share" => true,
+        "runqueue_saturation" => !s.labels.contains_key("cpu"),
+        _ => false,
+    }
+}
 
 /// The capacity state the pipeline keeps between intervals.
 pub struct Capacity {
@@ -105,6 +118,9 @@ impl Capacity {
     /// The interval's signals, headroom, forecasts and alarms at `unix_s`.
     pub fn update(&mut self, report: &Report, unix_s: u64) -> CapacityReport {
         let (mut signals, loads) = signals::block(report);
+        let (runq, cpus_dropped) = signals::runqueue(report, self.config.max_cpus);
+        signals.extend(runq);
+        signals.extend(signals::vcpu_wait(report));
         let shares = self.pressure.update(report.interval_s * 1e6);
         signals.extend(signals::pressure(&shares));
 
@@ -133,13 +149,13 @@ impl Capacity {
         // Only signals still reported keep a forecaster: memory follows the budget.
         let live: Vec<(String, &'static str)> = signals
             .iter()
-            .filter(|s| FORECAST.contains(&s.name) && !s.labels.contains_key("op"))
+            .filter(|s| forecast_input(s))
             .map(|s| (s.resource.clone(), s.name))
             .collect();
         self.forecasters.retain(|k, _| live.contains(k));
         self.forecasts.retain(|k, _| live.contains(k));
         let level = self.config.interval_percent / 100.0;
-        for s in signals.iter().filter(|s| FORECAST.contains(&s.name)) {
+        for s in signals.iter().filter(|s| forecast_input(s)) {
             let key = (s.resource.clone(), s.name);
             let f = self.forecasters.entry(key.clone()).or_default();
             if f.observe(unix_s, s.value)
@@ -165,6 +181,7 @@ impl Capacity {
             forecasts,
             alarms,
             cgroups_dropped: self.pressure.cgroups_dropped,
+            cpus_dropped,
         }
     }
 
@@ -345,6 +362,38 @@ mod tests {
                 .is_empty()
         );
         assert!(c.take_alarms().is_empty());
+    }
+
+    #[test]
+    fn forecasts_take_the_hosts_run_queues_and_each_vm_not_each_cpu() {
+        let signal = |resource: &str, name, labels: &[(&'static str, &str)]| Signal {
+            resource: resource.into(),
+            name,
+            labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+            value: 0.5,
+            unit: "1",
+        };
+        assert!(forecast_input(&signal("cpu", "runqueue_saturation", &[])));
+        assert!(!forecast_input(&signal(
+            "cpu:1",
+            "runqueue_saturation",
+            &[("cpu", "1")]
+        )));
+        assert!(forecast_input(&signal(
+            "vm:web",
+            "vcpu_wait_share",
+            &[("vm", "web")]
+        )));
+        assert!(forecast_input(&signal(
+            "io:sdb",
+            "busy",
+            &[("device", "sdb")]
+        )));
+        assert!(!forecast_input(&signal(
+            "io:sdb",
+            "iops",
+            &[("op", "read")]
+        )));
     }
 
     #[test]

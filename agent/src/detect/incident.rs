@@ -81,6 +81,11 @@ impl Topology {
         out
     }
 
+    /// `device` is backed by something else now: read what is under it again.
+    pub fn forget(&mut self, device: &str) {
+        self.lower.remove(device);
+    }
+
     fn lower_of(&mut self, device: &str) -> Vec<String> {
         if let Some(known) = self.lower.get(device) {
             return known.clone();
@@ -243,6 +248,11 @@ impl Incidents {
 
     pub fn open(&self) -> impl Iterator<Item = &Alarm> {
         self.open.iter().map(|i| &i.alarm)
+    }
+
+    /// A device re-backed (see `Detector::note_backing`): its stack is read anew.
+    pub fn forget_device(&mut self, device: &str) {
+        self.topology.forget(device);
     }
 
     pub fn open_count(&self) -> u64 {

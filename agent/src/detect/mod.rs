@@ -45,6 +45,11 @@ pub struct Detector {
     scalars: HashMap<String, ScalarSeries>,
     /// Scalar series seen this interval but not watched: over the budget.
     pub scalars_unwatched: u64,
+    /// What each stacked device (loop, device-mapper) was last backed by.
+    backing: HashMap<String, String>,
+    /// Alarms of series that ended since the last interval (their device re-backed),
+    /// resolved: they leave with the next update.
+    ended: Vec<Alarm>,
 }
 
 /// One number of one series for one interval, for the scalar detector.
@@ -111,6 +116,54 @@ impl Detector {
             intervals: 0,
             scalars: HashMap::new(),
             scalars_unwatched: 0,
+            backing: HashMap::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// What the stacked devices are backed by now (`device` → identity, see
+    /// `attribution::backing`). A device backed by something else than before is
+    /// another device: its series end (an open alarm resolves) and start anew,
+    /// learning again. A device missing here (detached, not stacked) keeps what it had.
+    pub fn note_backing(&mut self, backing: &BTreeMap<String, String>, now: u64) {
+        for (device, identity) in backing {
+            let before = self.backing.insert(device.clone(), identity.clone());
+            if before.is_none_or(|b| b == *identity) {
+                continue;
+            }
+            // The device's series, and its partitions' (`device.disk`).
+            let on = |name: &str| {
+                ["device", "device.disk"].iter().any(|key| {
+                    [",", "}"]
+                        .iter()
+                        .any(|end| name.contains(&format!("{key}={device}{end}")))
+                })
+            };
+            let mut ended = Vec::new();
+            self.series.retain(|name, s| {
+                if !on(name) {
+                    return true;
+                }
+                ended.extend(s.open_alarm().cloned());
+                false
+            });
+            self.scalars.retain(|name, s| {
+                if !on(name) {
+                    return true;
+                }
+                ended.extend(s.open_alarm().cloned());
+                false
+            });
+            for mut alarm in ended {
+                alarm.resolve(now);
+                self.ended.push(alarm);
+            }
+            self.incidents.forget_device(device);
+            tracing::info!(
+                device,
+                backing = identity,
+                "device re-backed: its series start anew"
+            );
         }
     }
 
@@ -190,6 +243,7 @@ impl Detector {
             );
             series_alarms.extend(alarm);
         }
+        series_alarms.append(&mut self.ended);
         let now_interval = self.intervals;
         let mut forgotten = Vec::new();
         self.scalars.retain(|_, s| {
@@ -231,5 +285,80 @@ impl Detector {
             .iter()
             .filter(|(_, s)| s.has_data() && s.learning(&self.config))
             .map(|(name, _)| name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{series::tests::window, *};
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_loop_device_backed_by_another_file_learns_anew_and_does_not_alarm() {
+        let mut d = Detector::new(series::tests::config(), "n");
+        let labels = BTreeMap::from([
+            ("device".to_owned(), "loop7".to_owned()),
+            ("op".to_owned(), "read".to_owned()),
+        ]);
+        let mut t = 1_800_000_000 * S;
+        let file = |f: &str| BTreeMap::from([("loop7".to_owned(), f.to_owned())]);
+        let (file_a, file_b) = (
+            file("/a.img (inode 254:0/12)"),
+            file("/b.img (inode 254:0/13)"),
+        );
+        let mut step = |d: &mut Detector, backing: &BTreeMap<String, String>, center: i32| {
+            t += 10 * S;
+            d.note_backing(backing, t);
+            let h = window(center);
+            d.update(t, 10 * S, [("block.io.latency", labels.clone(), &h)])
+        };
+        for _ in 0..10 {
+            step(&mut d, &file_a, 130);
+        }
+        assert!(d.learning().next().is_none(), "learned on file A");
+        // Detached (no backing reported), then file A again: the same device.
+        step(&mut d, &BTreeMap::new(), 130);
+        step(&mut d, &file_a, 130);
+        assert!(d.learning().next().is_none());
+        // File B, far slower: a new series, learning, never alarmed.
+        for i in 0..10 {
+            let out = step(&mut d, &file_b, 140);
+            assert!(out.alarms.is_empty(), "{:?}", out.alarms);
+            assert_eq!(d.learning().count(), usize::from(i < 4), "window {i}");
+        }
+        // Learned on B: a further slowdown of B alarms as before.
+        step(&mut d, &file_b, 150);
+        let out = step(&mut d, &file_b, 150);
+        assert_eq!(out.alarms.len(), 1, "{:?}", out.alarms);
+    }
+
+    #[test]
+    fn an_open_alarm_on_a_re_backed_device_resolves() {
+        let mut d = Detector::new(series::tests::config(), "n");
+        let labels = BTreeMap::from([("device".to_owned(), "loop7".to_owned())]);
+        let backing = |f: &str| BTreeMap::from([("loop7".to_owned(), f.to_owned())]);
+        let mut t = 1_800_000_000 * S;
+        let mut opened = None;
+        for i in 0..9 {
+            t += 10 * S;
+            let h = window(if i < 6 { 130 } else { 145 });
+            d.note_backing(&backing("/a.img"), t);
+            let out = d.update(t, 10 * S, [("block.io.latency", labels.clone(), &h)]);
+            opened = opened.or(out.alarms.into_iter().find(|a| a.state == AlarmState::Open));
+        }
+        let opened = opened.expect("the slowdown on file A alarmed");
+        d.note_backing(&backing("/b.img"), t);
+        t += 10 * S;
+        let h = window(145);
+        let out = d.update(t, 10 * S, [("block.io.latency", labels.clone(), &h)]);
+        assert!(
+            out.alarms
+                .iter()
+                .any(|a| a.id == opened.id && a.state == AlarmState::Resolved),
+            "{:?}",
+            out.alarms
+        );
+        assert_eq!(out.open, 0);
     }
 }

@@ -51,6 +51,9 @@ struct RecordedReport {
     #[serde(default)]
     node: String,
     series: Vec<RecordedSeries>,
+    /// Absent in recordings made before devices' backing was reported.
+    #[serde(default)]
+    backing: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +118,7 @@ pub fn replay_timed_with(
     for_each_report(path, reader, |report| {
         also(&report);
         let detector = detector.get_or_insert_with(|| Detector::new(config.clone(), &report.node));
+        detector.note_backing(&report.backing, report.time);
         let out = detector.update(
             report.time,
             report.interval_ns,
@@ -142,6 +146,8 @@ pub struct Report {
     pub node: String,
     /// Family, labels and the interval's histogram of every series.
     pub series: Vec<(String, BTreeMap<String, String>, ExpHistogram)>,
+    /// What stacked devices were backed by (see `Report::backing`).
+    pub backing: BTreeMap<String, String>,
 }
 
 /// Reads a recording report by report.
@@ -170,6 +176,7 @@ pub fn for_each_report(
             interval_ns: (report.interval_s * 1e9) as u64,
             node: report.node,
             series,
+            backing: report.backing,
         });
         Ok(())
     })

@@ -4,6 +4,13 @@
 //! (raise after `raise_after` regressed windows in a row, clear after `clear_after`
 //! normal ones). A window only counts as regressed when it still is without its worst
 //! third: one burst (a 10-second stall) is not a regression, however slow it was.
+//!
+//! Windows close on the wall clock's grid of `min_window` (every :00 and :30 by
+//! default), never at an offset set by when the series first appeared: an agent at 1 s
+//! and one at 10 s then cut a minute-long slowdown at the same instants, judge the same
+//! stretches and raise the same alarms (with windows cut where each series began, the
+//! 10 s agent's window ended 13 s into the slowdown, which the burst check waved
+//! through, and it saw one regressed window where the 1 s agent saw two).
 
 use std::collections::BTreeMap;
 
@@ -44,6 +51,14 @@ pub struct SeriesState {
     episode: Vec<Levels>,
     /// Interval counter value when the series was last seen (to forget dead series).
     pub last_seen: u64,
+    /// The grid cell, end (unix ns) and length of the window's latest interval: a
+    /// boundary it did not foresee closes the window as of then.
+    #[serde(default)]
+    last_cell: u64,
+    #[serde(default)]
+    last_end: u64,
+    #[serde(default)]
+    last_interval: u64,
 }
 
 /// Who the series is, for its alarms.
@@ -79,6 +94,35 @@ impl SeriesState {
         interval_ns: u64,
         config: &DetectConfig,
     ) -> Option<WindowOutcome> {
+        if !config.align_windows {
+            return self.observe_unaligned(who, delta, now, interval_ns, config);
+        }
+        let cell = grid_cell(config);
+        let this_cell = now.saturating_sub(interval_ns / 2) / cell;
+        // A boundary the previous interval did not foresee (intervals vary, a report
+        // comes late): the window closes as of that interval, before this one opens
+        // the next.
+        let missed = if self.intervals > 0 && this_cell > self.last_cell {
+            self.close_if_ready(who, self.last_end, self.last_interval, config)
+        } else {
+            None
+        };
+        self.add_interval(delta, now, interval_ns);
+        self.last_cell = this_cell;
+        self.last_end = now;
+        self.last_interval = interval_ns;
+        if missed.is_some() {
+            return missed;
+        }
+        let next_cell = (now + interval_ns / 2) / cell;
+        if next_cell == this_cell && interval_ns > 0 && self.intervals < config.max_intervals {
+            return None;
+        }
+        self.close_if_ready(who, now, interval_ns, config)
+    }
+
+    /// Adds the interval ending at `now` to the open window, opening one if none is.
+    fn add_interval(&mut self, delta: &ExpHistogram, now: u64, interval_ns: u64) {
         if self.intervals == 0 {
             self.window_start = now.saturating_sub(interval_ns);
             self.window = ExpHistogram::default();
@@ -89,16 +133,51 @@ impl SeriesState {
             self.parts.push((now, delta.clone()));
         }
         self.intervals += 1;
+    }
+
+    /// Windows cut `min_window` after each series' first interval (the default until
+    /// the grid's extra alarms on the held-out recordings are understood).
+    fn observe_unaligned(
+        &mut self,
+        who: &Identity<'_>,
+        delta: &ExpHistogram,
+        now: u64,
+        interval_ns: u64,
+        config: &DetectConfig,
+    ) -> Option<WindowOutcome> {
+        self.add_interval(delta, now, interval_ns);
         let elapsed = now.saturating_sub(self.window_start);
-        let enough = self.window.count() >= config.min_samples
-            && elapsed >= config.min_window.as_nanos() as u64
+        if elapsed < config.min_window.as_nanos() as u64 && self.intervals < config.max_intervals {
+            return None;
+        }
+        self.close_if_ready(who, now, 0, config)
+    }
+
+    /// Closes and judges the window at a grid boundary (the interval ending at `now`
+    /// its last) when it holds enough (or has grown too long, or shows a decisive
+    /// regression early); else it grows on into the next cell.
+    fn close_if_ready(
+        &mut self,
+        who: &Identity<'_>,
+        now: u64,
+        interval_ns: u64,
+        config: &DetectConfig,
+    ) -> Option<WindowOutcome> {
+        let elapsed = now.saturating_sub(self.window_start);
+        // A window spans whole grid cells; the first of a series (begun mid-cell) at
+        // least half a cell. Unaligned, at least `min_window`.
+        let min = config.min_window.as_nanos() as u64;
+        let long_enough = elapsed >= if config.align_windows { min / 2 } else { min }
             && self.intervals >= config.min_intervals;
-        let too_long = elapsed >= config.max_window.as_nanos() as u64
-            || self.intervals >= config.max_intervals;
+        let enough = self.window.count() >= config.min_samples && long_enough;
+        let too_long = self.intervals >= config.max_intervals
+            || elapsed + interval_ns / 2 >= config.max_window.as_nanos() as u64;
         let early = if enough || too_long {
             None
+        } else if long_enough {
+            Some(self.decisive_early(who, now, config)?)
         } else {
-            Some(self.decisive_early(who, now, elapsed, config)?)
+            return None;
         };
         self.intervals = 0;
         let window = std::mem::take(&mut self.window);
@@ -261,7 +340,7 @@ impl SeriesState {
             .note(&levels, config.baseline_half_life);
     }
 
-    /// Whether the window gathering now, short of `min_samples` but `min_window` long,
+    /// Whether the window gathering now, short of `min_samples` but a grid cell long,
     /// already shows a regression beyond doubt: then it closes now. A squeezed
     /// cgroup's run queue yields a few samples a second, and a window that waits for
     /// `min_samples` would outlast the squeeze; a large shift is clear from far fewer.
@@ -272,15 +351,10 @@ impl SeriesState {
         &self,
         who: &Identity<'_>,
         now: u64,
-        elapsed: u64,
         config: &DetectConfig,
     ) -> Option<DetectConfig> {
         let early_samples = (config.min_samples / EARLY_SAMPLES_DIVISOR).max(10);
-        if self.learning(config)
-            || elapsed < config.min_window.as_nanos() as u64
-            || self.intervals < config.min_intervals
-            || self.window.count() < early_samples
-        {
+        if self.learning(config) || self.window.count() < early_samples {
             return None;
         }
         let strict = DetectConfig {
@@ -354,6 +428,13 @@ impl SeriesState {
         };
         evaluate(&self.baseline, &rest, &relaxed, floor_ns / 2.0).verdict == Verdict::Normal
     }
+}
+
+/// The wall clock's grid windows close on: `min_window` (ns). Each interval belongs to
+/// the cell holding its middle, and a window closes after the last interval of a cell,
+/// so windows at any interval cover the same cells, off by at most half an interval.
+fn grid_cell(config: &DetectConfig) -> u64 {
+    (config.min_window.as_nanos() as u64).max(1)
 }
 
 #[cfg(test)]
@@ -607,6 +688,91 @@ pub(super) mod tests {
             run.step(&window(130));
         }
         assert!(run.step(&thin(131)).is_none());
+    }
+
+    /// A 30 s grid, no floors, two regressed windows raise an alarm.
+    fn grid_config() -> DetectConfig {
+        DetectConfig {
+            align_windows: true,
+            min_window: Duration::from_secs(30),
+            max_window: Duration::from_secs(300),
+            min_shift: BTreeMap::new(),
+            default_min_shift: Duration::ZERO,
+            min_samples: 500,
+            baseline_windows: 5,
+            raise_after: 2,
+            clear_after: 3,
+            ..DetectConfig::default()
+        }
+    }
+
+    /// Feeds one series from `start_s` to `end_s` (seconds past a grid boundary) at
+    /// `interval_s`, 1000 samples a second centred on `center(t)`; returns the ends
+    /// (s) of the windows that closed and the times the alarms opened.
+    fn feed(
+        start_s: u64,
+        end_s: u64,
+        interval_s: impl Fn(usize) -> u64,
+        center: impl Fn(u64) -> i32,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let t0 = 1_800_000_000 * S / (30 * S) * (30 * S);
+        let labels = BTreeMap::from([("device".to_owned(), "sdx".to_owned())]);
+        let who = Identity {
+            node: "n",
+            family: "block.io.latency",
+            labels: &labels,
+            series: "block.io.latency{device=sdx}",
+        };
+        let (mut state, config) = (SeriesState::default(), grid_config());
+        let (mut closed, mut opened) = (Vec::new(), Vec::new());
+        let mut t = start_s;
+        for i in 0.. {
+            let interval_s = interval_s(i);
+            if t + interval_s > end_s {
+                break;
+            }
+            let mut h = ExpHistogram::default();
+            for s in t..t + interval_s {
+                h.merge(&window(center(s)));
+            }
+            t += interval_s;
+            if let Some(o) = state.observe(&who, &h, t0 + t * S, interval_s * S, &config) {
+                closed.push(t);
+                if o.alarm.is_some_and(|a| a.state == AlarmState::Open) {
+                    opened.push(t);
+                }
+            }
+        }
+        (closed, opened)
+    }
+
+    #[test]
+    fn windows_close_on_the_wall_clocks_grid_whatever_the_interval_and_start() {
+        let steady = |_| 130;
+        // Agents started 7 s and 23 s into a cell, at 1 s and at 10 s: after the first
+        // window, every window ends on the same 30 s boundaries (the 10 s agent's
+        // intervals end 3 s past them).
+        let (one, _) = feed(7, 307, |_| 1, steady);
+        let (ten, _) = feed(23, 323, |_| 10, steady);
+        assert_eq!(one[1..5], [60, 90, 120, 150]);
+        assert_eq!(ten[1..5], [93, 123, 153, 183]);
+        // Intervals of 1 s and 2 s in turn: a boundary the interval ending at 29 s did
+        // not foresee closes the window as of 29 s when the next one (ending at 31 s)
+        // arrives, not a cell later.
+        let (uneven, _) = feed(1, 301, |i| 1 + (i % 2) as u64, steady);
+        assert_eq!(uneven[..4], [31, 61, 91, 121], "{uneven:?}");
+    }
+
+    #[test]
+    fn a_minute_long_slowdown_raises_one_alarm_at_1s_and_at_10s() {
+        // Learned, then a slowdown from 613 s to 680 s (mid-cell to mid-cell), as the
+        // held-out soak's minute of CPU contention on fio-a's reads.
+        let center = |t: u64| if (613..680).contains(&t) { 140 } else { 130 };
+        let (_, one) = feed(4, 1200, |_| 1, center);
+        let (_, ten) = feed(17, 1207, |_| 10, center);
+        assert_eq!(one.len(), 1, "1 s: {one:?}");
+        assert_eq!(ten.len(), 1, "10 s: {ten:?}");
+        assert!(one[0].abs_diff(ten[0]) <= 10, "{one:?} {ten:?}");
     }
 
     #[test]

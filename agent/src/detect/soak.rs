@@ -410,6 +410,7 @@ mod tests {
                     ("block.io.queue_depth".into(), labels("loop5"), depth),
                     ("block.io.latency".into(), labels("loop1"), other),
                 ],
+                backing: BTreeMap::new(),
             });
         }
         let effects = meter.effects();

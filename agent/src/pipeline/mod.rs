@@ -16,6 +16,7 @@ use crate::{
         CounterDelta, Delta, TrackedReading, budget::Budget, carried_total, carry_totals,
         counter_delta,
     },
+    attribution::backing,
     capacity::Capacity,
     config::Config,
     detect::{AlarmState, Detector, ScalarInput, Topology, scalar::ScalarConfig},
@@ -70,6 +71,8 @@ pub struct Pipeline {
     recording: bool,
     /// The last report exported, for an endpoint a reload starts anew.
     last_report: Option<Report>,
+    /// Where sysfs is, for what stacked devices are backed by.
+    sys_root: std::path::PathBuf,
 }
 
 impl Pipeline {
@@ -104,6 +107,7 @@ impl Pipeline {
             otlp: None,
             recording: false,
             last_report: None,
+            sys_root: config.agent.sys_root.clone(),
         }
     }
 
@@ -395,6 +399,7 @@ impl Pipeline {
             .collect();
 
         self.probes.on_interval(&series);
+        let series_devices = stacked_devices(&series);
         let mut agent = AgentReport::new(
             usage,
             dropped,
@@ -417,6 +422,7 @@ impl Pipeline {
             learning: Vec::new(),
             actions: Vec::new(),
             capacity: None,
+            backing: self.backing_of(&series_devices),
         };
         report.capacity = self
             .capacity
@@ -451,9 +457,18 @@ impl Pipeline {
         }
     }
 
+    /// What the interval's loop and device-mapper devices are backed by.
+    fn backing_of(&self, devices: &[String]) -> BTreeMap<String, String> {
+        devices
+            .iter()
+            .filter_map(|d| Some((d.clone(), backing::identity(&self.sys_root, d)?)))
+            .collect()
+    }
+
     /// Runs the detector over the interval's series, logs and acts on its alarms.
     fn detect(&mut self, report: &mut Report) {
         if let Some(detector) = &mut self.detector {
+            detector.note_backing(&report.backing, unix_nanos());
             let deltas: Vec<_> = report.series.iter().map(|s| s.delta_histogram()).collect();
             let scalars = scalar_inputs(report, &detector.config().scalar);
             let out = detector.update_with_scalars(
@@ -488,6 +503,27 @@ impl Pipeline {
             report.agent.audit_failures_total = actions.audit_failures();
         }
     }
+}
+
+/// The loop and device-mapper disks among the series (a partition's, by its disk).
+fn stacked_devices(series: &[SeriesReport]) -> Vec<String> {
+    let mut out: Vec<String> = series
+        .iter()
+        .filter(|s| {
+            s.labels
+                .get("device.type")
+                .is_some_and(|t| t == "loop" || t == "dm" || t == "lvm")
+        })
+        .filter_map(|s| {
+            s.labels
+                .get("device.disk")
+                .or(s.labels.get("device"))
+                .cloned()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The interval's numbers the scalar detector watches ([detect.scalar]): rates of

@@ -54,7 +54,9 @@ section check nodepulse check --json
 # instead (its log says so, and which kind each probe attached by).
 btf_file_config() {
     cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
-    printf '[agent]\nbtf = "/tmp/vmlinux.btf"\n' >/tmp/btf.toml
+    # Run-queue saturation is off by default: the recording checks it.
+    printf '[agent]\nbtf = "/tmp/vmlinux.btf"\n[probes.sched]\nsaturation = true\n' \
+        >/tmp/btf.toml
 }
 btf_file_config
 # Seconds since boot, and the time since $1 on standard error (the matrix's cost).

@@ -11,6 +11,7 @@ use agent_common::{
     hist::Histogram,
     kvm::VcpuPending,
     names,
+    sched::RunqCpu,
     sparse::{SparseCell, SparseKey},
 };
 
@@ -79,6 +80,7 @@ pub fn maps() -> Vec<MapKind> {
         kind::<u32, u32>(names::MAP_VCPU_THREADS, State, 0),
         kind::<u32, u32>(names::MAP_VCPU_FLAG, State, 0),
         kind::<u32, VcpuPending>(names::MAP_VCPU_PENDING, State, 0),
+        kind::<u32, RunqCpu>(names::MAP_RUNQ_SATURATION, Counts, 0),
         kind::<u32, u64>(names::MAP_PROBE_COUNTERS, Counts, 0),
         kind::<SparseKey, SparseCell>(names::MAP_SPARSE_HIST, Counts, 0),
         kind::<(), ()>(names::MAP_OUTLIERS, State, 0),

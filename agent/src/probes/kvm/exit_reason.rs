@@ -1,13 +1,24 @@
 //! Where the in-kernel exit probe finds an exit's reason when it attaches by tp_btf or
 //! raw tracepoint: in the arguments of `kvm_exit`, or in the vendor's vCPU struct. Both
-//! are read from BTF (kvm's, then kvm_amd's / kvm_intel's), never assumed per kernel.
+//! are read from BTF (kvm's, then kvm_amd's / kvm_intel's) where the kernel has it.
 //!
 //! `kvm_exit` passes `(unsigned int exit_reason, struct kvm_vcpu *vcpu, u32 isa)` up to
-//! 5.15 and `(struct kvm_vcpu *vcpu, u32 isa)` from 5.16, where the tracepoint itself
-//! asks the vendor (`get_exit_info()`): SVM returns `vcpu_svm->vmcb->control.exit_code`,
-//! VMX `vcpu_vmx->exit_reason` (a `u32` up to 5.11, then `union vmx_exit_reason`, whose
-//! `full` is the same 32 bits). Both vendor structs embed the `struct kvm_vcpu` the
-//! tracepoint hands over, so the reason is read relative to it.
+//! 5.15 and `(struct kvm_vcpu *vcpu, u32 isa)` from 5.16 ("KVM: x86: Get exit_reason as
+//! part of kvm_x86_ops.get_exit_info", merged for 5.16; the BTF of Debian's 5.10 and
+//! Ubuntu's 5.15 shows the old form, 6.1 on the new), where the tracepoint itself asks
+//! the vendor (`get_exit_info()`): SVM returns
+//! `vcpu_svm->vmcb->control.exit_code`, VMX `vcpu_vmx->exit_reason` (a `u32` up to 5.11,
+//! then `union vmx_exit_reason`, whose `full` is the same 32 bits). Both vendor structs
+//! embed the `struct kvm_vcpu` the tracepoint hands over, so the reason is read relative
+//! to it.
+//!
+//! A kernel whose BTF cannot say (none at all, or no module BTF for a loadable kvm, as
+//! Debian's 5.10) is judged by its release: before 5.16 the reason is argument 0, which a
+//! raw tracepoint reads without any type. The kernel checks that guess at attach time:
+//! it refuses a raw tracepoint program that reads past the tracepoint's last argument
+//! (`bpf_probe_register()`: `max_ctx_offset > num_args * 8` is `EINVAL`, since 4.17), and
+//! the program reads argument 2 (`isa`), so a `(vcpu, isa)` kernel (a backport under an
+//! older release) refuses it and the classic tracepoint is used instead.
 
 use std::path::Path;
 
@@ -15,41 +26,94 @@ use agent_common::kvm::KvmExitReason;
 
 use crate::kernel::btf::{Btf, BtfError, TypeDesc};
 
+/// The first release whose `kvm_exit` passes `(vcpu, isa)`.
+pub const VCPU_FORM_SINCE: (u32, u32) = (5, 16);
+
 /// How `kvm_exit` gives the exit reason on this kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitArgs {
-    /// `(exit_reason, vcpu, isa)`: an argument (up to 5.15).
+    /// `(exit_reason, vcpu, isa)`, as BTF says: an argument.
     Reason,
+    /// `(exit_reason, vcpu, isa)` by the kernel's release, no BTF saying: the raw
+    /// tracepoint only (tp_btf needs the type). `btf` is why BTF could not say.
+    ReasonByRelease { btf: String },
     /// `(vcpu, isa)`: read through the vCPU, at these offsets (5.16 on).
     Vcpu(KvmExitReason),
 }
 
+/// Why BTF did not give `kvm_exit`'s form.
+enum Unknown {
+    /// No BTF has the tracepoint's type: the release may still tell.
+    NoBtf(String),
+    /// BTF has it and it is unusable: nothing else is trusted over it.
+    Refused(String),
+}
+
 /// Reads `kvm_exit`'s prototype and, when needed, the vendors' layouts from the BTF
-/// under `dir` (normally `/sys/kernel/btf`), whose `vmlinux` is `vmlinux` (parsed).
-/// The error says why neither tp_btf nor raw tracepoint programs can be used.
-pub fn resolve(dir: &Path, vmlinux: Option<&Btf>) -> Result<ExitArgs, String> {
+/// under `dir` (normally `/sys/kernel/btf`), whose `vmlinux` is `vmlinux` (parsed); where
+/// no BTF has the prototype, goes by `release` (`uname -r`). The error says why neither
+/// tp_btf nor raw tracepoint programs can be used.
+pub fn resolve(dir: &Path, vmlinux: Option<&Btf>, release: &str) -> Result<ExitArgs, String> {
+    match from_btf(dir, vmlinux) {
+        Ok(args) => Ok(args),
+        Err(Unknown::Refused(why)) => Err(why),
+        Err(Unknown::NoBtf(why)) => by_release(release, why),
+    }
+}
+
+fn from_btf(dir: &Path, vmlinux: Option<&Btf>) -> Result<ExitArgs, Unknown> {
     let vmlinux = vmlinux.ok_or_else(|| {
-        format!(
-            "the kernel has no BTF ({}), so which arguments kvm_exit passes is unknown",
+        Unknown::NoBtf(format!(
+            "the kernel has no BTF ({})",
             dir.join("vmlinux").display()
-        )
+        ))
     })?;
     let args = match vmlinux.tracepoint_arg_types("kvm_exit") {
         Some(args) => args,
-        None => module(dir, vmlinux, "kvm")?
+        None => module(dir, vmlinux, "kvm")
+            .map_err(Unknown::NoBtf)?
             .tracepoint_arg_types("kvm_exit")
             .ok_or_else(|| {
-                format!("{} has no btf_trace_kvm_exit", dir.join("kvm").display())
+                Unknown::NoBtf(format!(
+                    "{} has no btf_trace_kvm_exit",
+                    dir.join("kvm").display()
+                ))
             })?,
     };
     let vcpu = TypeDesc::Pointer("kvm_vcpu".into());
     match args.as_slice() {
         [TypeDesc::Int(4), v, TypeDesc::Int(4)] if *v == vcpu => Ok(ExitArgs::Reason),
-        [v, TypeDesc::Int(4)] if *v == vcpu => vendors(dir, vmlinux).map(ExitArgs::Vcpu),
-        other => Err(format!(
+        [v, TypeDesc::Int(4)] if *v == vcpu => vendors(dir, vmlinux)
+            .map(ExitArgs::Vcpu)
+            .map_err(Unknown::Refused),
+        other => Err(Unknown::Refused(format!(
             "kvm_exit passes {other:?}, neither (exit_reason, vcpu, isa) nor (vcpu, isa)"
-        )),
+        ))),
     }
+}
+
+/// `kvm_exit`'s form by the release alone, `btf` saying why BTF could not tell.
+fn by_release(release: &str, btf: String) -> Result<ExitArgs, String> {
+    let Some(version) = major_minor(release) else {
+        return Err(format!(
+            "{btf}, and the release `{release}` is not major.minor[.…]: which arguments              kvm_exit passes is unknown"
+        ));
+    };
+    if version < VCPU_FORM_SINCE {
+        return Ok(ExitArgs::ReasonByRelease { btf });
+    }
+    Err(format!(
+        "{btf}: from {}.{} kvm_exit passes (vcpu, isa) and the reason is read from the          vendor's vCPU struct, at offsets only BTF gives",
+        VCPU_FORM_SINCE.0, VCPU_FORM_SINCE.1
+    ))
+}
+
+/// `5.10.0-46-amd64` → (5, 10).
+fn major_minor(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Module `name`'s split BTF over `vmlinux`.
@@ -204,13 +268,13 @@ mod tests {
     #[test]
     fn the_old_form_passes_the_reason() {
         let (dir, vmlinux) = kernel(true);
-        assert_eq!(resolve(dir.path(), Some(&vmlinux)), Ok(ExitArgs::Reason));
+        assert_eq!(resolve(dir.path(), Some(&vmlinux), "6.1.0-57-amd64"), Ok(ExitArgs::Reason));
     }
 
     #[test]
     fn the_new_form_reads_the_vendors_struct() {
         let (dir, vmlinux) = kernel(false);
-        let Ok(ExitArgs::Vcpu(r)) = resolve(dir.path(), Some(&vmlinux)) else {
+        let Ok(ExitArgs::Vcpu(r)) = resolve(dir.path(), Some(&vmlinux), "6.1.0-57-amd64") else {
             panic!("no layout");
         };
         assert_eq!(
@@ -225,10 +289,43 @@ mod tests {
     fn without_module_btf_the_reason_says_why() {
         let (dir, vmlinux) = kernel(false);
         std::fs::remove_file(dir.path().join("kvm")).unwrap();
-        let err = resolve(dir.path(), Some(&vmlinux)).unwrap_err();
+        let err = resolve(dir.path(), Some(&vmlinux), "6.1.0-57-amd64").unwrap_err();
         assert!(err.contains("CONFIG_DEBUG_INFO_BTF_MODULES"), "{err}");
-        let err = resolve(dir.path(), None).unwrap_err();
+        let err = resolve(dir.path(), None, "6.1.0-57-amd64").unwrap_err();
         assert!(err.contains("has no BTF"), "{err}");
+    }
+
+    /// Without module BTF (Debian's 5.10), or without any BTF, a release before 5.16 has
+    /// the reason as argument 0; 5.16 on would need the vendors' offsets, which only BTF
+    /// gives; BTF, where it has the prototype, wins over the release.
+    #[test]
+    fn without_btf_the_release_decides() {
+        let (dir, vmlinux) = kernel(false);
+        std::fs::remove_file(dir.path().join("kvm")).unwrap();
+        for release in ["5.10.0-46-amd64", "5.15.0-208-generic", "4.18.0-553.el8_10.x86_64"] {
+            let Ok(ExitArgs::ReasonByRelease { btf }) =
+                resolve(dir.path(), Some(&vmlinux), release)
+            else {
+                panic!("{release}: not judged by its release");
+            };
+            assert!(btf.contains("CONFIG_DEBUG_INFO_BTF_MODULES"), "{btf}");
+            assert!(matches!(
+                resolve(dir.path(), None, release),
+                Ok(ExitArgs::ReasonByRelease { .. })
+            ));
+        }
+        for release in ["5.16.0", "6.1.0-57-amd64"] {
+            let err = resolve(dir.path(), Some(&vmlinux), release).unwrap_err();
+            assert!(err.contains("from 5.16 kvm_exit passes (vcpu, isa)"), "{err}");
+        }
+        let err = resolve(dir.path(), None, "unknown").unwrap_err();
+        assert!(err.contains("`unknown` is not major.minor"), "{err}");
+        // BTF that has the prototype is believed over an old release.
+        let (dir, vmlinux) = kernel(false);
+        assert!(matches!(
+            resolve(dir.path(), Some(&vmlinux), "5.10.0-46-amd64"),
+            Ok(ExitArgs::Vcpu(_))
+        ));
     }
 
     #[test]
@@ -242,7 +339,7 @@ mod tests {
         let vmcb = a.strukt("vmcb", 8, &[("exit_code", uint, 0)]);
         a.strukt("vcpu_svm", 80, &[("vcpu", vcpu, 0), ("vmcb", vmcb, 64)]);
         std::fs::write(dir.path().join("kvm_amd"), a.build()).unwrap();
-        let err = resolve(dir.path(), Some(&vmlinux)).unwrap_err();
+        let err = resolve(dir.path(), Some(&vmlinux), "6.1.0-57-amd64").unwrap_err();
         assert!(err.contains("vcpu_svm.vmcb is Composite"), "{err}");
         assert!(err.contains("kvm_intel is absent"), "{err}");
     }
@@ -262,7 +359,7 @@ mod tests {
             eprintln!("SKIPPED: no kvm_exit in this kernel's BTF");
             return;
         }
-        match resolve(dir, Some(&vmlinux)) {
+        match resolve(dir, Some(&vmlinux), &crate::kernel::release()) {
             Ok(_) => {}
             Err(e) => assert!(e.contains("no vendor's exit reason was found"), "{e}"),
         }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     aggregate::{Entity, EntityState, SeriesKey},
-    kernel::{btf::Btf, module_btf::SYS_BTF_DIR, tracefs},
+    kernel::{btf::Btf, tracefs},
 };
 use exit_reason::ExitArgs;
 pub use registry::PROBE_FAMILY;
@@ -61,12 +61,34 @@ pub struct KvmLayouts {
     exit_args: Result<ExitArgs, String>,
 }
 
+/// Where the form of `kvm_exit` is read: the kernel's BTF directory (normally
+/// [`crate::kernel::module_btf::SYS_BTF_DIR`]) and, where BTF cannot say, its release
+/// (`uname -r`).
+pub struct ExitSource<'a> {
+    pub btf_dir: &'a Path,
+    pub release: &'a str,
+}
+
 impl KvmLayouts {
-    /// `exit_args` is resolved only when the in-kernel exit probe applies (it reads
-    /// module BTF, which a host without VMX/SVM does not need).
-    pub fn resolve(tracefs: Option<&Path>, vmlinux: Option<&Btf>, exit_applies: bool) -> Self {
-        let exit_args = if exit_applies {
-            exit_reason::resolve(Path::new(SYS_BTF_DIR), vmlinux)
+    /// `exit` is given only when the in-kernel exit probe applies (it reads module BTF,
+    /// which a host without VMX/SVM does not need).
+    pub fn resolve(
+        tracefs: Option<&Path>,
+        vmlinux: Option<&Btf>,
+        exit: Option<ExitSource<'_>>,
+    ) -> Self {
+        let exit_args = if let Some(ExitSource { btf_dir, release }) = exit {
+            let args = exit_reason::resolve(btf_dir, vmlinux, release);
+            if let Ok(ExitArgs::ReasonByRelease { btf }) = &args {
+                tracing::info!(
+                    release,
+                    "kvm_exit: {btf}, so its arguments are judged by the release: before \
+                     5.16 they are (exit_reason, vcpu, isa), and the raw tracepoint reads the \
+                     reason from argument 0 (the kernel refuses the program at attach if \
+                     kvm_exit has fewer arguments)"
+                );
+            }
+            args
         } else {
             Err("in-kernel exits are not traced on this host".to_owned())
         };
@@ -167,15 +189,25 @@ impl KvmLayouts {
     pub fn exit_variants(&self, only: Option<AttachKind>) -> Vec<Variant> {
         let spec = |program, hook| ProgramSpec { program, hook };
         let (exit_btf, exit_raw) = match &self.exit_args {
-            Ok(ExitArgs::Reason) => (
+            Ok(ExitArgs::Reason | ExitArgs::ReasonByRelease { .. }) => (
                 names::PROG_KVM_EXIT_BTF_REASON,
                 names::PROG_KVM_EXIT_RAW_REASON,
             ),
             _ => (names::PROG_KVM_EXIT_BTF, names::PROG_KVM_EXIT_RAW),
         };
-        let typed = self.exit_args.as_ref().err().map(|why| {
-            format!("{why}: the classic kvm:kvm_exit record, which holds the reason, is read instead")
-        });
+        let classic = "the classic kvm:kvm_exit record, which holds the reason, is read instead";
+        let raw = self
+            .exit_args
+            .as_ref()
+            .err()
+            .map(|why| format!("{why}: {classic}"));
+        let typed = match &self.exit_args {
+            Ok(ExitArgs::ReasonByRelease { btf }) => Some(format!(
+                "{btf}: tp_btf needs kvm_exit's type; the raw tracepoint reads its arguments \
+                 by the release instead"
+            )),
+            _ => raw.clone(),
+        };
         [
             Variant {
                 kind: AttachKind::TpBtf,
@@ -186,7 +218,7 @@ impl KvmLayouts {
                     ),
                     spec(exit_btf, Hook::ModuleTpBtf("kvm", "kvm_exit")),
                 ],
-                unavailable: typed.clone(),
+                unavailable: typed,
             },
             Variant {
                 kind: AttachKind::RawTracepoint,
@@ -194,7 +226,7 @@ impl KvmLayouts {
                     spec(names::PROG_KVM_ENTRY_RAW, Hook::Raw("kvm_entry")),
                     spec(exit_raw, Hook::Raw("kvm_exit")),
                 ],
-                unavailable: typed,
+                unavailable: raw,
             },
             Variant {
                 kind: AttachKind::Tracepoint,
@@ -276,9 +308,19 @@ impl KvmExitProbe {
         layouts: &KvmLayouts,
         only: Option<AttachKind>,
     ) -> Self {
-        Self {
-            attached: attach_first(ebpf, btf, &layouts.exit_variants(only)),
+        let mut attached = attach_first(ebpf, btf, &layouts.exit_variants(only));
+        if let Ok(ExitArgs::ReasonByRelease { .. }) = &layouts.exit_args {
+            for f in &mut attached.failures {
+                if f.kind == AttachKind::RawTracepoint && f.error.contains("Invalid argument") {
+                    f.error.push_str(
+                        " (the kernel refuses a raw tracepoint program that reads past the \
+                         tracepoint's arguments: this kvm_exit has fewer than the three its \
+                         release implies, as a backport of 5.16's (vcpu, isa) would)",
+                    );
+                }
+            }
         }
+        Self { attached }
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use aya::{Ebpf, EbpfLoader};
 
 use super::{
-    Config, FAMILY_EXIT, FAMILY_RUN, FAMILY_USERSPACE, KvmExitProbe, KvmLayouts,
+    Config, ExitSource, FAMILY_EXIT, FAMILY_RUN, FAMILY_USERSPACE, KvmExitProbe, KvmLayouts,
     KvmUserspaceProbe, NAME_EXIT, NAME_USERSPACE, not_applicable,
 };
 use crate::{
@@ -84,8 +84,13 @@ impl ProbeFamily for Kvm {
 
     fn resolve(&self, setup: &Setup<'_>, kernel: &Kernel<'_>) -> Box<dyn Resolved> {
         let exit_applies = setup.probes.kvm.enabled && not_applicable(NAME_EXIT).is_none();
+        let release = crate::kernel::release();
+        let exit = exit_applies.then_some(ExitSource {
+            btf_dir: Path::new(SYS_BTF_DIR),
+            release: &release,
+        });
         Box::new(Resolution {
-            layouts: KvmLayouts::resolve(kernel.tracefs, kernel.btf, exit_applies),
+            layouts: KvmLayouts::resolve(kernel.tracefs, kernel.btf, exit),
             config: setup.probes.kvm.clone(),
         })
     }

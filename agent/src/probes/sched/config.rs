@@ -15,6 +15,10 @@ pub struct SchedConfig {
     pub attach: Option<AttachKind>,
     /// Which cgroup a task is counted in.
     pub cgroup: CgroupMode,
+    /// Keep run-queue saturation per CPU (`sched.runqueue.saturated_time`, and the
+    /// capacity signal from it): one more program on every enqueue and dequeue, and a
+    /// little more work at every switch. Off by default.
+    pub saturation: bool,
 }
 
 impl Default for SchedConfig {
@@ -23,6 +27,7 @@ impl Default for SchedConfig {
             enabled: true,
             attach: None,
             cgroup: CgroupMode::Auto,
+            saturation: false,
         }
     }
 }

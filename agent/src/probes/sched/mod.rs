@@ -1,5 +1,6 @@
 //! Run-queue latency (kernel side: `agent-ebpf/src/sched.rs`): host-wide, per cgroup,
-//! and per VM for vCPU threads.
+//! and per VM for vCPU threads; and run-queue saturation per CPU (time with a task
+//! waiting), as a cumulative counter.
 
 mod config;
 mod registry;
@@ -7,12 +8,15 @@ mod registry;
 use agent_common::{
     hist::Histogram,
     names,
-    sched::{CGROUP_V1_CPU, CGROUP_V2, SchedLayout},
+    sched::{
+        CGROUP_V1_CPU, CGROUP_V2, DELAYED_COUNT, DELAYED_NONE, DELAYED_QUEUED_MINUS_RUNNABLE,
+        RunqCpu, SchedLayout,
+    },
     sparse::family,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
 };
 
 use super::{
@@ -32,6 +36,7 @@ pub const NAME: &str = "sched";
 pub const FAMILY_HOST: &str = "sched.runqueue.latency";
 pub const FAMILY_CGROUP: &str = "cgroup.runqueue.latency";
 pub const FAMILY_VM: &str = "vm.vcpu.wait";
+pub const FAMILY_SATURATED: &str = "sched.runqueue.saturated_time";
 
 /// Offsets from BTF; an error rules the probe out with its reason.
 pub struct SchedLayouts {
@@ -39,13 +44,22 @@ pub struct SchedLayouts {
 }
 
 impl SchedLayouts {
-    pub fn resolve(btf: Option<&Btf>, hierarchy: Option<&Hierarchy>) -> Self {
+    /// `saturation`: whether run-queue saturation is asked for (`[probes.sched]
+    /// saturation`).
+    pub fn resolve(btf: Option<&Btf>, hierarchy: Option<&Hierarchy>, saturation: bool) -> Self {
         let layout = match (btf, hierarchy) {
             (None, _) => Err("kernel BTF (/sys/kernel/btf/vmlinux) is missing".into()),
             (_, None) => Err("no cgroup hierarchy found in /proc/mounts".into()),
-            (Some(btf), Some(h)) => layout(btf, h.v2),
+            (Some(btf), Some(h)) => layout(btf, h.v2, saturation),
         };
         Self { layout }
+    }
+}
+
+impl SchedLayouts {
+    /// Whether run-queue saturation is kept on this kernel.
+    pub fn runq_kept(&self) -> bool {
+        self.layout.as_ref().is_ok_and(|l| l.runq != 0)
     }
 }
 
@@ -62,21 +76,33 @@ impl Layouts for SchedLayouts {
         let no_tracepoint = "the classic sched_switch record has no task pointer to read \
                              the scheduler's enqueue time from"
             .to_owned();
+        // Run-queue saturation, when asked for, where the kernel lets BPF attach to its
+        // bare tracepoint (the switch program does the rest).
+        let runq = self.runq_kept();
+        let programs = |switch, nr_running, hook: fn(&'static str) -> Hook| {
+            let mut p = vec![spec(switch, hook("sched_switch"))];
+            if runq {
+                p.push(spec(nr_running, hook("sched_update_nr_running_tp")));
+            }
+            p
+        };
         [
             Variant {
                 kind: AttachKind::TpBtf,
-                programs: vec![spec(
+                programs: programs(
                     names::PROG_SCHED_SWITCH_BTF,
-                    Hook::TpBtf("sched_switch"),
-                )],
+                    names::PROG_RUNQ_NR_RUNNING_BTF,
+                    Hook::TpBtf,
+                ),
                 unavailable: missing.clone(),
             },
             Variant {
                 kind: AttachKind::RawTracepoint,
-                programs: vec![spec(
+                programs: programs(
                     names::PROG_SCHED_SWITCH_RAW,
-                    Hook::Raw("sched_switch"),
-                )],
+                    names::PROG_RUNQ_NR_RUNNING_RAW,
+                    Hook::Raw,
+                ),
                 unavailable: missing,
             },
             Variant {
@@ -91,8 +117,13 @@ impl Layouts for SchedLayouts {
     }
 }
 
-fn layout(btf: &Btf, v2: bool) -> Result<SchedLayout, String> {
+fn layout(btf: &Btf, v2: bool, saturation: bool) -> Result<SchedLayout, String> {
     let off = |s: &str, m: &str| btf.member_offset(s, m).map_err(|e| e.to_string());
+    let (delayed_mode, delayed_a, delayed_b) = if saturation {
+        delayed_layout(btf)
+    } else {
+        (DELAYED_NONE, 0, 0)
+    };
     let css_set_cgroup = if v2 {
         off("css_set", "dfl_cgrp")?
     } else {
@@ -116,12 +147,57 @@ fn layout(btf: &Btf, v2: bool) -> Result<SchedLayout, String> {
         cgroup_kn: off("cgroup", "kn")?,
         kn_id: off("kernfs_node", "id")?,
         cgroup_mode: if v2 { CGROUP_V2 } else { CGROUP_V1_CPU },
+        rq_nr_running: off("rq", "nr_running")?,
+        rq_curr: off("rq", "curr")?,
+        rq_cpu: off("rq", "cpu")?,
+        delayed_mode,
+        delayed_a,
+        delayed_b,
+        runq: u32::from(saturation && runq_attachable(btf)),
     })
+}
+
+/// BPF can attach to bare tracepoints (no tracefs event) from 5.11; their BTF typedef
+/// says the kernel offers this one.
+fn runq_attachable(btf: &Btf) -> bool {
+    let ok = btf.tracepoint_args("sched_update_nr_running_tp").is_some();
+    if !ok {
+        tracing::warn!(
+            "run-queue saturation is not kept: this kernel does not let BPF attach to \
+             sched_update_nr_running_tp (5.11+); run-queue latency still is"
+        );
+    }
+    ok
+}
+
+/// How to tell sleepers kept queued by delayed dequeue (6.12+) from waiting tasks:
+/// (mode, offset a, offset b) in `rq`, from the fields this kernel has.
+fn delayed_layout(btf: &Btf) -> (u32, u32, u32) {
+    let off = |m: &str| btf.member_offset("rq", m).ok();
+    if let (Some(q), Some(r)) = (off("cfs.h_nr_queued"), off("cfs.h_nr_runnable")) {
+        return (DELAYED_QUEUED_MINUS_RUNNABLE, q, r);
+    }
+    if let Some(d) = off("cfs.h_nr_delayed") {
+        return (DELAYED_COUNT, d, 0);
+    }
+    if btf.member_offset("sched_entity", "sched_delayed").is_ok() {
+        tracing::warn!(
+            "this kernel delays the dequeue of sleeping tasks but keeps no count of them: \
+             run-queue saturation counts such a sleeper as waiting until it is picked or \
+             woken"
+        );
+    }
+    (DELAYED_NONE, 0, 0)
 }
 
 pub struct SchedProbe {
     attached: Attached,
     host: Option<PerCpuArray<MapData, Histogram>>,
+    runq: Option<Array<MapData, RunqCpu>>,
+    /// The last saturated time reported per CPU: a read racing the kernel closing a
+    /// period can see the total before the close and the period already closed; the
+    /// counter never goes back (the difference is made up at the next read).
+    saturated: Vec<u64>,
 }
 
 impl SchedProbe {
@@ -136,7 +212,54 @@ impl SchedProbe {
             .kind
             .and_then(|_| ebpf.take_map(names::MAP_SCHED_LATENCY))
             .and_then(|m| PerCpuArray::try_from(m).ok());
-        Self { attached, host }
+        let runq = attached
+            .kind
+            .filter(|_| layouts.runq_kept())
+            .and_then(|_| ebpf.take_map(names::MAP_RUNQ_SATURATION))
+            .and_then(|m| Array::try_from(m).ok());
+        Self {
+            attached,
+            host,
+            runq,
+            saturated: Vec::new(),
+        }
+    }
+
+    /// Per online CPU: nanoseconds with at least one task waiting since the probe
+    /// attached, the open period included up to now, as the kernel's records say.
+    pub fn saturated_now(&self) -> Result<Vec<(u32, u64)>, String> {
+        let Some(map) = &self.runq else {
+            return Ok(Vec::new());
+        };
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, e)| format!("reading the online CPUs ({path}): {e}"))?;
+        let mut out = Vec::with_capacity(cpus.len());
+        for cpu in cpus {
+            let Ok(record) = map.get(&cpu, 0) else {
+                continue; // beyond the map: counted by the kernel side
+            };
+            let now = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC) as u64;
+            out.push((cpu, record.saturated_until(now)));
+        }
+        Ok(out)
+    }
+
+    /// [`Self::saturated_now`], never below what was reported before. `snapshot`: a
+    /// hand-over's read of another set's copy, which must not move this run's floor.
+    fn read_saturated(&mut self, snapshot: bool) -> Result<Vec<(u32, u64)>, String> {
+        let mut out = self.saturated_now()?;
+        if snapshot {
+            return Ok(out);
+        }
+        for (cpu, total) in &mut out {
+            let i = *cpu as usize;
+            if self.saturated.len() <= i {
+                self.saturated.resize(i + 1, 0);
+            }
+            self.saturated[i] = (*total).max(self.saturated[i]);
+            *total = self.saturated[i];
+        }
+        Ok(out)
     }
 }
 
@@ -151,6 +274,17 @@ impl Probe for SchedProbe {
 
     fn attached_mut(&mut self) -> &mut Attached {
         &mut self.attached
+    }
+
+    fn read_counters(
+        &mut self,
+        cx: &mut ReadContext<'_>,
+        out: &mut Vec<(SeriesKey, u64)>,
+    ) -> Result<(), String> {
+        for (cpu, ns) in self.read_saturated(cx.snapshot)? {
+            out.push((SeriesKey::new(FAMILY_SATURATED, [("cpu", cpu.to_string())]), ns));
+        }
+        Ok(())
     }
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {

@@ -41,7 +41,17 @@ const CATALOGUE: &[Family] = &[
         unit: "ns",
         labels: VM,
         description: "Time vCPU threads waited for a host CPU, per VM",
-    },];
+    },
+    Family {
+        name: "sched.runqueue.saturated_time",
+        probe: "sched",
+        kind: Kind::Counter,
+        unit: "ns",
+        labels: &["cpu"],
+        description: "Time the CPU had at least one task queued and not running; its rate \
+                      is the CPU's run-queue saturation",
+    },
+];
 
 impl ProbeFamily for Sched {
     fn name(&self) -> &'static str {
@@ -71,7 +81,7 @@ impl ProbeFamily for Sched {
                 kinds: &AttachKind::TRACEPOINTS,
                 not_applicable: None,
             },
-            layouts: SchedLayouts::resolve(kernel.btf, hierarchy.as_ref()),
+            layouts: SchedLayouts::resolve(kernel.btf, hierarchy.as_ref(), config.saturation),
             attach: Box::new(move |layouts, ebpf, btf| {
                 Box::new(SchedProbe::attach(ebpf, btf, layouts, only))
             }),
