@@ -666,6 +666,59 @@ fn an_upgrade_and_a_downgrade_under_fio_keep_every_count_and_reset_the_changed_m
     assert_continuous(&got, kernel, &collector, start);
 }
 
+/// An upgrade after the device's I/O ended: the new programs never see the device,
+/// and what the old ones counted of it (the reads since the last report, unrecorded
+/// totals included) is still reported, once.
+#[test]
+fn an_upgrade_after_the_devices_io_ended_still_reports_what_the_old_set_counted() {
+    require_root!();
+    require_tool("fio");
+    let env = Env::new();
+    let config = env.config();
+    let device = LoopDevice::new(256);
+    let mut old = Agent::start(&config);
+    let before = device.stat();
+    let fio = device.fio(&[
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=4",
+        "--rate_iops=2000",
+        "--time_based",
+        "--runtime=3",
+    ]);
+    old.wait_reports(1);
+    let (mut reports, _) = old.stop(libc::SIGTERM);
+    // The old programs count the rest of fio's reads while no agent runs.
+    fio.finish();
+    device.wait_idle();
+    let mut new = Agent::start_with(upgraded_agent(), &config);
+    new.wait_reports(2);
+    let (r, up) = new.stop(libc::SIGTERM);
+    reports.extend(r);
+    assert!(
+        up.contains("counts continue across the switch of pin sets"),
+        "{up}"
+    );
+    let kernel = device.stat().read - before.read;
+    let got = reads_of(&reports, &device.number);
+    eprintln!(
+        "upgrade after the I/O ended: sysfs {kernel} reads; reported {} + {} unrecorded; \
+         last cumulative {} + {}",
+        got.samples, got.unrecorded, got.last_cumulative, got.last_unrecorded_total
+    );
+    assert!(kernel > 1000, "fio ran: {kernel}");
+    assert_eq!(
+        got.last_cumulative + got.last_unrecorded_total - got.last_overcounted_total,
+        kernel,
+        "the last report holds every read, the old set's included"
+    );
+    assert_eq!(
+        got.samples + got.unrecorded - got.overcounted,
+        kernel,
+        "the interval counts add up to every read, none twice"
+    );
+}
+
 #[test]
 fn a_bad_bpffs_or_state_dir_is_refused_with_the_fix() {
     require_root!();

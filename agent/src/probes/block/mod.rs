@@ -44,6 +44,9 @@ use thresholds::OutlierThresholds;
 pub const NAME: &str = "block";
 /// Queue + device time.
 pub const FAMILY: &str = "block.io.latency";
+/// `BPF_NOEXIST` (`include/uapi/linux/bpf.h`): an update that only creates.
+const BPF_NOEXIST: u64 = 1;
+
 pub const FAMILY_QUEUE: &str = "block.io.queue.latency";
 pub const FAMILY_DEVICE: &str = "block.io.device.latency";
 pub const FAMILY_DEPTH: &str = "block.io.queue_depth";
@@ -473,6 +476,10 @@ pub struct BlockProbe {
     at_attach: Option<BTreeMap<u32, [u64; STAT_GROUPS]>>,
     /// Devices whose counts were dropped when they went away: compared afresh.
     forgotten: BTreeSet<u32>,
+    /// What each hand-over copy held (the old set's first, then this set's), per
+    /// device: completions counted and the comparison kept; see
+    /// [`Self::continue_comparisons`].
+    handover_reads: Vec<(BTreeMap<u32, HandoverRead>, BTreeSet<BlockKey>)>,
     /// Disks' stat read before this interval's maps, and the completions recorded
     /// per device and stat group read since.
     stat_before: Option<BTreeMap<u32, reconcile::DiskStat>>,
@@ -563,6 +570,7 @@ impl BlockProbe {
             latency,
             spill,
             known: BTreeSet::new(),
+            handover_reads: Vec::new(),
             depth,
             errors,
             thresholds: OutlierThresholds::new(outliers),
@@ -607,6 +615,28 @@ impl BlockProbe {
             let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
             if let Err(e) = zero.map(|z| map.insert(key, z, 0)) {
                 tracing::debug!(key.dev, key.op, "cannot create a block series: {e}");
+            }
+        }
+    }
+
+    /// Creates the (zero) series `keys` and device entries `devices` this set does not
+    /// have yet, from process context. A program that creates one at the same moment
+    /// wins (`BPF_NOEXIST`).
+    fn create(&mut self, keys: impl Iterator<Item = BlockKey>, devices: impl Iterator<Item = u32>) {
+        if let (Some(latency), Ok(cpus)) = (&mut self.latency, aya::util::nr_cpus()) {
+            let mut map = latency.map_mut();
+            for key in keys {
+                let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
+                if let Err(e) = zero.map(|z| map.insert(key, z, BPF_NOEXIST)) {
+                    tracing::debug!(key.dev, key.op, "block series not created: {e}");
+                }
+            }
+        }
+        if let Some(depth) = &mut self.depth {
+            for dev in devices {
+                if let Err(e) = depth.insert(dev, DeviceDepth::ZERO, BPF_NOEXIST) {
+                    tracing::debug!(dev, "block device entry not created: {e}");
+                }
             }
         }
     }
@@ -695,27 +725,29 @@ impl BlockProbe {
         let Some(before) = self.stat_before.take() else {
             return;
         };
+        if self.reconcile.is_none() {
+            return;
+        }
+        let after = reconcile::read_disks(&self.sys_root);
+        let depth: BTreeMap<u32, &DeviceDepth> = devices.iter().map(|(d, v)| (*d, v)).collect();
+        let probed: BTreeMap<u32, reconcile::Probed> = after
+            .keys()
+            .map(|&dev| {
+                let probed = reconcile::Probed {
+                    counted: self.counted(dev, depth.get(&dev).copied()),
+                    in_flight: depth.get(&dev).map_or(0, |d| d.in_flight),
+                };
+                (dev, probed)
+            })
+            .collect();
         let Some(map) = &mut self.reconcile else {
             return;
         };
-        let after = reconcile::read_disks(&self.sys_root);
-        let depth: BTreeMap<u32, &DeviceDepth> = devices.iter().map(|(d, v)| (*d, v)).collect();
         for (dev, after) in &after {
             let Some(before) = before.get(dev) else {
                 continue;
             };
-            let mut probed = reconcile::Probed {
-                counted: self.recorded.get(dev).copied().unwrap_or_default(),
-                in_flight: 0,
-            };
-            if let Some(d) = depth.get(dev) {
-                probed.in_flight = d.in_flight;
-                for o in 0..op::COUNT {
-                    if let Some(g) = stat_group(o as u32) {
-                        probed.counted[g] += d.completions_unseen[o] + d.completions_unmatched[o];
-                    }
-                }
-            }
+            let probed = &probed[dev];
             let start = match &self.at_attach {
                 _ if self.forgotten.contains(dev) => reconcile::Start::FirstQuiet,
                 None => reconcile::Start::FirstQuiet,
@@ -724,12 +756,94 @@ impl BlockProbe {
                     .map_or(reconcile::Start::New, |k| reconcile::Start::Attach(*k)),
             };
             let state = map.get(dev, 0).ok();
-            if let Some(new) = reconcile::compare(state, start, before, after, &probed)
+            if let Some(new) = reconcile::compare(state, start, before, after, probed)
                 && let Err(e) = map.insert(dev, new, 0)
             {
                 tracing::warn!(
                     dev,
                     "block: cannot keep the comparison with the kernel's counts: {e}"
+                );
+            }
+        }
+    }
+
+    /// A device's completions per stat group as this reading holds them: recorded
+    /// (read last by [`Probe::read`]), unseen and unmatched.
+    fn counted(&self, dev: u32, depth: Option<&DeviceDepth>) -> [u64; STAT_GROUPS] {
+        let mut counted = self.recorded.get(&dev).copied().unwrap_or_default();
+        if let Some(d) = depth {
+            for o in 0..op::COUNT {
+                if let Some(g) = stat_group(o as u32) {
+                    counted[g] += d.completions_unseen[o] + d.completions_unmatched[o];
+                }
+            }
+        }
+        counted
+    }
+
+    /// What a hand-over copy holds per device: completions counted and the comparison.
+    fn handover_read(
+        &self,
+        devices: &[(u32, DeviceDepth)],
+    ) -> Result<BTreeMap<u32, HandoverRead>, String> {
+        let depth: BTreeMap<u32, &DeviceDepth> = devices.iter().map(|(d, v)| (*d, v)).collect();
+        let mut out: BTreeMap<u32, HandoverRead> = self
+            .recorded
+            .keys()
+            .chain(depth.keys())
+            .map(|&dev| {
+                let read = HandoverRead {
+                    counted: self.counted(dev, depth.get(&dev).copied()),
+                    compared: None,
+                };
+                (dev, read)
+            })
+            .collect();
+        for (dev, state) in self.read_reconciled()? {
+            out.entry(dev)
+                .or_insert_with(|| HandoverRead {
+                    counted: [0; STAT_GROUPS],
+                    compared: None,
+                })
+                .compared = Some(state);
+        }
+        Ok(out)
+    }
+
+    /// At the first reading after a hand-over: every series and device entry the old
+    /// set had is created in this set's maps, and each device the old set had compared
+    /// is compared on from where that comparison stood.
+    ///
+    /// A carried series is reported only while this set has a reading of it: a device
+    /// idle since the switch (its I/O ended before the new programs attached) had no
+    /// entry here, and what the old set counted of it, unrecorded totals included,
+    /// went unreported (the upgrade test's last report lacked the carried `unseen`
+    /// total, or the device altogether). The comparison continues (see
+    /// [`reconcile::continued`]) instead of starting at the next quiet reading: a count
+    /// the switch doubled or lost (the two sets find a lost completion at different
+    /// moments) then shows as overcounted or unaccounted.
+    fn continue_handover(&mut self) {
+        let reads = std::mem::take(&mut self.handover_reads);
+        let Ok([(old, old_keys), (base, _)]) = <[_; 2]>::try_from(reads) else {
+            return;
+        };
+        self.create(old_keys.into_iter(), old.keys().copied());
+        let Some(map) = &mut self.reconcile else {
+            return;
+        };
+        for (dev, read) in &old {
+            let Some(compared) = &read.compared else {
+                continue;
+            };
+            if map.get(dev, 0).is_ok() {
+                continue;
+            }
+            let base = base.get(dev).map_or([0; STAT_GROUPS], |b| b.counted);
+            let state = reconcile::continued(compared, read.counted, base);
+            if let Err(e) = map.insert(dev, state, 0) {
+                tracing::warn!(
+                    dev,
+                    "block: cannot continue the comparison with the kernel's counts: {e}"
                 );
             }
         }
@@ -812,6 +926,7 @@ impl Probe for BlockProbe {
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         if !cx.snapshot {
+            self.continue_handover();
             self.create_series();
             self.stat_before = Some(reconcile::read_disks(&self.sys_root));
         }
@@ -887,6 +1002,8 @@ impl Probe for BlockProbe {
         let devices = self.read_devices()?;
         if cx.snapshot {
             self.stat_before = None;
+            let read = self.handover_read(&devices)?;
+            self.handover_reads.push((read, self.known.clone()));
         } else {
             self.reconcile(&devices);
         }
@@ -1007,6 +1124,15 @@ fn busy_disks(sys_root: &Path) -> Vec<u32> {
 
 /// A device as an entity: its labels are all of `labels`, and it lives while sysfs
 /// knows it.
+/// One device in a hand-over copy (see [`BlockProbe::continue_comparisons`]).
+#[derive(Clone, Copy, Debug)]
+struct HandoverRead {
+    /// Completions per stat group: recorded, unseen and unmatched.
+    counted: [u64; STAT_GROUPS],
+    /// The comparison with the kernel's counts the copy kept.
+    compared: Option<DeviceReconcile>,
+}
+
 fn device_entity(cx: &ReadContext<'_>, dev: u32, labels: &[(&'static str, String)]) -> EntityState {
     EntityState::new(
         Entity::Device(dev),

@@ -137,6 +137,32 @@ pub fn compare(
     (state.is_none() || s != started).then_some(s)
 }
 
+/// An older pin set's comparison `old_state`, continued in this set's counts at a
+/// hand-over: `old` is what the old set had counted at the switch, `base` what this
+/// set had counted of the same events then. The reports go on from `old` by what this
+/// set counts beyond `base`, so the comparison does the same: the kernel's side is
+/// where the old set's last quiet reading left it plus what the old set counted since
+/// (taken as right until the next quiet reading says otherwise), the probe's side is
+/// `base`. The next quiet reading then judges everything since the old set's last one
+/// against what was reported, across the switch. Both sides are lowered by the same
+/// amount (only differences count) so that neither is above what it will read next,
+/// which `compare` would take for a new disk. Totals start at zero: the old set's are
+/// carried with its counts.
+pub fn continued(
+    old_state: &DeviceReconcile,
+    old: [u64; STAT_GROUPS],
+    base: [u64; STAT_GROUPS],
+) -> DeviceReconcile {
+    let mut s = DeviceReconcile::default();
+    for g in 0..STAT_GROUPS {
+        let kernel = old_state.kernel_seen[g] + old[g].saturating_sub(old_state.probe_seen[g]);
+        let lower = kernel.min(base[g]);
+        s.kernel_seen[g] = kernel - lower;
+        s.probe_seen[g] = base[g] - lower;
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +212,30 @@ mod tests {
         // difference is 1 now, and both totals show how it got there.
         let s = compare(Some(s), Start::New, &k, &k, &probed([9, 0, 0, 1], 0)).unwrap();
         assert_eq!((s.unaccounted[0], s.overcounted[0]), (3, 2));
+    }
+
+    /// An upgrade: the old set last compared at 100 kernel completions (its own count
+    /// 90), counted 150 by the switch; the new set had counted 4 of the same events
+    /// then (unmatched: its completion program ran before its issue program). After
+    /// the switch the kernel completes 60 more and the new set counts 61: the switch
+    /// counted one twice, and the next quiet reading says so.
+    #[test]
+    fn a_comparison_continues_across_a_hand_over_and_finds_a_double_count() {
+        let old = DeviceReconcile {
+            kernel_seen: [100, 0, 0, 0],
+            probe_seen: [90, 0, 0, 0],
+            unaccounted: [7, 0, 0, 0],
+            overcounted: [0; 4],
+        };
+        let s = continued(&old, [150, 0, 0, 0], [4, 0, 0, 0]);
+        assert_eq!(s.unaccounted, [0; 4], "the old totals are carried, not repeated");
+        let k = stat([220, 0, 0, 0], 0);
+        let s = compare(Some(s), Start::FirstQuiet, &k, &k, &probed([65, 0, 0, 0], 0)).unwrap();
+        assert_eq!((s.unaccounted[0], s.overcounted[0]), (0, 1));
+        // Exact across the switch: nothing found.
+        let s = continued(&old, [150, 0, 0, 0], [4, 0, 0, 0]);
+        let s = compare(Some(s), Start::FirstQuiet, &k, &k, &probed([64, 0, 0, 0], 0));
+        assert_eq!(s.map(|s| (s.unaccounted[0], s.overcounted[0])), Some((0, 0)));
     }
 
     #[test]
