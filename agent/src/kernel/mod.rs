@@ -5,6 +5,7 @@ pub mod bpf;
 pub mod btf;
 pub mod btf_file;
 pub mod module_btf;
+pub mod schedstat;
 pub mod tracefs;
 
 use std::path::Path;

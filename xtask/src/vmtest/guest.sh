@@ -54,9 +54,11 @@ section check nodepulse check --json
 # instead (its log says so, and which kind each probe attached by).
 btf_file_config() {
     cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
-    # Run-queue saturation is off by default: the recording checks it.
-    printf '[agent]\nbtf = "/tmp/vmlinux.btf"\n[probes.sched]\nsaturation = true\n' \
-        >/tmp/btf.toml
+    # Run-queue saturation is off by default: the recording checks it. The run-queue
+    # check needs the kernel's run delay read around each of the agent's map reads.
+    printf '[agent]\nbtf = "/tmp/vmlinux.btf"\n[probes.sched]\n%s\n' \
+        'saturation = true
+schedstat_reference = true' >/tmp/btf.toml
 }
 btf_file_config
 # Seconds since boot, and the time since $1 on standard error (the matrix's cost).
@@ -334,11 +336,13 @@ enabled = false' >"$RESTART_DIR/c.toml"
 }
 
 lines() { wc -l </tmp/record.jsonl 2>/dev/null || echo 0; }
-# The kernel's run-queue totals, read right after a report appeared, and how many
-# reports there were (judge.rs: the agent's reports between two such reads are judged
-# against the kernel's growth between them).
+# How many reports there were, CLOCK_MONOTONIC and the kernel's run-queue totals, read
+# right after a report appeared (runqueue.rs: the reports between two such reads are
+# judged against the kernel's run delay around the agent's own map reads; these reads
+# show how far the guest's reads lag the agent's).
 schedstat_at() {
     echo "reports $(lines)"
+    grep -m1 'now at' /proc/timer_list
     cat /proc/schedstat
 }
 wait_lines() {

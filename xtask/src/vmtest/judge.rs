@@ -9,6 +9,7 @@ use super::{
     ERROR_COUNT, IO_COUNT, KVM_ITERATIONS, TCP_EXCHANGES, churn,
     kernels::Kernel,
     results::{self, Attach, AttachVerdict, Recorded, Sections},
+    runqueue,
 };
 
 /// The attach kind each probe must use on each kernel of the matrix, as measured: a
@@ -51,11 +52,6 @@ const DISKS: [(&str, &str); 4] = [
 
 /// The nested guest's UUID on its QEMU-like command line (guest.sh).
 const VM_UUID: &str = "2f6a5c1e-0b1d-4d35-9a51-6c7f1e0d2a2a";
-
-/// How far the agent's run-queue sum may differ from the kernel's, as a fraction: the
-/// waits between a map read and the guest's schedstat read, at either end
-/// ([`runqueue_check`]).
-const RUNQUEUE_MARGIN: f64 = 0.05;
 
 /// How a check compares the agent with the kernel.
 #[derive(Clone, Copy)]
@@ -280,7 +276,7 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
         });
     }
     let record = sections.ok("record")?;
-    checks.extend(runqueue_checks(kernel.spec.name, &sections, record)?);
+    checks.extend(runqueue::checks(kernel.spec.name, &sections, record)?);
 
     checks.push(tcp_veth_check(&recorded, sections.ok("tcp_veth")?));
     checks.push(restart_check(&sections));
@@ -320,71 +316,6 @@ pub fn judge(kernel: &Kernel, text: &str) -> Result<KernelReport> {
     })
 }
 
-/// Run queue against the kernel's own per-CPU totals. The probe samples a task at
-/// switch-in with the delta sched_info_arrive() adds to the run queue's run_delay, so
-/// over the same arrivals the sums are equal (one CPU: no task leaves a queue while
-/// waiting). The windows: the guest reads `/proc/schedstat` right after report k
-/// appeared, then right after report m appeared (k ≥ 2, past the agent's start-up);
-/// the agent's reports k+1..=m cover its map reads k to m. Each side then holds one
-/// stretch the other lacks, the same at both ends: from a map read until the guest's
-/// read, the agent writing its report while the shell polls. Judging all reports after
-/// the first (the final one, made at SIGTERM after the nested guest's exit, included)
-/// added both ends' waits to the agent alone: +1.5 to +2.3 % on a quiet host, up to
-/// +10.6 % under load, whose slower TCG stretches both. Counts are shown, not compared:
-/// arrivals with no enqueue stamp (last_queued 0) are timeslices the probe does not
-/// sample.
-fn runqueue_checks(kernel: &str, sections: &Sections, record: &str) -> Result<Vec<Check>> {
-    let (before_text, after_text) = (
-        sections.ok("schedstat_before")?,
-        sections.ok("schedstat_settled")?,
-    );
-    let reports_at = |text: &str| -> Option<usize> {
-        text.lines()
-            .find_map(|l| l.strip_prefix("reports ")?.trim().parse().ok())
-    };
-    let before = results::schedstat(before_text);
-    let after = results::schedstat(after_text);
-    let kernel_delay = after.run_delay.saturating_sub(before.run_delay);
-    let slices = after.timeslices.saturating_sub(before.timeslices);
-    let reports: Vec<&str> = record.lines().filter(|l| !l.trim().is_empty()).collect();
-    let summed = |lines: &[&str]| -> Result<(u64, u64)> {
-        Ok(results::recorded(&lines.join("\n"))?
-            .iter()
-            .filter(|((f, _), _)| f == "sched.runqueue.latency")
-            .fold((0, 0), |(n, sum), (_, s)| (n + s.count, sum + s.sum)))
-    };
-    let off = |sum: u64| sum as f64 / kernel_delay.max(1) as f64 - 1.0;
-    let (Some(k), Some(m)) = (reports_at(before_text), reports_at(after_text)) else {
-        return Ok(vec![Check {
-            name: "run queue vs /proc/schedstat".into(),
-            ok: false,
-            compared: Compared::Within,
-            detail: "the guest printed no report counts beside /proc/schedstat".into(),
-        }]);
-    };
-    let window = reports.get(k..m).unwrap_or_default();
-    let (agent_n, agent_sum) = summed(window)?;
-    let (_, all_later) = summed(reports.get(1..).unwrap_or_default())?;
-    let latency = Check {
-        name: "run queue vs /proc/schedstat".into(),
-        ok: kernel_delay > 0 && k >= 2 && m > k && off(agent_sum).abs() <= RUNQUEUE_MARGIN,
-        compared: Compared::Within,
-        detail: format!(
-            "schedstat run_delay {:.3} s over {slices} timeslices | agent reports {}..={m} \
-             {:.3} s over {agent_n} waits ({:+.2} %, allowed ±{:.0} %; all reports after \
-             the first {:+.2} %)",
-            kernel_delay as f64 / 1e9,
-            k + 1,
-            agent_sum as f64 / 1e9,
-            off(agent_sum) * 100.0,
-            RUNQUEUE_MARGIN * 100.0,
-            off(all_later) * 100.0,
-        ),
-    };
-    let saturation = saturation_check(kernel, &window.join("\n"), kernel_delay)?;
-    Ok(vec![latency, saturation])
-}
-
 /// The VM's `kvm.exit.latency` series other than `checked`: whether every one has
 /// `isa=svm` and a named reason, and their counts as ` (also npf 3, intr 7)`.
 fn in_kernel_reasons(recorded: &Recorded, vm: &[(&str, &str)], checked: &[&str]) -> (bool, String) {
@@ -411,51 +342,6 @@ fn in_kernel_reasons(recorded: &Recorded, vm: &[(&str, &str)], checked: &[&str])
     };
     (named, shown)
 }
-
-/// Run-queue saturation over the run-queue check's window (reports k+1..=m), against the
-/// same run delay:
-/// the guest has one CPU, whose saturated time is at most the waits summed on its
-/// queue (equal only while one task waits at a time, which a guest slowed by a busy
-/// host does not keep: 6.12 read 0.655 of it at host load 16). And at least the
-/// `contention` section's two seconds, when two busy loops are always runnable and one
-/// always waits. Not kept on 5.10, where BPF cannot attach to the bare tracepoint it
-/// needs: there it must be absent.
-fn saturation_check(kernel: &str, window: &str, kernel_delay: u64) -> Result<Check> {
-    let saturated: u64 = results::recorded(window)?
-        .iter()
-        .filter(|((f, _), _)| f == "sched.runqueue.saturated_time")
-        .map(|(_, s)| s.count)
-        .sum();
-    let ratio = saturated as f64 / kernel_delay.max(1) as f64;
-    let kept = kernel != "5.10";
-    Ok(Check {
-        name: "run-queue saturation vs /proc/schedstat".into(),
-        ok: if kept {
-            saturated >= CONTENDED_NS && ratio <= 1.0 + RUNQUEUE_MARGIN
-        } else {
-            saturated == 0
-        },
-        compared: Compared::Within,
-        detail: if kept {
-            format!(
-                "schedstat run_delay {:.3} s | agent saturated {:.3} s ({ratio:.3} of it; \
-                 allowed {:.1} s to {:.2} of it)",
-                kernel_delay as f64 / 1e9,
-                saturated as f64 / 1e9,
-                CONTENDED_NS as f64 / 1e9,
-                1.0 + RUNQUEUE_MARGIN
-            )
-        } else {
-            format!(
-                "not kept before 5.11 (agent {:.3} s, expected none)",
-                saturated as f64 / 1e9
-            )
-        },
-    })
-}
-
-/// The two busy loops of `contention` run together for `sleep 2` (guest.sh).
-const CONTENDED_NS: u64 = 2_000_000_000;
 
 /// The file the guest copied the kernel's BTF to, named by `[agent] btf`.
 const BTF_FILE: &str = "/tmp/vmlinux.btf";
@@ -502,7 +388,7 @@ fn btf_file_check(attaches: &[Attach], sections: &Sections) -> Result<Check> {
 }
 
 /// The text of a log with its colours (`ESC [ ... m`) removed.
-fn strip_ansi(text: &str) -> String {
+pub(super) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -750,51 +636,6 @@ mod tests {
         assert!(c.detail.contains("(30 + 25 while down)"), "{}", c.detail);
         assert!(!restart_check(&restart_sections(397, 77)).ok);
         assert!(!restart_check(&restart_sections(398, 78)).ok);
-    }
-
-    /// Schedstat reads after reports 2 and 4 (run_delay 1.0 s → 2.0 s); reports of
-    /// 0.1, 0.4, 0.5, 0.5 and 0.9 s of waits (the last at SIGTERM).
-    fn runqueue_sections(third: u64) -> (Sections, String) {
-        let cpu = |delay: u64| format!("cpu0 0 0 0 0 0 0 0 {delay} 10");
-        let sections = Sections::parse(&format!(
-            "@@begin schedstat_before\nreports 2\nversion 15\n{}\n@@end schedstat_before 0\n\
-             @@begin schedstat_settled\nreports 4\n{}\n@@end schedstat_settled 0\n@@done\n",
-            cpu(1_000_000_000),
-            cpu(2_000_000_000)
-        ))
-        .unwrap();
-        let record = [100, 400, third, 500, 900]
-            .map(|ms| {
-                format!(
-                    r#"{{"series":[{{"family":"sched.runqueue.latency","labels":{{}},"count":3,"sum":{}}}]}}"#,
-                    ms * 1_000_000
-                )
-            })
-            .join("\n");
-        (sections, record)
-    }
-
-    #[test]
-    fn the_run_queue_is_judged_between_the_two_reads() {
-        let (sections, record) = runqueue_sections(500);
-        let checks = runqueue_checks("6.1", &sections, &record).unwrap();
-        let c = &checks[0];
-        assert!(c.ok, "{}", c.detail);
-        assert!(
-            c.detail.contains("agent reports 3..=4 1.000 s"),
-            "{}",
-            c.detail
-        );
-        // The old window (reports 2..=5) would have been +130 %.
-        assert!(
-            c.detail.contains("after the first +130.00 %"),
-            "{}",
-            c.detail
-        );
-        let (sections, record) = runqueue_sections(560);
-        assert!(!runqueue_checks("6.1", &sections, &record).unwrap()[0].ok);
-        // No saturation in these reports: below the two contended seconds.
-        assert!(!checks[1].ok, "{}", checks[1].detail);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod judge;
 mod kernels;
 mod qemu;
 mod results;
+mod runqueue;
 
 pub use kernels::{MATRIX, ensure_ubuntu_keyring, ubuntu_keyring_present};
 

@@ -4,7 +4,8 @@
 //!
 //! `kvm_exit` passes `(unsigned int exit_reason, struct kvm_vcpu *vcpu, u32 isa)` up to
 //! 5.15 and `(struct kvm_vcpu *vcpu, u32 isa)` from 5.16 ("KVM: x86: Get exit_reason as
-//! part of kvm_x86_ops.get_exit_info", merged for 5.16; the BTF of Debian's 5.10 and
+//! part of kvm_x86_ops.get_exit_info", commit 0a62a0319abb, merged in the 5.16 merge
+//! window; see docs/architecture.md "KVM exits" for the record; the BTF of Debian's 5.10 and
 //! Ubuntu's 5.15 shows the old form, 6.1 on the new), where the tracepoint itself asks
 //! the vendor (`get_exit_info()`): SVM returns
 //! `vcpu_svm->vmcb->control.exit_code`, VMX `vcpu_vmx->exit_reason` (a `u32` up to 5.11,

@@ -19,6 +19,12 @@ pub struct SchedConfig {
     /// capacity signal from it): one more program on every enqueue and dequeue, and a
     /// little more work at every switch. Off by default.
     pub saturation: bool,
+    /// Log the kernel's own run-delay total (`/proc/schedstat`, summed over CPUs) read
+    /// right before and right after each read of the host-wide run-queue histogram:
+    /// the waits reported between two reads lie between the kernel's growth over the
+    /// inner and the outer pair of those reads. For checking the probe against the
+    /// kernel (the kernel matrix does). Off by default.
+    pub schedstat_reference: bool,
 }
 
 impl Default for SchedConfig {
@@ -28,6 +34,7 @@ impl Default for SchedConfig {
             attach: None,
             cgroup: CgroupMode::Auto,
             saturation: false,
+            schedstat_reference: false,
         }
     }
 }

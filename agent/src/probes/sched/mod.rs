@@ -27,7 +27,7 @@ use super::{
 use crate::{
     aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
     attribution::cgroups::Hierarchy,
-    kernel::btf::Btf,
+    kernel::{btf::Btf, schedstat},
 };
 pub use config::SchedConfig as Config;
 pub use registry::PROBE_FAMILY;
@@ -198,6 +198,9 @@ pub struct SchedProbe {
     /// period can see the total before the close and the period already closed; the
     /// counter never goes back (the difference is made up at the next read).
     saturated: Vec<u64>,
+    /// `[probes.sched] schedstat_reference`: the host histogram's reads so far, when
+    /// each is bracketed by reads of the kernel's run-delay total.
+    bracketed: Option<u64>,
 }
 
 impl SchedProbe {
@@ -206,6 +209,7 @@ impl SchedProbe {
         btf: Option<&aya::Btf>,
         layouts: &SchedLayouts,
         only: Option<AttachKind>,
+        schedstat_reference: bool,
     ) -> Self {
         let attached = attach_first(ebpf, btf, &layouts.variants(only));
         let host = attached
@@ -222,6 +226,7 @@ impl SchedProbe {
             host,
             runq,
             saturated: Vec::new(),
+            bracketed: schedstat_reference.then_some(0),
         }
     }
 
@@ -291,9 +296,19 @@ impl Probe for SchedProbe {
         let Some(host) = &self.host else {
             return Ok(());
         };
+        // The kernel's total right before and after the map read: the map's sums lie
+        // between them (a hand-over's snapshot read is not a report's and is not logged).
+        let bracket = self.bracketed.filter(|_| !cx.snapshot);
+        let before = bracket.map(|_| schedstat::read_run_delay()).transpose()?;
         let per_cpu = host
             .get(&0, 0)
             .map_err(|e| format!("reading {}: {e}", names::MAP_SCHED_LATENCY))?;
+        if let (Some(before), Some(n)) = (before, bracket) {
+            let after = schedstat::read_run_delay()?;
+            let at_ns = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC);
+            self.bracketed = Some(n + 1);
+            tracing::info!(read = n + 1, before, after, at_ns, "schedstat bracket");
+        }
         out.push(Reading::plain(
             SeriesKey::new(FAMILY_HOST, []),
             ExpHistogram::from_per_cpu(per_cpu.iter()),

@@ -73,6 +73,7 @@ impl ProbeFamily for Sched {
         let config = &setup.probes.sched;
         let hierarchy = cgroup_hierarchy(setup.attribution, config.cgroup);
         let only = config.attach;
+        let reference = config.schedstat_reference;
         Box::new(OneProbe {
             plan: Plan {
                 probe: NAME,
@@ -83,7 +84,7 @@ impl ProbeFamily for Sched {
             },
             layouts: SchedLayouts::resolve(kernel.btf, hierarchy.as_ref(), config.saturation),
             attach: Box::new(move |layouts, ebpf, btf| {
-                Box::new(SchedProbe::attach(ebpf, btf, layouts, only))
+                Box::new(SchedProbe::attach(ebpf, btf, layouts, only, reference))
             }),
         })
     }
