@@ -532,7 +532,26 @@ fn capacity_from_a_bad_file_exits_2_saying_what_to_do() {
 fn capacity_live_reports_the_window() {
     require_root!();
     one_subject_at_a_time!();
-    let config = write_config("[probes.sched]\nsaturation = true\n");
+    // The configuration of an agent running beside it: its port held, pins and state
+    // kept. The look must take none of them.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let state = tempfile::tempdir().unwrap();
+    let config = write_config(&format!(
+        "[agent]\nkeep_attached = true\nstate_dir = \"{}\"\n\
+         [prometheus]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
+         [probes.sched]\nsaturation = true\n",
+        state.path().display()
+    ));
+    let pins = || {
+        std::fs::read_dir("/sys/fs/bpf/nodepulse")
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let pins_before = pins();
     let out = nodepulse()
         .args([
             "capacity",
@@ -568,4 +587,11 @@ fn capacity_live_reports_the_window() {
             .any(|s| s["name"] == "runqueue_saturation"),
         "{cpu}"
     );
+    assert_eq!(pins(), pins_before, "the look pinned probes");
+    assert_eq!(
+        std::fs::read_dir(state.path()).unwrap().count(),
+        0,
+        "the look wrote state"
+    );
+    drop(held);
 }

@@ -10,8 +10,9 @@ use std::{
     time::Duration,
 };
 
-use super::{CapacityArgs, EXIT_CONFIG, RunArgs, config_error, out, start};
+use super::{CapacityArgs, EXIT_CONFIG, RunArgs, config_error, out, start_with};
 use crate::capacity::{replay::replay, standing::Standing};
+use crate::config::Config;
 
 pub const LONG_ABOUT: &str = "\
 Each resource of the node (block devices, the host's CPU run queues and pressure, VMs, \
@@ -30,7 +31,9 @@ Without --from it attaches the probes for --for (30 s by default; root or \
 CAP_BPF + CAP_PERFMON, as `nodepulse record`) and reports that window: utilisation \
 now, and headroom and forecasts only as far as such a window can tell (usually \
 \"learning\"); it logs only warnings unless --log-level says otherwise. It does \
-not read a running agent: that agent's own headroom and forecasts are its capacity.* metrics (Prometheus, OTLP) and its console.";
+not read a running agent: that agent's own headroom and forecasts are its capacity.* metrics (Prometheus, OTLP) and its console. \
+It can run beside that agent with the same --config: it keeps nothing attached or \
+pinned, saves no state, opens no endpoint and exports nothing.";
 
 pub fn capacity(args: CapacityArgs) -> ExitCode {
     if !(args.stretch.is_finite() && args.stretch >= 1.0) {
@@ -109,6 +112,18 @@ impl Write for Memory {
     }
 }
 
+/// A look beside a running agent that may share this configuration file: it must not
+/// adopt or replace that agent's pinned probes, overwrite its saved state, take its
+/// ports or send a second copy of the node's telemetry to its collector.
+fn observe_only(config: &mut Config) {
+    config.agent.keep_attached = false;
+    config.agent.state_dir = Default::default();
+    config.prometheus.enabled = false;
+    config.health.enabled = false;
+    config.view.enabled = false;
+    config.otlp.enabled = false;
+}
+
 /// Records `--for` in memory, as `nodepulse record` does; the recording's text.
 fn live(args: &CapacityArgs, configured: Duration) -> Result<Vec<u8>, ExitCode> {
     let interval = args
@@ -136,7 +151,7 @@ fn live(args: &CapacityArgs, configured: Duration) -> Result<Vec<u8>, ExitCode> 
         otlp_endpoint: None,
     };
     let memory = Memory::default();
-    let code = start(&run, Some(Box::new(memory.clone())));
+    let code = start_with(&run, Some(Box::new(memory.clone())), observe_only);
     if code != ExitCode::SUCCESS {
         return Err(code);
     }

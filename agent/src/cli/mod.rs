@@ -303,10 +303,20 @@ fn record(args: RecordArgs) -> ExitCode {
 
 /// `run`, or `record` when `recording` is set: then the only output is the recording.
 pub(super) fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + Send>>) -> ExitCode {
-    let config = match args.config.load(Some(args)) {
+    start_with(args, recording, |_| {})
+}
+
+/// [`start`] with the loaded configuration (and every reload of it) adjusted first.
+pub(super) fn start_with(
+    args: &RunArgs,
+    recording: Option<Box<dyn std::io::Write + Send>>,
+    adjust: fn(&mut Config),
+) -> ExitCode {
+    let mut config = match args.config.load(Some(args)) {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
+    adjust(&mut config);
     init_logging(&config);
     let runtime = match agent_runtime() {
         Ok(r) => r,
@@ -320,7 +330,11 @@ pub(super) fn start(args: &RunArgs, recording: Option<Box<dyn std::io::Write + S
         args.config.config.clone(),
         args.config.overrides(Some(args)),
     );
-    let reload: Reload = Box::new(move || Config::load(path.as_deref(), &overrides));
+    let reload: Reload = Box::new(move || {
+        let mut config = Config::load(path.as_deref(), &overrides)?;
+        adjust(&mut config);
+        Ok(config)
+    });
     runtime.block_on(run_agent(config, args.reports, recording, reload))
 }
 
