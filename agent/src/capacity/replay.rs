@@ -11,8 +11,7 @@ use thiserror::Error;
 
 use super::{Capacity, CapacityConfig, CapacityReport, Signal, signals::Loads};
 use crate::{
-    aggregate::ExpHistogram,
-    detect::replay::{ReplayError, for_each_line, parse_time},
+    detect::replay::{RecordedSeries, ReplayError, for_each_line, parse_time},
     probes::block::FAMILY_DEVICE,
 };
 
@@ -44,27 +43,6 @@ struct Recorded {
     #[serde(default)]
     series: Vec<RecordedSeries>,
     capacity: Option<RecordedCapacity>,
-}
-
-#[derive(Deserialize)]
-struct RecordedSeries {
-    family: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    count: u64,
-    #[serde(default)]
-    rate_per_s: f64,
-    #[serde(default)]
-    sum_ns: u64,
-    histogram: RecordedHistogram,
-}
-
-#[derive(Deserialize)]
-struct RecordedHistogram {
-    zero_count: u64,
-    offset: i32,
-    counts: Vec<u64>,
 }
 
 #[derive(Deserialize)]
@@ -156,15 +134,10 @@ pub fn replay(
         let now = t0 + (t - t0) * stretch;
         hours = (now - t0) / 3600.0;
         let mut loads = Loads::default();
-        for s in r.series.iter().filter(|s| s.family == FAMILY_DEVICE) {
-            let device = s.labels.get("device").map_or("", String::as_str);
-            let h = ExpHistogram {
-                sum: s.sum_ns,
-                zero_count: s.histogram.zero_count,
-                offset: s.histogram.offset,
-                counts: s.histogram.counts.clone(),
-            };
-            loads.add(device, s.rate_per_s, s.count, &h);
+        for mut s in r.series.into_iter().filter(|s| s.family == FAMILY_DEVICE) {
+            let device = s.labels.remove("device").unwrap_or_default();
+            let (rate, count) = (s.rate_per_s, s.count);
+            loads.add(&device, rate, count, &s.into_histogram());
         }
         let signals: Vec<Signal> = recorded
             .signals

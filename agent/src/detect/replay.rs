@@ -56,10 +56,17 @@ struct RecordedReport {
     backing: BTreeMap<String, String>,
 }
 
+/// A recorded series as the readers of recordings (the detector, capacity) need it.
 #[derive(Debug, Deserialize)]
-struct RecordedSeries {
-    family: String,
-    labels: BTreeMap<String, String>,
+pub(crate) struct RecordedSeries {
+    pub family: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The interval's samples and their rate.
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default)]
+    pub rate_per_s: f64,
     #[serde(default)]
     sum_ns: u64,
     histogram: RecordedHistogram,
@@ -70,6 +77,18 @@ struct RecordedHistogram {
     zero_count: u64,
     offset: i32,
     counts: Vec<u64>,
+}
+
+impl RecordedSeries {
+    /// The interval's histogram.
+    pub fn into_histogram(self) -> ExpHistogram {
+        ExpHistogram {
+            sum: self.sum_ns,
+            zero_count: self.histogram.zero_count,
+            offset: self.histogram.offset,
+            counts: self.histogram.counts,
+        }
+    }
 }
 
 /// Runs a recording through the detector; returns every alarm event in order.
@@ -179,14 +198,10 @@ pub fn for_each_report(
         let series = report
             .series
             .into_iter()
-            .map(|s| {
-                let h = ExpHistogram {
-                    sum: s.sum_ns,
-                    zero_count: s.histogram.zero_count,
-                    offset: s.histogram.offset,
-                    counts: s.histogram.counts,
-                };
-                (s.family, s.labels, h)
+            .map(|mut s| {
+                let (family, labels) =
+                    (std::mem::take(&mut s.family), std::mem::take(&mut s.labels));
+                (family, labels, s.into_histogram())
             })
             .collect();
         each(Report {
