@@ -99,6 +99,23 @@ impl StateDir {
         self.dir.join(FILE)
     }
 
+    /// The state a running agent saved in `dir`, read only (`nodepulse check`): neither
+    /// the directory is created nor an unreadable file moved aside.
+    pub fn peek(dir: &Path) -> Result<Option<Saved>, StateError> {
+        let state = Self {
+            dir: dir.to_path_buf(),
+        };
+        let Some((path, bytes)) = state.last_saved()? else {
+            return Ok(None);
+        };
+        decode::<Saved>(&bytes)
+            .map(Some)
+            .map_err(|error| StateError::Read {
+                path: path.display().to_string(),
+                error,
+            })
+    }
+
     /// The saved state; `None` when nothing was saved. A file that cannot be read is
     /// moved aside (`<file>.unreadable`) so the agent starts afresh instead of failing
     /// on every start.
@@ -381,8 +398,11 @@ mod tests {
             )
         };
         let config = DetectConfig::default();
-        // Intervals of 10 s until every default baseline has its windows, with a margin.
-        let steps = (config.baseline_windows as u64 + 5) * config.min_window.as_secs().div_ceil(10);
+        // Intervals of 10 s until every default baseline has learned (its period and its
+        // windows), with a margin.
+        let windows =
+            (config.baseline_windows as u64 + 5) * config.min_window.as_secs().div_ceil(10);
+        let steps = windows.max(config.learning_period.as_secs() / 10 + 10);
         let mut detector = Detector::new(config, "n");
         let mut t = 1_000_000_000_000u64;
         for step in 0..steps as i32 {

@@ -511,8 +511,11 @@ fn render_alarms(t: &mut String, r: &Report) {
         let more = r.learning.len().saturating_sub(SHOWN);
         let _ = writeln!(
             t,
-            "detector learning {} series (not judged yet): {}{}",
+            "detector learning {} series (not judged yet{}): {}{}",
             r.learning.len(),
+            r.learning_until
+                .as_ref()
+                .map_or(String::new(), |t| format!(", until {t}")),
             r.learning[..r.learning.len().min(SHOWN)].join(", "),
             if more > 0 {
                 format!(", {more} more")

@@ -420,6 +420,7 @@ impl Pipeline {
             alarms: Vec::new(),
             alarms_open: 0,
             learning: Vec::new(),
+            learning_until: None,
             actions: Vec::new(),
             capacity: None,
             backing: self.backing_of(&series_devices),
@@ -497,6 +498,7 @@ impl Pipeline {
             report.alarms = out.alarms;
             report.alarms_open = out.open;
             report.learning = out.learning;
+            report.learning_until = out.learning_until.map(crate::util::time::rfc3339);
         }
         if let Some(actions) = &mut self.actions {
             report.actions = actions.completed();
