@@ -198,7 +198,10 @@ impl Incident {
         }
         // A cgroup's or VM's CPU side and a disk's regressions that began together.
         let pair = [self.resource, theirs];
-        apart <= within.cpu_and_io && pair.contains(&"cpu") && pair.contains(&"block")
+        within.cpu_and_io > 0
+            && apart <= within.cpu_and_io
+            && pair.contains(&"cpu")
+            && pair.contains(&"block")
     }
 
     /// Adds or updates a member.

@@ -213,8 +213,8 @@ fn a_cpu_storm_is_one_incident_with_the_same_series_at_1s_and_at_10s() {
     let seconds = seconds();
     let one = replayed(&recording(&seconds, 1));
     let ten = replayed(&recording(&seconds, 10));
-    // Learning is a time: both agents judge from 20 minutes in (the 10 s agent's first
-    // judged report within one interval of the 1 s agent's).
+    // Learning is a time: both agents judge from 20 minutes in (the first window
+    // closing after it: the 10 s agent's within one window of the 1 s agent's).
     let learned = (T0 + 20 * 60) as f64;
     for seen in [&one, &ten] {
         assert!(
@@ -224,7 +224,7 @@ fn a_cpu_storm_is_one_incident_with_the_same_series_at_1s_and_at_10s() {
         );
     }
     assert!(
-        (one.judged_from - ten.judged_from).abs() <= 11.0,
+        (one.judged_from - ten.judged_from).abs() <= 31.0,
         "{one:?} {ten:?}"
     );
     for seen in [&one, &ten] {
@@ -243,7 +243,7 @@ fn a_cpu_storm_is_one_incident_with_the_same_series_at_1s_and_at_10s() {
             !members.iter().any(|m| m.contains("vda")),
             "the disk did not move: {members:?}"
         );
-        assert!(members.len() >= 4, "{members:?}");
+        assert!(members.len() >= 3, "{members:?}");
     }
     assert_eq!(one.incidents[0].2, ten.incidents[0].2, "the same series");
 }
