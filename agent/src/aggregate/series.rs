@@ -136,8 +136,11 @@ pub struct Delta {
 impl Delta {
     /// Continues the series of an older pin set's maps (see `crate::probes::handover`):
     /// `old` is what its maps held at the switch, `base` what this set's maps held of
-    /// the same events then. Series not in `old` start again from zero (their maps
-    /// were reset). Returns how many series continue.
+    /// the same events then. Series in neither start again from zero (their maps were
+    /// reset). A series only this set had counted at the switch is still taken from
+    /// `base` on: those events are the old set's, counted there under another series
+    /// (a completion whose issue came before this set's issue program was attached is
+    /// `unmatched` here but recorded by the old set). Returns how many series continue.
     pub fn carry(&mut self, old: Vec<TrackedReading>, base: Vec<TrackedReading>) -> usize {
         let mut base: HashMap<DeltaKey, ExpHistogram> = base
             .into_iter()
@@ -165,9 +168,14 @@ impl Delta {
             let base = base.remove(&key).unwrap_or_default();
             carried.insert(key, Carried { base, offset });
         }
+        let continued = carried.len();
+        for (key, base) in base.into_iter().filter(|(_, h)| !h.is_empty()) {
+            let offset = ExpHistogram::default();
+            carried.insert(key, Carried { base, offset });
+        }
         self.previous.retain(|k, _| carried.contains_key(k));
         self.carried = carried;
-        self.carried.len()
+        continued
     }
 
     /// The carried series, to be saved.
@@ -414,26 +422,33 @@ pub fn carried_total(carried: Option<(u64, u64)>, now: u64) -> u64 {
     }
 }
 
-/// (base, offset) of every counter of `old` (non-zero) at the switch, its offset
-/// including what was carried into the old set itself.
+/// (base, offset) of every counter at the switch that either set had counted: its
+/// offset what the old set had (including what was carried into it), its base what
+/// the new set had counted of the same events. A counter only the new set had is
+/// still counted from its base, as in [`Delta::carry`].
 pub fn carry_totals<K: Clone + Eq + std::hash::Hash>(
     before: &HashMap<K, (u64, u64)>,
     old: Vec<(K, u64)>,
     base: Vec<(K, u64)>,
 ) -> HashMap<K, (u64, u64)> {
-    let mut base: HashMap<K, u64> = base.into_iter().collect();
-    let mut old: HashMap<K, u64> = old.into_iter().collect();
+    let mut totals: HashMap<K, (u64, u64)> = HashMap::new();
+    for (k, total) in old {
+        totals.entry(k).or_default().1 = total;
+    }
     // Carried into the old set and not counted by it since: still carried.
     for k in before.keys() {
-        old.entry(k.clone()).or_default();
+        totals.entry(k.clone()).or_default();
     }
-    old.into_iter()
-        .map(|(k, total)| (carried_total(before.get(&k).copied(), total), k))
-        .filter(|&(offset, _)| offset != 0)
-        .map(|(offset, k)| {
-            let b = base.remove(&k).unwrap_or(0);
+    for (k, b) in base {
+        totals.entry(k).or_default().0 = b;
+    }
+    totals
+        .into_iter()
+        .map(|(k, (b, total))| {
+            let offset = carried_total(before.get(&k).copied(), total);
             (k, (b, offset))
         })
+        .filter(|&(_, (b, offset))| b != 0 || offset != 0)
         .collect()
 }
 
@@ -528,6 +543,45 @@ mod tests {
         c.carry(vec![], vec![]);
         let last = c.update(vec![(key.clone(), 2)]);
         assert_eq!((last[0].delta, last[0].total), (2, 23));
+    }
+
+    /// An upgrade's new completion program runs before its issue program is attached:
+    /// the completions it sees then find no issue and are counted `unmatched` by the
+    /// new set alone, while the old set recorded them. Those events are the old set's:
+    /// the new set's counts of them (its base) are not reported again.
+    #[test]
+    fn what_only_the_new_set_had_counted_at_the_switch_is_not_reported_again() {
+        let unmatched = SeriesKey::new("u", [("cause", "unmatched".to_owned())]);
+        let mut c = CounterDelta::default();
+        c.carry(vec![], vec![(unmatched.clone(), 26)]);
+        assert!(
+            c.update(vec![(unmatched.clone(), 26)])
+                .iter()
+                .all(|r| r.total == 0)
+        );
+        let later = c.update(vec![(unmatched.clone(), 27)]);
+        assert_eq!((later[0].delta, later[0].total), (1, 1));
+        // Saved and taken up again by a restart: still from the base.
+        let mut again = CounterDelta::load(c.save()).with_carried(c.save_carried());
+        assert_eq!(again.update(vec![(unmatched.clone(), 29)])[0].total, 3);
+
+        let read = SeriesKey::new("f", [("op", "read".to_owned())]);
+        let mut d = Delta::default();
+        let tracked = TrackedReading {
+            key: read.clone(),
+            hist: hist(&[2, 1]),
+            entity: None,
+        };
+        assert_eq!(
+            d.carry(vec![], vec![tracked]),
+            0,
+            "nothing of the old set's"
+        );
+        let first = d.update(vec![(read.clone(), hist(&[5, 1]))]);
+        assert_eq!(
+            (first[0].delta.count(), first[0].cumulative.count()),
+            (3, 3)
+        );
     }
 
     #[test]
