@@ -71,7 +71,7 @@ fn probed(probes: &mut Probes) -> BTreeMap<String, Probed> {
                 .or_default() += r.hist.count();
         }
     }
-    for (key, n) in c.counters {
+    for nodepulse::aggregate::TrackedCounter { key, total: n, .. } in c.counters {
         if key.family == "block.io.unrecorded" {
             let p = out.entry(key.label("dev").unwrap().to_owned()).or_default();
             *p.unrecorded
@@ -276,7 +276,7 @@ fn exported(c: &nodepulse::probes::Collection, number: &str) -> BTreeMap<String,
                 .or_default() += i128::from(r.hist.count());
         }
     }
-    for (key, n) in &c.counters {
+    for (key, n) in &c.counter_pairs() {
         if key.label("dev") != Some(number) {
             continue;
         }
@@ -363,7 +363,7 @@ fn recorded_and_unrecorded_equal_the_kernels_count_per_device_under_fio() {
         let kernel: [u64; 4] = std::array::from_fn(|g| now[g] - base[g]);
         let ours = exported(&c, &device.number);
         let by_cause: BTreeMap<String, u64> = c
-            .counters
+            .counter_pairs()
             .iter()
             .filter(|(k, _)| {
                 k.family == "block.io.unrecorded" && k.label("dev") == Some(device.number.as_str())

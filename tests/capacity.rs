@@ -34,7 +34,7 @@ fn probe_times(probes: &mut Probes, device: &LoopDevice) -> (u64, u64, u64) {
     let c = probes.collect();
     let ours = |r: &nodepulse::aggregate::SeriesKey| r.label("dev") == Some(device.number.as_str());
     let busy = c
-        .counters
+        .counter_pairs()
         .iter()
         .find(|(k, _)| k.family == block::FAMILY_BUSY && ours(k))
         .map_or(0, |(_, ns)| *ns);
@@ -45,7 +45,7 @@ fn probe_times(probes: &mut Probes, device: &LoopDevice) -> (u64, u64, u64) {
         .map(|r| r.hist.sum)
         .sum();
     let unseen = c
-        .counters
+        .counter_pairs()
         .iter()
         .filter(|(k, _)| k.family == block::FAMILY_UNRECORDED && ours(k))
         .map(|(_, n)| n)
@@ -583,7 +583,7 @@ fn saturated(probes: &Probes) -> std::collections::BTreeMap<u32, u64> {
 fn saturated_counters(probes: &mut Probes) -> std::collections::BTreeMap<u32, u64> {
     probes
         .collect()
-        .counters
+        .counter_pairs()
         .into_iter()
         .filter(|(k, _)| k.family == sched::FAMILY_SATURATED)
         .map(|(k, ns)| (k.label("cpu").unwrap().parse().unwrap(), ns))

@@ -21,14 +21,14 @@ use nodepulse::{
 use common::{Workload, require_tool};
 
 /// A cgroup made for the test, removed (after its processes are killed) on drop.
-struct TestCgroup {
+pub(crate) struct TestCgroup {
     path: PathBuf,
-    name: String,
+    pub(crate) name: String,
     processes: Vec<Workload>,
 }
 
 impl TestCgroup {
-    fn new(root: &Path, role: &str) -> Self {
+    pub(crate) fn new(root: &Path, role: &str) -> Self {
         let name = format!("nodepulse-test-{role}-{}", std::process::id());
         let path = root.join(&name);
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
@@ -40,7 +40,7 @@ impl TestCgroup {
     }
 
     /// Runs `script` with sh inside this cgroup (it joins before exec'ing anything).
-    fn spawn(&mut self, script: &str) {
+    pub(crate) fn spawn(&mut self, script: &str) {
         let child = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -55,7 +55,7 @@ impl TestCgroup {
     }
 
     /// Thread ids in the cgroup (`cgroup.threads` on v2, `tasks` on v1).
-    fn threads(&self) -> Vec<u32> {
+    pub(crate) fn threads(&self) -> Vec<u32> {
         std::fs::read_to_string(self.path.join("cgroup.threads"))
             .or_else(|_| std::fs::read_to_string(self.path.join("tasks")))
             .unwrap_or_default()
@@ -85,7 +85,7 @@ impl Drop for TestCgroup {
 }
 
 /// Total run_delay (ns) of these threads, from /proc/<tid>/schedstat.
-fn run_delay(tids: &[u32]) -> u64 {
+pub(crate) fn run_delay(tids: &[u32]) -> u64 {
     tids.iter()
         .filter_map(|t| std::fs::read_to_string(format!("/proc/{t}/schedstat")).ok())
         .filter_map(|s| {

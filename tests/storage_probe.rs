@@ -52,6 +52,7 @@ impl Snapshot {
             errors: c
                 .counters
                 .into_iter()
+                .map(|t| (t.key, t.total))
                 .filter(|(k, _)| k.family == FAMILY_ERRORS && mine(k))
                 .map(|(k, n)| {
                     let key = (

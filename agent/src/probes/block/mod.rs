@@ -33,7 +33,7 @@ use super::{
     sparse,
 };
 use crate::{
-    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
+    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey, TrackedCounter},
     kernel::{btf::Btf, tracefs},
     probes::{Interval, outliers::OutliersConfig},
 };
@@ -994,10 +994,22 @@ impl Probe for BlockProbe {
     fn read_counters(
         &mut self,
         cx: &mut ReadContext<'_>,
-        out: &mut Vec<(SeriesKey, u64)>,
+        out: &mut Vec<TrackedCounter>,
     ) -> Result<(), String> {
+        // Counters are kept by device number, like the histograms: a device's label
+        // change (or its removal) does not restart them.
+        let counter = |cx: &mut ReadContext<'_>, family, dev, rest: &[(&'static str, String)], n| {
+            let mut labels = device_labels(cx, dev);
+            let entity = Some(device_entity(cx, dev, &labels));
+            labels.extend_from_slice(rest);
+            TrackedCounter {
+                key: SeriesKey::new(family, labels),
+                total: n,
+                entity,
+            }
+        };
         for (dev, busy_ns) in self.read_busy()? {
-            out.push((SeriesKey::new(FAMILY_BUSY, device_labels(cx, dev)), busy_ns));
+            out.push(counter(cx, FAMILY_BUSY, dev, &[], busy_ns));
         }
         let devices = self.read_devices()?;
         if cx.snapshot {
@@ -1015,12 +1027,11 @@ impl Probe for BlockProbe {
             if n == 0 && !known.contains(&BlockKey { dev, op }) {
                 return;
             }
-            let mut labels = device_labels(cx, dev);
-            labels.push(("op", op_name(op).to_owned()));
+            let mut labels = vec![("op", op_name(op).to_owned())];
             if let Some(cause) = cause {
                 labels.push(("cause", cause.to_owned()));
             }
-            out.push((SeriesKey::new(family, labels), n));
+            out.push(counter(cx, family, dev, &labels, n));
         };
         for (dev, d) in &devices {
             for o in 0..op::COUNT {
@@ -1042,10 +1053,11 @@ impl Probe for BlockProbe {
         for entry in map.iter() {
             let (key, n) =
                 entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_ERRORS))?;
-            let mut labels = device_labels(cx, key.dev);
-            labels.push(("op", op_name(key.op).to_owned()));
-            labels.push(("error", error_name(key.status)));
-            out.push((SeriesKey::new(FAMILY_ERRORS, labels), n));
+            let labels = [
+                ("op", op_name(key.op).to_owned()),
+                ("error", error_name(key.status)),
+            ];
+            out.push(counter(cx, FAMILY_ERRORS, key.dev, &labels, n));
         }
         Ok(())
     }
