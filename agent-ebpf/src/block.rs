@@ -211,24 +211,28 @@ fn kernel_stamp<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
 // In-flight counts per device.
 // ---------------------------------------------------------------------------------------
 
+/// The device's in-flight entry, created empty when it has none yet; `None` only when
+/// the map is full.
+#[inline(always)]
+fn device_depth(dev: u32) -> Option<*mut DeviceDepth> {
+    if let Some(p) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        return Some(p);
+    }
+    // Losing a race with another CPU's insert is fine: the lookup finds it.
+    // By reference on purpose: by value would copy 1 KiB onto the BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
+    BLOCK_DEPTH.get_ptr_mut(dev)
+}
+
 /// One more request in flight on `dev`, and the count including it (and any other
 /// CPU's concurrent change) recorded as that queue depth. `started_ns`: when
 /// the kernel started the request (0 unknown), where a busy period it opens begins;
 /// `slot`: its index in the in-flight table.
 #[inline(always)]
 fn depth_up(dev: u32, started_ns: u64, slot: u32) {
-    let d = match BLOCK_DEPTH.get_ptr_mut(dev) {
-        Some(p) => p,
-        None => {
-            // Losing a race with another CPU's insert is fine: the lookup finds it.
-            // By reference on purpose: by value would copy 1 KiB onto the BPF stack.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
-            match BLOCK_DEPTH.get_ptr_mut(dev) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    let Some(d) = device_depth(dev) else {
+        return;
     };
     // SAFETY: `d` points at the device's value in a preallocated hash map, which stays
     // valid while the program runs (the agent never deletes devices). Other CPUs use
@@ -286,18 +290,8 @@ fn record_depth(d: &mut DeviceDepth) {
 #[inline(always)]
 fn device_drop(dev: u32, op: u32, counter: u32) {
     count(counter);
-    let d = match BLOCK_DEPTH.get_ptr_mut(dev) {
-        Some(p) => p,
-        None => {
-            // As in `depth_up`: by reference, and a lost insert race is found by the
-            // lookup.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
-            match BLOCK_DEPTH.get_ptr_mut(dev) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    let Some(d) = device_depth(dev) else {
+        return;
     };
     // SAFETY: a live value of a preallocated map (see `depth_up`); its counters are
     // only changed by atomic adds, so the shared reference races with nothing.
