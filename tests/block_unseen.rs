@@ -102,6 +102,73 @@ fn completions_the_program_never_saw_are_released_once_the_device_is_idle() {
     );
 }
 
+/// With the completion program detached, every completion is lost and released by
+/// someone other than its completion: the next issue of its request, another issue
+/// that finds it freed, or the sweep, each under the slot's release lock. Two fio jobs
+/// issue on both CPUs at once, so releases of one device's requests meet: the count
+/// never reads negative, ends at 0, and each completion is counted once as unseen.
+#[test]
+fn a_lost_completion_leaves_the_in_flight_count_once_under_concurrent_issues() {
+    require_root!();
+    let lo = LoopDevice::new(64);
+    let probes = start_probes(Some(AttachKind::TpBtf));
+    let dev = agent_common::dev::parse(&lo.number).unwrap();
+    let in_flight = |probes: &Probes| {
+        let block = probes.get::<BlockProbe>().unwrap();
+        block
+            .in_flight()
+            .into_iter()
+            .find(|&(d, _)| d == dev)
+            .map_or(0, |(_, n)| n)
+    };
+    let unseen_of = |probes: &Probes| {
+        let block = probes.get::<BlockProbe>().unwrap();
+        block
+            .read_unrecorded()
+            .unwrap()
+            .into_iter()
+            .find(|&(d, _, _)| d == dev)
+            .map_or(0, |(_, unseen, _)| unseen)
+    };
+    let reads_before = lo.stat().read;
+    let unseen_before = unseen_of(&probes);
+    detach_link_of("block_rq_complete");
+    let fio = lo.fio(&[
+        "--rw=randread",
+        "--bs=4k",
+        "--iodepth=1",
+        "--numjobs=2",
+        "--time_based",
+        "--runtime=60",
+    ]);
+    let (mut samples, mut peak) = (0, 0);
+    let sampling = std::time::Instant::now();
+    while sampling.elapsed() < std::time::Duration::from_secs(4) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let n = in_flight(&probes);
+        assert!(
+            n <= i64::MAX as u64,
+            "in-flight count {} after {samples} samples: a request left it twice",
+            n as i64
+        );
+        peak = peak.max(n);
+        samples += 1;
+    }
+    drop(fio);
+    lo.wait_idle();
+    let reads = lo.stat().read - reads_before;
+    let end = in_flight(&probes);
+    let unseen = unseen_of(&probes) - unseen_before;
+    eprintln!("{reads} reads, {unseen} unseen; in flight at most {peak} of {samples} samples");
+    assert!(reads > 1000, "only {reads} reads");
+    assert_eq!(
+        end, 0,
+        "in-flight count once idle (as signed: {})",
+        end as i64
+    );
+    assert_eq!(unseen, reads, "each lost completion counted once as unseen");
+}
+
 /// With every block link detached while dd reads, the probe sees nothing of those
 /// reads: no slot is left behind to sweep, so only the kernel's own count knows of
 /// them. The comparison with `/sys/block/<dev>/stat` counts each once as

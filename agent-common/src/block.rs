@@ -210,8 +210,17 @@ pub struct InflightSlot {
     /// tracepoints): lets [`SWEEP_SLOTS`]' sweep ask the request itself whether it is
     /// still in flight.
     pub rq: u64,
+    /// Bumped by each issue into the slot: tells a request's occupancy from a later
+    /// one at the same address (one released under the slot's lock must be the one
+    /// found lost).
+    pub generation: u32,
+    pub _pad: u32,
 }
-plain_data!(InflightSlot, 5 * 8 + 4 * 4);
+plain_data!(InflightSlot, 6 * 8 + 4 * 4);
+
+/// Release locks of the in-flight table held at once: one per CPU releasing a lost
+/// request (and any program nested on it), with room for large hosts.
+pub const SLOT_LOCKS: u32 = 1024;
 
 /// Slots the sweep program looks at per run (a bounded loop the verifier walks once
 /// per iteration); the agent runs it over the whole table in steps of this.

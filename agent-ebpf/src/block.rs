@@ -28,18 +28,21 @@
 //!    lookups are inlined by the verifier: no hashing helper, no delete.
 //!
 //! In-flight accounting is exact: a device's count goes up once per request at issue,
-//! and down once at its completion, requeue, eviction from the table, or release by
-//! the sweep (a completion the kernel made without running the program, found once
-//! the device is idle), whichever comes first, all decided by the request's slot.
-//! Requests in flight at attach never went up, so their completions, which find no
-//! slot, never go down.
+//! and down once, decided by the request's slot. The request's own events (completion,
+//! requeue, its next issue or insertion) are ordered by the block layer; a third party
+//! (another request's issue or completion, the agent's sweep) may release a request
+//! whose completion the kernel made without running the program only under the slot's
+//! release lock, so two CPUs never release one request (see [`release_lost`]). An
+//! issued request is never evicted by another: a request finding both ways of its
+//! bucket issued is not tracked. Requests in flight at attach never went up, so their
+//! completions, which find no slot, never go down.
 
 use agent_common::{
     block::{
         BLOCK_DEPTH_MAX_DEVICES, BLOCK_ERROR_MAX_SERIES, BlockErrorKey, BlockHistograms, BlockKey,
         DeviceDepth, DeviceReconcile, INFLIGHT_SLOTS, InflightSlot, MQ_RQ_IDLE, OutlierLayout,
-        RECENT_ISSUES, REQ_OP_MASK, RequestLayout, SWEEP_SLOTS, TracepointLayout, inflight_slot,
-        op, op_from_req_op, op_from_rwbs, slot_state,
+        RECENT_ISSUES, REQ_OP_MASK, RequestLayout, SLOT_LOCKS, SWEEP_SLOTS, TracepointLayout,
+        inflight_slot, op, op_from_req_op, op_from_rwbs, slot_state,
     },
     counters, dev,
     names::BLOCK_LATENCY_MAX_SERIES,
@@ -80,6 +83,13 @@ static BLOCK_LATENCY_SPILL: PerCpuHashMap<BlockKey, BlockHistograms> =
 
 #[map(name = "BLOCK_INFLIGHT")]
 static BLOCK_INFLIGHT: Array<InflightSlot> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
+
+/// Release locks of in-flight slots, held by slot index while a request is released
+/// by anyone but its own completion. An insert that fails when the key exists is
+/// atomic on every kernel (under the bucket's lock), where BPF's compare-and-swap
+/// needs 5.12. Preallocated: taking a lock never allocates.
+#[map(name = "BLOCK_SLOT_LOCKS")]
+static BLOCK_SLOT_LOCKS: HashMap<u32, u32> = HashMap::with_max_entries(SLOT_LOCKS, 0);
 
 /// Requests in flight per device and the depth at each issue: one lookup per event.
 #[map(name = "BLOCK_DEPTH")]
@@ -201,24 +211,28 @@ fn kernel_stamp<R: KernelRead>(rq: u64, l: &RequestLayout) -> Option<u64> {
 // In-flight counts per device.
 // ---------------------------------------------------------------------------------------
 
+/// The device's in-flight entry, created empty when it has none yet; `None` only when
+/// the map is full.
+#[inline(always)]
+fn device_depth(dev: u32) -> Option<*mut DeviceDepth> {
+    if let Some(p) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        return Some(p);
+    }
+    // Losing a race with another CPU's insert is fine: the lookup finds it.
+    // By reference on purpose: by value would copy 1 KiB onto the BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
+    BLOCK_DEPTH.get_ptr_mut(dev)
+}
+
 /// One more request in flight on `dev`, and the count including it (and any other
 /// CPU's concurrent change) recorded as that issue's queue depth. `started_ns`: when
 /// the kernel started the request (0 unknown), where a busy period it opens begins;
 /// `slot`: its index in the in-flight table.
 #[inline(always)]
 fn depth_up(dev: u32, started_ns: u64, slot: u32) {
-    let d = match BLOCK_DEPTH.get_ptr_mut(dev) {
-        Some(p) => p,
-        None => {
-            // Losing a race with another CPU's insert is fine: the lookup finds it.
-            // By reference on purpose: by value would copy 1 KiB onto the BPF stack.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
-            match BLOCK_DEPTH.get_ptr_mut(dev) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    let Some(d) = device_depth(dev) else {
+        return;
     };
     // SAFETY: `d` points at the device's value in a preallocated hash map, which stays
     // valid while the program runs (the agent never deletes devices). Other CPUs use
@@ -276,18 +290,8 @@ fn record_depth(d: &mut DeviceDepth) {
 #[inline(always)]
 fn device_drop(dev: u32, op: u32, counter: u32) {
     count(counter);
-    let d = match BLOCK_DEPTH.get_ptr_mut(dev) {
-        Some(p) => p,
-        None => {
-            // As in `depth_up`: by reference, and a lost insert race is found by the
-            // lookup.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = BLOCK_DEPTH.insert(dev, &EMPTY_DEPTH, BPF_NOEXIST as u64);
-            match BLOCK_DEPTH.get_ptr_mut(dev) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    let Some(d) = device_depth(dev) else {
+        return;
     };
     // SAFETY: a live value of a preallocated map (see `depth_up`); its counters are
     // only changed by atomic adds, so the shared reference races with nothing.
@@ -356,10 +360,7 @@ fn freed(rq: u64, l: &RequestLayout) -> bool {
 /// Releases, among `dev`'s last issues, the requests still `ISSUED` that the kernel
 /// has freed: each is counted as an unseen completion and leaves the in-flight count,
 /// ending at the last completion seen or its own issue a busy period it alone kept
-/// open. The request in hand is never among them (it holds its reference). A freed
-/// request allocated and issued again between the check and the release (a few
-/// instructions) would be counted twice: the comparison with the kernel's count shows
-/// that as a double count.
+/// open. The request in hand is never among them (it holds its reference).
 #[inline(always)]
 fn release_freed(d: *mut DeviceDepth, dev: u32) {
     let l = layout();
@@ -372,20 +373,99 @@ fn release_freed(d: *mut DeviceDepth, dev: u32) {
         let Some(entry) = entry.filter(|&e| e != 0) else {
             continue;
         };
-        let Some(slot) = slot_at(entry - 1) else {
-            continue;
-        };
-        if slot.state != slot_state::ISSUED || slot.dev != dev || slot.rq == 0 {
-            continue;
-        }
-        if !freed(slot.rq, &l) {
-            continue;
-        }
-        slot.state = slot_state::EMPTY;
-        slot.id = 0;
-        depth_release(dev, slot.issued_ns);
-        device_drop(dev, slot.op, counters::BLOCK_COMPLETION_UNSEEN);
+        release_if_freed(entry - 1, Some(dev), &l);
     }
+}
+
+/// Releases the request in slot `index` (of `dev`, if given) if it is still `ISSUED`
+/// and the kernel has freed it. Returns whether it did.
+#[inline(always)]
+fn release_if_freed(index: u32, dev: Option<u32>, l: &RequestLayout) -> bool {
+    let Some(slot) = slot_at(index) else {
+        return false;
+    };
+    let seen = Occupancy::of(slot);
+    if seen.state != slot_state::ISSUED || dev.is_some_and(|d| seen.dev != d) || seen.rq == 0 {
+        return false;
+    }
+    // Freed after `seen` was read: a completion the program ran for that occupancy
+    // emptied the slot before the kernel freed the request, so [`release_lost`]'s
+    // second look, which comes after this one, finds it gone.
+    if !freed(seen.rq, l) {
+        return false;
+    }
+    release_lost(index, &seen)
+}
+
+/// What identifies one occupancy of a slot: a new issue changes `generation`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Occupancy {
+    state: u32,
+    generation: u32,
+    dev: u32,
+    id: u64,
+    rq: u64,
+}
+
+impl Occupancy {
+    #[inline(always)]
+    fn of(slot: &InflightSlot) -> Self {
+        // SAFETY: aligned words of a live map value (see `slot_at`), never torn;
+        // volatile, so each look reads the slot again.
+        unsafe {
+            Self {
+                state: core::ptr::read_volatile(&slot.state),
+                generation: core::ptr::read_volatile(&slot.generation),
+                dev: core::ptr::read_volatile(&slot.dev),
+                id: core::ptr::read_volatile(&slot.id),
+                rq: core::ptr::read_volatile(&slot.rq),
+            }
+        }
+    }
+}
+
+/// Tries for a slot's release lock this many times: its holder keeps it for a few
+/// reads and writes.
+const LOCK_TRIES: u32 = 4;
+
+/// Releases occupancy `seen` of slot `index`, a request whose completion the kernel
+/// made without running the program (the caller knows it: the request was freed
+/// since `seen` was read, or is being issued or inserted again). Under the slot's
+/// release lock, and only if the slot still holds that very occupancy: of two CPUs
+/// releasing one request (two issues each finding it freed, or its own next issue and
+/// the sweep), the second finds it gone. Its own completion takes no lock: it never
+/// runs once the request is freed or issued again. Counted as an unseen completion,
+/// and the request leaves its device's in-flight count. Returns whether it released
+/// it (false: gone already, or the lock stayed busy; its holder then decides).
+#[inline(always)]
+fn release_lost(index: u32, seen: &Occupancy) -> bool {
+    let mut locked = false;
+    for _ in 0..LOCK_TRIES {
+        if BLOCK_SLOT_LOCKS
+            .insert(index, 0, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            locked = true;
+            break;
+        }
+    }
+    if !locked {
+        return false;
+    }
+    let mut released = false;
+    if let Some(slot) = slot_at(index)
+        && Occupancy::of(slot) == *seen
+    {
+        let (issued_ns, op) = (slot.issued_ns, slot.op);
+        // The identity first: an issue that finds the slot empty may take it at once.
+        slot.id = 0;
+        slot.state = slot_state::EMPTY;
+        depth_release(seen.dev, issued_ns);
+        device_drop(seen.dev, op, counters::BLOCK_COMPLETION_UNSEEN);
+        released = true;
+    }
+    let _ = BLOCK_SLOT_LOCKS.remove(index);
+    released
 }
 
 /// One request fewer in flight on `dev` whose completion the program never saw (it was
@@ -438,18 +518,16 @@ fn leave(d: *mut DeviceDepth, end: impl FnOnce(*mut DeviceDepth) -> u64) -> u64 
 
 /// The slot at `index`, shared by every CPU.
 ///
-/// The table is deliberately not locked (raw and classic tracepoint and kprobe programs
-/// cannot take a `bpf_spin_lock`, and atomics on every field would cost more than the
-/// race): two CPUs can work on one slot at the same time when different requests meet
-/// in the same two-way bucket (a hash collision, or two sector-keyed flushes of one
-/// device). One request's own events are ordered by the block layer (it is issued
-/// before it completes), so they do not race with each other. Each field is an aligned
-/// word and never torn, but a slot can end up mixing two requests' fields, and both
-/// CPUs can see it `ISSUED` and take their device's in-flight count down. Tolerated:
-/// such overlaps need a collision within the few hundred nanoseconds the two programs
-/// run, and cost one sample with a wrong time or device, a request counted as a
-/// collision or unmatched, or an in-flight count off by one (a negative count is never
-/// recorded as a depth).
+/// The table's hot path is deliberately not locked (raw and classic tracepoint and
+/// kprobe programs cannot take a `bpf_spin_lock`, and 5.10 has no compare-and-swap):
+/// one request's own events are ordered by the block layer (it is issued before it
+/// completes, and completes before it is freed and issued again), so they do not race
+/// with each other; releases by anyone else take the slot's release lock
+/// ([`release_lost`]), and an issued slot is never taken by another request. Two
+/// requests claiming one empty slot at the same instant (a hash collision within the
+/// few hundred nanoseconds the programs run) can still leave it mixing their fields:
+/// both went up, one goes down (an in-flight count one too high, a sample with a
+/// wrong time).
 #[inline(always)]
 fn slot_at(index: u32) -> Option<&'static mut InflightSlot> {
     BLOCK_INFLIGHT.get_ptr_mut(index).map(|p| {
@@ -489,8 +567,9 @@ fn find(index: u32, id: u64, dev: Option<u32>) -> Option<&'static mut InflightSl
 }
 
 /// The slot for request `id`: the one it uses, else an empty one, else one holding a
-/// request not yet issued (a waiting or stale insertion), else the first way, whose
-/// issued request is then evicted.
+/// request not yet issued (a waiting or stale insertion). `None` when both hold other
+/// requests, issued: evicting one would race with its completion on another CPU, and
+/// both would take its count down.
 #[inline(always)]
 fn slot_for(index: u32, id: u64, dev: Option<u32>) -> Option<(u32, &'static mut InflightSlot)> {
     let (ia, ib) = (index & !1, index | 1);
@@ -510,22 +589,14 @@ fn slot_for(index: u32, id: u64, dev: Option<u32>) -> Option<(u32, &'static mut 
             return Some((ib, b));
         }
     }
-    Some((ia, a))
+    None
 }
 
-/// Makes room in a slot for request `id`: an issued request of another identity loses
-/// its place (and its in-flight count, so the device's count does not drift).
+/// Makes room in a slot ([`slot_for`]: empty or inserted) for request `id`: another
+/// request's insertion time is lost.
 #[inline(always)]
 fn claim(slot: &mut InflightSlot, id: u64, dev: Option<u32>) {
-    if slot.state == slot_state::EMPTY || holds(slot, id, dev) {
-        return;
-    }
-    if slot.state == slot_state::ISSUED {
-        depth_release(slot.dev, slot.issued_ns);
-        count(counters::BLOCK_SLOT_COLLISION);
-        // Released: not to be found again among its device's last issues.
-        slot.state = slot_state::EMPTY;
-    } else {
+    if slot.state == slot_state::INSERTED && !holds(slot, id, dev) {
         count(counters::BLOCK_INSERT_EVICTED);
     }
 }
@@ -533,15 +604,19 @@ fn claim(slot: &mut InflightSlot, id: u64, dev: Option<u32>) {
 /// A request (known by pointer) enters the scheduler: remember when, for its queue time.
 #[inline(always)]
 fn on_insert(index: u32, id: u64) {
-    let Some((_, slot)) = slot_for(index, id, None) else {
+    let Some((at, slot)) = slot_for(index, id, None) else {
+        // Both ways hold issued requests: its queue time is lost.
+        count(counters::BLOCK_INSERT_EVICTED);
         return;
     };
     if slot.state == slot_state::ISSUED && slot.id == id {
         // Inserted again with neither completion nor requeue seen: as at a second
         // issue, the kernel completed it without running the completion program (a
-        // requeue is far rarer than a completion). It is no longer in flight.
-        device_drop(slot.dev, slot.op, counters::BLOCK_COMPLETION_UNSEEN);
-        depth_release(slot.dev, slot.issued_ns);
+        // requeue is far rarer than a completion). It is no longer in flight. Not
+        // released (another CPU is releasing it): its issue tries again.
+        if !release_lost(at, &Occupancy::of(slot)) {
+            return;
+        }
     } else {
         claim(slot, id, None);
     }
@@ -573,6 +648,7 @@ struct Issue {
 fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     let dev = by_device.then_some(i.dev);
     let Some((at, slot)) = slot_for(index, id, dev) else {
+        untracked(i.dev);
         return;
     };
     let same = holds(slot, id, dev);
@@ -582,11 +658,13 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
         // the previous issue without running the completion program (it skips BPF
         // programs in some contexts without counting a recursion miss). The lost
         // completion is counted on its device, and the previous issue leaves the count
-        // (ending a busy period it alone kept open) before this one enters it.
-        device_drop(slot.dev, slot.op, counters::BLOCK_COMPLETION_UNSEEN);
-        depth_release(slot.dev, slot.issued_ns);
-        // Released: not to be found again among the device's last issues.
-        slot.state = slot_state::EMPTY;
+        // (ending a busy period it alone kept open) before this one enters it. If
+        // another CPU holds the slot's release lock, this issue is not tracked.
+        if !release_lost(at, &Occupancy::of(slot)) && Occupancy::of(slot).state != slot_state::EMPTY
+        {
+            untracked(i.dev);
+            return;
+        }
     } else if same && slot.state == slot_state::INSERTED && slot.inserted_ns >= i.allocated_ns {
         inserted_ns = slot.inserted_ns;
     } else {
@@ -607,8 +685,26 @@ fn on_issue(index: u32, id: u64, i: &Issue, by_device: bool) {
     slot.op = i.op;
     slot.bytes = i.bytes.unwrap_or(u32::MAX);
     slot.rq = i.rq;
+    slot.generation = slot.generation.wrapping_add(1);
     slot.state = slot_state::ISSUED;
     slot.id = id;
+}
+
+/// An issue the table has no slot for (both ways of its bucket hold other requests in
+/// flight): counted as a collision, and its depth recorded without counting it in
+/// flight, since its completion will find no slot to take it out again.
+#[inline(always)]
+fn untracked(dev: u32) {
+    count(counters::BLOCK_SLOT_COLLISION);
+    if let Some(d) = BLOCK_DEPTH.get_ptr_mut(dev) {
+        // SAFETY: a live value of a preallocated map (see `depth_up`); an aligned word,
+        // never torn.
+        let depth = unsafe { core::ptr::read_volatile(&(*d).in_flight) }.wrapping_add(1);
+        if depth < 1 << 32 {
+            // SAFETY: as above; the window is only changed by atomic adds.
+            add_window_shared(unsafe { &mut (*d).depth }, depth);
+        }
+    }
 }
 
 /// The driver gave the request (known by pointer) back: it leaves the in-flight count
@@ -709,22 +805,11 @@ pub fn block_sweep(ctx: RawTracePointContext) -> i32 {
     }
     let mut released = 0;
     for k in 0..SWEEP_SLOTS {
-        let Some(slot) = slot_at((first as u32).wrapping_add(k)) else {
-            break;
-        };
-        if slot.state != slot_state::ISSUED || slot.dev != dev as u32 || slot.rq == 0 {
-            continue;
+        // The busy period a released request alone kept open ends at the last
+        // completion seen or its issue (0 when unknown: then the last completion).
+        if release_if_freed((first as u32).wrapping_add(k), Some(dev as u32), &l) {
+            released += 1;
         }
-        if !freed(slot.rq, &l) {
-            continue;
-        }
-        slot.state = slot_state::EMPTY;
-        slot.id = 0;
-        // The busy period it alone kept open ends at the last completion seen or its
-        // issue (0 when the issue time is unknown: then the last completion).
-        depth_release(slot.dev, slot.issued_ns);
-        device_drop(slot.dev, slot.op, counters::BLOCK_COMPLETION_UNSEEN);
-        released += 1;
     }
     released
 }

@@ -75,6 +75,7 @@ pub fn maps() -> Vec<MapKind> {
         kind::<BlockErrorKey, u64>(names::MAP_BLOCK_ERRORS, Counts, ERRORS_REVISION),
         kind::<u32, DeviceReconcile>(names::MAP_BLOCK_RECONCILE, Counts, 0),
         kind::<u32, InflightSlot>(names::MAP_BLOCK_INFLIGHT, State, 0),
+        kind::<u32, u32>(names::MAP_BLOCK_SLOT_LOCKS, State, 0),
         kind::<u32, u64>(names::MAP_BLOCK_THRESHOLDS, State, 0),
         kind::<u32, Histogram>(names::MAP_SCHED_LATENCY, Counts, 0),
         kind::<u32, u32>(names::MAP_VCPU_THREADS, State, 0),
