@@ -279,14 +279,14 @@ fn cgroup_waits_between_stops_equal_run_delay_unless_threads_migrate() {
             );
             if pinned {
                 assert!(
-                    ours.sum <= kernel && kernel - ours.sum <= kernel / 200,
+                    ours.sum <= kernel && kernel - ours.sum <= kernel / 100,
                     "{mode:?}: pinned, every wait: {} vs {kernel}",
                     ours.sum
                 );
             } else {
                 assert!(ours.sum <= kernel, "{mode:?}: never more than the kernel");
                 assert!(
-                    moves > 0 || ours.sum == kernel,
+                    moves > 0 || kernel - ours.sum <= kernel / 100,
                     "{mode:?}: short only when threads migrated"
                 );
             }
