@@ -172,6 +172,9 @@ impl<V: Cumulative> Carried<V> {
 /// A series as read at a hand-over: its key, its labels then, its cumulative value.
 type Switched<V> = (DeltaKey, Vec<(&'static str, String)>, V);
 
+/// Series read at a hand-over, by key: their labels then and their values.
+type ByKey<V> = HashMap<DeltaKey, (Vec<(&'static str, String)>, V)>;
+
 /// The last cumulative value and the carried part of every series of one kind.
 struct Keyed<V> {
     previous: HashMap<DeltaKey, V>,
@@ -190,10 +193,8 @@ impl<V> Default for Keyed<V> {
 impl<V: Cumulative> Keyed<V> {
     /// See [`Delta::carry`]. Returns how many series continue a count of the old set.
     fn carry(&mut self, old: Vec<Switched<V>>, base: Vec<Switched<V>>) -> usize {
-        let mut base: HashMap<DeltaKey, (Vec<(&'static str, String)>, V)> =
-            base.into_iter().map(|(k, l, v)| (k, (l, v))).collect();
-        let mut old: HashMap<DeltaKey, (Vec<(&'static str, String)>, V)> =
-            old.into_iter().map(|(k, l, v)| (k, (l, v))).collect();
+        let mut base: ByKey<V> = base.into_iter().map(|(k, l, v)| (k, (l, v))).collect();
+        let mut old: ByKey<V> = old.into_iter().map(|(k, l, v)| (k, (l, v))).collect();
         // A series carried into the old set that its maps never counted is still
         // carried: its total is what the sets before counted.
         for (key, c) in &self.carried {
