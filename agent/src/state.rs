@@ -155,6 +155,8 @@ impl StateDir {
     pub fn peek(dir: &Path) -> Result<Option<Saved>, StateError> {
         let state = Self {
             dir: dir.to_path_buf(),
+            committed: Default::default(),
+            prepared: Default::default(),
         };
         let Some((path, bytes)) = state.last_saved()? else {
             return Ok(None);
