@@ -34,7 +34,7 @@ fn probe_times(probes: &mut Probes, device: &LoopDevice) -> (u64, u64, u64) {
     let c = probes.collect();
     let ours = |r: &nodepulse::aggregate::SeriesKey| r.label("dev") == Some(device.number.as_str());
     let busy = c
-        .counters
+        .counter_pairs()
         .iter()
         .find(|(k, _)| k.family == block::FAMILY_BUSY && ours(k))
         .map_or(0, |(_, ns)| *ns);
@@ -45,7 +45,7 @@ fn probe_times(probes: &mut Probes, device: &LoopDevice) -> (u64, u64, u64) {
         .map(|r| r.hist.sum)
         .sum();
     let unseen = c
-        .counters
+        .counter_pairs()
         .iter()
         .filter(|(k, _)| k.family == block::FAMILY_UNRECORDED && ours(k))
         .map(|(_, n)| n)
@@ -130,7 +130,6 @@ fn busy_fraction_matches_the_kernels_request_times_under_fio() {
         "none",
     )
     .unwrap();
-    let mut judged = 0;
     for (what, args, exact) in [
         ("idle", vec![], true),
         (
@@ -154,29 +153,12 @@ fn busy_fraction_matches_the_kernels_request_times_under_fio() {
             false,
         ),
     ] {
-        // A completion the kernel made without running the probe's program keeps its
-        // busy period open until the request is released (counted as unrecorded):
-        // busy time is exact only in windows without one, so such a window is measured
-        // again (one in a 3 s window at 200/s once read busy 0.189 against 0.006).
-        let mut w = measure(&mut probes, &device, &args, 3);
-        for _ in 0..4 {
-            if w.unrecorded == 0 {
-                break;
-            }
-            eprintln!(
-                "{what}: {} completions unseen, busy {:.4} against its device times {:.4}: \
-                 measured again",
-                w.unrecorded, w.ours, w.device_sum
-            );
-            w = measure(&mut probes, &device, &args, 3);
-        }
-        if w.unrecorded > 0 {
-            // Lost completions come in bursts under load (1-9 a window here, most at
-            // qd 8): a case without a clean window is not judged, and enough must be.
-            eprintln!("{what}: completions unseen in 5 windows running, not judged");
-            continue;
-        }
-        judged += 1;
+        // Windows with completions the kernel made without running the probe's
+        // program are judged like the others: such a request ends its busy period at
+        // the next issue or completion that finds it freed, not when it is released
+        // later (one kept open to the end of a 3 s window at 200/s once read busy
+        // 0.189 against device times of 0.006).
+        let w = measure(&mut probes, &device, &args, 3);
         eprintln!(
             "{what}: nodepulse busy {:.4}, its device times {:.4}, kernel request times \
              {:.4}..{:.4}, io_ticks {:.3}, unrecorded {}",
@@ -218,10 +200,6 @@ fn busy_fraction_matches_the_kernels_request_times_under_fio() {
             assert!(w.ours > 0.0, "{what}: the device did work");
         }
     }
-    assert!(
-        judged >= 3,
-        "only {judged} of 5 cases had a window without lost completions"
-    );
 }
 
 /// A cgroup2 cgroup for the test, its processes killed and the cgroup removed on drop.
@@ -605,7 +583,7 @@ fn saturated(probes: &Probes) -> std::collections::BTreeMap<u32, u64> {
 fn saturated_counters(probes: &mut Probes) -> std::collections::BTreeMap<u32, u64> {
     probes
         .collect()
-        .counters
+        .counter_pairs()
         .into_iter()
         .filter(|(k, _)| k.family == sched::FAMILY_SATURATED)
         .map(|(k, ns)| (k.label("cpu").unwrap().parse().unwrap(), ns))

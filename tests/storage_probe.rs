@@ -52,6 +52,7 @@ impl Snapshot {
             errors: c
                 .counters
                 .into_iter()
+                .map(|t| (t.key, t.total))
                 .filter(|(k, _)| k.family == FAMILY_ERRORS && mine(k))
                 .map(|(k, n)| {
                     let key = (
@@ -298,6 +299,11 @@ fn attach_under_load_keeps_counts_exact() {
     {
         thread::sleep(Duration::from_millis(100));
         let s = Snapshot::take(&mut probes, &lo);
+        assert!(
+            s.in_flight <= i64::MAX as u64,
+            "in-flight count read {}",
+            s.in_flight as i64
+        );
         peak = peak.max(s.in_flight);
     }
     // Killed: the kernel still completes every request it had in flight.
@@ -319,6 +325,48 @@ fn attach_under_load_keeps_counts_exact() {
         }
     }
     assert!(samples > 1000, "only {samples} samples under load");
+}
+
+/// Attached again and again under load: each attach leaves a burst of requests whose
+/// completions the probe never sees (issue attached before completion), released by
+/// whichever issue or completion finds them freed. One released both by its own
+/// completion and by another CPU that had read its slot just before took the count
+/// below zero (18446744073709551615, as CI read it), where it stayed, swinging between
+/// -1 and 0. No device's count may ever read negative.
+#[test]
+fn in_flight_never_reads_negative_through_attach_churn_under_load() {
+    require_root!();
+    let lo = LoopDevice::new(64);
+    lo.set_scheduler("mq-deadline");
+    let fio = lo.fio(&[
+        "--rw=randrw",
+        "--bs=4k",
+        "--iodepth=32",
+        "--time_based",
+        "--runtime=120",
+    ]);
+    thread::sleep(Duration::from_millis(800));
+    let mut samples = 0;
+    for round in 0..4 {
+        let probes = start_probes(Some(AttachKind::TpBtf));
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            thread::sleep(Duration::from_millis(50));
+            let block = probes.get::<BlockProbe>().unwrap();
+            for (dev, n) in block.in_flight() {
+                assert!(
+                    n <= i64::MAX as u64,
+                    "attach {round}: device {dev}'s in-flight count read {} after {samples} \
+                     samples: a request left it twice",
+                    n as i64
+                );
+            }
+            samples += 1;
+        }
+    }
+    drop(fio);
+    lo.wait_idle();
+    assert!(samples >= 8, "only {samples} samples");
 }
 
 /// Writes to a loop device whose backing file cannot grow (a full tmpfs) fail with

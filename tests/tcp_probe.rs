@@ -174,7 +174,7 @@ impl Snapshot {
                 .map(|r| (r.key.label(LABEL_GROUP).unwrap().to_owned(), r.hist.clone()))
                 .collect(),
             retransmits: c
-                .counters
+                .counter_pairs()
                 .iter()
                 .filter(|(k, _)| k.family == tcp::FAMILY_RETRANSMITS)
                 .map(|(k, total)| (k.label(LABEL_GROUP).unwrap().to_owned(), *total))

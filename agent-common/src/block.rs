@@ -94,12 +94,13 @@ impl BlockHistograms {
 pub struct DeviceDepth {
     pub in_flight: u64,
     pub depth: DepthHistogram,
-    /// Completions the kernel made without the completion program running: found when
-    /// the same request is issued again while its previous issue is still recorded.
-    pub completions_unseen: u64,
+    /// Completions the kernel made without the completion program running, per
+    /// [`op`] class: found when the same request is issued again while its previous
+    /// issue is still recorded, or by the sweep.
+    pub completions_unseen: [u64; op::COUNT],
     /// Completions the program saw without an issue record (in flight before attach,
-    /// or the issue program did not run).
-    pub completions_unmatched: u64,
+    /// or the issue program did not run), per [`op`] class.
+    pub completions_unmatched: [u64; op::COUNT],
     /// Nanoseconds (kernel monotonic clock) the device had at least one request
     /// started and not completed, up to the start of the current busy period: the
     /// probe's own io_ticks, with the kernel's definition (a request counts from when
@@ -111,20 +112,70 @@ pub struct DeviceDepth {
     /// ends when the count only reaches 0 by releasing requests whose completions the
     /// program never saw (their true end is unknown, and no earlier than this).
     pub last_done_ns: u64,
+    /// In-flight table indices + 1 of the device's last issued requests (0: none),
+    /// written in turn: where an event that finds requests still counted in flight
+    /// looks for ones the kernel has already freed (their completion was not seen), so
+    /// that such a request ends its busy period at once rather than when released
+    /// later.
+    pub recent: [u32; RECENT_ISSUES],
+    /// The next entry of `recent` to write.
+    pub recent_next: u64,
 }
-plain_data!(DeviceDepth, 8 + (2 + 128) * 8 + 5 * 8);
+plain_data!(
+    DeviceDepth,
+    8 + (2 + 128) * 8 + 2 * op::COUNT * 8 + 3 * 8 + RECENT_ISSUES * 4 + 8
+);
+
+/// How many of a device's last issues [`DeviceDepth::recent`] keeps (even: no padding).
+pub const RECENT_ISSUES: usize = 8;
 
 impl DeviceDepth {
     pub const ZERO: Self = Self {
         in_flight: 0,
         depth: DepthHistogram::ZERO,
-        completions_unseen: 0,
-        completions_unmatched: 0,
+        completions_unseen: [0; op::COUNT],
+        completions_unmatched: [0; op::COUNT],
         busy_ns: 0,
         busy_since_ns: 0,
         last_done_ns: 0,
+        recent: [0; RECENT_ISSUES],
+        recent_next: 0,
     };
 }
+
+/// The kernel's completed-request groups of `/sys/block/<dev>/stat`, in its order:
+/// read, write, discard, flush.
+pub const STAT_GROUPS: usize = 4;
+
+/// The stat group of an [`op`] class; `None` for `other` (zone management and driver
+/// operations, which the kernel counts by direction or not at all).
+pub const fn stat_group(op: u32) -> Option<usize> {
+    match op {
+        op::READ => Some(0),
+        op::WRITE => Some(1),
+        op::DISCARD => Some(2),
+        op::FLUSH => Some(3),
+        _ => None,
+    }
+}
+
+/// Per device, written by the agent only (the programs never touch it): how the
+/// probe's counts stand against the kernel's own completed counts. Kept in a map so
+/// that it lives and is pinned with the counts it is computed from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceReconcile {
+    /// The kernel's completed counts per stat group at the last comparison (or where
+    /// it began).
+    pub kernel_seen: [u64; STAT_GROUPS],
+    /// The probe's completions per stat group (recorded, unseen and unmatched) then.
+    pub probe_seen: [u64; STAT_GROUPS],
+    /// Completions the kernel made that the probe neither recorded nor counted.
+    pub unaccounted: [u64; STAT_GROUPS],
+    /// Completions the probe recorded or counted beyond the kernel's: double counts.
+    pub overcounted: [u64; STAT_GROUPS],
+}
+plain_data!(DeviceReconcile, 4 * STAT_GROUPS * 8);
 
 /// Where a request is in its life, as the in-flight table knows it.
 pub mod slot_state {
@@ -159,8 +210,17 @@ pub struct InflightSlot {
     /// tracepoints): lets [`SWEEP_SLOTS`]' sweep ask the request itself whether it is
     /// still in flight.
     pub rq: u64,
+    /// Bumped by each issue into the slot: tells a request's occupancy from a later
+    /// one at the same address (one released under the slot's lock must be the one
+    /// found lost).
+    pub generation: u32,
+    pub _pad: u32,
 }
-plain_data!(InflightSlot, 5 * 8 + 4 * 4);
+plain_data!(InflightSlot, 6 * 8 + 4 * 4);
+
+/// Release locks of the in-flight table held at once: one per CPU releasing a lost
+/// request (and any program nested on it), with room for large hosts.
+pub const SLOT_LOCKS: u32 = 1024;
 
 /// Slots the sweep program looks at per run (a bounded loop the verifier walks once
 /// per iteration); the agent runs it over the whole table in steps of this.

@@ -160,6 +160,7 @@ fn report(series: Vec<SeriesReport>) -> Report {
         alarms: vec![],
         alarms_open: 0,
         learning: vec![],
+        learning_until: None,
         capacity: None,
         actions: vec![],
         backing: BTreeMap::new(),

@@ -54,6 +54,10 @@ struct Args {
     /// (e.g. DIR/results/numenta) instead, to check the scorer against NAB's numbers.
     #[arg(long, value_name = "DIR", requires = "corpus")]
     nab_results: Option<std::path::PathBuf>,
+    /// With a NAB --corpus: tell the detector each file's minimum and maximum in
+    /// advance, as NAB tells its detectors (a live series has no such bounds).
+    #[arg(long, requires = "corpus")]
+    known_range: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             nab_results: args.nab_results.clone(),
             ablation: args.ablation,
             fixed_learning: args.fixed_learning,
+            known_range: args.known_range,
         };
         let started = Instant::now();
         let report = corpus::evaluate(dir, &config.detect.scalar, &options, &mut |line| {

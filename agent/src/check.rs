@@ -228,6 +228,9 @@ pub fn run(config: &Config) -> CheckReport {
         verdict: Verdict::Ok,
         detail: crate::detect::learning_statement(&config.detect),
     });
+    if let Some(item) = learning_item(config) {
+        items.push(item);
+    }
 
     let mut probes = Vec::new();
     // Classic tracepoints are tried too: mount tracefs for the check as the agent would
@@ -264,6 +267,73 @@ pub fn run(config: &Config) -> CheckReport {
 /// What `run` would still fail on after the configuration parsed and validated, found
 /// without attaching anything: an endpoint address taken by another process, an audit
 /// log that cannot be written. Each entry says what is wrong and what to do.
+/// Which series the agent's last saved state lists as still learning, and until when
+/// (only with `[agent] state_dir`, where a running agent saves its detector).
+fn learning_item(config: &Config) -> Option<Item> {
+    let dir = &config.agent.state_dir;
+    if dir.as_os_str().is_empty() || !config.detect.enabled {
+        return None;
+    }
+    let what = "detector learning".to_owned();
+    let saved = match crate::state::StateDir::peek(dir) {
+        Ok(Some(saved)) => saved,
+        Ok(None) => {
+            return Some(Item {
+                what,
+                verdict: Verdict::Ok,
+                detail: format!(
+                    "no state saved in {} yet: every series learns from the agent's start",
+                    dir.display()
+                ),
+            });
+        }
+        Err(e) => {
+            return Some(Item {
+                what,
+                verdict: Verdict::Warn,
+                detail: e.to_string(),
+            });
+        }
+    };
+    let at = crate::util::time::rfc3339(saved.saved_unix_nano);
+    let Some(detector) = saved.detector else {
+        return Some(Item {
+            what,
+            verdict: Verdict::Ok,
+            detail: format!("the state saved at {at} holds no detector state"),
+        });
+    };
+    let detail = match crate::detect::snapshot::learning_in(detector, &config.detect) {
+        Err(e) => format!("the detector state saved at {at} cannot be read: {e}"),
+        Ok((names, _)) if names.is_empty() => {
+            format!("as saved at {at}: no series is still learning")
+        }
+        Ok((names, until)) => {
+            const SHOWN: usize = 10;
+            let more = names.len().saturating_sub(SHOWN);
+            format!(
+                "as saved at {at}: {} series still learning{}: {}{}",
+                names.len(),
+                until.map_or(String::new(), |t| format!(
+                    " until {}",
+                    crate::util::time::rfc3339(t)
+                )),
+                names[..names.len().min(SHOWN)].join(", "),
+                if more > 0 {
+                    format!(", {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        }
+    };
+    Some(Item {
+        what,
+        verdict: Verdict::Ok,
+        detail,
+    })
+}
+
 pub fn config_preflight(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     let endpoints = [

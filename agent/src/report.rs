@@ -37,6 +37,10 @@ pub struct Report {
     pub alarms_open: u64,
     /// Series the detector has seen with data but is still learning (not judged yet).
     pub learning: Vec<String>,
+    /// When the last of them ends its learning period (RFC 3339; absent when none is
+    /// learning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_until: Option<String>,
     /// Action runs that finished (or were skipped) since the previous report.
     pub actions: Vec<ActionRun>,
     /// Utilisation and saturation signals, when `capacity.enabled`.
@@ -359,6 +363,7 @@ pub fn sample() -> Report {
         alarms: vec![],
         alarms_open: 0,
         learning: Vec::new(),
+        learning_until: None,
         capacity: None,
         backing: BTreeMap::new(),
         actions: vec![],

@@ -77,6 +77,45 @@ pub struct Saved {
 /// The state directory.
 pub struct StateDir {
     dir: PathBuf,
+    /// The sequence number of the last save committed (renamed into place), and of the
+    /// last one prepared: a save committed late (by the console's writer thread) never
+    /// replaces a newer one.
+    committed: std::sync::Arc<std::sync::Mutex<u64>>,
+    prepared: std::sync::atomic::AtomicU64,
+}
+
+/// A save written to its own temporary file, not yet in place (see
+/// [`StateDir::prepare`]); dropped uncommitted, the file is removed.
+pub struct PendingSave {
+    seq: u64,
+    tmp: PathBuf,
+    dir: PathBuf,
+    committed: std::sync::Arc<std::sync::Mutex<u64>>,
+}
+
+impl PendingSave {
+    /// Puts the save in place, unless a later one is there already.
+    pub fn commit(self) -> io::Result<()> {
+        let mut last = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if self.seq <= *last {
+            return Ok(());
+        }
+        std::fs::rename(&self.tmp, self.dir.join(FILE))?;
+        *last = self.seq;
+        drop(last);
+        // An earlier version's uncompressed state is superseded.
+        match std::fs::remove_file(self.dir.join(PLAIN)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for PendingSave {
+    fn drop(&mut self) {
+        // Gone after a commit; still there when a later save won or nothing committed.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 impl StateDir {
@@ -90,13 +129,42 @@ impl StateDir {
         let probe = dir.join(".writable");
         std::fs::write(&probe, b"").map_err(err)?;
         let _ = std::fs::remove_file(probe);
+        // Saves a killed run prepared and never committed.
+        for entry in std::fs::read_dir(dir).map_err(err)?.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{FILE}.tmp"))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
+            committed: Default::default(),
+            prepared: Default::default(),
         })
     }
 
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE)
+    }
+
+    /// The state a running agent saved in `dir`, read only (`nodepulse check`): neither
+    /// the directory is created nor an unreadable file moved aside.
+    pub fn peek(dir: &Path) -> Result<Option<Saved>, StateError> {
+        let state = Self {
+            dir: dir.to_path_buf(),
+        };
+        let Some((path, bytes)) = state.last_saved()? else {
+            return Ok(None);
+        };
+        decode::<Saved>(&bytes)
+            .map(Some)
+            .map_err(|error| StateError::Read {
+                path: path.display().to_string(),
+                error,
+            })
     }
 
     /// The saved state; `None` when nothing was saved. A file that cannot be read is
@@ -154,8 +222,24 @@ impl StateDir {
     /// several times for a few ms); with `sync`, flushed to disk first (at exit; every
     /// interval would cost an fsync).
     pub fn save(&self, saved: &Saved, sync: bool) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let file = std::fs::File::create(&tmp)?;
+        self.prepare(saved, sync)?.commit()
+    }
+
+    /// [`Self::save`] up to the rename: [`PendingSave::commit`] puts it in place (once
+    /// the report it goes with has left, see `crate::export::Exporter::export_then`).
+    pub fn prepare(&self, saved: &Saved, sync: bool) -> io::Result<PendingSave> {
+        let seq = self
+            .prepared
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let tmp = self.dir.join(format!("{FILE}.tmp.{seq}"));
+        let pending = PendingSave {
+            seq,
+            tmp,
+            dir: self.dir.clone(),
+            committed: self.committed.clone(),
+        };
+        let file = std::fs::File::create(&pending.tmp)?;
         let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
         // The encoder gets large blocks, not serde's many small writes (each a call
         // into the compressor).
@@ -166,13 +250,7 @@ impl StateDir {
         if sync {
             file.sync_all()?;
         }
-        drop(file);
-        std::fs::rename(&tmp, self.path())?;
-        // An earlier version's uncompressed state is superseded.
-        match std::fs::remove_file(self.dir.join(PLAIN)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        Ok(pending)
     }
 }
 
@@ -296,13 +374,24 @@ impl Resume {
 /// Removes the saved state (`nodepulse cleanup`); returns the files removed.
 pub fn remove(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    // Saves prepared by a killed run and never committed.
+    let pending: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{FILE}.tmp.")))
+        .collect();
     for name in [
         FILE.to_owned(),
         format!("{FILE}.tmp"),
         format!("{FILE}.unreadable"),
         PLAIN.to_owned(),
         format!("{PLAIN}.unreadable"),
-    ] {
+    ]
+    .into_iter()
+    .chain(pending)
+    {
         let path = dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(path),
@@ -350,6 +439,36 @@ mod tests {
         assert_eq!(remove(&dir.path().join("sub")).unwrap().len(), 1);
     }
 
+    /// A save is in place only once committed; a save committed after a newer one (by
+    /// the console's writer thread) does not replace it; uncommitted ones leave no file.
+    #[test]
+    fn a_prepared_save_is_in_place_only_when_committed_and_never_over_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let at = |start| Saved {
+            start_unix_nano: start,
+            ..saved()
+        };
+        let first = state.prepare(&at(1), false).unwrap();
+        assert!(
+            state.load().unwrap().is_none(),
+            "not in place before the commit"
+        );
+        let second = state.prepare(&at(2), false).unwrap();
+        let third = state.prepare(&at(3), false).unwrap();
+        second.commit().unwrap();
+        assert_eq!(state.load().unwrap().unwrap().start_unix_nano, 2);
+        first.commit().unwrap();
+        assert_eq!(state.load().unwrap().unwrap().start_unix_nano, 2, "older");
+        drop(third);
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "only the state file: {files:?}");
+        // A killed run's uncommitted save is cleared at the next open.
+        std::mem::forget(state.prepare(&at(4), false).unwrap());
+        StateDir::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
     /// The state of 1,000 learned series (readings and detector), as the pipeline saves
     /// it every interval: its size and the time to build and write it.
     #[test]
@@ -381,8 +500,11 @@ mod tests {
             )
         };
         let config = DetectConfig::default();
-        // Intervals of 10 s until every default baseline has its windows, with a margin.
-        let steps = (config.baseline_windows as u64 + 5) * config.min_window.as_secs().div_ceil(10);
+        // Intervals of 10 s until every default baseline has learned (its period and its
+        // windows), with a margin.
+        let windows =
+            (config.baseline_windows as u64 + 5) * config.min_window.as_secs().div_ceil(10);
+        let steps = windows.max(config.learning_period.as_secs() / 10 + 10);
         let mut detector = Detector::new(config, "n");
         let mut t = 1_000_000_000_000u64;
         for step in 0..steps as i32 {

@@ -9,6 +9,6 @@ pub mod series;
 pub use histogram::ExpHistogram;
 pub use identity::{Entity, EntityState};
 pub use series::{
-    Collected, CounterDelta, Delta, IntervalCounter, IntervalSeries, SeriesKey, TrackedReading,
-    carried_total, carry_totals, counter_delta,
+    Collected, Cumulative, Delta, IntervalCounter, IntervalSeries, SeriesKey, TrackedCounter,
+    TrackedReading, carried_total, carry_totals, counter_delta,
 };

@@ -39,10 +39,13 @@ pub struct SavedIdentity {
     pub gone_reads: u32,
 }
 
-/// The last total of one counter series.
+/// The last total of one counter series, by kernel key (as for histograms).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SavedCounter {
     pub family: String,
+    /// Absent in states of earlier versions, which kept counters by all their labels.
+    #[serde(default)]
+    pub entity: Option<Entity>,
     pub labels: SavedLabels,
     pub total: u64,
 }
@@ -57,15 +60,23 @@ pub struct SavedCarried {
     pub labels: SavedLabels,
     pub base: ExpHistogram,
     pub offset: ExpHistogram,
+    /// All its labels at the switch, to report it while the new maps have no entry
+    /// (absent in states of earlier versions).
+    #[serde(default)]
+    pub reported: SavedLabels,
 }
 
 /// A counter series continued from an older pin set's map.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SavedCarriedCounter {
     pub family: String,
+    #[serde(default)]
+    pub entity: Option<Entity>,
     pub labels: SavedLabels,
     pub base: u64,
     pub offset: u64,
+    #[serde(default)]
+    pub reported: SavedLabels,
 }
 
 /// Everything the interval deltas are computed against.

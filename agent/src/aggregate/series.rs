@@ -69,6 +69,7 @@ pub struct TrackedReading {
 #[derive(Debug, Default)]
 pub struct Collected {
     pub series: Vec<IntervalSeries>,
+    pub counters: Vec<IntervalCounter>,
     /// Entities gone long enough that their last counts are in `series`: their kernel
     /// map entries can be deleted, and their series are not reported again.
     pub ended: Vec<Entity>,
@@ -85,121 +86,349 @@ struct DeltaKey {
 }
 
 impl DeltaKey {
-    /// The key of a reading; also the number of its labels that describe its entity.
-    fn of(r: &TrackedReading) -> (Self, usize) {
-        match r.entity {
+    /// The key of a series; also the number of its labels that describe its entity.
+    fn of(key: &SeriesKey, entity: Option<EntityState>) -> (Self, usize) {
+        match entity {
             None => (
                 Self {
-                    family: r.key.family,
+                    family: key.family,
                     entity: None,
-                    labels: r.key.labels.clone(),
+                    labels: key.labels.clone(),
                 },
                 0,
             ),
             Some(state) => {
-                let own = state.labels.min(r.key.labels.len());
-                let key = Self {
-                    family: r.key.family,
+                let own = state.labels.min(key.labels.len());
+                let delta_key = Self {
+                    family: key.family,
                     entity: Some(state.entity),
-                    labels: r.key.labels[own..].to_vec(),
+                    labels: key.labels[own..].to_vec(),
                 };
-                (key, own)
+                (delta_key, own)
             }
         }
+    }
+
+    /// The key as saved before counters were kept by entity: all labels, no entity.
+    fn unkeyed(&self, labels: &[(&'static str, String)]) -> Option<Self> {
+        self.entity.map(|_| Self {
+            family: self.family,
+            entity: None,
+            labels: labels.to_vec(),
+        })
+    }
+}
+
+/// A cumulative value the kernel keeps: a histogram, or a counter's total.
+pub trait Cumulative: Clone + Default {
+    /// What was added since `earlier`; a value that went backwards was reset.
+    fn since(&self, earlier: &Self) -> Self;
+    fn plus(&self, other: &Self) -> Self;
+    fn is_zero(&self) -> bool;
+}
+
+impl Cumulative for ExpHistogram {
+    fn since(&self, earlier: &Self) -> Self {
+        ExpHistogram::since(self, earlier)
+    }
+    fn plus(&self, other: &Self) -> Self {
+        let mut h = self.clone();
+        h.merge(other);
+        h
+    }
+    fn is_zero(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl Cumulative for u64 {
+    fn since(&self, earlier: &Self) -> Self {
+        counter_delta(*self, *earlier)
+    }
+    fn plus(&self, other: &Self) -> Self {
+        self + other
+    }
+    fn is_zero(&self) -> bool {
+        *self == 0
     }
 }
 
 /// A series continued from an older pin set: `offset` is what the old map had counted
-/// at the switch, `base` what the new map had counted of the same events then.
+/// at the switch, `base` what the new map had counted of the same events then, and
+/// `labels` the series' labels then (to report it while the new map has no entry).
 #[derive(Clone, Debug)]
-struct Carried {
-    base: ExpHistogram,
-    offset: ExpHistogram,
+struct Carried<V> {
+    base: V,
+    offset: V,
+    labels: Vec<(&'static str, String)>,
 }
 
-impl Carried {
-    fn apply(&self, reading: &ExpHistogram) -> ExpHistogram {
-        let mut h = reading.since(&self.base);
-        h.merge(&self.offset);
-        h
+impl<V: Cumulative> Carried<V> {
+    fn apply(&self, reading: &V) -> V {
+        reading.since(&self.base).plus(&self.offset)
     }
 }
 
-/// Remembers the last cumulative reading of every series to produce interval deltas.
+/// A series as read at a hand-over: its key, its labels then, its cumulative value.
+type Switched<V> = (DeltaKey, Vec<(&'static str, String)>, V);
+
+/// Series read at a hand-over, by key: their labels then and their values.
+type ByKey<V> = HashMap<DeltaKey, (Vec<(&'static str, String)>, V)>;
+
+/// The last cumulative value and the carried part of every series of one kind.
+struct Keyed<V> {
+    previous: HashMap<DeltaKey, V>,
+    carried: HashMap<DeltaKey, Carried<V>>,
+}
+
+impl<V> Default for Keyed<V> {
+    fn default() -> Self {
+        Self {
+            previous: HashMap::new(),
+            carried: HashMap::new(),
+        }
+    }
+}
+
+impl<V: Cumulative> Keyed<V> {
+    /// See [`Delta::carry`]. Returns how many series continue a count of the old set.
+    fn carry(&mut self, old: Vec<Switched<V>>, base: Vec<Switched<V>>) -> usize {
+        let mut base: ByKey<V> = base.into_iter().map(|(k, l, v)| (k, (l, v))).collect();
+        let mut old: ByKey<V> = old.into_iter().map(|(k, l, v)| (k, (l, v))).collect();
+        // A series carried into the old set that its maps never counted is still
+        // carried: its total is what the sets before counted.
+        for (key, c) in &self.carried {
+            old.entry(key.clone())
+                .or_insert_with(|| (c.labels.clone(), V::default()));
+        }
+        let mut carried = HashMap::new();
+        for (key, (labels, value)) in old {
+            // Counted since the first set of the series' start time.
+            let offset = match self.carried.get(&key) {
+                Some(c) => c.apply(&value),
+                None => value,
+            };
+            if offset.is_zero() {
+                continue;
+            }
+            let base = base.remove(&key).map(|(_, v)| v).unwrap_or_default();
+            carried.insert(
+                key,
+                Carried {
+                    base,
+                    offset,
+                    labels,
+                },
+            );
+        }
+        let continued = carried.len();
+        for (key, (labels, base)) in base.into_iter().filter(|(_, (_, v))| !v.is_zero()) {
+            let offset = V::default();
+            carried.insert(
+                key,
+                Carried {
+                    base,
+                    offset,
+                    labels,
+                },
+            );
+        }
+        self.previous.retain(|k, _| carried.contains_key(k));
+        self.carried = carried;
+        continued
+    }
+
+    /// The interval's (delta, cumulative) of the series `key` whose map holds `reading`
+    /// (`labels`, as reported, find a value saved before counters had entities).
+    fn step(&mut self, key: DeltaKey, labels: &[(&'static str, String)], reading: V) -> (V, V) {
+        if let Some(unkeyed) = key.unkeyed(labels)
+            && !self.previous.contains_key(&key)
+            && !self.carried.contains_key(&key)
+        {
+            if let Some(v) = self.previous.remove(&unkeyed) {
+                self.previous.insert(key.clone(), v);
+            }
+            if let Some(c) = self.carried.remove(&unkeyed) {
+                self.carried.insert(key.clone(), c);
+            }
+        }
+        let cumulative = match self.carried.get(&key) {
+            Some(c) => c.apply(&reading),
+            None => reading,
+        };
+        let delta = match self.previous.get(&key) {
+            Some(before) => cumulative.since(before),
+            None => cumulative.clone(),
+        };
+        self.previous.insert(key, cumulative.clone());
+        (delta, cumulative)
+    }
+
+    /// Carried series without a reading this time (`read`): the new set's maps have no
+    /// entry for them (nothing happened to them since the switch), and their carried
+    /// totals are reported all the same.
+    fn unread(&self, read: &std::collections::HashSet<DeltaKey>) -> Vec<(DeltaKey, Carried<V>)> {
+        self.carried
+            .iter()
+            .filter(|(k, c)| !read.contains(*k) && !c.offset.is_zero())
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect()
+    }
+
+    fn forget(&mut self, ended: &[Entity]) {
+        self.previous
+            .retain(|k, _| k.entity.is_none_or(|e| !ended.contains(&e)));
+        self.carried
+            .retain(|k, _| k.entity.is_none_or(|e| !ended.contains(&e)));
+    }
+
+    fn save_carried(&self) -> Vec<(DeltaKey, &Carried<V>)> {
+        let mut out: Vec<(DeltaKey, &Carried<V>)> =
+            self.carried.iter().map(|(k, c)| (k.clone(), c)).collect();
+        out.sort_by(|a, b| (a.0.family, &a.0.labels).cmp(&(b.0.family, &b.0.labels)));
+        out
+    }
+}
+
+/// One cumulative kernel counter and, when it is about a kernel-keyed entity, that
+/// entity as the probe found it.
+#[derive(Clone, Debug)]
+pub struct TrackedCounter {
+    pub key: SeriesKey,
+    pub total: u64,
+    pub entity: Option<EntityState>,
+}
+
+impl TrackedCounter {
+    /// A counter about no particular entity (a CPU, a configured group).
+    pub fn plain(key: SeriesKey, total: u64) -> Self {
+        Self {
+            key,
+            total,
+            entity: None,
+        }
+    }
+}
+
+/// Remembers the last cumulative reading of every series (histograms and counters) to
+/// produce interval deltas, by kernel key.
 #[derive(Default)]
 pub struct Delta {
-    previous: HashMap<DeltaKey, ExpHistogram>,
-    carried: HashMap<DeltaKey, Carried>,
+    hists: Keyed<ExpHistogram>,
+    counters: Keyed<u64>,
     identities: Identities,
+}
+
+fn saved_key(family: &str, entity: Option<Entity>, labels: super::saved::SavedLabels) -> DeltaKey {
+    DeltaKey {
+        family: intern(family),
+        entity,
+        labels: load_labels(labels),
+    }
 }
 
 impl Delta {
     /// Continues the series of an older pin set's maps (see `crate::probes::handover`):
     /// `old` is what its maps held at the switch, `base` what this set's maps held of
-    /// the same events then. Series not in `old` start again from zero (their maps
-    /// were reset). Returns how many series continue.
-    pub fn carry(&mut self, old: Vec<TrackedReading>, base: Vec<TrackedReading>) -> usize {
-        let mut base: HashMap<DeltaKey, ExpHistogram> = base
-            .into_iter()
-            .map(|r| (DeltaKey::of(&r).0, r.hist))
-            .collect();
-        let mut old: HashMap<DeltaKey, ExpHistogram> = old
-            .into_iter()
-            .map(|r| (DeltaKey::of(&r).0, r.hist))
-            .collect();
-        // A series carried into the old set that its maps never counted is still
-        // carried: its total is what the sets before counted.
-        for key in self.carried.keys() {
-            old.entry(key.clone()).or_default();
-        }
-        let mut carried = HashMap::new();
-        for (key, hist) in old {
-            // Counted since the first set of the series' start time.
-            let offset = match self.carried.get(&key) {
-                Some(c) => c.apply(&hist),
-                None => hist,
-            };
-            if offset.is_empty() {
-                continue;
-            }
-            let base = base.remove(&key).unwrap_or_default();
-            carried.insert(key, Carried { base, offset });
-        }
-        self.previous.retain(|k, _| carried.contains_key(k));
-        self.carried = carried;
-        self.carried.len()
+    /// the same events then. Series in neither start again from zero (their maps were
+    /// reset). A series only this set had counted at the switch is still taken from
+    /// `base` on: those events are the old set's, counted there under another series
+    /// (a completion whose issue came before this set's issue program was attached is
+    /// `unmatched` here but recorded by the old set). A carried series is reported
+    /// from then on whether or not this set's maps ever hold it (a cgroup, VM, device
+    /// or group idle since the switch), until its entity ends. Returns how many
+    /// histogram and counter series continue.
+    pub fn carry(
+        &mut self,
+        old: Vec<TrackedReading>,
+        base: Vec<TrackedReading>,
+        old_counters: Vec<TrackedCounter>,
+        base_counters: Vec<TrackedCounter>,
+    ) -> (usize, usize) {
+        let hists = |rs: Vec<TrackedReading>| {
+            rs.into_iter()
+                .map(|r| (DeltaKey::of(&r.key, r.entity).0, r.key.labels, r.hist))
+                .collect()
+        };
+        let counters = |cs: Vec<TrackedCounter>| {
+            cs.into_iter()
+                .map(|c| (DeltaKey::of(&c.key, c.entity).0, c.key.labels, c.total))
+                .collect()
+        };
+        (
+            self.hists.carry(hists(old), hists(base)),
+            self.counters
+                .carry(counters(old_counters), counters(base_counters)),
+        )
     }
 
     /// The carried series, to be saved.
-    pub fn save_carried(&self) -> Vec<SavedCarried> {
-        let mut out: Vec<SavedCarried> = self
-            .carried
-            .iter()
+    pub fn save_carried(&self) -> (Vec<SavedCarried>, Vec<SavedCarriedCounter>) {
+        let hists = self
+            .hists
+            .save_carried()
+            .into_iter()
             .map(|(k, c)| SavedCarried {
                 family: k.family.to_owned(),
                 entity: k.entity,
                 labels: save_labels(&k.labels),
                 base: c.base.clone(),
                 offset: c.offset.clone(),
+                reported: save_labels(&c.labels),
             })
             .collect();
-        out.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
-        out
+        let counters = self
+            .counters
+            .save_carried()
+            .into_iter()
+            .map(|(k, c)| SavedCarriedCounter {
+                family: k.family.to_owned(),
+                entity: k.entity,
+                labels: save_labels(&k.labels),
+                base: c.base,
+                offset: c.offset,
+                reported: save_labels(&c.labels),
+            })
+            .collect();
+        (hists, counters)
     }
 
     /// Takes up saved carried series (with [`Self::load`]).
-    pub fn with_carried(mut self, saved: Vec<SavedCarried>) -> Self {
-        self.carried = saved
+    pub fn with_carried(
+        mut self,
+        hists: Vec<SavedCarried>,
+        counters: Vec<SavedCarriedCounter>,
+    ) -> Self {
+        // States saved before the labels at the switch were kept: the key's own.
+        let reported = |r: super::saved::SavedLabels, key: &DeltaKey| {
+            if r.is_empty() {
+                key.labels.clone()
+            } else {
+                load_labels(r)
+            }
+        };
+        self.hists.carried = hists
             .into_iter()
             .map(|c| {
-                let key = DeltaKey {
-                    family: intern(&c.family),
-                    entity: c.entity,
-                    labels: load_labels(c.labels),
-                };
+                let key = saved_key(&c.family, c.entity, c.labels);
+                let labels = reported(c.reported, &key);
                 let carried = Carried {
                     base: c.base,
                     offset: c.offset,
+                    labels,
+                };
+                (key, carried)
+            })
+            .collect();
+        self.counters.carried = counters
+            .into_iter()
+            .map(|c| {
+                let key = saved_key(&c.family, c.entity, c.labels);
+                let labels = reported(c.reported, &key);
+                let carried = Carried {
+                    base: c.base,
+                    offset: c.offset,
+                    labels,
                 };
                 (key, carried)
             })
@@ -207,9 +436,16 @@ impl Delta {
         self
     }
 
-    /// The last readings and identities, to be saved.
-    pub fn save(&self) -> (Vec<SavedReading>, Vec<super::saved::SavedIdentity>) {
+    /// The last readings, counter totals and identities, to be saved.
+    pub fn save(
+        &self,
+    ) -> (
+        Vec<SavedReading>,
+        Vec<super::saved::SavedIdentity>,
+        Vec<SavedCounter>,
+    ) {
         let mut histograms: Vec<SavedReading> = self
+            .hists
             .previous
             .iter()
             .map(|(k, hist)| SavedReading {
@@ -220,7 +456,19 @@ impl Delta {
             })
             .collect();
         histograms.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
-        (histograms, self.identities.save())
+        let mut counters: Vec<SavedCounter> = self
+            .counters
+            .previous
+            .iter()
+            .map(|(k, &total)| SavedCounter {
+                family: k.family.to_owned(),
+                entity: k.entity,
+                labels: save_labels(&k.labels),
+                total,
+            })
+            .collect();
+        counters.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
+        (histograms, self.identities.save(), counters)
     }
 
     /// Deltas computed against saved readings: the first one after a restart is what
@@ -228,22 +476,21 @@ impl Delta {
     pub fn load(
         histograms: Vec<SavedReading>,
         identities: Vec<super::saved::SavedIdentity>,
+        counters: Vec<SavedCounter>,
     ) -> Self {
-        Self {
-            previous: histograms
-                .into_iter()
-                .map(|r| {
-                    let key = DeltaKey {
-                        family: intern(&r.family),
-                        entity: r.entity,
-                        labels: load_labels(r.labels),
-                    };
-                    (key, r.hist)
-                })
-                .collect(),
+        let mut d = Self {
             identities: Identities::load(identities),
-            carried: HashMap::new(),
-        }
+            ..Default::default()
+        };
+        d.hists.previous = histograms
+            .into_iter()
+            .map(|r| (saved_key(&r.family, r.entity, r.labels), r.hist))
+            .collect();
+        d.counters.previous = counters
+            .into_iter()
+            .map(|c| (saved_key(&c.family, c.entity, c.labels), c.total))
+            .collect();
+        d
     }
 
     /// Deltas since the previous call, sorted by key, for series without an entity.
@@ -261,49 +508,112 @@ impl Delta {
         .series
     }
 
+    /// [`Self::collect`] without counters; a carried entity without readings is taken
+    /// as gone.
+    pub fn update_tracked(&mut self, readings: Vec<TrackedReading>) -> Collected {
+        self.collect(readings, Vec::new(), |_| false)
+    }
+
     /// Deltas since the previous call, sorted by key. A series seen for the first time
     /// counts from zero: the kernel maps are created empty when the agent starts, and
     /// an ended entity's entries are deleted. A series of an entity that is gone keeps
-    /// the labels last resolved for it until it ends.
-    pub fn update_tracked(&mut self, readings: Vec<TrackedReading>) -> Collected {
+    /// the labels last resolved for it until it ends. A carried series this set's maps
+    /// do not hold is reported at its carried total; `alive` says whether its entity,
+    /// if no reading showed it, still exists.
+    pub fn collect(
+        &mut self,
+        readings: Vec<TrackedReading>,
+        counters: Vec<TrackedCounter>,
+        mut alive: impl FnMut(Entity) -> bool,
+    ) -> Collected {
         let mut seen: HashMap<Entity, bool> = HashMap::new();
-        let mut out: Vec<IntervalSeries> = readings
-            .into_iter()
-            .map(|r| {
-                let (delta_key, _) = DeltaKey::of(&r);
-                let key = match r.entity {
-                    None => r.key,
-                    Some(state) => {
-                        *seen.entry(state.entity).or_default() |= state.alive;
-                        let labels = self.identities.labels(state, r.key.labels);
-                        SeriesKey::new(r.key.family, labels)
-                    }
-                };
-                let cumulative = match self.carried.get(&delta_key) {
-                    Some(c) => c.apply(&r.hist),
-                    None => r.hist,
-                };
-                let delta = match self.previous.get(&delta_key) {
-                    Some(before) => cumulative.since(before),
-                    None => cumulative.clone(),
-                };
-                self.previous.insert(delta_key, cumulative.clone());
-                IntervalSeries {
-                    key,
-                    delta,
-                    cumulative,
-                }
-            })
-            .collect();
+        for state in readings
+            .iter()
+            .filter_map(|r| r.entity)
+            .chain(counters.iter().filter_map(|c| c.entity))
+        {
+            *seen.entry(state.entity).or_default() |= state.alive;
+        }
+        let mut read = std::collections::HashSet::new();
+        let mut series = Vec::with_capacity(readings.len());
+        for r in readings {
+            let (key, delta_key) = self.resolve(&r.key, r.entity);
+            read.insert(delta_key.clone());
+            let (delta, cumulative) = self.hists.step(delta_key, &key.labels, r.hist);
+            series.push(IntervalSeries {
+                key,
+                delta,
+                cumulative,
+            });
+        }
+        let mut counted = Vec::with_capacity(counters.len());
+        let mut read_counters = std::collections::HashSet::new();
+        for c in counters {
+            let (key, delta_key) = self.resolve(&c.key, c.entity);
+            read_counters.insert(delta_key.clone());
+            let (delta, total) = self.counters.step(delta_key, &key.labels, c.total);
+            counted.push(IntervalCounter { key, delta, total });
+        }
+        for (delta_key, c) in self.hists.unread(&read) {
+            let key = self.resolve_unread(&delta_key, &c.labels, &mut seen, &mut alive);
+            let (delta, cumulative) = self.hists.step(delta_key, &key.labels, Default::default());
+            series.push(IntervalSeries {
+                key,
+                delta,
+                cumulative,
+            });
+        }
+        for (delta_key, c) in self.counters.unread(&read_counters) {
+            let key = self.resolve_unread(&delta_key, &c.labels, &mut seen, &mut alive);
+            let (delta, total) = self.counters.step(delta_key, &key.labels, 0);
+            counted.push(IntervalCounter { key, delta, total });
+        }
         let ended = self.identities.close(&seen);
         if !ended.is_empty() {
-            self.previous
-                .retain(|k, _| k.entity.is_none_or(|e| !ended.contains(&e)));
-            self.carried
-                .retain(|k, _| k.entity.is_none_or(|e| !ended.contains(&e)));
+            self.hists.forget(&ended);
+            self.counters.forget(&ended);
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Collected { series: out, ended }
+        series.sort_by(|a, b| a.key.cmp(&b.key));
+        counted.sort_by(|a, b| a.key.cmp(&b.key));
+        Collected {
+            series,
+            counters: counted,
+            ended,
+        }
+    }
+
+    /// The reported key of a series read now, and its delta key.
+    fn resolve(&mut self, key: &SeriesKey, entity: Option<EntityState>) -> (SeriesKey, DeltaKey) {
+        let (delta_key, _) = DeltaKey::of(key, entity);
+        let key = match entity {
+            None => key.clone(),
+            Some(state) => {
+                let labels = self.identities.labels(state, key.labels.clone());
+                SeriesKey::new(key.family, labels)
+            }
+        };
+        (key, delta_key)
+    }
+
+    /// The reported key of a carried series without a reading: its entity's labels as
+    /// last resolved (those at the switch if none were), and its entity marked seen.
+    fn resolve_unread(
+        &mut self,
+        key: &DeltaKey,
+        labels: &[(&'static str, String)],
+        seen: &mut HashMap<Entity, bool>,
+        alive: &mut impl FnMut(Entity) -> bool,
+    ) -> SeriesKey {
+        let Some(entity) = key.entity else {
+            return SeriesKey::new(key.family, labels.to_vec());
+        };
+        seen.entry(entity).or_insert_with(|| alive(entity));
+        let own = labels.len().saturating_sub(key.labels.len());
+        let mut labels = labels.to_vec();
+        labels.truncate(own);
+        labels.extend(key.labels.iter().cloned());
+        let state = EntityState::new(entity, own, false);
+        SeriesKey::new(key.family, self.identities.labels(state, labels))
     }
 }
 
@@ -315,96 +625,6 @@ pub struct IntervalCounter {
     pub total: u64,
 }
 
-/// Remembers the last reading of every kernel counter series to produce deltas.
-#[derive(Default)]
-pub struct CounterDelta {
-    previous: HashMap<SeriesKey, u64>,
-    /// Series continued from an older pin set: (base, offset), as for histograms.
-    carried: HashMap<SeriesKey, (u64, u64)>,
-}
-
-impl CounterDelta {
-    /// Continues the counters of an older pin set's maps (see [`Delta::carry`]).
-    pub fn carry(&mut self, old: Vec<(SeriesKey, u64)>, base: Vec<(SeriesKey, u64)>) -> usize {
-        let carried = carry_totals(&self.carried, old, base);
-        self.previous.retain(|k, _| carried.contains_key(k));
-        self.carried = carried;
-        self.carried.len()
-    }
-
-    pub fn save_carried(&self) -> Vec<SavedCarriedCounter> {
-        let mut out: Vec<SavedCarriedCounter> = self
-            .carried
-            .iter()
-            .map(|(k, &(base, offset))| SavedCarriedCounter {
-                family: k.family.to_owned(),
-                labels: save_labels(&k.labels),
-                base,
-                offset,
-            })
-            .collect();
-        out.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
-        out
-    }
-
-    pub fn with_carried(mut self, saved: Vec<SavedCarriedCounter>) -> Self {
-        self.carried = saved
-            .into_iter()
-            .map(|c| {
-                let key = SeriesKey::new(intern(&c.family), load_labels(c.labels));
-                (key, (c.base, c.offset))
-            })
-            .collect();
-        self
-    }
-
-    pub fn save(&self) -> Vec<SavedCounter> {
-        let mut saved: Vec<SavedCounter> = self
-            .previous
-            .iter()
-            .map(|(k, &total)| SavedCounter {
-                family: k.family.to_owned(),
-                labels: save_labels(&k.labels),
-                total,
-            })
-            .collect();
-        saved.sort_by(|a, b| (&a.family, &a.labels).cmp(&(&b.family, &b.labels)));
-        saved
-    }
-
-    pub fn load(saved: Vec<SavedCounter>) -> Self {
-        Self {
-            previous: saved
-                .into_iter()
-                .map(|c| {
-                    let key = SeriesKey::new(intern(&c.family), load_labels(c.labels));
-                    (key, c.total)
-                })
-                .collect(),
-            carried: HashMap::new(),
-        }
-    }
-
-    /// Increases since the previous call, sorted by key; totals count from the agent's
-    /// start (kernel counters start at zero when the maps are created).
-    pub fn update(&mut self, readings: Vec<(SeriesKey, u64)>) -> Vec<IntervalCounter> {
-        let mut out: Vec<IntervalCounter> = readings
-            .into_iter()
-            .map(|(key, total)| {
-                let total = carried_total(self.carried.get(&key).copied(), total);
-                let before = self.previous.insert(key.clone(), total).unwrap_or(0);
-                IntervalCounter {
-                    key,
-                    delta: counter_delta(total, before),
-                    total,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out
-    }
-}
-
 /// A counter's total with what an older pin set had counted: (base, offset) from
 /// [`carry_totals`].
 pub fn carried_total(carried: Option<(u64, u64)>, now: u64) -> u64 {
@@ -414,26 +634,33 @@ pub fn carried_total(carried: Option<(u64, u64)>, now: u64) -> u64 {
     }
 }
 
-/// (base, offset) of every counter of `old` (non-zero) at the switch, its offset
-/// including what was carried into the old set itself.
+/// (base, offset) of every counter at the switch that either set had counted: its
+/// offset what the old set had (including what was carried into it), its base what
+/// the new set had counted of the same events. A counter only the new set had is
+/// still counted from its base, as in [`Delta::carry`].
 pub fn carry_totals<K: Clone + Eq + std::hash::Hash>(
     before: &HashMap<K, (u64, u64)>,
     old: Vec<(K, u64)>,
     base: Vec<(K, u64)>,
 ) -> HashMap<K, (u64, u64)> {
-    let mut base: HashMap<K, u64> = base.into_iter().collect();
-    let mut old: HashMap<K, u64> = old.into_iter().collect();
+    let mut totals: HashMap<K, (u64, u64)> = HashMap::new();
+    for (k, total) in old {
+        totals.entry(k).or_default().1 = total;
+    }
     // Carried into the old set and not counted by it since: still carried.
     for k in before.keys() {
-        old.entry(k.clone()).or_default();
+        totals.entry(k.clone()).or_default();
     }
-    old.into_iter()
-        .map(|(k, total)| (carried_total(before.get(&k).copied(), total), k))
-        .filter(|&(offset, _)| offset != 0)
-        .map(|(offset, k)| {
-            let b = base.remove(&k).unwrap_or(0);
+    for (k, b) in base {
+        totals.entry(k).or_default().0 = b;
+    }
+    totals
+        .into_iter()
+        .map(|(k, (b, total))| {
+            let offset = carried_total(before.get(&k).copied(), total);
             (k, (b, offset))
         })
+        .filter(|&(_, (b, offset))| b != 0 || offset != 0)
         .collect()
 }
 
@@ -460,6 +687,30 @@ mod tests {
 
     use super::*;
 
+    /// Saved and taken up again, as by a restart.
+    fn reload(d: &Delta) -> Delta {
+        let (h, i, c) = d.save();
+        let (ch, cc) = d.save_carried();
+        Delta::load(h, i, c).with_carried(ch, cc)
+    }
+
+    fn counted(d: &mut Delta, counters: Vec<(SeriesKey, u64)>) -> Vec<IntervalCounter> {
+        let counters = counters
+            .into_iter()
+            .map(|(k, t)| TrackedCounter::plain(k, t))
+            .collect();
+        d.collect(Vec::new(), counters, |_| true).counters
+    }
+
+    fn carry_counters(d: &mut Delta, old: Vec<(SeriesKey, u64)>, base: Vec<(SeriesKey, u64)>) {
+        let plain = |v: Vec<(SeriesKey, u64)>| {
+            v.into_iter()
+                .map(|(k, t)| TrackedCounter::plain(k, t))
+                .collect()
+        };
+        d.carry(Vec::new(), Vec::new(), plain(old), plain(base));
+    }
+
     fn hist(counts: &[u64]) -> ExpHistogram {
         ExpHistogram::from_dense(counts.iter().sum(), 0, counts)
     }
@@ -481,13 +732,14 @@ mod tests {
             (read.clone(), hist(&[4, 6])),
             (write.clone(), hist(&[7])),
         ]);
-        let (saved, identities) = before.save();
-        let mut d = Delta::load(saved, identities);
+        let mut d = reload(&before);
         let carried = d.carry(
             vec![tracked(&read, hist(&[5, 7]))],
             vec![tracked(&read, hist(&[1, 2]))],
+            vec![],
+            vec![],
         );
-        assert_eq!(carried, 1);
+        assert_eq!(carried, (1, 0));
         let first = d.update(vec![
             (read.clone(), hist(&[3, 5])),
             (write.clone(), hist(&[2])),
@@ -498,8 +750,7 @@ mod tests {
         assert_eq!(first[1].delta, hist(&[2]), "reset: from zero");
         let next = d.update(vec![(read.clone(), hist(&[3, 5]))]);
         assert_eq!(next[0].delta.count(), 0);
-        let (saved, identities) = d.save();
-        let mut again = Delta::load(saved, identities).with_carried(d.save_carried());
+        let mut again = reload(&d);
         let later = again.update(vec![(read.clone(), hist(&[4, 9]))]);
         assert_eq!(
             later[0].delta,
@@ -512,22 +763,64 @@ mod tests {
     #[test]
     fn a_carried_counter_continues_and_carries_into_a_second_switch() {
         let key = SeriesKey::new("c", []);
-        let mut c = CounterDelta::default();
-        c.update(vec![(key.clone(), 10)]);
-        c.carry(vec![(key.clone(), 12)], vec![(key.clone(), 3)]);
-        let first = c.update(vec![(key.clone(), 8)]);
+        let mut c = Delta::default();
+        counted(&mut c, vec![(key.clone(), 10)]);
+        carry_counters(&mut c, vec![(key.clone(), 12)], vec![(key.clone(), 3)]);
+        let first = counted(&mut c, vec![(key.clone(), 8)]);
         assert_eq!((first[0].delta, first[0].total), (7, 17));
         // Another switch: the second set read 9 (18 with the carry), the third 1.
-        c.carry(vec![(key.clone(), 9)], vec![(key.clone(), 1)]);
-        let next = c.update(vec![(key.clone(), 4)]);
+        carry_counters(&mut c, vec![(key.clone(), 9)], vec![(key.clone(), 1)]);
+        let next = counted(&mut c, vec![(key.clone(), 4)]);
         assert_eq!((next[0].delta, next[0].total), (4, 21));
         // Two more switches, the second from a set that never counted it (no entry):
         // the total carries on.
-        c.carry(vec![(key.clone(), 4)], vec![]);
-        assert_eq!(c.update(vec![(key.clone(), 0)])[0].total, 21);
-        c.carry(vec![], vec![]);
-        let last = c.update(vec![(key.clone(), 2)]);
+        carry_counters(&mut c, vec![(key.clone(), 4)], vec![]);
+        assert_eq!(counted(&mut c, vec![(key.clone(), 0)])[0].total, 21);
+        carry_counters(&mut c, vec![], vec![]);
+        let last = counted(&mut c, vec![(key.clone(), 2)]);
         assert_eq!((last[0].delta, last[0].total), (2, 23));
+    }
+
+    /// An upgrade's new completion program runs before its issue program is attached:
+    /// the completions it sees then find no issue and are counted `unmatched` by the
+    /// new set alone, while the old set recorded them. Those events are the old set's:
+    /// the new set's counts of them (its base) are not reported again.
+    #[test]
+    fn what_only_the_new_set_had_counted_at_the_switch_is_not_reported_again() {
+        let unmatched = SeriesKey::new("u", [("cause", "unmatched".to_owned())]);
+        let mut c = Delta::default();
+        carry_counters(&mut c, vec![], vec![(unmatched.clone(), 26)]);
+        assert!(
+            counted(&mut c, vec![(unmatched.clone(), 26)])
+                .iter()
+                .all(|r| r.total == 0)
+        );
+        let later = counted(&mut c, vec![(unmatched.clone(), 27)]);
+        assert_eq!((later[0].delta, later[0].total), (1, 1));
+        // Saved and taken up again by a restart: still from the base.
+        let mut again = reload(&c);
+        assert_eq!(
+            counted(&mut again, vec![(unmatched.clone(), 29)])[0].total,
+            3
+        );
+
+        let read = SeriesKey::new("f", [("op", "read".to_owned())]);
+        let mut d = Delta::default();
+        let tracked = TrackedReading {
+            key: read.clone(),
+            hist: hist(&[2, 1]),
+            entity: None,
+        };
+        assert_eq!(
+            d.carry(vec![], vec![tracked], vec![], vec![]),
+            (0, 0),
+            "nothing of the old set's"
+        );
+        let first = d.update(vec![(read.clone(), hist(&[5, 1]))]);
+        assert_eq!(
+            (first[0].delta.count(), first[0].cumulative.count()),
+            (3, 3)
+        );
     }
 
     #[test]
@@ -588,10 +881,9 @@ mod tests {
         };
         let mut before = Delta::default();
         before.update_tracked(vec![plain(&[0, 3, 1]), vm_reading("guest", true, &[5])]);
-        let (histograms, identities) = before.save();
-        let text = serde_json::to_string(&(histograms, identities)).unwrap();
-        let (histograms, identities) = serde_json::from_str(&text).unwrap();
-        let mut after = Delta::load(histograms, identities);
+        let text = serde_json::to_string(&before.save()).unwrap();
+        let (histograms, identities, counters) = serde_json::from_str(&text).unwrap();
+        let mut after = Delta::load(histograms, identities, counters);
         // The kernel counted on while no agent ran: only that is the first delta, and
         // a VM gone meanwhile keeps the name the previous run resolved.
         let first =
@@ -602,11 +894,121 @@ mod tests {
         assert_eq!(vm.key.label("vm"), Some("guest"));
         assert_eq!(vm.delta.count(), 4);
 
-        let mut counters = CounterDelta::default();
+        let mut counters = Delta::default();
         let c = SeriesKey::new("c", [("dev", "7:0".to_owned())]);
-        counters.update(vec![(c.clone(), 10)]);
-        let mut again = CounterDelta::load(counters.save());
-        assert_eq!(again.update(vec![(c, 12)])[0].delta, 2);
+        counted(&mut counters, vec![(c.clone(), 10)]);
+        let mut again = reload(&counters);
+        assert_eq!(counted(&mut again, vec![(c, 12)])[0].delta, 2);
+    }
+
+    fn cgroup(id: u64, name: &str, alive: bool, counts: &[u64]) -> TrackedReading {
+        TrackedReading {
+            key: SeriesKey::new("cgroup.runqueue.latency", [("cgroup", name.to_owned())]),
+            hist: hist(counts),
+            entity: Some(EntityState::new(Entity::Cgroup(id), 1, alive)),
+        }
+    }
+
+    /// A cgroup whose waits ended before an upgrade has no entry in the new maps: its
+    /// carried total is reported at every collection while it exists, and its series
+    /// ends (two collections after) once it is gone; a restart keeps all that.
+    #[test]
+    fn a_carried_series_without_readings_is_reported_until_its_entity_ends() {
+        let mut d = Delta::default();
+        d.update_tracked(vec![cgroup(9, "/pod", true, &[4])]);
+        d.carry(vec![cgroup(9, "/pod", true, &[6])], vec![], vec![], vec![]);
+        let mut alive = true;
+        let first = d.collect(vec![], vec![], |_| alive);
+        assert_eq!(first.series.len(), 1);
+        assert_eq!(first.series[0].key.label("cgroup"), Some("/pod"));
+        assert_eq!(
+            (
+                first.series[0].delta.count(),
+                first.series[0].cumulative.count()
+            ),
+            (2, 6)
+        );
+        let mut d = reload(&d);
+        let again = d.collect(vec![], vec![], |_| alive);
+        assert_eq!(
+            (
+                again.series[0].delta.count(),
+                again.series[0].cumulative.count()
+            ),
+            (0, 6)
+        );
+        // Waits again under the new programs: on from the carried total.
+        let more = d.collect(vec![cgroup(9, "/pod", true, &[3])], vec![], |_| alive);
+        assert_eq!(more.series.len(), 1);
+        assert_eq!(more.series[0].cumulative.count(), 9);
+        // Removed: its labels stay until it ends, then nothing is reported.
+        alive = false;
+        let gone = d.collect(vec![cgroup(9, "id:9", false, &[3])], vec![], |_| alive);
+        assert_eq!(gone.series[0].key.label("cgroup"), Some("/pod"));
+        let last = d.collect(vec![cgroup(9, "id:9", false, &[3])], vec![], |_| alive);
+        assert_eq!(last.ended, vec![Entity::Cgroup(9)]);
+        assert!(d.collect(vec![], vec![], |_| alive).series.is_empty());
+
+        // Carried and never read by the new set, then gone: ended too.
+        let mut d = Delta::default();
+        d.carry(vec![cgroup(5, "/job", true, &[2])], vec![], vec![], vec![]);
+        assert_eq!(d.collect(vec![], vec![], |_| false).series.len(), 1);
+        let end = d.collect(vec![], vec![], |_| false);
+        assert_eq!(end.ended, vec![Entity::Cgroup(5)]);
+        assert!(d.collect(vec![], vec![], |_| false).series.is_empty());
+    }
+
+    fn device_counter(name: &str, total: u64) -> TrackedCounter {
+        TrackedCounter {
+            key: SeriesKey::new(
+                "block.io.unrecorded",
+                [
+                    ("device", name.to_owned()),
+                    ("dev", "7:3".to_owned()),
+                    ("cause", "unseen".to_owned()),
+                ],
+            ),
+            total,
+            entity: Some(EntityState::new(Entity::Device(0x700003), 2, true)),
+        }
+    }
+
+    /// Counters are kept by the kernel's key: a device whose labels change (renamed,
+    /// its model resolved late) continues its count, across a restart and an upgrade.
+    #[test]
+    fn a_counter_continues_by_device_number_when_its_labels_change() {
+        let mut d = Delta::default();
+        d.collect(vec![], vec![device_counter("loop3", 5)], |_| true);
+        let mut d = reload(&d);
+        let renamed = d.collect(vec![], vec![device_counter("disk-a", 7)], |_| true);
+        assert_eq!(
+            (renamed.counters[0].delta, renamed.counters[0].total),
+            (2, 7)
+        );
+        // An upgrade: the old set had 9, the new one nothing; then its labels change
+        // again while the new set has still counted nothing.
+        d.carry(vec![], vec![], vec![device_counter("disk-a", 9)], vec![]);
+        let mut d = reload(&d);
+        let carried = d.collect(vec![], vec![device_counter("disk-b", 0)], |_| true);
+        assert_eq!(carried.counters.len(), 1);
+        assert_eq!(
+            (carried.counters[0].delta, carried.counters[0].total),
+            (2, 9)
+        );
+        assert_eq!(carried.counters[0].key.label("device"), Some("disk-b"));
+        // A state saved before counters had entities: found by all its labels once.
+        let mut old = Delta::load(
+            vec![],
+            vec![],
+            vec![SavedCounter {
+                family: "block.io.unrecorded".into(),
+                entity: None,
+                labels: save_labels(&device_counter("loop3", 0).key.labels),
+                total: 5,
+            }],
+        );
+        let first = old.collect(vec![], vec![device_counter("loop3", 8)], |_| true);
+        assert_eq!(first.counters[0].delta, 3);
     }
 
     #[test]
@@ -618,10 +1020,10 @@ mod tests {
     #[test]
     fn counter_series_report_interval_increases() {
         let key = SeriesKey::new("f", [("error", "ioerr".to_owned())]);
-        let mut d = CounterDelta::default();
-        assert_eq!(d.update(vec![(key.clone(), 3)])[0].delta, 3);
-        let second = d.update(vec![(key.clone(), 7)]);
+        let mut d = Delta::default();
+        assert_eq!(counted(&mut d, vec![(key.clone(), 3)])[0].delta, 3);
+        let second = counted(&mut d, vec![(key.clone(), 7)]);
         assert_eq!((second[0].delta, second[0].total), (4, 7));
-        assert_eq!(d.update(vec![(key, 7)])[0].delta, 0);
+        assert_eq!(counted(&mut d, vec![(key, 7)])[0].delta, 0);
     }
 }

@@ -102,6 +102,17 @@ impl Attribution {
         self.io_cgroups.as_mut()?.lookup(id)
     }
 
+    /// Whether the process, cgroup or device the kernel keys by `entity` still exists.
+    pub fn alive(&mut self, entity: crate::aggregate::Entity) -> bool {
+        use crate::aggregate::Entity;
+        match entity {
+            Entity::Process(pid) => self.vm_running(pid),
+            Entity::Cgroup(id) => self.cgroup_lookup(id).is_some(),
+            Entity::IoCgroup(id) => self.io_cgroup_lookup(id).is_some(),
+            Entity::Device(dev) => self.devices.is_present(dev),
+        }
+    }
+
     /// Whether the VMM process `pid` still runs.
     pub fn vm_running(&self, pid: u32) -> bool {
         self.vms.is_running(pid)

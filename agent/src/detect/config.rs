@@ -35,7 +35,14 @@ pub struct DetectConfig {
     /// at the end of learning: docs/architecture.md, "Regression detection").
     pub align_windows: bool,
     pub min_samples: u64,
-    /// Normal windows needed before a series is judged at all.
+    /// How long a series learns its baseline before it is judged, from its first
+    /// samples: a time, not a count of windows or intervals, so that agents at 1 s and
+    /// at 10 s start judging together (counted in windows, a 10 s agent whose jittered
+    /// intervals often needed a fourth per window learned 23 minutes against 20).
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub learning_period: Duration,
+    /// ... and it has learned at least this many normal windows (a quiet series, whose
+    /// windows grow towards `max_window`, learns longer).
     pub baseline_windows: u32,
     /// Half-life of the baseline, in windows: how slowly it follows the series.
     pub baseline_half_life: f64,
@@ -58,8 +65,19 @@ pub struct DetectConfig {
     /// devices under it, the cgroups and VMs issuing its I/O) join it while it lasts.
     #[serde(deserialize_with = "crate::settings::duration")]
     pub group_within: Duration,
+    /// A cgroup's or VM's run-queue regression and a block regression whose starts lie
+    /// within this of each other are one incident (0: only when the node's own run
+    /// queue regressed too). CPU contention slows loop and device-mapper devices, whose
+    /// work runs in kernel threads, and the cgroups waiting for a CPU in the same minute.
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub group_cpu_and_io_within: Duration,
     /// Consecutive regressed windows that open an alarm, and normal ones that clear it.
     pub raise_after: u32,
+    /// Regressed windows in a row that open an alarm for a minor shift (its latest
+    /// window below `major_factor`): a shift of ×1.3–2 that lasts a minute is the
+    /// ordinary weather of a shared node, one that lasts longer is news. Larger shifts
+    /// open after `raise_after`.
+    pub minor_raise_after: u32,
     pub clear_after: u32,
     /// Shift factors from which an alarm is `major` and `critical` (below: `minor`).
     pub major_factor: f64,
@@ -83,7 +101,8 @@ impl Default for DetectConfig {
             max_intervals: 10_000,
             align_windows: false,
             min_samples: 1000,
-            baseline_windows: 40,
+            learning_period: Duration::from_secs(20 * 60),
+            baseline_windows: 20,
             baseline_half_life: 120.0,
             significance: 1e-3,
             p50_ratio: 1.2,
@@ -92,7 +111,9 @@ impl Default for DetectConfig {
             min_shift: default_min_shifts(),
             default_min_shift: Duration::from_micros(DEFAULT_MIN_SHIFT_US),
             group_within: Duration::from_secs(120),
+            group_cpu_and_io_within: Duration::ZERO,
             raise_after: 2,
+            minor_raise_after: 2,
             clear_after: 3,
             major_factor: 2.0,
             critical_factor: 4.0,
@@ -170,6 +191,16 @@ impl DetectConfig {
                 ),
             ));
         }
+        if self.learning_period > Duration::from_secs(7 * 86_400) {
+            return Err(invalid(
+                "detect.learning_period",
+                format!(
+                    "at most 7 days, got {}; 20m learns a busy series, a few hours a node's \
+                     periodic jobs",
+                    humantime::format_duration(self.learning_period)
+                ),
+            ));
+        }
         const OPS: [&str; 5] = ["read", "write", "flush", "discard", "other"];
         if let Some(op) = self
             .ignore_ops
@@ -209,6 +240,7 @@ impl DetectConfig {
             ("detect.max_intervals", self.max_intervals, 1, 10_000),
             ("detect.baseline_windows", self.baseline_windows, 1, 10_000),
             ("detect.raise_after", self.raise_after, 1, 100),
+            ("detect.minor_raise_after", self.minor_raise_after, 1, 100),
             ("detect.clear_after", self.clear_after, 1, 100),
         ];
         for (key, value, lo, hi) in counts {

@@ -186,12 +186,22 @@ impl Incident {
     /// with its regression starting within `within` of the latest member's, or a
     /// device stacked with a member's; any resource in the same minutes as the node's
     /// own run queue (one cause: the CPUs).
-    fn takes(&self, alarm: &Alarm, devices: &[String], within: u64) -> bool {
-        let near = alarm.start_unix_nano.abs_diff(self.latest_start) <= within;
-        if self.resource == resource(&alarm.family) {
+    fn takes(&self, alarm: &Alarm, devices: &[String], within: Within) -> bool {
+        let apart = alarm.start_unix_nano.abs_diff(self.latest_start);
+        let near = apart <= within.resource;
+        let theirs = resource(&alarm.family);
+        if self.resource == theirs {
             return near || devices.iter().any(|d| self.devices.contains(d));
         }
-        near && (is_node_cpu(alarm) || self.members.values().any(|m| is_node_cpu(&m.alarm)))
+        if near && (is_node_cpu(alarm) || self.members.values().any(|m| is_node_cpu(&m.alarm))) {
+            return true;
+        }
+        // A cgroup's or VM's CPU side and a disk's regressions that began together.
+        let pair = [self.resource, theirs];
+        within.cpu_and_io > 0
+            && apart <= within.cpu_and_io
+            && pair.contains(&"cpu")
+            && pair.contains(&"block")
     }
 
     /// Adds or updates a member.
@@ -214,6 +224,24 @@ impl Incident {
             member.added_ns = added_ns;
         }
         member.alarm = event;
+    }
+}
+
+/// How close in time regressions' starts must be to join an incident.
+#[derive(Clone, Copy)]
+struct Within {
+    /// Of the same resource (`group_within`).
+    resource: u64,
+    /// A CPU and a block series (`group_cpu_and_io_within`).
+    cpu_and_io: u64,
+}
+
+impl Within {
+    fn of(config: &DetectConfig) -> Self {
+        Self {
+            resource: config.group_within.as_nanos() as u64,
+            cpu_and_io: config.group_cpu_and_io_within.as_nanos() as u64,
+        }
     }
 }
 
@@ -267,7 +295,7 @@ impl Incidents {
         now: u64,
         config: &DetectConfig,
     ) -> Vec<Alarm> {
-        let within = config.group_within.as_nanos() as u64;
+        let within = Within::of(config);
         // The node's run queue first: it draws every resource's alarms of the same
         // minutes into its incident, but only those that come after it. With windows
         // on the clock's grid every series' window closes in the same report, and in
@@ -359,7 +387,7 @@ impl Incidents {
     /// Held remainder alarms join a new incident as evidence: those of its resource
     /// (a neighbour's job still running when the workload slowed), and any the incident
     /// takes by time (the node's run queue).
-    fn join_held(&mut self, index: usize, within: u64) {
+    fn join_held(&mut self, index: usize, within: Within) {
         let incident = &mut self.open[index];
         let joining: Vec<String> = self
             .held

@@ -18,6 +18,8 @@ pub mod series;
 pub mod snapshot;
 pub mod soak;
 pub mod stats;
+#[cfg(test)]
+mod storm_tests;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -40,6 +42,8 @@ pub struct Detector {
     series: HashMap<String, SeriesState>,
     incidents: Incidents,
     intervals: u64,
+    /// End of the latest interval (unix ns): what "still learning" is judged at.
+    now: u64,
     /// Scalar series (rates, means), up to `[detect.scalar] max_series`; saved across
     /// restarts with the rest (`snapshot`).
     scalars: HashMap<String, ScalarSeries>,
@@ -71,6 +75,9 @@ pub struct DetectOutput {
     pub open: u64,
     /// Series seen with data that are still learning their baseline (not judged).
     pub learning: Vec<String>,
+    /// When the last of them ends its learning period (unix ns); a quiet series short
+    /// of `baseline_windows` windows by then learns on.
+    pub learning_until: Option<u64>,
     /// Windows closed (judged or not) this interval.
     pub windows: u64,
     /// Of those, windows judged (their series past learning).
@@ -83,13 +90,14 @@ pub fn learning_statement(config: &DetectConfig) -> String {
     if !config.enabled {
         return "regression detection is off ([detect] enabled = false)".into();
     }
-    let least = config.min_window * config.baseline_windows;
     format!(
-        "each series learns its baseline from {} normal windows (at least {} of data, \
-         longer for a quiet series) before it is judged; until then it is listed as \
-         learning in every report (`learning` in JSON, \"detector learning\" in the table)",
-        config.baseline_windows,
-        humantime::format_duration(least)
+        "each series learns its baseline for {} from its first samples, at any interval \
+         (and from at least {} normal windows: longer for a quiet series) before it is \
+         judged; until then it is listed as learning in every report, with the time its \
+         learning ends (`learning` and `learning_until` in JSON, \"detector learning\" in \
+         the table)",
+        humantime::format_duration(config.learning_period),
+        config.baseline_windows
     )
 }
 
@@ -114,6 +122,7 @@ impl Detector {
             series: HashMap::new(),
             incidents: Incidents::new(topology),
             intervals: 0,
+            now: 0,
             scalars: HashMap::new(),
             scalars_unwatched: 0,
             backing: HashMap::new(),
@@ -191,6 +200,7 @@ impl Detector {
         scalars: impl IntoIterator<Item = ScalarInput<'b>>,
     ) -> DetectOutput {
         self.intervals += 1;
+        self.now = now;
         let mut out = DetectOutput::default();
         let mut series_alarms = Vec::new();
         for (family, labels, delta) in series {
@@ -271,6 +281,7 @@ impl Detector {
         out.open = self.incidents.open_count();
         out.learning = self.learning().map(str::to_owned).collect();
         out.learning.sort();
+        out.learning_until = self.learning_until();
         out
     }
 
@@ -283,8 +294,17 @@ impl Detector {
     pub fn learning(&self) -> impl Iterator<Item = &str> {
         self.series
             .iter()
-            .filter(|(_, s)| s.has_data() && s.learning(&self.config))
+            .filter(|(_, s)| s.has_data() && s.learning(self.now, &self.config))
             .map(|(name, _)| name.as_str())
+    }
+
+    /// When the learning period of the last series still learning ends (unix ns).
+    pub fn learning_until(&self) -> Option<u64> {
+        self.series
+            .values()
+            .filter(|s| s.has_data() && s.learning(self.now, &self.config))
+            .filter_map(|s| s.learned_at(&self.config))
+            .max()
     }
 }
 

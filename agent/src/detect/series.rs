@@ -59,6 +59,12 @@ pub struct SeriesState {
     last_end: u64,
     #[serde(default)]
     last_interval: u64,
+    /// Start (unix ns) of the series' first interval with samples: its learning period
+    /// runs from here. `None` until it has had samples; 0 for a series restored from a
+    /// state saved before this was kept with a baseline already learned (it is not
+    /// made to learn again).
+    #[serde(default)]
+    learning_since: Option<u64>,
 }
 
 /// Who the series is, for its alarms.
@@ -79,9 +85,18 @@ impl SeriesState {
         !self.baseline.is_empty() || !self.window.is_empty()
     }
 
-    /// Still learning its baseline: not judged yet.
-    pub fn learning(&self, config: &DetectConfig) -> bool {
+    /// Still learning its baseline at `now` (unix ns): not judged yet.
+    pub fn learning(&self, now: u64, config: &DetectConfig) -> bool {
         self.baseline.windows < config.baseline_windows
+            || self.learned_at(config).is_none_or(|at| now < at)
+    }
+
+    /// When its learning period ends (unix ns; `None` before its first samples). A
+    /// quiet series that has not learned `baseline_windows` windows by then learns on.
+    pub fn learned_at(&self, config: &DetectConfig) -> Option<u64> {
+        let period = config.learning_period.as_nanos() as u64;
+        self.learning_since
+            .map(|since| since.saturating_add(period))
     }
 
     /// Adds one interval ending at `now` (unix ns, `interval_ns` long); returns the
@@ -131,6 +146,14 @@ impl SeriesState {
         if !delta.is_empty() {
             self.window.merge(delta);
             self.parts.push((now, delta.clone()));
+            if self.learning_since.is_none() {
+                let restored = !self.baseline.is_empty();
+                self.learning_since = Some(if restored {
+                    0
+                } else {
+                    now.saturating_sub(interval_ns)
+                });
+            }
         }
         self.intervals += 1;
     }
@@ -192,7 +215,7 @@ impl SeriesState {
         config: &DetectConfig,
     ) -> WindowOutcome {
         let floor_ns = config.min_shift_ns(who.family);
-        let learning = self.learning(config);
+        let learning = self.learning(now, config);
         if learning {
             if window.count() >= config.min_samples {
                 // The scatter is learned along, once the baseline is no longer a handful
@@ -238,7 +261,10 @@ impl SeriesState {
                         alarm.update(&evaluation, window, self.bad_streak, config);
                         Some(alarm.clone())
                     }
-                    None if self.bad_streak >= config.raise_after => {
+                    None if self.bad_streak >= config.raise_after
+                        && (evaluation.factor >= config.major_factor
+                            || self.bad_streak >= config.minor_raise_after) =>
+                    {
                         let alarm = Alarm::open(
                             who.node,
                             who.family,
@@ -354,7 +380,7 @@ impl SeriesState {
         config: &DetectConfig,
     ) -> Option<DetectConfig> {
         let early_samples = (config.min_samples / EARLY_SAMPLES_DIVISOR).max(10);
-        if self.learning(config) || self.window.count() < early_samples {
+        if self.learning(now, config) || self.window.count() < early_samples {
             return None;
         }
         let strict = DetectConfig {
@@ -455,6 +481,7 @@ pub(super) mod tests {
             default_min_shift: Duration::ZERO,
             min_samples: 500,
             baseline_windows: 5,
+            learning_period: Duration::ZERO,
             raise_after: 2,
             clear_after: 3,
             ..DetectConfig::default()
@@ -621,6 +648,7 @@ pub(super) mod tests {
             default_min_shift: Duration::ZERO,
             min_samples: 1500,
             baseline_windows: 5,
+            learning_period: Duration::ZERO,
             ..DetectConfig::default()
         };
         let labels = BTreeMap::new();
@@ -700,6 +728,7 @@ pub(super) mod tests {
             default_min_shift: Duration::ZERO,
             min_samples: 500,
             baseline_windows: 5,
+            learning_period: Duration::ZERO,
             raise_after: 2,
             clear_after: 3,
             ..DetectConfig::default()

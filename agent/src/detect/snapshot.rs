@@ -18,6 +18,7 @@ pub const FORMAT: u32 = 1;
 struct SnapshotRef<'a> {
     format: u32,
     intervals: u64,
+    now: u64,
     series: &'a HashMap<String, SeriesState>,
     incidents: &'a [Incident],
     scalars: &'a HashMap<String, ScalarSeries>,
@@ -27,6 +28,9 @@ struct SnapshotRef<'a> {
 struct Snapshot {
     format: u32,
     intervals: u64,
+    /// End of the last interval before the save (absent in older states).
+    #[serde(default)]
+    now: u64,
     series: HashMap<String, SeriesState>,
     incidents: Vec<Incident>,
     /// Absent in states saved before scalar series were.
@@ -46,12 +50,26 @@ pub struct Restored {
     pub scalars_judged: usize,
 }
 
+/// The series a saved detector state lists as still learning, by name, and when the
+/// last of them ends its learning period (unix ns), as of the save.
+pub fn learning_in(
+    saved: serde_json::Value,
+    config: &super::DetectConfig,
+) -> Result<(Vec<String>, Option<u64>), String> {
+    let mut detector = Detector::new(config.clone(), "");
+    detector.restore(saved)?;
+    let mut names: Vec<String> = detector.learning().map(str::to_owned).collect();
+    names.sort();
+    Ok((names, detector.learning_until()))
+}
+
 impl Detector {
     /// The state to save.
     pub fn snapshot(&self) -> serde_json::Value {
         serde_json::to_value(SnapshotRef {
             format: FORMAT,
             intervals: self.intervals,
+            now: self.now,
             series: &self.series,
             incidents: self.incidents.snapshot(),
             scalars: &self.scalars,
@@ -75,6 +93,7 @@ impl Detector {
             ));
         }
         self.intervals = snapshot.intervals;
+        self.now = snapshot.now;
         self.series = snapshot.series;
         self.incidents.restore(snapshot.incidents);
         // A budget lowered since: the series seen last are kept.
@@ -90,7 +109,7 @@ impl Detector {
         let judged = self
             .series
             .values()
-            .filter(|s| !s.learning(&self.config))
+            .filter(|s| !s.learning(self.now, &self.config))
             .count();
         Ok(Restored {
             series: self.series.len(),
@@ -122,6 +141,49 @@ mod tests {
         let labels = BTreeMap::from([("device".to_owned(), "sdx".to_owned())]);
         d.update(*t, 10 * S, [("block.io.latency", labels, h)])
             .alarms
+    }
+
+    /// Learning is a time from a series' first samples, whatever the interval; the
+    /// detector, and a saved state read back (`nodepulse check`), say until when.
+    #[test]
+    fn a_series_learns_for_the_learning_period_and_says_until_when() {
+        let config = crate::detect::DetectConfig {
+            learning_period: std::time::Duration::from_secs(300),
+            ..config()
+        };
+        for interval_s in [1, 10] {
+            let mut d = Detector::new(config.clone(), "n");
+            let labels = BTreeMap::from([("device".to_owned(), "sdx".to_owned())]);
+            let start = 1_000 * S;
+            let mut t = start;
+            let mut judged_at = None;
+            while judged_at.is_none() && t < start + 600 * S {
+                t += interval_s * S;
+                let h = ExpHistogram::from_buckets(0, 0, [(130, 100 * interval_s)]);
+                let out = d.update(
+                    t,
+                    interval_s * S,
+                    [("block.io.latency", labels.clone(), &h)],
+                );
+                if out.judged > 0 {
+                    judged_at = Some(t);
+                } else {
+                    assert_eq!(out.learning, ["block.io.latency{device=sdx}"], "{t}");
+                    assert_eq!(out.learning_until, Some(start + 300 * S));
+                    let (names, until) = learning_in(d.snapshot(), &config).unwrap();
+                    assert_eq!((names.len(), until), (1, Some(start + 300 * S)));
+                }
+            }
+            // The first window closing after the 5 minutes is judged (windows of 10 s).
+            let judged_at = judged_at.expect("judged");
+            assert!(
+                (start + 300 * S..=start + 310 * S).contains(&judged_at),
+                "{interval_s} s: judged {} s in",
+                (judged_at - start) / S
+            );
+            assert!(d.learning_until().is_none());
+            assert!(learning_in(d.snapshot(), &config).unwrap().0.is_empty());
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::Deserialize;
 /// to drain the pipe (a report of ~100 series is 130–230 KB of JSON, a default pipe
 /// holds 64 KiB).
 pub struct Console {
-    queue: Option<std::sync::mpsc::SyncSender<String>>,
+    queue: Option<std::sync::mpsc::SyncSender<(String, Option<super::Then>)>>,
     /// Set by the writer when the reader has gone (EPIPE) or the output failed.
     closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -51,15 +51,19 @@ impl Console {
         direct: Option<std::fs::File>,
     ) -> Self {
         use std::sync::{Arc, atomic::Ordering};
-        let (queue, reports) = std::sync::mpsc::sync_channel::<String>(4);
+        let (queue, reports) = std::sync::mpsc::sync_channel::<(String, Option<super::Then>)>(4);
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (seen, written) = (closed.clone(), pending.clone());
         let writer = std::thread::Builder::new()
             .name("console".into())
             .spawn(move || {
-                for text in reports {
+                for (text, then) in reports {
                     let result = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+                    // Before the loop may write directly again: in report order.
+                    if let (Ok(()), Some(then)) = (&result, then) {
+                        then();
+                    }
                     written.fetch_sub(1, Ordering::SeqCst);
                     if let Err(e) = result {
                         failed(&seen, &e);
@@ -202,27 +206,50 @@ impl Exporter for Console {
     }
 
     fn export(&mut self, report: &Report) -> std::io::Result<()> {
+        let (result, then) = self.export_then(report, Box::new(|| {}));
+        if let Some(then) = then {
+            then();
+        }
+        result
+    }
+
+    /// `then` runs right after the write: from the loop when it wrote the whole
+    /// report, else from the writer thread once it has written the rest.
+    fn export_then(
+        &mut self,
+        report: &Report,
+        then: super::Then,
+    ) -> (std::io::Result<()>, Option<super::Then>) {
         let text = self.prepared.take(report);
         let Some(queue) = &self.queue else {
-            return Ok(());
+            return (Ok(()), Some(then));
         };
         // The reader has gone: nothing to say, and nobody to say it to.
         if self.closed() {
-            return Ok(());
+            return (Ok(()), Some(then));
         }
         let text = text.unwrap_or_else(|| render(report, self.format));
         let rest = self.write_now(&text);
         if rest.is_empty() {
-            return Ok(());
+            then();
+            return (Ok(()), None);
         }
         let rest = rest.to_owned();
         self.pending
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        queue.try_send(rest).map_err(|_| {
-            self.pending
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            std::io::Error::other("standard output is not being read; report dropped")
-        })
+        match queue.try_send((rest, Some(then))) {
+            Ok(()) => (Ok(()), None),
+            Err(e) => {
+                self.pending
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                let (_, then) = match e {
+                    std::sync::mpsc::TrySendError::Full(m)
+                    | std::sync::mpsc::TrySendError::Disconnected(m) => m,
+                };
+                let e = std::io::Error::other("standard output is not being read; report dropped");
+                (Err(e), then)
+            }
+        }
     }
 }
 
@@ -511,8 +538,11 @@ fn render_alarms(t: &mut String, r: &Report) {
         let more = r.learning.len().saturating_sub(SHOWN);
         let _ = writeln!(
             t,
-            "detector learning {} series (not judged yet): {}{}",
+            "detector learning {} series (not judged yet{}): {}{}",
             r.learning.len(),
+            r.learning_until
+                .as_ref()
+                .map_or(String::new(), |t| format!(", until {t}")),
             r.learning[..r.learning.len().min(SHOWN)].join(", "),
             if more > 0 {
                 format!(", {more} more")

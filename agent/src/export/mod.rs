@@ -8,6 +8,9 @@ pub mod start;
 
 use crate::report::Report;
 
+/// What to do once a report has left (see [`Exporter::export_then`]).
+pub type Then = Box<dyn FnOnce() + Send>;
+
 pub trait Exporter {
     fn name(&self) -> &'static str;
     /// Does the slow part of exporting `report` (encoding it) ahead of the `export` of
@@ -17,6 +20,14 @@ pub trait Exporter {
     fn prepare(&mut self, _report: &Report) {}
     /// Must not block the collection loop for long: slow sinks queue and drop.
     fn export(&mut self, report: &Report) -> std::io::Result<()>;
+    /// [`Self::export`], then `then` (the state saved with this report put in place)
+    /// once the report has left, or `then` handed back for the caller to run. The
+    /// console takes it: a report queued for its writer thread is only out once that
+    /// thread has written it, and a kill in between must not leave a state that says
+    /// it was (the report's deltas were lost: one interval in twenty kills).
+    fn export_then(&mut self, report: &Report, then: Then) -> (std::io::Result<()>, Option<Then>) {
+        (self.export(report), Some(then))
+    }
     /// Nobody reads this output any more (a closed pipe): when every exporter says so,
     /// the agent ends, as `nodepulse run | head` expects.
     fn closed(&self) -> bool {

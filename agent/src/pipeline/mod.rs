@@ -13,8 +13,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     actions::Actions,
     aggregate::{
-        CounterDelta, Delta, TrackedReading, budget::Budget, carried_total, carry_totals,
-        counter_delta,
+        Delta, TrackedReading, budget::Budget, carried_total, carry_totals, counter_delta,
     },
     attribution::backing,
     capacity::Capacity,
@@ -49,7 +48,6 @@ pub struct Pipeline {
     exporters: Vec<Box<dyn Exporter>>,
     node: String,
     delta: Delta,
-    counter_delta: CounterDelta,
     previous_programs: HashMap<&'static str, ProgramRunStats>,
     previous_drops: HashMap<&'static str, u64>,
     /// Drop counters continued from an older pin set: (base, offset).
@@ -87,7 +85,6 @@ impl Pipeline {
             exporters,
             node: config.node_name(),
             delta: Delta::default(),
-            counter_delta: CounterDelta::default(),
             previous_programs: HashMap::new(),
             previous_drops: HashMap::new(),
             drops_carried: HashMap::new(),
@@ -142,10 +139,9 @@ impl Pipeline {
         if let Some(saved) = resume.saved {
             if resume.counts_continue {
                 let readings = saved.readings;
-                self.delta = Delta::load(readings.histograms, readings.identities)
-                    .with_carried(readings.carried);
-                self.counter_delta =
-                    CounterDelta::load(readings.counters).with_carried(readings.carried_counters);
+                self.delta =
+                    Delta::load(readings.histograms, readings.identities, readings.counters)
+                        .with_carried(readings.carried, readings.carried_counters);
                 self.previous_drops = saved
                     .drops
                     .iter()
@@ -209,10 +205,12 @@ impl Pipeline {
                 })
                 .collect()
         };
-        let series = self
-            .delta
-            .carry(tracked(h.old.readings), tracked(h.base.readings));
-        let counters = self.counter_delta.carry(h.old.counters, h.base.counters);
+        let (series, counters) = self.delta.carry(
+            tracked(h.old.readings),
+            tracked(h.base.readings),
+            h.old.counters,
+            h.base.counters,
+        );
         self.drops_carried = carry_totals(&self.drops_carried, h.old.drops, h.base.drops);
         let carried = &self.drops_carried;
         self.previous_drops.retain(|k, _| carried.contains_key(k));
@@ -253,10 +251,18 @@ impl Pipeline {
 
     /// Saves what the next start continues from (see [`crate::state`]).
     fn save_state(&self, clean_exit: bool) {
-        let Some(state) = &self.state else {
-            return;
-        };
-        let (histograms, identities) = self.delta.save();
+        if let Some(pending) = self.prepare_state(clean_exit)
+            && let Err(e) = pending.commit()
+        {
+            tracing::warn!("cannot save the state: {e}");
+        }
+    }
+
+    /// Writes what the next start continues from, not yet in place.
+    fn prepare_state(&self, clean_exit: bool) -> Option<crate::state::PendingSave> {
+        let state = self.state.as_ref()?;
+        let (histograms, identities, counters) = self.delta.save();
+        let (carried, carried_counters) = self.delta.save_carried();
         let saved = Saved {
             format: crate::state::FORMAT,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -267,9 +273,9 @@ impl Pipeline {
             readings: crate::aggregate::saved::SavedReadings {
                 histograms,
                 identities,
-                counters: self.counter_delta.save(),
-                carried: self.delta.save_carried(),
-                carried_counters: self.counter_delta.save_carried(),
+                counters,
+                carried,
+                carried_counters,
             },
             drops: self
                 .previous_drops
@@ -295,12 +301,15 @@ impl Pipeline {
                 .collect(),
             detector: self.detector.as_ref().map(Detector::snapshot),
         };
-        if let Err(e) = state.save(&saved, clean_exit) {
-            tracing::warn!(
-                path = %state.path().display(),
-                "cannot save the state: {e}; a restart would lose the detector's baselines"
-            );
-        }
+        state
+            .prepare(&saved, clean_exit)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    path = %state.path().display(),
+                    "cannot save the state: {e}; a restart would lose the detector's baselines"
+                )
+            })
+            .ok()
     }
 
     /// Remedial actions for the alarms (started before the probes attach, so that a
@@ -328,7 +337,8 @@ impl Pipeline {
         let usage = selfmon::usage_between(&self.previous_process, &process);
         self.previous_process = process;
 
-        let collected = self.delta.update_tracked(
+        let probes = &mut self.probes;
+        let collected = self.delta.collect(
             collection
                 .readings
                 .into_iter()
@@ -338,6 +348,8 @@ impl Pipeline {
                     entity: r.entity,
                 })
                 .collect(),
+            collection.counters,
+            |entity| probes.alive(entity),
         );
         // Their last counts are in this report: their entries can go.
         self.probes.forget(&collected.ended);
@@ -347,9 +359,8 @@ impl Pipeline {
             .map(|s| SeriesReport::new(s, interval_s))
             .collect();
 
-        let counters: Vec<CounterReport> = self
-            .counter_delta
-            .update(collection.counters)
+        let counters: Vec<CounterReport> = collected
+            .counters
             .iter()
             .map(|c| CounterReport::new(c, interval_s))
             .collect();
@@ -420,6 +431,7 @@ impl Pipeline {
             alarms: Vec::new(),
             alarms_open: 0,
             learning: Vec::new(),
+            learning_until: None,
             actions: Vec::new(),
             capacity: None,
             backing: self.backing_of(&series_devices),
@@ -497,6 +509,7 @@ impl Pipeline {
             report.alarms = out.alarms;
             report.alarms_open = out.open;
             report.learning = out.learning;
+            report.learning_until = out.learning_until.map(crate::util::time::rfc3339);
         }
         if let Some(actions) = &mut self.actions {
             report.actions = actions.completed();
@@ -569,18 +582,6 @@ fn scalar_inputs<'a>(report: &'a Report, c: &ScalarConfig) -> Vec<ScalarInput<'a
 }
 
 impl Pipeline {
-    /// Hands the report to every exporter, timing each (encoding and queueing; sending
-    /// happens off the loop) for the next report's self-telemetry.
-    fn export(&mut self, report: &Report) {
-        for e in &mut self.exporters {
-            let started = Instant::now();
-            if let Err(err) = e.export(report) {
-                tracing::warn!(exporter = e.name(), "export failed: {err}");
-            }
-            *self.export_ms.entry(e.name()).or_default() += started.elapsed().as_secs_f64() * 1e3;
-        }
-    }
-
     /// Encodes `report` for every exporter, timed with its export.
     fn prepare(&mut self, report: &Report) {
         for e in &mut self.exporters {
@@ -596,10 +597,37 @@ impl Pipeline {
     /// never counts them twice; encoding first leaves only queue pushes in that window
     /// (tens of milliseconds less: a debug build took 40–80 ms to encode a report of
     /// ~100 series as JSON).
+    /// The state is written before and put in place right after the console's write
+    /// (by its writer thread when the report had to be queued, see
+    /// [`Exporter::export_then`]): a kill can then only fall between a write and a
+    /// rename, microseconds, instead of the writer thread's wake-up.
     fn save_and_export(&mut self, report: &Report, clean_exit: bool) {
         self.prepare(report);
-        self.save_state(clean_exit);
-        self.export(report);
+        let mut then = self.prepare_state(clean_exit).map(|pending| {
+            Box::new(move || {
+                if let Err(e) = pending.commit() {
+                    tracing::warn!("cannot save the state: {e}");
+                }
+            }) as crate::export::Then
+        });
+        for e in &mut self.exporters {
+            let started = Instant::now();
+            let result = match then.take() {
+                Some(t) => {
+                    let (result, back) = e.export_then(report, t);
+                    then = back;
+                    result
+                }
+                None => e.export(report),
+            };
+            if let Err(err) = result {
+                tracing::warn!(exporter = e.name(), "export failed: {err}");
+            }
+            *self.export_ms.entry(e.name()).or_default() += started.elapsed().as_secs_f64() * 1e3;
+        }
+        if let Some(then) = then {
+            then();
+        }
     }
 
     /// Runs until SIGINT or SIGTERM, or after `max_reports` reports when non-zero.

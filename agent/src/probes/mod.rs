@@ -87,7 +87,7 @@ use thiserror::Error;
 
 use crate::{
     aggregate::{
-        Entity, EntityState, ExpHistogram, SeriesKey,
+        Entity, EntityState, ExpHistogram, SeriesKey, TrackedCounter,
         budget::{LimitsConfig, Rule},
     },
     attribution::Attribution,
@@ -145,7 +145,7 @@ pub trait Probe: Any {
     fn read_counters(
         &mut self,
         _cx: &mut ReadContext<'_>,
-        _out: &mut Vec<(SeriesKey, u64)>,
+        _out: &mut Vec<TrackedCounter>,
     ) -> Result<(), String> {
         Ok(())
     }
@@ -191,7 +191,7 @@ pub enum StartError {
 pub struct Collection {
     pub readings: Vec<Reading>,
     /// Cumulative counter series.
-    pub counters: Vec<(SeriesKey, u64)>,
+    pub counters: Vec<TrackedCounter>,
     /// Cumulative run time and count of each attached program.
     pub programs: Vec<ProgramRunStats>,
     /// Cumulative counts of events the probes had to drop, by name.
@@ -202,6 +202,16 @@ pub struct Collection {
     /// not kept (beyond `outliers.max_per_interval`).
     pub outliers: Vec<outliers::Outlier>,
     pub outliers_discarded: u64,
+}
+
+impl Collection {
+    /// The counter series as (key, total).
+    pub fn counter_pairs(&self) -> Vec<(SeriesKey, u64)> {
+        self.counters
+            .iter()
+            .map(|c| (c.key.clone(), c.total))
+            .collect()
+    }
 }
 
 /// The loaded object and the probes attached from it. Dropping it detaches everything.
@@ -496,6 +506,11 @@ impl Probes {
         self.probes
             .iter()
             .find_map(|p| (p.as_ref() as &dyn Any).downcast_ref::<P>())
+    }
+
+    /// Whether `entity` still exists (a carried series without readings asks).
+    pub fn alive(&mut self, entity: Entity) -> bool {
+        self.attribution.alive(entity)
     }
 
     /// Hands the interval's report to every probe (see [`Probe::on_interval`]).

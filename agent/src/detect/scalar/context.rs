@@ -18,6 +18,9 @@ use super::ScalarConfig;
 pub struct Context {
     lo: f64,
     hi: f64,
+    /// The range was given (the series' known bounds) and is not learned.
+    #[serde(default)]
+    fixed: bool,
     seen: u64,
     /// The last levels: enough of them to recompute the ring (`history_len`).
     recent: VecDeque<u8>,
@@ -35,9 +38,17 @@ fn history_len(c: &ScalarConfig) -> usize {
 }
 
 impl Context {
+    /// Quantises against `lo..=hi` from the start, without learning the range (where
+    /// the series' bounds are known, as NAB tells every detector its file's).
+    pub fn set_range(&mut self, lo: f64, hi: f64) {
+        self.lo = lo;
+        self.hi = hi;
+        self.fixed = true;
+    }
+
     /// Novelty of `x` in [0, 1]; learns it.
     pub fn observe(&mut self, x: f64, c: &ScalarConfig) -> f64 {
-        if self.seen == 0 {
+        if self.seen == 0 && !self.fixed {
             self.lo = x;
             self.hi = x;
         }
@@ -48,8 +59,9 @@ impl Context {
         // The range follows the series: it grows at once and shrinks slowly, so one
         // outlier does not squash every later value into one level for ever.
         let span = self.hi - self.lo;
-        self.hi = x.max(self.hi - span * c.range_decay);
-        self.lo = x.min(self.lo + span * c.range_decay);
+        let decay = if self.fixed { 0.0 } else { c.range_decay };
+        self.hi = x.max(self.hi - span * decay);
+        self.lo = x.min(self.lo + span * decay);
         let span = (self.hi - self.lo).max(1e-12);
         let q = (((x - self.lo) / span) * c.levels as f64).floor() as i64;
         let q = q.clamp(0, c.levels as i64 - 1) as u8;

@@ -11,6 +11,7 @@
 //! anomaly is reported once, at its start. `series` turns scores into alarms with the
 //! same lifecycle as the latency detector's.
 
+pub mod changepoint;
 pub mod config;
 pub mod context;
 pub mod level;
@@ -52,6 +53,14 @@ pub struct Point {
 }
 
 impl ScalarDetector {
+    /// A detector told the series' bounds in advance (NAB gives every detector its
+    /// file's minimum and maximum); the context part quantises against them.
+    pub fn with_range(lo: f64, hi: f64) -> Self {
+        let mut d = Self::default();
+        d.context.set_range(lo, hi);
+        d
+    }
+
     /// Whether the series is still learning (scores 0).
     pub fn learning(&self, c: &ScalarConfig) -> bool {
         self.n <= c.learn_points as u64

@@ -3,6 +3,7 @@
 //! issue, errors, and latency per submitting cgroup.
 
 mod config;
+mod reconcile;
 mod registry;
 mod sweep;
 mod thresholds;
@@ -14,8 +15,8 @@ use std::{
 
 use agent_common::{
     block::{
-        BlockErrorKey, BlockHistograms, BlockKey, DeviceDepth, OutlierLayout, RequestLayout,
-        TracepointLayout, op,
+        BlockErrorKey, BlockHistograms, BlockKey, DeviceDepth, DeviceReconcile, OutlierLayout,
+        RequestLayout, STAT_GROUPS, TracepointLayout, op, stat_group,
     },
     names,
     sparse::family,
@@ -32,7 +33,7 @@ use super::{
     sparse,
 };
 use crate::{
-    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
+    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey, TrackedCounter},
     kernel::{btf::Btf, tracefs},
     probes::{Interval, outliers::OutliersConfig},
 };
@@ -43,14 +44,22 @@ use thresholds::OutlierThresholds;
 pub const NAME: &str = "block";
 /// Queue + device time.
 pub const FAMILY: &str = "block.io.latency";
+/// `BPF_NOEXIST` (`include/uapi/linux/bpf.h`): an update that only creates.
+const BPF_NOEXIST: u64 = 1;
+
 pub const FAMILY_QUEUE: &str = "block.io.queue.latency";
 pub const FAMILY_DEVICE: &str = "block.io.device.latency";
 pub const FAMILY_DEPTH: &str = "block.io.queue_depth";
 pub const FAMILY_SIZE: &str = "block.io.size";
 pub const FAMILY_ERRORS: &str = "block.io.errors";
-/// Completions the kernel made that the probe could not record, per device and cause:
-/// `unseen` (the completion program did not run), `unmatched` (no issue record).
+/// Completions the kernel made that the probe could not record, per device, operation
+/// and cause: `unseen` (the completion program did not run), `unmatched` (no issue
+/// record), `unaccounted` (neither recorded nor counted: found against the kernel's
+/// own count, see `reconcile`).
 pub const FAMILY_UNRECORDED: &str = "block.io.unrecorded";
+/// Completions the probe recorded or counted beyond the kernel's own count, per device
+/// and operation: double counts.
+pub const FAMILY_OVERCOUNTED: &str = "block.io.overcounted";
 pub const FAMILY_BUSY: &str = "block.io.busy_time";
 pub const FAMILY_CGROUP: &str = "block.cgroup.io.latency";
 
@@ -459,6 +468,22 @@ pub struct BlockProbe {
     /// Releases requests whose completion the program never saw, once their device is
     /// idle; `None` with classic tracepoints (no request to ask).
     sweep: Option<sweep::Sweep>,
+    /// Per device, the probe's counts against the kernel's (`reconcile`).
+    reconcile: Option<HashMap<MapData, u32, DeviceReconcile>>,
+    /// The kernel's completed counts per disk just before the programs were attached
+    /// to fresh maps; `None` when the maps were adopted from an earlier run or an older
+    /// pin set hands its counts over.
+    at_attach: Option<BTreeMap<u32, [u64; STAT_GROUPS]>>,
+    /// Devices whose counts were dropped when they went away: compared afresh.
+    forgotten: BTreeSet<u32>,
+    /// What each hand-over copy held (the old set's first, then this set's), per
+    /// device: completions counted and the comparison kept; see
+    /// [`Self::continue_comparisons`].
+    handover_reads: Vec<(BTreeMap<u32, HandoverRead>, BTreeSet<BlockKey>)>,
+    /// Disks' stat read before this interval's maps, and the completions recorded
+    /// per device and stat group read since.
+    stat_before: Option<BTreeMap<u32, reconcile::DiskStat>>,
+    recorded: BTreeMap<u32, [u64; STAT_GROUPS]>,
 }
 
 /// Every (device, operation) series' histograms, in key order.
@@ -482,6 +507,21 @@ impl BlockProbe {
         sys_root: &Path,
         outliers: &OutliersConfig,
     ) -> Self {
+        // Before the programs run, unless they already did into maps kept from an
+        // earlier run: what the kernel had completed without them. An older pin set
+        // (an upgrade) counts on until the hand-over, which carries its counts: the
+        // completions between this read and the attach are the old set's, so the
+        // comparison starts at the first quiet reading instead (comparing from here
+        // counted the ~65 ms of attaching as unaccounted: 131 of 28,000 reads).
+        let continued = super::pins::with(|p| {
+            p.is_some_and(|p| p.maps_adopted || !p.stale().is_empty())
+        });
+        let at_attach = (!continued).then(|| {
+            reconcile::read_disks(sys_root)
+                .into_iter()
+                .map(|(dev, s)| (dev, s.completed))
+                .collect()
+        });
         let attached = attach_first(ebpf, btf, &layouts.variants(only));
         let up = attached.kind.is_some();
         let mut take = |name| up.then(|| ebpf.take_map(name)).flatten();
@@ -496,6 +536,15 @@ impl BlockProbe {
         let spill = per_cpu_hash(names::MAP_BLOCK_LATENCY_SPILL);
         let depth = take(names::MAP_BLOCK_DEPTH).and_then(|m| HashMap::try_from(m).ok());
         let errors = take(names::MAP_BLOCK_ERRORS).and_then(|m| HashMap::try_from(m).ok());
+        let reconcile =
+            take(names::MAP_BLOCK_RECONCILE).and_then(|m| HashMap::try_from(m).ok());
+        if up && reconcile.is_none() {
+            tracing::warn!(
+                "block: map {} is missing from the eBPF object (build bug): the counts are \
+                 not compared with the kernel's",
+                names::MAP_BLOCK_RECONCILE
+            );
+        }
         let sweep = match attached.kind {
             Some(kind) if kind != AttachKind::Tracepoint => match layouts
                 .request
@@ -521,10 +570,16 @@ impl BlockProbe {
             latency,
             spill,
             known: BTreeSet::new(),
+            handover_reads: Vec::new(),
             depth,
             errors,
             thresholds: OutlierThresholds::new(outliers),
             sweep,
+            reconcile,
+            at_attach,
+            forgotten: BTreeSet::new(),
+            stat_before: None,
+            recorded: BTreeMap::new(),
         };
         probe.create_series();
         probe
@@ -560,6 +615,28 @@ impl BlockProbe {
             let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
             if let Err(e) = zero.map(|z| map.insert(key, z, 0)) {
                 tracing::debug!(key.dev, key.op, "cannot create a block series: {e}");
+            }
+        }
+    }
+
+    /// Creates the (zero) series `keys` and device entries `devices` this set does not
+    /// have yet, from process context. A program that creates one at the same moment
+    /// wins (`BPF_NOEXIST`).
+    fn create(&mut self, keys: impl Iterator<Item = BlockKey>, devices: impl Iterator<Item = u32>) {
+        if let (Some(latency), Ok(cpus)) = (&mut self.latency, aya::util::nr_cpus()) {
+            let mut map = latency.map_mut();
+            for key in keys {
+                let zero = PerCpuValues::try_from(vec![BlockHistograms::ZERO; cpus]);
+                if let Err(e) = zero.map(|z| map.insert(key, z, BPF_NOEXIST)) {
+                    tracing::debug!(key.dev, key.op, "block series not created: {e}");
+                }
+            }
+        }
+        if let Some(depth) = &mut self.depth {
+            for dev in devices {
+                if let Err(e) = depth.insert(dev, DeviceDepth::ZERO, BPF_NOEXIST) {
+                    tracing::debug!(dev, "block device entry not created: {e}");
+                }
             }
         }
     }
@@ -606,18 +683,170 @@ impl BlockProbe {
     }
 
     /// Per device number: completions the kernel made that the probe could not record,
-    /// (unseen, unmatched).
+    /// (unseen, unmatched), all operations together.
     pub fn read_unrecorded(&self) -> Result<Vec<(u32, u64, u64)>, String> {
+        Ok(self
+            .read_devices()?
+            .into_iter()
+            .map(|(dev, d)| {
+                let sum = |per_op: [u64; op::COUNT]| per_op.iter().sum::<u64>();
+                (dev, sum(d.completions_unseen), sum(d.completions_unmatched))
+            })
+            .collect())
+    }
+
+    /// Every device's entry of the in-flight and unrecorded counts.
+    fn read_devices(&self) -> Result<Vec<(u32, DeviceDepth)>, String> {
         let Some(map) = &self.depth else {
             return Ok(Vec::new());
         };
         map.iter()
+            .map(|entry| entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH)))
+            .collect()
+    }
+
+    /// Per device number, the probe's counts against the kernel's: what the kernel
+    /// completed that the probe neither recorded nor counted, and what the probe
+    /// counted beyond the kernel, per stat group (read, write, discard, flush).
+    pub fn read_reconciled(&self) -> Result<Vec<(u32, DeviceReconcile)>, String> {
+        let Some(map) = &self.reconcile else {
+            return Ok(Vec::new());
+        };
+        map.iter()
             .map(|entry| {
-                let (dev, d) =
-                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
-                Ok((dev, d.completions_unseen, d.completions_unmatched))
+                entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_RECONCILE))
             })
             .collect()
+    }
+
+    /// Compares every disk whose stat read the same before and after this interval's
+    /// maps (`reconcile`), keeping what changed in the map.
+    fn reconcile(&mut self, devices: &[(u32, DeviceDepth)]) {
+        let Some(before) = self.stat_before.take() else {
+            return;
+        };
+        if self.reconcile.is_none() {
+            return;
+        }
+        let after = reconcile::read_disks(&self.sys_root);
+        let depth: BTreeMap<u32, &DeviceDepth> = devices.iter().map(|(d, v)| (*d, v)).collect();
+        let probed: BTreeMap<u32, reconcile::Probed> = after
+            .keys()
+            .map(|&dev| {
+                let probed = reconcile::Probed {
+                    counted: self.counted(dev, depth.get(&dev).copied()),
+                    in_flight: depth.get(&dev).map_or(0, |d| d.in_flight),
+                };
+                (dev, probed)
+            })
+            .collect();
+        let Some(map) = &mut self.reconcile else {
+            return;
+        };
+        for (dev, after) in &after {
+            let Some(before) = before.get(dev) else {
+                continue;
+            };
+            let probed = &probed[dev];
+            let start = match &self.at_attach {
+                _ if self.forgotten.contains(dev) => reconcile::Start::FirstQuiet,
+                None => reconcile::Start::FirstQuiet,
+                Some(at) => at
+                    .get(dev)
+                    .map_or(reconcile::Start::New, |k| reconcile::Start::Attach(*k)),
+            };
+            let state = map.get(dev, 0).ok();
+            if let Some(new) = reconcile::compare(state, start, before, after, probed)
+                && let Err(e) = map.insert(dev, new, 0)
+            {
+                tracing::warn!(
+                    dev,
+                    "block: cannot keep the comparison with the kernel's counts: {e}"
+                );
+            }
+        }
+    }
+
+    /// A device's completions per stat group as this reading holds them: recorded
+    /// (read last by [`Probe::read`]), unseen and unmatched.
+    fn counted(&self, dev: u32, depth: Option<&DeviceDepth>) -> [u64; STAT_GROUPS] {
+        let mut counted = self.recorded.get(&dev).copied().unwrap_or_default();
+        if let Some(d) = depth {
+            for o in 0..op::COUNT {
+                if let Some(g) = stat_group(o as u32) {
+                    counted[g] += d.completions_unseen[o] + d.completions_unmatched[o];
+                }
+            }
+        }
+        counted
+    }
+
+    /// What a hand-over copy holds per device: completions counted and the comparison.
+    fn handover_read(
+        &self,
+        devices: &[(u32, DeviceDepth)],
+    ) -> Result<BTreeMap<u32, HandoverRead>, String> {
+        let depth: BTreeMap<u32, &DeviceDepth> = devices.iter().map(|(d, v)| (*d, v)).collect();
+        let mut out: BTreeMap<u32, HandoverRead> = self
+            .recorded
+            .keys()
+            .chain(depth.keys())
+            .map(|&dev| {
+                let read = HandoverRead {
+                    counted: self.counted(dev, depth.get(&dev).copied()),
+                    compared: None,
+                };
+                (dev, read)
+            })
+            .collect();
+        for (dev, state) in self.read_reconciled()? {
+            out.entry(dev)
+                .or_insert_with(|| HandoverRead {
+                    counted: [0; STAT_GROUPS],
+                    compared: None,
+                })
+                .compared = Some(state);
+        }
+        Ok(out)
+    }
+
+    /// At the first reading after a hand-over: every series and device entry the old
+    /// set had is created in this set's maps, and each device the old set had compared
+    /// is compared on from where that comparison stood.
+    ///
+    /// A carried series is reported only while this set has a reading of it: a device
+    /// idle since the switch (its I/O ended before the new programs attached) had no
+    /// entry here, and what the old set counted of it, unrecorded totals included,
+    /// went unreported (the upgrade test's last report lacked the carried `unseen`
+    /// total, or the device altogether). The comparison continues (see
+    /// [`reconcile::continued`]) instead of starting at the next quiet reading: a count
+    /// the switch doubled or lost (the two sets find a lost completion at different
+    /// moments) then shows as overcounted or unaccounted.
+    fn continue_handover(&mut self) {
+        let reads = std::mem::take(&mut self.handover_reads);
+        let Ok([(old, old_keys), (base, _)]) = <[_; 2]>::try_from(reads) else {
+            return;
+        };
+        self.create(old_keys.into_iter(), old.keys().copied());
+        let Some(map) = &mut self.reconcile else {
+            return;
+        };
+        for (dev, read) in &old {
+            let Some(compared) = &read.compared else {
+                continue;
+            };
+            if map.get(dev, 0).is_ok() {
+                continue;
+            }
+            let base = base.get(dev).map_or([0; STAT_GROUPS], |b| b.counted);
+            let state = reconcile::continued(compared, read.counted, base);
+            if let Err(e) = map.insert(dev, state, 0) {
+                tracing::warn!(
+                    dev,
+                    "block: cannot continue the comparison with the kernel's counts: {e}"
+                );
+            }
+        }
     }
 
     /// Per device number: the requests in flight now, as the probe counts them, and
@@ -697,12 +926,18 @@ impl Probe for BlockProbe {
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
         if !cx.snapshot {
+            self.continue_handover();
             self.create_series();
+            self.stat_before = Some(reconcile::read_disks(&self.sys_root));
         }
         let queues = self.times_queues();
         let (readings, known) = self.read_raw_noting_series()?;
         self.known = known;
+        self.recorded.clear();
         for (key, r) in readings {
+            if let Some(g) = stat_group(key.op) {
+                self.recorded.entry(key.dev).or_default()[g] += r.device.count();
+            }
             let device = device_labels(cx, key.dev);
             let entity = device_entity(cx, key.dev, &device);
             let labels = |op: u32| {
@@ -759,16 +994,57 @@ impl Probe for BlockProbe {
     fn read_counters(
         &mut self,
         cx: &mut ReadContext<'_>,
-        out: &mut Vec<(SeriesKey, u64)>,
+        out: &mut Vec<TrackedCounter>,
     ) -> Result<(), String> {
+        // Counters are kept by device number, like the histograms: a device's label
+        // change (or its removal) does not restart them.
+        let counter = |cx: &mut ReadContext<'_>, family, dev, rest: &[(&'static str, String)], n| {
+            let mut labels = device_labels(cx, dev);
+            let entity = Some(device_entity(cx, dev, &labels));
+            labels.extend_from_slice(rest);
+            TrackedCounter {
+                key: SeriesKey::new(family, labels),
+                total: n,
+                entity,
+            }
+        };
         for (dev, busy_ns) in self.read_busy()? {
-            out.push((SeriesKey::new(FAMILY_BUSY, device_labels(cx, dev)), busy_ns));
+            out.push(counter(cx, FAMILY_BUSY, dev, &[], busy_ns));
         }
-        for (dev, unseen, unmatched) in self.read_unrecorded()? {
-            for (cause, n) in [("unseen", unseen), ("unmatched", unmatched)] {
-                let mut labels = device_labels(cx, dev);
+        let devices = self.read_devices()?;
+        if cx.snapshot {
+            self.stat_before = None;
+            let read = self.handover_read(&devices)?;
+            self.handover_reads.push((read, self.known.clone()));
+        } else {
+            self.reconcile(&devices);
+        }
+        // A zero is written only for the operations the device has series of: a total
+        // carried from an older pin set (an upgrade) shows only while its series is
+        // written, and the new set may not have counted any since.
+        let known = &self.known;
+        let mut push = |family, dev, op: u32, cause: Option<&str>, n: u64| {
+            if n == 0 && !known.contains(&BlockKey { dev, op }) {
+                return;
+            }
+            let mut labels = vec![("op", op_name(op).to_owned())];
+            if let Some(cause) = cause {
                 labels.push(("cause", cause.to_owned()));
-                out.push((SeriesKey::new(FAMILY_UNRECORDED, labels), n));
+            }
+            out.push(counter(cx, family, dev, &labels, n));
+        };
+        for (dev, d) in &devices {
+            for o in 0..op::COUNT {
+                let op = o as u32;
+                push(FAMILY_UNRECORDED, *dev, op, Some("unseen"), d.completions_unseen[o]);
+                push(FAMILY_UNRECORDED, *dev, op, Some("unmatched"), d.completions_unmatched[o]);
+            }
+        }
+        for (dev, r) in self.read_reconciled()? {
+            for op in [op::READ, op::WRITE, op::DISCARD, op::FLUSH] {
+                let g = stat_group(op).expect("a stat group's operation");
+                push(FAMILY_UNRECORDED, dev, op, Some("unaccounted"), r.unaccounted[g]);
+                push(FAMILY_OVERCOUNTED, dev, op, None, r.overcounted[g]);
             }
         }
         let Some(map) = &self.errors else {
@@ -777,10 +1053,11 @@ impl Probe for BlockProbe {
         for entry in map.iter() {
             let (key, n) =
                 entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_ERRORS))?;
-            let mut labels = device_labels(cx, key.dev);
-            labels.push(("op", op_name(key.op).to_owned()));
-            labels.push(("error", error_name(key.status)));
-            out.push((SeriesKey::new(FAMILY_ERRORS, labels), n));
+            let labels = [
+                ("op", op_name(key.op).to_owned()),
+                ("error", error_name(key.status)),
+            ];
+            out.push(counter(cx, FAMILY_ERRORS, key.dev, &labels, n));
         }
         Ok(())
     }
@@ -813,6 +1090,13 @@ impl Probe for BlockProbe {
                 let _ = map.remove(dev);
             }
         }
+        if let Some(map) = &mut self.reconcile {
+            for dev in &gone {
+                let _ = map.remove(dev);
+            }
+        }
+        // Its counts are gone: if it comes back, compared from its first quiet reading.
+        self.forgotten.extend(gone.iter().copied());
         if let Some(map) = &mut self.errors {
             let keys: Vec<BlockErrorKey> = map
                 .keys()
@@ -852,6 +1136,15 @@ fn busy_disks(sys_root: &Path) -> Vec<u32> {
 
 /// A device as an entity: its labels are all of `labels`, and it lives while sysfs
 /// knows it.
+/// One device in a hand-over copy (see [`BlockProbe::continue_comparisons`]).
+#[derive(Clone, Copy, Debug)]
+struct HandoverRead {
+    /// Completions per stat group: recorded, unseen and unmatched.
+    counted: [u64; STAT_GROUPS],
+    /// The comparison with the kernel's counts the copy kept.
+    compared: Option<DeviceReconcile>,
+}
+
 fn device_entity(cx: &ReadContext<'_>, dev: u32, labels: &[(&'static str, String)]) -> EntityState {
     EntityState::new(
         Entity::Device(dev),

@@ -87,10 +87,21 @@ const CATALOGUE: &[Family] = &[
         probe: "block",
         kind: Kind::Counter,
         unit: "{request}",
-        labels: &["device", "dev", "cause"],
+        labels: &["device", "dev", "op", "cause"],
         description: "Block requests the kernel completed without a recorded sample, by cause: \
                       unseen (the kernel did not run the completion program), unmatched \
-                      (no issue record)",
+                      (no issue record), unaccounted (neither recorded nor counted: the \
+                      kernel's completed count in /sys/block/<disk>/stat beyond the probe's, \
+                      compared whenever the device is idle at a reading)",
+    },
+    Family {
+        name: "block.io.overcounted",
+        probe: "block",
+        kind: Kind::Counter,
+        unit: "{request}",
+        labels: &["device", "dev", "op"],
+        description: "Block requests the probe recorded or counted beyond the kernel's own \
+                      completed count (/sys/block/<disk>/stat): double counts",
     },
     Family {
         name: "block.cgroup.io.latency",

@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use agent_common::{
-    block::{BlockErrorKey, BlockHistograms, BlockKey, DeviceDepth, InflightSlot},
+    block::{BlockErrorKey, BlockHistograms, BlockKey, DeviceDepth, DeviceReconcile, InflightSlot},
     hist::Histogram,
     kvm::VcpuPending,
     names,
@@ -73,7 +73,9 @@ pub fn maps() -> Vec<MapKind> {
         kind::<BlockKey, BlockHistograms>(names::MAP_BLOCK_LATENCY_SPILL, Counts, 0),
         kind::<u32, DeviceDepth>(names::MAP_BLOCK_DEPTH, Counts, 0),
         kind::<BlockErrorKey, u64>(names::MAP_BLOCK_ERRORS, Counts, ERRORS_REVISION),
+        kind::<u32, DeviceReconcile>(names::MAP_BLOCK_RECONCILE, Counts, 0),
         kind::<u32, InflightSlot>(names::MAP_BLOCK_INFLIGHT, State, 0),
+        kind::<u32, u32>(names::MAP_BLOCK_SLOT_LOCKS, State, 0),
         kind::<u32, u64>(names::MAP_BLOCK_THRESHOLDS, State, 0),
         kind::<u32, Histogram>(names::MAP_SCHED_LATENCY, Counts, 0),
         kind::<u32, u32>(names::MAP_VCPU_THREADS, State, 0),

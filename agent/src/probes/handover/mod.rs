@@ -26,7 +26,7 @@ pub mod raw;
 use std::{os::fd::AsRawFd, path::Path, time::Duration};
 
 use super::{Collection, Probes, Reading};
-use crate::aggregate::SeriesKey;
+use crate::aggregate::TrackedCounter;
 use identity::Holds;
 
 /// Attempts at reading one entry at a quiet instant.
@@ -60,7 +60,7 @@ pub struct Handover {
 #[derive(Debug, Default)]
 pub struct Counts {
     pub readings: Vec<Reading>,
-    pub counters: Vec<(SeriesKey, u64)>,
+    pub counters: Vec<TrackedCounter>,
     pub drops: Vec<(&'static str, u64)>,
 }
 

@@ -214,7 +214,9 @@ impl RawMap {
 
     /// Sets `key`'s value. A map that allocates its entries as they come (per-CPU,
     /// not preallocated) takes them from caches the kernel refills in the background:
-    /// `ENOMEM` while they are empty is retried for a while.
+    /// `ENOMEM` while they are empty is retried for a while: up to [`REFILL_WAIT`],
+    /// since at load ~17 on two CPUs 200 retries 1 ms apart were not always enough
+    /// (the upgrade test lost its whole hand-over to one such `ENOMEM`).
     pub fn set(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
         assert_eq!(value.len(), self.value_len, "a value of the map's size");
         let mut attr = ElemAttr {
@@ -224,18 +226,25 @@ impl RawMap {
             value: value.as_ptr() as u64,
             flags: 0,
         };
-        let mut tries = 0;
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
         loop {
             match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && tries < 200 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(1));
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOMEM)
+                        && started.elapsed() < REFILL_WAIT =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
                 }
                 r => return r.map(drop),
             }
         }
     }
 }
+
+/// How long [`RawMap::set`] waits for the kernel to refill its allocation caches.
+const REFILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The fd numbers of this process that refer to the map with kernel id `id`.
 pub fn fds_of(id: u32) -> Vec<RawFd> {

@@ -25,7 +25,7 @@ use super::{
     sparse,
 };
 use crate::{
-    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey},
+    aggregate::{Entity, EntityState, ExpHistogram, SeriesKey, TrackedCounter},
     attribution::cgroups::Hierarchy,
     kernel::{btf::Btf, schedstat},
 };
@@ -284,10 +284,11 @@ impl Probe for SchedProbe {
     fn read_counters(
         &mut self,
         cx: &mut ReadContext<'_>,
-        out: &mut Vec<(SeriesKey, u64)>,
+        out: &mut Vec<TrackedCounter>,
     ) -> Result<(), String> {
         for (cpu, ns) in self.read_saturated(cx.snapshot)? {
-            out.push((SeriesKey::new(FAMILY_SATURATED, [("cpu", cpu.to_string())]), ns));
+            let key = SeriesKey::new(FAMILY_SATURATED, [("cpu", cpu.to_string())]);
+            out.push(TrackedCounter::plain(key, ns));
         }
         Ok(())
     }

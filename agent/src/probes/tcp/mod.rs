@@ -20,7 +20,7 @@ use super::{
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
 };
 use crate::{
-    aggregate::{ExpHistogram, SeriesKey},
+    aggregate::{ExpHistogram, SeriesKey, TrackedCounter},
     kernel::btf::Btf,
 };
 pub use config::TcpConfig as Config;
@@ -234,7 +234,7 @@ impl Probe for TcpProbe {
     fn read_counters(
         &mut self,
         _cx: &mut ReadContext<'_>,
-        out: &mut Vec<(SeriesKey, u64)>,
+        out: &mut Vec<TrackedCounter>,
     ) -> Result<(), String> {
         let Some(map) = &self.retransmits else {
             return Ok(());
@@ -243,7 +243,7 @@ impl Probe for TcpProbe {
             let per_cpu = map
                 .get(&(i as u32), 0)
                 .map_err(|e| format!("reading {}: {e}", names::MAP_TCP_RETRANSMITS))?;
-            out.push((
+            out.push(TrackedCounter::plain(
                 SeriesKey::new(FAMILY_RETRANSMITS, [(LABEL_GROUP, name.clone())]),
                 per_cpu.iter().sum(),
             ));
