@@ -147,6 +147,10 @@ fn chromium_shows_the_heatmap_and_the_alarm_span_of_a_real_squeeze() {
     }
 
     let dom = render(&page, "");
+    assert!(
+        dom.contains("data-capacity=\"0\""),
+        "no capacity signals recorded"
+    );
     let cards = tags(&dom, "<section class=\"card\"");
     assert_eq!(cards.len(), 1, "{cards:#?}");
     let card = &cards[0];
@@ -205,6 +209,122 @@ fn chromium_shows_the_heatmap_and_the_alarm_span_of_a_real_squeeze() {
         "{} bytes",
         png.len()
     );
+}
+
+/// A real recording with capacity signals: `nodepulse record --interval 2s` while fio
+/// (SCHED_FIFO, 512 KiB random reads, Poisson arrivals) stepped a memory-backed loop
+/// device (loop7) through 4 % to 88 % of the 2,078 reads/s it did at full speed, 25 s
+/// per step (2026-12-07 10:42-10:47 UTC, host load ~30). Trimmed to loop7's device
+/// latency series and the capacity signals of loop7 and the host
+/// (tests/data/capacity-knee-2s.jsonl.gz). Stretched 60x, its 5 minutes reach the
+/// forecaster's two hours. The page must list the resources in the order `nodepulse
+/// capacity --from` gives, with the same headroom, knee and forecast, and draw the
+/// knee's evidence and the trend.
+#[test]
+fn chromium_shows_capacity_worst_first_with_the_knees_evidence_and_the_forecast() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let rec = dir.path().join("capacity-knee-2s.jsonl");
+    let gz = std::fs::File::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/capacity-knee-2s.jsonl.gz"),
+    )
+    .unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut text)
+        .unwrap();
+    std::fs::write(&rec, text).unwrap();
+    let rec = rec.to_str().unwrap();
+    let page = artifacts().join("view-capacity.html");
+    let said = view(&[rec, "--stretch", "60", "-o", page.to_str().unwrap()]);
+    assert!(said.contains("147 reports"), "{said}");
+
+    let out = common::nodepulse()
+        .args(["capacity", "--from", rec, "--stretch", "60", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let standing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = standing["resources"].as_array().unwrap();
+
+    let dom = render(&page, "");
+    let rows = tags(&dom, "<div class=\"cap ");
+    let order: Vec<&str> = rows.iter().map(|r| r["data-resource"].as_str()).collect();
+    let theirs: Vec<&str> = expected
+        .iter()
+        .map(|r| r["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, theirs, "the page's order against the command's");
+    assert!(order.len() >= 3, "{order:?}");
+    assert!(
+        dom.contains(&format!("data-capacity=\"{}\"", order.len())),
+        "{dom}"
+    );
+    let close = |page: &str, command: &Value| {
+        let (a, b): (f64, f64) = (page.parse().unwrap(), command.as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{a} against {b}");
+    };
+    for (row, r) in rows.iter().zip(expected) {
+        assert_eq!(
+            row["data-forecast"],
+            r["forecast"]["state"].as_str().unwrap()
+        );
+        assert_eq!(row["data-kind"], r["kind"].as_str().unwrap());
+        if row["data-forecast"] == "saturating" {
+            close(&row["data-hours"], &r["forecast"]["hours"]);
+        }
+    }
+
+    // The swept device: its knee learned from the sweep, drawn with its evidence,
+    // and its busy fraction forecast to saturate with an interval around the point.
+    let i = order.iter().position(|r| *r == "io:loop7").unwrap();
+    let (row, r) = (&rows[i], &expected[i]);
+    let knee: f64 = row["data-knee"].parse().unwrap();
+    close(&row["data-knee"], &r["headroom"]["knee_iops"]);
+    close(&row["data-headroom"], &r["headroom"]["headroom"]);
+    assert!(
+        (83.0..=1_828.0).contains(&knee),
+        "knee at {knee}/s, within the sweep"
+    );
+    assert_eq!(row["data-forecast"], "saturating", "{row:#?}");
+    let (lower, hours): (f64, f64) = (
+        row["data-lower"].parse().unwrap(),
+        row["data-hours"].parse().unwrap(),
+    );
+    assert!(lower <= hours, "{row:#?}");
+    if row["data-upper"] != "never" {
+        assert!(
+            hours <= row["data-upper"].parse::<f64>().unwrap(),
+            "{row:#?}"
+        );
+    }
+    let row_dom = &dom[dom.find("data-resource=\"io:loop7\"").unwrap()..];
+    let row_dom = &row_dom[..row_dom[1..]
+        .find("<div class=\"cap ")
+        .map_or(row_dom.len(), |e| e + 1)];
+    let curve = r["headroom"]["curve"].as_array().unwrap().len();
+    assert!(curve >= 5, "{curve} bins of load");
+    let knee_plot = &tags(row_dom, "<canvas class=\"knee\"")[0];
+    assert_eq!(knee_plot["data-points"], curve.to_string());
+    let trend = &tags(row_dom, "<canvas class=\"trend\"")[0];
+    let buckets: usize = trend["data-points"].parse().unwrap();
+    // 4.85 stretched hours: 28-29 closed 10-minute buckets.
+    assert!((27..=30).contains(&buckets), "{buckets} buckets");
+    assert!(
+        trend["data-refits"].parse::<usize>().unwrap() >= 2,
+        "{trend:#?}"
+    );
+    assert!(row_dom.contains("busy reaches 0.9 in "), "{row_dom}");
+    assert!(dom.contains("stretched h (each recorded second read as 60)"));
+
+    let shot = artifacts().join("view-capacity.png");
+    let _ = std::fs::remove_file(&shot);
+    let (_, console) = chromium(
+        &format!("file://{}#family=none", page.display()),
+        &[&format!("--screenshot={}", shot.display())],
+    );
+    assert!(console.is_empty(), "{console:#?}");
+    assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
 }
 
 /// A recording in the agent's full format (the real squeeze's series, a second series,
@@ -388,6 +508,11 @@ fn a_running_agent_serves_the_live_view() {
         .collect();
     assert!(probes.contains(&"sched"), "{probes:?}");
     assert!(data["agent"]["cpu_percent_mean"].as_f64().is_some());
+    // Capacity is on by default: the page learns it from the kept reports (the host's
+    // CPU at least; no forecast within a minute).
+    let capacity = data["capacity"]["resources"].as_array().unwrap();
+    let cpu = capacity.iter().find(|r| r["resource"] == "cpu").unwrap();
+    assert_eq!(cpu["forecast"]["state"], "learning", "{cpu}");
     assert_eq!(common::http_get(&addr, "/metrics").unwrap().0, 404);
 
     let url = format!("http://{addr}/view");
@@ -405,6 +530,12 @@ fn a_running_agent_serves_the_live_view() {
     assert!(
         body["data-series"].parse::<usize>().unwrap() >= 1,
         "{body:#?}"
+    );
+    assert!(
+        tags(&dom, "<div class=\"cap ")
+            .iter()
+            .any(|c| c["data-resource"] == "cpu"),
+        "{dom}"
     );
     assert!(
         tags(&dom, "<tr data-probe=")

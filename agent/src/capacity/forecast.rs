@@ -60,6 +60,23 @@ impl Forecaster {
         MIN_BUCKETS.saturating_sub(self.history.len())
     }
 
+    /// The closed buckets: (start, unix seconds; mean), oldest first.
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, f64)> + '_ {
+        self.history.iter().map(|&(b, v)| (b * BUCKET_S, v))
+    }
+
+    /// The closed buckets' mean and the fitted trend's growth per bucket (a plain
+    /// line, no daily profile); `None` before two buckets.
+    pub fn trend(&self) -> Option<(f64, f64)> {
+        if self.history.len() < 2 {
+            return None;
+        }
+        let xs: Vec<f64> = self.history.iter().map(|&(b, _)| b as f64).collect();
+        let ys: Vec<f64> = self.history.iter().map(|&(_, v)| v).collect();
+        let (_, slope) = line(&xs, &ys);
+        Some((ys.iter().sum::<f64>() / ys.len() as f64, slope))
+    }
+
     /// One interval's value at `unix_s`; true when a bucket closed (time to refit).
     pub fn observe(&mut self, unix_s: u64, value: f64) -> bool {
         if !value.is_finite() {

@@ -109,6 +109,12 @@ pub struct Replayed {
     /// Time covered, in (stretched) hours.
     pub hours: f64,
     pub stretch: f64,
+    /// Unix seconds of the first report: stretched time starts there.
+    pub start_s: f64,
+    /// Time spent in `Capacity::learn` (knees, forecasts, alarms) and the signals it
+    /// was given, over all reports: the learning's cost per signal per interval.
+    pub learn_ns: u64,
+    pub signals: u64,
 }
 
 /// Replays `reader` (a recording) through `Capacity::learn`. `stretch` ≥ 1 replays
@@ -124,6 +130,7 @@ pub fn replay(
 ) -> Result<Replayed, CapacityReplayError> {
     let mut capacity = Capacity::offline(config);
     let (mut start, mut hours, mut reports) = (None::<f64>, 0.0, 0);
+    let (mut learn_ns, mut signals_seen) = (0u64, 0u64);
     let (mut last, mut node) = (None, String::new());
     for_each_line(path, reader, |r: Recorded, bad| {
         let Some(recorded) = r.capacity else {
@@ -153,13 +160,11 @@ pub fn replay(
                 s.value,
             );
         }
-        let report = capacity.learn(
-            signals,
-            &loads.finish(),
-            recorded.cpus_dropped,
-            &r.node,
-            now as u64,
-        );
+        let loads = loads.finish();
+        signals_seen += signals.len() as u64;
+        let t = std::time::Instant::now();
+        let report = capacity.learn(signals, &loads, recorded.cpus_dropped, &r.node, now as u64);
+        learn_ns += t.elapsed().as_nanos() as u64;
         each(hours, &report);
         last = Some(report);
         node = r.node;
@@ -186,5 +191,8 @@ pub fn replay(
         reports,
         hours,
         stretch,
+        start_s: start.unwrap_or(0.0),
+        learn_ns,
+        signals: signals_seen,
     })
 }

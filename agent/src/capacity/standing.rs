@@ -56,6 +56,8 @@ pub struct Headroom {
     pub max_load_seen: f64,
     /// Why no knee is known yet, when not.
     pub unknown: Option<String>,
+    /// The evidence: the learned curve, p99 per bin of load.
+    pub curve: Vec<super::knee::CurvePoint>,
 }
 
 /// The soonest forecast of a resource's signals.
@@ -69,6 +71,10 @@ pub enum Forecast {
         lower_h: Option<f64>,
         /// `None`: possibly never.
         upper_h: Option<f64>,
+        /// A device's busy fraction: the share of its growth its load explains (no
+        /// alarm below `DEMAND_SHARE_MIN`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        demand_share: Option<f64>,
     },
     /// Forecast, but not growing towards saturation within the horizon.
     NoTrend { slope_per_day: f64 },
@@ -105,7 +111,10 @@ impl Standing {
             row.now.push(s.clone());
         }
         for row in resources.values_mut() {
-            if let Some(device) = row.resource.strip_prefix("io:") {
+            // Devices only: `io:<cgroup>` is a cgroup's io pressure.
+            if let Some(device) = row.resource.strip_prefix("io:")
+                && row.kind == "device"
+            {
                 row.headroom = Some(headroom(c, device, &row.resource, config));
             }
             row.forecast = forecast(c, &learning, &row.resource);
@@ -225,6 +234,7 @@ fn headroom(
                 "no interval with at least {} completions yet",
                 config.knee_min_requests
             )),
+            curve: Vec::new(),
         };
     };
     let k = &h.knee;
@@ -245,6 +255,7 @@ fn headroom(
                 h.headroom * 100.0
             )
         }),
+        curve: k.curve.clone(),
     }
 }
 
@@ -261,6 +272,7 @@ fn forecast(
                 hours,
                 lower_h: f.forecast.lower_h,
                 upper_h: f.forecast.upper_h,
+                demand_share: f.demand_share,
             },
             None => Forecast::NoTrend {
                 slope_per_day: f.forecast.slope_per_day,
@@ -292,7 +304,7 @@ fn forecast(
 }
 
 /// The resource's figures now, in one line.
-fn now(r: &Resource) -> String {
+pub(crate) fn now(r: &Resource) -> String {
     let get = |name: &str| {
         r.now.iter().find(|s| {
             s.name == name && !s.labels.contains_key("cpu") && !s.labels.contains_key("op")
@@ -346,7 +358,7 @@ fn now(r: &Resource) -> String {
     parts.join(", ")
 }
 
-fn show_headroom(h: &Headroom, multiple: f64) -> String {
+pub(crate) fn show_headroom(h: &Headroom, multiple: f64) -> String {
     match (h.headroom, h.knee_iops, &h.unknown) {
         (Some(room), Some(knee), _) => format!(
             "{:.1} % at {:.0} IO/s: knee at {knee:.0} IO/s, where p99 reaches {multiple}× \
@@ -361,7 +373,7 @@ fn show_headroom(h: &Headroom, multiple: f64) -> String {
     }
 }
 
-fn show_forecast(f: &Forecast, limit: f64, percent: f64) -> String {
+pub(crate) fn show_forecast(f: &Forecast, limit: f64, percent: f64) -> String {
     let h = |v: Option<f64>| v.map_or("never".to_owned(), |v| format!("{v:.1}"));
     match f {
         Forecast::Saturating {
@@ -374,11 +386,23 @@ fn show_forecast(f: &Forecast, limit: f64, percent: f64) -> String {
             hours,
             lower_h,
             upper_h,
-        } => format!(
-            "{signal} reaches {limit} in {hours:.1} h ({percent:.0} % interval {}-{} h)",
-            h(*lower_h),
-            h(*upper_h)
-        ),
+            demand_share,
+        } => {
+            let mut t = format!(
+                "{signal} reaches {limit} in {hours:.1} h ({percent:.0} % interval {}-{} h)",
+                h(*lower_h),
+                h(*upper_h)
+            );
+            if let Some(d) = demand_share.filter(|d| *d < super::DEMAND_SHARE_MIN) {
+                let _ = write!(
+                    t,
+                    "; no alarm: its load grew {:.0} % as fast as its busy time, so its \
+                     service time grew, not its demand",
+                    d * 100.0
+                );
+            }
+            t
+        }
         Forecast::NoTrend { slope_per_day } => {
             format!("no trend towards saturation within 14 days ({slope_per_day:+.3}/day)")
         }
@@ -434,7 +458,8 @@ mod tests {
 
     /// Six hours of one-minute reports, written as `nodepulse record` writes them (the
     /// agent's capacity over the report, rendered as console JSON):
-    /// - `grow`: busy rising 0.2 → 0.7, latency flat (no knee: no spread of p99);
+    /// - `grow`: busy rising 0.2 → 0.7 with its load (500 → 1,750 IO/s), latency flat
+    ///   (no knee: no spread of p99);
     /// - `knee`: load sweeping 100 → 3,600 IO/s every 16 minutes on an M/M/1-like
     ///   curve, p99 = 100 µs / (1 − load / 4,000), so p99 doubles near 2,050 IO/s;
     /// - `idle`: 50 IO/s, busy 5 %, flat.
@@ -451,7 +476,9 @@ mod tests {
             r.series.clear();
             r.counters.clear();
             let growth = i as f64 / 360.0;
-            device(&mut r, "grow", 500.0, 200_000.0, 0.2 + 0.5 * growth);
+            // Its load grows with it (a steady load's busy growth raises no alarm).
+            let busy = 0.2 + 0.5 * growth;
+            device(&mut r, "grow", 2_500.0 * busy, 200_000.0, busy);
             let load = 100.0 * 1.25f64.powi((i % 16) as i32);
             device(
                 &mut r,
@@ -489,6 +516,7 @@ mod tests {
             hours,
             lower_h: Some(lower),
             upper_h: Some(upper),
+            ..
         } = grow.forecast
         else {
             panic!("{:?}", grow.forecast);

@@ -125,9 +125,14 @@ pub struct ViewArgs {
     /// `nodepulse replay` does) instead of those recorded.
     #[arg(long)]
     pub detect: bool,
-    /// Configuration whose [detect] section `--detect` uses (default: the defaults).
+    /// Configuration whose [detect] section `--detect` uses and whose [capacity]
+    /// section the capacity part is learned with (default: the defaults).
     #[arg(short, long, env = "NODEPULSE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Capacity part: replay each recorded second as this many (≥ 1), as `nodepulse
+    /// capacity --stretch`; its hours are then stretched hours. For demonstrations.
+    #[arg(long, default_value_t = 1.0)]
+    pub stretch: f64,
     /// Time columns per series: longer recordings merge consecutive reports into one
     /// column (quantiles are computed over the merged reports). The page's size grows
     /// with columns × series.

@@ -9,17 +9,21 @@ use crate::{
 };
 
 pub fn view(args: ViewArgs) -> ExitCode {
-    let detect = if args.detect {
-        match Config::load(args.config.as_deref(), &Overrides::default()) {
-            Ok(c) => Some(c.detect),
-            Err(e) => return config_error(e),
-        }
-    } else {
-        None
+    if !(args.stretch.is_finite() && args.stretch >= 1.0) {
+        errln!(
+            "nodepulse: --stretch must be a number of at least 1, got {}",
+            args.stretch
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let config = match Config::load(args.config.as_deref(), &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
     };
     let options = Options {
         max_columns: args.columns as usize,
-        detect,
+        detect: args.detect.then_some(config.detect),
+        capacity: Some((config.capacity, args.stretch)),
     };
     let data = match view::read_file(&args.file, &options) {
         Ok(d) => d,
@@ -42,11 +46,13 @@ pub fn view(args: ViewArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     errln!(
-        "view: {} series, {} alarm(s), {} reports in {} columns; {} KiB written to {}",
+        "view: {} series, {} alarm(s), {} reports in {} columns, {} capacity resource(s); \
+         {} KiB written to {}",
         data.series.len(),
         data.alarms.len(),
         data.reports,
         data.times.len(),
+        data.capacity.as_ref().map_or(0, |c| c.resources.len()),
         page.len() / 1024,
         args.output.display()
     );

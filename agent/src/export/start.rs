@@ -63,8 +63,12 @@ pub fn view(config: &Config) -> Result<Option<Box<dyn Exporter>>, StartError> {
         return Ok(None);
     }
     let listen = listen_address("view", &config.view.listen)?;
-    let (view, bound) = LiveView::start(&config.view, listen)
-        .map_err(|e| cannot_serve("the live view", "view", listen, e))?;
+    let (view, bound) = LiveView::start(
+        &config.view,
+        config.capacity.enabled.then(|| config.capacity.clone()),
+        listen,
+    )
+    .map_err(|e| cannot_serve("the live view", "view", listen, e))?;
     tracing::info!("live view on http://{bound}/view");
     Ok(Some(Box::new(view)))
 }

@@ -45,6 +45,9 @@ pub struct View {
     pub alarm_source: &'static str,
     pub probes: Vec<ProbeView>,
     pub agent: AgentView,
+    /// Headroom and forecasts per resource, worst first (`view::capacity`); `None`
+    /// without capacity signals.
+    pub capacity: Option<super::capacity::CapacityView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -430,6 +433,7 @@ pub fn read(
         alarm_source,
         probes: probes.into_values().collect(),
         agent,
+        capacity: None,
     })
 }
 

@@ -1,7 +1,10 @@
 //! The live page: with `[view]` enabled the agent keeps its last `minutes` of reports
 //! (as the recording's JSON lines, so the page is built by the same reader) and serves
 //! `GET /view` (the page, which polls) and `GET /view.json` (its data) on a listener
-//! of its own, with the Prometheus endpoint's rules and limits (export/http).
+//! of its own, with the Prometheus endpoint's rules and limits (export/http). Its
+//! capacity part is learned from the kept reports only (knees and trends of the last
+//! `minutes`); the agent's own headroom and forecasts, learned since it started, are
+//! its capacity.* metrics.
 
 use std::{
     collections::VecDeque,
@@ -14,8 +17,9 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::{DEFAULT_COLUMNS, data, html};
+use super::{DEFAULT_COLUMNS, capacity, data, html};
 use crate::{
+    capacity::CapacityConfig,
     export::{Exporter, Prepared, http},
     report::Report,
 };
@@ -66,7 +70,12 @@ pub struct LiveView {
 
 impl LiveView {
     /// Binds `listen` on the current tokio runtime.
-    pub fn start(config: &ViewConfig, listen: SocketAddr) -> io::Result<(Self, SocketAddr)> {
+    /// `capacity`: the agent's `[capacity]`, when enabled.
+    pub fn start(
+        config: &ViewConfig,
+        capacity: Option<CapacityConfig>,
+        listen: SocketAddr,
+    ) -> io::Result<(Self, SocketAddr)> {
         let recent: Shared = Arc::default();
         let reader = recent.clone();
         let handler: http::Handler = Arc::new(move |method, path, _headers| {
@@ -87,7 +96,7 @@ impl LiveView {
                 .iter()
                 .map(|(_, l)| l.clone())
                 .collect();
-            respond(path, &lines)
+            respond(path, &lines, capacity.as_ref())
         });
         let (server, bound) = http::serve("view", listen, handler)?;
         Ok((
@@ -103,7 +112,11 @@ impl LiveView {
     }
 }
 
-fn respond(path: &str, lines: &[Arc<str>]) -> hyper::Response<http_body_util::Full<Bytes>> {
+fn respond(
+    path: &str,
+    lines: &[Arc<str>],
+    capacity: Option<&CapacityConfig>,
+) -> hyper::Response<http_body_util::Full<Bytes>> {
     if lines.is_empty() {
         return http::plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -115,7 +128,16 @@ fn respond(path: &str, lines: &[Arc<str>]) -> hyper::Response<http_body_util::Fu
         max_columns: DEFAULT_COLUMNS,
         replayed: None,
     };
-    let view = match data::read("live", text.as_bytes(), lines.len(), options) {
+    let read = data::read("live", text.as_bytes(), lines.len(), options)
+        .map_err(|e| e.to_string())
+        .and_then(|mut v| {
+            if let Some(config) = capacity {
+                v.capacity = capacity::read("live", text.as_bytes(), config, 1.0)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(v)
+        });
+    let view = match read {
         Ok(v) => v,
         Err(e) => {
             return http::plain(

@@ -1,9 +1,10 @@
 //! `nodepulse view`: a recording as one self-contained HTML page (heatmaps of each
 //! series' distribution over time with its quantiles and rate, alarms as spans, probe
 //! states and the agent's cost), readable offline; the same page served live by the
-//! HTTP server. `data` boils the recording down, `html` wraps it with the page's
-//! script and style (`assets/`).
+//! HTTP server. `data` boils the recording down, `capacity` replays it through the
+//! capacity learning, `html` wraps it with the page's script and style (`assets/`).
 
+pub mod capacity;
 pub mod data;
 pub mod html;
 pub mod live;
@@ -16,9 +17,12 @@ use std::{
 
 use thiserror::Error;
 
-use crate::detect::{
-    DetectConfig,
-    replay::{ReplayError, replay_timed},
+use crate::{
+    capacity::{CapacityConfig, replay::CapacityReplayError},
+    detect::{
+        DetectConfig,
+        replay::{ReplayError, replay_timed},
+    },
 };
 
 /// Columns per series unless told otherwise: a day at 10 s becomes one-minute columns.
@@ -28,6 +32,8 @@ pub const DEFAULT_COLUMNS: usize = 1440;
 pub enum ViewError {
     #[error(transparent)]
     Recording(#[from] ReplayError),
+    #[error(transparent)]
+    Capacity(#[from] CapacityReplayError),
     #[error("cannot read {path}: {source}")]
     Open {
         path: String,
@@ -40,6 +46,9 @@ pub struct Options {
     /// Run the detector over the recording and show its alarms instead of the
     /// recorded ones.
     pub detect: Option<DetectConfig>,
+    /// Replay the recording's capacity signals with this configuration, each second
+    /// read as `stretch` (≥ 1) seconds; `None`: no capacity section.
+    pub capacity: Option<(CapacityConfig, f64)>,
 }
 
 /// Reads a recording file into the page's data.
@@ -66,7 +75,7 @@ pub fn read_file(path: &Path, options: &Options) -> Result<data::View, ViewError
         Some(config) => Some(replay_timed(&name, open()?, config)?),
         None => None,
     };
-    Ok(data::read(
+    let mut view = data::read(
         &name,
         open()?,
         reports,
@@ -74,5 +83,9 @@ pub fn read_file(path: &Path, options: &Options) -> Result<data::View, ViewError
             max_columns: options.max_columns,
             replayed,
         },
-    )?)
+    )?;
+    if let Some((config, stretch)) = &options.capacity {
+        view.capacity = capacity::read(&name, open()?, config, *stretch)?;
+    }
+    Ok(view)
 }

@@ -383,6 +383,128 @@
     cv.addEventListener('dblclick', () => setRange(0, V.times.length));
   }
 
+  // Capacity (view/capacity.rs): each resource worst first, as `nodepulse capacity`
+  // prints it, with the knee's evidence and the forecast drawn over what it was fitted to.
+  const capDraws = [];
+  function plotFrame(ctx, w, h, xl, yl) {
+    ctx.font = '11px system-ui, sans-serif';
+    ctx.fillStyle = '#556';
+    ctx.strokeStyle = 'rgba(0,0,0,.25)';
+    ctx.strokeRect(M, 4, w - M - 4, h - 22);
+    ctx.textBaseline = 'bottom';
+    ctx.fillText(xl, M, h);
+    ctx.textBaseline = 'top';
+    ctx.fillText(yl, 2, 4);
+  }
+  function dashed(ctx, colour, x0, y0, x1, y1) {
+    ctx.save(); ctx.setLineDash([4, 3]); ctx.strokeStyle = colour;
+    ctx.beginPath(); ctx.moveTo(x0, y0); ctx.lineTo(x1, y1); ctx.stroke(); ctx.restore();
+  }
+  // p99 against load, both on log scales: the learned bins, the unloaded p99 and the
+  // limit that defines the knee, the knee and the load now.
+  function drawKnee(cv, r, C) {
+    const [ctx, w, h] = sizeCanvas(cv);
+    ctx.clearRect(0, 0, w, h);
+    const hr = r.headroom, pts = hr.curve;
+    const loads = pts.map((p) => p.load).concat([hr.load_iops, hr.knee_iops].filter((v) => v > 0));
+    const lat = pts.map((p) => p.p99_ns).concat([hr.knee_p99_ns].filter((v) => v > 0));
+    const lx = [Math.log10(Math.min(...loads)) - 0.1, Math.log10(Math.max(...loads)) + 0.1];
+    const ly = [Math.log10(Math.min(...lat)) - 0.1, Math.log10(Math.max(...lat)) + 0.1];
+    const x = (v) => M + ((Math.log10(Math.max(v, 1e-9)) - lx[0]) / (lx[1] - lx[0])) * (w - M - 4);
+    const y = (v) => 4 + (1 - (Math.log10(Math.max(v, 1e-9)) - ly[0]) / (ly[1] - ly[0])) * (h - 22);
+    plotFrame(ctx, w, h, `IO/s ${num(10 ** lx[0])}–${num(10 ** lx[1])} (log)`, 'p99 (log)');
+    ctx.fillText(fmt(10 ** ly[1], 'ns'), 2, 18);
+    ctx.textBaseline = 'bottom';
+    ctx.fillText(fmt(10 ** ly[0], 'ns'), 2, h - 18);
+    if (hr.unloaded_p99_ns) dashed(ctx, '#0b57d0', M, y(hr.unloaded_p99_ns), w - 4, y(hr.unloaded_p99_ns));
+    if (hr.knee_p99_ns) dashed(ctx, '#d0142a', M, y(hr.knee_p99_ns), w - 4, y(hr.knee_p99_ns));
+    if (hr.knee_iops) dashed(ctx, '#d0142a', x(hr.knee_iops), 4, x(hr.knee_iops), h - 18);
+    if (hr.load_iops > 0) dashed(ctx, '#00856a', x(hr.load_iops), 4, x(hr.load_iops), h - 18);
+    ctx.strokeStyle = '#1d232b'; ctx.fillStyle = '#1d232b';
+    ctx.beginPath();
+    pts.forEach((p, i) => (i ? ctx.lineTo(x(p.load), y(p.p99_ns)) : ctx.moveTo(x(p.load), y(p.p99_ns))));
+    ctx.stroke();
+    for (const p of pts) { ctx.beginPath(); ctx.arc(x(p.load), y(p.p99_ns), 2.5, 0, 7); ctx.fill(); }
+  }
+  // The forecast signal's 10-minute means over the recording, the saturation level,
+  // and ahead of the end: the trend to the predicted time with its interval; grey dots
+  // are each refit's predicted time.
+  function drawTrend(cv, r, C) {
+    const [ctx, w, h] = sizeCanvas(cv);
+    ctx.clearRect(0, 0, w, h);
+    const f = r.forecast, sat = f.state === 'saturating' && f.upper_h !== 0;
+    const ahead = sat ? Math.max(0.5, (f.upper_h == null ? 2 * f.hours : f.upper_h) * 1.15) : 0;
+    const x1 = Math.max(C.hours, ...r.trend.map((p) => p[0])) + ahead;
+    const ymax = Math.max(1, ...r.trend.map((p) => p[1]));
+    const x = (v) => M + (Math.min(Math.max(v, 0), x1) / Math.max(x1, 1e-9)) * (w - M - 4);
+    const y = (v) => 4 + (1 - v / ymax) * (h - 22);
+    plotFrame(ctx, w, h, `hours from the start (0–${num(x1)}${C.stretch > 1 ? ', stretched' : ''}); end of data at ${num(C.hours)}`,
+      r.trend_signal || '');
+    ctx.fillText(num(ymax), 2, 18);
+    ctx.textBaseline = 'bottom';
+    ctx.fillText('0', 2, h - 18);
+    dashed(ctx, '#d0142a', M, y(C.saturation), w - 4, y(C.saturation));
+    dashed(ctx, '#888', x(C.hours), 4, x(C.hours), h - 18);
+    ctx.strokeStyle = '#0b57d0'; ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    r.trend.forEach((p, i) => (i ? ctx.lineTo(x(p[0]), y(p[1])) : ctx.moveTo(x(p[0]), y(p[1]))));
+    ctx.stroke(); ctx.lineWidth = 1;
+    ctx.fillStyle = 'rgba(100,100,110,.6)';
+    for (const [at, point] of r.refits) {
+      if (point != null && at + point <= x1) { ctx.beginPath(); ctx.arc(x(at + point), y(C.saturation) - 6, 2, 0, 7); ctx.fill(); }
+    }
+    if (sat) {
+      const end = C.hours, last = r.trend[r.trend.length - 1];
+      ctx.fillStyle = 'rgba(208,20,42,.18)';
+      const lo = x(end + (f.lower_h || 0)), hi = f.upper_h == null ? w - 4 : x(end + f.upper_h);
+      ctx.fillRect(lo, y(C.saturation) - 5, Math.max(2, hi - lo), 10);
+      if (last) dashed(ctx, '#d0142a', x(last[0]), y(last[1]), x(end + f.hours), y(C.saturation));
+      ctx.fillStyle = '#d0142a';
+      ctx.beginPath(); ctx.arc(x(end + f.hours), y(C.saturation), 3.5, 0, 7); ctx.fill();
+    }
+  }
+  function capacitySection() {
+    const C = V.capacity;
+    capDraws.length = 0;
+    if (!C) return null;
+    const hours = C.stretch > 1 ? `${num(C.hours)} stretched h (each recorded second read as ${C.stretch})` : `${num(C.hours)} h`;
+    const sec = el('section', { id: 'capacity' }, el('h2', {}, `Capacity (${C.resources.length} resources, worst first)`),
+      el('div', { class: 'meta' }, `Learned over ${hours} of the recording, as nodepulse capacity --from does; ` +
+        `saturation at ${C.saturation}, knee where p99 reaches ${C.knee_multiple}× its unloaded value, ` +
+        `${C.interval_percent} % intervals. Knee: p99 per load bin (blue: unloaded p99, red: the knee's p99 and load, ` +
+        'green: the load now). Trend: 10-minute means (blue), saturation (red), predicted time with its interval.'));
+    for (const r of C.resources) {
+      const f = r.forecast, hr = r.headroom;
+      const attrs = { class: 'cap ' + f.state, 'data-resource': r.resource, 'data-kind': r.kind, 'data-forecast': f.state };
+      if (f.state === 'saturating') {
+        attrs['data-hours'] = String(f.hours);
+        attrs['data-lower'] = f.lower_h == null ? '' : String(f.lower_h);
+        attrs['data-upper'] = f.upper_h == null ? 'never' : String(f.upper_h);
+      }
+      if (hr && hr.headroom != null) { attrs['data-headroom'] = String(hr.headroom); attrs['data-knee'] = String(hr.knee_iops); }
+      const plots = el('div', { class: 'cap-plots' });
+      if (hr && hr.curve.length > 0) {
+        const cv = el('canvas', { class: 'knee', 'data-points': String(hr.curve.length) });
+        plots.append(cv);
+        capDraws.push(() => drawKnee(cv, r, C));
+      }
+      if (r.trend.length > 0) {
+        const cv = el('canvas', { class: 'trend', 'data-points': String(r.trend.length), 'data-refits': String(r.refits.length) });
+        plots.append(cv);
+        capDraws.push(() => drawTrend(cv, r, C));
+      }
+      const bar = hr && hr.headroom != null
+        ? el('span', { class: 'bar', title: 'headroom to the knee' }, el('i', { style: `width:${Math.round(hr.headroom * 100)}%` })) : null;
+      sec.append(el('div', attrs,
+        el('h3', {}, r.resource + ' ', el('span', { class: 'n' }, r.kind)),
+        el('div', { class: 'now' }, r.now_text || '–'),
+        r.headroom_text == null ? null : el('div', { class: 'headroom' }, el('b', {}, 'headroom '), bar, ' ', r.headroom_text),
+        el('div', { class: 'forecast' }, el('b', {}, 'forecast '), r.forecast_text),
+        plots.childNodes.length ? plots : null));
+    }
+    return sec;
+  }
+
   function footer() {
     const f = el('footer', {}, el('h2', {}, 'Probes'));
     if (V.probes.length === 0) {
@@ -442,12 +564,15 @@
         el('a', { href: a.index == null ? '#' : '#s-' + a.index }, a.severity.toUpperCase()), ' ', a.summary));
     }
     main.append(alarmList);
+    const cap = capacitySection();
+    if (cap) main.append(cap);
     cards = V.series.map((_, i) => buildCard(i));
     for (const f of families) {
       main.append(el('section', { class: 'family', 'data-family': f }, el('h2', {}, f),
         ...cards.filter((c) => V.series[c.idx].family === f).map((c) => c.el)));
     }
     app.append(header, main, footer(), tip);
+    for (const d of capDraws) d();
     brushEvents(document.getElementById('overview'));
     observer = new IntersectionObserver((entries) => {
       for (const e of entries) if (e.isIntersecting && stale.has(e.target._card)) draw(e.target._card);
@@ -459,12 +584,13 @@
     applyFilter();
     document.body.dataset.series = String(V.series.length);
     document.body.dataset.alarms = String(V.alarms.length);
+    document.body.dataset.capacity = String(V.capacity ? V.capacity.resources.length : 0);
   }
 
   let resizeTimer = null;
   window.addEventListener('resize', () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => { if (V) { drawOverview(); redrawOnScreen(); } }, 150);
+    resizeTimer = setTimeout(() => { if (V) { drawOverview(); redrawOnScreen(); capDraws.forEach((d) => d()); } }, 150);
   });
 
   // A link can carry the view: #family=a,b&labels=words&alarmed=1&from=ISO&to=ISO.
