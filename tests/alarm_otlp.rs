@@ -103,6 +103,7 @@ fn report(alarms: Vec<Alarm>, open: u64, actions: Vec<nodepulse::actions::Action
         alarms,
         alarms_open: open,
         learning: vec![],
+        learning_until: None,
         capacity: None,
         actions,
         backing: BTreeMap::new(),
