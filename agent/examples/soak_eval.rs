@@ -11,7 +11,7 @@ use clap::Parser;
 use nodepulse::{
     config::Config,
     detect::{
-        replay::replay_timed_with,
+        replay::replay_configs_with,
         soak::{self, EffectMeter, Injection},
     },
 };
@@ -26,8 +26,10 @@ struct Args {
     #[arg(long)]
     injections: Option<PathBuf>,
     /// A configuration file whose [detect] section to use (default: the defaults).
+    /// Repeat it to compare settings: each recording is read once and scored once per
+    /// file, one row each, named by the file.
     #[arg(long)]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     /// Seconds after an injection ends that still belong to it.
     #[arg(long, default_value_t = 300.0)]
     settle: f64,
@@ -47,7 +49,21 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = Config::load(args.config.as_deref(), &Default::default())?;
+    let configs: Vec<(String, Config)> = if args.config.is_empty() {
+        vec![(
+            "defaults".to_owned(),
+            Config::load(None, &Default::default())?,
+        )]
+    } else {
+        let named = |p: &PathBuf| {
+            let name = p.file_stem().map_or(p.display().to_string(), |n| {
+                n.to_string_lossy().into_owned()
+            });
+            Ok::<_, anyhow::Error>((name, Config::load(Some(p.as_path()), &Default::default())?))
+        };
+        args.config.iter().map(named).collect::<Result<_, _>>()?
+    };
+    let detect: Vec<_> = configs.iter().map(|(_, c)| c.detect.clone()).collect();
     let injections: Vec<Injection> = match &args.injections {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -68,76 +84,90 @@ fn main() -> anyhow::Result<()> {
         let file = File::open(path).with_context(|| format!("reading {name}"))?;
         let span = recording_span(path)?;
         let mut meter = EffectMeter::new(&injections, args.before);
-        let replayed = replay_timed_with(&name, BufReader::new(file), &config.detect, |r| {
-            meter.add(r)
-        })?;
-        let events = replayed.alarms;
-        // Rates count judged time only: no alarm can open while every series learns.
-        let judged = (replayed.judged_from.unwrap_or(span.1).max(span.0), span.1);
+        let replays = replay_configs_with(&name, BufReader::new(file), &detect, |r| meter.add(r))?;
         let effects = meter.effects();
-        let opened = soak::opened(&events);
-        let allowed = args.allowed_windows * args.window;
-        let s = soak::score(&opened, &injections, judged, args.settle, allowed);
-        let doubled = |i: usize| effects[i].as_ref().is_some_and(|e| e.ratio() >= 2.0);
-        let detected = s.injected.iter().filter(|(_, _, d)| d.is_some()).count();
-        let doubled_detected = s
-            .injected
-            .iter()
-            .filter(|(i, _, d)| doubled(*i) && d.is_some())
-            .count();
-        let doubled_count = s.injected.iter().filter(|(i, _, _)| doubled(*i)).count();
-        let mut delays: Vec<f64> = s.injected.iter().filter_map(|(_, _, d)| *d).collect();
-        delays.sort_by(f64::total_cmp);
-        let median = delays.get(delays.len() / 2).map_or("-".to_owned(), |d| {
-            format!("{d:.0}s/{:.1}w", d / args.window)
-        });
-        println!(
-            "{:<24} {:>6.2} {:>8.2} {:>7} {:>8.1} {:>10} {:>10} {:>10}",
-            path.file_name()
-                .map_or(name.clone(), |n| n.to_string_lossy().into()),
-            (span.1 - span.0) as f64 / 3.6e12,
-            s.steady_hours,
-            s.steady_alarms.len(),
-            s.alarms_per_day(),
-            format!("{doubled_detected}/{doubled_count}"),
-            format!("{detected}/{}", s.injected.len()),
-            median
-        );
-        println!(
-            "  judged from {} ({:.2} h learning); all alarms opened: {}; during injections \
+        for ((config_name, _), replayed) in configs.iter().zip(replays) {
+            let row_name = path
+                .file_name()
+                .map_or(name.clone(), |n| n.to_string_lossy().into());
+            let row_name = if configs.len() > 1 {
+                format!("{row_name} [{config_name}]")
+            } else {
+                row_name
+            };
+            let events = replayed.alarms;
+            // Rates count judged time only: no alarm can open while every series learns.
+            let judged = (replayed.judged_from.unwrap_or(span.1).max(span.0), span.1);
+            let opened = soak::opened(&events);
+            let allowed = args.allowed_windows * args.window;
+            let s = soak::score(&opened, &injections, judged, args.settle, allowed);
+            let doubled = |i: usize| effects[i].as_ref().is_some_and(|e| e.ratio() >= 2.0);
+            let detected = s.injected.iter().filter(|(_, _, d)| d.is_some()).count();
+            let doubled_detected = s
+                .injected
+                .iter()
+                .filter(|(i, _, d)| doubled(*i) && d.is_some())
+                .count();
+            let doubled_count = s.injected.iter().filter(|(i, _, _)| doubled(*i)).count();
+            let mut delays: Vec<f64> = s.injected.iter().filter_map(|(_, _, d)| *d).collect();
+            delays.sort_by(f64::total_cmp);
+            let median = delays.get(delays.len() / 2).map_or("-".to_owned(), |d| {
+                format!("{d:.0}s/{:.1}w", d / args.window)
+            });
+            println!(
+                "{:<24} {:>6.2} {:>8.2} {:>7} {:>8.1} {:>10} {:>10} {:>10}",
+                row_name,
+                (span.1 - span.0) as f64 / 3.6e12,
+                s.steady_hours,
+                s.steady_alarms.len(),
+                s.alarms_per_day(),
+                format!("{doubled_detected}/{doubled_count}"),
+                format!("{detected}/{}", s.injected.len()),
+                median
+            );
+            println!(
+                "  judged from {} ({:.2} h learning); all alarms opened: {}; during injections \
              on other series: {}; injections while learning: {}",
-            rfc3339(judged.0),
-            (judged.0 - span.0) as f64 / 3.6e12,
-            opened.iter().filter(|o| o.new_alarm).count(),
-            s.collateral,
-            s.while_learning
-        );
-        if args.explain {
-            for a in &s.steady_alarms {
-                println!("  false alarm at {}: {}", rfc3339(a.at), a.summary);
-            }
-            for (index, kind, delay) in &s.injected {
-                let (i, effect) = (&injections[*index], &effects[*index]);
-                let effect =
-                    effect
-                        .as_ref()
-                        .map_or("no targeted series measurable".to_owned(), |e| {
-                            format!(
-                                "p99 {:.2}× on {} ({:.0}µs → {:.0}µs)",
-                                e.ratio(),
-                                e.series,
-                                e.before_p99_ns / 1e3,
-                                e.during_p99_ns / 1e3
-                            )
+                rfc3339(judged.0),
+                (judged.0 - span.0) as f64 / 3.6e12,
+                opened.iter().filter(|o| o.new_alarm).count(),
+                s.collateral,
+                s.while_learning
+            );
+            if args.explain {
+                for a in &s.steady_alarms {
+                    println!("  false alarm at {}: {}", rfc3339(a.at), a.summary);
+                    // The series it opened with (an incident's evidence): what moved together.
+                    for (family, labels) in a.series.iter().filter(|_| a.series.len() > 1) {
+                        println!(
+                            "    with {}",
+                            nodepulse::detect::series_name(family, labels)
+                        );
+                    }
+                }
+                for (index, kind, delay) in &s.injected {
+                    let (i, effect) = (&injections[*index], &effects[*index]);
+                    let effect =
+                        effect
+                            .as_ref()
+                            .map_or("no targeted series measurable".to_owned(), |e| {
+                                format!(
+                                    "p99 {:.2}× on {} ({:.0}µs → {:.0}µs)",
+                                    e.ratio(),
+                                    e.series,
+                                    e.before_p99_ns / 1e3,
+                                    e.during_p99_ns / 1e3
+                                )
+                            });
+                    let outcome = delay
+                        .map_or("not detected within the allowed windows".to_owned(), |d| {
+                            format!("detected after {d:.0} s")
                         });
-                let outcome = delay
-                    .map_or("not detected within the allowed windows".to_owned(), |d| {
-                        format!("detected after {d:.0} s")
-                    });
-                println!(
-                    "  injection {kind} at {}: {outcome}; effect {effect}",
-                    i.start
-                );
+                    println!(
+                        "  injection {kind} at {}: {outcome}; effect {effect}",
+                        i.start
+                    );
+                }
             }
         }
     }

@@ -30,7 +30,9 @@ pub struct DetectConfig {
     /// Close windows on the wall clock's grid of `min_window` (:00, :30), so that
     /// agents at any interval cut the same stretches of time. Off by default: on the
     /// held-out soak recordings it made both intervals raise `fio-a`'s minute-long
-    /// slowdown alike, but raised 3 more steady alarms elsewhere, not yet understood.
+    /// slowdown alike, but still raises 1–3 more steady alarms per recording (an
+    /// episode's CPU side as its own incident, borderline episodes cut twice, episodes
+    /// at the end of learning: docs/architecture.md, "Regression detection").
     pub align_windows: bool,
     pub min_samples: u64,
     /// Normal windows needed before a series is judged at all.

@@ -261,8 +261,19 @@ impl Incidents {
 
     /// Takes one interval's series alarm events; returns the incidents' events (at
     /// most one per incident).
-    pub fn absorb(&mut self, events: Vec<Alarm>, now: u64, config: &DetectConfig) -> Vec<Alarm> {
+    pub fn absorb(
+        &mut self,
+        mut events: Vec<Alarm>,
+        now: u64,
+        config: &DetectConfig,
+    ) -> Vec<Alarm> {
         let within = config.group_within.as_nanos() as u64;
+        // The node's run queue first: it draws every resource's alarms of the same
+        // minutes into its incident, but only those that come after it. With windows
+        // on the clock's grid every series' window closes in the same report, and in
+        // name order `sched.*` came last: a CPU storm's block and cgroup alarms had
+        // each opened an incident of their own before it, and it joined one of them.
+        events.sort_by_key(|e| !(e.state == AlarmState::Open && is_node_cpu(e)));
         let mut touched: Vec<usize> = Vec::new();
         let mut opened: Vec<usize> = Vec::new();
         for event in events {
@@ -688,6 +699,35 @@ mod tests {
         let out = incidents.absorb(vec![late], t + 10 * MIN, &config);
         assert_eq!(out[0].family, "sched.runqueue.latency");
         assert_eq!(incidents.open_count(), 2);
+    }
+
+    /// With windows on the clock's grid, a CPU storm's alarms all open in one report,
+    /// in series-name order: a loop device's, a cgroup's run queue, then the node's.
+    #[test]
+    fn a_cpu_storms_alarms_opened_in_one_report_are_one_incident() {
+        let config = DetectConfig::default();
+        let t = 1_800_000_000_000_000_000;
+        let batch = vec![
+            alarm_of(
+                "block.io.device.latency",
+                &[("device", "loop4"), ("op", "read")],
+                t,
+                AlarmState::Open,
+            ),
+            alarm_of(
+                "cgroup.runqueue.latency",
+                &[("cgroup", "/npsoak-fio-a")],
+                t,
+                AlarmState::Open,
+            ),
+            alarm_of("sched.runqueue.latency", &[], t, AlarmState::Open),
+        ];
+        let mut incidents = Incidents::default();
+        let out = incidents.absorb(batch, t, &config);
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].family, "sched.runqueue.latency");
+        assert_eq!(out[0].related.len(), 3, "{:?}", out[0].related);
+        assert_eq!(incidents.open_count(), 1);
     }
 
     #[test]

@@ -333,6 +333,52 @@ mod tests {
         assert_eq!(out.alarms.len(), 1, "{:?}", out.alarms);
     }
 
+    /// On the clock's grid every series' window closes in the same report: a CPU storm
+    /// that slows a loop device, a cgroup's run queue and the node's run queue at once
+    /// opens their alarms together, and they must be one incident, whatever the order
+    /// the series come in.
+    #[test]
+    fn a_storm_whose_windows_close_together_on_the_grid_is_one_incident() {
+        let config = DetectConfig {
+            align_windows: true,
+            min_window: std::time::Duration::from_secs(30),
+            ..series::tests::config()
+        };
+        let mut d = Detector::new(config, "n");
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let series = [
+            (
+                "block.io.latency",
+                labels(&[("device", "loop4"), ("op", "read")]),
+            ),
+            (
+                "cgroup.runqueue.latency",
+                labels(&[("cgroup", "/npsoak-fio-a")]),
+            ),
+            ("sched.runqueue.latency", labels(&[])),
+        ];
+        let mut t = 1_800_000_000 * S / (30 * S) * (30 * S);
+        let mut opened = Vec::new();
+        for i in 0..60 {
+            t += 10 * S;
+            let h = window(if i < 45 { 130 } else { 140 });
+            let out = d.update(t, 10 * S, series.iter().map(|(f, l)| (*f, l.clone(), &h)));
+            opened.extend(
+                out.alarms
+                    .into_iter()
+                    .filter(|a| a.state == AlarmState::Open),
+            );
+        }
+        assert_eq!(opened.len(), 1, "{opened:#?}");
+        assert_eq!(opened[0].family, "sched.runqueue.latency");
+        assert_eq!(opened[0].related.len(), 3, "{:?}", opened[0].related);
+    }
+
     #[test]
     fn an_open_alarm_on_a_re_backed_device_resolves() {
         let mut d = Detector::new(series::tests::config(), "n");
