@@ -469,14 +469,16 @@ pub struct BlockProbe {
 /// Each device's labels and entity, looked up once per collection: a busy disk has a
 /// dozen series, and telling whether sysfs still has it is a path walk.
 #[derive(Default)]
-struct DeviceMemo(std::collections::HashMap<u32, (Vec<(&'static str, String)>, EntityState)>);
+struct DeviceMemo(std::collections::HashMap<u32, (Labels, EntityState)>);
+
+type Labels = Vec<(&'static str, String)>;
 
 impl DeviceMemo {
     fn get(
         &mut self,
         cx: &mut ReadContext<'_>,
         dev: u32,
-    ) -> (Vec<(&'static str, String)>, EntityState) {
+    ) -> (Labels, EntityState) {
         self.0
             .entry(dev)
             .or_insert_with(|| {
