@@ -459,6 +459,63 @@ pub struct BlockProbe {
     /// Releases requests whose completion the program never saw, once their device is
     /// idle; `None` with classic tracepoints (no request to ask).
     sweep: Option<sweep::Sweep>,
+    /// The depth map as [`Probe::read`] found it, for [`Probe::read_counters`] in the
+    /// same collection.
+    depth_read: Option<DepthReading>,
+    /// The devices [`Probe::read`] labelled, for [`Probe::read_counters`].
+    devices: DeviceMemo,
+}
+
+/// Each device's labels and entity, looked up once per collection: a busy disk has a
+/// dozen series, and telling whether sysfs still has it is a path walk.
+#[derive(Default)]
+struct DeviceMemo(std::collections::HashMap<u32, (Labels, EntityState)>);
+
+type Labels = Vec<(&'static str, String)>;
+
+impl DeviceMemo {
+    fn get(
+        &mut self,
+        cx: &mut ReadContext<'_>,
+        dev: u32,
+    ) -> (Labels, EntityState) {
+        self.0
+            .entry(dev)
+            .or_insert_with(|| {
+                let labels = device_labels(cx, dev);
+                let entity = device_entity(cx, dev, &labels);
+                (labels, entity)
+            })
+            .clone()
+    }
+}
+
+/// The depth map's entries and the monotonic clock just before they were read.
+#[derive(Default)]
+struct DepthReading {
+    now: u64,
+    entries: Vec<(u32, DeviceDepth)>,
+}
+
+fn depths(r: &DepthReading) -> Vec<(u32, u64, ExpHistogram)> {
+    r.entries
+        .iter()
+        .map(|(dev, d)| (*dev, d.in_flight, ExpHistogram::from_windows([&d.depth])))
+        .collect()
+}
+
+fn busy(r: &DepthReading) -> Vec<(u32, u64)> {
+    r.entries
+        .iter()
+        .map(|(dev, d)| (*dev, busy_until(d, r.now)))
+        .collect()
+}
+
+fn unrecorded(r: &DepthReading) -> Vec<(u32, u64, u64)> {
+    r.entries
+        .iter()
+        .map(|(dev, d)| (*dev, d.completions_unseen, d.completions_unmatched))
+        .collect()
 }
 
 /// Every (device, operation) series' histograms, in key order.
@@ -525,6 +582,8 @@ impl BlockProbe {
             errors,
             thresholds: OutlierThresholds::new(outliers),
             sweep,
+            depth_read: None,
+            devices: DeviceMemo::default(),
         };
         probe.create_series();
         probe
@@ -547,11 +606,18 @@ impl BlockProbe {
             .as_ref()
             .map(|m| m.map().keys().filter_map(Result::ok).collect())
             .unwrap_or_default();
-        let busy = busy_disks(&self.sys_root)
-            .into_iter()
-            .flat_map(|dev| [op::READ, op::WRITE, op::FLUSH].map(|op| BlockKey { dev, op }));
+        let known = &self.known;
+        // A disk whose series all exist needs no look at its I/O counts.
+        let busy = busy_disks(&self.sys_root, |dev| {
+            [op::READ, op::WRITE, op::FLUSH]
+                .iter()
+                .all(|&op| known.contains(&BlockKey { dev, op }))
+        })
+        .into_iter()
+        .flat_map(|dev| [op::READ, op::WRITE, op::FLUSH].map(|op| BlockKey { dev, op }))
+        .collect::<Vec<_>>();
         let mut map = latency.map_mut();
-        for key in busy.chain(spilled) {
+        for key in busy.into_iter().chain(spilled) {
             // Known from the last reading, or there now (one lookup per series
             // copies its histograms on every CPU: only for the new ones).
             if self.known.contains(&key) || map.get(&key, 0).is_ok() {
@@ -589,17 +655,17 @@ impl BlockProbe {
                     known.insert(key);
                 }
                 let r = out.entry(key).or_default();
-                r.queue.merge(&ExpHistogram::from_per_cpu(
+                r.queue.merge_owned(ExpHistogram::from_per_cpu(
                     per_cpu.iter().map(|h| &h.queue),
                 ));
-                r.device.merge(&ExpHistogram::from_per_cpu(
+                r.device.merge_owned(ExpHistogram::from_per_cpu(
                     per_cpu.iter().map(|h| &h.device),
                 ));
-                r.total.merge(&ExpHistogram::from_per_cpu(
+                r.total.merge_owned(ExpHistogram::from_per_cpu(
                     per_cpu.iter().map(|h| &h.total),
                 ));
                 r.size
-                    .merge(&ExpHistogram::from_windows(per_cpu.iter().map(|h| &h.size)));
+                    .merge_owned(ExpHistogram::from_windows(per_cpu.iter().map(|h| &h.size)));
             })?;
         }
         Ok((out.into_iter().collect(), known))
@@ -608,68 +674,56 @@ impl BlockProbe {
     /// Per device number: completions the kernel made that the probe could not record,
     /// (unseen, unmatched).
     pub fn read_unrecorded(&self) -> Result<Vec<(u32, u64, u64)>, String> {
-        let Some(map) = &self.depth else {
-            return Ok(Vec::new());
-        };
-        map.iter()
-            .map(|entry| {
-                let (dev, d) =
-                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
-                Ok((dev, d.completions_unseen, d.completions_unmatched))
-            })
-            .collect()
+        Ok(unrecorded(&self.read_depth_map(false)?))
     }
 
     /// Per device number: the requests in flight now, as the probe counts them, and
     /// the cumulative queue depth histogram.
     pub fn read_depths(&self) -> Result<Vec<(u32, u64, ExpHistogram)>, String> {
-        self.read_depths_sweeping(true)
+        Ok(depths(&self.read_depth_map(true)?))
     }
 
-    /// [`Self::read_depths`]; without `sweep`, nothing is written (a hand-over reads
-    /// copies of the maps, whose in-flight counts are not the live ones).
-    fn read_depths_sweeping(&self, sweep: bool) -> Result<Vec<(u32, u64, ExpHistogram)>, String> {
+    /// The depth map, read once, after releasing the requests of idle devices whose
+    /// completion the program never saw (with `sweep`; without, nothing is written: a
+    /// hand-over reads copies of the maps, whose in-flight counts are not the live
+    /// ones). Its entries hold the depth histograms, busy times and unrecorded
+    /// completions alike: one reading per interval serves all three families.
+    fn read_depth_map(&self, sweep: bool) -> Result<DepthReading, String> {
         let Some(map) = &self.depth else {
-            return Ok(Vec::new());
+            return Ok(DepthReading::default());
         };
-        if let Some(sweep) = self.sweep.as_ref().filter(|_| sweep) {
-            // A count below 2^32 is a count; above, a decrement racing an eviction.
-            let counted: Vec<u32> = map
+        let read = || -> Result<DepthReading, String> {
+            // The clock before the entries: a busy period is never extended past them.
+            let now = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC) as u64;
+            let entries = map
                 .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, d)| d.in_flight != 0 && d.in_flight < 1 << 32)
-                .map(|(dev, _)| dev)
-                .collect();
-            for dev in counted {
-                if let Err(e) = sweep.run_if_idle(&self.sys_root, dev) {
+                .map(|e| e.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH)))
+                .collect::<Result<_, _>>()?;
+            Ok(DepthReading { now, entries })
+        };
+        let reading = read()?;
+        let Some(sweeper) = self.sweep.as_ref().filter(|_| sweep) else {
+            return Ok(reading);
+        };
+        // A count below 2^32 is a count; above, a decrement racing an eviction.
+        let mut swept = false;
+        for (dev, d) in &reading.entries {
+            if d.in_flight != 0 && d.in_flight < 1 << 32 {
+                swept = true;
+                if let Err(e) = sweeper.run_if_idle(&self.sys_root, *dev) {
                     tracing::warn!("block: {e}");
                 }
             }
         }
-        map.iter()
-            .map(|entry| {
-                let (dev, d) =
-                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
-                Ok((dev, d.in_flight, ExpHistogram::from_windows([&d.depth])))
-            })
-            .collect()
+        // Read again when the sweep may have written to the map.
+        if swept { read() } else { Ok(reading) }
     }
 
     /// Per device number: nanoseconds with at least one request in flight since the
     /// probe attached, the current busy period included up to now (the probe's own
     /// `io_ticks`, at nanosecond rather than jiffy resolution).
     pub fn read_busy(&self) -> Result<Vec<(u32, u64)>, String> {
-        let Some(map) = &self.depth else {
-            return Ok(Vec::new());
-        };
-        let now = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC) as u64;
-        map.iter()
-            .map(|entry| {
-                let (dev, d) =
-                    entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_DEPTH))?;
-                Ok((dev, busy_until(&d, now)))
-            })
-            .collect()
+        Ok(busy(&self.read_depth_map(false)?))
     }
 
     /// Requests in flight now, per device number, as the probe counts them.
@@ -702,9 +756,9 @@ impl Probe for BlockProbe {
         let queues = self.times_queues();
         let (readings, known) = self.read_raw_noting_series()?;
         self.known = known;
+        let mut devices = DeviceMemo::default();
         for (key, r) in readings {
-            let device = device_labels(cx, key.dev);
-            let entity = device_entity(cx, key.dev, &device);
+            let (device, entity) = devices.get(cx, key.dev);
             let labels = |op: u32| {
                 let mut l = device.clone();
                 l.push(("op", op_name(op).to_owned()));
@@ -726,15 +780,17 @@ impl Probe for BlockProbe {
                 push(FAMILY_SIZE, r.size);
             }
         }
-        for (dev, _, hist) in self.read_depths_sweeping(!cx.snapshot)? {
-            let device = device_labels(cx, dev);
-            let entity = device_entity(cx, dev, &device);
+        let depth_read = self.read_depth_map(!cx.snapshot)?;
+        for (dev, _, hist) in depths(&depth_read) {
+            let (device, entity) = devices.get(cx, dev);
             out.push(Reading {
                 key: SeriesKey::new(FAMILY_DEPTH, device),
                 hist,
                 entity: Some(entity),
             });
         }
+        self.depth_read = Some(depth_read);
+        self.devices = devices;
         for (cgroup, op, hist) in sparse::family(cx.sparse, family::BLOCK_CGROUP) {
             let (name, alive) = match cx.attribution.io_cgroup_lookup(cgroup) {
                 Some(name) => (name, true),
@@ -761,12 +817,17 @@ impl Probe for BlockProbe {
         cx: &mut ReadContext<'_>,
         out: &mut Vec<(SeriesKey, u64)>,
     ) -> Result<(), String> {
-        for (dev, busy_ns) in self.read_busy()? {
-            out.push((SeriesKey::new(FAMILY_BUSY, device_labels(cx, dev)), busy_ns));
+        let depth_read = match self.depth_read.take() {
+            Some(r) => r,
+            None => self.read_depth_map(false)?,
+        };
+        let mut devices = std::mem::take(&mut self.devices);
+        for (dev, busy_ns) in busy(&depth_read) {
+            out.push((SeriesKey::new(FAMILY_BUSY, devices.get(cx, dev).0), busy_ns));
         }
-        for (dev, unseen, unmatched) in self.read_unrecorded()? {
+        for (dev, unseen, unmatched) in unrecorded(&depth_read) {
             for (cause, n) in [("unseen", unseen), ("unmatched", unmatched)] {
-                let mut labels = device_labels(cx, dev);
+                let mut labels = devices.get(cx, dev).0;
                 labels.push(("cause", cause.to_owned()));
                 out.push((SeriesKey::new(FAMILY_UNRECORDED, labels), n));
             }
@@ -777,7 +838,7 @@ impl Probe for BlockProbe {
         for entry in map.iter() {
             let (key, n) =
                 entry.map_err(|e| format!("reading {}: {e}", names::MAP_BLOCK_ERRORS))?;
-            let mut labels = device_labels(cx, key.dev);
+            let mut labels = devices.get(cx, key.dev).0;
             labels.push(("op", op_name(key.op).to_owned()));
             labels.push(("error", error_name(key.status)));
             out.push((SeriesKey::new(FAMILY_ERRORS, labels), n));
@@ -827,25 +888,26 @@ impl Probe for BlockProbe {
 }
 
 /// Device numbers (kernel encoding) of the whole disks in `<sys_root>/block` that have
-/// completed any I/O since boot.
-fn busy_disks(sys_root: &Path) -> Vec<u32> {
+/// completed any I/O since boot, leaving out those `skip` says need no look.
+fn busy_disks(sys_root: &Path, skip: impl Fn(u32) -> bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir(sys_root.join("block")) else {
         return Vec::new();
     };
     dir.filter_map(Result::ok)
         .filter_map(|e| {
             let path = e.path();
+            let number = std::fs::read_to_string(path.join("dev")).ok()?;
+            let dev = agent_common::dev::parse(number.trim())?;
+            if skip(dev) {
+                return None;
+            }
             let stat = std::fs::read_to_string(path.join("stat")).ok()?;
             let mut f = stat
                 .split_whitespace()
                 .map(|v| v.parse::<u64>().unwrap_or(0));
             let reads = f.next()?;
             let writes = f.nth(3)?;
-            if reads + writes == 0 {
-                return None;
-            }
-            let number = std::fs::read_to_string(path.join("dev")).ok()?;
-            agent_common::dev::parse(number.trim())
+            (reads + writes != 0).then_some(dev)
         })
         .collect()
 }
