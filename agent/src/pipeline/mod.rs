@@ -343,8 +343,8 @@ impl Pipeline {
         self.probes.forget(&collected.ended);
         let series = self.budget.apply(collected.series);
         let series: Vec<SeriesReport> = series
-            .iter()
-            .map(|s| SeriesReport::new(s, interval_s))
+            .into_iter()
+            .map(|s| SeriesReport::from_owned(s, interval_s))
             .collect();
 
         let counters: Vec<CounterReport> = self
