@@ -106,8 +106,8 @@ fn measure(n: usize) -> (f64, f64, usize) {
         let collected = delta.update_tracked(readings);
         let series: Vec<SeriesReport> = budget
             .apply(collected.series)
-            .iter()
-            .map(|s| SeriesReport::new(s, 1.0))
+            .into_iter()
+            .map(|s| SeriesReport::from_owned(s, 1.0))
             .collect();
         let report = report(series);
         let request = encode::metrics_request(

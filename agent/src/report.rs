@@ -89,12 +89,19 @@ pub struct HistogramReport {
 
 impl SeriesReport {
     pub fn new(s: &IntervalSeries, interval_s: f64) -> Self {
+        Self::from_owned(s.clone(), interval_s)
+    }
+
+    /// As [`Self::new`], taking the series' labels and histograms over instead of
+    /// copying them (the collection path: a dozen strings and two bucket arrays per
+    /// series every interval).
+    pub fn from_owned(s: IntervalSeries, interval_s: f64) -> Self {
         let d: &ExpHistogram = &s.delta;
         let count = d.count();
         let unit = crate::catalog::unit(s.key.family);
         Self {
             family: s.key.family,
-            labels: s.key.labels.iter().cloned().collect(),
+            labels: s.key.labels.into_iter().collect(),
             unit,
             count,
             rate_per_s: if interval_s > 0.0 {
@@ -116,10 +123,10 @@ impl SeriesReport {
                 scale: agent_common::hist::SCALE,
                 zero_count: d.zero_count,
                 offset: d.offset,
-                counts: d.counts.clone(),
+                counts: s.delta.counts,
             },
             cumulative_count: s.cumulative.count(),
-            cumulative: s.cumulative.clone(),
+            cumulative: s.cumulative,
         }
     }
 

@@ -87,6 +87,10 @@ pub struct Args {
     /// workload runs beside this one at a 1 s interval, for a side-by-side CPU figure.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Volume workload: run only the agents whose figure is CPU (lossless at 10 s and
+    /// 1 s, and the baseline's), fewer agents loading the host.
+    #[arg(long)]
+    cpu_only: bool,
     /// A nodepulse binary to measure instead of building this tree's (e.g. a build of
     /// another branch, for a side-by-side cost).
     #[arg(long)]
@@ -157,7 +161,13 @@ pub fn run(mut args: Args) -> Result<()> {
             continue;
         }
         if *workload == Workload::Volume {
-            volume::run(&agent, args.baseline.as_deref(), &dir, args.intervals)?;
+            volume::run(
+                &agent,
+                args.baseline.as_deref(),
+                &dir,
+                args.intervals,
+                args.cpu_only,
+            )?;
             continue;
         }
         let device;

@@ -173,6 +173,16 @@ impl ExpHistogram {
     }
 
     /// Adds another histogram's counts into this one (same scale).
+    /// [`Self::merge`] of an owned histogram: moved in, with no copy, when `self`
+    /// holds nothing yet (the first of the parts a series is read in).
+    pub fn merge_owned(&mut self, other: Self) {
+        if self.counts.is_empty() && self.sum == 0 && self.zero_count == 0 {
+            *self = other;
+        } else {
+            self.merge(&other);
+        }
+    }
+
     pub fn merge(&mut self, other: &Self) {
         let (lo, hi) = self.span_with(other);
         let dense: Vec<u64> = (lo..=hi)
@@ -376,6 +386,22 @@ mod tests {
         assert_eq!(h.bucket(bucket_index(4000)), 5);
         assert_eq!(*h.counts.first().unwrap(), 3);
         assert_eq!(*h.counts.last().unwrap(), 5);
+    }
+
+    #[test]
+    fn merging_an_owned_histogram_equals_merging_a_borrowed_one() {
+        let a = ExpHistogram::from_buckets(2000, 1, [(3, 2), (7, 1)]);
+        let b = ExpHistogram::from_buckets(900, 0, [(-2, 4), (5, 1)]);
+        let only_zeros = ExpHistogram::from_buckets(0, 3, []);
+        for (x, y) in [(&a, &b), (&b, &a), (&only_zeros, &a), (&a, &only_zeros)] {
+            for start in [ExpHistogram::default(), x.clone()] {
+                let mut borrowed = start.clone();
+                borrowed.merge(y);
+                let mut owned = start;
+                owned.merge_owned(y.clone());
+                assert_eq!(owned, borrowed);
+            }
+        }
     }
 
     #[test]

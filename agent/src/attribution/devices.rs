@@ -6,7 +6,9 @@
 
 use std::{
     collections::HashMap,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use agent_common::dev;
@@ -161,7 +163,42 @@ pub struct Roots {
 pub struct DeviceNames {
     sys_root: PathBuf,
     osds: OsdMap,
-    cache: HashMap<u32, Device>,
+    cache: HashMap<u32, Cached>,
+    /// This interval's stat of each device's sysfs directory (`None`: not there).
+    seen: HashMap<u32, Option<NodeId>>,
+    /// How long an identity is kept while its sysfs directory stays the same one:
+    /// attributes that change in place (a model, `rotational`, an OSD taking the
+    /// disk) are seen within this long.
+    refresh_every: Duration,
+}
+
+/// Which sysfs directory a device number led to: a disk removed and another added
+/// under the same number gets a new directory (kernfs gives each node a new inode
+/// number, and its creation time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeId {
+    ino: u64,
+    ctime_ns: i128,
+}
+
+struct Cached {
+    device: Device,
+    node: Option<NodeId>,
+    at: Instant,
+}
+
+/// As the Ceph OSD map's rescan: an identity is never older than the OSD it names.
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
+
+/// Where `<sys>/dev/block/MAJ:MIN` leads (one `stat`, following the link).
+fn node_of(sys_root: &Path, dev: u32) -> Option<NodeId> {
+    let (major, minor) = dev::split(dev);
+    let path = sys_root.join(format!("dev/block/{major}:{minor}"));
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_dir())?;
+    Some(NodeId {
+        ino: meta.ino(),
+        ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+    })
 }
 
 impl DeviceNames {
@@ -170,27 +207,52 @@ impl DeviceNames {
             sys_root: roots.sys.clone(),
             osds: OsdMap::new(roots),
             cache: HashMap::new(),
+            seen: HashMap::new(),
+            refresh_every: REFRESH_EVERY,
         }
+    }
+
+    /// Identities kept at most `every` (tests: zero re-reads at every interval).
+    pub fn refreshed_every(mut self, every: Duration) -> Self {
+        self.refresh_every = every;
+        self
     }
 
     /// Whether sysfs knows device `dev` now (a removed device keeps its cached
-    /// identity until [`Self::forget`]).
+    /// identity until its number leads elsewhere). One `stat` per device and interval.
     pub fn is_present(&self, dev: u32) -> bool {
-        BlockTree::new(&self.sys_root).by_number(dev).is_some()
-    }
-
-    /// Identity of a device; looked up once, then cached. Device numbers are reused
-    /// when a device goes away, so call [`Self::forget`] on that.
-    pub fn lookup(&mut self, dev: u32) -> &Device {
-        if !self.cache.contains_key(&dev) {
-            let device = self.identify(dev);
-            self.cache.insert(dev, device);
+        match self.seen.get(&dev) {
+            Some(node) => node.is_some(),
+            None => node_of(&self.sys_root, dev).is_some(),
         }
-        &self.cache[&dev]
     }
 
+    /// Identity of a device: read once, then kept while its number leads to the same
+    /// sysfs directory (device numbers are reused when a device goes away) and for at
+    /// most the refresh period.
+    pub fn lookup(&mut self, dev: u32) -> &Device {
+        let node = self.node(dev);
+        let stale = self.cache.get(&dev).is_none_or(|c| {
+            c.node != node || (node.is_some() && c.at.elapsed() >= self.refresh_every)
+        });
+        if stale {
+            let device = self.identify(dev);
+            let at = Instant::now();
+            self.cache.insert(dev, Cached { device, node, at });
+        }
+        &self.cache[&dev].device
+    }
+
+    /// A new interval: each device's directory is looked at again (once) when next
+    /// asked for.
     pub fn forget(&mut self) {
-        self.cache.clear();
+        self.seen.clear();
+    }
+
+    /// The sysfs directory `dev` leads to, stat'ed once per interval.
+    fn node(&mut self, dev: u32) -> Option<NodeId> {
+        let root = &self.sys_root;
+        *self.seen.entry(dev).or_insert_with(|| node_of(root, dev))
     }
 
     fn identify(&mut self, dev: u32) -> Device {

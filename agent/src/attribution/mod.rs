@@ -131,9 +131,10 @@ impl Attribution {
         self.vms.labels(pid)
     }
 
-    /// Called once per interval: forgets processes that exited, and device identities
-    /// (a hot-plugged disk can take a freed device number; re-reading a few sysfs files
-    /// per device per interval is cheap). The Ceph OSD map has its own, slower clock.
+    /// Called once per interval: forgets processes that exited, and has each device's
+    /// sysfs directory looked at again (a hot-plugged disk can take a freed device
+    /// number: one `stat` per device tells; re-reading its identity every interval
+    /// was ~8 % of the agent's CPU at a storage node's 24 disks).
     pub fn refresh(&mut self) {
         self.vms.forget_exited();
         self.devices.forget();

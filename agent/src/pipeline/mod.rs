@@ -355,8 +355,8 @@ impl Pipeline {
         self.probes.forget(&collected.ended);
         let series = self.budget.apply(collected.series);
         let series: Vec<SeriesReport> = series
-            .iter()
-            .map(|s| SeriesReport::new(s, interval_s))
+            .into_iter()
+            .map(|s| SeriesReport::from_owned(s, interval_s))
             .collect();
 
         let counters: Vec<CounterReport> = collected
@@ -481,12 +481,23 @@ impl Pipeline {
     fn detect(&mut self, report: &mut Report) {
         if let Some(detector) = &mut self.detector {
             detector.note_backing(&report.backing, unix_nanos());
-            let deltas: Vec<_> = report.series.iter().map(|s| s.delta_histogram()).collect();
+            // Only the families the detector watches: the others' deltas and owned
+            // labels would be built for nothing (size, depth: a third of a storage
+            // node's series).
+            let watched: Vec<_> = {
+                let config = detector.config();
+                report
+                    .series
+                    .iter()
+                    .filter(|s| config.watches(s.family))
+                    .collect()
+            };
+            let deltas: Vec<_> = watched.iter().map(|s| s.delta_histogram()).collect();
             let scalars = scalar_inputs(report, &detector.config().scalar);
             let out = detector.update_with_scalars(
                 unix_nanos(),
                 (report.interval_s * 1e9) as u64,
-                report.series.iter().zip(&deltas).map(|(s, h)| {
+                watched.iter().zip(&deltas).map(|(s, h)| {
                     let labels = s
                         .labels
                         .iter()

@@ -135,6 +135,7 @@ impl<K: Pod, V: Pod> PerCpuHash<K, V> {
         // Per-CPU values are laid out 8-byte aligned, one after another, per key.
         let stride = size_of::<V>().next_multiple_of(8);
         let per_key = stride * self.cpus;
+        let in_place = stride == size_of::<V>() && align_of::<V>() <= 8;
         // Keys are packed at their own size.
         let key_size = size_of::<K>();
         let mut chunk = (self.values_per_call / per_key).max(1);
@@ -142,7 +143,7 @@ impl<K: Pod, V: Pod> PerCpuHash<K, V> {
         // in case another map type ever needs one.
         let token_words = key_size.div_ceil(8).max(1);
         let mut tokens = vec![0u64; 2 * token_words];
-        let mut per_cpu: Vec<V> = Vec::with_capacity(self.cpus);
+        let mut per_cpu: Vec<V> = Vec::with_capacity(if in_place { 0 } else { self.cpus });
         let mut first = true;
         loop {
             state.keys.resize((chunk * key_size).div_ceil(8), 0);
@@ -176,6 +177,18 @@ impl<K: Pod, V: Pod> PerCpuHash<K, V> {
                 // SAFETY: entry i lies within the buffers, whose contents the kernel
                 // wrote; read_unaligned makes no assumption about K's or V's alignment.
                 let key = unsafe { keys.add(i * key_size).cast::<K>().read_unaligned() };
+                if in_place {
+                    // SAFETY: the values buffer is 8-byte aligned (a Vec<u64>), entry
+                    // i's values start at a multiple of 8 and are `cpus` values end to
+                    // end (the stride is the size), all written by the kernel; V is
+                    // Pod, so any bytes are a valid V. A block of big histograms is
+                    // read where it lies instead of copied (megabytes per interval).
+                    let per_cpu = unsafe {
+                        std::slice::from_raw_parts(values.add(i * per_key).cast::<V>(), self.cpus)
+                    };
+                    f(key, per_cpu);
+                    continue;
+                }
                 per_cpu.clear();
                 for cpu in 0..self.cpus {
                     let at = i * per_key + cpu * stride;

@@ -222,6 +222,7 @@ pub struct Probes {
     statuses: Vec<ProbeStatus>,
     counters: Option<PerCpuArray<MapData, u64>>,
     sparse: Option<batch_read::PerCpuHash<SparseKey, SparseCell>>,
+    sparse_reader: sparse::Reader,
     stats: stats::BpfStats,
     attribution: Attribution,
     outliers: Option<outliers::Outliers>,
@@ -302,6 +303,7 @@ impl Probes {
             statuses,
             counters,
             sparse,
+            sparse_reader: sparse::Reader::default(),
             stats,
             attribution: Attribution::new(
                 setup.sys_root.to_path_buf(),
@@ -484,10 +486,14 @@ impl Probes {
         }
         if let Some(map) = &mut self.sparse {
             let mut map = map.map_mut();
-            let dead: Vec<SparseKey> = map
+            // The keys of the reading that ended them: an entry made since comes back
+            // in the next reading as a series of an ended entity, and goes then.
+            let dead: Vec<SparseKey> = self
+                .sparse_reader
                 .keys()
-                .filter_map(Result::ok)
+                .iter()
                 .filter(|k| sparse_entity(k).is_some_and(|e| ended.contains(&e)))
+                .copied()
                 .collect();
             for key in &dead {
                 if let Err(e) = map.remove(key) {
@@ -557,7 +563,7 @@ impl Probes {
     fn read_counts(&mut self, out: &mut Collection, snapshot: bool) {
         self.attribution.refresh();
         let sparse = match &self.sparse {
-            Some(map) => sparse::read(map).unwrap_or_else(|e| {
+            Some(map) => self.sparse_reader.read(map).unwrap_or_else(|e| {
                 out.errors.push(("sparse", e));
                 Default::default()
             }),

@@ -82,15 +82,36 @@ const VARIANTS: &[Variant] = &[
     },
 ];
 
-/// The variant a `--baseline` binary runs.
-const BASELINE: Variant = Variant {
-    name: "baseline binary, lossless at 1 s",
-    otlp: "",
-    outliers: "",
-    interval_s: 1,
-};
+/// The variants a `--baseline` binary runs: the CPU ones.
+const BASELINE: [Variant; 2] = [
+    Variant {
+        name: "baseline binary, lossless",
+        otlp: "",
+        outliers: "",
+        interval_s: 10,
+    },
+    Variant {
+        name: "baseline binary, at 1 s",
+        otlp: "",
+        outliers: "",
+        interval_s: 1,
+    },
+];
 
-pub fn run(agent: &Path, baseline: Option<&Path>, dir: &Path, intervals: u64) -> Result<()> {
+/// The variants whose figure is the agent's CPU (lossless, at 10 s and 1 s).
+fn cpu_variants() -> impl Iterator<Item = &'static Variant> {
+    [&VARIANTS[0], &VARIANTS[VARIANTS.len() - 1]].into_iter()
+}
+
+/// `cpu_only` runs only the lossless variants at 10 s and 1 s (and the baseline's),
+/// for a side-by-side CPU figure with fewer agents loading the host.
+pub fn run(
+    agent: &Path,
+    baseline: Option<&Path>,
+    dir: &Path,
+    intervals: u64,
+    cpu_only: bool,
+) -> Result<()> {
     let measured = intervals.max(2);
     // One interval to settle, the measured ones, and a margin for the last export.
     let seconds = 10 * (measured + 1) + 5;
@@ -125,13 +146,19 @@ pub fn run(agent: &Path, baseline: Option<&Path>, dir: &Path, intervals: u64) ->
     println!("[3/4] iperf3 streams on both TCP groups ... ok");
 
     let mut agents = Vec::new();
-    let mut variants: Vec<&Variant> = VARIANTS.iter().collect();
-    for v in VARIANTS {
+    let mut variants: Vec<&Variant> = if cpu_only {
+        cpu_variants().collect()
+    } else {
+        VARIANTS.iter().collect()
+    };
+    for v in &variants {
         agents.push(Agent::start(agent, dir, v)?);
     }
     if let Some(baseline) = baseline {
-        agents.push(Agent::start(baseline, dir, &BASELINE)?);
-        variants.push(&BASELINE);
+        for v in &BASELINE {
+            agents.push(Agent::start(baseline, dir, v)?);
+            variants.push(v);
+        }
     }
     println!(
         "[4/4] {} agents attached; measuring for {seconds} s ...",

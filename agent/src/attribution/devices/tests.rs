@@ -1,4 +1,6 @@
 //! Tests of the parent module.
+use std::time::Duration;
+
 use super::*;
 use crate::attribution::fixture::{SDB, Tree, dev, labels, storage_node, with_debug_log};
 
@@ -260,14 +262,38 @@ fn hostile_values_are_bounded_and_broken_trees_named_by_number() {
 }
 
 #[test]
-fn refresh_forgets_what_changed() {
+fn an_identity_is_kept_for_the_refresh_period_then_read_again() {
     let t = storage_node();
     let mut names = DeviceNames::new(t.roots());
     assert_eq!(names.lookup(dev(8, 16)).rotational, Some(true));
     std::fs::write(t.path(&format!("sys/devices/{SDB}/queue/rotational")), "0").unwrap();
-    assert_eq!(names.lookup(dev(8, 16)).rotational, Some(true), "cached");
+    names.forget();
+    assert_eq!(names.lookup(dev(8, 16)).rotational, Some(true), "kept");
+    let mut names = names.refreshed_every(Duration::ZERO);
     names.forget();
     assert_eq!(names.lookup(dev(8, 16)).rotational, Some(false));
+}
+
+/// A disk removed and another added under its number is a new identity at the next
+/// interval, however recent the cached one.
+#[test]
+fn a_device_number_taken_by_another_disk_is_identified_again() {
+    let t = storage_node();
+    let mut names = DeviceNames::new(t.roots());
+    let number = dev(8, 16);
+    assert_eq!(names.lookup(number).name, "sdb");
+    assert!(names.is_present(number));
+    std::fs::remove_file(t.path("sys/dev/block/8:16")).unwrap();
+    assert_eq!(names.lookup(number).name, "sdb", "the same interval");
+    names.forget();
+    assert!(!names.is_present(number));
+    assert_eq!(names.lookup(number).name, "8:16", "removed");
+    t.disk("virtual/block/loop9", "8:16", "0");
+    names.forget();
+    assert!(names.is_present(number));
+    let device = names.lookup(number);
+    assert_eq!((device.name.as_str(), device.kind), ("loop9", Kind::Loop));
+    assert_eq!(device.rotational, Some(false));
 }
 
 /// The machine the tests run on: virtio, loop and zram disks are told apart (skipped
