@@ -50,16 +50,17 @@ pub struct SavedCounter {
     pub total: u64,
 }
 
-/// A histogram series continued from an older pin set's map (see
-/// `crate::probes::handover`): reported as `offset` plus what the map counted beyond
-/// `base`.
+/// A series continued from an older pin set's map (see `crate::probes::handover`):
+/// reported as `offset` plus what the map counted beyond `base`. `V` is a histogram or
+/// a counter's total.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SavedCarried {
+pub struct SavedCarried<V = ExpHistogram> {
     pub family: String,
+    #[serde(default)]
     pub entity: Option<Entity>,
     pub labels: SavedLabels,
-    pub base: ExpHistogram,
-    pub offset: ExpHistogram,
+    pub base: V,
+    pub offset: V,
     /// All its labels at the switch, to report it while the new maps have no entry
     /// (absent in states of earlier versions).
     #[serde(default)]
@@ -67,17 +68,7 @@ pub struct SavedCarried {
 }
 
 /// A counter series continued from an older pin set's map.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SavedCarriedCounter {
-    pub family: String,
-    #[serde(default)]
-    pub entity: Option<Entity>,
-    pub labels: SavedLabels,
-    pub base: u64,
-    pub offset: u64,
-    #[serde(default)]
-    pub reported: SavedLabels,
-}
+pub type SavedCarriedCounter = SavedCarried<u64>;
 
 /// Everything the interval deltas are computed against.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

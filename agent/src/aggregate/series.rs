@@ -282,11 +282,42 @@ impl<V: Cumulative> Keyed<V> {
             .retain(|k, _| k.entity.is_none_or(|e| !ended.contains(&e)));
     }
 
-    fn save_carried(&self) -> Vec<(DeltaKey, &Carried<V>)> {
-        let mut out: Vec<(DeltaKey, &Carried<V>)> =
-            self.carried.iter().map(|(k, c)| (k.clone(), c)).collect();
+    /// The carried series, to be saved, in a stable order.
+    fn save_carried(&self) -> Vec<SavedCarried<V>> {
+        let mut out: Vec<(&DeltaKey, &Carried<V>)> = self.carried.iter().collect();
         out.sort_by(|a, b| (a.0.family, &a.0.labels).cmp(&(b.0.family, &b.0.labels)));
-        out
+        out.into_iter()
+            .map(|(k, c)| SavedCarried {
+                family: k.family.to_owned(),
+                entity: k.entity,
+                labels: save_labels(&k.labels),
+                base: c.base.clone(),
+                offset: c.offset.clone(),
+                reported: save_labels(&c.labels),
+            })
+            .collect()
+    }
+
+    /// Takes up saved carried series. States saved before the labels at the switch
+    /// were kept report the key's own.
+    fn load_carried(&mut self, saved: Vec<SavedCarried<V>>) {
+        self.carried = saved
+            .into_iter()
+            .map(|c| {
+                let key = saved_key(&c.family, c.entity, c.labels);
+                let labels = if c.reported.is_empty() {
+                    key.labels.clone()
+                } else {
+                    load_labels(c.reported)
+                };
+                let carried = Carried {
+                    base: c.base,
+                    offset: c.offset,
+                    labels,
+                };
+                (key, carried)
+            })
+            .collect();
     }
 }
 
@@ -364,33 +395,7 @@ impl Delta {
 
     /// The carried series, to be saved.
     pub fn save_carried(&self) -> (Vec<SavedCarried>, Vec<SavedCarriedCounter>) {
-        let hists = self
-            .hists
-            .save_carried()
-            .into_iter()
-            .map(|(k, c)| SavedCarried {
-                family: k.family.to_owned(),
-                entity: k.entity,
-                labels: save_labels(&k.labels),
-                base: c.base.clone(),
-                offset: c.offset.clone(),
-                reported: save_labels(&c.labels),
-            })
-            .collect();
-        let counters = self
-            .counters
-            .save_carried()
-            .into_iter()
-            .map(|(k, c)| SavedCarriedCounter {
-                family: k.family.to_owned(),
-                entity: k.entity,
-                labels: save_labels(&k.labels),
-                base: c.base,
-                offset: c.offset,
-                reported: save_labels(&c.labels),
-            })
-            .collect();
-        (hists, counters)
+        (self.hists.save_carried(), self.counters.save_carried())
     }
 
     /// Takes up saved carried series (with [`Self::load`]).
@@ -399,40 +404,8 @@ impl Delta {
         hists: Vec<SavedCarried>,
         counters: Vec<SavedCarriedCounter>,
     ) -> Self {
-        // States saved before the labels at the switch were kept: the key's own.
-        let reported = |r: super::saved::SavedLabels, key: &DeltaKey| {
-            if r.is_empty() {
-                key.labels.clone()
-            } else {
-                load_labels(r)
-            }
-        };
-        self.hists.carried = hists
-            .into_iter()
-            .map(|c| {
-                let key = saved_key(&c.family, c.entity, c.labels);
-                let labels = reported(c.reported, &key);
-                let carried = Carried {
-                    base: c.base,
-                    offset: c.offset,
-                    labels,
-                };
-                (key, carried)
-            })
-            .collect();
-        self.counters.carried = counters
-            .into_iter()
-            .map(|c| {
-                let key = saved_key(&c.family, c.entity, c.labels);
-                let labels = reported(c.reported, &key);
-                let carried = Carried {
-                    base: c.base,
-                    offset: c.offset,
-                    labels,
-                };
-                (key, carried)
-            })
-            .collect();
+        self.hists.load_carried(hists);
+        self.counters.load_carried(counters);
         self
     }
 
