@@ -549,19 +549,7 @@ mod tests {
             ..Default::default()
         };
         let mut c = Capacity::offline(&config);
-        let signal = |device: &str, name, op: Option<&str>, value, unit| {
-            let mut labels = BTreeMap::from([("device", device.to_owned())]);
-            if let Some(op) = op {
-                labels.insert("op", op.to_owned());
-            }
-            Signal {
-                resource: format!("io:{device}"),
-                name,
-                labels,
-                value,
-                unit,
-            }
-        };
+        let signal = Signal::device;
         let mut last = CapacityReport::default();
         let mut alarmed = BTreeMap::<String, usize>::new();
         for i in 0..240u64 {

@@ -32,6 +32,29 @@ pub struct Signal {
     pub unit: &'static str,
 }
 
+impl Signal {
+    /// A block device's signal, of one operation (`op`) or of the whole device.
+    pub fn device(
+        device: &str,
+        name: &'static str,
+        op: Option<&str>,
+        value: f64,
+        unit: &'static str,
+    ) -> Self {
+        let mut labels = BTreeMap::from([("device", device.to_owned())]);
+        if let Some(op) = op {
+            labels.insert("op", op.to_owned());
+        }
+        Self {
+            resource: format!("io:{device}"),
+            name,
+            labels,
+            value,
+            unit,
+        }
+    }
+}
+
 /// What the knee learner needs of a device per interval: load and tail latency.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceLoad {
@@ -83,17 +106,7 @@ pub fn block(report: &Report) -> (Vec<Signal>, BTreeMap<String, DeviceLoad>) {
     let device_of =
         |labels: &BTreeMap<&'static str, String>| labels.get("device").cloned().unwrap_or_default();
     let signal = |device: &str, name, op: Option<&String>, value, unit| {
-        let mut labels = BTreeMap::from([("device", device.to_owned())]);
-        if let Some(op) = op {
-            labels.insert("op", op.clone());
-        }
-        Signal {
-            resource: format!("io:{device}"),
-            name,
-            labels,
-            value,
-            unit,
-        }
+        Signal::device(device, name, op.map(String::as_str), value, unit)
     };
     for c in &report.counters {
         if c.family == FAMILY_BUSY && interval_s > 0.0 {
