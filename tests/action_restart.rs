@@ -86,6 +86,7 @@ min_window = "1s"
 max_window = "5s"
 min_samples = 200
 baseline_windows = 3
+learning_period = "0s"
 raise_after = 1
 clear_after = 2
 

@@ -41,6 +41,7 @@ fn alarm_lifecycle() -> (Alarm, Alarm) {
         min_window: std::time::Duration::from_secs(10),
         min_intervals: 1,
         baseline_windows: 5,
+        learning_period: std::time::Duration::ZERO,
         min_shift: BTreeMap::new(),
         default_min_shift: std::time::Duration::ZERO,
         ..DetectConfig::default()

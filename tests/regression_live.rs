@@ -148,6 +148,7 @@ min_window = "1s"
 max_window = "5s"
 min_samples = 200
 baseline_windows = 8
+learning_period = "0s"
 raise_after = 2
 clear_after = 2
 p50_ratio = 1.5
