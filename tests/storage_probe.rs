@@ -17,7 +17,7 @@ use nodepulse::{
     },
 };
 
-use common::{LoopDevice, run, start_probes, tool};
+use common::{LoopDevice, Workload, run, start_probes, tool};
 
 /// Every cumulative series of one device, by (family, op); `op` is empty for the
 /// per-device queue depth.
@@ -270,6 +270,23 @@ fn split_depth_and_sizes_with_mq_deadline() {
     split_depth_and_sizes("mq-deadline");
 }
 
+/// A loop device under mq-deadline with fio's random reads and writes at iodepth 32
+/// running for `seconds`, started 0.8 s ago.
+fn randrw_depth_32_for(seconds: &str) -> (LoopDevice, Workload) {
+    let lo = LoopDevice::new(64);
+    lo.set_scheduler("mq-deadline");
+    let runtime = format!("--runtime={seconds}");
+    let fio = lo.fio(&[
+        "--rw=randrw",
+        "--bs=4k",
+        "--iodepth=32",
+        "--time_based",
+        &runtime,
+    ]);
+    thread::sleep(Duration::from_millis(800));
+    (lo, fio)
+}
+
 /// Requests already in flight when the probe attaches: no negative, huge or lost
 /// latencies, and the in-flight count does not drift: it is 0 once the device is idle,
 /// also when the kernel made some of the last completions without running the
@@ -277,18 +294,9 @@ fn split_depth_and_sizes_with_mq_deadline() {
 #[test]
 fn attach_under_load_keeps_counts_exact() {
     require_root!();
-    let lo = LoopDevice::new(64);
-    lo.set_scheduler("mq-deadline");
-    let fio = lo.fio(&[
-        "--rw=randrw",
-        "--bs=4k",
-        "--iodepth=32",
-        // Stopped below once sampled: attaching every probe can take seconds on a
-        // loaded machine, and the load must outlast it.
-        "--time_based",
-        "--runtime=60",
-    ]);
-    thread::sleep(Duration::from_millis(800));
+    // Stopped below once sampled: attaching every probe can take seconds on a loaded
+    // machine, and the load must outlast it.
+    let (lo, fio) = randrw_depth_32_for("60");
     let mut probes = start_probes(Some(AttachKind::TpBtf));
     // Sampled for 1.6 s, longer (up to 10 s) until requests are seen in flight: on a
     // loaded machine fio can go without any for a while.
@@ -336,16 +344,7 @@ fn attach_under_load_keeps_counts_exact() {
 #[test]
 fn in_flight_never_reads_negative_through_attach_churn_under_load() {
     require_root!();
-    let lo = LoopDevice::new(64);
-    lo.set_scheduler("mq-deadline");
-    let fio = lo.fio(&[
-        "--rw=randrw",
-        "--bs=4k",
-        "--iodepth=32",
-        "--time_based",
-        "--runtime=120",
-    ]);
-    thread::sleep(Duration::from_millis(800));
+    let (lo, fio) = randrw_depth_32_for("120");
     let mut samples = 0;
     for round in 0..4 {
         let probes = start_probes(Some(AttachKind::TpBtf));
