@@ -1,6 +1,6 @@
 //! The knee of a device's latency curve, learned online: each interval with enough
 //! completions adds its (load, p99) to a bin of load on a log scale; the unloaded p99
-//! is the lowest loads' p99; the knee is the load at which the curve first exceeds a
+//! is the floor of the lowest loads' p99; the knee is the load at which the curve first exceeds a
 //! configured multiple of it. Memory per device is the fixed set of bins.
 
 use serde::Serialize;
@@ -9,9 +9,11 @@ use serde::Serialize;
 const BINS_PER_DOUBLING: f64 = 3.0;
 /// Loads from 1/s to 2^20/s (a million IOPS).
 const BINS: usize = 61;
-/// The unloaded p99: the mean of the lowest this many populated bins' p99 (weighted
-/// by their intervals; a single quiet interval is not the floor).
-const UNLOADED_BINS: usize = 2;
+/// The unloaded p99: the lowest p99 among this many lowest-load populated bins. A
+/// stall of the device or its worker during a quiet interval only lifts a bin's p99
+/// (23.5 ms at 103 reads/s against 13.7 and 11.9 ms at 211 and 423/s in one sweep);
+/// a mean with it raised the doubling limit above the knee the curve really had.
+const UNLOADED_BINS: usize = 3;
 /// A bin's p99 follows new intervals with this weight (older ones fade out, so a
 /// device that changed, e.g. a new firmware or a fuller SSD, is learned again).
 const WEIGHT: f64 = 0.2;
@@ -102,16 +104,11 @@ impl KneeLearner {
                 intervals: b.intervals,
             })
             .collect();
-        let low = &curve[..curve.len().min(UNLOADED_BINS)];
-        let n: u64 = low.iter().map(|p| p.intervals).sum();
-        if n == 0 {
-            return None;
-        }
-        let unloaded = low
+        let unloaded = curve
             .iter()
-            .map(|p| p.p99_ns * p.intervals as f64)
-            .sum::<f64>()
-            / n as f64;
+            .take(UNLOADED_BINS)
+            .map(|p| p.p99_ns)
+            .min_by(f64::total_cmp)?;
         let limit = unloaded * self.multiple;
         // The last crossing: the curve stays above the limit from there on (a noisy
         // bin above it followed by calm ones is not the knee).
@@ -182,5 +179,29 @@ mod tests {
         let mut idle = KneeLearner::new(2.0, 1);
         idle.observe(0.0, 1e5);
         assert_eq!(idle.knee(), None);
+    }
+
+    /// A sweep from CI (2026-12-07): the first step's p99 was lifted by a stall of the
+    /// loop worker. The floor of the lowest bins still finds the knee the curve has.
+    #[test]
+    fn a_stalled_quiet_interval_does_not_hide_the_knee() {
+        let mut k = KneeLearner::new(2.0, 1);
+        let sweep = [
+            (103.0, 23.54),
+            (211.0, 13.71),
+            (423.0, 11.94),
+            (820.0, 14.98),
+            (1094.0, 36.03),
+            (1431.0, 41.00),
+            (1893.0, 37.08),
+            (2232.0, 34.91),
+        ];
+        for (load, p99_ms) in sweep {
+            k.observe(load, p99_ms * 1e6);
+        }
+        let knee = k.knee().unwrap();
+        assert_eq!(knee.unloaded_p99_ns, 11.94e6);
+        let found = knee.knee_load.expect("a knee");
+        assert!((900.0..1000.0).contains(&found), "knee at {found}");
     }
 }
