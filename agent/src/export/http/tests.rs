@@ -350,11 +350,12 @@ fn a_thousand_idle_connections_and_slowloris_do_not_delay_scrapes() {
         summary(&abused),
         summary(&again)
     );
-    // Starvation shows as requests waiting out timeouts (seconds); 1 s is far below that
-    // yet above what 400 client threads cost on a CI runner shared with builds.
+    // Starvation shows as requests waiting out the 5 s request timeout. Half of it is
+    // far below that, yet above what 400 client threads cost on a runner shared with
+    // builds (slowest 1.03 s at load 14, when the round unabused took 0.24 s).
     for took in [&abused, &again] {
         assert!(
-            took[took.len() - 1] < Duration::from_secs(1),
+            took[took.len() - 1] < REQUEST_TIMEOUT / 2,
             "{}",
             summary(took)
         );
