@@ -415,7 +415,6 @@ fn knee_from_a_fio_rate_sweep_matches_fios_own() {
     let Sweep {
         knee,
         fio_knee: theirs,
-        fio_unloaded,
         split,
         waited_share,
     } = sweep;
@@ -432,6 +431,7 @@ fn knee_from_a_fio_rate_sweep_matches_fios_own() {
             p.p99_ns / 1e6
         );
     }
+    let fio_unloaded = theirs.as_ref().map_or(f64::NAN, |k| k.unloaded_p99_ns);
     let theirs = theirs
         .and_then(|k| k.knee_load)
         .expect("fio's p99 doubles within the sweep");
@@ -455,7 +455,6 @@ struct Sweep {
     knee: nodepulse::capacity::knee::Knee,
     /// fio's, from its completion p99 per step, judged as the learner judges.
     fio_knee: Option<nodepulse::capacity::knee::Knee>,
-    fio_unloaded: f64,
     /// Requests per fio read (the block layer may split them).
     split: f64,
     /// fio's threads' run delay per second of the sweep.
@@ -543,11 +542,9 @@ fn sweep_knee(probes: &mut Probes, device: &LoopDevice) -> Sweep {
         i += 1;
     }
     device.wait_idle();
-    let fio_unloaded = (fio_points[0].1 + fio_points[1].1) / 2.0;
     Sweep {
         knee: learner.knee().expect("a curve"),
         fio_knee: fio_knee(&fio_points, 2.0),
-        fio_unloaded,
         split: (512 << 10) as f64 / (bytes as f64 / requests as f64),
         waited_share: fio_waited as f64 / fio_ran.as_nanos() as f64,
     }
