@@ -45,6 +45,11 @@ struct Args {
     /// Print every false alarm and every injection's outcome.
     #[arg(long)]
     explain: bool,
+    /// With two recordings of the same node and time (the harness's 1 s and 10 s
+    /// agents): list which alarms both raised (a shared series, opened within the
+    /// allowed windows of each other) and which only one did.
+    #[arg(long)]
+    compare: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +84,11 @@ fn main() -> anyhow::Result<()> {
         "{:<24} {:>6} {:>8} {:>7} {:>8} {:>10} {:>10} {:>10}",
         "recording", "hours", "steady h", "alarms", "per day", "≥2× ≤3 w", "all ≤3 w", "delay p50"
     );
+    if args.compare && args.recordings.len() != 2 {
+        anyhow::bail!("--compare takes two recordings of the same node and time");
+    }
+    // Per recording, per configuration: its alarms over their lives.
+    let mut lives: Vec<Vec<Vec<soak::AlarmLife>>> = Vec::new();
     for path in &args.recordings {
         let name = path.display().to_string();
         let file = File::open(path).with_context(|| format!("reading {name}"))?;
@@ -86,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         let mut meter = EffectMeter::new(&injections, args.before);
         let replays = replay_configs_with(&name, BufReader::new(file), &detect, |r| meter.add(r))?;
         let effects = meter.effects();
+        lives.push(Vec::new());
         for ((config_name, _), replayed) in configs.iter().zip(replays) {
             let row_name = path
                 .file_name()
@@ -99,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             // Rates count judged time only: no alarm can open while every series learns.
             let judged = (replayed.judged_from.unwrap_or(span.1).max(span.0), span.1);
             let opened = soak::opened(&events);
+            lives.last_mut().expect("pushed").push(soak::lives(&opened));
             let allowed = args.allowed_windows * args.window;
             let s = soak::score(&opened, &injections, judged, args.settle, allowed);
             let doubled = |i: usize| effects[i].as_ref().is_some_and(|e| e.ratio() >= 2.0);
@@ -171,7 +183,68 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    if args.compare {
+        let within = (args.allowed_windows * args.window * 1e9) as u64;
+        for (c, (config_name, _)) in configs.iter().enumerate() {
+            print_agreement(
+                config_name,
+                &args.recordings,
+                &lives[0][c],
+                &lives[1][c],
+                within,
+            );
+        }
+    }
     Ok(())
+}
+
+fn print_agreement(
+    config: &str,
+    paths: &[PathBuf],
+    first: &[soak::AlarmLife],
+    second: &[soak::AlarmLife],
+    within_ns: u64,
+) {
+    let name = |i: usize| {
+        paths[i]
+            .file_name()
+            .map_or(paths[i].display().to_string(), |n| {
+                n.to_string_lossy().into()
+            })
+    };
+    let a = soak::agreement(first, second, within_ns);
+    println!(
+        "[{config}] alarms raised by both: {}; only by {}: {}; only by {}: {}",
+        a.both.len(),
+        name(0),
+        a.only_first.len(),
+        name(1),
+        a.only_second.len()
+    );
+    for &(i, j) in &a.both {
+        let apart = first[i].at as f64 / 1e9 - second[j].at as f64 / 1e9;
+        println!(
+            "  both ({apart:+.0} s): {} {}",
+            rfc3339(first[i].at),
+            first[i].summary
+        );
+    }
+    for (which, only, lives) in [(0, &a.only_first, first), (1, &a.only_second, second)] {
+        for &i in only {
+            println!(
+                "  only {}: {} {}",
+                name(which),
+                rfc3339(lives[i].at),
+                lives[i].summary
+            );
+            for (family, labels) in lives[i].series.iter().filter(|_| lives[i].series.len() > 1) {
+                println!(
+                    "    with {}",
+                    nodepulse::detect::series_name(family, labels)
+                );
+            }
+        }
+    }
 }
 
 /// First and last report time of a recording (unix ns).

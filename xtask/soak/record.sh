@@ -1,7 +1,11 @@
 #!/bin/bash
 # The soak harness (run by `cargo xtask soak record`): steady real workloads and a
 # schedule of injected regressions, recorded by two nodepulse agents (1 s and 10 s).
-#   record.sh NODEPULSE DURATION_S OUT_DIR KVM_GUEST_PROCESS [inject|steady] [full|light]
+#   record.sh NODEPULSE DURATION_S OUT_DIR KVM_GUEST_PROCESS [inject|steady] [full|light] [LEARN_S]
+# Injections start a minute after LEARN_S (default 1200, the detector's default
+# learning_period: an injection while the series still learn is neither caught nor
+# missed), squeeze first (the one injection that moves request or run-queue p99 2x or
+# more), then every 10 minutes while an injection and 3 minutes after it still fit.
 # `light` keeps the soak's own cost low on a shared node: the CPU-contended cgroups run
 # at a quarter of the load (2x10 %, 1x5 %), the KVM guest starts every 5 s, not 1 s, the
 # tmpfs device's reader (40 % of a core at 1000 IOPS) runs at 250 IOPS, and the steady
@@ -10,7 +14,7 @@
 # device, cgroup per injection) and notes.log; removes its devices, cgroups and
 # processes on exit.
 set -u
-BIN=$1 DUR=$2 OUT=$3 GUEST=$4 MODE=${5:-inject} LOAD=${6:-full}
+BIN=$1 DUR=$2 OUT=$3 GUEST=$4 MODE=${5:-inject} LOAD=${6:-full} LEARN=${7:-1200}
 case $LOAD in
   full) CPU_LOAD=40 SQUEEZE_LOAD=20 VM_PAUSE=1 INJ_IOPS=1000 IMG_4M=256 ;;
   light) CPU_LOAD=10 SQUEEZE_LOAD=5 VM_PAUSE=5 INJ_IOPS=250 IMG_4M=64 ;;
@@ -93,11 +97,11 @@ squeeze() { # on | off
 }
 
 START=$(date +%s)
-KINDS=(reader writer throttle squeeze)
+KINDS=(squeeze reader writer throttle)
 i=0
 [ "$MODE" = steady ] && { log "steady only: no injections"; sleep "$DUR"; exit 0; }
-sleep 480
-while [ $(( $(date +%s) - START + 600 )) -lt "$DUR" ]; do
+sleep $((LEARN + 60))
+while [ $(( $(date +%s) - START + 120 + 180 )) -le "$DUR" ]; do
   kind=${KINDS[$((i % 4))]}
   s=$(date -u +%FT%TZ)
   log "inject $kind"

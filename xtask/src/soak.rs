@@ -38,6 +38,11 @@ enum Command {
         /// IOPS, 256 MiB files (see `xtask/soak/record.sh`).
         #[arg(long)]
         light: bool,
+        /// The learning period of the detector to be scored, in seconds: the first
+        /// injection comes a minute after it (one during learning is neither caught
+        /// nor missed). The default is the detector's default `learning_period`.
+        #[arg(long, default_value_t = 1200)]
+        learn: u64,
     },
     /// Score the detector on recordings (no root).
     Eval {
@@ -55,18 +60,22 @@ pub fn run(args: Args) -> Result<()> {
             out,
             steady_only,
             light,
-        } => record(duration, &out, steady_only, light),
+            learn,
+        } => record(duration, &out, steady_only, light, learn),
         Command::Eval { args } => util::run_agent_example("soak_eval", &args),
     }
 }
 
-fn record(duration: u64, out: &PathBuf, steady_only: bool, light: bool) -> Result<()> {
+fn record(duration: u64, out: &PathBuf, steady_only: bool, light: bool, learn: u64) -> Result<()> {
     if !util::is_root() {
         bail!("the soak harness needs root (loop devices, cgroups, probes); run it with sudo");
     }
-    if duration < 900 {
+    // One injection (2 min) and the 3 minutes it is scored over, after learning.
+    let least = learn + 60 + 300;
+    if duration < least {
         bail!(
-            "--duration {duration}: at least 900 s, so that injections follow a learned baseline"
+            "--duration {duration}: at least {least} s, so that an injection follows the \
+             {learn} s of learning (--learn)"
         );
     }
     println!("building nodepulse (release) and the KVM guest process ...");
@@ -97,7 +106,8 @@ fn record(duration: u64, out: &PathBuf, steady_only: bool, light: bool) -> Resul
             .arg(out)
             .arg(&guest)
             .arg(if steady_only { "steady" } else { "inject" })
-            .arg(if light { "light" } else { "full" }),
+            .arg(if light { "light" } else { "full" })
+            .arg(learn.to_string()),
     )
 }
 

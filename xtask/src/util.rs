@@ -25,10 +25,19 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// `cargo` with the workspace root as working directory, so tasks behave the same
-/// from any subdirectory.
+/// from any subdirectory, and without the package variables `cargo run` gave the xtask
+/// (`CARGO_PKG_NAME=xtask`, `CARGO_MANIFEST_DIR`, ...): build scripts that watch them
+/// (ring's) saw them change, so `cargo xtask soak record` rebuilt the whole release
+/// tree a plain `cargo build --release` had just built (15 minutes on the shared VM).
 pub fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace_root());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_MANIFEST_") {
+            cmd.env_remove(&*key);
+        }
+    }
     cmd
 }
 

@@ -6,8 +6,9 @@
 //! A series alarm joins an open incident of the same resource (block I/O, CPU, KVM
 //! exits, network) when its regression started within `group_within` of the
 //! incident's latest member (they shifted together), or when it is a device stacked on
-//! or under a member's device (known from sysfs) while the incident lasts. A CPU
-//! squeeze and a slow disk at the same minute stay two incidents. The incident keeps the id, trace and headline series of the alarm
+//! or under a member's device (known from sysfs) while the incident lasts. A cgroup's
+//! run queue and a disk join when their regressions start within
+//! `group_cpu_and_io_within`. The incident keeps the id, trace and headline series of the alarm
 //! that opened it, so its id stays stable while evidence is added; it resolves when
 //! every member has recovered.
 
@@ -709,15 +710,29 @@ mod tests {
         let out = incidents.absorb(vec![node.clone(), loop1.clone()], t, &config);
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].family, "sched.runqueue.latency");
-        // One cgroup's CPU (a cpu.max squeeze) and a disk in the same minute are two.
-        let squeeze = alarm_of(
-            "cgroup.runqueue.latency",
-            &[("cgroup", "/batch")],
-            t,
-            AlarmState::Open,
-        );
+        // One cgroup's CPU and a disk starting in the same minute are one incident
+        // (`group_cpu_and_io_within`, 2 min); two when that is off, or far apart.
+        let cgroup = |start| {
+            alarm_of(
+                "cgroup.runqueue.latency",
+                &[("cgroup", "/batch")],
+                start,
+                AlarmState::Open,
+            )
+        };
         let mut incidents = Incidents::default();
-        let out = incidents.absorb(vec![loop1.clone(), squeeze], t, &config);
+        let out = incidents.absorb(vec![loop1.clone(), cgroup(t + MIN)], t, &config);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].related.len(), 2);
+        let mut incidents = Incidents::default();
+        let out = incidents.absorb(vec![loop1.clone(), cgroup(t + 3 * MIN)], t, &config);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let apart = DetectConfig {
+            group_cpu_and_io_within: std::time::Duration::ZERO,
+            ..DetectConfig::default()
+        };
+        let mut incidents = Incidents::default();
+        let out = incidents.absorb(vec![loop1.clone(), cgroup(t)], t, &apart);
         assert_eq!(out.len(), 2, "{out:?}");
         // The node's run queue long after the disk's incident opened: its own.
         let mut incidents = Incidents::default();

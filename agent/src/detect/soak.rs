@@ -208,6 +208,66 @@ pub fn opened(events: &[(u64, Alarm)]) -> Vec<Opened> {
     out
 }
 
+/// One alarm (an incident) over its life: when it opened, its headline, and every
+/// series it held at any time.
+#[derive(Clone, Debug)]
+pub struct AlarmLife {
+    pub at: u64,
+    pub summary: String,
+    pub series: Vec<SeriesName>,
+}
+
+/// The alarms of `opened` (series joining later added to their alarm's), in order.
+pub fn lives(opened: &[Opened]) -> Vec<AlarmLife> {
+    let mut out: Vec<AlarmLife> = Vec::new();
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in opened {
+        if o.new_alarm {
+            index.insert(&o.id, out.len());
+            out.push(AlarmLife {
+                at: o.at,
+                summary: o.summary.clone(),
+                series: o.series.clone(),
+            });
+        } else if let Some(&i) = index.get(o.id.as_str()) {
+            out[i].series.extend(o.series.iter().cloned());
+        }
+    }
+    out
+}
+
+/// Which alarms two replays of the same stretch of a node (two agents at different
+/// intervals) raised alike: pairs (indices into `first` and `second`) that share a
+/// series and opened within `within_ns` of each other, and the alarms of each with no
+/// such counterpart.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Agreement {
+    pub both: Vec<(usize, usize)>,
+    pub only_first: Vec<usize>,
+    pub only_second: Vec<usize>,
+}
+
+pub fn agreement(first: &[AlarmLife], second: &[AlarmLife], within_ns: u64) -> Agreement {
+    let mut out = Agreement::default();
+    let mut taken = vec![false; second.len()];
+    for (i, a) in first.iter().enumerate() {
+        let partner = second.iter().enumerate().position(|(j, b)| {
+            !taken[j]
+                && a.at.abs_diff(b.at) <= within_ns
+                && a.series.iter().any(|s| b.series.contains(s))
+        });
+        match partner {
+            Some(j) => {
+                taken[j] = true;
+                out.both.push((i, j));
+            }
+            None => out.only_first.push(i),
+        }
+    }
+    out.only_second = (0..second.len()).filter(|&j| !taken[j]).collect();
+    out
+}
+
 /// The score of one replay.
 #[derive(Clone, Debug, Default)]
 pub struct Score {
@@ -419,6 +479,27 @@ mod tests {
         assert!((reader.ratio() - 2.0).abs() < 0.2, "{reader:?}");
         // Nothing recorded around the second one.
         assert_eq!(effects[1], None);
+    }
+
+    #[test]
+    fn alarms_of_two_intervals_agree_by_series_and_time() {
+        let loop1 = |t| at(T0 + t * S, "block.io.latency", &[("device", "loop1")]);
+        let run = |t| at(T0 + t * S, "sched.runqueue.latency", &[]);
+        // The 1 s agent: loop1 at 100 s, joined by the run queue (one incident), and
+        // the run queue alone at 900 s.
+        let mut joined = run(130);
+        joined.id = format!("{}", T0 + 100 * S);
+        joined.new_alarm = false;
+        let one = lives(&[loop1(100), joined, run(900)]);
+        assert_eq!(one.len(), 2);
+        assert_eq!(one[0].series.len(), 2);
+        // The 10 s agent: the run queue at 150 s (the same incident, headed otherwise),
+        // loop1 at 2000 s (no counterpart in time).
+        let ten = lives(&[run(150), loop1(2000)]);
+        let a = agreement(&one, &ten, 90 * S);
+        assert_eq!(a.both, vec![(0, 0)]);
+        assert_eq!(a.only_first, vec![1]);
+        assert_eq!(a.only_second, vec![1]);
     }
 
     #[test]
