@@ -34,11 +34,21 @@ pub const KVM_UNREAD_REASON: u32 = 8;
 /// read, or a CPU numbered beyond `sched::RUNQ_MAX_CPUS`.
 pub const RUNQ_UNRECORDED: u32 = 9;
 
+/// Switch-ins the run-queue program did not see, found at the task's next switch-in
+/// it saw (the kernel's arrival count had grown by more than one): their waits are in
+/// that next sample, which stands for all of them, so the samples are this many fewer
+/// than the arrivals.
+pub const RUNQ_SWITCH_INS_UNSEEN: u32 = 10;
+
+/// Switch-ins of tasks the run-queue program could not remember (a failed insert into
+/// its task map): their samples are the wait on the last queue only.
+pub const RUNQ_TASKS_UNREMEMBERED: u32 = 11;
+
 /// Size of the counters array; room for more probe families.
 pub const COUNT: u32 = 16;
 
 /// Human-readable names, indexed like the counters.
-pub const NAMES: [(u32, &str); 10] = [
+pub const NAMES: [(u32, &str); 12] = [
     (BLOCK_UNMATCHED, "block_unmatched_completions"),
     (BLOCK_SLOT_COLLISION, "block_inflight_collisions"),
     (BLOCK_SERIES_FULL, "block_series_map_full"),
@@ -49,4 +59,6 @@ pub const NAMES: [(u32, &str); 10] = [
     (BLOCK_COMPLETION_UNSEEN, "block_completions_unseen"),
     (KVM_UNREAD_REASON, "kvm_exit_reasons_unread"),
     (RUNQ_UNRECORDED, "runqueue_changes_unrecorded"),
+    (RUNQ_SWITCH_INS_UNSEEN, "runqueue_switch_ins_unseen"),
+    (RUNQ_TASKS_UNREMEMBERED, "runqueue_tasks_unremembered"),
 ];

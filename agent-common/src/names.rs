@@ -56,6 +56,7 @@ pub const MAP_VCPU_PENDING: &str = "VCPU_PENDING";
 pub const MAP_VCPU_FLAG: &str = "VCPU_FLAG";
 pub const MAP_VCPU_THREADS: &str = "VCPU_THREADS";
 pub const MAP_RUNQ_SATURATION: &str = "RUNQ_SATURATION";
+pub const MAP_RUNQ_TASKS: &str = "RUNQ_TASKS";
 
 pub const GLOBAL_SCHED_LAYOUT: &str = "SCHED_LAYOUT";
 pub const GLOBAL_KVM_EXIT_LAYOUT: &str = "KVM_EXIT_LAYOUT";
@@ -65,6 +66,8 @@ pub const PROG_SCHED_SWITCH_BTF: &str = "sched_switch_btf";
 pub const PROG_SCHED_SWITCH_RAW: &str = "sched_switch_raw";
 pub const PROG_RUNQ_NR_RUNNING_BTF: &str = "runq_nr_running_btf";
 pub const PROG_RUNQ_NR_RUNNING_RAW: &str = "runq_nr_running_raw";
+pub const PROG_RUNQ_TASK_FREE_BTF: &str = "runq_task_free_btf";
+pub const PROG_RUNQ_TASK_FREE_RAW: &str = "runq_task_free_raw";
 
 pub const PROG_KVM_USER_EXIT_BTF: &str = "kvm_user_exit_btf";
 pub const PROG_KVM_RUN_BTF: &str = "kvm_run_btf";

@@ -11,6 +11,12 @@ pub struct SchedLayout {
     /// `task_struct`.`sched_info.last_queued`: when the task was last enqueued, in the
     /// run queue's clock (`rq_clock()`), 0 once it runs
     pub task_last_queued: u32,
+    /// `task_struct`.`sched_info.run_delay` and `.pcount`: the kernel's total wait and
+    /// arrivals of the task, and `task_struct`.`start_time`, which tells a task from an
+    /// earlier one with the same thread id
+    pub task_run_delay: u32,
+    pub task_pcount: u32,
+    pub task_start_time: u32,
     /// `task_struct`.`se.cfs_rq`, `cfs_rq`.`rq`, `rq`.`clock`: the clock `last_queued`
     /// is measured against, as the scheduler itself reads it
     pub task_cfs_rq: u32,
@@ -44,7 +50,7 @@ pub struct SchedLayout {
     /// program does no saturation work.
     pub runq: u32,
 }
-plain_data!(SchedLayout, 19 * 4);
+plain_data!(SchedLayout, 22 * 4);
 
 pub const DELAYED_NONE: u32 = 0;
 pub const DELAYED_COUNT: u32 = 1;
@@ -82,6 +88,27 @@ impl RunqCpu {
     }
 }
 
+/// What the run-queue probe remembers of a task (by thread id) between the switch-ins
+/// it sees: the task's `sched_info` totals once the last seen arrival is accounted
+/// (`sched_info_arrive()` runs right after the tracepoint). The next switch-in's wait is
+/// the kernel's run-delay growth since then, parts accounted at a migration included.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunqTask {
+    /// `task_struct.start_time`: a thread id reused by a new task is not this one.
+    pub start_time: u64,
+    /// `sched_info.run_delay` after that arrival (ns).
+    pub run_delay: u64,
+    /// `sched_info.pcount` (arrivals) after it: a larger count at the next switch-in
+    /// means switch-ins the program did not see.
+    pub pcount: u64,
+}
+plain_data!(RunqTask, 3 * 8);
+
+/// Tasks the run-queue probe remembers (an LRU map: the least recently switched-in
+/// task is forgotten first, and then falls back to its last queue's wait once).
+pub const RUNQ_MAX_TASKS: u32 = 65_536;
+
 /// CPUs the saturation map has room for; a CPU numbered beyond is counted
 /// (`counters::RUNQ_UNRECORDED`), not recorded.
 pub const RUNQ_MAX_CPUS: u32 = 1024;
@@ -94,6 +121,9 @@ impl SchedLayout {
         task_pid: 0,
         task_tgid: 0,
         task_last_queued: 0,
+        task_run_delay: 0,
+        task_pcount: 0,
+        task_start_time: 0,
         task_cfs_rq: 0,
         cfs_rq_rq: 0,
         rq_clock: 0,

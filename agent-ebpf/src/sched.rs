@@ -8,11 +8,22 @@
 //!
 //! No wakeup hook and no timestamp map: the scheduler already records when a task was
 //! queued (`sched_info.last_queued`, set on wakeup, on new tasks and when a preempted
-//! task stays runnable) in the run queue's clock. At switch-in the wait is
-//! `rq->clock - next->sched_info.last_queued`, exactly the delta the kernel adds to
-//! `/proc/<pid>/schedstat`'s run_delay. One program, no helper call, no map update on
-//! the wakeup path. A task migrated while waiting is measured from its arrival on the
-//! queue it runs from, as sched_info itself accounts each queue.
+//! task stays runnable) in the run queue's clock. At switch-in the last part of the
+//! wait is `rq->clock - next->sched_info.last_queued`, exactly the delta
+//! `sched_info_arrive()` adds to `/proc/<pid>/schedstat`'s run_delay right after the
+//! tracepoint. Nothing runs on the wakeup path.
+//!
+//! A task moved to another CPU while it waits (the load balancer pulls waiting tasks)
+//! has its wait so far added to run_delay at the dequeue (`sched_info_dequeue()`) and a
+//! new `last_queued` on the new queue, so the last part alone is short. The program
+//! therefore remembers per task (`RUNQ_TASKS`, by thread id) what run_delay and the
+//! arrival count (`pcount`) will be once this arrival is accounted; at the next
+//! switch-in the wait is run_delay's growth since then plus the new last part: the
+//! kernel's own wait, every part included. An arrival count grown by more than one
+//! means switch-ins the kernel did not run the program for: their waits are
+//! in this sample, and their number is counted. A task seen for the first time gives
+//! the last part alone. `sched_process_free` forgets a task; an LRU map bounds what a
+//! missed free leaves behind.
 //!
 //! Run-queue saturation (per CPU: time with at least one task queued and not running)
 //! is kept from the kernel's own counts rather than from task events: at a change the
@@ -50,20 +61,20 @@ use agent_common::{
     hist::Histogram,
     kvm::MAX_VCPU_THREADS,
     sched::{
-        CGROUP_V2, DELAYED_COUNT, DELAYED_QUEUED_MINUS_RUNNABLE, RUNQ_MAX_CPUS, RunqCpu,
-        SchedLayout,
+        CGROUP_V2, DELAYED_COUNT, DELAYED_QUEUED_MINUS_RUNNABLE, RUNQ_MAX_CPUS, RUNQ_MAX_TASKS,
+        RunqCpu, RunqTask, SchedLayout,
     },
     sparse::family,
 };
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
 use crate::shared::{
-    DirectRead, KernelRead, ProbeRead, add_sample, count, global, now_ns, record_sparse,
+    DirectRead, KernelRead, ProbeRead, add_sample, count, count_by, global, now_ns, record_sparse,
 };
 
 /// Host-wide histogram: one entry, per CPU.
@@ -87,6 +98,12 @@ pub static VCPU_FLAG: Array<u32> = Array::with_max_entries(1, 0);
 /// kernel page-aligns the values: each 64-byte record is a cache line of its own.
 #[map(name = "RUNQ_SATURATION")]
 static RUNQ_SATURATION: Array<RunqCpu> = Array::with_max_entries(RUNQ_MAX_CPUS, BPF_F_MMAPABLE);
+
+/// Per thread id: the task's `sched_info` totals after the last arrival the switch
+/// program saw. Written only at that task's switch-in (one CPU at a time, under its run
+/// queue's lock) and removed when the task is freed.
+#[map(name = "RUNQ_TASKS")]
+static RUNQ_TASKS: LruHashMap<u32, RunqTask> = LruHashMap::with_max_entries(RUNQ_MAX_TASKS, 0);
 
 /// `BPF_F_MMAPABLE` (5.5+).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -195,7 +212,7 @@ fn on_switch<R: KernelRead>(next: u64) {
     if queued == 0 || now < queued {
         return;
     }
-    let wait = now - queued;
+    let wait = task_wait::<R>(next, &l, now - queued);
 
     if let Some(h) = SCHED_LATENCY.get_ptr_mut(0) {
         // SAFETY: this CPU's element of a per-CPU array, valid while the program runs
@@ -212,6 +229,67 @@ fn on_switch<R: KernelRead>(next: u64) {
         && let Some(&vmm) = unsafe { VCPU_THREADS.get(pid) }
     {
         record_sparse(family::SCHED_VM, vmm as u64, 0, wait);
+    }
+}
+
+/// The wait of `task` that ends at this switch-in: the growth of its run_delay since
+/// the last arrival the program saw, plus `last_part` (what `sched_info_arrive()` adds
+/// after the tracepoint). So the parts the scheduler accounted when it moved the
+/// waiting task between CPUs are in it, as are the waits of switch-ins the program did
+/// not see (counted). A task not remembered gives `last_part` alone.
+#[inline(always)]
+fn task_wait<R: KernelRead>(task: u64, l: &SchedLayout, last_part: u64) -> u64 {
+    let (Some(pid), Some(start_time), Some(run_delay), Some(pcount)) = (
+        R::read::<u32>(task, l.task_pid),
+        R::read::<u64>(task, l.task_start_time),
+        R::read::<u64>(task, l.task_run_delay),
+        R::read::<u64>(task, l.task_pcount),
+    ) else {
+        count(counters::RUNQ_TASKS_UNREMEMBERED);
+        return last_part;
+    };
+    let after = RunqTask {
+        start_time,
+        run_delay: run_delay + last_part,
+        pcount: pcount + 1,
+    };
+    let Some(seen) = RUNQ_TASKS.get_ptr_mut(pid) else {
+        if RUNQ_TASKS.insert(pid, after, 0).is_err() {
+            count(counters::RUNQ_TASKS_UNREMEMBERED);
+        }
+        return last_part;
+    };
+    // SAFETY: a value of the task map, valid while the program runs; only this task's
+    // switch-in writes it, and a task is switched in on one CPU at a time.
+    let seen = unsafe { &mut *seen };
+    // Another task with this id (its predecessor's free was missed) starts afresh.
+    let same = seen.start_time == start_time && run_delay >= seen.run_delay;
+    let wait = if same && pcount >= seen.pcount {
+        if pcount > seen.pcount {
+            count_by(counters::RUNQ_SWITCH_INS_UNSEEN, pcount - seen.pcount);
+        }
+        run_delay - seen.run_delay + last_part
+    } else {
+        last_part
+    };
+    *seen = after;
+    wait
+}
+
+/// Forgets a freed task, unless its thread id already belongs to a newer task.
+#[inline(always)]
+fn on_task_free<R: KernelRead>(task: u64) {
+    let l = global(&SCHED_LAYOUT);
+    let (Some(pid), Some(start_time)) = (
+        R::read::<u32>(task, l.task_pid),
+        R::read::<u64>(task, l.task_start_time),
+    ) else {
+        return;
+    };
+    // SAFETY: the value is copied out at once; a concurrent rewrite by the id's new
+    // task changes its start time, which then does not match.
+    if unsafe { RUNQ_TASKS.get(pid) }.is_some_and(|t| t.start_time == start_time) {
+        let _ = RUNQ_TASKS.remove(pid);
     }
 }
 
@@ -272,5 +350,22 @@ pub fn runq_nr_running_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn runq_nr_running_raw(ctx: RawTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
     on_nr_running::<ProbeRead>(rq);
+    0
+}
+
+// `sched_process_free(struct task_struct *p)`, fired from the RCU callback that frees
+// the task (`delayed_put_task_struct()`); present since before 5.10, attached on 6.18
+// (the kernel matrix has not run it yet).
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn runq_task_free_btf(ctx: BtfTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    on_task_free::<DirectRead>(task as u64);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_free")]
+pub fn runq_task_free_raw(ctx: RawTracePointContext) -> i32 {
+    let task: u64 = ctx.arg(0);
+    on_task_free::<ProbeRead>(task);
     0
 }

@@ -79,11 +79,16 @@ pub fn atomic_add(p: *mut u64, v: u64) {
 
 #[inline(always)]
 pub fn count(counter: u32) {
+    count_by(counter, 1);
+}
+
+#[inline(always)]
+pub fn count_by(counter: u32, n: u64) {
     if let Some(c) = PROBE_COUNTERS.get_ptr_mut(counter) {
         // SAFETY: `c` is this CPU's value in a per-CPU array, valid while the program
         // runs; no other CPU writes it and the program is not re-entered on this CPU,
         // so a plain add is enough.
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }
 

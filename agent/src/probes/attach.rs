@@ -139,6 +139,12 @@ pub struct Variant {
     pub unavailable: Option<String>,
 }
 
+impl Variant {
+    pub fn program_names(&self) -> Vec<&'static str> {
+        self.programs.iter().map(|p| p.program).collect()
+    }
+}
+
 /// A failed attempt, kept for `check`, logs and self-metrics.
 #[derive(Clone, Debug, Serialize)]
 pub struct Attempt {
@@ -167,7 +173,7 @@ pub fn attach_first(ebpf: &mut Ebpf, btf: Option<&Btf>, variants: &[Variant]) ->
             });
             continue;
         }
-        let names: Vec<&'static str> = variant.programs.iter().map(|p| p.program).collect();
+        let names = variant.program_names();
         // An earlier run of this layout left the variant attached: it keeps running.
         if super::pins::with(|pins| pins.is_some_and(|p| p.adopt(&names))) {
             return Attached {

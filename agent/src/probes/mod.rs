@@ -153,6 +153,9 @@ pub trait Probe: Any {
     fn on_interval(&mut self, _interval: &mut Interval<'_>) {}
     /// Deletes what the probe's own maps hold for entities whose series ended.
     fn forget(&mut self, _ended: &[Entity]) {}
+    /// Its programs were detached (SIGHUP disabled the probe): what they keep from one
+    /// event to the next goes stale while they do not run.
+    fn detached(&mut self) {}
 }
 
 /// Attach state of one probe family, for the console, self-metrics and `check`.
@@ -405,11 +408,12 @@ impl Probes {
                 };
                 match (on, running) {
                     (false, Some(i)) => {
-                        let probe = self.probes.remove(i);
+                        let mut probe = self.probes.remove(i);
                         for &program in &probe.attached().programs {
                             attach::unload(&mut self.ebpf, program);
                             pins::with(|pins| pins.map(|p| p.clear(program)));
                         }
+                        probe.detached();
                         tracing::info!(probe = plan.probe, "probe detached (disabled)");
                         if probe.attached().kind.is_some() {
                             self.parked.push(probe);

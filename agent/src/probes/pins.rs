@@ -142,11 +142,7 @@ impl Pins {
     /// layout attached it), keeps them: the probe runs on without a gap. Returns
     /// whether it did.
     pub fn adopt(&mut self, probe_programs: &[&'static str]) -> bool {
-        if probe_programs.is_empty()
-            || !probe_programs
-                .iter()
-                .all(|p| self.link_path(p).exists() && self.prog_path(p).exists())
-        {
+        if !self.has_links(probe_programs) {
             return false;
         }
         for &program in probe_programs {
@@ -159,6 +155,15 @@ impl Pins {
         }
         self.adopted.extend_from_slice(probe_programs);
         true
+    }
+
+    /// Whether every one of `programs` has a pinned link and program: an earlier run
+    /// of this layout left them running, and [`Self::adopt`] keeps them.
+    pub fn has_links(&self, programs: &[&str]) -> bool {
+        !programs.is_empty()
+            && programs
+                .iter()
+                .all(|p| self.link_path(p).exists() && self.prog_path(p).exists())
     }
 
     /// Removes what an earlier, interrupted run may have left of a program before it

@@ -11,7 +11,7 @@ use agent_common::{
     hist::Histogram,
     kvm::VcpuPending,
     names,
-    sched::RunqCpu,
+    sched::{RunqCpu, RunqTask},
     sparse::{SparseCell, SparseKey},
 };
 
@@ -82,6 +82,7 @@ pub fn maps() -> Vec<MapKind> {
         kind::<u32, u32>(names::MAP_VCPU_FLAG, State, 0),
         kind::<u32, VcpuPending>(names::MAP_VCPU_PENDING, State, 0),
         kind::<u32, RunqCpu>(names::MAP_RUNQ_SATURATION, Counts, 0),
+        kind::<u32, RunqTask>(names::MAP_RUNQ_TASKS, State, 0),
         kind::<u32, u64>(names::MAP_PROBE_COUNTERS, Counts, 0),
         kind::<SparseKey, SparseCell>(names::MAP_SPARSE_HIST, Counts, 0),
         kind::<(), ()>(names::MAP_OUTLIERS, State, 0),

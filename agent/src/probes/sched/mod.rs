@@ -5,24 +5,26 @@
 mod config;
 mod registry;
 
+use std::borrow::BorrowMut;
+
 use agent_common::{
     hist::Histogram,
     names,
     sched::{
         CGROUP_V1_CPU, CGROUP_V2, DELAYED_COUNT, DELAYED_NONE, DELAYED_QUEUED_MINUS_RUNNABLE,
-        RunqCpu, SchedLayout,
+        RunqCpu, RunqTask, SchedLayout,
     },
     sparse::family,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
 };
 
 use super::{
     Layouts, Probe, ReadContext, Reading,
     attach::{AttachKind, Attached, Hook, ProgramSpec, Variant, attach_first},
-    sparse,
+    pins, sparse,
 };
 use crate::{
     aggregate::{Entity, EntityState, ExpHistogram, SeriesKey, TrackedCounter},
@@ -76,11 +78,15 @@ impl Layouts for SchedLayouts {
         let no_tracepoint = "the classic sched_switch record has no task pointer to read \
                              the scheduler's enqueue time from"
             .to_owned();
-        // Run-queue saturation, when asked for, where the kernel lets BPF attach to its
-        // bare tracepoint (the switch program does the rest).
+        // The switch program and the one that forgets freed tasks; run-queue
+        // saturation, when asked for, where the kernel lets BPF attach to its bare
+        // tracepoint (the switch program does the rest).
         let runq = self.runq_kept();
-        let programs = |switch, nr_running, hook: fn(&'static str) -> Hook| {
-            let mut p = vec![spec(switch, hook("sched_switch"))];
+        let programs = |[switch, free, nr_running]: [&'static str; 3], hook: fn(&'static str) -> Hook| {
+            let mut p = vec![
+                spec(switch, hook("sched_switch")),
+                spec(free, hook("sched_process_free")),
+            ];
             if runq {
                 p.push(spec(nr_running, hook("sched_update_nr_running_tp")));
             }
@@ -90,8 +96,11 @@ impl Layouts for SchedLayouts {
             Variant {
                 kind: AttachKind::TpBtf,
                 programs: programs(
-                    names::PROG_SCHED_SWITCH_BTF,
-                    names::PROG_RUNQ_NR_RUNNING_BTF,
+                    [
+                        names::PROG_SCHED_SWITCH_BTF,
+                        names::PROG_RUNQ_TASK_FREE_BTF,
+                        names::PROG_RUNQ_NR_RUNNING_BTF,
+                    ],
                     Hook::TpBtf,
                 ),
                 unavailable: missing.clone(),
@@ -99,8 +108,11 @@ impl Layouts for SchedLayouts {
             Variant {
                 kind: AttachKind::RawTracepoint,
                 programs: programs(
-                    names::PROG_SCHED_SWITCH_RAW,
-                    names::PROG_RUNQ_NR_RUNNING_RAW,
+                    [
+                        names::PROG_SCHED_SWITCH_RAW,
+                        names::PROG_RUNQ_TASK_FREE_RAW,
+                        names::PROG_RUNQ_NR_RUNNING_RAW,
+                    ],
                     Hook::Raw,
                 ),
                 unavailable: missing,
@@ -137,6 +149,9 @@ fn layout(btf: &Btf, v2: bool, saturation: bool) -> Result<SchedLayout, String> 
         task_tgid: off("task_struct", "tgid")?,
         task_last_queued: off("task_struct", "sched_info.last_queued")
             .map_err(|e| format!("{e} (the kernel needs CONFIG_SCHED_INFO)"))?,
+        task_run_delay: off("task_struct", "sched_info.run_delay")?,
+        task_pcount: off("task_struct", "sched_info.pcount")?,
+        task_start_time: off("task_struct", "start_time")?,
         task_cfs_rq: off("task_struct", "se.cfs_rq")?,
         cfs_rq_rq: off("cfs_rq", "rq")
             .map_err(|e| format!("{e} (the kernel needs CONFIG_FAIR_GROUP_SCHED)"))?,
@@ -194,6 +209,8 @@ pub struct SchedProbe {
     attached: Attached,
     host: Option<PerCpuArray<MapData, Histogram>>,
     runq: Option<Array<MapData, RunqCpu>>,
+    /// `RUNQ_TASKS` (an LRU hash, which aya reads as a hash map).
+    tasks: Option<HashMap<MapData, u32, RunqTask>>,
     /// The last saturated time reported per CPU: a read racing the kernel closing a
     /// period can see the total before the close and the period already closed; the
     /// counter never goes back (the difference is made up at the next read).
@@ -211,7 +228,24 @@ impl SchedProbe {
         only: Option<AttachKind>,
         schedstat_reference: bool,
     ) -> Self {
-        let attached = attach_first(ebpf, btf, &layouts.variants(only));
+        let variants = layouts.variants(only);
+        // Programs attached afresh must not read what an earlier run left in a pinned
+        // task map (a task's first sample would hold every wait since): unless they are
+        // adopted running, the map starts empty.
+        let adopting = pins::with(|pins| {
+            pins.is_some_and(|p| {
+                variants
+                    .iter()
+                    .any(|v| v.unavailable.is_none() && p.has_links(&v.program_names()))
+            })
+        });
+        if !adopting
+            && let Some(map) = ebpf.map_mut(names::MAP_RUNQ_TASKS)
+            && let Ok(mut tasks) = HashMap::try_from(map)
+        {
+            forget_tasks(&mut tasks);
+        }
+        let attached = attach_first(ebpf, btf, &variants);
         let host = attached
             .kind
             .and_then(|_| ebpf.take_map(names::MAP_SCHED_LATENCY))
@@ -221,10 +255,15 @@ impl SchedProbe {
             .filter(|_| layouts.runq_kept())
             .and_then(|_| ebpf.take_map(names::MAP_RUNQ_SATURATION))
             .and_then(|m| Array::try_from(m).ok());
+        let tasks = attached
+            .kind
+            .and_then(|_| ebpf.take_map(names::MAP_RUNQ_TASKS))
+            .and_then(|m| HashMap::try_from(m).ok());
         Self {
             attached,
             host,
             runq,
+            tasks,
             saturated: Vec::new(),
             bracketed: schedstat_reference.then_some(0),
         }
@@ -249,6 +288,13 @@ impl SchedProbe {
         Ok(out)
     }
 
+    /// What the switch program remembers of thread `tid`: its run_delay and arrival
+    /// count once the last switch-in the program saw was accounted. Beside the kernel's
+    /// own (`/proc/<tid>/schedstat`) it says which waits the program has not seen yet.
+    pub fn remembered(&self, tid: u32) -> Option<RunqTask> {
+        self.tasks.as_ref()?.get(&tid, 0).ok()
+    }
+
     /// [`Self::saturated_now`], never below what was reported before. `snapshot`: a
     /// hand-over's read of another set's copy, which must not move this run's floor.
     fn read_saturated(&mut self, snapshot: bool) -> Result<Vec<(u32, u64)>, String> {
@@ -268,9 +314,27 @@ impl SchedProbe {
     }
 }
 
+/// Empties the task map: run while none of the programs runs, so nothing is inserted
+/// meanwhile.
+fn forget_tasks<T: BorrowMut<MapData>>(tasks: &mut HashMap<T, u32, RunqTask>) {
+    let tids: Vec<u32> = tasks.keys().filter_map(Result::ok).collect();
+    for tid in tids {
+        let _ = tasks.remove(&tid);
+    }
+}
+
 impl Probe for SchedProbe {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    /// The switch program's memory of each task would otherwise date from before the
+    /// detach, and a task's first sample after the next attach would hold every wait
+    /// in between.
+    fn detached(&mut self) {
+        if let Some(tasks) = &mut self.tasks {
+            forget_tasks(tasks);
+        }
     }
 
     fn attached(&self) -> &Attached {
