@@ -355,7 +355,7 @@ pub fn runq_nr_running_raw(ctx: RawTracePointContext) -> i32 {
 
 // `sched_process_free(struct task_struct *p)`, fired from the RCU callback that frees
 // the task (`delayed_put_task_struct()`); present since before 5.10, attached on 6.18
-// (the kernel matrix has not run it yet).
+// and on every kernel of the matrix (5.10, 5.15, 6.1, 6.8, 6.12).
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn runq_task_free_btf(ctx: BtfTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
