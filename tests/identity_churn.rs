@@ -148,9 +148,10 @@ fn a_vm_that_exits_mid_interval_is_counted_once_under_its_name() {
     let mut agent = Agent::start(&["kvm", "sched"]);
     let name = format!("churn-{}", std::process::id());
     let uuid = "6a1c3c5e-2f4b-4f57-9b7e-3e2d1c0b9a87";
-    // Long enough to span interval boundaries (the agent names it while it runs),
-    // short enough to end mid-interval.
-    let iterations = 60_000u64;
+    // Long enough to span two interval boundaries (the agent names it while it runs:
+    // 60,000 rounds took 1.0-1.1 s here, and a VM that lives between two reads is never
+    // seen alive), short enough to end mid-interval.
+    let iterations = 180_000u64;
     let started = Instant::now();
     let guest = Command::new(guest_process_path())
         .args([

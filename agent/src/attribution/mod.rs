@@ -126,9 +126,9 @@ impl Attribution {
         }
     }
 
-    /// Labels of the VM whose VMM process is `pid`.
-    pub fn vm_labels(&mut self, pid: u32) -> Vec<(&'static str, String)> {
-        self.vms.labels(pid)
+    /// Labels of the VM whose VMM process is `pid`, and whether it runs now.
+    pub fn vm_lookup(&mut self, pid: u32) -> vms::VmLookup {
+        self.vms.lookup(pid)
     }
 
     /// Called once per interval: forgets processes that exited, and has each device's

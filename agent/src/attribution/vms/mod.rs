@@ -62,6 +62,16 @@ pub enum VmError {
     NoDomain,
     #[error("domain XML has no <name>")]
     NoName,
+    #[error("{path} is empty: the process is exiting")]
+    Exiting { path: PathBuf },
+}
+
+/// A VM's labels as resolved now.
+pub struct VmLookup {
+    pub labels: Labels,
+    /// The process runs and the labels were read from it now (not the fallback of a
+    /// process that is exiting or gone).
+    pub running: bool,
 }
 
 /// What QEMU's command line says about the guest.
@@ -315,39 +325,57 @@ impl VmResolver {
     /// Labels for the VM owning `pid`: `vm`, and when known `vm.uuid` and Nova's
     /// `nova.instance.name`, `nova.flavor`, `nova.project.id`, `nova.project.name`.
     /// A process that is not QEMU, or cannot be read, is `vm=pid:<pid>`.
+    pub fn labels(&mut self, pid: u32) -> Vec<(&'static str, String)> {
+        self.lookup(pid).labels
+    }
+
+    /// [`Self::labels`], and whether they describe a process that runs now. A process
+    /// on its way out still has a `/proc` entry and is not yet a zombie after the
+    /// kernel has released its memory (and with it the command line), while its VM is
+    /// torn down: labels read then are the fallback, and must not replace the name the
+    /// VM ran under.
     ///
     /// The cache is keyed by the process start time, checked on every call, so a pid
     /// reused by another process is resolved again.
-    pub fn labels(&mut self, pid: u32) -> Vec<(&'static str, String)> {
+    pub fn lookup(&mut self, pid: u32) -> VmLookup {
+        let unresolved = |pid| VmLookup {
+            labels: fallback_labels(pid),
+            running: false,
+        };
         let start_time = match self.start_time(pid) {
             Ok(t) => t,
             Err(error) => {
                 tracing::debug!(pid, %error, "cannot read process start time");
-                return fallback_labels(pid);
+                return unresolved(pid);
             }
         };
-        if let Some(entry) = self.cache.get(&pid)
-            && entry.start_time == start_time
-        {
-            return entry.labels.clone();
-        }
-        let (labels, provisional) = match self.resolve(pid) {
-            Ok(resolved) => resolved,
-            Err(error) => {
-                // Most likely the process exited meanwhile; nothing worth caching.
-                tracing::debug!(pid, %error, "cannot read process command line");
-                return fallback_labels(pid);
-            }
+        let cached = match self.cache.get(&pid) {
+            Some(entry) if entry.start_time == start_time => Some(entry.labels.clone()),
+            _ => None,
         };
-        self.cache.insert(
-            pid,
-            Entry {
-                start_time,
-                provisional,
-                labels: labels.clone(),
+        let labels = match cached {
+            Some(labels) => labels,
+            None => match self.resolve(pid) {
+                Ok((labels, provisional)) => {
+                    let entry = Entry {
+                        start_time,
+                        provisional,
+                        labels: labels.clone(),
+                    };
+                    self.cache.insert(pid, entry);
+                    labels
+                }
+                Err(error) => {
+                    // Exiting or exited meanwhile; nothing worth caching.
+                    tracing::debug!(pid, %error, "cannot read process command line");
+                    return unresolved(pid);
+                }
             },
-        );
-        labels
+        };
+        VmLookup {
+            labels,
+            running: self.is_running(pid),
+        }
     }
 
     /// Whether process `pid` still runs: it has a `/proc` entry and has not exited (a
@@ -380,6 +408,10 @@ impl VmResolver {
     fn resolve(&self, pid: u32) -> Result<(Labels, bool), VmError> {
         let path = self.proc_root.join(pid.to_string()).join("cmdline");
         let raw = read_bounded(&path, CMDLINE_LIMIT)?;
+        if raw.is_empty() {
+            // Its memory is released: the process is exiting (QEMU is no kernel thread).
+            return Err(VmError::Exiting { path });
+        }
         let argv: Vec<String> = raw
             .split(|&b| b == 0)
             .map(|arg| String::from_utf8_lossy(arg).into_owned())

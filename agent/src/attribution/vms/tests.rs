@@ -488,3 +488,25 @@ fn a_process_runs_until_it_exits_or_becomes_a_zombie() {
     fx.exit(41);
     assert!(!resolver.is_running(41));
 }
+
+#[test]
+fn a_process_whose_memory_is_released_is_not_running_under_the_fallback() {
+    let fx = Fixture::new();
+    // No libvirt XML: the resolution is provisional and redone every interval.
+    fx.process(90, 5, &argv(&["qemu-kvm", "-name", "guest=leaving"]));
+    let mut resolver = fx.resolver();
+    let vm = resolver.lookup(90);
+    assert_eq!(label(&vm.labels, "vm"), Some("leaving"));
+    assert!(vm.running);
+    resolver.forget_exited();
+    // do_exit has released the memory (the command line reads empty) but the process
+    // is no zombie yet while its VM is torn down.
+    std::fs::write(fx.proc_root().join("90/cmdline"), b"").unwrap();
+    let vm = resolver.lookup(90);
+    assert_eq!(vm.labels, vec![("vm", "pid:90".to_string())]);
+    assert!(
+        !vm.running,
+        "the fallback must not stand for the running VM"
+    );
+    assert!(!resolver.cache.contains_key(&90));
+}

@@ -356,8 +356,7 @@ impl Probe for KvmExitProbe {
 /// The labels of the VM whose VMM process is `group`, and that process as an entity.
 fn vm(cx: &mut ReadContext<'_>, group: u64) -> (Vec<(&'static str, String)>, EntityState) {
     let pid = group as u32;
-    let labels = cx.attribution.vm_labels(pid);
-    let running = cx.attribution.vm_running(pid);
-    let entity = EntityState::new(Entity::Process(pid), labels.len(), running);
-    (labels, entity)
+    let vm = cx.attribution.vm_lookup(pid);
+    let entity = EntityState::new(Entity::Process(pid), vm.labels.len(), vm.running);
+    (vm.labels, entity)
 }

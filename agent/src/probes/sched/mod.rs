@@ -391,14 +391,10 @@ impl Probe for SchedProbe {
         }
         for (group, _, hist) in sparse::family(cx.sparse, family::SCHED_VM) {
             let pid = group as u32;
-            let labels = cx.attribution.vm_labels(pid);
-            let entity = EntityState::new(
-                Entity::Process(pid),
-                labels.len(),
-                cx.attribution.vm_running(pid),
-            );
+            let vm = cx.attribution.vm_lookup(pid);
+            let entity = EntityState::new(Entity::Process(pid), vm.labels.len(), vm.running);
             out.push(Reading {
-                key: SeriesKey::new(FAMILY_VM, labels),
+                key: SeriesKey::new(FAMILY_VM, vm.labels),
                 hist: hist.clone(),
                 entity: Some(entity),
             });
