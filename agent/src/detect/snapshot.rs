@@ -290,6 +290,23 @@ mod tests {
         assert_eq!(r.scalars_judged, 1, "the learned series is judged at once");
     }
 
+    /// A state saved before scalar series were (no `scalars`) is read: its
+    /// baselines and alarms come back, the scalar series start learning.
+    #[test]
+    fn a_state_saved_before_scalar_series_is_read() {
+        let mut t = 1_000 * S;
+        let mut before = Detector::new(config(), "n");
+        for _ in 0..6 {
+            feed(&mut before, &mut t, &window(130));
+        }
+        let mut saved = before.snapshot();
+        assert!(saved.as_object_mut().unwrap().remove("scalars").is_some());
+        let mut after = Detector::new(config(), "n");
+        let restored = after.restore(saved).unwrap();
+        assert_eq!((restored.series, restored.judged), (1, 1));
+        assert_eq!((restored.scalars, restored.scalars_judged), (0, 0));
+    }
+
     #[test]
     fn another_format_is_refused() {
         let mut d = Detector::new(config(), "n");

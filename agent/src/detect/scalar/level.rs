@@ -44,10 +44,12 @@ impl Level {
         if self.n == 0 {
             self.level = x;
             self.scale = 0.0;
-            if c.season_bins > 0 {
-                self.profile = vec![0.0; c.season_bins as usize];
-                self.visits = vec![0; c.season_bins as usize];
-            }
+        }
+        // New, or restored (or reloaded) under another `season_bins`: the profile
+        // starts again, the level goes on (indexing the old profile would panic).
+        if self.profile.len() != c.season_bins as usize {
+            self.profile = vec![0.0; c.season_bins as usize];
+            self.visits = vec![0; c.season_bins as usize];
         }
         self.n += 1;
         let bin = self.bin(time, c);

@@ -193,3 +193,32 @@ fn the_agent_watches_scalar_series_up_to_its_budget_and_alarms_on_a_step() {
     assert!(a.summary.contains(":rate{device=sd"), "{}", a.summary);
     assert!(a.factor > 2.5 && a.factor < 3.5, "{a:?}");
 }
+
+/// Restored (or reloaded) under another number of time-of-day bins, a series goes on
+/// with its level and a new profile instead of indexing the old one (which panicked).
+#[test]
+fn a_series_restored_under_other_season_bins_keeps_its_level() {
+    let c = ScalarConfig::default();
+    let mut rng = Rng::new(10);
+    let mut d = ScalarDetector::default();
+    for i in 0..1000 {
+        d.observe(daily(&mut rng, i), Some(1.7e9 + 300.0 * i as f64), &c);
+    }
+    let text = serde_json::to_string(&d).unwrap();
+    // Without a profile, the expectation is the level: the same under any new size.
+    let expected = |bins: u32| {
+        let other = ScalarConfig {
+            season_bins: bins,
+            ..c.clone()
+        };
+        let mut restored: ScalarDetector = serde_json::from_str(&text).unwrap();
+        let p = restored.observe(100.0, Some(1.7e9 + 300.0 * 1000.0), &other);
+        assert!(!restored.learning(&other));
+        p.expected
+    };
+    let level = expected(0);
+    assert!((40.0..160.0).contains(&level), "{level}");
+    for bins in [96, 24] {
+        assert_eq!(expected(bins), level, "{bins} bins");
+    }
+}
