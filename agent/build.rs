@@ -28,6 +28,11 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let shared = shared_dir(&out_dir, features);
     std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    // Two builds of the agent at once (two cargo commands) would otherwise copy the
+    // object while the other writes it.
+    let lock = std::fs::File::create(shared.join(".lock"))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", shared.display()))?;
     // SAFETY: the build script is single-threaded here; aya-build reads OUT_DIR to
     // place its target directory and the object.
     unsafe { std::env::set_var("OUT_DIR", &shared) };
@@ -43,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     let (from, to) = (shared.join(OBJECT), out_dir.join(OBJECT));
     std::fs::copy(&from, &to)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    drop(lock);
     Ok(())
 }
 
