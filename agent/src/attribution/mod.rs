@@ -126,9 +126,13 @@ impl Attribution {
         }
     }
 
-    /// Labels of the VM whose VMM process is `pid`, and whether it runs now.
-    pub fn vm_lookup(&mut self, pid: u32) -> vms::VmLookup {
-        self.vms.lookup(pid)
+    /// Labels of the VM whose VMM process is `pid`, and that process as an entity
+    /// (alive while it runs and its labels were read from it now).
+    pub fn vm(&mut self, pid: u32) -> (Labels, crate::aggregate::EntityState) {
+        use crate::aggregate::{Entity, EntityState};
+        let vm = self.vms.lookup(pid);
+        let entity = EntityState::new(Entity::Process(pid), vm.labels.len(), vm.running);
+        (vm.labels, entity)
     }
 
     /// Called once per interval: forgets processes that exited, and has each device's

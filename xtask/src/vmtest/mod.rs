@@ -106,24 +106,29 @@ pub fn run_matrix(specs: &[kernels::Spec]) -> Result<()> {
     order.sort_by_key(|&i| std::cmp::Reverse(version(kernels[i].spec.name)));
     let next = AtomicUsize::new(0);
     let printing = Mutex::new(());
-    let outcomes: Vec<Mutex<Option<Result<Judged>>>> =
-        kernels.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let kernel = &kernels[i];
-                    let outcome = boot_and_judge(kernel, &programs, &work, &printing);
-                    *outcomes[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
-                }
-            });
-        }
+    let mut judged: Vec<(usize, Result<Judged>)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        done.push((i, boot_and_judge(&kernels[i], &programs, &work, &printing)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a guest's thread panicked"))
+            .collect()
     });
-    let mut reports = Vec::new();
-    for outcome in outcomes {
-        let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
-        reports.push(outcome.context("a guest was never booted")??);
-    }
+    // The matrix's order, whatever order the guests finished in.
+    judged.sort_by_key(|&(i, _)| i);
+    let reports = judged
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect::<Result<Vec<_>>>()?;
 
     let host = host_report(&nodepulse)?;
     let mut rows: Vec<&judge::KernelReport> = reports.iter().map(|(r, _)| r).collect();

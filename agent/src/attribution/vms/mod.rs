@@ -325,37 +325,39 @@ impl VmResolver {
     /// Labels for the VM owning `pid`: `vm`, and when known `vm.uuid` and Nova's
     /// `nova.instance.name`, `nova.flavor`, `nova.project.id`, `nova.project.name`.
     /// A process that is not QEMU, or cannot be read, is `vm=pid:<pid>`.
+    #[cfg(test)]
     pub fn labels(&mut self, pid: u32) -> Vec<(&'static str, String)> {
         self.lookup(pid).labels
     }
 
-    /// [`Self::labels`], and whether they describe a process that runs now. A process
-    /// on its way out still has a `/proc` entry and is not yet a zombie after the
-    /// kernel has released its memory (and with it the command line), while its VM is
-    /// torn down: labels read then are the fallback, and must not replace the name the
-    /// VM ran under.
+    /// The labels, and whether they describe a process that runs now. A process on
+    /// its way out still has a `/proc` entry and is not yet a zombie after the kernel
+    /// has released its memory (and with it the command line), while its VM is torn
+    /// down: labels read then are the fallback, and must not replace the name the VM
+    /// ran under.
     ///
     /// The cache is keyed by the process start time, checked on every call, so a pid
-    /// reused by another process is resolved again.
+    /// reused by another process is resolved again. One read of `/proc/<pid>/stat`
+    /// gives the start time and the state.
     pub fn lookup(&mut self, pid: u32) -> VmLookup {
         let unresolved = |pid| VmLookup {
             labels: fallback_labels(pid),
             running: false,
         };
-        let start_time = match self.start_time(pid) {
-            Ok(t) => t,
+        let stat = match stat_under(&self.proc_root, pid) {
+            Ok(stat) => stat,
             Err(error) => {
-                tracing::debug!(pid, %error, "cannot read process start time");
+                tracing::debug!(pid, %error, "cannot read process stat");
                 return unresolved(pid);
             }
         };
-        let cached = match self.cache.get(&pid) {
-            Some(entry) if entry.start_time == start_time => Some(entry.labels.clone()),
-            _ => None,
+        let Some(start_time) = parse_start_time(&stat) else {
+            tracing::debug!(pid, "no start time in the process's stat");
+            return unresolved(pid);
         };
-        let labels = match cached {
-            Some(labels) => labels,
-            None => match self.resolve(pid) {
+        let labels = match self.cache.get(&pid) {
+            Some(entry) if entry.start_time == start_time => entry.labels.clone(),
+            _ => match self.resolve(pid) {
                 Ok((labels, provisional)) => {
                     let entry = Entry {
                         start_time,
@@ -374,7 +376,7 @@ impl VmResolver {
         };
         VmLookup {
             labels,
-            running: self.is_running(pid),
+            running: is_live(&stat),
         }
     }
 
@@ -382,11 +384,7 @@ impl VmResolver {
     /// zombie's threads are gone, and with them its vCPUs). The labels of a process
     /// that is gone are whatever resolution gave last; the caller remembers them.
     pub fn is_running(&self, pid: u32) -> bool {
-        let path = self.proc_root.join(pid.to_string()).join("stat");
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|stat| parse_state(&stat))
-            .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+        stat_under(&self.proc_root, pid).is_ok_and(|stat| is_live(&stat))
     }
 
     /// Drops entries whose process is gone or whose pid now belongs to another process,
@@ -395,13 +393,8 @@ impl VmResolver {
     pub fn forget_exited(&mut self) {
         let proc_root = &self.proc_root;
         self.cache.retain(|&pid, entry| {
-            !entry.provisional
-                && start_time_under(proc_root, pid).is_ok_and(|t| t == entry.start_time)
+            !entry.provisional && start_time_under(proc_root, pid) == Some(entry.start_time)
         });
-    }
-
-    fn start_time(&self, pid: u32) -> Result<u64, VmError> {
-        start_time_under(&self.proc_root, pid)
     }
 
     /// Labels for a process, and whether they are provisional (no domain XML found).
@@ -481,16 +474,19 @@ impl VmResolver {
     }
 }
 
-fn start_time_under(proc_root: &Path, pid: u32) -> Result<u64, VmError> {
+fn stat_under(proc_root: &Path, pid: u32) -> Result<String, VmError> {
     let path = proc_root.join(pid.to_string()).join("stat");
-    let stat = std::fs::read_to_string(&path).map_err(|source| VmError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    parse_start_time(&stat).ok_or_else(|| VmError::Io {
-        path,
-        source: io::Error::new(io::ErrorKind::InvalidData, "no start time in stat"),
-    })
+    std::fs::read_to_string(&path).map_err(|source| VmError::Io { path, source })
+}
+
+/// The start time of `pid`, `None` when it cannot be read (the process is gone).
+fn start_time_under(proc_root: &Path, pid: u32) -> Option<u64> {
+    parse_start_time(&stat_under(proc_root, pid).ok()?)
+}
+
+/// A process that has not exited: not a zombie or dead.
+fn is_live(stat: &str) -> bool {
+    parse_state(stat).is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
 }
 
 fn fallback_labels(pid: u32) -> Labels {

@@ -17,7 +17,7 @@ use super::{
     sparse,
 };
 use crate::{
-    aggregate::{Entity, EntityState, SeriesKey},
+    aggregate::{EntityState, SeriesKey},
     kernel::{btf::Btf, tracefs},
 };
 use exit_reason::ExitArgs;
@@ -355,8 +355,5 @@ impl Probe for KvmExitProbe {
 
 /// The labels of the VM whose VMM process is `group`, and that process as an entity.
 fn vm(cx: &mut ReadContext<'_>, group: u64) -> (Vec<(&'static str, String)>, EntityState) {
-    let pid = group as u32;
-    let vm = cx.attribution.vm_lookup(pid);
-    let entity = EntityState::new(Entity::Process(pid), vm.labels.len(), vm.running);
-    (vm.labels, entity)
+    cx.attribution.vm(group as u32)
 }

@@ -390,11 +390,9 @@ impl Probe for SchedProbe {
             });
         }
         for (group, _, hist) in sparse::family(cx.sparse, family::SCHED_VM) {
-            let pid = group as u32;
-            let vm = cx.attribution.vm_lookup(pid);
-            let entity = EntityState::new(Entity::Process(pid), vm.labels.len(), vm.running);
+            let (labels, entity) = cx.attribution.vm(group as u32);
             out.push(Reading {
-                key: SeriesKey::new(FAMILY_VM, vm.labels),
+                key: SeriesKey::new(FAMILY_VM, labels),
                 hist: hist.clone(),
                 entity: Some(entity),
             });
