@@ -441,6 +441,39 @@ impl Evaluation {
     }
 }
 
+/// One thread per CPU: the seeds' runs are independent.
+fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `f(0..n)` on `threads` threads, the results in seed order (so the evaluation adds
+/// up the same whatever the thread count).
+fn in_parallel<T: Send>(n: u32, threads: usize, f: impl Fn(u32) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicU32::new(0);
+    let mut done: Vec<(u32, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if seed >= n {
+                            return out;
+                        }
+                        out.push((seed, f(seed)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("an evaluation thread panicked"))
+            .collect()
+    });
+    done.sort_by_key(|(seed, _)| *seed);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Runs every scenario and the controls; `progress` hears about each finished row.
 pub fn evaluate(
     options: &Options,
@@ -464,14 +497,17 @@ pub fn evaluate(
         end_s: options.control_days * DAY_S,
     };
     let mut controls = Row::new("control (no change)", false);
-    for seed in 0..options.seeds {
-        let r = run(
+    let threads = if options.explain { 1 } else { worker_count() };
+    let results = in_parallel(options.seeds, threads, |seed| {
+        run(
             1_000 + u64::from(seed),
             Change::None,
             control_plan,
             config,
             options.explain,
-        );
+        )
+    });
+    for r in results {
         add(&mut eval, &r);
         controls.runs += 1;
         controls.false_alarms += r.false_alarms;
@@ -481,7 +517,7 @@ pub fn evaluate(
     eval.rows.push(controls);
     for (index, scenario) in SCENARIOS.iter().enumerate() {
         let mut row = Row::new(scenario.name, scenario.regression);
-        for seed in 0..options.seeds {
+        let results = in_parallel(options.seeds, threads, |seed| {
             // The change lands anywhere inside a window, not on a boundary.
             let mut rng = Rng::new(u64::from(seed) * 7919 + index as u64);
             let change_at_s = options.before_h * 3600.0 + rng.uniform() * 300.0;
@@ -502,6 +538,9 @@ pub fn evaluate(
                 config,
                 options.explain,
             );
+            (change_at_s, r)
+        });
+        for (change_at_s, r) in results {
             add(&mut eval, &r);
             row.runs += 1;
             row.false_alarms += r.false_alarms;
