@@ -13,11 +13,12 @@ use std::{
 
 use nodepulse::{
     aggregate::ExpHistogram,
-    attribution::{CgroupMode, cgroups::find_hierarchy},
+    attribution::{Attribution, AttributionConfig, CgroupMode, cgroups::find_hierarchy},
     config::Config,
     probes::{Collection, Probes, sched::SchedProbe},
 };
 
+use agent_common::sched::RunqTask;
 use common::{Workload, require_tool};
 
 /// A cgroup made for the test, removed (after its processes are killed) on drop.
@@ -340,6 +341,57 @@ fn cgroup_waits_between_stops_equal_run_delay() {
                 ours.count()
             );
         }
+    }
+}
+
+/// The kernel now and then frees a task without running the free program (see
+/// architecture.md). The task map never evicts (an evicted live task's next sample
+/// would be partial, uncounted), so the agent sweeps out what a skipped free leaves:
+/// the entry of a thread that no longer exists goes, the living keep theirs.
+#[test]
+fn the_task_map_is_swept_of_exited_threads_and_keeps_the_living() {
+    require_root!();
+    require_tool("taskset");
+    let _cpus = CPUS.lock().unwrap_or_else(|e| e.into_inner());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let hierarchy = find_hierarchy(&mounts, CgroupMode::Auto).expect("a cgroup hierarchy");
+    let mut probes = Probes::start(&Config::default()).expect("load");
+    let mut hogs = TestCgroup::new(&hierarchy.root, "sweep");
+    for _ in 0..2 {
+        hogs.spawn("taskset -c 0 sh -c 'while :; do :; done'");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let tids = hogs.threads();
+    // No thread ever has an id above pid_max: such an entry is one a skipped free left.
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dead = pid_max + 1;
+    let sched = probes.get_mut::<SchedProbe>().expect("the sched probe");
+    let stale = RunqTask {
+        start_time: 1,
+        run_delay: 5_000,
+        pcount: 3,
+    };
+    assert!(sched.remember_for_test(dead, stale), "planted");
+    let mut attribution = Attribution::new(
+        "/sys".into(),
+        &AttributionConfig::default(),
+        CgroupMode::Auto,
+    );
+    let gone = sched
+        .sweep_tasks(&mut attribution)
+        .expect("this host's /proc");
+    eprintln!("swept {gone} entries of exited threads (the planted one included)");
+    assert!(gone >= 1, "swept {gone}");
+    assert!(
+        sched.remembered(dead).is_none(),
+        "the dead thread's entry went"
+    );
+    for &t in &tids {
+        assert!(sched.remembered(t).is_some(), "live hog {t} kept its entry");
     }
 }
 

@@ -22,8 +22,10 @@
 //! kernel's own wait, every part included. An arrival count grown by more than one
 //! means switch-ins the kernel did not run the program for: their waits are
 //! in this sample, and their number is counted. A task seen for the first time gives
-//! the last part alone. `sched_process_free` forgets a task; an LRU map bounds what a
-//! missed free leaves behind.
+//! the last part alone. `sched_process_free` forgets a task; the agent sweeps out the
+//! entries of tasks whose free the kernel skipped. The map never evicts a live task's
+//! entry (a forgotten task's next sample would be its last part only, uncounted): when
+//! it is full, the tasks it cannot remember are counted.
 //!
 //! Run-queue saturation (per CPU: time with at least one task queued and not running)
 //! is kept from the kernel's own counts rather than from task events: at a change the
@@ -69,7 +71,7 @@ use agent_common::{
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
@@ -101,9 +103,10 @@ static RUNQ_SATURATION: Array<RunqCpu> = Array::with_max_entries(RUNQ_MAX_CPUS, 
 
 /// Per thread id: the task's `sched_info` totals after the last arrival the switch
 /// program saw. Written only at that task's switch-in (one CPU at a time, under its run
-/// queue's lock) and removed when the task is freed.
+/// queue's lock) and removed when the task is freed, or by the agent's sweep when the
+/// kernel skipped that free.
 #[map(name = "RUNQ_TASKS")]
-static RUNQ_TASKS: LruHashMap<u32, RunqTask> = LruHashMap::with_max_entries(RUNQ_MAX_TASKS, 0);
+static RUNQ_TASKS: HashMap<u32, RunqTask> = HashMap::with_max_entries(RUNQ_MAX_TASKS, 0);
 
 /// `BPF_F_MMAPABLE` (5.5+).
 const BPF_F_MMAPABLE: u32 = 1 << 10;

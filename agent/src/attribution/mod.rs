@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod devices;
 pub mod rbd;
 mod sysfs;
+mod threads;
 pub mod vms;
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -65,6 +66,7 @@ pub struct Attribution {
     /// Block I/O cgroups can live in another hierarchy (v1 blkio) than the scheduler's.
     io_cgroups: Option<cgroups::CgroupNames>,
     vms: vms::VmResolver,
+    threads: threads::HostThreads,
 }
 
 impl Attribution {
@@ -82,7 +84,15 @@ impl Attribution {
             )
             .map(cgroups::CgroupNames::new),
             vms: vms::VmResolver::new(config.proc_root.clone(), config.run_root.clone()),
+            threads: threads::HostThreads::new(config.proc_root.clone()),
         }
+    }
+
+    /// Whether thread `tid` (an id in the host's PID namespace, as the kernel programs
+    /// see it) still exists; `None` when the process tree the agent reads is not the
+    /// host's, and so cannot tell.
+    pub fn thread_exists(&mut self, tid: u32) -> Option<bool> {
+        self.threads.exists(tid)
     }
 
     pub fn cgroup_name(&mut self, id: u64) -> String {

@@ -518,6 +518,13 @@ impl Probes {
             .find_map(|p| (p.as_ref() as &dyn Any).downcast_ref::<P>())
     }
 
+    /// [`Self::get`], to change what only its family offers.
+    pub fn get_mut<P: Probe>(&mut self) -> Option<&mut P> {
+        self.probes
+            .iter_mut()
+            .find_map(|p| (p.as_mut() as &mut dyn Any).downcast_mut::<P>())
+    }
+
     /// Whether `entity` still exists (a carried series without readings asks).
     pub fn alive(&mut self, entity: Entity) -> bool {
         self.attribution.alive(entity)

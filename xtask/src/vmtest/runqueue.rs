@@ -39,6 +39,8 @@ pub struct Bracket {
     pub after: u64,
     /// CLOCK_MONOTONIC right after `after` was read.
     pub at_ns: u64,
+    /// The kernel's arrivals (timeslices) before and after the same read.
+    pub slices: Option<(u64, u64)>,
 }
 
 /// The agent's `schedstat bracket read=N before=B after=A at_ns=T` log lines.
@@ -56,6 +58,7 @@ pub fn brackets(log: &str) -> Vec<Bracket> {
                 before: field(l, "before")?,
                 after: field(l, "after")?,
                 at_ns: field(l, "at_ns")?,
+                slices: field(l, "slices_before").zip(field(l, "slices_after")),
             })
         })
         .collect()
@@ -152,8 +155,52 @@ pub fn checks(kernel: &str, sections: &Sections, record: &str) -> Result<Vec<Che
             stretch(bm, &last),
         ),
     };
+    let arrivals = arrivals_check(bk, bm, agent_n, &window.join("\n"))?;
     let saturation = saturation_check(kernel, &window.join("\n"), outer)?;
-    Ok(vec![latency, saturation])
+    Ok(vec![latency, arrivals, saturation])
+}
+
+/// The agent's samples over reports k+1..=m, plus the switch-ins it counted as unseen,
+/// against the kernel's arrivals (`/proc/schedstat` timeslices) around its reads k and
+/// m. Up to 5.13 the kernel also counts an arrival that waited for nothing
+/// (`last_queued` 0), which the program records no sample for and counts as unseen at
+/// the task's next switch-in: the unseen figure on those kernels says how often.
+fn arrivals_check(bk: Bracket, bm: Bracket, samples: u64, window: &str) -> Result<Check> {
+    const NAME: &str = "run-queue switch-ins vs /proc/schedstat";
+    let unseen = dropped(window, "runqueue_switch_ins_unseen")?;
+    let (Some((k_before, k_after)), Some((m_before, m_after))) = (bk.slices, bm.slices) else {
+        return Ok(Check {
+            name: NAME.into(),
+            ok: false,
+            compared: Compared::Exact,
+            detail: "the agent's schedstat brackets carry no timeslices".into(),
+        });
+    };
+    let (inner, outer) = (
+        m_before.saturating_sub(k_after),
+        m_after.saturating_sub(k_before),
+    );
+    let seen = samples + unseen;
+    Ok(Check {
+        name: NAME.into(),
+        ok: inner > 0 && (inner..=outer).contains(&seen),
+        compared: Compared::Exact,
+        detail: format!(
+            "agent {samples} samples + {unseen} unseen = {seen} | kernel arrivals around \
+             the agent's reads {} and {}: {inner} to {outer}",
+            bk.read, bm.read
+        ),
+    })
+}
+
+/// A self-metric drop counter summed over reports (`agent.dropped.<name>`, per interval).
+fn dropped(window: &str, name: &str) -> Result<u64> {
+    let mut total = 0;
+    for line in window.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        total += v["agent"]["dropped"][name].as_u64().unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// Run-queue saturation over the run-queue check's window (reports k+1..=m), against the
@@ -204,12 +251,16 @@ mod tests {
     /// Guest reads after reports 2 and 4 (run_delay 1.0 s → 2.0 s); the agent's reads
     /// 2 and 4 bracketed by 0.990/0.992 s and 1.980/1.981 s; reports of 0.1, 0.4,
     /// `third`, 0.5 and 0.9 s of waits (the last at SIGTERM).
-    fn runqueue_sections(third_us: u64) -> (Sections, String) {
+    fn runqueue_sections(third_us: u64, unseen: u64) -> (Sections, String) {
         let cpu = |delay: u64| format!("cpu0 0 0 0 0 0 0 0 {delay} 10");
+        // Arrivals: 100 + 30 per read, one more across each read.
         let bracket = |n: u64, before: u64, after: u64| {
             format!(
                 "\u{1b}[32m INFO\u{1b}[0m schedstat bracket \u{1b}[3mread\u{1b}[0m\
-                 \u{1b}[2m=\u{1b}[0m{n} before={before} after={after} at_ns={}\n",
+                 \u{1b}[2m=\u{1b}[0m{n} before={before} after={after} slices_before={} \
+                 slices_after={} at_ns={}\n",
+                100 + 30 * n,
+                101 + 30 * n,
                 n * 1_000_000_000
             )
         };
@@ -229,7 +280,7 @@ mod tests {
         let record = [100_000, 400_000, third_us, 500_000, 900_000]
             .map(|us| {
                 format!(
-                    r#"{{"series":[{{"family":"sched.runqueue.latency","labels":{{}},"count":3,"sum":{}}}]}}"#,
+                    r#"{{"series":[{{"family":"sched.runqueue.latency","labels":{{}},"count":3,"sum":{}}}],"agent":{{"dropped":{{"runqueue_switch_ins_unseen":{unseen}}}}}}}"#,
                     us * 1000
                 )
             })
@@ -240,7 +291,7 @@ mod tests {
     #[test]
     fn the_waits_must_lie_within_the_kernels_bracket() {
         // Inner 1.980 − 0.992 = 0.988 s, outer 1.981 − 0.990 = 0.991 s.
-        let (sections, record) = runqueue_sections(489_000);
+        let (sections, record) = runqueue_sections(489_000, 27);
         let both = checks("6.1", &sections, &record).unwrap();
         let c = &both[0];
         assert!(c.ok, "{}", c.detail);
@@ -267,21 +318,37 @@ mod tests {
             "{}",
             c.detail
         );
+        // Reports 3 and 4: 6 samples + 54 unseen, against 190 − 131 = 59 to 191 − 130
+        // = 61 arrivals around reads 2 and 4.
+        let arrivals = &both[1];
+        assert!(arrivals.ok, "{}", arrivals.detail);
+        assert!(
+            arrivals
+                .detail
+                .contains("6 samples + 54 unseen = 60 | kernel arrivals around the agent's reads 2 and 4: 59 to 61"),
+            "{}",
+            arrivals.detail
+        );
+        for unseen in [26, 28] {
+            let (sections, record) = runqueue_sections(489_000, unseen);
+            let c = &checks("6.1", &sections, &record).unwrap()[1];
+            assert!(!c.ok, "{}", c.detail);
+        }
         // No saturation in these reports: below the two contended seconds.
-        assert!(!both[1].ok, "{}", both[1].detail);
+        assert!(!both[2].ok, "{}", both[2].detail);
 
         // A wait of 1.5 ms too few, or too many, is outside.
-        let (sections, record) = runqueue_sections(486_500);
+        let (sections, record) = runqueue_sections(486_500, 27);
         let c = &checks("6.1", &sections, &record).unwrap()[0];
         assert!(!c.ok && c.detail.contains("1500 µs below"), "{}", c.detail);
-        let (sections, record) = runqueue_sections(492_500);
+        let (sections, record) = runqueue_sections(492_500, 27);
         let c = &checks("6.1", &sections, &record).unwrap()[0];
         assert!(!c.ok && c.detail.contains("500 µs above"), "{}", c.detail);
     }
 
     #[test]
     fn without_the_agents_brackets_the_check_fails() {
-        let (_, record) = runqueue_sections(489_000);
+        let (_, record) = runqueue_sections(489_000, 27);
         let text = "@@begin schedstat_before\nreports 2\ncpu0 0 0 0 0 0 0 0 1 1\n\
                     @@end schedstat_before 0\n@@begin schedstat_settled\nreports 4\n\
                     cpu0 0 0 0 0 0 0 0 2 1\n@@end schedstat_settled 0\n\

@@ -4,8 +4,7 @@
 
 mod config;
 mod registry;
-
-use std::borrow::BorrowMut;
+mod tasks;
 
 use agent_common::{
     hist::Histogram,
@@ -209,8 +208,7 @@ pub struct SchedProbe {
     attached: Attached,
     host: Option<PerCpuArray<MapData, Histogram>>,
     runq: Option<Array<MapData, RunqCpu>>,
-    /// `RUNQ_TASKS` (an LRU hash, which aya reads as a hash map).
-    tasks: Option<HashMap<MapData, u32, RunqTask>>,
+    tasks: Option<tasks::TaskMap>,
     /// The last saturated time reported per CPU: a read racing the kernel closing a
     /// period can see the total before the close and the period already closed; the
     /// counter never goes back (the difference is made up at the next read).
@@ -243,7 +241,7 @@ impl SchedProbe {
             && let Some(map) = ebpf.map_mut(names::MAP_RUNQ_TASKS)
             && let Ok(mut tasks) = HashMap::try_from(map)
         {
-            forget_tasks(&mut tasks);
+            tasks::forget_all(&mut tasks);
         }
         let attached = attach_first(ebpf, btf, &variants);
         let host = attached
@@ -258,7 +256,8 @@ impl SchedProbe {
         let tasks = attached
             .kind
             .and_then(|_| ebpf.take_map(names::MAP_RUNQ_TASKS))
-            .and_then(|m| HashMap::try_from(m).ok());
+            .and_then(|m| HashMap::try_from(m).ok())
+            .map(tasks::TaskMap::new);
         Self {
             attached,
             host,
@@ -292,7 +291,21 @@ impl SchedProbe {
     /// count once the last switch-in the program saw was accounted. Beside the kernel's
     /// own (`/proc/<tid>/schedstat`) it says which waits the program has not seen yet.
     pub fn remembered(&self, tid: u32) -> Option<RunqTask> {
-        self.tasks.as_ref()?.get(&tid, 0).ok()
+        self.tasks.as_ref()?.get(tid)
+    }
+
+    /// Writes an entry into the task map as the switch program would, for tests that
+    /// need one it cannot make (a thread whose free the kernel skipped).
+    #[doc(hidden)]
+    pub fn remember_for_test(&mut self, tid: u32, task: RunqTask) -> bool {
+        self.tasks.as_mut().is_some_and(|t| t.insert(tid, task))
+    }
+
+    /// Deletes the task map's entries of threads that no longer exist (done every
+    /// [`tasks::SWEEP_EVERY`] while reading); how many, or `None` when the host's threads
+    /// cannot be looked up.
+    pub fn sweep_tasks(&mut self, attribution: &mut crate::attribution::Attribution) -> Option<usize> {
+        self.tasks.as_mut()?.sweep(attribution)
     }
 
     /// [`Self::saturated_now`], never below what was reported before. `snapshot`: a
@@ -314,15 +327,6 @@ impl SchedProbe {
     }
 }
 
-/// Empties the task map: run while none of the programs runs, so nothing is inserted
-/// meanwhile.
-fn forget_tasks<T: BorrowMut<MapData>>(tasks: &mut HashMap<T, u32, RunqTask>) {
-    let tids: Vec<u32> = tasks.keys().filter_map(Result::ok).collect();
-    for tid in tids {
-        let _ = tasks.remove(&tid);
-    }
-}
-
 impl Probe for SchedProbe {
     fn name(&self) -> &'static str {
         NAME
@@ -333,7 +337,7 @@ impl Probe for SchedProbe {
     /// in between.
     fn detached(&mut self) {
         if let Some(tasks) = &mut self.tasks {
-            forget_tasks(tasks);
+            tasks.forget_all();
         }
     }
 
@@ -358,21 +362,35 @@ impl Probe for SchedProbe {
     }
 
     fn read(&mut self, cx: &mut ReadContext<'_>, out: &mut Vec<Reading>) -> Result<(), String> {
+        if !cx.snapshot
+            && let Some(tasks) = &mut self.tasks
+        {
+            tasks.sweep_when_due(cx.attribution);
+        }
         let Some(host) = &self.host else {
             return Ok(());
         };
-        // The kernel's total right before and after the map read: the map's sums lie
-        // between them (a hand-over's snapshot read is not a report's and is not logged).
+        // The kernel's totals right before and after the map read: the map's sums and
+        // counts lie between them (a hand-over's snapshot read is not a report's and is
+        // not logged).
         let bracket = self.bracketed.filter(|_| !cx.snapshot);
-        let before = bracket.map(|_| schedstat::read_run_delay()).transpose()?;
+        let before = bracket.map(|_| schedstat::read()).transpose()?;
         let per_cpu = host
             .get(&0, 0)
             .map_err(|e| format!("reading {}: {e}", names::MAP_SCHED_LATENCY))?;
         if let (Some(before), Some(n)) = (before, bracket) {
-            let after = schedstat::read_run_delay()?;
+            let after = schedstat::read()?;
             let at_ns = crate::util::time::clock_nanos(libc::CLOCK_MONOTONIC);
             self.bracketed = Some(n + 1);
-            tracing::info!(read = n + 1, before, after, at_ns, "schedstat bracket");
+            tracing::info!(
+                read = n + 1,
+                before = before.run_delay,
+                after = after.run_delay,
+                slices_before = before.timeslices,
+                slices_after = after.timeslices,
+                at_ns,
+                "schedstat bracket"
+            );
         }
         out.push(Reading::plain(
             SeriesKey::new(FAMILY_HOST, []),
