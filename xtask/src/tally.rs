@@ -21,6 +21,15 @@ pub struct Tally {
     pub skipped: u64,
 }
 
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Self) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+        self.skipped += other.skipped;
+    }
+}
+
 impl Tally {
     /// Reads one line of test output: libtest's `test result:` summaries and the
     /// `SKIPPED` lines nodepulse's root-only tests print.

@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
 
     // The eBPF crate only builds for the BPF target, with nightly: it is linted there
     // and left out of the host steps.
-    let steps: [(&str, Vec<&str>); 4] = [
+    let steps: [(&str, Vec<&str>); 5] = [
         ("fmt", vec!["fmt", "--all", "--", "--check"]),
         (
             "clippy",
@@ -74,22 +74,37 @@ pub fn run(args: Args) -> Result<()> {
             ],
         ),
         (
-            "test",
-            // One test at a time: the root tests time the kernel and the agent, and two
-            // at once on a 2-core runner made them fail by turns (a lagging reader, rate
-            // extrapolation, a late exemplar).
+            "unit",
+            // The crates' own unit tests time nothing and share nothing: one per core.
             vec![
                 "test",
                 "--workspace",
                 "--exclude",
                 "agent-ebpf",
+                "--lib",
+                "--bins",
+                "--",
+            ],
+        ),
+        (
+            "test",
+            // The integration tests one at a time: the root tests time the kernel and
+            // the agent, and two at once on a 2-core runner made them fail by turns (a
+            // lagging reader, rate extrapolation, a late exemplar).
+            vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "agent-ebpf",
+                "--test",
+                "*",
                 "--",
                 "--test-threads=1",
             ],
         ),
     ];
     let mut progress = Progress::new(steps.len() + ARTIFACTS.len() + 1);
-    let mut tally = None;
+    let mut tally: Option<crate::tally::Tally> = None;
     for (name, cargo_args) in steps {
         if name == "test" {
             // The deployment tests run what these build (tests/deploy_artifacts.rs).
@@ -112,13 +127,14 @@ pub fn run(args: Args) -> Result<()> {
         }
         let mut cmd = util::cargo();
         cmd.args(cargo_args);
-        if name == "test" && !args.cargo_test_args.is_empty() {
+        let tests = name == "unit" || name == "test";
+        if tests {
             cmd.args(&args.cargo_test_args);
         }
         let step = progress.step(&format!("cargo {name}"));
         step.start_line("running");
-        let result = if name == "test" {
-            run_tallied(&mut cmd).map(|t| tally = Some(t))
+        let result = if tests {
+            run_tallied(&mut cmd).map(|t| *tally.get_or_insert_default() += t)
         } else {
             util::run(&mut cmd)
         };
