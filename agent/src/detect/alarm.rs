@@ -71,6 +71,9 @@ pub struct Evidence {
     pub current: ExpHistogram,
     /// Per quantile: baseline, current, ratio, p-value.
     pub rules: Vec<super::rules::RuleResult>,
+    /// For a slow drift: the quantile against the baseline of hours ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<super::drift::Drift>,
 }
 
 impl Evidence {
@@ -81,6 +84,7 @@ impl Evidence {
             baseline: (&Baseline::default()).into(),
             current: ExpHistogram::default(),
             rules: Vec::new(),
+            drift: None,
         }
     }
 }
@@ -267,6 +271,7 @@ impl Alarm {
             baseline: baseline.into(),
             current: window.clone(),
             rules: Vec::new(),
+            drift: None,
         };
         let mut alarm = Self::fresh(node, family, labels, series, start_unix_nano, evidence);
         alarm.update(evaluation, window, windows, config);
@@ -298,6 +303,7 @@ impl Alarm {
         self.regressed_windows = windows;
         self.evidence.current = window.clone();
         self.evidence.rules = evaluation.rules.clone();
+        self.evidence.drift = evaluation.drift.clone();
         self.summary = self.describe();
     }
 
@@ -400,8 +406,17 @@ impl Alarm {
         }
         let from = self.baseline_ns.get(self.quantile).copied().unwrap_or(0.0);
         let to = self.current_ns.get(self.quantile).copied().unwrap_or(0.0);
+        // A drift is told against its reference, and how old that is.
+        let (from, reference) = match &self.evidence.drift {
+            Some(d) => {
+                let hours =
+                    self.start_unix_nano.saturating_sub(d.reference_unix_nano) as f64 / 3.6e12;
+                (d.reference_ns, format!(" ({hours:.1} h before)"))
+            }
+            None => (from, String::new()),
+        };
         let figures = format!(
-            "{} from {} to {} since {}, {:.1}×, {}, confidence {}",
+            "{} from {}{reference} to {} since {}, {:.1}×, {}, confidence {}",
             self.quantile,
             format_ns(from),
             format_ns(to),
@@ -411,8 +426,13 @@ impl Alarm {
             self.confidence
         );
         let who = self.subject();
+        let how = if self.evidence.drift.is_some() {
+            "has drifted slowly"
+        } else {
+            "has regressed"
+        };
         match &self.ended {
-            None => format!("{who} has regressed: {figures}"),
+            None => format!("{who} {how}: {figures}"),
             Some(end) => format!("{who} has recovered at {end}: {figures}"),
         }
     }

@@ -46,6 +46,14 @@ pub struct DetectConfig {
     pub baseline_windows: u32,
     /// Half-life of the baseline, in windows: how slowly it follows the series.
     pub baseline_half_life: f64,
+    /// Slow drifts: a window is regressed when the baseline's quantile has grown to
+    /// `drift_ratio` times what it was up to `drift_horizon` ago (and the window is
+    /// halfway there), by at least the family's `min_shift`. The baseline follows a
+    /// drift of hours (half-life ~1 h), the envelope excuses each level it creeps to;
+    /// against hours ago it shows. `drift_horizon = "0s"` turns the check off.
+    pub drift_ratio: f64,
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub drift_horizon: Duration,
     /// One-sided significance level of each quantile's exceedance test.
     pub significance: f64,
     /// Effect-size floors: current / baseline quantile ratio needed to call a shift.
@@ -109,6 +117,8 @@ impl Default for DetectConfig {
             learning_period: Duration::from_secs(20 * 60),
             baseline_windows: 20,
             baseline_half_life: 120.0,
+            drift_ratio: DEFAULT_DRIFT_RATIO,
+            drift_horizon: Duration::from_secs(DEFAULT_DRIFT_HORIZON_H * 3_600),
             significance: 1e-3,
             p50_ratio: 1.2,
             p90_ratio: 1.25,
@@ -127,6 +137,10 @@ impl Default for DetectConfig {
         }
     }
 }
+
+/// A slow drift alarms once the baseline has grown by half in `drift_horizon`.
+const DEFAULT_DRIFT_RATIO: f64 = 1.5;
+const DEFAULT_DRIFT_HORIZON_H: u64 = 6;
 
 /// Absolute shift floors: practical significance, the smallest move of a quantile an
 /// operator would act on, not a noise level (ordinary scatter is the dispersion's, the
@@ -280,6 +294,18 @@ impl DetectConfig {
                 ),
             ));
         }
+        let horizon = self.drift_horizon;
+        if !horizon.is_zero()
+            && !(Duration::from_secs(3_600)..=Duration::from_secs(7 * 86_400)).contains(&horizon)
+        {
+            return Err(invalid(
+                "detect.drift_horizon",
+                format!(
+                    "between 1h and 7 days (or \"0s\" for no drift check), got {}",
+                    humantime::format_duration(horizon)
+                ),
+            ));
+        }
         if !(self.significance > 0.0 && self.significance <= 0.1) {
             return Err(invalid(
                 "detect.significance",
@@ -290,6 +316,7 @@ impl DetectConfig {
             ("detect.p50_ratio", self.p50_ratio),
             ("detect.p90_ratio", self.p90_ratio),
             ("detect.p99_ratio", self.p99_ratio),
+            ("detect.drift_ratio", self.drift_ratio),
             ("detect.major_factor", self.major_factor),
             ("detect.critical_factor", self.critical_factor),
         ];
@@ -354,6 +381,29 @@ mod tests {
             ..DetectConfig::default()
         };
         assert!(!off.watches("block.io.latency"));
+    }
+
+    #[test]
+    fn drift_settings_are_checked() {
+        let with = |ratio: f64, hours: u64| DetectConfig {
+            drift_ratio: ratio,
+            drift_horizon: Duration::from_secs(hours * 3_600),
+            ..DetectConfig::default()
+        };
+        assert!(with(1.5, 6).validate().is_ok() && with(1.5, 0).validate().is_ok());
+        let e = with(1.0, 6).validate().unwrap_err().to_string();
+        assert!(
+            e.contains("detect.drift_ratio") && e.contains("above 1"),
+            "{e}"
+        );
+        let mut short = with(1.5, 0);
+        short.drift_horizon = Duration::from_secs(1_800);
+        let e = short.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("detect.drift_horizon") && e.contains("30m"),
+            "{e}"
+        );
+        assert!(with(1.5, 8 * 24).validate().is_err());
     }
 
     #[test]

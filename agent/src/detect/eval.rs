@@ -634,6 +634,12 @@ mod tests {
             row(&eval, "median +100%").within_3_rate() >= 0.95,
             "{table}"
         );
+        // A drift creeps past the baseline and the envelope level by level; against
+        // the baseline of hours ago it is caught within its 6 h.
+        assert!(
+            row(&eval, "slow drift to 2× in 6h").detection_rate() >= 0.9,
+            "{table}"
+        );
     }
 
     #[test]

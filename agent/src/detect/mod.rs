@@ -8,6 +8,7 @@ pub mod alarm;
 pub mod baseline;
 pub mod config;
 pub mod corpus;
+pub mod drift;
 pub mod envelope;
 pub mod eval;
 pub mod incident;

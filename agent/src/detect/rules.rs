@@ -71,6 +71,10 @@ pub struct Evaluation {
     pub p_value: f64,
     pub score: f64,
     pub rules: Vec<RuleResult>,
+    /// Set when the window is regressed as a slow drift (`drift`): normal against the
+    /// baseline, which followed it, but far above the baseline of hours ago.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<super::drift::Drift>,
 }
 
 impl Evaluation {
@@ -83,7 +87,20 @@ impl Evaluation {
             p_value: 1.0,
             score: 0.0,
             rules: Vec::new(),
+            drift: None,
         }
+    }
+
+    /// The window as a slow drift: regressed, its factor the drift's.
+    pub fn drifted(&mut self, drift: super::drift::Drift) {
+        self.verdict = Verdict::Regressed;
+        self.improved = false;
+        self.factor = drift.ratio;
+        self.quantile = drift.quantile;
+        if let Some(rule) = self.rules.iter().find(|r| r.quantile == drift.quantile) {
+            self.p_value = rule.p_value;
+        }
+        self.drift = Some(drift);
     }
 
     pub fn baseline_quantiles(&self) -> BTreeMap<&'static str, f64> {
@@ -208,6 +225,7 @@ pub fn evaluate(
         p_value: driver.p_value,
         score: rules.iter().map(|r| r.score).fold(0.0, f64::max),
         rules,
+        drift: None,
     }
 }
 

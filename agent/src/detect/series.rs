@@ -18,6 +18,7 @@ use super::{
     alarm::{Alarm, AlarmState},
     baseline::{Baseline, count_above},
     config::DetectConfig,
+    drift::DriftReference,
     envelope::{Levels, levels_of},
     rules::{Evaluation, Verdict, evaluate},
 };
@@ -65,6 +66,9 @@ pub struct SeriesState {
     /// made to learn again).
     #[serde(default)]
     learning_since: Option<u64>,
+    /// The baseline's quantiles over the last `drift_horizon`, for slow drifts.
+    #[serde(default)]
+    drift: DriftReference,
 }
 
 /// Who the series is, for its alarms.
@@ -248,6 +252,7 @@ impl SeriesState {
         if burst {
             evaluation.verdict = Verdict::Normal;
         }
+        self.judge_drift(&mut evaluation, window, now, floor_ns, config);
         let alarm = match evaluation.verdict {
             Verdict::NotEnoughData => None,
             Verdict::Regressed => {
@@ -305,6 +310,9 @@ impl SeriesState {
             }
         };
         self.note_levels(window, &evaluation, config);
+        if self.alarm.is_none() {
+            (self.drift).note(&self.baseline, now, config.drift_horizon.as_nanos() as u64);
+        }
         debug_assert!(
             self.alarm
                 .as_ref()
@@ -336,6 +344,36 @@ const SPREAD_AFTER_WINDOWS: u32 = 10;
 const MAX_EPISODE: usize = 2_880;
 
 impl SeriesState {
+    /// A window normal against the baseline is regressed when the series has drifted
+    /// far above its baseline of hours ago (see `drift`). While a drift's alarm is open
+    /// its windows stay drifts (not steps against the frozen baseline), so the alarm
+    /// tells one story from open to resolved.
+    fn judge_drift(
+        &self,
+        evaluation: &mut Evaluation,
+        window: &ExpHistogram,
+        now: u64,
+        floor_ns: f64,
+        config: &DetectConfig,
+    ) {
+        let drifting = self
+            .alarm
+            .as_ref()
+            .is_some_and(|a| a.evidence.drift.is_some());
+        let judged = match evaluation.verdict {
+            Verdict::Normal => true,
+            Verdict::Regressed => drifting,
+            Verdict::NotEnoughData => false,
+        };
+        if !judged || config.drift_horizon.is_zero() {
+            return;
+        }
+        let drift = (self.drift).judge(&self.baseline, window, now, config, floor_ns);
+        if let Some(drift) = drift {
+            evaluation.drifted(drift);
+        }
+    }
+
     /// Notes a judged window's levels in the envelope: at once when it was normal and
     /// no alarm is open, else when its episode is over (the streak ended short of an
     /// alarm, or the alarm resolved). A regression's own windows must not excuse its
@@ -501,6 +539,7 @@ pub(super) mod tests {
         state: SeriesState,
         labels: BTreeMap<String, String>,
         t: u64,
+        config: DetectConfig,
     }
 
     impl Run {
@@ -509,6 +548,7 @@ pub(super) mod tests {
                 state: SeriesState::default(),
                 labels: BTreeMap::from([("device".into(), "sdx".into())]),
                 t: 1_000 * S,
+                config: config(),
             }
         }
         fn step(&mut self, h: &ExpHistogram) -> Option<WindowOutcome> {
@@ -519,8 +559,115 @@ pub(super) mod tests {
                 labels: &self.labels,
                 series: "block.io.latency{device=sdx}",
             };
-            self.state.observe(&who, h, self.t, 10 * S, &config())
+            self.state.observe(&who, h, self.t, 10 * S, &self.config)
         }
+
+        /// Feeds `windows` windows, the i-th centred on `center(i)` buckets (fractions
+        /// mix the two buckets around it); returns the alarms that opened.
+        fn feed(&mut self, windows: usize, center: impl Fn(usize) -> f64) -> Vec<Alarm> {
+            let mut opened = Vec::new();
+            for i in 0..windows {
+                let c = center(i);
+                let (low, high) = (window(c.floor() as i32), window(c.floor() as i32 + 1));
+                let share = c - c.floor();
+                let h = ExpHistogram::from_buckets(
+                    0,
+                    0,
+                    low.buckets()
+                        .map(|(b, n)| (b, (n as f64 * (1.0 - share)).round() as u64))
+                        .chain(
+                            high.buckets()
+                                .map(|(b, n)| (b, (n as f64 * share).round() as u64)),
+                        )
+                        .filter(|&(_, n)| n > 0)
+                        .fold(BTreeMap::<i32, u64>::new(), |mut m, (b, n)| {
+                            *m.entry(b).or_default() += n;
+                            m
+                        }),
+                );
+                let outcome = self.step(&h).expect("one interval per window");
+                opened.extend(outcome.alarm.filter(|a| a.state == AlarmState::Open));
+            }
+            opened
+        }
+    }
+
+    /// 10 s windows in six hours.
+    const SIX_HOURS: usize = 6 * 360;
+    /// Eight buckets at scale 3: ×2.
+    const DOUBLE: f64 = 8.0;
+
+    #[test]
+    fn a_slow_drift_to_twice_in_six_hours_alarms_once_against_hours_ago() {
+        let drift = |i: usize| 130.0 + DOUBLE * (i as f64 / SIX_HOURS as f64).min(1.0);
+        let mut run = Run::new();
+        run.feed(60, |_| 130.0);
+        let opened = run.feed(8 * 360, drift);
+        assert_eq!(opened.len(), 1, "{opened:#?}");
+        let alarm = &opened[0];
+        let d = alarm.evidence.drift.as_ref().expect("told as a drift");
+        assert!(
+            d.ratio >= 1.25 && d.baseline_ns / d.reference_ns >= 1.5,
+            "{d:?}"
+        );
+        assert!(
+            alarm.summary.contains("has drifted slowly") && alarm.summary.contains("h before"),
+            "{}",
+            alarm.summary
+        );
+        // Still open at the end: the drift has not gone away.
+        assert!(run.state.open_alarm().is_some());
+        // Without the drift check the baseline follows it and nothing alarms.
+        let mut run = Run::new();
+        run.config.drift_horizon = Duration::ZERO;
+        run.feed(60, |_| 130.0);
+        assert!(run.feed(8 * 360, drift).is_empty());
+    }
+
+    #[test]
+    fn a_daily_swing_is_not_a_drift() {
+        // ±15 % over a day (the evaluation's series swing by ±4 %), two days.
+        let day = 24.0 * 360.0;
+        let swing = 1.15f64.log2() * 8.0;
+        let mut run = Run::new();
+        let opened = run.feed(2 * day as usize, |i| {
+            130.0 + swing * (std::f64::consts::TAU * i as f64 / day).sin()
+        });
+        assert!(opened.is_empty(), "{opened:#?}");
+    }
+
+    #[test]
+    fn a_step_already_alarmed_is_not_alarmed_again_as_a_drift() {
+        let mut run = Run::new();
+        run.feed(60, |_| 130.0);
+        // A step to ×2 that lasts eight hours: one alarm, a step's, open throughout.
+        let opened = run.feed(8 * 360, |_| 130.0 + DOUBLE);
+        assert_eq!(opened.len(), 1, "{opened:#?}");
+        assert!(
+            opened[0].evidence.drift.is_none(),
+            "{:?}",
+            opened[0].summary
+        );
+        // One that lasts ten minutes, then eight hours as before: one alarm.
+        let mut run = Run::new();
+        run.feed(4 * 360, |_| 130.0);
+        let opened = run.feed(8 * 360, |i| if i < 60 { 130.0 + DOUBLE } else { 130.0 });
+        assert_eq!(opened.len(), 1, "{opened:#?}");
+        assert!(run.state.open_alarm().is_none());
+    }
+
+    #[test]
+    fn a_state_saved_before_drifts_were_kept_restores() {
+        let mut run = Run::new();
+        run.feed(60, |_| 130.0);
+        let mut saved = serde_json::to_value(&run.state).unwrap();
+        saved
+            .as_object_mut()
+            .unwrap()
+            .remove("drift")
+            .expect("kept");
+        let restored: SeriesState = serde_json::from_value(saved).unwrap();
+        assert_eq!(restored.baseline.windows, run.state.baseline.windows);
     }
 
     #[test]
