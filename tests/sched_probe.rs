@@ -344,6 +344,19 @@ fn cgroup_waits_between_stops_equal_run_delay() {
     }
 }
 
+/// `n` busy loops pinned to CPU 0 in a test cgroup of the default hierarchy, given
+/// 300 ms to be switched in.
+fn pinned_hogs(role: &str, n: usize) -> TestCgroup {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let hierarchy = find_hierarchy(&mounts, CgroupMode::Auto).expect("a cgroup hierarchy");
+    let mut hogs = TestCgroup::new(&hierarchy.root, role);
+    for _ in 0..n {
+        hogs.spawn("taskset -c 0 sh -c 'while :; do :; done'");
+    }
+    thread::sleep(Duration::from_millis(300));
+    hogs
+}
+
 /// The kernel now and then frees a task without running the free program (see
 /// architecture.md). The task map never evicts (an evicted live task's next sample
 /// would be partial, uncounted), so the agent sweeps out what a skipped free leaves:
@@ -353,14 +366,8 @@ fn the_task_map_is_swept_of_exited_threads_and_keeps_the_living() {
     require_root!();
     require_tool("taskset");
     let _cpus = CPUS.lock().unwrap_or_else(|e| e.into_inner());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let hierarchy = find_hierarchy(&mounts, CgroupMode::Auto).expect("a cgroup hierarchy");
     let mut probes = Probes::start(&Config::default()).expect("load");
-    let mut hogs = TestCgroup::new(&hierarchy.root, "sweep");
-    for _ in 0..2 {
-        hogs.spawn("taskset -c 0 sh -c 'while :; do :; done'");
-    }
-    thread::sleep(Duration::from_millis(300));
+    let hogs = pinned_hogs("sweep", 2);
     let tids = hogs.threads();
     // No thread ever has an id above pid_max: such an entry is one a skipped free left.
     let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
@@ -404,15 +411,9 @@ fn waits_while_detached_are_not_reported_after_the_probe_returns() {
     require_root!();
     require_tool("taskset");
     let _cpus = CPUS.lock().unwrap_or_else(|e| e.into_inner());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let hierarchy = find_hierarchy(&mounts, CgroupMode::Auto).expect("a cgroup hierarchy");
     let mut config = Config::default();
     let mut probes = Probes::start(&config).expect("load");
-    let mut hogs = TestCgroup::new(&hierarchy.root, "gap");
-    for _ in 0..3 {
-        hogs.spawn("taskset -c 0 sh -c 'while :; do :; done'");
-    }
-    thread::sleep(Duration::from_millis(300));
+    let hogs = pinned_hogs("gap", 3);
     let tids = hogs.threads();
     let signal = |sig| {
         for &t in &tids {
