@@ -30,6 +30,10 @@ struct Args {
     /// file, one row each, named by the file.
     #[arg(long)]
     config: Vec<PathBuf>,
+    /// Other known disturbances of the steady load, in the injection log's format (a
+    /// build run beside the recording): not steady time; their alarms are listed apart.
+    #[arg(long)]
+    disturbances: Option<PathBuf>,
     /// Seconds after an injection ends that still belong to it.
     #[arg(long, default_value_t = 300.0)]
     settle: f64,
@@ -69,14 +73,16 @@ fn main() -> anyhow::Result<()> {
         args.config.iter().map(named).collect::<Result<_, _>>()?
     };
     let detect: Vec<_> = configs.iter().map(|(_, c)| c.detect.clone()).collect();
-    let injections: Vec<Injection> = match &args.injections {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            soak::read_injections(&text).map_err(anyhow::Error::msg)?
-        }
-        None => Vec::new(),
+    let read = |path: &Option<PathBuf>| -> anyhow::Result<Vec<Injection>> {
+        let Some(path) = path else {
+            return Ok(Vec::new());
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        soak::read_injections(&text).map_err(anyhow::Error::msg)
     };
+    let injections = read(&args.injections)?;
+    let disturbances = read(&args.disturbances)?;
     // An injection is a 2× p99 regression only if a series it targets moved that much
     // in the recording (see `soak::Effect`); "≤3 w" counts detections within
     // `allowed_windows` windows of its start.
@@ -94,7 +100,11 @@ fn main() -> anyhow::Result<()> {
         let file = File::open(path).with_context(|| format!("reading {name}"))?;
         let span = recording_span(path)?;
         let mut meter = EffectMeter::new(&injections, args.before);
-        let replays = replay_configs_with(&name, BufReader::new(file), &detect, |r| meter.add(r))?;
+        let mut live: Vec<(u64, String)> = Vec::new();
+        let replays = replay_configs_with(&name, BufReader::new(file), &detect, |r| {
+            meter.add(r);
+            live.extend(r.opened_live.iter().map(|a| (r.time, a.clone())));
+        })?;
         let effects = meter.effects();
         lives.push(Vec::new());
         for ((config_name, _), replayed) in configs.iter().zip(replays) {
@@ -112,7 +122,14 @@ fn main() -> anyhow::Result<()> {
             let opened = soak::opened(&events);
             lives.last_mut().expect("pushed").push(soak::lives(&opened));
             let allowed = args.allowed_windows * args.window;
-            let s = soak::score(&opened, &injections, judged, args.settle, allowed);
+            let s = soak::score(
+                &opened,
+                &injections,
+                &disturbances,
+                judged,
+                args.settle,
+                allowed,
+            );
             let doubled = |i: usize| effects[i].as_ref().is_some_and(|e| e.ratio() >= 2.0);
             let detected = s.injected.iter().filter(|(_, _, d)| d.is_some()).count();
             let doubled_detected = s
@@ -139,14 +156,33 @@ fn main() -> anyhow::Result<()> {
             );
             println!(
                 "  judged from {} ({:.2} h learning); all alarms opened: {}; during injections \
-             on other series: {}; injections while learning: {}",
+             on other series: {}; injections while learning: {}; during other disturbances: {}",
                 rfc3339(judged.0),
                 (judged.0 - span.0) as f64 / 3.6e12,
                 opened.iter().filter(|o| o.new_alarm).count(),
                 s.collateral,
-                s.while_learning
+                s.while_learning,
+                s.disturbance_alarms.len()
+            );
+            // What the agent that made the recording raised itself, over the same
+            // judged time: a replay must not score fewer alarms than the agent sent.
+            let live_judged: Vec<_> = live.iter().filter(|(t, _)| *t >= judged.0).collect();
+            println!(
+                "  the recording agent itself opened {} alarms, {} of them in the judged time",
+                live.len(),
+                live_judged.len()
             );
             if args.explain {
+                for (at, summary) in &live_judged {
+                    println!("  recorded alarm at {}: {summary}", rfc3339(*at));
+                }
+                for a in &s.disturbance_alarms {
+                    println!(
+                        "  alarm during a disturbance at {}: {}",
+                        rfc3339(a.at),
+                        a.summary
+                    );
+                }
                 for a in &s.steady_alarms {
                     println!("  false alarm at {}: {}", rfc3339(a.at), a.summary);
                     // The series it opened with (an incident's evidence): what moved together.

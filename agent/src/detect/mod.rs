@@ -28,6 +28,7 @@ pub use alarm::{Alarm, AlarmState, Severity};
 pub use config::DetectConfig;
 use incident::Incidents;
 pub use incident::Topology;
+pub use scalar::inputs::ScalarInput;
 use scalar::series::ScalarSeries;
 use series::{Identity, SeriesState};
 
@@ -55,16 +56,6 @@ pub struct Detector {
     /// Alarms of series that ended since the last interval (their device re-backed),
     /// resolved: they leave with the next update.
     ended: Vec<Alarm>,
-}
-
-/// One number of one series for one interval, for the scalar detector.
-pub struct ScalarInput<'a> {
-    /// The family and what of it: `block.io.latency:rate` (events per second),
-    /// `block.io.queue_depth:mean`.
-    pub family: String,
-    pub labels: BTreeMap<String, String>,
-    pub unit: &'a str,
-    pub value: f64,
 }
 
 /// What the detector made of one interval.
@@ -193,12 +184,12 @@ impl Detector {
 
     /// As [`Detector::update`], with the interval's scalar values too: their alarms
     /// join the same incidents.
-    pub fn update_with_scalars<'a, 'b>(
+    pub fn update_with_scalars<'a>(
         &mut self,
         now: u64,
         interval_ns: u64,
         series: impl IntoIterator<Item = (&'a str, BTreeMap<String, String>, &'a ExpHistogram)>,
-        scalars: impl IntoIterator<Item = ScalarInput<'b>>,
+        scalars: impl IntoIterator<Item = ScalarInput>,
     ) -> DetectOutput {
         self.intervals += 1;
         self.now = now;
@@ -236,6 +227,10 @@ impl Detector {
             }
             let state = self.scalars.entry(name.clone()).or_default();
             state.last_seen = self.intervals;
+            let cell = self.config.min_window.as_nanos() as u64;
+            let Some(value) = state.window.add(input.value, now, interval_ns, cell) else {
+                continue;
+            };
             let who = Identity {
                 node: &self.node,
                 family: &input.family,
@@ -245,8 +240,11 @@ impl Detector {
             let time_s = now as f64 / 1e9;
             let (_, alarm) = state.observe(
                 &who,
-                input.unit,
-                input.value,
+                scalar::series::Reading {
+                    unit: input.unit,
+                    value,
+                    rises_only: input.rises_only,
+                },
                 now,
                 Some(time_s),
                 &self.config,
@@ -291,20 +289,34 @@ impl Detector {
         self.incidents.open()
     }
 
-    /// Series that have had data but are still learning their baseline.
+    /// Series that have had data but are still learning their baseline, scalar
+    /// series included.
     pub fn learning(&self) -> impl Iterator<Item = &str> {
+        let scalars = self
+            .scalars
+            .iter()
+            .filter(|(_, s)| s.detector.learning(&self.config.scalar))
+            .map(|(name, _)| name.as_str());
         self.series
             .iter()
             .filter(|(_, s)| s.has_data() && s.learning(self.now, &self.config))
             .map(|(name, _)| name.as_str())
+            .chain(scalars)
     }
 
     /// When the learning period of the last series still learning ends (unix ns).
     pub fn learning_until(&self) -> Option<u64> {
+        // A scalar series learns a number of points, one per `min_window`.
+        let cell = self.config.min_window.as_nanos() as u64;
+        let scalars = self.scalars.values().filter_map(|s| {
+            let left = s.detector.points_to_learn(&self.config.scalar);
+            (left > 0).then(|| self.now + left * cell)
+        });
         self.series
             .values()
             .filter(|s| s.has_data() && s.learning(self.now, &self.config))
             .filter_map(|s| s.learned_at(&self.config))
+            .chain(scalars)
             .max()
     }
 }

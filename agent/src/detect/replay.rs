@@ -12,8 +12,11 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use super::{
-    Alarm, DetectConfig, Detector, corpus::clock::parse_time as clock_seconds,
-    scalar::series::ScalarSeries, series::Identity,
+    Alarm, DetectConfig, Detector, ScalarInput,
+    corpus::clock::parse_time as clock_seconds,
+    scalar::ScalarConfig,
+    scalar::series::{Reading, ScalarSeries},
+    series::Identity,
 };
 use crate::aggregate::ExpHistogram;
 
@@ -51,9 +54,29 @@ struct RecordedReport {
     #[serde(default)]
     node: String,
     series: Vec<RecordedSeries>,
+    #[serde(default)]
+    counters: Vec<RecordedCounter>,
+    /// What the recording agent's own detector raised.
+    #[serde(default)]
+    alarms: Vec<RecordedAlarm>,
     /// Absent in recordings made before devices' backing was reported.
     #[serde(default)]
     backing: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedAlarm {
+    state: super::AlarmState,
+    summary: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RecordedCounter {
+    family: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    rate_per_s: f64,
 }
 
 /// A recorded series as the readers of recordings (the detector, capacity) need it.
@@ -69,6 +92,9 @@ pub(crate) struct RecordedSeries {
     pub rate_per_s: f64,
     #[serde(default)]
     sum_ns: u64,
+    /// The samples' mean (absent in an empty interval).
+    #[serde(default)]
+    mean: Option<f64>,
     histogram: RecordedHistogram,
 }
 
@@ -158,13 +184,14 @@ pub fn replay_configs_with(
             let detector =
                 detector.get_or_insert_with(|| Detector::new(config.clone(), &report.node));
             detector.note_backing(&report.backing, report.time);
-            let update = detector.update(
+            let update = detector.update_with_scalars(
                 report.time,
                 report.interval_ns,
                 report
                     .series
                     .iter()
                     .map(|(f, l, h)| (f.as_str(), l.clone(), h)),
+                report.scalars(&config.scalar),
             );
             if update.judged > 0 && replayed.judged_from.is_none() {
                 replayed.judged_from = Some(report.time);
@@ -176,6 +203,7 @@ pub fn replay_configs_with(
 }
 
 /// One report of a recording, as the detector sees it.
+#[derive(Default)]
 pub struct Report {
     /// Unix ns.
     pub time: u64,
@@ -183,8 +211,35 @@ pub struct Report {
     pub node: String,
     /// Family, labels and the interval's histogram of every series.
     pub series: Vec<(String, BTreeMap<String, String>, ExpHistogram)>,
+    /// Per series, its rate and mean; per counter, its family, labels and rate: what
+    /// the scalar detector may watch.
+    pub(crate) numbers: Vec<(f64, Option<f64>)>,
+    pub(crate) counters: Vec<RecordedCounter>,
+    /// The summaries of the alarms the recording agent itself opened in this report
+    /// (its settings then, its code then: beside a replay, a check that the replay
+    /// scores what the agent raised).
+    pub opened_live: Vec<String>,
     /// What stacked devices were backed by (see `Report::backing`).
     pub backing: BTreeMap<String, String>,
+}
+
+impl Report {
+    /// The numbers of this report the scalar detector watches under `c`, as the
+    /// agent's pipeline takes them from its own reports.
+    pub fn scalars(&self, c: &ScalarConfig) -> Vec<ScalarInput> {
+        let series = self.series.iter().zip(&self.numbers);
+        let mut out: Vec<ScalarInput> = series
+            .flat_map(|((family, labels, _), &(rate, mean))| {
+                c.series_inputs(family, rate, mean, || labels.clone())
+            })
+            .collect();
+        out.extend(
+            self.counters
+                .iter()
+                .filter_map(|k| c.counter_input(&k.family, k.rate_per_s, || k.labels.clone())),
+        );
+        out
+    }
 }
 
 /// Reads a recording report by report.
@@ -195,6 +250,11 @@ pub fn for_each_report(
 ) -> Result<(), ReplayError> {
     for_each_line(path, reader, |report: RecordedReport, bad| {
         let time = parse_time(&report.time).map_err(bad)?;
+        let numbers = report
+            .series
+            .iter()
+            .map(|s| (s.rate_per_s, s.mean))
+            .collect();
         let series = report
             .series
             .into_iter()
@@ -209,6 +269,12 @@ pub fn for_each_report(
             interval_ns: (report.interval_s * 1e9) as u64,
             node: report.node,
             series,
+            numbers,
+            counters: report.counters,
+            opened_live: (report.alarms.into_iter())
+                .filter(|a| a.state == super::AlarmState::Open)
+                .map(|a| a.summary)
+                .collect(),
             backing: report.backing,
         });
         Ok(())
@@ -325,7 +391,12 @@ pub fn replay_csv(
         let now = time_s.map_or((rows.len() as u64 + 1) * 1_000_000_000, |t| {
             (t.max(0.0) * 1e9) as u64
         });
-        let (point, alarm) = state.observe(&who, "", value, now, time_s, config, &config.scalar);
+        let reading = Reading {
+            unit: "",
+            value,
+            rises_only: false,
+        };
+        let (point, alarm) = state.observe(&who, reading, now, time_s, config, &config.scalar);
         alarms.extend(alarm);
         rows.push(ScoredRow {
             timestamp: timestamp.to_owned(),

@@ -241,6 +241,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 unit: "/s",
                 value: level * (1.0 + 0.02 * rng.normal()),
+                rises_only: true,
             };
             d.update_with_scalars(1_800_000_000 * S + i * 10 * S, 10 * S, [], [input])
                 .alarms
@@ -261,8 +262,13 @@ mod tests {
         let restored = after.restore(serde_json::from_str(&text).unwrap()).unwrap();
         assert_eq!((restored.scalars, restored.scalars_judged), (1, 1));
         assert_eq!(restored.open_alarms, vec![opened[0].id.clone()]);
-        // Still off: the same alarm goes on; back to normal, it resolves under its id.
-        let next = feed(&mut after, i, 150.0);
+        // Still off: the same alarm goes on (at the next point: three intervals make
+        // one); back to normal, it resolves under its id.
+        let mut next = Vec::new();
+        for _ in 0..3 {
+            next.extend(feed(&mut after, i, 150.0));
+            i += 1;
+        }
         assert_eq!(next.len(), 1, "{next:?}");
         assert_eq!(
             (next[0].state, &next[0].id),

@@ -280,6 +280,8 @@ pub struct Score {
     pub injected: Vec<(usize, String, Option<f64>)>,
     /// Alarms opened during injections on series they do not target.
     pub collateral: usize,
+    /// Alarms opened during other known disturbances (and their settling time).
+    pub disturbance_alarms: Vec<Opened>,
     /// Injections that started before judging began (while the detector learned):
     /// neither detected nor missed.
     pub while_learning: usize,
@@ -296,31 +298,52 @@ impl Score {
 /// hours in which no alarm could open). `settle_s`
 /// after each injection still belongs to it (the node recovers); an injection counts
 /// as detected when an alarm on its target opens within `allowed_s` of its start.
+/// `disturbances` are other known departures from the steady load (a build the
+/// harness did not start): like injections they are not steady time, and their alarms
+/// are counted apart, but nothing is expected of the detector there.
 pub fn score(
     opened: &[Opened],
     injections: &[Injection],
+    disturbances: &[Injection],
     (start, end): (u64, u64),
     settle_s: f64,
     allowed_s: f64,
 ) -> Score {
     let settle = (settle_s * 1e9) as u64;
-    let spans: Vec<(u64, u64)> = injections
+    let mut spans: Vec<(u64, u64)> = injections
         .iter()
+        .chain(disturbances)
         .filter_map(Injection::span)
         .filter(|&(s, _)| s < end)
+        .map(|(s, e)| (s, e + settle))
         .collect();
-    let disturbed = |t: u64| spans.iter().any(|&(s, e)| t >= s && t < e + settle);
-    let disturbed_ns: u64 = spans
-        .iter()
-        .map(|&(s, e)| (e + settle).min(end).saturating_sub(s.max(start)))
-        .sum();
+    spans.sort_unstable();
+    let disturbed = |t: u64| spans.iter().any(|&(s, e)| t >= s && t < e);
+    // The judged time they cover, overlaps counted once.
+    let mut disturbed_ns = 0;
+    let mut covered_to = start;
+    for &(s, e) in &spans {
+        let (s, e) = (s.max(covered_to), e.min(end));
+        if e > s {
+            disturbed_ns += e - s;
+            covered_to = e;
+        }
+    }
     let mut out = Score {
         steady_hours: end.saturating_sub(start).saturating_sub(disturbed_ns) as f64 / 3.6e12,
         ..Score::default()
     };
-    for o in opened.iter().filter(|o| o.new_alarm) {
-        if o.at >= start && !disturbed(o.at) {
+    let in_disturbance = |t: u64| {
+        disturbances
+            .iter()
+            .filter_map(Injection::span)
+            .any(|(s, e)| t >= s && t < e + settle)
+    };
+    for o in opened.iter().filter(|o| o.new_alarm && o.at >= start) {
+        if !disturbed(o.at) {
             out.steady_alarms.push(o.clone());
+        } else if in_disturbance(o.at) {
+            out.disturbance_alarms.push(o.clone());
         }
     }
     for (index, injection) in injections.iter().enumerate() {
@@ -408,7 +431,14 @@ mod tests {
                 &[("cgroup", "/npsoak-inj")],
             ),
         ];
-        let s = score(&opened, &injections, (T0, T0 + 4 * 3600 * S), 300.0, 90.0);
+        let s = score(
+            &opened,
+            &injections,
+            &[],
+            (T0, T0 + 4 * 3600 * S),
+            300.0,
+            90.0,
+        );
         assert_eq!(s.steady_alarms.len(), 1);
         assert_eq!(s.injected[0], (0, "reader".into(), Some(50.0)));
         assert_eq!(s.injected[1], (1, "squeeze".into(), None));
@@ -434,6 +464,7 @@ mod tests {
         let s = score(
             &opened,
             &injections,
+            &[],
             (start, T0 + 4 * 3600 * S),
             300.0,
             90.0,
@@ -443,6 +474,36 @@ mod tests {
         assert_eq!(s.steady_alarms.len(), 1);
         let hours = (4.0 * 3600.0 - 3650.0 - (4020.0 - 3650.0) - 420.0) / 3600.0;
         assert!((s.steady_hours - hours).abs() < 1e-9, "{}", s.steady_hours);
+    }
+
+    #[test]
+    fn a_disturbance_is_not_steady_time_and_its_alarms_are_counted_apart() {
+        let injections = [injection("reader", 3600, 3720)];
+        // A build from 3650 s to 4200 s, overlapping the reader's settling time.
+        let build = [injection("build", 3650, 4200)];
+        let opened = [
+            at(T0 + 1000 * S, "block.io.latency", &[("device", "loop1")]),
+            at(T0 + 4300 * S, "block.io.latency", &[("device", "loop4")]),
+            at(T0 + 5000 * S, "block.io.latency", &[("device", "loop1")]),
+        ];
+        let s = score(
+            &opened,
+            &injections,
+            &build,
+            (T0, T0 + 2 * 3600 * S),
+            300.0,
+            90.0,
+        );
+        assert_eq!(s.steady_alarms.len(), 2);
+        assert_eq!(
+            s.disturbance_alarms.len(),
+            1,
+            "4300 s: within the build's settling"
+        );
+        // Two hours minus 3600–4500 s (the reader, the build and their settling, once).
+        let hours = (2.0 * 3600.0 - 900.0) / 3600.0;
+        assert!((s.steady_hours - hours).abs() < 1e-9, "{}", s.steady_hours);
+        assert_eq!(s.injected, vec![(0, "reader".into(), None)]);
     }
 
     #[test]
@@ -470,7 +531,7 @@ mod tests {
                     ("block.io.queue_depth".into(), labels("loop5"), depth),
                     ("block.io.latency".into(), labels("loop1"), other),
                 ],
-                backing: BTreeMap::new(),
+                ..Report::default()
             });
         }
         let effects = meter.effects();

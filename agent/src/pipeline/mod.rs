@@ -552,43 +552,21 @@ fn stacked_devices(series: &[SeriesReport]) -> Vec<String> {
 
 /// The interval's numbers the scalar detector watches ([detect.scalar]): rates of
 /// histogram families and counters, means of histogram families.
-fn scalar_inputs<'a>(report: &'a Report, c: &ScalarConfig) -> Vec<ScalarInput<'a>> {
+fn scalar_inputs(report: &Report, c: &ScalarConfig) -> Vec<ScalarInput> {
     let labels = |l: &BTreeMap<&'static str, String>| -> BTreeMap<String, String> {
         l.iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect()
     };
-    let mut out = Vec::new();
-    for s in &report.series {
-        if ScalarConfig::watches(&c.rate_families, s.family) {
-            out.push(ScalarInput {
-                family: format!("{}:rate", s.family),
-                labels: labels(&s.labels),
-                unit: "/s",
-                value: s.rate_per_s,
-            });
-        }
-        if let Some(mean) = s.mean
-            && c.watches_mean(s.family, s.unit)
-        {
-            out.push(ScalarInput {
-                family: format!("{}:mean", s.family),
-                labels: labels(&s.labels),
-                unit: s.unit,
-                value: mean,
-            });
-        }
-    }
-    for k in &report.counters {
-        if ScalarConfig::watches(&c.counter_families, k.family) {
-            out.push(ScalarInput {
-                family: format!("{}:rate", k.family),
-                labels: labels(&k.labels),
-                unit: "/s",
-                value: k.rate_per_s,
-            });
-        }
-    }
+    let mut out: Vec<ScalarInput> = report
+        .series
+        .iter()
+        .flat_map(|s| c.series_inputs(s.family, s.rate_per_s, s.mean, || labels(&s.labels)))
+        .collect();
+    out.extend(
+        (report.counters.iter())
+            .filter_map(|k| c.counter_input(k.family, k.rate_per_s, || labels(&k.labels))),
+    );
     out
 }
 

@@ -14,9 +14,11 @@
 pub mod changepoint;
 pub mod config;
 pub mod context;
+pub mod inputs;
 pub mod level;
 pub mod likelihood;
 pub mod series;
+pub mod window;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +65,12 @@ impl ScalarDetector {
 
     /// Whether the series is still learning (scores 0).
     pub fn learning(&self, c: &ScalarConfig) -> bool {
-        self.n <= c.learn_points as u64
+        self.points_to_learn(c) > 0
+    }
+
+    /// Points left before the series is scored.
+    pub fn points_to_learn(&self, c: &ScalarConfig) -> u64 {
+        (c.learn_points as u64 + 1).saturating_sub(self.n)
     }
 
     /// Scores `value` (at `time`, unix seconds, when the series has clock times: the

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Point, ScalarConfig, ScalarDetector};
+use super::{Point, ScalarConfig, ScalarDetector, window::PointWindow};
 use crate::detect::{
     DetectConfig,
     alarm::{Alarm, AlarmState, ScalarFigures},
@@ -23,6 +23,18 @@ pub struct ScalarSeries {
     alarm: Option<Alarm>,
     /// Interval counter value when the series was last seen (to forget dead series).
     pub last_seen: u64,
+    /// The agent's point being gathered (see `window`; a CSV row is a point itself).
+    #[serde(default)]
+    pub window: PointWindow,
+}
+
+/// One point to score: its value, unit and whether only a rise is an anomaly (see
+/// `ScalarInput::rises_only`).
+#[derive(Clone, Copy, Debug)]
+pub struct Reading<'a> {
+    pub unit: &'a str,
+    pub value: f64,
+    pub rises_only: bool,
 }
 
 impl ScalarSeries {
@@ -33,12 +45,14 @@ impl ScalarSeries {
     /// Scores `value` observed at `now` (unix ns; `time_s` is the same in seconds
     /// when it is a clock time); returns the point and the alarm it opened, updated or
     /// resolved.
-    #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
         who: &Identity<'_>,
-        unit: &str,
-        value: f64,
+        Reading {
+            unit,
+            value,
+            rises_only,
+        }: Reading<'_>,
         now: u64,
         time_s: Option<f64>,
         config: &DetectConfig,
@@ -54,7 +68,8 @@ impl ScalarSeries {
             peak_score: point.undamped,
             unit: unit.to_owned(),
         };
-        let anomalous = point.undamped >= scalar.alarm_score;
+        let anomalous =
+            point.undamped >= scalar.alarm_score && (!rises_only || point.value > point.expected);
         let alarm = if anomalous {
             self.good_streak = 0;
             if self.bad_streak == 0 {

@@ -166,6 +166,7 @@ fn the_agent_watches_scalar_series_up_to_its_budget_and_alarms_on_a_step() {
             labels: [("device".to_owned(), dev.to_owned())].into(),
             unit: "/s",
             value: iops * (1.0 + 0.02 * rng.normal()),
+            rises_only: false,
         });
         let out = d.update_with_scalars(
             1_800_000_000_000_000_000 + i * 10_000_000_000,
@@ -183,12 +184,15 @@ fn the_agent_watches_scalar_series_up_to_its_budget_and_alarms_on_a_step() {
                 .filter(|a| a.state == crate::detect::AlarmState::Open),
         );
     }
-    // Both watched devices stepped together: one incident, opened at the step.
+    // Both watched devices stepped together: one incident, opened at the step (at the
+    // end of the first 30 s point holding it).
     assert_eq!(opened.len(), 1, "{opened:#?}");
     let a = &opened[0];
-    assert_eq!(
-        a.start_unix_nano,
-        1_800_000_000_000_000_000 + 1000 * 10_000_000_000
+    let step = 1_800_000_000_000_000_000 + 1000 * 10_000_000_000;
+    assert!(
+        (step..=step + 30_000_000_000).contains(&a.start_unix_nano),
+        "{} against the step at {step}",
+        a.start_unix_nano
     );
     assert!(a.summary.contains(":rate{device=sd"), "{}", a.summary);
     assert!(a.factor > 2.5 && a.factor < 3.5, "{a:?}");
@@ -221,4 +225,70 @@ fn a_series_restored_under_other_season_bins_keeps_its_level() {
     for bins in [96, 24] {
         assert_eq!(expected(bins), level, "{bins} bins");
     }
+}
+
+/// The agent judges 30 s points whatever its interval: agents at 1 s and at 10 s over
+/// the same events open the same alarm at the same time. A counter's rise is an
+/// anomaly, its fall is not. Its learning is listed while it lasts.
+#[test]
+fn counters_alarm_on_rises_only_and_alike_at_1_s_and_10_s() {
+    use std::collections::BTreeMap;
+
+    use crate::detect::{AlarmState, DetectConfig, Detector, ScalarInput};
+    const S: u64 = 1_000_000_000;
+    let base = 1_800_000_000u64;
+    // Three hours of a retransmit rate, second by second: 10/s with the scatter of a
+    // count, then `after` from the second hour on.
+    let per_second = |after: f64| -> Vec<f64> {
+        let mut rng = Rng::new(7);
+        (1..=3 * 3600u64)
+            .map(|t| {
+                let level = if t <= 7200 { 10.0 } else { after };
+                (level * (1.0 + rng.normal() / level.sqrt())).max(0.0)
+            })
+            .collect()
+    };
+    let run = |values: &[f64], interval_s: usize| {
+        let mut d = Detector::new(DetectConfig::default(), "n");
+        let mut opened = Vec::new();
+        let mut learning_listed = false;
+        for (i, chunk) in values.chunks(interval_s).enumerate() {
+            let t = ((i + 1) * interval_s) as u64;
+            let input = ScalarInput {
+                family: "net.tcp.retransmits:rate".into(),
+                labels: BTreeMap::new(),
+                unit: "/s",
+                value: chunk.iter().sum::<f64>() / chunk.len() as f64,
+                rises_only: true,
+            };
+            let out = d.update_with_scalars((base + t) * S, interval_s as u64 * S, [], [input]);
+            if t == 600 {
+                learning_listed = d
+                    .learning()
+                    .any(|n| n.starts_with("net.tcp.retransmits:rate"))
+                    && d.learning_until().is_some_and(|u| u > (base + t) * S);
+            }
+            opened.extend(
+                (out.alarms.iter())
+                    .filter(|a| a.state == AlarmState::Open)
+                    .map(|a| a.start_unix_nano / S - base),
+            );
+        }
+        assert!(learning_listed, "learning at 10 minutes, and listed");
+        opened
+    };
+    let rise = per_second(30.0);
+    let (one, ten) = (run(&rise, 1), run(&rise, 10));
+    assert_eq!(one.len(), 1, "{one:?}");
+    // Its anomaly starts within three points of the step (the surprise is a short
+    // mean of the points' scores).
+    assert!((7200..=7290).contains(&one[0]), "{one:?}");
+    assert_eq!(one, ten, "the same alarm at 1 s and at 10 s");
+    let fall = per_second(2.0);
+    assert_eq!(
+        run(&fall, 1),
+        Vec::<u64>::new(),
+        "fewer retransmits harm no one"
+    );
+    assert_eq!(run(&fall, 10), Vec::<u64>::new());
 }
