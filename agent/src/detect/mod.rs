@@ -215,6 +215,8 @@ impl Detector {
             }
         }
         self.scalars_unwatched = 0;
+        // A scalar point is a cell of `min_window` (see `scalar::window`).
+        let cell = self.config.min_window.as_nanos() as u64;
         for input in scalars {
             if !self.config.enabled || !input.value.is_finite() {
                 continue;
@@ -227,7 +229,6 @@ impl Detector {
             }
             let state = self.scalars.entry(name.clone()).or_default();
             state.last_seen = self.intervals;
-            let cell = self.config.min_window.as_nanos() as u64;
             let Some(value) = state.window.add(input.value, now, interval_ns, cell) else {
                 continue;
             };

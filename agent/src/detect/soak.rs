@@ -310,15 +310,19 @@ pub fn score(
     allowed_s: f64,
 ) -> Score {
     let settle = (settle_s * 1e9) as u64;
-    let mut spans: Vec<(u64, u64)> = injections
-        .iter()
-        .chain(disturbances)
-        .filter_map(Injection::span)
-        .filter(|&(s, _)| s < end)
-        .map(|(s, e)| (s, e + settle))
-        .collect();
+    // Each disturbance of the steady load with its settling time, cut at `end`.
+    let with_settling = |list: &[Injection]| -> Vec<(u64, u64)> {
+        list.iter()
+            .filter_map(Injection::span)
+            .filter(|&(s, _)| s < end)
+            .map(|(s, e)| (s, e + settle))
+            .collect()
+    };
+    let others = with_settling(disturbances);
+    let mut spans = with_settling(injections);
+    spans.extend(&others);
     spans.sort_unstable();
-    let disturbed = |t: u64| spans.iter().any(|&(s, e)| t >= s && t < e);
+    let within = |spans: &[(u64, u64)], t: u64| spans.iter().any(|&(s, e)| t >= s && t < e);
     // The judged time they cover, overlaps counted once.
     let mut disturbed_ns = 0;
     let mut covered_to = start;
@@ -333,16 +337,10 @@ pub fn score(
         steady_hours: end.saturating_sub(start).saturating_sub(disturbed_ns) as f64 / 3.6e12,
         ..Score::default()
     };
-    let in_disturbance = |t: u64| {
-        disturbances
-            .iter()
-            .filter_map(Injection::span)
-            .any(|(s, e)| t >= s && t < e + settle)
-    };
     for o in opened.iter().filter(|o| o.new_alarm && o.at >= start) {
-        if !disturbed(o.at) {
+        if !within(&spans, o.at) {
             out.steady_alarms.push(o.clone());
-        } else if in_disturbance(o.at) {
+        } else if within(&others, o.at) {
             out.disturbance_alarms.push(o.clone());
         }
     }
